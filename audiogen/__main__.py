@@ -1,0 +1,5 @@
+import sys
+
+from audiogen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,348 @@
+"""Audio I/O and signal utilities: load, resample, channel conversion, loudness,
+true peak, fades, DC removal and atomic writes.
+
+Arrays are ``float32`` numpy arrays shaped ``[C, N]`` (channels first) unless a
+function says otherwise. Everything a user can get wrong (a missing, empty, corrupt
+or absurd file) raises :class:`~audiogen.errors.AudiogenError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from audiogen.errors import AudiogenError
+
+#: File extensions the audio layer reads (via libsndfile >= 1.1: mp3 and opus included).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc")
+#: Extensions :func:`write_audio` writes, with libsndfile's (format, default subtype).
+WRITE_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".opus": ("OGG", "OPUS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".aiff": ("AIFF", "PCM_16"),
+}
+#: Sample rates outside this range are treated as a broken header, not as audio.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 768_000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise AudiogenError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudiogenError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudiogenError(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise AudiogenError(f"{path}: permission denied")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Header facts of an audio file, validated (rate, channels, length)."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        kind = "unsupported format" if path.suffix.lower() not in AUDIO_EXTENSIONS else "corrupt or unreadable"
+        raise AudiogenError(f"{path}: {kind} ({_sf_reason(e)})") from None
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudiogenError(
+            f"{path}: absurd sample rate {info.samplerate} Hz "
+            f"(expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}); the header is probably corrupt"
+        )
+    if info.channels < 1:
+        raise AudiogenError(f"{path}: header declares {info.channels} channels")
+    if info.frames == 0:
+        raise AudiogenError(f"{path}: zero-length audio (no samples)")
+    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def _sf_reason(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    # libsndfile prefixes its message with the (already printed) path
+    return msg.split(": ", 1)[-1] if "Error opening" in msg else msg
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    offset_s: float = 0.0,
+    duration_s: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Read an audio file as ``float32 [C, N]``; optionally resample and convert channels.
+
+    ``offset_s``/``duration_s`` read a window without decoding the whole file into memory
+    (where the format allows seeking). Returns ``(wav, sample_rate)``.
+    """
+    info = audio_info(path)
+    path = info.path
+    start = int(round(offset_s * info.sample_rate))
+    if start < 0 or (start >= info.frames and info.frames > 0):
+        raise AudiogenError(f"{path}: offset {offset_s:.3f}s is outside the file ({info.duration_s:.3f}s)")
+    want = -1 if duration_s is None else int(round(duration_s * info.sample_rate))
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start:
+                f.seek(start)
+            data = f.read(frames=want, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudiogenError(f"{path}: corrupt or truncated audio ({_sf_reason(e)})") from None
+    expected = info.frames - start if want < 0 else min(want, info.frames - start)
+    # Lossy decoders may report a frame count a little off; a large shortfall is truncation.
+    if data.shape[0] < expected - max(4096, int(0.01 * expected)):
+        raise AudiogenError(
+            f"{path}: truncated or corrupt: header promises {expected} frames, only {data.shape[0]} could be decoded"
+        )
+    if data.shape[0] == 0:
+        raise AudiogenError(f"{path}: zero-length audio (no samples could be decoded)")
+    wav = np.ascontiguousarray(data.T)
+    if not np.isfinite(wav).all():
+        raise AudiogenError(f"{path}: contains NaN or infinite samples")
+    sr = info.sample_rate
+    if channels is not None:
+        wav = convert_channels(wav, channels)
+    if sample_rate is not None and sample_rate != sr:
+        wav = resample(wav, sr, sample_rate)
+        sr = sample_rate
+    return wav, sr
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """All audio files under ``root`` (recursive, sorted, hidden folders skipped)."""
+    root = Path(root)
+    if not root.exists():
+        raise AudiogenError(f"{root}: no such file or directory")
+    if root.is_file():
+        return [root]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / n for n in filenames if n.lower().endswith(AUDIO_EXTENSIONS)]
+    return sorted(out)
+
+
+def convert_channels(wav: np.ndarray, channels: int) -> np.ndarray:
+    """Downmix by averaging or upmix by repetition: ``[C, N] -> [channels, N]``."""
+    if channels < 1:
+        raise AudiogenError(f"channel count must be >= 1, got {channels}")
+    c = wav.shape[0]
+    if c == channels:
+        return wav
+    if channels == 1:
+        return wav.mean(axis=0, keepdims=True)
+    if c == 1:
+        return np.repeat(wav, channels, axis=0)
+    # e.g. 5.1 -> stereo: fold to mono then spread; avoids guessing a speaker layout
+    return np.repeat(wav.mean(axis=0, keepdims=True), channels, axis=0)
+
+
+def resample(wav, orig_sr: int, target_sr: int):
+    """Band-limited (windowed-sinc, Kaiser) resampling along the last axis.
+
+    Accepts numpy or torch; returns the same kind. Uses torchaudio's polyphase sinc
+    resampler with the "kaiser_best" settings (64 zero crossings, ~-100 dB stop band).
+    """
+    if orig_sr == target_sr:
+        return wav
+    if not (MIN_SAMPLE_RATE <= orig_sr <= MAX_SAMPLE_RATE and MIN_SAMPLE_RATE <= target_sr <= MAX_SAMPLE_RATE):
+        raise AudiogenError(f"cannot resample {orig_sr} Hz -> {target_sr} Hz: rate out of range")
+    import torch
+    import torchaudio.functional as AF
+
+    is_np = isinstance(wav, np.ndarray)
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)) if is_np else wav
+    g = math.gcd(int(orig_sr), int(target_sr))
+    y = AF.resample(
+        x,
+        int(orig_sr) // g,
+        int(target_sr) // g,
+        lowpass_filter_width=64,
+        rolloff=0.9475937167399596,
+        resampling_method="sinc_interp_kaiser",
+        beta=14.769656459379492,
+    )
+    return y.numpy() if is_np else y
+
+
+# --------------------------------------------------------------------------- loudness
+
+
+def integrated_loudness(wav: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness in LUFS (ITU-R BS.1770-4 with gating, via pyloudnorm).
+
+    Returns ``-inf`` for digital silence. Audio shorter than one 400 ms gating block
+    is zero-padded to one block so short clips still get a figure.
+    """
+    import pyloudnorm
+
+    x = np.asarray(wav, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    block = int(math.ceil(0.4 * sample_rate))
+    if x.shape[1] < block:
+        x = np.pad(x, ((0, 0), (0, block - x.shape[1])))
+    meter = pyloudnorm.Meter(sample_rate)  # BS.1770-4 K-weighting, 400 ms blocks, 75% overlap
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lufs = meter.integrated_loudness(x.T)
+    return float(lufs)
+
+
+def true_peak_dbtp(wav: np.ndarray, sample_rate: int) -> float:
+    """True peak in dBTP: the peak of the signal oversampled to >= 192 kHz (BS.1770-4 Annex 2)."""
+    from scipy.signal import resample_poly
+
+    x = np.asarray(wav, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    factor = max(4, int(math.ceil(192_000 / sample_rate)))
+    peak = 0.0
+    # in blocks so an hour of audio does not need an hour of 4x-oversampled float64 at once
+    block = sample_rate * 30
+    pad = 64
+    for s in range(0, x.shape[1], block):
+        seg = x[:, max(0, s - pad) : s + block + pad]
+        up = resample_poly(seg, factor, 1, axis=1)
+        peak = max(peak, float(np.abs(up).max(initial=0.0)), float(np.abs(seg).max(initial=0.0)))
+    return 20 * math.log10(peak) if peak > 0 else float("-inf")
+
+
+def sample_peak_dbfs(wav: np.ndarray) -> float:
+    peak = float(np.abs(wav).max(initial=0.0))
+    return 20 * math.log10(peak) if peak > 0 else float("-inf")
+
+
+def db_to_gain(db: float) -> float:
+    return 10.0 ** (db / 20.0)
+
+
+# --------------------------------------------------------------------------- shaping
+
+
+def equal_power_fade(n: int, fade_in: bool = True) -> np.ndarray:
+    """An equal-power fade curve of ``n`` samples (sin for in, cos for out): power sums to 1."""
+    t = (np.arange(n, dtype=np.float64) + 0.5) / max(n, 1)
+    curve = np.sin(0.5 * np.pi * t) if fade_in else np.cos(0.5 * np.pi * t)
+    return curve.astype(np.float32)
+
+
+def apply_fades(wav: np.ndarray, sample_rate: int, fade_in_s: float = 0.0, fade_out_s: float = 0.0) -> np.ndarray:
+    """Equal-power fade-in and fade-out (seconds) on ``[C, N]``; returns a new array."""
+    n = wav.shape[-1]
+    nin, nout = int(round(fade_in_s * sample_rate)), int(round(fade_out_s * sample_rate))
+    if fade_in_s < 0 or fade_out_s < 0:
+        raise AudiogenError("fade lengths must be >= 0 seconds")
+    if nin + nout > n:
+        raise AudiogenError(
+            f"fades ({fade_in_s:g}s in + {fade_out_s:g}s out) are longer than the audio ({n / sample_rate:.2f}s)"
+        )
+    out = np.array(wav, dtype=np.float32, copy=True)
+    if nin:
+        out[..., :nin] *= equal_power_fade(nin, fade_in=True)
+    if nout:
+        out[..., n - nout :] *= equal_power_fade(nout, fade_in=False)
+    return out
+
+
+def remove_dc(wav: np.ndarray, sample_rate: int, cutoff_hz: float = 10.0) -> np.ndarray:
+    """Remove DC offset and sub-audible rumble: zero-phase 2nd-order Butterworth high-pass."""
+    from scipy.signal import butter, sosfiltfilt
+
+    x = np.asarray(wav, dtype=np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    if x.shape[-1] > 32:
+        sos = butter(2, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
+        x = sosfiltfilt(sos, x, axis=-1)
+    return x.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``.
+
+    A crash or exception leaves ``path`` untouched (either the old file or nothing).
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise AudiogenError(f"{path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise AudiogenError(f"{path}: the folder {parent} is not writable")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subtype: str | None = None) -> Path:
+    """Write ``[C, N]`` float audio atomically; the format follows the extension.
+
+    Supported: .wav .flac .ogg .opus .mp3 .aiff. Refuses non-finite samples rather than
+    writing a broken file.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in WRITE_FORMATS:
+        raise AudiogenError(f"{path}: cannot write '{ext}' files; use one of {', '.join(WRITE_FORMATS)}")
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.shape[-1] == 0:
+        raise AudiogenError(f"{path}: refusing to write zero-length audio")
+    if not np.isfinite(wav).all():
+        raise AudiogenError(f"{path}: refusing to write NaN or infinite samples")
+    fmt, default_subtype = WRITE_FORMATS[ext]
+    if ext == ".opus" and sample_rate not in (8000, 12000, 16000, 24000, 48000):
+        wav, sample_rate = resample(wav, sample_rate, 48000), 48000
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wav.T, sample_rate, format=fmt, subtype=subtype or default_subtype)
+    return path

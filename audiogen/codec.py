@@ -1,0 +1,423 @@
+"""The codec layer: waveforms <-> discrete tokens.
+
+Contract (see DESIGN.md): a :class:`Codec` exposes ``sample_rate``, ``channels``,
+``frame_rate``, ``hop_length``, ``num_codebooks``, ``cardinality``,
+``encode(wav: FloatTensor[B, C, N]) -> LongTensor[B, K, T]`` with ``T = ceil(N / hop)``
+and ``decode(codes: LongTensor[B, K, T]) -> FloatTensor[B, C, T * hop]``.
+
+Backends:
+- :class:`EncodecCodec` wraps the ``encodec`` package (SEANet + residual VQ): the
+  pretrained 24 kHz / 48 kHz models from a local checkpoint, a tiny random-init model
+  for tests, or a codec we trained and saved with :func:`save_codec`.
+
+Long inputs are encoded and decoded in frame-aligned windows with context on both
+sides that is computed and thrown away, so memory is bounded by the window size, not
+the file length, and windows are batched together for speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from audiogen.errors import AudiogenError
+
+#: Where the encodec package's pretrained checkpoints are published (for the error message only;
+#: nothing here downloads).
+ENCODEC_URL = "https://dl.fbaipublicfiles.com/encodec/v0/{name}"
+PRETRAINED_FILES = {
+    "encodec_24khz": "encodec_24khz-d7cc33bc.th",
+    "encodec_48khz": "encodec_48khz-7e698e3e.th",
+}
+
+
+@dataclass(frozen=True)
+class EncodecConfig:
+    """Architecture of an ``encodec``-package model (SEANet encoder/decoder + RVQ)."""
+
+    sample_rate: int = 24_000
+    channels: int = 1
+    causal: bool = True
+    norm: str = "weight_norm"
+    n_filters: int = 32
+    dimension: int = 128
+    ratios: tuple[int, ...] = (8, 5, 4, 2)
+    n_residual_layers: int = 1
+    lstm: int = 2
+    n_q: int = 32
+    bins: int = 1024
+    target_bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
+    #: k-means codebook init on the first training batch (encodec's default)
+    kmeans_init: bool = True
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncodecConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise AudiogenError(f"unknown codec config keys: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("ratios", "target_bandwidths"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+NAMED_CONFIGS = {
+    "encodec_24khz": EncodecConfig(),
+    "encodec_48khz": EncodecConfig(
+        sample_rate=48_000, channels=2, causal=False, norm="time_group_norm", n_q=16,
+        target_bandwidths=(3.0, 6.0, 12.0, 24.0),
+    ),
+    # Random-init, a few thousand parameters: for tests and CI. Same shape of network.
+    "tiny": EncodecConfig(
+        n_filters=4, dimension=16, lstm=0, n_q=4, bins=64, target_bandwidths=(0.9, 1.8),
+    ),
+}
+
+
+def build_encodec_model(cfg: EncodecConfig):
+    """Instantiate an ``encodec.EncodecModel`` from a config (random weights)."""
+    import warnings
+
+    from encodec import EncodecModel
+    from encodec.modules import SEANetDecoder, SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+
+    common = dict(
+        channels=cfg.channels, dimension=cfg.dimension, n_filters=cfg.n_filters,
+        n_residual_layers=cfg.n_residual_layers, ratios=list(cfg.ratios), norm=cfg.norm,
+        causal=cfg.causal, lstm=cfg.lstm,
+    )
+    with warnings.catch_warnings():  # encodec uses the old weight_norm API; harmless
+        warnings.simplefilter("ignore", FutureWarning)
+        encoder = SEANetEncoder(**common)
+        decoder = SEANetDecoder(**common)
+    quantizer = ResidualVectorQuantizer(dimension=cfg.dimension, n_q=cfg.n_q, bins=cfg.bins, kmeans_init=cfg.kmeans_init)
+    model = EncodecModel(
+        encoder, decoder, quantizer, list(cfg.target_bandwidths), cfg.sample_rate, cfg.channels,
+        normalize=False, segment=None, name="audiogen",
+    )
+    return model
+
+
+@torch.no_grad()
+def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 4.0) -> None:
+    """Make a random-init codec whose codes depend on its input.
+
+    An untrained SEANet's output is dominated by its conv biases, so every frame lands
+    on the same codebook entry. With biases zeroed, the embeddings vary with the audio;
+    encodec's own k-means init on deterministic synthetic audio (tones, chirps, noise)
+    then spreads the codebooks over them. The LM and generation tests need this.
+    """
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.zero_()
+    n = int(seconds * cfg.sample_rate)
+    t = torch.arange(n) / cfg.sample_rate
+    g = torch.Generator().manual_seed(1234)
+    parts = []
+    for i in range(8):
+        f0 = 55.0 * 2 ** (i * 0.75)
+        parts.append(0.4 * torch.sin(2 * math.pi * f0 * t * (1 + 0.3 * t / seconds)))
+        parts.append(0.1 * torch.randn(n, generator=g) * (i + 1) / 8)
+    wav = torch.stack(parts).view(len(parts), 1, n).expand(-1, cfg.channels, -1).contiguous()
+    model.train()
+    emb = model.encoder(wav)
+    model.quantizer(emb, cfg.sample_rate / cfg.hop_length)
+    model.eval()
+
+
+class Codec:
+    """Base class: windowed, batched encode/decode on top of a backend's whole-window calls.
+
+    Subclasses implement ``_encode_window(wav[B, C, L]) -> codes[B, K, L // hop]`` and
+    ``_decode_window(codes[B, K, F]) -> wav[B, C, F * hop]`` for frame-aligned inputs.
+    """
+
+    sample_rate: int
+    channels: int
+    hop_length: int
+    num_codebooks: int
+    cardinality: int
+    #: window and context lengths for long inputs, in seconds
+    window_s: float = 10.0
+    context_s: float = 1.0
+    #: windows encoded/decoded per forward pass
+    window_batch: int = 8
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """A JSON-able description recorded in model directories and sidecars."""
+        raise NotImplementedError
+
+    def to(self, device) -> "Codec":
+        raise NotImplementedError
+
+    # -- windowing ----------------------------------------------------------------------
+    def _windows(self, total_frames: int) -> list[tuple[int, int, int, int]]:
+        """Split ``total_frames`` into (ctx_start, start, end, ctx_end) frame windows."""
+        w = max(1, int(round(self.window_s * self.frame_rate)))
+        x = int(round(self.context_s * self.frame_rate))
+        if total_frames <= w + 2 * x:
+            return [(0, 0, total_frames, total_frames)]
+        out = []
+        for a in range(0, total_frames, w):
+            b = min(a + w, total_frames)
+            out.append((max(0, a - x), a, b, min(total_frames, b + x)))
+        return out
+
+    def _run_windows(self, x: torch.Tensor, fn, in_scale: int, out_scale: int) -> torch.Tensor:
+        """Apply ``fn`` window by window along the last axis; windows of equal length are batched.
+
+        ``in_scale``/``out_scale`` are samples per frame on the input/output side
+        (hop for audio, 1 for codes).
+        """
+        total = x.shape[-1] // in_scale
+        windows = self._windows(total)
+        pieces: list[torch.Tensor | None] = [None] * len(windows)
+        by_len: dict[int, list[int]] = {}
+        for i, (cs, _, _, ce) in enumerate(windows):
+            by_len.setdefault(ce - cs, []).append(i)
+        B = x.shape[0]
+        for idxs in by_len.values():
+            per_call = max(1, self.window_batch // max(B, 1))
+            for j in range(0, len(idxs), per_call):
+                group = idxs[j : j + per_call]
+                batch = torch.cat([x[..., windows[i][0] * in_scale : windows[i][3] * in_scale] for i in group])
+                y = fn(batch)
+                for n, i in enumerate(group):
+                    cs, a, b, _ = windows[i]
+                    pieces[i] = y[n * B : (n + 1) * B, ..., (a - cs) * out_scale : (b - cs) * out_scale]
+        return torch.cat(pieces, dim=-1)  # type: ignore[arg-type]
+
+    # -- public API -------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """``wav: FloatTensor[B, C, N]`` at ``sample_rate`` -> ``codes: LongTensor[B, K, ceil(N / hop)]``."""
+        if wav.dim() != 3 or wav.shape[1] != self.channels:
+            raise AudiogenError(
+                f"codec expects audio shaped [batch, {self.channels}, samples], got {tuple(wav.shape)}"
+            )
+        if wav.shape[-1] == 0:
+            raise AudiogenError("cannot encode zero-length audio")
+        hop = self.hop_length
+        n = wav.shape[-1]
+        frames = -(-n // hop)
+        wav = torch.nn.functional.pad(wav.to(self.device, torch.float32), (0, frames * hop - n))
+        return self._run_windows(wav, self._encode_window, hop, 1)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes: LongTensor[B, K, T]`` -> ``wav: FloatTensor[B, C, T * hop]``."""
+        if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
+            raise AudiogenError(
+                f"codec expects codes shaped [batch, {self.num_codebooks}, frames], got {tuple(codes.shape)}"
+            )
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
+            raise AudiogenError(f"codes must lie in [0, {self.cardinality}); got {int(codes.min())}..{int(codes.max())}")
+        return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length)
+
+    def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class EncodecCodec(Codec):
+    """An ``encodec``-package model used at a fixed number of codebooks (bandwidth)."""
+
+    def __init__(self, model, config: EncodecConfig, name: str, num_codebooks: int | None = None,
+                 weights_sha256: str | None = None):
+        self.model = model.eval()
+        self.config = config
+        self.name = name
+        self.sample_rate = config.sample_rate
+        self.channels = config.channels
+        self.hop_length = config.hop_length
+        self.cardinality = config.bins
+        k = config.n_q if num_codebooks is None else int(num_codebooks)
+        if not 1 <= k <= config.n_q:
+            raise AudiogenError(f"codec '{name}' has {config.n_q} codebooks; cannot use {k}")
+        self.num_codebooks = k
+        self.weights_sha256 = weights_sha256
+
+    @property
+    def bandwidth_kbps(self) -> float:
+        return self.num_codebooks * math.log2(self.cardinality) * self.frame_rate / 1000
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "EncodecCodec":
+        self.model.to(device)
+        return self
+
+    def describe(self) -> dict:
+        return {
+            "backend": "encodec",
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "frame_rate": self.frame_rate,
+            "num_codebooks": self.num_codebooks,
+            "cardinality": self.cardinality,
+            "bandwidth_kbps": round(self.bandwidth_kbps, 3),
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
+        emb = self.model.encoder(wav)
+        codes = self.model.quantizer.vq.encode(emb, n_q=self.num_codebooks)  # [K, B, T]
+        return codes.transpose(0, 1)
+
+    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
+        emb = self.model.quantizer.decode(codes.transpose(0, 1))
+        return self.model.decoder(emb)
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def num_codebooks_for_bandwidth(cfg: EncodecConfig, bandwidth_kbps: float) -> int:
+    per_q = math.log2(cfg.bins) * cfg.sample_rate / cfg.hop_length / 1000
+    if bandwidth_kbps not in cfg.target_bandwidths:
+        raise AudiogenError(
+            f"bandwidth {bandwidth_kbps:g} kbps is not one this codec was trained for; "
+            f"choose one of {', '.join(f'{b:g}' for b in cfg.target_bandwidths)}"
+        )
+    return max(1, int(bandwidth_kbps // per_q + 1e-9))
+
+
+def pretrained_weights_path(name: str) -> Path:
+    """Where a pretrained EnCodec checkpoint is looked for: ``$AUDIOGEN_WEIGHTS`` or torch's hub cache."""
+    base = os.environ.get("AUDIOGEN_WEIGHTS")
+    if base:
+        return Path(base) / PRETRAINED_FILES[name]
+    return Path(torch.hub.get_dir()) / "checkpoints" / PRETRAINED_FILES[name]
+
+
+def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None, weights: str | os.PathLike | None = None,
+               num_codebooks: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> Codec:
+    """Load a codec by name or path.
+
+    ``spec``: ``encodec_24khz`` / ``encodec_48khz`` (pretrained, from ``weights`` or the
+    local cache, never downloaded), ``tiny`` (random init from ``seed``), or a directory
+    written by :func:`save_codec`. ``bandwidth`` (kbps) or ``num_codebooks`` choose how
+    many residual codebooks are used.
+    """
+    spec_str = str(spec)
+    if spec_str in PRETRAINED_FILES:
+        cfg = NAMED_CONFIGS[spec_str]
+        path = Path(weights) if weights else pretrained_weights_path(spec_str)
+        if not path.is_file():
+            raise AudiogenError(
+                f"pretrained {spec_str} weights not found at {path}. This tool never downloads at run time: "
+                f"fetch {ENCODEC_URL.format(name=PRETRAINED_FILES[spec_str])} on a machine with network access "
+                f"and copy it to {path} (or set AUDIOGEN_WEIGHTS to its folder, or pass the file explicitly)."
+            )
+        model = build_encodec_model(cfg)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as e:  # a wrong or corrupt file is a user error
+            raise AudiogenError(f"{path}: not a valid {spec_str} checkpoint ({type(e).__name__}: {e})") from None
+        sha = _sha256_file(path)
+        name = spec_str
+    elif spec_str == "tiny":
+        cfg = NAMED_CONFIGS["tiny"]
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            model = build_encodec_model(cfg)
+            _init_random_codec(model, cfg)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        sha, name = None, f"tiny-seed{seed}"
+    else:
+        return load_saved_codec(spec_str, bandwidth=bandwidth, num_codebooks=num_codebooks, device=device)
+    if bandwidth is not None:
+        num_codebooks = num_codebooks_for_bandwidth(cfg, bandwidth)
+    codec = EncodecCodec(model, cfg, name, num_codebooks, weights_sha256=sha)
+    return codec.to(device)
+
+
+CODEC_CONFIG = "codec.json"
+CODEC_WEIGHTS = "codec.safetensors"
+
+
+def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike) -> Path:
+    """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically)."""
+    from safetensors.torch import save_file
+
+    from audiogen.audio import atomic_path, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in codec.model.state_dict().items()}
+    with atomic_path(out / CODEC_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    meta = {"backend": "encodec", "name": codec.name, "num_codebooks": codec.num_codebooks,
+            "config": dataclasses.asdict(codec.config)}
+    atomic_write_text(out / CODEC_CONFIG, json.dumps(meta, indent=2))
+    return out
+
+
+def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, num_codebooks: int | None = None,
+                     device: str | torch.device = "cpu") -> EncodecCodec:
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_file() and p.name in (CODEC_CONFIG, CODEC_WEIGHTS):
+        p = p.parent
+    if not p.exists():
+        raise AudiogenError(
+            f"unknown codec '{path}': not one of {', '.join([*PRETRAINED_FILES, 'tiny'])} and no such folder"
+        )
+    cfg_file, w_file = p / CODEC_CONFIG, p / CODEC_WEIGHTS
+    for f in (cfg_file, w_file):
+        if not f.is_file():
+            raise AudiogenError(f"{p}: not a codec folder ({f.name} is missing)")
+    try:
+        meta = json.loads(cfg_file.read_text())
+        cfg = EncodecConfig.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None
+    model = build_encodec_model(cfg)
+    try:
+        model.load_state_dict(load_file(str(w_file)))
+    except Exception as e:
+        raise AudiogenError(f"{w_file}: weights do not match {cfg_file.name} ({type(e).__name__})") from None
+    if bandwidth is not None:
+        num_codebooks = num_codebooks_for_bandwidth(cfg, bandwidth)
+    k = num_codebooks if num_codebooks is not None else meta.get("num_codebooks")
+    codec = EncodecCodec(model, cfg, meta.get("name", p.name), k, weights_sha256=_sha256_file(w_file))
+    return codec.to(device)

@@ -1,0 +1,11 @@
+"""The one exception type for user errors.
+
+Anything a user can cause (a bad file, a bad flag, a missing weight file) raises
+:class:`AudiogenError` with a message that names the thing and the problem. The CLI
+prints that message on one line and exits non-zero; every other exception is a
+programming error and keeps its traceback.
+"""
+
+
+class AudiogenError(Exception):
+    """A user-facing error: bad input, bad configuration, missing files."""

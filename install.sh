@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One-step setup for a fresh Debian/Ubuntu machine (run as root or with sudo):
+#   system packages (Debian chromium for the browser tests), the audiogen package
+#   with every extra the tests need, and the Creative Commons music the tests use.
+# Idempotent: re-running it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+PY="${PYTHON:-python3}"
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[install] apt: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "[install] pip: audiogen[all] (torch 2.11.0 pinned)"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
+
+# Real CC-BY-SA / GPL music from Debian, used by the tests (and a small corpus to try prep on).
+"$PY" -m audiogen.debian_music --packages singularity-music --out .cache/debian-music
+
+echo "[install] done. Run the tests with: python3 -m pytest -q"

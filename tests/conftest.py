@@ -1,0 +1,67 @@
+"""Shared fixtures: synthesized audio, the tiny random codec, and real CC music from Debian."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def synth_music(seconds: float = 3.0, sr: int = 24000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """A few seconds of deterministic 'music': decaying harmonic notes over a pulse. float32 [C, N]."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    out = np.zeros(n)
+    note_len = 0.25
+    for i in range(int(seconds / note_len)):
+        f0 = 220.0 * 2 ** (rng.integers(0, 12) / 12)
+        s = int(i * note_len * sr)
+        e = min(n, s + int(note_len * sr))
+        tt = t[: e - s]
+        env = np.exp(-6 * tt)
+        out[s:e] += sum(np.sin(2 * np.pi * f0 * h * tt) / h for h in (1, 2, 3)) * env * 0.2
+    out += 0.01 * rng.standard_normal(n)
+    wav = np.stack([out * (1 - 0.1 * c) for c in range(channels)]).astype(np.float32)
+    return wav
+
+
+@pytest.fixture
+def make_music():
+    return synth_music
+
+
+@pytest.fixture(scope="session")
+def tiny_codec():
+    from audiogen.codec import load_codec
+
+    return load_codec("tiny")
+
+
+@pytest.fixture(scope="session")
+def debian_music_dir() -> Path:
+    """Real CC-BY-SA music (Debian singularity-music), fetched by install.sh."""
+    d = Path(os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))
+    tracks = sorted(d.rglob("*.ogg")) if d.exists() else []
+    if not tracks:
+        pytest.fail(f"no Debian music under {d}: run 'bash install.sh' (it fetches singularity-music)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def real_tracks(debian_music_dir) -> list[Path]:
+    return sorted(debian_music_dir.rglob("*.ogg"))
