@@ -1,0 +1,74 @@
+"""``audiogen prep``: a folder of music -> a tokenized Hugging Face dataset (see docs/prep.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from audiogen.commands.codec import add_codec_args
+
+ORDER = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prep",
+        help="prepare a training corpus: audio folder -> tokenized dataset with metadata",
+        description="Walk AUDIO_DIR (every format the audio layer reads), cut each file into segments, "
+        "tokenize them with the codec and save a Hugging Face DatasetDict (train/valid, split by source "
+        "file) to DATA_DIR, with tempo, key, tags, captions and licenses per segment. Bad files are skipped "
+        "and listed in DATA_DIR/prep_report.json. Killed and rerun with the same command, it resumes where "
+        "it stopped and produces the same dataset.",
+        epilog="Exit status: 0 all files used; 3 some files were skipped (see prep_report.json); "
+        "1 user error (bad flag, folder, codec). Captions: --captions FILE (CSV or JSONL with a 'path' "
+        "column relative to AUDIO_DIR and any of caption,title,artist,genre,mood,instruments,license,"
+        "attribution), or TRACK.txt / TRACK.json beside TRACK.ogg.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder of audio files (searched recursively)")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="dataset folder to write (resumed if it exists)")
+    add_codec_args(p)
+    p.add_argument("--segment", type=float, default=30.0, metavar="S", help="segment length in seconds (default: %(default)s)")
+    p.add_argument("--hop", type=float, default=None, metavar="S",
+                   help="seconds between segment starts (default: = --segment, no overlap)")
+    p.add_argument("--min-segment", type=float, default=None, metavar="S",
+                   help="drop a last (or only) segment shorter than this; never padded (default: segment / 3)")
+    p.add_argument("--captions", default=None, metavar="FILE", help="CSV/JSONL of captions and metadata keyed by relative path")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="processes decoding and analysing files; 0 = in the main process (default: %(default)s, the cores)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="segments per codec call (default: %(default)s; raise it on a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid assignment (default: %(default)s)")
+    p.add_argument("--valid-fraction", type=float, default=0.1, metavar="F",
+                   help="share of source files in the valid split (default: %(default)s)")
+    p.add_argument("--silence-db", type=float, default=-70.0, metavar="DBFS",
+                   help="files/segments with a peak below this are silent and skipped (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from audiogen.prep import EXIT_OK, EXIT_SKIPPED, PrepConfig, prepare
+
+    cfg = PrepConfig(
+        audio_dir=args.audio_dir, out=args.out, codec=args.codec, bandwidth=args.bandwidth,
+        codec_weights=args.codec_weights, device=args.device, segment_s=args.segment, hop_s=args.hop,
+        min_segment_s=args.min_segment, captions=args.captions, workers=args.workers, batch_size=args.batch_size,
+        seed=args.seed, valid_fraction=args.valid_fraction, silence_dbfs=args.silence_db,
+        progress=not args.no_progress,
+    )
+    report = prepare(cfg)
+    seg = report["segments"]
+    print(f"{args.out}: {report['files_kept']} files, {report['audio_hours']:.3f} h audio, "
+          f"{seg['train']} train + {seg['valid']} valid segments "
+          f"({report['files_reused_from_shards']} files resumed from earlier work)")
+    if report["duplicates"]:
+        print(f"{len(report['duplicates'])} duplicate files tokenized once (see prep_report.json)")
+    if report["skipped"]:
+        print(f"skipped {len(report['skipped'])} files (reasons in {args.out}/prep_report.json):", file=sys.stderr)
+        for s in report["skipped"][:10]:
+            print(f"  {s['source']}: {s['reason']}", file=sys.stderr)
+        return EXIT_SKIPPED
+    return EXIT_OK

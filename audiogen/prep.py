@@ -1,0 +1,699 @@
+"""Corpus preparation: a folder of audio files -> a tokenized Hugging Face dataset.
+
+``prepare(PrepConfig(audio_dir, out))`` (the ``audiogen prep`` command) walks
+``audio_dir``, decodes every file the audio layer reads, cuts it into segments, tokenizes
+them with a codec and saves a :class:`datasets.DatasetDict` to ``out`` with
+``save_to_disk``.
+
+Dataset schema (``dataset_features(K)``), one row per segment, splits ``train`` and
+``valid`` made by source file (no recording in both):
+
+============  ======================  ==================================================
+column        type                    meaning
+============  ======================  ==================================================
+id            string                  ``<sha256[:16]>-<segment index:05d>``, unique
+source        string                  path relative to AUDIO_DIR (posix), first of duplicates
+sha256        string                  of the source file's bytes
+start_s       float64                 segment start in the source (seconds)
+duration_s    float64                 segment length (seconds; the tail may be shorter)
+codec         string                  ``json.dumps(codec.describe(), sort_keys=True)``
+codes         int16 [K][T]            ``K = num_codebooks``, ``T = ceil(duration * frame_rate)``
+caption       string                  sidecar/captions-file text, or composed from metadata
+genre         string | None           from a sidecar, captions file or tag; never guessed
+mood          string | None           from a sidecar or captions file
+bpm           float32 | None          estimated on the segment (librosa beat tracking)
+key           string | None           e.g. ``"D minor"`` (Krumhansl-Schmuckler on chroma)
+instruments   list[string]            from a sidecar or captions file (may be empty)
+license       string | None           sidecar/captions ``license`` or the file's tag
+split         string                  ``"train"`` or ``"valid"``
+title         string | None           extra: sidecar or tag
+artist        string | None           extra: sidecar or tag
+attribution   string | None           extra: credit line to reproduce (sidecar/captions)
+============  ======================  ==================================================
+
+Also in ``out``: ``prep_config.json`` (codec description, segment/hop seconds, seed,
+counts) and ``prep_report.json`` (skipped files with reasons, duplicates, figures).
+
+How it stays correct when killed: every source file's result (codes + per-segment
+analysis) is written atomically to ``out/.work/<sha256>.npz`` + ``.json`` as soon as
+its last segment is tokenized; a rerun skips files whose shard exists, and the dataset
+is assembled at the end, deterministically (sorted by source), from the shards alone.
+Codes of a segment depend only on its audio: full-length segments are always encoded in
+batches of the same shape (padded with silent dummy rows), so a resumed run's batches
+give the same codes as an uninterrupted run's.
+
+Duplicates (same file bytes) are tokenized once: the first path in sorted order is
+kept, the others are listed under ``duplicates`` in the report (not an error).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audiogen.errors import AudiogenError
+
+#: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
+SHARD_VERSION = 1
+#: Sample rate and hop of the librosa analysis (tempo, key).
+ANALYSIS_SR = 22_050
+ANALYSIS_HOP = 256
+#: Exit codes of ``audiogen prep``.
+EXIT_OK, EXIT_USER_ERROR, EXIT_SKIPPED = 0, 1, 3
+
+_KEY_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+# Krumhansl-Kessler key profiles (probe-tone ratings), tonic first.
+_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+#: Metadata fields a sidecar or captions file may carry.
+META_FIELDS = ("caption", "title", "artist", "genre", "mood", "instruments", "license", "attribution")
+
+
+def dataset_features(num_codebooks: int):
+    """The :class:`datasets.Features` of a prepared dataset with ``num_codebooks`` codebooks."""
+    from datasets import Features, List, Value
+
+    s = Value("string")
+    return Features({
+        "id": s, "source": s, "sha256": s,
+        "start_s": Value("float64"), "duration_s": Value("float64"),
+        "codec": s,
+        "codes": List(List(Value("int16")), length=num_codebooks),
+        "caption": s, "genre": s, "mood": s,
+        "bpm": Value("float32"), "key": s,
+        "instruments": List(s),
+        "license": s, "split": s,
+        "title": s, "artist": s, "attribution": s,
+    })
+
+
+@dataclass
+class PrepConfig:
+    audio_dir: str
+    out: str
+    codec: str = "tiny"
+    bandwidth: float | None = None
+    codec_weights: str | None = None
+    device: str = "cpu"
+    segment_s: float = 30.0
+    #: distance between segment starts; None = segment_s (no overlap)
+    hop_s: float | None = None
+    #: a tail (or a whole file) shorter than this is dropped; None = segment_s / 3
+    min_segment_s: float | None = None
+    captions: str | None = None
+    #: decoding/analysis processes; 0 or 1 = in the main process
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: full-length segments per codec call
+    batch_size: int = 8
+    seed: int = 0
+    valid_fraction: float = 0.1
+    #: a file (or segment) whose sample peak is below this is silent
+    silence_dbfs: float = -70.0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.hop_s is None:
+            self.hop_s = self.segment_s
+        if self.min_segment_s is None:
+            self.min_segment_s = self.segment_s / 3
+        for name in ("segment_s", "hop_s", "min_segment_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise AudiogenError(f"--{name[:-2].replace('_', '-')} must be a positive number of seconds, got {v}")
+        if self.min_segment_s > self.segment_s:
+            raise AudiogenError(f"--min-segment ({self.min_segment_s:g}s) is longer than --segment ({self.segment_s:g}s)")
+        if not 0 <= self.valid_fraction < 1:
+            raise AudiogenError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.batch_size < 1:
+            raise AudiogenError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise AudiogenError(f"--workers must be >= 0, got {self.workers}")
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def estimate_key(chroma_mean: np.ndarray) -> str | None:
+    """Krumhansl-Schmuckler: the key whose profile correlates best with a mean chroma [12]."""
+    c = np.asarray(chroma_mean, dtype=np.float64)
+    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-6:
+        return None
+    best, best_r = None, -2.0
+    for mode, prof in (("major", _MAJOR), ("minor", _MINOR)):
+        for tonic in range(12):
+            r = np.corrcoef(c, np.roll(prof, tonic))[0, 1]
+            if r > best_r:
+                best, best_r = f"{_KEY_NAMES[tonic]} {mode}", r
+    return best
+
+
+def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP) -> float | None:
+    """Tempo of an onset-strength envelope: librosa's beat tracker, refined by a line fit
+    through the beat times (the tracker's own tempo is quantized to whole frame lags)."""
+    import librosa
+
+    if onset_env.size < 4 * sr / hop or float(onset_env.max(initial=0.0)) <= 0:
+        return None  # under 4 s, or no onsets at all
+    tempo, beats = librosa.beat.beat_track(onset_envelope=onset_env, sr=sr, hop_length=hop)
+    tempo = float(np.atleast_1d(tempo)[0])
+    if len(beats) >= 4:
+        times = np.asarray(beats, dtype=np.float64) * hop / sr
+        slope = np.polyfit(np.arange(len(times)), times, 1)[0]
+        if slope > 0:
+            tempo = 60.0 / slope
+    return round(tempo, 1) if tempo > 0 else None
+
+
+def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mono: [N]`` at ``sr`` -> (onset envelope [F], chroma [12, F]) at ANALYSIS_SR / ANALYSIS_HOP."""
+    import librosa
+
+    from audiogen.audio import resample
+
+    y = resample(mono[None], sr, ANALYSIS_SR)[0] if sr != ANALYSIS_SR else mono
+    env = librosa.onset.onset_strength(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP)
+    chroma = librosa.feature.chroma_stft(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP, n_fft=4096)
+    return env, chroma
+
+
+def segment_bounds(n: int, sr: int, segment_s: float, hop_s: float, min_segment_s: float) -> list[tuple[int, int]]:
+    """(start, length) in samples of each segment of ``n`` samples; tails shorter than
+    ``min_segment_s`` are dropped and nothing is padded. A tail wholly inside the previous
+    segment (overlapping hops) is not repeated."""
+    seg, hop, mn = round(segment_s * sr), max(1, round(hop_s * sr)), round(min_segment_s * sr)
+    out: list[tuple[int, int]] = []
+    for s in range(0, n, hop):
+        length = min(seg, n - s)
+        if length < mn or (out and out[-1][0] + out[-1][1] >= n):
+            break
+        out.append((s, length))
+    return out
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def _first(v):
+    if isinstance(v, (list, tuple)):
+        v = v[0] if v else None
+    v = None if v is None else str(v).strip()
+    return v or None
+
+
+def read_tags(path: Path) -> dict:
+    """Title, artist, album, genre, license from the file's tags (mutagen); {} when none."""
+    import mutagen
+
+    try:
+        f = mutagen.File(str(path), easy=True)
+    except Exception:  # tags are optional; an unreadable tag block is not a reason to skip
+        return {}
+    if f is None or not f.tags:
+        return {}
+    tags = {k.lower(): v for k, v in f.tags.items()}
+    out = {k: _first(tags.get(k)) for k in ("title", "artist", "album", "genre")}
+    out["license"] = _first(tags.get("license")) or _first(tags.get("copyright"))
+    return {k: v for k, v in out.items() if v}
+
+
+def _clean_meta(d: dict, where: str) -> dict:
+    out = {}
+    for k in META_FIELDS:
+        v = d.get(k)
+        if v is None or v == "":
+            continue
+        if k == "instruments":
+            items = v.split(",") if isinstance(v, str) else v
+            if not isinstance(items, (list, tuple)):
+                raise AudiogenError(f"{where}: 'instruments' must be a list or a comma-separated string")
+            out[k] = [str(x).strip() for x in items if str(x).strip()]
+        else:
+            out[k] = str(v).strip()
+    return out
+
+
+def read_sidecar(path: Path) -> dict:
+    """Metadata from ``TRACK.json`` (any META_FIELDS) or ``TRACK.txt`` (the caption) beside ``TRACK.ext``."""
+    meta = {}
+    js, txt = path.with_suffix(".json"), path.with_suffix(".txt")
+    if js.is_file():
+        try:
+            d = json.loads(js.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AudiogenError(f"{js}: invalid JSON sidecar ({e})") from None
+        if not isinstance(d, dict):
+            raise AudiogenError(f"{js}: sidecar must be a JSON object")
+        meta.update(_clean_meta(d, str(js)))
+    if txt.is_file():
+        text = txt.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            meta["caption"] = text
+    return meta
+
+
+def load_captions(path: str | os.PathLike, audio_dir: Path) -> dict[str, dict]:
+    """``--captions`` file (CSV with a header, or JSONL) -> {relative path: metadata}.
+
+    Rows need ``path`` (relative to AUDIO_DIR, or absolute) and may carry any of
+    ``caption, title, artist, genre, mood, instruments, license, attribution``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise AudiogenError(f"--captions {p}: no such file")
+    rows: list[dict] = []
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if p.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise AudiogenError(f"{p}:{i}: invalid JSON line ({e})") from None
+    elif p.suffix.lower() in (".csv", ".tsv"):
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+    else:
+        raise AudiogenError(f"--captions {p}: expected a .csv, .tsv or .jsonl file")
+    out = {}
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not row.get("path"):
+            raise AudiogenError(f"{p}: row {i} has no 'path'")
+        key = Path(row["path"])
+        if key.is_absolute():
+            try:
+                key = key.resolve().relative_to(audio_dir.resolve())
+            except ValueError:
+                raise AudiogenError(f"{p}: row {i}: {key} is not inside {audio_dir}") from None
+        out[key.as_posix()] = _clean_meta(row, f"{p} row {i}")
+    return out
+
+
+def compose_caption(meta: dict, bpm: float | None, key: str | None) -> str:
+    """A caption from the facts we have, e.g. "Awakening by Max McCracken, 92 bpm, in D minor"."""
+    parts = []
+    head = meta.get("title") or ""
+    if meta.get("artist"):
+        head = f"{head} by {meta['artist']}" if head else f"music by {meta['artist']}"
+    if head:
+        parts.append(head)
+    for k in ("genre", "mood"):
+        if meta.get(k):
+            parts.append(meta[k])
+    if meta.get("instruments"):
+        parts.append("with " + ", ".join(meta["instruments"]))
+    if bpm:
+        parts.append(f"{bpm:.0f} bpm")
+    if key:
+        parts.append(f"in {key}")
+    return ", ".join(parts) if parts else "music"
+
+
+# ----------------------------------------------------------------------------- per file (worker)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Task:
+    path: str
+    rel: str
+    work: str
+    sample_rate: int
+    channels: int
+    segment_s: float
+    hop_s: float
+    min_segment_s: float
+    silence_dbfs: float
+    extra_meta: dict
+
+
+def _process_file(t: _Task) -> dict:
+    """Decode + analyse one file. Returns {rel, sha256, status, ...}; status is
+    ``error`` (unreadable, no hash), ``skipped`` (content-determined, cacheable),
+    ``cached`` (shard exists) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
+    from audiogen.audio import audio_info, load_audio, resample, sample_peak_dbfs
+
+    path = Path(t.path)
+    res: dict = {"rel": t.rel}
+    try:
+        audio_info(path)  # empty / missing / unreadable header: named reason before hashing
+        res["sha256"] = sha = sha256_file(path)
+    except (AudiogenError, OSError) as e:
+        return {**res, "status": "error", "reason": _reason(e, path)}
+    try:
+        meta = read_tags(path)
+        meta.update(read_sidecar(path))
+    except AudiogenError as e:
+        return {**res, "status": "error", "reason": _reason(e, path)}
+    meta.update(t.extra_meta)
+    res["meta"] = meta
+    shard = Path(t.work) / f"{sha}.json"
+    if shard.exists():
+        done = json.loads(shard.read_text())
+        if "skipped" in done:
+            return {**res, "status": "skipped", "reason": done["skipped"], "cached": True}
+        return {**res, "status": "cached", "audio_s": done["duration_s"]}
+    try:
+        wav, sr = load_audio(path)
+    except AudiogenError as e:
+        return {**res, "status": "skipped", "reason": _reason(e, path)}
+    duration = wav.shape[1] / sr
+    peak = sample_peak_dbfs(wav)
+    if peak < t.silence_dbfs:
+        return {**res, "status": "skipped", "reason": f"silent (peak {peak:.1f} dBFS < {t.silence_dbfs:g} dBFS)"}
+    bounds = segment_bounds(wav.shape[1], sr, t.segment_s, t.hop_s, t.min_segment_s)
+    if not bounds:
+        return {**res, "status": "skipped",
+                "reason": f"too short ({duration:.2f}s < minimum segment {t.min_segment_s:g}s)"}
+    mono = wav.mean(axis=0)
+    env, chroma = _analysis_features(mono, sr)
+    segments, silent = [], 0
+    fps = ANALYSIS_SR / ANALYSIS_HOP
+    for s, n in bounds:
+        if sample_peak_dbfs(wav[:, s : s + n]) < t.silence_dbfs:
+            silent += 1
+            continue
+        f0, f1 = int(s / sr * fps), int(math.ceil((s + n) / sr * fps))
+        segments.append({"start_s": s / sr, "duration_s": n / sr,
+                         "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
+    if not segments:
+        return {**res, "status": "skipped", "reason": "silent (every segment below the silence threshold)"}
+    from audiogen.audio import convert_channels
+
+    out = convert_channels(wav, t.channels)
+    if sr != t.sample_rate:
+        out = resample(out, sr, t.sample_rate)
+    return {**res, "status": "ok", "wav": np.ascontiguousarray(out, dtype=np.float32), "segments": segments,
+            "silent_segments": silent, "audio_s": duration, "source_rate": sr, "source_channels": wav.shape[0]}
+
+
+def _reason(e: Exception, path: Path) -> str:
+    msg = str(e)
+    prefix = f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _worker_init(parent_pid: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+
+    def watch():  # exit if the main process dies (kill -9): no orphaned workers
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _results(tasks: list[_Task], workers: int):
+    """Yield each task's result in order, decoding up to ``2 * workers`` files ahead."""
+    if workers <= 1:
+        for t in tasks:
+            yield _process_file(t)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the main process holds torch/OpenMP threads that fork would break
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
+        ahead = 2 * workers
+        futures = [pool.submit(_process_file, t) for t in tasks[:ahead]]
+        for i in range(len(tasks)):
+            if i + ahead < len(tasks):
+                futures.append(pool.submit(_process_file, tasks[i + ahead]))
+            yield futures[i].result()
+            futures[i] = None  # free the decoded audio
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+class _Tokenizer:
+    """Batches segments from several files through ``codec.encode`` and writes each file's
+    shard once all its segments are tokenized.
+
+    Full-length segments go through in batches of exactly ``batch_size`` (padded with
+    zero rows) so every call has the same shape and a segment's codes never depend on
+    which other segments shared its batch. Shorter tail segments go alone.
+    """
+
+    def __init__(self, codec, work: Path, segment_samples: int, batch_size: int):
+        self.codec, self.work = codec, work
+        self.segment_samples, self.batch_size = segment_samples, batch_size
+        self.pending: OrderedDict[str, dict] = OrderedDict()  # sha -> {segments, codes}
+        self.queue: list[tuple[str, int, np.ndarray]] = []
+        self.tokens = 0
+
+    def add(self, sha: str, wav: np.ndarray, segments: list[dict], sr: int, facts: dict) -> None:
+        """``wav: float32 [C, N]`` at the codec rate; ``segments`` carry start_s/duration_s;
+        ``facts`` (duration_s, silent_segments) go into the shard as they are."""
+        self.pending[sha] = {"segments": segments, "codes": [None] * len(segments), "facts": facts}
+        for i, seg in enumerate(segments):
+            s = round(seg["start_s"] * sr)
+            piece = wav[:, s : s + round(seg["duration_s"] * sr)]
+            if piece.shape[1] == self.segment_samples:
+                self.queue.append((sha, i, piece))
+            else:
+                self._store([(sha, i)], self._encode(piece[None]))
+        if len(self.queue) >= self.batch_size:
+            self._run_full(flush=False)
+        self._write_done()
+
+    def flush(self) -> None:
+        self._run_full(flush=True)
+        self._write_done()
+
+    def _encode(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        codes = self.codec.encode(torch.from_numpy(batch))
+        return codes.cpu().numpy().astype(np.int16)  # [B, K, T]
+
+    def _run_full(self, flush: bool) -> None:
+        while len(self.queue) >= self.batch_size or (flush and self.queue):
+            group, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+            batch = np.zeros((self.batch_size, *group[0][2].shape), dtype=np.float32)
+            for j, (_, _, piece) in enumerate(group):
+                batch[j] = piece
+            codes = self._encode(batch)
+            self._store([(sha, i) for sha, i, _ in group], codes[: len(group)])
+
+    def _store(self, keys: list[tuple[str, int]], codes: np.ndarray) -> None:
+        for (sha, i), c in zip(keys, codes):
+            self.pending[sha]["codes"][i] = c
+            self.tokens += c.size
+
+    def _write_done(self) -> None:
+        from audiogen.audio import atomic_path, atomic_write_text
+
+        for sha in [s for s, p in self.pending.items() if all(c is not None for c in p["codes"])]:
+            p = self.pending.pop(sha)
+            # npz first, json last: the json's existence marks the shard complete
+            with atomic_path(self.work / f"{sha}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, *p["codes"])
+            atomic_write_text(self.work / f"{sha}.json", json.dumps(
+                {"version": SHARD_VERSION, "sha256": sha, **p["facts"], "segments": p["segments"]}))
+
+
+# ----------------------------------------------------------------------------- splits and assembly
+
+
+def assign_splits(shas: list[str], seed: int, valid_fraction: float) -> dict[str, str]:
+    """Source-level split from a hash of (seed, content hash): a file keeps its split when
+    others are added. With >= 2 files and ``valid_fraction > 0`` at least one is valid and
+    one is train (the files with the extreme hash scores move)."""
+    score = {s: int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:15], 16) / 16**15 for s in shas}
+    split = {s: "valid" if score[s] < valid_fraction else "train" for s in shas}
+    if len(shas) >= 2 and valid_fraction > 0:
+        if "valid" not in split.values():
+            split[min(shas, key=score.get)] = "valid"
+        if "train" not in split.values():
+            split[max(shas, key=score.get)] = "train"
+    return split
+
+
+def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[str, dict], codec_json: str,
+              num_codebooks: int, seed: int, valid_fraction: float) -> dict[str, int]:
+    """Build and save the DatasetDict from the shards of ``kept`` [(source, sha)], sorted."""
+    from datasets import Dataset, DatasetDict
+
+    splits = assign_splits([sha for _, sha in kept], seed, valid_fraction)
+    cols = {k: [] for k in dataset_features(num_codebooks)}
+    per_split = {"train": [], "valid": []}
+    for source, sha in sorted(kept):
+        shard = json.loads((work / f"{sha}.json").read_text())
+        with np.load(work / f"{sha}.npz") as z:
+            codes = [z[f"arr_{i}"] for i in range(len(shard["segments"]))]
+        meta = metas[sha]
+        for i, (seg, c) in enumerate(zip(shard["segments"], codes)):
+            per_split[splits[sha]].append(len(cols["id"]))
+            row = {
+                "id": f"{sha[:16]}-{i:05d}", "source": source, "sha256": sha,
+                "start_s": seg["start_s"], "duration_s": seg["duration_s"], "codec": codec_json, "codes": c,
+                "caption": meta.get("caption") or compose_caption(meta, seg["bpm"], seg["key"]),
+                "genre": meta.get("genre"), "mood": meta.get("mood"), "bpm": seg["bpm"], "key": seg["key"],
+                "instruments": meta.get("instruments", []), "license": meta.get("license"),
+                "split": splits[sha], "title": meta.get("title"), "artist": meta.get("artist"),
+                "attribution": meta.get("attribution"),
+            }
+            for k, v in row.items():
+                cols[k].append(v)
+    features = dataset_features(num_codebooks)
+    dd = DatasetDict({
+        name: Dataset.from_dict({k: [v[j] for j in idx] for k, v in cols.items()}, features=features)
+        for name, idx in per_split.items()
+    })
+    # Save beside, then swap in: a kill during saving leaves either the old dataset or none.
+    tmp = out / ".work" / "dataset.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dd.save_to_disk(str(tmp))
+    for name in ("dataset_dict.json", "train", "valid"):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for name in ("train", "valid", "dataset_dict.json"):  # dataset_dict.json last: marks it complete
+        os.replace(tmp / name, out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {k: len(v) for k, v in per_split.items()}
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _settings(cfg: PrepConfig, codec_desc: dict) -> dict:
+    """What shards depend on; a .work folder made with other settings is refused."""
+    return {"shard_version": SHARD_VERSION, "codec": codec_desc, "segment_s": cfg.segment_s, "hop_s": cfg.hop_s,
+            "min_segment_s": cfg.min_segment_s, "silence_dbfs": cfg.silence_dbfs,
+            "analysis": {"sample_rate": ANALYSIS_SR, "hop": ANALYSIS_HOP}}
+
+
+def prepare(cfg: PrepConfig, codec=None) -> dict:
+    """Run the whole preparation; returns the report (also written to ``out/prep_report.json``).
+
+    ``codec``: an already-loaded codec (tests, benchmarks); default: load ``cfg.codec``.
+    """
+    from tqdm import tqdm
+
+    from audiogen.audio import atomic_write_text, find_audio_files
+
+    t_start = time.perf_counter()
+    audio_dir, out = Path(cfg.audio_dir), Path(cfg.out)
+    if not audio_dir.is_dir():
+        raise AudiogenError(f"{audio_dir}: not a folder" if audio_dir.exists() else f"{audio_dir}: no such folder")
+    if out.exists() and not out.is_dir():
+        raise AudiogenError(f"--out {out}: exists and is not a folder")
+    files = find_audio_files(audio_dir)
+    if out.resolve().is_relative_to(audio_dir.resolve()):
+        files = [f for f in files if not f.resolve().is_relative_to(out.resolve())]
+    if not files:
+        raise AudiogenError(f"{audio_dir}: no audio files found (looked for the audio layer's extensions)")
+    captions = load_captions(cfg.captions, audio_dir) if cfg.captions else {}
+
+    if codec is None:
+        from audiogen.codec import load_codec
+
+        codec = load_codec(cfg.codec, bandwidth=cfg.bandwidth, weights=cfg.codec_weights, device=cfg.device)
+    codec_desc = codec.describe()
+    codec_json = json.dumps(codec_desc, sort_keys=True)
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    settings = _settings(cfg, codec_desc)
+    settings_file = work / "settings.json"
+    if settings_file.exists():
+        old = json.loads(settings_file.read_text())
+        if old != json.loads(json.dumps(settings)):
+            changed = sorted(k for k in settings if old.get(k) != json.loads(json.dumps(settings[k])))
+            raise AudiogenError(
+                f"{out} holds a preparation made with other settings ({', '.join(changed)} differ); "
+                f"use a new --out folder, or delete {work} to start over"
+            )
+    else:
+        atomic_write_text(settings_file, json.dumps(settings, indent=2))
+
+    rels = [f.relative_to(audio_dir).as_posix() for f in files]
+    tasks = [_Task(str(f), r, str(work), codec.sample_rate, codec.channels, cfg.segment_s, cfg.hop_s,
+                   cfg.min_segment_s, cfg.silence_dbfs, captions.get(r, {})) for f, r in zip(files, rels)]
+    tok = _Tokenizer(codec, work, round(cfg.segment_s * codec.sample_rate), cfg.batch_size)
+    skipped, duplicates, kept = [], [], []
+    metas: dict[str, dict] = {}
+    first_of: dict[str, str] = {}
+    counts = {"tokenized": 0, "reused": 0}
+    audio_s = 0.0
+    bar = tqdm(total=len(tasks), unit="file", desc="prep", disable=not cfg.progress, mininterval=0.5,
+               dynamic_ncols=True)
+    for res in _results(tasks, cfg.workers):
+        bar.update(1)
+        rel, sha, status = res["rel"], res.get("sha256"), res["status"]
+        if sha and sha in first_of:
+            duplicates.append({"source": rel, "duplicate_of": first_of[sha], "sha256": sha})
+            continue
+        if sha:
+            first_of[sha] = rel
+        if status in ("error", "skipped"):
+            skipped.append({"source": rel, "reason": res["reason"]})
+            if status == "skipped" and not res.get("cached"):
+                atomic_write_text(work / f"{sha}.json", json.dumps({"version": SHARD_VERSION, "skipped": res["reason"]}))
+            continue
+        metas[sha] = res["meta"]
+        kept.append((rel, sha))
+        audio_s += res["audio_s"]
+        if status == "cached":
+            counts["reused"] += 1
+        else:
+            counts["tokenized"] += 1
+            tok.add(sha, res["wav"], res["segments"], codec.sample_rate,
+                    {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
+        elapsed = time.perf_counter() - t_start
+        bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(elapsed, 1e-9):.0f}x realtime", refresh=False)
+    tok.flush()
+    bar.close()
+    if not kept:
+        raise AudiogenError(f"{audio_dir}: none of the {len(files)} audio files could be used "
+                            f"(first problem: {skipped[0]['source']}: {skipped[0]['reason']})")
+    sizes = _assemble(out, work, kept, metas, codec_json, codec.num_codebooks, cfg.seed, cfg.valid_fraction)
+    silent_segments = sum(json.loads((work / f"{sha}.json").read_text()).get("silent_segments", 0) for _, sha in kept)
+    wall = time.perf_counter() - t_start
+    report = {
+        "audio_dir": str(audio_dir), "files_found": len(files), "files_kept": len(kept),
+        "files_tokenized_this_run": counts["tokenized"], "files_reused_from_shards": counts["reused"],
+        "segments": sizes, "silent_segments_dropped": silent_segments,
+        "audio_hours": round(audio_s / 3600, 4), "tokens_this_run": tok.tokens, "wall_s": round(wall, 2),
+        "skipped": sorted(skipped, key=lambda d: d["source"]), "duplicates": duplicates,
+        "captions_unmatched": sorted(set(captions) - set(rels)),
+    }
+    config = {
+        "codec": codec_desc, "segment_s": cfg.segment_s, "hop_s": cfg.hop_s, "min_segment_s": cfg.min_segment_s,
+        "seed": cfg.seed, "valid_fraction": cfg.valid_fraction, "silence_dbfs": cfg.silence_dbfs,
+        "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
+        "counts": {"files": len(kept), "skipped": len(skipped), "duplicates": len(duplicates),
+                   "segments": sizes, "audio_hours": report["audio_hours"]},
+        "captions": cfg.captions, "audiogen_python": sys.version.split()[0],
+    }
+    atomic_write_text(out / "prep_config.json", json.dumps(config, indent=2))
+    atomic_write_text(out / "prep_report.json", json.dumps(report, indent=2))
+    return report
+

@@ -1,0 +1,268 @@
+"""Corpus preparation: real files in mixed formats -> tokenized dataset, bad files reported,
+resumable under kill -9, tempo/key estimates, CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiogen.audio import load_audio, write_audio
+from audiogen.prep import (
+    PrepConfig, assign_splits, dataset_features, estimate_bpm, estimate_key, prepare, segment_bounds,
+    _analysis_features,
+)
+
+SEGMENT = 4.0
+BAD = {"corrupt.wav", "empty.flac", "silent.wav"}
+# (relative path, sample rate, channels, source track index, offset s)
+MIXED = [
+    ("a.wav", 24000, 1, 0, 40.0),
+    ("b.flac", 44100, 2, 1, 20.0),
+    ("sub/c.mp3", 48000, 2, 2, 30.0),
+    ("sub/d.ogg", 32000, 1, 3, 50.0),
+    ("e.aiff", 16000, 2, 4, 60.0),
+    ("f.wav", 22050, 2, 5, 15.0),
+]
+CLIP_S = 6.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def click_track(bpm: float, seconds: float, sr: int, offset_s: float = 0.1) -> np.ndarray:
+    """Short 1 kHz blips every beat: float32 [N]."""
+    n = int(seconds * sr)
+    y = np.zeros(n, np.float32)
+    t = np.arange(int(0.02 * sr)) / sr
+    click = (0.5 * np.sin(2 * np.pi * 1000 * t) * np.exp(-300 * t)).astype(np.float32)
+    for k in range(int(seconds * bpm / 60) + 1):
+        s = int((offset_s + k * 60 / bpm) * sr)
+        if s + len(click) <= n:
+            y[s : s + len(click)] += click
+    return y
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory, real_tracks) -> Path:
+    d = tmp_path_factory.mktemp("mixed")
+    for rel, sr, ch, idx, off in MIXED:
+        wav, _ = load_audio(real_tracks[idx % len(real_tracks)], sample_rate=sr, channels=ch, offset_s=off, duration_s=CLIP_S)
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_audio(d / rel, wav, sr)
+    write_audio(d / "clicks120.wav", click_track(120, 9.0, 22050)[None], 22050)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(3000))
+    (d / "empty.flac").write_bytes(b"")
+    write_audio(d / "silent.wav", np.zeros((1, 24000 * 5), np.float32), 24000)
+    shutil.copy(d / "a.wav", d / "sub" / "a_copy.wav")  # same bytes -> tokenized once
+    (d / "b.json").write_text(json.dumps({
+        "title": "Awakening", "artist": "Max McCracken", "license": "CC-BY-SA-3.0",
+        "attribution": "Music by Max McCracken (CC BY-SA 3.0)", "genre": "ambient", "instruments": ["synth", "pads"],
+    }))
+    (d / "e.txt").write_text("a slow electronic piece with soft pads\n")
+    (d / "captions.csv").write_text("path,caption,mood\nsub/c.mp3,a driving synth track,energetic\n")
+    return d
+
+
+def _cfg(src: Path, out: Path, **kw) -> PrepConfig:
+    return PrepConfig(str(src), str(out), segment_s=SEGMENT, captions=str(src / "captions.csv"), workers=0,
+                      progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def prepared(mixed_dir, tmp_path_factory, tiny_codec):
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    report = prepare(_cfg(mixed_dir, out), codec=tiny_codec)
+    return out, report
+
+
+def _load(out: Path):
+    import datasets
+
+    return datasets.load_from_disk(str(out))
+
+
+def test_mixed_folder_becomes_dataset_with_exact_schema(prepared, tiny_codec):
+    out, report = prepared
+    dd = _load(out)
+    assert set(dd) == {"train", "valid"}
+    want = dataset_features(tiny_codec.num_codebooks)
+    for name, ds in dd.items():
+        assert ds.features == want, name
+        assert str(ds.data.schema.field("codes").type) == "fixed_size_list<item: list<item: int16>>[4]"
+        assert len(ds) > 0
+        for row in ds.with_format("numpy"):
+            codes = row["codes"]
+            assert codes.shape == (4, math.ceil(row["duration_s"] * 75 - 1e-6))
+            assert 0 <= codes.min() and codes.max() < tiny_codec.cardinality
+            assert json.loads(row["codec"]) == tiny_codec.describe()
+    sources = set(dd["train"]["source"]) | set(dd["valid"]["source"])
+    assert sources == {r for r, *_ in MIXED} | {"clicks120.wav"}
+    cfg = json.loads((out / "prep_config.json").read_text())
+    assert cfg["codec"] == tiny_codec.describe() and cfg["segment_s"] == SEGMENT and cfg["hop_s"] == SEGMENT
+    assert cfg["counts"]["segments"] == {"train": len(dd["train"]), "valid": len(dd["valid"])}
+
+
+def test_report_lists_exactly_the_bad_files(prepared):
+    out, report = prepared
+    on_disk = json.loads((out / "prep_report.json").read_text())
+    assert on_disk["skipped"] == report["skipped"]
+    reasons = {s["source"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == BAD
+    assert "empty" in reasons["empty.flac"]
+    assert "silent" in reasons["silent.wav"]
+    assert "corrupt" in reasons["corrupt.wav"] or "unreadable" in reasons["corrupt.wav"]
+
+
+def test_splits_are_by_source_file_and_deterministic(prepared):
+    out, _ = prepared
+    dd = _load(out)
+    train, valid = set(dd["train"]["source"]), set(dd["valid"]["source"])
+    assert train and valid and not (train & valid)
+    for name in ("train", "valid"):
+        assert set(dd[name]["split"]) == {name}
+    shas = sorted(set(dd["train"]["sha256"]) | set(dd["valid"]["sha256"]))
+    assert assign_splits(shas, 0, 0.1) == assign_splits(list(reversed(shas)), 0, 0.1)
+
+
+def test_split_of_a_file_is_stable_when_files_are_added():
+    shas = [f"{i:064x}" for i in range(200)]
+    before = assign_splits(shas[:100], seed=7, valid_fraction=0.2)
+    after = assign_splits(shas, seed=7, valid_fraction=0.2)
+    assert all(after[s] == before[s] for s in shas[:100])
+    assert 0.1 < sum(v == "valid" for v in after.values()) / 200 < 0.3
+    assert assign_splits(shas, seed=8, valid_fraction=0.2) != after
+
+
+def test_duplicate_audio_is_tokenized_once(prepared):
+    out, report = prepared
+    assert [(d["source"], d["duplicate_of"]) for d in report["duplicates"]] == [("sub/a_copy.wav", "a.wav")]
+    assert report["files_tokenized_this_run"] == len(MIXED) + 1
+    shards = [p for p in (out / ".work").glob("*.npz")]
+    assert len(shards) == len(MIXED) + 1
+    dd = _load(out)
+    assert "sub/a_copy.wav" not in set(dd["train"]["source"]) | set(dd["valid"]["source"])
+
+
+def test_metadata_comes_from_sidecars_captions_file_and_analysis(prepared):
+    out, _ = prepared
+    dd = _load(out)
+    rows = {}
+    for ds in dd.values():
+        for r in ds:
+            rows.setdefault(r["source"], []).append(r)
+    b = rows["b.flac"][0]
+    assert (b["license"], b["attribution"], b["genre"], b["instruments"]) == (
+        "CC-BY-SA-3.0", "Music by Max McCracken (CC BY-SA 3.0)", "ambient", ["synth", "pads"])
+    assert b["caption"].startswith("Awakening by Max McCracken, ambient, with synth, pads")
+    assert rows["e.aiff"][0]["caption"] == "a slow electronic piece with soft pads"
+    c = rows["sub/c.mp3"][0]
+    assert (c["caption"], c["mood"]) == ("a driving synth track", "energetic")
+    # nothing says what genre a.wav is: none is invented
+    for r in rows["a.wav"]:
+        assert r["genre"] is None and r["license"] is None
+        assert r["key"] and r["key"] in r["caption"]
+    full = [r for r in rows["clicks120.wav"] if r["duration_s"] == SEGMENT]
+    assert full and all(abs(r["bpm"] - 120) <= 2 for r in full)
+    assert "120 bpm" in full[0]["caption"]
+
+
+def test_segments_tile_each_file_without_padding(prepared):
+    out, _ = prepared
+    dd = _load(out)
+    rows = sorted((r["start_s"], r["duration_s"]) for ds in dd.values() for r in ds if r["source"] == "b.flac")
+    assert rows == [(0.0, SEGMENT), (SEGMENT, pytest.approx(CLIP_S - SEGMENT, abs=1e-3))]
+
+
+def test_segment_bounds_hop_and_minimum_tail():
+    sr = 10
+    assert segment_bounds(100, sr, 4, 4, 1) == [(0, 40), (40, 40), (80, 20)]
+    assert segment_bounds(100, sr, 4, 4, 3) == [(0, 40), (40, 40)]  # 2 s tail < 3 s minimum
+    assert segment_bounds(100, sr, 4, 2, 1) == [(0, 40), (20, 40), (40, 40), (60, 40)]  # no tail inside the last
+    assert segment_bounds(20, sr, 4, 4, 3) == []
+
+
+@pytest.mark.parametrize("bpm", [90, 120, 140])
+def test_tempo_of_click_track_within_2_bpm(bpm):
+    sr = 44100
+    env, _ = _analysis_features(click_track(bpm, 12.0, sr), sr)
+    assert abs(estimate_bpm(env) - bpm) <= 2
+
+
+def test_key_of_a_chord_progression():
+    sr = 22050
+    t = np.arange(sr) / sr
+
+    def chord(*midi):
+        return sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in midi)
+
+    # D minor: i - iv - v - i ; C major: I - IV - V - I
+    dm = np.concatenate([chord(62, 65, 69), chord(67, 70, 74), chord(69, 72, 76), chord(62, 65, 69)]).astype(np.float32)
+    cM = np.concatenate([chord(60, 64, 67), chord(65, 69, 72), chord(67, 71, 74), chord(60, 64, 67)]).astype(np.float32)
+    assert estimate_key(_analysis_features(dm, sr)[1].mean(axis=1)) == "D minor"
+    assert estimate_key(_analysis_features(cM, sr)[1].mean(axis=1)) == "C major"
+    assert estimate_key(np.ones(12)) is None
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "audiogen", "prep", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _rows(out: Path) -> dict:
+    dd = _load(out)
+    return {name: ds.to_dict() for name, ds in dd.items()}
+
+
+def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, tmp_path):
+    ref_out, _ = prepared
+    out = tmp_path / "data"
+    flags = ["--out", out, "--segment", SEGMENT, "--captions", mixed_dir / "captions.csv", "--workers", 2,
+             "--no-progress"]
+    p = _cli(mixed_dir, *flags, start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if any(f.with_suffix(".json").exists() for f in (out / ".work").glob("*.npz")):
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+    assert p.returncode == -signal.SIGKILL, "prep finished before it could be killed"
+    assert not (out / "dataset_dict.json").exists()
+    # a shard is complete once its .json is beside its .npz (the json is written last)
+    done_before = {f.stem for f in (out / ".work").glob("*.npz") if f.with_suffix(".json").exists()}
+    assert done_before
+    # resume in the main process: the codes must not depend on how decoding was spread out either
+    r = _cli(mixed_dir, *flags[:-3], "--workers", 0, "--no-progress")
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 3, err
+    report = json.loads((out / "prep_report.json").read_text())
+    assert report["files_reused_from_shards"] >= len(done_before)
+    assert report["skipped"] == json.loads((ref_out / "prep_report.json").read_text())["skipped"]
+    assert _rows(out) == _rows(ref_out)
+
+
+def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music):
+    from audiogen.cli import main
+
+    src = tmp_path / "clean"
+    src.mkdir()
+    write_audio(src / "x.wav", make_music(5.0, 24000, 1, seed=3), 24000)
+    assert main(["prep", str(src), "--out", str(tmp_path / "d"), "--segment", "2", "--workers", "0", "--no-progress"]) == 0
+    # same folder, other settings: refused rather than mixing shards
+    p = _cli(src, "--out", tmp_path / "d", "--segment", "3", "--workers", "0")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "other settings" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["prep", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
+    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1
+    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--captions", str(tmp_path / "none.csv")]) == 1
