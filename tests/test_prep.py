@@ -72,14 +72,30 @@ def mixed_dir(tmp_path_factory, real_tracks) -> Path:
 
 
 def _cfg(src: Path, out: Path, **kw) -> PrepConfig:
+    # batch of 2: shards appear after the second file, so the kill test lands mid-run
     return PrepConfig(str(src), str(out), segment_s=SEGMENT, captions=str(src / "captions.csv"), workers=0,
-                      progress=False, **kw)
+                      batch_size=2, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
-def prepared(mixed_dir, tmp_path_factory, tiny_codec):
+def codec_dir(tmp_path_factory, tiny_codec) -> Path:
+    """The tiny codec saved as a folder: subprocesses load it in milliseconds."""
+    from audiogen.codec import save_codec
+
+    return save_codec(tiny_codec, tmp_path_factory.mktemp("codec") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def codec(codec_dir):
+    from audiogen.codec import load_codec
+
+    return load_codec(codec_dir)
+
+
+@pytest.fixture(scope="module")
+def prepared(mixed_dir, tmp_path_factory, codec):
     out = tmp_path_factory.mktemp("prepared") / "data"
-    report = prepare(_cfg(mixed_dir, out), codec=tiny_codec)
+    report = prepare(_cfg(mixed_dir, out), codec=codec)
     return out, report
 
 
@@ -89,11 +105,11 @@ def _load(out: Path):
     return datasets.load_from_disk(str(out))
 
 
-def test_mixed_folder_becomes_dataset_with_exact_schema(prepared, tiny_codec):
+def test_mixed_folder_becomes_dataset_with_exact_schema(prepared, codec):
     out, report = prepared
     dd = _load(out)
     assert set(dd) == {"train", "valid"}
-    want = dataset_features(tiny_codec.num_codebooks)
+    want = dataset_features(codec.num_codebooks)
     for name, ds in dd.items():
         assert ds.features == want, name
         assert str(ds.data.schema.field("codes").type) == "fixed_size_list<item: list<item: int16>>[4]"
@@ -101,12 +117,12 @@ def test_mixed_folder_becomes_dataset_with_exact_schema(prepared, tiny_codec):
         for row in ds.with_format("numpy"):
             codes = row["codes"]
             assert codes.shape == (4, math.ceil(row["duration_s"] * 75 - 1e-6))
-            assert 0 <= codes.min() and codes.max() < tiny_codec.cardinality
-            assert json.loads(row["codec"]) == tiny_codec.describe()
+            assert 0 <= codes.min() and codes.max() < codec.cardinality
+            assert json.loads(row["codec"]) == codec.describe()
     sources = set(dd["train"]["source"]) | set(dd["valid"]["source"])
     assert sources == {r for r, *_ in MIXED} | {"clicks120.wav"}
     cfg = json.loads((out / "prep_config.json").read_text())
-    assert cfg["codec"] == tiny_codec.describe() and cfg["segment_s"] == SEGMENT and cfg["hop_s"] == SEGMENT
+    assert cfg["codec"] == codec.describe() and cfg["segment_s"] == SEGMENT and cfg["hop_s"] == SEGMENT
     assert cfg["counts"]["segments"] == {"train": len(dd["train"]), "valid": len(dd["valid"])}
 
 
@@ -221,10 +237,11 @@ def _rows(out: Path) -> dict:
     return {name: ds.to_dict() for name, ds in dd.items()}
 
 
-def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, tmp_path):
+def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, codec_dir, tmp_path):
     ref_out, _ = prepared
     out = tmp_path / "data"
-    flags = ["--out", out, "--segment", SEGMENT, "--captions", mixed_dir / "captions.csv", "--workers", 2,
+    flags = ["--out", out, "--codec", codec_dir, "--segment", SEGMENT, "--captions", mixed_dir / "captions.csv",
+             "--batch-size", 2, "--workers", 2,
              "--no-progress"]
     p = _cli(mixed_dir, *flags, start_new_session=True)
     deadline = time.time() + 120
@@ -247,19 +264,21 @@ def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, tmp_path
     assert r.returncode == 3, err
     report = json.loads((out / "prep_report.json").read_text())
     assert report["files_reused_from_shards"] >= len(done_before)
+    assert report["files_tokenized_this_run"] >= 1, "nothing was left to do after the kill"
     assert report["skipped"] == json.loads((ref_out / "prep_report.json").read_text())["skipped"]
     assert _rows(out) == _rows(ref_out)
 
 
-def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music):
+def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir):
     from audiogen.cli import main
 
     src = tmp_path / "clean"
     src.mkdir()
     write_audio(src / "x.wav", make_music(5.0, 24000, 1, seed=3), 24000)
-    assert main(["prep", str(src), "--out", str(tmp_path / "d"), "--segment", "2", "--workers", "0", "--no-progress"]) == 0
+    flags = ["--codec", str(codec_dir), "--workers", "0", "--no-progress"]
+    assert main(["prep", str(src), "--out", str(tmp_path / "d"), "--segment", "2", *flags]) == 0
     # same folder, other settings: refused rather than mixing shards
-    p = _cli(src, "--out", tmp_path / "d", "--segment", "3", "--workers", "0")
+    p = _cli(src, "--out", tmp_path / "d", "--segment", "3", *flags)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1 and "other settings" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
