@@ -44,6 +44,68 @@ PACKAGES = {
     },
 }
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".flac", ".wav", ".mp3")
+#: Version of the TRACK.json layout; older sidecars are rewritten on the next fetch.
+SIDECAR_VERSION = 2
+
+
+def _album_entry(track: Path) -> tuple[dict, dict]:
+    """Warzone 2100 ships ``album.json`` (title/author per track) beside its albums: (album, track entry)."""
+    f = track.parent / "album.json"
+    if not f.is_file():
+        return {}, {}
+    try:
+        album = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}, {}
+    entry = next((e for e in album.get("tracks", []) if e.get("filename") == track.name), {})
+    return album, entry
+
+
+def _tags(track: Path) -> dict:
+    try:
+        import mutagen
+
+        f = mutagen.File(str(track), easy=True)
+        tags = dict(f.tags) if f is not None and f.tags else {}
+    except Exception:  # tags are a bonus; the package's facts still hold
+        return {}
+    return {k.lower(): str(v[0]).strip() for k, v in tags.items() if v and str(v[0]).strip()}
+
+
+def track_facts(track: Path, package: str) -> dict:
+    """The TRACK.json sidecar for one track: title, artist, license, attribution, source.
+
+    Per-track facts come from the track's own tags (Wesnoth and Singularity tag title,
+    artist/composer, copyright and genre) and from Warzone 2100's ``album.json``; the
+    license is the package's (from its debian/copyright, which is authoritative and more
+    precise than tags such as ``GPL``). Nothing is guessed: a missing fact stays missing.
+    """
+    meta = PACKAGES[package]
+    tags = _tags(track)
+    album, entry = _album_entry(track)
+    title = entry.get("title") or tags.get("title") or track.stem
+    artist = entry.get("author") or tags.get("artist") or tags.get("composer") or album.get("author") or meta["artist"]
+    album_title = album.get("title") or tags.get("album")
+    notice = tags.get("copyright")
+    if not notice and (entry.get("author") or album.get("author")) and album.get("date"):
+        notice = f"Copyright (C) {album['date']} {entry.get('author') or album['author']}"
+    parts = [f'"{title}" by {artist}']
+    if album_title:
+        parts.append(f"from {album_title}")
+    if notice:
+        parts.append(notice)
+    parts.append(f"license {meta['license']}")
+    parts.append(f"via Debian package {package} (full terms in its COPYRIGHT file)")
+    facts = {
+        "title": title, "artist": artist, "license": meta["license"], "attribution": ", ".join(parts),
+        "source": f"debian:{package}", "sidecar_version": SIDECAR_VERSION,
+    }
+    if album_title:
+        facts["album"] = album_title
+    genre = tags.get("genre") or meta["genre"]  # only what the track or package says
+    if genre:
+        facts["genre"] = genre
+    return facts
 
 
 def fetch_package(package: str, out: Path) -> list[Path]:
@@ -79,18 +141,11 @@ def fetch_package(package: str, out: Path) -> list[Path]:
                     shutil.move(str(f), target)
         marker.write_text("ok\n")
     tracks = sorted(p for p in (dest / "tracks").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    meta = PACKAGES[package]
     for t in tracks:
         sidecar = t.with_suffix(".json")
-        if not sidecar.exists():
-            sidecar.write_text(json.dumps({
-                "title": t.stem,
-                "artist": meta["artist"],
-                "license": meta["license"],
-                "attribution": meta["attribution"],
-                "source": f"debian:{package}",
-                **({"genre": meta["genre"]} if meta["genre"] else {}),
-            }, indent=2))
+        old = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        if old.get("sidecar_version", 1) < SIDECAR_VERSION:  # regenerate sidecars of older versions
+            sidecar.write_text(json.dumps(track_facts(t, package), indent=2))
     return tracks
 
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Prepare a training corpus from a folder of music: the same as ``audiogen prep``.
+
+    python data_prep/prepare_corpus.py AUDIO_DIR --out DATA_DIR [--codec encodec_24khz --bandwidth 6]
+        [--segment 30] [--hop S] [--captions FILE] [--workers N] [--device cpu|cuda]
+
+All logic lives in :mod:`audiogen.prep`; see ``--help`` and docs/prep.md. Exit status:
+0 clean, 3 some files skipped (listed in DATA_DIR/prep_report.json), 1 user error.
+"""
+
+import sys
+
+from audiogen.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["prep", *sys.argv[1:]]))
