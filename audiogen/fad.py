@@ -6,12 +6,13 @@ frame embeddings of a reference set and a generated set::
     FAD = |mu_r - mu_g|^2 + tr(S_r) + tr(S_g) - 2 tr( (S_r S_g)^(1/2) )
 
 Statistics are computed in float64 (``np.cov``, ``ddof=1``, as fadtk and
-frechet_audio_distance do). The matrix square root: we only need its trace, and
-``tr((S_r S_g)^(1/2)) = tr((A S_g A)^(1/2))`` with ``A = S_r^(1/2)``. ``A S_g A`` is
-symmetric positive semi-definite, so its eigenvalues come from ``eigh`` (real,
-no imaginary parts to discard); round-off can make the smallest ones slightly
-negative, and those are clipped to 0 before the square root (they are true zeros of a
-rank-deficient covariance). This is the same quantity fadtk/frechet_audio_distance get
+frechet_audio_distance do). The matrix square root: we only need its trace, and for any
+factor ``S_r = L L^T``, ``tr((S_r S_g)^(1/2)) = tr((L^T S_g L)^(1/2))`` (the matrices are
+similar). ``L`` is the Cholesky factor, or the symmetric square root from ``eigh`` (negative
+round-off eigenvalues clipped to 0) when ``S_r`` is singular. ``L^T S_g L`` is symmetric
+positive semi-definite, so its eigenvalues come from ``eigvalsh`` (real, no imaginary
+parts to discard); round-off can make the smallest ones slightly negative, and those are
+clipped to 0 before the square root (they are true zeros of a rank-deficient covariance). This is the same quantity fadtk/frechet_audio_distance get
 from ``scipy.linalg.sqrtm(S_r @ S_g)`` (which needs an ``eps * I`` retry when it fails
 and drops imaginary parts), several times faster and well defined for singular
 covariances; see ``tests/test_fad.py`` for the agreement check.
@@ -53,14 +54,15 @@ class Stats:
     n_frames: int
     n_files: int = 0
     embedder: str = ""
-    _sqrt: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _factor: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
-    def sqrt_sigma(self) -> np.ndarray:
-        """``sigma^(1/2)``, computed once (the reference's is reused by FAD-inf, bootstrap, per-song)."""
-        if self._sqrt is None:
-            self._sqrt = _sqrt_psd(self.sigma)
-        return self._sqrt
+    def factor(self) -> np.ndarray:
+        """``L`` with ``L @ L.T == sigma``, computed once (the reference's is reused by FAD-inf,
+        bootstrap and per-song scores)."""
+        if self._factor is None:
+            self._factor = covariance_factor(self.sigma)
+        return self._factor
 
 
 def embedding_stats(frames: np.ndarray, n_files: int = 0, embedder: str = "") -> Stats:
@@ -71,23 +73,27 @@ def embedding_stats(frames: np.ndarray, n_files: int = 0, embedder: str = "") ->
     return Stats(x.mean(axis=0), np.cov(x, rowvar=False), x.shape[0], n_files, embedder)
 
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a PSD matrix; round-off negative eigenvalues clipped to 0."""
-    w, v = np.linalg.eigh(s)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+def covariance_factor(sigma: np.ndarray) -> np.ndarray:
+    """``L: [D, D]`` with ``L @ L.T == sigma``: Cholesky, or for a singular ``sigma`` its
+    symmetric square root (``eigh``, round-off negative eigenvalues clipped to 0)."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(sigma)
+        return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, sqrt_sigma1: np.ndarray | None = None) -> float:
-    """``tr((sigma1 @ sigma2)^(1/2))`` via the symmetric form ``(A sigma2 A)^(1/2)``, ``A = sigma1^(1/2)``
-    (pass ``sqrt_sigma1`` when it is already known)."""
-    a = _sqrt_psd(np.asarray(sigma1, dtype=np.float64)) if sqrt_sigma1 is None else sqrt_sigma1
-    m = a @ np.asarray(sigma2, dtype=np.float64) @ a
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, factor1: np.ndarray | None = None) -> float:
+    """``tr((sigma1 @ sigma2)^(1/2))`` as ``tr((L^T sigma2 L)^(1/2))`` with ``sigma1 = L L^T``
+    (pass ``factor1 = L`` when it is already known)."""
+    f = covariance_factor(np.asarray(sigma1, dtype=np.float64)) if factor1 is None else factor1
+    m = f.T @ np.asarray(sigma2, dtype=np.float64) @ f
     w = np.linalg.eigvalsh((m + m.T) / 2)  # symmetrize away round-off so eigvalsh sees an exactly symmetric matrix
     return float(np.sqrt(np.clip(w, 0.0, None)).sum())
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     sqrt_sigma1: np.ndarray | None = None) -> float:
+                     factor1: np.ndarray | None = None) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2); ``mu: [D]``, ``sigma: [D, D]``.
 
     Symmetric, 0 for identical statistics, never negative (tiny negatives from
@@ -101,13 +107,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             "(different embedders?)"
         )
     diff = mu1 - mu2
-    d = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2, sqrt_sigma1))
+    d = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2, factor1))
     return max(d, 0.0)
 
 
 def fad(ref: Stats, gen: Stats) -> float:
-    """FAD of ``gen`` against ``ref`` (reusing the reference's cached square root)."""
-    return frechet_distance(ref.mu, ref.sigma, gen.mu, gen.sigma, sqrt_sigma1=ref.sqrt_sigma)
+    """FAD of ``gen`` against ``ref`` (reusing the reference's cached factor)."""
+    return frechet_distance(ref.mu, ref.sigma, gen.mu, gen.sigma, factor1=ref.factor)
 
 
 # ------------------------------------------------------------------- FAD-inf, per song, CIs
@@ -148,6 +154,12 @@ def fad_inf(ref: Stats, frames: np.ndarray, steps: int = 25, min_n: int = 500, s
 def per_song_fad(ref: Stats, per_file: list[np.ndarray]) -> list[float]:
     """FAD of each file's frames ``[T_i, D]`` against the reference (NaN if a file has < 2 frames)."""
     return [fad(ref, embedding_stats(f)) if f.shape[0] >= 2 else float("nan") for f in per_file]
+
+
+def nan_mean(values: list[float]) -> float | None:
+    """Mean ignoring NaN (files too short for a covariance); None if there is nothing to average."""
+    ok = [v for v in values if np.isfinite(v)]
+    return float(np.mean(ok)) if ok else None
 
 
 def bootstrap_fad(ref: Stats, per_file: list[np.ndarray], n_boot: int = 200, seed: int = 0,

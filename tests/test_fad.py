@@ -101,6 +101,14 @@ def test_rank_deficient_covariance_gives_finite_non_negative_distance():
     d = F.fad(F.embedding_stats(x), F.embedding_stats(y))
     assert np.isfinite(d) and d > 0
     assert F.fad(F.embedding_stats(x), F.embedding_stats(x)) == pytest.approx(0.0, abs=1e-8)
+    # An exactly singular covariance (Cholesky fails): the eigen fallback still factors it.
+    v = rng.standard_normal((64, 3))
+    singular = v @ v.T
+    f = F.covariance_factor(singular)
+    np.testing.assert_allclose(f @ f.T, singular, atol=1e-9)
+    s2 = np.cov(y, rowvar=False)
+    assert F.trace_sqrt_product(singular, s2, f) == pytest.approx(
+        np.trace(np.real(__import__("scipy").linalg.sqrtm(singular @ s2))), rel=1e-5)
 
 
 def test_fad_inf_recovers_known_limit_of_biased_estimate():
@@ -336,3 +344,14 @@ def test_fad_rises_monotonically_as_real_music_is_degraded(real_excerpts):
     assert all(b > a for a, b in zip(noisy, noisy[1:])), noisy
     lp = [noisy[0]] + [score([lowpass(w, fc) for w in gen_wavs]) for fc in (4000, 2000, 1000, 500)]
     assert all(b > a for a, b in zip(lp, lp[1:])), lp
+
+
+@pytest.mark.gpu
+def test_vggish_on_gpu_matches_cpu(make_music):
+    cpu = VGGishEmbedder(random_init=True)
+    gpu = VGGishEmbedder(random_init=True)
+    gpu.model.load_state_dict(cpu.model.state_dict())
+    gpu.model.to("cuda")
+    gpu.device = __import__("torch").device("cuda")
+    wav = make_music(3.0, 16000, 1)
+    np.testing.assert_allclose(gpu.embed(wav, 16000), cpu.embed(wav, 16000), rtol=2e-2, atol=2e-3)  # TF32 convs

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_song:
         scores = F.per_song_fad(ref.stats, gen.per_file if gen.per_file is not None else [gen.frames])
         csv_path, png = F.write_per_song(args.per_song, gen.files, scores, [f.shape[0] for f in gen.per_file])
-        extra["per_song"] = {"csv": str(csv_path), "plot": str(png), "mean": float(sum(scores) / len(scores))}
+        extra["per_song"] = {"csv": str(csv_path), "plot": str(png), "mean": F.nan_mean(scores)}
     result = F.result_dict(ref, gen, embedder, score, **extra)
     if args.save_stats:
         result["saved_stats"] = args.save_stats
@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
         b = extra["bootstrap"]
         rows.append((f"{b['level']:.0%} CI", f"[{b['low']:.4f}, {b['high']:.4f}]  ({b['n_boot']} resamples)"))
     if args.per_song:
-        rows.append(("per-song", f"mean {extra['per_song']['mean']:.4f} -> {extra['per_song']['csv']}, "
-                     f"{extra['per_song']['plot']}"))
+        ps = extra["per_song"]
+        mean = "n/a" if ps["mean"] is None else f"{ps['mean']:.4f}"
+        rows.append(("per-song", f"mean {mean} -> {ps['csv']}, {ps['plot']}"))
     rows += [
         ("embedder", f"{embedder.cache_key} ({embedder.dim}-d, {embedder.sample_rate} Hz)"),
         ("reference", f"{ref.name}: {ref.stats.n_files} files, {ref.stats.n_frames} frames"),
