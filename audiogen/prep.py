@@ -273,7 +273,7 @@ def load_captions(path: str | os.PathLike, audio_dir: Path) -> dict[str, dict]:
     if not p.is_file():
         raise AudiogenError(f"--captions {p}: no such file")
     rows: list[dict] = []
-    text = p.read_text(encoding="utf-8", errors="replace")
+    text = p.read_text(encoding="utf-8-sig", errors="replace")
     if p.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -345,6 +345,16 @@ class _Task:
 
 
 def _process_file(t: _Task) -> dict:
+    """:func:`_process_file_unchecked`, but an unexpected failure on one file (a decoder or
+    analysis bug on odd audio) skips that file, with the exception named, instead of
+    ending a long job; such skips are not cached, so a rerun tries the file again."""
+    try:
+        return _process_file_unchecked(t)
+    except Exception as e:  # noqa: BLE001 -- reported per file, see docstring
+        return {"rel": t.rel, "status": "error", "reason": f"failed: {type(e).__name__}: {e}"}
+
+
+def _process_file_unchecked(t: _Task) -> dict:
     """Decode + analyse one file. Returns {rel, sha256, status, ...}; status is
     ``error`` (unreadable, no hash), ``skipped`` (content-determined, cacheable),
     ``cached`` (shard exists) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
@@ -521,22 +531,22 @@ class _Tokenizer:
 
 def assign_splits(shas: list[str], seed: int, valid_fraction: float) -> dict[str, str]:
     """Source-level split from a hash of (seed, content hash): a file keeps its split when
-    others are added. With >= 2 files and ``valid_fraction > 0`` at least one is valid and
-    one is train (the files with the extreme hash scores move)."""
+    others are added. There is always a train file, and with >= 2 files and
+    ``valid_fraction > 0`` a valid one (the files with the extreme hash scores move)."""
     score = {s: int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:15], 16) / 16**15 for s in shas}
     split = {s: "valid" if score[s] < valid_fraction else "train" for s in shas}
-    if len(shas) >= 2 and valid_fraction > 0:
-        if "valid" not in split.values():
-            split[min(shas, key=score.get)] = "valid"
-        if "train" not in split.values():
-            split[max(shas, key=score.get)] = "train"
+    if shas and "train" not in split.values():
+        split[max(shas, key=score.get)] = "train"
+    if len(shas) >= 2 and valid_fraction > 0 and "valid" not in split.values():
+        split[min(shas, key=score.get)] = "valid"
     return split
 
 
 def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[str, dict], codec_json: str,
-              num_codebooks: int, seed: int, valid_fraction: float) -> dict[str, int]:
+              num_codebooks: int, seed: int, valid_fraction: float, progress: bool = True) -> dict[str, int]:
     """Build and save the DatasetDict from the shards of ``kept`` [(source, sha)], sorted."""
     from datasets import Dataset, DatasetDict
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
     splits = assign_splits([sha for _, sha in kept], seed, valid_fraction)
     cols = {k: [] for k in dataset_features(num_codebooks)}
@@ -568,7 +578,16 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
     tmp = out / ".work" / "dataset.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    dd.save_to_disk(str(tmp))
+    bars_were_on = is_progress_bar_enabled()
+    if not progress:
+        disable_progress_bars()
+    try:
+        # shards of <= 500 MB; an empty split still gets one (datasets cannot load zero shards)
+        shards = {name: max(1, math.ceil(ds.data.nbytes / 500e6)) for name, ds in dd.items()}
+        dd.save_to_disk(str(tmp), num_shards=shards)
+    finally:
+        if bars_were_on:
+            enable_progress_bars()
     for name in ("dataset_dict.json", "train", "valid"):
         target = out / name
         if target.is_dir():
@@ -674,7 +693,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     if not kept:
         raise AudiogenError(f"{audio_dir}: none of the {len(files)} audio files could be used "
                             f"(first problem: {skipped[0]['source']}: {skipped[0]['reason']})")
-    sizes = _assemble(out, work, kept, metas, codec_json, codec.num_codebooks, cfg.seed, cfg.valid_fraction)
+    sizes = _assemble(out, work, kept, metas, codec_json, codec.num_codebooks, cfg.seed, cfg.valid_fraction,
+                      cfg.progress)
     silent_segments = sum(json.loads((work / f"{sha}.json").read_text()).get("silent_segments", 0) for _, sha in kept)
     wall = time.perf_counter() - t_start
     report = {

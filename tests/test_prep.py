@@ -277,6 +277,8 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir):
     write_audio(src / "x.wav", make_music(5.0, 24000, 1, seed=3), 24000)
     flags = ["--codec", str(codec_dir), "--workers", "0", "--no-progress"]
     assert main(["prep", str(src), "--out", str(tmp_path / "d"), "--segment", "2", *flags]) == 0
+    dd = _load(tmp_path / "d")  # one file: all train, an empty but well-formed valid split
+    assert (len(dd["train"]), len(dd["valid"])) == (3, 0) and dd["valid"].features == dd["train"].features
     # same folder, other settings: refused rather than mixing shards
     p = _cli(src, "--out", tmp_path / "d", "--segment", "3", *flags)
     _, err = p.communicate(timeout=120)

@@ -1,0 +1,104 @@
+"""Corpus preparation throughput: hours of audio prepared per hour of wall time, tokens/s.
+
+Runs the whole ``audiogen prep`` job (decode, resample, tempo/key analysis, batched
+tokenization, shards, dataset assembly) on real Debian CC music, with
+
+- ``tiny``: the random test codec (the pipeline's own overhead dominates), and
+- ``encodec_24khz``: the real-size 24 kHz EnCodec architecture at 6 kbps with random
+  weights (speed does not depend on the weight values; pretrained weights are not
+  needed), unless ``--no-real``.
+
+Each is measured as shipped (``--workers`` processes, batches of ``--batch-size``) and
+against the naive peer in the same run: one process, one segment per codec call.
+Prints one JSON object.
+
+    python benchmarks/prep.py [--tracks 3] [--segment 30] [--workers N] [--devices cpu cuda] [--no-real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, load_codec, num_codebooks_for_bandwidth
+from audiogen.prep import PrepConfig, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_size_codec(device: str) -> EncodecCodec:
+    cfg = NAMED_CONFIGS["encodec_24khz"]
+    torch.manual_seed(0)
+    model = build_encodec_model(cfg)
+    return EncodecCodec(model, cfg, "encodec_24khz-random-weights", num_codebooks_for_bandwidth(cfg, 6.0)).to(device)
+
+
+def run_once(src: Path, codec, device: str, workers: int, batch_size: int, segment: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PrepConfig(str(src), str(Path(tmp) / "data"), device=device, segment_s=segment, workers=workers,
+                         batch_size=batch_size, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        report = prepare(cfg, codec=codec)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    hours = report["audio_hours"]
+    return {
+        "workers": workers, "batch_size": batch_size, "wall_s": round(wall, 2),
+        "audio_hours_per_wall_hour": round(hours / (wall / 3600), 1),
+        "tokens_per_s": round(report["tokens_this_run"] / wall),
+        "segments": report["segments"]["train"] + report["segments"]["valid"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--music-dir", default=os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))
+    ap.add_argument("--tracks", type=int, default=3, help="how many real tracks (whole files)")
+    ap.add_argument("--segment", type=float, default=30.0)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    ap.add_argument("--no-real", action="store_true", help="skip the real-size encodec_24khz architecture")
+    args = ap.parse_args()
+
+    tracks = sorted(Path(args.music_dir).rglob("*.ogg"))[: args.tracks]
+    if not tracks:
+        raise SystemExit(f"no .ogg tracks under {args.music_dir}: run 'bash install.sh' (fetches singularity-music)")
+    devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
+    result = {"benchmark": "prep", "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "torch_threads": torch.get_num_threads(), "segment_s": args.segment, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "music"
+        src.mkdir()
+        for i, t in enumerate(tracks):  # links, not copies: the files are read as they are
+            (src / f"{i:02d}_{t.name}").symlink_to(t.resolve())
+        from audiogen.audio import audio_info
+
+        result["files"] = len(tracks)
+        result["audio_hours"] = round(sum(audio_info(t).duration_s for t in tracks) / 3600, 4)
+        for device in devices:
+            codecs = [("tiny", load_codec("tiny", device=device))]
+            if not args.no_real:
+                codecs.append(("encodec_24khz (random weights, 6 kbps)", real_size_codec(device)))
+            for name, codec in codecs:
+                ours = run_once(src, codec, device, args.workers, args.batch_size, args.segment)
+                peer = run_once(src, codec, device, 0, 1, args.segment)
+                result["runs"].append({
+                    "codec": name, "device": device, "audiogen": ours, "naive_peer": peer,
+                    "speedup_vs_naive": round(peer["wall_s"] / ours["wall_s"], 2),
+                })
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
