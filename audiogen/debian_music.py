@@ -31,7 +31,9 @@ PACKAGES = {
         "genre": None,
     },
     "warzone2100-music": {
-        "license": "CC-BY-SA-3.0 OR GPL-2+",
+        # debian/copyright "Files: *" (Eidos 1999-2004, Warzone 2100 Project); the newer albums'
+        # license.txt adds CC-BY-SA-3.0 as an alternative, read per track by _album_license
+        "license": "GPL-2+",
         "artist": "Warzone 2100 Project contributors",
         "attribution": "Warzone 2100 soundtrack (see COPYRIGHT for composers and terms), via Debian warzone2100-music",
         "genre": None,
@@ -44,6 +46,8 @@ PACKAGES = {
     },
 }
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".flac", ".wav", ".mp3")
+#: Per-album files kept beside the tracks (Warzone 2100: track titles/authors, license terms).
+ALBUM_FILES = ("album.json", "license.txt")
 #: Version of the TRACK.json layout; older sidecars are rewritten on the next fetch.
 SIDECAR_VERSION = 2
 
@@ -72,13 +76,36 @@ def _tags(track: Path) -> dict:
     return {k.lower(): str(v[0]).strip() for k, v in tags.items() if v and str(v[0]).strip()}
 
 
+def _album_license(track: Path) -> tuple[str | None, str | None]:
+    """(license, copyright notice) from an album's ``license.txt`` (Warzone 2100), or Nones.
+
+    Its albums are "CC-BY-SA-3.0 ... Alternatively ... GNU General Public License
+    Version 2 or later", except a track singled out as GPL only ("track3_enhanced ... is
+    licensed under the terms of the GNU General Public License Version 2 or later").
+    """
+    f = track.parent / "license.txt"
+    if not f.is_file():
+        return None, None
+    text = f.read_text(encoding="utf-8", errors="replace")
+    notice = next((" ".join(line.replace("`", "").split()) for line in text.splitlines() if "Copyright (C)" in line), None)
+    paras = [" ".join(p.split()) for p in text.split("\n\n")]
+    gpl = "General Public License Version 2 or later"
+    for para in paras:
+        if track.stem in para and gpl in para and "CC-BY" not in para and "except" not in para:
+            return "GPL-2+", None
+    if "CC-BY-SA-3.0" in text and gpl in text:
+        return "CC-BY-SA-3.0 OR GPL-2+", notice
+    return None, notice
+
+
 def track_facts(track: Path, package: str) -> dict:
     """The TRACK.json sidecar for one track: title, artist, license, attribution, source.
 
     Per-track facts come from the track's own tags (Wesnoth and Singularity tag title,
-    artist/composer, copyright and genre) and from Warzone 2100's ``album.json``; the
-    license is the package's (from its debian/copyright, which is authoritative and more
-    precise than tags such as ``GPL``). Nothing is guessed: a missing fact stays missing.
+    artist/composer, copyright and genre) and from Warzone 2100's ``album.json``. The
+    license is an album's ``license.txt`` where there is one, else the package's (from its
+    debian/copyright, more precise than tags such as ``GPL``). Nothing is guessed: a
+    missing fact stays missing.
     """
     meta = PACKAGES[package]
     tags = _tags(track)
@@ -86,18 +113,21 @@ def track_facts(track: Path, package: str) -> dict:
     title = entry.get("title") or tags.get("title") or track.stem
     artist = entry.get("author") or tags.get("artist") or tags.get("composer") or album.get("author") or meta["artist"]
     album_title = album.get("title") or tags.get("album")
-    notice = tags.get("copyright")
-    if not notice and (entry.get("author") or album.get("author")) and album.get("date"):
-        notice = f"Copyright (C) {album['date']} {entry.get('author') or album['author']}"
+    album_license, album_notice = _album_license(track)
+    notice = tags.get("copyright") or album_notice
     parts = [f'"{title}" by {artist}']
     if album_title:
         parts.append(f"from {album_title}")
     if notice:
         parts.append(notice)
-    parts.append(f"license {meta['license']}")
-    parts.append(f"via Debian package {package} (full terms in its COPYRIGHT file)")
+    license_ = album_license or meta["license"]
+    parts.append(f"license {license_}")
+    where = "full terms in its COPYRIGHT file"
+    if (track.parent / "license.txt").is_file():
+        where += "; album terms in license.txt beside the track"
+    parts.append(f"via Debian package {package} ({where})")
     facts = {
-        "title": title, "artist": artist, "license": meta["license"], "attribution": ", ".join(parts),
+        "title": title, "artist": artist, "license": license_, "attribution": ", ".join(parts),
         "source": f"debian:{package}", "sidecar_version": SIDECAR_VERSION,
     }
     if album_title:
@@ -134,7 +164,9 @@ def fetch_package(package: str, out: Path) -> list[Path]:
             if copyright_file.exists():
                 shutil.copy(copyright_file, dest / "COPYRIGHT")
             for f in sorted(staging.rglob("*")):
-                if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file():
+                # album facts (Warzone 2100's album.json and license.txt) travel with the tracks
+                keep = f.suffix.lower() in AUDIO_SUFFIXES or f.name in ALBUM_FILES
+                if keep and f.is_file():
                     rel = f.relative_to(staging / "usr/share")
                     target = dest / "tracks" / rel
                     target.parent.mkdir(parents=True, exist_ok=True)

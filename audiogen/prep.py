@@ -479,12 +479,12 @@ class _Tokenizer:
         ``facts`` (duration_s, silent_segments) go into the shard as they are."""
         self.pending[sha] = {"segments": segments, "codes": [None] * len(segments), "facts": facts}
         for i, seg in enumerate(segments):
-            s = round(seg["start_s"] * sr)
-            piece = wav[:, s : s + round(seg["duration_s"] * sr)]
-            if piece.shape[1] == self.segment_samples:
-                self.queue.append((sha, i, piece))
+            s, n = round(seg["start_s"] * sr), round(seg["duration_s"] * sr)
+            # a full segment may come out one sample off after resampling: it is still full
+            if abs(n - self.segment_samples) <= 1 and s + self.segment_samples <= wav.shape[1]:
+                self.queue.append((sha, i, wav[:, s : s + self.segment_samples]))
             else:
-                self._store([(sha, i)], self._encode(piece[None]))
+                self._store([(sha, i)], self._encode(wav[None, :, s : s + n]))
         if len(self.queue) >= self.batch_size:
             self._run_full(flush=False)
         self._write_done()

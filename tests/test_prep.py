@@ -287,3 +287,33 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir):
     assert main(["prep", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--captions", str(tmp_path / "none.csv")]) == 1
+
+
+def test_debian_sidecar_takes_per_track_facts_and_album_license(tmp_path, real_tracks, make_music):
+    from audiogen.debian_music import track_facts
+
+    import mutagen
+
+    tags = mutagen.File(str(real_tracks[0]), easy=True).tags
+    facts = track_facts(real_tracks[0], "singularity-music")  # its tags carry title and artist
+    assert (facts["title"], facts["artist"]) == (tags["title"][0], tags["artist"][0])
+    assert facts["license"] == "CC-BY-SA-3.0" and f'"{facts["title"]}" by {facts["artist"]}' in facts["attribution"]
+    # Warzone 2100 layout: album.json names tracks; license.txt adds CC-BY-SA except for one track
+    album = tmp_path / "albums" / "legacy"
+    album.mkdir(parents=True)
+    for name in ("track4.opus", "track3_enhanced.opus"):
+        write_audio(album / name, make_music(1.0, 48000, 2), 48000)
+    (album / "album.json").write_text(json.dumps({"title": "Legacy Soundtrack", "author": "LupusMechanicus", "tracks": [
+        {"filename": "track4.opus", "title": "Nuclear Heartbeat", "author": "LupusMechanicus"}]}))
+    (album / "license.txt").write_text(
+        "For all track *except* track3_enhanced:\n\n`Legacy Soundtrack` - Copyright (C) 2019-2022 LupusMechanicus\n\n"
+        "'Legacy Soundtrack' is licensed and available under: \nCC-BY-SA-3.0 (or, at your discretion, any later version)"
+        "\n\nAlternatively, it may be used under the terms of \nthe GNU General Public License Version 2 or later.\n\n"
+        "track3_enhanced is derived from the original track3, \nand is licensed under the terms of the GNU General "
+        "Public License Version 2 or later (the \"GPL\").\n")
+    t4 = track_facts(album / "track4.opus", "warzone2100-music")
+    assert (t4["title"], t4["artist"], t4["license"]) == ("Nuclear Heartbeat", "LupusMechanicus", "CC-BY-SA-3.0 OR GPL-2+")
+    assert "Copyright (C) 2019-2022 LupusMechanicus" in t4["attribution"]
+    t3 = track_facts(album / "track3_enhanced.opus", "warzone2100-music")
+    assert (t3["title"], t3["license"]) == ("track3_enhanced", "GPL-2+")
+    assert "genre" not in t3
