@@ -58,6 +58,8 @@ def mixed_dir(tmp_path_factory, real_tracks) -> Path:
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         write_audio(d / rel, wav, sr)
     write_audio(d / "clicks120.wav", click_track(120, 9.0, 22050)[None], 22050)
+    gap = np.concatenate([click_track(100, 4.0, 22050), np.zeros(4 * 22050, np.float32), click_track(100, 2.0, 22050)])
+    write_audio(d / "gap.flac", gap[None], 22050)  # music, 4 s of digital silence, music
     (d / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(3000))
     (d / "empty.flac").write_bytes(b"")
     write_audio(d / "silent.wav", np.zeros((1, 24000 * 5), np.float32), 24000)
@@ -120,7 +122,7 @@ def test_mixed_folder_becomes_dataset_with_exact_schema(prepared, codec):
             assert 0 <= codes.min() and codes.max() < codec.cardinality
             assert json.loads(row["codec"]) == codec.describe()
     sources = set(dd["train"]["source"]) | set(dd["valid"]["source"])
-    assert sources == {r for r, *_ in MIXED} | {"clicks120.wav"}
+    assert sources == {r for r, *_ in MIXED} | {"clicks120.wav", "gap.flac"}
     cfg = json.loads((out / "prep_config.json").read_text())
     assert cfg["codec"] == codec.describe() and cfg["segment_s"] == SEGMENT and cfg["hop_s"] == SEGMENT
     assert cfg["counts"]["segments"] == {"train": len(dd["train"]), "valid": len(dd["valid"])}
@@ -160,9 +162,9 @@ def test_split_of_a_file_is_stable_when_files_are_added():
 def test_duplicate_audio_is_tokenized_once(prepared):
     out, report = prepared
     assert [(d["source"], d["duplicate_of"]) for d in report["duplicates"]] == [("sub/a_copy.wav", "a.wav")]
-    assert report["files_tokenized_this_run"] == len(MIXED) + 1
+    assert report["files_tokenized_this_run"] == len(MIXED) + 2
     shards = [p for p in (out / ".work").glob("*.npz")]
-    assert len(shards) == len(MIXED) + 1
+    assert len(shards) == len(MIXED) + 2
     dd = _load(out)
     assert "sub/a_copy.wav" not in set(dd["train"]["source"]) | set(dd["valid"]["source"])
 
@@ -195,6 +197,14 @@ def test_segments_tile_each_file_without_padding(prepared):
     dd = _load(out)
     rows = sorted((r["start_s"], r["duration_s"]) for ds in dd.values() for r in ds if r["source"] == "b.flac")
     assert rows == [(0.0, SEGMENT), (SEGMENT, pytest.approx(CLIP_S - SEGMENT, abs=1e-3))]
+
+
+def test_silent_segment_inside_a_file_is_dropped(prepared):
+    out, report = prepared
+    dd = _load(out)
+    rows = sorted((r["start_s"], r["duration_s"]) for ds in dd.values() for r in ds if r["source"] == "gap.flac")
+    assert rows == [(0.0, SEGMENT), (2 * SEGMENT, pytest.approx(2.0, abs=1e-3))]
+    assert report["silent_segments_dropped"] == 1
 
 
 def test_segment_bounds_hop_and_minimum_tail():
