@@ -279,7 +279,7 @@ def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, codec_di
     assert _rows(out) == _rows(ref_out)
 
 
-def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir):
+def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir, monkeypatch, capsys):
     from audiogen.cli import main
 
     src = tmp_path / "clean"
@@ -295,6 +295,12 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir):
     assert p.returncode == 1 and "other settings" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert main(["prep", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
+    # the default codec is the pretrained encodec_24khz: without its weights, one clear line
+    monkeypatch.setenv("AUDIOGEN_WEIGHTS", str(tmp_path / "no-weights"))
+    capsys.readouterr()
+    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "encodec_24khz weights not found" in err and len(err.splitlines()) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--captions", str(tmp_path / "none.csv")]) == 1
 

@@ -8,6 +8,8 @@ import os
 from audiogen.commands.codec import add_codec_args
 
 ORDER = 20
+#: kbps used with --codec encodec_24khz when --bandwidth is not given (8 codebooks, as MusicGen-style LMs use)
+DEFAULT_BANDWIDTH_24KHZ = 6.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder of audio files (searched recursively)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="dataset folder to write (resumed if it exists)")
     add_codec_args(p)
+    # a corpus is made with the real codec by default, at 6 kbps (8 codebooks) unless --bandwidth says otherwise
+    p.set_defaults(codec="encodec_24khz")
     p.add_argument("--segment", type=float, default=30.0, metavar="S", help="segment length in seconds (default: %(default)s)")
     p.add_argument("--hop", type=float, default=None, metavar="S",
                    help="seconds between segment starts (default: = --segment, no overlap)")
@@ -52,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
     from audiogen.prep import EXIT_OK, EXIT_SKIPPED, PrepConfig, prepare
 
+    bandwidth = args.bandwidth
+    if bandwidth is None and args.codec == "encodec_24khz":
+        bandwidth = DEFAULT_BANDWIDTH_24KHZ
     cfg = PrepConfig(
-        audio_dir=args.audio_dir, out=args.out, codec=args.codec, bandwidth=args.bandwidth,
+        audio_dir=args.audio_dir, out=args.out, codec=args.codec, bandwidth=bandwidth,
         codec_weights=args.codec_weights, device=args.device, segment_s=args.segment, hop_s=args.hop,
         min_segment_s=args.min_segment, captions=args.captions, workers=args.workers, batch_size=args.batch_size,
         seed=args.seed, valid_fraction=args.valid_fraction, silence_dbfs=args.silence_db,
