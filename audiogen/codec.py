@@ -18,6 +18,7 @@ the file length, and windows are batched together for speed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -113,7 +114,7 @@ def build_encodec_model(cfg: EncodecConfig):
 
 
 @torch.no_grad()
-def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 4.0) -> None:
+def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 2.0) -> None:
     """Make a random-init codec whose codes depend on its input.
 
     An untrained SEANet's output is dominated by its conv biases, so every frame lands
@@ -128,15 +129,28 @@ def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 4.0) -> None:
     t = torch.arange(n) / cfg.sample_rate
     g = torch.Generator().manual_seed(1234)
     parts = []
-    for i in range(8):
-        f0 = 55.0 * 2 ** (i * 0.75)
+    for i in range(4):
+        f0 = 55.0 * 2 ** (i * 1.5)
         parts.append(0.4 * torch.sin(2 * math.pi * f0 * t * (1 + 0.3 * t / seconds)))
-        parts.append(0.1 * torch.randn(n, generator=g) * (i + 1) / 8)
+        parts.append(0.1 * torch.randn(n, generator=g) * (i + 1) / 4)
     wav = torch.stack(parts).view(len(parts), 1, n).expand(-1, cfg.channels, -1).contiguous()
     model.train()
     emb = model.encoder(wav)
     model.quantizer(emb, cfg.sample_rate / cfg.hop_length)
     model.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_state(seed: int) -> dict:
+    """Weights of the random ``tiny`` codec for ``seed`` (built once per process)."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = build_encodec_model(NAMED_CONFIGS["tiny"])
+        _init_random_codec(model, NAMED_CONFIGS["tiny"])
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 class Codec:
@@ -354,13 +368,8 @@ def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None,
         name = spec_str
     elif spec_str == "tiny":
         cfg = NAMED_CONFIGS["tiny"]
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            model = build_encodec_model(cfg)
-            _init_random_codec(model, cfg)
-        finally:
-            torch.random.set_rng_state(gen_state)
+        model = build_encodec_model(cfg)
+        model.load_state_dict(_tiny_state(seed))
         sha, name = None, f"tiny-seed{seed}"
     else:
         return load_saved_codec(spec_str, bandwidth=bandwidth, num_codebooks=num_codebooks, device=device)

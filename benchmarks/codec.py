@@ -1,0 +1,87 @@
+"""Codec speed as a real-time factor (seconds of audio per second of wall time).
+
+Compares audiogen's windowed, batched encode/decode with the ``encodec`` package's own
+``EncodecModel.encode``/``decode`` (the peer) on the same weights, same machine, same
+run. Real architectures with random weights: speed does not depend on weight values.
+Prints one JSON object.
+
+    python benchmarks/codec.py [--seconds 30] [--repeats 2] [--devices cpu cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, num_codebooks_for_bandwidth
+
+
+def _timeit(fn, repeats: int, sync) -> float:
+    fn()  # warm-up
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench(name: str, bandwidth: float, seconds: float, repeats: int, device: str) -> dict:
+    cfg = NAMED_CONFIGS[name]
+    torch.manual_seed(0)
+    model = build_encodec_model(cfg).to(device).eval()
+    model.set_target_bandwidth(bandwidth)
+    if name == "encodec_48khz":  # the peer's pretrained 48 kHz setup: 1 s segments, normalised
+        model.segment, model.normalize = 1.0, True
+    codec = EncodecCodec(model, cfg, name, num_codebooks_for_bandwidth(cfg, bandwidth))
+    wav = 0.1 * torch.randn(1, cfg.channels, int(seconds * cfg.sample_rate), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    codes = codec.encode(wav)
+    row = {"codec": name, "bandwidth_kbps": bandwidth, "device": device, "audio_s": seconds}
+    with torch.inference_mode():
+        row["audiogen_encode_rtf"] = seconds / _timeit(lambda: codec.encode(wav), repeats, sync)
+        row["audiogen_decode_rtf"] = seconds / _timeit(lambda: codec.decode(codes), repeats, sync)
+        frames = model.encode(wav)
+        row["encodec_pkg_encode_rtf"] = seconds / _timeit(lambda: model.encode(wav), repeats, sync)
+        row["encodec_pkg_decode_rtf"] = seconds / _timeit(lambda: model.decode(frames), repeats, sync)
+    for k in list(row):
+        if k.endswith("_rtf"):
+            row[k] = round(row[k], 2)
+    row["encode_speedup_vs_encodec_pkg"] = round(row["audiogen_encode_rtf"] / row["encodec_pkg_encode_rtf"], 2)
+    row["decode_speedup_vs_encodec_pkg"] = round(row["audiogen_decode_rtf"] / row["encodec_pkg_decode_rtf"], 2)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    ap.add_argument("--codecs", nargs="+", default=["encodec_24khz:6", "encodec_48khz:6"])
+    args = ap.parse_args()
+    devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
+    results = []
+    for dev in devices:
+        for spec in args.codecs:
+            name, bw = spec.split(":")
+            results.append(bench(name, float(bw), args.seconds, args.repeats, dev))
+    print(json.dumps({
+        "benchmark": "codec",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "torch": torch.__version__,
+        "results": results,
+        "skipped": [d for d in args.devices if d not in devices],
+    }))
+
+
+if __name__ == "__main__":
+    main()

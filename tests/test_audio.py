@@ -1,0 +1,197 @@
+"""The audio layer: every format, resampling, loudness, true peak, fades, atomic writes, bad input."""
+
+from __future__ import annotations
+
+import math
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiogen import audio as A
+from audiogen.errors import AudiogenError
+
+
+def sine(freq, sr, seconds, amp=0.5, channels=1, phase=0.0):
+    t = np.arange(int(sr * seconds)) / sr
+    return np.repeat((amp * np.sin(2 * np.pi * freq * t + phase))[None], channels, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "ext,sr,channels",
+    [(".wav", 44100, 2), (".flac", 48000, 1), (".ogg", 22050, 2), (".opus", 48000, 2),
+     (".mp3", 44100, 2), (".aiff", 32000, 1), (".wav", 8000, 6)],
+)
+def test_reads_every_format_at_any_rate_and_channel_count(tmp_path, ext, sr, channels):
+    wav = sine(440, sr, 1.0, channels=channels)
+    path = A.write_audio(tmp_path / f"x{ext}", wav, sr)
+    out, out_sr = A.load_audio(path)
+    assert out.dtype == np.float32 and out.shape[0] == channels
+    assert out_sr == sr
+    # lossy codecs add priming/padding; the length stays within 0.1 s
+    assert abs(out.shape[1] - sr) < 0.1 * sr
+    # the content survives: the dominant frequency is still 440 Hz
+    spec = np.abs(np.fft.rfft(out[0, : sr // 2 * 2]))
+    assert abs(np.argmax(spec) * out_sr / (sr // 2 * 2) - 440) < 5
+
+
+def test_load_converts_rate_and_channels(tmp_path):
+    path = A.write_audio(tmp_path / "s.wav", sine(440, 44100, 1.0, channels=2), 44100)
+    out, sr = A.load_audio(path, sample_rate=24000, channels=1)
+    assert sr == 24000 and out.shape == (1, 24000)
+
+
+def test_window_read_returns_the_requested_span(tmp_path):
+    sr = 16000
+    ramp = np.linspace(-1, 1, sr * 4, dtype=np.float32)[None]
+    path = A.write_audio(tmp_path / "r.wav", ramp, sr, subtype="FLOAT")
+    out, _ = A.load_audio(path, offset_s=1.0, duration_s=0.5)
+    np.testing.assert_array_equal(out, ramp[:, sr : sr + sr // 2])
+
+
+def test_resampling_is_band_limited_and_keeps_in_band_tones():
+    sr_in, sr_out = 44100, 24000
+    inband = A.resample(sine(1000, sr_in, 1.0), sr_in, sr_out)
+    assert inband.shape == (1, sr_out)
+    assert abs(np.abs(inband[:, 1000:-1000]).max() - 0.5) < 0.01  # amplitude kept
+    # 15 kHz is above the new Nyquist (12 kHz): it must be removed, not aliased to 9 kHz
+    alias = A.resample(sine(15000, sr_in, 1.0), sr_in, sr_out)
+    assert 20 * np.log10(np.abs(alias[:, 1000:-1000]).max() / 0.5) < -60
+
+
+def test_channel_conversion_downmixes_and_upmixes():
+    st = np.stack([np.ones(10), -np.ones(10)]).astype(np.float32)
+    np.testing.assert_allclose(A.convert_channels(st, 1), np.zeros((1, 10)))
+    assert A.convert_channels(st[:1], 2).shape == (2, 10)
+    assert A.convert_channels(np.ones((6, 10), np.float32), 2).shape == (2, 10)
+
+
+def test_integrated_loudness_matches_bs1770_reference_tone():
+    # BS.1770: a full-scale 997 Hz sine in one channel reads -3.01 LUFS; scale by the amplitude in dB
+    sr = 48000
+    for amp_db in (0.0, -10.0, -20.0):
+        wav = sine(997, sr, 5.0, amp=10 ** (amp_db / 20))
+        assert A.integrated_loudness(wav, sr) == pytest.approx(-3.01 + amp_db, abs=0.1)
+    assert A.integrated_loudness(np.zeros((1, sr)), sr) == float("-inf")
+
+
+def test_true_peak_finds_inter_sample_peaks():
+    sr = 48000
+    # a sine at fs/4 with a 45 degree phase: every sample sits at 0.707 of the true peak
+    wav = sine(sr / 4, sr, 0.5, amp=1.0, phase=math.pi / 4)
+    assert A.sample_peak_dbfs(wav) == pytest.approx(-3.01, abs=0.05)
+    assert A.true_peak_dbtp(wav, sr) == pytest.approx(0.0, abs=0.2)
+
+
+def test_fades_are_equal_power():
+    fin, fout = A.equal_power_fade(1000, True), A.equal_power_fade(1000, False)
+    # overlapped as a crossfade, the two curves keep constant power at every sample
+    np.testing.assert_allclose(fin**2 + fout**2, np.ones(1000), atol=1e-6)
+    np.testing.assert_allclose(fin, fout[::-1], atol=1e-6)  # symmetric shapes
+    x = np.ones((2, 48000), np.float32)
+    y = A.apply_fades(x, 48000, fade_in_s=0.5, fade_out_s=0.25)
+    assert y[0, 0] < 0.01 and y[0, -1] < 0.01 and y[0, 30000] == 1.0
+    with pytest.raises(AudiogenError, match="longer than the audio"):
+        A.apply_fades(x, 48000, 0.8, 0.5)
+
+
+def test_remove_dc_removes_offset_and_keeps_music():
+    wav = sine(440, 24000, 2.0) + 0.3
+    out = A.remove_dc(wav, 24000)
+    assert abs(out.mean()) < 0.003  # >99% of the 0.3 offset is gone
+    assert abs(np.abs(out[:, 2000:-2000]).max() - 0.5) < 0.01
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.wav"
+    A.write_audio(target, sine(440, 8000, 0.5), 8000)
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError):
+        with A.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a file")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]  # no temp file left behind
+
+
+def test_write_refuses_bad_audio_and_bad_destinations(tmp_path):
+    with pytest.raises(AudiogenError, match="NaN"):
+        A.write_audio(tmp_path / "x.wav", np.full((1, 10), np.nan, np.float32), 8000)
+    with pytest.raises(AudiogenError, match="cannot write '.xyz'"):
+        A.write_audio(tmp_path / "x.xyz", np.zeros((1, 10), np.float32), 8000)
+    with pytest.raises(AudiogenError, match="does not exist"):
+        A.write_audio(tmp_path / "nope" / "x.wav", np.zeros((1, 10), np.float32), 8000)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def wav_header(sample_rate: int, channels: int = 1, frames: int = 100) -> bytes:
+    data = b"\x00\x00" * frames * channels
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * 2 * channels, 2 * channels, 16)
+    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + \
+        b"data" + struct.pack("<I", len(data)) + data
+
+
+def make_bad_files(d):
+    """Each bad case: (file, the message fragment the error must contain)."""
+    cases = {}
+    cases["missing"] = (d / "missing.wav", "no such file")
+    (d / "empty.wav").write_bytes(b"")
+    cases["empty"] = (d / "empty.wav", "empty file")
+    (d / "zero.wav").write_bytes(wav_header(44100, frames=0))
+    cases["zero_length"] = (d / "zero.wav", "zero-length")
+    (d / "garbage.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
+    cases["corrupt"] = (d / "garbage.wav", "corrupt")
+    good = A.write_audio(d / "good.flac", sine(440, 44100, 3.0), 44100)
+    (d / "truncated.flac").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
+    cases["truncated"] = (d / "truncated.flac", "truncated")
+    (d / "notes.txt").write_text("not audio at all\n" * 50)
+    cases["unsupported"] = (d / "notes.txt", "unsupported format")
+    sf.write(str(d / "nan.wav"), np.array([0.1, np.nan, 0.2, np.inf] * 100, np.float32), 8000, subtype="FLOAT")
+    cases["nan"] = (d / "nan.wav", "NaN or infinite")
+    (d / "slow.wav").write_bytes(wav_header(3))
+    cases["absurd_low_rate"] = (d / "slow.wav", "absurd sample rate 3 Hz")
+    (d / "fast.wav").write_bytes(wav_header(50_000_000))
+    cases["absurd_high_rate"] = (d / "fast.wav", "absurd sample rate 50000000 Hz")
+    return cases
+
+
+BAD_CASES = ["missing", "empty", "zero_length", "corrupt", "truncated", "unsupported", "nan",
+             "absurd_low_rate", "absurd_high_rate"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_raises_one_clear_error_naming_the_file(tmp_path, case):
+    path, fragment = make_bad_files(tmp_path)[case]
+    with pytest.raises(AudiogenError) as e:
+        A.load_audio(path)
+    assert str(path) in str(e.value) and fragment in str(e.value)
+
+
+def test_cli_reports_every_bad_input_in_one_line_without_traceback(tmp_path):
+    cases = make_bad_files(tmp_path)
+    for name, (path, fragment) in cases.items():
+        r = subprocess.run([sys.executable, "-m", "audiogen", "info", str(path)], capture_output=True, text=True)
+        assert r.returncode == 1, name
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (name, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_cli_info_reads_a_good_file(tmp_path):
+    path = A.write_audio(tmp_path / "ok.wav", sine(997, 48000, 2.0, amp=0.1), 48000)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "info", "--json", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    row = json.loads(r.stdout)
+    assert row["sample_rate"] == 48000 and row["lufs"] == pytest.approx(-23.0, abs=0.2)
+
+
+def test_real_debian_music_loads(real_tracks):
+    wav, sr = A.load_audio(real_tracks[0], sample_rate=24000, channels=1, duration_s=5.0)
+    assert sr == 24000 and wav.shape == (1, 120000) and np.abs(wav).max() > 0.01
