@@ -184,7 +184,9 @@ def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarra
 
     y = resample(mono[None], sr, ANALYSIS_SR)[0] if sr != ANALYSIS_SR else mono
     env = librosa.onset.onset_strength(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP)
-    chroma = librosa.feature.chroma_stft(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP, n_fft=4096)
+    # tuning=0: skip librosa's pitch-tracking tuning estimate (the slowest step); a mean chroma
+    # over a segment is robust to the few cents a recording may be off
+    chroma = librosa.feature.chroma_stft(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP, n_fft=4096, tuning=0.0)
     return env, chroma
 
 
@@ -691,6 +693,9 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     tok.flush()
     bar.close()
     if not kept:
+        atomic_write_text(out / "prep_report.json", json.dumps(
+            {"audio_dir": str(audio_dir), "files_found": len(files), "files_kept": 0,
+             "skipped": sorted(skipped, key=lambda d: d["source"]), "duplicates": duplicates}, indent=2))
         raise AudiogenError(f"{audio_dir}: none of the {len(files)} audio files could be used "
                             f"(first problem: {skipped[0]['source']}: {skipped[0]['reason']})")
     sizes = _assemble(out, work, kept, metas, codec_json, codec.num_codebooks, cfg.seed, cfg.valid_fraction,

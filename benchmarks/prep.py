@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def main() -> None:
                     "codec": name, "device": device, "audiogen": ours, "naive_peer": peer,
                     "speedup_vs_naive": round(peer["wall_s"] / ours["wall_s"], 2),
                 })
+                print(f"[bench] {result['runs'][-1]}", file=sys.stderr, flush=True)  # partial results
     print(json.dumps(result))
 
 
