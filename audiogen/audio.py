@@ -9,6 +9,7 @@ or absurd file) raises :class:`~audiogen.errors.AudiogenError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import tempfile
@@ -282,6 +283,23 @@ def remove_dc(wav: np.ndarray, sample_rate: int, cutoff_hz: float = 10.0) -> np.
         sos = butter(2, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
         x = sosfiltfilt(sos, x, axis=-1)
     return x.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's content; of a folder: of its files' relative names and contents, sorted."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- writing

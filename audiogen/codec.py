@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from audiogen.audio import sha256_file
 from audiogen.errors import AudiogenError
 
 #: Where the encodec package's pretrained checkpoints are published (for the error message only;
@@ -313,14 +313,6 @@ class EncodecCodec(Codec):
 # ------------------------------------------------------------------------------ loading
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def num_codebooks_for_bandwidth(cfg: EncodecConfig, bandwidth_kbps: float) -> int:
     per_q = math.log2(cfg.bins) * cfg.sample_rate / cfg.hop_length / 1000
     if bandwidth_kbps not in cfg.target_bandwidths:
@@ -364,7 +356,7 @@ def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None,
             model.load_state_dict(state)
         except Exception as e:  # a wrong or corrupt file is a user error
             raise AudiogenError(f"{path}: not a valid {spec_str} checkpoint ({type(e).__name__}: {e})") from None
-        sha = _sha256_file(path)
+        sha = sha256_file(path)
         name = spec_str
     elif spec_str == "tiny":
         cfg = NAMED_CONFIGS["tiny"]
@@ -428,5 +420,5 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
     if bandwidth is not None:
         num_codebooks = num_codebooks_for_bandwidth(cfg, bandwidth)
     k = num_codebooks if num_codebooks is not None else meta.get("num_codebooks")
-    codec = EncodecCodec(model, cfg, meta.get("name", p.name), k, weights_sha256=_sha256_file(w_file))
+    codec = EncodecCodec(model, cfg, meta.get("name", p.name), k, weights_sha256=sha256_file(w_file))
     return codec.to(device)

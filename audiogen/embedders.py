@@ -24,13 +24,13 @@ embedding cache keys on it, so changing any of them never reuses stale embedding
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from audiogen.audio import sha256_file
 from audiogen.errors import AudiogenError
 
 EMBEDDERS = ("builtin", "vggish", "clap", "encodec")
@@ -44,18 +44,6 @@ CLAP_URL = "https://huggingface.co/laion/larger_clap_music (or laion/clap-htsat-
 def weights_dir() -> Path:
     """``$AUDIOGEN_WEIGHTS``, else ``~/.cache/audiogen/weights``: where pretrained files are looked for."""
     return Path(os.environ.get("AUDIOGEN_WEIGHTS", Path.home() / ".cache" / "audiogen" / "weights"))
-
-
-def _sha256_path(path: Path) -> str:
-    """sha256 of a file, or of all files in a folder (names and contents, sorted)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _to_mono(wav: np.ndarray, sample_rate: int, target_sr: int) -> np.ndarray:
@@ -238,7 +226,7 @@ class VGGishEmbedder(Embedder):
                 self.model.load_state_dict(state)
             except Exception as e:
                 raise AudiogenError(f"{path}: not a VGGish checkpoint ({type(e).__name__}: {e})") from None
-            self.cache_key = f"vggish-{_sha256_path(path)[:16]}"
+            self.cache_key = f"vggish-{sha256_file(path)[:16]}"
         self.device = torch.device(device)
         self.model.to(self.device)
 
@@ -298,7 +286,7 @@ class ClapEmbedder(Embedder):
         self.extractor.truncation = "rand_trunc"
         self.dim = int(self.model.config.projection_dim)
         self.batch_size = batch_size
-        self.cache_key = f"clap-{_sha256_path(path)[:16]}"
+        self.cache_key = f"clap-{sha256_file(path)[:16]}"
         self.device = torch.device(device)
         self.model.to(self.device)
 

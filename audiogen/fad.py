@@ -28,7 +28,6 @@ key), so an edited file is re-embedded and an unchanged one never is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audiogen.audio import sha256_file
 from audiogen.errors import AudiogenError
 
 STATS_VERSION = 1
@@ -216,14 +216,6 @@ def load_stats(path: str | os.PathLike) -> tuple[Stats, dict]:
 # ---------------------------------------------------------------------- embedding cache
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class EmbeddingCache:
     """Frame embeddings on disk at ``DIR/<embedder cache key>/<sha[:2]>/<sha>.npy``.
 
@@ -272,7 +264,7 @@ def embed_files(paths: list[Path], embedder, cache: EmbeddingCache | None = None
     from audiogen.audio import load_audio
 
     out: list[np.ndarray | None] = [None] * len(paths)
-    shas = [file_sha256(p) for p in paths] if cache is not None else [None] * len(paths)
+    shas = [sha256_file(p) for p in paths] if cache is not None else [None] * len(paths)
     todo = []
     for i, sha in enumerate(shas):
         hit = cache.get(embedder.cache_key, sha) if cache is not None else None
