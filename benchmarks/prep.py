@@ -85,6 +85,12 @@ def main() -> None:
             (src / f"{i:02d}_{t.name}").symlink_to(t.resolve())
         from audiogen.audio import audio_info
 
+        # warm-up: librosa/numba loaded once here (forked workers inherit it), as in any long job
+        import numpy as np
+
+        from audiogen.prep import _analysis_features, estimate_bpm
+
+        estimate_bpm(_analysis_features(np.random.default_rng(0).standard_normal(22050 * 5).astype(np.float32), 22050)[0])
         result["files"] = len(tracks)
         result["audio_hours"] = round(sum(audio_info(t).duration_s for t in tracks) / 3600, 4)
         for device in devices:
