@@ -1,0 +1,274 @@
+"""Finishing a generated track for podcasts and video.
+
+``finish(wav, sr, spec)`` turns raw decoder output into a deliverable:
+
+1. DC and sub-audible rumble removed (``audio.remove_dc``);
+2. exact duration to the sample, or a seamless loop: the audio rendered past the end is
+   crossfaded (equal power) into the head, so the last sample flows into the first;
+3. equal-power fade-in / fade-out (not in loop mode: a faded loop is not seamless);
+4. gain to the integrated-loudness target (BS.1770-4; default -16 LUFS);
+5. a look-ahead true-peak limiter on the 4x-oversampled signal (default -1 dBTP),
+   circular in loop mode so the gain at the end equals the gain at the start;
+6. loudness re-measured and corrected after limiting.
+
+``write_finished`` writes the file atomically with provenance tags (and an AI-generated
+marker), checks loudness and true peak on the *written, re-read* file (lossy encoders
+move peaks), corrects and rewrites if needed, and writes a JSON sidecar with the
+measured figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audiogen import audio as A
+from audiogen.errors import AudiogenError
+
+#: Named loudness targets (integrated LUFS).
+PRESETS = {"podcast": -16.0, "streaming": -14.0, "broadcast": -23.0}
+#: Below this the input is treated as silence: there is nothing to normalise.
+SILENCE_LUFS = -70.0
+
+
+@dataclass(frozen=True)
+class FinishSpec:
+    duration_s: float
+    fade_in_s: float = 0.0
+    fade_out_s: float = 0.0
+    loop: bool = False
+    loop_crossfade_s: float = 1.0
+    lufs: float = -16.0
+    true_peak_db: float = -1.0
+    remove_dc: bool = True
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise AudiogenError(f"duration must be a positive number of seconds, got {self.duration_s}")
+        if self.fade_in_s < 0 or self.fade_out_s < 0:
+            raise AudiogenError("fade lengths must be >= 0 seconds")
+        if self.loop and (self.fade_in_s or self.fade_out_s):
+            raise AudiogenError("--loop and fades exclude each other: a faded track does not loop seamlessly")
+        if self.fade_in_s + self.fade_out_s > self.duration_s:
+            raise AudiogenError(
+                f"fades ({self.fade_in_s:g}s + {self.fade_out_s:g}s) are longer than the track ({self.duration_s:g}s)"
+            )
+        if not -40.0 <= self.lufs <= -5.0:
+            raise AudiogenError(f"loudness target {self.lufs} LUFS is outside the sensible range -40..-5")
+        if not -12.0 <= self.true_peak_db <= 0.0:
+            raise AudiogenError(f"true-peak limit {self.true_peak_db} dBTP is outside -12..0")
+
+    def samples_needed(self, sample_rate: int) -> int:
+        """How much raw audio ``finish`` needs: the duration, plus the crossfade tail in loop mode."""
+        n = int(round(self.duration_s * sample_rate))
+        return n + (self.crossfade_samples(sample_rate) if self.loop else 0)
+
+    def crossfade_samples(self, sample_rate: int) -> int:
+        return int(round(min(self.loop_crossfade_s, self.duration_s / 4) * sample_rate))
+
+
+def make_loop(wav: np.ndarray, n: int, crossfade: int) -> np.ndarray:
+    """``[C, >= n + crossfade] -> [C, n]`` whose end flows into its start.
+
+    The ``crossfade`` samples rendered after the end are faded out over the head while
+    the head fades in: at the wrap, sample n-1 is followed by what the music played
+    next (sample n), so there is no jump in waveform or level.
+    """
+    if wav.shape[-1] < n + crossfade:
+        raise AudiogenError(f"loop needs {n + crossfade} samples of audio, got {wav.shape[-1]}")
+    out = np.array(wav[..., :n], dtype=np.float32, copy=True)
+    if crossfade:
+        fin, fout = A.equal_power_fade(crossfade, True), A.equal_power_fade(crossfade, False)
+        out[..., :crossfade] = wav[..., :crossfade] * fin + wav[..., n : n + crossfade] * fout
+    return out
+
+
+def _oversampled_peak_envelope(wav: np.ndarray, factor: int) -> np.ndarray:
+    """Per-sample peak of the oversampled signal, max over channels: ``[C, N] -> [N]``."""
+    from scipy.signal import resample_poly
+
+    up = np.abs(resample_poly(wav.astype(np.float64), factor, 1, axis=-1))
+    n = wav.shape[-1]
+    up = up[..., : n * factor].reshape(wav.shape[0], n, factor).max(axis=-1)
+    return np.maximum(up.max(axis=0), np.abs(wav).max(axis=0))
+
+
+def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookahead_s: float = 0.005,
+                    circular: bool = False) -> np.ndarray:
+    """Look-ahead true-peak limiter: a smooth gain that keeps the oversampled peak under the ceiling.
+
+    The required gain per sample is ``min(1, ceiling / peak)``; a sliding minimum over
+    +-lookahead, then a moving average over the lookahead, gives a gain curve that is
+    smooth (no clicks) and never above the required gain at any sample. ``circular``
+    treats the audio as a loop so the gain at the end matches the start.
+    """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    factor = max(4, int(math.ceil(192_000 / sample_rate)))
+    ceiling = A.db_to_gain(ceiling_db)
+    env = _oversampled_peak_envelope(wav, factor)
+    need = np.minimum(1.0, ceiling / np.maximum(env, 1e-12))
+    if need.min() >= 1.0:
+        return wav
+    look = max(1, int(lookahead_s * sample_rate))
+    mode = "wrap" if circular else "nearest"
+    g = minimum_filter1d(need, size=2 * look + 1, mode=mode)
+    g = uniform_filter1d(g, size=look, mode=mode)
+    g = np.minimum(g, need)  # guard against the averaging ever exceeding the requirement
+    return (wav * g[None]).astype(np.float32)
+
+
+def normalize_loudness(wav: np.ndarray, sample_rate: int, lufs: float, true_peak_db: float,
+                       circular: bool = False) -> np.ndarray:
+    """Gain to ``lufs`` integrated, then true-peak limiting, iterated so both hold."""
+    measured = A.integrated_loudness(wav, sample_rate)
+    if not math.isfinite(measured) or measured < SILENCE_LUFS:
+        raise AudiogenError(
+            f"the audio is silent ({measured:.1f} LUFS): cannot normalise it to {lufs:g} LUFS"
+        )
+    margin = 0.1  # aim just under the ceiling: oversampling estimates differ by a few hundredths
+
+    def render(gain_db: float) -> tuple[np.ndarray, float]:
+        y = true_peak_limit(wav * A.db_to_gain(gain_db), sample_rate, true_peak_db - margin, circular=circular)
+        return y, A.integrated_loudness(y, sample_rate)
+
+    # Limiting costs loudness, so the gain that reaches the target is found by the secant
+    # method on gain -> loudness-after-limiting (monotone; slope 1 without limiting, < 1 with).
+    g0 = lufs - measured
+    out, l0 = render(g0)
+    g1 = g0 + (lufs - l0)
+    for _ in range(8):
+        if abs(lufs - l0) < 0.05:
+            break
+        out, l1 = render(g1)
+        slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 1.0
+        g0, l0 = g1, l1
+        g1 = g1 + (lufs - l1) / min(1.0, max(slope, 0.05))
+    return out.astype(np.float32)
+
+
+def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
+    """Raw audio ``[C, >= spec.samples_needed(sr)]`` -> finished ``[C, duration * sr]``."""
+    spec.validate()
+    n = int(round(spec.duration_s * sample_rate))
+    need = spec.samples_needed(sample_rate)
+    if wav.shape[-1] < need:
+        raise AudiogenError(f"need {need} samples to finish a {spec.duration_s:g}s track, got {wav.shape[-1]}")
+    x = A.remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
+    if spec.loop:
+        x = make_loop(x, n, spec.crossfade_samples(sample_rate))
+    else:
+        x = A.apply_fades(x[..., :n], sample_rate, spec.fade_in_s, spec.fade_out_s)
+    return normalize_loudness(x, sample_rate, spec.lufs, spec.true_peak_db, circular=spec.loop)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def tag_file(path: Path, tags: dict[str, str]) -> None:
+    """Write provenance tags with mutagen: ID3 for mp3/wav/aiff, Vorbis comments for flac/ogg/opus."""
+    import mutagen
+    from mutagen import id3
+
+    ext = path.suffix.lower()
+    if ext in (".mp3", ".wav", ".aiff"):
+        f = mutagen.File(str(path))
+        if f is None:
+            raise AudiogenError(f"{path}: could not open the written file to tag it")
+        if f.tags is None:
+            f.add_tags()
+        t = f.tags
+        t.add(id3.TIT2(encoding=3, text=tags["title"]))
+        t.add(id3.TPE1(encoding=3, text=tags["artist"]))
+        t.add(id3.COMM(encoding=3, lang="eng", desc="", text=tags["comment"]))
+        for k, v in tags.items():
+            if k not in ("title", "artist", "comment"):
+                t.add(id3.TXXX(encoding=3, desc=k, text=str(v)))
+        f.save()
+    else:
+        f = mutagen.File(str(path))
+        if f is None:
+            raise AudiogenError(f"{path}: could not open the written file to tag it")
+        if f.tags is None:
+            f.add_tags()
+        for k, v in tags.items():
+            f.tags[k] = str(v)
+        f.save()
+
+
+def read_tags(path: str | Path) -> dict[str, str]:
+    """Tags as a flat dict (title, artist, comment and custom keys), whatever the container."""
+    import mutagen
+
+    f = mutagen.File(str(path))
+    out: dict[str, str] = {}
+    if f is None or f.tags is None:
+        return out
+    if hasattr(f.tags, "getall"):  # ID3
+        for frame in f.tags.values():
+            name = type(frame).__name__
+            text = str(frame.text[0]) if getattr(frame, "text", None) else ""
+            key = {"TIT2": "title", "TPE1": "artist", "COMM": "comment"}.get(name)
+            if key:
+                out[key] = text
+            elif name == "TXXX":
+                out[frame.desc] = text
+    else:
+        for k, v in f.tags.items():
+            out[k.lower()] = v[0] if isinstance(v, list) else str(v)
+    return out
+
+
+def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: FinishSpec,
+                   tags: dict[str, str], sidecar: dict) -> dict:
+    """Write ``wav`` (already finished) with tags and a JSON sidecar; returns the sidecar dict.
+
+    Loudness and true peak are measured on the file as written and re-read. If a lossy
+    encoder pushed the true peak over the limit, the gain is lowered by the excess and
+    the file rewritten (at most 3 times); nothing half-written is ever left at ``path``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in A.WRITE_FORMATS:
+        raise AudiogenError(f"{path}: cannot write '{path.suffix}' files; use .wav, .flac, .ogg or .mp3")
+    gain_db = 0.0
+    for attempt in range(4):
+        try:
+            with A.atomic_path(path) as tmp:
+                A.write_audio(tmp, wav * A.db_to_gain(gain_db), sample_rate)
+                tag_file(tmp, tags)
+                back, back_sr = A.load_audio(tmp)
+                lufs = A.integrated_loudness(back, back_sr)
+                tp = A.true_peak_dbtp(back, back_sr)
+                over = tp - spec.true_peak_db
+                if over > 0 and attempt < 3:
+                    gain_db -= over + 0.05
+                    raise _Retry()
+        except _Retry:
+            continue
+        break
+    meta = {
+        **sidecar,
+        "file": path.name,
+        "sample_rate": back_sr,
+        "channels": back.shape[0],
+        "duration_s": round(back.shape[1] / back_sr, 6),
+        "samples": back.shape[1],
+        "finishing": asdict(spec),
+        "measured": {"integrated_lufs": round(lufs, 2), "true_peak_dbtp": round(tp, 2)},
+        "ai_generated": True,
+    }
+    A.atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
+    return meta
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+class _Retry(Exception):
+    """Internal: abandon this attempt's temp file and write again with less gain."""
