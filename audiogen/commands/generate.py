@@ -1,0 +1,85 @@
+"""``audiogen generate PROMPT --duration S --out FILE``: a finished track from a text prompt."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ORDER = 10
+
+EPILOG = """examples:
+  audiogen generate "slow melancholic piano" --duration 90 --out bed.mp3
+  audiogen generate "upbeat electronic" --bpm 120 --duration 60 --loop --out loop.wav
+  audiogen generate "calm strings" --duration 30 --variations 3 --seed 7 --preset broadcast --out take.flac
+  audiogen generate "same mood, longer" --continue intro.wav --duration 120 --out full.ogg
+
+Loudness presets: podcast -16 LUFS (default), streaming -14 LUFS, broadcast -23 LUFS (EBU R128).
+Beside each track a JSON sidecar (FILE.json) records the prompt, conditions, seed, model
+hash, codec and the loudness and true peak measured on the written file."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate a finished track (exact length, fades or loop, broadcast loudness) from a prompt",
+        description="Generate music from a text description and optional attributes, then finish it for "
+        "podcasts and video: exact duration, equal-power fades or a seamless loop, loudness normalised "
+        "(BS.1770) with a true-peak limit, tags marking it AI-generated, and a JSON sidecar.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", help='text description, e.g. "slow melancholic piano"')
+    p.add_argument("--duration", type=float, required=True, metavar="S", help="length in seconds (exact)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file: .wav, .flac, .ogg or .mp3")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="model directory (config.yaml + model.safetensors); default: the embedded model")
+    g = p.add_argument_group("conditions")
+    g.add_argument("--genre")
+    g.add_argument("--mood")
+    g.add_argument("--bpm", type=float)
+    g.add_argument("--key", help='e.g. "D minor"')
+    g.add_argument("--instruments", help='comma-separated, e.g. "piano,strings"')
+    s = p.add_argument_group("sampling")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
+    s.add_argument("--variations", type=int, default=1, metavar="N", help="N takes in one batch (FILE, FILE-v2, ...)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=250)
+    s.add_argument("--top-p", type=float, default=0.0)
+    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--continue", dest="continue_from", metavar="FILE",
+                   help="audio to continue: the track starts with it (re-synthesised) and carries on")
+    f = p.add_argument_group("finishing")
+    f.add_argument("--loop", action="store_true", help="make the end flow seamlessly into the start")
+    f.add_argument("--fade-in", type=float, default=0.0, metavar="S")
+    f.add_argument("--fade-out", type=float, default=0.0, metavar="S")
+    f.add_argument("--lufs", type=float, default=None, help="integrated loudness target (default -16)")
+    f.add_argument("--preset", choices=["podcast", "streaming", "broadcast"], default=None,
+                   help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS")
+    f.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from audiogen.errors import AudiogenError
+    from audiogen.finishing import PRESETS
+    from audiogen.pipeline import GenerateJob, run_job
+
+    if args.lufs is not None and args.preset is not None:
+        raise AudiogenError("give either --lufs or --preset, not both")
+    lufs = args.lufs if args.lufs is not None else PRESETS[args.preset or "podcast"]
+    instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
+    job = GenerateJob(
+        prompt=args.prompt, duration_s=args.duration, out=Path(args.out), model_dir=args.model,
+        genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
+        seed=args.seed, variations=args.variations, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, cfg_scale=args.cfg, continue_from=args.continue_from, loop=args.loop,
+        fade_in_s=args.fade_in, fade_out_s=args.fade_out, lufs=lufs, true_peak_db=args.true_peak,
+        device=args.device, progress=not args.quiet,
+    )
+    for meta in run_job(job):
+        m = meta["measured"]
+        print(f"{meta['path']}: {meta['duration_s']:.2f}s, {m['integrated_lufs']:.1f} LUFS, "
+              f"{m['true_peak_dbtp']:.1f} dBTP (seed {meta['seed']})")
+    return 0

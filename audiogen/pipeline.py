@@ -1,0 +1,209 @@
+"""One generation job end to end: validate, load the model, sample, decode, finish, write.
+
+Everything a user can get wrong (duration, output path, fades, attribute values, the
+model folder) is checked before the model is loaded or any sampling starts, so a bad
+request fails in a second with one clear message and nothing written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from audiogen import audio as A
+from audiogen.errors import AudiogenError
+from audiogen.finishing import FinishSpec, finish, write_finished
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+MAX_DURATION_S = 3 * 3600
+#: share of each long-form window given to the previous window's tail as prompt
+CONTEXT_FRACTION = 0.4
+
+
+@dataclass
+class GenerateJob:
+    prompt: str
+    duration_s: float
+    out: Path
+    model_dir: str | os.PathLike | None = None
+    genre: str | None = None
+    mood: str | None = None
+    bpm: float | None = None
+    key: str | None = None
+    instruments: list[str] | None = None
+    seed: int = 0
+    variations: int = 1
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg_scale: float = 3.0
+    continue_from: str | None = None
+    loop: bool = False
+    fade_in_s: float = 0.0
+    fade_out_s: float = 0.0
+    lufs: float = -16.0
+    true_peak_db: float = -1.0
+    device: str = "cpu"
+    progress: bool = True
+    window_s: float | None = None  # override the model's window (tests, memory limits)
+    extra_tags: dict = field(default_factory=dict)
+
+    def finish_spec(self) -> FinishSpec:
+        return FinishSpec(duration_s=self.duration_s, fade_in_s=self.fade_in_s, fade_out_s=self.fade_out_s,
+                          loop=self.loop, lufs=self.lufs, true_peak_db=self.true_peak_db)
+
+    def output_paths(self) -> list[Path]:
+        out = Path(self.out)
+        if self.variations == 1:
+            return [out]
+        return [out] + [out.with_name(f"{out.stem}-v{i}{out.suffix}") for i in range(2, self.variations + 1)]
+
+    def validate(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise AudiogenError("the prompt is empty: describe the music, e.g. \"slow melancholic piano\"")
+        if len(self.prompt) > 2000:
+            raise AudiogenError(f"the prompt is {len(self.prompt)} characters long; keep it under 2000")
+        if not (isinstance(self.duration_s, (int, float)) and math.isfinite(self.duration_s)) or self.duration_s <= 0:
+            raise AudiogenError(f"--duration must be a positive number of seconds, got {self.duration_s}")
+        if self.duration_s > MAX_DURATION_S:
+            raise AudiogenError(f"--duration {self.duration_s:g}s is longer than the {MAX_DURATION_S}s maximum")
+        if not 1 <= self.variations <= 64:
+            raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
+        if self.bpm is not None and not 20 <= self.bpm <= 400:
+            raise AudiogenError(f"--bpm {self.bpm:g} is outside 20..400")
+        self.finish_spec().validate()
+        out = Path(self.out)
+        if out.suffix.lower() not in (".wav", ".flac", ".ogg", ".mp3"):
+            raise AudiogenError(f"{out}: unsupported output type '{out.suffix}'; use .wav, .flac, .ogg or .mp3")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise AudiogenError(f"{out}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise AudiogenError(f"{out}: the folder {parent} is not writable")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise AudiogenError("--device cuda was asked for, but no CUDA GPU is available")
+        if self.continue_from is not None:
+            A.audio_info(self.continue_from)  # fails early on a missing or broken file
+
+
+def resolve_model_dir(model_dir) -> Path:
+    if model_dir is not None:
+        return Path(model_dir)
+    if not (DEFAULT_MODEL_DIR / "config.yaml").is_file():
+        raise AudiogenError(
+            f"no embedded default model at {DEFAULT_MODEL_DIR} (it has not been trained into this build yet); "
+            "pass --model DIR with a trained or imported model directory"
+        )
+    return DEFAULT_MODEL_DIR
+
+
+def build_conditions(loaded, job: GenerateJob):
+    from audiogen.conditioning import Conditions
+
+    c = Conditions(text=job.prompt, genre=job.genre, mood=job.mood, bpm=job.bpm, key=job.key,
+                   instruments=job.instruments)
+    loaded.conditioner.validate([c])
+    return c
+
+
+@torch.inference_mode()
+def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond[B2, L, D], mask[B2, L])``: conditional rows, then (for CFG) unconditional rows."""
+    cond, mask = conditioner(conds)
+    if guided:
+        ucond, umask = conditioner.unconditional(len(conds))
+        L = max(cond.shape[1], ucond.shape[1])
+
+        def pad(x, m):
+            return (torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[1])),
+                    torch.nn.functional.pad(m, (0, L - m.shape[1]), value=False))
+
+        (cond, mask), (ucond, umask) = pad(cond, mask), pad(ucond, umask)
+        cond, mask = torch.cat([cond, ucond]), torch.cat([mask, umask])
+    return cond.to(device), mask.to(device)
+
+
+def window_frames(loaded, frame_rate: float, job: GenerateJob) -> int:
+    lm_max = loaded.lm.cfg.max_len - loaded.lm.cfg.num_codebooks
+    seconds = job.window_s or float(loaded.config.get("generation", {}).get("window_s", 30.0))
+    return max(8, min(lm_max, int(seconds * frame_rate)))
+
+
+def run_job(job: GenerateJob) -> list[dict]:
+    """Generate, finish and write ``job.variations`` tracks; returns their sidecar dicts."""
+    from tqdm import tqdm
+
+    try:
+        from audiogen.checkpoint import load_model
+    except ImportError as exc:  # the LM/checkpoint modules land with issue 5
+        raise AudiogenError(f"generation needs audiogen.checkpoint and audiogen.lm, which are not installed: {exc}") from exc
+    from audiogen.generate import SamplingParams, frames_for, generate_codes
+
+    job.validate()
+    model_dir = resolve_model_dir(job.model_dir)
+    loaded = load_model(model_dir, device=job.device)
+    lm, codec = loaded.lm.eval(), loaded.codec
+    conds = build_conditions(loaded, job)
+    params = SamplingParams(job.temperature, job.top_k, job.top_p, job.cfg_scale)
+    params.validate(codec.cardinality)
+    spec = job.finish_spec()
+    sr, fr = codec.sample_rate, codec.frame_rate
+    total_frames = frames_for(spec.samples_needed(sr) / sr, fr)
+
+    prompt = None
+    if job.continue_from is not None:
+        wav, _ = A.load_audio(job.continue_from, sr, codec.channels)
+        prompt = codec.encode(torch.from_numpy(wav)[None]).repeat(job.variations, 1, 1)
+        if prompt.shape[-1] >= total_frames:
+            raise AudiogenError(
+                f"--continue audio ({wav.shape[1] / sr:.1f}s) is not shorter than --duration ({job.duration_s:g}s)"
+            )
+    W = window_frames(loaded, fr, job)
+    C = max(1, int(W * CONTEXT_FRACTION))
+    guided = params.cfg_scale != 1.0
+    cond, mask = condition_batch(loaded.conditioner, [conds] * job.variations, guided, job.device)
+    gen = torch.Generator(device=job.device).manual_seed(job.seed)
+    new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
+    bar = tqdm(total=round(new_frames / fr, 1), unit="s", desc="generating audio", disable=not job.progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
+    step = 1 / fr
+    codes = generate_codes(lm, cond, mask, new_frames, params, gen, W, C, prompt=prompt,
+                           on_frame=lambda: bar.update(min(step, bar.total - bar.n)))
+    bar.close()
+    if prompt is not None:
+        codes = torch.cat([prompt.to(codes.device), codes], dim=-1)
+    wav = codec.decode(codes).float().cpu().numpy()  # [B, C, T * hop]
+    model_hash = A.sha256_file(model_dir / "model.safetensors")
+    results = []
+    for i, path in enumerate(job.output_paths()):
+        finished = finish(wav[i], sr, spec)
+        tags = {
+            "title": job.prompt[:200],
+            "artist": "audiogen (AI-generated)",
+            "comment": "AI-generated by audiogen; not a human performance",
+            "ai_generated": "true",
+            "audiogen_model": f"{model_dir.name} sha256:{model_hash[:16]}",
+            "audiogen_seed": str(job.seed),
+            **job.extra_tags,
+        }
+        sidecar = {
+            "prompt": job.prompt,
+            "conditions": {"genre": job.genre, "mood": job.mood, "bpm": job.bpm, "key": job.key,
+                           "instruments": job.instruments},
+            "seed": job.seed,
+            "variation": i + 1,
+            "sampling": {"temperature": job.temperature, "top_k": job.top_k, "top_p": job.top_p,
+                         "cfg_scale": job.cfg_scale},
+            "continue_from": job.continue_from,
+            "model": {"dir": str(model_dir), "sha256": model_hash},
+            "codec": codec.describe(),
+            "requested_duration_s": job.duration_s,
+        }
+        meta = write_finished(path, finished, sr, spec, tags, sidecar)
+        meta["path"] = str(path)
+        results.append(meta)
+    return results
