@@ -1,0 +1,183 @@
+"""MusicGen-shaped decoder-only transformer over K codebook streams, with a static KV cache.
+
+Shape follows transformers' MusicgenDecoder so real MusicGen weights map onto it:
+K token embeddings (vocab = cardinality + 1; id ``cardinality`` is the special/BOS
+token) summed, sinusoidal positions added, pre-norm layers (causal self-attention ->
+cross-attention to the condition states -> FFN fc1/GELU/fc2), final LayerNorm, K
+bias-free heads. ``cond_proj`` (with bias) maps condition states to ``dim``.
+
+Generation API::
+
+    cache = lm.init_cache(batch, max_len, device, dtype)
+    logits = lm(tokens, cond, cond_mask, cache=cache, start=0)   # prefill
+    logits = lm(next_tokens, cond, cond_mask, cache=cache, start=S0)  # one step
+
+``tokens: LongTensor[B, K, S]``, ``cond: FloatTensor[B, L, D_cond]``,
+``cond_mask: BoolTensor[B, L]`` -> ``logits: FloatTensor[B, K, S, cardinality]``.
+With a cache, cross-attention K/V are computed on the first call and self-attention
+K/V are written at positions ``[start, start + S)``. A row whose ``cond_mask`` is all
+False gets exactly zero cross-attention output (unconditional, for CFG).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audiogen.errors import AudiogenError
+
+
+@dataclass
+class LMConfig:
+    num_codebooks: int = 4
+    cardinality: int = 64
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 256
+    cond_dim: int = 64
+    max_positions: int = 4096
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NAMED_CONFIGS = {
+    "tiny": dict(dim=64, num_layers=2, num_heads=4, ffn_dim=256),
+    "small": dict(dim=1024, num_layers=24, num_heads=16, ffn_dim=4096),
+    "medium": dict(dim=1536, num_layers=48, num_heads=24, ffn_dim=6144),
+}
+
+
+def named_config(name: str, **overrides) -> LMConfig:
+    if name not in NAMED_CONFIGS:
+        raise AudiogenError(f"unknown LM config {name!r}; valid: {', '.join(NAMED_CONFIGS)}")
+    return LMConfig(**{**NAMED_CONFIGS[name], **overrides})
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """``positions: LongTensor[S] -> FloatTensor[S, dim]``, MusicgenSinusoidalPositionalEmbedding's formula (cos then sin)."""
+    half = dim // 2
+    freq = torch.exp(torch.arange(half, dtype=torch.float32, device=positions.device) * -(math.log(10000) / (half - 1)))
+    ang = positions.float()[:, None] * freq[None]
+    emb = torch.cat([torch.cos(ang), torch.sin(ang)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, D] -> [B, H, S, D/H]
+        B, S, D = x.shape
+        return x.view(B, S, self.heads, D // self.heads).transpose(1, 2)
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, S, d = x.shape
+        return x.transpose(1, 2).reshape(B, S, H * d)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.dim)
+        self.self_attn = Attention(cfg.dim, cfg.num_heads)
+        self.encoder_attn_layer_norm = nn.LayerNorm(cfg.dim)
+        self.encoder_attn = Attention(cfg.dim, cfg.num_heads)
+        self.final_layer_norm = nn.LayerNorm(cfg.dim)
+        self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x, mem, mem_mask, layer_cache, start: int):
+        S = x.shape[1]
+        a = self.self_attn
+        h = self.self_attn_layer_norm(x)
+        q, k, v = a.split(a.q_proj(h)), a.split(a.k_proj(h)), a.split(a.v_proj(h))
+        if layer_cache is not None:
+            layer_cache["k"][:, :, start : start + S] = k.to(layer_cache["k"].dtype)
+            layer_cache["v"][:, :, start : start + S] = v.to(layer_cache["v"].dtype)
+            k = layer_cache["k"][:, :, : start + S]
+            v = layer_cache["v"][:, :, : start + S]
+        if start == 0 and k.shape[2] == S:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # query i at absolute position start+i sees keys <= start+i
+            qpos = torch.arange(start, start + S, device=x.device)[:, None]
+            kpos = torch.arange(k.shape[2], device=x.device)[None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
+        x = x + a.out_proj(a.merge(o))
+
+        c = self.encoder_attn
+        h = self.encoder_attn_layer_norm(x)
+        q = c.split(c.q_proj(h))
+        if layer_cache is not None and "ck" in layer_cache:
+            ck, cv = layer_cache["ck"], layer_cache["cv"]
+        else:
+            ck, cv = c.split(c.k_proj(mem)), c.split(c.v_proj(mem))
+            if layer_cache is not None:
+                layer_cache["ck"], layer_cache["cv"] = ck, cv
+        # rows with an all-False mask would softmax over nothing (NaN): let them attend
+        # everywhere, then zero their output so the contribution is exactly 0
+        any_valid = mem_mask.any(dim=1)  # [B]
+        safe_mask = mem_mask | ~any_valid[:, None]
+        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=safe_mask[:, None, None, :])
+        o = c.out_proj(c.merge(o)) * any_valid[:, None, None].to(x.dtype)
+        x = x + o
+        h = self.final_layer_norm(x)
+        return x + self.fc2(F.gelu(self.fc1(h)))
+
+
+class LM(nn.Module):
+    """``forward(tokens[B, K, S], cond[B, L, Dc], cond_mask[B, L], cache=None, start=0) -> logits[B, K, S, card]``."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.ModuleList(nn.Embedding(cfg.cardinality + 1, cfg.dim) for _ in range(cfg.num_codebooks))
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.dim, bias=True)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.layer_norm = nn.LayerNorm(cfg.dim)
+        self.lm_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.cardinality, bias=False) for _ in range(cfg.num_codebooks))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def init_cache(self, batch: int, max_len: int, device, dtype) -> list[dict]:
+        """Static self-attention K/V buffers ``[B, H, max_len, D/H]`` per layer; cross K/V filled on first use."""
+        H = self.cfg.num_heads
+        shape = (batch, H, max_len, self.cfg.dim // H)
+        return [{"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
+                for _ in self.layers]
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor, cache=None, start: int = 0):
+        B, K, S = tokens.shape
+        if K != self.cfg.num_codebooks:
+            raise ValueError(f"expected {self.cfg.num_codebooks} codebooks, got {K}")
+        x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K))
+        pos = torch.arange(start, start + S, device=tokens.device)
+        x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
+        cond_mask = cond_mask.bool()
+        mem = self.cond_proj(cond) * cond_mask[..., None].to(cond.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mem, cond_mask, None if cache is None else cache[i], start)
+        x = self.layer_norm(x)
+        return torch.stack([head(x) for head in self.lm_heads], dim=1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
