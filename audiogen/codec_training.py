@@ -1,0 +1,528 @@
+"""Training our own EnCodec codec: data crops, the EnCodec objectives, the loss balancer,
+codebook monitoring and the pieces of the training step.
+
+The loop itself lives in ``recipes/train_codec.py`` (Accelerate); everything it calls is
+here so tests reach it. Objectives follow the EnCodec paper (Défossez et al., 2022):
+
+- reconstruction: time-domain L1 and multi-scale log-mel L1 + L2,
+- adversarial: the multi-scale STFT discriminator (``encodec.msstftd``), hinge losses,
+  plus relative feature matching,
+- the RVQ commitment loss (straight into the encoder, not balanced),
+- a gradient balancer: each loss's gradient w.r.t. the decoder output is normalised by
+  an EMA of its norm and weighted by its lambda, so the lambdas mean shares of the
+  gradient, whatever the losses' scales.
+
+Quantizer dropout samples the number of codebooks per batch from the target bandwidths;
+dead codes (EMA cluster size under a threshold) are restarted from random embeddings of
+the current batch, and codebook usage/perplexity are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audiogen.codec import EncodecConfig, build_encodec_model, num_codebooks_for_bandwidth
+from audiogen.errors import AudiogenError
+
+# ------------------------------------------------------------------------------ config
+
+
+@dataclass
+class CodecTrainConfig:
+    """Everything a codec training run needs; YAML keys are these field names."""
+
+    name: str = "audiogen-codec"
+    #: ``EncodecConfig`` fields (architecture); unspecified ones keep EncodecConfig's defaults
+    codec: dict = field(default_factory=dict)
+    # data
+    data_dir: str = ".cache/debian-music"
+    holdout_tracks: int = 2
+    max_tracks: int = 0  #: 0 = all training tracks (small values for CI)
+    segment_s: float = 1.0
+    batch_size: int = 8
+    num_workers: int = 0
+    #: decoded-audio cache (mono int16 at the codec rate); empty = OUT_DIR/audio_cache
+    cache_dir: str = ""
+    # optimisation (EnCodec: Adam, lr 3e-4, betas (0.5, 0.9) for both networks)
+    max_steps: int = 1000
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    seed: int = 0
+    mixed_precision: str = "no"
+    # discriminator
+    disc_filters: int = 32
+    disc_n_ffts: tuple[int, ...] = (1024, 2048, 512)
+    disc_hop_lengths: tuple[int, ...] = (256, 512, 128)
+    disc_win_lengths: tuple[int, ...] = (1024, 2048, 512)
+    #: adversarial and feature losses (and discriminator updates) start at this step
+    disc_start_step: int = 0
+    # loss weights (EnCodec paper values)
+    lambda_time: float = 0.1
+    lambda_mel: float = 1.0
+    lambda_adv: float = 3.0
+    lambda_feat: float = 3.0
+    lambda_commit: float = 1.0
+    balancer: bool = True
+    balancer_ema: float = 0.999
+    #: mel loss window sizes are 2**i for i in this range (EnCodec: 5..11, 64 mels)
+    mel_min_log2: int = 6
+    mel_max_log2: int = 11
+    n_mels: int = 64
+    # codebooks
+    dead_code_threshold: float = 2.0
+    # bookkeeping
+    out_dir: str = "runs/codec"
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    export_dtype: str = "float16"
+    #: testing only: SIGKILL this process right after this step (0 = never)
+    kill_at_step: int = 0
+
+    def encodec_config(self) -> EncodecConfig:
+        return EncodecConfig.from_dict(self.codec)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> CodecTrainConfig:
+    """Read a YAML config and apply ``key=value`` overrides (``codec.n_filters=16`` for nested keys)."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise AudiogenError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise AudiogenError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise AudiogenError(f"{p}: expected a mapping of config keys")
+    for item in overrides:
+        if "=" not in item:
+            raise AudiogenError(f"override '{item}' is not key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise AudiogenError(f"override '{item}': '{part}' is not a section")
+        node[leaf] = value
+    known = {f.name: f for f in dataclasses.fields(CodecTrainConfig)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise AudiogenError(f"unknown config keys: {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    for k, v in list(data.items()):
+        if isinstance(v, list):
+            data[k] = tuple(v)
+    cfg = CodecTrainConfig(**data)
+    cfg.encodec_config()  # validate the codec section now, not after the data is prepared
+    if cfg.segment_s * cfg.encodec_config().sample_rate < max(cfg.disc_win_lengths):
+        raise AudiogenError(f"segment_s={cfg.segment_s} is shorter than the discriminator's largest window")
+    return cfg
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def split_tracks(files: list[Path], holdout: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic train/held-out split by a hash of the file name (stable as files are added)."""
+    if holdout and len(files) <= holdout:
+        raise AudiogenError(f"need more than {holdout} tracks to hold {holdout} out; found {len(files)}")
+    ranked = sorted(files, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+    held = sorted(ranked[:holdout])
+    return sorted(ranked[holdout:]), held
+
+
+def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
+    """Decode ``path`` once to mono int16 at ``sample_rate`` (``.npy``, memory-mappable); returns the cache file.
+
+    Random crops from compressed files need seeking and resampling per crop (~0.2 s each);
+    from the cache they cost nothing.
+    """
+    from audiogen.audio import atomic_path, load_audio
+
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}".encode()).hexdigest()[:16]
+    out = cache_dir / f"{path.stem[:40]}-{key}.npy"
+    if out.is_file():
+        return out
+    wav, _ = load_audio(path, sample_rate=sample_rate, channels=1)
+    pcm = np.clip(np.round(wav[0] * 32767), -32768, 32767).astype(np.int16)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, pcm)
+    return out
+
+
+class RandomCrops(torch.utils.data.Dataset):
+    """Item ``i`` is a crop ``FloatTensor[1, L]`` whose track and offset depend only on ``(seed, i)``.
+
+    So the data position after a resume is just the step number, whatever the workers do.
+    Tracks are drawn in proportion to their length; near-silent crops are re-drawn.
+    """
+
+    def __init__(self, cache_files: list[Path], segment: int, seed: int, length: int):
+        self.files = [str(f) for f in cache_files]
+        self.segment = segment
+        self.seed = seed
+        self.length = length
+        lens = np.array([np.load(f, mmap_mode="r").shape[0] for f in self.files], dtype=np.float64)
+        if (lens < segment).all():
+            raise AudiogenError(f"every training track is shorter than the {segment}-sample segment")
+        self.weights = np.where(lens >= segment, lens, 0) / lens[lens >= segment].sum()
+        self._arrays: list | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._arrays is None:  # opened lazily: each worker maps the files itself
+            self._arrays = [np.load(f, mmap_mode="r") for f in self.files]
+        rng = np.random.default_rng([self.seed, int(i)])
+        for _ in range(8):
+            t = rng.choice(len(self.files), p=self.weights)
+            a = self._arrays[t]
+            start = int(rng.integers(0, a.shape[0] - self.segment + 1))
+            crop = np.asarray(a[start : start + self.segment], dtype=np.float32) / 32768.0
+            if np.sqrt(np.mean(crop**2)) > 1e-3:
+                break
+        return torch.from_numpy(crop).unsqueeze(0)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Indices ``start, start+1, ...`` of one process's share: resuming at step s is ``start = s * batch``."""
+
+    def __init__(self, start: int, stop: int, rank: int = 0, world: int = 1):
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+
+    def __iter__(self):
+        return iter(range(self.start * self.world + self.rank, self.stop * self.world, self.world))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+class MultiScaleMelLoss(nn.Module):
+    """Sum over window sizes 2**i of L1 + L2 between log-mel spectrograms (EnCodec's L_f).
+
+    ``x, y: FloatTensor[B, C, N]`` -> scalar.
+    """
+
+    def __init__(self, sample_rate: int, min_log2: int = 6, max_log2: int = 11, n_mels: int = 64):
+        super().__init__()
+        import warnings
+
+        import torchaudio
+
+        self.mels = nn.ModuleList()
+        for i in range(min_log2, max_log2 + 1):
+            n_fft = 2**i
+            with warnings.catch_warnings():
+                # small windows leave the lowest mel bands empty; they add a constant 0 to the loss
+                warnings.filterwarnings("ignore", message="At least one mel filterbank")
+                mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=n_fft // 4,
+                # small windows have fewer FFT bins than mel bands; keep every band non-empty
+                n_mels=min(n_mels, n_fft // 4), power=1.0, normalized=False, center=False,
+                window_fn=torch.hann_window,
+                )
+            self.mels.append(mel)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(())
+        for mel in self.mels:
+            mx = torch.log(mel(x).clamp(min=1e-5))
+            my = torch.log(mel(y).clamp(min=1e-5))
+            total = total + F.l1_loss(mx, my) + F.mse_loss(mx, my)
+        return total / len(self.mels)
+
+
+def disc_hinge_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Discriminator hinge loss, averaged over sub-discriminators."""
+    losses = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
+    return torch.stack(losses).mean()
+
+
+def gen_hinge_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Generator adversarial loss as in EnCodec: mean of max(0, 1 - D(x̂))."""
+    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()
+
+
+def feature_matching_loss(real_fmaps: list[list[torch.Tensor]], fake_fmaps: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Relative L1 between discriminator feature maps of real and reconstructed audio."""
+    losses = []
+    for real, fake in zip(real_fmaps, fake_fmaps):
+        for r, f in zip(real, fake):
+            r = r.detach()
+            losses.append(F.l1_loss(f, r) / (r.abs().mean() + 1e-8))
+    return torch.stack(losses).mean()
+
+
+class Balancer:
+    """EnCodec's loss balancer.
+
+    Each loss ``l_i`` gives a gradient ``g_i = dl_i/dy`` w.r.t. the decoder output ``y``;
+    the gradient sent back through ``y`` is ``total_norm * sum_i w_i/sum(w) * g_i / ema(|g_i|)``,
+    with ``|g_i|`` the per-item L2 norm averaged over the batch and an EMA with bias
+    correction. So ``w_i`` is the share of the gradient that loss gets, whatever its scale.
+    """
+
+    def __init__(self, weights: dict[str, float], ema_decay: float = 0.999, total_norm: float = 1.0,
+                 eps: float = 1e-12):
+        self.weights = dict(weights)
+        self.ema_decay = ema_decay
+        self.total_norm = total_norm
+        self.eps = eps
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def _ema(self, name: str, value: float) -> float:
+        self.sums[name] = self.sums.get(name, 0.0) * self.ema_decay + value
+        self.counts[name] = self.counts.get(name, 0.0) * self.ema_decay + 1.0
+        return self.sums[name] / self.counts[name]
+
+    def gradient(self, losses: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """``y: FloatTensor[B, ...]`` -> the balanced gradient for ``y`` (same shape) and the gradient norms."""
+        total_w = sum(self.weights[k] for k in losses)
+        out = torch.zeros_like(y)
+        norms = {}
+        for name, loss in losses.items():
+            (g,) = torch.autograd.grad(loss, [y], retain_graph=True)
+            norm = g.flatten(1).norm(dim=1).mean()
+            norms[name] = float(norm)
+            avg = self._ema(name, float(norm))
+            out = out + g * (self.total_norm * self.weights[name] / total_w / (avg + self.eps))
+        return out, norms
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums = dict(state["sums"])
+        self.counts = dict(state["counts"])
+
+
+# ------------------------------------------------------------------------------ model pieces
+
+
+class TrainableCodec(nn.Module):
+    """The ``encodec`` model as one module (so Accelerate/DDP see a single forward).
+
+    ``forward(wav: FloatTensor[B, C, N], n_q) -> (recon FloatTensor[B, C, N], codes LongTensor[n_q, B, T], commit scalar)``
+
+    The residual VQ loop is written out here (same as ``encodec``'s) so each codebook's
+    dead codes are restarted from that codebook's own input, the residual.
+    """
+
+    def __init__(self, cfg: EncodecConfig, dead_code_threshold: float = 2.0):
+        super().__init__()
+        self.config = cfg
+        self.model = build_encodec_model(cfg)
+        self.dead_code_threshold = dead_code_threshold
+        for layer in self.model.quantizer.vq.layers:
+            # encodec's own restart is undone by its EMA update a few lines later (it resets
+            # only ``embed``, not ``embed_avg``/``cluster_size``); ours replaces it
+            layer._codebook.threshold_ema_dead_code = 0
+        self.last_restarted = 0
+
+    def forward(self, wav: torch.Tensor, n_q: int):
+        emb = self.model.encoder(wav)  # [B, D, T]
+        residual, quantized = emb, torch.zeros_like(emb)
+        codes, commits = [], []
+        restarted = 0
+        for layer in self.model.quantizer.vq.layers[:n_q]:
+            if self.training and self.dead_code_threshold > 0:
+                restarted += restart_dead_codes(layer._codebook, residual.detach().transpose(1, 2).flatten(0, 1),
+                                                self.dead_code_threshold)
+            q, idx, commit = layer(residual)
+            residual = residual - q
+            quantized = quantized + q
+            codes.append(idx)
+            commits.append(commit)
+        self.last_restarted = restarted
+        recon = self.model.decoder(quantized)[..., : wav.shape[-1]]
+        return recon, torch.stack(codes), torch.cat(commits).mean()
+
+
+@torch.no_grad()
+def restart_dead_codes(codebook, samples: torch.Tensor, threshold: float) -> int:
+    """Replace codes whose EMA cluster size is under ``threshold`` with random rows of ``samples: [N, D]``.
+
+    The EMA statistics are reset with them (``cluster_size = threshold``,
+    ``embed_avg = threshold * embed``) so the codebook's next EMA update keeps the new
+    entries instead of pulling them back. Returns how many codes were restarted.
+    """
+    if not bool(codebook.inited):  # k-means init on this batch comes first
+        return 0
+    dead = codebook.cluster_size < threshold
+    n = int(dead.sum())
+    if n == 0:
+        return 0
+    pick = torch.randint(0, samples.shape[0], (n,), device=samples.device)
+    new = samples[pick].to(codebook.embed.dtype)
+    codebook.embed[dead] = new
+    codebook.embed_avg[dead] = new * threshold
+    codebook.cluster_size[dead] = threshold
+    return n
+
+
+def build_discriminator(cfg: CodecTrainConfig, channels: int) -> nn.Module:
+    import warnings
+
+    from encodec.msstftd import MultiScaleSTFTDiscriminator
+
+    with warnings.catch_warnings():  # old weight_norm API inside encodec
+        warnings.simplefilter("ignore", FutureWarning)
+        disc = MultiScaleSTFTDiscriminator(
+            filters=cfg.disc_filters, in_channels=channels, n_ffts=list(cfg.disc_n_ffts),
+            hop_lengths=list(cfg.disc_hop_lengths), win_lengths=list(cfg.disc_win_lengths),
+        )
+    # torch.hann_window(n) is a view of an (n+1)-long storage, which safetensors refuses to save
+    for sub in disc.discriminators:
+        sub.spec_transform.window = sub.spec_transform.window.clone()
+    return disc
+
+
+def bandwidth_codebooks(cfg: EncodecConfig) -> list[int]:
+    """Number of codebooks for each target bandwidth (the choices of quantizer dropout)."""
+    return sorted({num_codebooks_for_bandwidth(cfg, b) for b in cfg.target_bandwidths})
+
+
+def sample_num_codebooks(choices: list[int], seed: int, step: int) -> int:
+    """Quantizer dropout: the codebook count of ``step``, a function of (seed, step) only (resume-safe)."""
+    rng = np.random.default_rng([seed, step, 0xB4])
+    return int(choices[int(rng.integers(len(choices)))])
+
+
+@torch.no_grad()
+def codebook_usage(codes: torch.Tensor, bins: int) -> dict[str, float]:
+    """``codes: LongTensor[K, B, T]`` -> mean usage fraction and mean perplexity over the K codebooks."""
+    usage, ppl = [], []
+    for k in range(codes.shape[0]):
+        counts = torch.bincount(codes[k].flatten(), minlength=bins).double()
+        p = counts / counts.sum()
+        usage.append(float((counts > 0).double().mean()))
+        ent = -(p[p > 0] * p[p > 0].log()).sum()
+        ppl.append(float(ent.exp()))
+    return {"codebook_usage": float(np.mean(usage)), "codebook_perplexity": float(np.mean(ppl))}
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+@dataclass
+class StepParts:
+    """What one training step needs (prepared by Accelerate in the recipe)."""
+
+    codec: nn.Module  # TrainableCodec (maybe wrapped)
+    disc: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    mel_loss: MultiScaleMelLoss
+    balancer: Balancer
+    cfg: CodecTrainConfig
+    choices: list[int]
+    accelerator: object = None
+
+
+def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, float]:
+    """One generator + discriminator update on ``wav: FloatTensor[B, C, N]``; returns metrics."""
+    cfg, acc = parts.cfg, parts.accelerator
+    backward = acc.backward if acc is not None else (lambda loss: loss.backward())
+    unwrapped = acc.unwrap_model(parts.codec) if acc is not None else parts.codec
+    n_q = sample_num_codebooks(parts.choices, cfg.seed, step)
+    adversarial = step >= cfg.disc_start_step and (cfg.lambda_adv > 0 or cfg.lambda_feat > 0)
+
+    recon, codes, commit = parts.codec(wav, n_q)
+    losses = {"time": F.l1_loss(recon, wav), "mel": parts.mel_loss(wav, recon)}
+    if adversarial:
+        fake_logits, fake_fmaps = parts.disc(recon)
+        with torch.no_grad():
+            _, real_fmaps = parts.disc(wav)
+        if cfg.lambda_adv > 0:
+            losses["adv"] = gen_hinge_loss(fake_logits)
+        if cfg.lambda_feat > 0:
+            losses["feat"] = feature_matching_loss(real_fmaps, fake_fmaps)
+    weights = {"time": cfg.lambda_time, "mel": cfg.lambda_mel, "adv": cfg.lambda_adv, "feat": cfg.lambda_feat}
+    losses = {k: v for k, v in losses.items() if weights[k] > 0}
+    metrics: dict[str, float] = {f"loss/{k}": v.item() for k, v in losses.items()}
+
+    parts.opt_g.zero_grad(set_to_none=True)
+    if cfg.balancer:
+        parts.balancer.weights = weights
+        grad, norms = parts.balancer.gradient(losses, recon)
+        metrics.update({f"grad_norm/{k}": v for k, v in norms.items()})
+        # surrogate whose gradient w.r.t. recon is the balanced one, so Accelerate's backward applies
+        surrogate = (recon * grad.detach()).sum()
+    else:
+        surrogate = sum(weights[k] * v for k, v in losses.items())
+    backward(surrogate + cfg.lambda_commit * commit)
+    parts.opt_g.step()
+
+    if adversarial and cfg.lambda_adv > 0:
+        parts.opt_d.zero_grad(set_to_none=True)
+        real_logits, _ = parts.disc(wav)
+        fake_logits, _ = parts.disc(recon.detach())
+        d_loss = disc_hinge_loss(real_logits, fake_logits)
+        backward(d_loss)
+        parts.opt_d.step()
+        metrics["loss/disc"] = d_loss.item()
+    parts.opt_d.zero_grad(set_to_none=True)  # the generator pass left gradients in the discriminator
+
+    metrics["loss/commit"] = commit.item()
+    metrics["num_codebooks"] = n_q
+    metrics["dead_codes_restarted"] = unwrapped.last_restarted
+    metrics.update(codebook_usage(codes, unwrapped.config.bins))
+    return metrics
+
+
+def make_parts(cfg: CodecTrainConfig, accelerator=None) -> StepParts:
+    """Build codec, discriminator, optimizers, losses and balancer from a config (not yet prepared)."""
+    ecfg = cfg.encodec_config()
+    codec = TrainableCodec(ecfg, cfg.dead_code_threshold)
+    disc = build_discriminator(cfg, ecfg.channels)
+    opt_g = torch.optim.Adam(codec.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    mel = MultiScaleMelLoss(ecfg.sample_rate, cfg.mel_min_log2, cfg.mel_max_log2, cfg.n_mels)
+    balancer = Balancer({}, ema_decay=cfg.balancer_ema)
+    return StepParts(codec, disc, opt_g, opt_d, mel, balancer, cfg, bandwidth_codebooks(ecfg), accelerator)
+
+
+def export_codec(codec: TrainableCodec, name: str, out_dir: str | os.PathLike, dtype: str = "float16") -> Path:
+    """Save the trained codec with :func:`audiogen.codec.save_codec` (``load_codec(out_dir)`` loads it)."""
+    from audiogen.codec import EncodecCodec, save_codec
+
+    if dtype not in ("float16", "bfloat16", "float32"):
+        raise AudiogenError(f"export_dtype must be float16, bfloat16 or float32, not {dtype!r}")
+    # a fresh model + state dict, not deepcopy: weight_norm's computed weights refuse to be deep-copied
+    model = build_encodec_model(codec.config)
+    model.load_state_dict({k: v.detach().cpu() for k, v in codec.model.state_dict().items()})
+    model.eval()
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+    return save_codec(EncodecCodec(model, codec.config, name), out_dir)
+
+
+def bits_per_second(cfg: EncodecConfig, n_q: int) -> float:
+    return n_q * math.log2(cfg.bins) * cfg.sample_rate / cfg.hop_length

@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Train an EnCodec codec (SEANet + RVQ) on a folder of audio with the EnCodec objectives.
+
+    python recipes/train_codec.py --config recipes/configs/codec_tiny.yaml [key=value ...]
+    accelerate launch recipes/train_codec.py --config recipes/configs/codec_default.yaml out_dir=runs/codec_default
+
+Overrides are YAML values; nested codec keys use a dot: ``codec.n_filters=16 max_steps=200``.
+Checkpoints go to ``OUT_DIR/checkpoints/step_NNNNNNN`` (Accelerate state: both networks,
+both optimizers, the balancer's EMA, RNG) every ``save_every`` steps. Rerunning the same
+command resumes exactly (the data position is the step number), also after ``kill -9``;
+SIGTERM saves a checkpoint and exits 0. The codec is exported to ``OUT_DIR/codec``
+(``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # runnable from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from audiogen.errors import AudiogenError  # noqa: E402
+
+#: config keys that must not change when a run is resumed
+RESUME_KEYS = ("codec", "seed", "batch_size", "segment_s", "data_dir", "holdout_tracks", "max_tracks")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (see recipes/configs/codec_*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=100")
+    return p.parse_args(argv)
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    ckpts = sorted(p for p in root.glob("step_*") if (p / "trainer.json").is_file())
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(accelerator, root: Path, step: int, keep: int) -> Path:
+    """Accelerate state into a temp folder, renamed into place once complete (a kill leaves no half checkpoint)."""
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-step_{step:07d}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        old = sorted(p for p in root.glob("step_*") if p != final)
+        for p in old[: max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def train(cfg) -> int:
+    import torch
+    import yaml
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from audiogen.audio import atomic_write_text, find_audio_files
+    from audiogen.codec_training import RandomCrops, StepSampler, decode_to_cache, make_parts, split_tracks
+
+    out = Path(cfg.out_dir)
+    ckpt_root = out / "checkpoints"
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    ecfg = cfg.encodec_config()
+
+    # the run's config must match a run being resumed
+    cfg_file = out / "config.yaml"
+    if cfg_file.is_file():
+        old = yaml.safe_load(cfg_file.read_text()) or {}
+        new = cfg.to_dict()
+        changed = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
+        if changed:
+            raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
+
+    data_dir = Path(cfg.data_dir)
+    files = find_audio_files(data_dir) if data_dir.is_dir() else []
+    if not files:
+        raise AudiogenError(f"no audio files under data_dir={data_dir}")
+    train_files, held_out = split_tracks(files, cfg.holdout_tracks)
+    if cfg.max_tracks:
+        train_files = train_files[: cfg.max_tracks]
+    with accelerator.main_process_first():  # decode once, on the main process first
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
+        caches = [decode_to_cache(f, ecfg.sample_rate, cache_dir)
+                  for f in tqdm(train_files, desc="decoding corpus", disable=not accelerator.is_main_process)]
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "split.json", json.dumps(
+            {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out]}, indent=2))
+
+    set_seed(cfg.seed)
+    parts = make_parts(cfg, accelerator)
+    parts.codec, parts.disc, parts.opt_g, parts.opt_d = accelerator.prepare(
+        parts.codec, parts.disc, parts.opt_g, parts.opt_d)
+    parts.mel_loss.to(accelerator.device)
+    accelerator.register_for_checkpointing(parts.balancer)
+
+    start = 0
+    latest = _latest_checkpoint(ckpt_root)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        start = json.loads((latest / "trainer.json").read_text())["step"]
+        accelerator.print(f"resuming from {latest} (step {start})")
+
+    segment = int(round(cfg.segment_s * ecfg.sample_rate))
+    B, world = cfg.batch_size, accelerator.num_processes
+    dataset = RandomCrops(caches, segment, cfg.seed, length=cfg.max_steps * B * world)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=B, sampler=StepSampler(start * B, cfg.max_steps * B, accelerator.process_index, world),
+        num_workers=cfg.num_workers, drop_last=True,
+        # its own generator: iterating must not draw from the global RNG that resume restores
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+    stop = {"requested": False}
+
+    def on_sigterm(signum, frame):
+        stop["requested"] = True
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        return _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
+    from tqdm import tqdm
+
+    from audiogen.codec_training import export_codec, train_step
+
+    accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
+    parts.codec.train()
+    parts.disc.train()
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="codec", disable=not accelerator.is_main_process)
+    step = start
+    for step, wav in zip(range(start, cfg.max_steps), loader):
+        metrics = train_step(parts, wav.to(accelerator.device), step)
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            accelerator.log(metrics, step=done)
+            bar.set_postfix(mel=f"{metrics['loss/mel']:.3f}", usage=f"{metrics['codebook_usage']:.2f}")
+        if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
+            save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints)
+        if cfg.kill_at_step and done == cfg.kill_at_step:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
+        if stop["requested"]:
+            bar.close()
+            accelerator.end_training()
+            accelerator.print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
+            return 0
+        step = done
+    bar.close()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        path = export_codec(accelerator.unwrap_model(parts.codec), cfg.name, out / "codec", cfg.export_dtype)
+        accelerator.print(f"trained {step} steps; codec exported to {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from audiogen.codec_training import load_train_config
+
+    args = parse_args(argv)
+    try:
+        return train(load_train_config(args.config, args.overrides))
+    except AudiogenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
