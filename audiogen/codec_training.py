@@ -516,7 +516,8 @@ def export_codec(codec: TrainableCodec, name: str, out_dir: str | os.PathLike, d
     if dtype not in ("float16", "bfloat16", "float32"):
         raise AudiogenError(f"export_dtype must be float16, bfloat16 or float32, not {dtype!r}")
     # a fresh model + state dict, not deepcopy: weight_norm's computed weights refuse to be deep-copied
-    model = build_encodec_model(codec.config)
+    with torch.random.fork_rng(devices=[]):  # building draws random init weights; training's RNG must not move
+        model = build_encodec_model(codec.config)
     model.load_state_dict({k: v.detach().cpu() for k, v in codec.model.state_dict().items()})
     model.eval()
     if dtype != "float32":

@@ -9,7 +9,7 @@ Checkpoints go to ``OUT_DIR/checkpoints/step_NNNNNNN`` (Accelerate state: both n
 both optimizers, the balancer's EMA, RNG) every ``save_every`` steps. Rerunning the same
 command resumes exactly (the data position is the step number), also after ``kill -9``;
 SIGTERM saves a checkpoint and exits 0. The codec is exported to ``OUT_DIR/codec``
-(``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``) at the end.
+(``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``) at every checkpoint and at the end.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def train(cfg) -> int:
 def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
     from tqdm import tqdm
 
-    from audiogen.codec_training import export_codec, train_step
+    from audiogen.codec_training import train_step
 
     accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
     parts.codec.train()
@@ -161,6 +161,7 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
             bar.set_postfix(mel=f"{metrics['loss/mel']:.3f}", usage=f"{metrics['codebook_usage']:.2f}")
         if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
             save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints)
+            export(accelerator, parts, cfg, out, done)  # a usable codec at every checkpoint
         if cfg.kill_at_step and done == cfg.kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
         if stop["requested"]:
@@ -171,10 +172,25 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
         step = done
     bar.close()
     accelerator.end_training()
-    if accelerator.is_main_process:
-        path = export_codec(accelerator.unwrap_model(parts.codec), cfg.name, out / "codec", cfg.export_dtype)
-        accelerator.print(f"trained {step} steps; codec exported to {path}")
+    path = export(accelerator, parts, cfg, out, step)
+    accelerator.print(f"trained {step} steps; codec exported to {path}")
     return 0
+
+
+def export(accelerator, parts, cfg, out: Path, step: int) -> Path:
+    """``OUT_DIR/codec``: the codec (``save_codec`` format) plus ``training.json`` (steps, data split, config)."""
+    from audiogen.audio import atomic_write_text
+    from audiogen.codec_training import export_codec
+
+    path = out / "codec"
+    if accelerator.is_main_process:
+        export_codec(accelerator.unwrap_model(parts.codec), cfg.name, path, cfg.export_dtype)
+        split = json.loads((out / "split.json").read_text())
+        atomic_write_text(path / "training.json", json.dumps(
+            {"steps": step, "samples_seen": step * cfg.batch_size * accelerator.num_processes,
+             "segment_s": cfg.segment_s, **split, "config": cfg.to_dict()}, indent=2))
+    accelerator.wait_for_everyone()
+    return path
 
 
 def main(argv=None) -> int:

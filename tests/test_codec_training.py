@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -158,6 +159,9 @@ def test_recipe_trains_on_real_music_and_exports_a_loadable_codec(tmp_path, debi
     recon = codec.decode(codes)
     assert recon.shape == (1, 1, 150 * 320) and torch.isfinite(recon).all()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000003", "step_0000006"]
+    info = json.loads((out / "codec" / "training.json").read_text())
+    assert info["steps"] == 6 and len(info["held_out"]) == 2 and len(info["train"]) == 1
+    assert not set(info["held_out"]) & set(info["train"])
 
 
 def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, debian_music_dir, audio_cache):
@@ -174,7 +178,7 @@ def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, de
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step_0000003"]  # steps 4-5 lost
-    assert not (b / "codec").exists()
+    assert json.loads((b / "codec" / "training.json").read_text())["steps"] == 3  # exported with the checkpoint
 
     assert recipe.main(["--config", str(TINY), *_overrides(b, debian_music_dir, audio_cache)]) == 0
     for name in ("model.safetensors", "model_1.safetensors"):  # codec, discriminator
