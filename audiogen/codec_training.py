@@ -457,9 +457,14 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
     recon, codes, commit = parts.codec(wav, n_q)
     losses = {"time": F.l1_loss(recon, wav), "mel": parts.mel_loss(wav, recon)}
     if adversarial:
-        fake_logits, fake_fmaps = parts.disc(recon)
+        # the generator's view of the discriminator: frozen, unwrapped (no DDP hooks, one
+        # DDP forward per step, in the discriminator update below)
+        disc = acc.unwrap_model(parts.disc) if acc is not None else parts.disc
+        disc.requires_grad_(False)
+        fake_logits, fake_fmaps = disc(recon)
         with torch.no_grad():
-            _, real_fmaps = parts.disc(wav)
+            _, real_fmaps = disc(wav)
+        disc.requires_grad_(True)
         if cfg.lambda_adv > 0:
             losses["adv"] = gen_hinge_loss(fake_logits)
         if cfg.lambda_feat > 0:
@@ -482,13 +487,12 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
 
     if adversarial and cfg.lambda_adv > 0:
         parts.opt_d.zero_grad(set_to_none=True)
-        real_logits, _ = parts.disc(wav)
-        fake_logits, _ = parts.disc(recon.detach())
-        d_loss = disc_hinge_loss(real_logits, fake_logits)
+        logits, _ = parts.disc(torch.cat([wav, recon.detach()]))  # real and fake in one forward
+        B = wav.shape[0]
+        d_loss = disc_hinge_loss([x[:B] for x in logits], [x[B:] for x in logits])
         backward(d_loss)
         parts.opt_d.step()
         metrics["loss/disc"] = d_loss.item()
-    parts.opt_d.zero_grad(set_to_none=True)  # the generator pass left gradients in the discriminator
 
     metrics["loss/commit"] = commit.item()
     metrics["num_codebooks"] = n_q
