@@ -85,6 +85,9 @@ class CodecTrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
+    #: every this many steps, score fixed crops of the held-out tracks (0 = never)
+    eval_every: int = 0
+    eval_crops: int = 8
     export_dtype: str = "float16"
     #: testing only: SIGKILL this process right after this step (0 = never)
     kill_at_step: int = 0
@@ -499,6 +502,25 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
     metrics["dead_codes_restarted"] = unwrapped.last_restarted
     metrics.update(codebook_usage(codes, unwrapped.config.bins))
     return metrics
+
+
+@torch.no_grad()
+def evaluate(codec: nn.Module, mel_loss: MultiScaleMelLoss, crops: torch.Tensor, n_q: int) -> dict[str, float]:
+    """Reconstruction of held-out ``crops: FloatTensor[N, C, L]`` at ``n_q`` codebooks: mel loss and SI-SDR (dB).
+
+    Runs in eval mode (no codebook updates, no randomness), so it leaves training untouched.
+    """
+    was_training = codec.training
+    codec.eval()
+    try:
+        recon, _, _ = codec(crops, n_q)
+    finally:
+        codec.train(was_training)
+    ref = crops - crops.mean(-1, keepdim=True)
+    est = recon - recon.mean(-1, keepdim=True)
+    target = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + 1e-12) * ref
+    sdr = 10 * torch.log10(target.pow(2).sum(-1) / ((est - target).pow(2).sum(-1) + 1e-12) + 1e-12)
+    return {"eval/mel": mel_loss(crops, recon).item(), "eval/si_sdr_db": sdr.mean().item()}
 
 
 def make_parts(cfg: CodecTrainConfig, accelerator=None) -> StepParts:

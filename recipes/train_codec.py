@@ -98,8 +98,10 @@ def train(cfg) -> int:
         train_files = train_files[: cfg.max_tracks]
     with accelerator.main_process_first():  # decode once, on the main process first
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
-        caches = [decode_to_cache(f, ecfg.sample_rate, cache_dir)
-                  for f in tqdm(train_files, desc="decoding corpus", disable=not accelerator.is_main_process)]
+        to_decode = train_files + (held_out if cfg.eval_every else [])
+        decoded = [decode_to_cache(f, ecfg.sample_rate, cache_dir)
+                   for f in tqdm(to_decode, desc="decoding corpus", disable=not accelerator.is_main_process)]
+        caches, held_caches = decoded[: len(train_files)], decoded[len(train_files):]
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -130,6 +132,11 @@ def train(cfg) -> int:
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 
+    eval_crops = None
+    if cfg.eval_every and held_caches:  # fixed held-out crops, the same at every evaluation
+        held = RandomCrops(held_caches, segment, cfg.seed + 1, length=cfg.eval_crops)
+        eval_crops = torch.stack([held[i] for i in range(cfg.eval_crops)]).to(accelerator.device)
+
     stop = {"requested": False}
 
     def on_sigterm(signum, frame):
@@ -137,15 +144,15 @@ def train(cfg) -> int:
 
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop)
+        return _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
+def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops) -> int:
     from tqdm import tqdm
 
-    from audiogen.codec_training import train_step
+    from audiogen.codec_training import evaluate, train_step
 
     accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
     parts.codec.train()
@@ -159,6 +166,10 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop) -> int:
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             accelerator.log(metrics, step=done)
             bar.set_postfix(mel=f"{metrics['loss/mel']:.3f}", usage=f"{metrics['codebook_usage']:.2f}")
+        if eval_crops is not None and done % cfg.eval_every == 0 and accelerator.is_main_process:
+            scores = evaluate(accelerator.unwrap_model(parts.codec), parts.mel_loss, eval_crops, max(parts.choices))
+            accelerator.log(scores, step=done)
+            bar.write(f"step {done}: held-out mel {scores['eval/mel']:.3f}, SI-SDR {scores['eval/si_sdr_db']:.2f} dB")
         if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
             save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints)
             export(accelerator, parts, cfg, out, done)  # a usable codec at every checkpoint

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from audiogen.codec_training import (
-    Balancer, CodecTrainConfig, TrainableCodec, load_train_config, make_parts, train_step,
+    Balancer, CodecTrainConfig, TrainableCodec, evaluate, load_train_config, make_parts, train_step,
 )
 from audiogen.errors import AudiogenError
 
@@ -113,20 +113,14 @@ def test_reconstruction_loss_decreases_on_one_clip(make_music):
     parts = make_parts(cfg)
     wav = torch.from_numpy(make_music(seconds=0.5, seed=3)).unsqueeze(0)
 
-    def mel_now():
-        parts.codec.eval()
-        with torch.no_grad():
-            recon, _, _ = parts.codec(wav, 4)
-            loss = parts.mel_loss(wav, recon).item()
-        parts.codec.train()
-        return loss
-
     train_step(parts, wav, 0)  # k-means init happens here
-    before = mel_now()
+    before = evaluate(parts.codec, parts.mel_loss, wav, 4)
     for step in range(1, 40):
         metrics = train_step(parts, wav, step)
-    after = mel_now()
-    assert after < 0.7 * before, (before, after)
+    after = evaluate(parts.codec, parts.mel_loss, wav, 4)
+    assert parts.codec.training  # evaluate() put it back
+    assert after["eval/mel"] < 0.7 * before["eval/mel"], (before, after)
+    assert after["eval/si_sdr_db"] > before["eval/si_sdr_db"]
     assert metrics["num_codebooks"] == 4
     assert 0 < metrics["codebook_usage"] <= 1
 
