@@ -135,7 +135,16 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
         if isinstance(v, list):
             data[k] = tuple(v)
     cfg = CodecTrainConfig(**data)
-    cfg.encodec_config()  # validate the codec section now, not after the data is prepared
+    ecfg = cfg.encodec_config()  # validate the codec section now, not after the data is prepared
+    frames = cfg.batch_size * cfg.segment_s * ecfg.sample_rate / ecfg.hop_length
+    if cfg.dead_code_threshold > 0.5 * frames / ecfg.bins:
+        # the EMA cluster size is a per-batch count: above half the uniform share, healthy
+        # codes count as dead and the codebooks are reshuffled every step
+        raise AudiogenError(
+            f"dead_code_threshold={cfg.dead_code_threshold} is too high for {frames:.0f} frames per batch and "
+            f"{ecfg.bins} codes (a code used uniformly gets {frames / ecfg.bins:.2f} per batch); "
+            f"use at most {0.5 * frames / ecfg.bins:.3g}, e.g. {0.1 * frames / ecfg.bins:.2g}"
+        )
     if cfg.segment_s * cfg.encodec_config().sample_rate < max(cfg.disc_win_lengths):
         raise AudiogenError(f"segment_s={cfg.segment_s} is shorter than the discriminator's largest window")
     return cfg
@@ -505,7 +514,7 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
 
 
 @torch.no_grad()
-def evaluate(codec: nn.Module, mel_loss: MultiScaleMelLoss, crops: torch.Tensor, n_q: int) -> dict[str, float]:
+def evaluate(codec: TrainableCodec, mel_loss: MultiScaleMelLoss, crops: torch.Tensor, n_q: int) -> dict[str, float]:
     """Reconstruction of held-out ``crops: FloatTensor[N, C, L]`` at ``n_q`` codebooks: mel loss and SI-SDR (dB).
 
     Runs in eval mode (no codebook updates, no randomness), so it leaves training untouched.
@@ -513,14 +522,16 @@ def evaluate(codec: nn.Module, mel_loss: MultiScaleMelLoss, crops: torch.Tensor,
     was_training = codec.training
     codec.eval()
     try:
-        recon, _, _ = codec(crops, n_q)
+        recon, codes, _ = codec(crops, n_q)
     finally:
         codec.train(was_training)
     ref = crops - crops.mean(-1, keepdim=True)
     est = recon - recon.mean(-1, keepdim=True)
     target = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + 1e-12) * ref
     sdr = 10 * torch.log10(target.pow(2).sum(-1) / ((est - target).pow(2).sum(-1) + 1e-12) + 1e-12)
-    return {"eval/mel": mel_loss(crops, recon).item(), "eval/si_sdr_db": sdr.mean().item()}
+    usage = codebook_usage(codes, codec.config.bins)
+    return {"eval/mel": mel_loss(crops, recon).item(), "eval/si_sdr_db": sdr.mean().item(),
+            "eval/codebook_usage": usage["codebook_usage"], "eval/codebook_perplexity": usage["codebook_perplexity"]}
 
 
 def make_parts(cfg: CodecTrainConfig, accelerator=None) -> StepParts:

@@ -209,6 +209,8 @@ def test_config_errors_are_readable(tmp_path):
         load_train_config(TINY, ["max_steps"])
     with pytest.raises(AudiogenError, match="unknown codec config keys"):
         load_train_config(TINY, ["codec.bogus=3"])
+    with pytest.raises(AudiogenError, match="dead_code_threshold"):  # healthy codes would count as dead
+        load_train_config(TINY, ["dead_code_threshold=2"])
     with pytest.raises(AudiogenError, match="not found"):
         load_train_config(tmp_path / "missing.yaml")
     rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path}", f"out_dir={tmp_path / 'o'}"])
