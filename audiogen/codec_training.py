@@ -119,7 +119,10 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
         if "=" not in item:
             raise AudiogenError(f"override '{item}' is not key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: a plain string
         *parents, leaf = key.strip().split(".")
         node = data
         for part in parents:
@@ -131,11 +134,20 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
     unknown = set(data) - set(known)
     if unknown:
         raise AudiogenError(f"unknown config keys: {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    defaults = CodecTrainConfig()
     for k, v in list(data.items()):
         if isinstance(v, list):
-            data[k] = tuple(v)
+            data[k] = v = tuple(v)
+        want = type(getattr(defaults, k))
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else (
+            isinstance(v, want) and (want is bool or not isinstance(v, bool)))
+        if not ok:
+            raise AudiogenError(f"config key {k}: expected {want.__name__}, got {v!r}")
     cfg = CodecTrainConfig(**data)
     ecfg = cfg.encodec_config()  # validate the codec section now, not after the data is prepared
+    if max(bandwidth_codebooks(ecfg)) > ecfg.n_q:
+        raise AudiogenError(f"codec.target_bandwidths {list(ecfg.target_bandwidths)} need "
+                            f"{max(bandwidth_codebooks(ecfg))} codebooks; codec.n_q is {ecfg.n_q}")
     frames = cfg.batch_size * cfg.segment_s * ecfg.sample_rate / ecfg.hop_length
     if cfg.dead_code_threshold > 0.5 * frames / ecfg.bins:
         # the EMA cluster size is a per-batch count: above half the uniform share, healthy

@@ -209,6 +209,11 @@ def test_config_errors_are_readable(tmp_path):
         load_train_config(TINY, ["max_steps"])
     with pytest.raises(AudiogenError, match="unknown codec config keys"):
         load_train_config(TINY, ["codec.bogus=3"])
+    with pytest.raises(AudiogenError, match="max_steps: expected int"):
+        load_train_config(TINY, ["max_steps=many"])
+    assert load_train_config(TINY, ["lr=1", "codec.n_q=8", "betas=[0.8, 0.99]"]).betas == (0.8, 0.99)
+    with pytest.raises(AudiogenError, match="need 4 codebooks"):
+        load_train_config(TINY, ["codec.n_q=2"])
     with pytest.raises(AudiogenError, match="dead_code_threshold"):  # healthy codes would count as dead
         load_train_config(TINY, ["dead_code_threshold=2"])
     with pytest.raises(AudiogenError, match="not found"):
