@@ -139,6 +139,11 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
         if isinstance(v, list):
             data[k] = v = tuple(v)
         want = type(getattr(defaults, k))
+        if want is float and isinstance(v, str):
+            try:  # PyYAML reads 1e-3 (no dot) as a string
+                data[k] = v = float(v)
+            except ValueError:
+                pass
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else (
             isinstance(v, want) and (want is bool or not isinstance(v, bool)))
         if not ok:

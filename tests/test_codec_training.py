@@ -211,6 +211,7 @@ def test_config_errors_are_readable(tmp_path):
         load_train_config(TINY, ["codec.bogus=3"])
     with pytest.raises(AudiogenError, match="max_steps: expected int"):
         load_train_config(TINY, ["max_steps=many"])
+    assert load_train_config(TINY, ["lr=1e-3"]).lr == 1e-3
     assert load_train_config(TINY, ["lr=1", "codec.n_q=8", "betas=[0.8, 0.99]"]).betas == (0.8, 0.99)
     with pytest.raises(AudiogenError, match="need 4 codebooks"):
         load_train_config(TINY, ["codec.n_q=2"])
