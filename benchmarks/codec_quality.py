@@ -147,10 +147,13 @@ def main(argv=None) -> None:
 
     results = {name: {k: round(float(np.mean(v)), 3) for k, v in d.items()} for name, d in scores.items()}
     results["mp3"]["compression_level"] = mp3_level
+    training = Path(a.codec) / "training.json"
+    steps = json.loads(training.read_text()).get("steps") if training.is_file() else None
     codec.num_codebooks = cfg.n_q
     print(json.dumps({
         "benchmark": "codec_quality",
         "codec": codec.describe(),
+        "codec_training_steps": steps,
         "held_out_tracks": [t.name for t in tracks],
         "seconds_per_track": a.seconds,
         "sample_rate": sr,
