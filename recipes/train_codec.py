@@ -169,7 +169,8 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
         if eval_crops is not None and done % cfg.eval_every == 0 and accelerator.is_main_process:
             scores = evaluate(accelerator.unwrap_model(parts.codec), parts.mel_loss, eval_crops, max(parts.choices))
             accelerator.log(scores, step=done)
-            bar.write(f"step {done}: held-out mel {scores['eval/mel']:.3f}, SI-SDR {scores['eval/si_sdr_db']:.2f} dB")
+            bar.write(f"step {done}: held-out mel {scores['eval/mel']:.3f}, SI-SDR {scores['eval/si_sdr_db']:.2f} dB, "
+                      f"codebook usage {scores['eval/codebook_usage']:.3f}")
         if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
             save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints)
             export(accelerator, parts, cfg, out, done)  # a usable codec at every checkpoint

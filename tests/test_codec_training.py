@@ -43,6 +43,26 @@ def _overrides(out: Path, music: Path, cache: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+# ------------------------------------------------------------------------------ data
+
+
+def test_crops_depend_only_on_their_index_and_skip_silence(tmp_path):
+    import numpy as np
+
+    from audiogen.codec_training import RandomCrops, StepSampler
+
+    pcm = np.zeros(24000 * 4, dtype=np.int16)
+    pcm[24000 * 2:] = (np.random.default_rng(0).standard_normal(24000 * 2) * 3000).astype(np.int16)
+    np.save(tmp_path / "t.npy", pcm)  # first half silent
+    a = RandomCrops([tmp_path / "t.npy"], 2400, seed=7, length=50)
+    b = RandomCrops([tmp_path / "t.npy"], 2400, seed=7, length=50)
+    assert torch.equal(a[13], b[13]) and not torch.equal(a[13], a[14])
+    assert all(a[i].pow(2).mean().sqrt() > 1e-3 for i in range(20))
+    assert a[0].shape == (1, 2400)
+    assert list(StepSampler(3 * 2, 5 * 2)) == [6, 7, 8, 9]  # resuming at step 3, batch 2
+    assert list(StepSampler(6, 10, rank=1, world=2)) == [13, 15, 17, 19]
+
+
 # ------------------------------------------------------------------------------ balancer
 
 
