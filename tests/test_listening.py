@@ -1,0 +1,171 @@
+"""Listening tests: experiment YAML, stimulus prep that leaks nothing, plans, the answers database."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiogen import audio as A
+from audiogen.errors import AudiogenError
+from audiogen.listening import db as DB
+from audiogen.listening import experiment as E
+from listening_helpers import REPO, experiment_yaml, riff_chunks
+
+
+@pytest.fixture(scope="module")
+def exp2afc(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exp")
+    m = E.create_experiment(experiment_yaml(d / "src"), d / "out", log=lambda *_: None)
+    return d / "out", m
+
+
+def test_stimuli_have_same_format_length_loudness_and_size_and_no_tags(exp2afc):
+    out, m = exp2afc
+    music = {sid: s for sid, s in m["stimuli"].items() if s["role"] == "music"}
+    assert {s["origin"] for s in music.values()} == {"human", "generated"}
+    sizes, infos = set(), set()
+    for sid, s in m["stimuli"].items():
+        p = out / "stimuli" / f"{sid}.wav"
+        info = sf.info(str(p))
+        if s["role"] != "screening":
+            sizes.add(p.stat().st_size)
+            infos.add((info.samplerate, info.channels, info.frames, info.subtype))
+        assert riff_chunks(p) == ["fmt ", "data"]  # no LIST/ID3 tags, no PEAK chunk
+        assert int(p.stat().st_mtime) == E.FIXED_MTIME
+        assert re.fullmatch(r"[A-Za-z0-9_-]{16}", sid)
+    assert len(sizes) == 1 and infos == {(16000, 2, 24000, "PCM_16")}
+    # the sources differed by ~10 dB; the stimuli are within 0.3 LU of the target and under the ceiling
+    assert max(s["loudness_in"] for s in music.values()) - min(s["loudness_in"] for s in music.values()) > 5
+    for sid, s in music.items():
+        wav, sr = A.load_audio(out / "stimuli" / f"{sid}.wav")
+        assert abs(A.integrated_loudness(wav, sr) - (-23.0)) < 0.3
+        assert A.true_peak_dbtp(wav, sr) <= -0.9
+    # ids say nothing about names or origin; the manifest is not under stimuli/
+    names = " ".join(m["stimuli"])
+    assert "human" not in names and "gen" not in names
+    assert not list((out / "stimuli").glob("*.json"))
+    assert (out / "private" / "admin_token").stat().st_mode & 0o077 == 0
+
+
+def test_plans_are_seeded_recorded_and_balanced(exp2afc):
+    _, m = exp2afc
+    p0, p0_again, p1 = E.participant_plan(m, 0), E.participant_plan(m, 0), E.participant_plan(m, 1)
+    assert p0 == p0_again and p0["seed"] != p1["seed"]
+    trials = [s for s in p0["steps"] if s["kind"] == "trial"]
+    assert len(trials) == 3
+    assert [s["kind"] for s in p0["steps"][:4]] == ["screening", "screening", "calibration", "practice"]
+    assert sum(s["kind"] == "catch" for s in p0["steps"]) == 1
+    assert [s["slot"] for s in p0["steps"]] == list(range(len(p0["steps"])))
+    # AI at A in half the trials; the odd trial alternates between participants
+    pos = Counter()
+    for i in range(40):
+        ts = [s for s in E.participant_plan(m, i)["steps"] if s["kind"] == "trial"]
+        a = sum(t["truth"]["ai"] == "A" for t in ts)
+        assert a in (1, 2)
+        pos[a] += 1
+        for t in ts:
+            assert t["stimuli"]["AB".index(t["truth"]["ai"])] == t["truth"]["gen"]
+            assert m["stimuli"][t["truth"]["gen"]]["origin"] == "generated"
+            assert m["stimuli"][t["truth"]["human"]]["origin"] == "human"
+        assert len({t["truth"]["human"] for t in ts}) == 3  # human partners dealt evenly
+    assert pos[1] == pos[2] == 20
+    orders = {tuple(s["truth"]["gen"] for s in E.participant_plan(m, i)["steps"] if s["kind"] == "trial")
+              for i in range(20)}
+    assert len(orders) > 3
+    pub = E.public_step(trials[0])
+    assert "truth" not in pub and "origin" not in json.dumps(pub)
+
+
+def test_mushra_has_hidden_reference_and_anchor_under_new_ids(tmp_path):
+    m = E.create_experiment(experiment_yaml(tmp_path / "src", "mushra", n_human=2, n_gen=4), tmp_path / "out",
+                            log=lambda *_: None)
+    assert len(m["trials"]) == 2
+    for t in m["trials"]:
+        systems = sorted(t["conditions"].values())
+        assert systems == ["anchor", "hidden_reference", "sysA", "sysB"]
+        hidden = next(c for c, s in t["conditions"].items() if s == "hidden_reference")
+        assert hidden != t["reference"]
+        a = (tmp_path / "out" / "stimuli" / f"{hidden}.wav").read_bytes()
+        assert a == (tmp_path / "out" / "stimuli" / f"{t['reference']}.wav").read_bytes()
+    plan = E.participant_plan(m, 3)
+    t = next(s for s in plan["steps"] if s["kind"] == "trial")
+    assert len(t["stimuli"]) == 4 and "reference" in E.public_step(t)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t + "\n  - [unclosed\n", "not valid YAML"),
+    (lambda t: t.replace("design: 2afc", "design: abx"), "'design' must be one of"),
+    (lambda t: t + "\ncolour: red\n", "unknown key(s): colour"),
+    (lambda t: t.replace("human_0.wav", "missing.wav"), "missing.wav: no such file"),
+    (lambda t: t.replace("duration_s: 1.5", "duration_s: 30"), "shorter than stimulus.duration_s"),
+    (lambda t: t.replace("human_1.wav", "corrupt.wav"), "corrupt.wav: corrupt or unreadable"),
+])
+def test_bad_input_is_one_clear_error_without_traceback(tmp_path, mutate, message):
+    y = experiment_yaml(tmp_path / "src")
+    (tmp_path / "src" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    y.write_text(mutate(y.read_text()))
+    with pytest.raises(AudiogenError, match=re.escape(message)):
+        E.create_experiment(y, tmp_path / "out", log=lambda *_: None)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+    r = subprocess.run([sys.executable, "-m", "audiogen", "listen", "create", str(y), "--out", str(tmp_path / "o2")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+def test_create_never_overwrites_an_experiment(exp2afc):
+    out, _ = exp2afc
+    with pytest.raises(AudiogenError, match="not empty"):
+        E.create_experiment(out.parent / "src" / "exp.yaml", out)
+
+
+def test_answers_are_idempotent_and_unique_per_slot(exp2afc, tmp_path):
+    out, m = exp2afc
+    import shutil
+
+    shutil.copy(out / "listen.db", tmp_path / "listen.db")
+    store = DB.AnswerStore(tmp_path / "listen.db", m)
+    tok, plan = store.create_participant("prolific-1", "pytest")
+    tok2, _ = store.create_participant(None, None)
+    assert store.add_answer(tok, "a1", 0, "screening", {"choice": 1}, {}, {}, 10) == "stored"
+    assert store.add_answer(tok, "a1", 0, "screening", {"choice": 1}, {}, {}, 10) == "duplicate"
+    assert store.add_answer(tok, "a2", 0, "screening", {"choice": 2}, {}, {}, 10) == "conflict"
+    assert store.add_answer(tok2, "a1", 0, "screening", {"choice": 2}, {}, {}, 10) == "conflict"
+    assert store.participant(tok)["answered"] == [0]
+    assert store.complete(tok, "X") == "X" and store.complete(tok, "Y") == "X"
+    store.close()
+    con = DB.connect(tmp_path / "listen.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    parts, answers = DB.load_all(con)
+    assert [p["idx"] for p in parts] == [0, 1] and parts[0]["plan"] == plan
+    assert [(a["answer_id"], a["response"]) for a in answers] == [("a1", {"choice": 1})]
+
+
+def test_database_with_another_schema_version_is_refused(exp2afc, tmp_path):
+    out, _ = exp2afc
+    import shutil
+    import sqlite3
+
+    shutil.copy(out / "listen.db", tmp_path / "listen.db")
+    c = sqlite3.connect(tmp_path / "listen.db")
+    c.execute("PRAGMA user_version=99")
+    c.close()
+    with pytest.raises(AudiogenError, match="schema version 99"):
+        DB.connect(tmp_path / "listen.db")
+
+
+def test_screening_clip_quietest_tone_is_the_minus_6_db_one():
+    order = ["anti", "ref", "quiet"]
+    x = E.antiphase_clip(order, 16000)
+    seg = [x[:, int(i * 1.5 * 16000): int((i * 1.5 + 1) * 16000)] for i in range(3)]
+    # over headphones (per ear) 'quiet' is quietest; over a speaker pair (L + R) 'anti' cancels
+    per_ear = [np.abs(s[0]).mean() for s in seg]
+    summed = [np.abs(s[0] + s[1]).mean() for s in seg]
+    assert int(np.argmin(per_ear)) == 2 and int(np.argmin(summed)) == 0

@@ -1,0 +1,132 @@
+"""Listening-test statistics: hand-computed examples and simulated listeners with known ability."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from math import comb
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from audiogen.listening import stats as S
+
+
+def test_binomial_and_wilson_match_hand_computed_values():
+    # 7 of 10 correct: P(X >= 7 | 0.5) = (120 + 45 + 10 + 1) / 1024; two-sided doubles it
+    r = S.binomial(7, 10)
+    assert r.p_value == pytest.approx(352 / 1024, abs=1e-12) and r.estimate == 0.7
+    # Wilson: (p + z^2/2n) / (1 + z^2/n) -+ z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/4n^2), z = 1.959964
+    z, n, p = 1.959963984540054, 10, 0.7
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (r.ci_low, r.ci_high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert (r.ci_low, r.ci_high) == pytest.approx((0.396778, 0.892209), abs=1e-6)
+
+
+def _tail(k_from: int, k_to: int, n: int, p: Fraction) -> float:
+    return float(sum(comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(k_from, k_to + 1)))
+
+
+def test_tost_matches_exact_binomial_tails():
+    # 5 of 10, margin 0.1: P(X >= 5 | 0.4) = P(X <= 5 | 0.6) = 3582976 / 9765625 -> not equivalent
+    t = S.tost_binomial(5, 10, 0.1)
+    assert t["p_lower"] == pytest.approx(3582976 / 9765625, abs=1e-12)
+    assert t["p_upper"] == pytest.approx(3582976 / 9765625, abs=1e-12)
+    assert not t["equivalent"]
+    # 60 of 100, margin 0.15: the upper test decides (p = P(X <= 60 | 0.65) = 0.1724...)
+    t = S.tost_binomial(60, 100, 0.15)
+    assert t["p_lower"] == pytest.approx(_tail(60, 100, 100, Fraction(35, 100)), rel=1e-9)
+    assert t["p"] == pytest.approx(_tail(0, 60, 100, Fraction(65, 100)), rel=1e-9)
+    assert t["p"] == pytest.approx(0.172415, abs=1e-6) and not t["equivalent"]
+    # 400 of 800, margin 0.1: both tails tiny -> equivalent
+    t = S.tost_binomial(400, 800, 0.1)
+    assert t["p"] == pytest.approx(_tail(400, 800, 800, Fraction(2, 5)), rel=1e-9)
+    assert t["p"] < 1e-8 and t["equivalent"]
+
+
+def test_wilson_interval_covers_simulated_listeners_accuracy():
+    """Homogeneous listeners at 70%: the 95% interval covers 0.7 in about 95% of 400 experiments."""
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(400):
+        k = int(rng.binomial(200, 0.7))
+        lo, hi = S.wilson(k, 200)
+        hits += lo <= 0.7 <= hi
+    assert 0.91 <= hits / 400 <= 0.99
+
+
+def _simulate(rng, n_part, n_items, mean_acc, sd_part=0.6, sd_item=0.4):
+    """Listeners differ in skill and items in difficulty (logit scale); returns y, part, item."""
+    logit = math.log(mean_acc / (1 - mean_acc))
+    u = rng.normal(0, sd_part, n_part)[:, None]
+    v = rng.normal(0, sd_item, n_items)[None, :]
+    prob = 1 / (1 + np.exp(-(logit + u + v)))
+    y = rng.random((n_part, n_items)) < prob
+    part = np.repeat(np.arange(n_part), n_items)
+    item = np.tile(np.arange(n_items), n_part)
+    return y.ravel().astype(float), part, item
+
+
+def test_cluster_bootstrap_recovers_population_accuracy_despite_listener_and_item_spread():
+    """Population accuracy of simulated heterogeneous listeners and items (computed by Monte Carlo)
+    lies in the two-way bootstrap interval in most simulated experiments, where the pooled binomial
+    interval, which ignores the clustering, misses it far more often."""
+    rng = np.random.default_rng(7)
+    # the population mean accuracy for these random effects
+    big = rng.normal(0, 0.6, 400_000) + rng.normal(0, 0.4, 400_000) + math.log(0.7 / 0.3)
+    truth = float(np.mean(1 / (1 + np.exp(-big))))
+    boot_hits = wilson_hits = 0
+    runs = 60
+    for r in range(runs):
+        y, part, item = _simulate(rng, 30, 16, 0.7)
+        b = S.cluster_bootstrap(y, part, item, n_boot=300, seed=r)
+        boot_hits += b["ci_low"] <= truth <= b["ci_high"]
+        lo, hi = S.wilson(int(y.sum()), y.size)
+        wilson_hits += lo <= truth <= hi
+    assert boot_hits / runs >= 0.85
+    assert wilson_hits < boot_hits
+
+
+def test_dprime_and_bias_are_recovered_from_simulated_2afc_and_yes_no():
+    rng = np.random.default_rng(3)
+    d_true, n = 1.0, 20000
+    # 2AFC: compare noisy observations, plus a position bias b towards A
+    bias = 0.3
+    target_a = rng.random(n) < 0.5
+    xa = rng.normal(0, 1, n) + np.where(target_a, d_true, 0)
+    xb = rng.normal(0, 1, n) + np.where(target_a, 0, d_true)
+    answer_a = xa - xb + bias > 0
+    r = S.dprime_2afc(int((answer_a & target_a).sum()), int(target_a.sum()),
+                      int((answer_a & ~target_a).sum()), int((~target_a).sum()))
+    assert r["dprime"] == pytest.approx(d_true, abs=0.06)
+    # c in z-units of the decision variable's sd (sqrt 2): bias / sqrt(2) towards A -> c < 0
+    assert r["c"] == pytest.approx(-bias / math.sqrt(2), abs=0.05)
+    assert r["pc_unbiased"] == pytest.approx(norm.cdf(d_true / math.sqrt(2)), abs=0.02)
+    # yes/no with a conservative criterion (answers 'AI' only when x > d/2 + 0.4)
+    signal = rng.random(n) < 0.5
+    x = rng.normal(0, 1, n) + np.where(signal, d_true, 0)
+    say = x > d_true / 2 + 0.4
+    r = S.dprime_yes_no(int((say & signal).sum()), int(signal.sum()), int((say & ~signal).sum()), int((~signal).sum()))
+    assert r["dprime"] == pytest.approx(d_true, abs=0.06) and r["c"] == pytest.approx(0.4, abs=0.05)
+
+
+def test_chance_listeners_are_equivalent_to_chance_and_good_ones_are_not():
+    rng = np.random.default_rng(5)
+    chance = int(rng.binomial(1000, 0.5))
+    assert S.tost_binomial(chance, 1000, 0.1)["equivalent"]
+    assert S.binomial(chance, 1000).p_value > 0.001
+    good = int(rng.binomial(1000, 0.7))
+    assert not S.tost_binomial(good, 1000, 0.1)["equivalent"]
+    assert S.binomial(good, 1000).p_value < 1e-6
+
+
+def test_mean_ci_and_mushra_post_screening():
+    m = S.mean_ci([60, 70, 80])
+    # mean 70, sd 10, t(0.975, 2) = 4.302653 -> half width 4.302653 * 10 / sqrt(3)
+    assert m["mean"] == 70 and m["ci_high"] - 70 == pytest.approx(4.302653 * 10 / math.sqrt(3), abs=1e-5)
+    ps = S.mushra_post_screening({"good": [100, 95, 92, 88, 100, 100, 100], "bad": [100, 80, 70, 100]})
+    # good: 1 of 7 items below 90 (14% <= 15%): kept; bad: 2 of 4: excluded
+    assert ps["good"] == {"fails": 1, "items": 7, "excluded": False}
+    assert ps["bad"]["excluded"]
