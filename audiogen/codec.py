@@ -138,6 +138,12 @@ def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 2.0) -> None:
     emb = model.encoder(wav)
     model.quantizer(emb, cfg.sample_rate / cfg.hop_length)
     model.eval()
+    # a bias-free random decoder whispers (~1e-5): scale its last conv so decoded codes
+    # come out at a music-like level (RMS 0.1), which loudness normalization can work with
+    out = model.decoder(model.quantizer.decode(model.quantizer.encode(emb, cfg.sample_rate / cfg.hop_length)))
+    rms = out.pow(2).mean().sqrt().clamp_min(1e-12)
+    last = [p for n, p in model.decoder.named_parameters() if n.endswith("weight_g") or n.endswith("original0")][-1]
+    last.mul_(0.1 / rms)
 
 
 @functools.lru_cache(maxsize=4)
@@ -375,8 +381,12 @@ CODEC_CONFIG = "codec.json"
 CODEC_WEIGHTS = "codec.safetensors"
 
 
-def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike) -> Path:
-    """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically)."""
+def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically).
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point weights smaller; loading
+    copies them into the float32 model.
+    """
     from safetensors.torch import save_file
 
     from audiogen.audio import atomic_path, atomic_write_text
@@ -384,6 +394,8 @@ def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in codec.model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(out / CODEC_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     meta = {"backend": "encodec", "name": codec.name, "num_codebooks": codec.num_codebooks,

@@ -228,24 +228,28 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
     """Write ``wav`` (already finished) with tags and a JSON sidecar; returns the sidecar dict.
 
     Loudness and true peak are measured on the file as written and re-read. If a lossy
-    encoder pushed the true peak over the limit, the gain is lowered by the excess and
-    the file rewritten (at most 3 times); nothing half-written is ever left at ``path``.
+    encoder pushed the true peak over the limit (MP3/Vorbis overshoot on bright material),
+    the audio is limited again to a ceiling lowered by the overshoot, keeping the loudness
+    target, and the file rewritten (at most 3 times); nothing half-written is ever left
+    at ``path``.
     """
     path = Path(path)
     if path.suffix.lower() not in A.WRITE_FORMATS:
         raise AudiogenError(f"{path}: cannot write '{path.suffix}' files; use .wav, .flac, .ogg or .mp3")
-    gain_db = 0.0
+    ceiling = spec.true_peak_db
+    out = wav
     for attempt in range(4):
         try:
             with A.atomic_path(path) as tmp:
-                A.write_audio(tmp, wav * A.db_to_gain(gain_db), sample_rate)
+                A.write_audio(tmp, out, sample_rate)
                 tag_file(tmp, tags)
                 back, back_sr = A.load_audio(tmp)
                 lufs = A.integrated_loudness(back, back_sr)
                 tp = A.true_peak_dbtp(back, back_sr)
                 over = tp - spec.true_peak_db
                 if over > 0 and attempt < 3:
-                    gain_db -= over + 0.05
+                    ceiling -= over + 0.1
+                    out = normalize_loudness(wav, sample_rate, spec.lufs, ceiling, circular=spec.loop)
                     raise _Retry()
         except _Retry:
             continue

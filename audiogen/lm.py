@@ -22,7 +22,7 @@ False gets exactly zero cross-attention output (unconditional, for CFG).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,14 @@ class LMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise AudiogenError(f"unknown LM settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
 
 
 NAMED_CONFIGS = {

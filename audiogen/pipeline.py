@@ -128,7 +128,7 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
 
 
 def window_frames(loaded, frame_rate: float, job: GenerateJob) -> int:
-    lm_max = loaded.lm.cfg.max_len - loaded.lm.cfg.num_codebooks
+    lm_max = loaded.lm.cfg.max_positions - loaded.lm.cfg.num_codebooks
     seconds = job.window_s or float(loaded.config.get("generation", {}).get("window_s", 30.0))
     return max(8, min(lm_max, int(seconds * frame_rate)))
 
