@@ -88,6 +88,7 @@ class AnswerStore:
         self.manifest = manifest
         self.con = connect(path)
         self.lock = threading.Lock()
+        self._plans: dict[str, dict] = {}
 
     def close(self) -> None:
         self.con.close()
@@ -110,14 +111,24 @@ class AnswerStore:
                 raise
         return token, plan
 
-    def participant(self, token: str) -> dict | None:
+    def participant(self, token: str, with_answered: bool = True) -> dict | None:
+        """The participant's row with its plan decoded (plans never change: cached) and answered slots."""
         with self.lock:
-            row = self.con.execute("SELECT * FROM participants WHERE token = ?", (token,)).fetchone()
+            row = self.con.execute("SELECT token, idx, seed, external_id, created_at, consent_at, completed_at, "
+                                   "completion_code FROM participants WHERE token = ?", (token,)).fetchone()
             if row is None:
                 return None
-            slots = [r[0] for r in self.con.execute("SELECT slot FROM answers WHERE participant = ?", (token,))]
+            plan = self._plans.get(token)
+            if plan is None:
+                plan = json.loads(self.con.execute("SELECT plan FROM participants WHERE token = ?",
+                                                   (token,)).fetchone()[0])
+                if len(self._plans) > 20_000:
+                    self._plans.clear()
+                self._plans[token] = plan
+            slots = [r[0] for r in self.con.execute("SELECT slot FROM answers WHERE participant = ?", (token,))] \
+                if with_answered else []
         d = dict(row)
-        d["plan"] = json.loads(d["plan"])
+        d["plan"] = plan
         d["answered"] = sorted(slots)
         return d
 

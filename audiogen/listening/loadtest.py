@@ -1,0 +1,163 @@
+"""Simulated participants over HTTP: load tests, crash tests, and checking the database after them.
+
+Each simulated participant does what the browser does: create a session, consent, fetch
+each step's audio (a range request), submit an answer with a fresh client-side id
+(sometimes twice, as a retry after a lost acknowledgement would), complete. On a
+connection error it waits, re-reads its session (resume) and retries the same answer id,
+so a server killed mid-session loses nothing that it acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SimResult:
+    index: int
+    token: str = ""
+    acked: dict = field(default_factory=dict)  # slot -> (answer_id, response)
+    duplicates_seen: int = 0
+    retries: int = 0
+    completed: bool = False
+    code: str | None = None
+
+
+def simulated_response(step: dict, rng: random.Random) -> dict:
+    d = step["design"]
+    if d == "screening":
+        return {"choice": rng.randint(1, 3)}
+    if d == "calibration":
+        return {"confirmed": True}
+    if d == "count":
+        return {"count": rng.randint(2, 5)}
+    if d == "2afc":
+        return {"choice": rng.choice("AB")}
+    if d == "single":
+        return {"origin": rng.choice(["human", "ai"]), "confidence": rng.randint(1, 5)}
+    if d == "mos":
+        return {"rating": rng.randint(1, 5)}
+    return {"ratings": {s: rng.randint(0, 100) for s in step["stimuli"]}}
+
+
+async def _request(client, lat: dict, label: str, method: str, url: str, retry_for: float, res: SimResult, **kw):
+    """One request, retried on connection errors and 429/5xx until ``retry_for`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + retry_for
+    while True:
+        t0 = time.perf_counter()
+        try:
+            r = await client.request(method, url, **kw)
+            if r.status_code not in (429, 500, 502, 503):
+                lat.setdefault(label, []).append(time.perf_counter() - t0)
+                return r
+        except (httpx.TransportError, httpx.TimeoutException):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label} {url}: gave up after {retry_for:.0f}s of retries")
+        res.retries += 1
+        await asyncio.sleep(0.2 + random.random() * 0.3)
+
+
+async def simulate_participant(client, index: int, lat: dict, seed: int = 0, dup_rate: float = 0.1,
+                               think_s: float = 0.0, retry_for: float = 60.0, resume: SimResult | None = None,
+                               stop_after: int | None = None) -> SimResult:
+    """One participant's whole session; ``resume`` continues an earlier one (as a reopened browser
+    tab does, from its stored token); ``stop_after`` answers, it walks away (tab closed)."""
+    rng = random.Random(seed * 100_003 + index + (7 if resume else 0))
+    res = resume or SimResult(index)
+    if resume:
+        r = await _request(client, lat, "session", "GET", "/api/session", retry_for, res,
+                           headers={"X-Session": res.token})
+    else:
+        r = await _request(client, lat, "session", "POST", "/api/session", retry_for, res,
+                           json={"external_id": f"sim-{index}"})
+    r.raise_for_status()
+    s = r.json()
+    if resume and set(s["answered"]) != set(res.acked):
+        raise AssertionError(f"resumed session {index}: server has slots {s['answered']}, acked {sorted(res.acked)}")
+    res.token = s["token"]
+    hdr = {"X-Session": res.token}
+    (await _request(client, lat, "consent", "POST", "/api/consent", retry_for, res, headers=hdr)).raise_for_status()
+    answered = set(s["answered"])
+    for step in s["steps"]:
+        if step["slot"] in answered:
+            continue
+        if stop_after is not None and len(res.acked) >= stop_after:
+            return res
+        for sid in step["stimuli"]:
+            a = await _request(client, lat, "audio", "GET", f"/audio/{sid}", retry_for, res,
+                               params={"s": res.token}, headers={"Range": "bytes=0-16383"})
+            assert a.status_code == 206, a.status_code
+        if think_s:
+            await asyncio.sleep(think_s * rng.random())
+        body = {"answer_id": uuid.uuid4().hex, "slot": step["slot"], "response": simulated_response(step, rng),
+                "plays": {x: 1 for x in step["stimuli"]}, "listened": {x: 1.0 for x in step["stimuli"]},
+                "client_ms": rng.randint(1000, 20000)}
+        for attempt in range(2 if rng.random() < dup_rate else 1):
+            r = await _request(client, lat, "answer", "POST", "/api/answer", retry_for, res, headers=hdr, json=body)
+            if r.status_code == 409:  # answered before a crash with a lost ack: take the server's word
+                break
+            r.raise_for_status()
+            st = r.json()["status"]
+            res.duplicates_seen += st == "duplicate"
+            res.acked[step["slot"]] = (body["answer_id"], body["response"])
+    r = await _request(client, lat, "complete", "POST", "/api/complete", retry_for, res, headers=hdr)
+    r.raise_for_status()
+    res.completed, res.code = True, r.json()["completion_code"]
+    return res
+
+
+async def run_participants(base_url: str, n: int, seed: int = 0, dup_rate: float = 0.1, think_s: float = 0.0,
+                           retry_for: float = 60.0) -> tuple[list[SimResult], dict, float]:
+    """``n`` participants at once against ``base_url``; returns (results, latencies by label, wall s)."""
+    import httpx
+
+    lat: dict[str, list[float]] = {}
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30.0) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(simulate_participant(client, i, lat, seed, dup_rate, think_s, retry_for)
+                                         for i in range(n)))
+        wall = time.perf_counter() - t0
+    return list(results), lat, wall
+
+
+def percentiles(lat: dict[str, list[float]]) -> dict:
+    out = {}
+    every = [x for v in lat.values() for x in v]
+    for label, xs in [("all", every), *sorted(lat.items())]:
+        a = np.asarray(xs) * 1000
+        out[label] = {"n": int(a.size), **{f"p{q}_ms": round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)},
+                      "max_ms": round(float(a.max()), 2)}
+    return out
+
+
+def check_database(db_path, results: list[SimResult]) -> dict:
+    """Every acknowledged answer is in the database, exactly once, with the same content; nothing else is."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    rows = con.execute("SELECT participant, slot, answer_id, response FROM answers").fetchall()
+    con.close()
+    db = {}
+    dup_slots = 0
+    for p, slot, aid, resp in rows:
+        if (p, slot) in db:
+            dup_slots += 1
+        db[(p, slot)] = (aid, json.loads(resp))
+    acked = {(r.token, slot): v for r in results for slot, v in r.acked.items()}
+    lost = [k for k, v in acked.items() if db.get(k) != (v[0], v[1])]
+    tokens = {r.token for r in results}
+    extra = [k for k in db if k[0] in tokens and k not in acked]
+    return {"answers_in_db": len(rows), "acknowledged": len(acked), "lost_or_changed": len(lost),
+            "unacknowledged_in_db": len(extra), "duplicate_slots": dup_slots,
+            "duplicate_answer_ids": len(rows) - len({r[2] for r in rows})}
