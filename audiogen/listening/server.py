@@ -260,6 +260,10 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
     def index():
         return page("index.html")
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
     @app.get("/admin")
     def admin_page():
         return page("admin.html")
@@ -271,6 +275,11 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         kind = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}.get(name.rsplit(".", 1)[-1],
                                                                                        "application/octet-stream")
         return Response(static[name], media_type=kind, headers={"cache-control": "no-cache"})
+
+    @app.get("/api/info")
+    def info():
+        """What the consent page needs before a session exists."""
+        return {"title": exp["title"], "design": exp["design"], "consent": exp["consent"]}
 
     @app.post("/api/session")
     def new_session(request: Request, body: dict = Body(default={})):
