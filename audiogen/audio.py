@@ -217,22 +217,35 @@ def integrated_loudness(wav: np.ndarray, sample_rate: int) -> float:
     return float(lufs)
 
 
-def true_peak_dbtp(wav: np.ndarray, sample_rate: int) -> float:
-    """True peak in dBTP: the peak of the signal oversampled to >= 192 kHz (BS.1770-4 Annex 2)."""
+def true_peak_envelope(wav: np.ndarray, sample_rate: int, block_s: float = 30.0) -> np.ndarray:
+    """Per-sample true peak, max over channels: ``[C, N] -> float64[N]``.
+
+    Each sample's value is the largest magnitude of the signal oversampled to >= 192 kHz
+    (BS.1770-4 Annex 2) within that sample period. Computed in blocks (with overlap for
+    the interpolation filter) so an hour of audio never needs an hour of oversampled
+    float64 at once.
+    """
     from scipy.signal import resample_poly
 
     x = np.asarray(wav, dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
+    C, N = x.shape
     factor = max(4, int(math.ceil(192_000 / sample_rate)))
-    peak = 0.0
-    # in blocks so an hour of audio does not need an hour of 4x-oversampled float64 at once
-    block = sample_rate * 30
+    block = max(1, int(block_s * sample_rate))
     pad = 64
-    for s in range(0, x.shape[1], block):
-        seg = x[:, max(0, s - pad) : s + block + pad]
-        up = resample_poly(seg, factor, 1, axis=1)
-        peak = max(peak, float(np.abs(up).max(initial=0.0)), float(np.abs(seg).max(initial=0.0)))
+    env = np.zeros(N, dtype=np.float64)
+    for s in range(0, N, block):
+        lo, hi, e = max(0, s - pad), min(N, s + block + pad), min(N, s + block)
+        up = np.abs(resample_poly(x[:, lo:hi], factor, 1, axis=1))
+        up = up.reshape(C, hi - lo, factor).max(axis=2).max(axis=0)
+        env[s:e] = np.maximum(up[s - lo : e - lo], np.abs(x[:, s:e]).max(axis=0))
+    return env
+
+
+def true_peak_dbtp(wav: np.ndarray, sample_rate: int) -> float:
+    """True peak in dBTP: the peak of the signal oversampled to >= 192 kHz (BS.1770-4 Annex 2)."""
+    peak = float(true_peak_envelope(wav, sample_rate).max(initial=0.0))
     return 20 * math.log10(peak) if peak > 0 else float("-inf")
 
 

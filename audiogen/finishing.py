@@ -87,16 +87,6 @@ def make_loop(wav: np.ndarray, n: int, crossfade: int) -> np.ndarray:
     return out
 
 
-def _oversampled_peak_envelope(wav: np.ndarray, factor: int) -> np.ndarray:
-    """Per-sample peak of the oversampled signal, max over channels: ``[C, N] -> [N]``."""
-    from scipy.signal import resample_poly
-
-    up = np.abs(resample_poly(wav.astype(np.float64), factor, 1, axis=-1))
-    n = wav.shape[-1]
-    up = up[..., : n * factor].reshape(wav.shape[0], n, factor).max(axis=-1)
-    return np.maximum(up.max(axis=0), np.abs(wav).max(axis=0))
-
-
 def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookahead_s: float = 0.005,
                     circular: bool = False) -> np.ndarray:
     """Look-ahead true-peak limiter: a smooth gain that keeps the oversampled peak under the ceiling.
@@ -108,9 +98,8 @@ def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookah
     """
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
-    factor = max(4, int(math.ceil(192_000 / sample_rate)))
     ceiling = A.db_to_gain(ceiling_db)
-    env = _oversampled_peak_envelope(wav, factor)
+    env = A.true_peak_envelope(wav, sample_rate)
     need = np.minimum(1.0, ceiling / np.maximum(env, 1e-12))
     if need.min() >= 1.0:
         return wav

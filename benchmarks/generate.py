@@ -1,0 +1,121 @@
+"""Sampling speed: audiogen's generate vs transformers' MusicgenForConditionalGeneration.
+
+Same decoder size (dim, layers, heads, FFN, 4 codebooks x 2048), same guidance scale
+and top-k, random weights (speed does not depend on weight values), same machine, same
+run. The peer gets a tiny T5 and a tiny EnCodec so that its time is the decoder's, as
+ours is (text encoder ``none``, no codec decode). Reported: new frames per second per
+sequence batch and the real-time factor at MusicGen's 50 Hz frame rate (frames/s / 50:
+seconds of audio per second of wall time, per sequence). Prints one JSON object.
+
+    python benchmarks/generate.py [--config tiny|small|bench_cpu] [--frames 100] [--batches 1 8] [--devices cpu cuda]
+
+On CPU the default decoder is ``bench_cpu`` (dim 512, 8 layers) so that a run takes
+minutes, not hours; on CUDA it is ``small`` (MusicGen-small sized, ~300M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+from audiogen.generate import SamplingParams, generate_window
+from audiogen.lm import LM, named_config
+
+SIZES = {
+    "tiny": dict(dim=64, num_layers=2, num_heads=4, ffn_dim=256),
+    "bench_cpu": dict(dim=512, num_layers=8, num_heads=8, ffn_dim=2048),
+    "small": dict(dim=1024, num_layers=24, num_heads=16, ffn_dim=4096),
+}
+K, CARD, FRAME_RATE, COND_LEN = 4, 2048, 50.0, 12
+
+
+def ours(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype) -> float:
+    torch.manual_seed(0)
+    lm = LM(named_config("tiny", **size, num_codebooks=K, cardinality=CARD, cond_dim=size["dim"],
+                         max_positions=frames + K + 8)).to(device, dtype).eval()
+    cond = torch.randn(2 * batch, COND_LEN, size["dim"], device=device, dtype=dtype)
+    mask = torch.ones(2 * batch, COND_LEN, dtype=torch.bool, device=device)
+    mask[batch:] = False  # unconditional rows
+    gen = torch.Generator(device=device).manual_seed(0)
+    generate_window(lm, cond, mask, 8, params, gen)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    generate_window(lm, cond, mask, frames, params, gen)
+    _sync(device)
+    return frames / (time.perf_counter() - t)
+
+
+def peer(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype) -> float:
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              T5Config)
+
+    torch.manual_seed(0)
+    t5 = T5Config(vocab_size=100, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16)
+    codec = EncodecConfig(codebook_size=CARD, num_filters=4, hidden_size=16, codebook_dim=16,
+                          upsampling_ratios=[8, 5, 4, 4], num_lstm_layers=1, sampling_rate=32000,
+                          target_bandwidths=[2.2], audio_channels=1)
+    dec = MusicgenDecoderConfig(vocab_size=CARD, hidden_size=size["dim"], num_hidden_layers=size["num_layers"],
+                                num_attention_heads=size["num_heads"], ffn_dim=size["ffn_dim"], num_codebooks=K,
+                                max_position_embeddings=frames + K + 8, pad_token_id=CARD, bos_token_id=CARD)
+    cfg = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(), decoder=dec.to_dict())
+    cfg.decoder_start_token_id = CARD
+    cfg.pad_token_id = CARD
+    model = MusicgenForConditionalGeneration(cfg).to(device, dtype).eval()
+    ids = torch.randint(0, 100, (batch, COND_LEN), device=device)
+    attn = torch.ones_like(ids)
+    kw = dict(do_sample=True, guidance_scale=params.cfg_scale, top_k=params.top_k, temperature=params.temperature)
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=8, **kw)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=frames + K - 1, min_new_tokens=frames + K - 1,
+                       **kw)
+        _sync(device)
+    return frames / (time.perf_counter() - t)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=list(SIZES), default=None, help="decoder size (default: per device)")
+    ap.add_argument("--frames", type=int, default=100, help="new frames per run (2 s at 50 Hz)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
+    ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--top-k", type=int, default=250)
+    args = ap.parse_args()
+    params = SamplingParams(temperature=1.0, top_k=args.top_k, cfg_scale=args.cfg_scale)
+    result = {"benchmark": "generate", "torch": torch.__version__, "machine": platform.machine(),
+              "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "frame_rate_hz": FRAME_RATE,
+              "cfg_scale": args.cfg_scale, "top_k": args.top_k, "runs": []}
+    for device in args.devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            result["cuda"] = "not available on this machine"
+            continue
+        name = args.config or ("small" if device == "cuda" else "bench_cpu")
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        for batch in args.batches:
+            a = ours(SIZES[name], batch, args.frames, params, device, dtype)
+            b = peer(SIZES[name], batch, args.frames, params, device, dtype)
+            result["runs"].append({
+                "config": name, **SIZES[name], "device": device, "dtype": str(dtype).replace("torch.", ""),
+                "batch": batch, "frames": args.frames,
+                "audiogen_frames_per_s": round(a, 2), "transformers_frames_per_s": round(b, 2),
+                "audiogen_realtime_x": round(a / FRAME_RATE, 3), "transformers_realtime_x": round(b / FRAME_RATE, 3),
+                "speedup": round(a / b, 2),
+            })
+            print(json.dumps(result["runs"][-1]), flush=True, file=__import__("sys").stderr)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
