@@ -161,3 +161,65 @@ def check_database(db_path, results: list[SimResult]) -> dict:
     return {"answers_in_db": len(rows), "acknowledged": len(acked), "lost_or_changed": len(lost),
             "unacknowledged_in_db": len(extra), "duplicate_slots": dup_slots,
             "duplicate_answer_ids": len(rows) - len({r[2] for r in rows})}
+
+
+def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0, fail_screening: int = 0,
+                     fail_catch: int = 0, fail_reference: int = 0, skill_sd: float = 0.0) -> None:
+    """``n`` complete sessions written straight to EXP_DIR's database, answered from the plan's truth:
+    a listener picks the AI clip (2AFC) or names the origin (single) with probability
+    ``accuracy[system]`` (plus a per-listener logit offset with sd ``skill_sd``), rates MUSHRA/MOS
+    by ``accuracy`` (score = 100 * p, plus noise), and passes the checks except for the first
+    ``fail_screening`` (headphone check), the next ``fail_catch`` (catch trial) and the next
+    ``fail_reference`` (MUSHRA: hidden reference rated 60) participants."""
+    from pathlib import Path
+
+    from audiogen.listening.db import AnswerStore
+    from audiogen.listening.experiment import read_manifest
+
+    manifest = read_manifest(exp_dir)
+    store = AnswerStore(Path(exp_dir) / "listen.db", manifest)
+    store.con.execute("PRAGMA synchronous=OFF")  # a simulation: speed over durability
+    rng = np.random.default_rng(seed)
+    try:
+        for i in range(n):
+            token, plan = store.create_participant(f"sim-{i}", "simulated")
+            store.consent(token)
+            skill = rng.normal(0, skill_sd)
+            bad_screen = i < fail_screening
+            bad_catch = fail_screening <= i < fail_screening + fail_catch
+            bad_ref = fail_screening + fail_catch <= i < fail_screening + fail_catch + fail_reference
+            for st in plan["steps"]:
+                t, d = st["truth"], st["design"]
+                if d == "screening":
+                    resp = {"choice": (t["answer"] % 3) + 1 if bad_screen else t["answer"]}
+                elif d == "calibration":
+                    resp = {"confirmed": True}
+                elif d == "count":
+                    resp = {"count": t["answer"] + 1 if bad_catch else t["answer"]}
+                elif st["kind"] == "practice":
+                    resp = {"2afc": {"choice": "A"}, "single": {"origin": "ai", "confidence": 3}, "mos": {"rating": 3},
+                            "mushra": {"ratings": {s: 50 for s in st["stimuli"]}}}[d]
+                elif d in ("2afc", "single"):
+                    p = accuracy.get(t["system"], 0.5)
+                    p = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + skill)))
+                    right = rng.random() < p
+                    if d == "2afc":
+                        resp = {"choice": t["ai"] if right else "AB"[t["ai"] == "A"]}
+                    else:
+                        truth = "human" if t["origin"] == "human" else "ai"
+                        resp = {"origin": truth if right else ("ai" if truth == "human" else "human"),
+                                "confidence": int(rng.integers(1, 6))}
+                elif d == "mos":
+                    p = accuracy.get(t["system"], 0.5)
+                    resp = {"rating": int(np.clip(round(1 + 4 * p + rng.normal(0, 0.7)), 1, 5))}
+                else:
+                    resp = {"ratings": {s: int(np.clip(round(100 * accuracy.get(sys, 0.5) + rng.normal(0, 8)), 0, 100))
+                                        for s, sys in t["systems"].items()}}
+                    for s, sys in t["systems"].items():
+                        if sys == "hidden_reference":
+                            resp["ratings"][s] = 60 if bad_ref else int(rng.integers(92, 101))
+                store.add_answer(token, uuid.uuid4().hex, st["slot"], st["kind"], resp,
+                                 {s: 1 for s in st["stimuli"]}, {s: 2.0 for s in st["stimuli"]}, 5000)
+            store.complete(token, "SIM")
+    finally:
+        store.close()

@@ -48,3 +48,346 @@ def answer_rows(manifest: dict, participants: list[dict], answers: list[dict]) -
             "answer_id": a["answer_id"],
         })
     return rows
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def participant_checks(exp: dict, parts: list[dict], rows: list[dict]) -> dict[str, dict]:
+    """Per participant: finished?, headphone screening and catch-trial scores, exclusion reasons."""
+    out = {}
+    for p in parts:
+        pid = f"P{p['idx']:04d}"
+        mine = [r for r in rows if r["participant"] == pid]
+        scr = [r["correct"] for r in mine if r["kind"] == "screening"]
+        cat = [r["correct"] for r in mine if r["kind"] == "catch"]
+        reasons = []
+        if p["completed_at"] is None:
+            reasons.append("incomplete")
+        if exp["screening"]["enabled"] and scr and sum(scr) < exp["screening"]["pass_min"]:
+            reasons.append(f"headphone screening {sum(scr)}/{len(scr)} < {exp['screening']['pass_min']}")
+        if cat and not all(cat):
+            reasons.append(f"catch trials {sum(cat)}/{len(cat)} correct")
+        out[pid] = {"participant": pid, "external_id": p["external_id"], "completed": p["completed_at"] is not None,
+                    "screening": f"{sum(scr)}/{len(scr)}" if scr else "-", "catch": f"{sum(cat)}/{len(cat)}" if cat else "-",
+                    "answers": len(mine), "reasons": reasons}
+    return out
+
+
+def _identification(rows: list[dict], design: str, margin: float, alpha: float, n_boot: int, seed: int) -> dict:
+    import numpy as np
+
+    from audiogen.listening import stats as S
+
+    def block(rs: list[dict], systems_for_fa: list[dict] | None = None) -> dict:
+        k, n = sum(bool(r["correct"]) for r in rs), len(rs)
+        res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
+        if design == "2afc" and n:
+            a_when_a = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "A")
+            a_when_b = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "B")
+            res["sdt"] = S.dprime_2afc(a_when_a, sum(r["ai_position"] == "A" for r in rs), a_when_b,
+                                       sum(r["ai_position"] == "B" for r in rs))
+        if design == "single" and n and systems_for_fa is not None:
+            sig = [r for r in rs if r["origin"] != "human"]
+            if sig and systems_for_fa:
+                hits = sum(r["response"]["origin"] == "ai" for r in sig)
+                fas = sum(r["response"]["origin"] == "ai" for r in systems_for_fa)
+                res["sdt"] = S.dprime_yes_no(hits, len(sig), fas, len(systems_for_fa))
+        if n:
+            y = np.array([float(bool(r["correct"])) for r in rs])
+            res["bootstrap"] = S.cluster_bootstrap(y, np.array([r["participant"] for r in rs]),
+                                                   np.array([r["item_key"] for r in rs]), n_boot=n_boot, seed=seed)
+        return res
+
+    humans = [r for r in rows if r["origin"] == "human"]
+    out = {"overall": block(rows, humans), "systems": {}}
+    for system in sorted({r["system"] for r in rows}):
+        rs = [r for r in rows if r["system"] == system]
+        out["systems"][system] = block(rs, humans if system != "human" else None)
+    per_part: dict[str, list] = {}
+    for r in rows:
+        per_part.setdefault(r["participant"], []).append(bool(r["correct"]))
+    out["per_participant_accuracy"] = {p: sum(v) / len(v) for p, v in per_part.items()}
+    return out
+
+
+def _ratings(rows: list[dict], design: str, exp: dict, n_boot: int, seed: int) -> dict:
+    import numpy as np
+
+    from audiogen.listening import stats as S
+
+    flat = []  # (participant, item, system, score)
+    for r in rows:
+        if design == "mos":
+            flat.append((r["participant"], r["item_key"], r["system"], r["response"]["rating"]))
+        else:
+            for sid, score in r["response"]["ratings"].items():
+                flat.append((r["participant"], r["item"] or r["item_key"], r["systems"][sid], score))
+    out: dict = {"systems": {}}
+    if design == "mushra":
+        hidden: dict[str, list] = {}
+        for p, _, s, score in flat:
+            if s == "hidden_reference":
+                hidden.setdefault(p, []).append(score)
+        out["post_screening"] = S.mushra_post_screening(hidden, exp["mushra"]["reference_min"],
+                                                        exp["mushra"]["max_fail_share"])
+    for system in sorted({f[2] for f in flat}):
+        sel = [f for f in flat if f[2] == system]
+        scores = np.array([f[3] for f in sel], dtype=float)
+        out["systems"][system] = {
+            **S.mean_ci(scores),
+            "bootstrap": S.cluster_bootstrap(scores, np.array([f[0] for f in sel]), np.array([f[1] for f in sel]),
+                                             n_boot=n_boot, seed=seed),
+        }
+    out["flat"] = flat
+    return out
+
+
+def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: int = 2000,
+            include_incomplete: bool = False, apply_exclusions: bool = True) -> dict:
+    """Everything the report shows, as one JSON-able dict."""
+    from pathlib import Path
+
+    from audiogen.listening import db as DB
+    from audiogen.listening.experiment import read_manifest
+
+    manifest = read_manifest(exp_dir)
+    exp = manifest["experiment"]
+    design = exp["design"]
+    margin = exp["tost_margin"] if margin is None else margin
+    con = DB.connect(Path(exp_dir) / "listen.db")
+    parts, answers = DB.load_all(con)
+    con.close()
+    rows = answer_rows(manifest, parts, answers)
+    for r in rows:
+        # the unit a judgement generalises over: the generated clip (2AFC), the item (MUSHRA), the stimulus
+        ids = r["stimuli"].split()
+        if r["kind"] != "trial":
+            r["item_key"] = None
+        elif design == "2afc":
+            r["item_key"] = next(x for x in ids if manifest["stimuli"][x]["origin"] == "generated")
+        else:
+            r["item_key"] = r["item"] if design == "mushra" else ids[0]
+    checks = participant_checks(exp, parts, rows)
+    trials = [r for r in rows if r["kind"] == "trial"]
+    if design == "mushra":
+        pre = _ratings([r for r in trials if not checks[r["participant"]]["reasons"]], design, exp, 0, 0)
+        for p, ps in pre["post_screening"].items():
+            if ps["excluded"]:
+                checks[p]["reasons"].append(f"BS.1534 post-screening: hidden reference < {exp['mushra']['reference_min']:g} "
+                                            f"in {ps['fails']}/{ps['items']} items")
+    def keep(pid):
+        reasons = checks[pid]["reasons"]
+        if include_incomplete:
+            reasons = [x for x in reasons if x != "incomplete"]
+        if not apply_exclusions:
+            reasons = [x for x in reasons if x == "incomplete"]
+        return not reasons
+
+    included = sorted(p for p in checks if keep(p))
+    used = [r for r in trials if r["participant"] in set(included)]
+    res = {"experiment": exp["name"], "design": design, "margin": margin, "alpha": alpha, "n_boot": n_boot,
+           "participants": {"total": len(parts), "completed": sum(c["completed"] for c in checks.values()),
+                            "included": len(included), "excluded": len(checks) - len(included)},
+           "exclusions": [c for c in checks.values() if c["participant"] not in set(included)],
+           "checks": list(checks.values()), "trials_used": len(used),
+           "listening": _listening(used)}
+    if design in ("2afc", "single"):
+        res["identification"] = _identification(used, design, margin, alpha, n_boot, exp["seed"])
+    else:
+        rt = _ratings(used, design, exp, n_boot, exp["seed"])
+        res["ratings"] = {k: v for k, v in rt.items() if k != "flat"}
+        res["_flat"] = rt["flat"]
+    return res
+
+
+def _listening(rows: list[dict]) -> dict:
+    import numpy as np
+
+    plays = [v for r in rows for v in r["plays"].values()]
+    heard = [v for r in rows for v in r["listened_s"].values()]
+    return {"median_plays": float(np.median(plays)) if plays else None,
+            "median_listened_s": float(np.median(heard)) if heard else None,
+            "median_trial_s": float(np.median([r["client_ms"] / 1000 for r in rows if r["client_ms"]])) if rows else None}
+
+
+# --------------------------------------------------------------------------- plots and HTML
+
+
+def _png(fig) -> str:
+    import base64
+
+    buf = __import__("io").BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    __import__("matplotlib.pyplot").pyplot.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(res: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    if "identification" in res:
+        ident = res["identification"]
+        names = ["overall", *ident["systems"]]
+        blocks = [ident["overall"], *ident["systems"].values()]
+        est = [b["accuracy"]["estimate"] for b in blocks]
+        lo = [b["accuracy"]["ci_low"] for b in blocks]
+        hi = [b["accuracy"]["ci_high"] for b in blocks]
+        blo = [b.get("bootstrap", {}).get("ci_low", float("nan")) for b in blocks]
+        bhi = [b.get("bootstrap", {}).get("ci_high", float("nan")) for b in blocks]
+        fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.55 * len(names)))
+        y = list(range(len(names)))[::-1]
+        m = res["margin"]
+        ax.axvspan(0.5 - m, 0.5 + m, color="#dde8f6", label=f"equivalence margin ±{m:g}")
+        ax.axvline(0.5, color="#777", ls="--", lw=1, label="chance")
+        ax.errorbar(est, [v + 0.12 for v in y], xerr=[[e - l for e, l in zip(est, lo)], [h - e for e, h in zip(est, hi)]],
+                    fmt="o", color="#1f5fbf", capsize=3, label="accuracy, Wilson 95%")
+        ax.errorbar(est, [v - 0.12 for v in y], xerr=[[max(0, e - l) for e, l in zip(est, blo)],
+                                                      [max(0, h - e) for e, h in zip(est, bhi)]],
+                    fmt="s", color="#c0504d", ms=4, capsize=3, label="cluster bootstrap 95%")
+        ax.set_yticks(y, [f"{n} (n={b['n']})" for n, b in zip(names, blocks)])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("identification accuracy (AI clip picked / origin named correctly)")
+        ax.legend(fontsize=7, loc="lower right")
+        out.append(("Identification accuracy", _png(fig)))
+        acc = list(ident["per_participant_accuracy"].values())
+        if acc:
+            fig, ax = plt.subplots(figsize=(6.5, 2.4))
+            ax.hist(acc, bins=[i / 10 for i in range(11)], color="#1f5fbf", edgecolor="white")
+            ax.axvline(0.5, color="#777", ls="--", lw=1)
+            ax.set_xlabel("accuracy per participant")
+            ax.set_ylabel("participants")
+            out.append(("Accuracy per participant", _png(fig)))
+    if "ratings" in res:
+        systems = res["ratings"]["systems"]
+        names = list(systems)
+        fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.55 * len(names)))
+        y = list(range(len(names)))[::-1]
+        est = [systems[n]["mean"] for n in names]
+        ax.errorbar(est, y, xerr=[[e - systems[n]["ci_low"] for e, n in zip(est, names)],
+                                  [systems[n]["ci_high"] - e for e, n in zip(est, names)]],
+                    fmt="o", color="#1f5fbf", capsize=3)
+        ax.set_yticks(y, [f"{n} (n={systems[n]['n']})" for n in names])
+        scale = (0, 100) if res["design"] == "mushra" else (1, 5)
+        ax.set_xlim(*scale)
+        ax.set_xlabel("MUSHRA score (mean, 95% t interval)" if res["design"] == "mushra" else "MOS (mean, 95% t interval)")
+        out.append(("Scores by system", _png(fig)))
+    return out
+
+
+def _fmt(x, d=3) -> str:
+    import math
+
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.{d}g}" if abs(x) < 1e-3 and x else f"{x:.{d}f}")
+
+
+def _text(res: dict) -> list[str]:
+    p = res["participants"]
+    lines = [f"{res['experiment']} ({res['design']}): {p['total']} participants, {p['completed']} completed, "
+             f"{p['included']} included, {p['excluded']} excluded; {res['trials_used']} trials analysed"]
+    for e in res["exclusions"]:
+        lines.append(f"  excluded {e['participant']} ({e['external_id'] or '-'}): {'; '.join(e['reasons'])}")
+    if "identification" in res:
+        ident = res["identification"]
+        lines.append(f"{'system':<16} {'n':>5} {'acc':>6} {'Wilson 95%':>15} {'p(binom)':>9} {'TOST p':>8} "
+                     f"{'boot 95%':>15} {'d-prime':>7} {'c':>6}")
+        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+            a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
+            lines.append(f"{name:<16} {b['n']:>5} {_fmt(a['estimate']):>6} "
+                         f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(a['p_value']):>9} "
+                         f"{_fmt(t['p']):>8} {'[' + _fmt(bo.get('ci_low')) + ', ' + _fmt(bo.get('ci_high')) + ']':>15} "
+                         f"{_fmt(sdt.get('dprime'), 2):>7} {_fmt(sdt.get('c'), 2):>6}")
+        o = ident["overall"]
+        verdict = ("above chance" if o["accuracy"]["p_value"] < res["alpha"] and o["accuracy"]["estimate"] > 0.5 else
+                   "equivalent to chance within the margin" if o["tost"]["equivalent"] else "inconclusive")
+        lines.append(f"overall: {verdict} (TOST margin ±{res['margin']:g}, alpha {res['alpha']:g})")
+    if "ratings" in res:
+        for name, s in res["ratings"]["systems"].items():
+            lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI [{_fmt(s['ci_low'], 4)}, "
+                         f"{_fmt(s['ci_high'], 4)}]  bootstrap [{_fmt(s['bootstrap']['ci_low'], 4)}, "
+                         f"{_fmt(s['bootstrap']['ci_high'], 4)}]")
+    return lines
+
+
+def _html(res: dict, plots: list[tuple[str, str]]) -> str:
+    from html import escape
+
+    p = res["participants"]
+    parts = [f"<h1>Listening test report: {escape(res['experiment'])}</h1>",
+             f"<p>Design <b>{escape(res['design'])}</b>. {p['total']} participants, {p['completed']} completed, "
+             f"<b>{p['included']} included</b>, {p['excluded']} excluded. {res['trials_used']} trials analysed. "
+             f"Generated {escape(res['generated_at'])}.</p>"]
+    if "identification" in res:
+        ident = res["identification"]
+        rows = []
+        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+            a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
+            rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
+                name, b["n"], _fmt(a["estimate"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]", _fmt(a["p_value"]),
+                _fmt(t["p"]), "yes" if t["equivalent"] else "no", f"[{_fmt(bo.get('ci_low'))}, {_fmt(bo.get('ci_high'))}]",
+                _fmt(sdt.get("dprime"), 2), _fmt(sdt.get("c"), 2)]) + "</tr>")
+        parts.append("<h2>Identification</h2><table><tr><th>system</th><th>n</th><th>accuracy</th><th>Wilson 95%</th>"
+                     "<th>p (exact binomial vs 0.5)</th><th>TOST p</th>"
+                     f"<th>equivalent (±{res['margin']:g})</th><th>cluster bootstrap 95%</th><th>d′</th><th>c</th></tr>"
+                     + "".join(rows) + "</table>")
+        parts.append(f"<p class='verdict'>{escape(_text(res)[-1])}</p>")
+    if "ratings" in res:
+        rows = []
+        for name, s in res["ratings"]["systems"].items():
+            rows.append(f"<tr><td>{escape(name)}</td><td>{s['n']}</td><td>{_fmt(s['mean'], 4)}</td>"
+                        f"<td>[{_fmt(s['ci_low'], 4)}, {_fmt(s['ci_high'], 4)}]</td>"
+                        f"<td>[{_fmt(s['bootstrap']['ci_low'], 4)}, {_fmt(s['bootstrap']['ci_high'], 4)}]</td></tr>")
+        parts.append("<h2>Scores</h2><table><tr><th>system</th><th>n</th><th>mean</th><th>95% t interval</th>"
+                     "<th>cluster bootstrap 95%</th></tr>" + "".join(rows) + "</table>")
+    for title, uri in plots:
+        parts.append(f"<figure><img src='{uri}' alt='{escape(title)}'><figcaption>{escape(title)}</figcaption></figure>")
+    ex = "".join(f"<tr><td>{e['participant']}</td><td>{escape(e['external_id'] or '–')}</td><td>{e['screening']}</td>"
+                 f"<td>{e['catch']}</td><td>{escape('; '.join(e['reasons']))}</td></tr>" for e in res["exclusions"])
+    parts.append(f"<h2>Exclusions ({len(res['exclusions'])})</h2>"
+                 + ("<table><tr><th>participant</th><th>external id</th><th>headphone check</th><th>catch</th>"
+                    f"<th>reasons</th></tr>{ex}</table>" if ex else "<p>None.</p>"))
+    li = res["listening"]
+    parts.append(f"<h2>Listening behaviour</h2><p>Median plays per stimulus {_fmt(li['median_plays'], 2)}, median time "
+                 f"heard {_fmt(li['median_listened_s'], 2)} s, median time per trial {_fmt(li['median_trial_s'], 2)} s.</p>")
+    parts.append(
+        "<h2>Methods</h2><p>Accuracy: exact two-sided binomial test against 0.5 and Wilson score intervals, which treat "
+        "every trial as independent. Equivalence (\"indistinguishable\"): two one-sided exact binomial tests (TOST) "
+        f"against 0.5 ± {res['margin']:g} at alpha {res['alpha']:g}. d′ and criterion c: signal detection with the "
+        "log-linear correction; in 2AFC, c is a bias towards answering A. Because listeners differ in skill and clips in "
+        f"difficulty, a two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, percentile "
+        "interval) gives the interval to generalise with. Ratings: means with Student-t intervals; MUSHRA assessors who "
+        "rate the hidden reference below 90 for more than 15% of items are excluded (ITU-R BS.1534-3). Participants who "
+        "did not finish, failed the headphone check or a catch trial are excluded and listed above.</p>")
+    style = ("body{font:15px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#1b1f24}"
+             "table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #d6dbe1;padding:4px 8px;"
+             "text-align:left;font-size:14px}th{background:#f1f4f8}figure{margin:12px 0}.verdict{font-weight:600}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Report: {escape(res['experiment'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float = 0.05, n_boot: int = 2000,
+                include_incomplete: bool = False, apply_exclusions: bool = True) -> dict:
+    """Analyse EXP_DIR and write report.html (plots embedded) and report.json (atomically)."""
+    import json
+    import time
+    from pathlib import Path
+
+    from audiogen import audio as A
+    from audiogen.errors import AudiogenError
+
+    if margin is not None and not 0 < margin < 0.5:
+        raise AudiogenError("--margin must be in (0, 0.5)")
+    res = analyse(exp_dir, margin, alpha, n_boot, include_incomplete, apply_exclusions)
+    res.pop("_flat", None)
+    res["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out = Path(out_dir) if out_dir else Path(exp_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    text = _text(res)
+    A.atomic_write_text(out / "report.json", json.dumps(res, indent=1, default=str))
+    A.atomic_write_text(out / "report.html", _html(res, _plots(res)))
+    text.append(f"report: {out / 'report.html'}")
+    return {"summary": res, "text": text, "html": out / "report.html"}

@@ -101,8 +101,9 @@ def cluster_bootstrap(y: np.ndarray, participant: np.ndarray, item: np.ndarray, 
     conservative. Percentile interval.
     """
     y = np.asarray(y, dtype=np.float64)
-    if y.size == 0:
-        return {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n_boot": 0}
+    if y.size == 0 or n_boot == 0:
+        return {"estimate": float(y.mean()) if y.size else math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                "n_boot": 0}
     pu, pi = np.unique(participant, return_inverse=True)
     iu, ii = np.unique(item, return_inverse=True)
     rng = np.random.default_rng(seed)

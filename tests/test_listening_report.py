@@ -1,0 +1,97 @@
+"""``listen report`` on simulated listeners with known accuracy: recovery, exclusions, HTML."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiogen.errors import AudiogenError
+from audiogen.listening import experiment as E
+from audiogen.listening.loadtest import simulate_into_db
+from audiogen.listening.report import analyse, make_report
+from listening_helpers import REPO, experiment_yaml
+
+SHOTS = os.environ.get("AUDIOGEN_SCREENSHOTS")
+
+
+def _exp(tmp_path, design, **kw) -> Path:
+    d = tmp_path / "exp"
+    E.create_experiment(experiment_yaml(tmp_path / "src", design, **kw), d, log=lambda *_: None)
+    return d
+
+
+def test_2afc_report_recovers_known_accuracy_and_lists_exclusions(tmp_path):
+    d = _exp(tmp_path, "2afc", n_human=4, n_gen=6)
+    # sysA is easy to spot (85%), sysB is not (50%); 3 participants fail a check
+    simulate_into_db(d, 83, {"sysA": 0.85, "sysB": 0.5}, seed=1, fail_screening=2, fail_catch=1)
+    res = analyse(d, n_boot=400)
+    assert res["participants"] == {"total": 83, "completed": 83, "included": 80, "excluded": 3}
+    assert [e["participant"] for e in res["exclusions"]] == ["P0000", "P0001", "P0002"]
+    assert "headphone screening" in res["exclusions"][0]["reasons"][0]
+    assert "catch trials" in res["exclusions"][2]["reasons"][0]
+    assert res["trials_used"] == 80 * 6
+    ident = res["identification"]
+    a, b = ident["systems"]["sysA"], ident["systems"]["sysB"]
+    assert a["n"] == b["n"] == 240
+    assert a["accuracy"]["ci_low"] <= 0.85 <= a["accuracy"]["ci_high"]
+    assert a["bootstrap"]["ci_low"] <= 0.85 <= a["bootstrap"]["ci_high"]
+    assert a["accuracy"]["p_value"] < 1e-10 and not a["tost"]["equivalent"] and a["sdt"]["dprime"] > 1
+    assert b["accuracy"]["ci_low"] <= 0.5 <= b["accuracy"]["ci_high"] and b["accuracy"]["p_value"] > 0.01
+    assert abs(b["sdt"]["dprime"]) < 0.4
+    # the same data without exclusions: everyone is in
+    assert analyse(d, n_boot=50, apply_exclusions=False)["participants"]["included"] == 83
+
+
+def test_report_command_writes_html_with_plots_and_json(tmp_path):
+    d = _exp(tmp_path, "2afc")
+    simulate_into_db(d, 30, {"sysA": 0.7, "sysB": 0.6}, seed=2, fail_screening=1)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "listen", "report", str(d), "--bootstrap", "200",
+                        "--margin", "0.15"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "excluded P0000 (sim-0): headphone screening" in r.stdout and "overall" in r.stdout
+    html = (d / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "Exclusions (1)" in html and "±0.15" in html
+    js = json.loads((d / "report" / "report.json").read_text())
+    assert js["margin"] == 0.15 and js["identification"]["overall"]["n"] == 29 * 3
+    if SHOTS:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium")
+            page = b.new_page(viewport={"width": 1000, "height": 1000})
+            page.goto((d / "report" / "report.html").as_uri())
+            page.screenshot(path=str(Path(SHOTS) / "listen_report.png"), full_page=False)
+            b.close()
+
+
+def test_mushra_report_applies_bs1534_post_screening_and_recovers_means(tmp_path):
+    d = _exp(tmp_path, "mushra", n_human=3, n_gen=6)
+    simulate_into_db(d, 24, {"sysA": 0.7, "sysB": 0.4, "hidden_reference": 0.97, "anchor": 0.2}, seed=3,
+                     fail_reference=2)
+    res = analyse(d, n_boot=300)
+    assert [e["participant"] for e in res["exclusions"]] == ["P0000", "P0001"]
+    assert "BS.1534 post-screening" in res["exclusions"][0]["reasons"][0]
+    s = res["ratings"]["systems"]
+    assert set(s) == {"anchor", "hidden_reference", "sysA", "sysB"}
+    assert s["sysA"]["ci_low"] <= 70 <= s["sysA"]["ci_high"] and s["sysB"]["ci_low"] <= 40 <= s["sysB"]["ci_high"]
+    assert s["sysA"]["n"] == 22 * 3
+
+
+def test_mos_report(tmp_path):
+    d = _exp(tmp_path, "mos", n_human=2, n_gen=2)
+    simulate_into_db(d, 20, {"human": 0.9, "sysA": 0.5, "sysB": 0.5}, seed=4)
+    s = analyse(d, n_boot=100)["ratings"]["systems"]
+    assert s["human"]["mean"] > s["sysA"]["mean"] and 1 <= s["sysA"]["ci_low"] <= s["sysA"]["ci_high"] <= 5
+
+
+def test_report_on_a_folder_that_is_no_experiment_is_a_clear_error(tmp_path):
+    with pytest.raises(AudiogenError, match="not an experiment folder"):
+        make_report(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "listen", "report", str(tmp_path)], capture_output=True,
+                       text=True, cwd=REPO)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not an experiment folder" in r.stderr
