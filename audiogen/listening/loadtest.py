@@ -223,3 +223,26 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
             store.complete(token, "SIM")
     finally:
         store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python eval/listen_loadtest.py --url URL --db EXP_DIR/listen.db``: N participants at once."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Simulated participants against a running 'audiogen listen serve' "
+                                 "(start it with a high --new-sessions-per-minute: they all come from one IP). "
+                                 "Prints one JSON object: latency percentiles and the database check.")
+    ap.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    ap.add_argument("--participants", type=int, default=200, help="concurrent participants (default: %(default)s)")
+    ap.add_argument("--db", default=None, help="the experiment's listen.db, to check that no answer was lost")
+    ap.add_argument("--dup-rate", type=float, default=0.1, help="share of answers sent twice (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    results, lat, wall = asyncio.run(run_participants(a.url.rstrip("/"), a.participants, a.seed, a.dup_rate))
+    out = {"participants": a.participants, "completed": sum(r.completed for r in results), "wall_s": round(wall, 2),
+           "requests": sum(len(v) for v in lat.values()), "latency": percentiles(lat),
+           "retries": sum(r.retries for r in results)}
+    if a.db:
+        out["database"] = check_database(a.db, results)
+    print(json.dumps(out))
+    return 0

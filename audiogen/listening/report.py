@@ -252,7 +252,7 @@ def _plots(res: dict) -> list[tuple[str, str]]:
         ax.set_yticks(y, [f"{n} (n={b['n']})" for n, b in zip(names, blocks)])
         ax.set_xlim(0, 1)
         ax.set_xlabel("identification accuracy (AI clip picked / origin named correctly)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         out.append(("Identification accuracy", _png(fig)))
         acc = list(ident["per_participant_accuracy"].values())
         if acc:
