@@ -99,6 +99,14 @@ def dataset_features(num_codebooks: int):
     })
 
 
+def default_workers(device: str) -> int:
+    """Decoding processes: all cores when a GPU tokenizes (decoding is then the bottleneck);
+    a quarter of them on CPU, where the codec needs the rest (it is ~85% of the work for
+    encodec_24khz, see benchmarks/prep.py)."""
+    cores = os.cpu_count() or 1
+    return cores if str(device).startswith("cuda") else max(1, cores // 4)
+
+
 @dataclass
 class PrepConfig:
     audio_dir: str
@@ -113,8 +121,8 @@ class PrepConfig:
     #: a tail (or a whole file) shorter than this is dropped; None = segment_s / 3
     min_segment_s: float | None = None
     captions: str | None = None
-    #: decoding/analysis processes; 0 or 1 = in the main process
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: decoding/analysis processes; 0 = in the main process; None = default_workers(device)
+    workers: int | None = None
     #: full-length segments per codec call
     batch_size: int = 8
     seed: int = 0
@@ -138,6 +146,8 @@ class PrepConfig:
             raise AudiogenError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.batch_size < 1:
             raise AudiogenError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.workers is None:
+            self.workers = default_workers(self.device)
         if self.workers < 0:
             raise AudiogenError(f"--workers must be >= 0, got {self.workers}")
 
@@ -324,14 +334,6 @@ def compose_caption(meta: dict, bpm: float | None, key: str | None) -> str:
 # ----------------------------------------------------------------------------- per file (worker)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass
 class _Task:
     path: str
@@ -360,7 +362,7 @@ def _process_file_unchecked(t: _Task) -> dict:
     """Decode + analyse one file. Returns {rel, sha256, status, ...}; status is
     ``error`` (unreadable, no hash), ``skipped`` (content-determined, cacheable),
     ``cached`` (shard exists) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
-    from audiogen.audio import audio_info, load_audio, resample, sample_peak_dbfs
+    from audiogen.audio import audio_info, load_audio, resample, sample_peak_dbfs, sha256_file
 
     path = Path(t.path)
     res: dict = {"rel": t.rel}
@@ -438,7 +440,7 @@ def _worker_init(parent_pid: int) -> None:
 
 def _results(tasks: list[_Task], workers: int):
     """Yield each task's result in order, decoding up to ``2 * workers`` files ahead."""
-    if workers <= 1:
+    if workers == 0:
         for t in tasks:
             yield _process_file(t)
         return

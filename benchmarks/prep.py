@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, load_codec, num_codebooks_for_bandwidth
-from audiogen.prep import PrepConfig, prepare
+from audiogen.prep import PrepConfig, default_workers, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--music-dir", default=os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))
     ap.add_argument("--tracks", type=int, default=3, help="how many real tracks (whole files)")
     ap.add_argument("--segment", type=float, default=30.0)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=None, help="default: audiogen.prep.default_workers(device)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--no-real", action="store_true", help="skip the real-size encodec_24khz architecture")
@@ -98,7 +98,8 @@ def main() -> None:
             if not args.no_real:
                 codecs.append(("encodec_24khz (random weights, 6 kbps)", real_size_codec(device)))
             for name, codec in codecs:
-                ours = run_once(src, codec, device, args.workers, args.batch_size, args.segment)
+                workers = default_workers(device) if args.workers is None else args.workers
+                ours = run_once(src, codec, device, workers, args.batch_size, args.segment)
                 peer = run_once(src, codec, device, 0, 1, args.segment)
                 result["runs"].append({
                     "codec": name, "device": device, "audiogen": ours, "naive_peer": peer,

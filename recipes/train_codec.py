@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -39,32 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _latest_checkpoint(root: Path) -> Path | None:
-    ckpts = sorted(p for p in root.glob("step_*") if (p / "trainer.json").is_file())
-    return ckpts[-1] if ckpts else None
-
-
-def save_checkpoint(accelerator, root: Path, step: int, keep: int) -> Path:
-    """Accelerate state into a temp folder, renamed into place once complete (a kill leaves no half checkpoint)."""
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-step_{step:07d}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "trainer.json").write_text(json.dumps({"step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        old = sorted(p for p in root.glob("step_*") if p != final)
-        for p in old[: max(0, len(old) - (keep - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def train(cfg) -> int:
     import torch
     import yaml
@@ -74,6 +47,7 @@ def train(cfg) -> int:
 
     from audiogen.audio import atomic_write_text, find_audio_files
     from audiogen.codec_training import RandomCrops, StepSampler, decode_to_cache, make_parts, split_tracks
+    from audiogen.training import latest_checkpoint
 
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
@@ -116,7 +90,7 @@ def train(cfg) -> int:
     accelerator.register_for_checkpointing(parts.balancer)
 
     start = 0
-    latest = _latest_checkpoint(ckpt_root)
+    latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         accelerator.load_state(str(latest))
         start = json.loads((latest / "trainer.json").read_text())["step"]
@@ -150,9 +124,11 @@ def train(cfg) -> int:
 
 
 def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops) -> int:
+    import torch
     from tqdm import tqdm
 
     from audiogen.codec_training import evaluate, train_step
+    from audiogen.training import save_checkpoint
 
     accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
     parts.codec.train()
@@ -163,6 +139,9 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
         metrics = train_step(parts, wav.to(accelerator.device), step)
         done = step + 1
         bar.update(1)
+        if accelerator.num_processes > 1:  # every rank must stop (and save) at the same step
+            flag = torch.tensor(float(stop["requested"]), device=accelerator.device)
+            stop["requested"] = bool(accelerator.reduce(flag, reduction="sum") > 0)
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             accelerator.log(metrics, step=done)
             bar.set_postfix(mel=f"{metrics['loss/mel']:.3f}", usage=f"{metrics['codebook_usage']:.2f}")

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-segment", type=float, default=None, metavar="S",
                    help="drop a last (or only) segment shorter than this; never padded (default: segment / 3)")
     p.add_argument("--captions", default=None, metavar="FILE", help="CSV/JSONL of captions and metadata keyed by relative path")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="processes decoding and analysing files; 0 = in the main process (default: %(default)s, the cores)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes decoding and analysing files while the main process tokenizes; 0 = all in the "
+                   f"main process (default: all {os.cpu_count()} cores with --device cuda, a quarter of them on cpu)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B",
                    help="segments per codec call (default: %(default)s; raise it on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid assignment (default: %(default)s)")
