@@ -166,9 +166,6 @@ def validate(cfg: TrainConfig) -> None:
         bad = set(getattr(cfg, section)) - names
         if bad:
             raise AudiogenError(f"unknown {section} keys: {', '.join(sorted(bad))} (known: {', '.join(sorted(names))})")
-    if cfg.init_from and (cfg.lm or set(cfg.conditioner) - set(DROPOUT_KEYS)):
-        raise AudiogenError("with init_from the model's own lm/conditioner settings are used; only conditioner."
-                            f"{'/'.join(DROPOUT_KEYS)} may be set")
     if set(cfg.lm) & {"num_codebooks", "cardinality", "cond_dim"}:
         raise AudiogenError("lm.num_codebooks/cardinality come from the dataset's codec and lm.cond_dim from "
                             "conditioner.dim; leave them out")
@@ -279,7 +276,7 @@ def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
         return "codec", codec
     if name in PRETRAINED_FILES:
         return name, None
-    if name == "tiny-seed0":
+    if name == "tiny-seed0" and desc.get("weights_sha256") is None:
         return "tiny", None
     raise AudiogenError(f"the dataset was tokenized with codec '{name}', which is not a named codec: set "
                         "codec=PATH to the codec folder it was prepared with")
@@ -300,7 +297,7 @@ def build_conditioner_config(cfg: TrainConfig, train_ds):
 
 
 def build_model(cfg: TrainConfig, train_ds, codec_desc: dict, saved: dict | None = None):
-    """(lm, conditioner) for a run: from ``saved`` configs (a resumed run), ``init_from``, or the config.
+    """(lm, conditioner) for a run: from ``init_from``, ``saved`` configs (a resumed run), or the config.
 
     Returns modules in float32 on CPU.
     """
@@ -308,7 +305,7 @@ def build_model(cfg: TrainConfig, train_ds, codec_desc: dict, saved: dict | None
     from audiogen.lm import LM, LMConfig, named_config
 
     K, card = int(codec_desc["num_codebooks"]), int(codec_desc["cardinality"])
-    if cfg.init_from and saved is None:
+    if cfg.init_from:  # also when resuming: its text encoder may live inside the model dir
         from audiogen.checkpoint import load_model, read_config
 
         mcfg = read_config(cfg.init_from)["lm"]
@@ -318,9 +315,14 @@ def build_model(cfg: TrainConfig, train_ds, codec_desc: dict, saved: dict | None
                 f"{mcfg.get('cardinality')} codes but the dataset's codec gives {K} x {card}")
         loaded = load_model(cfg.init_from)
         lm, cond = loaded.lm.train(), loaded.conditioner.train()
-        for k in DROPOUT_KEYS:  # condition dropout may change when fine-tuning; the architecture may not
-            if k in cfg.conditioner:
-                setattr(cond.cfg, k, float(cfg.conditioner[k]))
+        # the model's architecture and vocabularies are kept; condition dropout may change
+        for section, mcfg_obj in (("lm", lm.cfg), ("conditioner", cond.cfg)):
+            for k, v in getattr(cfg, section).items():
+                if k in DROPOUT_KEYS:
+                    setattr(mcfg_obj, k, float(v))
+                elif getattr(mcfg_obj, k) != v:
+                    raise AudiogenError(f"init_from={cfg.init_from} has {section}.{k}={getattr(mcfg_obj, k)!r}, "
+                                        f"the config asks for {v!r}: leave {section}.{k} out when fine-tuning")
     elif saved is not None:
         lm = LM(LMConfig.from_dict(saved["lm"]))
         cond = ConditionEncoder(ConditionerConfig.from_dict(saved["conditioner"]))
@@ -549,7 +551,7 @@ class _Run:
         step = start
         for step in range(start, cfg.max_steps):
             micro = [next(batches) for _ in range(cfg.grad_accum)]
-            stats = self.train_step(step, micro)
+            stats = train_step(self.model, self.optimizer, acc, micro, step, cfg, self.special)
             done = step + 1
             tokens_since += cfg.batch_size * self.frames * self.codec_info["num_codebooks"]
             bar.update(1)
@@ -594,45 +596,6 @@ class _Run:
             acc.print(f"trained {step} steps; model exported to {self.out / 'model'}")
         return 0
 
-    def train_step(self, step: int, micro: list) -> dict:
-        """One optimizer step over this process's ``grad_accum`` micro-batches (``audiogen.data.Batch``)."""
-        cfg, acc = self.cfg, self.accelerator
-        lr = lr_at(step, cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        prepared = []
-        counts = None
-        for b in micro:
-            b = b.to(acc.device)
-            inputs, targets, tmask = delay_inputs(b.codes, b.mask, self.special)
-            c = tmask.sum(dim=(0, 2)).float()
-            counts = c if counts is None else counts + c
-            prepared.append((inputs, targets, tmask, b.conds))
-        # the loss is a mean over the *global* batch's valid tokens of each codebook, so it
-        # (and its gradient) is the same for any number of processes and accumulation steps
-        counts = acc.reduce(counts, "sum").clamp(min=1)
-        K = counts.shape[0]
-        ce_total = torch.zeros(K, device=acc.device)
-        for i, (inputs, targets, tmask, conds) in enumerate(prepared):
-            sync = i == len(prepared) - 1
-            ctx = contextlib.nullcontext() if sync else acc.no_sync(self.model)
-            with ctx:
-                logits = self.model(inputs, conds)
-                sums, _ = codebook_ce_sums(logits, targets, tmask)
-                # DDP/FSDP average gradients over processes: scale by their number
-                loss = (sums / counts).sum() / K * acc.num_processes
-                acc.backward(loss)
-            ce_total += sums.detach()
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        per_cb = (acc.reduce(ce_total, "sum") / counts).tolist()
-        stats = {"loss": sum(per_cb) / K, "lr": lr}
-        stats.update({f"loss_{k}": v for k, v in enumerate(per_cb)})
-        if grad_norm is not None:
-            stats["grad_norm"] = float(grad_norm)
-        return stats
-
     def export(self, step: int) -> Path:
         """``OUT_DIR/model``: a model directory ``audiogen generate --model`` loads."""
         acc, cfg = self.accelerator, self.cfg
@@ -643,6 +606,48 @@ class _Run:
                          self.frames / float(self.codec_info["describe"]["frame_rate"]))
         acc.wait_for_everyone()
         return path
+
+
+def train_step(model, optimizer, acc, micro: list, step: int, cfg: TrainConfig, special: int) -> dict:
+    """One optimizer step over this process's micro-batches (``audiogen.data.Batch``, ``grad_accum`` of them).
+
+    ``model``/``optimizer`` are prepared by ``acc`` (an ``Accelerator``). Returns the logged figures.
+    """
+    lr = lr_at(step, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    prepared = []
+    counts = None
+    for b in micro:
+        b = b.to(acc.device)
+        inputs, targets, tmask = delay_inputs(b.codes, b.mask, special)
+        c = tmask.sum(dim=(0, 2)).float()
+        counts = c if counts is None else counts + c
+        prepared.append((inputs, targets, tmask, b.conds))
+    # the loss is a mean over the *global* batch's valid tokens of each codebook, so it
+    # (and its gradient) is the same for any number of processes and accumulation steps
+    counts = acc.reduce(counts, "sum").clamp(min=1)
+    K = counts.shape[0]
+    ce_total = torch.zeros(K, device=acc.device)
+    for i, (inputs, targets, tmask, conds) in enumerate(prepared):
+        sync = i == len(prepared) - 1
+        ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
+        with ctx:
+            logits = model(inputs, conds)
+            sums, _ = codebook_ce_sums(logits, targets, tmask)
+            # DDP/FSDP average gradients over processes: scale by their number
+            loss = (sums / counts).sum() / K * acc.num_processes
+            acc.backward(loss)
+        ce_total += sums.detach()
+    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    per_cb = (acc.reduce(ce_total, "sum") / counts).tolist()
+    stats = {"loss": sum(per_cb) / K, "lr": lr}
+    stats.update({f"loss_{k}": v for k, v in enumerate(per_cb)})
+    if grad_norm is not None:
+        stats["grad_norm"] = float(grad_norm)
+    return stats
 
 
 def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict, codec_obj, cfg: TrainConfig,

@@ -1,0 +1,344 @@
+"""LM training: data determinism, the delay-pattern loss, 1 vs 2 processes, overfitting one real
+clip, exact resume after kill -9, SIGTERM, conditioning, export + generate, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiogen.errors import AudiogenError
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "train_lm.py"
+TINY = REPO / "recipes" / "configs" / "tiny.yaml"
+GENRES = ["ambient", "rock", "ambient", "rock", "ambient", "rock"]
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs single-threaded like the subprocesses: on a shared 2-core machine,
+    oversubscribed OpenMP threads make a tiny step 20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def codec_dir(tmp_path_factory, tiny_codec) -> Path:
+    """The tiny codec saved as a folder: subprocesses load it in milliseconds."""
+    from audiogen.codec import save_codec
+
+    return save_codec(tiny_codec, tmp_path_factory.mktemp("lm_codec") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def codec(codec_dir):
+    from audiogen.codec import load_codec
+
+    return load_codec(codec_dir)
+
+
+@pytest.fixture(scope="module")
+def clips(codec, real_tracks) -> list[np.ndarray]:
+    """Six real clips tokenized with the tiny codec: int16 [K, T]; the first is short (0.6 s), the others 2 s."""
+    from audiogen.audio import load_audio
+
+    out = []
+    for i, t in enumerate(real_tracks[:6]):
+        wav, _ = load_audio(t, sample_rate=codec.sample_rate, channels=1, offset_s=20.0, duration_s=0.6 if i == 0 else 2.0)
+        out.append(codec.encode(torch.from_numpy(wav)[None])[0].numpy().astype(np.int16))
+    return out
+
+
+def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndarray]) -> Path:
+    """A prepared dataset (audiogen.prep's schema) from token arrays, with a few conditions per row."""
+    import datasets
+
+    from audiogen.prep import dataset_features
+
+    desc = json.dumps(codec.describe(), sort_keys=True)
+
+    def rows(arrays, split):
+        return [dict(id=f"{split}{i}", source=f"{split}{i}.ogg", sha256=f"{i:064d}", start_s=0.0,
+                     duration_s=a.shape[1] / codec.frame_rate, codec=desc, codes=a.tolist(),
+                     caption=f"a {GENRES[i % 6]} piece", genre=GENRES[i % 6], mood=["calm", "dark"][i % 2],
+                     bpm=80.0 + 20 * i, key="C major", instruments=["piano"] if i % 2 else ["synth"],
+                     license="CC-BY-SA-3.0", split=split, title=None, artist=None, attribution=None)
+                for i, a in enumerate(arrays)]
+
+    f = dataset_features(codec.num_codebooks)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows(train, "train"), features=f),
+                               "valid": datasets.Dataset.from_list(rows(valid, "valid"), features=f)})
+    dd.save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, codec, clips) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("lm_data") / "data", codec, clips[:5], clips[5:])
+
+
+def overrides(data_dir: Path, codec_dir: Path, out: Path, **extra) -> list[str]:
+    base = {"data_dir": data_dir, "codec": codec_dir, "out_dir": out, "max_steps": 8, "save_every": 3,
+            "log_every": 1, "eval_every": 4, "progress": "false", "batch_size": 4, "vocab_min_count": 1,
+            "segment_s": 0.8, "warmup_steps": 2}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def run_recipe(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [str(RECIPE), "--config", str(TINY), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, **kw)
+
+
+def train_in_process(args: list[str]) -> int:
+    from audiogen.training import load_train_config, train
+
+    return train(load_train_config(TINY, args))
+
+
+def log_records(out: Path) -> list[dict]:
+    recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]  # wall-clock speed varies
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, codec_dir) -> Path:
+    """An uninterrupted 8-step run (subprocess), exported in float32."""
+    out = tmp_path_factory.mktemp("lm_runs") / "uninterrupted"
+    r = run_recipe(overrides(data_dir, codec_dir, out, export_dtype="float32"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+# ------------------------------------------------------------------------------ data and loss
+
+
+def test_crops_depend_only_on_seed_and_index_and_short_rows_are_padded_and_masked(data_dir):
+    from audiogen.data import CropDataset, load_prepared
+
+    ds = load_prepared(data_dir)["train"]
+    a = CropDataset(ds, 60, special=64, seed=3)
+    b = CropDataset(ds, 60, special=64, seed=3)
+    for i in (0, 7, 123):
+        assert torch.equal(a[i]["codes"], b[i]["codes"]) and a[i]["cond"] == b[i]["cond"]
+    # one epoch visits every row once
+    assert sorted(a.row_of(i) for i in range(len(ds))) == list(range(len(ds)))
+    short = next(i for i in range(len(ds)) if a.row_of(i) == 0)  # row 0 holds 0.6 s = 45 frames
+    item = a[short]
+    assert item["codes"].shape == (4, 60)
+    assert item["mask"][:, :45].all() and not item["mask"][:, 45:].any()
+    assert (item["codes"][:, 45:] == 64).all()
+    # condition dropout is drawn per sample: everything dropped at p_drop_all=1
+    from audiogen.conditioning import Conditions, ConditionerConfig
+
+    dropped = CropDataset(ds, 60, 64, 3, drop=ConditionerConfig(text_encoder="none", p_drop_all=1.0))
+    assert dropped[5]["cond"] == Conditions() and a[5]["cond"].genre in ("ambient", "rock")
+
+
+def test_a_step_covers_the_same_samples_for_any_number_of_processes_and_accumulation():
+    from audiogen.data import StepBatchSampler
+
+    one = list(StepBatchSampler(2, 4, global_batch=8))
+    assert one == [list(range(16, 24)), list(range(24, 32))]
+    for world, accum in ((2, 1), (4, 2), (2, 4)):
+        per_rank = [list(StepBatchSampler(2, 4, 8, world, r, accum)) for r in range(world)]
+        for s in range(2):  # the union of all ranks' micro-batches of step s is the global batch
+            got = sorted(i for r in range(world) for mb in per_rank[r][s * accum : (s + 1) * accum] for i in mb)
+            assert got == one[s]
+    with pytest.raises(AudiogenError, match="divisible"):
+        StepBatchSampler(0, 1, 6, world=4)
+
+
+def test_loss_targets_the_delay_pattern_with_bos_input_and_masks_special_and_padding():
+    from audiogen.training import codebook_ce_sums, delay_inputs
+
+    K, T, special = 3, 5, 9
+    codes = torch.arange(K * T).view(1, K, T) % 9
+    mask = torch.ones(1, K, T, dtype=torch.bool)
+    mask[..., 4:] = False  # last frame is padding
+    inputs, targets, tmask = delay_inputs(codes, mask, special)
+    assert inputs.shape == targets.shape == tmask.shape == (1, K, T + K - 1)
+    assert (inputs[:, :, 0] == special).all() and torch.equal(inputs[:, :, 1:], targets[:, :, :-1])
+    for k in range(K):
+        assert torch.equal(targets[0, k, k : k + T], codes[0, k])
+        assert tmask[0, k].tolist() == [k <= j < k + 4 for j in range(T + K - 1)]
+    # a perfect prediction of the valid targets gives zero loss whatever sits at masked positions
+    logits = torch.full((1, K, T + K - 1, 9), -1e4)
+    logits.scatter_(-1, targets.clamp(max=8)[..., None], 1e4)
+    logits[~tmask] = torch.randn(int((~tmask).sum()), 9)
+    sums, counts = codebook_ce_sums(logits, targets, tmask)
+    assert sums.abs().max() < 1e-3 and counts.tolist() == [4.0, 4.0, 4.0]
+
+
+def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
+    from audiogen.training import TrainConfig, lr_at
+
+    cfg = TrainConfig(data_dir="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, codec_dir, tmp_path):
+    args = dict(max_steps=4, save_every=4, eval_every=2, batch_size=4)
+    r = run_recipe(overrides(data_dir, codec_dir, tmp_path / "two", **args),
+                   launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "one", **args)) == 0
+    one, two = log_records(tmp_path / "one"), log_records(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 6  # 4 train + 2 eval lines
+    for a, b in zip(one, two):
+        for key in a:
+            if key.startswith(("loss", "eval/")):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    assert w1.keys() == w2.keys()
+    assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-3) for k in w1)  # fp16 export
+
+
+def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec, codec_dir, clips, tmp_path):
+    from audiogen.checkpoint import load_model
+    from audiogen.conditioning import Conditions
+    from audiogen.generate import SamplingParams, generate_window
+
+    clip = clips[1][:, :40]  # 40 frames (0.53 s) of real music
+    data = make_dataset(tmp_path / "one_clip", codec, [clip], [clip])
+    out = tmp_path / "overfit"
+    code = train_in_process(overrides(
+        data, codec_dir, out, segment_s=40 / codec.frame_rate, batch_size=2, max_steps=250, lr=0.01, warmup_steps=20,
+        min_lr_ratio=0.05, eval_every=0, save_every=1000, log_every=50, export_dtype="float32",
+        **{"conditioner.p_drop_all": 0.0, "conditioner.p_drop_attr": 0.0, "conditioner.p_drop_text": 0.0}))
+    assert code == 0
+    final = log_records(out)[-1]
+    assert final["step"] == 250 and final["loss"] < 0.05, final
+    loaded = load_model(out / "model")
+    row = Conditions(text="a ambient piece", genre="ambient", mood="calm", bpm=80.0, key="C major", instruments=["synth"])
+    cond, mask = loaded.conditioner([row])
+    codes = generate_window(loaded.lm, cond, mask, clip.shape[1], SamplingParams(temperature=0, cfg_scale=1.0), None)
+    assert torch.equal(codes[0], torch.from_numpy(clip.astype(np.int64)))
+
+
+def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(trained, data_dir, codec_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = overrides(data_dir, codec_dir, out, export_dtype="float32")
+    first = run_recipe([*args, "kill_at_step=5"])
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    resumed = run_recipe(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert (out / "model" / "model.safetensors").read_bytes() == (trained / "model" / "model.safetensors").read_bytes()
+    assert log_records(out) == log_records(trained)  # the whole loss curve, bit for bit (JSON floats round-trip)
+    # keep_checkpoints=2: the newest two survive
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000006", "step_0000008"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(data_dir, codec_dir, tmp_path):
+    out = tmp_path / "term"
+    cmd = [sys.executable, str(RECIPE), "--config", str(TINY),
+           *overrides(data_dir, codec_dir, out, max_steps=100000, save_every=100000, eval_every=0)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "log.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    last = log_records(out)[-1]["step"]
+    ckpts = [p.name for p in (out / "checkpoints").glob("step_*")]
+    assert ckpts == [f"step_{last:07d}"] and 3 <= last < 100000
+    assert (out / "model" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ the result
+
+
+def test_conditions_change_the_logits_and_an_all_dropped_row_still_runs(trained):
+    from audiogen.checkpoint import load_model
+    from audiogen.conditioning import Conditions
+
+    m = load_model(trained / "model")
+    tokens = torch.randint(0, m.lm.cfg.cardinality, (1, m.lm.cfg.num_codebooks, 12))
+    a = Conditions(genre="ambient", mood="calm", bpm=80.0, key="C major", instruments=["synth"])
+    b = Conditions(genre="rock", mood="dark", bpm=160.0, key="C major", instruments=["piano"])
+    with torch.no_grad():
+        la, lb, ln = (m.lm(tokens, *m.conditioner([c])) for c in (a, b, Conditions()))
+    assert (la - lb).abs().max() > 1e-4
+    assert torch.isfinite(ln).all() and (ln - la).abs().max() > 1e-4
+    # the vocabularies came from the train split
+    assert m.conditioner.vocab["genre"] == ["ambient", "rock"] and m.conditioner.cfg.bpm_buckets
+
+
+def test_exported_model_dir_loads_and_audiogen_generate_uses_it(trained, codec, tmp_path):
+    from audiogen.checkpoint import load_model, read_config
+
+    config = read_config(trained / "model")
+    assert config["codec"]["spec"] == "codec" and (trained / "model" / "codec" / "codec.json").is_file()
+    assert config["training"]["steps"] == 8
+    m = load_model(trained / "model")
+    assert m.codec.num_codebooks == codec.num_codebooks and m.lm.cfg.cardinality == codec.cardinality
+    wav = tmp_path / "out.wav"
+    r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "a calm ambient piece", "--genre", "ambient",
+                        "--duration", "1", "--out", str(wav), "--model", str(trained / "model"), "--quiet"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert wav.is_file() and wav.stat().st_size > 1000
+
+
+def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, codec_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ft"
+    assert train_in_process(overrides(data_dir, codec_dir, out, init_from=trained / "model", max_steps=1, lr=1e-12,
+                                      warmup_steps=0, eval_every=0, export_dtype="float32")) == 0
+    before, after = (load_file(str(d / "model.safetensors")) for d in (trained / "model", out / "model"))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    with pytest.raises(AudiogenError, match="lm.dim=64, the config asks for 32"):
+        train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft2", init_from=trained / "model", **{"lm.dim": 32}))
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir, tmp_path):
+    r = run_recipe(overrides(data_dir, codec_dir, tmp_path / "bad", learning_rate=0.1))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown config keys: learning_rate")
+    from audiogen.training import load_train_config
+
+    for bad, msg in [("batch_size=many", "batch_size: expected int"), ("lm.width=3", "unknown lm keys: width"),
+                     ("model=huge", "valid names"), ("grad_accum=3", "divisible")]:
+        with pytest.raises(AudiogenError, match=msg):
+            load_train_config(TINY, [f"data_dir={data_dir}", bad])
+    with pytest.raises(AudiogenError, match="not a prepared dataset"):
+        train_in_process(overrides(tmp_path, codec_dir, tmp_path / "nodata"))
+
+
+def test_resuming_with_a_different_seed_is_refused(trained, data_dir, codec_dir):
+    with pytest.raises(AudiogenError, match="different seed"):
+        train_in_process(overrides(data_dir, codec_dir, trained, seed=1))
