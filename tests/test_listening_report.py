@@ -95,3 +95,14 @@ def test_report_on_a_folder_that_is_no_experiment_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "audiogen", "listen", "report", str(tmp_path)], capture_output=True,
                        text=True, cwd=REPO)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not an experiment folder" in r.stderr
+
+
+def test_single_stimulus_report_gives_dprime_of_simulated_listeners(tmp_path):
+    from scipy.stats import norm
+
+    d = _exp(tmp_path, "single", n_human=3, n_gen=3)
+    # every origin named correctly with p = 0.8: H = 0.8, F = 0.2 -> d' = 2 z(0.8) = 1.68, no bias
+    simulate_into_db(d, 60, {"human": 0.8, "sysA": 0.8, "sysB": 0.8}, seed=5)
+    o = analyse(d, n_boot=200)["identification"]["overall"]
+    assert o["n"] == 60 * 6 and o["accuracy"]["ci_low"] <= 0.8 <= o["accuracy"]["ci_high"]
+    assert o["sdt"]["dprime"] == pytest.approx(2 * norm.ppf(0.8), abs=0.35) and abs(o["sdt"]["c"]) < 0.2

@@ -130,16 +130,22 @@ def test_rate_limit_answers_429(exp_dir):
         assert c.post("/api/session", content=b"x" * 70000, headers={"content-type": "application/json"}).status_code == 413
 
 
-@pytest.mark.slow
-def test_load_200_concurrent_participants_lose_and_duplicate_nothing(exp_dir, tmp_path):
+def _fresh_copy(exp_dir, tmp_path):
+    """The experiment with an empty answers database (other tests wrote to the shared one)."""
     import shutil
+
+    from audiogen.listening.db import init_db
 
     d = tmp_path / "exp"
     shutil.copytree(exp_dir, d)
     (d / "listen.db").unlink()
-    from audiogen.listening.db import init_db
-
     init_db(d / "listen.db", E.read_manifest(d))
+    return d
+
+
+@pytest.mark.slow
+def test_load_200_concurrent_participants_lose_and_duplicate_nothing(exp_dir, tmp_path):
+    d = _fresh_copy(exp_dir, tmp_path)
     port = free_port()
     proc = start_server(d, port, "--new-sessions-per-minute", "100000")
     try:
@@ -160,14 +166,7 @@ def test_load_200_concurrent_participants_lose_and_duplicate_nothing(exp_dir, tm
 
 @pytest.mark.slow
 def test_kill_9_mid_session_loses_no_acknowledged_answer_and_participants_resume(exp_dir, tmp_path):
-    import shutil
-
-    from audiogen.listening.db import init_db
-
-    d = tmp_path / "exp"
-    shutil.copytree(exp_dir, d)
-    (d / "listen.db").unlink()
-    init_db(d / "listen.db", E.read_manifest(d))
+    d = _fresh_copy(exp_dir, tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(d, port, "--new-sessions-per-minute", "100000")

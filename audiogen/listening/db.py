@@ -1,7 +1,7 @@
 """The answers database: SQLite in WAL mode, schema versioned, one answer per (participant, slot).
 
 Every write commits (``synchronous=FULL``: the WAL is fsynced) before the server
-acknowledges it, so a ``kill -9`` after an acknowledgement loses nothing. An answer
+acknowledges it (writes arriving together share one commit), so a ``kill -9`` after an acknowledgement loses nothing. An answer
 carries a client-generated ``answer_id``: resubmitting the same id is a no-op that
 reports ``duplicate``; a different id for an already answered slot is a ``conflict``.
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from audiogen.errors import AudiogenError
@@ -79,94 +81,161 @@ def init_db(path: str | os.PathLike, manifest: dict) -> None:
 
 
 class AnswerStore:
-    """Thread-safe access for the server: one connection, writes serialized by a lock."""
+    """Thread-safe access for the server.
 
-    def __init__(self, path: str | os.PathLike, manifest: dict):
+    Writes go through one writer thread that commits them in groups: every write waiting
+    when a transaction starts shares its commit (one fsync), and each caller gets its result
+    only after that commit. Reads use per-thread connections (WAL lets them run alongside
+    the writer). ``durable=False`` (simulations only) skips the fsync.
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, durable: bool = True):
         from audiogen.listening.experiment import participant_plan
 
         self._plan = participant_plan
         self.manifest = manifest
-        self.con = connect(path)
-        self.lock = threading.Lock()
+        self.path = Path(path)
+        self._writer_con = connect(path)
+        if not durable:
+            self._writer_con.execute("PRAGMA synchronous=OFF")
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._plans: dict[str, dict] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="answers-writer", daemon=True)
+        self._writer.start()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def read(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = connect(self.path)
+            con.execute("PRAGMA query_only=ON")
+            self._local.con = con
+            with self._readers_lock:
+                self._readers.append(con)
+        return con
+
+    def _write(self, fn):
+        """Run ``fn(con)`` in the writer thread; returns its result once it is committed."""
+        fut: Future = Future()
+        self._queue.put((fn, fut))
+        return fut.result()
+
+    def _write_loop(self) -> None:
+        con = self._writer_con
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in batch)
+            batch = [item for item in batch if item is not None]
+            if batch:
+                results = []
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    for fn, _ in batch:
+                        con.execute("SAVEPOINT one")
+                        try:
+                            results.append((True, fn(con)))
+                            con.execute("RELEASE one")
+                        except Exception as e:  # this write fails alone; the others still commit
+                            con.execute("ROLLBACK TO one")
+                            con.execute("RELEASE one")
+                            results.append((False, e))
+                    con.execute("COMMIT")
+                except Exception as e:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
+                    results = [(False, e)] * len(batch)
+                for (_, fut), (ok, value) in zip(batch, results):
+                    fut.set_result(value) if ok else fut.set_exception(value)
+            if stop:
+                return
 
     def close(self) -> None:
-        self.con.close()
+        self._queue.put(None)
+        self._writer.join()
+        self._writer_con.close()
+        with self._readers_lock:
+            for con in self._readers:
+                con.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    # ---------------------------------------------------------------- operations
 
     def create_participant(self, external_id: str | None, user_agent: str | None) -> tuple[str, dict]:
-        with self.lock:
-            self.con.execute("BEGIN IMMEDIATE")
-            try:
-                idx = self.con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM participants").fetchone()[0]
-                plan = self._plan(self.manifest, idx)
-                token = secrets.token_urlsafe(18)
-                self.con.execute(
-                    "INSERT INTO participants (token, idx, seed, plan, external_id, user_agent, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (token, idx, plan["seed"], json.dumps(plan), external_id, user_agent, time.time()),
-                )
-                self.con.execute("COMMIT")
-            except BaseException:
-                self.con.execute("ROLLBACK")
-                raise
-        return token, plan
+        token = secrets.token_urlsafe(18)
+
+        def insert(con):
+            idx = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM participants").fetchone()[0]
+            plan = self._plan(self.manifest, idx)
+            con.execute(
+                "INSERT INTO participants (token, idx, seed, plan, external_id, user_agent, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token, idx, plan["seed"], json.dumps(plan), external_id, user_agent, time.time()),
+            )
+            return plan
+
+        return token, self._write(insert)
 
     def participant(self, token: str, with_answered: bool = True) -> dict | None:
         """The participant's row with its plan decoded (plans never change: cached) and answered slots."""
-        with self.lock:
-            row = self.con.execute("SELECT token, idx, seed, external_id, created_at, consent_at, completed_at, "
-                                   "completion_code FROM participants WHERE token = ?", (token,)).fetchone()
-            if row is None:
-                return None
-            plan = self._plans.get(token)
-            if plan is None:
-                plan = json.loads(self.con.execute("SELECT plan FROM participants WHERE token = ?",
-                                                   (token,)).fetchone()[0])
-                if len(self._plans) > 20_000:
-                    self._plans.clear()
-                self._plans[token] = plan
-            slots = [r[0] for r in self.con.execute("SELECT slot FROM answers WHERE participant = ?", (token,))] \
-                if with_answered else []
+        con = self.read()
+        row = con.execute("SELECT token, idx, seed, external_id, created_at, consent_at, completed_at, "
+                          "completion_code FROM participants WHERE token = ?", (token,)).fetchone()
+        if row is None:
+            return None
+        plan = self._plans.get(token)
+        if plan is None:
+            plan = json.loads(con.execute("SELECT plan FROM participants WHERE token = ?", (token,)).fetchone()[0])
+            if len(self._plans) > 20_000:
+                self._plans.clear()
+            self._plans[token] = plan
+        slots = [r[0] for r in con.execute("SELECT slot FROM answers WHERE participant = ?", (token,))] \
+            if with_answered else []
         d = dict(row)
         d["plan"] = plan
         d["answered"] = sorted(slots)
         return d
 
     def consent(self, token: str) -> None:
-        with self.lock:
-            self.con.execute("UPDATE participants SET consent_at = COALESCE(consent_at, ?) WHERE token = ?",
-                             (time.time(), token))
+        self._write(lambda con: con.execute(
+            "UPDATE participants SET consent_at = COALESCE(consent_at, ?) WHERE token = ?", (time.time(), token)))
 
     def add_answer(self, token: str, answer_id: str, slot: int, kind: str, response: dict, plays: dict,
                    listened: dict, client_ms: int | None) -> str:
         """Insert and commit; returns 'stored', 'duplicate' (same answer_id again) or 'conflict'."""
-        with self.lock:
-            try:
-                self.con.execute(
-                    "INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (answer_id, token, slot, kind, json.dumps(response, sort_keys=True), json.dumps(plays),
-                     json.dumps(listened), client_ms, time.time()),
-                )
+        values = (answer_id, token, slot, kind, json.dumps(response, sort_keys=True), json.dumps(plays),
+                  json.dumps(listened), client_ms, time.time())
+
+        def insert(con):
+            if con.execute("INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values).rowcount == 1:
                 return "stored"
-            except sqlite3.IntegrityError:
-                row = self.con.execute("SELECT participant, slot FROM answers WHERE answer_id = ?",
-                                       (answer_id,)).fetchone()
-                if row is not None and row["participant"] == token and row["slot"] == slot:
-                    return "duplicate"
-                return "conflict"
+            row = con.execute("SELECT participant, slot FROM answers WHERE answer_id = ?", (answer_id,)).fetchone()
+            return "duplicate" if row is not None and tuple(row) == (token, slot) else "conflict"
+
+        return self._write(insert)
 
     def complete(self, token: str, code: str) -> str:
-        with self.lock:
-            self.con.execute("UPDATE participants SET completed_at = COALESCE(completed_at, ?), "
-                             "completion_code = COALESCE(completion_code, ?) WHERE token = ?",
-                             (time.time(), code, token))
-            return self.con.execute("SELECT completion_code FROM participants WHERE token = ?",
-                                    (token,)).fetchone()[0]
+        def update(con):
+            con.execute("UPDATE participants SET completed_at = COALESCE(completed_at, ?), "
+                        "completion_code = COALESCE(completion_code, ?) WHERE token = ?", (time.time(), code, token))
+            return con.execute("SELECT completion_code FROM participants WHERE token = ?", (token,)).fetchone()[0]
+
+        return self._write(update)
 
     def progress(self) -> dict:
-        with self.lock:
-            p = self.con.execute("SELECT COUNT(*), COUNT(consent_at), COUNT(completed_at) FROM participants").fetchone()
-            a = self.con.execute("SELECT COUNT(*), MAX(received_at) FROM answers").fetchone()
+        con = self.read()
+        p = con.execute("SELECT COUNT(*), COUNT(consent_at), COUNT(completed_at) FROM participants").fetchone()
+        a = con.execute("SELECT COUNT(*), MAX(received_at) FROM answers").fetchone()
         return {"participants": p[0], "consented": p[1], "completed": p[2], "answers": a[0], "last_answer_at": a[1]}
 
 

@@ -199,6 +199,8 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     if d.get("mushra") is not None:
         if not isinstance(d["mushra"], dict) or set(d["mushra"]) - set(exp.mushra):
             raise _err(path, f"'mushra' may set only {', '.join(exp.mushra)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d["mushra"].values()):
+            raise _err(path, "'mushra' values must be numbers")
         exp.mushra.update({k: float(v) for k, v in d["mushra"].items()})
     _validate(path, exp)
     return exp

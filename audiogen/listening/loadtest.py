@@ -177,8 +177,7 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
     from audiogen.listening.experiment import read_manifest
 
     manifest = read_manifest(exp_dir)
-    store = AnswerStore(Path(exp_dir) / "listen.db", manifest)
-    store.con.execute("PRAGMA synchronous=OFF")  # a simulation: speed over durability
+    store = AnswerStore(Path(exp_dir) / "listen.db", manifest, durable=False)  # a simulation
     rng = np.random.default_rng(seed)
     try:
         for i in range(n):
@@ -236,10 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--participants", type=int, default=200, help="concurrent participants (default: %(default)s)")
     ap.add_argument("--db", default=None, help="the experiment's listen.db, to check that no answer was lost")
     ap.add_argument("--dup-rate", type=float, default=0.1, help="share of answers sent twice (default: %(default)s)")
+    ap.add_argument("--think", type=float, default=0.0, metavar="S",
+                    help="each participant waits up to S seconds (uniform) before each answer (default: 0)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    results, lat, wall = asyncio.run(run_participants(a.url.rstrip("/"), a.participants, a.seed, a.dup_rate))
-    out = {"participants": a.participants, "completed": sum(r.completed for r in results), "wall_s": round(wall, 2),
+    results, lat, wall = asyncio.run(run_participants(a.url.rstrip("/"), a.participants, a.seed, a.dup_rate,
+                                                      a.think))
+    out = {"participants": a.participants, "think_s": a.think, "completed": sum(r.completed for r in results), "wall_s": round(wall, 2),
            "requests": sum(len(v) for v in lat.values()), "latency": percentiles(lat),
            "retries": sum(r.retries for r in results)}
     if a.db:
