@@ -106,10 +106,13 @@ def test_mushra_has_hidden_reference_and_anchor_under_new_ids(tmp_path):
     (lambda t: t.replace("human_0.wav", "missing.wav"), "missing.wav: no such file"),
     (lambda t: t.replace("duration_s: 1.5", "duration_s: 30"), "shorter than stimulus.duration_s"),
     (lambda t: t.replace("human_1.wav", "corrupt.wav"), "corrupt.wav: corrupt or unreadable"),
+    (lambda t: t.replace("human_2.wav", "silent.wav"), "silent.wav: the audio is silent"),
+    (lambda t: t.replace("seed: 42", "seed: lots"), "'seed' must be int"),
 ])
 def test_bad_input_is_one_clear_error_without_traceback(tmp_path, mutate, message):
     y = experiment_yaml(tmp_path / "src")
     (tmp_path / "src" / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    sf.write(tmp_path / "src" / "silent.wav", np.zeros((44100 * 3, 2), np.float32), 44100)
     y.write_text(mutate(y.read_text()))
     with pytest.raises(AudiogenError, match=re.escape(message)):
         E.create_experiment(y, tmp_path / "out", log=lambda *_: None)

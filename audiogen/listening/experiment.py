@@ -443,7 +443,10 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
         wav, _ = A.load_audio(s.path, sample_rate=sr, channels=ch)
         clip, start = cut_window(wav, sr, spec, exp.seed, s.path)
         loud_in = A.integrated_loudness(clip, sr)
-        out = finish_clip(clip, sr, spec)
+        try:
+            out = finish_clip(clip, sr, spec)
+        except AudiogenError as e:
+            raise AudiogenError(f"{s.path}: {e}") from None
         clips[i] = clip
         by_source[i] = write(out, {
             "role": "music", "origin": s.origin, "system": s.system, "item": s.item, "prompt": s.prompt,
