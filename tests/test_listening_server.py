@@ -179,7 +179,7 @@ def test_kill_9_mid_session_loses_no_acknowledged_answer_and_participants_resume
             # 10 participants walk away halfway (tab closed) and come back after the crash;
             # 30 keep going through it, retrying what failed
             walked = await asyncio.gather(*(L.simulate_participant(client, i, lat, stop_after=6) for i in range(10)))
-            running = [asyncio.create_task(L.simulate_participant(client, 100 + i, lat, think_s=0.3, retry_for=60))
+            running = [asyncio.create_task(L.simulate_participant(client, 100 + i, lat, think_s=0.6, retry_for=60))
                        for i in range(30)]
             await asyncio.sleep(1.5)
             acked_before = sum(len(r.acked) for r in walked)
