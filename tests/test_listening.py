@@ -172,3 +172,21 @@ def test_screening_clip_quietest_tone_is_the_minus_6_db_one():
     per_ear = [np.abs(s[0]).mean() for s in seg]
     summed = [np.abs(s[0] + s[1]).mean() for s in seg]
     assert int(np.argmin(per_ear)) == 2 and int(np.argmin(summed)) == 0
+
+
+def test_create_warns_about_bandwidth_and_channel_differences_and_lowpass_hides_them(tmp_path):
+    y = experiment_yaml(tmp_path / "src")  # human: 44.1 kHz stereo, generated: 32 kHz mono
+    y.write_text(y.read_text().replace("sample_rate: 16000", "sample_rate: 44100"))
+    logs = []
+    m = E.create_experiment(y, tmp_path / "a", log=logs.append)
+    assert any("nothing above 16000 Hz" in w for w in m["warnings"]) and any("mono" in w for w in m["warnings"])
+    assert any(line.startswith("warning:") for line in logs)
+    y.write_text(y.read_text().replace("fade_s: 0.05", "fade_s: 0.05, lowpass_hz: 7000, channels: 1"))
+    m = E.create_experiment(y, tmp_path / "b", log=lambda *_: None)
+    assert m["warnings"] == []
+    for sid, s in m["stimuli"].items():
+        if s["role"] == "music":
+            wav, sr = A.load_audio(tmp_path / "b" / "stimuli" / f"{sid}.wav")
+            power = np.abs(np.fft.rfft(wav[0])) ** 2
+            f = np.fft.rfftfreq(wav.shape[1], 1 / sr)
+            assert wav.shape[0] == 1 and power[f > 10000].sum() < 1e-4 * power.sum()

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             roles[s["role"]] = roles.get(s["role"], 0) + 1
         print(f"created {args.out}: design {m['experiment']['design']}, {len(m['trials'])} trials, "
               f"stimuli {', '.join(f'{k} {v}' for k, v in sorted(roles.items()))}")
+        for w in m["warnings"]:
+            print(f"WARNING: {w}")
         print(f"admin token (also in {args.out}/private/admin_token): {m['admin_token']}")
         print(f"next: audiogen listen serve {args.out}")
         return 0

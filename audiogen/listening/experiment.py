@@ -51,6 +51,7 @@ class StimulusSpec:
     loudness_lufs: float = -23.0
     true_peak_dbtp: float = -1.0
     fade_s: float = 0.1
+    lowpass_hz: float = 0.0  # > 0: band-limit everything alike (hides sources' different bandwidths)
 
 
 @dataclass
@@ -254,9 +255,8 @@ def _validate(path, exp: Experiment) -> None:
         raise _err(path, "stimulus.loudness_lufs must be -60..-5 and true_peak_dbtp <= 0")
     if not 0 <= s.fade_s <= s.duration_s / 4:
         raise _err(path, "stimulus.fade_s must be between 0 and a quarter of duration_s")
-    if exp.screening.enabled and s.channels != 2:
-        raise _err(path, "the headphone screening (antiphase test) needs stereo: set stimulus.channels: 2 "
-                   "or screening.enabled: false")
+    if s.lowpass_hz and not 1000 <= s.lowpass_hz < s.sample_rate / 2:
+        raise _err(path, "stimulus.lowpass_hz must be 0 (off) or between 1000 and half the sample rate")
     if not 0 <= exp.screening.pass_min <= exp.screening.trials <= 20:
         raise _err(path, "screening needs 0 <= pass_min <= trials <= 20")
     if not 0 <= exp.catch_trials <= 20 or not 0 <= exp.min_plays <= 10:
@@ -320,8 +320,9 @@ def finish_clip(wav: np.ndarray, sr: int, spec: StimulusSpec) -> np.ndarray:
     return normalize_loudness(wav, sr, spec.loudness_lufs, spec.true_peak_dbtp)
 
 
-def lowpass_anchor(wav: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
-    """BS.1534 low-pass anchor: the reference band-limited to ``cutoff_hz`` (zero phase)."""
+def lowpass(wav: np.ndarray, sr: int, cutoff_hz: float) -> np.ndarray:
+    """``wav [C, N]`` band-limited to ``cutoff_hz``: 8th-order Butterworth, zero phase (the BS.1534
+    anchor is the reference through this at 3.5 kHz)."""
     from scipy.signal import butter, sosfiltfilt
 
     sos = butter(8, cutoff_hz, btype="lowpass", fs=sr, output="sos")
@@ -439,9 +440,14 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
     by_source: dict[int, str] = {}
     clips: dict[int, np.ndarray] = {}
     t0 = time.time()
+    warnings = _source_warnings(exp)
+    for w in warnings:
+        log(f"warning: {w}")
     for i, s in enumerate(exp.sources):
         wav, _ = A.load_audio(s.path, sample_rate=sr, channels=ch)
         clip, start = cut_window(wav, sr, spec, exp.seed, s.path)
+        if spec.lowpass_hz:
+            clip = lowpass(clip, sr, spec.lowpass_hz)
         loud_in = A.integrated_loudness(clip, sr)
         try:
             out = finish_clip(clip, sr, spec)
@@ -474,7 +480,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
             ref_i = next(h for h in humans if exp.sources[h].item == item)
             ref_clip = clips[ref_i]
             hidden = write(finish_clip(ref_clip, sr, spec), dict(stimuli[by_source[ref_i]], role="hidden_reference"))
-            anchor = write(finish_clip(lowpass_anchor(ref_clip, sr, exp.mushra["anchor_hz"]), sr, spec),
+            anchor = write(finish_clip(lowpass(ref_clip, sr, exp.mushra["anchor_hz"]), sr, spec),
                            dict(stimuli[by_source[ref_i]], role="anchor", system="anchor"))
             conds = {by_source[g]: exp.sources[g].system for g in gens if exp.sources[g].item == item}
             conds[hidden] = "hidden_reference"
@@ -523,8 +529,27 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
         "experiment": config,
         "stimuli": stimuli,
         "trials": trials,
+        "warnings": warnings,
         **extra,
     }
+
+
+def _source_warnings(exp: Experiment) -> list[str]:
+    """Differences between human and generated sources that survive prep and could give origins away."""
+    info = {s.path: A.audio_info(s.path) for s in exp.sources}
+    out = []
+    sr = exp.stimulus.sample_rate
+    # the bandwidth a source keeps after resampling to the stimulus rate
+    rates = {o: {min(info[s.path].sample_rate, sr) for s in exp.sources if s.origin == o} for o in ("human", "generated")}
+    chans = {o: {info[s.path].channels for s in exp.sources if s.origin == o} for o in ("human", "generated")}
+    low = min(min(r) for r in rates.values() if r)
+    if len(rates["human"] | rates["generated"]) > 1 and not (0 < exp.stimulus.lowpass_hz <= 0.95 * low / 2):
+        out.append(f"sources have sample rates down to {low} Hz: those have nothing above {low // 2} Hz, which "
+                   f"listeners may hear; consider stimulus.lowpass_hz: {int(0.9 * low / 2)}")
+    if exp.stimulus.channels == 2 and chans["human"] != chans["generated"] and 1 in chans["human"] | chans["generated"]:
+        out.append("some sources are mono and others stereo: mono ones play identically in both ears; "
+                   "consider stimulus.channels: 1")
+    return out
 
 
 def read_manifest(exp_dir: str | os.PathLike) -> dict:
