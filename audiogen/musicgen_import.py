@@ -10,10 +10,10 @@ Two source layouts are understood:
   them.
 - **AudioCraft** (``facebook/musicgen-small`` as AudioCraft ships it): ``state_dict.bin``
   (``best_state``: the LM and the T5 conditioner's ``output_proj``; ``xp.cfg``: the
-  training config) and ``compression_state_dict.bin``. Neither holds T5 itself, and the
-  codec file holds EnCodec in AudioCraft's own layout, so the T5 folder (``--t5``) and a
-  transformers-layout EnCodec folder (``--codec``, ``facebook/encodec_32khz``) are given
-  separately.
+  training config) and ``compression_state_dict.bin`` (EnCodec in AudioCraft's SEANet/RVQ
+  layout, converted here; or just the name of a pretrained codec). T5 is not included:
+  its folder is given with ``--t5``. ``--codec`` (a transformers-layout EnCodec folder,
+  ``facebook/encodec_32khz``) replaces the codec file.
 
 What is written (see ``audiogen.checkpoint``): the LM (MusicgenDecoder's computation,
 weights renamed), a conditioner whose sequence is the T5 token states alone (identity
@@ -290,6 +290,39 @@ def build_from_transformers(src: Path, t5_dir: Path | None, work: Path):
 # ------------------------------------------------------------------------------ AudioCraft layout
 
 
+def _resolve_interpolations(cfg: dict) -> dict:
+    """Replace ``${a.b}`` values (OmegaConf interpolations, left unresolved by ``to_yaml``) with what they name."""
+    import re
+
+    ref = re.compile(r"^\$\{([\w.]+)\}$")
+
+    def fix(node, depth=0):
+        if isinstance(node, dict):
+            return {k: fix(v, depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v, depth) for v in node]
+        m = ref.match(node) if isinstance(node, str) else None
+        if m and depth < 8:
+            return fix(_ac_setting(cfg, m.group(1), node), depth + 1)
+        return node
+
+    return fix(cfg)
+
+
+def _read_xp_cfg(pkg: dict, path: Path) -> dict:
+    import yaml
+
+    cfg = pkg.get("xp.cfg")
+    if isinstance(cfg, str):
+        try:
+            cfg = yaml.safe_load(cfg)
+        except yaml.YAMLError as e:
+            raise AudiogenError(f"{path}: xp.cfg is not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise AudiogenError(f"{path}: xp.cfg is missing or not a mapping")
+    return _resolve_interpolations(cfg)
+
+
 def _ac_setting(cfg: dict, dotted: str, default=None):
     node = cfg
     for part in dotted.split("."):
@@ -381,22 +414,13 @@ def audiocraft_to_lm_state(state: dict, name: str, num_layers: int, src: Path) -
 
 def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None, work: Path):
     """``(lm, conditioner, codec, provenance)`` from AudioCraft's ``state_dict.bin`` + a local T5 and EnCodec."""
-    import yaml
-
     from audiogen.conditioning import ConditionEncoder, TextEncoder
     from audiogen.lm import LM
 
     pkg = _load_torch(src / AUDIOCRAFT_LM)
     if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
         raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: not an exported AudioCraft LM (needs 'best_state' and 'xp.cfg')")
-    cfg = pkg["xp.cfg"]
-    if isinstance(cfg, str):
-        try:
-            cfg = yaml.safe_load(cfg)
-        except yaml.YAMLError as e:
-            raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: xp.cfg is not valid YAML ({e})") from None
-    if not isinstance(cfg, dict):
-        raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: xp.cfg is not a mapping")
+    cfg = _read_xp_cfg(pkg, src / AUDIOCRAFT_LM)
     state = pkg["best_state"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # an unexported training checkpoint's best_state
@@ -405,14 +429,17 @@ def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None
     if t5_dir is None:
         raise AudiogenError(f"AudioCraft checkpoints do not contain the T5 text encoder: download {t5_name} on a machine "
                             "with network access (e.g. huggingface-cli download google-t5/t5-base) and pass --t5 DIR")
-    if codec_dir is None:
-        codec_note = ""
-        if (src / AUDIOCRAFT_CODEC).is_file():
-            pretrained = _load_torch(src / AUDIOCRAFT_CODEC).get("pretrained")
-            codec_note = f" (its {AUDIOCRAFT_CODEC} {'names ' + repr(pretrained) if pretrained else 'is in AudioCraft layout'})"
-        raise AudiogenError(f"{src}: pass --codec DIR, a transformers-layout EnCodec folder (facebook/encodec_32khz for "
-                            f"MusicGen){codec_note}")
-    codec = load_codec_dir(codec_dir, lm_cfg.num_codebooks)
+    if codec_dir is not None:
+        codec = load_codec_dir(codec_dir, lm_cfg.num_codebooks)
+    else:
+        cpkg = _load_torch(src / AUDIOCRAFT_CODEC) if (src / AUDIOCRAFT_CODEC).is_file() else {}
+        if not isinstance(cpkg, dict) or "best_state" not in cpkg:
+            what = (f"its {AUDIOCRAFT_CODEC} only names {cpkg['pretrained']!r}" if isinstance(cpkg, dict)
+                    and cpkg.get("pretrained") else f"{AUDIOCRAFT_CODEC} is missing")
+            raise AudiogenError(f"{src}: {what}; pass --codec DIR, a transformers-layout EnCodec folder "
+                                "(facebook/encodec_32khz for MusicGen)")
+        codec = codec_from_audiocraft(cpkg, src / AUDIOCRAFT_CODEC, lm_cfg.num_codebooks)
+        codec_dir = src / AUDIOCRAFT_CODEC
     if codec.cardinality != lm_cfg.cardinality or codec.sample_rate != int(cfg.get("sample_rate", codec.sample_rate)):
         raise AudiogenError(f"--codec {codec_dir}: {codec.cardinality} codes at {codec.sample_rate} Hz, but the LM was "
                             f"trained on {lm_cfg.cardinality} codes at {cfg.get('sample_rate')} Hz")
@@ -430,6 +457,70 @@ def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None
     provenance = {"source": "audiocraft", "path": str(src), "t5": str(t5_dir), "codec": str(codec_dir),
                   "audiocraft_version": pkg.get("version")}
     return lm, conditioner, codec, provenance
+
+
+def audiocraft_codec_config(cfg: dict, path: Path) -> dict:
+    """transformers ``EncodecConfig`` settings for an AudioCraft EnCodec (SEANet + RVQ) ``xp.cfg``."""
+    enc, sn, rvq = cfg.get("encodec") or {}, dict(cfg.get("seanet") or {}), cfg.get("rvq") or {}
+    if cfg.get("compression_model", "encodec") != "encodec" or enc.get("autoencoder", "seanet") != "seanet" \
+            or enc.get("quantizer", "rvq") != "rvq" or not sn or not rvq:
+        raise AudiogenError(f"{path}: not an AudioCraft SEANet/RVQ EnCodec (compression_model: "
+                            f"{cfg.get('compression_model')})")
+    dec_over, enc_over = dict(sn.pop("decoder", None) or {}), dict(sn.pop("encoder", None) or {})
+    expect = {"activation": "ELU", "activation_params": {"alpha": 1.0}, "norm": "weight_norm", "norm_params": {},
+              "disable_norm_outer_blocks": 0}
+    for key, want in expect.items():
+        if sn.get(key, want) != want:
+            raise AudiogenError(f"{path}: seanet.{key} is {sn.get(key)!r}; only EnCodec's {want!r} is supported")
+    if enc_over or dec_over.get("final_activation") or set(dec_over) - {"trim_right_ratio", "final_activation",
+                                                                         "final_activation_params"}:
+        raise AudiogenError(f"{path}: encoder/decoder-specific SEANet settings are not supported ({enc_over or dec_over})")
+    if enc.get("renormalize"):
+        raise AudiogenError(f"{path}: EnCodec with renormalize: true is not supported (MusicGen's does not renormalize)")
+    sr, ratios, n_q, bins = int(cfg["sample_rate"]), [int(r) for r in sn["ratios"]], int(rvq["n_q"]), int(rvq["bins"])
+    hop = 1
+    for r in ratios:
+        hop *= r
+    frame_rate = -(-sr // hop)
+    nbits = (bins - 1).bit_length()
+    return dict(sampling_rate=sr, audio_channels=int(cfg.get("channels", 1)), normalize=False, chunk_length_s=None,
+                overlap=None, hidden_size=int(sn["dimension"]), codebook_dim=int(sn["dimension"]),
+                num_filters=int(sn["n_filters"]), num_residual_layers=int(sn["n_residual_layers"]),
+                upsampling_ratios=ratios, norm_type="weight_norm", kernel_size=int(sn.get("kernel_size", 7)),
+                last_kernel_size=int(sn.get("last_kernel_size", 7)), residual_kernel_size=int(sn.get("residual_kernel_size", 3)),
+                dilation_growth_rate=int(sn.get("dilation_base", 2)), use_causal_conv=bool(sn.get("causal", False)),
+                pad_mode=str(sn.get("pad_mode", "reflect")), compress=int(sn.get("compress", 2)),
+                num_lstm_layers=int(sn.get("lstm", 2)), trim_right_ratio=float(dec_over.get("trim_right_ratio", 1.0)),
+                codebook_size=bins, use_conv_shortcut=not bool(sn.get("true_skip", False)),
+                target_bandwidths=[n_q * nbits * frame_rate / 1000])
+
+
+def audiocraft_codec_state(state: dict) -> dict[str, torch.Tensor]:
+    """AudioCraft EnCodec keys (``encoder.model.N.conv.conv.weight_g``, ``quantizer.vq.layers.N._codebook.embed``)
+    as transformers ``EncodecModel`` keys (``encoder.layers.N.conv.parametrizations.weight.original0``, ...)."""
+    import re
+
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"^(encoder|decoder)\.model\.", r"\1.layers.", k)
+        k = k.replace(".conv.conv.", ".conv.").replace(".convtr.convtr.", ".conv.")
+        k = re.sub(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.", r"quantizer.layers.\1.codebook.", k)
+        out[k] = v
+    return _weight_norm_names(out)
+
+
+def codec_from_audiocraft(pkg: dict, path: Path, num_codebooks: int):
+    """The EnCodec of an AudioCraft ``compression_state_dict.bin`` (``best_state`` + ``xp.cfg``) as an ``HFEncodecCodec``."""
+    from transformers import EncodecConfig, EncodecModel
+
+    from audiogen.codec import HFEncodecCodec
+
+    model = EncodecModel(EncodecConfig(**audiocraft_codec_config(_read_xp_cfg(pkg, path), path)))
+    state = pkg["best_state"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    _strict_load(model, audiocraft_codec_state(state), "EnCodec", path)
+    return HFEncodecCodec(model.float().eval(), num_codebooks, name=f"{path.parent.name}-encodec")
 
 
 # ------------------------------------------------------------------------------ entry point

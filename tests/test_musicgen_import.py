@@ -287,7 +287,7 @@ def test_audiocraft_import_names_the_missing_t5_and_codec(audiocraft_dirs, tmp_p
     src, t5_dir, codec_dir = audiocraft_dirs
     with pytest.raises(AudiogenError, match="T5.*t5-base.*--t5"):
         import_musicgen(src, tmp_path / "x", codec=codec_dir)
-    with pytest.raises(AudiogenError, match="--codec.*facebook/encodec_32khz"):
+    with pytest.raises(AudiogenError, match="only names 'facebook/encodec_32khz'.*--codec"):
         import_musicgen(src, tmp_path / "x", t5=t5_dir)
     assert not (tmp_path / "x").exists()
 
@@ -308,6 +308,87 @@ def test_audiocraft_config_that_differs_from_musicgen_is_rejected(hf, audiocraft
     with pytest.raises(AudiogenError, match="lacks transformer.layers.1.linear2.weight"):
         import_musicgen(bad, tmp_path / "out", t5=t5_dir, codec=codec_dir)
     assert not (tmp_path / "out").exists()
+
+
+AUDIOCRAFT_CODEC_CFG = """\
+sample_rate: 32000
+channels: 1
+compression_model: encodec
+encodec:
+  autoencoder: seanet
+  quantizer: rvq
+  sample_rate: ${sample_rate}
+  channels: ${channels}
+  causal: false
+  renormalize: false
+seanet:
+  dimension: 8
+  channels: ${channels}
+  causal: ${encodec.causal}
+  n_filters: 4
+  n_residual_layers: 1
+  ratios: [8, 5, 4, 4]
+  activation: ELU
+  activation_params: {alpha: 1.0}
+  norm: weight_norm
+  norm_params: {}
+  kernel_size: 7
+  residual_kernel_size: 3
+  last_kernel_size: 7
+  dilation_base: 2
+  pad_mode: constant
+  true_skip: true
+  compress: 2
+  lstm: 1
+  disable_norm_outer_blocks: 0
+  decoder: {trim_right_ratio: 1.0, final_activation: null, final_activation_params: null}
+  encoder: {}
+rvq: {n_q: 4, q_dropout: false, bins: 64, decay: 0.99, kmeans_init: true, kmeans_iters: 50, threshold_ema_dead_code: 2}
+"""
+
+
+def test_audiocraft_encodec_is_converted_and_decodes_like_the_original(hf, audiocraft_dirs, tmp_path):
+    """AudioCraft's SEANet/RVQ keys come from the encodec package's modules: build one there, import, compare."""
+    import warnings
+
+    from encodec.modules import SEANetDecoder, SEANetEncoder
+    from encodec.quantization import ResidualVectorQuantizer
+
+    from audiogen.checkpoint import load_model
+    from audiogen.musicgen_import import import_musicgen
+
+    torch.manual_seed(5)
+    kw = dict(channels=1, dimension=8, n_filters=4, n_residual_layers=1, ratios=[8, 5, 4, 4], norm="weight_norm",
+              causal=False, lstm=1, true_skip=True, pad_mode="constant")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder, decoder = SEANetEncoder(**kw).eval(), SEANetDecoder(**kw).eval()
+    quantizer = ResidualVectorQuantizer(dimension=8, n_q=4, bins=CARD).eval()
+    with torch.no_grad():
+        for layer in quantizer.vq.layers:
+            layer._codebook.embed.normal_()
+            layer._codebook.inited.fill_(1)
+    state = {f"{n}.{k}": v for n, m in (("encoder", encoder), ("decoder", decoder), ("quantizer", quantizer))
+             for k, v in m.state_dict().items()}
+    src = tmp_path / "musicgen-ac"
+    src.mkdir()
+    (src / "state_dict.bin").write_bytes((audiocraft_dirs[0] / "state_dict.bin").read_bytes())
+    torch.save({"best_state": state, "xp.cfg": AUDIOCRAFT_CODEC_CFG, "version": "1.3.0", "exported": True},
+               src / "compression_state_dict.bin")
+    out = import_musicgen(src, tmp_path / "out", t5=audiocraft_dirs[1])
+    codec = load_model(out).codec
+    assert codec.sample_rate == 32000 and codec.frame_rate == 50 and codec.num_codebooks == K
+
+    codes = torch.randint(0, CARD, (2, K, 20), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = decoder(quantizer.decode(codes.transpose(0, 1)))
+    ours = codec.decode(codes)
+    assert ours.shape == ref.shape and ref.abs().max() > 1e-3
+    assert (ours - ref).abs().max().item() < 1e-5
+    wav = torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(7)) * 0.1
+    with torch.no_grad():
+        ref_codes = quantizer.vq.encode(encoder(wav), n_q=K).transpose(0, 1)
+    assert torch.equal(codec.encode(wav), ref_codes)
 
 
 # ------------------------------------------------------------------------------ user errors
