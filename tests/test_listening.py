@@ -190,3 +190,30 @@ def test_create_warns_about_bandwidth_and_channel_differences_and_lowpass_hides_
             power = np.abs(np.fft.rfft(wav[0])) ** 2
             f = np.fft.rfftfreq(wav.shape[1], 1 / sr)
             assert wav.shape[0] == 1 and power[f > 10000].sum() < 1e-4 * power.sum()
+
+
+def test_trial_subsets_cover_every_trial_equally_across_participants(exp2afc):
+    _, m = exp2afc
+    m = json.loads(json.dumps(m))
+    m["experiment"]["trials_per_participant"] = 2  # 3 trials, 2 each
+    seen = Counter()
+    for i in range(30):
+        ts = [s["truth"]["gen"] for s in E.participant_plan(m, i)["steps"] if s["kind"] == "trial"]
+        assert len(ts) == len(set(ts)) == 2
+        seen.update(ts)
+    assert sorted(seen.values()) == [20, 20, 20]
+
+
+def test_single_stimulus_subsets_are_half_human_half_generated_and_rotate():
+    trials = [{"design": "single", "stimulus": f"s{i}", "origin": "human" if i < 4 else "generated",
+               "system": "human" if i < 4 else "sysA", "item": None} for i in range(10)]
+    m = {"experiment": {"seed": 1, "design": "single", "trials_per_participant": 3}, "calibration": "cal",
+         "trials": trials, "stimuli": {}}
+    seen = Counter()
+    for i in range(40):
+        ts = [s for s in E.participant_plan(m, i)["steps"] if s["kind"] == "trial"]
+        origins = Counter(s["truth"]["origin"] for s in ts)
+        assert sorted(origins.values()) == [1, 2]  # the odd one alternates
+        seen.update(s["stimuli"][0] for s in ts)
+    # 4 human stimuli share 60 human slots, 6 generated share 60 generated slots: 15 and 10 each
+    assert sorted(seen.values()) == [10] * 6 + [15] * 4

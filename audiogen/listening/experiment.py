@@ -611,20 +611,30 @@ def participant_plan(manifest: dict, index: int) -> dict:
                       **({"reference": p[0]} if design == "mushra" else {})})
 
     templates = manifest["trials"]
-    order = list(rng.permutation(len(templates)))
-    n = exp["trials_per_participant"] or len(templates)
+    n = min(exp["trials_per_participant"] or len(templates), len(templates))
+    # With a subset per participant, participant i takes the next n trials of one fixed
+    # shuffled list (wrapping round), so consecutive participants cover every trial equally
+    # often; single-stimulus subsets take half human, half generated the same way.
+    base = [int(x) for x in _rng(exp["seed"], 23).permutation(len(templates))]
+
+    def rotate(pool: list[int], k: int, offset: int) -> list[int]:
+        return [pool[(offset + j) % len(pool)] for j in range(min(k, len(pool)))]
+
     if design == "single" and n < len(templates):
-        # balanced by origin: alternate human and generated picks
-        hum = [i for i in order if templates[i]["origin"] == "human"]
-        gen = [i for i in order if templates[i]["origin"] != "human"]
-        pick = []
-        while len(pick) < n and (hum or gen):
-            for pool in (gen, hum) if (len(pick) + index) % 2 else (hum, gen):
-                if pool and len(pick) < n:
-                    pick.append(pool.pop(0))
-        order = list(rng.permutation(pick))
+        hum = [i for i in base if templates[i]["origin"] == "human"]
+        gen = [i for i in base if templates[i]["origin"] != "human"]
+
+        def split(j: int) -> tuple[int, int]:  # (human, generated) picks of participant j
+            g = min(len(gen), n // 2 + (n % 2) * (j % 2))
+            h = min(len(hum), n - g)
+            return h, n - h
+
+        n_hum, n_gen = split(index)
+        done = [split(j) for j in range(index)]
+        pick = rotate(hum, n_hum, sum(d[0] for d in done)) + rotate(gen, n_gen, sum(d[1] for d in done))
     else:
-        order = order[:n]
+        pick = rotate(base, n, index * n)
+    order = [int(x) for x in rng.permutation(pick)]
     ai_at_b = _balanced_flags(len(order), rng, index)
     trials = []
     partners: dict[tuple, list] = {}  # human partners dealt from a shuffled deck: each used equally often
