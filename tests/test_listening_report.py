@@ -106,3 +106,5 @@ def test_single_stimulus_report_gives_dprime_of_simulated_listeners(tmp_path):
     o = analyse(d, n_boot=200)["identification"]["overall"]
     assert o["n"] == 60 * 6 and o["accuracy"]["ci_low"] <= 0.8 <= o["accuracy"]["ci_high"]
     assert o["sdt"]["dprime"] == pytest.approx(2 * norm.ppf(0.8), abs=0.35) and abs(o["sdt"]["c"]) < 0.2
+    by_conf = analyse(d, n_boot=0)["identification"]["by_confidence"]
+    assert sum(b["n"] for b in by_conf.values()) == 360  # simulated confidence is unrelated to being right

@@ -104,6 +104,11 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
     for system in sorted({r["system"] for r in rows}):
         rs = [r for r in rows if r["system"] == system]
         out["systems"][system] = block(rs, humans if system != "human" else None)
+    if design == "single":  # are listeners right more often when they say they are sure?
+        out["by_confidence"] = {}
+        for c in range(1, 6):
+            rs = [r for r in rows if r["response"]["confidence"] == c]
+            out["by_confidence"][c] = S.binomial(sum(bool(r["correct"]) for r in rs), len(rs)).as_dict()
     per_part: dict[str, list] = {}
     for r in rows:
         per_part.setdefault(r["participant"], []).append(bool(r["correct"]))
@@ -335,6 +340,12 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                      f"<th>equivalent (±{res['margin']:g})</th><th>cluster bootstrap 95%</th><th>d′</th><th>c</th></tr>"
                      + "".join(rows) + "</table>")
         parts.append(f"<p class='verdict'>{escape(_text(res)[-1])}</p>")
+        if "by_confidence" in ident:
+            rows = "".join(f"<tr><td>{c}</td><td>{b['n']}</td><td>{_fmt(b['estimate'])}</td>"
+                           f"<td>[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]</td></tr>"
+                           for c, b in ident["by_confidence"].items())
+            parts.append("<h3>Accuracy by stated confidence</h3><table><tr><th>confidence</th><th>n</th>"
+                         f"<th>accuracy</th><th>Wilson 95%</th></tr>{rows}</table>")
     if "ratings" in res:
         rows = []
         for name, s in res["ratings"]["systems"].items():
