@@ -102,53 +102,9 @@ class CodecTrainConfig:
 
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> CodecTrainConfig:
     """Read a YAML config and apply ``key=value`` overrides (``codec.n_filters=16`` for nested keys)."""
-    import yaml
+    from audiogen.training import read_config
 
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise AudiogenError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise AudiogenError(f"{p}: invalid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise AudiogenError(f"{p}: expected a mapping of config keys")
-    for item in overrides:
-        if "=" not in item:
-            raise AudiogenError(f"override '{item}' is not key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw  # not YAML: a plain string
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise AudiogenError(f"override '{item}': '{part}' is not a section")
-        node[leaf] = value
-    known = {f.name: f for f in dataclasses.fields(CodecTrainConfig)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise AudiogenError(f"unknown config keys: {sorted(unknown)} (known: {', '.join(sorted(known))})")
-    defaults = CodecTrainConfig()
-    for k, v in list(data.items()):
-        if isinstance(v, list):
-            data[k] = v = tuple(v)
-        want = type(getattr(defaults, k))
-        if want is float and isinstance(v, str):
-            try:  # PyYAML reads 1e-3 (no dot) as a string
-                data[k] = v = float(v)
-            except ValueError:
-                pass
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if want is float else (
-            isinstance(v, want) and (want is bool or not isinstance(v, bool)))
-        if not ok:
-            raise AudiogenError(f"config key {k}: expected {want.__name__}, got {v!r}")
-    cfg = CodecTrainConfig(**data)
+    cfg = read_config(CodecTrainConfig, path, overrides)
     ecfg = cfg.encodec_config()  # validate the codec section now, not after the data is prepared
     if max(bandwidth_codebooks(ecfg)) > ecfg.n_q:
         raise AudiogenError(f"codec.target_bandwidths {list(ecfg.target_bandwidths)} need "

@@ -181,12 +181,21 @@ def make_loader(dataset: CropDataset, start: int, stop: int, global_batch: int, 
 def eval_batches(ds, segment_frames: int, special: int, batch: int, max_rows: int, world: int = 1, rank: int = 0):
     """Fixed evaluation crops: the first ``segment_frames`` of the first ``max_rows`` rows, all conditions kept.
 
-    Yields this process's share as ``Batch``es; the same crops at every evaluation.
+    Yields this process's share as ``Batch``es; the same crops at every evaluation. Every
+    process gets the same number of batches of the same size (FSDP's forward is a
+    collective): the shares are padded with fully masked rows, which count for nothing.
     """
     n = min(len(ds), max_rows) if max_rows else len(ds)
     if n == 0:
         return
     crops = CropDataset(ds.select(range(n)), segment_frames, special, seed=0, random_crops=False)
-    mine = list(range(rank, n, world))
-    for i in range(0, len(mine), batch):
-        yield collate([crops[j] for j in mine[i : i + batch]])
+    per_rank = -(-n // world)
+    mine = [rank + world * m for m in range(per_rank)]
+    for i in range(0, per_rank, batch):
+        items = []
+        for j in mine[i : i + batch]:
+            item = crops[j % n]
+            if j >= n:  # padding: present for the shapes, masked out of the loss
+                item = {**item, "mask": torch.zeros_like(item["mask"])}
+            items.append(item)
+        yield collate(items)

@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +96,13 @@ RESUME_KEYS = ("data_dir", "seed", "batch_size", "segment_s", "model", "lm", "co
                "bpm_buckets", "init_from")
 
 
-def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config and apply ``key=value`` overrides (YAML values; ``lm.dim=128`` for nested keys)."""
+def read_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
+    """A config dataclass ``cls`` from a YAML file plus ``key=value`` overrides.
+
+    Overrides are YAML values; nested keys use a dot (``lm.dim=128``). Unknown keys and
+    values of the wrong type raise :class:`AudiogenError` naming the key. Shared by the
+    LM and codec recipes.
+    """
     import yaml
 
     data: dict = {}
@@ -119,7 +123,7 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
-            value = raw
+            value = raw  # not YAML: a plain string
         *parents, leaf = key.strip().split(".")
         node = data
         for part in parents:
@@ -127,11 +131,11 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
             if not isinstance(node, dict):
                 raise AudiogenError(f"override '{item}': '{part}' is not a section")
         node[leaf] = value
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = set(data) - set(hints)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(data) - set(known)
     if unknown:
-        raise AudiogenError(f"unknown config keys: {', '.join(sorted(unknown))} (known: {', '.join(hints)})")
-    defaults = TrainConfig()
+        raise AudiogenError(f"unknown config keys: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
+    defaults = cls()
     for k, v in list(data.items()):
         want = type(getattr(defaults, k))
         if want is float and isinstance(v, str):
@@ -148,7 +152,25 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
         if not ok:
             raise AudiogenError(f"config key {k}: expected {want.__name__}, got {v!r}")
         data[k] = float(v) if want is float else v
-    cfg = TrainConfig(**data)
+    return cls(**data)
+
+
+def check_resumable(out: Path, new: dict, keys: tuple[str, ...]) -> None:
+    """Refuse to continue the run in ``out`` when its saved ``config.yaml`` differs in ``keys``."""
+    import yaml
+
+    cfg_file = Path(out) / "config.yaml"
+    if not cfg_file.is_file():
+        return
+    old = yaml.safe_load(cfg_file.read_text()) or {}
+    changed = [k for k in keys if k in old and old[k] != new.get(k)]
+    if changed:
+        raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
+
+
+def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config and apply ``key=value`` overrides (YAML values; ``lm.dim=128`` for nested keys)."""
+    cfg = read_config(TrainConfig, path, overrides)
     validate(cfg)
     return cfg
 
@@ -470,12 +492,7 @@ def train(cfg: TrainConfig) -> int:
                             f"{world} x {cfg.grad_accum}")
 
     cfg_file, build_file = out / "config.yaml", out / "build.json"
-    if cfg_file.is_file():
-        old = yaml.safe_load(cfg_file.read_text()) or {}
-        new = cfg.to_dict()
-        changed = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
-        if changed:
-            raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
+    check_resumable(out, cfg.to_dict(), RESUME_KEYS)
 
     dd = load_prepared(cfg.data_dir)
     train_ds, valid_ds = dd["train"], dd["valid"]

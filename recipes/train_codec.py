@@ -47,21 +47,15 @@ def train(cfg) -> int:
 
     from audiogen.audio import atomic_write_text, find_audio_files
     from audiogen.codec_training import RandomCrops, StepSampler, decode_to_cache, make_parts, split_tracks
-    from audiogen.training import latest_checkpoint
+    from audiogen.training import check_resumable, latest_checkpoint
 
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
     ecfg = cfg.encodec_config()
 
-    # the run's config must match a run being resumed
     cfg_file = out / "config.yaml"
-    if cfg_file.is_file():
-        old = yaml.safe_load(cfg_file.read_text()) or {}
-        new = cfg.to_dict()
-        changed = [k for k in RESUME_KEYS if k in old and old[k] != new[k]]
-        if changed:
-            raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
+    check_resumable(out, cfg.to_dict(), RESUME_KEYS)  # the run's config must match a run being resumed
 
     data_dir = Path(cfg.data_dir)
     files = find_audio_files(data_dir) if data_dir.is_dir() else []

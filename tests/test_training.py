@@ -198,11 +198,12 @@ def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
 
 def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, codec_dir, tmp_path):
     args = dict(max_steps=4, save_every=4, eval_every=2, batch_size=4)
+    # 2 processes x 2 sequences vs 1 process x 2 accumulated micro-batches of 2: the same global batch
     r = run_recipe(overrides(data_dir, codec_dir, tmp_path / "two", **args),
                    launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "one", **args)) == 0
+    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "one", grad_accum=2, **args)) == 0
     one, two = log_records(tmp_path / "one"), log_records(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 6  # 4 train + 2 eval lines
     for a, b in zip(one, two):
