@@ -120,6 +120,11 @@ def _weight_norm_names(state: dict) -> dict:
 
 
 def _strict_load(module: torch.nn.Module, state: dict, what: str, src: Path, allow_missing=()) -> None:
+    # older transformers saved some constant buffers (conv strides, paddings) that are now non-persistent:
+    # accept them where they equal the module's own
+    buffers = dict(module.named_buffers())
+    state = {k: v for k, v in state.items() if k not in buffers or k in module.state_dict()
+             or not (buffers[k].shape == v.shape and torch.equal(buffers[k].to(v.dtype), v))}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in allow_missing]
     if missing or result.unexpected_keys:
@@ -274,6 +279,13 @@ def build_from_transformers(src: Path, t5_dir: Path | None, work: Path):
     _identity_text_proj(conditioner)
     lm = LM(lm_cfg)
     lm_state = {k.replace("model.decoder.", "", 1): v for k, v in _prefixed(state, "decoder.").items()}
+    positions = lm_state.pop("embed_positions.weights", None)  # saved by older transformers versions
+    if positions is not None:
+        from audiogen.lm import sinusoidal_positions
+
+        ours = sinusoidal_positions(torch.arange(positions.shape[0]), positions.shape[1])
+        if positions.shape[1] != lm_cfg.dim or (positions.float() - ours).abs().max() > 1e-4:
+            raise AudiogenError(f"{src}: decoder.model.decoder.embed_positions.weights is not MusicGen's sinusoidal table")
     if "enc_to_dec_proj.weight" in state:
         lm_state["cond_proj.weight"] = state["enc_to_dec_proj.weight"]
         lm_state["cond_proj.bias"] = state["enc_to_dec_proj.bias"]

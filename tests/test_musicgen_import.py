@@ -430,6 +430,23 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     (partial / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(AudiogenError, match="128"):
         import_musicgen(partial, tmp_path / "out")
+    # older transformers versions saved the sinusoidal table: accepted when it is MusicGen's, refused otherwise
+    from audiogen.lm import sinusoidal_positions
+
+    table = sinusoidal_positions(torch.arange(256), 32)
+    old_buffers = {"decoder.model.decoder.embed_positions.weights": table,
+                   "audio_encoder.encoder.layers.0.padding_total": torch.tensor(6)}  # (= kernel 7 - stride 1)
+    save_file({**state, **old_buffers}, str(partial / "model.safetensors"))
+    cfg["audio_encoder"]["codebook_size"] = CARD
+    (partial / "config.json").write_text(json.dumps(cfg))
+    import_musicgen(partial, tmp_path / "ok")
+    save_file({**state, **old_buffers, "decoder.model.decoder.embed_positions.weights": table.flip(1)},
+              str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="embed_positions"):
+        import_musicgen(partial, tmp_path / "out")
+    save_file({**state, "audio_encoder.encoder.layers.0.padding_total": torch.tensor(5)}, str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="EnCodec weights do not match.*padding_total"):
+        import_musicgen(partial, tmp_path / "out")
     # a stereo checkpoint
     cfg["audio_encoder"]["codebook_size"] = CARD
     cfg["decoder"]["audio_channels"] = 2
