@@ -559,3 +559,12 @@ export_dtype: float32
     cond, mask = condition_batch(m.conditioner, [Conditions(text="calm piano")], True, "cpu")
     codes = generate_window(m.lm, cond, mask, 5, SamplingParams(temperature=1.0, top_k=10), torch.Generator().manual_seed(0))
     assert codes.shape == (1, K, 5) and int(codes.max()) < CARD
+
+
+def test_parity_report_on_the_tiny_checkpoint(hf):
+    from audiogen.musicgen_import import parity_with_transformers
+
+    r = parity_with_transformers(hf[2], hf[3], texts=tuple(TEXTS), steps=10)
+    assert r["logits_max_abs"] > 1.0 and r["logits_max_abs_diff"] < 1e-4 and r["uncond_logits_max_abs_diff"] < 1e-4
+    assert r["greedy_tokens_equal"] and r["greedy_frames"] == 7
+    assert r["decode_max_abs"] > 1e-3 and r["decode_max_abs_diff"] < 1e-5
