@@ -71,6 +71,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     #: auto (bf16 on a GPU that has it, else fp32), no, bf16, fp16
     mixed_precision: str = "auto"
+    #: CPU threads per process (0 = torch's default, one per core). On a machine shared with
+    #: other jobs, 1 is often faster: oversubscribed threads wait on each other
+    num_threads: int = 0
     seed: int = 0
     # bookkeeping
     out_dir: str = "runs/lm"
@@ -210,6 +213,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.eval_every >= 0, "eval_every must be >= 0"),
         (cfg.export_dtype in ("float16", "bfloat16", "float32"), "export_dtype must be float16, bfloat16 or float32"),
         (cfg.num_workers >= 0, "num_workers must be >= 0"),
+        (cfg.num_threads >= 0, "num_threads must be >= 0 (0 = torch's default)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -482,6 +486,8 @@ def train(cfg: TrainConfig) -> int:
     from audiogen.audio import atomic_write_text
     from audiogen.data import CropDataset, dataset_codec, load_prepared, make_loader
 
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
