@@ -79,7 +79,8 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
 
     from audiogen.listening import stats as S
 
-    def block(rs: list[dict], systems_for_fa: list[dict] | None = None) -> dict:
+    def block(rs: list[dict], noise: list[dict] | None = None) -> dict:
+        """Accuracy, TOST, d' and bootstrap of trials ``rs``; ``noise``: the human trials (single design)."""
         k, n = sum(bool(r["correct"]) for r in rs), len(rs)
         res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
         if design == "2afc" and n:
@@ -87,12 +88,12 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
             a_when_b = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "B")
             res["sdt"] = S.dprime_2afc(a_when_a, sum(r["ai_position"] == "A" for r in rs), a_when_b,
                                        sum(r["ai_position"] == "B" for r in rs))
-        if design == "single" and n and systems_for_fa is not None:
+        if design == "single" and n and noise:
             sig = [r for r in rs if r["origin"] != "human"]
-            if sig and systems_for_fa:
+            if sig:
                 hits = sum(r["response"]["origin"] == "ai" for r in sig)
-                fas = sum(r["response"]["origin"] == "ai" for r in systems_for_fa)
-                res["sdt"] = S.dprime_yes_no(hits, len(sig), fas, len(systems_for_fa))
+                fas = sum(r["response"]["origin"] == "ai" for r in noise)
+                res["sdt"] = S.dprime_yes_no(hits, len(sig), fas, len(noise))
         if n:
             y = np.array([float(bool(r["correct"])) for r in rs])
             res["bootstrap"] = S.cluster_bootstrap(y, np.array([r["participant"] for r in rs]),
@@ -202,7 +203,6 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
     else:
         rt = _ratings(used, design, exp, n_boot, exp["seed"])
         res["ratings"] = {k: v for k, v in rt.items() if k != "flat"}
-        res["_flat"] = rt["flat"]
     return res
 
 
@@ -220,11 +220,15 @@ def _listening(rows: list[dict]) -> dict:
 
 
 def _png(fig) -> str:
+    """A matplotlib figure as a data: URI (the report is one self-contained file); closes it."""
     import base64
+    import io
 
-    buf = __import__("io").BytesIO()
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    __import__("matplotlib.pyplot").pyplot.close(fig)
+    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -393,7 +397,6 @@ def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float
     if margin is not None and not 0 < margin < 0.5:
         raise AudiogenError("--margin must be in (0, 0.5)")
     res = analyse(exp_dir, margin, alpha, n_boot, include_incomplete, apply_exclusions)
-    res.pop("_flat", None)
     res["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = Path(out_dir) if out_dir else Path(exp_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
