@@ -122,10 +122,14 @@ def _weight_norm_names(state: dict) -> dict:
 def _strict_load(module: torch.nn.Module, state: dict, what: str, src: Path, allow_missing=()) -> None:
     # older transformers saved some constant buffers (conv strides, paddings) that are now non-persistent:
     # accept them where they equal the module's own
-    buffers = dict(module.named_buffers())
-    state = {k: v for k, v in state.items() if k not in buffers or k in module.state_dict()
+    buffers, persistent = dict(module.named_buffers()), set(module.state_dict())
+    state = {k: v for k, v in state.items() if k not in buffers or k in persistent
              or not (buffers[k].shape == v.shape and torch.equal(buffers[k].to(v.dtype), v))}
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:300])
+        raise AudiogenError(f"{src}: the {what} weights do not match its config ({detail})") from None
     missing = [k for k in result.missing_keys if k not in allow_missing]
     if missing or result.unexpected_keys:
         detail = (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else

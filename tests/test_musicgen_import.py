@@ -424,6 +424,13 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     save_file({k: v for k, v in state.items() if "layers.1.fc1" not in k}, str(partial / "model.safetensors"))
     with pytest.raises(AudiogenError, match="decoder weights do not match"):
         import_musicgen(partial, tmp_path / "out")
+    # a config that does not describe the weights: another decoder width
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["decoder"]["ffn_dim"] = 48
+    (partial / "config.json").write_text(json.dumps(cfg))
+    save_file(state, str(partial / "model.safetensors"))
+    with pytest.raises(AudiogenError, match="decoder weights do not match.*size mismatch"):
+        import_musicgen(partial, tmp_path / "out")
     # config that disagrees with itself: EnCodec codebook size != decoder vocabulary
     cfg = json.loads((src / "config.json").read_text())
     cfg["audio_encoder"]["codebook_size"] = 128
