@@ -343,3 +343,57 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
 def test_resuming_with_a_different_seed_is_refused(trained, data_dir, codec_dir):
     with pytest.raises(AudiogenError, match="different seed"):
         train_in_process(overrides(data_dir, codec_dir, trained, seed=1))
+
+
+# ------------------------------------------------------------------------------ SLURM plumbing
+
+
+def _fake_slurm_bin(d: Path) -> Path:
+    """srun runs its command here; scontrol names one host and records requeues; accelerate
+    stands in for the recipe: it records its arguments and, like the recipe, stops (and
+    deletes the file) once OUT_DIR/STOP appears."""
+    d.mkdir()
+    scripts = {
+        "srun": '#!/bin/bash\nexport SLURM_NODEID=0\nexec bash -c "${@: -1}"\n',
+        "scontrol": '#!/bin/bash\nif [[ $1 == show ]]; then echo node0; else echo "$@" >> "$FAKE_LOG/scontrol"; fi\n',
+        "accelerate": '#!/bin/bash\necho "$@" > "$FAKE_LOG/launch"\nout=${FAKE_OUT}\n'
+                      'for i in $(seq 600); do\n  if [[ -e $out/STOP ]]; then rm "$out/STOP"; echo stopped > "$FAKE_LOG/stopped"; exit 0; fi\n'
+                      '  [[ -n ${FAKE_FINISH:-} ]] && exit 0\n  sleep 0.1\ndone\nexit 9\n',
+    }
+    for name, text in scripts.items():
+        (d / name).write_text(text)
+        (d / name).chmod(0o755)
+    return d
+
+
+@pytest.mark.parametrize("signalled", [True, False])
+def test_sbatch_launches_one_accelerate_per_node_and_requeues_after_a_checkpoint_on_usr1(tmp_path, signalled):
+    bin_dir = _fake_slurm_bin(tmp_path / "bin")
+    logs, out = tmp_path / "fake", tmp_path / "out"
+    logs.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(logs), "FAKE_OUT": str(out),
+           "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_GPUS_ON_NODE": "8",
+           "SLURM_SUBMIT_DIR": str(tmp_path)}
+    if not signalled:
+        env["FAKE_FINISH"] = "1"
+    script = REPO / "recipes" / "slurm" / "train_lm.sbatch"
+    proc = subprocess.Popen(["bash", str(script), str(TINY), f"out_dir={out}", "max_steps=5"], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while not (logs / "launch").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    if signalled:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGUSR1)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout
+    launch = (logs / "launch").read_text().split()
+    for flag, value in [("--num_machines", "2"), ("--num_processes", "16"), ("--machine_rank", "0"),
+                        ("--main_process_ip", "node0"), ("--main_process_port", str(20000 + 4242))]:
+        assert launch[launch.index(flag) + 1] == value, launch
+    assert "recipes/train_lm.py" in launch and f"out_dir={out}" in launch
+    if signalled:
+        assert (logs / "stopped").is_file() and not (out / "STOP").exists()
+        assert (logs / "scontrol").read_text().split() == ["requeue", "4242"]
+    else:
+        assert not (logs / "scontrol").exists()
