@@ -66,6 +66,10 @@ class CodecTrainConfig:
     disc_win_lengths: tuple[int, ...] = (1024, 2048, 512)
     #: adversarial and feature losses (and discriminator updates) start at this step
     disc_start_step: int = 0
+    #: steps trained as a plain autoencoder (quantizer bypassed); at this step k-means
+    #: initialises the codebooks on the learned embeddings. Short runs need it: codebooks
+    #: k-means-initialised on a random encoder collapse to a few codes as the encoder moves.
+    quantizer_warmup_steps: int = 0
     # loss weights (EnCodec paper values)
     lambda_time: float = 0.1
     lambda_mel: float = 1.0
@@ -331,8 +335,13 @@ class TrainableCodec(nn.Module):
             layer._codebook.threshold_ema_dead_code = 0
         self.last_restarted = 0
 
-    def forward(self, wav: torch.Tensor, n_q: int):
+    def forward(self, wav: torch.Tensor, n_q: int, bypass: bool = False):
         emb = self.model.encoder(wav)  # [B, D, T]
+        if bypass:  # quantizer warm-up: a plain autoencoder
+            recon = self.model.decoder(emb)[..., : wav.shape[-1]]
+            codes = torch.zeros(n_q, emb.shape[0], emb.shape[-1], dtype=torch.long, device=emb.device)
+            self.last_restarted = 0
+            return recon, codes, emb.new_zeros(())
         residual, quantized = emb, torch.zeros_like(emb)
         codes, commits = [], []
         restarted = 0
@@ -439,7 +448,11 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
     n_q = sample_num_codebooks(parts.choices, cfg.seed, step)
     adversarial = step >= cfg.disc_start_step and (cfg.lambda_adv > 0 or cfg.lambda_feat > 0)
 
-    recon, codes, commit = parts.codec(wav, n_q)
+    bypass = step < cfg.quantizer_warmup_steps
+    if step == cfg.quantizer_warmup_steps > 0:  # warm-up over: k-means on this batch's embeddings
+        for layer in unwrapped.model.quantizer.vq.layers:
+            layer._codebook.inited.fill_(False)
+    recon, codes, commit = parts.codec(wav, n_q, bypass)
     losses = {"time": F.l1_loss(recon, wav), "mel": parts.mel_loss(wav, recon)}
     if adversarial:
         # the generator's view of the discriminator: frozen, unwrapped (no DDP hooks, one

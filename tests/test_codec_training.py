@@ -241,3 +241,18 @@ def test_config_errors_are_readable(tmp_path):
         load_train_config(tmp_path / "missing.yaml")
     rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path}", f"out_dir={tmp_path / 'o'}"])
     assert rc == 1
+
+
+def test_quantizer_warmup_trains_an_autoencoder_then_kmeans_inits_on_learned_embeddings(make_music):
+    torch.manual_seed(0)
+    cfg = _tiny_cfg(disc_start_step=1000, lr=3e-3, quantizer_warmup_steps=5, **{"codec.target_bandwidths": "[1.8]"})
+    parts = make_parts(cfg)
+    layers = parts.codec.model.quantizer.vq.layers
+    wav = torch.from_numpy(make_music(seconds=0.5, seed=3)).unsqueeze(0)
+    for step in range(5):
+        metrics = train_step(parts, wav, step)
+        assert metrics["loss/commit"] == 0.0 and metrics["codebook_usage"] == pytest.approx(1 / cfg.encodec_config().bins)
+    assert not any(bool(layer._codebook.inited) for layer in layers)  # untouched during warm-up
+    metrics = train_step(parts, wav, 5)
+    assert all(bool(layer._codebook.inited) for layer in layers)
+    assert metrics["codebook_usage"] > 1 / cfg.encodec_config().bins
