@@ -6,7 +6,7 @@ encodec_24khz's (4 codebooks x 2048 codes, 75 frames per second), with
 attribute conditions (no text encoder: it runs once per distinct caption and is cached).
 ``tiny`` runs on CPU; ``small`` on CUDA when a GPU is present. Prints one JSON object.
 
-    python benchmarks/train.py [--steps 5] [--cpu-segment-s 10] [--gpu-segment-s 30]
+    python benchmarks/train.py [--steps 5] [--threads N] [--cpu-segment-s 10] [--gpu-segment-s 30]
 
 FLOPs per optimizer step (PaLM appendix B convention, forward + backward = 3x forward,
 no credit for causal masking, embedding lookups free)::
@@ -111,12 +111,15 @@ def bench(model_name: str, device: str, batch: int, segment_s: float, steps: int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--cpu-batch", type=int, default=4)
     p.add_argument("--cpu-segment-s", type=float, default=10.0)
     p.add_argument("--gpu-model", default="small")
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--gpu-segment-s", type=float, default=30.0)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = {"benchmark": "lm_train_step", "host": platform.node(), "cpu_count": os.cpu_count(),
            "torch": torch.__version__, "results": []}
     out["results"].append(bench("tiny", "cpu", args.cpu_batch, args.cpu_segment_s, args.steps))
