@@ -70,6 +70,7 @@ class CropDataset(torch.utils.data.Dataset):
     ``S = segment_frames``; ``mask`` is False on padding. With ``drop`` (a
     ``ConditionerConfig``) the conditions are dropped as in :func:`drop_conditions`,
     seeded by ``(seed, i)``. Indices run past the dataset length: that is the next epoch.
+    ``random_crops=False`` (evaluation): sample ``i`` is the start of row ``i % len``.
     """
 
     def __init__(self, ds, segment_frames: int, special: int, seed: int, drop: ConditionerConfig | None = None,

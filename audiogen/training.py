@@ -356,6 +356,10 @@ def build_model(cfg: TrainConfig, train_ds, codec_desc: dict, saved: dict | None
         ccfg = build_conditioner_config(cfg, train_ds)
         cond = ConditionEncoder(ccfg)
         lm = LM(named_config(cfg.model, **{**cfg.lm, "num_codebooks": K, "cardinality": card, "cond_dim": ccfg.dim}))
+    if not getattr(cond.cfg, "attribute_slots", True):
+        # text-only conditioning (imported MusicGen): the attribute tables take no part in
+        # the forward pass; frozen, so DDP does not wait for their gradients
+        cond.tables.requires_grad_(False)
     if lm.cfg.num_codebooks != K or lm.cfg.cardinality != card:
         raise AudiogenError(f"the LM predicts {lm.cfg.num_codebooks} x {lm.cfg.cardinality} codes but the "
                             f"dataset's codec gives {K} x {card}")
@@ -403,7 +407,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=False, foreach=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
 @torch.no_grad()
@@ -413,7 +417,6 @@ def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, ba
 
     was_training = model.training
     model.eval()
-    K = None
     sums = counts = None
     try:
         for b in eval_batches(valid_ds, segment_frames, special, batch, max_rows,
@@ -436,10 +439,6 @@ def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, ba
 
 
 # ------------------------------------------------------------------------------ the run
-
-
-def _codes_frame_rate(desc: dict) -> float:
-    return float(desc["frame_rate"])
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -504,7 +503,7 @@ def train(cfg: TrainConfig) -> int:
     train_ds, valid_ds = dd["train"], dd["valid"]
     desc = dataset_codec(train_ds)
     spec, codec_obj = codec_spec(desc, cfg.codec)
-    frames = max(1, round(cfg.segment_s * _codes_frame_rate(desc)))
+    frames = max(1, round(cfg.segment_s * float(desc["frame_rate"])))
 
     latest = latest_checkpoint(ckpt_root)
     saved = json.loads(build_file.read_text()) if latest is not None and build_file.is_file() else None
