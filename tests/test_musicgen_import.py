@@ -500,34 +500,30 @@ def test_cli_import_then_generate(hf, tmp_path):
 def test_imported_model_fine_tunes_through_the_lm_recipe(hf, tmp_path):
     """init_from an imported model: a few steps on a tiny dataset tokenized with its codec, exported loadable."""
     import datasets
+    import soundfile as sf
     from safetensors.torch import load_file
 
     from audiogen.checkpoint import load_model
     from audiogen.codec import load_codec
     from audiogen.generate import SamplingParams, generate_window
     from audiogen.pipeline import condition_batch
-    from audiogen.prep import dataset_features
+    from audiogen.prep import PrepConfig, prepare
     from tests.conftest import synth_music
 
     imported = hf[3]
     codec = load_codec(imported / "codec")
-    desc = json.dumps(codec.describe(), sort_keys=True)
-
-    def rows(split, n):
-        out = []
-        for i in range(n):
-            wav = torch.from_numpy(synth_music(1.0, sr=32000, seed=i + (10 if split == "valid" else 0)))
-            codes = codec.encode(wav[None])[0].numpy().astype("int16")
-            out.append(dict(id=f"{split}{i}", source=f"{split}{i}.wav", sha256=f"{i:064d}", start_s=0.0, duration_s=1.0,
-                            codec=desc, codes=codes.tolist(), caption=["calm piano", "loud rock with drums"][i % 2],
-                            genre=None, mood=None, bpm=None, key=None, instruments=[], license="CC0", split=split,
-                            title=None, artist=None, attribution=None))
-        return out
-
-    f = dataset_features(codec.num_codebooks)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i in range(5):
+        sf.write(str(audio / f"track{i}.wav"), synth_music(2.0, sr=32000, seed=i)[0], 32000)
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"path": f"track{i}.wav", "caption": TEXTS[i % 2]}) + "\n" for i in range(5)))
     data = tmp_path / "data"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows("train", 4), features=f),
-                          "valid": datasets.Dataset.from_list(rows("valid", 1), features=f)}).save_to_disk(str(data))
+    prepare(PrepConfig(audio_dir=str(audio), out=str(data), codec=str(imported / "codec"), segment_s=1.0, workers=0,
+                       valid_fraction=0.2, captions=str(captions), progress=False))
+    dd = datasets.load_from_disk(str(data))
+    assert json.loads(dd["train"][0]["codec"])["sample_rate"] == 32000 and len(dd["train"]) >= 4
+    assert set(dd["train"]["caption"]) <= set(TEXTS)
     run = tmp_path / "run"
     config = tmp_path / "finetune.yaml"  # no model/conditioner keys: those come from init_from
     config.write_text(f"""\
