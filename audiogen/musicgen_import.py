@@ -557,6 +557,13 @@ def import_musicgen(src: str | os.PathLike, out: str | os.PathLike, t5: str | os
     if out.resolve() == src.resolve():
         raise AudiogenError("--out must differ from the source folder")
     layout = detect_layout(src)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        from audiogen.checkpoint import read_config
+
+        try:  # an existing model directory is replaced (atomically); anything else is left alone
+            read_config(out)
+        except AudiogenError:
+            raise AudiogenError(f"--out {out} exists and is not an audiogen model directory; choose a new folder") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as work:
         work = Path(work)

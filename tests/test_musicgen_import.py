@@ -464,6 +464,21 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_import_replaces_a_model_dir_but_never_another_folder(hf, tmp_path):
+    from audiogen.musicgen_import import import_musicgen
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(AudiogenError, match="not an audiogen model directory"):
+        import_musicgen(hf[2], other)
+    assert (other / "todo.txt").read_text() == "keep me"
+    out = import_musicgen(hf[2], tmp_path / "m")
+    (out / "stale.txt").write_text("from an older import")
+    import_musicgen(hf[2], out)
+    assert not (out / "stale.txt").exists() and (out / "config.yaml").is_file()
+
+
 def test_failed_import_leaves_an_existing_model_dir_untouched(hf, tmp_path):
     from audiogen.musicgen_import import import_musicgen
 
