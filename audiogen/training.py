@@ -598,7 +598,9 @@ class _Run:
                         bar.write(f"step {done}: valid perplexity per codebook {ppl}")
             stopping = stop.poll(acc)
             if done % cfg.save_every == 0 or done == cfg.max_steps or stopping:
-                save_checkpoint(acc, self.ckpt_root, done, cfg.keep_checkpoints)
+                # the data position is the step: samples [0, done * batch_size) have been seen
+                save_checkpoint(acc, self.ckpt_root, done, cfg.keep_checkpoints,
+                                extra={"samples_seen": done * cfg.batch_size})
                 self.export(done)
             if cfg.kill_at_step and done == cfg.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
