@@ -529,9 +529,15 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
     except ValueError as e:
         raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None
     if isinstance(meta, dict) and meta.get("backend") == "hf_encodec":
+        codec = HFEncodecCodec.load(p, meta, num_codebooks)
         if bandwidth is not None:
-            raise AudiogenError(f"{p}: choose this codec's codebooks with num_codebooks, not a bandwidth")
-        return HFEncodecCodec.load(p, meta, num_codebooks).to(device)
+            per_q = math.log2(codec.cardinality) * codec.frame_rate / 1000
+            k = round(bandwidth / per_q)
+            if abs(k * per_q - bandwidth) > 1e-6 * max(1.0, bandwidth) or not 1 <= k <= len(codec.model.quantizer.layers):
+                raise AudiogenError(f"{p}: {bandwidth:g} kbps is not a whole number of this codec's codebooks "
+                                    f"({per_q:g} kbps each, at most {len(codec.model.quantizer.layers)})")
+            codec.num_codebooks = k
+        return codec.to(device)
     try:
         cfg = EncodecConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as e:

@@ -176,6 +176,12 @@ def test_encodec_32khz_decode_and_encode_match_transformers(hf, loaded):
     with torch.no_grad():
         ref_codes = model.audio_encoder.encode(wav, bandwidth=1.2).audio_codes[0]
     assert torch.equal(loaded.codec.encode(wav), ref_codes)
+    # the codec folder also loads by bandwidth, as transformers counts it (0.3 kbps per 64-code codebook at 50 Hz)
+    from audiogen.codec import load_codec
+
+    assert load_codec(hf[3] / "codec", bandwidth=0.6).num_codebooks == 2
+    with pytest.raises(AudiogenError, match="whole number"):
+        load_codec(hf[3] / "codec", bandwidth=0.5)
 
 
 # ------------------------------------------------------------------------------ AudioCraft layout
