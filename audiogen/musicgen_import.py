@@ -275,7 +275,10 @@ def build_from_transformers(src: Path, t5_dir: Path | None, work: Path):
 
     # T5: weights from the checkpoint, tokenizer from beside it (or from --t5)
     t5 = T5EncoderModel(T5Config(**{k: v for k, v in t5_cfg.items() if k not in ("architectures", "transformers_version")}))
-    _strict_load(t5, _prefixed(state, "text_encoder."), "T5 text encoder", src, allow_missing=("encoder.embed_tokens.weight",))
+    t5_state = _prefixed(state, "text_encoder.")
+    if "shared.weight" not in t5_state and "encoder.embed_tokens.weight" in t5_state:  # tied: either may be saved
+        t5_state["shared.weight"] = t5_state["encoder.embed_tokens.weight"]
+    _strict_load(t5, t5_state, "T5 text encoder", src, allow_missing=("encoder.embed_tokens.weight",))
     te_dir = work / "t5"
     _write_t5(t5.eval(), _load_tokenizer(tok_src), te_dir)
 
@@ -357,7 +360,8 @@ def lm_config_from_audiocraft(cfg: dict, state: dict, src: Path):
         raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: not a MusicGen transformer LM (lm_model: {cfg.get('lm_model')})")
     expect = {"norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False, "activation": "gelu",
               "norm": "layer_norm", "positional_embedding": "sin", "layer_scale": None, "qk_layer_norm": False,
-              "qk_layer_norm_cross": False, "kv_repeat": 1, "cross_attention": True, "xpos": False}
+              "qk_layer_norm_cross": False, "kv_repeat": 1, "cross_attention": True, "xpos": False,
+              "causal": True, "past_context": None}
     for key, want in expect.items():
         got = tl.get(key, want)
         if got != want:
@@ -457,7 +461,7 @@ def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None
         codec = codec_from_audiocraft(cpkg, src / AUDIOCRAFT_CODEC, lm_cfg.num_codebooks)
         codec_dir = src / AUDIOCRAFT_CODEC
     if codec.cardinality != lm_cfg.cardinality or codec.sample_rate != int(cfg.get("sample_rate", codec.sample_rate)):
-        raise AudiogenError(f"--codec {codec_dir}: {codec.cardinality} codes at {codec.sample_rate} Hz, but the LM was "
+        raise AudiogenError(f"{codec_dir}: the codec gives {codec.cardinality} codes at {codec.sample_rate} Hz, but the LM was "
                             f"trained on {lm_cfg.cardinality} codes at {cfg.get('sample_rate')} Hz")
     t5, tok = _load_t5_dir(t5_dir)
     if int(t5.config.d_model) != lm_cfg.cond_dim:
@@ -469,7 +473,7 @@ def build_from_audiocraft(src: Path, t5_dir: Path | None, codec_dir: Path | None
     conditioner = ConditionEncoder(_conditioner_config(lm_cfg.cond_dim, p_drop), TextEncoder(te_dir, 512))
     _identity_text_proj(conditioner)
     lm = LM(lm_cfg)
-    lm.load_state_dict(audiocraft_to_lm_state(state, name, lm_cfg.num_layers, src))
+    _strict_load(lm, audiocraft_to_lm_state(state, name, lm_cfg.num_layers, src), "LM", src / AUDIOCRAFT_LM)
     provenance = {"source": "audiocraft", "path": str(src), "t5": str(t5_dir), "codec": str(codec_dir),
                   "audiocraft_version": pkg.get("version")}
     return lm, conditioner, codec, provenance

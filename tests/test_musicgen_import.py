@@ -308,6 +308,10 @@ def test_audiocraft_config_that_differs_from_musicgen_is_rejected(hf, audiocraft
                bad / "state_dict.bin")
     with pytest.raises(AudiogenError, match="bias_ff"):
         import_musicgen(bad, tmp_path / "out", t5=t5_dir, codec=codec_dir)
+    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": AUDIOCRAFT_CFG.replace("hidden_scale: 2", "hidden_scale: 4")},
+               bad / "state_dict.bin")
+    with pytest.raises(AudiogenError, match="LM weights do not match.*size mismatch"):
+        import_musicgen(bad, tmp_path / "out", t5=t5_dir, codec=codec_dir)
     state = audiocraft_state(hf[0])
     del state["transformer.layers.1.linear2.weight"]
     torch.save({"best_state": state, "xp.cfg": AUDIOCRAFT_CFG}, bad / "state_dict.bin")
