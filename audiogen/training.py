@@ -171,6 +171,25 @@ def check_resumable(out: Path, new: dict, keys: tuple[str, ...]) -> None:
         raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
 
 
+def recipe_main(description: str, load, run, argv: list[str] | None = None, config_help: str = "YAML config") -> int:
+    """A recipe's command line, ``--config FILE [key=value ...]``: ``run(load(config, overrides))``.
+
+    User errors (:class:`AudiogenError`) print one line and return 1.
+    """
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help=config_help)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=100")
+    args = p.parse_args(argv)
+    try:
+        return run(load(args.config, args.overrides))
+    except AudiogenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
 def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML config and apply ``key=value`` overrides (YAML values; ``lm.dim=128`` for nested keys)."""
     cfg = read_config(TrainConfig, path, overrides)

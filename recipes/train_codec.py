@@ -14,7 +14,6 @@ SIGTERM saves a checkpoint and exits 0. The codec is exported to ``OUT_DIR/codec
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -29,13 +28,6 @@ from audiogen.errors import AudiogenError  # noqa: E402
 
 #: config keys that must not change when a run is resumed
 RESUME_KEYS = ("codec", "seed", "batch_size", "segment_s", "data_dir", "holdout_tracks", "max_tracks")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML config (see recipes/configs/codec_*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=100")
-    return p.parse_args(argv)
 
 
 def train(cfg) -> int:
@@ -180,13 +172,10 @@ def export(accelerator, parts, cfg, out: Path, step: int) -> Path:
 
 def main(argv=None) -> int:
     from audiogen.codec_training import load_train_config
+    from audiogen.training import recipe_main
 
-    args = parse_args(argv)
-    try:
-        return train(load_train_config(args.config, args.overrides))
-    except AudiogenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return recipe_main(__doc__, load_train_config, train, argv,
+                       config_help="YAML config (see recipes/configs/codec_*.yaml)")
 
 
 if __name__ == "__main__":

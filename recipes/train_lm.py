@@ -16,7 +16,6 @@ checkpoint and at the end. See docs/training.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,25 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from audiogen.errors import AudiogenError  # noqa: E402
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="YAML config (see recipes/configs/{tiny,small,medium}.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=100")
-    return p.parse_args(argv)
-
 
 def main(argv=None) -> int:
-    from audiogen.training import load_train_config, train
+    from audiogen.training import load_train_config, recipe_main, train
 
-    args = parse_args(argv)
-    try:
-        return train(load_train_config(args.config, args.overrides))
-    except AudiogenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return recipe_main(__doc__, load_train_config, train, argv,
+                       config_help="YAML config (see recipes/configs/{tiny,small,medium}.yaml)")
 
 
 if __name__ == "__main__":
