@@ -347,26 +347,13 @@ class HFEncodecCodec(Codec):
         self.num_codebooks = k
         self.weights_sha256 = weights_sha256
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "HFEncodecCodec":
-        self.model.to(device)
-        return self
+    # the same bookkeeping as EncodecCodec (a torch model in self.model, the same description fields)
+    bandwidth_kbps = EncodecCodec.bandwidth_kbps
+    device = EncodecCodec.device
+    to = EncodecCodec.to
 
     def describe(self) -> dict:
-        return {
-            "backend": "hf_encodec",
-            "name": self.name,
-            "sample_rate": self.sample_rate,
-            "channels": self.channels,
-            "frame_rate": self.frame_rate,
-            "num_codebooks": self.num_codebooks,
-            "cardinality": self.cardinality,
-            "bandwidth_kbps": round(self.num_codebooks * math.log2(self.cardinality) * self.frame_rate / 1000, 3),
-            "weights_sha256": self.weights_sha256,
-        }
+        return {**EncodecCodec.describe(self), "backend": "hf_encodec"}
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
         residual = self.model.encoder(wav)
@@ -380,23 +367,6 @@ class HFEncodecCodec(Codec):
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
         return self.model.decoder(emb)
-
-    def save(self, out_dir: Path, dtype: torch.dtype | None = None) -> None:
-        """``config.json`` + ``model.safetensors`` (transformers layout) and ``codec.json``."""
-        from safetensors.torch import save_file
-
-        from audiogen.audio import atomic_path, atomic_write_text
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        if dtype is not None:
-            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-        with atomic_path(out_dir / CODEC_WEIGHTS) as tmp:
-            save_file(state, str(tmp))
-        self.weights_sha256 = sha256_file(out_dir / CODEC_WEIGHTS)  # what loading the saved copy reports
-        atomic_write_text(out_dir / "config.json", self.model.config.to_json_string())
-        meta = {"backend": "hf_encodec", "name": self.name, "num_codebooks": self.num_codebooks}
-        atomic_write_text(out_dir / CODEC_CONFIG, json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, path: Path, meta: dict, num_codebooks: int | None = None) -> "HFEncodecCodec":
@@ -484,7 +454,8 @@ CODEC_WEIGHTS = "codec.safetensors"
 
 
 def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically).
+    """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically); an
+    :class:`HFEncodecCodec` also gets its transformers ``config.json``.
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point weights smaller; loading
     copies them into the float32 model.
@@ -494,17 +465,19 @@ def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike,
     from audiogen.audio import atomic_path, atomic_write_text
 
     out = Path(out_dir)
-    if isinstance(codec, HFEncodecCodec):
-        codec.save(out, dtype=dtype)
-        return out
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in codec.model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(out / CODEC_WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    meta = {"backend": "encodec", "name": codec.name, "num_codebooks": codec.num_codebooks,
-            "config": dataclasses.asdict(codec.config)}
+    if isinstance(codec, HFEncodecCodec):  # transformers config.json beside the weights
+        codec.weights_sha256 = sha256_file(out / CODEC_WEIGHTS)  # what loading the saved copy reports
+        atomic_write_text(out / "config.json", codec.model.config.to_json_string())
+        meta = {"backend": "hf_encodec", "name": codec.name, "num_codebooks": codec.num_codebooks}
+    else:
+        meta = {"backend": "encodec", "name": codec.name, "num_codebooks": codec.num_codebooks,
+                "config": dataclasses.asdict(codec.config)}
     atomic_write_text(out / CODEC_CONFIG, json.dumps(meta, indent=2))
     return out
 
