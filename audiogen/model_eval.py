@@ -152,3 +152,23 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "tempo": tempo_response(loaded, per_bpm=bpm_clips, seconds=seconds, seed=seed + 1000),
         "embedder": emb.describe(),
     }
+
+
+def attribution_markdown(data_dir: str | Path, title: str = "Training data: tracks, licenses, attribution") -> str:
+    """A Markdown list of every source track of a prepared dataset with its license and credit line."""
+    from datasets import load_from_disk
+
+    ds = load_from_disk(str(data_dir))
+    tracks: dict[str, tuple[str, str, str]] = {}
+    for split in ds:
+        for row in ds[split].select_columns(["source", "license", "attribution"]):
+            tracks.setdefault(row["source"], (row["license"] or "unknown", row["attribution"] or row["source"], split))
+    counts: dict[str, int] = {}
+    for lic, _, _ in tracks.values():
+        counts[lic] = counts.get(lic, 0) + 1
+    lines = [f"# {title}", "", f"{len(tracks)} tracks. Licenses: "
+             + "; ".join(f"{k} ({v} tracks)" for k, v in sorted(counts.items())) + ".", ""]
+    for src in sorted(tracks):
+        lic, credit, split = tracks[src]
+        lines.append(f"- {credit} [{lic}]" + (" (held out)" if split != "train" else ""))
+    return "\n".join(lines) + "\n"
