@@ -148,9 +148,29 @@ def _init_random_codec(model, cfg: EncodecConfig, seconds: float = 2.0) -> None:
     last.mul_(0.1 / rms)
 
 
+#: bump when _init_random_codec changes, so stale cached tiny weights are not reused
+TINY_INIT_VERSION = 2
+
+
+def cache_dir() -> Path:
+    """audiogen's cache folder: ``$AUDIOGEN_CACHE``, else ``$XDG_CACHE_HOME/audiogen`` or ``~/.cache/audiogen``."""
+    if os.environ.get("AUDIOGEN_CACHE"):
+        return Path(os.environ["AUDIOGEN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "audiogen"
+
+
 @functools.lru_cache(maxsize=4)
 def _tiny_state(seed: int) -> dict:
-    """Weights of the random ``tiny`` codec for ``seed`` (built once per process)."""
+    """Weights of the random ``tiny`` codec for ``seed``: built once, then read from the cache folder
+    (the k-means init takes seconds, and every test subprocess would pay it)."""
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / f"tiny_codec_seed{seed}_v{TINY_INIT_VERSION}_torch{torch.__version__.split('+')[0]}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))
+        except Exception:  # a damaged cache file is rebuilt
+            pass
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -158,7 +178,16 @@ def _tiny_state(seed: int) -> dict:
         _init_random_codec(model, NAMED_CONFIGS["tiny"])
     finally:
         torch.random.set_rng_state(gen_state)
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    try:
+        from audiogen.audio import atomic_path
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp))
+    except OSError:  # a read-only home is fine: no cache
+        pass
+    return state
 
 
 class Codec:
