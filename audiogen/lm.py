@@ -181,7 +181,10 @@ class LM(nn.Module):
         pos = torch.arange(start, start + S, device=tokens.device)
         x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
         cond_mask = cond_mask.bool()
-        mem = self.cond_proj(cond) * cond_mask[..., None].to(cond.dtype)
+        if cache is not None and "ck" in cache[0]:
+            mem = None  # decoding: the cross-attention K/V of the conditions are already cached
+        else:
+            mem = self.cond_proj(cond) * cond_mask[..., None].to(cond.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, mem, cond_mask, None if cache is None else cache[i], start)
         x = self.layer_norm(x)
