@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from audiogen.audio import sha256_file
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, check_fields
 
 #: Where the encodec package's pretrained checkpoints are published (for the error message only;
 #: nothing here downloads).
@@ -66,10 +66,7 @@ class EncodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncodecConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise AudiogenError(f"unknown codec config keys: {sorted(unknown)}")
+        check_fields(cls, d, "codec config keys")
         d = dict(d)
         for k in ("ratios", "target_bandwidths"):
             if k in d:

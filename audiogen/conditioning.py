@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, check_fields
 
 ATTRIBUTES = ("genre", "mood", "key")
 
@@ -85,10 +85,7 @@ class ConditionerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ConditionerConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise AudiogenError(f"unknown conditioner settings: {', '.join(sorted(unknown))}")
+        check_fields(cls, d, "conditioner settings")
         return cls(**d)
 
 

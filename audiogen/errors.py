@@ -9,3 +9,13 @@ programming error and keeps its traceback.
 
 class AudiogenError(Exception):
     """A user-facing error: bad input, bad configuration, missing files."""
+
+
+def check_fields(cls, d: dict, what: str) -> None:
+    """Raise an ``AudiogenError`` naming any key of ``d`` that is not a field of the dataclass ``cls``."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise AudiogenError(f"unknown {what}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")

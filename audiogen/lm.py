@@ -22,13 +22,13 @@ False gets exactly zero cross-attention output (unconditional, for CFG).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, check_fields
 
 
 @dataclass
@@ -48,10 +48,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LMConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise AudiogenError(f"unknown LM settings: {', '.join(sorted(unknown))}")
+        check_fields(cls, d, "LM settings")
         return cls(**d)
 
 

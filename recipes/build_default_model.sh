@@ -11,8 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-music
 DATA=.cache/data_default
-CODEC_STEPS=${CODEC_STEPS:-1000}
-LM_STEPS=${LM_STEPS:-400}
+CODEC_STEPS=${CODEC_STEPS:-817}
+LM_STEPS=${LM_STEPS:-900}
 
 python3 -m audiogen.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
 

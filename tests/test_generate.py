@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import resource
+
 import subprocess
 import sys
 
@@ -17,7 +17,7 @@ pytest.importorskip("audiogen.checkpoint", reason="audiogen/checkpoint.py (issue
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
 from audiogen.finishing import read_tags, sidecar_path
-from audiogen.generate import SamplingParams, generate_codes, generate_window, sample_tokens
+from audiogen.generate import SamplingParams, generate_codes, sample_tokens
 from audiogen.pipeline import GenerateJob, run_job
 
 
@@ -123,7 +123,7 @@ def test_long_form_uses_bounded_windows(tiny_model_dir):
 @pytest.mark.slow
 def test_ten_minute_track_runs_in_bounded_memory(tiny_model_dir, tmp_path):
     """10 minutes at 75 Hz = 45k frames through windowed generation and windowed decoding."""
-    code = f"""
+    code = """
 import resource, sys
 from audiogen.pipeline import GenerateJob, run_job
 run_job(GenerateJob(prompt="long ambient bed", duration_s=600, out=sys.argv[1], model_dir=sys.argv[2],

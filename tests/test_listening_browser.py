@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from audiogen.listening import experiment as E
-from listening_helpers import REPO, experiment_yaml, free_port, start_server
+from listening_helpers import experiment_yaml, free_port, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
