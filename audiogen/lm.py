@@ -105,7 +105,8 @@ class Layer(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x, mem, mem_mask, layer_cache, start: int):
+    def forward(self, x, mem, cross_mask, layer_cache, start: int):
+        """``cross_mask``: ``(attn_mask[B, 1, 1, L], row_scale[B, 1, 1])`` from :meth:`LM.cross_masks`."""
         S = x.shape[1]
         a = self.self_attn
         h = self.self_attn_layer_norm(x)
@@ -117,6 +118,8 @@ class Layer(nn.Module):
             v = layer_cache["v"][:, :, : start + S]
         if start == 0 and k.shape[2] == S:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif S == 1:  # one decode step: the newest query sees every cached key, no mask needed
+            o = F.scaled_dot_product_attention(q, k, v)
         else:  # query i at absolute position start+i sees keys <= start+i
             qpos = torch.arange(start, start + S, device=x.device)[:, None]
             kpos = torch.arange(k.shape[2], device=x.device)[None]
@@ -132,12 +135,9 @@ class Layer(nn.Module):
             ck, cv = c.split(c.k_proj(mem)), c.split(c.v_proj(mem))
             if layer_cache is not None:
                 layer_cache["ck"], layer_cache["cv"] = ck, cv
-        # rows with an all-False mask would softmax over nothing (NaN): let them attend
-        # everywhere, then zero their output so the contribution is exactly 0
-        any_valid = mem_mask.any(dim=1)  # [B]
-        safe_mask = mem_mask | ~any_valid[:, None]
-        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=safe_mask[:, None, None, :])
-        o = c.out_proj(c.merge(o)) * any_valid[:, None, None].to(x.dtype)
+        attn_mask, row_scale = cross_mask
+        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=attn_mask)
+        o = c.out_proj(c.merge(o)) * row_scale.to(x.dtype)
         x = x + o
         h = self.final_layer_norm(x)
         return x + self.fc2(F.gelu(self.fc1(h)))
@@ -182,10 +182,22 @@ class LM(nn.Module):
             mem = None  # decoding: the cross-attention K/V of the conditions are already cached
         else:
             mem = self.cond_proj(cond) * cond_mask[..., None].to(cond.dtype)
+        cross_mask = self.cross_masks(cond_mask)
         for i, layer in enumerate(self.layers):
-            x = layer(x, mem, cond_mask, None if cache is None else cache[i], start)
+            x = layer(x, mem, cross_mask, None if cache is None else cache[i], start)
         x = self.layer_norm(x)
         return torch.stack([head(x) for head in self.lm_heads], dim=1)
+
+    @staticmethod
+    def cross_masks(cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention mask and per-row output scale, computed once per forward.
+
+        Rows with an all-False mask would softmax over nothing (NaN): they attend
+        everywhere and their output is scaled by 0, so the contribution is exactly 0.
+        """
+        any_valid = cond_mask.any(dim=1)  # [B]
+        safe_mask = cond_mask | ~any_valid[:, None]
+        return safe_mask[:, None, None, :], any_valid[:, None, None]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
