@@ -5,6 +5,9 @@
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   CODEC_STEPS=20000 LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer run
 #
+# The shipped model (see audiogen/default_model/MODEL_CARD.md) was built with these steps, except
+# that its LM saw only the 26 files tokenized in the time the session had.
+#
 # Steps: fetch the corpus -> train the codec -> tokenize the corpus with it -> train the
 # LM -> measure (codec quality, model report) -> copy the exported model into the package.
 set -euo pipefail

@@ -1,0 +1,45 @@
+"""The embedded default model: the README's main command works out of the box, offline, on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiogen import audio as A
+from audiogen.finishing import sidecar_path
+from audiogen.pipeline import DEFAULT_MODEL_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_model_is_shipped_small_and_documented():
+    assert (DEFAULT_MODEL_DIR / "config.yaml").is_file() and (DEFAULT_MODEL_DIR / "model.safetensors").is_file()
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size <= 50 * 1024 * 1024, f"default model is {size / 2**20:.1f} MB (limit 50 MB)"
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+    for needed in ("CC-BY-SA-3.0", "GPL-2+", "SI-SDR", "FAD", "bpm"):
+        assert needed in card, needed
+    assert (DEFAULT_MODEL_DIR / "ATTRIBUTION.md").is_file()
+
+
+def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    assert 'audiogen generate "calm orchestral theme" --duration 30 --out theme.wav' in readme
+    out = tmp_path / "theme.wav"
+    # the README's command, shortened to 6 s to keep the suite fast (the card states the time for 30 s)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "6",
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path,
+                       env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                            "HOME": str(Path.home())})
+    assert r.returncode == 0, r.stderr[-2000:]
+    wav, sr = A.load_audio(out)
+    assert wav.shape[1] == 6 * sr
+    assert A.integrated_loudness(wav, sr) == pytest.approx(-16.0, abs=0.5)
+    assert A.true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
+    side = json.loads(sidecar_path(out).read_text())
+    assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
+    assert side["codec"]["name"] == "audiogen-codec-24khz"
