@@ -154,8 +154,11 @@ class TextEncoder:
     def __init__(self, path: Path, max_tokens: int, cache_size: int = 50_000):
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
 
+        from transformers.utils import logging as hf_logging
+
         self.path = path
         self.max_tokens = max_tokens
+        hf_logging.disable_progress_bar()  # a weights-loading bar per load is noise in a CLI (and ignores --quiet)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
