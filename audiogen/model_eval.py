@@ -25,12 +25,12 @@ from audiogen.generate import SamplingParams, frames_for, generate_codes
 def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
                      window_s: float = 10.0) -> np.ndarray:
     """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition."""
-    from audiogen.pipeline import CONTEXT_FRACTION, condition_batch
+    from audiogen.pipeline import CONTEXT_FRACTION, condition_batch, window_frames
 
     codec = loaded.codec
     device = next(loaded.lm.parameters()).device
     cond, mask = condition_batch(loaded.conditioner, conds, params.cfg_scale != 1.0, device)
-    W = max(8, min(loaded.lm.cfg.max_positions - loaded.lm.cfg.num_codebooks, int(window_s * codec.frame_rate)))
+    W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)
     codes = generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
                            max(1, int(W * CONTEXT_FRACTION)))

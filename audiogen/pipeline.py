@@ -127,9 +127,10 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
     return cond.to(device), mask.to(device)
 
 
-def window_frames(loaded, frame_rate: float, job: GenerateJob) -> int:
+def window_frames(loaded, frame_rate: float, window_s: float | None = None) -> int:
+    """Frames per generation window: ``window_s`` (default: the model's own), capped by the LM's positions."""
     lm_max = loaded.lm.cfg.max_positions - loaded.lm.cfg.num_codebooks
-    seconds = job.window_s or float(loaded.config.get("generation", {}).get("window_s", 30.0))
+    seconds = window_s or float(loaded.config.get("generation", {}).get("window_s", 30.0))
     return max(8, min(lm_max, int(seconds * frame_rate)))
 
 
@@ -162,7 +163,7 @@ def run_job(job: GenerateJob) -> list[dict]:
             raise AudiogenError(
                 f"--continue audio ({wav.shape[1] / sr:.1f}s) is not shorter than --duration ({job.duration_s:g}s)"
             )
-    W = window_frames(loaded, fr, job)
+    W = window_frames(loaded, fr, job.window_s)
     C = max(1, int(W * CONTEXT_FRACTION))
     guided = params.cfg_scale != 1.0
     cond, mask = condition_batch(loaded.conditioner, [conds] * job.variations, guided, job.device)
