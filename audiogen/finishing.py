@@ -111,6 +111,12 @@ def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookah
     return (wav * g[None]).astype(np.float32)
 
 
+WRITE_ATTEMPTS = 5
+LOUDNESS_TOLERANCE_LU = 0.2  # a written file further than this from the target is corrected and rewritten
+MIN_LIMITER_SLOPE = 0.05  # LU of loudness per dB of gain below which limiting is a brick wall
+MAX_GAIN_STEP_DB = 12.0
+
+
 def normalize_loudness(wav: np.ndarray, sample_rate: int, lufs: float, true_peak_db: float,
                        circular: bool = False) -> np.ndarray:
     """Gain to ``lufs`` integrated, then true-peak limiting, iterated so both hold."""
@@ -127,16 +133,22 @@ def normalize_loudness(wav: np.ndarray, sample_rate: int, lufs: float, true_peak
 
     # Limiting costs loudness, so the gain that reaches the target is found by the secant
     # method on gain -> loudness-after-limiting (monotone; slope 1 without limiting, < 1 with).
+    # Once the slope is nearly 0 the limiter is a brick wall: more gain only adds distortion,
+    # so the search stops there (the caller reports the loudness actually reached).
     g0 = lufs - measured
     out, l0 = render(g0)
     g1 = g0 + (lufs - l0)
     for _ in range(8):
         if abs(lufs - l0) < 0.05:
             break
-        out, l1 = render(g1)
+        out1, l1 = render(g1)
         slope = (l1 - l0) / (g1 - g0) if g1 != g0 else 1.0
+        if abs(lufs - l1) < abs(lufs - l0):
+            out = out1
+        if slope < MIN_LIMITER_SLOPE:
+            break
         g0, l0 = g1, l1
-        g1 = g1 + (lufs - l1) / min(1.0, max(slope, 0.05))
+        g1 = g1 + min(MAX_GAIN_STEP_DB, (lufs - l1) / min(1.0, slope))
     return out.astype(np.float32)
 
 
@@ -216,18 +228,20 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
                    tags: dict[str, str], sidecar: dict) -> dict:
     """Write ``wav`` (already finished) with tags and a JSON sidecar; returns the sidecar dict.
 
-    Loudness and true peak are measured on the file as written and re-read. If a lossy
-    encoder pushed the true peak over the limit (MP3/Vorbis overshoot on bright material),
-    the audio is limited again to a ceiling lowered by the overshoot, keeping the loudness
-    target, and the file rewritten (at most 3 times); nothing half-written is ever left
-    at ``path``.
+    Loudness and true peak are measured on the file as written and re-read. Lossy
+    encoders move both: MP3/Vorbis overshoot the true peak on bright material, and their
+    low-pass and quantisation shift the loudness. So the write is closed-loop: when the
+    re-read file is over the true-peak limit, the audio is limited again to a ceiling
+    lowered by the overshoot; when it misses the loudness target by more than
+    ``LOUDNESS_TOLERANCE_LU``, the target is moved by the miss; then it is rewritten (at
+    most ``WRITE_ATTEMPTS`` times). Nothing half-written is ever left at ``path``.
     """
     path = Path(path)
     if path.suffix.lower() not in A.WRITE_FORMATS:
         raise AudiogenError(f"{path}: cannot write '{path.suffix}' files; use .wav, .flac, .ogg or .mp3")
-    ceiling = spec.true_peak_db
+    ceiling, target = spec.true_peak_db, spec.lufs
     out = wav
-    for attempt in range(4):
+    for attempt in range(WRITE_ATTEMPTS):
         try:
             with A.atomic_path(path) as tmp:
                 A.write_audio(tmp, out, sample_rate)
@@ -235,10 +249,13 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
                 back, back_sr = A.load_audio(tmp)
                 lufs = A.integrated_loudness(back, back_sr)
                 tp = A.true_peak_dbtp(back, back_sr)
-                over = tp - spec.true_peak_db
-                if over > 0 and attempt < 3:
-                    ceiling -= over + 0.1
-                    out = normalize_loudness(wav, sample_rate, spec.lufs, ceiling, circular=spec.loop)
+                over, miss = tp - spec.true_peak_db, spec.lufs - lufs
+                if (over > 0 or abs(miss) > LOUDNESS_TOLERANCE_LU) and attempt < WRITE_ATTEMPTS - 1:
+                    if over > 0:
+                        ceiling -= over + 0.1
+                    if abs(miss) > LOUDNESS_TOLERANCE_LU:
+                        target += miss
+                    out = normalize_loudness(wav, sample_rate, target, ceiling, circular=spec.loop)
                     raise _Retry()
         except _Retry:
             continue

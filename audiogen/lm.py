@@ -11,6 +11,7 @@ Generation API::
     cache = lm.init_cache(batch, max_len, device, dtype)
     logits = lm(tokens, cond, cond_mask, cache=cache, start=0)   # prefill
     logits = lm(next_tokens, cond, cond_mask, cache=cache, start=S0)  # one step
+    logits = lm.decode_step(tok[B, K, 1], pos, cache, lm.cross_masks(cond_mask), ...)  # fixed-shape step
 
 ``tokens: LongTensor[B, K, S]``, ``cond: FloatTensor[B, L, D_cond]``,
 ``cond_mask: BoolTensor[B, L]`` -> ``logits: FloatTensor[B, K, S, cardinality]``.
@@ -105,12 +106,30 @@ class Layer(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
+    def self_qkv(self, x: torch.Tensor):
+        a = self.self_attn
+        h = self.self_attn_layer_norm(x)
+        return a.split(a.q_proj(h)), a.split(a.k_proj(h)), a.split(a.v_proj(h))
+
+    def cross_kv(self, mem: torch.Tensor):
+        c = self.encoder_attn
+        return c.split(c.k_proj(mem)), c.split(c.v_proj(mem))
+
+    def cross_and_ffn(self, x, ck, cv, cross_mask):
+        """Cross-attention to the condition K/V, then the FFN (both residual)."""
+        c = self.encoder_attn
+        q = c.split(c.q_proj(self.encoder_attn_layer_norm(x)))
+        attn_mask, row_scale = cross_mask
+        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=attn_mask)
+        x = x + c.out_proj(c.merge(o)) * row_scale.to(x.dtype)
+        h = self.final_layer_norm(x)
+        return x + self.fc2(F.gelu(self.fc1(h)))
+
     def forward(self, x, mem, cross_mask, layer_cache, start: int):
         """``cross_mask``: ``(attn_mask[B, 1, 1, L], row_scale[B, 1, 1])`` from :meth:`LM.cross_masks`."""
         S = x.shape[1]
         a = self.self_attn
-        h = self.self_attn_layer_norm(x)
-        q, k, v = a.split(a.q_proj(h)), a.split(a.k_proj(h)), a.split(a.v_proj(h))
+        q, k, v = self.self_qkv(x)
         if layer_cache is not None:
             layer_cache["k"][:, :, start : start + S] = k.to(layer_cache["k"].dtype)
             layer_cache["v"][:, :, start : start + S] = v.to(layer_cache["v"].dtype)
@@ -125,22 +144,27 @@ class Layer(nn.Module):
             kpos = torch.arange(k.shape[2], device=x.device)[None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
         x = x + a.out_proj(a.merge(o))
-
-        c = self.encoder_attn
-        h = self.encoder_attn_layer_norm(x)
-        q = c.split(c.q_proj(h))
-        if layer_cache is not None and "ck" in layer_cache:
+        if layer_cache is not None:
             ck, cv = layer_cache["ck"], layer_cache["cv"]
         else:
-            ck, cv = c.split(c.k_proj(mem)), c.split(c.v_proj(mem))
-            if layer_cache is not None:
-                layer_cache["ck"], layer_cache["cv"] = ck, cv
-        attn_mask, row_scale = cross_mask
-        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=attn_mask)
-        o = c.out_proj(c.merge(o)) * row_scale.to(x.dtype)
-        x = x + o
-        h = self.final_layer_norm(x)
-        return x + self.fc2(F.gelu(self.fc1(h)))
+            ck, cv = self.cross_kv(mem)
+        return self.cross_and_ffn(x, ck, cv, cross_mask)
+
+    def decode_step(self, x, pos: torch.Tensor, layer_cache: dict, cross_mask, self_mask, kv_len: int):
+        """One position per row, ``x: [B, 1, D]`` at ``pos: LongTensor[1]``, attending to cached keys ``< kv_len``.
+
+        Eager decoding passes ``kv_len = pos + 1`` and no mask. A fixed-shape step (CUDA
+        graph, ``torch.compile``) passes a constant ``kv_len`` at or past ``pos`` and
+        ``self_mask: BoolTensor[1, 1, 1, kv_len]`` hiding the keys after ``pos``.
+        """
+        a = self.self_attn
+        q, k, v = (a.split(t) for t in F.linear(self.self_attn_layer_norm(x), layer_cache["qkv"]).chunk(3, dim=-1))
+        ks, vs = layer_cache["k"], layer_cache["v"]
+        ks.index_copy_(2, pos, k.to(ks.dtype))
+        vs.index_copy_(2, pos, v.to(vs.dtype))
+        o = F.scaled_dot_product_attention(q, ks[:, :, :kv_len], vs[:, :, :kv_len], attn_mask=self_mask)
+        x = x + a.out_proj(a.merge(o))
+        return self.cross_and_ffn(x, layer_cache["ck"], layer_cache["cv"], cross_mask)
 
 
 class LM(nn.Module):
@@ -178,15 +202,49 @@ class LM(nn.Module):
         pos = torch.arange(start, start + S, device=tokens.device)
         x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
         cond_mask = cond_mask.bool()
-        if cache is not None and "ck" in cache[0]:
-            mem = None  # decoding: the cross-attention K/V of the conditions are already cached
-        else:
-            mem = self.cond_proj(cond) * cond_mask[..., None].to(cond.dtype)
+        mem = None
+        if cache is None:
+            mem = self.project_conditions(cond, cond_mask)
+        elif "ck" not in cache[0]:
+            self.fill_cross_cache(cond, cond_mask, cache)
         cross_mask = self.cross_masks(cond_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, mem, cross_mask, None if cache is None else cache[i], start)
-        x = self.layer_norm(x)
+        return self.heads(self.layer_norm(x))
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, S, D] -> [B, K, S, card]`` (or ``[B, D] -> [B, K, card]``)."""
         return torch.stack([head(x) for head in self.lm_heads], dim=1)
+
+    def project_conditions(self, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
+        return self.cond_proj(cond) * cond_mask.bool()[..., None].to(cond.dtype)
+
+    def fill_cross_cache(self, cond: torch.Tensor, cond_mask: torch.Tensor, cache: list[dict]) -> None:
+        """Compute every layer's cross-attention K/V of the conditions once, into ``cache``.
+
+        Also stores each layer's fused ``[3D, D]`` self-attention Q/K/V weight, so a decode
+        step runs one matrix product instead of three (a copy per cache: it cannot go stale).
+        """
+        mem = self.project_conditions(cond, cond_mask)
+        for layer, layer_cache in zip(self.layers, cache):
+            layer_cache["ck"], layer_cache["cv"] = layer.cross_kv(mem)
+            a = layer.self_attn
+            layer_cache["qkv"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list[dict], cross_mask, kv_len: int,
+                    self_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One decode position: ``tokens: LongTensor[B, K, 1]`` at ``pos: LongTensor[1]`` -> ``logits[B, K, card]``.
+
+        Needs a cache prepared by :meth:`fill_cross_cache`. ``kv_len = pos + 1`` for eager
+        decoding; a constant ``kv_len`` plus ``self_mask`` for a fixed-shape step (see
+        :meth:`Layer.decode_step`).
+        """
+        K = self.cfg.num_codebooks
+        x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K))
+        x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
+        for layer, layer_cache in zip(self.layers, cache):
+            x = layer.decode_step(x, pos, layer_cache, cross_mask, self_mask, kv_len)
+        return self.heads(self.layer_norm(x)[:, 0])
 
     @staticmethod
     def cross_masks(cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from audiogen.finishing import FinishSpec, finish, write_finished
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 MAX_DURATION_S = 3 * 3600
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: share of each long-form window given to the previous window's tail as prompt
 CONTEXT_FRACTION = 0.4
 
@@ -48,6 +49,8 @@ class GenerateJob:
     lufs: float = -16.0
     true_peak_db: float = -1.0
     device: str = "cpu"
+    dtype: str = "auto"  # LM precision: auto (bfloat16 on a capable GPU, else float32), float32, bfloat16, float16
+    engine: str = "auto"  # decode engine, see audiogen.generate.Decoder
     progress: bool = True
     window_s: float | None = None  # override the model's window (tests, memory limits)
     extra_tags: dict = field(default_factory=dict)
@@ -86,6 +89,17 @@ class GenerateJob:
             raise AudiogenError(f"{out}: the folder {parent} is not writable")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise AudiogenError("--device cuda was asked for, but no CUDA GPU is available")
+        if self.dtype not in DTYPES:
+            raise AudiogenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from audiogen.generate import resolve_engine
+
+        resolve_engine(self.engine, self.device)
+
+    def lm_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        cuda = torch.device(self.device).type == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
         if self.continue_from is not None:
             A.audio_info(self.continue_from)  # fails early on a missing or broken file
 
@@ -147,7 +161,8 @@ def run_job(job: GenerateJob) -> list[dict]:
     job.validate()
     model_dir = resolve_model_dir(job.model_dir)
     loaded = load_model(model_dir, device=job.device)
-    lm, codec = loaded.lm.eval(), loaded.codec
+    lm_dtype = job.lm_dtype()
+    lm, codec = loaded.lm.eval().to(lm_dtype), loaded.codec
     conds = build_conditions(loaded, job)
     params = SamplingParams(job.temperature, job.top_k, job.top_p, job.cfg_scale)
     params.validate(codec.cardinality)
@@ -172,7 +187,7 @@ def run_job(job: GenerateJob) -> list[dict]:
     bar = tqdm(total=round(new_frames / fr, 1), unit="s", desc="generating audio", disable=not job.progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
     step = 1 / fr
-    codes = generate_codes(lm, cond, mask, new_frames, params, gen, W, C, prompt=prompt,
+    codes = generate_codes(lm, cond, mask, new_frames, params, gen, W, C, prompt=prompt, engine=job.engine,
                            on_frame=lambda: bar.update(min(step, bar.total - bar.n)))
     bar.close()
     if prompt is not None:
@@ -198,7 +213,7 @@ def run_job(job: GenerateJob) -> list[dict]:
             "seed": job.seed,
             "variation": i + 1,
             "sampling": {"temperature": job.temperature, "top_k": job.top_k, "top_p": job.top_p,
-                         "cfg_scale": job.cfg_scale},
+                         "cfg_scale": job.cfg_scale, "lm_dtype": str(lm_dtype).replace("torch.", "")},
             "continue_from": job.continue_from,
             "model": {"dir": str(model_dir), "sha256": model_hash},
             "codec": codec.describe(),

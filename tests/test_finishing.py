@@ -51,6 +51,20 @@ def test_limiter_is_needed_and_does_not_just_clip():
     assert gain[np.abs(x[0]) > 1e-3].max() <= 1.0 + 1e-6
 
 
+def test_unreachable_loudness_stays_finite_and_under_the_ceiling():
+    """Bass-heavy audio whose peaks pin the limiter cannot reach -14 LUFS at -1 dBTP: the search
+    must stop at a brick-wall limiter (best effort, still under the ceiling), never run away."""
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.standard_normal((1, 3 * SR)), axis=1) * 0.005  # random walk: mostly sub-bass
+    x = (x - x.mean()).astype(np.float32)
+    reachable = F.normalize_loudness(x, SR, -21.0, -1.0)
+    assert A.integrated_loudness(reachable, SR) == pytest.approx(-21.0, abs=0.1)
+    y = F.normalize_loudness(x, SR, -14.0, -3.0)
+    assert np.isfinite(y).all()
+    assert A.true_peak_dbtp(y, SR) <= -3.0 + 1e-6
+    assert -24.0 < A.integrated_loudness(y, SR) < -14.5  # as loud as it gets without distortion, short of -14
+
+
 def test_duration_is_exact_to_the_sample(tmp_path, make_music):
     for seconds in (3.0, 2.999958, 7.123):
         spec = F.FinishSpec(duration_s=seconds)

@@ -99,24 +99,36 @@ def test_continuation_keeps_the_prompt_tokens(tiny_model_dir, tmp_path, make_mus
 def test_long_form_uses_bounded_windows(tiny_model_dir):
     """Windowed continuation: the KV cache never grows past one window, however long the track."""
     from audiogen.checkpoint import load_model
+    from audiogen.generate import Decoder
 
     loaded = load_model(tiny_model_dir)
     lm = loaded.lm
-    sizes = []
-    orig = lm.init_cache
+    sizes, windows = [], []
+    orig_cache, orig_window = lm.init_cache, Decoder.window
 
-    def spy(batch, max_len, device, dtype):
+    def spy_cache(batch, max_len, device, dtype):
         sizes.append(max_len)
-        return orig(batch, max_len, device, dtype)
+        return orig_cache(batch, max_len, device, dtype)
 
-    lm.init_cache = spy
-    cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()])
-    W, C = 40, 16
-    codes = generate_codes(lm, cond, mask, 300, SamplingParams(cfg_scale=1.0, top_k=20), torch.Generator().manual_seed(0),
-                           W, C)
+    def spy_window(self, num_frames, prompt=None, on_frame=None):
+        windows.append((num_frames, 0 if prompt is None else prompt.shape[-1]))
+        return orig_window(self, num_frames, prompt, on_frame)
+
+    lm.init_cache = spy_cache
+    Decoder.window = spy_window
+    try:
+        cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()])
+        W, C = 40, 16
+        codes = generate_codes(lm, cond, mask, 300, SamplingParams(cfg_scale=1.0, top_k=20),
+                               torch.Generator().manual_seed(0), W, C)
+    finally:
+        Decoder.window = orig_window
     assert codes.shape == (1, lm.cfg.num_codebooks, 300)
-    assert len(sizes) > 5 and max(sizes) <= W + lm.cfg.num_codebooks
-    # windows continue each other: the context of window n+1 is the tail of window n (no restart)
+    assert sizes == [W + lm.cfg.num_codebooks - 1]  # one window-sized cache, reused
+    assert len(windows) > 5 and all(n <= W for n, _ in windows)
+    # every window after the first continues from the previous one's last C frames (no restart)
+    assert windows[0][1] == 0 and all(t0 == C for _, t0 in windows[1:])
+    assert sum(n - t0 for n, t0 in windows) == 300
     assert int(codes.max()) < lm.cfg.cardinality and int(codes.min()) >= 0
 
 
@@ -145,13 +157,121 @@ def test_sampling_filters():
     greedy = sample_tokens(logits, SamplingParams(temperature=0), None)
     assert torch.equal(greedy, logits.argmax(-1))
     g = torch.Generator().manual_seed(0)
-    top1 = sample_tokens(logits, SamplingParams(top_k=1), g)
-    assert torch.equal(top1, greedy)
-    tiny_p = sample_tokens(logits, SamplingParams(top_k=0, top_p=1e-6), g)
-    assert torch.equal(tiny_p, greedy)
-    draws = torch.stack([sample_tokens(logits, SamplingParams(top_k=5), g) for _ in range(50)])
+
+    def u():
+        return torch.rand(2, 3, generator=g)
+
+    assert torch.equal(sample_tokens(logits, SamplingParams(top_k=1), u()), greedy)
+    assert torch.equal(sample_tokens(logits, SamplingParams(top_k=0, top_p=1e-6), u()), greedy)
+    # the extreme uniforms stay inside the candidate set
+    assert torch.equal(sample_tokens(logits, SamplingParams(top_k=5), torch.zeros(2, 3)), greedy)
+    draws = torch.stack([sample_tokens(logits, SamplingParams(top_k=5), u()) for _ in range(50)]
+                        + [sample_tokens(logits, SamplingParams(top_k=5), torch.full((2, 3), 1 - 1e-7))])
     top5 = torch.topk(logits, 5, dim=-1).indices
     assert (draws[..., None] == top5).any(-1).all()
+
+
+def test_sampling_follows_the_filtered_distribution():
+    """Inverse-CDF sampling draws each token with its softmax probability (after top-k / top-p)."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])[None, None].repeat(1, 4, 1)  # [1, 4 rows, 6]
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    for params, keep in [(SamplingParams(top_k=0, temperature=1.0), 6), (SamplingParams(top_k=3, temperature=0.7), 3),
+                         (SamplingParams(top_k=0, top_p=0.8), None)]:
+        p = (logits[0, 0] / params.temperature).softmax(-1)
+        if keep is None:  # smallest prefix of the sorted probabilities reaching top_p
+            keep = int((p.cumsum(-1) - p < params.top_p).sum())
+        p = torch.where(torch.arange(6) < keep, p, 0.0)
+        p = p / p.sum()
+        draws = torch.cat([sample_tokens(logits, params, torch.rand(1, 4, generator=g)).flatten()
+                           for _ in range(n // 4)])
+        freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+        assert torch.allclose(freq, p.double(), atol=0.012), (params, freq, p)
+
+
+def test_decode_engines_match_a_full_recompute(tiny_model_dir, monkeypatch):
+    """The cached eager step, the fixed-shape (CUDA-graph) step and a no-cache full recompute agree."""
+    from audiogen.checkpoint import load_model
+    from audiogen.generate import Decoder, generate_window
+
+    monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 4)  # the fixed-shape steps cross buckets 4, 8, 16, 27
+
+    loaded = load_model(tiny_model_dir)
+    lm = loaded.lm.eval()
+    K, V = lm.cfg.num_codebooks, lm.cfg.cardinality
+    torch.manual_seed(0)
+    B, L, N, T0 = 2, 5, 24, 6
+    cond = torch.randn(2 * B, L, lm.cfg.cond_dim)
+    mask = torch.ones(2 * B, L, dtype=torch.bool)
+    mask[1, 3:] = False
+    mask[B:] = False  # unconditional rows
+    prompt = torch.randint(0, V, (B, K, T0))
+    greedy = SamplingParams(temperature=0.0, cfg_scale=3.0)
+    eager = generate_window(lm, cond, mask, N, greedy, None, prompt, engine="eager")
+    static = generate_window(lm, cond, mask, N, greedy, None, prompt, engine="static")
+    assert torch.equal(eager, static)
+    assert torch.equal(eager[..., :T0], prompt)
+
+    # reference: the whole delay pattern re-run through the LM without a cache at every step
+    S = N + K - 1
+    pattern = torch.full((B, K, S), V)
+    with torch.no_grad():
+        for s in range(S):
+            x = torch.cat([torch.full((B, K, 1), V), pattern[:, :, :s]], dim=-1)
+            logits = lm(torch.cat([x, x]), cond, mask)[:, :, -1].float()
+            guided = logits[B:] + 3.0 * (logits[:B] - logits[B:])
+            tok = guided.argmax(-1)
+            for k in range(K):
+                f = s - k
+                if f < 0 or f >= N:
+                    tok[:, k] = V
+                elif f < T0:
+                    tok[:, k] = prompt[:, k, f]
+            pattern[:, :, s] = tok
+    reference = torch.stack([pattern[:, k, k : k + N] for k in range(K)], dim=1)
+    assert torch.equal(eager, reference)
+
+    sampled = SamplingParams(temperature=1.0, top_k=20, top_p=0.9)
+    runs = [generate_window(lm, cond, mask, N, sampled, torch.Generator().manual_seed(7), prompt, engine=e)
+            for e in ("eager", "static", "eager")]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    other = generate_window(lm, cond, mask, N, sampled, torch.Generator().manual_seed(8), prompt, engine="eager")
+    assert not torch.equal(runs[0], other)
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path):
+    """``--engine compile`` (torch.compile of the fixed-shape step) writes the same file as eager."""
+    run_job(job(tiny_model_dir, tmp_path / "eager.wav", duration_s=1.0, engine="eager"))
+    run_job(job(tiny_model_dir, tmp_path / "compiled.wav", duration_s=1.0, engine="compile"))
+    a, b = (A.load_audio(tmp_path / f"{n}.wav")[0] for n in ("eager", "compiled"))
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine", ["graph", "compile"])
+def test_cuda_engines_match_the_static_step(tiny_model_dir, engine):
+    """On a GPU the CUDA-graph replay (and compiled + captured step) give the static step's tokens."""
+    from audiogen.checkpoint import load_model
+    from audiogen.generate import generate_codes
+
+    loaded = load_model(tiny_model_dir, device="cuda")
+    lm = loaded.lm.eval()
+    cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()] * 2)
+    cond, mask = cond.cuda(), mask.cuda()
+    params = SamplingParams(temperature=1.0, top_k=20, cfg_scale=1.0)
+    outs = [generate_codes(lm, cond, mask, 120, params, torch.Generator("cuda").manual_seed(3), 40, 16, engine=e)
+            for e in ("static", engine)]
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_generation_meets_the_finishing_targets(tiny_model_dir, tmp_path):
+    out = tmp_path / "gpu.wav"
+    meta = run_job(job(tiny_model_dir, out, device="cuda", duration_s=3.0))[0]
+    assert meta["sampling"]["lm_dtype"] == "bfloat16"
+    assert A.audio_info(out).frames == 3 * 24000
+    assert abs(meta["measured"]["integrated_lufs"] + 16) <= 0.5
 
 
 @pytest.mark.parametrize("kw,msg", [

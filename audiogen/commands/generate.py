@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 ORDER = 10
@@ -56,7 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--preset", choices=["podcast", "streaming", "broadcast"], default=None,
                    help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS")
     f.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    d = p.add_argument_group("speed")
+    d.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="LM precision; auto = bfloat16 on a GPU that supports it, float32 on CPU")
+    d.add_argument("--engine", choices=["auto", "eager", "graph", "compile"], default="auto",
+                   help="decode engine: graph = one CUDA graph replayed per frame (GPU), compile = torch.compile "
+                        "(fused kernels; tens of seconds of compiling first), eager = plain PyTorch; "
+                        "auto = graph on a GPU, eager on CPU")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -76,10 +84,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, variations=args.variations, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, cfg_scale=args.cfg, continue_from=args.continue_from, loop=args.loop,
         fade_in_s=args.fade_in, fade_out_s=args.fade_out, lufs=lufs, true_peak_db=args.true_peak,
-        device=args.device, progress=not args.quiet,
+        device=args.device, dtype=args.dtype, engine=args.engine, progress=not args.quiet,
     )
     for meta in run_job(job):
         m = meta["measured"]
         print(f"{meta['path']}: {meta['duration_s']:.2f}s, {m['integrated_lufs']:.1f} LUFS, "
               f"{m['true_peak_dbtp']:.1f} dBTP (seed {meta['seed']})")
+        if abs(m["integrated_lufs"] - lufs) > 0.5:
+            print(f"warning: {meta['path']} reached {m['integrated_lufs']:.1f} LUFS, not {lufs:g}: this material "
+                  f"cannot get louder under a {args.true_peak:g} dBTP ceiling without distortion; lower --lufs "
+                  "or raise --true-peak", file=sys.stderr)
     return 0
