@@ -239,6 +239,68 @@ def test_decode_engines_match_a_full_recompute(tiny_model_dir, monkeypatch):
     assert not torch.equal(runs[0], other)
 
 
+def test_graph_capture_warm_up_leaves_no_trace(tiny_model_dir, monkeypatch):
+    """CPU stand-in for CUDA-graph capture: the warm-up steps that capture runs (on a side
+    stream, before recording) must not change what the replayed steps generate."""
+    import contextlib
+
+    from audiogen.checkpoint import load_model
+    from audiogen.generate import Decoder
+
+    class FakeGraph:
+        def pool(self):
+            return "pool"
+
+        def replay(self):
+            self.fn()
+
+    recording = {}
+
+    @contextlib.contextmanager
+    def fake_graph(graph, pool=None):
+        recording["graph"] = graph
+        yield
+
+    def recorded(fn):  # capture records the step instead of running it, replay runs it
+        def wrapped():
+            if "graph" in recording:
+                recording.pop("graph").fn = fn
+            else:
+                fn()
+        return wrapped
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "Stream", FakeStream)
+    monkeypatch.setattr(cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(cuda, "graph", fake_graph)
+    build = Decoder._build_steps
+
+    def build_and_capture(self):  # the static engine's steps, put through _capture
+        sizes, steps = build(self)
+        return sizes, self._capture([recorded(f) for f in steps])
+
+    monkeypatch.setattr(Decoder, "_build_steps", build_and_capture)
+    monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 8)  # window 40: buckets 8, 16, 32, 43
+
+    loaded = load_model(tiny_model_dir)
+    lm = loaded.lm.eval()
+    cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()] * 2)
+    params = SamplingParams(temperature=1.0, top_k=20, cfg_scale=3.0)
+    cond, mask = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([mask, torch.zeros_like(mask)])
+    outs = [generate_codes(lm, cond, mask, 90, params, torch.Generator().manual_seed(3), 40, 16, engine="static")]
+    monkeypatch.undo()
+    monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 8)
+    outs.append(generate_codes(lm, cond, mask, 90, params, torch.Generator().manual_seed(3), 40, 16,
+                               engine="static"))
+    assert torch.equal(outs[0], outs[1])
+
+
 @pytest.mark.slow
 def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path):
     """``--engine compile`` (torch.compile of the fixed-shape step) writes the same file as eager."""
