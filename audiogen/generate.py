@@ -123,7 +123,7 @@ class Decoder:
                                 f"{lm.cfg.max_positions}")
         self.cache = lm.init_cache(B2, self.S_max, device, dtype)
         lm.fill_cross_cache(self.cond, cond_mask, self.cache)
-        self.cross_mask = lm.cross_masks(cond_mask.bool())
+        self.cross_mask = lm.cross_masks(cond_mask, dtype)
         long = dict(dtype=torch.long, device=device)
         self.pos = torch.zeros(1, **long)
         self.num_frames = torch.zeros((), **long)
@@ -133,6 +133,7 @@ class Decoder:
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
         self.k_idx = torch.arange(K, device=device)
         self.key_positions = torch.arange(self.S_max, device=device)
+        self.zero_mask = torch.zeros(self.S_max, dtype=dtype, device=device)  # additive self-attention mask base
         self._p = 0  # host copy of pos: the eager step's cache slice, the bucket choice
         self._bucket_sizes, self._steps = self._build_steps()
 
@@ -144,8 +145,8 @@ class Decoder:
         if kv_len is None:
             logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, self._p + 1)
         else:
-            self_mask = (self.key_positions[:kv_len] <= pos)[None, None, None]
-            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, kv_len, self_mask)
+            self_mask = self.zero_mask[:kv_len].masked_fill(self.key_positions[:kv_len] > pos, float("-inf"))
+            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, kv_len, self_mask[None, None, None])
         logits = logits.float()  # guidance and sampling in float32 whatever the LM's precision
         if self.guided:
             c, u = logits[: self.B], logits[self.B :]

@@ -95,6 +95,19 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(B, S, H * d)
 
 
+def _residual_add(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    return x + linear(h)
+
+
+def residual_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``x + linear(h)`` (bias-free) as one ``addmm``: the residual add rides in the matmul.
+
+    For inference only: under autocast ``addmm`` would round the residual stream to the
+    autocast dtype, which training must not do.
+    """
+    return torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()).view(x.shape)
+
+
 class Layer(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -115,18 +128,21 @@ class Layer(nn.Module):
         c = self.encoder_attn
         return c.split(c.k_proj(mem)), c.split(c.v_proj(mem))
 
-    def cross_and_ffn(self, x, ck, cv, cross_mask):
-        """Cross-attention to the condition K/V, then the FFN (both residual)."""
+    def cross_and_ffn(self, x, ck, cv, cross_mask, residual=None):
+        """Cross-attention to the condition K/V, then the FFN, each added to ``x``.
+
+        ``residual(x, h, linear)`` computes ``x + linear(h)``; decoding passes
+        :func:`residual_linear`, one matmul instead of a matmul and an add.
+        """
+        residual = residual or _residual_add
         c = self.encoder_attn
         q = c.split(c.q_proj(self.encoder_attn_layer_norm(x)))
-        attn_mask, row_scale = cross_mask
-        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=attn_mask)
-        x = x + c.out_proj(c.merge(o)) * row_scale.to(x.dtype)
-        h = self.final_layer_norm(x)
-        return x + self.fc2(F.gelu(self.fc1(h)))
+        o = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_mask)
+        x = residual(x, c.merge(o), c.out_proj)
+        return residual(x, F.gelu(self.fc1(self.final_layer_norm(x))), self.fc2)
 
     def forward(self, x, mem, cross_mask, layer_cache, start: int):
-        """``cross_mask``: ``(attn_mask[B, 1, 1, L], row_scale[B, 1, 1])`` from :meth:`LM.cross_masks`."""
+        """``cross_mask``: ``[B, 1, 1, L]`` from :meth:`LM.cross_masks`."""
         S = x.shape[1]
         a = self.self_attn
         q, k, v = self.self_qkv(x)
@@ -155,7 +171,7 @@ class Layer(nn.Module):
 
         Eager decoding passes ``kv_len = pos + 1`` and no mask. A fixed-shape step (CUDA
         graph, ``torch.compile``) passes a constant ``kv_len`` at or past ``pos`` and
-        ``self_mask: BoolTensor[1, 1, 1, kv_len]`` hiding the keys after ``pos``.
+        ``self_mask: [1, 1, 1, kv_len]`` hiding the keys after ``pos`` (boolean, or additive 0 / -inf).
         """
         a = self.self_attn
         q, k, v = (a.split(t) for t in F.linear(self.self_attn_layer_norm(x), layer_cache["qkv"]).chunk(3, dim=-1))
@@ -163,8 +179,8 @@ class Layer(nn.Module):
         ks.index_copy_(2, pos, k.to(ks.dtype))
         vs.index_copy_(2, pos, v.to(vs.dtype))
         o = F.scaled_dot_product_attention(q, ks[:, :, :kv_len], vs[:, :, :kv_len], attn_mask=self_mask)
-        x = x + a.out_proj(a.merge(o))
-        return self.cross_and_ffn(x, layer_cache["ck"], layer_cache["cv"], cross_mask)
+        x = residual_linear(x, a.merge(o), a.out_proj)
+        return self.cross_and_ffn(x, layer_cache["ck"], layer_cache["cv"], cross_mask, residual_linear)
 
 
 class LM(nn.Module):
@@ -247,15 +263,21 @@ class LM(nn.Module):
         return self.heads(self.layer_norm(x)[:, 0])
 
     @staticmethod
-    def cross_masks(cond_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-attention mask and per-row output scale, computed once per forward.
+    def cross_masks(cond_mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Cross-attention mask ``[B, 1, 1, L]``, computed once per forward (or once per generation).
 
-        Rows with an all-False mask would softmax over nothing (NaN): they attend
-        everywhere and their output is scaled by 0, so the contribution is exactly 0.
+        Boolean, or with ``dtype`` additive (0 / -inf), which attention need not convert
+        at every layer. A row with an all-False ``cond_mask`` would softmax over nothing
+        (NaN), so it attends everywhere instead: its condition states are zeroed by
+        :meth:`project_conditions` and the K/V projections have no bias, so every value it
+        attends to is 0 and its cross-attention output is exactly 0.
         """
-        any_valid = cond_mask.any(dim=1)  # [B]
-        safe_mask = cond_mask | ~any_valid[:, None]
-        return safe_mask[:, None, None, :], any_valid[:, None, None]
+        cond_mask = cond_mask.bool()
+        safe = cond_mask | ~cond_mask.any(dim=1, keepdim=True)
+        safe = safe[:, None, None, :]
+        if dtype is None:
+            return safe
+        return torch.zeros(safe.shape, dtype=dtype, device=safe.device).masked_fill_(~safe, float("-inf"))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
