@@ -9,7 +9,9 @@ seconds of audio per second of wall time, per sequence). Prints one JSON object.
 
 Each of our decode engines is timed on a built, warmed decoder (its one-time setup,
 CUDA-graph capture or ``torch.compile``, is reported separately as ``setup_s``); the
-peer's ``generate()`` is timed after one warm-up call.
+peer's ``generate()`` is timed after one warm-up call; both report the median of
+``--repeats`` runs. Each engine's tokens are also compared with the fixed-shape step run
+eagerly from the same seed (``same_tokens_as_static``; 1.0 = identical).
 
     python benchmarks/generate.py [--config tiny|small|bench_cpu] [--frames 100] [--batches 1 8] [--devices cpu cuda]
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -39,8 +42,11 @@ SIZES = {
 K, CARD, FRAME_RATE, COND_LEN = 4, 2048, 50.0, 12
 
 
-def ours(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype, engine: str):
-    """(frames/s of a decode window, seconds of one-time setup: cache, graph capture, compile)."""
+def ours(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype, engine: str,
+         repeats: int) -> dict:
+    """Median frames/s of a decode window over ``repeats``, the one-time setup (cache, graph
+    capture, compile), and the share of tokens equal to the fixed-shape step run eagerly
+    (``static``) from the same seed: correctness before speed."""
     torch.manual_seed(0)
     lm = LM(named_config("tiny", **size, num_codebooks=K, cardinality=CARD, cond_dim=size["dim"],
                          max_positions=frames + K + 8)).to(device, dtype).eval()
@@ -54,13 +60,21 @@ def ours(size: dict, batch: int, frames: int, params: SamplingParams, device: st
     decoder.window(8)  # warm-up (first-call allocations, autotuning)
     _sync(device)
     setup = time.perf_counter() - t
-    t = time.perf_counter()
-    decoder.window(frames)
-    _sync(device)
-    return frames / (time.perf_counter() - t), setup
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        decoder.window(frames)
+        _sync(device)
+        rates.append(frames / (time.perf_counter() - t))
+    gen.manual_seed(1)
+    tokens = decoder.window(frames)
+    reference = Decoder(lm, cond, mask, frames, params, torch.Generator(device=device).manual_seed(1), "static")
+    same = (tokens == reference.window(frames)).double().mean().item()
+    return {"frames_per_s": round(statistics.median(rates), 2), "setup_s": round(setup, 2),
+            "same_tokens_as_static": round(same, 4)}
 
 
-def peer(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype) -> float:
+def peer(size: dict, batch: int, frames: int, params: SamplingParams, device: str, dtype, repeats: int) -> float:
     from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
                               T5Config)
 
@@ -79,14 +93,17 @@ def peer(size: dict, batch: int, frames: int, params: SamplingParams, device: st
     ids = torch.randint(0, 100, (batch, COND_LEN), device=device)
     attn = torch.ones_like(ids)
     kw = dict(do_sample=True, guidance_scale=params.cfg_scale, top_k=params.top_k, temperature=params.temperature)
+    rates = []
     with torch.inference_mode():
         model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=8, **kw)  # warm-up
-        _sync(device)
-        t = time.perf_counter()
-        model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=frames + K - 1, min_new_tokens=frames + K - 1,
-                       **kw)
-        _sync(device)
-    return frames / (time.perf_counter() - t)
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=frames + K - 1,
+                           min_new_tokens=frames + K - 1, **kw)
+            _sync(device)
+            rates.append(frames / (time.perf_counter() - t))
+    return statistics.median(rates)
 
 
 def _sync(device: str) -> None:
@@ -98,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=list(SIZES), default=None, help="decoder size (default: per device)")
     ap.add_argument("--frames", type=int, default=100, help="new frames per run (2 s at 50 Hz)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine; the median is reported")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--engines", nargs="+", default=None,
@@ -118,14 +136,15 @@ def main() -> None:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         engines = args.engines or (["eager", "graph", "compile"] if device == "cuda" else ["eager", "compile"])
         for batch in args.batches:
-            b = peer(SIZES[name], batch, args.frames, params, device, dtype)
+            b = peer(SIZES[name], batch, args.frames, params, device, dtype, args.repeats)
             run = {"config": name, **SIZES[name], "device": device, "dtype": str(dtype).replace("torch.", ""),
                    "batch": batch, "frames": args.frames, "transformers_frames_per_s": round(b, 2),
                    "transformers_realtime_x": round(b / FRAME_RATE, 3), "audiogen": {}}
             for engine in engines:
-                a, setup = ours(SIZES[name], batch, args.frames, params, device, dtype, engine)
-                run["audiogen"][engine] = {"frames_per_s": round(a, 2), "realtime_x": round(a / FRAME_RATE, 3),
-                                           "speedup_vs_transformers": round(a / b, 2), "setup_s": round(setup, 2)}
+                r = ours(SIZES[name], batch, args.frames, params, device, dtype, engine, args.repeats)
+                a = r["frames_per_s"]
+                run["audiogen"][engine] = {**r, "realtime_x": round(a / FRAME_RATE, 3),
+                                           "speedup_vs_transformers": round(a / b, 2)}
             best = max(run["audiogen"], key=lambda e: run["audiogen"][e]["frames_per_s"])
             run["best_engine"] = best
             run["speedup"] = run["audiogen"][best]["speedup_vs_transformers"]
