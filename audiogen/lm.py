@@ -238,14 +238,16 @@ class LM(nn.Module):
     def fill_cross_cache(self, cond: torch.Tensor, cond_mask: torch.Tensor, cache: list[dict]) -> None:
         """Compute every layer's cross-attention K/V of the conditions once, into ``cache``.
 
-        Also stores each layer's fused ``[3D, D]`` self-attention Q/K/V weight, so a decode
-        step runs one matrix product instead of three (a copy per cache: it cannot go stale).
+        Also stores each layer's fused ``[3D, D]`` self-attention Q/K/V weight and the K
+        output heads as one ``[K * card, D]`` weight, so a decode step runs one matrix
+        product for each instead of three or K (copies per cache: they cannot go stale).
         """
         mem = self.project_conditions(cond, cond_mask)
         for layer, layer_cache in zip(self.layers, cache):
             layer_cache["ck"], layer_cache["cv"] = layer.cross_kv(mem)
             a = layer.self_attn
             layer_cache["qkv"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        cache[0]["heads"] = torch.cat([head.weight for head in self.lm_heads])  # [K * card, D]: one matmul
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list[dict], cross_mask, kv_len: int,
                     self_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -260,7 +262,7 @@ class LM(nn.Module):
         x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
         for layer, layer_cache in zip(self.layers, cache):
             x = layer.decode_step(x, pos, layer_cache, cross_mask, self_mask, kv_len)
-        return self.heads(self.layer_norm(x)[:, 0])
+        return F.linear(self.layer_norm(x)[:, 0], cache[0]["heads"]).view(x.shape[0], K, -1)
 
     @staticmethod
     def cross_masks(cond_mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
