@@ -91,8 +91,8 @@ class Decoder:
     All state lives in fixed buffers sized for the largest window (the KV cache, the
     pattern being written, the known prompt tokens, the per-position uniforms, the
     current position as a tensor), and one decode step reads and writes only those.
-    The step therefore has fixed shapes and no host synchronisation, which lets the
-    engines run the very same step three ways:
+    The step therefore has fixed shapes and no host synchronisation, which lets these
+    engines run the very same step:
 
     - ``eager``: plain PyTorch; self-attention reads only the filled part of the cache;
     - ``static``: the fixed-shape step, eagerly (what a graph replays; used by tests);
@@ -106,6 +106,7 @@ class Decoder:
 
     SMALLEST_BUCKET = 256  # cache positions read by the first fixed-shape step (see _build_steps)
 
+    @torch.inference_mode()
     def __init__(self, lm, cond: torch.Tensor, cond_mask: torch.Tensor, max_frames: int, params: SamplingParams,
                  generator: torch.Generator | None, engine: str = "auto"):
         self.lm, self.params, self.generator = lm, params, generator

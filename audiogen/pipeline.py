@@ -94,14 +94,14 @@ class GenerateJob:
         from audiogen.generate import resolve_engine
 
         resolve_engine(self.engine, self.device)
+        if self.continue_from is not None:
+            A.audio_info(self.continue_from)  # fails early on a missing or broken file
 
     def lm_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         cuda = torch.device(self.device).type == "cuda"
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-        if self.continue_from is not None:
-            A.audio_info(self.continue_from)  # fails early on a missing or broken file
 
 
 def resolve_model_dir(model_dir) -> Path:

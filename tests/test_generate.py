@@ -349,6 +349,15 @@ def test_bad_requests_fail_with_one_clear_error(tiny_model_dir, tmp_path, kw, ms
     assert not (tmp_path / "x.wav").exists()
 
 
+@pytest.mark.parametrize("kw,msg", [
+    ({"continue_from": "/no/such/intro.wav"}, "intro.wav"), ({"engine": "graph"}, "needs --device cuda"),
+    ({"engine": "warp"}, "unknown decode engine"), ({"dtype": "float8"}, "--dtype"),
+])
+def test_requests_are_checked_before_any_model_loads(tmp_path, kw, msg):
+    with pytest.raises(AudiogenError, match=msg):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
+
+
 def test_cli_generates_and_reports_errors_without_traceback(tiny_model_dir, tmp_path):
     out = tmp_path / "cli.mp3"
     ok = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "2",
