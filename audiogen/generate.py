@@ -237,7 +237,8 @@ class Decoder:
         inputs = torch.cat([bos, self.pattern[:, :, :t0]], dim=-1)
         if t0:
             x = inputs[:, :, :t0]
-            self.lm(torch.cat([x, x]) if self.guided else x, self.cond, self.cond_mask, cache=self.cache, start=0)
+            self.lm(torch.cat([x, x]) if self.guided else x, self.cond, self.cond_mask, cache=self.cache, start=0,
+                    logits=False)
         self.cur.copy_(inputs[:, :, t0 : t0 + 1])
         self.pos.fill_(t0)
         bucket = 0

@@ -210,7 +210,9 @@ class LM(nn.Module):
         return [{"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
                 for _ in self.layers]
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor, cache=None, start: int = 0):
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor, cache=None, start: int = 0,
+                logits: bool = True):
+        """``logits=False`` only fills the cache (a prompt's prefill) and returns None."""
         B, K, S = tokens.shape
         if K != self.cfg.num_codebooks:
             raise ValueError(f"expected {self.cfg.num_codebooks} codebooks, got {K}")
@@ -226,7 +228,7 @@ class LM(nn.Module):
         cross_mask = self.cross_masks(cond_mask)
         for i, layer in enumerate(self.layers):
             x = layer(x, mem, cross_mask, None if cache is None else cache[i], start)
-        return self.heads(self.layer_norm(x))
+        return self.heads(self.layer_norm(x)) if logits else None
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, D] -> [B, K, S, card]`` (or ``[B, D] -> [B, K, card]``)."""
