@@ -35,6 +35,9 @@ PRESETS = {"podcast": -16.0, "streaming": -14.0, "broadcast": -23.0}
 SILENCE_LUFS = -70.0
 
 
+MIN_DURATION_S = 1.0  # BS.1770 gates 0.4 s blocks: a shorter track has no meaningful integrated loudness
+
+
 @dataclass(frozen=True)
 class FinishSpec:
     duration_s: float
@@ -49,6 +52,9 @@ class FinishSpec:
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
             raise AudiogenError(f"duration must be a positive number of seconds, got {self.duration_s}")
+        if self.duration_s < MIN_DURATION_S:
+            raise AudiogenError(f"duration {self.duration_s:g}s is too short: at least {MIN_DURATION_S:g}s, since "
+                                "integrated loudness is measured over 0.4 s blocks")
         if self.fade_in_s < 0 or self.fade_out_s < 0:
             raise AudiogenError("fade lengths must be >= 0 seconds")
         if self.loop and (self.fade_in_s or self.fade_out_s):

@@ -108,6 +108,7 @@ def test_silence_cannot_be_normalised():
 
 
 @pytest.mark.parametrize("kw,msg", [({"duration_s": 0}, "positive"), ({"duration_s": float("nan")}, "positive"),
+                                    ({"duration_s": 0.01}, "too short"),
                                     ({"duration_s": 5, "lufs": 3}, "sensible range"),
                                     ({"duration_s": 5, "true_peak_db": 2}, "outside"),
                                     ({"duration_s": 2, "fade_in_s": 2, "fade_out_s": 1}, "longer than")])

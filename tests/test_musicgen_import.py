@@ -509,11 +509,11 @@ def test_cli_import_then_generate(hf, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     wav = tmp_path / "t.wav"
-    r = subprocess.run([sys.executable, "-m", "audiogen.cli", "generate", "calm piano", "--duration", "0.5",
+    r = subprocess.run([sys.executable, "-m", "audiogen.cli", "generate", "calm piano", "--duration", "1",
                         "--model", str(out), "--out", str(wav), "--seed", "3"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     info = sf.info(str(wav))
-    assert info.samplerate == 32000 and abs(info.duration - 0.5) < 0.01
+    assert info.samplerate == 32000 and abs(info.duration - 1.0) < 0.01
     r = subprocess.run([sys.executable, "-m", "audiogen.cli", "import-musicgen", str(tmp_path / "nope"), "--out",
                         str(tmp_path / "m2")], capture_output=True, text=True)
     assert r.returncode == 1 and "no such folder" in r.stderr and "Traceback" not in r.stderr
