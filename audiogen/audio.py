@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import math
 import os
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -207,6 +208,9 @@ def integrated_loudness(wav: np.ndarray, sample_rate: int) -> float:
     x = np.asarray(wav, dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
+    if x.shape[0] > 5:  # BS.1770-4 weights L, R, C, Ls, Rs; which of more channels is LFE depends on the format
+        raise AudiogenError(f"loudness (BS.1770-4) is defined for up to 5 channels, this audio has {x.shape[0]}; "
+                            "downmix it first")
     block = int(math.ceil(0.4 * sample_rate))
     if x.shape[1] < block:
         x = np.pad(x, ((0, 0), (0, block - x.shape[1])))
@@ -271,9 +275,9 @@ def equal_power_fade(n: int, fade_in: bool = True) -> np.ndarray:
 def apply_fades(wav: np.ndarray, sample_rate: int, fade_in_s: float = 0.0, fade_out_s: float = 0.0) -> np.ndarray:
     """Equal-power fade-in and fade-out (seconds) on ``[C, N]``; returns a new array."""
     n = wav.shape[-1]
+    if not (math.isfinite(fade_in_s) and math.isfinite(fade_out_s) and fade_in_s >= 0 and fade_out_s >= 0):
+        raise AudiogenError(f"fade lengths must be >= 0 seconds, got {fade_in_s:g} in and {fade_out_s:g} out")
     nin, nout = int(round(fade_in_s * sample_rate)), int(round(fade_out_s * sample_rate))
-    if fade_in_s < 0 or fade_out_s < 0:
-        raise AudiogenError("fade lengths must be >= 0 seconds")
     if nin + nout > n:
         raise AudiogenError(
             f"fades ({fade_in_s:g}s in + {fade_out_s:g}s out) are longer than the audio ({n / sample_rate:.2f}s)"
@@ -334,6 +338,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp = Path(tmp)
     try:
+        # mkstemp makes the file 0600; give it the replaced file's mode, or what a plain open() would
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask())
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -342,6 +348,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; a folder that cannot be made (a file in the way, no permission) is an AudiogenError."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AudiogenError(f"{path}: exists and is not a folder") from None
+    except OSError as e:
+        raise AudiogenError(f"{path}: cannot create the folder ({e.filename}: {e.strerror})") from None
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -126,6 +126,45 @@ def test_write_refuses_bad_audio_and_bad_destinations(tmp_path):
         A.write_audio(tmp_path / "nope" / "x.wav", np.zeros((1, 10), np.float32), 8000)
 
 
+def test_atomic_writes_get_ordinary_permissions_or_keep_the_replaced_files(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    new = A.write_audio(tmp_path / "new.wav", sine(440, 8000, 0.1), 8000)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    new.chmod(0o640)
+    A.atomic_write_text(new, "replaced")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640
+
+
+def test_make_dir_turns_impossible_folders_into_one_clear_error(tmp_path):
+    (tmp_path / "f.txt").write_text("a file")
+    assert A.make_dir(tmp_path / "a" / "b").is_dir()
+    with pytest.raises(AudiogenError, match="exists and is not a folder"):
+        A.make_dir(tmp_path / "f.txt")
+    with pytest.raises(AudiogenError, match="cannot create the folder"):
+        A.make_dir(tmp_path / "f.txt" / "sub")
+
+
+def test_fade_lengths_must_be_finite_and_non_negative():
+    wav = sine(440, 8000, 1.0)
+    for fade_in, fade_out in [(math.nan, 0.0), (0.0, math.inf), (-0.1, 0.0)]:
+        with pytest.raises(AudiogenError, match="fade lengths"):
+            A.apply_fades(wav, 8000, fade_in, fade_out)
+
+
+def test_loudness_of_more_than_five_channels_is_one_clear_error(tmp_path):
+    with pytest.raises(AudiogenError, match="up to 5 channels"):
+        A.integrated_loudness(sine(440, 8000, 1.0, channels=6), 8000)
+    path = A.write_audio(tmp_path / "surround.wav", sine(440, 8000, 1.0, channels=6), 8000)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "info", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"audiogen info: error: {path}: loudness (BS.1770-4) is defined for "
+                                             "up to 5 channels, this audio has 6; downmix it first"]
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 

@@ -23,17 +23,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from audiogen.audio import audio_info, integrated_loudness, load_audio, true_peak_dbtp
+    from audiogen.errors import AudiogenError
 
     for f in args.files:
         info = audio_info(f)
         wav, sr = load_audio(f)
+        try:
+            lufs = integrated_loudness(wav, sr)
+        except AudiogenError as e:
+            raise AudiogenError(f"{f}: {e}") from None
         row = {
             "file": str(f),
             "duration_s": round(wav.shape[1] / sr, 3),
             "sample_rate": sr,
             "channels": wav.shape[0],
             "format": f"{info.format}/{info.subtype}",
-            "lufs": round(integrated_loudness(wav, sr), 2),
+            "lufs": round(lufs, 2),
             "true_peak_dbtp": round(true_peak_dbtp(wav, sr), 2),
         }
         if args.json:

@@ -404,7 +404,7 @@ def create_experiment(yaml_path: str | os.PathLike, out_dir: str | os.PathLike, 
     tmp = out.parent / f".{out.name}.creating-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "stimuli").mkdir(parents=True)
-    (tmp / "private").mkdir()
+    (tmp / "private").mkdir(mode=0o700)  # the token and the answers key: never readable by others
     try:
         manifest = _prepare(exp, tmp, log)
         token = secrets.token_urlsafe(24)
