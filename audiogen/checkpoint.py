@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, yaml_problem
 
 FORMAT = "audiogen-model"
 VERSION = 1
@@ -116,14 +116,17 @@ def save_model_dir(out: str | os.PathLike, lm, conditioner, codec_info: dict, co
 def read_config(model_dir: str | os.PathLike) -> dict:
     d = Path(model_dir)
     if not d.is_dir():
-        raise AudiogenError(f"model directory {d} does not exist")
+        raise AudiogenError(f"{d}: a file, not a model directory" if d.exists()
+                            else f"model directory {d} does not exist")
     cfg_file = d / CONFIG
     if not cfg_file.is_file():
         raise AudiogenError(f"{d} is not an audiogen model directory ({CONFIG} is missing)")
     try:
         config = yaml.safe_load(cfg_file.read_text())
     except yaml.YAMLError as e:
-        raise AudiogenError(f"{cfg_file}: not valid YAML ({e})") from None
+        raise AudiogenError(f"{cfg_file}: not valid YAML ({yaml_problem(e)})") from None
+    except UnicodeDecodeError:
+        raise AudiogenError(f"{cfg_file}: not a UTF-8 text file") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise AudiogenError(f"{cfg_file}: not an audiogen model config (format: {FORMAT} expected)")
     if int(config.get("version", 0)) > VERSION:

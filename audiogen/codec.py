@@ -280,6 +280,8 @@ class Codec:
             raise AudiogenError(
                 f"codec expects codes shaped [batch, {self.num_codebooks}, frames], got {tuple(codes.shape)}"
             )
+        if codes.shape[-1] == 0:
+            raise AudiogenError("cannot decode zero frames of codes")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
             raise AudiogenError(f"codes must lie in [0, {self.cardinality}); got {int(codes.min())}..{int(codes.max())}")
         return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length)
@@ -435,6 +437,36 @@ def pretrained_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / PRETRAINED_FILES[name]
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; an unknown name or an absent GPU is an AudiogenError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise AudiogenError(f"--device {device!r} is not a device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AudiogenError(f"--device {device} was asked for, but no CUDA GPU is available")
+    return dev
+
+
+def load_codes(path: str | os.PathLike) -> torch.Tensor:
+    """A token file written by ``audiogen codec encode`` (.npy of integers ``[K, T]``) as ``LongTensor[1, K, T]``."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudiogenError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise AudiogenError(f"{path}: not a .npy token file (write one with 'audiogen codec encode')")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise AudiogenError(f"{path}: corrupt .npy token file ({e})") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise AudiogenError(f"{path}: expected integer tokens shaped [K, T], got {arr.dtype} {arr.shape}")
+    return torch.from_numpy(arr.astype(np.int64))[None]
+
+
 def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None, weights: str | os.PathLike | None = None,
                num_codebooks: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> Codec:
     """Load a codec by name or path.
@@ -444,6 +476,7 @@ def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None,
     written by :func:`save_codec`. ``bandwidth`` (kbps) or ``num_codebooks`` choose how
     many residual codebooks are used.
     """
+    resolve_device(device)
     spec_str = str(spec)
     if spec_str in PRETRAINED_FILES:
         cfg = NAMED_CONFIGS[spec_str]

@@ -145,7 +145,7 @@ def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
     Random crops from compressed files need seeking and resampling per crop (~0.2 s each);
     from the cache they cost nothing.
     """
-    from audiogen.audio import atomic_path, load_audio
+    from audiogen.audio import atomic_path, load_audio, make_dir
 
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}".encode()).hexdigest()[:16]
@@ -154,7 +154,7 @@ def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
         return out
     wav, _ = load_audio(path, sample_rate=sample_rate, channels=1)
     pcm = np.clip(np.round(wav[0] * 32767), -32768, 32767).astype(np.int16)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(cache_dir)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, pcm)

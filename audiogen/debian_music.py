@@ -182,8 +182,9 @@ def fetch_package(package: str, out: Path) -> list[Path]:
 
 
 def fetch(packages: list[str], out: str | os.PathLike) -> list[Path]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from audiogen.audio import make_dir
+
+    out = make_dir(out)
     tracks = [t for p in packages for t in fetch_package(p, out)]
     lines = []
     for t in tracks:

@@ -11,6 +11,13 @@ class AudiogenError(Exception):
     """A user-facing error: bad input, bad configuration, missing files."""
 
 
+def yaml_problem(e: Exception) -> str:
+    """A PyYAML error on one line: where it is and what is wrong (its own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return at + " ".join(str(getattr(e, "problem", None) or e).split())
+
+
 def check_fields(cls, d: dict, what: str) -> None:
     """Raise an ``AudiogenError`` naming any key of ``d`` that is not a field of the dataclass ``cls``."""
     import dataclasses

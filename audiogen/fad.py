@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -129,6 +130,12 @@ class FadInf:
     points: list[tuple[int, float]] = field(default_factory=list)
 
 
+def _rng(seed: int) -> np.random.Generator:
+    if seed < 0:
+        raise AudiogenError(f"--seed must be >= 0, got {seed}")
+    return np.random.default_rng(seed)
+
+
 def fad_inf(ref: Stats, frames: np.ndarray, steps: int = 25, min_n: int = 500, seed: int = 0) -> FadInf:
     """FAD-inf (fadtk): FAD of ``steps`` random frame subsets with sizes from ``min_n`` to all
     of ``frames: [T, D]`` (without replacement), least-squares fit ``FAD = a + b / N``."""
@@ -136,7 +143,7 @@ def fad_inf(ref: Stats, frames: np.ndarray, steps: int = 25, min_n: int = 500, s
     lo = min(min_n, max(2, n_all // 4))
     if n_all < 4 or lo >= n_all:
         raise AudiogenError(f"FAD-inf needs more embedding frames than {n_all} (use more or longer files)")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     ns = np.unique(np.linspace(lo, n_all, steps).astype(int))
     points = []
     for n in ns:
@@ -169,7 +176,7 @@ def bootstrap_fad(ref: Stats, per_file: list[np.ndarray], n_boot: int = 200, see
 
     if len(per_file) < 2:
         raise AudiogenError("a bootstrap over files needs at least 2 generated files")
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     scores = []
     for _ in tqdm(range(n_boot), desc="bootstrap", unit="resample", leave=False, disable=n_boot < 50):
         pick = rng.integers(0, len(per_file), len(per_file))
@@ -199,12 +206,15 @@ def save_stats(path: str | os.PathLike, stats: Stats, meta: dict | None = None) 
 def load_stats(path: str | os.PathLike) -> tuple[Stats, dict]:
     """Read statistics written by :func:`save_stats`; returns ``(stats, meta)``."""
     path = Path(path)
+    if not path.is_file():
+        raise AudiogenError(f"{path}: no such statistics file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive
+            raise AudiogenError(f"{path}: not an audiogen FAD statistics file (write one with --save-stats)")
     try:
         with np.load(path, allow_pickle=False) as z:
             mu, sigma, meta = z["mu"], z["sigma"], json.loads(str(z["meta"]))
-    except FileNotFoundError:
-        raise AudiogenError(f"{path}: no such statistics file") from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise AudiogenError(f"{path}: not an audiogen FAD statistics file ({type(e).__name__}: {e})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise AudiogenError(f"{path}: malformed statistics (mu {mu.shape}, sigma {sigma.shape})")
@@ -238,10 +248,10 @@ class EmbeddingCache:
             return None
 
     def put(self, embedder_key: str, sha: str, frames: np.ndarray) -> None:
-        from audiogen.audio import atomic_path
+        from audiogen.audio import atomic_path, make_dir
 
         p = self._path(embedder_key, sha)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(p.parent)
         with atomic_path(p, suffix=".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(frames, dtype=np.float32))

@@ -76,12 +76,11 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
 def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: float = 10.0, seed: int = 0,
                    params: SamplingParams | None = None, batch: int = 4) -> list[Path]:
     """Write one raw clip per prompt to ``out_dir`` (wav); returns the paths."""
-    from audiogen.audio import write_audio
+    from audiogen.audio import make_dir, write_audio
     from audiogen.conditioning import Conditions
 
     params = params or SamplingParams(top_k=250, cfg_scale=3.0)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir)
     paths = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]

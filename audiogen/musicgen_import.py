@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, yaml_problem
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 AUDIOCRAFT_LM = "state_dict.bin"
@@ -336,7 +336,7 @@ def _read_xp_cfg(pkg: dict, path: Path) -> dict:
         try:
             cfg = yaml.safe_load(cfg)
         except yaml.YAMLError as e:
-            raise AudiogenError(f"{path}: xp.cfg is not valid YAML ({e})") from None
+            raise AudiogenError(f"{path}: xp.cfg is not valid YAML ({yaml_problem(e)})") from None
     if not isinstance(cfg, dict):
         raise AudiogenError(f"{path}: xp.cfg is missing or not a mapping")
     return _resolve_interpolations(cfg)
@@ -568,7 +568,9 @@ def import_musicgen(src: str | os.PathLike, out: str | os.PathLike, t5: str | os
             read_config(out)
         except AudiogenError:
             raise AudiogenError(f"--out {out} exists and is not an audiogen model directory; choose a new folder") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from audiogen.audio import make_dir
+
+    make_dir(out.parent)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as work:
         work = Path(work)
         if layout == "transformers":

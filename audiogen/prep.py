@@ -625,7 +625,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     """
     from tqdm import tqdm
 
-    from audiogen.audio import atomic_write_text, find_audio_files
+    from audiogen.audio import atomic_write_text, find_audio_files, make_dir
 
     t_start = time.perf_counter()
     audio_dir, out = Path(cfg.audio_dir), Path(cfg.out)
@@ -647,7 +647,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     codec_desc = codec.describe()
     codec_json = json.dumps(codec_desc, sort_keys=True)
     work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work)
     settings = _settings(cfg, codec_desc)
     settings_file = work / "settings.json"
     if settings_file.exists():

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, yaml_problem
 
 # ------------------------------------------------------------------------------ config
 
@@ -116,7 +116,9 @@ def read_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise AudiogenError(f"{p}: invalid YAML ({e})") from None
+            raise AudiogenError(f"{p}: invalid YAML ({yaml_problem(e)})") from None
+        except UnicodeDecodeError:
+            raise AudiogenError(f"{p}: not a UTF-8 text file") from None
         if not isinstance(data, dict):
             raise AudiogenError(f"{p}: expected a mapping of config keys")
     for item in overrides:
@@ -501,7 +503,7 @@ def train(cfg: TrainConfig) -> int:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from audiogen.audio import atomic_write_text
+    from audiogen.audio import atomic_write_text, make_dir
     from audiogen.data import CropDataset, dataset_codec, load_prepared, make_loader
 
     if cfg.num_threads:
@@ -533,7 +535,7 @@ def train(cfg: TrainConfig) -> int:
         raise AudiogenError(f"segment_s={cfg.segment_s} is {frames} frames; the LM has {lm.cfg.max_positions} "
                             f"positions (raise lm.max_positions)")
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(build_file, json.dumps({"lm": lm.cfg.to_dict(), "conditioner": conditioner.cfg.to_dict(),
                                                   "codec": desc, "segment_frames": frames}, indent=2))

@@ -37,7 +37,7 @@ def train(cfg) -> int:
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
-    from audiogen.audio import atomic_write_text, find_audio_files
+    from audiogen.audio import atomic_write_text, find_audio_files, make_dir
     from audiogen.codec_training import RandomCrops, StepSampler, decode_to_cache, make_parts, split_tracks
     from audiogen.training import check_resumable, latest_checkpoint
 
@@ -63,7 +63,7 @@ def train(cfg) -> int:
                    for f in tqdm(to_decode, desc="decoding corpus", disable=not accelerator.is_main_process)]
         caches, held_caches = decoded[: len(train_files)], decoded[len(train_files):]
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "split.json", json.dumps(
             {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out]}, indent=2))

@@ -151,6 +151,33 @@ def test_bad_shapes_and_codes_are_user_errors(tiny_codec):
         tiny_codec.encode(torch.zeros(1, 2, 100))
     with pytest.raises(AudiogenError, match="codes must lie in"):
         tiny_codec.decode(torch.full((1, 4, 5), 64))
+    with pytest.raises(AudiogenError, match="zero frames"):
+        tiny_codec.decode(torch.zeros((1, 4, 0), dtype=torch.long))
+
+
+def test_token_files_that_are_not_integer_npy_are_user_errors(tmp_path):
+    import numpy as np
+
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "text.npy").write_text("not tokens")
+    np.save(tmp_path / "float.npy", np.full((4, 10), np.nan))
+    np.save(tmp_path / "flat.npy", np.zeros(10, np.int16))
+    np.save(tmp_path / "ok.npy", np.ones((4, 10), np.int16))
+    for name, msg in [("missing.npy", "no such file"), ("empty.npy", "not a .npy token file"),
+                      ("text.npy", "not a .npy token file"), ("float.npy", "expected integer tokens"),
+                      ("flat.npy", "expected integer tokens")]:
+        with pytest.raises(AudiogenError, match=msg):
+            C.load_codes(tmp_path / name)
+    codes = C.load_codes(tmp_path / "ok.npy")
+    assert codes.dtype == torch.long and codes.shape == (1, 4, 10)
+
+
+def test_unknown_or_absent_device_is_a_user_error(monkeypatch):
+    with pytest.raises(AudiogenError, match="'tpu' is not a device"):
+        C.load_codec("tiny", device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AudiogenError, match="no CUDA GPU"):
+        C.load_codec("tiny", device="cuda")
 
 
 @pytest.mark.gpu

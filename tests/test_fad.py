@@ -295,6 +295,16 @@ def test_cli_table_and_readable_errors(two_sets, tmp_path, capsys, monkeypatch):
     assert "vggish-10086976.pth" in err and "\n" not in err and "Traceback" not in err
     assert main(["fad", str(tmp_path / "stats.npz"), str(gen), "--no-cache"]) == 1
     assert "no such statistics file" in capsys.readouterr().err
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_text("not statistics")
+    for name in ("empty.npz", "text.npz"):
+        assert main(["fad", str(tmp_path / name), str(gen), "--no-cache"]) == 1
+        assert "not an audiogen FAD statistics file" in capsys.readouterr().err
+    assert main(["fad", str(ref), str(gen), "--no-cache", "--bootstrap", "5", "--seed", "-1"]) == 1
+    assert "--seed must be >= 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("in the way")
+    assert main(["fad", str(ref), str(gen), "--cache", str(tmp_path / "file" / "cache")]) == 1
+    assert "cannot create the folder" in capsys.readouterr().err
     F.save_stats(tmp_path / "g.npz", F.embedding_stats(np.random.default_rng(0).standard_normal((50, 206)),
                                                        embedder="builtin-v1"))
     assert main(["fad", str(ref), str(tmp_path / "g.npz"), "--no-cache", "--inf"]) == 1

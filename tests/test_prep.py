@@ -303,6 +303,10 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir, mon
     assert "encodec_24khz weights not found" in err and len(err.splitlines()) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--captions", str(tmp_path / "none.csv")]) == 1
+    (tmp_path / "file").write_text("in the way")
+    capsys.readouterr()
+    assert main(["prep", str(src), "--out", str(tmp_path / "file" / "d"), *flags]) == 1
+    assert "cannot create the folder" in capsys.readouterr().err
 
 
 def test_debian_sidecar_takes_per_track_facts_and_album_license(tmp_path, real_tracks, make_music):

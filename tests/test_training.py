@@ -340,6 +340,29 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
         train_in_process(overrides(tmp_path, codec_dir, tmp_path / "nodata"))
 
 
+
+def test_broken_yaml_and_unmakeable_out_dir_are_one_line_errors(data_dir, codec_dir, tmp_path):
+    from audiogen.checkpoint import read_config
+    from audiogen.training import load_train_config
+
+    (tmp_path / "bad.yaml").write_text("lr: [0.1,\n")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(AudiogenError, match=r"invalid YAML \(line 2, column 1: .*\)$") as e:
+        load_train_config(tmp_path / "bad.yaml", [])
+    assert "\n" not in str(e.value)
+    with pytest.raises(AudiogenError, match="not a UTF-8 text file"):
+        load_train_config(tmp_path / "binary.yaml", [])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.yaml").write_text("format: [unclosed\n")
+    with pytest.raises(AudiogenError, match="not valid YAML") as e:
+        read_config(model)
+    assert "\n" not in str(e.value)
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(AudiogenError, match="cannot create the folder"):
+        train_in_process(overrides(data_dir, codec_dir, tmp_path / "file" / "run"))
+
+
 def test_resuming_with_a_different_seed_is_refused(trained, data_dir, codec_dir):
     with pytest.raises(AudiogenError, match="different seed"):
         train_in_process(overrides(data_dir, codec_dir, trained, seed=1))

@@ -44,21 +44,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from audiogen.audio import atomic_path, load_audio, write_audio
-    from audiogen.codec import load_codec
-    from audiogen.errors import AudiogenError
+    from audiogen.codec import load_codec, load_codes
 
     codec = load_codec(args.codec, bandwidth=args.bandwidth, weights=args.codec_weights, device=args.device)
     if args.op in ("roundtrip", "encode"):
         wav, _ = load_audio(args.input, codec.sample_rate, codec.channels)
         codes = codec.encode(torch.from_numpy(wav)[None])
     else:
-        try:
-            arr = np.load(args.input)
-        except (OSError, ValueError) as e:
-            raise AudiogenError(f"{args.input}: not a .npy token file ({e})") from None
-        if arr.ndim != 2:
-            raise AudiogenError(f"{args.input}: expected tokens shaped [K, T], got {arr.shape}")
-        codes = torch.from_numpy(arr.astype(np.int64))[None]
+        codes = load_codes(args.input)
     if args.op == "encode":
         with atomic_path(args.output, suffix=".npy") as tmp:
             np.save(tmp, codes[0].cpu().numpy().astype(np.int16))

@@ -399,7 +399,7 @@ def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float
     res = analyse(exp_dir, margin, alpha, n_boot, include_incomplete, apply_exclusions)
     res["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = Path(out_dir) if out_dir else Path(exp_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    A.make_dir(out)
     text = _text(res)
     A.atomic_write_text(out / "report.json", json.dumps(res, indent=1, default=str))
     A.atomic_write_text(out / "report.html", _html(res, _plots(res)))
