@@ -73,7 +73,10 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         kind = "unsupported format" if path.suffix.lower() not in AUDIO_EXTENSIONS else "corrupt or unreadable"
-        raise AudiogenError(f"{path}: {kind} ({_sf_reason(e)})") from None
+        reason = _sf_reason(e)
+        if "does not exist or is not a regular file" in reason:  # libsndfile's words for an MP3 with no frames
+            reason = "no audio frames found"
+        raise AudiogenError(f"{path}: {kind} ({reason})") from None
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
         raise AudiogenError(
             f"{path}: absurd sample rate {info.samplerate} Hz "
@@ -391,6 +394,8 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, subt
     """
     path = Path(path)
     ext = path.suffix.lower()
+    if path.is_dir():
+        raise AudiogenError(f"{path}: is a folder; give a file name ending in one of {', '.join(WRITE_FORMATS)}")
     if ext not in WRITE_FORMATS:
         raise AudiogenError(f"{path}: cannot write '{ext}' files; use one of {', '.join(WRITE_FORMATS)}")
     wav = np.asarray(wav, dtype=np.float32)

@@ -94,11 +94,10 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
 
 def heldout_tracks(data_dir: str | Path, audio_dir: str | Path) -> list[dict]:
     """One entry per held-out source file of a prepared dataset: ``{path, caption}``."""
-    from datasets import load_from_disk
-
+    from audiogen.data import load_prepared
     from audiogen.errors import AudiogenError
 
-    ds = load_from_disk(str(data_dir))
+    ds = load_prepared(data_dir)
     if "valid" not in ds or len(ds["valid"]) == 0:
         raise AudiogenError(f"{data_dir}: the dataset has no held-out (valid) rows")
     seen: dict[str, dict] = {}
@@ -155,9 +154,9 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
 
 def attribution_markdown(data_dir: str | Path, title: str = "Training data: tracks, licenses, attribution") -> str:
     """A Markdown list of every source track of a prepared dataset with its license and credit line."""
-    from datasets import load_from_disk
+    from audiogen.data import load_prepared
 
-    ds = load_from_disk(str(data_dir))
+    ds = load_prepared(data_dir)
     tracks: dict[str, tuple[str, str, str]] = {}
     for split in ds:
         for row in ds[split].select_columns(["source", "license", "attribution"]):

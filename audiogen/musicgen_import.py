@@ -49,7 +49,8 @@ WINDOW_S = 30.0
 def detect_layout(src: Path) -> str:
     """``"transformers"`` or ``"audiocraft"``; a clear error for anything else."""
     if not src.is_dir():
-        raise AudiogenError(f"{src}: no such folder (expected a MusicGen checkpoint folder)")
+        raise AudiogenError(f"{src}: {'a file' if src.exists() else 'no such folder'} "
+                            "(expected a MusicGen checkpoint folder)")
     if (src / "config.json").is_file() and any((src / f).is_file() for f in HF_WEIGHT_FILES):
         return "transformers"
     if (src / AUDIOCRAFT_LM).is_file():

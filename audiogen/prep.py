@@ -142,6 +142,8 @@ class PrepConfig:
                 raise AudiogenError(f"--{name[:-2].replace('_', '-')} must be a positive number of seconds, got {v}")
         if self.min_segment_s > self.segment_s:
             raise AudiogenError(f"--min-segment ({self.min_segment_s:g}s) is longer than --segment ({self.segment_s:g}s)")
+        if not math.isfinite(self.silence_dbfs):
+            raise AudiogenError(f"--silence-db must be a number of dBFS, got {self.silence_dbfs}")
         if not 0 <= self.valid_fraction < 1:
             raise AudiogenError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.batch_size < 1:

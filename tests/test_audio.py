@@ -211,6 +211,14 @@ def test_bad_input_raises_one_clear_error_naming_the_file(tmp_path, case):
     assert str(path) in str(e.value) and fragment in str(e.value)
 
 
+def test_text_renamed_mp3_is_called_corrupt_not_missing(tmp_path):
+    (tmp_path / "fake.mp3").write_text("not audio at all\n" * 50)
+    with pytest.raises(AudiogenError, match=r"fake.mp3: corrupt or unreadable \(no audio frames found\)"):
+        A.load_audio(tmp_path / "fake.mp3")
+    with pytest.raises(AudiogenError, match="is a folder"):
+        A.write_audio(tmp_path, sine(440, 8000, 0.1), 8000)
+
+
 def test_cli_reports_every_bad_input_in_one_line_without_traceback(tmp_path):
     cases = make_bad_files(tmp_path)
     for name, (path, fragment) in cases.items():

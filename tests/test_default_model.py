@@ -43,3 +43,12 @@ def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_
     side = json.loads(sidecar_path(out).read_text())
     assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
     assert side["codec"]["name"] == "audiogen-codec-24khz"
+
+
+def test_model_report_on_a_folder_that_is_not_a_dataset_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "eval" / "model_report.py"), "--model", str(DEFAULT_MODEL_DIR),
+                        "--data", str(tmp_path), "--audio-dir", str(tmp_path), "--work", str(tmp_path / "w")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("not a prepared dataset (no dataset_dict.json); "
+                                                      "run 'audiogen prep' first")

@@ -116,6 +116,14 @@ def test_admin_needs_the_token_and_exports_csv_and_json(client, exp_dir):
     assert "abcdefgh12" in csv_text.splitlines()[-1] or "abcdefgh12" in csv_text
 
 
+def test_port_outside_0_to_65535_is_refused_not_wrapped():
+    from audiogen.errors import AudiogenError
+    from audiogen.listening.server import ServeOptions
+
+    with pytest.raises(AudiogenError, match="--port must be 0..65535, got 99999"):
+        ServeOptions(port=99999)
+
+
 def test_rate_limit_answers_429(exp_dir):
     from fastapi.testclient import TestClient
 

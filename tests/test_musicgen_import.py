@@ -412,6 +412,9 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     src = hf[2]
     with pytest.raises(AudiogenError, match="no such folder"):
         import_musicgen(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(AudiogenError, match="model.safetensors: a file"):
+        import_musicgen(tmp_path / "model.safetensors", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(AudiogenError, match="not a MusicGen checkpoint folder"):
         import_musicgen(tmp_path / "empty", tmp_path / "out")

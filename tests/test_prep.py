@@ -302,6 +302,9 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir, mon
     err = capsys.readouterr().err.strip()
     assert "encodec_24khz weights not found" in err and len(err.splitlines()) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1
+    capsys.readouterr()
+    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--silence-db", "nan", *flags]) == 1
+    assert "--silence-db must be a number" in capsys.readouterr().err
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--captions", str(tmp_path / "none.csv")]) == 1
     (tmp_path / "file").write_text("in the way")
     capsys.readouterr()

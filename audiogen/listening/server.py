@@ -51,6 +51,10 @@ class ServeOptions:
     trust_proxy: bool = False
     log_level: str = "info"
 
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:  # uvicorn would bind port % 65536 and print the wrong one
+            raise AudiogenError(f"--port must be 0..65535, got {self.port}")
+
 
 class TokenBuckets:
     """Token-bucket rate limiter keyed by a string; thread-safe, prunes idle keys."""
