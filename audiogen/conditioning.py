@@ -88,6 +88,35 @@ class ConditionerConfig:
         check_fields(cls, d, "conditioner settings")
         return cls(**d)
 
+    def vocab(self) -> dict[str, list[str]]:
+        """The normalized attribute values the model was trained with, by attribute."""
+        return {"genre": [_norm(v) for v in self.genres], "mood": [_norm(v) for v in self.moods],
+                "key": [_norm(v) for v in self.keys], "instruments": [_norm(v) for v in self.instruments]}
+
+    def validate_conditions(self, conds: list["Conditions"]) -> None:
+        """Unknown attribute values are errors, not silently ignored; needs only the config (no weights)."""
+        vocab = self.vocab()
+        for c in conds:
+            for name in ATTRIBUTES:
+                value = getattr(c, name)
+                if value is None:
+                    continue
+                if not vocab[name]:
+                    raise AudiogenError(f"this model was trained without {name} conditioning; leave out --{name}")
+                if _norm(value) not in vocab[name]:
+                    raise AudiogenError(f"unknown {name} {value!r}; this model knows: {', '.join(vocab[name])}")
+            for inst in c.instruments or []:
+                if not vocab["instruments"]:
+                    raise AudiogenError("this model was trained without instrument conditioning; leave out --instruments")
+                if _norm(inst) not in vocab["instruments"]:
+                    raise AudiogenError(f"unknown instrument {inst!r}; this model knows: "
+                                        f"{', '.join(vocab['instruments'])}")
+            if c.bpm is not None:
+                if not self.bpm_buckets:
+                    raise AudiogenError("this model was trained without tempo conditioning; leave out --bpm")
+                if not (math.isfinite(c.bpm) and c.bpm > 0):
+                    raise AudiogenError(f"--bpm must be a positive number, got {c.bpm}")
+
 
 def _norm(s: str) -> str:
     return " ".join(str(s).strip().lower().split())
@@ -224,8 +253,7 @@ class ConditionEncoder(nn.Module):
         self.cfg = cfg
         self.__dict__["text_encoder"] = text_encoder  # not a submodule: frozen and not saved
         self.text_proj = nn.Linear(cfg.text_dim, cfg.dim) if text_encoder is not None else None
-        self.vocab = {"genre": [_norm(v) for v in cfg.genres], "mood": [_norm(v) for v in cfg.moods],
-                      "key": [_norm(v) for v in cfg.keys], "instruments": [_norm(v) for v in cfg.instruments]}
+        self.vocab = cfg.vocab()
         self.index = {name: {v: i for i, v in enumerate(vals)} for name, vals in self.vocab.items()}
         self.tables = nn.ModuleDict({
             name: nn.Embedding(max(1, len(vals)), cfg.dim) for name, vals in self.vocab.items()
@@ -243,27 +271,7 @@ class ConditionEncoder(nn.Module):
     # -- validation (generation time: unknown values are errors, not silently ignored)
 
     def validate(self, conds: list[Conditions]) -> None:
-        for c in conds:
-            for name in ATTRIBUTES:
-                value = getattr(c, name)
-                if value is None:
-                    continue
-                vocab = self.vocab[name]
-                if not vocab:
-                    raise AudiogenError(f"this model was trained without {name} conditioning; leave out --{name}")
-                if _norm(value) not in self.index[name]:
-                    raise AudiogenError(f"unknown {name} {value!r}; this model knows: {', '.join(vocab)}")
-            for inst in c.instruments or []:
-                if not self.vocab["instruments"]:
-                    raise AudiogenError("this model was trained without instrument conditioning; leave out --instruments")
-                if _norm(inst) not in self.index["instruments"]:
-                    raise AudiogenError(f"unknown instrument {inst!r}; this model knows: "
-                                        f"{', '.join(self.vocab['instruments'])}")
-            if c.bpm is not None:
-                if not self.cfg.bpm_buckets:
-                    raise AudiogenError("this model was trained without tempo conditioning; leave out --bpm")
-                if not (math.isfinite(c.bpm) and c.bpm > 0):
-                    raise AudiogenError(f"--bpm must be a positive number, got {c.bpm}")
+        self.cfg.validate_conditions(conds)
 
     def bpm_bucket(self, bpm: float) -> int:
         return int(torch.argmin((self._log_centres - math.log(bpm)).abs()))

@@ -55,8 +55,9 @@ class FinishSpec:
         if self.duration_s < MIN_DURATION_S:
             raise AudiogenError(f"duration {self.duration_s:g}s is too short: at least {MIN_DURATION_S:g}s, since "
                                 "integrated loudness is measured over 0.4 s blocks")
-        if self.fade_in_s < 0 or self.fade_out_s < 0:
-            raise AudiogenError("fade lengths must be >= 0 seconds")
+        for name, value in (("--fade-in", self.fade_in_s), ("--fade-out", self.fade_out_s)):
+            if not (math.isfinite(value) and value >= 0):
+                raise AudiogenError(f"{name} must be a finite number of seconds >= 0, got {value}")
         if self.loop and (self.fade_in_s or self.fade_out_s):
             raise AudiogenError("--loop and fades exclude each other: a faded track does not loop seamlessly")
         if self.fade_in_s + self.fade_out_s > self.duration_s:

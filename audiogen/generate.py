@@ -35,15 +35,15 @@ class SamplingParams:
     top_p: float = 0.0
     cfg_scale: float = 3.0
 
-    def validate(self, cardinality: int) -> None:
-        if not self.temperature >= 0:
-            raise AudiogenError(f"temperature must be >= 0, got {self.temperature}")
+    def validate(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise AudiogenError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise AudiogenError(f"top-k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise AudiogenError(f"top-p must be in [0, 1] (0 = off), got {self.top_p}")
-        if self.cfg_scale < 0:
-            raise AudiogenError(f"guidance scale must be >= 0, got {self.cfg_scale}")
+        if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
+            raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:
@@ -75,9 +75,11 @@ ENGINES = ("auto", "eager", "static", "graph", "compile")
 
 def resolve_engine(engine: str, device: torch.device | str) -> str:
     """``auto`` is a CUDA graph on a GPU and eager on CPU (no capture or compile wait)."""
+    from audiogen.codec import resolve_device
+
     if engine not in ENGINES:
         raise AudiogenError(f"unknown decode engine {engine!r}; valid: {', '.join(ENGINES)}")
-    cuda = torch.device(device).type == "cuda"
+    cuda = resolve_device(device).type == "cuda"
     if engine == "auto":
         return "graph" if cuda else "eager"
     if engine == "graph" and not cuda:

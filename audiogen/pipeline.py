@@ -87,15 +87,25 @@ class GenerateJob:
             raise AudiogenError(f"{out}: the folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise AudiogenError(f"{out}: the folder {parent} is not writable")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise AudiogenError("--device cuda was asked for, but no CUDA GPU is available")
+        self.sampling().validate()
         if self.dtype not in DTYPES:
             raise AudiogenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         from audiogen.generate import resolve_engine
 
-        resolve_engine(self.engine, self.device)
+        resolve_engine(self.engine, self.device)  # also: the device exists
         if self.continue_from is not None:
             A.audio_info(self.continue_from)  # fails early on a missing or broken file
+
+    def sampling(self):
+        from audiogen.generate import SamplingParams
+
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.cfg_scale)
+
+    def conditions(self):
+        from audiogen.conditioning import Conditions
+
+        return Conditions(text=self.prompt, genre=self.genre, mood=self.mood, bpm=self.bpm, key=self.key,
+                          instruments=self.instruments)
 
     def lm_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
@@ -115,13 +125,17 @@ def resolve_model_dir(model_dir) -> Path:
     return DEFAULT_MODEL_DIR
 
 
-def build_conditions(loaded, job: GenerateJob):
-    from audiogen.conditioning import Conditions
+def check_against_model(model_dir: Path, job: GenerateJob) -> None:
+    """The requested attributes against the model's config alone: a bad ``--genre`` fails before any weights load."""
+    from audiogen.checkpoint import read_config
+    from audiogen.conditioning import ConditionerConfig
 
-    c = Conditions(text=job.prompt, genre=job.genre, mood=job.mood, bpm=job.bpm, key=job.key,
-                   instruments=job.instruments)
-    loaded.conditioner.validate([c])
-    return c
+    config = read_config(model_dir)
+    try:
+        conditioner = ConditionerConfig.from_dict(config["conditioner"])
+    except (KeyError, TypeError) as e:
+        raise AudiogenError(f"{model_dir}: invalid model config (conditioner: {e})") from None
+    conditioner.validate_conditions([job.conditions()])
 
 
 @torch.inference_mode()
@@ -156,16 +170,16 @@ def run_job(job: GenerateJob) -> list[dict]:
         from audiogen.checkpoint import load_model
     except ImportError as exc:  # the LM/checkpoint modules land with issue 5
         raise AudiogenError(f"generation needs audiogen.checkpoint and audiogen.lm, which are not installed: {exc}") from exc
-    from audiogen.generate import SamplingParams, frames_for, generate_codes
+    from audiogen.generate import frames_for, generate_codes
 
     job.validate()
     model_dir = resolve_model_dir(job.model_dir)
+    check_against_model(model_dir, job)
     loaded = load_model(model_dir, device=job.device)
     lm_dtype = job.lm_dtype()
     lm, codec = loaded.lm.eval().to(lm_dtype), loaded.codec
-    conds = build_conditions(loaded, job)
-    params = SamplingParams(job.temperature, job.top_k, job.top_p, job.cfg_scale)
-    params.validate(codec.cardinality)
+    conds = job.conditions()
+    params = job.sampling()
     spec = job.finish_spec()
     sr, fr = codec.sample_rate, codec.frame_rate
     total_frames = frames_for(spec.samples_needed(sr) / sr, fr)

@@ -352,10 +352,25 @@ def test_bad_requests_fail_with_one_clear_error(tiny_model_dir, tmp_path, kw, ms
 @pytest.mark.parametrize("kw,msg", [
     ({"continue_from": "/no/such/intro.wav"}, "intro.wav"), ({"engine": "graph"}, "needs --device cuda"),
     ({"engine": "warp"}, "unknown decode engine"), ({"dtype": "float8"}, "--dtype"),
+    ({"cfg_scale": float("nan")}, "guidance scale"), ({"temperature": float("inf")}, "temperature"),
+    ({"fade_in_s": float("nan")}, "--fade-in"), ({"device": "tpu"}, "not a device"),
 ])
 def test_requests_are_checked_before_any_model_loads(tmp_path, kw, msg):
     with pytest.raises(AudiogenError, match=msg):
         GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
+
+
+def test_unknown_attribute_fails_before_the_weights_load(tiny_model_dir, tmp_path):
+    """Attributes are checked against config.yaml alone: with unreadable weights the error is still the genre."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(AudiogenError, match="unknown genre 'polka-metal'"):
+        run_job(job(broken, tmp_path / "x.wav", genre="polka-metal"))
+    with pytest.raises(AudiogenError, match="unreadable weights"):
+        run_job(job(broken, tmp_path / "x.wav", genre="rock"))
 
 
 def test_cli_generates_and_reports_errors_without_traceback(tiny_model_dir, tmp_path):
