@@ -50,7 +50,10 @@ def train(cfg) -> int:
     check_resumable(out, cfg.to_dict(), RESUME_KEYS)  # the run's config must match a run being resumed
 
     data_dir = Path(cfg.data_dir)
-    files = find_audio_files(data_dir) if data_dir.is_dir() else []
+    if not data_dir.is_dir():
+        raise AudiogenError(f"data_dir={data_dir} is not a folder" if data_dir.exists()
+                            else f"data_dir={data_dir} does not exist")
+    files = find_audio_files(data_dir)
     if not files:
         raise AudiogenError(f"no audio files under data_dir={data_dir}")
     train_files, held_out = split_tracks(files, cfg.holdout_tracks)

@@ -222,7 +222,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, debian_music_dir
     assert len(ckpts) == 1 and (ckpts[0] / "trainer.json").is_file()
 
 
-def test_config_errors_are_readable(tmp_path):
+def test_config_errors_are_readable(tmp_path, capsys):
     with pytest.raises(AudiogenError, match="unknown config keys"):
         load_train_config(TINY, ["no_such_key=1"])
     with pytest.raises(AudiogenError, match="key=value"):
@@ -241,6 +241,10 @@ def test_config_errors_are_readable(tmp_path):
         load_train_config(tmp_path / "missing.yaml")
     rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path}", f"out_dir={tmp_path / 'o'}"])
     assert rc == 1
+    assert "no audio files" in capsys.readouterr().err
+    rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path / 'nope'}", f"out_dir={tmp_path / 'o'}"])
+    assert rc == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_quantizer_warmup_trains_an_autoencoder_then_kmeans_inits_on_learned_embeddings(make_music):
