@@ -124,6 +124,24 @@ def test_port_outside_0_to_65535_is_refused_not_wrapped():
         ServeOptions(port=99999)
 
 
+def test_port_in_use_is_one_clear_error(exp_dir):
+    """A second server on a busy port exits 1 with one audiogen line, not uvicorn's log."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    first = start_server(exp_dir, port)
+    try:
+        second = subprocess.run([sys.executable, "-m", "audiogen", "listen", "serve", str(exp_dir), "--port",
+                                 str(port)], capture_output=True, text=True, timeout=60)
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    assert second.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "another server" in second.stderr
+    assert "Traceback" not in second.stderr and "ERROR" not in second.stderr
+
+
 def test_rate_limit_answers_429(exp_dir):
     from fastapi.testclient import TestClient
 

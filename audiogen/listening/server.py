@@ -12,6 +12,7 @@ Never: sources, origins, systems, or which answer is correct.
 
 
 import csv
+import errno
 import hmac
 import io
 import json
@@ -430,11 +431,29 @@ def _range_response(path: Path, sid: str, range_header: str | None):
 
 
 def serve(exp_dir: str | os.PathLike, opts: ServeOptions) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted.
+
+    The socket is bound here, before uvicorn starts, so a port in use is one clear error
+    (not uvicorn's log lines) and ``--port 0`` prints the port the system picked.
+    """
+    import socket
+
     import uvicorn
 
     app = build_app(exp_dir, opts)
-    print(f"listening test '{exp_dir}': participants http://{opts.host}:{opts.port}/  "
-          f"admin http://{opts.host}:{opts.port}/admin", flush=True)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level, server_header=False,
-                access_log=opts.log_level in ("info", "debug"))
+    sock = socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((opts.host, opts.port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise AudiogenError(f"cannot listen on {opts.host}:{opts.port}: {reason}"
+                            + (" (another server has it: pick another --port)" if isinstance(e, OSError)
+                               and e.errno == errno.EADDRINUSE else "")) from None
+    port = sock.getsockname()[1]
+    print(f"listening test '{exp_dir}': participants http://{opts.host}:{port}/  "
+          f"admin http://{opts.host}:{port}/admin", flush=True)
+    config = uvicorn.Config(app, host=opts.host, port=port, log_level=opts.log_level, server_header=False,
+                            access_log=opts.log_level in ("info", "debug"))
+    uvicorn.Server(config).run(sockets=[sock])
