@@ -165,6 +165,33 @@ def test_loudness_of_more_than_five_channels_is_one_clear_error(tmp_path):
                                              "up to 5 channels, this audio has 6; downmix it first"]
 
 
+@pytest.mark.parametrize("sr,channels,seconds,block_s", [(48000, 2, 7.3, 1.7), (44100, 1, 3.05, 0.33),
+                                                         (22050, 3, 1.0, 0.137), (16000, 2, 0.25, 0.1)])
+def test_streamed_file_measurement_equals_the_whole_file_figures(tmp_path, monkeypatch, sr, channels, seconds,
+                                                                   block_s):
+    """``measure_file`` (what ``audiogen info`` uses) reads block by block, never the whole file, and gets
+    the same loudness (BS.1770-4 gating, pyloudnorm's blocks) and true peak as the whole-array functions."""
+    rng = np.random.default_rng(sr)
+    n = int(seconds * sr)
+    x = (rng.standard_normal((channels, n)) * 0.2 * np.linspace(0.05, 1, n)).astype(np.float32)
+    x[:, : n // 6] *= 1e-3  # a near-silent head that the gates must drop
+    path = tmp_path / "x.wav"
+    sf.write(str(path), x.T, sr, subtype="FLOAT")
+    reads = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **kw):
+        reads.append(frames)
+        return real_read(self, frames, *a, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    m = A.measure_file(path, block_s=block_s)
+    assert reads and max(reads) == int(block_s * sr) and -1 not in reads  # block by block
+    assert m.duration_s == pytest.approx(seconds, abs=1 / sr) and m.channels == channels
+    assert m.lufs == pytest.approx(A.integrated_loudness(x, sr), abs=1e-9)
+    assert m.true_peak_dbtp == pytest.approx(A.true_peak_dbtp(x, sr), abs=1e-9)
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 

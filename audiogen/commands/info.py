@@ -22,24 +22,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.audio import audio_info, integrated_loudness, load_audio, true_peak_dbtp
+    from audiogen.audio import audio_info, measure_file
     from audiogen.errors import AudiogenError
 
     for f in args.files:
         info = audio_info(f)
-        wav, sr = load_audio(f)
         try:
-            lufs = integrated_loudness(wav, sr)
+            m = measure_file(f)  # streamed: bounded memory for files of any length
         except AudiogenError as e:
-            raise AudiogenError(f"{f}: {e}") from None
+            raise AudiogenError(e.args[0] if str(f) in e.args[0] else f"{f}: {e}") from None
+        sr = m.sample_rate
         row = {
             "file": str(f),
-            "duration_s": round(wav.shape[1] / sr, 3),
+            "duration_s": round(m.duration_s, 3),
             "sample_rate": sr,
-            "channels": wav.shape[0],
+            "channels": m.channels,
             "format": f"{info.format}/{info.subtype}",
-            "lufs": round(lufs, 2),
-            "true_peak_dbtp": round(true_peak_dbtp(wav, sr), 2),
+            "lufs": round(m.lufs, 2),
+            "true_peak_dbtp": round(m.true_peak_dbtp, 2),
         }
         if args.json:
             print(json.dumps(row))
