@@ -107,6 +107,7 @@ class Decoder:
     """
 
     SMALLEST_BUCKET = 256  # cache positions read by the first fixed-shape step (see _build_steps)
+    ALIGN = 16  # key lengths (cache, condition slots) are padded to a multiple of this
 
     @torch.inference_mode()
     def __init__(self, lm, cond: torch.Tensor, cond_mask: torch.Tensor, max_frames: int, params: SamplingParams,
@@ -124,9 +125,20 @@ class Decoder:
         if self.S_max > lm.cfg.max_positions:
             raise AudiogenError(f"a window of {max_frames} frames needs {self.S_max} positions; the model has "
                                 f"{lm.cfg.max_positions}")
-        self.cache = lm.init_cache(B2, self.S_max, device, dtype)
+        # Key lengths are padded to a multiple of ALIGN: GPU attention kernels otherwise pad the
+        # mask themselves at every call. Padded keys are masked out, padded condition slots are
+        # zero (so an all-masked, unconditional row still gets exactly zero cross-attention).
+        self.S_alloc = _round_up(self.S_max, self.ALIGN)
+        self.cache = lm.init_cache(B2, self.S_alloc, device, dtype)
         lm.fill_cross_cache(self.cond, cond_mask, self.cache)
-        self.cross_mask = lm.cross_masks(cond_mask, dtype)
+        L = cond_mask.shape[1]
+        pad = _round_up(L, self.ALIGN) - L
+        if pad:
+            self.cond_mask = torch.nn.functional.pad(cond_mask.bool(), (0, pad), value=False)
+            for layer_cache in self.cache:
+                for name in ("ck", "cv"):
+                    layer_cache[name] = torch.nn.functional.pad(layer_cache[name], (0, 0, 0, pad))
+        self.cross_mask = lm.cross_masks(self.cond_mask, dtype)
         long = dict(dtype=torch.long, device=device)
         self.pos = torch.zeros(1, **long)
         self.num_frames = torch.zeros((), **long)
@@ -135,8 +147,8 @@ class Decoder:
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
         self.k_idx = torch.arange(K, device=device)
-        self.key_positions = torch.arange(self.S_max, device=device)
-        self.zero_mask = torch.zeros(self.S_max, dtype=dtype, device=device)  # additive self-attention mask base
+        self.key_positions = torch.arange(self.S_alloc, device=device)
+        self.zero_mask = torch.zeros(self.S_alloc, dtype=dtype, device=device)  # additive self-attention mask base
         self._p = 0  # host copy of pos: the eager step's cache slice, the bucket choice
         self._bucket_sizes, self._steps = self._build_steps()
 
@@ -173,13 +185,13 @@ class Decoder:
         bucket, since every shape is a separate compilation.
         """
         if self.engine == "eager":
-            return [self.S_max], [partial(Decoder._body, self, None)]
+            return [self.S_alloc], [partial(Decoder._body, self, None)]
         sizes = []
         n = self.SMALLEST_BUCKET
-        while self.engine != "compile" and n < self.S_max:
+        while self.engine != "compile" and n < self.S_alloc:
             sizes.append(n)
             n *= 2
-        sizes.append(self.S_max)
+        sizes.append(self.S_alloc)
         body = _compiled_body() if self.engine == "compile" else Decoder._body
         steps = [partial(body, self, n) for n in sizes]
         if self.engine == "graph" or (self.engine == "compile" and self.pos.is_cuda):
@@ -252,6 +264,10 @@ class Decoder:
             if on_frame is not None and p < num_frames:  # codebook 0 just produced a new frame
                 on_frame()
         return torch.stack([self.pattern[:, k, k : k + num_frames] for k in range(K)], dim=1).clone()
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 @cache
