@@ -161,6 +161,26 @@ def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
     return out
 
 
+def decode_corpus(files: list[Path], sample_rate: int, cache_dir: Path, progress: bool = True
+                  ) -> tuple[dict[Path, Path], list[tuple[Path, str]]]:
+    """Decode every file to the cache (:func:`decode_to_cache`), like prep skipping what cannot be read.
+
+    Returns ``({file: cache_file}, [(skipped_file, reason), ...])``: one corrupt file in a
+    corpus costs that file, not the run.
+    """
+    from tqdm import tqdm
+
+    from audiogen.errors import AudiogenError
+
+    caches, skipped = {}, []
+    for f in tqdm(files, desc="decoding corpus", disable=not progress):
+        try:
+            caches[f] = decode_to_cache(f, sample_rate, cache_dir)
+        except AudiogenError as e:
+            skipped.append((f, str(e)))
+    return caches, skipped
+
+
 class RandomCrops(torch.utils.data.Dataset):
     """Item ``i`` is a crop ``FloatTensor[1, L]`` whose track and offset depend only on ``(seed, i)``.
 

@@ -35,10 +35,9 @@ def train(cfg) -> int:
     import yaml
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm import tqdm
 
     from audiogen.audio import atomic_write_text, find_audio_files, make_dir
-    from audiogen.codec_training import RandomCrops, StepSampler, decode_to_cache, make_parts, split_tracks
+    from audiogen.codec_training import RandomCrops, StepSampler, decode_corpus, make_parts, split_tracks
     from audiogen.training import check_resumable, latest_checkpoint
 
     out = Path(cfg.out_dir)
@@ -62,14 +61,23 @@ def train(cfg) -> int:
     with accelerator.main_process_first():  # decode once, on the main process first
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
         to_decode = train_files + (held_out if cfg.eval_every else [])
-        decoded = [decode_to_cache(f, ecfg.sample_rate, cache_dir)
-                   for f in tqdm(to_decode, desc="decoding corpus", disable=not accelerator.is_main_process)]
-        caches, held_caches = decoded[: len(train_files)], decoded[len(train_files):]
+        cache_of, skipped = decode_corpus(to_decode, ecfg.sample_rate, cache_dir, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        for f, why in skipped:
+            print(f"skipped: {why}", file=sys.stderr)
+    train_files = [f for f in train_files if f in cache_of]
+    held_out = [f for f in held_out if f in cache_of or not cfg.eval_every]
+    if not train_files:
+        raise AudiogenError(f"none of the {len(to_decode)} audio files under data_dir={data_dir} could be decoded "
+                            "for training (each is listed above)")
+    caches = [cache_of[f] for f in train_files]
+    held_caches = [cache_of[f] for f in held_out if f in cache_of]
     if accelerator.is_main_process:
         make_dir(out)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(out / "split.json", json.dumps(
-            {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out]}, indent=2))
+            {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out],
+             "skipped": [{"file": str(f), "reason": why} for f, why in skipped]}, indent=2))
 
     set_seed(cfg.seed)
     parts = make_parts(cfg, accelerator)

@@ -17,6 +17,7 @@ import torch
 from audiogen.codec_training import (
     Balancer, CodecTrainConfig, TrainableCodec, evaluate, load_train_config, make_parts, train_step,
 )
+from audiogen import audio as A
 from audiogen.errors import AudiogenError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,6 +246,26 @@ def test_config_errors_are_readable(tmp_path, capsys):
     rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path / 'nope'}", f"out_dir={tmp_path / 'o'}"])
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.wav").write_bytes(b"RIFF not really audio")
+    (bad / "b.flac").write_bytes(b"")
+    (bad / "c.ogg").write_text("not ogg")
+    rc = _recipe().main(["--config", str(TINY), f"data_dir={bad}", f"out_dir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "none of the 3 audio files" in err
+    assert "skipped:" in err and "a.wav" in err and "b.flac" in err and "Traceback" not in err
+
+
+def test_a_corrupt_file_is_skipped_not_fatal(tmp_path, make_music):
+    from audiogen.codec_training import decode_corpus
+
+    good = A.write_audio(tmp_path / "good.wav", make_music(2.0, 24000, 1), 24000)
+    broken = tmp_path / "broken.mp3"
+    broken.write_text("this is not an mp3")
+    caches, skipped = decode_corpus([good, broken], 24000, tmp_path / "cache", progress=False)
+    assert list(caches) == [good] and caches[good].is_file()
+    assert [f for f, _ in skipped] == [broken] and "broken.mp3" in skipped[0][1]
 
 
 def test_quantizer_warmup_trains_an_autoencoder_then_kmeans_inits_on_learned_embeddings(make_music):
