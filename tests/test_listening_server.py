@@ -142,6 +142,14 @@ def test_port_in_use_is_one_clear_error(exp_dir):
     assert "Traceback" not in second.stderr and "ERROR" not in second.stderr
 
 
+def test_loadtest_refuses_nonsense_arguments(capsys):
+    for args, msg in ((["--participants", "-1"], "--participants must be at least 1"),
+                      (["--dup-rate", "2"], "--dup-rate must be in [0, 1]")):
+        with pytest.raises(SystemExit) as e:
+            L.main(["--url", "http://127.0.0.1:9", *args])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_rate_limit_answers_429(exp_dir):
     from fastapi.testclient import TestClient
 

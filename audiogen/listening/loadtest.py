@@ -47,6 +47,10 @@ def simulated_response(step: dict, rng: random.Random) -> dict:
     return {"ratings": {s: rng.randint(0, 100) for s in step["stimuli"]}}
 
 
+class ServerGaveUp(RuntimeError):
+    """The server did not answer a request within its retry time."""
+
+
 async def _request(client, lat: dict, label: str, method: str, url: str, retry_for: float, res: SimResult, **kw):
     """One request, retried on connection errors and 429/5xx until ``retry_for`` seconds pass."""
     import httpx
@@ -62,7 +66,7 @@ async def _request(client, lat: dict, label: str, method: str, url: str, retry_f
         except (httpx.TransportError, httpx.TimeoutException):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{label} {url}: gave up after {retry_for:.0f}s of retries")
+            raise ServerGaveUp(f"{label} {url}: no answer after {retry_for:.0f}s of retries")
         res.retries += 1
         await asyncio.sleep(0.2 + random.random() * 0.3)
 
@@ -227,6 +231,7 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
 def main(argv: list[str] | None = None) -> int:
     """``python eval/listen_loadtest.py --url URL --db EXP_DIR/listen.db``: N participants at once."""
     import argparse
+    import sys
 
     ap = argparse.ArgumentParser(description="Simulated participants against a running 'audiogen listen serve' "
                                  "(start it with a high --new-sessions-per-minute: they all come from one IP). "
@@ -239,8 +244,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="each participant waits up to S seconds (uniform) before each answer (default: 0)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    results, lat, wall = asyncio.run(run_participants(a.url.rstrip("/"), a.participants, a.seed, a.dup_rate,
-                                                      a.think))
+    if a.participants < 1:
+        ap.error(f"--participants must be at least 1, got {a.participants}")
+    if not 0 <= a.dup_rate <= 1 or not a.think >= 0:
+        ap.error("--dup-rate must be in [0, 1] and --think >= 0")
+    try:
+        results, lat, wall = asyncio.run(run_participants(a.url.rstrip("/"), a.participants, a.seed, a.dup_rate,
+                                                          a.think))
+    except ServerGaveUp as e:
+        print(f"listen_loadtest: error: {e} (is 'audiogen listen serve' running at {a.url}?)", file=sys.stderr)
+        return 1
     out = {"participants": a.participants, "think_s": a.think, "completed": sum(r.completed for r in results), "wall_s": round(wall, 2),
            "requests": sum(len(v) for v in lat.values()), "latency": percentiles(lat),
            "retries": sum(r.retries for r in results)}
