@@ -513,8 +513,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-#: constant bit rate at the highest rate the sample rate allows (320 kb/s at 32-48 kHz): the
-#: default VBR setting adds about 1 dB of true-peak overshoot on limited material, 320 kb/s CBR none
+#: constant bit rate at the highest rate the sample rate allows (160 kb/s at 24 kHz, 320 at 32-48 kHz): the
+#: default VBR setting adds about 1 dB of true-peak overshoot on limited material, CBR at the top rate none
 MP3_SETTINGS = {"bitrate_mode": "CONSTANT", "compression_level": 0.0}
 
 
