@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from audiogen.audio import sha256_file
+from audiogen.devices import resolve_device  # noqa: F401 (part of this module's API)
 from audiogen.errors import AudiogenError, check_fields
 
 #: Where the encodec package's pretrained checkpoints are published (for the error message only;
@@ -435,17 +436,6 @@ def pretrained_weights_path(name: str) -> Path:
     if base:
         return Path(base) / PRETRAINED_FILES[name]
     return Path(torch.hub.get_dir()) / "checkpoints" / PRETRAINED_FILES[name]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``; an unknown name or an absent GPU is an AudiogenError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise AudiogenError(f"--device {device!r} is not a device; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AudiogenError(f"--device {device} was asked for, but no CUDA GPU is available")
-    return dev
 
 
 def load_codes(path: str | os.PathLike) -> torch.Tensor:

@@ -344,7 +344,7 @@ def load_embedder(name: str = "builtin", weights: str | os.PathLike | None = Non
     checkpoint file; default locations are under :func:`weights_dir`. ``codec`` picks
     the EnCodec model (``encodec_24khz``, ``encodec_48khz``, ``tiny`` or a codec folder).
     """
-    from audiogen.codec import resolve_device
+    from audiogen.devices import resolve_device
 
     resolve_device(device)
     if name == "builtin":

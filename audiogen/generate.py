@@ -75,7 +75,7 @@ ENGINES = ("auto", "eager", "static", "graph", "compile")
 
 def resolve_engine(engine: str, device: torch.device | str) -> str:
     """``auto`` is a CUDA graph on a GPU and eager on CPU (no capture or compile wait)."""
-    from audiogen.codec import resolve_device
+    from audiogen.devices import resolve_device
 
     if engine not in ENGINES:
         raise AudiogenError(f"unknown decode engine {engine!r}; valid: {', '.join(ENGINES)}")
