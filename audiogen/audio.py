@@ -14,7 +14,6 @@ import math
 import os
 import stat
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -95,6 +94,15 @@ def _sf_reason(e: Exception) -> str:
     return msg.split(": ", 1)[-1] if "Error opening" in msg else msg
 
 
+def _check_decoded(path, got: int, expected: int) -> None:
+    """Lossy decoders may report a frame count a little off; a large shortfall is truncation."""
+    if got < expected - max(4096, int(0.01 * expected)):
+        raise AudiogenError(f"{path}: truncated or corrupt: header promises {expected} frames, only {got} could be "
+                            "decoded")
+    if got == 0:
+        raise AudiogenError(f"{path}: zero-length audio (no samples could be decoded)")
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = None,
@@ -120,14 +128,7 @@ def load_audio(
             data = f.read(frames=want, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudiogenError(f"{path}: corrupt or truncated audio ({_sf_reason(e)})") from None
-    expected = info.frames - start if want < 0 else min(want, info.frames - start)
-    # Lossy decoders may report a frame count a little off; a large shortfall is truncation.
-    if data.shape[0] < expected - max(4096, int(0.01 * expected)):
-        raise AudiogenError(
-            f"{path}: truncated or corrupt: header promises {expected} frames, only {data.shape[0]} could be decoded"
-        )
-    if data.shape[0] == 0:
-        raise AudiogenError(f"{path}: zero-length audio (no samples could be decoded)")
+    _check_decoded(path, data.shape[0], info.frames - start if want < 0 else min(want, info.frames - start))
     wav = np.ascontiguousarray(data.T)
     if not np.isfinite(wav).all():
         raise AudiogenError(f"{path}: contains NaN or infinite samples")
@@ -201,27 +202,18 @@ def resample(wav, orig_sr: int, target_sr: int):
 
 
 def integrated_loudness(wav: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness in LUFS (ITU-R BS.1770-4 with gating, via pyloudnorm).
+    """Integrated loudness in LUFS (ITU-R BS.1770-4 with gating, as pyloudnorm computes it).
 
     Returns ``-inf`` for digital silence. Audio shorter than one 400 ms gating block
-    is zero-padded to one block so short clips still get a figure.
+    is zero-padded to one block so short clips still get a figure. One
+    :class:`LoudnessMeter` pass over the whole array.
     """
-    import pyloudnorm
-
     x = np.asarray(wav, dtype=np.float64)
     if x.ndim == 1:
         x = x[None]
-    if x.shape[0] > 5:  # BS.1770-4 weights L, R, C, Ls, Rs; which of more channels is LFE depends on the format
-        raise AudiogenError(f"loudness (BS.1770-4) is defined for up to 5 channels, this audio has {x.shape[0]}; "
-                            "downmix it first")
-    block = int(math.ceil(0.4 * sample_rate))
-    if x.shape[1] < block:
-        x = np.pad(x, ((0, 0), (0, block - x.shape[1])))
-    meter = pyloudnorm.Meter(sample_rate)  # BS.1770-4 K-weighting, 400 ms blocks, 75% overlap
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lufs = meter.integrated_loudness(x.T)
-    return float(lufs)
+    meter = LoudnessMeter(sample_rate, x.shape[0])
+    meter.add(x)
+    return meter.integrated()
 
 
 class LoudnessMeter:
@@ -332,11 +324,7 @@ def measure_file(path: str | os.PathLike, block_s: float = 30.0) -> FileMeasure:
                     break
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudiogenError(f"{info.path}: corrupt or truncated audio ({_sf_reason(e)})") from None
-    if n == 0:
-        raise AudiogenError(f"{info.path}: zero-length audio (no samples could be decoded)")
-    if n < info.frames - max(4096, int(0.01 * info.frames)):
-        raise AudiogenError(f"{info.path}: truncated or corrupt: header promises {info.frames} frames, only {n} "
-                            "could be decoded")
+    _check_decoded(info.path, n, info.frames)
     return FileMeasure(duration_s=n / sr, sample_rate=sr, channels=meter.channels, lufs=meter.integrated(),
                        true_peak_dbtp=20 * math.log10(peak) if peak > 0 else float("-inf"))
 
