@@ -237,9 +237,8 @@ class Decoder:
             raise AudiogenError(f"a window of {num_frames} frames is longer than this decoder's "
                                 f"{self.S_max - K + 1}")
         self.known.fill_(-1)
-        for k in range(K):
-            if t0:
-                self.known[:, k, k : k + t0] = prompt[:, k].to(self.known.device)
+        for k in range(K if t0 else 0):
+            self.known[:, k, k : k + t0] = prompt[:, k].to(self.known.device)
         # pattern positions < t0 are fully determined: prompt tokens, or special outside the frames
         self.pattern.fill_(special)
         self.pattern[:, :, :t0] = torch.where(self.known[:, :, :t0] >= 0, self.known[:, :, :t0], special)
@@ -308,9 +307,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     with torch.inference_mode():
         largest = first if first - t0 >= num_frames else window_frames
         decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine)
-        codes = decoder.window(first, prompt, on_frame)
-        if prompt is not None:
-            codes = codes[..., prompt.shape[-1] :]
+        codes = decoder.window(first, prompt, on_frame)[..., t0:]
         pieces = [codes]
         have = codes.shape[-1]
         tail = codes[..., -context_frames:]
