@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -85,7 +86,28 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         raise AudiogenError(f"{path}: header declares {info.channels} channels")
     if info.frames == 0:
         raise AudiogenError(f"{path}: zero-length audio (no samples)")
+    _check_chunk_sizes(path, info)
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+#: libsndfile's header log line for a WAV/AIFF audio chunk whose declared size the file does not match
+_CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+#: sizes that streaming writers leave in a header they never finalized: not truncation
+_PLACEHOLDER_SIZES = {0xFFFFFFFF, 0x7FFFFFFF}
+
+
+def _check_chunk_sizes(path: Path, info) -> None:
+    """A WAV or AIFF file cut short (an interrupted copy or download) still opens: libsndfile
+    shortens its frame count to what is there. Refuse it, like a truncated FLAC or MP3, rather
+    than use a partial file without a word."""
+    m = _CHUNK_SIZE.search(info.extra_info or "")
+    if not m:
+        return
+    declared, present = int(m.group(1)), int(m.group(2))
+    if present < declared and declared not in _PLACEHOLDER_SIZES:
+        full_s = info.frames / info.samplerate * declared / max(present, 1)
+        raise AudiogenError(f"{path}: truncated: the header declares {full_s:.2f}s of audio, the file holds only "
+                            f"{info.frames / info.samplerate:.2f}s (an interrupted copy or download?)")
 
 
 def _sf_reason(e: Exception) -> str:

@@ -228,6 +228,11 @@ def make_bad_files(d):
     good = A.write_audio(d / "good.flac", sine(440, 44100, 3.0), 44100)
     (d / "truncated.flac").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
     cases["truncated"] = (d / "truncated.flac", "truncated")
+    for ext in ("wav", "aiff"):  # libsndfile opens these anyway, as a shorter file
+        whole = A.write_audio(d / f"whole.{ext}", sine(440, 8000, 3.0), 8000).read_bytes()
+        (d / f"cut.{ext}").write_bytes(whole[: len(whole) // 2])
+        cases[f"truncated_{ext}"] = (d / f"cut.{ext}", "truncated: the header declares 3.00s of audio, the file "
+                                                       "holds only 1.50s")
     (d / "notes.txt").write_text("not audio at all\n" * 50)
     cases["unsupported"] = (d / "notes.txt", "unsupported format")
     sf.write(str(d / "nan.wav"), np.array([0.1, np.nan, 0.2, np.inf] * 100, np.float32), 8000, subtype="FLOAT")
@@ -239,7 +244,8 @@ def make_bad_files(d):
     return cases
 
 
-BAD_CASES = ["missing", "empty", "zero_length", "corrupt", "truncated", "unsupported", "nan",
+BAD_CASES = ["missing", "empty", "zero_length", "corrupt", "truncated", "truncated_wav", "truncated_aiff",
+             "unsupported", "nan",
              "absurd_low_rate", "absurd_high_rate"]
 
 
@@ -249,6 +255,18 @@ def test_bad_input_raises_one_clear_error_naming_the_file(tmp_path, case):
     with pytest.raises(AudiogenError) as e:
         A.load_audio(path)
     assert str(path) in str(e.value) and fragment in str(e.value)
+
+
+def test_unfinalized_wav_header_is_not_called_truncated(tmp_path):
+    """A recorder that streams a WAV and never finalizes its header leaves the data size at
+    0xFFFFFFFF: the samples are all there, so the file reads whole."""
+    x = sine(440, 8000, 1.0)
+    raw = bytearray(A.write_audio(tmp_path / "rec.wav", x, 8000).read_bytes())
+    i = raw.find(b"data")
+    raw[i + 4 : i + 8] = struct.pack("<I", 0xFFFFFFFF)
+    (tmp_path / "rec.wav").write_bytes(raw)
+    wav, _ = A.load_audio(tmp_path / "rec.wav")
+    assert wav.shape == (1, 8000) and np.abs(wav - x).max() < 1e-4
 
 
 def test_text_renamed_mp3_is_called_corrupt_not_missing(tmp_path):
