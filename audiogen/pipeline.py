@@ -94,7 +94,10 @@ class GenerateJob:
 
         resolve_engine(self.engine, self.device)  # also: the device exists
         if self.continue_from is not None:
-            A.audio_info(self.continue_from)  # fails early on a missing or broken file
+            info = A.audio_info(self.continue_from)  # fails early on a missing or broken file
+            if info.duration_s >= self.duration_s:  # before loading weights, or a long file
+                raise AudiogenError(f"--continue audio ({info.duration_s:.1f}s) is not shorter than --duration "
+                                    f"({self.duration_s:g}s)")
 
     def sampling(self):
         from audiogen.generate import SamplingParams

@@ -361,6 +361,12 @@ def test_requests_are_checked_before_any_model_loads(tmp_path, kw, msg):
         GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
 
 
+def test_continue_audio_longer_than_the_track_is_refused_before_loading_it(tmp_path):
+    intro = A.write_audio(tmp_path / "intro.wav", np.zeros((1, 3 * 8000), np.float32) + 0.1, 8000)
+    with pytest.raises(AudiogenError, match=r"--continue audio \(3.0s\) is not shorter than --duration \(2s\)"):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", continue_from=str(intro)).validate()
+
+
 def test_unknown_attribute_fails_before_the_weights_load(tiny_model_dir, tmp_path):
     """Attributes are checked against config.yaml alone: with unreadable weights the error is still the genre."""
     import shutil
