@@ -38,7 +38,9 @@ How it stays correct when killed: every source file's result (codes + per-segmen
 analysis) is written atomically to ``out/.work/<sha256>.npz`` + ``.json`` as soon as
 its last segment is tokenized; a rerun skips files whose shard exists, and the dataset
 is assembled at the end, deterministically (sorted by source), from the shards alone.
-Codes of a segment depend only on its audio: full-length segments are always encoded in
+A file longer than ``LONG_FILE_FACTOR * part_s`` comes in parts
+(:func:`_plan_parts`), so memory is bounded whatever a file's length; its shard is written
+after its last part. Codes of a segment depend only on its audio: full-length segments are always encoded in
 batches of the same shape (padded with silent dummy rows), so a resumed run's batches
 give the same codes as an uninterrupted run's.
 
@@ -57,7 +59,7 @@ import shutil
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +68,15 @@ import numpy as np
 from audiogen.errors import AudiogenError
 
 #: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 1
+SHARD_VERSION = 2  # 2: onset envelope with a fixed dB floor
 #: Sample rate and hop of the librosa analysis (tempo, key).
 ANALYSIS_SR = 22_050
 ANALYSIS_HOP = 256
+#: A file longer than this many ``part_s`` is decoded in parts (see :func:`_plan_parts`).
+LONG_FILE_FACTOR = 1.5
+#: Audio read on each side of a part beyond its segments: covers the resampling filter and
+#: the analysis frames (4096-point chroma STFT) that reach past a segment's edge.
+PART_MARGIN_S = 1.0
 #: Exit codes of ``audiogen prep``.
 EXIT_OK, EXIT_USER_ERROR, EXIT_SKIPPED = 0, 1, 3
 
@@ -129,6 +136,9 @@ class PrepConfig:
     valid_fraction: float = 0.1
     #: a file (or segment) whose sample peak is below this is silent
     silence_dbfs: float = -70.0
+    #: a file longer than LONG_FILE_FACTOR * part_s is decoded, analysed and handed over in
+    #: parts of about this many seconds (whole hops), so memory does not grow with file length
+    part_s: float = 600.0
     progress: bool = True
 
     def __post_init__(self):
@@ -136,7 +146,7 @@ class PrepConfig:
             self.hop_s = self.segment_s
         if self.min_segment_s is None:
             self.min_segment_s = self.segment_s / 3
-        for name in ("segment_s", "hop_s", "min_segment_s"):
+        for name in ("segment_s", "hop_s", "min_segment_s", "part_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise AudiogenError(f"--{name[:-2].replace('_', '-')} must be a positive number of seconds, got {v}")
@@ -195,7 +205,13 @@ def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarra
     from audiogen.audio import resample
 
     y = resample(mono[None], sr, ANALYSIS_SR)[0] if sr != ANALYSIS_SR else mono
-    env = librosa.onset.onset_strength(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP)
+    # librosa's default floors the mel power at 80 dB below the loudest frame of the whole
+    # signal; a fixed floor (top_db=None: amin, -100 dB) keeps each frame's envelope
+    # independent of the rest of the file, so a long file analysed in parts gets the same
+    # tempo as if analysed whole
+    mel = librosa.feature.melspectrogram(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP)
+    env = librosa.onset.onset_strength(S=librosa.power_to_db(mel, top_db=None), sr=ANALYSIS_SR,
+                                       hop_length=ANALYSIS_HOP)
     # tuning=0: skip librosa's pitch-tracking tuning estimate (the slowest step); a mean chroma
     # over a segment is robust to the few cents a recording may be off
     chroma = librosa.feature.chroma_stft(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP, n_fft=4096, tuning=0.0)
@@ -347,29 +363,46 @@ class _Task:
     hop_s: float
     min_segment_s: float
     silence_dbfs: float
+    part_s: float
     extra_meta: dict
 
 
-def _process_file(t: _Task) -> dict:
-    """:func:`_process_file_unchecked`, but an unexpected failure on one file (a decoder or
-    analysis bug on odd audio) skips that file, with the exception named, instead of
-    ending a long job; such skips are not cached, so a rerun tries the file again."""
+@dataclass
+class _Part:
+    """One part of a long file: the segments whose start sample lies in ``[lo, hi)``."""
+    task: _Task
+    sha: str
+    index: int
+    count: int
+    lo: int
+    hi: int
+    sample_rate: int
+    frames: int  # the header's frame count
+
+
+def _process_file(t: _Task | _Part) -> dict:
+    """:func:`_process_file_unchecked` (or :func:`_process_part`), but an unexpected failure on
+    one file (a decoder or analysis bug on odd audio) skips that file, with the exception
+    named, instead of ending a long job; such skips are not cached, so a rerun tries the file
+    again."""
     try:
-        return _process_file_unchecked(t)
+        return _process_part(t) if isinstance(t, _Part) else _process_file_unchecked(t)
     except Exception as e:  # noqa: BLE001 -- reported per file, see docstring
-        return {"rel": t.rel, "status": "error", "reason": f"failed: {type(e).__name__}: {e}"}
+        res = {"rel": t.task.rel, "sha256": t.sha, "part": t.index} if isinstance(t, _Part) else {"rel": t.rel}
+        return {**res, "status": "error", "reason": f"failed: {type(e).__name__}: {e}"}
 
 
 def _process_file_unchecked(t: _Task) -> dict:
     """Decode + analyse one file. Returns {rel, sha256, status, ...}; status is
     ``error`` (unreadable, no hash), ``skipped`` (content-determined, cacheable),
-    ``cached`` (shard exists) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
-    from audiogen.audio import audio_info, load_audio, resample, sample_peak_dbfs, sha256_file
+    ``cached`` (shard exists), ``long`` (with the ``parts`` to process instead: see
+    :func:`_plan_parts`) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
+    from audiogen.audio import audio_info, load_audio, sample_peak_dbfs, sha256_file
 
     path = Path(t.path)
     res: dict = {"rel": t.rel}
     try:
-        audio_info(path)  # empty / missing / unreadable header: named reason before hashing
+        info = audio_info(path)  # empty / missing / unreadable header: named reason before hashing
         res["sha256"] = sha = sha256_file(path)
     except (AudiogenError, OSError) as e:
         return {**res, "status": "error", "reason": _reason(e, path)}
@@ -386,6 +419,8 @@ def _process_file_unchecked(t: _Task) -> dict:
         if "skipped" in done:
             return {**res, "status": "skipped", "reason": done["skipped"], "cached": True}
         return {**res, "status": "cached", "audio_s": done["duration_s"]}
+    if info.duration_s > LONG_FILE_FACTOR * t.part_s:
+        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames)}
     try:
         wav, sr = load_audio(path)
     except AudiogenError as e:
@@ -398,26 +433,91 @@ def _process_file_unchecked(t: _Task) -> dict:
     if not bounds:
         return {**res, "status": "skipped",
                 "reason": f"too short ({duration:.2f}s < minimum segment {t.min_segment_s:g}s)"}
-    mono = wav.mean(axis=0)
-    env, chroma = _analysis_features(mono, sr)
+    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs)
+    if not segments:
+        return {**res, "status": "skipped", "reason": SILENT_SEGMENTS}
+    return {**res, "status": "ok", "wav": _to_codec_format(wav, sr, t), "segments": segments,
+            "silent_segments": silent, "audio_s": duration, "source_rate": sr, "source_channels": wav.shape[0]}
+
+
+SILENT_SEGMENTS = "silent (every segment below the silence threshold)"
+
+
+def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[int, int]],
+                      silence_dbfs: float) -> tuple[list[dict], int]:
+    """Tempo and key of each of ``bounds`` (file samples) not below the silence threshold.
+    ``wav [C, N]`` holds the file's samples from ``origin`` on. Returns (segments, silent count)."""
+    from audiogen.audio import sample_peak_dbfs
+
+    env, chroma = _analysis_features(wav.mean(axis=0), sr)
     segments, silent = [], 0
     fps = ANALYSIS_SR / ANALYSIS_HOP
     for s, n in bounds:
-        if sample_peak_dbfs(wav[:, s : s + n]) < t.silence_dbfs:
+        if sample_peak_dbfs(wav[:, s - origin : s - origin + n]) < silence_dbfs:
             silent += 1
             continue
-        f0, f1 = int(s / sr * fps), int(math.ceil((s + n) / sr * fps))
+        f0, f1 = int((s - origin) / sr * fps), int(math.ceil((s - origin + n) / sr * fps))
         segments.append({"start_s": s / sr, "duration_s": n / sr,
                          "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
-    if not segments:
-        return {**res, "status": "skipped", "reason": "silent (every segment below the silence threshold)"}
-    from audiogen.audio import convert_channels
+    return segments, silent
+
+
+def _to_codec_format(wav: np.ndarray, sr: int, t: _Task) -> np.ndarray:
+    from audiogen.audio import convert_channels, resample
 
     out = convert_channels(wav, t.channels)
     if sr != t.sample_rate:
         out = resample(out, sr, t.sample_rate)
-    return {**res, "status": "ok", "wav": np.ascontiguousarray(out, dtype=np.float32), "segments": segments,
-            "silent_segments": silent, "audio_s": duration, "source_rate": sr, "source_channels": wav.shape[0]}
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _part_alignment(sr: int, codec_sr: int) -> int:
+    """The step (in samples at ``sr``) on which a part's window may start so that both its
+    codec-rate resampling and its analysis frames fall on the same grid as a whole-file
+    decode's: then a long file's segments get the codes, tempo and key they would get if
+    it were decoded whole. For rates where that step exceeds 10 s only the codec grid is
+    kept (the analysis frames then shift by under one hop, ~12 ms)."""
+    codec_step = sr // math.gcd(sr, codec_sr)
+    frame_step = sr * ANALYSIS_HOP // math.gcd(sr * ANALYSIS_HOP, ANALYSIS_SR)
+    both = codec_step * frame_step // math.gcd(codec_step, frame_step)
+    return both if both <= 10 * sr else codec_step
+
+
+def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int) -> list[_Part]:
+    """Cut a long file into parts of a whole number of hops (about ``part_s`` each): part i
+    owns the segments that start in it, so together the parts give the whole-file segments."""
+    hop = max(1, round(t.hop_s * sample_rate))
+    size = max(1, int(t.part_s // t.hop_s)) * hop
+    count = math.ceil(frames / size)
+    return [_Part(t, sha, i, count, i * size, (i + 1) * size if i < count - 1 else sys.maxsize, sample_rate, frames)
+            for i in range(count)]
+
+
+def _process_part(p: _Part) -> dict:
+    """Decode and analyse one part of a long file: its segments plus ``PART_MARGIN_S`` on each
+    side, no more. Returns {rel, sha256, part, status "part", wav (codec format, starting at
+    codec-rate sample ``offset`` of the file), segments, silent_segments, end} or a
+    ``skipped`` status, which skips the whole file."""
+    from audiogen.audio import load_audio
+
+    t, sr = p.task, p.sample_rate
+    res = {"rel": t.rel, "sha256": p.sha, "part": p.index}
+    seg, margin = round(t.segment_s * sr), round(PART_MARGIN_S * sr)
+    step = _part_alignment(sr, t.sample_rate)
+    start = max(0, p.lo - margin) // step * step
+    last = p.index == p.count - 1
+    stop = None if last else min(p.hi + seg + margin, p.frames)
+    try:
+        wav, _ = load_audio(t.path, offset_s=start / sr, duration_s=None if stop is None else (stop - start) / sr)
+    except AudiogenError as e:
+        return {**res, "status": "skipped", "reason": _reason(e, Path(t.path))}
+    end = start + wav.shape[1]  # the file's real end in the last part
+    n = end if last else min(p.frames, end)
+    bounds = [b for b in segment_bounds(n, sr, t.segment_s, t.hop_s, t.min_segment_s) if p.lo <= b[0] < p.hi]
+    segments, silent = _analyse_segments(wav, sr, start, bounds, t.silence_dbfs) if bounds else ([], 0)
+    return {**res, "status": "part", "wav": _to_codec_format(wav, sr, t) if segments else None,
+            "offset": start * t.sample_rate // sr,
+            "segments": segments, "silent_segments": silent, "end_s": n / sr}
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -429,7 +529,7 @@ def _reason(e: Exception, path: Path) -> str:
 def _worker_init(parent_pid: int) -> None:
     import torch
 
-    torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _results)
+    torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _Runner)
 
     def watch():  # exit if the main process dies (kill -9): no orphaned workers
         while True:
@@ -440,29 +540,39 @@ def _worker_init(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _results(tasks: list[_Task], workers: int):
-    """Yield each task's result in order, decoding up to ``2 * workers`` files ahead."""
-    if workers == 0:
-        for t in tasks:
-            yield _process_file(t)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+class _Runner:
+    """Yields each task's result in order, decoding up to ``2 * workers`` tasks ahead.
+    :meth:`insert` queues tasks (a long file's parts) ahead of the files not yet started."""
 
-    # fork on Linux: workers start in milliseconds with torch, librosa and numba already
-    # loaded (spawn costs each one ~8 s of imports and JIT-cache loading). Safe with the
-    # parent's OpenMP pool because each worker runs torch single-threaded (_worker_init)
-    # and never enters a multi-threaded OpenMP region.
-    method = "fork" if sys.platform == "linux" else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                             initargs=(os.getpid(),)) as pool:
-        ahead = 2 * workers
-        futures = [pool.submit(_process_file, t) for t in tasks[:ahead]]
-        for i in range(len(tasks)):
-            if i + ahead < len(tasks):
-                futures.append(pool.submit(_process_file, tasks[i + ahead]))
-            yield futures[i].result()
-            futures[i] = None  # free the decoded audio
+    def __init__(self, tasks: list[_Task], workers: int):
+        self.todo = deque(tasks)
+        self.workers = workers
+
+    def insert(self, tasks: list[_Part]) -> None:
+        self.todo.extendleft(reversed(tasks))
+
+    def __iter__(self):
+        if self.workers == 0:
+            while self.todo:
+                yield _process_file(self.todo.popleft())
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork on Linux: workers start in milliseconds with torch, librosa and numba already
+        # loaded (spawn costs each one ~8 s of imports and JIT-cache loading). Safe with the
+        # parent's OpenMP pool because each worker runs torch single-threaded (_worker_init)
+        # and never enters a multi-threaded OpenMP region.
+        method = "fork" if sys.platform == "linux" else "spawn"
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method), initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
+            running: deque = deque()
+            while self.todo or running:
+                while self.todo and len(running) < 2 * self.workers:
+                    running.append(pool.submit(_process_file, self.todo.popleft()))
+                future = running.popleft()
+                yield future.result()
+                del future  # free the decoded audio
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -480,16 +590,20 @@ class _Tokenizer:
     def __init__(self, codec, work: Path, segment_samples: int, batch_size: int):
         self.codec, self.work = codec, work
         self.segment_samples, self.batch_size = segment_samples, batch_size
-        self.pending: OrderedDict[str, dict] = OrderedDict()  # sha -> {segments, codes}
+        self.pending: OrderedDict[str, dict] = OrderedDict()  # sha -> {segments, codes, facts}
         self.queue: list[tuple[str, int, np.ndarray]] = []
         self.tokens = 0
 
-    def add(self, sha: str, wav: np.ndarray, segments: list[dict], sr: int, facts: dict) -> None:
-        """``wav: float32 [C, N]`` at the codec rate; ``segments`` carry start_s/duration_s;
-        ``facts`` (duration_s, silent_segments) go into the shard as they are."""
-        self.pending[sha] = {"segments": segments, "codes": [None] * len(segments), "facts": facts}
-        for i, seg in enumerate(segments):
-            s, n = round(seg["start_s"] * sr), round(seg["duration_s"] * sr)
+    def add(self, sha: str, wav: np.ndarray, segments: list[dict], sr: int, offset: int = 0) -> None:
+        """Queue ``segments`` (start_s/duration_s in the file) of file ``sha``; ``wav: float32
+        [C, N]`` at the codec rate holds the file from sample ``offset`` on. A file may come
+        in several calls (a long file's parts); :meth:`close` says it is complete."""
+        entry = self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})
+        for seg in segments:
+            i = len(entry["segments"])
+            entry["segments"].append(seg)
+            entry["codes"].append(None)
+            s, n = round(seg["start_s"] * sr) - offset, round(seg["duration_s"] * sr)
             # a full segment may come out one sample off after resampling: it is still full
             if abs(n - self.segment_samples) <= 1 and s + self.segment_samples <= wav.shape[1]:
                 self.queue.append((sha, i, wav[:, s : s + self.segment_samples]))
@@ -497,7 +611,18 @@ class _Tokenizer:
                 self._store([(sha, i)], self._encode(wav[None, :, s : s + n]))
         if len(self.queue) >= self.batch_size:
             self._run_full(flush=False)
+            self._write_done()  # files completed by this batch
+
+    def close(self, sha: str, facts: dict) -> None:
+        """No more segments of ``sha``: its shard is written, with ``facts`` (duration_s,
+        silent_segments) as they are, once all its segments are tokenized."""
+        self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})["facts"] = facts
         self._write_done()
+
+    def discard(self, sha: str) -> None:
+        """Forget a file (a part of it failed): nothing of it is tokenized or written."""
+        self.pending.pop(sha, None)
+        self.queue = [q for q in self.queue if q[0] != sha]
 
     def flush(self) -> None:
         self._run_full(flush=True)
@@ -526,7 +651,8 @@ class _Tokenizer:
     def _write_done(self) -> None:
         from audiogen.audio import atomic_path, atomic_write_text
 
-        for sha in [s for s, p in self.pending.items() if all(c is not None for c in p["codes"])]:
+        for sha in [s for s, p in self.pending.items()
+                    if p["facts"] is not None and all(c is not None for c in p["codes"])]:
             p = self.pending.pop(sha)
             # npz first, json last: the json's existence marks the shard complete
             with atomic_path(self.work / f"{sha}.npz") as tmp:
@@ -665,39 +791,85 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
 
     rels = [f.relative_to(audio_dir).as_posix() for f in files]
     tasks = [_Task(str(f), r, str(work), codec.sample_rate, codec.channels, cfg.segment_s, cfg.hop_s,
-                   cfg.min_segment_s, cfg.silence_dbfs, captions.get(r, {})) for f, r in zip(files, rels)]
+                   cfg.min_segment_s, cfg.silence_dbfs, cfg.part_s, captions.get(r, {})) for f, r in zip(files, rels)]
     tok = _Tokenizer(codec, work, round(cfg.segment_s * codec.sample_rate), cfg.batch_size)
     skipped, duplicates, kept = [], [], []
     metas: dict[str, dict] = {}
     first_of: dict[str, str] = {}
     counts = {"tokenized": 0, "reused": 0}
+    long_files: dict[str, dict] = {}  # sha -> progress of a file coming in parts
     audio_s = 0.0
     bar = tqdm(total=len(tasks), unit="file", desc="prep", disable=not cfg.progress, mininterval=0.5,
                dynamic_ncols=True)
-    for res in _results(tasks, cfg.workers):
+
+    def skip(rel: str, sha: str | None, reason: str, cacheable: bool) -> None:
+        skipped.append({"source": rel, "reason": reason})
+        if cacheable:
+            atomic_write_text(work / f"{sha}.json", json.dumps({"version": SHARD_VERSION, "skipped": reason}))
+
+    def keep(rel: str, sha: str, meta: dict, seconds: float) -> None:
+        nonlocal audio_s
+        metas[sha] = meta
+        kept.append((rel, sha))
+        audio_s += seconds
+        elapsed = time.perf_counter() - t_start
+        bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(elapsed, 1e-9):.0f}x realtime", refresh=False)
+
+    def part_done(res: dict) -> None:
+        sha = res["sha256"]
+        lf = long_files[sha]
+        lf["left"] -= 1
+        if lf["reason"] is None:
+            if res["status"] == "part":
+                tok.add(sha, res["wav"], res["segments"], codec.sample_rate, offset=res["offset"])
+                lf["segments"] += len(res["segments"])
+                lf["silent"] += res["silent_segments"]
+                lf["end_s"] = max(lf["end_s"], res["end_s"])
+            else:  # one bad part skips the whole file
+                lf["reason"], lf["cacheable"] = res["reason"], res["status"] == "skipped"
+                tok.discard(sha)
+        if lf["left"]:
+            return
+        del long_files[sha]
         bar.update(1)
+        if lf["reason"] is None and not lf["segments"]:
+            lf["reason"], lf["cacheable"] = SILENT_SEGMENTS, True
+        if lf["reason"] is not None:
+            tok.discard(sha)
+            skip(lf["rel"], sha, lf["reason"], lf["cacheable"])
+            return
+        tok.close(sha, {"duration_s": lf["end_s"], "silent_segments": lf["silent"]})
+        counts["tokenized"] += 1
+        keep(lf["rel"], sha, lf["meta"], lf["end_s"])
+
+    runner = _Runner(tasks, cfg.workers)
+    for res in runner:
+        if "part" in res:
+            part_done(res)
+            continue
         rel, sha, status = res["rel"], res.get("sha256"), res["status"]
         if sha and sha in first_of:
+            bar.update(1)
             duplicates.append({"source": rel, "duplicate_of": first_of[sha], "sha256": sha})
             continue
         if sha:
             first_of[sha] = rel
-        if status in ("error", "skipped"):
-            skipped.append({"source": rel, "reason": res["reason"]})
-            if status == "skipped" and not res.get("cached"):
-                atomic_write_text(work / f"{sha}.json", json.dumps({"version": SHARD_VERSION, "skipped": res["reason"]}))
+        if status == "long":  # its parts go next; the file counts as done with its last part
+            long_files[sha] = {"rel": rel, "meta": res["meta"], "left": len(res["parts"]), "segments": 0,
+                               "silent": 0, "end_s": 0.0, "reason": None, "cacheable": False}
+            runner.insert(res["parts"])
             continue
-        metas[sha] = res["meta"]
-        kept.append((rel, sha))
-        audio_s += res["audio_s"]
+        bar.update(1)
+        if status in ("error", "skipped"):
+            skip(rel, sha, res["reason"], status == "skipped" and not res.get("cached"))
+            continue
         if status == "cached":
             counts["reused"] += 1
         else:
             counts["tokenized"] += 1
-            tok.add(sha, res["wav"], res["segments"], codec.sample_rate,
-                    {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
-        elapsed = time.perf_counter() - t_start
-        bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(elapsed, 1e-9):.0f}x realtime", refresh=False)
+            tok.add(sha, res["wav"], res["segments"], codec.sample_rate)
+            tok.close(sha, {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
+        keep(rel, sha, res["meta"], res["audio_s"])
     tok.flush()
     bar.close()
     if not kept:

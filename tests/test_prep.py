@@ -207,6 +207,69 @@ def test_silent_segment_inside_a_file_is_dropped(prepared):
     assert report["silent_segments_dropped"] == 1
 
 
+@pytest.fixture(scope="module")
+def long_dir(tmp_path_factory, real_tracks) -> Path:
+    """A 47.5 s mp3 (lossy: decoding from an offset must still line up to the sample) at
+    44.1 kHz stereo, so prep resamples it to the codec's rate and channels; 26-34 s is
+    digital silence (the segment at 28 s is dropped), and the last segment is a 3.5 s tail."""
+    d = tmp_path_factory.mktemp("long")
+    pieces = [load_audio(t, sample_rate=44100, channels=2, offset_s=30.0, duration_s=s)[0]
+              for t, s in zip(real_tracks[:3], (13.0, 13.0, 13.5))]
+    x = np.concatenate([pieces[0], pieces[1], np.zeros((2, 8 * 44100), np.float32), pieces[2]], axis=1)
+    write_audio(d / "long.mp3", x, 44100)
+    return d
+
+
+def _long_cfg(src: Path, out: Path, **kw) -> PrepConfig:
+    return PrepConfig(str(src), str(out), segment_s=SEGMENT, batch_size=2, progress=False, **kw)
+
+
+def test_long_file_decoded_in_parts_gives_the_whole_file_dataset(long_dir, tmp_path, codec, monkeypatch):
+    """Above 1.5 x part_s a file is decoded, analysed and handed to the tokenizer a part at a
+    time, so memory does not grow with the file's length; the dataset is the same, code for
+    code and tempo for tempo, as decoding it whole (and with worker processes)."""
+    import audiogen.audio
+
+    whole = prepare(_long_cfg(long_dir, tmp_path / "whole", workers=0, part_s=1000.0), codec=codec)
+    reads = []
+    real_load = audiogen.audio.load_audio
+
+    def spy(path, *a, **kw):
+        got = real_load(path, *a, **kw)
+        reads.append(got[0].shape[1] / got[1])
+        return got
+
+    monkeypatch.setattr(audiogen.audio, "load_audio", spy)
+    parted = prepare(_long_cfg(long_dir, tmp_path / "parts", workers=0, part_s=10.0), codec=codec)
+    monkeypatch.undo()
+    # parts of 2 hops (8 s): each read is one part, a segment past it and 1 s margins, aligned
+    # down to the 1.7 s analysis grid; never the whole 47 s file
+    assert len(reads) == 6 and max(reads) <= 8 + SEGMENT + 2 + 1.71
+    with_workers = prepare(_long_cfg(long_dir, tmp_path / "workers", workers=2, part_s=10.0), codec=codec)
+    for report in (parted, with_workers):
+        assert report["skipped"] == [] and report["segments"] == whole["segments"]
+        assert report["silent_segments_dropped"] == whole["silent_segments_dropped"] == 1
+        assert report["audio_hours"] == whole["audio_hours"]
+    ref = _rows(tmp_path / "whole")
+    assert sum(len(split["id"]) for split in ref.values()) == 11  # 12 starts, one silent
+    assert _rows(tmp_path / "parts") == ref and _rows(tmp_path / "workers") == ref
+
+
+def test_long_file_with_a_broken_part_is_skipped_whole(long_dir, tmp_path, codec):
+    """A long FLAC cut short fails only in its last part: the whole file is skipped with the
+    decoder's reason, nothing of it reaches the dataset, and the other files are kept."""
+    src = tmp_path / "src"
+    src.mkdir()
+    wav, sr = load_audio(long_dir / "long.mp3")
+    good = write_audio(src / "good.flac", wav[:, : 20 * sr], sr)
+    whole = write_audio(tmp_path / "whole.flac", wav, sr).read_bytes()
+    (src / "cut.flac").write_bytes(whole[: int(len(whole) * 0.8)])
+    report = prepare(_long_cfg(src, tmp_path / "out", workers=0, part_s=10.0), codec=codec)
+    assert [s["source"] for s in report["skipped"]] == ["cut.flac"]
+    assert "corrupt or truncated" in report["skipped"][0]["reason"]
+    assert {r for split in _rows(tmp_path / "out").values() for r in split["source"]} == {good.name}
+
+
 def test_segment_bounds_hop_and_minimum_tail():
     sr = 10
     assert segment_bounds(100, sr, 4, 4, 1) == [(0, 40), (40, 40), (80, 20)]
