@@ -163,6 +163,59 @@ def load_audio(
     return wav, sr
 
 
+def iter_audio(path: str | os.PathLike, sample_rate: int | None = None, channels: int | None = None,
+               block_s: float = 30.0) -> Iterator[np.ndarray]:
+    """The file as consecutive ``float32 [C, n]`` blocks of about ``block_s`` seconds that,
+    concatenated, equal ``load_audio(path, sample_rate, channels)[0]`` (to float rounding),
+    with memory bounded by one block whatever the file's length.
+
+    The file is read once, in order. When resampling, each block is resampled with a margin
+    of source samples on either side, from a window that starts on the resampler's phase
+    grid (a multiple of ``sr / gcd(sr, sample_rate)``), so every output sample sees the same
+    input and filter phase as in a whole-file resample.
+    """
+    info = audio_info(path)
+    sr = info.sample_rate
+    target = sample_rate or sr
+    if not MIN_SAMPLE_RATE <= target <= MAX_SAMPLE_RATE:
+        raise AudiogenError(f"cannot resample {sr} Hz -> {target} Hz: rate out of range")
+    step = sr // math.gcd(sr, target)
+    block = max(step, round(block_s * sr) // step * step)
+    # the sinc kernel spans 64 zero crossings of the lower rate each side; keep twice that
+    margin = 0 if target == sr else -(-max(int(0.1 * sr), 128 * sr // min(sr, target)) // step) * step
+    carry, start = None, 0  # source samples held from ``start`` on
+    due, got = 0, 0  # the first source sample whose output is not yet yielded; samples read
+    try:
+        with sf.SoundFile(str(info.path)) as f:
+            while True:
+                data = f.read(frames=block, dtype="float32", always_2d=True)
+                got += data.shape[0]
+                eof = data.shape[0] < block
+                x = np.ascontiguousarray(data.T)
+                if not np.isfinite(x).all():
+                    raise AudiogenError(f"{info.path}: contains NaN or infinite samples")
+                if channels is not None:
+                    x = convert_channels(x, channels)
+                buf = x if carry is None else np.concatenate([carry, x], axis=1)
+                end = start + buf.shape[1]
+                ready = end if eof else (end - margin) // step * step  # output for [due, ready) is final
+                if ready > due:
+                    if target == sr:
+                        yield buf[:, due - start : ready - start]
+                    else:
+                        y = resample(buf, sr, target)
+                        first = (due - start) * target // sr
+                        yield y[:, first:] if eof else y[:, first : (ready - start) * target // sr]
+                    due = ready
+                if eof:
+                    break
+                keep = max(0, due - margin)  # a multiple of step
+                carry, start = buf[:, keep - start :], keep
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudiogenError(f"{info.path}: corrupt or truncated audio ({_sf_reason(e)})") from None
+    _check_decoded(info.path, got, info.frames)
+
+
 def find_audio_files(root: str | os.PathLike) -> list[Path]:
     """All audio files under ``root`` (recursive, sorted, hidden folders skipped)."""
     root = Path(root)

@@ -143,21 +143,32 @@ def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
     """Decode ``path`` once to mono int16 at ``sample_rate`` (``.npy``, memory-mappable); returns the cache file.
 
     Random crops from compressed files need seeking and resampling per crop (~0.2 s each);
-    from the cache they cost nothing.
+    from the cache they cost nothing. The file is decoded a block at a time
+    (:func:`audiogen.audio.iter_audio`), so a file of any length needs no more memory than
+    a block.
     """
-    from audiogen.audio import atomic_path, load_audio, make_dir
+    import shutil
+
+    from audiogen.audio import atomic_path, iter_audio, make_dir
 
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}".encode()).hexdigest()[:16]
     out = cache_dir / f"{path.stem[:40]}-{key}.npy"
     if out.is_file():
         return out
-    wav, _ = load_audio(path, sample_rate=sample_rate, channels=1)
-    pcm = np.clip(np.round(wav[0] * 32767), -32768, 32767).astype(np.int16)
     make_dir(cache_dir)
     with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, pcm)
+        raw, n = Path(f"{tmp}.raw"), 0
+        try:
+            with open(raw, "wb") as f:
+                for block in iter_audio(path, sample_rate=sample_rate, channels=1):
+                    f.write(np.clip(np.round(block[0] * 32767), -32768, 32767).astype("<i2").tobytes())
+                    n += block.shape[1]
+            with open(tmp, "wb") as f, open(raw, "rb") as src:  # the .npy header needs the length: write it last
+                np.lib.format.write_array_header_1_0(f, {"descr": "<i2", "fortran_order": False, "shape": (n,)})
+                shutil.copyfileobj(src, f, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
     return out
 
 

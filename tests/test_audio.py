@@ -205,6 +205,42 @@ def test_streamed_file_measurement_equals_the_whole_file_figures(tmp_path, monke
     assert m.true_peak_dbtp == pytest.approx(A.true_peak_dbtp(x, sr), abs=1e-9)
 
 
+@pytest.mark.parametrize("ext,src_sr,channels,target,block_s", [
+    ("flac", 44100, 2, 24000, 1.3), ("mp3", 48000, 2, 32000, 0.7), ("wav", 22050, 1, None, 0.5),
+    ("ogg", 32000, 2, 48000, 2.0), ("wav", 16000, 3, 24000, 0.05),
+])
+def test_iter_audio_blocks_concatenate_to_the_whole_file(tmp_path, monkeypatch, ext, src_sr, channels, target,
+                                                         block_s):
+    """Streamed decoding (resampled a block at a time) gives exactly what decoding and resampling
+    the whole file gives, reading the file block by block."""
+    rng = np.random.default_rng(src_sr)
+    n = int(3.1 * src_sr)
+    x = (sine(330, src_sr, 3.1, amp=0.3, channels=2) + 0.05 * rng.standard_normal((2, n))).astype(np.float32)
+    path = A.write_audio(tmp_path / f"x.{ext}", x, src_sr)
+    want, _ = A.load_audio(path, target, channels)
+    reads = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **kw):
+        reads.append(frames)
+        return real_read(self, frames, *a, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    blocks = list(A.iter_audio(path, target, channels, block_s=block_s))
+    assert len(blocks) > 1 and -1 not in reads and max(reads) <= block_s * src_sr
+    got = np.concatenate(blocks, axis=1)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-6
+
+
+def test_iter_audio_reports_bad_samples_in_a_later_block(tmp_path):
+    x = sine(440, 8000, 2.0)
+    x[0, 12000] = np.nan
+    path = tmp_path / "late_nan.wav"
+    sf.write(str(path), x.T, 8000, subtype="FLOAT")
+    with pytest.raises(AudiogenError, match="NaN or infinite"):
+        list(A.iter_audio(path, 16000, block_s=0.5))
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from audiogen.codec_training import (
-    Balancer, CodecTrainConfig, TrainableCodec, evaluate, load_train_config, make_parts, train_step,
+    Balancer, CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, load_train_config, make_parts, train_step,
 )
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
@@ -281,3 +281,18 @@ def test_quantizer_warmup_trains_an_autoencoder_then_kmeans_inits_on_learned_emb
     metrics = train_step(parts, wav, 5)
     assert all(bool(layer._codebook.inited) for layer in layers)
     assert metrics["codebook_usage"] > 1 / cfg.encodec_config().bins
+
+
+def test_decode_cache_is_the_whole_file_decoded_to_mono_int16(tmp_path, real_tracks, monkeypatch):
+    """The training cache is written a block at a time, and equals decoding the whole file."""
+    import numpy as np
+
+    monkeypatch.setattr(A, "iter_audio", lambda *a, _real=A.iter_audio, **kw: _real(*a, **{**kw, "block_s": 2.0}))
+    src = real_tracks[0]
+    cache = decode_to_cache(src, 24000, tmp_path / "cache")
+    got = np.load(cache, mmap_mode="r")
+    wav, _ = A.load_audio(src, sample_rate=24000, channels=1)
+    want = np.clip(np.round(wav[0] * 32767), -32768, 32767).astype(np.int16)
+    assert got.dtype == np.int16 and got.shape == want.shape and np.abs(got.astype(np.int32) - want).max() <= 1
+    assert decode_to_cache(src, 24000, tmp_path / "cache") == cache and os.listdir(tmp_path / "cache") == [cache.name]
+
