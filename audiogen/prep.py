@@ -77,6 +77,9 @@ LONG_FILE_FACTOR = 1.5
 #: Audio read on each side of a part beyond its segments: covers the resampling filter and
 #: the analysis frames (4096-point chroma STFT) that reach past a segment's edge.
 PART_MARGIN_S = 1.0
+#: Segments are analysed in runs spanning at most this long, with this much context each side.
+ANALYSIS_CHUNK_S = 60.0
+ANALYSIS_MARGIN_S = 0.5
 #: Exit codes of ``audiogen prep``.
 EXIT_OK, EXIT_USER_ERROR, EXIT_SKIPPED = 0, 1, 3
 
@@ -446,20 +449,43 @@ SILENT_SEGMENTS = "silent (every segment below the silence threshold)"
 def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[int, int]],
                       silence_dbfs: float) -> tuple[list[dict], int]:
     """Tempo and key of each of ``bounds`` (file samples) not below the silence threshold.
-    ``wav [C, N]`` holds the file's samples from ``origin`` on. Returns (segments, silent count)."""
+    ``wav [C, N]`` holds the file's samples from ``origin`` on (a multiple of
+    :func:`_frame_step`). Returns (segments, silent count).
+
+    The analysis runs on runs of segments spanning at most ``ANALYSIS_CHUNK_S`` (the STFTs
+    of a 10-minute stretch would take ~2 GB), each with ``ANALYSIS_MARGIN_S`` of context
+    and starting on the analysis frame grid, so the features equal a whole-file analysis's.
+    """
     from audiogen.audio import sample_peak_dbfs
 
-    env, chroma = _analysis_features(wav.mean(axis=0), sr)
-    segments, silent = [], 0
-    fps = ANALYSIS_SR / ANALYSIS_HOP
+    loud = []
     for s, n in bounds:
-        if sample_peak_dbfs(wav[:, s - origin : s - origin + n]) < silence_dbfs:
-            silent += 1
-            continue
-        f0, f1 = int((s - origin) / sr * fps), int(math.ceil((s - origin + n) / sr * fps))
-        segments.append({"start_s": s / sr, "duration_s": n / sr,
-                         "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
-    return segments, silent
+        if sample_peak_dbfs(wav[:, s - origin : s - origin + n]) >= silence_dbfs:
+            loud.append((s, n))
+    grid, margin, fps = _frame_step(sr), round(ANALYSIS_MARGIN_S * sr), ANALYSIS_SR / ANALYSIS_HOP
+    segments = []
+    i = 0
+    while i < len(loud):
+        j = i + 1
+        while j < len(loud) and loud[j][0] + loud[j][1] - loud[i][0] <= ANALYSIS_CHUNK_S * sr:
+            j += 1
+        w0 = max(origin, (loud[i][0] - margin) // grid * grid)
+        w1 = min(origin + wav.shape[1], loud[j - 1][0] + loud[j - 1][1] + margin)
+        env, chroma = _analysis_features(wav[:, w0 - origin : w1 - origin].mean(axis=0), sr)
+        for s, n in loud[i:j]:
+            f0, f1 = int((s - w0) / sr * fps), int(math.ceil((s - w0 + n) / sr * fps))
+            segments.append({"start_s": s / sr, "duration_s": n / sr,
+                             "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
+        i = j
+    return segments, len(bounds) - len(loud)
+
+
+def _frame_step(sr: int) -> int:
+    """The step (in samples at ``sr``) of the windows the analysis may start on: one where
+    its resampling to ANALYSIS_SR and its frames fall on the whole-file grid. For rates
+    where that step exceeds 10 s, 1 (the frames then shift by under one hop, ~12 ms)."""
+    step = sr * ANALYSIS_HOP // math.gcd(sr * ANALYSIS_HOP, ANALYSIS_SR)
+    return step if step <= 10 * sr else 1
 
 
 def _to_codec_format(wav: np.ndarray, sr: int, t: _Task) -> np.ndarray:
@@ -473,14 +499,11 @@ def _to_codec_format(wav: np.ndarray, sr: int, t: _Task) -> np.ndarray:
 
 def _part_alignment(sr: int, codec_sr: int) -> int:
     """The step (in samples at ``sr``) on which a part's window may start so that both its
-    codec-rate resampling and its analysis frames fall on the same grid as a whole-file
-    decode's: then a long file's segments get the codes, tempo and key they would get if
-    it were decoded whole. For rates where that step exceeds 10 s only the codec grid is
-    kept (the analysis frames then shift by under one hop, ~12 ms)."""
-    codec_step = sr // math.gcd(sr, codec_sr)
-    frame_step = sr * ANALYSIS_HOP // math.gcd(sr * ANALYSIS_HOP, ANALYSIS_SR)
-    both = codec_step * frame_step // math.gcd(codec_step, frame_step)
-    return both if both <= 10 * sr else codec_step
+    codec-rate resampling and its analysis (:func:`_frame_step`) fall on the same grid as a
+    whole-file decode's: then a long file's segments get the codes, tempo and key they would
+    get if it were decoded whole."""
+    codec_step, frame_step = sr // math.gcd(sr, codec_sr), _frame_step(sr)
+    return codec_step * frame_step // math.gcd(codec_step, frame_step)
 
 
 def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int) -> list[_Part]:
