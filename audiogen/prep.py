@@ -141,7 +141,7 @@ class PrepConfig:
     silence_dbfs: float = -70.0
     #: a file longer than LONG_FILE_FACTOR * part_s is decoded, analysed and handed over in
     #: parts of about this many seconds (whole hops), so memory does not grow with file length
-    part_s: float = 600.0
+    part_s: float = 300.0
     progress: bool = True
 
     def __post_init__(self):
@@ -529,7 +529,8 @@ def _process_part(p: _Part) -> dict:
     step = _part_alignment(sr, t.sample_rate)
     start = max(0, p.lo - margin) // step * step
     last = p.index == p.count - 1
-    stop = None if last else min(p.hi + seg + margin, p.frames)
+    hop = max(1, round(t.hop_s * sr))
+    stop = None if last else min(p.hi - hop + seg + margin, p.frames)  # the part's last segment ends by then
     try:
         wav, _ = load_audio(t.path, offset_s=start / sr, duration_s=None if stop is None else (stop - start) / sr)
     except AudiogenError as e:

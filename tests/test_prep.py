@@ -242,9 +242,9 @@ def test_long_file_decoded_in_parts_gives_the_whole_file_dataset(long_dir, tmp_p
     monkeypatch.setattr(audiogen.audio, "load_audio", spy)
     parted = prepare(_long_cfg(long_dir, tmp_path / "parts", workers=0, part_s=10.0), codec=codec)
     monkeypatch.undo()
-    # parts of 2 hops (8 s): each read is one part, a segment past it and 1 s margins, aligned
-    # down to the 1.7 s analysis grid; never the whole 47 s file
-    assert len(reads) == 6 and max(reads) <= 8 + SEGMENT + 2 + 1.71
+    # parts of 2 hops (8 s): each read is one part and 1 s margins, its start aligned down to
+    # the 1.7 s analysis grid; never the whole 47.5 s file
+    assert len(reads) == 6 and max(reads) <= 8 + 2 + 1.71
     with_workers = prepare(_long_cfg(long_dir, tmp_path / "workers", workers=2, part_s=10.0), codec=codec)
     for report in (parted, with_workers):
         assert report["skipped"] == [] and report["segments"] == whole["segments"]
