@@ -541,7 +541,7 @@ def _process_part(p: _Part) -> dict:
     segments, silent = _analyse_segments(wav, sr, start, bounds, t.silence_dbfs) if bounds else ([], 0)
     return {**res, "status": "part", "wav": _to_codec_format(wav, sr, t) if segments else None,
             "offset": start * t.sample_rate // sr,
-            "segments": segments, "silent_segments": silent, "end_s": n / sr}
+            "segments": segments, "silent_segments": silent, "end_s": n / sr, "owned_s": (min(p.hi, n) - p.lo) / sr}
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -822,7 +822,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     first_of: dict[str, str] = {}
     counts = {"tokenized": 0, "reused": 0}
     long_files: dict[str, dict] = {}  # sha -> progress of a file coming in parts
-    audio_s = 0.0
+    audio_s = seen_s = 0.0  # kept audio (report); audio decoded so far, parts included (progress bar)
     bar = tqdm(total=len(tasks), unit="file", desc="prep", disable=not cfg.progress, mininterval=0.5,
                dynamic_ncols=True)
 
@@ -831,13 +831,17 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
         if cacheable:
             atomic_write_text(work / f"{sha}.json", json.dumps({"version": SHARD_VERSION, "skipped": reason}))
 
+    def progress(seconds: float, refresh: bool = False) -> None:
+        nonlocal seen_s
+        seen_s += seconds
+        elapsed = time.perf_counter() - t_start
+        bar.set_postfix_str(f"{seen_s / 3600:.2f} h audio, {seen_s / max(elapsed, 1e-9):.0f}x realtime", refresh=refresh)
+
     def keep(rel: str, sha: str, meta: dict, seconds: float) -> None:
         nonlocal audio_s
         metas[sha] = meta
         kept.append((rel, sha))
         audio_s += seconds
-        elapsed = time.perf_counter() - t_start
-        bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / max(elapsed, 1e-9):.0f}x realtime", refresh=False)
 
     def part_done(res: dict) -> None:
         sha = res["sha256"]
@@ -849,6 +853,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
                 lf["segments"] += len(res["segments"])
                 lf["silent"] += res["silent_segments"]
                 lf["end_s"] = max(lf["end_s"], res["end_s"])
+                progress(res["owned_s"], refresh=True)  # a long file shows progress part by part
             else:  # one bad part skips the whole file
                 lf["reason"], lf["cacheable"] = res["reason"], res["status"] == "skipped"
                 tok.discard(sha)
@@ -894,6 +899,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
             tok.add(sha, res["wav"], res["segments"], codec.sample_rate)
             tok.close(sha, {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
         keep(rel, sha, res["meta"], res["audio_s"])
+        progress(res["audio_s"])
     tok.flush()
     bar.close()
     if not kept:
