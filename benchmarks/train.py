@@ -6,7 +6,7 @@ encodec_24khz's (4 codebooks x 2048 codes, 75 frames per second), with
 attribute conditions (no text encoder: it runs once per distinct caption and is cached).
 ``tiny`` runs on CPU; ``small`` on CUDA when a GPU is present. Prints one JSON object.
 
-    python benchmarks/train.py [--steps 5] [--threads N] [--cpu-segment-s 10] [--gpu-segment-s 30]
+    python benchmarks/train.py [--steps 5] [--devices cpu cuda] [--threads N] [--cpu-segment-s 10] [--gpu-segment-s 30]
 
 FLOPs per optimizer step (PaLM appendix B convention, forward + backward = 3x forward,
 no credit for causal masking, embedding lookups free)::
@@ -117,13 +117,18 @@ def main() -> None:
     p.add_argument("--gpu-model", default="small")
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--gpu-segment-s", type=float, default=30.0)
+    p.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"],
+                   help="where to measure: tiny on cpu, --gpu-model on cuda (when present)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = {"benchmark": "lm_train_step", "host": platform.node(), "cpu_count": os.cpu_count(),
            "torch": torch.__version__, "results": []}
-    out["results"].append(bench("tiny", "cpu", args.cpu_batch, args.cpu_segment_s, args.steps))
-    if torch.cuda.is_available():
+    if "cpu" in args.devices:
+        out["results"].append(bench("tiny", "cpu", args.cpu_batch, args.cpu_segment_s, args.steps))
+    if "cuda" not in args.devices:
+        pass
+    elif torch.cuda.is_available():
         out["results"].append(bench(args.gpu_model, "cuda", args.gpu_batch, args.gpu_segment_s, args.steps))
     else:
         out["cuda"] = "not available on this machine: small-on-GPU figures not measured"

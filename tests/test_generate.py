@@ -312,17 +312,25 @@ def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("engine", ["graph", "compile"])
-def test_cuda_engines_match_the_static_step(tiny_model_dir, engine):
-    """On a GPU the CUDA-graph replay (and compiled + captured step) give the static step's tokens."""
+def test_cuda_engines_match_the_static_step(tiny_model_dir, engine, cfg, monkeypatch):
+    """On a GPU the CUDA-graph replay (and compiled + captured step) give the static step's
+    tokens, with and without guidance, across several graphs sharing one memory pool: the
+    smallest bucket is shrunk so a 40-frame window spans buckets 8, 16, 32 and 48, and the
+    later windows (long form) start mid-bucket."""
     from audiogen.checkpoint import load_model
-    from audiogen.generate import generate_codes
+    from audiogen.conditioning import Conditions
+    from audiogen.generate import Decoder, generate_codes
 
+    monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 8)
     loaded = load_model(tiny_model_dir, device="cuda")
     lm = loaded.lm.eval()
-    cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()] * 2)
+    cond, mask = loaded.conditioner([Conditions()] * 2)
     cond, mask = cond.cuda(), mask.cuda()
-    params = SamplingParams(temperature=1.0, top_k=20, cfg_scale=1.0)
+    if cfg != 1.0:  # the unconditional rows of classifier-free guidance
+        cond, mask = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([mask, torch.zeros_like(mask)])
+    params = SamplingParams(temperature=1.0, top_k=20, cfg_scale=cfg)
     outs = [generate_codes(lm, cond, mask, 120, params, torch.Generator("cuda").manual_seed(3), 40, 16, engine=e)
             for e in ("static", engine)]
     assert torch.equal(outs[0], outs[1])
