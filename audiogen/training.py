@@ -579,6 +579,7 @@ class _Run:
     valid_ds: object
     codec_info: dict
     codec_obj: object
+    curves_warned: bool = False
 
     def loop(self, start: int, stop: _Stop) -> int:
         from tqdm import tqdm
@@ -623,6 +624,8 @@ class _Run:
                 save_checkpoint(acc, self.ckpt_root, done, cfg.keep_checkpoints,
                                 extra={"samples_seen": done * cfg.batch_size})
                 self.export(done)
+                if acc.is_main_process:
+                    self.draw_curves(log_file, bar)
             if cfg.kill_at_step and done == cfg.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
             if stopping:
@@ -640,6 +643,22 @@ class _Run:
         else:
             acc.print(f"trained {step} steps; model exported to {self.out / 'model'}")
         return 0
+
+    def draw_curves(self, log_file: Path, bar) -> None:
+        """``OUT_DIR/curves.png`` from the log so far; a picture that cannot be drawn
+        (matplotlib missing, nothing logged yet) never stops training."""
+        from audiogen.curves import plot_training_log
+
+        if not log_file.exists():
+            return
+        try:
+            plot_training_log(log_file)
+        except AudiogenError:
+            pass  # nothing logged yet
+        except Exception as e:  # noqa: BLE001 -- e.g. ImportError: matplotlib is an extra
+            if not self.curves_warned:
+                bar.write(f"warning: curves.png not drawn ({type(e).__name__}: {e})")
+                self.curves_warned = True
 
     def export(self, step: int) -> Path:
         """``OUT_DIR/model``: a model directory ``audiogen generate --model`` loads."""

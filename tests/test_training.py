@@ -4,6 +4,7 @@ clip, exact resume after kill -9, SIGTERM, conditioning, export + generate, conf
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -307,6 +308,28 @@ def test_exported_model_dir_loads_and_audiogen_generate_uses_it(trained, codec, 
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert wav.is_file() and wav.stat().st_size > 1000
+
+
+def test_training_draws_its_curves_at_every_checkpoint(trained, tmp_path):
+    """``OUT_DIR/curves.png`` is drawn from ``log.jsonl`` (8 steps, eval at 4 and 8); the
+    on-demand script redraws it and fails in one line where there is no log."""
+    from audiogen.curves import read_log, series
+
+    png = trained / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    s = series(read_log(trained / "log.jsonl"))
+    assert s["loss"][0] == list(range(1, 9)) and s["eval/loss_0"][0] == [4, 8]
+    ppl = [r["eval/ppl_0"] for r in log_records(trained) if "eval/ppl_0" in r]
+    assert s["eval/loss_0"][1] == pytest.approx([math.log(p) for p in ppl])
+    torn = tmp_path / "run"
+    torn.mkdir()
+    (torn / "log.jsonl").write_text((trained / "log.jsonl").read_text() + '{"step": 9, "lo')  # killed mid-line
+    r = subprocess.run([sys.executable, "eval/plot_training.py", str(torn)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert (torn / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    r = subprocess.run([sys.executable, "eval/plot_training.py", str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no training log here" in r.stderr
 
 
 def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, codec_dir, tmp_path):
