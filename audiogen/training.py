@@ -462,7 +462,7 @@ def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, ba
 # ------------------------------------------------------------------------------ the run
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     """Keep the JSONL log lines of steps <= ``step`` (a resumed run rewrites what came after)."""
     from audiogen.audio import atomic_write_text
 
@@ -549,7 +549,7 @@ def train(cfg: TrainConfig) -> int:
         start = json.loads((latest / "trainer.json").read_text())["step"]
         accelerator.print(f"resuming from {latest} (step {start})")
     if accelerator.is_main_process:
-        _truncate_log(out / "log.jsonl", start)
+        truncate_log(out / "log.jsonl", start)
 
     dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
@@ -579,10 +579,11 @@ class _Run:
     valid_ds: object
     codec_info: dict
     codec_obj: object
-    curves_warned: bool = False
 
     def loop(self, start: int, stop: _Stop) -> int:
         from tqdm import tqdm
+
+        from audiogen.curves import redraw
 
         cfg, acc = self.cfg, self.accelerator
         acc.init_trackers("tensorboard")
@@ -625,7 +626,7 @@ class _Run:
                                 extra={"samples_seen": done * cfg.batch_size})
                 self.export(done)
                 if acc.is_main_process:
-                    self.draw_curves(log_file, bar)
+                    redraw(log_file, bar.write)
             if cfg.kill_at_step and done == cfg.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
             if stopping:
@@ -643,22 +644,6 @@ class _Run:
         else:
             acc.print(f"trained {step} steps; model exported to {self.out / 'model'}")
         return 0
-
-    def draw_curves(self, log_file: Path, bar) -> None:
-        """``OUT_DIR/curves.png`` from the log so far; a picture that cannot be drawn
-        (matplotlib missing, nothing logged yet) never stops training."""
-        from audiogen.curves import plot_training_log
-
-        if not log_file.exists():
-            return
-        try:
-            plot_training_log(log_file)
-        except AudiogenError:
-            pass  # nothing logged yet
-        except Exception as e:  # noqa: BLE001 -- e.g. ImportError: matplotlib is an extra
-            if not self.curves_warned:
-                bar.write(f"warning: curves.png not drawn ({type(e).__name__}: {e})")
-                self.curves_warned = True
 
     def export(self, step: int) -> Path:
         """``OUT_DIR/model``: a model directory ``audiogen generate --model`` loads."""

@@ -1,4 +1,4 @@
-"""Draw an LM training run's curves: ``python eval/plot_training.py OUT_DIR [--out PNG]``.
+"""Draw a training run's curves (LM or codec): ``python eval/plot_training.py OUT_DIR [--out PNG]``.
 
 Reads ``OUT_DIR/log.jsonl`` and writes ``OUT_DIR/curves.png`` (training loss per codebook
 and mean, validation loss per codebook, learning rate, tokens/s against the step). The

@@ -177,6 +177,9 @@ def test_recipe_trains_on_real_music_and_exports_a_loadable_codec(tmp_path, debi
     info = json.loads((out / "codec" / "training.json").read_text())
     assert info["steps"] == 6 and len(info["held_out"]) == 2 and len(info["train"]) == 1
     assert not set(info["held_out"]) & set(info["train"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss/mel" in r] == [2, 4, 6]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"  # redrawn at each checkpoint
 
 
 def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, debian_music_dir, audio_cache):
@@ -202,6 +205,8 @@ def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, de
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
+    # the resumed run dropped the killed run's lines after step 3 and logged the same figures again
+    assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, debian_music_dir, audio_cache):
