@@ -1,8 +1,10 @@
 """Draw a training run's curves (LM or codec): ``python eval/plot_training.py OUT_DIR [--out PNG]``.
 
-Reads ``OUT_DIR/log.jsonl`` and writes ``OUT_DIR/curves.png`` (training loss per codebook
-and mean, validation loss per codebook, learning rate, tokens/s against the step). The
-training recipe redraws the same picture at every checkpoint; this redraws it on demand.
+Reads ``OUT_DIR/log.jsonl`` and writes ``OUT_DIR/curves.png`` against the step: for an LM
+run the training loss per codebook and mean, the validation loss per codebook, the learning
+rate and tokens/s; for a codec run the loss terms, held-out mel loss and SI-SDR, and
+codebook usage. Both recipes redraw the same picture at every checkpoint; this redraws it
+on demand (see ``audiogen/curves.py``).
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokenize them with the codec and save a Hugging Face DatasetDict (train/valid, split by source "
         "file) to DATA_DIR, with tempo, key, tags, captions and licenses per segment. Bad files are skipped "
         "and listed in DATA_DIR/prep_report.json. Killed and rerun with the same command, it resumes where "
-        "it stopped and produces the same dataset.",
+        "it stopped and produces the same dataset. A file longer than 7.5 minutes (a mix, a live set) is "
+        "processed in 5-minute parts, so memory does not grow with its length; its segments come out as "
+        "if it had been decoded whole.",
         epilog="Exit status: 0 all files used; 3 some files were skipped (see prep_report.json); "
         "1 user error (bad flag, folder, codec). Captions: --captions FILE (CSV or JSONL with a 'path' "
         "column relative to AUDIO_DIR and any of caption,title,artist,genre,mood,instruments,license,"
