@@ -181,8 +181,7 @@ class TextEncoder:
     """
 
     def __init__(self, path: Path, max_tokens: int, cache_size: int = 50_000):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
-
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         self.path = path
@@ -192,6 +191,8 @@ class TextEncoder:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             if config.model_type in ("t5", "mt5", "umt5"):
+                from transformers import T5EncoderModel  # imported only here: the import alone takes ~5 s
+
                 self.model = T5EncoderModel.from_pretrained(path, local_files_only=True)
             else:
                 self.model = AutoModel.from_pretrained(path, local_files_only=True)
