@@ -9,6 +9,7 @@ or absurd file) raises :class:`~audiogen.errors.AudiogenError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import os
@@ -259,18 +260,46 @@ def resample(wav, orig_sr: int, target_sr: int):
     import torchaudio.functional as AF
 
     is_np = isinstance(wav, np.ndarray)
-    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)) if is_np else wav
     g = math.gcd(int(orig_sr), int(target_sr))
-    y = AF.resample(
-        x,
-        int(orig_sr) // g,
-        int(target_sr) // g,
-        lowpass_filter_width=64,
-        rolloff=0.9475937167399596,
-        resampling_method="sinc_interp_kaiser",
-        beta=14.769656459379492,
-    )
+    down, up = int(orig_sr) // g, int(target_sr) // g
+    if up * down > _MAX_POLYPHASE_KERNEL:
+        y = _resample_polyphase(wav if is_np else wav.detach().cpu().numpy(), up, down)
+        return y if is_np else torch.from_numpy(y).to(wav.device, wav.dtype)
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)) if is_np else wav
+    y = AF.resample(x, down, up, lowpass_filter_width=_SINC_ZEROS, rolloff=_ROLLOFF,
+                    resampling_method="sinc_interp_kaiser", beta=_KAISER_BETA)
     return y.numpy() if is_np else y
+
+
+#: The resampling filter (torchaudio's "kaiser_best"): zero crossings each side, cutoff as a
+#: share of the lower Nyquist rate, Kaiser window beta.
+_SINC_ZEROS, _ROLLOFF, _KAISER_BETA = 64, 0.9475937167399596, 14.769656459379492
+#: torchaudio builds one kernel row per output phase: ``up x (down + 2 * width)`` floats.
+#: For a ratio like 44101 -> 24000 Hz (coprime rates) that is GBs, so such ratios take
+#: :func:`_resample_polyphase`, whose filter is one long row.
+_MAX_POLYPHASE_KERNEL = 1_000_000
+
+
+def _resample_polyphase(wav: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``[..., N] -> [..., ceil(N * up / down)]`` with scipy's polyphase filter, using the same
+    Kaiser-windowed sinc as the torchaudio path (same zero crossings, cutoff and beta), for
+    ratios whose torchaudio kernel would not fit in memory."""
+    from scipy.signal import resample_poly
+
+    y = resample_poly(np.asarray(wav, dtype=np.float32), up, down, axis=-1, window=_polyphase_filter(up, down))
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _polyphase_filter(up: int, down: int) -> np.ndarray:
+    """The FIR of :func:`_resample_polyphase` (millions of taps for coprime rates: designed once)."""
+    from scipy.signal import firwin
+
+    rate = max(up, down)
+    half = math.ceil(_SINC_ZEROS * rate / _ROLLOFF)
+    h = firwin(2 * half + 1, _ROLLOFF / rate, window=("kaiser", _KAISER_BETA))
+    h.flags.writeable = False  # shared between calls (resample_poly copies it before scaling)
+    return h
 
 
 # --------------------------------------------------------------------------- loudness
