@@ -91,24 +91,34 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
 
 
-#: libsndfile's header log line for a WAV/AIFF audio chunk whose declared size the file does not match
-_CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+#: libsndfile's header log lines for a container or audio chunk whose declared size the file
+#: does not match (WAV, AIFF, W64: ``data : 576000 (should be 287978)``), and for an RF64
+#: file whose 64-bit frame count the file does not hold
+_CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND|RIFF|riff|FORM)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_DS64_FRAMES = re.compile(r"Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)")
 #: sizes that streaming writers leave in a header they never finalized: not truncation
 _PLACEHOLDER_SIZES = {0xFFFFFFFF, 0x7FFFFFFF}
+#: a shortfall this small (a missing pad byte, a writer's rounding) is not called truncation
+_MISSING_S_TOLERATED = 0.01
 
 
 def _check_chunk_sizes(path: Path, info) -> None:
-    """A WAV or AIFF file cut short (an interrupted copy or download) still opens: libsndfile
-    shortens its frame count to what is there. Refuse it, like a truncated FLAC or MP3, rather
-    than use a partial file without a word."""
-    m = _CHUNK_SIZE.search(info.extra_info or "")
-    if not m:
-        return
-    declared, present = int(m.group(1)), int(m.group(2))
-    if present < declared and declared not in _PLACEHOLDER_SIZES:
-        full_s = info.frames / info.samplerate * declared / max(present, 1)
+    """A WAV, AIFF, W64 or RF64 file cut short (an interrupted copy or download) still opens:
+    libsndfile shortens its frame count to what is there. Refuse it, like a truncated FLAC or
+    MP3, rather than use a partial file without a word."""
+    log = info.extra_info or ""
+    have_s = info.frames / info.samplerate
+    full_s = None
+    m = _DS64_FRAMES.search(log)
+    if m and int(m.group(2)) > int(m.group(1)):
+        full_s = int(m.group(2)) / info.samplerate
+    for m in _CHUNK_SIZE.finditer(log):
+        declared, present = int(m.group(1)), int(m.group(2))
+        if declared not in _PLACEHOLDER_SIZES and declared > present:
+            full_s = max(full_s or 0.0, have_s * declared / max(present, 1))
+    if full_s is not None and full_s - have_s > _MISSING_S_TOLERATED:
         raise AudiogenError(f"{path}: truncated: the header declares {full_s:.2f}s of audio, the file holds only "
-                            f"{info.frames / info.samplerate:.2f}s (an interrupted copy or download?)")
+                            f"{have_s:.2f}s (an interrupted copy or download?)")
 
 
 def _sf_reason(e: Exception) -> str:

@@ -462,7 +462,7 @@ def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[
     for s, n in bounds:
         if sample_peak_dbfs(wav[:, s - origin : s - origin + n]) >= silence_dbfs:
             loud.append((s, n))
-    grid, margin, fps = _frame_step(sr), round(ANALYSIS_MARGIN_S * sr), ANALYSIS_SR / ANALYSIS_HOP
+    grid, margin, per_frame = _frame_step(sr), round(ANALYSIS_MARGIN_S * sr), sr * ANALYSIS_HOP
     segments = []
     i = 0
     while i < len(loud):
@@ -473,7 +473,9 @@ def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[
         w1 = min(origin + wav.shape[1], loud[j - 1][0] + loud[j - 1][1] + margin)
         env, chroma = _analysis_features(wav[:, w0 - origin : w1 - origin].mean(axis=0), sr)
         for s, n in loud[i:j]:
-            f0, f1 = int((s - w0) / sr * fps), int(math.ceil((s - w0 + n) / sr * fps))
+            # frames [f0, f1) cover the segment; integer arithmetic, so a start on the frame
+            # grid gives the same frame whatever the window (float rounding would not)
+            f0, f1 = (s - w0) * ANALYSIS_SR // per_frame, -(-(s - w0 + n) * ANALYSIS_SR // per_frame)
             segments.append({"start_s": s / sr, "duration_s": n / sr,
                              "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
         i = j
@@ -521,7 +523,7 @@ def _process_part(p: _Part) -> dict:
     side, no more. Returns {rel, sha256, part, status "part", wav (codec format, starting at
     codec-rate sample ``offset`` of the file), segments, silent_segments, end} or a
     ``skipped`` status, which skips the whole file."""
-    from audiogen.audio import load_audio
+    from audiogen.audio import load_audio, sample_peak_dbfs
 
     t, sr = p.task, p.sample_rate
     res = {"rel": t.rel, "sha256": p.sha, "part": p.index}
@@ -540,7 +542,7 @@ def _process_part(p: _Part) -> dict:
     bounds = [b for b in segment_bounds(n, sr, t.segment_s, t.hop_s, t.min_segment_s) if p.lo <= b[0] < p.hi]
     segments, silent = _analyse_segments(wav, sr, start, bounds, t.silence_dbfs) if bounds else ([], 0)
     return {**res, "status": "part", "wav": _to_codec_format(wav, sr, t) if segments else None,
-            "offset": start * t.sample_rate // sr,
+            "offset": start * t.sample_rate // sr, "peak_dbfs": sample_peak_dbfs(wav), "bounds": len(bounds),
             "segments": segments, "silent_segments": silent, "end_s": n / sr, "owned_s": (min(p.hi, n) - p.lo) / sr}
 
 
@@ -853,6 +855,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
                 lf["segments"] += len(res["segments"])
                 lf["silent"] += res["silent_segments"]
                 lf["end_s"] = max(lf["end_s"], res["end_s"])
+                lf["peak"] = max(lf["peak"], res["peak_dbfs"])
+                lf["bounds"] += res["bounds"]
                 progress(res["owned_s"], refresh=True)  # a long file shows progress part by part
             else:  # one bad part skips the whole file
                 lf["reason"], lf["cacheable"] = res["reason"], res["status"] == "skipped"
@@ -861,8 +865,14 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
             return
         del long_files[sha]
         bar.update(1)
-        if lf["reason"] is None and not lf["segments"]:
-            lf["reason"], lf["cacheable"] = SILENT_SEGMENTS, True
+        if lf["reason"] is None and not lf["segments"]:  # the reasons a whole-file decode gives
+            if lf["peak"] < cfg.silence_dbfs:
+                lf["reason"] = f"silent (peak {lf['peak']:.1f} dBFS < {cfg.silence_dbfs:g} dBFS)"
+            elif not lf["bounds"]:
+                lf["reason"] = f"too short ({lf['end_s']:.2f}s < minimum segment {cfg.min_segment_s:g}s)"
+            else:
+                lf["reason"] = SILENT_SEGMENTS
+            lf["cacheable"] = True
         if lf["reason"] is not None:
             tok.discard(sha)
             skip(lf["rel"], sha, lf["reason"], lf["cacheable"])
@@ -885,7 +895,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
             first_of[sha] = rel
         if status == "long":  # its parts go next; the file counts as done with its last part
             long_files[sha] = {"rel": rel, "meta": res["meta"], "left": len(res["parts"]), "segments": 0,
-                               "silent": 0, "end_s": 0.0, "reason": None, "cacheable": False}
+                               "silent": 0, "end_s": 0.0, "peak": float("-inf"), "bounds": 0, "reason": None,
+                               "cacheable": False}
             runner.insert(res["parts"])
             continue
         bar.update(1)

@@ -264,10 +264,30 @@ def test_long_file_with_a_broken_part_is_skipped_whole(long_dir, tmp_path, codec
     good = write_audio(src / "good.flac", wav[:, : 20 * sr], sr)
     whole = write_audio(tmp_path / "whole.flac", wav, sr).read_bytes()
     (src / "cut.flac").write_bytes(whole[: int(len(whole) * 0.8)])
+    write_audio(src / "quiet.wav", np.zeros((1, 25 * 8000), np.float32), 8000)  # long, digital silence
     report = prepare(_long_cfg(src, tmp_path / "out", workers=0, part_s=10.0), codec=codec)
-    assert [s["source"] for s in report["skipped"]] == ["cut.flac"]
-    assert "corrupt or truncated" in report["skipped"][0]["reason"]
+    reasons = {s["source"]: s["reason"] for s in report["skipped"]}
+    assert sorted(reasons) == ["cut.flac", "quiet.wav"] and "corrupt or truncated" in reasons["cut.flac"]
+    assert reasons["quiet.wav"] == "silent (peak -inf dBFS < -70 dBFS)"  # what a whole-file decode says
     assert {r for split in _rows(tmp_path / "out").values() for r in split["source"]} == {good.name}
+
+
+def test_segment_analysis_does_not_depend_on_where_its_window_starts(real_tracks):
+    """Tempo and key of a segment are the same from any window starting on the analysis
+    frame grid, even for segments that start exactly on a frame (5.12 s at 44.1 kHz = 441
+    hops of 512 samples), where float arithmetic used to pick a neighbouring frame."""
+    from audiogen.prep import _analyse_segments, _frame_step
+
+    sr = 44100
+    wav, _ = load_audio(real_tracks[1], sample_rate=sr, channels=1, offset_s=10.0, duration_s=40.0)
+    seg = round(5.12 * sr)
+    bounds = [(s, seg) for s in range(0, wav.shape[1] - seg + 1, seg)]
+    whole, _ = _analyse_segments(wav, sr, 0, bounds, -70.0)
+    step = _frame_step(sr)
+    for origin in (step, 7 * step, 19 * step):
+        later = [b for b in bounds if b[0] - round(0.5 * sr) >= origin]
+        part, _ = _analyse_segments(wav[:, origin:], sr, origin, later, -70.0)
+        assert part == whole[len(whole) - len(later):]
 
 
 def test_segment_bounds_hop_and_minimum_tail():
