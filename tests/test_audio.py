@@ -187,6 +187,19 @@ def _pyloudnorm(x: np.ndarray, sr: int) -> float:
         return float(pyloudnorm.Meter(sr).integrated_loudness(x.T))
 
 
+def spy_reads(monkeypatch) -> list:
+    """The ``frames`` argument of every ``SoundFile.read`` from now on (-1: the whole file)."""
+    reads = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *a, **kw):
+        reads.append(frames)
+        return real_read(self, frames, *a, **kw)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    return reads
+
+
 @pytest.mark.parametrize("sr,channels,seconds,block_s", [(48000, 2, 7.3, 1.7), (44100, 1, 3.05, 0.33),
                                                          (22050, 3, 1.0, 0.137), (16000, 2, 0.25, 0.1)])
 def test_streamed_file_measurement_equals_the_whole_file_figures(tmp_path, monkeypatch, sr, channels, seconds,
@@ -199,14 +212,7 @@ def test_streamed_file_measurement_equals_the_whole_file_figures(tmp_path, monke
     x[:, : n // 6] *= 1e-3  # a near-silent head that the gates must drop
     path = tmp_path / "x.wav"
     sf.write(str(path), x.T, sr, subtype="FLOAT")
-    reads = []
-    real_read = sf.SoundFile.read
-
-    def spy(self, frames=-1, *a, **kw):
-        reads.append(frames)
-        return real_read(self, frames, *a, **kw)
-
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    reads = spy_reads(monkeypatch)
     m = A.measure_file(path, block_s=block_s)
     assert reads and max(reads) == int(block_s * sr) and -1 not in reads  # block by block
     assert m.duration_s == pytest.approx(seconds, abs=1 / sr) and m.channels == channels
@@ -228,14 +234,7 @@ def test_iter_audio_blocks_concatenate_to_the_whole_file(tmp_path, monkeypatch, 
     x = (sine(330, src_sr, 3.1, amp=0.3, channels=2) + 0.05 * rng.standard_normal((2, n))).astype(np.float32)
     path = A.write_audio(tmp_path / f"x.{ext}", x, src_sr)
     want, _ = A.load_audio(path, target, channels)
-    reads = []
-    real_read = sf.SoundFile.read
-
-    def spy(self, frames=-1, *a, **kw):
-        reads.append(frames)
-        return real_read(self, frames, *a, **kw)
-
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    reads = spy_reads(monkeypatch)
     blocks = list(A.iter_audio(path, target, channels, block_s=block_s))
     assert len(blocks) > 1 and -1 not in reads and max(reads) <= block_s * src_sr
     got = np.concatenate(blocks, axis=1)
