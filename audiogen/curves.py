@@ -26,7 +26,7 @@ def read_log(path: str | os.PathLike) -> list[dict]:
     """The lines of a ``log.jsonl``; a torn last line (a kill mid-write) is ignored."""
     path = Path(path)
     if not path.is_file():
-        raise AudiogenError(f"{path}: no training log here (is this an LM training OUT_DIR?)")
+        raise AudiogenError(f"{path}: no training log here (is this a training run's OUT_DIR?)")
     rows = []
     for line in path.read_text().splitlines():
         try:
