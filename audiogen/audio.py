@@ -86,6 +86,12 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     if info.channels < 1:
         raise AudiogenError(f"{path}: header declares {info.channels} channels")
     if info.frames == 0:
+        size = path.stat().st_size
+        if _EMPTY_DATA.search(info.extra_info or "") and size > _HEADER_BYTES_AT_MOST:
+            raise AudiogenError(
+                f"{path}: the header says it holds no audio, yet the file is {size} bytes long: a recording "
+                "whose writer stopped before filling in the sizes (never finalized). Repair a copy, e.g. "
+                "`sox --ignore-length IN.wav OUT.wav`, and use that")
         raise AudiogenError(f"{path}: zero-length audio (no samples)")
     _check_chunk_sizes(path, info)
     return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
@@ -96,6 +102,10 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 #: file whose 64-bit frame count the file does not hold
 _CHUNK_SIZE = re.compile(r"^\s*(?:data|SSND|RIFF|riff|FORM)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _DS64_FRAMES = re.compile(r"Calculated frame count (\d+) does not match value from 'ds64' chunk of (\d+)")
+#: a WAV whose data chunk says 0 bytes (libsndfile then reads no frames)
+_EMPTY_DATA = re.compile(r"^data\s*:\s*0\s*$", re.MULTILINE)
+#: more than this in a file whose data chunk is empty is audio the header does not count
+_HEADER_BYTES_AT_MOST = 4096
 #: sizes that streaming writers leave in a header they never finalized: not truncation
 _PLACEHOLDER_SIZES = {0xFFFFFFFF, 0x7FFFFFFF}
 #: a shortfall this small (a missing pad byte, a writer's rounding) is not called truncation

@@ -268,6 +268,9 @@ def make_bad_files(d):
     cases["empty"] = (d / "empty.wav", "empty file")
     (d / "zero.wav").write_bytes(wav_header(44100, frames=0))
     cases["zero_length"] = (d / "zero.wav", "zero-length")
+    # a recorder that died before writing the sizes: data size 0, but a second of samples follows
+    (d / "unfinalized.wav").write_bytes(wav_header(8000, frames=0) + np.zeros(8000, "<i2").tobytes())
+    cases["unfinalized"] = (d / "unfinalized.wav", "never finalized). Repair a copy, e.g. `sox --ignore-length")
     (d / "garbage.wav").write_bytes(b"RIFF" + np.random.default_rng(0).bytes(4000))
     cases["corrupt"] = (d / "garbage.wav", "corrupt")
     good = A.write_audio(d / "good.flac", sine(440, 44100, 3.0), 44100)
@@ -294,9 +297,8 @@ def make_bad_files(d):
     return cases
 
 
-BAD_CASES = ["missing", "empty", "zero_length", "corrupt", "truncated", "truncated_wav", "truncated_aiff", "truncated_rf64",
-             "unsupported", "nan",
-             "absurd_low_rate", "absurd_high_rate"]
+BAD_CASES = ["missing", "empty", "zero_length", "unfinalized", "corrupt", "truncated", "truncated_wav",
+             "truncated_aiff", "truncated_rf64", "unsupported", "nan", "absurd_low_rate", "absurd_high_rate"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
