@@ -503,9 +503,12 @@ def _part_alignment(sr: int, codec_sr: int) -> int:
     """The step (in samples at ``sr``) on which a part's window may start so that both its
     codec-rate resampling and its analysis (:func:`_frame_step`) fall on the same grid as a
     whole-file decode's: then a long file's segments get the codes, tempo and key they would
-    get if it were decoded whole."""
+    get if it were decoded whole. Where the two grids meet only every 10 s or more (49441 Hz
+    to 24 kHz: 128 s), a part would read that much extra: then only the codec grid is kept
+    (codes still match; a tempo may differ by ~0.1 bpm)."""
     codec_step, frame_step = sr // math.gcd(sr, codec_sr), _frame_step(sr)
-    return codec_step * frame_step // math.gcd(codec_step, frame_step)
+    both = codec_step * frame_step // math.gcd(codec_step, frame_step)
+    return both if both <= 10 * sr else codec_step
 
 
 def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int) -> list[_Part]:
