@@ -627,7 +627,7 @@ class _Tokenizer:
         """Queue ``segments`` (start_s/duration_s in the file) of file ``sha``; ``wav: float32
         [C, N]`` at the codec rate holds the file from sample ``offset`` on. A file may come
         in several calls (a long file's parts); :meth:`close` says it is complete."""
-        entry = self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})
+        entry = self._entry(sha)
         for seg in segments:
             i = len(entry["segments"])
             entry["segments"].append(seg)
@@ -645,8 +645,12 @@ class _Tokenizer:
     def close(self, sha: str, facts: dict) -> None:
         """No more segments of ``sha``: its shard is written, with ``facts`` (duration_s,
         silent_segments) as they are, once all its segments are tokenized."""
-        self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})["facts"] = facts
+        self._entry(sha)["facts"] = facts
         self._write_done()
+
+    def _entry(self, sha: str) -> dict:
+        """``sha``'s pending segments, codes (None until tokenized) and facts (None until closed)."""
+        return self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})
 
     def discard(self, sha: str) -> None:
         """Forget a file (a part of it failed): nothing of it is tokenized or written."""
