@@ -141,6 +141,59 @@ def check_against_model(model_dir: Path, job: GenerateJob) -> None:
     conditioner.validate_conditions([job.conditions()])
 
 
+def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
+    """What a model directory offers, from ``config.yaml`` and the weights file's header alone.
+
+    Nothing is loaded: no LM weights, no text encoder, no codec. Parameter counts are the
+    sums of the tensor shapes recorded in ``model.safetensors``. ``model_dir=None``: the
+    embedded default model.
+    """
+    from safetensors import safe_open
+
+    from audiogen.checkpoint import CONFIG, WEIGHTS, read_config
+    from audiogen.conditioning import ConditionerConfig
+    from audiogen.lm import LMConfig
+
+    d = resolve_model_dir(model_dir)
+    config = read_config(d)
+    try:
+        lm_cfg = LMConfig.from_dict(config["lm"])
+        c_cfg = ConditionerConfig.from_dict(config["conditioner"])
+    except TypeError as e:
+        raise AudiogenError(f"{d / CONFIG}: invalid model config ({e})") from None
+    w = d / WEIGHTS
+    if not w.is_file():
+        raise AudiogenError(f"{d}: {WEIGHTS} is missing")
+    params = {"lm.": 0, "conditioner.": 0}
+    try:
+        with safe_open(str(w), framework="np") as f:  # reads the header only
+            for name in f.keys():
+                prefix = name.split(".", 1)[0] + "."
+                if prefix in params:
+                    params[prefix] += math.prod(f.get_slice(name).get_shape())
+    except Exception as e:
+        raise AudiogenError(f"{w}: unreadable weights ({type(e).__name__}: {e})") from None
+    codec = config["codec"]
+    described = codec.get("describe") or {}
+    frame_rate = described.get("frame_rate")
+    max_window_s = round(lm_max_frames(lm_cfg) / frame_rate, 2) if frame_rate else None
+    return {
+        "model_dir": str(d),
+        "lm": {"dim": lm_cfg.dim, "num_layers": lm_cfg.num_layers, "num_heads": lm_cfg.num_heads,
+               "num_codebooks": lm_cfg.num_codebooks, "cardinality": lm_cfg.cardinality,
+               "max_positions": lm_cfg.max_positions, "parameters": params["lm."]},
+        "conditioner": {"parameters": params["conditioner."], "attribute_slots": c_cfg.attribute_slots},
+        "codec": {"spec": codec.get("spec"),
+                  **{k: described[k] for k in ("name", "sample_rate", "channels", "frame_rate") if k in described}},
+        "text_encoder": {"name": c_cfg.text_encoder, "dim": c_cfg.text_dim, "max_tokens": c_cfg.max_text_tokens},
+        # what generation uses (see window_frames): the model's window, capped by the LM's positions
+        "window_s": min(model_window_s(config), max_window_s or math.inf),
+        "max_window_s": max_window_s,
+        "vocab": c_cfg.vocab(),
+        "bpm_buckets": [float(b) for b in c_cfg.bpm_buckets],
+    }
+
+
 @torch.inference_mode()
 def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cond[B2, L, D], mask[B2, L])``: conditional rows, then (for CFG) unconditional rows."""
@@ -158,10 +211,20 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
     return cond.to(device), mask.to(device)
 
 
+def lm_max_frames(lm_cfg) -> int:
+    """The most frames one window may hold: the LM's positions less the K the delay pattern adds (as training)."""
+    return lm_cfg.max_positions - lm_cfg.num_codebooks
+
+
+def model_window_s(config: dict) -> float:
+    """The generation window, in seconds, a model directory's config asks for."""
+    return float(config.get("generation", {}).get("window_s", 30.0))
+
+
 def window_frames(loaded, frame_rate: float, window_s: float | None = None) -> int:
     """Frames per generation window: ``window_s`` (default: the model's own), capped by the LM's positions."""
-    lm_max = loaded.lm.cfg.max_positions - loaded.lm.cfg.num_codebooks
-    seconds = window_s or float(loaded.config.get("generation", {}).get("window_s", 30.0))
+    lm_max = lm_max_frames(loaded.lm.cfg)
+    seconds = window_s or model_window_s(loaded.config)
     return max(8, min(lm_max, int(seconds * frame_rate)))
 
 

@@ -398,3 +398,71 @@ def test_cli_generates_and_reports_errors_without_traceback(tiny_model_dir, tmp_
     bad = subprocess.run([sys.executable, "-m", "audiogen", "generate", "x", "--duration", "0", "--out", str(out),
                           "--model", str(tiny_model_dir)], capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def audiogen_cli(*args):
+    return subprocess.run([sys.executable, "-m", "audiogen", *args], capture_output=True, text=True)
+
+
+def test_info_model_on_the_embedded_model_lists_its_keys_and_unconditioned_genres():
+    from audiogen.checkpoint import read_config
+    from audiogen.pipeline import DEFAULT_MODEL_DIR
+
+    keys = read_config(DEFAULT_MODEL_DIR)["conditioner"]["keys"]
+    assert keys, "the embedded model is expected to know keys"
+    r = audiogen_cli("info", "--model")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in r.stdout.splitlines()}
+    assert lines["model"] == str(DEFAULT_MODEL_DIR)
+    assert lines["keys (--key)"].split(", ") == keys
+    assert lines["genres (--genre)"] == "not conditioned"
+    assert lines["bpm (--bpm)"].startswith("60-180 in ")
+
+
+def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
+    from audiogen.checkpoint import read_config
+    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.lm import LM, LMConfig
+
+    r = audiogen_cli("info", "--model", str(tiny_model_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["vocab"] == {"genre": ["ambient", "rock"], "mood": ["calm", "dark"], "key": ["c major", "a minor"],
+                             "instruments": ["piano", "strings"]}
+    assert info["bpm_buckets"] == [60.0, 90.0, 120.0, 150.0]
+    config = read_config(tiny_model_dir)
+    lm = LM(LMConfig.from_dict(config["lm"]))
+    cond = ConditionEncoder(ConditionerConfig.from_dict(config["conditioner"]))
+    assert info["lm"]["parameters"] == sum(p.numel() for p in lm.parameters())
+    assert info["conditioner"]["parameters"] == sum(p.numel() for p in cond.parameters())
+    frame_rate = config["codec"]["describe"]["frame_rate"]
+    assert info["codec"]["frame_rate"] == frame_rate
+    assert info["max_window_s"] == round((512 - lm.cfg.num_codebooks) / frame_rate, 2)
+    assert info["window_s"] == min(config["generation"]["window_s"], info["max_window_s"])
+
+
+def test_info_model_errors_in_one_line_and_needs_files_or_a_model(tmp_path):
+    missing = audiogen_cli("info", "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [f"audiogen info: error: model directory {tmp_path / 'nope'} "
+                                                   "does not exist"]
+    not_a_model = audiogen_cli("info", "--model", str(tmp_path))
+    assert not_a_model.returncode == 1 and "config.yaml is missing" in not_a_model.stderr
+    neither = audiogen_cli("info")
+    assert neither.returncode == 2 and "usage:" in neither.stderr and "--model" in neither.stderr.splitlines()[-1]
+
+
+def test_generate_help_explains_every_option_with_its_default():
+    import argparse
+
+    from audiogen.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["generate"]._actions:
+        assert action.help, action.option_strings
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in action.help, action.option_strings
+    text = " ".join(audiogen_cli("generate", "--help").stdout.split())
+    assert "--top-k TOP_K sample among the K most likely tokens per codebook (default 250; 0 = off)" in text
+    assert "(default 1.0; 0 = always the most likely token)" in text
+    assert text.count("audiogen info --model [DIR]") >= 5

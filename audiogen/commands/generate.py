@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 ORDER = 10
+VALUES = "valid values depend on the model: audiogen info --model [DIR]"
 
 EPILOG = """examples:
   audiogen generate "slow melancholic piano" --duration 90 --out bed.mp3
@@ -34,37 +35,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output file: .wav, .flac, .ogg or .mp3")
     p.add_argument("--model", default=None, metavar="DIR",
                    help="model directory (config.yaml + model.safetensors); default: the embedded model")
-    g = p.add_argument_group("conditions")
-    g.add_argument("--genre")
-    g.add_argument("--mood")
-    g.add_argument("--bpm", type=float)
-    g.add_argument("--key", help='e.g. "D minor"')
-    g.add_argument("--instruments", help='comma-separated, e.g. "piano,strings"')
+    g = p.add_argument_group("conditions", "optional; each is off unless given. The values a model accepts depend on\n"
+                             "what it was trained with: 'audiogen info --model [DIR]' lists them.")
+    g.add_argument("--genre", help=f'e.g. "ambient"; {VALUES}')
+    g.add_argument("--mood", help=f'e.g. "calm"; {VALUES}')
+    g.add_argument("--bpm", type=float,
+                   help="tempo in beats per minute (20-400), mapped to the nearest of the model's tempo buckets; "
+                        "the range depends on the model: audiogen info --model [DIR]")
+    g.add_argument("--key", help=f'e.g. "D minor"; {VALUES}')
+    g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
-    s.add_argument("--variations", type=int, default=1, metavar="N", help="N takes in one batch (FILE, FILE-v2, ...)")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=250)
-    s.add_argument("--top-p", type=float, default=0.0)
-    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    s.add_argument("--variations", type=int, default=1, metavar="N",
+                   help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="lower = safer and more repetitive, higher = more varied (default 1.0; 0 = always the "
+                        "most likely token)")
+    s.add_argument("--top-k", type=int, default=250,
+                   help="sample among the K most likely tokens per codebook (default 250; 0 = off)")
+    s.add_argument("--top-p", type=float, default=0.0, metavar="P",
+                   help="sample among the most likely tokens whose probabilities add up to P (default 0 = off)")
+    s.add_argument("--cfg", type=float, default=3.0,
+                   help="classifier-free guidance: higher follows the prompt and attributes more closely "
+                        "(default 3; 1 = off)")
     s.add_argument("--continue", dest="continue_from", metavar="FILE",
                    help="audio to continue: the track starts with it (re-synthesised) and carries on")
     f = p.add_argument_group("finishing")
     f.add_argument("--loop", action="store_true", help="make the end flow seamlessly into the start")
-    f.add_argument("--fade-in", type=float, default=0.0, metavar="S")
-    f.add_argument("--fade-out", type=float, default=0.0, metavar="S")
+    f.add_argument("--fade-in", type=float, default=0.0, metavar="S",
+                   help="equal-power fade-in at the start, in seconds (default 0 = none)")
+    f.add_argument("--fade-out", type=float, default=0.0, metavar="S",
+                   help="equal-power fade-out at the end, in seconds (default 0 = none)")
     f.add_argument("--lufs", type=float, default=None, help="integrated loudness target (default -16)")
     f.add_argument("--preset", choices=["podcast", "streaming", "broadcast"], default=None,
-                   help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS")
+                   help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS (default podcast)")
     f.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
     d = p.add_argument_group("speed")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="LM precision; auto = bfloat16 on a GPU that supports it, float32 on CPU")
+                   help="LM precision; auto = bfloat16 on a GPU that supports it, float32 on CPU (default auto)")
     d.add_argument("--engine", choices=["auto", "eager", "graph", "compile"], default="auto",
                    help="decode engine: graph = one CUDA graph replayed per frame (GPU), compile = torch.compile "
                         "(fused kernels; tens of seconds of compiling first), eager = plain PyTorch; "
-                        "auto = graph on a GPU, eager on CPU")
+                        "auto = graph on a GPU, eager on CPU (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -1,4 +1,7 @@
-"""``audiogen info FILE...``: what the audio layer sees in a file (rate, channels, loudness, true peak)."""
+"""``audiogen info FILE...``: what the audio layer sees in a file (rate, channels, loudness, true peak).
+
+``audiogen info --model [DIR]``: what a model knows (size, codec, window, attribute values) before generating.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +14,29 @@ ORDER = 90
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
-        help="show duration, rate, channels, loudness (LUFS) and true peak of audio files",
+        help="show duration, rate, channels, loudness (LUFS) and true peak of audio files, or what a model knows",
         description="Read audio files with audiogen's audio layer and report what it sees: duration, sample "
         "rate, channels, integrated loudness (ITU-R BS.1770-4) and true peak (dBTP). Useful to check a "
-        "file before prep, or a generated track after finishing.",
+        "file before prep, or a generated track after finishing. With --model, describe a model instead: "
+        "LM size, codec, text encoder, generation window, and the --genre/--mood/--key/--instruments "
+        "values and --bpm range it accepts (read from its config, no weights loaded).",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, opus, mp3, aiff)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per file")
-    p.set_defaults(func=run)
+    p.add_argument("files", nargs="*", metavar="FILE", help="audio files (wav, flac, ogg, opus, mp3, aiff)")
+    # False: not given; None: given without DIR, meaning the embedded default model
+    p.add_argument("--model", nargs="?", const=None, default=False, metavar="DIR",
+                   help="describe a model directory instead of audio files; without DIR, the embedded model")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file (or for the model)")
+    p.set_defaults(func=run, usage_error=p.error)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is not False:
+        if args.files:
+            args.usage_error("give audio FILEs or --model [DIR], not both")
+        return run_model(args)
+    if not args.files:
+        args.usage_error("give audio FILEs to measure, or --model [DIR] to describe a model")
+
     from audiogen.audio import audio_info, measure_file
     from audiogen.errors import AudiogenError
 
@@ -48,4 +63,35 @@ def run(args: argparse.Namespace) -> int:
                 f"{row['file']}: {row['duration_s']:.2f}s, {sr} Hz, {row['channels']} ch, {row['format']}, "
                 f"{row['lufs']:.1f} LUFS, {row['true_peak_dbtp']:.1f} dBTP"
             )
+    return 0
+
+
+def run_model(args: argparse.Namespace) -> int:
+    from audiogen.pipeline import describe_model
+
+    m = describe_model(args.model)
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    lm, codec, te = m["lm"], m["codec"], m["text_encoder"]
+    print(f"model: {m['model_dir']}")
+    print(f"LM: {lm['dim']} dim x {lm['num_layers']} layers, {lm['parameters'] / 1e6:.2f}M parameters "
+          f"({lm['num_codebooks']} codebooks x {lm['cardinality']} codes)")
+    parts = [codec.get("name") or codec["spec"]]
+    if "sample_rate" in codec:
+        parts.append(f"{codec['sample_rate']} Hz")
+    if "channels" in codec:
+        parts.append(f"{codec['channels']} ch")
+    if "frame_rate" in codec:
+        parts.append(f"{codec['frame_rate']:g} frames/s")
+    print(f"codec: {', '.join(parts)}")
+    print(f"text encoder: {te['name']} (prompts up to {te['max_tokens']} tokens)" if te["name"] != "none"
+          else "text encoder: none (the prompt is not used)")
+    lm_max = f" (the LM holds at most {m['max_window_s']:g} s)" if m["max_window_s"] else ""
+    print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
+    for flag, label in (("genre", "genres"), ("mood", "moods"), ("key", "keys"), ("instruments", "instruments")):
+        values = m["vocab"][flag]
+        print(f"{label} (--{flag}): {', '.join(values) if values else 'not conditioned'}")
+    b = m["bpm_buckets"]
+    print(f"bpm (--bpm): {f'{min(b):g}-{max(b):g} in {len(b)} buckets' if b else 'not conditioned'}")
     return 0
