@@ -43,6 +43,12 @@ def test_2afc_report_recovers_known_accuracy_and_lists_exclusions(tmp_path):
     assert a["accuracy"]["p_value"] < 1e-10 and not a["tost"]["equivalent"] and a["sdt"]["dprime"] > 1
     assert b["accuracy"]["ci_low"] <= 0.5 <= b["accuracy"]["ci_high"] and b["accuracy"]["p_value"] > 0.01
     assert abs(b["sdt"]["dprime"]) < 0.4
+    # the mixed model: with 3 clips per system, what holds for clips in general is far less certain
+    ma, mb = a["mixed"], b["mixed"]
+    assert ma["estimable"] and ma["participants"] == 80 and ma["items"] == 3
+    assert ma["ci_low"] <= 0.85 <= ma["ci_high"] and 1e-10 < ma["p_value"] < 0.05
+    assert ma["ci_high"] - ma["ci_low"] > a["accuracy"]["ci_high"] - a["accuracy"]["ci_low"]
+    assert mb["ci_low"] <= 0.5 <= mb["ci_high"] and mb["p_value"] > 0.01
     # the same data without exclusions: everyone is in
     assert analyse(d, n_boot=50, apply_exclusions=False)["participants"]["included"] == 83
 
@@ -53,9 +59,13 @@ def test_report_command_writes_html_with_plots_and_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "audiogen", "listen", "report", str(d), "--bootstrap", "200",
                         "--margin", "0.15"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert "excluded P0000 (sim-0): headphone screening" in r.stdout and "overall" in r.stdout
+    assert "excluded P0000 (sim-0): headphone screening" in r.stdout
+    # 3 generated clips of differing difficulty: pooled, 60 of 87 answers are right (p = 0.0005), but what holds
+    # for clips in general is not settled by 3 of them; the verdict says so (the cluster bootstrap agrees)
+    assert "\noverall: inconclusive (mixed model;" in r.stdout
     html = (d / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "Exclusions (1)" in html and "±0.15" in html
+    assert "Mixed-effects logistic model" in html and "overall: inconclusive (mixed model;" in html
     js = json.loads((d / "report" / "report.json").read_text())
     assert js["margin"] == 0.15 and js["identification"]["overall"]["n"] == 29 * 3
     if SHOTS:
@@ -108,3 +118,19 @@ def test_single_stimulus_report_gives_dprime_of_simulated_listeners(tmp_path):
     assert o["sdt"]["dprime"] == pytest.approx(2 * norm.ppf(0.8), abs=0.35) and abs(o["sdt"]["c"]) < 0.2
     by_conf = analyse(d, n_boot=0)["identification"]["by_confidence"]
     assert sum(b["n"] for b in by_conf.values()) == 360  # simulated confidence is unrelated to being right
+
+
+def test_verdict_comes_from_the_mixed_model_and_falls_back_to_the_exact_tests():
+    from audiogen.listening.report import verdict
+
+    pooled = {"accuracy": {"estimate": 0.56, "p_value": 0.01}, "tost": {"equivalent": False}}
+    # clustered data: the pooled test is significant, the mixed model is not -> inconclusive
+    mixed = {"estimable": True, "accuracy": 0.55, "p_value": 0.2, "tost": {"equivalent": False}}
+    assert verdict({**pooled, "mixed": mixed}, 0.1, 0.05).startswith("overall: inconclusive (mixed model;")
+    assert verdict({**pooled, "mixed": {**mixed, "p_value": 0.001, "accuracy": 0.4}}, 0.1, 0.05).startswith(
+        "overall: below chance")
+    assert "equivalent to chance" in verdict({**pooled, "mixed": {**mixed, "tost": {"equivalent": True}}}, 0.1, 0.05)
+    unfit = {"estimable": False, "reason": "every answer was right: no finite estimate"}
+    assert verdict({**pooled, "mixed": unfit}, 0.1, 0.05) == (
+        "overall: above chance (pooled exact binomial tests; mixed model not fitted: every answer was right: no finite "
+        "estimate; TOST margin ±0.1, alpha 0.05)")

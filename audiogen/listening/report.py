@@ -78,6 +78,7 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
     import numpy as np
 
     from audiogen.listening import stats as S
+    from audiogen.listening.glmm import fit_identification
 
     def block(rs: list[dict], noise: list[dict] | None = None) -> dict:
         """Accuracy, TOST, d' and bootstrap of trials ``rs``; ``noise``: the human trials (single design)."""
@@ -96,8 +97,9 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
                 res["sdt"] = S.dprime_yes_no(hits, len(sig), fas, len(noise))
         if n:
             y = np.array([float(bool(r["correct"])) for r in rs])
-            res["bootstrap"] = S.cluster_bootstrap(y, np.array([r["participant"] for r in rs]),
-                                                   np.array([r["item_key"] for r in rs]), n_boot=n_boot, seed=seed)
+            part, item = np.array([r["participant"] for r in rs]), np.array([r["item_key"] for r in rs])
+            res["bootstrap"] = S.cluster_bootstrap(y, part, item, n_boot=n_boot, seed=seed)
+            res["mixed"] = fit_identification(y, part, item, margin, alpha=alpha)
         return res
 
     humans = [r for r in rows if r["origin"] == "human"]
@@ -258,6 +260,12 @@ def _plots(res: dict) -> list[tuple[str, str]]:
         ax.errorbar(est, [v - 0.12 for v in y], xerr=[[max(0, e - l) for e, l in zip(est, blo)],
                                                       [max(0, h - e) for e, h in zip(est, bhi)]],
                     fmt="s", color="#c0504d", ms=4, capsize=3, label="cluster bootstrap 95%")
+        mix = [b.get("mixed") or {} for b in blocks]
+        mx = [(v, m["accuracy"], m["ci_low"], m["ci_high"]) for v, m in zip(y, mix) if m.get("estimable")]
+        if mx:
+            ax.errorbar([e for _, e, _, _ in mx], [v for v, *_ in mx],
+                        xerr=[[e - lo for _, e, lo, _ in mx], [hi - e for _, e, _, hi in mx]],
+                        fmt="D", color="#2e7d32", ms=4, capsize=3, label="mixed model 95% (typical listener)")
         ax.set_yticks(y, [f"{n} (n={b['n']})" for n, b in zip(names, blocks)])
         ax.set_xlim(0, 1)
         ax.set_xlabel("identification accuracy (AI clip picked / origin named correctly)")
@@ -294,6 +302,21 @@ def _fmt(x, d=3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.{d}g}" if abs(x) < 1e-3 and x else f"{x:.{d}f}")
 
 
+def verdict(block: dict, margin: float, alpha: float) -> str:
+    """The overall conclusion, from the mixed model where it could be fitted, else the pooled exact tests."""
+    m = block.get("mixed") or {}
+    if m.get("estimable"):
+        how, acc, p, equivalent = "mixed model", m["accuracy"], m["p_value"], m["tost"]["equivalent"]
+    else:
+        how = "pooled exact binomial tests" + (f"; mixed model not fitted: {m['reason']}" if m else "")
+        acc, p, equivalent = block["accuracy"]["estimate"], block["accuracy"]["p_value"], block["tost"]["equivalent"]
+    if p < alpha:
+        said = "above chance" if acc > 0.5 else "below chance (listeners systematically take one origin for the other)"
+    else:
+        said = "equivalent to chance within the margin" if equivalent else "inconclusive"
+    return f"overall: {said} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
+
+
 def _text(res: dict) -> list[str]:
     p = res["participants"]
     lines = [f"{res['experiment']} ({res['design']}): {p['total']} participants, {p['completed']} completed, "
@@ -310,10 +333,22 @@ def _text(res: dict) -> list[str]:
                          f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(a['p_value']):>9} "
                          f"{_fmt(t['p']):>8} {'[' + _fmt(bo.get('ci_low')) + ', ' + _fmt(bo.get('ci_high')) + ']':>15} "
                          f"{_fmt(sdt.get('dprime'), 2):>7} {_fmt(sdt.get('c'), 2):>6}")
-        o = ident["overall"]
-        verdict = ("above chance" if o["accuracy"]["p_value"] < res["alpha"] and o["accuracy"]["estimate"] > 0.5 else
-                   "equivalent to chance within the margin" if o["tost"]["equivalent"] else "inconclusive")
-        lines.append(f"overall: {verdict} (TOST margin ±{res['margin']:g}, alpha {res['alpha']:g})")
+        mixed = [(name, b["mixed"]) for name, b in [("overall", ident["overall"]), *ident["systems"].items()]
+                 if b.get("mixed")]
+        if mixed:
+            lines.append("mixed-effects logistic model (random listener and clip intercepts; accuracy of a typical "
+                         "listener on a typical clip):")
+            lines.append(f"{'system':<16} {'acc':>6} {'95% profile':>15} {'p(LRT)':>9} {'TOST p':>8} "
+                         f"{'sd listener':>11} {'sd clip':>7}")
+            for name, m in mixed:
+                if m["estimable"]:
+                    lines.append(f"{name:<16} {_fmt(m['accuracy']):>6} "
+                                 f"{'[' + _fmt(m['ci_low']) + ', ' + _fmt(m['ci_high']) + ']':>15} "
+                                 f"{_fmt(m['p_value']):>9} {_fmt(m['tost']['p']):>8} {_fmt(m['sd_participant'], 2):>11} "
+                                 f"{_fmt(m['sd_item'], 2):>7}")
+                else:
+                    lines.append(f"{name:<16} not fitted: {m['reason']}")
+        lines.append(verdict(ident["overall"], res["margin"], res["alpha"]))
     if "ratings" in res:
         for name, s in res["ratings"]["systems"].items():
             lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI [{_fmt(s['ci_low'], 4)}, "
@@ -343,7 +378,23 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                      "<th>p (exact binomial vs 0.5)</th><th>TOST p</th>"
                      f"<th>equivalent (±{res['margin']:g})</th><th>cluster bootstrap 95%</th><th>d′</th><th>c</th></tr>"
                      + "".join(rows) + "</table>")
-        parts.append(f"<p class='verdict'>{escape(_text(res)[-1])}</p>")
+        rows = []
+        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+            m = b.get("mixed")
+            if not m:
+                continue
+            cells = ([name, _fmt(m["accuracy"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", _fmt(m["p_value"]),
+                      _fmt(m["tost"]["p"]), "yes" if m["tost"]["equivalent"] else "no", _fmt(m["sd_participant"], 2),
+                      _fmt(m["sd_item"], 2), _fmt(m["accuracy_population"])] if m["estimable"] else
+                     [name, f"not fitted: {m['reason']}", *[""] * 7])
+            rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in cells) + "</tr>")
+        if rows:
+            parts.append("<h3>Mixed-effects logistic model</h3><table><tr><th>system</th><th>accuracy (typical "
+                         "listener, typical clip)</th><th>95% profile interval</th><th>p (likelihood ratio vs 0.5)</th>"
+                         f"<th>TOST p</th><th>equivalent (±{res['margin']:g})</th><th>sd listener (logit)</th>"
+                         "<th>sd clip (logit)</th><th>accuracy averaged over listeners and clips</th></tr>"
+                         + "".join(rows) + "</table>")
+        parts.append(f"<p class='verdict'>{escape(verdict(ident['overall'], res['margin'], res['alpha']))}</p>")
         if "by_confidence" in ident:
             rows = "".join(f"<tr><td>{c}</td><td>{b['n']}</td><td>{_fmt(b['estimate'])}</td>"
                            f"<td>[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]</td></tr>"
@@ -373,8 +424,13 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         "every trial as independent. Equivalence (\"indistinguishable\"): two one-sided exact binomial tests (TOST) "
         f"against 0.5 ± {res['margin']:g} at alpha {res['alpha']:g}. d′ and criterion c: signal detection with the "
         "log-linear correction; in 2AFC, c is a bias towards answering A. Because listeners differ in skill and clips in "
-        f"difficulty, a two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, percentile "
-        "interval) gives the interval to generalise with. Ratings: means with Student-t intervals; MUSHRA assessors who "
+        "difficulty, answers are not independent, and the pooled tests above are too often significant. The verdict "
+        "therefore comes from a mixed-effects logistic regression, logit P(correct) = b0 + u[listener] + v[clip] with "
+        "normal random intercepts, fitted by maximum likelihood with the Laplace approximation (as lme4's glmer): a "
+        "likelihood-ratio test of b0 = 0, profile-likelihood intervals, and TOST from the two one-sided signed-root "
+        "tests; where it cannot be fitted (every answer right or wrong) the verdict falls back to the pooled exact "
+        f"tests and says so. A two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, "
+        "percentile interval) gives a model-free interval for the average accuracy. Ratings: means with Student-t intervals; MUSHRA assessors who "
         "rate the hidden reference below 90 for more than 15% of items are excluded (ITU-R BS.1534-3). Participants who "
         "did not finish, failed the headphone check or a catch trial are excluded and listed above.</p>")
     style = ("body{font:15px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#1b1f24}"

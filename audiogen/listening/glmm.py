@@ -1,0 +1,193 @@
+"""Mixed-effects logistic regression for identification answers.
+
+    logit P(correct) = b0 + u[participant] + v[item],   u ~ N(0, sd_participant^2),  v ~ N(0, sd_item^2)
+
+Crossed random intercepts, fitted by maximum likelihood with the Laplace approximation
+of the marginal likelihood (what lme4's ``glmer`` does with its default ``nAGQ = 1``).
+Listeners differ in skill and clips in difficulty, so the answers of one listener, or to
+one clip, are not independent; a pooled binomial test treats them as if they were and
+is too often "significant". Here the test against chance is a likelihood-ratio test of
+``b0 = 0`` and the intervals are profile-likelihood intervals (signed-root deviance),
+each maximised over the two standard deviations.
+
+``b0`` is the log-odds of a correct answer for a typical listener (u = 0) on a typical
+clip (v = 0), the median of both. Averaged over listeners and clips, accuracy is pulled
+towards 0.5 (``accuracy_population``), so a typical-listener interval inside the
+equivalence margin implies the population average is inside it too.
+
+The random effects are written ``u = sd * z`` with ``z ~ N(0, I)`` (lme4's spherical
+form): a standard deviation of 0 is then an ordinary point, not a singularity. The
+conditional modes of ``z`` come from Newton's method on the penalised log-likelihood,
+whose Hessian is two diagonal blocks plus their cross counts; the larger block is
+eliminated first, so the cost grows with the smaller of the two numbers of levels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import optimize, special
+from scipy import stats as S
+
+#: A factor with fewer levels than this gets no random effect (its variance is not estimable).
+MIN_LEVELS = 2
+_B_BOUND = 15.0  # |log-odds| bound: accuracy within 3e-7 of 0 or 1
+_SD_BOUND = 10.0
+
+
+class Laplace:
+    """Laplace-approximated log-likelihood of the model for fixed ``b0`` and standard deviations.
+
+    ``y``: 0/1 answers; ``groups``: one level-index array per random factor (1 or 2 factors).
+    """
+
+    def __init__(self, y: np.ndarray, groups: list[np.ndarray]):
+        self.y = np.asarray(y, dtype=np.float64)
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        self.sizes = [int(g.max()) + 1 for g in self.groups]
+        if len(self.groups) == 2 and self.sizes[0] < self.sizes[1]:  # eliminate the larger block first
+            self.groups.reverse()
+            self.sizes.reverse()
+            self._order = [1, 0]
+        else:
+            self._order = list(range(len(self.groups)))
+        if len(self.groups) == 2:
+            self._cell = self.groups[0] * self.sizes[1] + self.groups[1]
+        self._z = [np.zeros(n) for n in self.sizes]  # conditional modes, warm start for the next call
+
+    def _eta(self, b0: float, sds, z) -> np.ndarray:
+        eta = np.full(self.y.shape, float(b0))
+        for g, s, zf in zip(self.groups, sds, z):
+            eta += s * zf[g]
+        return eta
+
+    def _penalised(self, eta: np.ndarray, z) -> float:
+        return float(np.sum(self.y * eta - np.logaddexp(0.0, eta)) - 0.5 * sum(float(zf @ zf) for zf in z))
+
+    def _newton(self, eta: np.ndarray, sds, z):
+        """One Newton direction for ``z`` and the log-determinant of the negative Hessian."""
+        mu = special.expit(eta)
+        w = mu * (1.0 - mu)
+        r = self.y - mu
+        grads = [s * np.bincount(g, r, n) - zf for g, s, n, zf in zip(self.groups, sds, self.sizes, z)]
+        diags = [1.0 + s * s * np.bincount(g, w, n) for g, s, n in zip(self.groups, sds, self.sizes)]
+        if len(self.groups) == 1:
+            return [grads[0] / diags[0]], float(np.sum(np.log(diags[0])))
+        (ga, gb), (da, db) = grads, diags
+        cross = (sds[0] * sds[1]) * np.bincount(self._cell, w, self.sizes[0] * self.sizes[1]).reshape(self.sizes)
+        schur = np.diag(db) - cross.T @ (cross / da[:, None])
+        chol = np.linalg.cholesky(schur)
+        rhs = gb - cross.T @ (ga / da)
+        step_b = np.linalg.solve(chol.T, np.linalg.solve(chol, rhs))
+        step_a = (ga - cross @ step_b) / da
+        return [step_a, step_b], float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol))))
+
+    def __call__(self, b0: float, sds) -> float:
+        sds = [float(sds[i]) for i in self._order]
+        z = [zf.copy() for zf in self._z]
+        eta = self._eta(b0, sds, z)
+        value = self._penalised(eta, z)
+        for _ in range(100):
+            steps, logdet = self._newton(eta, sds, z)
+            t = 1.0
+            while True:  # the penalised log-likelihood is concave in z: halving always finds an ascent
+                z_new = [zf + t * d for zf, d in zip(z, steps)]
+                eta_new = self._eta(b0, sds, z_new)
+                new = self._penalised(eta_new, z_new)
+                if new >= value - 1e-12 or t < 1e-8:
+                    break
+                t *= 0.5
+            z, eta, gain, value = z_new, eta_new, new - value, new
+            if max(float(np.max(np.abs(d))) for d in steps) * t < 1e-10 or abs(gain) < 1e-13:
+                break
+        _, logdet = self._newton(eta, sds, z)
+        self._z = z
+        return value - 0.5 * logdet
+
+
+def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[np.ndarray, float]:
+    res = optimize.minimize(lambda x: -fun(x), np.asarray(x0, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
+                            options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 500})
+    return res.x, -float(res.fun)
+
+
+def fit_identification(correct, participant, item, margin: float, alpha: float = 0.05, level: float = 0.95,
+                       p0: float = 0.5, intervals: bool = True) -> dict:
+    """Fit the model to one block of answers and test it against chance (``p0``) and for equivalence.
+
+    Returns ``estimable: False`` with a ``reason`` when there is no finite estimate (no
+    answers, or all of them right or all wrong). Otherwise: ``b0`` and its ``level``
+    profile interval, ``accuracy`` (typical listener on a typical clip, ``expit(b0)``)
+    with ``ci_low``/``ci_high``, ``accuracy_population`` (averaged over the fitted spread),
+    ``sd_participant``/``sd_item`` (log-odds), the likelihood-ratio ``p_value`` against
+    ``p0``, and ``tost``: the two one-sided signed-root tests against ``p0 -+ margin``
+    (equivalent when both reject at ``alpha``, i.e. the 1 - 2 alpha interval lies inside).
+    ``intervals=False`` skips the interval and the equivalence tests (None), which cost
+    most of the time: for simulations that need only the test against chance.
+    """
+    y = np.asarray(correct, dtype=np.float64)
+    out = {"model": "logit P(correct) = b0 + u[participant] + v[item] (Laplace ML)", "n": int(y.size),
+           "estimable": False, "alpha": alpha, "level": level}
+    if y.size == 0:
+        return {**out, "reason": "no answers"}
+    if y.min() == y.max():
+        return {**out, "reason": f"every answer was {'right' if y[0] else 'wrong'}: the accuracy has no finite "
+                                 "estimate (use the exact binomial interval)"}
+    groups, names, levels = [], [], {}
+    for name, labels in (("participant", participant), ("item", item)):
+        _, idx = np.unique(np.asarray(labels), return_inverse=True)
+        levels[name] = int(idx.max()) + 1
+        if levels[name] >= MIN_LEVELS:
+            groups.append(idx)
+            names.append(name)
+    lik = Laplace(y, groups)
+    nsd = len(groups)
+    sd_bounds = [(0.0, _SD_BOUND)] * nsd
+    b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
+    x, l_max = _maximise(lambda v: lik(v[0], v[1:]), [b_start] + [0.5] * nsd, [(-_B_BOUND, _B_BOUND)] + sd_bounds)
+    b_hat, sds = float(x[0]), [float(s) for s in x[1:]]
+
+    def profile(b: float) -> float:
+        if nsd == 0:
+            return lik(b, [])
+        return _maximise(lambda s: lik(b, s), sds, sd_bounds)[1]
+
+    def signed_root(b: float) -> float:
+        return math.copysign(math.sqrt(max(0.0, 2.0 * (l_max - profile(b)))), b_hat - b)
+
+    def bound(z_crit: float, direction: int) -> float:
+        """The interval end beyond ``b_hat`` in ``direction``: where the signed root reaches ``-direction * z_crit``."""
+        def gap(b: float) -> float:  # > 0 inside the interval, <= 0 past its end
+            return (signed_root(b) + direction * z_crit) * direction
+
+        inner, step = b_hat, 0.5
+        while True:
+            outer = float(np.clip(b_hat + direction * step, -_B_BOUND, _B_BOUND))
+            if gap(outer) <= 0:
+                return optimize.brentq(gap, *sorted((inner, outer)), xtol=1e-6)
+            if abs(outer) >= _B_BOUND:
+                return outer  # the data do not bound it (accuracy indistinguishable from 0 or 1 there)
+            inner, step = outer, step * 2
+
+    p_value = float(2 * S.norm.sf(abs(signed_root(float(special.logit(p0))))))
+    lo = hi = tost = None
+    if intervals:
+        z_crit = float(S.norm.ppf(0.5 + level / 2))
+        lo, hi = bound(z_crit, -1), bound(z_crit, +1)
+        b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
+        p_lower = float(S.norm.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
+        p_upper = float(S.norm.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
+        tost = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower, "p_upper": p_upper,
+                "p": max(p_lower, p_upper), "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
+    nodes, weights = np.polynomial.hermite_e.hermegauss(41)
+    spread = math.sqrt(sum(s * s for s in sds))
+    population = float(np.sum(weights * special.expit(b_hat + spread * nodes)) / math.sqrt(2 * math.pi))
+    sd = dict(zip(names, sds))
+    return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
+            "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
+            "ci_low": None if lo is None else float(special.expit(lo)),
+            "ci_high": None if hi is None else float(special.expit(hi)),
+            "accuracy_population": population,
+            "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
+            "loglik": l_max, "p_value": p_value, "tost": tost}
