@@ -90,13 +90,24 @@ def test_mushra_report_applies_bs1534_post_screening_and_recovers_means(tmp_path
     assert set(s) == {"anchor", "hidden_reference", "sysA", "sysB"}
     assert s["sysA"]["ci_low"] <= 70 <= s["sysA"]["ci_high"] and s["sysB"]["ci_low"] <= 40 <= s["sysB"]["ci_high"]
     assert s["sysA"]["n"] == 22 * 3
+    pairs = {(r["a"], r["b"]): r for r in res["ratings"]["pairs"]}
+    assert len(pairs) == 6 and all(r["listeners"] == 22 for r in pairs.values())
+    ab = pairs["sysA", "sysB"]  # sysA is rated 30 points above sysB, in the same trials
+    assert ab["ci_low"] <= 30 <= ab["ci_high"] and ab["p_holm"] < 0.001 and ab["p_holm"] >= ab["p_value"]
+    assert ab["bootstrap"]["ci_low"] <= 30 <= ab["bootstrap"]["ci_high"]
+    assert pairs["hidden_reference", "sysA"]["mean"] > 20 and pairs["anchor", "sysB"]["mean"] < -10
 
 
 def test_mos_report(tmp_path):
     d = _exp(tmp_path, "mos", n_human=2, n_gen=2)
     simulate_into_db(d, 20, {"human": 0.9, "sysA": 0.5, "sysB": 0.5}, seed=4)
-    s = analyse(d, n_boot=100)["ratings"]["systems"]
+    rt = analyse(d, n_boot=100)["ratings"]
+    s = rt["systems"]
     assert s["human"]["mean"] > s["sysA"]["mean"] and 1 <= s["sysA"]["ci_low"] <= s["sysA"]["ci_high"] <= 5
+    pairs = {(r["a"], r["b"]): r for r in rt["pairs"]}
+    # MOS rates one stimulus per trial: paired by listener only, no same-trial bootstrap
+    assert pairs["human", "sysA"]["mean"] > 1 and pairs["human", "sysA"]["p_holm"] < 0.01
+    assert pairs["sysA", "sysB"]["p_value"] > 0.01 and "bootstrap" not in pairs["sysA", "sysB"]
 
 
 def test_report_on_a_folder_that_is_no_experiment_is_a_clear_error(tmp_path):

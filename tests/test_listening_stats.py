@@ -230,3 +230,27 @@ def test_mixed_model_equivalence_and_its_limits():
     y, _, item = _simulate(rng, 1, 60, 0.6)
     r = G.fit_identification(y, np.zeros(60), item, 0.1)
     assert r["estimable"] and r["participants"] == 1 and r["sd_participant"] == 0.0
+
+
+def test_holm_adjustment_matches_a_hand_computed_example():
+    # sorted 0.01, 0.02, 0.04, 0.5 -> x4, x3, x2, x1 = 0.04, 0.06, 0.08, 0.5 (monotone), given in input order
+    assert S.holm([0.04, 0.5, 0.01, 0.02]) == pytest.approx([0.08, 0.5, 0.04, 0.06])
+    assert S.holm([0.3, 0.2]) == pytest.approx([0.4, 0.4])  # running max keeps the order of the raw p-values
+    assert S.holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_paired_difference_sees_through_listeners_own_use_of_the_scale():
+    """Listeners' offsets (sd 15 points) swamp a 4-point difference between two systems when their means
+    are compared unpaired; the per-listener paired comparison finds it."""
+    from scipy.stats import ttest_ind, wilcoxon
+
+    rng = np.random.default_rng(21)
+    offset = rng.normal(0, 15, 20)
+    a = 60 + offset + rng.normal(0, 3, 20)
+    b = 56 + offset + rng.normal(0, 3, 20)
+    r = S.paired_difference(a, b)
+    assert r["n"] == 20 and r["ci_low"] < 4 < r["ci_high"] and r["ci_low"] > 0
+    assert r["p_value"] == pytest.approx(wilcoxon(a - b).pvalue) and r["p_value"] < 0.001
+    assert ttest_ind(a, b).pvalue > 0.2
+    same = S.paired_difference(a, a)
+    assert same["mean"] == 0 and same["p_value"] == 1.0

@@ -147,8 +147,42 @@ def _ratings(rows: list[dict], design: str, exp: dict, n_boot: int, seed: int) -
             "bootstrap": S.cluster_bootstrap(scores, np.array([f[0] for f in sel]), np.array([f[1] for f in sel]),
                                              n_boot=n_boot, seed=seed),
         }
+    out["pairs"] = _pairs(flat, n_boot, seed)
     out["flat"] = flat
     return out
+
+
+def _pairs(flat: list[tuple], n_boot: int, seed: int) -> list[dict]:
+    """Every pair of systems compared by listener (paired), Holm-corrected over all pairs; where
+    both were rated in the same trial (MUSHRA), also a two-way cluster bootstrap of those differences."""
+    import itertools
+
+    import numpy as np
+
+    from audiogen.listening import stats as S
+
+    per_listener: dict[tuple, list] = {}  # (participant, system) -> scores
+    per_cell: dict[tuple, dict] = {}  # (participant, item) -> {system: score}
+    for p, item, system, score in flat:
+        per_listener.setdefault((p, system), []).append(score)
+        per_cell.setdefault((p, item), {})[system] = score
+    systems = sorted({f[2] for f in flat})
+    pairs = []
+    for a, b in itertools.combinations(systems, 2):
+        both = sorted({p for p, s in per_listener if s == a} & {p for p, s in per_listener if s == b})
+        res = {"a": a, "b": b, "listeners": len(both),
+               **S.paired_difference([np.mean(per_listener[p, a]) for p in both],
+                                     [np.mean(per_listener[p, b]) for p in both])}
+        cells = [(p, item, c[a] - c[b]) for (p, item), c in per_cell.items() if a in c and b in c]
+        if cells:
+            res["bootstrap"] = S.cluster_bootstrap(np.array([c[2] for c in cells], dtype=float),
+                                                   np.array([c[0] for c in cells]), np.array([c[1] for c in cells]),
+                                                   n_boot=n_boot, seed=seed)
+        pairs.append(res)
+    tested = [r for r in pairs if r["p_value"] == r["p_value"]]  # not NaN: some listener rated both
+    for res, adjusted in zip(tested, S.holm([r["p_value"] for r in tested])):
+        res["p_holm"] = adjusted
+    return pairs
 
 
 def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: int = 2000,
@@ -354,7 +388,19 @@ def _text(res: dict) -> list[str]:
             lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI [{_fmt(s['ci_low'], 4)}, "
                          f"{_fmt(s['ci_high'], 4)}]  bootstrap [{_fmt(s['bootstrap']['ci_low'], 4)}, "
                          f"{_fmt(s['bootstrap']['ci_high'], 4)}]")
+        if res["ratings"].get("pairs"):
+            lines.append("paired comparisons (per-listener mean differences, Wilcoxon signed-rank, Holm-corrected):")
+            for r in res["ratings"]["pairs"]:
+                boot = r.get("bootstrap")
+                lines.append(f"  {r['a']} - {r['b']}: {_signed(r['mean'])} [{_fmt(r['ci_low'], 4)}, "
+                             f"{_fmt(r['ci_high'], 4)}], {r['listeners']} listeners, p {_fmt(r['p_value'])}, "
+                             f"Holm p {_fmt(r.get('p_holm'))}"
+                             + (f", bootstrap [{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else ""))
     return lines
+
+
+def _signed(x) -> str:
+    return _fmt(x, 4) if x != x or x < 0 else "+" + _fmt(x, 4)
 
 
 def _html(res: dict, plots: list[tuple[str, str]]) -> str:
@@ -409,6 +455,17 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                         f"<td>[{_fmt(s['bootstrap']['ci_low'], 4)}, {_fmt(s['bootstrap']['ci_high'], 4)}]</td></tr>")
         parts.append("<h2>Scores</h2><table><tr><th>system</th><th>n</th><th>mean</th><th>95% t interval</th>"
                      "<th>cluster bootstrap 95%</th></tr>" + "".join(rows) + "</table>")
+        rows = []
+        for r in res["ratings"].get("pairs", []):
+            boot = r.get("bootstrap")
+            rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
+                f"{r['a']} − {r['b']}", r["listeners"], _signed(r["mean"]), f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]",
+                _fmt(r["p_value"]), _fmt(r.get("p_holm")),
+                f"[{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else "–"]) + "</tr>")
+        if rows:
+            parts.append("<h3>Paired comparisons</h3><table><tr><th>difference</th><th>listeners</th><th>mean</th>"
+                         "<th>95% t interval</th><th>p (Wilcoxon signed-rank)</th><th>p (Holm)</th>"
+                         "<th>cluster bootstrap 95% (same-trial differences)</th></tr>" + "".join(rows) + "</table>")
     for title, uri in plots:
         parts.append(f"<figure><img src='{uri}' alt='{escape(title)}'><figcaption>{escape(title)}</figcaption></figure>")
     ex = "".join(f"<tr><td>{e['participant']}</td><td>{escape(e['external_id'] or '–')}</td><td>{e['screening']}</td>"
@@ -430,7 +487,10 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         "likelihood-ratio test of b0 = 0, profile-likelihood intervals, and TOST from the two one-sided signed-root "
         "tests; where it cannot be fitted (every answer right or wrong) the verdict falls back to the pooled exact "
         f"tests and says so. A two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, "
-        "percentile interval) gives a model-free interval for the average accuracy. Ratings: means with Student-t intervals; MUSHRA assessors who "
+        "percentile interval) gives a model-free interval for the average accuracy. Ratings: means with Student-t "
+        "intervals; systems compared pairwise by each listener's mean difference (Student-t interval, Wilcoxon "
+        "signed-rank test, Holm correction over all pairs; for MUSHRA also a cluster bootstrap of the differences "
+        "within each trial); MUSHRA assessors who "
         "rate the hidden reference below 90 for more than 15% of items are excluded (ITU-R BS.1534-3). Participants who "
         "did not finish, failed the headphone check or a catch trial are excluded and listed above.</p>")
     style = ("body{font:15px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#1b1f24}"

@@ -3,7 +3,8 @@
 Identification (2AFC, single stimulus): exact binomial test against chance, Wilson
 intervals, d' and bias (signal detection), TOST equivalence with a stated margin, and a
 two-way cluster bootstrap over participants and items. Ratings (MUSHRA, MOS): means with
-t intervals and the ITU-R BS.1534-3 post-screening rule. See docs/listening.md for the
+t intervals, the ITU-R BS.1534-3 post-screening rule, and paired comparisons of systems
+(per-listener differences, Wilcoxon signed-rank, Holm correction). See docs/listening.md for the
 assumptions behind each.
 """
 
@@ -132,6 +133,35 @@ def mean_ci(x, level: float = 0.95) -> dict:
     sd = float(x.std(ddof=1))
     h = float(S.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
     return {"mean": m, "ci_low": m - h, "ci_high": m + h, "n": int(n), "sd": sd}
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+    """Two systems compared over listeners: ``a[i]``, ``b[i]`` are listener i's mean scores.
+
+    The mean of the per-listener differences with a Student-t interval, and the two-sided
+    Wilcoxon signed-rank test (zero differences dropped; scores are often skewed and
+    bounded, so the test assumes no normality). Pairing by listener removes each
+    listener's own use of the scale (some rate everything higher), which an unpaired
+    comparison of the two systems' means counts as noise.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    out = {k: v for k, v in mean_ci(d, level).items() if k != "sd"}
+    nonzero = d[d != 0]
+    out["p_value"] = float(S.wilcoxon(nonzero).pvalue) if nonzero.size else (1.0 if d.size else math.nan)
+    return out
+
+
+def holm(p_values) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): family-wise error control for several
+    comparisons without assuming they are independent."""
+    p = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return [float(x) for x in adjusted]
 
 
 def mushra_post_screening(hidden_ref_scores: dict[str, list[float]], threshold: float = 90.0,
