@@ -226,6 +226,22 @@ def test_mixed_model_equivalence_and_its_limits():
     r = G.fit_identification(np.ones(12), np.repeat([0, 1, 2], 4), np.tile([0, 1, 2, 3], 3), 0.1)
     assert not r["estimable"] and "every answer was right" in r["reason"]
     assert G.fit_identification([], [], [], 0.1)["reason"] == "no answers"
+    # clips that are always right or always wrong: the clip spread runs to its bound, no estimate
+    r = G.fit_identification((np.tile([0, 1], 10) == 0).astype(float), np.repeat(np.arange(10), 2), np.tile([0, 1], 10), 0.1)
+    assert not r["estimable"] and "runs to its bounds" in r["reason"]
+    # one answer per listener and per clip: no spread is identifiable, so it is plain logistic regression,
+    # whose profile interval for 4 of 6 solves 2 * (L(b_hat) - L(b)) = 3.841 (computed here independently)
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    def loglik(b):
+        return 4 * math.log(expit(b)) + 2 * math.log(1 - expit(b))
+
+    b_hat = math.log(2)
+    ends = [brentq(lambda b: 2 * (loglik(b_hat) - loglik(b)) - norm.ppf(0.975) ** 2, *br) for br in ((-10, b_hat), (b_hat, 10))]
+    r = G.fit_identification([1, 0, 1, 1, 0, 1], list("abcdef"), list("uvwxyz"), 0.1)
+    assert r["sd_participant"] == r["sd_item"] == 0.0 and r["accuracy"] == pytest.approx(4 / 6, abs=1e-5)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx(tuple(expit(e) for e in ends), abs=1e-4)
     # one listener: no participant variance to estimate, the item factor alone is fitted
     y, _, item = _simulate(rng, 1, 60, 0.6)
     r = G.fit_identification(y, np.zeros(60), item, 0.1)

@@ -20,6 +20,10 @@ form): a standard deviation of 0 is then an ordinary point, not a singularity. T
 conditional modes of ``z`` come from Newton's method on the penalised log-likelihood,
 whose Hessian is two diagonal blocks plus their cross counts; the larger block is
 eliminated first, so the cost grows with the smaller of the two numbers of levels.
+
+Written here because no well-kept Python library fits this model by maximum likelihood:
+statsmodels' ``BinomialBayesMixedGLM`` is variational Bayes with priors on the spreads,
+and pymer4 drives R's lme4.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import numpy as np
 from scipy import optimize, special
 from scipy import stats as S
 
-#: A factor with fewer levels than this gets no random effect (its variance is not estimable).
+#: A factor with fewer levels than this gets no random effect (its variance is not estimable), nor
+#: does one with a single answer per level (its spread is then inseparable from chance).
 MIN_LEVELS = 2
 _B_BOUND = 15.0  # |log-odds| bound: accuracy within 3e-7 of 0 or 1
 _SD_BOUND = 10.0
@@ -39,7 +44,7 @@ _SD_BOUND = 10.0
 class Laplace:
     """Laplace-approximated log-likelihood of the model for fixed ``b0`` and standard deviations.
 
-    ``y``: 0/1 answers; ``groups``: one level-index array per random factor (1 or 2 factors).
+    ``y``: 0/1 answers; ``groups``: one level-index array per random factor (0, 1 or 2 factors).
     """
 
     def __init__(self, y: np.ndarray, groups: list[np.ndarray]):
@@ -88,6 +93,8 @@ class Laplace:
         z = [zf.copy() for zf in self._z]
         eta = self._eta(b0, sds, z)
         value = self._penalised(eta, z)
+        if not self.groups:  # no random effects: plain logistic regression
+            return value
         for _ in range(100):
             steps, logdet = self._newton(eta, sds, z)
             t = 1.0
@@ -117,7 +124,8 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     """Fit the model to one block of answers and test it against chance (``p0``) and for equivalence.
 
     Returns ``estimable: False`` with a ``reason`` when there is no finite estimate (no
-    answers, or all of them right or all wrong). Otherwise: ``b0`` and its ``level``
+    answers, all of them right or all wrong, or the fit running to its bounds: listeners or
+    clips that are each always right or always wrong). Otherwise: ``b0`` and its ``level``
     profile interval, ``accuracy`` (typical listener on a typical clip, ``expit(b0)``)
     with ``ci_low``/``ci_high``, ``accuracy_population`` (averaged over the fitted spread),
     ``sd_participant``/``sd_item`` (log-odds), the likelihood-ratio ``p_value`` against
@@ -138,56 +146,62 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     for name, labels in (("participant", participant), ("item", item)):
         _, idx = np.unique(np.asarray(labels), return_inverse=True)
         levels[name] = int(idx.max()) + 1
-        if levels[name] >= MIN_LEVELS:
+        if MIN_LEVELS <= levels[name] < y.size:  # one answer per level: its spread is not identifiable
             groups.append(idx)
             names.append(name)
-    lik = Laplace(y, groups)
-    nsd = len(groups)
-    sd_bounds = [(0.0, _SD_BOUND)] * nsd
-    b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
-    x, l_max = _maximise(lambda v: lik(v[0], v[1:]), [b_start] + [0.5] * nsd, [(-_B_BOUND, _B_BOUND)] + sd_bounds)
-    b_hat, sds = float(x[0]), [float(s) for s in x[1:]]
+    try:
+        lik = Laplace(y, groups)
+        nsd = len(groups)
+        sd_bounds = [(0.0, _SD_BOUND)] * nsd
+        b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
+        x, l_max = _maximise(lambda v: lik(v[0], v[1:]), [b_start] + [0.5] * nsd, [(-_B_BOUND, _B_BOUND)] + sd_bounds)
+        b_hat, sds = float(x[0]), [float(s) for s in x[1:]]
+        if abs(b_hat) > _B_BOUND - 1e-3 or any(s > _SD_BOUND - 1e-3 for s in sds):
+            return {**out, "reason": "the fit runs to its bounds (nearly every listener or clip is always right or always "
+                                     "wrong, so the spread has no finite estimate; use the exact binomial test)"}
 
-    def profile(b: float) -> float:
-        if nsd == 0:
-            return lik(b, [])
-        return _maximise(lambda s: lik(b, s), sds, sd_bounds)[1]
+        def profile(b: float) -> float:
+            if nsd == 0:
+                return lik(b, [])
+            return _maximise(lambda s: lik(b, s), sds, sd_bounds)[1]
 
-    def signed_root(b: float) -> float:
-        return math.copysign(math.sqrt(max(0.0, 2.0 * (l_max - profile(b)))), b_hat - b)
+        def signed_root(b: float) -> float:
+            return math.copysign(math.sqrt(max(0.0, 2.0 * (l_max - profile(b)))), b_hat - b)
 
-    def bound(z_crit: float, direction: int) -> float:
-        """The interval end beyond ``b_hat`` in ``direction``: where the signed root reaches ``-direction * z_crit``."""
-        def gap(b: float) -> float:  # > 0 inside the interval, <= 0 past its end
-            return (signed_root(b) + direction * z_crit) * direction
+        def bound(z_crit: float, direction: int) -> float:
+            """The interval end beyond ``b_hat`` in ``direction``: where the signed root reaches ``-direction * z_crit``."""
+            def gap(b: float) -> float:  # > 0 inside the interval, <= 0 past its end
+                return (signed_root(b) + direction * z_crit) * direction
 
-        inner, step = b_hat, 0.5
-        while True:
-            outer = float(np.clip(b_hat + direction * step, -_B_BOUND, _B_BOUND))
-            if gap(outer) <= 0:
-                return optimize.brentq(gap, *sorted((inner, outer)), xtol=1e-6)
-            if abs(outer) >= _B_BOUND:
-                return outer  # the data do not bound it (accuracy indistinguishable from 0 or 1 there)
-            inner, step = outer, step * 2
+            inner, step = b_hat, 0.5
+            while True:
+                outer = float(np.clip(b_hat + direction * step, -_B_BOUND, _B_BOUND))
+                if gap(outer) <= 0:
+                    return optimize.brentq(gap, *sorted((inner, outer)), xtol=1e-4)
+                if abs(outer) >= _B_BOUND:
+                    return outer  # the data do not bound it (accuracy indistinguishable from 0 or 1 there)
+                inner, step = outer, step * 2
 
-    p_value = float(2 * S.norm.sf(abs(signed_root(float(special.logit(p0))))))
-    lo = hi = tost = None
-    if intervals:
-        z_crit = float(S.norm.ppf(0.5 + level / 2))
-        lo, hi = bound(z_crit, -1), bound(z_crit, +1)
-        b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
-        p_lower = float(S.norm.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
-        p_upper = float(S.norm.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
-        tost = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower, "p_upper": p_upper,
-                "p": max(p_lower, p_upper), "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
-    nodes, weights = np.polynomial.hermite_e.hermegauss(41)
-    spread = math.sqrt(sum(s * s for s in sds))
-    population = float(np.sum(weights * special.expit(b_hat + spread * nodes)) / math.sqrt(2 * math.pi))
-    sd = dict(zip(names, sds))
-    return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
-            "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
-            "ci_low": None if lo is None else float(special.expit(lo)),
-            "ci_high": None if hi is None else float(special.expit(hi)),
-            "accuracy_population": population,
-            "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
-            "loglik": l_max, "p_value": p_value, "tost": tost}
+        p_value = float(2 * S.norm.sf(abs(signed_root(float(special.logit(p0))))))
+        lo = hi = tost = None
+        if intervals:
+            z_crit = float(S.norm.ppf(0.5 + level / 2))
+            lo, hi = bound(z_crit, -1), bound(z_crit, +1)
+            b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
+            p_lower = float(S.norm.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
+            p_upper = float(S.norm.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
+            tost = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower, "p_upper": p_upper,
+                    "p": max(p_lower, p_upper), "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
+        nodes, weights = np.polynomial.hermite_e.hermegauss(41)
+        spread = math.sqrt(sum(s * s for s in sds))
+        population = float(np.sum(weights * special.expit(b_hat + spread * nodes)) / math.sqrt(2 * math.pi))
+        sd = dict(zip(names, sds))
+        return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
+                "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
+                "ci_low": None if lo is None else float(special.expit(lo)),
+                "ci_high": None if hi is None else float(special.expit(hi)),
+                "accuracy_population": population,
+                "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
+                "loglik": l_max, "p_value": p_value, "tost": tost}
+    except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway
+        return {**out, "reason": f"the fit failed numerically ({e})"}
