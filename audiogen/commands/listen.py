@@ -69,8 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = ls.add_parser("report", help="statistics and an HTML report with plots",
                       description="Analyse EXP_DIR's answers: identification accuracy per system and overall "
                       "(exact binomial test against chance, Wilson interval), d' and bias, a TOST equivalence "
-                      "test with a stated margin, a participant x item cluster bootstrap; MUSHRA and MOS means "
-                      "with t intervals and the BS.1534 post-screening rule. Participants who fail the headphone "
+                      "test with a stated margin, a participant x item cluster bootstrap, and a mixed-effects "
+                      "logistic model (random listener and clip intercepts) whose likelihood-ratio and TOST "
+                      "tests give the verdict; MUSHRA and MOS means with t intervals, the BS.1534 "
+                      "post-screening rule, and paired system comparisons (Wilcoxon signed-rank over "
+                      "listeners, Holm-corrected). Participants who fail the headphone "
                       "screening or a catch trial, or did not finish, are excluded and listed. Writes "
                       "EXP_DIR/report/report.html (plots embedded) and report.json.",
                       epilog="example: audiogen listen report runs/pilot --margin 0.1 --json",
