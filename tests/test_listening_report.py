@@ -145,3 +145,15 @@ def test_verdict_comes_from_the_mixed_model_and_falls_back_to_the_exact_tests():
     assert verdict({**pooled, "mixed": unfit}, 0.1, 0.05) == (
         "overall: above chance (pooled exact binomial tests; mixed model not fitted: every answer was right: no finite "
         "estimate; TOST margin ±0.1, alpha 0.05)")
+
+
+def test_power_command_prints_verdict_rates_and_refuses_bad_plans():
+    cmd = [sys.executable, "-m", "audiogen", "listen", "power", "--listeners", "12", "--clips", "6", "--runs", "30"]
+    r = subprocess.run([*cmd, "--accuracy", "0.8", "--json", "--quiet"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["runs"] == 30 and res["plan"]["answers"] == 72 and res["verdicts"]["above chance"]["rate"] > 0.5
+    r = subprocess.run([*cmd, "--accuracy", "0.8", "--quiet"], capture_output=True, text=True, cwd=REPO)
+    assert "12 listeners x 6 clips" in r.stdout and "above chance" in r.stdout
+    r = subprocess.run([*cmd, "--accuracy", "1.2"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1 and r.stderr.strip() == "audiogen listen: error: accuracy must be strictly between 0 and 1"

@@ -208,7 +208,7 @@ def test_mixed_model_keeps_its_false_alarm_rate_where_the_pooled_test_does_not()
     runs, glmm_hits, pooled_hits = 150, 0, 0
     for _ in range(runs):
         y, part, item = _simulate(rng, 12, 20, 0.5, sd_part=0.5, sd_item=1.0)
-        glmm_hits += G.fit_identification(y, part, item, 0.1, intervals=False)["p_value"] < 0.05
+        glmm_hits += G.fit_identification(y, part, item, 0.1, ci=False, tost=False)["p_value"] < 0.05
         pooled_hits += binomtest(int(y.sum()), y.size).pvalue < 0.05
     assert glmm_hits / runs <= 0.10
     assert pooled_hits / runs >= 0.18
@@ -270,3 +270,40 @@ def test_paired_difference_sees_through_listeners_own_use_of_the_scale():
     assert ttest_ind(a, b).pvalue > 0.2
     same = S.paired_difference(a, a)
     assert same["mean"] == 0 and same["p_value"] == 1.0
+
+
+# ---- power planning (audiogen.listening.power) ----
+
+def test_power_simulation_matches_the_exact_binomial_power_without_spreads():
+    """With no listener or clip spread every answer is an independent Bernoulli(0.6), so the share of simulated
+    experiments where the pooled exact test says 'above chance' must match its closed-form power; the mixed
+    model, which also has to estimate the (zero) spreads, is close to it and never above chance at random."""
+    from scipy.stats import binom, binomtest
+
+    from audiogen.listening.power import Plan, power, simulate
+
+    n, p = 200, 0.6
+    exact = sum(binom.pmf(k, n, p) for k in range(n + 1) if k > n / 2 and binomtest(k, n).pvalue < 0.05)
+    res = power(Plan(20, 10, p, sd_listener=0, sd_clip=0), runs=150, seed=3)
+    assert res["plan"]["answers"] == n
+    pooled = res["pooled_above_chance"]
+    assert pooled["ci_low"] - 0.03 <= exact <= pooled["ci_high"] + 0.03
+    above = res["verdicts"]["above chance"]["rate"]
+    assert exact - 0.15 <= above <= exact + 0.05
+    assert sum(v["rate"] for v in res["verdicts"].values()) == pytest.approx(1.0)
+    # subsets: each listener hears K distinct clips
+    y, listener, clip = simulate(Plan(5, 12, 0.7, clips_per_listener=4), np.random.default_rng(0))
+    assert y.size == 20 and all(len(set(clip[listener == i])) == 4 for i in range(5))
+
+
+def test_power_of_an_equivalence_plan_and_its_false_alarms():
+    from audiogen.listening.power import Plan, power
+
+    res = power(Plan(40, 20, 0.5, sd_listener=0.3, sd_clip=0.3, margin=0.15), runs=60, seed=4)
+    v = res["verdicts"]
+    assert v["equivalent"]["rate"] >= 0.7 and v["above chance"]["rate"] <= 0.1
+    assert res["accuracy_population"] == pytest.approx(0.5)
+    from audiogen.errors import AudiogenError
+
+    with pytest.raises(AudiogenError, match="clips per listener"):
+        power(Plan(4, 3, 0.6, clips_per_listener=5), runs=1)

@@ -1,4 +1,4 @@
-"""``audiogen listen create|serve|report``: blind human-vs-AI listening tests (see docs/listening.md)."""
+"""``audiogen listen create|serve|report|power``: blind human-vs-AI listening tests (see docs/listening.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ generated music, and how do systems rate?
                                           an answers database; prints the admin token
   serve   EXP_DIR                         run the web app (participants at /, admin at /admin)
   report  EXP_DIR                         statistics and an HTML report with plots
+  power   --listeners N --clips M --accuracy P
+                                          plan one: how often would the report reach
+                                          each verdict with this many listeners and clips?
 
 Designs: 2afc (which of A/B is AI-generated?), single (human or AI? + confidence 1-5),
 mushra (0-100 sliders, hidden reference and low-pass anchor), mos (quality 1-5).
@@ -24,7 +27,7 @@ mushra (0-100 sliders, hidden reference and low-pass anchor), mos (quality 1-5).
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="blind human-vs-AI listening tests: prepare, serve, analyse",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="Run 'audiogen listen create|serve|report --help' for each step's options. "
+                       epilog="Run 'audiogen listen create|serve|report|power --help' for each step's options. "
                        "Docs: docs/listening.md (YAML schema, statistics, deployment).")
     ls = p.add_subparsers(dest="listen_command", metavar="STEP")
 
@@ -90,6 +93,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep participants who failed screening/catch trials (exclusions are still listed)")
     r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     r.set_defaults(func=run)
+
+    w = ls.add_parser("power", help="plan a test: verdict rates of simulated experiments of a given size",
+                      description="Simulate identification experiments (2AFC or single) of a planned size from the "
+                      "mixed model the report fits, analyse each as 'listen report' does, and print how often it "
+                      "would conclude 'above chance', 'equivalent to chance' (TOST), 'below chance' or "
+                      "'inconclusive'. Set the spreads from a pilot's report (its mixed-model sd columns). "
+                      "Use --accuracy 0.5 to plan an equivalence ('indistinguishable') claim.",
+                      epilog="examples:\n  audiogen listen power --listeners 40 --clips 20 --accuracy 0.6\n"
+                      "  audiogen listen power --listeners 60 --clips 30 --clips-per-listener 10 --accuracy 0.5 "
+                      "--margin 0.1",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--listeners", type=int, required=True, metavar="N", help="participants who finish the test")
+    w.add_argument("--clips", type=int, required=True, metavar="M", help="generated clips (2AFC items) in the test")
+    w.add_argument("--clips-per-listener", type=int, default=None, metavar="K",
+                   help="trials per listener, a random subset of the clips (default: every clip)")
+    w.add_argument("--accuracy", type=float, required=True, metavar="P",
+                   help="accuracy of a typical listener on a typical clip to plan for (0.5: no ability)")
+    w.add_argument("--sd-listener", type=float, default=0.5, metavar="SD",
+                   help="spread of listeners' skill, sd on the log-odds scale (default: %(default)s)")
+    w.add_argument("--sd-clip", type=float, default=0.5, metavar="SD",
+                   help="spread of clips' difficulty, sd on the log-odds scale (default: %(default)s)")
+    w.add_argument("--margin", type=float, default=0.1, help="TOST equivalence margin around 0.5 (default: %(default)s)")
+    w.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
+    w.add_argument("--runs", type=int, default=200, help="simulated experiments (default: %(default)s)")
+    w.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    w.add_argument("--json", action="store_true", help="print one JSON object")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.set_defaults(func=run)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -133,5 +164,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             for line in res["text"]:
                 print(line)
+        return 0
+    if args.listen_command == "power":
+        import json
+
+        from audiogen.listening.power import Plan, power, power_text
+
+        plan = Plan(listeners=args.listeners, clips=args.clips, accuracy=args.accuracy,
+                    clips_per_listener=args.clips_per_listener, sd_listener=args.sd_listener, sd_clip=args.sd_clip,
+                    margin=args.margin, alpha=args.alpha)
+        res = power(plan, runs=args.runs, seed=args.seed, progress=not args.quiet)
+        print(json.dumps(res) if args.json else "\n".join(power_text(res)))
         return 0
     raise AssertionError(args.listen_command)

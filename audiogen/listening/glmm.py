@@ -113,6 +113,13 @@ class Laplace:
         return value - 0.5 * logdet
 
 
+def population_accuracy(b0: float, sds) -> float:
+    """Accuracy averaged over listeners and clips: ``E[expit(b0 + u + v)]`` (41-point Gauss-Hermite)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(41)
+    spread = math.sqrt(sum(s * s for s in sds))
+    return float(np.sum(weights * special.expit(b0 + spread * nodes)) / math.sqrt(2 * math.pi))
+
+
 def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[np.ndarray, float]:
     res = optimize.minimize(lambda x: -fun(x), np.asarray(x0, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
                             options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 500})
@@ -120,7 +127,7 @@ def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[
 
 
 def fit_identification(correct, participant, item, margin: float, alpha: float = 0.05, level: float = 0.95,
-                       p0: float = 0.5, intervals: bool = True) -> dict:
+                       p0: float = 0.5, ci: bool = True, tost: bool = True) -> dict:
     """Fit the model to one block of answers and test it against chance (``p0``) and for equivalence.
 
     Returns ``estimable: False`` with a ``reason`` when there is no finite estimate (no
@@ -131,8 +138,8 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     ``sd_participant``/``sd_item`` (log-odds), the likelihood-ratio ``p_value`` against
     ``p0``, and ``tost``: the two one-sided signed-root tests against ``p0 -+ margin``
     (equivalent when both reject at ``alpha``, i.e. the 1 - 2 alpha interval lies inside).
-    ``intervals=False`` skips the interval and the equivalence tests (None), which cost
-    most of the time: for simulations that need only the test against chance.
+    ``ci=False`` / ``tost=False`` skip the interval / the equivalence tests (None), which
+    cost most of the time, for simulations that need only some of the answers.
     """
     y = np.asarray(correct, dtype=np.float64)
     out = {"model": "logit P(correct) = b0 + u[participant] + v[item] (Laplace ML)", "n": int(y.size),
@@ -183,18 +190,18 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                 inner, step = outer, step * 2
 
         p_value = float(2 * S.norm.sf(abs(signed_root(float(special.logit(p0))))))
-        lo = hi = tost = None
-        if intervals:
+        lo = hi = equivalence = None
+        if ci:
             z_crit = float(S.norm.ppf(0.5 + level / 2))
             lo, hi = bound(z_crit, -1), bound(z_crit, +1)
+        if tost:
             b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
             p_lower = float(S.norm.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
             p_upper = float(S.norm.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
-            tost = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower, "p_upper": p_upper,
-                    "p": max(p_lower, p_upper), "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
-        nodes, weights = np.polynomial.hermite_e.hermegauss(41)
-        spread = math.sqrt(sum(s * s for s in sds))
-        population = float(np.sum(weights * special.expit(b_hat + spread * nodes)) / math.sqrt(2 * math.pi))
+            equivalence = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower,
+                           "p_upper": p_upper, "p": max(p_lower, p_upper),
+                           "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
+        population = population_accuracy(b_hat, sds)
         sd = dict(zip(names, sds))
         return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
                 "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
@@ -202,6 +209,6 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                 "ci_high": None if hi is None else float(special.expit(hi)),
                 "accuracy_population": population,
                 "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
-                "loglik": l_max, "p_value": p_value, "tost": tost}
+                "loglik": l_max, "p_value": p_value, "tost": equivalence}
     except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway
         return {**out, "reason": f"the fit failed numerically ({e})"}

@@ -74,16 +74,29 @@ def participant_checks(exp: dict, parts: list[dict], rows: list[dict]) -> dict[s
     return out
 
 
+def tests_against_chance(correct, participant, item, margin: float, alpha: float, ci: bool = True) -> dict:
+    """What :func:`decision` needs for one block of 0/1 answers: the pooled exact tests and the mixed model."""
+    from audiogen.listening import stats as S
+    from audiogen.listening.glmm import fit_identification
+
+    k, n = int(sum(correct)), len(correct)
+    res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
+    if n:
+        res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci)
+    return res
+
+
 def _identification(rows: list[dict], design: str, margin: float, alpha: float, n_boot: int, seed: int) -> dict:
     import numpy as np
 
     from audiogen.listening import stats as S
-    from audiogen.listening.glmm import fit_identification
 
     def block(rs: list[dict], noise: list[dict] | None = None) -> dict:
         """Accuracy, TOST, d' and bootstrap of trials ``rs``; ``noise``: the human trials (single design)."""
-        k, n = sum(bool(r["correct"]) for r in rs), len(rs)
-        res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
+        y = np.array([float(bool(r["correct"])) for r in rs])
+        part, item = np.array([r["participant"] for r in rs]), np.array([r["item_key"] for r in rs])
+        res = tests_against_chance(y, part, item, margin, alpha)
+        n = res["n"]
         if design == "2afc" and n:
             a_when_a = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "A")
             a_when_b = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "B")
@@ -96,10 +109,7 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
                 fas = sum(r["response"]["origin"] == "ai" for r in noise)
                 res["sdt"] = S.dprime_yes_no(hits, len(sig), fas, len(noise))
         if n:
-            y = np.array([float(bool(r["correct"])) for r in rs])
-            part, item = np.array([r["participant"] for r in rs]), np.array([r["item_key"] for r in rs])
             res["bootstrap"] = S.cluster_bootstrap(y, part, item, n_boot=n_boot, seed=seed)
-            res["mixed"] = fit_identification(y, part, item, margin, alpha=alpha)
         return res
 
     humans = [r for r in rows if r["origin"] == "human"]
@@ -336,8 +346,10 @@ def _fmt(x, d=3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else (f"{x:.{d}g}" if abs(x) < 1e-3 and x else f"{x:.{d}f}")
 
 
-def verdict(block: dict, margin: float, alpha: float) -> str:
-    """The overall conclusion, from the mixed model where it could be fitted, else the pooled exact tests."""
+def decision(block: dict, alpha: float) -> tuple[str, str]:
+    """``(conclusion, how)`` for one identification block: the conclusion is ``above chance``, ``below chance``,
+    ``equivalent`` (to chance within the margin) or ``inconclusive``; from the mixed model where it could be
+    fitted, else from the pooled exact tests (``how`` says which, and why)."""
     m = block.get("mixed") or {}
     if m.get("estimable"):
         how, acc, p, equivalent = "mixed model", m["accuracy"], m["p_value"], m["tost"]["equivalent"]
@@ -345,10 +357,18 @@ def verdict(block: dict, margin: float, alpha: float) -> str:
         how = "pooled exact binomial tests" + (f"; mixed model not fitted: {m['reason']}" if m else "")
         acc, p, equivalent = block["accuracy"]["estimate"], block["accuracy"]["p_value"], block["tost"]["equivalent"]
     if p < alpha:
-        said = "above chance" if acc > 0.5 else "below chance (listeners systematically take one origin for the other)"
-    else:
-        said = "equivalent to chance within the margin" if equivalent else "inconclusive"
-    return f"overall: {said} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
+        return ("above chance" if acc > 0.5 else "below chance"), how
+    return ("equivalent" if equivalent else "inconclusive"), how
+
+
+_SAID = {"below chance": "below chance (listeners systematically take one origin for the other)",
+         "equivalent": "equivalent to chance within the margin"}
+
+
+def verdict(block: dict, margin: float, alpha: float) -> str:
+    """The overall conclusion as the report's last line (see :func:`decision`)."""
+    conclusion, how = decision(block, alpha)
+    return f"overall: {_SAID.get(conclusion, conclusion)} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
 
 
 def _text(res: dict) -> list[str]:
