@@ -202,7 +202,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                            "p_upper": p_upper, "p": max(p_lower, p_upper),
                            "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
         population = population_accuracy(b_hat, sds)
-        sd = dict(zip(names, sds))
+        sd = {name: s if s > 1e-4 else 0.0 for name, s in zip(names, sds)}  # at the boundary: the optimiser's 1e-7 is 0
         return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
                 "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
                 "ci_low": None if lo is None else float(special.expit(lo)),
