@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Everything in this repo that needs a GPU, for a lent device machine. A session gets 30
-# minutes of device time and one command may run 10 minutes, so the work comes in steps,
-# each under its own `timeout`, that fit one command each (first call first):
+# Everything in this repo that needs a GPU, for a lent device machine. A session gets 15
+# minutes of device time (the machine's start included) and one command may run 10
+# minutes, so the work comes in steps, each under its own `timeout`:
 #
+#     bash benchmarks/gpu_checks.sh first      # engines, then tests: the issue-6 figures and the
+#                                              # CUDA correctness tests in one command, at most 9.5 min
 #     bash benchmarks/gpu_checks.sh tests      # CUDA tests (graph/compile vs static tokens, bf16 job), ~2 min
-#     bash benchmarks/gpu_checks.sh engines    # generate benchmark: eager + graph, batch 1 and 8, ~5 min
+#     bash benchmarks/gpu_checks.sh engines    # generate benchmark: eager + graph, batch 1 and 8, ~3-5 min
 #     bash benchmarks/gpu_checks.sh compile    # generate benchmark: torch.compile engine, batch 1, ~5 min
 #     bash benchmarks/gpu_checks.sh train      # LM training tokens/s and MFU of `small`, ~2 min
 #     bash benchmarks/gpu_checks.sh all        # all four in a row (over 10 minutes: not for one device call)
+#
+# With 15 minutes, run `first` (run(command="bash benchmarks/gpu_checks.sh first", timeout_s=600)),
+# then, while the machine is still warm, `compile` if enough time is left.
 #
 # Results land in $OUT (the device tool's folder) or runs/gpu_checks, and a summary is
 # printed. The generate benchmark compares with transformers' MusicgenForConditionalGeneration
@@ -22,19 +27,19 @@ OUT="${OUT:-runs/gpu_checks}"
 mkdir -p "$OUT"
 STEP="${1:-all}"
 
-case "$STEP" in tests|engines|compile|train|all) ;; *)
-    echo "usage: bash benchmarks/gpu_checks.sh [tests|engines|compile|train|all]" >&2; exit 2 ;;
+case "$STEP" in first|tests|engines|compile|train|all) ;; *)
+    echo "usage: bash benchmarks/gpu_checks.sh [first|tests|engines|compile|train|all]" >&2; exit 2 ;;
 esac
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')" | tee "$OUT/versions.txt"
 
-run_tests() {
+run_tests() {  # $1: timeout in seconds
     # only the files that hold CUDA tests: collecting the whole suite would import test
     # dependencies (scipy, playwright, ...) the device image may not have
     if python3 -c "import pytest, soundfile, safetensors, yaml, scipy" 2>/dev/null; then
-        timeout 420 python3 -m pytest -q -p no:cacheprovider -m gpu \
+        timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu \
             tests/test_generate.py tests/test_codec.py tests/test_fad.py > "$OUT/pytest_gpu.log" 2>&1
         tail -5 "$OUT/pytest_gpu.log"
     else
@@ -43,15 +48,16 @@ run_tests() {
     fi
 }
 
-run_generate() {  # $1: name, then benchmark flags
-    local name="$1"; shift
-    timeout 540 python3 benchmarks/generate.py --devices cuda "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
+run_generate() {  # $1: timeout in seconds, $2: name, then benchmark flags
+    local limit="$1" name="$2"; shift 2
+    timeout "$limit" python3 benchmarks/generate.py --devices cuda "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
         || echo "generate benchmark ($name) failed or timed out: see $OUT/$name.log"
 }
 
-case "$STEP" in tests|all) run_tests ;; esac
-case "$STEP" in engines|all) run_generate generate_engines --engines eager graph --batches 1 8 ;; esac
-case "$STEP" in compile|all) run_generate generate_compile --engines compile --batches 1 ;; esac
+case "$STEP" in first) run_generate 330 generate_engines --engines eager graph --batches 1 8; run_tests 240 ;; esac
+case "$STEP" in tests|all) run_tests 420 ;; esac
+case "$STEP" in engines|all) run_generate 540 generate_engines --engines eager graph --batches 1 8 ;; esac
+case "$STEP" in compile|all) run_generate 540 generate_compile --engines compile --batches 1 ;; esac
 case "$STEP" in train|all)
     timeout 400 python3 benchmarks/train.py --devices cuda --steps 5 > "$OUT/train.json" 2> "$OUT/train.log" \
         || echo "train benchmark failed or timed out: see $OUT/train.log" ;;
