@@ -195,6 +195,9 @@ def test_mixed_model_recovers_accuracy_and_spreads_of_simulated_listeners():
     assert r["sd_participant"] == pytest.approx(0.6, abs=0.2) and r["sd_item"] == pytest.approx(0.4, abs=0.2)
     assert r["ci_low"] < r["accuracy"] < r["ci_high"]
     assert 0.5 < r["accuracy_population"] < r["accuracy"]  # averaging over listeners pulls towards chance
+    lo, hi = r["accuracy_listeners_p10_p90"]
+    assert hi == pytest.approx(1 / (1 + math.exp(-(r["b0"] + norm.ppf(0.9) * r["sd_participant"]))))
+    assert lo < r["accuracy"] < hi
     assert r["p_value"] < 1e-6 and not r["tost"]["equivalent"]
 
 

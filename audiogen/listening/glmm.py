@@ -39,6 +39,7 @@ from scipy import stats as S
 MIN_LEVELS = 2
 _B_BOUND = 15.0  # |log-odds| bound: accuracy within 3e-7 of 0 or 1
 _SD_BOUND = 10.0
+_Z90 = float(S.norm.ppf(0.9))
 
 
 class Laplace:
@@ -135,6 +136,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     clips that are each always right or always wrong). Otherwise: ``b0`` and its ``level``
     profile interval, ``accuracy`` (typical listener on a typical clip, ``expit(b0)``)
     with ``ci_low``/``ci_high``, ``accuracy_population`` (averaged over the fitted spread),
+    ``accuracy_listeners_p10_p90`` (a 10th- and a 90th-percentile listener on a typical clip),
     ``sd_participant``/``sd_item`` (log-odds), the likelihood-ratio ``p_value`` against
     ``p0``, and ``tost``: the two one-sided signed-root tests against ``p0 -+ margin``
     (equivalent when both reject at ``alpha``, i.e. the 1 - 2 alpha interval lies inside).
@@ -208,6 +210,9 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                 "ci_low": None if lo is None else float(special.expit(lo)),
                 "ci_high": None if hi is None else float(special.expit(hi)),
                 "accuracy_population": population,
+            # the spread of skill in accuracy terms: a 10th- and a 90th-percentile listener on a typical clip
+            "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * sd.get("participant", 0.0)))
+                                           for z in (-_Z90, _Z90)],
                 "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
                 "loglik": l_max, "p_value": p_value, "tost": equivalence}
     except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway

@@ -393,13 +393,14 @@ def _text(res: dict) -> list[str]:
             lines.append("mixed-effects logistic model (random listener and clip intercepts; accuracy of a typical "
                          "listener on a typical clip):")
             lines.append(f"{'system':<16} {'acc':>6} {'95% profile':>15} {'p(LRT)':>9} {'TOST p':>8} "
-                         f"{'sd listener':>11} {'sd clip':>7}")
+                         f"{'sd listener':>11} {'sd clip':>7} {'listeners 10-90%':>16}")
             for name, m in mixed:
                 if m["estimable"]:
                     lines.append(f"{name:<16} {_fmt(m['accuracy']):>6} "
                                  f"{'[' + _fmt(m['ci_low']) + ', ' + _fmt(m['ci_high']) + ']':>15} "
                                  f"{_fmt(m['p_value']):>9} {_fmt(m['tost']['p']):>8} {_fmt(m['sd_participant'], 2):>11} "
-                                 f"{_fmt(m['sd_item'], 2):>7}")
+                                 f"{_fmt(m['sd_item'], 2):>7} "
+                                 f"{_fmt(m['accuracy_listeners_p10_p90'][0], 2) + '-' + _fmt(m['accuracy_listeners_p10_p90'][1], 2):>16}")
                 else:
                     lines.append(f"{name:<16} not fitted: {m['reason']}")
         lines.append(verdict(ident["overall"], res["margin"], res["alpha"]))
@@ -451,14 +452,16 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                 continue
             cells = ([name, _fmt(m["accuracy"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", _fmt(m["p_value"]),
                       _fmt(m["tost"]["p"]), "yes" if m["tost"]["equivalent"] else "no", _fmt(m["sd_participant"], 2),
-                      _fmt(m["sd_item"], 2), _fmt(m["accuracy_population"])] if m["estimable"] else
-                     [name, f"not fitted: {m['reason']}", *[""] * 7])
+                      _fmt(m["sd_item"], 2), _fmt(m["accuracy_population"]),
+                      "–".join(_fmt(x, 2) for x in m["accuracy_listeners_p10_p90"])] if m["estimable"] else
+                     [name, f"not fitted: {m['reason']}", *[""] * 8])
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in cells) + "</tr>")
         if rows:
             parts.append("<h3>Mixed-effects logistic model</h3><table><tr><th>system</th><th>accuracy (typical "
                          "listener, typical clip)</th><th>95% profile interval</th><th>p (likelihood ratio vs 0.5)</th>"
                          f"<th>TOST p</th><th>equivalent (±{res['margin']:g})</th><th>sd listener (logit)</th>"
-                         "<th>sd clip (logit)</th><th>accuracy averaged over listeners and clips</th></tr>"
+                         "<th>sd clip (logit)</th><th>accuracy averaged over listeners and clips</th>"
+                         "<th>10th–90th percentile listener</th></tr>"
                          + "".join(rows) + "</table>")
         parts.append(f"<p class='verdict'>{escape(verdict(ident['overall'], res['margin'], res['alpha']))}</p>")
         if "by_confidence" in ident:
