@@ -148,11 +148,11 @@ def test_verdict_comes_from_the_mixed_model_and_falls_back_to_the_exact_tests():
 
 
 def test_power_command_prints_verdict_rates_and_refuses_bad_plans():
-    cmd = [sys.executable, "-m", "audiogen", "listen", "power", "--listeners", "12", "--clips", "6", "--runs", "30"]
+    cmd = [sys.executable, "-m", "audiogen", "listen", "power", "--listeners", "12", "--clips", "6", "--runs", "12"]
     r = subprocess.run([*cmd, "--accuracy", "0.8", "--json", "--quiet"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
-    assert res["runs"] == 30 and res["plan"]["answers"] == 72 and res["verdicts"]["above chance"]["rate"] > 0.5
+    assert res["runs"] == 12 and res["plan"]["answers"] == 72 and res["verdicts"]["above chance"]["rate"] > 0.5
     r = subprocess.run([*cmd, "--accuracy", "0.8", "--quiet"], capture_output=True, text=True, cwd=REPO)
     assert "12 listeners x 6 clips" in r.stdout and "above chance" in r.stdout
     r = subprocess.run([*cmd, "--accuracy", "1.2"], capture_output=True, text=True, cwd=REPO)

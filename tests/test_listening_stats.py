@@ -287,7 +287,7 @@ def test_power_simulation_matches_the_exact_binomial_power_without_spreads():
 
     n, p = 200, 0.6
     exact = sum(binom.pmf(k, n, p) for k in range(n + 1) if k > n / 2 and binomtest(k, n).pvalue < 0.05)
-    res = power(Plan(20, 10, p, sd_listener=0, sd_clip=0), runs=150, seed=3)
+    res = power(Plan(20, 10, p, sd_listener=0, sd_clip=0), runs=100, seed=3)
     assert res["plan"]["answers"] == n
     pooled = res["pooled_above_chance"]
     assert pooled["ci_low"] - 0.03 <= exact <= pooled["ci_high"] + 0.03
@@ -302,7 +302,7 @@ def test_power_simulation_matches_the_exact_binomial_power_without_spreads():
 def test_power_of_an_equivalence_plan_and_its_false_alarms():
     from audiogen.listening.power import Plan, power
 
-    res = power(Plan(40, 20, 0.5, sd_listener=0.3, sd_clip=0.3, margin=0.15), runs=60, seed=4)
+    res = power(Plan(30, 20, 0.5, sd_listener=0.3, sd_clip=0.3, margin=0.15), runs=40, seed=4)
     v = res["verdicts"]
     assert v["equivalent"]["rate"] >= 0.7 and v["above chance"]["rate"] <= 0.1
     assert res["accuracy_population"] == pytest.approx(0.5)

@@ -169,10 +169,19 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
             return {**out, "reason": "the fit runs to its bounds (nearly every listener or clip is always right or always "
                                      "wrong, so the spread has no finite estimate; use the exact binomial test)"}
 
+        # A spread of exactly 0 is a stationary point (the likelihood is even in each spread), where a
+        # local optimiser can stay: the profile starts from the fit's spreads lifted off 0, and from the
+        # last profile point's optimum (interval searches move in small steps of b0), lifted likewise.
+        lifted = [max(s, 0.25) for s in sds]
+        last = [lifted]
+
         def profile(b: float) -> float:
             if nsd == 0:
                 return lik(b, [])
-            return _maximise(lambda s: lik(b, s), sds, sd_bounds)[1]
+            starts = [lifted] if last[0] == lifted else [lifted, last[0]]
+            best = max((_maximise(lambda s: lik(b, s), x0, sd_bounds) for x0 in starts), key=lambda r: r[1])
+            last[0] = [max(float(v), 0.25) for v in best[0]]
+            return best[1]
 
         def signed_root(b: float) -> float:
             return math.copysign(math.sqrt(max(0.0, 2.0 * (l_max - profile(b)))), b_hat - b)
@@ -186,7 +195,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
             while True:
                 outer = float(np.clip(b_hat + direction * step, -_B_BOUND, _B_BOUND))
                 if gap(outer) <= 0:
-                    return optimize.brentq(gap, *sorted((inner, outer)), xtol=1e-4)
+                    return optimize.brentq(gap, *sorted((inner, outer)), xtol=1e-3)
                 if abs(outer) >= _B_BOUND:
                     return outer  # the data do not bound it (accuracy indistinguishable from 0 or 1 there)
                 inner, step = outer, step * 2
