@@ -440,7 +440,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
     by_source: dict[int, str] = {}
     clips: dict[int, np.ndarray] = {}
     t0 = time.time()
-    warnings = _source_warnings(exp)
+    warnings = _source_warnings(exp) + _design_warnings(exp)
     for w in warnings:
         log(f"warning: {w}")
     for i, s in enumerate(exp.sources):
@@ -550,6 +550,23 @@ def _source_warnings(exp: Experiment) -> list[str]:
         out.append("some sources are mono and others stereo: mono ones play identically in both ears; "
                    "consider stimulus.channels: 1")
     return out
+
+
+#: Fewer generated clips than this in an identification test gets a warning at create time.
+FEW_CLIPS = 10
+
+
+def _design_warnings(exp: Experiment) -> list[str]:
+    """Designs too small for the report's verdict, which generalises over clips as well as listeners."""
+    if exp.design not in ("2afc", "single"):
+        return []
+    n = sum(s.origin == "generated" for s in exp.sources) if exp.design == "2afc" else len(exp.sources)
+    what = "generated clips" if exp.design == "2afc" else "stimuli"
+    if n >= FEW_CLIPS:
+        return []
+    return [f"only {n} {what}: the report's verdict is about music in general, not just these clips, and with "
+            f"so few it is often 'inconclusive'; check the design with 'audiogen listen power --clips {n} "
+            "--listeners N --accuracy P'"]
 
 
 def read_manifest(exp_dir: str | os.PathLike) -> dict:
