@@ -97,7 +97,7 @@ class Laplace:
         if not self.groups:  # no random effects: plain logistic regression
             return value
         for _ in range(100):
-            steps, logdet = self._newton(eta, sds, z)
+            steps, _ = self._newton(eta, sds, z)
             t = 1.0
             while True:  # the penalised log-likelihood is concave in z: halving always finds an ascent
                 z_new = [zf + t * d for zf, d in zip(z, steps)]
@@ -219,9 +219,9 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                 "ci_low": None if lo is None else float(special.expit(lo)),
                 "ci_high": None if hi is None else float(special.expit(hi)),
                 "accuracy_population": population,
-            # the spread of skill in accuracy terms: a 10th- and a 90th-percentile listener on a typical clip
-            "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * sd.get("participant", 0.0)))
-                                           for z in (-_Z90, _Z90)],
+                # the spread of skill in accuracy terms: a 10th- and a 90th-percentile listener on a typical clip
+                "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * sd.get("participant", 0.0)))
+                                               for z in (-_Z90, _Z90)],
                 "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
                 "loglik": l_max, "p_value": p_value, "tost": equivalence}
     except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway
