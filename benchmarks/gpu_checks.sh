@@ -9,7 +9,9 @@
 #     bash benchmarks/gpu_checks.sh engines    # generate benchmark: eager + graph, batch 1 and 8, ~3-5 min
 #     bash benchmarks/gpu_checks.sh compile    # generate benchmark: torch.compile engine, batch 1, ~5 min
 #     bash benchmarks/gpu_checks.sh train      # LM training tokens/s and MFU of `small`, ~2 min
-#     bash benchmarks/gpu_checks.sh all        # all four in a row (over 10 minutes: not for one device call)
+#     bash benchmarks/gpu_checks.sh fsdp       # FSDP on one GPU: kill -9, resume from the sharded
+#                                              # checkpoint, export (cannot run on CPU), ~3 min
+#     bash benchmarks/gpu_checks.sh all        # all of them in a row (over 10 minutes: not for one device call)
 #
 # With 15 minutes, run `first` (run(command="bash benchmarks/gpu_checks.sh first", timeout_s=600)),
 # then, while the machine is still warm, `compile` if enough time is left.
@@ -27,8 +29,8 @@ OUT="${OUT:-runs/gpu_checks}"
 mkdir -p "$OUT"
 STEP="${1:-all}"
 
-case "$STEP" in first|tests|engines|compile|train|all) ;; *)
-    echo "usage: bash benchmarks/gpu_checks.sh [first|tests|engines|compile|train|all]" >&2; exit 2 ;;
+case "$STEP" in first|tests|engines|compile|train|fsdp|all) ;; *)
+    echo "usage: bash benchmarks/gpu_checks.sh [first|tests|engines|compile|train|fsdp|all]" >&2; exit 2 ;;
 esac
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
@@ -48,6 +50,15 @@ run_tests() {  # $1: timeout in seconds
     fi
 }
 
+run_fsdp() {  # $1: timeout in seconds; a separate pytest run: test_training.py imports datasets and accelerate
+    if python3 -c "import pytest, soundfile, safetensors, yaml, scipy, datasets, accelerate" 2>/dev/null; then
+        timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_training.py > "$OUT/pytest_fsdp.log" 2>&1
+        tail -5 "$OUT/pytest_fsdp.log"
+    else
+        echo "datasets/accelerate (or the test deps) not importable here: FSDP test not run" | tee "$OUT/pytest_fsdp.log"
+    fi
+}
+
 run_generate() {  # $1: timeout in seconds, $2: name, then benchmark flags
     local limit="$1" name="$2"; shift 2
     timeout "$limit" python3 benchmarks/generate.py --devices cuda "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
@@ -58,6 +69,7 @@ case "$STEP" in first) run_generate 330 generate_engines --engines eager graph -
 case "$STEP" in tests|all) run_tests 420 ;; esac
 case "$STEP" in engines|all) run_generate 540 generate_engines --engines eager graph --batches 1 8 ;; esac
 case "$STEP" in compile|all) run_generate 540 generate_compile --engines compile --batches 1 ;; esac
+case "$STEP" in fsdp|all) run_fsdp 420 ;; esac
 case "$STEP" in train|all)
     timeout 400 python3 benchmarks/train.py --devices cuda --steps 5 > "$OUT/train.json" 2> "$OUT/train.log" \
         || echo "train benchmark failed or timed out: see $OUT/train.log" ;;
