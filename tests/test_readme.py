@@ -50,3 +50,28 @@ def test_every_command_has_help_that_explains_it():
     for cmd in commands:
         h = subprocess.run([sys.executable, "-m", "audiogen", cmd, "--help"], capture_output=True, text=True)
         assert h.returncode == 0 and len(h.stdout) > 200, cmd
+
+
+def test_every_option_of_every_command_is_explained_with_its_default():
+    import argparse
+
+    from audiogen.cli import build_parser
+
+    def options(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction):
+                yield " ".join(path), action
+
+    seen = 0
+    for cmd, action in options(build_parser(), ["audiogen"]):
+        name = action.option_strings or action.dest
+        if isinstance(action, argparse._VersionAction):
+            continue
+        seen += 1
+        assert action.help, (cmd, name)
+        if action.default not in (None, False, argparse.SUPPRESS, [], ()):
+            assert "default" in action.help, (cmd, name, action.default)
+    assert seen > 80

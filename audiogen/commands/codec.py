@@ -27,14 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "saved as .npy arrays shaped [K, T] (int16).",
     )
     ops = p.add_subparsers(dest="op", metavar="OP", required=True)
-    for name, help_ in [
-        ("roundtrip", "encode then decode IN, write OUT (hear the codec)"),
-        ("encode", "encode IN (audio) to OUT (.npy tokens [K, T])"),
-        ("decode", "decode IN (.npy tokens [K, T]) to OUT (audio)"),
+    audio_in = "audio file (wav, flac, ogg, opus, mp3, aiff; any rate and channel count)"
+    audio_out = "audio file to write: .wav, .flac, .ogg, .opus, .mp3 or .aiff (at the codec's rate)"
+    tokens = ".npy file of tokens shaped [K, T]"
+    for name, help_, in_help, out_help in [
+        ("roundtrip", "encode then decode IN, write OUT (hear the codec)", audio_in, audio_out),
+        ("encode", "encode IN (audio) to OUT (.npy tokens [K, T])", audio_in, tokens),
+        ("decode", "decode IN (.npy tokens [K, T]) to OUT (audio)", tokens, audio_out),
     ]:
         q = ops.add_parser(name, help=help_, description=help_)
-        q.add_argument("input", metavar="IN")
-        q.add_argument("output", metavar="OUT")
+        q.add_argument("input", metavar="IN", help=in_help)
+        q.add_argument("output", metavar="OUT", help=out_help)
         add_codec_args(q)
         q.set_defaults(func=run)
 

@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse new sessions after N participants (default: no limit)")
     s.add_argument("--trust-proxy", action="store_true",
                    help="take the client IP from X-Forwarded-For (only behind your own reverse proxy)")
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log verbosity (default: %(default)s)")
     s.set_defaults(func=run)
 
     r = ls.add_parser("report", help="statistics and an HTML report with plots",
