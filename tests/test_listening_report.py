@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -157,3 +158,28 @@ def test_power_command_prints_verdict_rates_and_refuses_bad_plans():
     assert "12 listeners x 6 clips" in r.stdout and "above chance" in r.stdout
     r = subprocess.run([*cmd, "--accuracy", "1.2"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and r.stderr.strip() == "audiogen listen: error: accuracy must be strictly between 0 and 1"
+
+
+def test_single_stimulus_verdict_is_not_fooled_by_listeners_who_lean_towards_one_answer(tmp_path):
+    """6 generated and 3 human stimuli; listeners cannot tell them apart but answer 'AI' 80% of the time, so they
+    are right on 60% of trials. The pooled test calls that above chance; the mixed model, which has the
+    origin in it, finds the unbiased accuracy near 0.5 and the lean towards 'AI'."""
+    d = _exp(tmp_path, "single", n_human=3, n_gen=6)
+    simulate_into_db(d, 60, {"human": 0.2, "sysA": 0.8, "sysB": 0.8}, seed=6)
+    res = analyse(d, n_boot=50)
+    o = res["identification"]["overall"]
+    assert o["accuracy"]["estimate"] == pytest.approx(0.6, abs=0.04) and o["accuracy"]["p_value"] < 1e-5
+    m = o["mixed"]
+    assert m["ci_low"] < 0.5 < m["ci_high"] and m["p_value"] > 0.05
+    assert m["lean_towards_ai"] == pytest.approx(math.log(0.8 / 0.2), abs=0.35)
+    assert not analyse_verdict(res).startswith("overall: above chance")
+    # per system: the system's trials and the human ones (its d' against them), not its hit rate alone
+    a = res["identification"]["systems"]["sysA"]
+    assert a["n"] == 60 * 6 and a["mixed"]["p_value"] > 0.05 and abs(a["sdt"]["dprime"]) < 0.4
+    assert not res["identification"]["systems"]["human"]["mixed"]["estimable"]
+
+
+def analyse_verdict(res: dict) -> str:
+    from audiogen.listening.report import verdict
+
+    return verdict(res["identification"]["overall"], res["margin"], res["alpha"])

@@ -45,11 +45,13 @@ _Z90 = float(S.norm.ppf(0.9))
 class Laplace:
     """Laplace-approximated log-likelihood of the model for fixed ``b0`` and standard deviations.
 
-    ``y``: 0/1 answers; ``groups``: one level-index array per random factor (0, 1 or 2 factors).
+    ``y``: 0/1 answers; ``groups``: one level-index array per random factor (0, 1 or 2 factors);
+    ``covariate``: an optional per-answer value whose coefficient ``b1`` enters the linear predictor.
     """
 
-    def __init__(self, y: np.ndarray, groups: list[np.ndarray]):
+    def __init__(self, y: np.ndarray, groups: list[np.ndarray], covariate: np.ndarray | None = None):
         self.y = np.asarray(y, dtype=np.float64)
+        self.x = np.zeros_like(self.y) if covariate is None else np.asarray(covariate, dtype=np.float64)
         self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
         self.sizes = [int(g.max()) + 1 for g in self.groups]
         if len(self.groups) == 2 and self.sizes[0] < self.sizes[1]:  # eliminate the larger block first
@@ -63,7 +65,7 @@ class Laplace:
         self._z = [np.zeros(n) for n in self.sizes]  # conditional modes, warm start for the next call
 
     def _eta(self, b0: float, sds, z) -> np.ndarray:
-        eta = np.full(self.y.shape, float(b0))
+        eta = b0 + self.b1 * self.x
         for g, s, zf in zip(self.groups, sds, z):
             eta += s * zf[g]
         return eta
@@ -89,7 +91,9 @@ class Laplace:
         step_a = (ga - cross @ step_b) / da
         return [step_a, step_b], float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol))))
 
-    def __call__(self, b0: float, sds) -> float:
+    def __call__(self, b0: float, sds, b1: float = 0.0) -> float:
+        """``b1``: the coefficient of the covariate (a nuisance parameter, see :func:`fit_identification`)."""
+        self.b1 = float(b1)
         sds = [float(sds[i]) for i in self._order]
         z = [zf.copy() for zf in self._z]
         eta = self._eta(b0, sds, z)
@@ -128,7 +132,7 @@ def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[
 
 
 def fit_identification(correct, participant, item, margin: float, alpha: float = 0.05, level: float = 0.95,
-                       p0: float = 0.5, ci: bool = True, tost: bool = True) -> dict:
+                       p0: float = 0.5, ci: bool = True, tost: bool = True, origin=None) -> dict:
     """Fit the model to one block of answers and test it against chance (``p0``) and for equivalence.
 
     Returns ``estimable: False`` with a ``reason`` when there is no finite estimate (no
@@ -142,6 +146,14 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     (equivalent when both reject at ``alpha``, i.e. the 1 - 2 alpha interval lies inside).
     ``ci=False`` / ``tost=False`` skip the interval / the equivalence tests (None), which
     cost most of the time, for simulations that need only some of the answers.
+
+    ``origin`` (single-stimulus designs: True where the stimulus was generated) adds a fixed
+    effect ``b1 * (+1/2 generated, -1/2 human)``. A listener who leans towards one answer is
+    right more often on one origin and less on the other; with the origin in the model,
+    ``b0`` is the average of the two log-odds of being right, which is half the sensitivity
+    ``d`` on the logit scale whatever the lean, and ``b1`` is twice the lean (towards
+    answering "AI"). So ``expit(b0)`` is the accuracy of an unbiased listener, and the test
+    against chance holds even when the stimuli are not half human, half generated.
     """
     y = np.asarray(correct, dtype=np.float64)
     out = {"model": "logit P(correct) = b0 + u[participant] + v[item] (Laplace ML)", "n": int(y.size),
@@ -158,29 +170,43 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         if MIN_LEVELS <= levels[name] < y.size:  # one answer per level: its spread is not identifiable
             groups.append(idx)
             names.append(name)
+    x_origin = None
+    if origin is not None:
+        o = np.asarray(origin, dtype=bool)
+        if o.all() or not o.any():
+            return {**out, "reason": "only one origin among these answers: the listeners' lean and their ability "
+                                     "cannot be told apart"}
+        x_origin = np.where(o, 0.5, -0.5)
+    nb = 1 if x_origin is None else 2  # fixed effects: b0, and b1 with an origin
     try:
-        lik = Laplace(y, groups)
+        lik = Laplace(y, groups, x_origin)
         nsd = len(groups)
         sd_bounds = [(0.0, _SD_BOUND)] * nsd
+        b_bounds = [(-_B_BOUND, _B_BOUND)] * nb
+
+        def full(v) -> float:  # v = [b0, (b1), sds...]
+            return lik(v[0], v[nb:], v[1] if nb == 2 else 0.0)
+
         b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
-        x, l_max = _maximise(lambda v: lik(v[0], v[1:]), [b_start] + [0.5] * nsd, [(-_B_BOUND, _B_BOUND)] + sd_bounds)
-        b_hat, sds = float(x[0]), [float(s) for s in x[1:]]
-        if abs(b_hat) > _B_BOUND - 1e-3 or any(s > _SD_BOUND - 1e-3 for s in sds):
+        x, l_max = _maximise(full, [b_start] + [0.0] * (nb - 1) + [0.5] * nsd, b_bounds + sd_bounds)
+        b_hat, b1_hat, sds = float(x[0]), float(x[1]) if nb == 2 else 0.0, [float(s) for s in x[nb:]]
+        if any(abs(b) > _B_BOUND - 1e-3 for b in x[:nb]) or any(s > _SD_BOUND - 1e-3 for s in sds):
             return {**out, "reason": "the fit runs to its bounds (nearly every listener or clip is always right or always "
                                      "wrong, so the spread has no finite estimate; use the exact binomial test)"}
 
         # A spread of exactly 0 is a stationary point (the likelihood is even in each spread), where a
         # local optimiser can stay: the profile starts from the fit's spreads lifted off 0, and from the
         # last profile point's optimum (interval searches move in small steps of b0), lifted likewise.
-        lifted = [max(s, 0.25) for s in sds]
+        lifted = [b1_hat] * (nb - 1) + [max(s, 0.25) for s in sds]
         last = [lifted]
 
-        def profile(b: float) -> float:
-            if nsd == 0:
+        def profile(b: float) -> float:  # the likelihood at b0 = b, maximised over (b1 and) the spreads
+            if nsd + nb == 1:
                 return lik(b, [])
             starts = [lifted] if last[0] == lifted else [lifted, last[0]]
-            best = max((_maximise(lambda s: lik(b, s), x0, sd_bounds) for x0 in starts), key=lambda r: r[1])
-            last[0] = [max(float(v), 0.25) for v in best[0]]
+            best = max((_maximise(lambda v: lik(b, v[nb - 1:], v[0] if nb == 2 else 0.0), x0, b_bounds[1:] + sd_bounds)
+                        for x0 in starts), key=lambda r: r[1])
+            last[0] = [float(v) for v in best[0][: nb - 1]] + [max(float(v), 0.25) for v in best[0][nb - 1:]]
             return best[1]
 
         def signed_root(b: float) -> float:
@@ -223,6 +249,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                 "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * sd.get("participant", 0.0)))
                                                for z in (-_Z90, _Z90)],
                 "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
-                "loglik": l_max, "p_value": p_value, "tost": equivalence}
+                "loglik": l_max, "p_value": p_value, "tost": equivalence,
+                **({"lean_towards_ai": b1_hat / 2} if nb == 2 else {})}
     except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway
         return {**out, "reason": f"the fit failed numerically ({e})"}

@@ -74,15 +74,17 @@ def participant_checks(exp: dict, parts: list[dict], rows: list[dict]) -> dict[s
     return out
 
 
-def tests_against_chance(correct, participant, item, margin: float, alpha: float, ci: bool = True) -> dict:
-    """What :func:`decision` needs for one block of 0/1 answers: the pooled exact tests and the mixed model."""
+def tests_against_chance(correct, participant, item, margin: float, alpha: float, ci: bool = True,
+                         origin=None) -> dict:
+    """What :func:`decision` needs for one block of 0/1 answers: the pooled exact tests and the mixed model
+    (``origin``: single-stimulus designs, True for generated stimuli; see :func:`fit_identification`)."""
     from audiogen.listening import stats as S
     from audiogen.listening.glmm import fit_identification
 
     k, n = int(sum(correct)), len(correct)
     res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
     if n:
-        res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci)
+        res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci, origin=origin)
     return res
 
 
@@ -95,7 +97,9 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
         """Accuracy, TOST, d' and bootstrap of trials ``rs``; ``noise``: the human trials (single design)."""
         y = np.array([float(bool(r["correct"])) for r in rs])
         part, item = np.array([r["participant"] for r in rs]), np.array([r["item_key"] for r in rs])
-        res = tests_against_chance(y, part, item, margin, alpha)
+        # single stimulus: a lean towards one answer is right more often on one origin; the model separates it
+        origin = [r["origin"] != "human" for r in rs] if design == "single" else None
+        res = tests_against_chance(y, part, item, margin, alpha, origin=origin)
         n = res["n"]
         if design == "2afc" and n:
             a_when_a = sum(r["response"]["choice"] == "A" for r in rs if r["ai_position"] == "A")
@@ -116,6 +120,8 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
     out = {"overall": block(rows, humans), "systems": {}}
     for system in sorted({r["system"] for r in rows}):
         rs = [r for r in rows if r["system"] == system]
+        if design == "single" and system != "human":
+            rs = rs + humans  # a system is told apart from the human stimuli: both kinds of trial count
         out["systems"][system] = block(rs, humans if system != "human" else None)
     if design == "single":  # are listeners right more often when they say they are sure?
         out["by_confidence"] = {}
