@@ -406,7 +406,8 @@ def _text(res: dict) -> list[str]:
                                  f"{'[' + _fmt(m['ci_low']) + ', ' + _fmt(m['ci_high']) + ']':>15} "
                                  f"{_fmt(m['p_value']):>9} {_fmt(m['tost']['p']):>8} {_fmt(m['sd_participant'], 2):>11} "
                                  f"{_fmt(m['sd_item'], 2):>7} "
-                                 f"{_fmt(m['accuracy_listeners_p10_p90'][0], 2) + '-' + _fmt(m['accuracy_listeners_p10_p90'][1], 2):>16}")
+                                 f"{_fmt(m['accuracy_listeners_p10_p90'][0], 2) + '-' + _fmt(m['accuracy_listeners_p10_p90'][1], 2):>16}"
+                                 + (f"  lean towards 'AI' {m['lean_towards_ai']:+.2f}" if "lean_towards_ai" in m else ""))
                 else:
                     lines.append(f"{name:<16} not fitted: {m['reason']}")
         lines.append(verdict(ident["overall"], res["margin"], res["alpha"]))
@@ -456,18 +457,20 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
             m = b.get("mixed")
             if not m:
                 continue
+            lean = [_fmt(m.get("lean_towards_ai"), 2)] if res["design"] == "single" else []
             cells = ([name, _fmt(m["accuracy"]), f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]", _fmt(m["p_value"]),
                       _fmt(m["tost"]["p"]), "yes" if m["tost"]["equivalent"] else "no", _fmt(m["sd_participant"], 2),
                       _fmt(m["sd_item"], 2), _fmt(m["accuracy_population"]),
-                      "–".join(_fmt(x, 2) for x in m["accuracy_listeners_p10_p90"])] if m["estimable"] else
-                     [name, f"not fitted: {m['reason']}", *[""] * 8])
+                      "–".join(_fmt(x, 2) for x in m["accuracy_listeners_p10_p90"]), *lean] if m["estimable"] else
+                     [name, f"not fitted: {m['reason']}", *[""] * (8 + len(lean))])
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in cells) + "</tr>")
         if rows:
             parts.append("<h3>Mixed-effects logistic model</h3><table><tr><th>system</th><th>accuracy (typical "
                          "listener, typical clip)</th><th>95% profile interval</th><th>p (likelihood ratio vs 0.5)</th>"
                          f"<th>TOST p</th><th>equivalent (±{res['margin']:g})</th><th>sd listener (logit)</th>"
                          "<th>sd clip (logit)</th><th>accuracy averaged over listeners and clips</th>"
-                         "<th>10th–90th percentile listener</th></tr>"
+                         "<th>10th–90th percentile listener</th>"
+                         + ("<th>lean towards 'AI' (logit)</th>" if res["design"] == "single" else "") + "</tr>"
                          + "".join(rows) + "</table>")
         parts.append(f"<p class='verdict'>{escape(verdict(ident['overall'], res['margin'], res['alpha']))}</p>")
         if "by_confidence" in ident:
