@@ -106,8 +106,11 @@ _DS64_FRAMES = re.compile(r"Calculated frame count (\d+) does not match value fr
 _EMPTY_DATA = re.compile(r"^data\s*:\s*0\s*$", re.MULTILINE)
 #: more than this in a file whose data chunk is empty is audio the header does not count
 _HEADER_BYTES_AT_MOST = 4096
-#: sizes that streaming writers leave in a header they never finalized: not truncation
-_PLACEHOLDER_SIZES = {0xFFFFFFFF, 0x7FFFFFFF}
+#: sizes that streaming writers leave in a header they never finalized, not truncation: the
+#: largest 32-bit sizes, signed or not, less up to a header's worth (0xFFFFFFFF, sox's
+#: 0x7FFFF000 when writing to a pipe, 0xFFFFFFFF - 8 for RIFF over data - 36, ...). A real
+#: chunk within 4 KiB of 2 or 4 GiB is too unlikely to weigh against these.
+_PLACEHOLDER_RANGES = ((0x7FFFF000, 0x7FFFFFFF), (0xFFFFF000, 0xFFFFFFFF))
 #: a shortfall this small (a missing pad byte, a writer's rounding) is not called truncation
 _MISSING_S_TOLERATED = 0.01
 
@@ -124,7 +127,7 @@ def _check_chunk_sizes(path: Path, info) -> None:
         full_s = int(m.group(2)) / info.samplerate
     for m in _CHUNK_SIZE.finditer(log):
         declared, present = int(m.group(1)), int(m.group(2))
-        if declared not in _PLACEHOLDER_SIZES and declared > present:
+        if declared > present and not any(lo <= declared <= hi for lo, hi in _PLACEHOLDER_RANGES):
             full_s = max(full_s or 0.0, have_s * declared / max(present, 1))
     if full_s is not None and full_s - have_s > _MISSING_S_TOLERATED:
         raise AudiogenError(f"{path}: truncated: the header declares {full_s:.2f}s of audio, the file holds only "

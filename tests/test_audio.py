@@ -309,13 +309,17 @@ def test_bad_input_raises_one_clear_error_naming_the_file(tmp_path, case):
     assert str(path) in str(e.value) and fragment in str(e.value)
 
 
-def test_unfinalized_wav_header_is_not_called_truncated(tmp_path):
-    """A recorder that streams a WAV and never finalizes its header leaves the data size at
-    0xFFFFFFFF: the samples are all there, so the file reads whole."""
+@pytest.mark.parametrize("riff,data", [(None, 0xFFFFFFFF), (0x7FFFF024, 0x7FFFF000), (0xFFFFFFF7, 0xFFFFFFDB),
+                                       (0xFFFFFFFF, 0xFFFFFFFE)])
+def test_unfinalized_wav_header_is_not_called_truncated(tmp_path, riff, data):
+    """A recorder or a pipe (sox writes 0x7FFFF000) that streams a WAV and never finalizes its header leaves
+    placeholder sizes near 2 or 4 GiB: the samples are all there, so the file reads whole."""
     x = sine(440, 8000, 1.0)
     raw = bytearray(A.write_audio(tmp_path / "rec.wav", x, 8000).read_bytes())
+    if riff is not None:
+        raw[4:8] = struct.pack("<I", riff)
     i = raw.find(b"data")
-    raw[i + 4 : i + 8] = struct.pack("<I", 0xFFFFFFFF)
+    raw[i + 4 : i + 8] = struct.pack("<I", data)
     (tmp_path / "rec.wav").write_bytes(raw)
     wav, _ = A.load_audio(tmp_path / "rec.wav")
     assert wav.shape == (1, 8000) and np.abs(wav - x).max() < 1e-4
