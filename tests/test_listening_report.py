@@ -97,6 +97,9 @@ def test_mushra_report_applies_bs1534_post_screening_and_recovers_means(tmp_path
     assert ab["ci_low"] <= 30 <= ab["ci_high"] and ab["p_holm"] < 0.001 and ab["p_holm"] >= ab["p_value"]
     assert ab["bootstrap"]["ci_low"] <= 30 <= ab["bootstrap"]["ci_high"]
     assert pairs["hidden_reference", "sysA"]["mean"] > 20 and pairs["anchor", "sysB"]["mean"] < -10
+    from audiogen.listening.report import _plots
+
+    assert [title for title, _ in _plots(res)] == ["Scores by system", "Paired differences between systems"]
 
 
 def test_mos_report(tmp_path):

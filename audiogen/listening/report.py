@@ -343,6 +343,18 @@ def _plots(res: dict) -> list[tuple[str, str]]:
         ax.set_xlim(*scale)
         ax.set_xlabel("MUSHRA score (mean, 95% t interval)" if res["design"] == "mushra" else "MOS (mean, 95% t interval)")
         out.append(("Scores by system", _png(fig)))
+        pairs = [r for r in res["ratings"].get("pairs", []) if r["listeners"] > 1]
+        if pairs:  # a forest plot of the paired differences, significant ones (Holm) filled
+            fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.4 * len(pairs)))
+            y = list(range(len(pairs)))[::-1]
+            for v, r in zip(y, pairs):
+                filled = r.get("p_holm", 1.0) < res["alpha"]
+                ax.errorbar([r["mean"]], [v], xerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]], fmt="o",
+                            color="#1f5fbf", mfc="#1f5fbf" if filled else "white", capsize=3)
+            ax.axvline(0, color="#777", ls="--", lw=1)
+            ax.set_yticks(y, [f"{r['a']} − {r['b']}" for r in pairs])
+            ax.set_xlabel(f"mean difference per listener, 95% t interval (filled: Holm p < {res['alpha']:g})")
+            out.append(("Paired differences between systems", _png(fig)))
     return out
 
 
