@@ -69,6 +69,8 @@ def test_report_command_writes_html_with_plots_and_json(tmp_path):
     assert "Mixed-effects logistic model" in html and "overall: inconclusive (mixed model;" in html
     js = json.loads((d / "report" / "report.json").read_text())
     assert js["margin"] == 0.15 and js["identification"]["overall"]["n"] == 29 * 3
+    assert js["identification"]["verdict"]["conclusion"] == "inconclusive"
+    assert js["identification"]["verdict"]["basis"] == "mixed model"
     if SHOTS:
         from playwright.sync_api import sync_playwright
 

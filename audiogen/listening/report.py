@@ -251,7 +251,10 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
            "checks": list(checks.values()), "trials_used": len(used),
            "listening": _listening(used)}
     if design in ("2afc", "single"):
-        res["identification"] = _identification(used, design, margin, alpha, n_boot, exp["seed"])
+        res["identification"] = ident = _identification(used, design, margin, alpha, n_boot, exp["seed"])
+        conclusion, how = decision(ident["overall"], alpha)
+        ident["verdict"] = {"conclusion": conclusion, "basis": how,
+                            "text": verdict(ident["overall"], margin, alpha)}
     else:
         rt = _ratings(used, design, exp, n_boot, exp["seed"])
         res["ratings"] = {k: v for k, v in rt.items() if k != "flat"}
