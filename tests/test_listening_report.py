@@ -188,3 +188,19 @@ def analyse_verdict(res: dict) -> str:
     from audiogen.listening.report import verdict
 
     return verdict(res["identification"]["overall"], res["margin"], res["alpha"])
+
+
+@pytest.mark.parametrize("design", ["2afc", "mos"])
+def test_report_with_everyone_excluded_says_so_in_strict_json(tmp_path, design):
+    d = _exp(tmp_path, design)
+    simulate_into_db(d, 3, {"sysA": 0.7, "sysB": 0.6}, seed=2, fail_screening=3)
+    r = make_report(d, n_boot=20)
+
+    def no_nan(constant):
+        raise ValueError(f"{constant} in report.json")
+
+    js = json.loads((d / "report" / "report.json").read_text(), parse_constant=no_nan)
+    assert js["participants"]["included"] == 0 and js["trials_used"] == 0
+    if design == "2afc":
+        assert js["identification"]["overall"]["accuracy"]["estimate"] is None
+        assert r["text"][-2] == "overall: inconclusive (no answers to analyse; TOST margin ±0.1, alpha 0.05)"

@@ -371,6 +371,8 @@ def decision(block: dict, alpha: float) -> tuple[str, str]:
     """``(conclusion, how)`` for one identification block: the conclusion is ``above chance``, ``below chance``,
     ``equivalent`` (to chance within the margin) or ``inconclusive``; from the mixed model where it could be
     fitted, else from the pooled exact tests (``how`` says which, and why)."""
+    if not block["n"]:
+        return "inconclusive", "no answers to analyse"
     m = block.get("mixed") or {}
     if m.get("estimable"):
         how, acc, p, equivalent = "mixed model", m["accuracy"], m["p_value"], m["tost"]["equivalent"]
@@ -548,6 +550,20 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
+def _strict(x):
+    """``x`` with NaN and infinities (an empty block's accuracy, an undefined interval) as None: report.json
+    stays strict JSON, which JavaScript's JSON.parse and jq require."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
 def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float = 0.05, n_boot: int = 2000,
                 include_incomplete: bool = False, apply_exclusions: bool = True) -> dict:
     """Analyse EXP_DIR and write report.html (plots embedded) and report.json (atomically)."""
@@ -565,7 +581,8 @@ def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float
     out = Path(out_dir) if out_dir else Path(exp_dir) / "report"
     A.make_dir(out)
     text = _text(res)
-    A.atomic_write_text(out / "report.json", json.dumps(res, indent=1, default=str))
+    summary = _strict(res)
+    A.atomic_write_text(out / "report.json", json.dumps(summary, indent=1, default=str, allow_nan=False))
     A.atomic_write_text(out / "report.html", _html(res, _plots(res)))
     text.append(f"report: {out / 'report.html'}")
-    return {"summary": res, "text": text, "html": out / "report.html"}
+    return {"summary": summary, "text": text, "html": out / "report.html"}
