@@ -371,7 +371,7 @@ def decision(block: dict, alpha: float) -> tuple[str, str]:
     """``(conclusion, how)`` for one identification block: the conclusion is ``above chance``, ``below chance``,
     ``equivalent`` (to chance within the margin) or ``inconclusive``; from the mixed model where it could be
     fitted, else from the pooled exact tests (``how`` says which, and why)."""
-    if not block["n"]:
+    if block.get("n") == 0:
         return "inconclusive", "no answers to analyse"
     m = block.get("mixed") or {}
     if m.get("estimable"):
