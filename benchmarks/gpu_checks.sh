@@ -65,7 +65,7 @@ run_generate() {  # $1: timeout in seconds, $2: name, then benchmark flags
         || echo "generate benchmark ($name) failed or timed out: see $OUT/$name.log"
 }
 
-case "$STEP" in first) run_generate 330 generate_engines --engines eager graph --batches 1 8; run_tests 240 ;; esac
+case "$STEP" in first) run_generate 300 generate_engines --engines eager graph --batches 1 8; run_tests 270 ;; esac
 case "$STEP" in tests|all) run_tests 420 ;; esac
 case "$STEP" in engines|all) run_generate 540 generate_engines --engines eager graph --batches 1 8 ;; esac
 case "$STEP" in compile|all) run_generate 540 generate_compile --engines compile --batches 1 ;; esac
