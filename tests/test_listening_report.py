@@ -47,7 +47,7 @@ def test_2afc_report_recovers_known_accuracy_and_lists_exclusions(tmp_path):
     # the mixed model: with 3 clips per system, what holds for clips in general is far less certain
     ma, mb = a["mixed"], b["mixed"]
     assert ma["estimable"] and ma["participants"] == 80 and ma["items"] == 3
-    assert ma["ci_low"] <= 0.85 <= ma["ci_high"] and 1e-10 < ma["p_value"] < 0.05
+    assert ma["ci_low"] <= 0.85 <= ma["ci_high"] and ma["p_value"] > 1e-6 and ma["df"] < 10
     assert ma["ci_high"] - ma["ci_low"] > a["accuracy"]["ci_high"] - a["accuracy"]["ci_low"]
     assert mb["ci_low"] <= 0.5 <= mb["ci_high"] and mb["p_value"] > 0.01
     # the same data without exclusions: everyone is in

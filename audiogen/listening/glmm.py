@@ -125,6 +125,22 @@ def population_accuracy(b0: float, sds) -> float:
     return float(np.sum(weights * special.expit(b0 + spread * nodes)) / math.sqrt(2 * math.pi))
 
 
+def _satterthwaite_df(sds, levels, n: int, fixed: int) -> float:
+    """Degrees of freedom for the signed root (Student's t instead of normal), Satterthwaite-style.
+
+    With few clips (or listeners) the normal reference is too liberal: about 10 % false
+    positives at 4 clips. ``b0``'s variance is roughly the sum of ``sd**2 / levels`` per
+    random factor (with ``levels - fixed`` degrees of freedom) and a residual ``(pi**2 / 3) /
+    n`` (the logistic's variance; many degrees of freedom); Satterthwaite's formula weighs
+    them. Many clips and listeners give a large df, that is the normal reference.
+    """
+    parts = [(sd * sd / k, k - fixed) for sd, k in zip(sds, levels) if sd > 1e-4]
+    if not parts:
+        return math.inf
+    total = sum(v for v, _ in parts) + (math.pi ** 2 / 3) / n
+    return max(1.0, total * total / sum(v * v / max(d, 1) for v, d in parts))
+
+
 def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[np.ndarray, float]:
     res = optimize.minimize(lambda x: -fun(x), np.asarray(x0, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
                             options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 500})
@@ -144,6 +160,10 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     ``sd_participant``/``sd_item`` (log-odds), the likelihood-ratio ``p_value`` against
     ``p0``, and ``tost``: the two one-sided signed-root tests against ``p0 -+ margin``
     (equivalent when both reject at ``alpha``, i.e. the 1 - 2 alpha interval lies inside).
+    Tests and intervals refer the signed root to Student's t with Satterthwaite-style
+    degrees of freedom (``df``, see :func:`_satterthwaite_df`), which matters below about
+    20 clips. ``fallback: False`` marks a block no pooled test may decide either (one
+    clip, one origin). ``sd_participant``/``sd_item`` are None for a factor not in the model.
     ``ci=False`` / ``tost=False`` skip the interval / the equivalence tests (None), which
     cost most of the time, for simulations that need only some of the answers.
 
@@ -170,12 +190,15 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         if MIN_LEVELS <= levels[name] < y.size:  # one answer per level: its spread is not identifiable
             groups.append(idx)
             names.append(name)
+    if levels["item"] < 2:  # fallback False: no pooled test may stand in for a claim about clips in general
+        return {**out, "fallback": False, "reason": "one clip: nothing can be said about clips in general"}
     x_origin = None
     if origin is not None:
+        out["model"] = "logit P(correct) = b0 + b1 * origin + u[participant] + v[item] (Laplace ML)"
         o = np.asarray(origin, dtype=bool)
         if o.all() or not o.any():
-            return {**out, "reason": "only one origin among these answers: the listeners' lean and their ability "
-                                     "cannot be told apart"}
+            return {**out, "fallback": False, "reason": "only one origin among these answers: the listeners' lean "
+                                                        "and their ability cannot be told apart"}
         x_origin = np.where(o, 0.5, -0.5)
     nb = 1 if x_origin is None else 2  # fixed effects: b0, and b1 with an origin
     try:
@@ -190,7 +213,8 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
         x, l_max = _maximise(full, [b_start] + [0.0] * (nb - 1) + [0.5] * nsd, b_bounds + sd_bounds)
         b_hat, b1_hat, sds = float(x[0]), float(x[1]) if nb == 2 else 0.0, [float(s) for s in x[nb:]]
-        if any(abs(b) > _B_BOUND - 1e-3 for b in x[:nb]) or any(s > _SD_BOUND - 1e-3 for s in sds):
+        # b1 may sit at its bound (listeners who always give one answer); b0 and the spreads may not
+        if abs(b_hat) > _B_BOUND - 1e-3 or any(s > _SD_BOUND - 1e-3 for s in sds):
             return {**out, "reason": "the fit runs to its bounds (nearly every listener or clip is always right or always "
                                      "wrong, so the spread has no finite estimate; use the exact binomial test)"}
 
@@ -212,6 +236,9 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         def signed_root(b: float) -> float:
             return math.copysign(math.sqrt(max(0.0, 2.0 * (l_max - profile(b)))), b_hat - b)
 
+        df = _satterthwaite_df(sds, [levels[name] for name in names], y.size, nb)
+        ref = S.t(df) if math.isfinite(df) else S.norm
+
         def bound(z_crit: float, direction: int) -> float:
             """The interval end beyond ``b_hat`` in ``direction``: where the signed root reaches ``-direction * z_crit``."""
             def gap(b: float) -> float:  # > 0 inside the interval, <= 0 past its end
@@ -226,29 +253,31 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
                     return outer  # the data do not bound it (accuracy indistinguishable from 0 or 1 there)
                 inner, step = outer, step * 2
 
-        p_value = float(2 * S.norm.sf(abs(signed_root(float(special.logit(p0))))))
+        p_value = float(2 * ref.sf(abs(signed_root(float(special.logit(p0))))))
         lo = hi = equivalence = None
         if ci:
-            z_crit = float(S.norm.ppf(0.5 + level / 2))
+            z_crit = float(ref.ppf(0.5 + level / 2))
             lo, hi = bound(z_crit, -1), bound(z_crit, +1)
         if tost:
             b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
-            p_lower = float(S.norm.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
-            p_upper = float(S.norm.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
+            p_lower = float(ref.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
+            p_upper = float(ref.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi
             equivalence = {"margin": margin, "bounds": [p0 - margin, p0 + margin], "p_lower": p_lower,
                            "p_upper": p_upper, "p": max(p_lower, p_upper),
                            "equivalent": bool(max(p_lower, p_upper) < alpha), "alpha": alpha}
         population = population_accuracy(b_hat, sds)
-        sd = {name: s if s > 1e-4 else 0.0 for name, s in zip(names, sds)}  # at the boundary: the optimiser's 1e-7 is 0
+        # None: the factor is not in the model (one level, or one answer per level); at the boundary the
+        # optimiser's 1e-7 is 0
+        sd = {name: s if s > 1e-4 else 0.0 for name, s in zip(names, sds)}
         return {**out, "estimable": True, "participants": levels["participant"], "items": levels["item"],
                 "b0": b_hat, "b0_ci": None if lo is None else [lo, hi], "accuracy": float(special.expit(b_hat)),
                 "ci_low": None if lo is None else float(special.expit(lo)),
                 "ci_high": None if hi is None else float(special.expit(hi)),
                 "accuracy_population": population,
                 # the spread of skill in accuracy terms: a 10th- and a 90th-percentile listener on a typical clip
-                "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * sd.get("participant", 0.0)))
+                "accuracy_listeners_p10_p90": [float(special.expit(b_hat + z * (sd.get("participant") or 0.0)))
                                                for z in (-_Z90, _Z90)],
-                "sd_participant": sd.get("participant", 0.0), "sd_item": sd.get("item", 0.0),
+                "sd_participant": sd.get("participant"), "sd_item": sd.get("item"), "df": df,
                 "loglik": l_max, "p_value": p_value, "tost": equivalence,
                 **({"lean_towards_ai": b1_hat / 2} if nb == 2 else {})}
     except np.linalg.LinAlgError as e:  # the Hessian is positive definite in theory; guard rounding anyway

@@ -203,7 +203,7 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
                     resp = {"2afc": {"choice": "A"}, "single": {"origin": "ai", "confidence": 3}, "mos": {"rating": 3},
                             "mushra": {"ratings": {s: 50 for s in st["stimuli"]}}}[d]
                 elif d in ("2afc", "single"):
-                    p = accuracy.get(t["system"], 0.5)
+                    p = min(max(accuracy.get(t["system"], 0.5), 1e-9), 1 - 1e-9)  # 0 and 1: always wrong/right
                     p = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + skill)))
                     right = rng.random() < p
                     if d == "2afc":

@@ -85,6 +85,8 @@ def tests_against_chance(correct, participant, item, margin: float, alpha: float
     res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
     if n:
         res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci, origin=origin)
+    if n and origin is not None:  # the pooled test that a lean towards one answer cannot pass
+        res["fisher"] = S.answer_vs_origin(correct, origin)
     return res
 
 
@@ -296,7 +298,7 @@ def _plots(res: dict) -> list[tuple[str, str]]:
     out = []
     if "identification" in res:
         ident = res["identification"]
-        names = ["overall", *ident["systems"]]
+        names = [label for label, _ in _rows(res)]
         blocks = [ident["overall"], *ident["systems"].values()]
         est = [b["accuracy"]["estimate"] for b in blocks]
         lo = [b["accuracy"]["ci_low"] for b in blocks]
@@ -361,6 +363,16 @@ def _plots(res: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _rows(res: dict) -> list[tuple[str, dict]]:
+    """``(label, block)`` of the identification table. In single-stimulus designs a system's row holds its
+    trials and the human ones (``sysA vs human``), and the human row alone is the correct-rejection rate."""
+    ident = res["identification"]
+    if res["design"] != "single":
+        return [("overall", ident["overall"]), *ident["systems"].items()]
+    return [("overall", ident["overall"]), *((f"{name} vs human" if name != "human" else
+                                               "human (correct rejections)", b) for name, b in ident["systems"].items())]
+
+
 def _fmt(x, d=3) -> str:
     import math
 
@@ -375,12 +387,19 @@ def decision(block: dict, alpha: float) -> tuple[str, str]:
         return "inconclusive", "no answers to analyse"
     m = block.get("mixed") or {}
     if m.get("estimable"):
-        how, acc, p, equivalent = "mixed model", m["accuracy"], m["p_value"], m["tost"]["equivalent"]
+        how, above, p, equivalent = "mixed model", m["accuracy"] > 0.5, m["p_value"], m["tost"]["equivalent"]
+    elif m and not m.get("fallback", True):
+        return "inconclusive", f"mixed model not fitted: {m['reason']}"
+    elif block.get("fisher"):  # single stimulus: the pooled test of answer against origin ignores a lean
+        f = block["fisher"]
+        how = f"pooled Fisher exact test of answer against origin; mixed model not fitted: {m.get('reason')}"
+        above, p, equivalent = f["odds_ratio"] > 1, f["p_value"], False
     else:
         how = "pooled exact binomial tests" + (f"; mixed model not fitted: {m['reason']}" if m else "")
-        acc, p, equivalent = block["accuracy"]["estimate"], block["accuracy"]["p_value"], block["tost"]["equivalent"]
+        above, p = block["accuracy"]["estimate"] > 0.5, block["accuracy"]["p_value"]
+        equivalent = block["tost"]["equivalent"]
     if p < alpha:
-        return ("above chance" if acc > 0.5 else "below chance"), how
+        return ("above chance" if above else "below chance"), how
     return ("equivalent" if equivalent else "inconclusive"), how
 
 
@@ -391,7 +410,11 @@ _SAID = {"below chance": "below chance (listeners systematically take one origin
 def verdict(block: dict, margin: float, alpha: float) -> str:
     """The overall conclusion as the report's last line (see :func:`decision`)."""
     conclusion, how = decision(block, alpha)
-    return f"overall: {_SAID.get(conclusion, conclusion)} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
+    said = _SAID.get(conclusion, conclusion)
+    m = block.get("mixed") or {}
+    if conclusion == "above chance" and m.get("estimable") and m["tost"]["equivalent"]:
+        said += ", yet within the equivalence margin"  # detectable, but by less than the margin
+    return f"overall: {said} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
 
 
 def _text(res: dict) -> list[str]:
@@ -402,31 +425,35 @@ def _text(res: dict) -> list[str]:
         lines.append(f"  excluded {e['participant']} ({e['external_id'] or '-'}): {'; '.join(e['reasons'])}")
     if "identification" in res:
         ident = res["identification"]
-        lines.append(f"{'system':<16} {'n':>5} {'acc':>6} {'Wilson 95%':>15} {'p(binom)':>9} {'TOST p':>8} "
+        w = max(16, *(len(label) for label, _ in _rows(res)))
+        if res["design"] == "single":
+            lines.append("single stimulus: a system's row holds its trials and the human ones (is it told apart from "
+                         "them?); the human row alone is the rate of human stimuli called human")
+        lines.append(f"{'system':<{w}} {'n':>5} {'acc':>6} {'Wilson 95%':>15} {'p(binom)':>9} {'TOST p':>8} "
                      f"{'boot 95%':>15} {'d-prime':>7} {'c':>6}")
-        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+        for name, b in _rows(res):
             a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
-            lines.append(f"{name:<16} {b['n']:>5} {_fmt(a['estimate']):>6} "
+            lines.append(f"{name:<{w}} {b['n']:>5} {_fmt(a['estimate']):>6} "
                          f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(a['p_value']):>9} "
                          f"{_fmt(t['p']):>8} {'[' + _fmt(bo.get('ci_low')) + ', ' + _fmt(bo.get('ci_high')) + ']':>15} "
                          f"{_fmt(sdt.get('dprime'), 2):>7} {_fmt(sdt.get('c'), 2):>6}")
-        mixed = [(name, b["mixed"]) for name, b in [("overall", ident["overall"]), *ident["systems"].items()]
+        mixed = [(name, b["mixed"]) for name, b in _rows(res)
                  if b.get("mixed")]
         if mixed:
             lines.append("mixed-effects logistic model (random listener and clip intercepts; accuracy of a typical "
-                         "listener on a typical clip):")
-            lines.append(f"{'system':<16} {'acc':>6} {'95% profile':>15} {'p(LRT)':>9} {'TOST p':>8} "
+                         + ("unbiased " if res["design"] == "single" else "") + "listener on a typical clip):")
+            lines.append(f"{'system':<{w}} {'acc':>6} {'95% profile':>15} {'p(LRT)':>9} {'TOST p':>8} "
                          f"{'sd listener':>11} {'sd clip':>7} {'listeners 10-90%':>16}")
             for name, m in mixed:
                 if m["estimable"]:
-                    lines.append(f"{name:<16} {_fmt(m['accuracy']):>6} "
+                    lines.append(f"{name:<{w}} {_fmt(m['accuracy']):>6} "
                                  f"{'[' + _fmt(m['ci_low']) + ', ' + _fmt(m['ci_high']) + ']':>15} "
                                  f"{_fmt(m['p_value']):>9} {_fmt(m['tost']['p']):>8} {_fmt(m['sd_participant'], 2):>11} "
                                  f"{_fmt(m['sd_item'], 2):>7} "
                                  f"{_fmt(m['accuracy_listeners_p10_p90'][0], 2) + '-' + _fmt(m['accuracy_listeners_p10_p90'][1], 2):>16}"
                                  + (f"  lean towards 'AI' {m['lean_towards_ai']:+.2f}" if "lean_towards_ai" in m else ""))
                 else:
-                    lines.append(f"{name:<16} not fitted: {m['reason']}")
+                    lines.append(f"{name:<{w}} not fitted: {m['reason']}")
         lines.append(verdict(ident["overall"], res["margin"], res["alpha"]))
     if "ratings" in res:
         for name, s in res["ratings"]["systems"].items():
@@ -459,7 +486,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
     if "identification" in res:
         ident = res["identification"]
         rows = []
-        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+        for name, b in _rows(res):
             a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
                 name, b["n"], _fmt(a["estimate"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]", _fmt(a["p_value"]),
@@ -470,7 +497,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                      f"<th>equivalent (±{res['margin']:g})</th><th>cluster bootstrap 95%</th><th>d′</th><th>c</th></tr>"
                      + "".join(rows) + "</table>")
         rows = []
-        for name, b in [("overall", ident["overall"]), *ident["systems"].items()]:
+        for name, b in _rows(res):
             m = b.get("mixed")
             if not m:
                 continue

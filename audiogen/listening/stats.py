@@ -135,6 +135,24 @@ def mean_ci(x, level: float = 0.95) -> dict:
     return {"mean": m, "ci_low": m - h, "ci_high": m + h, "n": int(n), "sd": sd}
 
 
+def answer_vs_origin(correct, generated) -> dict:
+    """Fisher's exact test of the answer ('AI' or 'human') against the stimulus's origin, pooled over listeners.
+
+    For single-stimulus designs when the mixed model cannot be fitted: unlike accuracy against
+    0.5, it does not count a lean towards one answer as skill when the origins are unequally
+    many. ``odds_ratio`` > 1: 'AI' is answered more often for generated stimuli. Treats answers as
+    independent (as every pooled test does).
+    """
+    correct, generated = np.asarray(correct, dtype=bool), np.asarray(generated, dtype=bool)
+    said_ai = correct == generated
+    table = [[int(np.sum(said_ai & generated)), int(np.sum(~said_ai & generated))],
+             [int(np.sum(said_ai & ~generated)), int(np.sum(~said_ai & ~generated))]]
+    if not generated.any() or generated.all():
+        return {}
+    res = S.fisher_exact(table)
+    return {"table": table, "odds_ratio": float(res.statistic), "p_value": float(res.pvalue)}
+
+
 def paired_difference(a, b, level: float = 0.95) -> dict:
     """Two systems compared over listeners: ``a[i]``, ``b[i]`` are listener i's mean scores.
 
