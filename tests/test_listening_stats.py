@@ -273,6 +273,8 @@ def test_paired_difference_sees_through_listeners_own_use_of_the_scale():
     assert ttest_ind(a, b).pvalue > 0.2
     same = S.paired_difference(a, a)
     assert same["mean"] == 0 and same["p_value"] == 1.0
+    few = S.paired_difference(a[:4], b[:4])  # 4 listeners, all in one direction: the exact test's floor
+    assert few["p_value"] == pytest.approx(0.125) == few["smallest_possible_p"]
 
 
 # ---- power planning (audiogen.listening.power) ----

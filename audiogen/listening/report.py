@@ -467,7 +467,9 @@ def _text(res: dict) -> list[str]:
                 lines.append(f"  {r['a']} - {r['b']}: {_signed(r['mean'])} [{_fmt(r['ci_low'], 4)}, "
                              f"{_fmt(r['ci_high'], 4)}], {r['listeners']} listeners, p {_fmt(r['p_value'])}, "
                              f"Holm p {_fmt(r.get('p_holm'))}"
-                             + (f", bootstrap [{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else ""))
+                             + (f", bootstrap [{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else "")
+                             + (f" (with {r['listeners']} listeners p cannot go below {r['smallest_possible_p']:.3g})"
+                                if r["smallest_possible_p"] >= res["alpha"] else ""))
     return lines
 
 

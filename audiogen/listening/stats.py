@@ -166,6 +166,8 @@ def paired_difference(a, b, level: float = 0.95) -> dict:
     out = {k: v for k, v in mean_ci(d, level).items() if k != "sd"}
     nonzero = d[d != 0]
     out["p_value"] = float(S.wilcoxon(nonzero).pvalue) if nonzero.size else (1.0 if d.size else math.nan)
+    # the exact two-sided test can go no lower than 2 / 2**n: 0.0625 with 5 listeners
+    out["smallest_possible_p"] = min(1.0, 2.0 / 2.0 ** nonzero.size)
     return out
 
 
