@@ -182,6 +182,12 @@ def test_single_stimulus_verdict_is_not_fooled_by_listeners_who_lean_towards_one
     a = res["identification"]["systems"]["sysA"]
     assert a["n"] == 60 * 6 and a["mixed"]["p_value"] > 0.05 and abs(a["sdt"]["dprime"]) < 0.4
     assert not res["identification"]["systems"]["human"]["mixed"]["estimable"]
+    # the tables say what the rows hold, and the pooled column is the lean-proof Fisher test, not accuracy vs 0.5
+    from audiogen.listening.report import _text
+
+    text = "\n".join(_text(res))
+    assert "p(Fisher)" in text and "sysA vs human" in text and "human (correct rejections)" in text
+    assert o["fisher"]["p_value"] > 0.05
 
 
 def analyse_verdict(res: dict) -> str:

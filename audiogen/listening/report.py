@@ -91,6 +91,8 @@ def tests_against_chance(correct, participant, item, margin: float, alpha: float
 
 
 def _identification(rows: list[dict], design: str, margin: float, alpha: float, n_boot: int, seed: int) -> dict:
+    import math
+
     import numpy as np
 
     from audiogen.listening import stats as S
@@ -125,6 +127,10 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
         if design == "single" and system != "human":
             rs = rs + humans  # a system is told apart from the human stimuli: both kinds of trial count
         out["systems"][system] = block(rs, humans if system != "human" else None)
+        if design == "single" and system == "human":  # the correct-rejection rate: it measures a lean, not ability
+            b = out["systems"][system]
+            b["accuracy"]["p_value"] = math.nan
+            b["tost"] = {**b["tost"], "p": math.nan, "p_lower": math.nan, "p_upper": math.nan, "equivalent": False}
     if design == "single":  # are listeners right more often when they say they are sure?
         out["by_confidence"] = {}
         for c in range(1, 6):
@@ -363,6 +369,14 @@ def _plots(res: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _pooled_p(block: dict) -> float:
+    """The pooled test's p: in single-stimulus designs Fisher's test of answer against origin (accuracy against
+    0.5 would count a lean towards one answer as skill), else the exact binomial test against 0.5."""
+    if "fisher" in block:
+        return (block["fisher"] or {}).get("p_value", float("nan"))
+    return block["accuracy"]["p_value"]
+
+
 def _rows(res: dict) -> list[tuple[str, dict]]:
     """``(label, block)`` of the identification table. In single-stimulus designs a system's row holds its
     trials and the human ones (``sysA vs human``), and the human row alone is the correct-rejection rate."""
@@ -429,12 +443,15 @@ def _text(res: dict) -> list[str]:
         if res["design"] == "single":
             lines.append("single stimulus: a system's row holds its trials and the human ones (is it told apart from "
                          "them?); the human row alone is the rate of human stimuli called human")
-        lines.append(f"{'system':<{w}} {'n':>5} {'acc':>6} {'Wilson 95%':>15} {'p(binom)':>9} {'TOST p':>8} "
+        lines.append(f"{'system':<{w}} {'n':>5} {'acc':>6} {'Wilson 95%':>15} "
+                     f"{'p(Fisher)' if res['design'] == 'single' else 'p(binom)':>9} {'TOST p':>8} "
                      f"{'boot 95%':>15} {'d-prime':>7} {'c':>6}")
         for name, b in _rows(res):
             a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
+            if res["design"] == "single":  # pooled TOST on accuracy would count a lean as skill: the model's only
+                t = {"p": None, "equivalent": None}
             lines.append(f"{name:<{w}} {b['n']:>5} {_fmt(a['estimate']):>6} "
-                         f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(a['p_value']):>9} "
+                         f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(_pooled_p(b)):>9} "
                          f"{_fmt(t['p']):>8} {'[' + _fmt(bo.get('ci_low')) + ', ' + _fmt(bo.get('ci_high')) + ']':>15} "
                          f"{_fmt(sdt.get('dprime'), 2):>7} {_fmt(sdt.get('c'), 2):>6}")
         mixed = [(name, b["mixed"]) for name, b in _rows(res)
@@ -490,12 +507,15 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         rows = []
         for name, b in _rows(res):
             a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
+            if res["design"] == "single":  # pooled TOST on accuracy would count a lean as skill: the model's only
+                t = {"p": None, "equivalent": None}
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
-                name, b["n"], _fmt(a["estimate"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]", _fmt(a["p_value"]),
-                _fmt(t["p"]), "yes" if t["equivalent"] else "no", f"[{_fmt(bo.get('ci_low'))}, {_fmt(bo.get('ci_high'))}]",
+                name, b["n"], _fmt(a["estimate"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]", _fmt(_pooled_p(b)),
+                _fmt(t["p"]), {True: "yes", False: "no"}.get(t["equivalent"], "–"), f"[{_fmt(bo.get('ci_low'))}, {_fmt(bo.get('ci_high'))}]",
                 _fmt(sdt.get("dprime"), 2), _fmt(sdt.get("c"), 2)]) + "</tr>")
         parts.append("<h2>Identification</h2><table><tr><th>system</th><th>n</th><th>accuracy</th><th>Wilson 95%</th>"
-                     "<th>p (exact binomial vs 0.5)</th><th>TOST p</th>"
+                     + ("<th>p (Fisher exact, answer vs origin)</th>" if res["design"] == "single" else
+                        "<th>p (exact binomial vs 0.5)</th>") + "<th>TOST p</th>"
                      f"<th>equivalent (±{res['margin']:g})</th><th>cluster bootstrap 95%</th><th>d′</th><th>c</th></tr>"
                      + "".join(rows) + "</table>")
         rows = []
