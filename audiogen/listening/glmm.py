@@ -148,7 +148,7 @@ def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[
 
 
 def fit_identification(correct, participant, item, margin: float, alpha: float = 0.05, level: float = 0.95,
-                       p0: float = 0.5, ci: bool = True, tost: bool = True, origin=None) -> dict:
+                       p0: float = 0.5, ci: bool = True, tost: bool | str = True, origin=None) -> dict:
     """Fit the model to one block of answers and test it against chance (``p0``) and for equivalence.
 
     Returns ``estimable: False`` with a ``reason`` when there is no finite estimate (no
@@ -165,7 +165,9 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     20 clips. ``fallback: False`` marks a block no pooled test may decide either (one
     clip, one origin). ``sd_participant``/``sd_item`` are None for a factor not in the model.
     ``ci=False`` / ``tost=False`` skip the interval / the equivalence tests (None), which
-    cost most of the time, for simulations that need only some of the answers.
+    cost most of the time, for simulations that need only some of the answers;
+    ``tost="unless_significant"`` skips the equivalence tests when the test against chance
+    already rejects at ``alpha``.
 
     ``origin`` (single-stimulus designs: True where the stimulus was generated) adds a fixed
     effect ``b1 * (+1/2 generated, -1/2 human)``. A listener who leans towards one answer is
@@ -258,7 +260,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         if ci:
             z_crit = float(ref.ppf(0.5 + level / 2))
             lo, hi = bound(z_crit, -1), bound(z_crit, +1)
-        if tost:
+        if tost and not (tost == "unless_significant" and p_value < alpha):
             b_lo, b_hi = float(special.logit(p0 - margin)), float(special.logit(p0 + margin))
             p_lower = float(ref.sf(signed_root(b_lo)))  # H0: b0 <= b_lo
             p_upper = float(ref.cdf(signed_root(b_hi)))  # H0: b0 >= b_hi

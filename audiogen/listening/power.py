@@ -69,7 +69,7 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
     pooled_above = not_fitted = 0
     for _ in tqdm(range(runs), desc="simulated experiments", disable=not progress, dynamic_ncols=True):
         y, listener, clip = simulate(plan, rng)
-        block = tests_against_chance(y, listener, clip, plan.margin, plan.alpha, ci=False)
+        block = tests_against_chance(y, listener, clip, plan.margin, plan.alpha, ci=False, tost="unless_significant")
         counts[decision(block, plan.alpha)[0]] += 1
         not_fitted += not block["mixed"]["estimable"]
         pooled_above += block["accuracy"]["p_value"] < plan.alpha and block["accuracy"]["estimate"] > 0.5

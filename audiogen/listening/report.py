@@ -75,7 +75,7 @@ def participant_checks(exp: dict, parts: list[dict], rows: list[dict]) -> dict[s
 
 
 def tests_against_chance(correct, participant, item, margin: float, alpha: float, ci: bool = True,
-                         origin=None) -> dict:
+                         origin=None, tost: bool | str = True) -> dict:
     """What :func:`decision` needs for one block of 0/1 answers: the pooled exact tests and the mixed model
     (``origin``: single-stimulus designs, True for generated stimuli; see :func:`fit_identification`)."""
     from audiogen.listening import stats as S
@@ -84,7 +84,8 @@ def tests_against_chance(correct, participant, item, margin: float, alpha: float
     k, n = int(sum(correct)), len(correct)
     res = {"n": n, "accuracy": S.binomial(k, n).as_dict(), "tost": S.tost_binomial(k, n, margin, alpha=alpha)}
     if n:
-        res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci, origin=origin)
+        res["mixed"] = fit_identification(correct, participant, item, margin, alpha=alpha, ci=ci, origin=origin,
+                                          tost=tost)
     if n and origin is not None:  # the pooled test that a lean towards one answer cannot pass
         res["fisher"] = S.answer_vs_origin(correct, origin)
     return res
@@ -401,7 +402,8 @@ def decision(block: dict, alpha: float) -> tuple[str, str]:
         return "inconclusive", "no answers to analyse"
     m = block.get("mixed") or {}
     if m.get("estimable"):
-        how, above, p, equivalent = "mixed model", m["accuracy"] > 0.5, m["p_value"], m["tost"]["equivalent"]
+        how, above, p = "mixed model", m["accuracy"] > 0.5, m["p_value"]
+        equivalent = bool((m["tost"] or {}).get("equivalent"))  # None: not computed, the test against chance decided
     elif m and not m.get("fallback", True):
         return "inconclusive", f"mixed model not fitted: {m['reason']}"
     elif block.get("fisher"):  # single stimulus: the pooled test of answer against origin ignores a lean
@@ -426,7 +428,7 @@ def verdict(block: dict, margin: float, alpha: float) -> str:
     conclusion, how = decision(block, alpha)
     said = _SAID.get(conclusion, conclusion)
     m = block.get("mixed") or {}
-    if conclusion == "above chance" and m.get("estimable") and m["tost"]["equivalent"]:
+    if conclusion == "above chance" and m.get("estimable") and (m["tost"] or {}).get("equivalent"):
         said += ", yet within the equivalence margin"  # detectable, but by less than the margin
     return f"overall: {said} ({how}; TOST margin ±{margin:g}, alpha {alpha:g})"
 
