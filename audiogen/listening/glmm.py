@@ -182,6 +182,8 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
            "estimable": False, "alpha": alpha, "level": level}
     if y.size == 0:
         return {**out, "reason": "no answers"}
+    if np.unique(np.asarray(item)).size < 2:  # fallback False: no pooled test may speak for clips in general
+        return {**out, "fallback": False, "reason": "one clip: nothing can be said about clips in general"}
     if y.min() == y.max():
         return {**out, "reason": f"every answer was {'right' if y[0] else 'wrong'}: the accuracy has no finite "
                                  "estimate (use the exact binomial interval)"}
@@ -192,8 +194,6 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         if MIN_LEVELS <= levels[name] < y.size:  # one answer per level: its spread is not identifiable
             groups.append(idx)
             names.append(name)
-    if levels["item"] < 2:  # fallback False: no pooled test may stand in for a claim about clips in general
-        return {**out, "fallback": False, "reason": "one clip: nothing can be said about clips in general"}
     x_origin = None
     if origin is not None:
         out["model"] = "logit P(correct) = b0 + b1 * origin + u[participant] + v[item] (Laplace ML)"
