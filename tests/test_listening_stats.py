@@ -297,7 +297,8 @@ def test_power_simulation_matches_the_exact_binomial_power_without_spreads():
     assert exact - 0.15 <= above <= exact + 0.05
     assert sum(v["rate"] for v in res["verdicts"].values()) == pytest.approx(1.0)
     # subsets: each listener hears K distinct clips
-    y, listener, clip = simulate(Plan(5, 12, 0.7, clips_per_listener=4), np.random.default_rng(0))
+    y, listener, clip, generated = simulate(Plan(5, 12, 0.7, clips_per_listener=4), np.random.default_rng(0))
+    assert generated is None
     assert y.size == 20 and all(len(set(clip[listener == i])) == 4 for i in range(5))
 
 
@@ -369,3 +370,19 @@ def test_blocks_no_test_can_decide_are_inconclusive_and_single_stimulus_falls_ba
     only_human = tests_against_chance((rng.random(40) < 0.8).astype(float), np.repeat(np.arange(10), 4),
                                       np.tile(np.arange(4), 10), 0.1, 0.05, origin=np.zeros(40, bool))
     assert decision(only_human, 0.05)[0] == "inconclusive"
+
+
+def test_power_of_a_single_stimulus_plan_with_a_lean_and_unequal_origins():
+    """Listeners who cannot tell but lean towards 'AI' (log-odds 1), a third of the stimuli human: the report's
+    verdict stays near its false-alarm rate, while accuracy against 0.5 pooled would call most runs above chance."""
+    from audiogen.listening.power import Plan, power, simulate
+
+    plan = Plan(20, 12, 0.5, sd_listener=0.3, sd_clip=0.3, design="single", human_share=1 / 3, lean=1.0)
+    y, _, clip, generated = simulate(plan, np.random.default_rng(0))
+    assert generated.sum() == 20 * 8 and y[generated].mean() > 0.55 > 0.45 > y[~generated].mean()  # expit(+-1)
+    res = power(plan, runs=40, seed=5)
+    assert res["verdicts"]["above chance"]["rate"] <= 0.1 and res["pooled_above_chance"]["rate"] >= 0.5
+    from audiogen.errors import AudiogenError
+
+    with pytest.raises(AudiogenError, match="human and generated"):
+        power(Plan(4, 3, 0.6, design="single", human_share=0.0), runs=1)

@@ -115,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="spread of listeners' skill, sd on the log-odds scale (default: %(default)s)")
     w.add_argument("--sd-clip", type=float, default=0.5, metavar="SD",
                    help="spread of clips' difficulty, sd on the log-odds scale (default: %(default)s)")
+    w.add_argument("--design", choices=["2afc", "single"], default="2afc",
+                   help="2afc, or single stimulus (each clip one stimulus, human or generated) (default: %(default)s)")
+    w.add_argument("--human-share", type=float, default=0.5, metavar="F",
+                   help="single: the share of the stimuli that are human (default: %(default)s)")
+    w.add_argument("--lean", type=float, default=0.0, metavar="L",
+                   help="single: listeners' lean towards answering 'AI', log-odds (default: %(default)s)")
     w.add_argument("--margin", type=float, default=0.1, help="TOST equivalence margin around 0.5 (default: %(default)s)")
     w.add_argument("--alpha", type=float, default=0.05, help="significance level (default: %(default)s)")
     w.add_argument("--runs", type=int, default=200, help="simulated experiments (default: %(default)s)")
@@ -173,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
         plan = Plan(listeners=args.listeners, clips=args.clips, accuracy=args.accuracy,
                     clips_per_listener=args.clips_per_listener, sd_listener=args.sd_listener, sd_clip=args.sd_clip,
-                    margin=args.margin, alpha=args.alpha)
+                    margin=args.margin, alpha=args.alpha, design=args.design, human_share=args.human_share,
+                    lean=args.lean)
         res = power(plan, runs=args.runs, seed=args.seed, progress=not args.quiet)
         print(json.dumps(res) if args.json else "\n".join(power_text(res)))
         return 0

@@ -27,10 +27,17 @@ class Plan:
     sd_clip: float = 0.5
     margin: float = 0.1
     alpha: float = 0.05
+    design: str = "2afc"  # or "single": each clip is one stimulus, human or generated
+    human_share: float = 0.5  # single: the share of stimuli that are human
+    lean: float = 0.0  # single: listeners' lean towards answering 'AI' (log-odds)
 
     def check(self) -> None:
         cpl = self.clips_per_listener
+        humans = round(self.clips * self.human_share)
         for ok, msg in [
+            (self.design in ("2afc", "single"), "design must be 2afc or single"),
+            (self.design == "2afc" or 1 <= humans < self.clips,
+             "a single-stimulus plan needs human and generated stimuli: set --human-share so both are there"),
             (self.listeners >= 1 and self.clips >= 1, "need at least 1 listener and 1 clip"),
             (cpl is None or 1 <= cpl <= self.clips, "clips per listener must be between 1 and the number of clips"),
             (0 < self.accuracy < 1, "accuracy must be strictly between 0 and 1"),
@@ -42,15 +49,22 @@ class Plan:
                 raise AudiogenError(msg)
 
 
-def simulate(plan: Plan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One experiment: ``(correct[N], listener[N], clip[N])``; each listener hears a random subset of clips."""
+def simulate(plan: Plan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One experiment: ``(correct[N], listener[N], clip[N], generated[N] or None)``; each listener hears a
+    random subset of clips. Single stimulus: the first ``human_share`` of the clips are human, and a lean
+    towards 'AI' makes answers to generated stimuli right (and to human ones wrong) more often."""
     per = plan.clips_per_listener or plan.clips
     u = rng.normal(0, plan.sd_listener, plan.listeners)
     v = rng.normal(0, plan.sd_clip, plan.clips)
     listener = np.repeat(np.arange(plan.listeners), per)
     clip = np.concatenate([rng.permutation(plan.clips)[:per] for _ in range(plan.listeners)])
-    p = special.expit(special.logit(plan.accuracy) + u[listener] + v[clip])
-    return (rng.random(p.size) < p).astype(np.float64), listener, clip
+    logit = special.logit(plan.accuracy) + u[listener] + v[clip]
+    generated = None
+    if plan.design == "single":
+        generated = clip >= round(plan.clips * plan.human_share)
+        logit = logit + np.where(generated, plan.lean, -plan.lean)
+    p = special.expit(logit)
+    return (rng.random(p.size) < p).astype(np.float64), listener, clip, generated
 
 
 def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) -> dict:
@@ -68,11 +82,12 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
     counts = {"above chance": 0, "below chance": 0, "equivalent": 0, "inconclusive": 0}
     pooled_above = not_fitted = 0
     for _ in tqdm(range(runs), desc="simulated experiments", disable=not progress, dynamic_ncols=True):
-        y, listener, clip = simulate(plan, rng)
-        block = tests_against_chance(y, listener, clip, plan.margin, plan.alpha, ci=False, tost="unless_significant")
+        y, listener, clip, generated = simulate(plan, rng)
+        block = tests_against_chance(y, listener, clip, plan.margin, plan.alpha, ci=False, origin=generated,
+                                     tost="unless_significant")
         counts[decision(block, plan.alpha)[0]] += 1
         not_fitted += not block["mixed"]["estimable"]
-        pooled_above += block["accuracy"]["p_value"] < plan.alpha and block["accuracy"]["estimate"] > 0.5
+        pooled_above += block["accuracy"]["p_value"] < plan.alpha and block["accuracy"]["estimate"] > 0.5  # vs 0.5
 
     def rate(k: int) -> dict:
         lo, hi = S.wilson(k, runs)
@@ -92,8 +107,10 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
 def power_text(res: dict) -> list[str]:
     p = res["plan"]
     per = p["clips_per_listener"] or p["clips"]
+    single = (f" (single stimulus: {round(p['clips'] * p['human_share'])} human, lean towards 'AI' {p['lean']:g})"
+              if p["design"] == "single" else "")
     lines = [f"design: {p['listeners']} listeners x {p['clips']} clips, {per} clips per listener, "
-             f"{p['answers']} answers",
+             f"{p['answers']} answers{single}",
              f"assumed: typical-listener accuracy {p['accuracy']:g} (averaged over listeners and clips "
              f"{res['accuracy_population']:.3f}), spread of listeners {p['sd_listener']:g} and of clips "
              f"{p['sd_clip']:g} (sd, log-odds)",
@@ -103,9 +120,10 @@ def power_text(res: dict) -> list[str]:
         label = "equivalent to chance" if name == "equivalent" else name
         lines.append(f"  {label:<22} {r['rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
     r = res["pooled_above_chance"]
-    lines.append(f"  (a pooled exact binomial test would say 'above chance' in {r['rate']:.3f}; it ignores the "
-                 "spreads)" if not math.isclose(p["sd_listener"] + p["sd_clip"], 0) else
-                 f"  (pooled exact binomial test: 'above chance' in {r['rate']:.3f})")
+    ignores = [what for what, on in (("the spreads", not math.isclose(p["sd_listener"] + p["sd_clip"], 0)),
+                                     ("the lean", p["design"] == "single" and p["lean"] != 0)) if on]
+    lines.append(f"  (a pooled exact binomial test against 0.5 would say 'above chance' in {r['rate']:.3f}"
+                 + (f"; it ignores {' and '.join(ignores)})" if ignores else ")"))
     if res["not_fitted"]:
         lines.append(f"  the mixed model could not be fitted in {res['not_fitted']} runs (every answer right or "
                      "wrong, or quasi-separation); those used the pooled exact tests, as the report does")
