@@ -138,6 +138,21 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     return config
 
 
+def read_model_configs(model_dir: str | os.PathLike):
+    """``(config, LMConfig, ConditionerConfig)`` of a model directory whose weights file is there; nothing loaded."""
+    from audiogen.conditioning import ConditionerConfig
+    from audiogen.lm import LMConfig
+
+    d = Path(model_dir)
+    config = read_config(d)
+    if not (d / WEIGHTS).is_file():
+        raise AudiogenError(f"{d}: {WEIGHTS} is missing")
+    try:
+        return config, LMConfig.from_dict(config["lm"]), ConditionerConfig.from_dict(config["conditioner"])
+    except TypeError as e:
+        raise AudiogenError(f"{d / CONFIG}: invalid model config ({e})") from None
+
+
 def load_codec_for(config: dict, model_dir: Path, device="cpu"):
     from audiogen.codec import load_codec
 
@@ -153,19 +168,12 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
     """Load LM, conditioner and codec from a model directory and check that they fit together."""
     from safetensors.torch import load_file
 
-    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.lm import LM, LMConfig
+    from audiogen.conditioning import ConditionEncoder
+    from audiogen.lm import LM
 
     d = Path(model_dir)
-    config = read_config(d)
+    config, lm_cfg, c_cfg = read_model_configs(d)
     w = d / WEIGHTS
-    if not w.is_file():
-        raise AudiogenError(f"{d}: {WEIGHTS} is missing")
-    try:
-        lm_cfg = LMConfig.from_dict(config["lm"])
-        c_cfg = ConditionerConfig.from_dict(config["conditioner"])
-    except TypeError as e:
-        raise AudiogenError(f"{d / CONFIG}: invalid model config ({e})") from None
     codec = load_codec_for(config, d, device)
     if codec.num_codebooks != lm_cfg.num_codebooks or codec.cardinality != lm_cfg.cardinality:
         raise AudiogenError(

@@ -150,20 +150,11 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
     """
     from safetensors import safe_open
 
-    from audiogen.checkpoint import CONFIG, WEIGHTS, read_config
-    from audiogen.conditioning import ConditionerConfig
-    from audiogen.lm import LMConfig
+    from audiogen.checkpoint import WEIGHTS, read_model_configs
 
     d = resolve_model_dir(model_dir)
-    config = read_config(d)
-    try:
-        lm_cfg = LMConfig.from_dict(config["lm"])
-        c_cfg = ConditionerConfig.from_dict(config["conditioner"])
-    except TypeError as e:
-        raise AudiogenError(f"{d / CONFIG}: invalid model config ({e})") from None
+    config, lm_cfg, c_cfg = read_model_configs(d)
     w = d / WEIGHTS
-    if not w.is_file():
-        raise AudiogenError(f"{d}: {WEIGHTS} is missing")
     params = {"lm.": 0, "conditioner.": 0}
     try:
         with safe_open(str(w), framework="np") as f:  # reads the header only

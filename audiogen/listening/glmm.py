@@ -64,8 +64,8 @@ class Laplace:
             self._cell = self.groups[0] * self.sizes[1] + self.groups[1]
         self._z = [np.zeros(n) for n in self.sizes]  # conditional modes, warm start for the next call
 
-    def _eta(self, b0: float, sds, z) -> np.ndarray:
-        eta = b0 + self.b1 * self.x
+    def _eta(self, fixed: np.ndarray, sds, z) -> np.ndarray:
+        eta = fixed.copy()
         for g, s, zf in zip(self.groups, sds, z):
             eta += s * zf[g]
         return eta
@@ -93,10 +93,10 @@ class Laplace:
 
     def __call__(self, b0: float, sds, b1: float = 0.0) -> float:
         """``b1``: the coefficient of the covariate (a nuisance parameter, see :func:`fit_identification`)."""
-        self.b1 = float(b1)
+        fixed = b0 + float(b1) * self.x  # the fixed effects' part of the linear predictor, once per call
         sds = [float(sds[i]) for i in self._order]
         z = [zf.copy() for zf in self._z]
-        eta = self._eta(b0, sds, z)
+        eta = self._eta(fixed, sds, z)
         value = self._penalised(eta, z)
         if not self.groups:  # no random effects: plain logistic regression
             return value
@@ -105,7 +105,7 @@ class Laplace:
             t = 1.0
             while True:  # the penalised log-likelihood is concave in z: halving always finds an ascent
                 z_new = [zf + t * d for zf, d in zip(z, steps)]
-                eta_new = self._eta(b0, sds, z_new)
+                eta_new = self._eta(fixed, sds, z_new)
                 new = self._penalised(eta_new, z_new)
                 if new >= value - 1e-12 or t < 1e-8:
                     break

@@ -31,12 +31,16 @@ class Plan:
     human_share: float = 0.5  # single: the share of stimuli that are human
     lean: float = 0.0  # single: listeners' lean towards answering 'AI' (log-odds)
 
+    @property
+    def human_stimuli(self) -> int:
+        """Single stimulus: how many of the clips are human (the first ones)."""
+        return round(self.clips * self.human_share)
+
     def check(self) -> None:
         cpl = self.clips_per_listener
-        humans = round(self.clips * self.human_share)
         for ok, msg in [
             (self.design in ("2afc", "single"), "design must be 2afc or single"),
-            (self.design == "2afc" or 1 <= humans < self.clips,
+            (self.design == "2afc" or 1 <= self.human_stimuli < self.clips,
              "a single-stimulus plan needs human and generated stimuli: set --human-share so both are there"),
             (self.listeners >= 1 and self.clips >= 1, "need at least 1 listener and 1 clip"),
             (cpl is None or 1 <= cpl <= self.clips, "clips per listener must be between 1 and the number of clips"),
@@ -61,7 +65,7 @@ def simulate(plan: Plan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     logit = special.logit(plan.accuracy) + u[listener] + v[clip]
     generated = None
     if plan.design == "single":
-        generated = clip >= round(plan.clips * plan.human_share)
+        generated = clip >= plan.human_stimuli
         logit = logit + np.where(generated, plan.lean, -plan.lean)
     p = special.expit(logit)
     return (rng.random(p.size) < p).astype(np.float64), listener, clip, generated
@@ -95,7 +99,8 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
 
     b0 = float(special.logit(plan.accuracy))
     return {
-        "plan": {**asdict(plan), "answers": plan.listeners * (plan.clips_per_listener or plan.clips)},
+        "plan": {**asdict(plan), "answers": plan.listeners * (plan.clips_per_listener or plan.clips),
+                 "human_stimuli": plan.human_stimuli if plan.design == "single" else None},
         "accuracy_population": population_accuracy(b0, [plan.sd_listener, plan.sd_clip]),
         "runs": runs, "seed": seed,
         "verdicts": {k: rate(v) for k, v in counts.items()},
@@ -107,7 +112,7 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
 def power_text(res: dict) -> list[str]:
     p = res["plan"]
     per = p["clips_per_listener"] or p["clips"]
-    single = (f" (single stimulus: {round(p['clips'] * p['human_share'])} human, lean towards 'AI' {p['lean']:g})"
+    single = (f" (single stimulus: {p['human_stimuli']} human, lean towards 'AI' {p['lean']:g})"
               if p["design"] == "single" else "")
     lines = [f"design: {p['listeners']} listeners x {p['clips']} clips, {per} clips per listener, "
              f"{p['answers']} answers{single}",
@@ -126,5 +131,6 @@ def power_text(res: dict) -> list[str]:
                  + (f"; it ignores {' and '.join(ignores)})" if ignores else ")"))
     if res["not_fitted"]:
         lines.append(f"  the mixed model could not be fitted in {res['not_fitted']} runs (every answer right or "
-                     "wrong, or quasi-separation); those used the pooled exact tests, as the report does")
+                     "wrong, or quasi-separation); those were decided as the report decides them (pooled exact "
+                     "tests, or inconclusive)")
     return lines

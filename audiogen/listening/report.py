@@ -262,8 +262,8 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
     if design in ("2afc", "single"):
         res["identification"] = ident = _identification(used, design, margin, alpha, n_boot, exp["seed"])
         conclusion, how = decision(ident["overall"], alpha)
-        ident["verdict"] = {"conclusion": conclusion, "basis": how,
-                            "text": verdict(ident["overall"], margin, alpha)}
+        ident["verdict"] = {"conclusion": conclusion, "basis": how, "text": _verdict_text(ident["overall"], conclusion,
+                                                                                         how, margin, alpha)}
     else:
         rt = _ratings(used, design, exp, n_boot, exp["seed"])
         res["ratings"] = {k: v for k, v in rt.items() if k != "flat"}
@@ -378,6 +378,12 @@ def _pooled_p(block: dict) -> float:
     return block["accuracy"]["p_value"]
 
 
+def _pooled_tost(res: dict, block: dict) -> dict:
+    """The pooled TOST as the tables show it: none in single-stimulus designs, where equivalence of accuracy
+    to 0.5 would count a lean towards one answer as skill (the mixed model's TOST is the one there)."""
+    return {"p": None, "equivalent": None} if res["design"] == "single" else block["tost"]
+
+
 def _rows(res: dict) -> list[tuple[str, dict]]:
     """``(label, block)`` of the identification table. In single-stimulus designs a system's row holds its
     trials and the human ones (``sysA vs human``), and the human row alone is the correct-rejection rate."""
@@ -425,7 +431,10 @@ _SAID = {"below chance": "below chance (listeners systematically take one origin
 
 def verdict(block: dict, margin: float, alpha: float) -> str:
     """The overall conclusion as the report's last line (see :func:`decision`)."""
-    conclusion, how = decision(block, alpha)
+    return _verdict_text(block, *decision(block, alpha), margin, alpha)
+
+
+def _verdict_text(block: dict, conclusion: str, how: str, margin: float, alpha: float) -> str:
     said = _SAID.get(conclusion, conclusion)
     m = block.get("mixed") or {}
     if conclusion == "above chance" and m.get("estimable") and (m["tost"] or {}).get("equivalent"):
@@ -449,9 +458,7 @@ def _text(res: dict) -> list[str]:
                      f"{'p(Fisher)' if res['design'] == 'single' else 'p(binom)':>9} {'TOST p':>8} "
                      f"{'boot 95%':>15} {'d-prime':>7} {'c':>6}")
         for name, b in _rows(res):
-            a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
-            if res["design"] == "single":  # pooled TOST on accuracy would count a lean as skill: the model's only
-                t = {"p": None, "equivalent": None}
+            a, t, bo, sdt = b["accuracy"], _pooled_tost(res, b), b.get("bootstrap", {}), b.get("sdt", {})
             lines.append(f"{name:<{w}} {b['n']:>5} {_fmt(a['estimate']):>6} "
                          f"{'[' + _fmt(a['ci_low']) + ', ' + _fmt(a['ci_high']) + ']':>15} {_fmt(_pooled_p(b)):>9} "
                          f"{_fmt(t['p']):>8} {'[' + _fmt(bo.get('ci_low')) + ', ' + _fmt(bo.get('ci_high')) + ']':>15} "
@@ -473,7 +480,7 @@ def _text(res: dict) -> list[str]:
                                  + (f"  lean towards 'AI' {m['lean_towards_ai']:+.2f}" if "lean_towards_ai" in m else ""))
                 else:
                     lines.append(f"{name:<{w}} not fitted: {m['reason']}")
-        lines.append(verdict(ident["overall"], res["margin"], res["alpha"]))
+        lines.append(ident["verdict"]["text"])
     if "ratings" in res:
         for name, s in res["ratings"]["systems"].items():
             lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI [{_fmt(s['ci_low'], 4)}, "
@@ -508,9 +515,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         ident = res["identification"]
         rows = []
         for name, b in _rows(res):
-            a, t, bo, sdt = b["accuracy"], b["tost"], b.get("bootstrap", {}), b.get("sdt", {})
-            if res["design"] == "single":  # pooled TOST on accuracy would count a lean as skill: the model's only
-                t = {"p": None, "equivalent": None}
+            a, t, bo, sdt = b["accuracy"], _pooled_tost(res, b), b.get("bootstrap", {}), b.get("sdt", {})
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
                 name, b["n"], _fmt(a["estimate"]), f"[{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]", _fmt(_pooled_p(b)),
                 _fmt(t["p"]), {True: "yes", False: "no"}.get(t["equivalent"], "–"), f"[{_fmt(bo.get('ci_low'))}, {_fmt(bo.get('ci_high'))}]",
@@ -540,7 +545,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
                          "<th>10th–90th percentile listener</th>"
                          + ("<th>lean towards 'AI' (logit)</th>" if res["design"] == "single" else "") + "</tr>"
                          + "".join(rows) + "</table>")
-        parts.append(f"<p class='verdict'>{escape(verdict(ident['overall'], res['margin'], res['alpha']))}</p>")
+        parts.append(f"<p class='verdict'>{escape(ident['verdict']['text'])}</p>")
         if "by_confidence" in ident:
             rows = "".join(f"<tr><td>{c}</td><td>{b['n']}</td><td>{_fmt(b['estimate'])}</td>"
                            f"<td>[{_fmt(b['ci_low'])}, {_fmt(b['ci_high'])}]</td></tr>"
@@ -586,8 +591,10 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         "normal random intercepts, fitted by maximum likelihood with the Laplace approximation (as lme4's glmer): a "
         "likelihood-ratio test of b0 = 0, profile-likelihood intervals, and TOST from the two one-sided signed-root "
         "tests (single-stimulus designs add the stimulus origin as a fixed effect, so that a lean towards answering "
-        "'AI' or 'human' is not counted as skill when the two origins are not equally many); where it cannot be fitted (every answer right or wrong) the verdict falls back to the pooled exact "
-        f"tests and says so. A two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, "
+        "'AI' or 'human' is not counted as skill when the two origins are not equally many); where it cannot be "
+        "fitted (every answer right or wrong, say) the verdict falls back to the pooled exact tests (single-stimulus: "
+        "Fisher's test of answer against origin) and says so, and where no test can speak for clips in general "
+        f"(one clip) it is inconclusive. A two-way cluster bootstrap over participants and items ({res['n_boot']} resamples, "
         "percentile interval) gives a model-free interval for the average accuracy. Ratings: means with Student-t "
         "intervals; systems compared pairwise by each listener's mean difference (Student-t interval, Wilcoxon "
         "signed-rank test, Holm correction over all pairs; for MUSHRA also a cluster bootstrap of the differences "

@@ -144,11 +144,11 @@ def answer_vs_origin(correct, generated) -> dict:
     independent (as every pooled test does).
     """
     correct, generated = np.asarray(correct, dtype=bool), np.asarray(generated, dtype=bool)
+    if not generated.any() or generated.all():
+        return {}
     said_ai = correct == generated
     table = [[int(np.sum(said_ai & generated)), int(np.sum(~said_ai & generated))],
              [int(np.sum(said_ai & ~generated)), int(np.sum(~said_ai & ~generated))]]
-    if not generated.any() or generated.all():
-        return {}
     res = S.fisher_exact(table)
     return {"table": table, "odds_ratio": float(res.statistic), "p_value": float(res.pvalue)}
 
