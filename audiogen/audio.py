@@ -328,18 +328,21 @@ def _polyphase_filter(up: int, down: int) -> np.ndarray:
 # --------------------------------------------------------------------------- loudness
 
 
-def integrated_loudness(wav: np.ndarray, sample_rate: int) -> float:
+def integrated_loudness(wav: np.ndarray, sample_rate: int, block_s: float = 30.0) -> float:
     """Integrated loudness in LUFS (ITU-R BS.1770-4 with gating, as pyloudnorm computes it).
 
     Returns ``-inf`` for digital silence. Audio shorter than one 400 ms gating block
-    is zero-padded to one block so short clips still get a figure. One
-    :class:`LoudnessMeter` pass over the whole array.
+    is zero-padded to one block so short clips still get a figure. The array is fed to a
+    :class:`LoudnessMeter` ``block_s`` at a time, so the float64 filtering never holds
+    more than one block (a 10-minute track would otherwise need several full-length copies).
     """
-    x = np.asarray(wav, dtype=np.float64)
+    x = np.asarray(wav)
     if x.ndim == 1:
         x = x[None]
     meter = LoudnessMeter(sample_rate, x.shape[0])
-    meter.add(x)
+    block = max(1, int(block_s * sample_rate))
+    for s in range(0, x.shape[1], block):
+        meter.add(x[:, s : s + block])
     return meter.integrated()
 
 
@@ -411,6 +414,7 @@ class LoudnessMeter:
 
 @dataclass(frozen=True)
 class FileMeasure:
+    frames: int
     duration_s: float
     sample_rate: int
     channels: int
@@ -452,31 +456,37 @@ def measure_file(path: str | os.PathLike, block_s: float = 30.0) -> FileMeasure:
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudiogenError(f"{info.path}: corrupt or truncated audio ({_sf_reason(e)})") from None
     _check_decoded(info.path, n, info.frames)
-    return FileMeasure(duration_s=n / sr, sample_rate=sr, channels=meter.channels, lufs=meter.integrated(),
+    return FileMeasure(frames=n, duration_s=n / sr, sample_rate=sr, channels=meter.channels, lufs=meter.integrated(),
                        true_peak_dbtp=20 * math.log10(peak) if peak > 0 else float("-inf"))
 
 
-def true_peak_envelope(wav: np.ndarray, sample_rate: int, block_s: float = 30.0) -> np.ndarray:
-    """Per-sample true peak, max over channels: ``[C, N] -> float64[N]``.
+def true_peak_envelope(wav: np.ndarray, sample_rate: int, block_s: float = 10.0) -> np.ndarray:
+    """Per-sample true peak, max over channels: ``[C, N] -> float32[N]``.
 
     Each sample's value is the largest magnitude of the signal oversampled to >= 192 kHz
     (BS.1770-4 Annex 2) within that sample period. Computed in blocks (with overlap for
     the interpolation filter) so an hour of audio never needs an hour of oversampled
-    float64 at once.
+    float64 at once; stored as float32 (the limiter's resolution), one value per sample.
     """
-    x = np.asarray(wav, dtype=np.float64)
+    x = np.asarray(wav)
     if x.ndim == 1:
         x = x[None]
-    C, N = x.shape
-    block = max(1, int(block_s * sample_rate))
-    env = np.zeros(N, dtype=np.float64)
-    for s in range(0, N, block):
-        lo, hi, e = max(0, s - TRUE_PEAK_PAD), min(N, s + block + TRUE_PEAK_PAD), min(N, s + block)
-        env[s:e] = _true_peak_block(x[:, lo:hi], s - lo, e - lo, sample_rate)
+    env = np.zeros(x.shape[1], dtype=np.float32)
+    for s, e, peaks in _true_peak_blocks(x, sample_rate, block_s):
+        env[s:e] = peaks
     return env
 
 
 TRUE_PEAK_PAD = 64  # context samples on each side of a block for the oversampling filter
+
+
+def _true_peak_blocks(x: np.ndarray, sample_rate: int, block_s: float) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(start, stop, float64 true-peak envelope of x[:, start:stop])`` block by block over ``[C, N]``."""
+    N = x.shape[1]
+    block = max(1, int(block_s * sample_rate))
+    for s in range(0, N, block):
+        lo, hi, e = max(0, s - TRUE_PEAK_PAD), min(N, s + block + TRUE_PEAK_PAD), min(N, s + block)
+        yield s, e, _true_peak_block(np.asarray(x[:, lo:hi], dtype=np.float64), s - lo, e - lo, sample_rate)
 
 
 def _true_peak_block(x: np.ndarray, start: int, stop: int, sample_rate: int) -> np.ndarray:
@@ -489,9 +499,12 @@ def _true_peak_block(x: np.ndarray, start: int, stop: int, sample_rate: int) -> 
     return np.maximum(up[start:stop], np.abs(x[:, start:stop]).max(axis=0))
 
 
-def true_peak_dbtp(wav: np.ndarray, sample_rate: int) -> float:
+def true_peak_dbtp(wav: np.ndarray, sample_rate: int, block_s: float = 10.0) -> float:
     """True peak in dBTP: the peak of the signal oversampled to >= 192 kHz (BS.1770-4 Annex 2)."""
-    peak = float(true_peak_envelope(wav, sample_rate).max(initial=0.0))
+    x = np.asarray(wav)
+    if x.ndim == 1:
+        x = x[None]
+    peak = max((float(p.max(initial=0.0)) for _, _, p in _true_peak_blocks(x, sample_rate, block_s)), default=0.0)
     return 20 * math.log10(peak) if peak > 0 else float("-inf")
 
 
@@ -532,16 +545,43 @@ def apply_fades(wav: np.ndarray, sample_rate: int, fade_in_s: float = 0.0, fade_
     return out
 
 
-def remove_dc(wav: np.ndarray, sample_rate: int, cutoff_hz: float = 10.0) -> np.ndarray:
-    """Remove DC offset and sub-audible rumble: zero-phase 2nd-order Butterworth high-pass."""
-    from scipy.signal import butter, sosfiltfilt
+def remove_dc(wav: np.ndarray, sample_rate: int, cutoff_hz: float = 10.0, block_s: float = 30.0) -> np.ndarray:
+    """Remove DC offset and sub-audible rumble: zero-phase 2nd-order Butterworth high-pass.
 
-    x = np.asarray(wav, dtype=np.float64)
-    x = x - x.mean(axis=-1, keepdims=True)
-    if x.shape[-1] > 32:
-        sos = butter(2, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
-        x = sosfiltfilt(sos, x, axis=-1)
-    return x.astype(np.float32)
+    The same filtering as ``scipy.signal.sosfiltfilt`` (odd extension at both ends, steady-state
+    initial conditions, forward then backward), run ``block_s`` at a time with the filter state
+    carried across blocks into one float32 buffer: memory is one copy of the audio plus one
+    float64 block, where ``sosfiltfilt`` needs several float64 copies of the whole signal.
+    """
+    from scipy.signal import butter, sosfilt, sosfilt_zi
+
+    x = np.asarray(wav, dtype=np.float32)
+    squeeze = x.ndim == 1
+    if squeeze:
+        x = x[None]
+    mean = x.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    sos = butter(2, cutoff_hz, btype="highpass", fs=sample_rate, output="sos")
+    pad = 3 * (2 * len(sos) + 1)  # sosfiltfilt's default padlen for these sections
+    if x.shape[-1] <= max(32, pad):
+        out = x - mean
+        return out[0] if squeeze else out
+    # odd extension, as sosfiltfilt pads: 2*x[0] - x[pad:0:-1] ... 2*x[-1] - x[-2:-pad-2:-1]
+    y = np.concatenate([2 * x[:, :1] - x[:, pad:0:-1], x, 2 * x[:, -1:] - x[:, -2 : -pad - 2 : -1]], axis=1)
+    y -= mean
+    zi = sosfilt_zi(sos)[:, None, :]  # [sections, 1, 2], scaled per channel by the first sample
+    block = max(1, int(block_s * sample_rate))
+    n = y.shape[1]
+    state = zi * y[None, :, 0, None].astype(np.float64)
+    for s in range(0, n, block):  # forward
+        seg, state = sosfilt(sos, y[:, s : s + block].astype(np.float64), axis=-1, zi=state)
+        y[:, s : s + block] = seg
+    state = zi * y[None, :, -1, None].astype(np.float64)
+    for e in range(n, 0, -block):  # backward, over the time-reversed signal
+        s = max(0, e - block)
+        seg, state = sosfilt(sos, y[:, s:e][:, ::-1].astype(np.float64), axis=-1, zi=state)
+        y[:, s:e] = seg[:, ::-1]
+    out = np.ascontiguousarray(y[:, pad:-pad])
+    return out[0] if squeeze else out
 
 
 # --------------------------------------------------------------------------- files

@@ -242,21 +242,25 @@ class Codec:
         """
         total = x.shape[-1] // in_scale
         windows = self._windows(total)
-        pieces: list[torch.Tensor | None] = [None] * len(windows)
         by_len: dict[int, list[int]] = {}
         for i, (cs, _, _, ce) in enumerate(windows):
             by_len.setdefault(ce - cs, []).append(i)
         B = x.shape[0]
+        out: torch.Tensor | None = None  # allocated from the first output; each window's centre is copied in
         for idxs in by_len.values():
             per_call = max(1, self.window_batch // max(B, 1))
             for j in range(0, len(idxs), per_call):
                 group = idxs[j : j + per_call]
                 batch = torch.cat([x[..., windows[i][0] * in_scale : windows[i][3] * in_scale] for i in group])
                 y = fn(batch)
+                if out is None:
+                    out = y.new_empty((B, *y.shape[1:-1], total * out_scale))
                 for n, i in enumerate(group):
                     cs, a, b, _ = windows[i]
-                    pieces[i] = y[n * B : (n + 1) * B, ..., (a - cs) * out_scale : (b - cs) * out_scale]
-        return torch.cat(pieces, dim=-1)  # type: ignore[arg-type]
+                    centre = y[n * B : (n + 1) * B, ..., (a - cs) * out_scale : (b - cs) * out_scale]
+                    out[..., a * out_scale : b * out_scale] = centre
+                del y  # one group's output at a time: memory is the result plus one batch of windows
+        return out  # type: ignore[return-value]
 
     # -- public API -------------------------------------------------------------------
     @torch.inference_mode()

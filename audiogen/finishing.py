@@ -95,27 +95,47 @@ def make_loop(wav: np.ndarray, n: int, crossfade: int) -> np.ndarray:
 
 
 def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookahead_s: float = 0.005,
-                    circular: bool = False) -> np.ndarray:
+                    circular: bool = False, block_s: float = 30.0) -> np.ndarray:
     """Look-ahead true-peak limiter: a smooth gain that keeps the oversampled peak under the ceiling.
 
     The required gain per sample is ``min(1, ceiling / peak)``; a sliding minimum over
     +-lookahead, then a moving average over the lookahead, gives a gain curve that is
     smooth (no clicks) and never above the required gain at any sample. ``circular``
     treats the audio as a loop so the gain at the end matches the start.
+
+    The gain curve is float32 and is smoothed ``block_s`` at a time (scipy's 1-D filters
+    take float64 working copies of whatever they are given), so a long track costs a few
+    float32 copies of its length, not a dozen float64 ones.
     """
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
-    ceiling = A.db_to_gain(ceiling_db)
-    env = A.true_peak_envelope(wav, sample_rate)
-    need = np.minimum(1.0, ceiling / np.maximum(env, 1e-12))
+    ceiling = np.float32(A.db_to_gain(ceiling_db))
+    need = A.true_peak_envelope(wav, sample_rate)  # float32 [N], turned in place into the required gain
+    np.maximum(need, np.float32(1e-12), out=need)
+    np.divide(ceiling, need, out=need)
+    np.minimum(need, np.float32(1.0), out=need)
     if need.min() >= 1.0:
         return wav
     look = max(1, int(lookahead_s * sample_rate))
-    mode = "wrap" if circular else "nearest"
-    g = minimum_filter1d(need, size=2 * look + 1, mode=mode)
-    g = uniform_filter1d(g, size=look, mode=mode)
-    g = np.minimum(g, need)  # guard against the averaging ever exceeding the requirement
-    return (wav * g[None]).astype(np.float32)
+    # each smoothed value depends on the required gain within 1.5 lookaheads of it, so blocks of the
+    # curve padded by 2 lookaheads (wrapped for a loop, else repeating the end values) are smoothed
+    # independently: for a loop this is exactly the whole-curve filtering; for a track, the first and
+    # last 1.5 lookaheads (~8 ms) see the required gain continue past the ends, rather than the
+    # sliding minimum's own end values
+    pad = 2 * look
+    ext = np.pad(need, pad, mode="wrap" if circular else "edge")
+    del need
+    N = ext.shape[0] - 2 * pad
+    g = np.empty(N, dtype=np.float32)
+    block = max(1, int(block_s * sample_rate))
+    for s in range(0, N, block):
+        e = min(N, s + block)
+        smooth = uniform_filter1d(minimum_filter1d(ext[s : e + 2 * pad], size=2 * look + 1, mode="nearest"),
+                                  size=look, mode="nearest")
+        g[s:e] = smooth[pad : pad + e - s]
+    np.minimum(g, ext[pad : pad + N], out=g)  # guard against the averaging ever exceeding the requirement
+    del ext
+    return np.asarray(wav, dtype=np.float32) * g
 
 
 WRITE_ATTEMPTS = 5
@@ -253,9 +273,8 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
             with A.atomic_path(path) as tmp:
                 A.write_audio(tmp, out, sample_rate)
                 tag_file(tmp, tags)
-                back, back_sr = A.load_audio(tmp)
-                lufs = A.integrated_loudness(back, back_sr)
-                tp = A.true_peak_dbtp(back, back_sr)
+                back = A.measure_file(tmp)  # the written file, decoded block by block
+                lufs, tp = back.lufs, back.true_peak_dbtp
                 over, miss = tp - spec.true_peak_db, spec.lufs - lufs
                 if (over > 0 or abs(miss) > LOUDNESS_TOLERANCE_LU) and attempt < WRITE_ATTEMPTS - 1:
                     if over > 0:
@@ -270,10 +289,10 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
     meta = {
         **sidecar,
         "file": path.name,
-        "sample_rate": back_sr,
-        "channels": back.shape[0],
-        "duration_s": round(back.shape[1] / back_sr, 6),
-        "samples": back.shape[1],
+        "sample_rate": back.sample_rate,
+        "channels": back.channels,
+        "duration_s": round(back.duration_s, 6),
+        "samples": back.frames,
         "finishing": asdict(spec),
         "measured": {"integrated_lufs": round(lufs, 2), "true_peak_dbtp": round(tp, 2)},
         "ai_generated": True,

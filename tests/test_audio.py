@@ -115,6 +115,22 @@ def test_remove_dc_removes_offset_and_keeps_music():
     assert abs(np.abs(out[:, 2000:-2000]).max() - 0.5) < 0.01
 
 
+@pytest.mark.parametrize("block_s", [0.01, 0.37, 30.0])
+def test_remove_dc_in_blocks_is_scipys_zero_phase_filter(block_s):
+    """DC removal runs block by block (bounded memory on long tracks), carrying the filter state:
+    the result is scipy's whole-array ``sosfiltfilt`` (odd padding, steady-state start), to float32."""
+    from scipy.signal import butter, sosfiltfilt
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 24000)) * 0.2 + np.array([[0.3], [-0.1]]) + np.linspace(0, 0.2, 24000)).astype(np.float32)
+    x64 = x.astype(np.float64) - x.astype(np.float64).mean(axis=1, keepdims=True)
+    ref = sosfiltfilt(butter(2, 10.0, btype="highpass", fs=24000, output="sos"), x64, axis=-1)
+    out = A.remove_dc(x, 24000, block_s=block_s)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, ref, atol=2e-6)
+    np.testing.assert_allclose(A.remove_dc(x[0], 24000, block_s=block_s), ref[0], atol=2e-6)  # 1-D in, 1-D out
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.wav"
     A.write_audio(target, sine(440, 8000, 0.5), 8000)
@@ -218,7 +234,9 @@ def test_streamed_file_measurement_equals_the_whole_file_figures(tmp_path, monke
     assert m.duration_s == pytest.approx(seconds, abs=1 / sr) and m.channels == channels
     assert m.lufs == pytest.approx(_pyloudnorm(x, sr), abs=1e-9)
     assert A.integrated_loudness(x, sr) == pytest.approx(_pyloudnorm(x, sr), abs=1e-9)
+    assert A.integrated_loudness(x, sr, block_s=block_s) == pytest.approx(_pyloudnorm(x, sr), abs=1e-9)
     assert m.true_peak_dbtp == pytest.approx(A.true_peak_dbtp(x, sr), abs=1e-9)
+    assert A.true_peak_dbtp(x, sr, block_s=block_s) == pytest.approx(m.true_peak_dbtp, abs=1e-9)
 
 
 @pytest.mark.parametrize("ext,src_sr,channels,target,block_s", [

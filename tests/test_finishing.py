@@ -51,6 +51,64 @@ def test_limiter_is_needed_and_does_not_just_clip():
     assert gain[np.abs(x[0]) > 1e-3].max() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("circular", [False, True])
+def test_limiter_gain_does_not_depend_on_its_block_size(circular):
+    """The gain curve is smoothed in blocks (bounded memory); block bounds must not show in it."""
+    x = peaky(6.0, seed=3) * 4
+    whole = F.true_peak_limit(x, SR, -1.0, circular=circular, block_s=60.0)
+    for block_s in (0.05, 0.7):
+        y = F.true_peak_limit(x, SR, -1.0, circular=circular, block_s=block_s)
+        np.testing.assert_array_equal(y, whole)
+    assert A.true_peak_dbtp(whole, SR) <= -0.99
+
+
+def test_limiter_matches_whole_curve_filtering():
+    """Blockwise smoothing is the sliding minimum then moving average over the whole required-gain
+    curve: exactly for a loop, and for a track everywhere but its first and last ~8 ms."""
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    x = peaky(3.0, seed=4) * 4
+    look = int(0.005 * SR)
+    need = np.minimum(1.0, A.db_to_gain(-1.0) / np.maximum(A.true_peak_envelope(x, SR).astype(np.float64), 1e-12))
+    for circular, edge in ((True, 0), (False, 2 * look)):
+        mode = "wrap" if circular else "nearest"
+        g = np.minimum(uniform_filter1d(minimum_filter1d(need, 2 * look + 1, mode=mode), look, mode=mode), need)
+        y = F.true_peak_limit(x, SR, -1.0, circular=circular, block_s=0.25)
+        np.testing.assert_allclose(y[:, edge : x.shape[1] - edge], (x * g)[:, edge : x.shape[1] - edge], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_finishing_a_ten_minute_track_costs_a_few_copies_of_it(tmp_path):
+    """Finishing and writing (DC removal, fades, loudness, true-peak limiting, re-measuring the written
+    file) work in blocks: a 10-minute track needs a few float32 copies of itself, not float64 copies of
+    its whole length (the whole-array version needed 16x the track and pushed the 10-minute generate
+    run past 2 GB on CI)."""
+    code = """
+import resource, sys, numpy as np
+from audiogen.finishing import FinishSpec, finish, write_finished
+sr, n = 24000, 600 * 24000
+wav = np.empty((1, n), dtype=np.float32)
+rng = np.random.default_rng(0)
+for s in range(0, n, 10 * sr):  # built in blocks: the high-water mark before finishing is the track itself
+    t = np.arange(s, min(n, s + 10 * sr)) / sr
+    wav[0, s : s + len(t)] = 0.1 * np.sin(2 * np.pi * 220 * t) + 0.02 * rng.standard_normal(len(t))
+wav[0, :: sr // 2] = 0.9  # transients every half second: the limiter has work to do
+spec = FinishSpec(duration_s=600, fade_in_s=2, fade_out_s=3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+meta = write_finished(sys.argv[1], finish(wav, sr, spec), sr, spec, {"title": "t", "artist": "a", "comment": "c"}, {})
+print(wav.nbytes, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, meta["measured"]["true_peak_dbtp"],
+      meta["measured"]["integrated_lufs"], meta["samples"])
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "long.flac")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    track, extra, tp, lufs, samples = r.stdout.split()
+    assert samples == str(600 * 24000) and float(lufs) == pytest.approx(-16.0, abs=0.2) and float(tp) <= -1.0
+    assert int(extra) < 8 * int(track), f"finishing took {int(extra) / int(track):.1f}x the track's size"
+
+
 def test_unreachable_loudness_stays_finite_and_under_the_ceiling():
     """Bass-heavy audio whose peaks pin the limiter cannot reach -14 LUFS at -1 dBTP: the search
     must stop at a brick-wall limiter (best effort, still under the ceiling), never run away."""
