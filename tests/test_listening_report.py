@@ -116,6 +116,22 @@ def test_mos_report(tmp_path):
     assert pairs["sysA", "sysB"]["p_value"] > 0.01 and "bootstrap" not in pairs["sysA", "sysB"]
 
 
+def test_rating_intervals_stay_on_the_scale_with_few_listeners(tmp_path):
+    """Two MOS listeners far apart: the Student-t interval would reach below 1 and above 5; the report
+    cuts it to the scale and says so."""
+    d = _exp(tmp_path, "mos", n_human=2, n_gen=2)
+    simulate_into_db(d, 2, {"human": 0.5, "sysA": 0.5, "sysB": 0.5}, seed=8)
+    res = analyse(d, n_boot=50)
+    systems = res["ratings"]["systems"]
+    assert all(1 <= s["ci_low"] <= s["mean"] <= s["ci_high"] <= 5 for s in systems.values())
+    cut = [name for name, s in systems.items() if s.get("truncated")]
+    assert cut, {name: (s["ci_low"], s["ci_high"]) for name, s in systems.items()}
+    report = make_report(d, n_boot=50)
+    lines = [line for line in report["text"] if line.startswith(tuple(cut))]
+    assert lines and all("(cut to the scale)" in line for line in lines)
+    assert "(cut to the scale)" in report["html"].read_text()
+
+
 def test_report_on_a_folder_that_is_no_experiment_is_a_clear_error(tmp_path):
     with pytest.raises(AudiogenError, match="not an experiment folder"):
         make_report(tmp_path)

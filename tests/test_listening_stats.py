@@ -126,6 +126,12 @@ def test_mean_ci_and_mushra_post_screening():
     m = S.mean_ci([60, 70, 80])
     # mean 70, sd 10, t(0.975, 2) = 4.302653 -> half width 4.302653 * 10 / sqrt(3)
     assert m["mean"] == 70 and m["ci_high"] - 70 == pytest.approx(4.302653 * 10 / math.sqrt(3), abs=1e-5)
+    assert "truncated" not in m and not S.mean_ci([60, 70, 80], scale=(0, 100))["truncated"]
+    # two MOS ratings of 1 and 5: the t interval 3 -+ 12.7 * 2.83 / 1.41 = [-22.4, 28.4] is far past the 1-5 scale
+    few = S.mean_ci([1, 5], scale=(1, 5))
+    assert few["mean"] == 3 and (few["ci_low"], few["ci_high"]) == (1, 5) and few["truncated"]
+    d = S.paired_difference([5, 1], [1, 5], scale=(1, 5))  # differences +4 and -4: bounded by -+4
+    assert (d["ci_low"], d["ci_high"]) == (-4, 4) and d["truncated"]
     ps = S.mushra_post_screening({"good": [100, 95, 92, 88, 100, 100, 100], "bad": [100, 80, 70, 100]})
     # good: 1 of 7 items below 90 (14% <= 15%): kept; bad: 2 of 4: excluded
     assert ps["good"] == {"fails": 1, "items": 7, "excluded": False}

@@ -31,6 +31,8 @@ from audiogen import audio as A
 from audiogen.errors import AudiogenError
 
 DESIGNS = ("2afc", "single", "mushra", "mos")
+#: The rating scales (lowest, highest) of the designs that rate: what the server accepts and the report's bounds.
+RATING_SCALES = {"mos": (1, 5), "mushra": (0, 100)}
 WINDOWS = ("start", "middle", "random")
 SCHEMA_KEYS = {
     "name", "title", "design", "seed", "stimulus", "human", "generated", "trials_per_participant",

@@ -144,11 +144,18 @@ def _identification(rows: list[dict], design: str, margin: float, alpha: float, 
     return out
 
 
+def _t_interval(r: dict) -> str:
+    """A mean's Student-t interval as shown in the tables, marked where it was cut to the rating scale."""
+    return f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]" + (" (cut to the scale)" if r.get("truncated") else "")
+
+
 def _ratings(rows: list[dict], design: str, exp: dict, n_boot: int, seed: int) -> dict:
     import numpy as np
 
     from audiogen.listening import stats as S
+    from audiogen.listening.experiment import RATING_SCALES
 
+    scale = RATING_SCALES[design]
     flat = []  # (participant, item, system, score)
     for r in rows:
         if design == "mos":
@@ -168,16 +175,16 @@ def _ratings(rows: list[dict], design: str, exp: dict, n_boot: int, seed: int) -
         sel = [f for f in flat if f[2] == system]
         scores = np.array([f[3] for f in sel], dtype=float)
         out["systems"][system] = {
-            **S.mean_ci(scores),
+            **S.mean_ci(scores, scale=scale),
             "bootstrap": S.cluster_bootstrap(scores, np.array([f[0] for f in sel]), np.array([f[1] for f in sel]),
                                              n_boot=n_boot, seed=seed),
         }
-    out["pairs"] = _pairs(flat, n_boot, seed)
+    out["pairs"] = _pairs(flat, n_boot, seed, scale)
     out["flat"] = flat
     return out
 
 
-def _pairs(flat: list[tuple], n_boot: int, seed: int) -> list[dict]:
+def _pairs(flat: list[tuple], n_boot: int, seed: int, scale: tuple[float, float]) -> list[dict]:
     """Every pair of systems compared by listener (paired), Holm-corrected over all pairs; where
     both were rated in the same trial (MUSHRA), also a two-way cluster bootstrap of those differences."""
     import itertools
@@ -197,7 +204,7 @@ def _pairs(flat: list[tuple], n_boot: int, seed: int) -> list[dict]:
         both = sorted({p for p, s in per_listener if s == a} & {p for p, s in per_listener if s == b})
         res = {"a": a, "b": b, "listeners": len(both),
                **S.paired_difference([np.mean(per_listener[p, a]) for p in both],
-                                     [np.mean(per_listener[p, b]) for p in both])}
+                                     [np.mean(per_listener[p, b]) for p in both], scale=scale)}
         cells = [(p, item, c[a] - c[b]) for (p, item), c in per_cell.items() if a in c and b in c]
         if cells:
             res["bootstrap"] = S.cluster_bootstrap(np.array([c[2] for c in cells], dtype=float),
@@ -483,15 +490,15 @@ def _text(res: dict) -> list[str]:
         lines.append(ident["verdict"]["text"])
     if "ratings" in res:
         for name, s in res["ratings"]["systems"].items():
-            lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI [{_fmt(s['ci_low'], 4)}, "
-                         f"{_fmt(s['ci_high'], 4)}]  bootstrap [{_fmt(s['bootstrap']['ci_low'], 4)}, "
+            lines.append(f"{name:<18} n={s['n']:<5} mean {_fmt(s['mean'], 4)}  95% CI {_t_interval(s)}  "
+                         f"bootstrap [{_fmt(s['bootstrap']['ci_low'], 4)}, "
                          f"{_fmt(s['bootstrap']['ci_high'], 4)}]")
         if res["ratings"].get("pairs"):
             lines.append("paired comparisons (per-listener mean differences, Wilcoxon signed-rank, Holm-corrected):")
             for r in res["ratings"]["pairs"]:
                 boot = r.get("bootstrap")
-                lines.append(f"  {r['a']} - {r['b']}: {_signed(r['mean'])} [{_fmt(r['ci_low'], 4)}, "
-                             f"{_fmt(r['ci_high'], 4)}], {r['listeners']} listeners, p {_fmt(r['p_value'])}, "
+                lines.append(f"  {r['a']} - {r['b']}: {_signed(r['mean'])} {_t_interval(r)}, "
+                             f"{r['listeners']} listeners, p {_fmt(r['p_value'])}, "
                              f"Holm p {_fmt(r.get('p_holm'))}"
                              + (f", bootstrap [{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else "")
                              + (f" (with {r['listeners']} listeners p cannot go below {r['smallest_possible_p']:.3g})"
@@ -556,7 +563,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         rows = []
         for name, s in res["ratings"]["systems"].items():
             rows.append(f"<tr><td>{escape(name)}</td><td>{s['n']}</td><td>{_fmt(s['mean'], 4)}</td>"
-                        f"<td>[{_fmt(s['ci_low'], 4)}, {_fmt(s['ci_high'], 4)}]</td>"
+                        f"<td>{_t_interval(s)}</td>"
                         f"<td>[{_fmt(s['bootstrap']['ci_low'], 4)}, {_fmt(s['bootstrap']['ci_high'], 4)}]</td></tr>")
         parts.append("<h2>Scores</h2><table><tr><th>system</th><th>n</th><th>mean</th><th>95% t interval</th>"
                      "<th>cluster bootstrap 95%</th></tr>" + "".join(rows) + "</table>")
@@ -564,7 +571,7 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         for r in res["ratings"].get("pairs", []):
             boot = r.get("bootstrap")
             rows.append("<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in [
-                f"{r['a']} − {r['b']}", r["listeners"], _signed(r["mean"]), f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]",
+                f"{r['a']} − {r['b']}", r["listeners"], _signed(r["mean"]), _t_interval(r),
                 _fmt(r["p_value"]), _fmt(r.get("p_holm")),
                 f"[{_fmt(boot['ci_low'], 4)}, {_fmt(boot['ci_high'], 4)}]" if boot else "–"]) + "</tr>")
         if rows:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audiogen.errors import AudiogenError
+from audiogen.listening.experiment import RATING_SCALES
 
 STATIC_DIR = Path(__file__).parent / "static"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{16}$")
@@ -167,11 +168,11 @@ def validate_response(step: dict, response: dict, questions: list[dict]) -> str 
         ok = response.get("origin") in ("human", "ai") and int_in("confidence", 1, 5)
         allowed |= {"origin", "confidence"}
     elif design == "mos":
-        ok, allowed = int_in("rating", 1, 5), allowed | {"rating"}
+        ok, allowed = int_in("rating", *RATING_SCALES["mos"]), allowed | {"rating"}
     elif design == "mushra":
-        r = response.get("ratings")
+        r, (lo, hi) = response.get("ratings"), RATING_SCALES["mushra"]
         ok = (isinstance(r, dict) and set(r) == set(step["stimuli"])
-              and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in r.values()))
+              and all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in r.values()))
         allowed |= {"ratings"}
     else:
         return f"unknown design {design}"

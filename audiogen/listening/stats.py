@@ -121,8 +121,13 @@ def cluster_bootstrap(y: np.ndarray, participant: np.ndarray, item: np.ndarray, 
             "n_boot": int(est.size), "participants": int(pu.size), "items": int(iu.size)}
 
 
-def mean_ci(x, level: float = 0.95) -> dict:
-    """Mean with a Student-t interval (what BS.1534-3 asks for MUSHRA scores)."""
+def mean_ci(x, level: float = 0.95, scale: tuple[float, float] | None = None) -> dict:
+    """Mean with a Student-t interval (what BS.1534-3 asks for MUSHRA scores).
+
+    ``scale``: the ``(lowest, highest)`` value the data can take (a rating scale). With few,
+    spread-out ratings the t interval can reach past it (two MOS ratings of 1 and 5 give
+    [-9.7, 15.7]); its ends are then cut to the scale and ``truncated`` says so.
+    """
     x = np.asarray(x, dtype=np.float64)
     n = x.size
     if n == 0:
@@ -132,7 +137,11 @@ def mean_ci(x, level: float = 0.95) -> dict:
         return {"mean": m, "ci_low": math.nan, "ci_high": math.nan, "n": 1, "sd": math.nan}
     sd = float(x.std(ddof=1))
     h = float(S.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
-    return {"mean": m, "ci_low": m - h, "ci_high": m + h, "n": int(n), "sd": sd}
+    lo, hi = m - h, m + h
+    out = {"mean": m, "ci_low": lo, "ci_high": hi, "n": int(n), "sd": sd}
+    if scale is not None:
+        out.update(ci_low=max(lo, scale[0]), ci_high=min(hi, scale[1]), truncated=bool(lo < scale[0] or hi > scale[1]))
+    return out
 
 
 def answer_vs_origin(correct, generated) -> dict:
@@ -153,17 +162,19 @@ def answer_vs_origin(correct, generated) -> dict:
     return {"table": table, "odds_ratio": float(res.statistic), "p_value": float(res.pvalue)}
 
 
-def paired_difference(a, b, level: float = 0.95) -> dict:
+def paired_difference(a, b, level: float = 0.95, scale: tuple[float, float] | None = None) -> dict:
     """Two systems compared over listeners: ``a[i]``, ``b[i]`` are listener i's mean scores.
 
     The mean of the per-listener differences with a Student-t interval, and the two-sided
     Wilcoxon signed-rank test (zero differences dropped; scores are often skewed and
     bounded, so the test assumes no normality). Pairing by listener removes each
     listener's own use of the scale (some rate everything higher), which an unpaired
-    comparison of the two systems' means counts as noise.
+    comparison of the two systems' means counts as noise. ``scale``: the scores' rating scale;
+    the interval of the difference is then cut to what differences can be (±its width).
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    out = {k: v for k, v in mean_ci(d, level).items() if k != "sd"}
+    width = None if scale is None else (scale[1] - scale[0])
+    out = {k: v for k, v in mean_ci(d, level, None if width is None else (-width, width)).items() if k != "sd"}
     nonzero = d[d != 0]
     out["p_value"] = float(S.wilcoxon(nonzero).pvalue) if nonzero.size else (1.0 if d.size else math.nan)
     # the exact two-sided test can go no lower than 2 / 2**n: 0.0625 with 5 listeners
