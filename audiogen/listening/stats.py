@@ -126,7 +126,7 @@ def mean_ci(x, level: float = 0.95, scale: tuple[float, float] | None = None) ->
 
     ``scale``: the ``(lowest, highest)`` value the data can take (a rating scale). With few,
     spread-out ratings the t interval can reach past it (two MOS ratings of 1 and 5 give
-    [-9.7, 15.7]); its ends are then cut to the scale and ``truncated`` says so.
+    [-22.4, 28.4]); its ends are then cut to the scale and ``truncated`` says so.
     """
     x = np.asarray(x, dtype=np.float64)
     n = x.size
