@@ -171,6 +171,30 @@ def test_mixed_model_laplace_matches_a_brute_force_computation():
         assert G.Laplace(y, [part, item])(b0, [sp, si]) == pytest.approx(brute, abs=1e-7)
 
 
+def test_mixed_model_gradient_equals_central_differences():
+    """The optimiser's analytic gradient of the Laplace likelihood in (b0, b1, spreads) equals central
+    differences of the likelihood, with two crossed factors (either the larger), one factor and none,
+    unbalanced cells and an origin covariate, away from the optimum."""
+    rng = np.random.default_rng(21)
+    for n_part, n_items in ((12, 5), (4, 9), (7, 7)):
+        y, part, item = _simulate(rng, n_part, n_items, 0.65, sd_part=0.5, sd_item=0.8)
+        keep = rng.random(y.size) < 0.8
+        y, part, item = y[keep], part[keep], item[keep]
+        origin = np.where(rng.random(y.size) < 0.4, 0.5, -0.5)
+        for groups in ([part, item], [item], []):
+            lik = G.Laplace(y, groups, origin)
+            theta = np.concatenate([rng.normal(0, 1, 2), rng.uniform(0.1, 1.5, len(groups))])
+            _, grad = lik.value_and_grad(theta[0], theta[2:], theta[1])
+            h, numeric = 1e-5, np.empty_like(theta)
+            for j in range(theta.size):
+                e = np.zeros_like(theta)
+                e[j] = h
+                up, down = theta + e, theta - e
+                numeric[j] = (lik(up[0], up[2:], up[1]) - lik(down[0], down[2:], down[1])) / (2 * h)
+            np.testing.assert_allclose(grad, numeric, atol=1e-6)
+            assert np.abs(grad).max() > 1e-2  # not at a stationary point: the comparison has something to see
+
+
 def test_mixed_model_likelihood_is_close_to_exact_integration_for_one_factor():
     """With one random factor the marginal likelihood is a product of 1-D integrals, computed here by
     100-point Gauss-Hermite quadrature; the Laplace approximation is within 0.05 of it per 100 answers."""

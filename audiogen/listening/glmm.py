@@ -19,7 +19,9 @@ The random effects are written ``u = sd * z`` with ``z ~ N(0, I)`` (lme4's spher
 form): a standard deviation of 0 is then an ordinary point, not a singularity. The
 conditional modes of ``z`` come from Newton's method on the penalised log-likelihood,
 whose Hessian is two diagonal blocks plus their cross counts; the larger block is
-eliminated first, so the cost grows with the smaller of the two numbers of levels.
+eliminated first, so the cost grows with the smaller of the two numbers of levels. The
+outer maximisation over ``b0``, ``b1`` and the spreads (L-BFGS-B) gets the likelihood's
+exact gradient (:meth:`Laplace.value_and_grad`), from the same block elimination.
 
 Written here because no well-kept Python library fits this model by maximum likelihood:
 statsmodels' ``BinomialBayesMixedGLM`` is variational Bayes with priors on the spreads,
@@ -31,7 +33,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize, special
+from scipy import linalg, optimize, special
 from scipy import stats as S
 
 #: A factor with fewer levels than this gets no random effect (its variance is not estimable), nor
@@ -73,35 +75,21 @@ class Laplace:
     def _penalised(self, eta: np.ndarray, z) -> float:
         return float(np.sum(self.y * eta - np.logaddexp(0.0, eta)) - 0.5 * sum(float(zf @ zf) for zf in z))
 
-    def _newton(self, eta: np.ndarray, sds, z):
-        """One Newton direction for ``z`` and the log-determinant of the negative Hessian."""
-        mu = special.expit(eta)
-        w = mu * (1.0 - mu)
-        r = self.y - mu
+    def _newton(self, eta: np.ndarray, sds, z) -> list[np.ndarray]:
+        """One Newton direction for ``z``: ``H^-1`` times the gradient of the penalised log-likelihood."""
+        r = self.y - special.expit(eta)
         grads = [s * np.bincount(g, r, n) - zf for g, s, n, zf in zip(self.groups, sds, self.sizes, z)]
-        diags = [1.0 + s * s * np.bincount(g, w, n) for g, s, n in zip(self.groups, sds, self.sizes)]
-        if len(self.groups) == 1:
-            return [grads[0] / diags[0]], float(np.sum(np.log(diags[0])))
-        (ga, gb), (da, db) = grads, diags
-        cross = (sds[0] * sds[1]) * np.bincount(self._cell, w, self.sizes[0] * self.sizes[1]).reshape(self.sizes)
-        schur = np.diag(db) - cross.T @ (cross / da[:, None])
-        chol = np.linalg.cholesky(schur)
-        rhs = gb - cross.T @ (ga / da)
-        step_b = np.linalg.solve(chol.T, np.linalg.solve(chol, rhs))
-        step_a = (ga - cross @ step_b) / da
-        return [step_a, step_b], float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol))))
+        return self._inverse(eta, sds, leverages=False)["solve"](grads)
 
-    def __call__(self, b0: float, sds, b1: float = 0.0) -> float:
-        """``b1``: the coefficient of the covariate (a nuisance parameter, see :func:`fit_identification`)."""
-        fixed = b0 + float(b1) * self.x  # the fixed effects' part of the linear predictor, once per call
-        sds = [float(sds[i]) for i in self._order]
+    def _modes(self, fixed: np.ndarray, sds):
+        """The conditional modes of ``z`` (Newton, warm-started), their linear predictor and penalised value."""
         z = [zf.copy() for zf in self._z]
         eta = self._eta(fixed, sds, z)
         value = self._penalised(eta, z)
-        if not self.groups:  # no random effects: plain logistic regression
-            return value
+        if not self.groups:
+            return z, eta, value
         for _ in range(100):
-            steps, _ = self._newton(eta, sds, z)
+            steps = self._newton(eta, sds, z)
             t = 1.0
             while True:  # the penalised log-likelihood is concave in z: halving always finds an ascent
                 z_new = [zf + t * d for zf, d in zip(z, steps)]
@@ -113,9 +101,86 @@ class Laplace:
             z, eta, gain, value = z_new, eta_new, new - value, new
             if max(float(np.max(np.abs(d))) for d in steps) * t < 1e-10 or abs(gain) < 1e-13:
                 break
-        _, logdet = self._newton(eta, sds, z)
         self._z = z
-        return value - 0.5 * logdet
+        return z, eta, value
+
+    def __call__(self, b0: float, sds, b1: float = 0.0) -> float:
+        """``b1``: the coefficient of the covariate (a nuisance parameter, see :func:`fit_identification`)."""
+        return self.value_and_grad(b0, sds, b1, grad=False)[0]
+
+    def value_and_grad(self, b0: float, sds, b1: float = 0.0, grad: bool = True) -> tuple[float, np.ndarray | None]:
+        """The Laplace log-likelihood and its gradient in ``(b0, b1, *sds)`` (``sds`` in the caller's order).
+
+        ``L = P(z^) - log det(H) / 2`` with ``H = I + A' W A`` (``A = Z diag(sd)``). By the envelope
+        theorem ``dP(z^)/dt`` is the explicit derivative; ``d log det H / dt = tr(H^-1 dH/dt)``,
+        where ``dH/dt`` moves with ``W`` through ``eta``, which moves with ``t`` directly and through
+        the modes (``dz^/dt = H^-1 d2P/dz dt``), and, for a spread, with ``A`` itself. Every
+        ``H^-1`` entry this needs comes from the same block elimination as the Newton step.
+        """
+        fixed = b0 + float(b1) * self.x  # the fixed effects' part of the linear predictor, once per call
+        sds = [float(sds[i]) for i in self._order]
+        z, eta, value = self._modes(fixed, sds)
+        if not self.groups:
+            if not grad:
+                return value, None
+            r = self.y - special.expit(eta)
+            return value, np.array([r.sum(), r @ self.x])
+        inv = self._inverse(eta, sds)
+        value -= 0.5 * inv["logdet"]
+        if not grad:
+            return value, None
+        mu = special.expit(eta)
+        w = mu * (1.0 - mu)
+        r = self.y - mu
+        dw = w * (1.0 - 2.0 * mu)
+        lev, cols = inv["lev"], inv["cols"]  # A_i H^-1 A_i' and (H^-1 A_i')[level of factor k] per answer
+        derivs = [np.ones_like(eta), self.x] + [zf[g] for zf, g in zip(z, self.groups)]  # explicit d eta / dt
+        out = np.empty(len(derivs))
+        for j, e in enumerate(derivs):
+            v = [-s * np.bincount(g, w * e, n) for g, s, n in zip(self.groups, sds, self.sizes)]  # d2P/dz dt
+            if j >= 2:  # a spread: A itself depends on it
+                v[j - 2] += np.bincount(self.groups[j - 2], r, self.sizes[j - 2])
+            dz = inv["solve"](v)
+            d_eta = e + sum(s * d[g] for g, s, d in zip(self.groups, sds, dz))
+            trace = float(np.sum(dw * d_eta * lev)) + (2.0 * float(w @ cols[j - 2]) if j >= 2 else 0.0)
+            out[j] = float(r @ e) - 0.5 * trace
+        g_sd = np.empty(len(sds))
+        g_sd[self._order] = out[2:]  # back to the caller's order of the factors
+        return value, np.concatenate([out[:2], g_sd])
+
+    def _inverse(self, eta: np.ndarray, sds, leverages: bool = True) -> dict:
+        """``H = -d2P/dz2`` at ``eta``: ``log det H``, a solver for ``H x = v`` (one array per factor) and,
+        with ``leverages``, per answer ``lev = A_i H^-1 A_i'`` and ``cols[k] = (H^-1 A_i')`` at its level
+        of factor ``k``. Two factors: the larger (diagonal) block is eliminated, leaving the Schur
+        complement of the smaller, so the cost grows with the smaller number of levels."""
+        mu = special.expit(eta)
+        w = mu * (1.0 - mu)
+        diags = [1.0 + s * s * np.bincount(g, w, n) for g, s, n in zip(self.groups, sds, self.sizes)]
+        if len(self.groups) == 1:
+            (g,), (s,), (d,) = self.groups, sds, diags
+            h = 1.0 / d[g]
+            return {"logdet": float(np.sum(np.log(d))), "solve": lambda v: [v[0] / d],
+                    "lev": s * s * h, "cols": [s * h]}
+        (ga, gb), (sa, sb), (da, db) = self.groups, sds, diags
+        cross = (sa * sb) * np.bincount(self._cell, w, self.sizes[0] * self.sizes[1]).reshape(self.sizes)
+        m = cross / da[:, None]  # Da^-1 C
+        chol = linalg.cho_factor(np.diag(db) - cross.T @ m, lower=True, check_finite=False)  # Schur complement S
+
+        def solve(v):
+            xb = linalg.cho_solve(chol, v[1] - m.T @ v[0], check_finite=False)
+            return [(v[0] - cross @ xb) / da, xb]
+
+        out = {"logdet": float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol[0])))), "solve": solve}
+        if not leverages:
+            return out
+        s_inv = linalg.cho_solve(chol, np.eye(len(db)), check_finite=False)
+        ms = m @ s_inv  # H^-1 = [[Da^-1 + M S^-1 M', -M S^-1], [-S^-1 M', S^-1]]
+        h_aa = 1.0 / da + np.einsum("ap,ap->a", ms, m)  # the diagonal of the large block
+        h_ab = -ms[ga, gb]
+        h_bb = np.diag(s_inv)[gb]
+        col_a = sa * h_aa[ga] + sb * h_ab
+        col_b = sa * h_ab + sb * h_bb
+        return {**out, "lev": sa * col_a + sb * col_b, "cols": [col_a, col_b]}
 
 
 def population_accuracy(b0: float, sds) -> float:
@@ -142,7 +207,12 @@ def _satterthwaite_df(sds, levels, n: int, fixed: int) -> float:
 
 
 def _maximise(fun, x0: list[float], bounds: list[tuple[float, float]]) -> tuple[np.ndarray, float]:
-    res = optimize.minimize(lambda x: -fun(x), np.asarray(x0, dtype=np.float64), method="L-BFGS-B", bounds=bounds,
+    """Maximise ``fun(x) -> (value, gradient)`` within ``bounds`` (L-BFGS-B)."""
+    def negated(x):
+        value, grad = fun(x)
+        return -value, -grad
+
+    res = optimize.minimize(negated, np.asarray(x0, dtype=np.float64), jac=True, method="L-BFGS-B", bounds=bounds,
                             options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 500})
     return res.x, -float(res.fun)
 
@@ -209,8 +279,15 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
         sd_bounds = [(0.0, _SD_BOUND)] * nsd
         b_bounds = [(-_B_BOUND, _B_BOUND)] * nb
 
-        def full(v) -> float:  # v = [b0, (b1), sds...]
-            return lik(v[0], v[nb:], v[1] if nb == 2 else 0.0)
+        def full(v):  # v = [b0, (b1), sds...] -> the likelihood and its gradient in v
+            value, grad = lik.value_and_grad(v[0], v[nb:], v[1] if nb == 2 else 0.0)
+            return value, np.delete(grad, 1) if nb == 1 else grad
+
+        def at_b0(b: float):  # v = [(b1), sds...] with b0 = b fixed
+            def fun(v):
+                value, grad = lik.value_and_grad(b, v[nb - 1:], v[0] if nb == 2 else 0.0)
+                return value, grad[3 - nb:]
+            return fun
 
         b_start = float(np.clip(special.logit(y.mean()), -_B_BOUND + 1, _B_BOUND - 1))
         x, l_max = _maximise(full, [b_start] + [0.0] * (nb - 1) + [0.5] * nsd, b_bounds + sd_bounds)
@@ -230,8 +307,7 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
             if nsd + nb == 1:
                 return lik(b, [])
             starts = [lifted] if last[0] == lifted else [lifted, last[0]]
-            best = max((_maximise(lambda v: lik(b, v[nb - 1:], v[0] if nb == 2 else 0.0), x0, b_bounds[1:] + sd_bounds)
-                        for x0 in starts), key=lambda r: r[1])
+            best = max((_maximise(at_b0(b), x0, b_bounds[1:] + sd_bounds) for x0 in starts), key=lambda r: r[1])
             last[0] = [float(v) for v in best[0][: nb - 1]] + [max(float(v), 0.25) for v in best[0][nb - 1:]]
             return best[1]
 
