@@ -418,16 +418,18 @@ class FileMeasure:
     duration_s: float
     sample_rate: int
     channels: int
-    lufs: float
+    lufs: float | None  # None above 5 channels (the channel weights here cover up to 5)
     true_peak_dbtp: float
 
 
 def measure_file(path: str | os.PathLike, block_s: float = 30.0) -> FileMeasure:
     """Loudness and true peak of a whole file, read ``block_s`` at a time (bounded memory for
     any length); the figures equal :func:`integrated_loudness` and :func:`true_peak_dbtp` on
-    the loaded file."""
+    the loaded file. ``lufs`` is None for more than 5 channels (the channel weights here cover up to 5)."""
     info = audio_info(path)
-    sr, block, pad = info.sample_rate, max(1, int(block_s * info.sample_rate)), TRUE_PEAK_PAD
+    # a block is at least the filter context, so the held block's neighbours give a full context on each side
+    sr, block, pad = info.sample_rate, max(TRUE_PEAK_PAD, int(block_s * info.sample_rate)), TRUE_PEAK_PAD
+    loudness = info.channels <= 5  # BS.1770-4 defines loudness for up to 5 channels
     meter, peak, n = None, 0.0, 0
     held = None  # the block waiting for the next one's first samples (true-peak filter context)
     left = None  # the last samples before the held block
@@ -441,8 +443,9 @@ def measure_file(path: str | os.PathLike, block_s: float = 30.0) -> FileMeasure:
                 if not np.isfinite(x).all():
                     raise AudiogenError(f"{info.path}: contains NaN or infinite samples")
                 if x.shape[1]:
-                    meter = meter or LoudnessMeter(sr, x.shape[0])
-                    meter.add(x)
+                    if loudness:
+                        meter = meter or LoudnessMeter(sr, x.shape[0])
+                        meter.add(x)
                     n += x.shape[1]
                 if held is not None:
                     ctx = [c for c in (left, held, x[:, :pad]) if c is not None]
@@ -456,7 +459,8 @@ def measure_file(path: str | os.PathLike, block_s: float = 30.0) -> FileMeasure:
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise AudiogenError(f"{info.path}: corrupt or truncated audio ({_sf_reason(e)})") from None
     _check_decoded(info.path, n, info.frames)
-    return FileMeasure(frames=n, duration_s=n / sr, sample_rate=sr, channels=meter.channels, lufs=meter.integrated(),
+    return FileMeasure(frames=n, duration_s=n / sr, sample_rate=sr, channels=info.channels,
+                       lufs=meter.integrated() if loudness else None,
                        true_peak_dbtp=20 * math.log10(peak) if peak > 0 else float("-inf"))
 
 
@@ -580,7 +584,7 @@ def remove_dc(wav: np.ndarray, sample_rate: int, cutoff_hz: float = 10.0, block_
         s = max(0, e - block)
         seg, state = sosfilt(sos, y[:, s:e][:, ::-1].astype(np.float64), axis=-1, zi=state)
         y[:, s:e] = seg[:, ::-1]
-    out = np.ascontiguousarray(y[:, pad:-pad])
+    out = y[:, pad:-pad]  # a view (strided when there are several channels): no second copy of the audio
     return out[0] if squeeze else out
 
 
@@ -612,6 +616,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise AudiogenError(f"{path} is a folder: cannot write a file there")
     if not parent.is_dir():
         raise AudiogenError(f"{path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):

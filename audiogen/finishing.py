@@ -186,6 +186,9 @@ def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
     need = spec.samples_needed(sample_rate)
     if wav.shape[-1] < need:
         raise AudiogenError(f"need {need} samples to finish a {spec.duration_s:g}s track, got {wav.shape[-1]}")
+    if not np.isfinite(wav[..., :need]).all():  # else loudness would call it silent
+        raise AudiogenError("the audio contains NaN or infinite samples (a model whose output diverged; with "
+                            "--dtype float16 try bfloat16 or float32)")
     x = A.remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
     if spec.loop:
         x = make_loop(x, n, spec.crossfade_samples(sample_rate))

@@ -80,6 +80,8 @@ class GenerateJob:
             raise AudiogenError(f"--bpm {self.bpm:g} is outside 20..400")
         self.finish_spec().validate()
         out = Path(self.out)
+        if out.is_dir():
+            raise AudiogenError(f"{out} is a folder; give a file name, e.g. {out / 'track.mp3'}")
         if out.suffix.lower() not in (".wav", ".flac", ".ogg", ".mp3"):
             raise AudiogenError(f"{out}: unsupported output type '{out.suffix}'; use .wav, .flac, .ogg or .mp3")
         parent = out.parent if str(out.parent) else Path(".")
@@ -87,6 +89,13 @@ class GenerateJob:
             raise AudiogenError(f"{out}: the folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise AudiogenError(f"{out}: the folder {parent} is not writable")
+        from audiogen.finishing import sidecar_path
+
+        for path in self.output_paths():  # checked now, not after minutes of generating
+            for p in (path, sidecar_path(path)):
+                if p.is_dir():
+                    raise AudiogenError(f"{p} is a folder, where the output would be written; move it or pick "
+                                        "another --out")
         self.sampling().validate()
         if self.dtype not in DTYPES:
             raise AudiogenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")

@@ -369,6 +369,35 @@ def test_requests_are_checked_before_any_model_loads(tmp_path, kw, msg):
         GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
 
 
+def test_a_folder_where_an_output_goes_is_refused_before_generating(tmp_path):
+    """A folder at --out, at a variation's path or at a sidecar's path: one error before any work, and
+    nothing written (it once failed with a traceback after generating, the audio already replaced)."""
+    (tmp_path / "bed.wav").mkdir()
+    with pytest.raises(AudiogenError, match=r"bed.wav is a folder; give a file name"):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "bed.wav").validate()
+    with pytest.raises(AudiogenError, match=r"is a folder; give a file name"):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path).validate()
+    (tmp_path / "take-v2.mp3").mkdir()
+    (tmp_path / "take.mp3").write_bytes(b"an earlier take")
+    with pytest.raises(AudiogenError, match=r"take-v2.mp3 is a folder, where the output would be written"):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "take.mp3", variations=2).validate()
+    (tmp_path / "k.flac.json").mkdir()
+    with pytest.raises(AudiogenError, match=r"k.flac.json is a folder, where the output would be written"):
+        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "k.flac").validate()
+    assert (tmp_path / "take.mp3").read_bytes() == b"an earlier take"
+    with pytest.raises(AudiogenError, match="is a folder: cannot write a file there"):  # and at the last step
+        A.atomic_write_text(tmp_path / "k.flac.json", "{}")
+
+
+def test_audio_with_nan_samples_is_named_not_called_silent():
+    from audiogen.finishing import FinishSpec, finish
+
+    wav = np.full((1, 2 * 8000), 0.1, np.float32)
+    wav[0, 100] = np.nan
+    with pytest.raises(AudiogenError, match="NaN or infinite samples"):
+        finish(wav, 8000, FinishSpec(duration_s=2.0))
+
+
 def test_continue_audio_longer_than_the_track_is_refused_before_loading_it(tmp_path):
     intro = A.write_audio(tmp_path / "intro.wav", np.zeros((1, 3 * 8000), np.float32) + 0.1, 8000)
     with pytest.raises(AudiogenError, match=r"--continue audio \(3.0s\) is not shorter than --duration \(2s\)"):

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             "sample_rate": sr,
             "channels": m.channels,
             "format": f"{info.format}/{info.subtype}",
-            "lufs": round(m.lufs, 2),
+            "lufs": None if m.lufs is None else round(m.lufs, 2),
             "true_peak_dbtp": round(m.true_peak_dbtp, 2),
         }
         if args.json:
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(
                 f"{row['file']}: {row['duration_s']:.2f}s, {sr} Hz, {row['channels']} ch, {row['format']}, "
-                f"{row['lufs']:.1f} LUFS, {row['true_peak_dbtp']:.1f} dBTP"
+                + ("loudness n/a (BS.1770 covers up to 5 channels)" if m.lufs is None else f"{row['lufs']:.1f} LUFS")
+                + f", {row['true_peak_dbtp']:.1f} dBTP"
             )
     return 0
 
