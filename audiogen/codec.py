@@ -203,8 +203,18 @@ class Codec:
     #: window and context lengths for long inputs, in seconds
     window_s: float = 10.0
     context_s: float = 1.0
-    #: windows encoded/decoded per forward pass
-    window_batch: int = 8
+    #: windows encoded/decoded per forward pass; None: by device, see :attr:`windows_per_call`
+    window_batch: int | None = None
+
+    @property
+    def windows_per_call(self) -> int:
+        """``window_batch``, or by device: 8 on a GPU, where batching windows fills it; 1 on CPU, where
+        one window at a time measured faster and leaner (90 s through the default model's codec:
+        encode 1.97 s and 294 MB vs 4.26 s and 695 MB with 8; decode 2.4-2.6 s vs 4.2-4.4 s, 0.3-0.4 GB
+        vs 0.9 GB)."""
+        if self.window_batch is not None:
+            return self.window_batch
+        return 8 if self.device.type == "cuda" else 1
 
     @property
     def frame_rate(self) -> float:
@@ -247,8 +257,8 @@ class Codec:
             by_len.setdefault(ce - cs, []).append(i)
         B = x.shape[0]
         out: torch.Tensor | None = None  # allocated from the first output; each window's centre is copied in
+        per_call = max(1, self.windows_per_call // max(B, 1))
         for idxs in by_len.values():
-            per_call = max(1, self.window_batch // max(B, 1))
             for j in range(0, len(idxs), per_call):
                 group = idxs[j : j + per_call]
                 batch = torch.cat([x[..., windows[i][0] * in_scale : windows[i][3] * in_scale] for i in group])

@@ -119,7 +119,7 @@ def test_long_inputs_are_processed_in_bounded_windows(monkeypatch):
     hour = torch.zeros(1, 1, 3600 * codec.sample_rate)
     codes = codec.encode(hour)
     assert codes.shape[-1] == 3600 * 75
-    bound = (codec.window_s + 2 * codec.context_s) * codec.sample_rate * codec.window_batch
+    bound = (codec.window_s + 2 * codec.context_s) * codec.sample_rate * codec.windows_per_call
     assert max(seen) <= bound and max(seen) < hour.shape[-1] / 100
 
 
