@@ -125,7 +125,7 @@ class Laplace:
                 return value, None
             r = self.y - special.expit(eta)
             return value, np.array([r.sum(), r @ self.x])
-        inv = self._inverse(eta, sds)
+        inv = self._inverse(eta, sds, leverages=grad)
         value -= 0.5 * inv["logdet"]
         if not grad:
             return value, None
