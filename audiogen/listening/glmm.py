@@ -77,9 +77,10 @@ class Laplace:
 
     def _newton(self, eta: np.ndarray, sds, z) -> list[np.ndarray]:
         """One Newton direction for ``z``: ``H^-1`` times the gradient of the penalised log-likelihood."""
-        r = self.y - special.expit(eta)
+        inv = self._inverse(eta, sds, leverages=False)
+        r = self.y - inv["mu"]
         grads = [s * np.bincount(g, r, n) - zf for g, s, n, zf in zip(self.groups, sds, self.sizes, z)]
-        return self._inverse(eta, sds, leverages=False)["solve"](grads)
+        return inv["solve"](grads)
 
     def _modes(self, fixed: np.ndarray, sds):
         """The conditional modes of ``z`` (Newton, warm-started), their linear predictor and penalised value."""
@@ -129,8 +130,7 @@ class Laplace:
         value -= 0.5 * inv["logdet"]
         if not grad:
             return value, None
-        mu = special.expit(eta)
-        w = mu * (1.0 - mu)
+        mu, w = inv["mu"], inv["w"]
         r = self.y - mu
         dw = w * (1.0 - 2.0 * mu)
         lev, cols = inv["lev"], inv["cols"]  # A_i H^-1 A_i' and (H^-1 A_i')[level of factor k] per answer
@@ -149,9 +149,9 @@ class Laplace:
         return value, np.concatenate([out[:2], g_sd])
 
     def _inverse(self, eta: np.ndarray, sds, leverages: bool = True) -> dict:
-        """``H = -d2P/dz2`` at ``eta``: ``log det H``, a solver for ``H x = v`` (one array per factor) and,
-        with ``leverages``, per answer ``lev = A_i H^-1 A_i'`` and ``cols[k] = (H^-1 A_i')`` at its level
-        of factor ``k``. Two factors: the larger (diagonal) block is eliminated, leaving the Schur
+        """``H = -d2P/dz2`` at ``eta``: ``mu`` and the weights ``w`` it is built from, ``log det H``, a
+        solver for ``H x = v`` (one array per factor) and, with ``leverages``, per answer
+        ``lev = A_i H^-1 A_i'`` and ``cols[k] = (H^-1 A_i')`` at its level of factor ``k``. Two factors: the larger (diagonal) block is eliminated, leaving the Schur
         complement of the smaller, so the cost grows with the smaller number of levels."""
         mu = special.expit(eta)
         w = mu * (1.0 - mu)
@@ -159,7 +159,7 @@ class Laplace:
         if len(self.groups) == 1:
             (g,), (s,), (d,) = self.groups, sds, diags
             h = 1.0 / d[g]
-            return {"logdet": float(np.sum(np.log(d))), "solve": lambda v: [v[0] / d],
+            return {"mu": mu, "w": w, "logdet": float(np.sum(np.log(d))), "solve": lambda v: [v[0] / d],
                     "lev": s * s * h, "cols": [s * h]}
         (ga, gb), (sa, sb), (da, db) = self.groups, sds, diags
         cross = (sa * sb) * np.bincount(self._cell, w, self.sizes[0] * self.sizes[1]).reshape(self.sizes)
@@ -170,7 +170,8 @@ class Laplace:
             xb = linalg.cho_solve(chol, v[1] - m.T @ v[0], check_finite=False)
             return [(v[0] - cross @ xb) / da, xb]
 
-        out = {"logdet": float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol[0])))), "solve": solve}
+        out = {"mu": mu, "w": w, "logdet": float(np.sum(np.log(da)) + 2.0 * np.sum(np.log(np.diag(chol[0])))),
+               "solve": solve}
         if not leverages:
             return out
         s_inv = linalg.cho_solve(chol, np.eye(len(db)), check_finite=False)
