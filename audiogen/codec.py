@@ -9,6 +9,8 @@ Backends:
 - :class:`EncodecCodec` wraps the ``encodec`` package (SEANet + residual VQ): the
   pretrained 24 kHz / 48 kHz models from a local checkpoint, a tiny random-init model
   for tests, or a codec we trained and saved with :func:`save_codec`.
+- :class:`STFTCodec`: our CPU-trainable codec (log-mel encoder, factorized RVQ, iSTFT decoder;
+  :mod:`audiogen.stft_codec`), the default model's codec.
 - :class:`HFEncodecCodec` wraps a transformers ``EncodecModel`` (e.g. MusicGen's
   32 kHz 4-codebook EnCodec, ``facebook/encodec_32khz``); see ``audiogen.musicgen_import``.
 
@@ -361,6 +363,39 @@ class EncodecCodec(Codec):
         return self.model.decoder(emb)
 
 
+class STFTCodec(Codec):
+    """An :class:`audiogen.stft_codec.STFTCodecModel` used at a fixed number of codebooks."""
+
+    def __init__(self, model, config, name: str, num_codebooks: int | None = None, weights_sha256: str | None = None):
+        cfg = config
+        self.model = model.eval()
+        self.config = cfg
+        self.name = name
+        self.sample_rate = cfg.sample_rate
+        self.channels = cfg.channels
+        self.hop_length = cfg.hop_length
+        self.cardinality = cfg.bins
+        k = cfg.n_q if num_codebooks is None else int(num_codebooks)
+        if not 1 <= k <= cfg.n_q:
+            raise AudiogenError(f"codec '{name}' has {cfg.n_q} codebooks; cannot use {k}")
+        self.num_codebooks = k
+        self.weights_sha256 = weights_sha256
+
+    # the same bookkeeping as EncodecCodec (a torch model in self.model, the same description fields)
+    bandwidth_kbps = EncodecCodec.bandwidth_kbps
+    device = EncodecCodec.device
+    to = EncodecCodec.to
+
+    def describe(self) -> dict:
+        return {**EncodecCodec.describe(self), "backend": "stft"}
+
+    def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(wav, self.num_codebooks)
+
+    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes)
+
+
 class HFEncodecCodec(Codec):
     """A transformers ``EncodecModel`` (MusicGen's 32 kHz EnCodec layout) used at a fixed number of codebooks.
 
@@ -516,7 +551,7 @@ CODEC_CONFIG = "codec.json"
 CODEC_WEIGHTS = "codec.safetensors"
 
 
-def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_codec(codec: EncodecCodec | STFTCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically); an
     :class:`HFEncodecCodec` also gets its transformers ``config.json``.
 
@@ -539,14 +574,14 @@ def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike,
         atomic_write_text(out / "config.json", codec.model.config.to_json_string())
         meta = {"backend": "hf_encodec", "name": codec.name, "num_codebooks": codec.num_codebooks}
     else:
-        meta = {"backend": "encodec", "name": codec.name, "num_codebooks": codec.num_codebooks,
-                "config": dataclasses.asdict(codec.config)}
+        meta = {"backend": "stft" if isinstance(codec, STFTCodec) else "encodec", "name": codec.name,
+                "num_codebooks": codec.num_codebooks, "config": dataclasses.asdict(codec.config)}
     atomic_write_text(out / CODEC_CONFIG, json.dumps(meta, indent=2))
     return out
 
 
 def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, num_codebooks: int | None = None,
-                     device: str | torch.device = "cpu") -> EncodecCodec | HFEncodecCodec:
+                     device: str | torch.device = "cpu") -> EncodecCodec | STFTCodec | HFEncodecCodec:
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -574,11 +609,14 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
                                     f"({per_q:g} kbps each, at most {len(codec.model.quantizer.layers)})")
             codec.num_codebooks = k
         return codec.to(device)
+    from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
+
+    stft = isinstance(meta, dict) and meta.get("backend") == "stft"
     try:
-        cfg = EncodecConfig.from_dict(meta["config"])
+        cfg = (STFTCodecConfig if stft else EncodecConfig).from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None
-    model = build_encodec_model(cfg)
+    model = STFTCodecModel(cfg) if stft else build_encodec_model(cfg)
     try:
         model.load_state_dict(load_file(str(w_file)))
     except Exception as e:
@@ -586,5 +624,5 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
     if bandwidth is not None:
         num_codebooks = num_codebooks_for_bandwidth(cfg, bandwidth)
     k = num_codebooks if num_codebooks is not None else meta.get("num_codebooks")
-    codec = EncodecCodec(model, cfg, meta.get("name", p.name), k, weights_sha256=sha256_file(w_file))
+    codec = (STFTCodec if stft else EncodecCodec)(model, cfg, meta.get("name", p.name), k, weights_sha256=sha256_file(w_file))
     return codec.to(device)

@@ -36,6 +36,11 @@ from torch import nn
 
 from audiogen.codec import EncodecConfig, build_encodec_model, num_codebooks_for_bandwidth
 from audiogen.errors import AudiogenError
+from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
+from audiogen.training import lr_at
+
+#: codec architectures this trainer builds: ``backend`` in the config picks one
+BACKENDS = {"encodec": EncodecConfig, "stft": STFTCodecConfig}
 
 # ------------------------------------------------------------------------------ config
 
@@ -45,7 +50,10 @@ class CodecTrainConfig:
     """Everything a codec training run needs; YAML keys are these field names."""
 
     name: str = "audiogen-codec"
-    #: ``EncodecConfig`` fields (architecture); unspecified ones keep EncodecConfig's defaults
+    #: ``encodec`` (SEANet + RVQ, :class:`EncodecConfig`) or ``stft`` (log-mel encoder, factorized RVQ,
+    #: iSTFT decoder, :class:`STFTCodecConfig`: the one that trains on a CPU)
+    backend: str = "encodec"
+    #: the backend's config fields (architecture); unspecified ones keep its defaults
     codec: dict = field(default_factory=dict)
     # data
     data_dir: str = ".cache/debian-music"
@@ -59,6 +67,11 @@ class CodecTrainConfig:
     # optimisation (EnCodec: Adam, lr 3e-4, betas (0.5, 0.9) for both networks)
     max_steps: int = 1000
     lr: float = 3e-4
+    #: ``constant``, or ``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to
+    #: ``min_lr_ratio * lr`` at ``max_steps`` (the LM trainer's schedule)
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
     seed: int = 0
     mixed_precision: str = "no"
@@ -99,8 +112,10 @@ class CodecTrainConfig:
     #: testing only: SIGKILL this process right after this step (0 = never)
     kill_at_step: int = 0
 
-    def encodec_config(self) -> EncodecConfig:
-        return EncodecConfig.from_dict(self.codec)
+    def codec_config(self) -> EncodecConfig | STFTCodecConfig:
+        if self.backend not in BACKENDS:
+            raise AudiogenError(f"backend={self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        return BACKENDS[self.backend].from_dict(self.codec)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -112,7 +127,9 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
     from audiogen.training import read_config
 
     cfg = read_config(CodecTrainConfig, path, overrides)
-    ecfg = cfg.encodec_config()  # validate the codec section now, not after the data is prepared
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise AudiogenError(f"lr_schedule={cfg.lr_schedule!r}: choose constant or cosine")
+    ecfg = cfg.codec_config()  # validate the codec section now, not after the data is prepared
     if max(bandwidth_codebooks(ecfg)) > ecfg.n_q:
         raise AudiogenError(f"codec.target_bandwidths {list(ecfg.target_bandwidths)} need "
                             f"{max(bandwidth_codebooks(ecfg))} codebooks; codec.n_q is {ecfg.n_q}")
@@ -125,7 +142,7 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
             f"{ecfg.bins} codes (a code used uniformly gets {frames / ecfg.bins:.2f} per batch); "
             f"use at most {0.5 * frames / ecfg.bins:.3g}, e.g. {0.1 * frames / ecfg.bins:.2g}"
         )
-    if cfg.segment_s * cfg.encodec_config().sample_rate < max(cfg.disc_win_lengths):
+    if cfg.segment_s * cfg.codec_config().sample_rate < max(cfg.disc_win_lengths):
         raise AudiogenError(f"segment_s={cfg.segment_s} is shorter than the discriminator's largest window")
     return cfg
 
@@ -392,6 +409,11 @@ class TrainableCodec(nn.Module):
         recon = self.model.decoder(quantized)[..., : wav.shape[-1]]
         return recon, torch.stack(codes), torch.cat(commits).mean()
 
+    def reset_codebooks(self) -> None:
+        """k-means initialises every codebook again on the next training batch."""
+        for layer in self.model.quantizer.vq.layers:
+            layer._codebook.inited.fill_(False)
+
 
 @torch.no_grad()
 def restart_dead_codes(codebook, samples: torch.Tensor, threshold: float) -> int:
@@ -484,8 +506,7 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
 
     bypass = step < cfg.quantizer_warmup_steps
     if step == cfg.quantizer_warmup_steps > 0:  # warm-up over: k-means on this batch's embeddings
-        for layer in unwrapped.model.quantizer.vq.layers:
-            layer._codebook.inited.fill_(False)
+        unwrapped.reset_codebooks()
     recon, codes, commit = parts.codec(wav, n_q, bypass)
     losses = {"time": F.l1_loss(recon, wav), "mel": parts.mel_loss(wav, recon)}
     if adversarial:
@@ -506,6 +527,8 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
     metrics: dict[str, float] = {f"loss/{k}": v.item() for k, v in losses.items()}
 
     parts.opt_g.zero_grad(set_to_none=True)
+    for group in parts.opt_g.param_groups:  # a function of the step: resumes need no scheduler state
+        group["lr"] = cfg.lr if cfg.lr_schedule == "constant" else lr_at(step, cfg)
     if cfg.balancer:
         parts.balancer.weights = weights
         grad, norms = parts.balancer.gradient(losses, recon)
@@ -556,8 +579,11 @@ def evaluate(codec: TrainableCodec, mel_loss: MultiScaleMelLoss, crops: torch.Te
 
 def make_parts(cfg: CodecTrainConfig, accelerator=None) -> StepParts:
     """Build codec, discriminator, optimizers, losses and balancer from a config (not yet prepared)."""
-    ecfg = cfg.encodec_config()
-    codec = TrainableCodec(ecfg, cfg.dead_code_threshold)
+    ecfg = cfg.codec_config()
+    if isinstance(ecfg, STFTCodecConfig):
+        codec = STFTCodecModel(ecfg, cfg.dead_code_threshold)
+    else:
+        codec = TrainableCodec(ecfg, cfg.dead_code_threshold)
     disc = build_discriminator(cfg, ecfg.channels)
     opt_g = torch.optim.Adam(codec.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
@@ -566,12 +592,18 @@ def make_parts(cfg: CodecTrainConfig, accelerator=None) -> StepParts:
     return StepParts(codec, disc, opt_g, opt_d, mel, balancer, cfg, bandwidth_codebooks(ecfg), accelerator)
 
 
-def export_codec(codec: TrainableCodec, name: str, out_dir: str | os.PathLike, dtype: str = "float16") -> Path:
+def export_codec(codec: TrainableCodec | STFTCodecModel, name: str, out_dir: str | os.PathLike,
+                 dtype: str = "float16") -> Path:
     """Save the trained codec with :func:`audiogen.codec.save_codec` (``load_codec(out_dir)`` loads it)."""
-    from audiogen.codec import EncodecCodec, save_codec
+    from audiogen.codec import EncodecCodec, STFTCodec, save_codec
 
     if dtype not in ("float16", "bfloat16", "float32"):
         raise AudiogenError(f"export_dtype must be float16, bfloat16 or float32, not {dtype!r}")
+    if isinstance(codec, STFTCodecModel):
+        with torch.random.fork_rng(devices=[]):
+            model = STFTCodecModel(codec.config)
+        model.load_state_dict({k: v.detach().cpu() for k, v in codec.state_dict().items()})
+        return save_codec(STFTCodec(model.eval(), codec.config, name), out_dir, dtype=None if dtype == "float32" else getattr(torch, dtype))
     # a fresh model + state dict, not deepcopy: weight_norm's computed weights refuse to be deep-copied
     with torch.random.fork_rng(devices=[]):  # building draws random init weights; training's RNG must not move
         model = build_encodec_model(codec.config)
@@ -606,7 +638,7 @@ def train_codec(cfg) -> int:
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
-    ecfg = cfg.encodec_config()
+    ecfg = cfg.codec_config()
 
     cfg_file = out / "config.yaml"
     check_resumable(out, cfg.to_dict(), RESUME_KEYS)  # the run's config must match a run being resumed

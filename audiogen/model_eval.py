@@ -92,6 +92,46 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     return paths
 
 
+@torch.inference_mode()
+def heldout_loss_vs_unigram(loaded, data_dir: str | Path, segment_s: float = 5.0, max_rows: int = 64,
+                            batch: int = 8) -> dict:
+    """The LM's held-out cross-entropy and perplexity per codebook, next to a unigram model of the
+    train split's tokens (add-one smoothed) scored on exactly the same held-out crops.
+
+    An LM that has learned nothing about sequence gets the unigram's figures; the gap is what
+    the context and conditions buy.
+    """
+    from audiogen.data import eval_batches, load_prepared
+    from audiogen.training import ConditionedLM, codebook_ce_sums, delay_inputs
+
+    ds = load_prepared(data_dir)
+    lm = loaded.lm
+    K, V = lm.cfg.num_codebooks, lm.cfg.cardinality
+    counts = np.ones((K, V))
+    for row in ds["train"].select_columns(["codes"]).with_format("numpy"):
+        codes = np.asarray(row["codes"])[:K].astype(np.int64)
+        for k in range(K):
+            counts[k] += np.bincount(codes[k], minlength=V)[:V]
+    logp = torch.from_numpy(np.log(counts / counts.sum(1, keepdims=True))).float()  # [K, V]
+    model = ConditionedLM(lm, loaded.conditioner).eval()
+    device = next(lm.parameters()).device
+    frames = max(1, round(segment_s * loaded.codec.frame_rate))
+    lm_sums, uni_sums, n = torch.zeros(K), torch.zeros(K), torch.zeros(K)
+    for b in eval_batches(ds["valid"], frames, V, batch, max_rows):
+        b = b.to(device)
+        inputs, targets, tmask = delay_inputs(b.codes, b.mask, V)
+        s, c = codebook_ce_sums(model(inputs, b.conds), targets, tmask)
+        lm_sums += s.cpu()
+        n += c.cpu()
+        t = targets.clamp(max=V - 1).cpu()
+        uni = -logp.gather(1, t.permute(1, 0, 2).reshape(K, -1)).view(K, t.shape[0], -1).permute(1, 0, 2)
+        uni_sums += (uni * tmask.cpu()).sum(dim=(0, 2))
+    lm_ce, uni_ce = (lm_sums / n.clamp(min=1)).tolist(), (uni_sums / n.clamp(min=1)).tolist()
+    return {"rows": int(min(len(ds["valid"]), max_rows)), "segment_s": segment_s, "tokens_per_codebook": int(n[0]),
+            "lm_loss_nats": sum(lm_ce) / K, "unigram_loss_nats": sum(uni_ce) / K,
+            "lm_perplexity": [math.exp(x) for x in lm_ce], "unigram_perplexity": [math.exp(x) for x in uni_ce]}
+
+
 def heldout_tracks(data_dir: str | Path, audio_dir: str | Path) -> list[dict]:
     """One entry per held-out source file of a prepared dataset: ``{path, caption}``."""
     from audiogen.data import load_prepared
@@ -148,6 +188,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "fad_builtin_generated_vs_heldout": fad(ref.stats, gen.stats),
         "fad_builtin_codec_resynthesis_vs_heldout": fad(ref.stats, resyn.stats),
         "tempo": tempo_response(loaded, per_bpm=bpm_clips, seconds=seconds, seed=seed + 1000),
+        "heldout_loss": heldout_loss_vs_unigram(loaded, data_dir),
         "embedder": emb.describe(),
     }
 
