@@ -92,6 +92,8 @@ class CodecTrainConfig:
     lambda_adv: float = 3.0
     lambda_feat: float = 3.0
     lambda_commit: float = 1.0
+    #: stft backend: L1 between the decoder's predicted log-magnitude STFT and the input's
+    lambda_spec: float = 0.0
     balancer: bool = True
     balancer_ema: float = 0.999
     #: mel loss window sizes are 2**i for i in this range (EnCodec: 5..11, 64 mels)
@@ -127,6 +129,8 @@ def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ())
     from audiogen.training import read_config
 
     cfg = read_config(CodecTrainConfig, path, overrides)
+    if cfg.lambda_spec > 0 and (cfg.backend != "stft" or cfg.balancer):
+        raise AudiogenError("lambda_spec is the stft backend's decoder-magnitude loss: it needs backend: stft and balancer: false")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise AudiogenError(f"lr_schedule={cfg.lr_schedule!r}: choose constant or cosine")
     ecfg = cfg.codec_config()  # validate the codec section now, not after the data is prepared
@@ -509,6 +513,8 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
         unwrapped.reset_codebooks()
     recon, codes, commit = parts.codec(wav, n_q, bypass)
     losses = {"time": F.l1_loss(recon, wav), "mel": parts.mel_loss(wav, recon)}
+    if cfg.lambda_spec > 0:
+        losses["spec"] = unwrapped.magnitude_loss(wav)
     if adversarial:
         # the generator's view of the discriminator: frozen, unwrapped (no DDP hooks, one
         # DDP forward per step, in the discriminator update below)
@@ -522,7 +528,8 @@ def train_step(parts: StepParts, wav: torch.Tensor, step: int) -> dict[str, floa
             losses["adv"] = gen_hinge_loss(fake_logits)
         if cfg.lambda_feat > 0:
             losses["feat"] = feature_matching_loss(real_fmaps, fake_fmaps)
-    weights = {"time": cfg.lambda_time, "mel": cfg.lambda_mel, "adv": cfg.lambda_adv, "feat": cfg.lambda_feat}
+    weights = {"time": cfg.lambda_time, "mel": cfg.lambda_mel, "adv": cfg.lambda_adv, "feat": cfg.lambda_feat,
+               "spec": cfg.lambda_spec}
     losses = {k: v for k, v in losses.items() if weights[k] > 0}
     metrics: dict[str, float] = {f"loss/{k}": v.item() for k, v in losses.items()}
 

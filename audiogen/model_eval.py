@@ -151,9 +151,13 @@ def heldout_tracks(data_dir: str | Path, audio_dir: str | Path) -> list[dict]:
 
 
 def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | Path, work_dir: str | Path,
-                 clips: int = 16, seconds: float = 10.0, bpm_clips: int = 4, seed: int = 0, device: str = "cpu") -> dict:
+                 clips: int = 16, seconds: float = 10.0, bpm_clips: int = 4, seed: int = 0, device: str = "cpu",
+                 figure: str | Path | None = None) -> dict:
     """FAD (built-in embedder) of generated clips vs held-out real tracks, with the codec's own
-    resynthesis of those tracks as the ceiling, and the tempo response."""
+    resynthesis of those tracks as the ceiling; the tempo response; music-likeness figures of the
+    generated clips (:mod:`audiogen.audio_checks`); the LM's held-out loss against a unigram model;
+    and, with ``figure``, a spectrogram picture: a held-out track, its codec roundtrip, a generated clip."""
+    from audiogen.audio_checks import music_likeness
     from audiogen.audio import load_audio, write_audio
     from audiogen.checkpoint import load_model
     from audiogen.embedders import load_embedder
@@ -175,6 +179,19 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         with torch.inference_mode():
             y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0].float().cpu().numpy()
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
+    likeness = [music_likeness(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate, codec.frame_rate)
+                for p in sorted(gen_dir.glob("gen_*.wav"))]
+    if figure is not None:
+        ref0 = load_audio(ref_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
+        rt0 = load_audio(resyn_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
+        gen0 = load_audio(sorted(gen_dir.glob("gen_*.wav"))[0], codec.sample_rate, codec.channels)[0]
+        n = int(seconds * codec.sample_rate)
+        start = max(0, min(30 * codec.sample_rate, ref0.shape[1] - n))  # 30 s in, past any intro
+        name = held[0]["path"].name
+        spectrogram_figure([(f"held-out real music ({name}, from {start / codec.sample_rate:g} s)", ref0[:, start:]),
+                            (f"codec roundtrip ({codec.num_codebooks} codebooks, {codec.describe()['bandwidth_kbps']:g} kbps)",
+                             rt0[:, start:]),
+                            (f"generated: \"{prompts[0][:60]}\"", gen0)], codec.sample_rate, figure, seconds)
     emb = load_embedder("builtin")
     cache = EmbeddingCache(work / "embeddings")
     ref = load_set(ref_dir, emb, cache, progress=False)
@@ -189,8 +206,45 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "fad_builtin_codec_resynthesis_vs_heldout": fad(ref.stats, resyn.stats),
         "tempo": tempo_response(loaded, per_bpm=bpm_clips, seconds=seconds, seed=seed + 1000),
         "heldout_loss": heldout_loss_vs_unigram(loaded, data_dir),
+        "generated_music_likeness": {
+            "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],
+            "frame_rate_harmonic_fraction": [x["frame_rate_harmonic_fraction"] for x in likeness],
+            "clips_failing": sum(1 for x in likeness if x["failures"]),
+        },
         "embedder": emb.describe(),
     }
+
+
+def spectrogram_figure(panels: list[tuple[str, np.ndarray]], sample_rate: int, out_path: str | Path,
+                       seconds: float = 10.0) -> Path:
+    """One log-mel spectrogram per ``(title, wav [C, N] or [N])`` panel, stacked, on one dB scale
+    (each panel relative to its own loudest bin, 80 dB shown), written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import librosa
+    import matplotlib.pyplot as plt
+
+    from audiogen.audio import atomic_path
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels)), squeeze=False)
+    for ax, (title, wav) in zip(axes[:, 0], panels):
+        y = np.asarray(wav, dtype=np.float32)
+        y = (y.mean(axis=0) if y.ndim == 2 else y)[: int(seconds * sample_rate)]
+        mel = librosa.feature.melspectrogram(y=y, sr=sample_rate, n_fft=2048, hop_length=sample_rate // 50, n_mels=128)
+        db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
+        ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
+                  extent=(0, y.shape[0] / sample_rate, 0, 128))
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("mel band")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return out
 
 
 def attribution_markdown(data_dir: str | Path, title: str = "Training data: tracks, licenses, attribution") -> str:

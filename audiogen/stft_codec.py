@@ -17,6 +17,7 @@ Frame ``t`` is centred on sample ``t * hop`` on both sides.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -211,6 +212,8 @@ class STFTCodecModel(nn.Module):
         cfg = self.config
         h = self.decoder(z)
         logmag, phase = h.float().chunk(2, dim=1)  # [B, F, T] each
+        if self.training:  # kept for magnitude_loss, the direct per-bin target of the training step
+            self.last_logmag = logmag
         mag = torch.exp(logmag.clamp(max=6.0))  # bounded: a diverging head must not overflow the iFFT
         spec = torch.polar(mag, phase)
         wav = torch.istft(spec, cfg.n_fft, cfg.hop, cfg.n_fft, self.window, center=True, length=z.shape[-1] * cfg.hop)
@@ -247,6 +250,17 @@ class STFTCodecModel(nn.Module):
             return self.synthesize(z)[..., :n], codes, z.new_zeros(())
         zq, codes, loss = self.quantize(z, n_q, self.dead_code_threshold)
         return self.synthesize(zq)[..., :n], codes, loss
+
+    def magnitude_loss(self, wav: torch.Tensor) -> torch.Tensor:
+        """L1 between the log-magnitude STFT the decoder predicted in the last training forward and
+        that of ``wav: [B, 1, N]``. The output's mel losses see bins only through the inverse STFT and
+        the mel bands; this gives every bin (quiet ones included, down to -100 dB) its own target."""
+        cfg = self.config
+        frames = self.last_logmag.shape[-1]
+        wav = F.pad(wav, (0, frames * cfg.hop - wav.shape[-1]))
+        spec = torch.stft(wav[:, 0], cfg.n_fft, cfg.hop, cfg.n_fft, self.window, center=True, return_complex=True)
+        target = torch.log(spec.abs()[..., :frames].clamp_min(1e-5))
+        return F.l1_loss(self.last_logmag.clamp_min(math.log(1e-5)), target)
 
     def reset_codebooks(self) -> None:
         """k-means initialises every codebook again on the next training batch."""
