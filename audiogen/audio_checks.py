@@ -48,6 +48,9 @@ MAX_NOISE_FLATNESS = 0.3
 MIN_BAND_CORRELATION = 0.85
 MAX_MEL_ERROR_DB = 3.0
 VARIATION_RATIO_RANGE = (0.7, 1.3)
+#: ... and of :func:`codebook_failures`
+MIN_FIRST_CODEBOOK_DISTINCT = 64
+CODEBOOK_WINDOW_S = 20.0
 
 #: the band :func:`frame_rate_harmonic_fraction` looks at, and its tolerance around a harmonic
 HARMONIC_BAND_HZ = (20.0, 4000.0)
@@ -296,12 +299,18 @@ def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
 
 def reconstruction_fidelity(ref: np.ndarray, est: np.ndarray, sr: int) -> dict:
     """How well ``est`` (a codec's output, already aligned) reproduces ``ref``: band correlation,
-    mel error (dB), variation of each and their ratio, and ``failures`` against issue 16's
-    acceptance thresholds (correlation >= 0.85, error <= 3 dB, ratio in 0.7..1.3)."""
+    mel error (dB), variation of each and their ratio, and ``failures`` (:func:`fidelity_failures`)."""
     A, B = _paired_mels(ref, est, sr)
     va, vb = variation_of_mel(A), variation_of_mel(B)
     figs = {"band_correlation": _band_correlation(A, B), "mel_error_db": float(np.abs(A - B).mean()),
             "ref_variation_db": va, "est_variation_db": vb, "variation_ratio": vb / max(va, 1e-9)}
+    figs["failures"] = fidelity_failures(figs)
+    return figs
+
+
+def fidelity_failures(figs: dict) -> list[str]:
+    """The thresholds of issue 16 that ``figs`` (``band_correlation``, ``mel_error_db``,
+    ``variation_ratio``) miss: correlation >= 0.85, error <= 3 dB, ratio in 0.7..1.3."""
     lo, hi = VARIATION_RATIO_RANGE
     failures = []
     if figs["band_correlation"] < MIN_BAND_CORRELATION:
@@ -310,5 +319,13 @@ def reconstruction_fidelity(ref: np.ndarray, est: np.ndarray, sr: int) -> dict:
         failures.append(f"mel error {figs['mel_error_db']:.2f} dB > {MAX_MEL_ERROR_DB:g} dB")
     if not lo <= figs["variation_ratio"] <= hi:
         failures.append(f"variation ratio {figs['variation_ratio']:.3f} outside {lo:g}..{hi:g}")
-    figs["failures"] = failures
-    return figs
+    return failures
+
+
+def codebook_failures(first_codebook_distinct: int, seconds: float) -> list[str]:
+    """Issue 16's usage threshold: codebook 0 uses at least 64 distinct codes in 20 s of music
+    (the collapsed codec used 3). Not judged on excerpts shorter than 20 s."""
+    if seconds < CODEBOOK_WINDOW_S or first_codebook_distinct >= MIN_FIRST_CODEBOOK_DISTINCT:
+        return []
+    return [f"codebook 0 uses {first_codebook_distinct} distinct codes in {seconds:g} s "
+            f"(< {MIN_FIRST_CODEBOOK_DISTINCT})"]
