@@ -45,6 +45,31 @@ def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_
     assert side["codec"]["name"] == "audiogen-codec-24khz"
 
 
+@pytest.mark.slow  # 30 s of audio: about a minute on a loaded 2-core machine
+def test_readme_main_command_makes_music_not_a_buzz_silence_or_noise(tmp_path):
+    """The README's main command, exactly, on the shipped model; the audio must vary over time as
+    music does and not sit on harmonics of the codec's frame rate (issue 16: it was a static
+    75 Hz buzz that loudness, peak, duration and FAD all passed)."""
+    from audiogen.audio_checks import music_likeness
+
+    command = 'audiogen generate "calm orchestral theme" --duration 30 --out theme.wav'
+    assert command in (REPO / "README.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "30",
+                        "--out", "theme.wav"], capture_output=True, text=True, cwd=tmp_path,
+                       env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                            "HOME": str(Path.home()), "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "theme.wav"
+    wav, sr = A.load_audio(out)
+    assert wav.shape[1] == 30 * sr
+    side = json.loads(sidecar_path(out).read_text())
+    assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
+    frame_rate = side["codec"]["frame_rate"]  # the rate of the codec that decoded this audio
+    assert frame_rate > 0
+    figures = music_likeness(wav, sr, frame_rate)
+    assert figures["failures"] == [], figures
+
+
 def test_model_report_on_a_folder_that_is_not_a_dataset_is_one_clear_error(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "eval" / "model_report.py"), "--model", str(DEFAULT_MODEL_DIR),
                         "--data", str(tmp_path), "--audio-dir", str(tmp_path), "--work", str(tmp_path / "w")],

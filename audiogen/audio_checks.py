@@ -1,0 +1,331 @@
+"""Checks, computed on the audio, that tell music from a buzz, silence or noise.
+
+Loudness, peak, duration, a mel distance and even FAD all passed a codec that decoded every
+input to the same static comb at multiples of its 75 Hz frame rate (issue 16). The figures
+here do not:
+
+- :func:`temporal_variation_db`: how much the log-mel spectrum changes over time. Real music
+  here: 6-9 dB; the buzz: 0.12-0.16 dB.
+- :func:`frame_rate_harmonic_fraction`: the share of 20 Hz-4 kHz energy within 1 Hz of a
+  multiple of the codec's frame rate. Music: a few %; the buzz: 99.99 %.
+- :func:`rms_dbfs`, :func:`silent_frame_fraction`: silence.
+- :func:`spectral_flatness`: white noise (flat spectrum in every frame).
+- :func:`band_correlation`, :func:`mel_error_db`, :func:`variation_ratio`: a codec's output
+  against its input (does the reconstruction follow the input over time?).
+- :func:`codebook_stats`: per-codebook usage and entropy of a token sequence.
+
+:func:`music_likeness` and :func:`reconstruction_fidelity` gather these and list the
+thresholds a signal fails; docs/quality_checks.md explains each figure.
+
+Audio is float mono ``[N]`` (or ``[C, N]``, downmixed) at ``sr`` Hz. All log-mel figures share
+:func:`log_mel_db`: 64 mel bands, 20 ms hop, power in dB.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from audiogen.errors import AudiogenError
+
+#: the log-mel every figure here is computed on
+N_MELS = 64
+HOP_S = 0.020
+#: levels more than this far below the loudest mel bin are floored: a fade from digital
+#: silence would otherwise put 100 dB steps into the variation and correlation
+DYNAMIC_RANGE_DB = 80.0
+#: absolute floor (power 1e-10), the level of digital silence
+FLOOR_DB = -100.0
+
+#: thresholds of :func:`music_likeness` (docs/quality_checks.md says where each comes from)
+MIN_VARIATION_DB = 3.0
+MAX_HARMONIC_FRACTION = 0.30
+SILENCE_DBFS = -60.0
+MAX_SILENT_FRACTION = 0.5
+MAX_NOISE_FLATNESS = 0.3
+#: thresholds of :func:`reconstruction_fidelity` (issue 16's acceptance figures)
+MIN_BAND_CORRELATION = 0.85
+MAX_MEL_ERROR_DB = 3.0
+VARIATION_RATIO_RANGE = (0.7, 1.3)
+#: ... and of :func:`codebook_failures`
+MIN_FIRST_CODEBOOK_DISTINCT = 64
+CODEBOOK_WINDOW_S = 20.0
+
+#: the band :func:`frame_rate_harmonic_fraction` looks at, and its tolerance around a harmonic
+HARMONIC_BAND_HZ = (20.0, 4000.0)
+HARMONIC_TOLERANCE_HZ = 1.0
+#: Welch segment length: 0.25 Hz bins, fine enough to tell +-1 Hz around a harmonic from the rest
+WELCH_SEGMENT_S = 4.0
+
+
+def _mono(wav: np.ndarray) -> np.ndarray:
+    """``[N]`` or ``[C, N]`` -> float64 ``[N]`` (channel mean)."""
+    x = np.asarray(wav, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    if x.ndim != 1:
+        raise AudiogenError(f"expected audio shaped [N] or [C, N], got {np.shape(wav)}")
+    if x.size == 0:
+        raise AudiogenError("cannot measure zero-length audio")
+    if not np.isfinite(x).all():
+        raise AudiogenError("audio contains NaN or infinite samples")
+    return x
+
+
+def mel_params(sr: int) -> dict:
+    """The STFT/mel settings of :func:`log_mel_db` at ``sr``: 20 ms hop, a window of the next
+    power of two >= 4 hops (85 ms at 24 kHz), 64 bands from 0 Hz to Nyquist."""
+    hop = int(round(HOP_S * sr))
+    n_fft = 1 << math.ceil(math.log2(4 * hop))
+    return dict(sr=sr, n_fft=n_fft, hop_length=hop, n_mels=N_MELS, fmin=0.0, fmax=sr / 2, power=2.0)
+
+
+def log_mel_db(wav: np.ndarray, sr: int) -> np.ndarray:
+    """``float32[64, T]``: mel power in dB (re full scale 1.0, floored at -100 dB), 20 ms frames."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=_mono(wav), **mel_params(sr))
+    return librosa.power_to_db(mel, ref=1.0, amin=10 ** (FLOOR_DB / 10), top_db=None).astype(np.float32)
+
+
+def _floored(mel_db: np.ndarray, top: float | None = None) -> np.ndarray:
+    """``mel_db`` with everything more than :data:`DYNAMIC_RANGE_DB` below ``top`` (default: its max) raised to it."""
+    top = float(mel_db.max()) if top is None else top
+    return np.maximum(mel_db, top - DYNAMIC_RANGE_DB)
+
+
+def variation_of_mel(mel_db: np.ndarray) -> float:
+    """Std over time of each band of ``mel_db [bands, T]`` (floored), mean over bands, in dB."""
+    return float(_floored(mel_db).std(axis=1).mean())
+
+
+def temporal_variation_db(wav: np.ndarray, sr: int) -> float:
+    """How much the log-mel spectrum moves over time: the std over 20 ms frames of each of the
+    64 bands (dB), averaged over bands. Real music here: 6-9 dB; a static buzz ~0.1 dB;
+    silence 0. See :data:`MIN_VARIATION_DB`."""
+    return variation_of_mel(log_mel_db(wav, sr))
+
+
+def _paired_mels(ref: np.ndarray, est: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mels of ``ref`` and ``est`` over their common length, both floored 80 dB below the
+    reference's loudest bin (so a band the reference does not use is not scored on noise
+    60 dB further down)."""
+    a, b = _mono(ref), _mono(est)
+    n = min(len(a), len(b))
+    A, B = log_mel_db(a[:n], sr), log_mel_db(b[:n], sr)
+    top = float(A.max())
+    return _floored(A, top), _floored(B, top)
+
+
+def _band_correlation(A: np.ndarray, B: np.ndarray) -> float:
+    """Mean over bands of the Pearson correlation over time of ``A[b]`` and ``B[b]``; bands that
+    are constant in the reference carry no timing and are skipped; a constant band in the
+    estimate correlates 0."""
+    a = A - A.mean(axis=1, keepdims=True)
+    b = B - B.mean(axis=1, keepdims=True)
+    sa, sb = np.sqrt((a * a).sum(axis=1)), np.sqrt((b * b).sum(axis=1))
+    used = sa > 1e-6 * A.shape[1]
+    if not used.any():
+        raise AudiogenError("the reference's log-mel does not change over time: nothing to correlate with")
+    r = np.where(sb[used] > 0, (a[used] * b[used]).sum(axis=1) / (sa[used] * np.maximum(sb[used], 1e-30)), 0.0)
+    return float(r.mean())
+
+
+def band_correlation(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    """Per-band Pearson correlation over time between the log-mels of ``ref`` (input) and
+    ``est`` (e.g. a codec's reconstruction), averaged over the 64 bands; lengths are cut to the
+    shorter. 1: the reconstruction follows every change of the input; ~0: it ignores the input
+    (the buzz: -0.01). Align a delayed ``est`` first (:func:`align`)."""
+    return _band_correlation(*_paired_mels(ref, est, sr))
+
+
+def mel_error_db(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    """Mean absolute log-mel difference (dB) between ``ref`` and ``est`` (common length)."""
+    A, B = _paired_mels(ref, est, sr)
+    return float(np.abs(A - B).mean())
+
+
+def variation_ratio(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
+    """``temporal_variation_db(est) / temporal_variation_db(ref)`` over the common length:
+    ~1 when the reconstruction moves as much as the input, ~0.02 for a static buzz."""
+    A, B = _paired_mels(ref, est, sr)
+    return variation_of_mel(B) / max(variation_of_mel(A), 1e-9)
+
+
+def align(ref: np.ndarray, est: np.ndarray, max_lag: int) -> np.ndarray:
+    """``est [N']`` shifted by the lag (|lag| <= ``max_lag`` samples) that best correlates with
+    ``ref [N]``, zero-padded or cut to ``N``: a codec's or an MP3 encoder's delay is then not
+    counted as error."""
+    ref, est = np.asarray(ref), np.asarray(est)
+    n = len(ref)
+    size = 1 << int(np.ceil(np.log2(len(est) + n)))
+    xc = np.fft.irfft(np.fft.rfft(est, size) * np.conj(np.fft.rfft(ref, size)), size)  # xc[lag] = sum est[i+lag] ref[i]
+    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
+    lag = int(lags[np.argmax(xc[lags])])
+    out = np.zeros(n, dtype=est.dtype)
+    if lag >= 0:
+        part = est[lag : lag + n]
+        out[: len(part)] = part
+    else:
+        part = est[: n + lag]
+        out[-lag : -lag + len(part)] = part
+    return out
+
+
+def power_spectrum(wav: np.ndarray, sr: int, segment_s: float = WELCH_SEGMENT_S) -> tuple[np.ndarray, np.ndarray]:
+    """Welch power spectrum ``(freqs [F], power [F])`` with ``segment_s`` Hann segments (0.25 Hz
+    bins by default). A signal shorter than a segment is zero-padded to it: the bins stay
+    0.25 Hz apart but the true resolution is then ``1 / duration``."""
+    from scipy.signal import welch
+
+    x = _mono(wav)
+    seg = int(segment_s * sr)
+    nperseg = min(seg, len(x))
+    return welch(x, fs=sr, window="hann", nperseg=nperseg, nfft=max(seg, nperseg), detrend=False)
+
+
+def frame_rate_harmonic_fraction(wav: np.ndarray, sr: int, frame_rate: float) -> float:
+    """The share of the 20 Hz-4 kHz energy lying within +-1 Hz of a multiple of ``frame_rate``.
+
+    A codec (or an LM over its tokens) that emits the same frame again and again makes a comb
+    at exactly these frequencies: the buzz had 99.99 %. For music it is the width of the
+    teeth over the width of the band (53 harmonics x 2 Hz / 3980 Hz = 2.7 % at 75 Hz) plus
+    the notes that happen to fall on a tooth. See :data:`MAX_HARMONIC_FRACTION`.
+    """
+    if not frame_rate > 0:
+        raise AudiogenError(f"frame rate must be > 0, got {frame_rate}")
+    if 4 * HARMONIC_TOLERANCE_HZ >= frame_rate:
+        raise AudiogenError(f"frame rate {frame_rate:g} Hz is too low to tell its harmonics apart from the rest")
+    f, p = power_spectrum(wav, sr)
+    lo, hi = HARMONIC_BAND_HZ
+    band = (f >= lo) & (f <= hi)
+    total = float(p[band].sum())
+    if total <= 0:
+        return 0.0
+    k = np.round(f / frame_rate)
+    near = band & (k >= 1) & (np.abs(f - k * frame_rate) <= HARMONIC_TOLERANCE_HZ)
+    return min(1.0, float(p[near].sum() / total))  # near is a subset of band: only rounding can exceed 1
+
+
+def rms_dbfs(wav: np.ndarray) -> float:
+    """RMS level in dB re full scale (a full-scale sine is -3 dBFS); -inf for digital silence."""
+    ms = float(np.mean(_mono(wav) ** 2))
+    return 10 * math.log10(ms) if ms > 0 else -math.inf
+
+
+def silent_frame_fraction(wav: np.ndarray, sr: int, threshold_dbfs: float = SILENCE_DBFS) -> float:
+    """The share of 20 ms frames whose RMS is below ``threshold_dbfs``."""
+    x = _mono(wav)
+    hop = int(round(HOP_S * sr))
+    n = -(-len(x) // hop)
+    frames = np.pad(x, (0, n * hop - len(x))).reshape(n, hop)  # the last frame zero-padded
+    level = 10 * np.log10(np.maximum((frames**2).mean(axis=1), 1e-20))
+    return float((level < threshold_dbfs).mean())
+
+
+def spectral_flatness(wav: np.ndarray, sr: int) -> float:
+    """Median over frames (those above the silence threshold) of the spectral flatness (geometric
+    over arithmetic mean of the power spectrum, 0..1). White noise: ~0.56 (the mean log of an
+    exponential variable); music: a few hundredths at most. See :data:`MAX_NOISE_FLATNESS`."""
+    import librosa
+
+    x = _mono(wav)
+    p = mel_params(sr)
+    S = np.abs(librosa.stft(x, n_fft=p["n_fft"], hop_length=p["hop_length"])) ** 2  # [F, T]
+    S = S[1:]  # DC says nothing about the spectrum's shape
+    rms = librosa.feature.rms(y=x, frame_length=p["n_fft"], hop_length=p["hop_length"])[0]  # same frames as S
+    loud = 20 * np.log10(np.maximum(rms, 1e-10)) >= SILENCE_DBFS
+    if not loud.any():
+        return 0.0
+    S = np.maximum(S[:, loud], 1e-20)
+    flat = np.exp(np.log(S).mean(axis=0)) / S.mean(axis=0)
+    return float(np.median(flat))
+
+
+def codebook_stats(codes: np.ndarray, cardinality: int) -> list[dict]:
+    """Per codebook of ``codes [K, T]`` (ints in ``[0, cardinality)``): how many distinct codes
+    it uses and the entropy (bits) of its code histogram; ``max_entropy_bits`` is
+    ``log2(min(T, cardinality))``, what a codebook that uses every code equally would reach."""
+    c = np.asarray(codes)
+    if c.ndim != 2 or c.shape[1] == 0:
+        raise AudiogenError(f"expected codes shaped [K, T] with T > 0, got {c.shape}")
+    if c.min() < 0 or c.max() >= cardinality:
+        raise AudiogenError(f"codes must lie in [0, {cardinality}); got {int(c.min())}..{int(c.max())}")
+    out = []
+    for row in c.astype(np.int64):
+        counts = np.bincount(row, minlength=cardinality)
+        p = counts[counts > 0] / row.size
+        out.append({"distinct": int((counts > 0).sum()), "entropy_bits": float(-(p * np.log2(p)).sum()),
+                    "max_entropy_bits": math.log2(min(row.size, cardinality))})
+    return out
+
+
+def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
+    """Every figure above for one signal, and ``failures``: the thresholds it misses (empty for
+    music). ``frame_rate`` is that of the codec that made the audio (75 Hz for 24 kHz EnCodec).
+
+    Fails when: log-mel temporal variation < 3 dB; >= 30 % of the 20 Hz-4 kHz energy on
+    harmonics of the frame rate; silent (RMS < -60 dBFS or more than half the 20 ms frames
+    below it); white noise (median spectral flatness >= 0.3).
+    """
+    figs = {
+        "seconds": len(_mono(wav)) / sr,
+        "temporal_variation_db": temporal_variation_db(wav, sr),
+        "frame_rate_hz": float(frame_rate),
+        "frame_rate_harmonic_fraction": frame_rate_harmonic_fraction(wav, sr, frame_rate),
+        "rms_dbfs": rms_dbfs(wav),
+        "silent_frame_fraction": silent_frame_fraction(wav, sr),
+        "spectral_flatness": spectral_flatness(wav, sr),
+    }
+    failures = []
+    if figs["rms_dbfs"] < SILENCE_DBFS or figs["silent_frame_fraction"] > MAX_SILENT_FRACTION:
+        failures.append(f"silent: RMS {figs['rms_dbfs']:.1f} dBFS, {100 * figs['silent_frame_fraction']:.0f} % of "
+                        f"frames below {SILENCE_DBFS:g} dBFS (limits: RMS >= {SILENCE_DBFS:g} dBFS, at most "
+                        f"{100 * MAX_SILENT_FRACTION:.0f} % silent frames)")
+    if figs["temporal_variation_db"] < MIN_VARIATION_DB:
+        failures.append(f"static: log-mel temporal variation {figs['temporal_variation_db']:.2f} dB "
+                        f"< {MIN_VARIATION_DB:g} dB (music here: 6-9 dB)")
+    if figs["frame_rate_harmonic_fraction"] >= MAX_HARMONIC_FRACTION:
+        failures.append(f"buzz: {100 * figs['frame_rate_harmonic_fraction']:.1f} % of the 20 Hz-4 kHz energy within "
+                        f"{HARMONIC_TOLERANCE_HZ:g} Hz of harmonics of the {frame_rate:g} Hz frame rate "
+                        f"(limit {100 * MAX_HARMONIC_FRACTION:.0f} %)")
+    if figs["spectral_flatness"] >= MAX_NOISE_FLATNESS:
+        failures.append(f"white noise: median spectral flatness {figs['spectral_flatness']:.2f} "
+                        f">= {MAX_NOISE_FLATNESS:g} (music: < 0.1)")
+    figs["failures"] = failures
+    return figs
+
+
+def reconstruction_fidelity(ref: np.ndarray, est: np.ndarray, sr: int) -> dict:
+    """How well ``est`` (a codec's output, already aligned) reproduces ``ref``: band correlation,
+    mel error (dB), variation of each and their ratio, and ``failures`` (:func:`fidelity_failures`)."""
+    A, B = _paired_mels(ref, est, sr)
+    va, vb = variation_of_mel(A), variation_of_mel(B)
+    figs = {"band_correlation": _band_correlation(A, B), "mel_error_db": float(np.abs(A - B).mean()),
+            "ref_variation_db": va, "est_variation_db": vb, "variation_ratio": vb / max(va, 1e-9)}
+    figs["failures"] = fidelity_failures(figs)
+    return figs
+
+
+def fidelity_failures(figs: dict) -> list[str]:
+    """The thresholds of issue 16 that ``figs`` (``band_correlation``, ``mel_error_db``,
+    ``variation_ratio``) miss: correlation >= 0.85, error <= 3 dB, ratio in 0.7..1.3."""
+    lo, hi = VARIATION_RATIO_RANGE
+    failures = []
+    if figs["band_correlation"] < MIN_BAND_CORRELATION:
+        failures.append(f"band correlation {figs['band_correlation']:.3f} < {MIN_BAND_CORRELATION:g}")
+    if figs["mel_error_db"] > MAX_MEL_ERROR_DB:
+        failures.append(f"mel error {figs['mel_error_db']:.2f} dB > {MAX_MEL_ERROR_DB:g} dB")
+    if not lo <= figs["variation_ratio"] <= hi:
+        failures.append(f"variation ratio {figs['variation_ratio']:.3f} outside {lo:g}..{hi:g}")
+    return failures
+
+
+def codebook_failures(first_codebook_distinct: int, seconds: float) -> list[str]:
+    """Issue 16's usage threshold: codebook 0 uses at least 64 distinct codes in 20 s of music
+    (the collapsed codec used 3). Not judged on excerpts shorter than 20 s."""
+    if seconds < CODEBOOK_WINDOW_S or first_codebook_distinct >= MIN_FIRST_CODEBOOK_DISTINCT:
+        return []
+    return [f"codebook 0 uses {first_codebook_distinct} distinct codes in {seconds:g} s "
+            f"(< {MIN_FIRST_CODEBOOK_DISTINCT})"]
