@@ -47,6 +47,12 @@ class STFTCodecConfig:
     bins: int = 1024
     target_bandwidths: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  #: 2, 4, 6, 8 codebooks at 50 Hz
     kmeans_init: bool = True
+    #: phase used when decoding codes: ``predicted`` (the decoder's) or ``codes`` (pseudo-random,
+    #: drawn from each frame's codes). A time-invariant network predicts the same phase for a steady
+    #: input in every frame, which makes the output periodic at the frame rate (a comb at multiples
+    #: of 50 Hz: 92 % of the shipped codec's 20 Hz-4 kHz energy); phases drawn from the codes keep the
+    #: magnitudes and lose the comb (see docs/codec_training.md).
+    decode_phase: str = "predicted"
 
     @property
     def hop_length(self) -> int:
@@ -61,6 +67,8 @@ class STFTCodecConfig:
         cfg = cls(**d)
         if cfg.channels != 1:
             raise AudiogenError("the stft codec is mono (channels: 1); stereo files are downmixed before encoding")
+        if cfg.decode_phase not in ("predicted", "codes"):
+            raise AudiogenError(f"stft codec: decode_phase must be 'predicted' or 'codes', not {cfg.decode_phase!r}")
         if cfg.n_fft < 2 * cfg.hop:
             raise AudiogenError(f"stft codec: n_fft ({cfg.n_fft}) must be at least 2 x hop ({cfg.hop})")
         return cfg
@@ -207,11 +215,13 @@ class STFTCodecModel(nn.Module):
         mel = (spec.abs().transpose(1, 2) @ self.mel_fb).transpose(1, 2)  # [B, n_mels, frames + 1]
         return self.latent_norm(self.encoder(torch.log(mel.clamp_min(1e-5))[..., :frames]))
 
-    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents ``[B, latent_dim, T]`` -> ``wav [B, 1, T * hop]`` through the predicted STFT."""
+    def synthesize(self, z: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents ``[B, latent_dim, T]`` -> ``wav [B, 1, T * hop]`` through the predicted STFT
+        (``phase: [B, F, T]`` replaces the predicted phase)."""
         cfg = self.config
         h = self.decoder(z)
-        logmag, phase = h.float().chunk(2, dim=1)  # [B, F, T] each
+        logmag, predicted = h.float().chunk(2, dim=1)  # [B, F, T] each
+        phase = predicted if phase is None else phase
         if self.training:  # kept for magnitude_loss, the direct per-bin target of the training step
             self.last_logmag = logmag
         mag = torch.exp(logmag.clamp(max=6.0))  # bounded: a diverging head must not overflow the iFFT
@@ -283,5 +293,24 @@ class STFTCodecModel(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes: [B, K, T] -> wav [B, 1, T * hop]``."""
         z = sum(stage.decode(codes[:, k]) for k, stage in enumerate(self.quantizers[: codes.shape[1]]))
+        if self.config.decode_phase == "codes":
+            return self.synthesize(z, codes_phase(codes, self.config.n_fft // 2 + 1))
         return self.synthesize(z)
 
+
+
+def codes_phase(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """Pseudo-random phases ``[B, bins, T]`` in [0, 2 pi) from ``codes: [B, K, T]``.
+
+    Frame ``t``'s phases depend only on the codes of frames ``t`` and ``t - 1`` (a hash), so a
+    frame decodes the same in every window that contains it, and the result is reproducible.
+    """
+    c = codes.long()
+    prev = torch.cat([c[..., :1], c[..., :-1]], dim=-1)
+    mult = torch.arange(1, c.shape[1] + 1, device=c.device)[None, :, None]
+    h = ((c * (2 * mult + 1) * 7919 + prev * (2 * mult + 3) * 104729).sum(1) % 2_147_483_647)  # [B, T]
+    k = torch.arange(bins, device=c.device)[None, :, None]
+    x = (h[:, None, :] * 2_654_435_761 + k * 40_503 + 12_345) % 4_294_967_296  # < 2^63: no overflow
+    x = (x ^ (x >> 15)) * 2_246_822_519 % 4_294_967_296
+    x = x ^ (x >> 13)
+    return (x % 65_536).float() * (2 * math.pi / 65_536)

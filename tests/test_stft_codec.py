@@ -46,8 +46,9 @@ def test_frames_and_lengths_follow_the_hop(make_music):
     assert out.shape == (1, 1, codes.shape[-1] * 480) and torch.isfinite(out).all()
 
 
-def test_windowed_encoding_and_decoding_equal_the_whole_file(make_music):
-    whole, chunked = _codec(), _codec()
+@pytest.mark.parametrize("decode_phase", ["predicted", "codes"])
+def test_windowed_encoding_and_decoding_equal_the_whole_file(make_music, decode_phase):
+    whole, chunked = _codec(decode_phase=decode_phase), _codec(decode_phase=decode_phase)
     whole.window_s = 1e9
     chunked.window_s, chunked.context_s = 2.0, 1.0
     wav = torch.from_numpy(make_music(11.3, seed=3))[None]
@@ -114,3 +115,22 @@ def test_recipe_trains_the_stft_backend_and_exports_a_loadable_codec(tmp_path, d
     wav, _ = load_audio(real_tracks[0], sample_rate=24000, channels=1, offset_s=20, duration_s=2)
     codes = codec.encode(torch.from_numpy(wav)[None])
     assert codes.shape == (1, 4, 100) and codes[0, 0].unique().numel() > 1
+
+
+def test_phases_drawn_from_codes_are_reproducible_and_differ_between_frames():
+    from audiogen.stft_codec import codes_phase
+
+    codes = torch.randint(0, 1024, (2, 6, 40))
+    a, b = codes_phase(codes, 961), codes_phase(codes.clone(), 961)
+    assert a.shape == (2, 961, 40) and torch.equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) < 2 * torch.pi
+    # frames whose codes (or whose previous frame's codes) differ get different phases
+    seq = torch.full((1, 6, 40), 7)
+    seq[..., 5] = 8
+    p = codes_phase(seq, 961)
+    assert not torch.equal(p[..., 5], p[..., 4]) and not torch.equal(p[..., 6], p[..., 4])
+    assert torch.equal(p[..., 10], p[..., 4])  # steady codes, steady phases (2.7 % of real frames repeat)
+    # ... and frame t depends only on frames t and t - 1: the same in every decoding window
+    assert torch.equal(codes_phase(codes[..., 10:], 961)[..., 1:], a[..., 11:])
+    with pytest.raises(Exception, match="decode_phase"):
+        STFTCodecConfig.from_dict({"decode_phase": "random"})
