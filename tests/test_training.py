@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from audiogen.errors import AudiogenError
+from distributed_helpers import assert_ranks, free_port_in, node_launcher, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_lm.py"
@@ -113,8 +114,10 @@ def train_in_process(args: list[str]) -> int:
 
 
 def log_records(out: Path) -> list[dict]:
+    """The logged figures (the processes' start lines left out: a resumed run has one more)."""
     recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]  # wall-clock speed varies
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs  # wall-clock speed varies
+            if r.get("event") != "start"]
 
 
 @pytest.fixture(scope="module")
@@ -197,25 +200,56 @@ def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
 # ------------------------------------------------------------------------------ the loop
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, codec_dir, tmp_path):
-    args = dict(max_steps=4, save_every=4, eval_every=2, batch_size=4)
-    # 2 processes x 2 sequences vs 1 process x 2 accumulated micro-batches of 2: the same global batch
-    r = run_recipe(overrides(data_dir, codec_dir, tmp_path / "two", **args),
-                   launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+@pytest.fixture(scope="module")
+def trained_two_ranks(tmp_path_factory, data_dir, codec_dir) -> Path:
+    """``trained`` again with 2 real processes (gloo on CPU), each 2 accumulated micro-batches of 1 sequence."""
+    out = tmp_path_factory.mktemp("lm_runs") / "two_ranks"
+    r = run_recipe(overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2), launcher=two_ranks())
     assert r.returncode == 0, r.stderr[-3000:]
-    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "one", grad_accum=2, **args)) == 0
-    one, two = log_records(tmp_path / "one"), log_records(tmp_path / "two")
-    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 6  # 4 train + 2 eval lines
+    assert_ranks(out)
+    return out
+
+
+@pytest.mark.slow  # 2-process launches: ~40 s each on the shared 2-core machine
+def test_two_ranks_match_one_process_with_the_same_global_batch(trained, trained_two_ranks):
+    """2 processes x 2 accumulated micro-batches of 1 vs 1 process x 4: the same global batch, the same run."""
+    assert_ranks(trained, world=1)
+    one, two = log_records(trained), log_records(trained_two_ranks)
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 10  # 8 train + 2 eval lines
     for a, b in zip(one, two):
         for key in a:
             if key.startswith(("loss", "eval/")):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     from safetensors.torch import load_file
 
-    w1, w2 = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, trained_two_ranks))
     assert w1.keys() == w2.keys()
-    assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-3) for k in w1)  # fp16 export
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    # one checkpoint per step for the whole job: the model once, each rank its RNG state
+    ckpt = trained_two_ranks / "checkpoints" / "step_0000008"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl",
+                                                      "random_states_1.pkl", "trainer.json"]
+    assert json.loads((ckpt / "trainer.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow  # 2-process launches: ~40 s each on the shared 2-core machine
+@pytest.mark.parametrize("rank, step", [(1, 5), (0, 6)])  # mid-interval; the main process right after a save
+def test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_rank_run(
+        trained_two_ranks, data_dir, codec_dir, tmp_path, rank, step):
+    out = tmp_path / "killed"
+    args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
+    first = run_recipe([*args, f"kill_at_step={step}", f"kill_rank={rank}"], launcher=two_ranks())
+    assert first.returncode != 0, first.stderr[-2000:]  # the launcher stops the other rank and fails
+    saved = [f"step_{s:07d}" for s in range(3, step + 1, 3)][-2:]  # save_every=3, keep_checkpoints=2
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == saved
+    resumed = run_recipe(args, launcher=two_ranks())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert_ranks(out, runs=2)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+    assert log_records(out) == log_records(trained_two_ranks)
+    assert not list((out / "checkpoints").glob(".*"))  # no temp folder left behind
 
 
 def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec, codec_dir, clips, tmp_path):
