@@ -267,6 +267,10 @@ def make_accelerator(**kwargs):
     if launched > 1 and acc.num_processes != launched:
         raise AudiogenError(f"the launcher started {launched} processes but they did not form one job "
                             f"(this one is rank {acc.process_index} of {acc.num_processes})")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP":
+        # Accelerate enables FSDP only on accelerators; on CPU it would quietly run DDP instead
+        raise AudiogenError(f"an FSDP launch config, but Accelerate runs FSDP only on GPUs (here: "
+                            f"{acc.distributed_type.value} on {acc.device}); use a DDP config on this machine")
     return acc
 
 
@@ -318,7 +322,7 @@ def rank_state_file(ckpt: Path, rank: int) -> Path:
 
 
 def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict | None = None,
-                    rank_state: dict | None = None) -> Path:
+                    rank_state: dict | None = None, write=None) -> Path:
     """Save a checkpoint with N ranks so that a ``kill -9`` of any rank at any moment leaves a resumable run.
 
     A collective: every rank calls it at the same step. The order:
@@ -334,6 +338,8 @@ def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict |
        (each old one renamed away first, so a half-deleted folder never looks complete).
 
     A kill before the rename leaves only a ``.tmp-*`` folder, which resume ignores.
+    ``accelerator`` may be any Accelerate state object (``PartialState`` too: the torchrun
+    FSDP2 path of :mod:`audiogen.fsdp`) with ``write(folder)`` replacing ``save_state``.
     """
     root = Path(root)
     final = root / f"step_{step:07d}"
@@ -344,7 +350,10 @@ def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict |
             shutil.rmtree(stale)
         tmp.mkdir()
     accelerator.wait_for_everyone()  # (1) the empty folder exists for everyone
-    accelerator.save_state(str(tmp))
+    if write is None:
+        accelerator.save_state(str(tmp))
+    else:
+        write(tmp)
     if rank_state is not None:
         torch.save(rank_state, rank_state_file(tmp, accelerator.process_index))
     accelerator.wait_for_everyone()  # (2) every rank's files are on disk

@@ -479,6 +479,102 @@ def test_sbatch_launches_one_accelerate_per_node_and_requeues_after_a_checkpoint
         assert not (logs / "scontrol").exists()
 
 
+def _run_nodes(launchers: list[list[str]], args: list[str]) -> list[tuple[int, str]]:
+    """Start one recipe process tree per "node" at once; their (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([*launcher, str(RECIPE), "--config", str(TINY), *args], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for launcher in launchers]
+    return [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+
+
+@pytest.mark.slow
+def test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9(trained_two_ranks, data_dir, codec_dir, tmp_path):
+    """Two ``accelerate launch --num_machines 2 --machine_rank 0/1 --main_process_ip 127.0.0.1`` commands:
+    one job of 2 ranks; the process of "node" 1 killed at step 5; both rerun; the same model as 2 ranks on one node."""
+    out = tmp_path / "nodes"
+    args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
+    port = free_port_in(20000, 40000)
+    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], [*args, "kill_at_step=5", "kill_rank=1"])
+    assert all(rc != 0 for rc, _ in killed), [err[-1000:] for _, err in killed]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    port = free_port_in(20000, 40000)
+    resumed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], args)
+    assert all(rc == 0 for rc, _ in resumed), [err[-3000:] for _, err in resumed]
+    assert_ranks(out, runs=2)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+    assert log_records(out) == log_records(trained_two_ranks)
+
+
+@pytest.mark.slow
+def test_the_slurm_script_launch_line_forms_one_job_over_loopback(trained_two_ranks, data_dir, codec_dir, tmp_path):
+    """recipes/slurm/train_lm.sbatch as SLURM would run it on 2 nodes of 1 "GPU": SLURM's variables set here,
+    srun starting the script's command once per node id, scontrol naming 127.0.0.1; the real accelerate."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\npids=()\nfor ((i = 0; i < SLURM_NNODES; i++)); do\n'
+                                  '  SLURM_NODEID=$i bash -c "${@: -1}" & pids+=($!)\ndone\n'
+                                  'rc=0\nfor p in "${pids[@]}"; do wait "$p" || rc=$?; done\nexit $rc\n')
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    submit = tmp_path / "submit"  # the script cds here and writes logs/ here; recipes/ is the repo's
+    submit.mkdir()
+    (submit / "recipes").symlink_to(REPO / "recipes")
+    port = free_port_in(20000, 40000)  # the script listens on 20000 + SLURM_JOB_ID % 20000
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": str(port - 20000),
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_GPUS_ON_NODE": "1",
+           "SLURM_SUBMIT_DIR": str(submit), "ACCELERATE_CONFIG": "recipes/accelerate/multinode_ddp.yaml",
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(REPO / "recipes" / "slurm" / "train_lm.sbatch"), str(TINY),
+                        *overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)],
+                       env=env, cwd=submit, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert_ranks(out)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+
+
+def _fsdp2_job(out: Path, *args: str) -> subprocess.CompletedProcess:
+    from listening_helpers import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO / "tests" / "fsdp2_job.py"), str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_fsdp2_over_gloo_saves_sharded_checkpoints_resumes_after_kill_9_and_exports_a_loadable_model(tmp_path):
+    """PyTorch's FSDP2 (fully_shard) on 2 CPU ranks through torchrun, with our checkpoint protocol, sharded
+    save/load (audiogen.fsdp) and export: rank 1 killed at step 5, rerun, the same model as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from audiogen.checkpoint import load_model
+
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    r = _fsdp2_job(whole)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_ranks(whole)
+    ckpt = whole / "checkpoints" / "step_0000006"
+    # each rank wrote its own shards and its own RNG state; rank 0 the metadata and the marker
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {f.name for f in (ckpt / "sharded").iterdir()}
+    assert {"rank_state_0.pt", "rank_state_1.pt", "trainer.json"} <= {f.name for f in ckpt.iterdir()}
+    r = _fsdp2_job(out, "kill_at_step=5", "kill_rank=1")
+    assert r.returncode != 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    r = _fsdp2_job(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_ranks(out, runs=2)
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (whole, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines() if '"event"' not in x] for d in (whole, out)]
+    assert logs[0] == logs[1] and [r["step"] for r in logs[0]] == list(range(1, 7))
+    loaded = load_model(out / "model")  # the gathered full state dict is a complete model directory
+    assert loaded.lm.cfg.num_codebooks == 4 and sum(p.numel() for p in loaded.lm.parameters()) > 0
+
+
 # the settings of recipes/accelerate/fsdp_8gpu.yaml, on one GPU
 FSDP_ONE_GPU = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
                 "--mixed_precision", "bf16", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "1",
