@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import sys
 from pathlib import Path
 
 from listening_helpers import free_port
+
+#: seconds one multi-process launch may take (starting 3 Pythons that import torch is most of it);
+#: raise it on a heavily loaded machine
+LAUNCH_TIMEOUT_S = float(os.environ.get("AUDIOGEN_TEST_LAUNCH_TIMEOUT_S", "600"))
 
 
 def free_port_in(lo: int, hi: int) -> int:

@@ -19,7 +19,7 @@ from audiogen.codec_training import (
 )
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
-from distributed_helpers import assert_ranks, start_records, two_ranks
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, start_records, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_codec.py"
@@ -217,7 +217,7 @@ def _figures(out: Path) -> list[str]:
 
 def _run_two_ranks(out: Path, music: Path, cache: Path, **extra) -> subprocess.CompletedProcess:
     return subprocess.run([*two_ranks(), str(RECIPE), "--config", str(TINY), *_overrides(out, music, cache, **extra)],
-                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

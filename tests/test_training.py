@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from audiogen.errors import AudiogenError
-from distributed_helpers import assert_ranks, free_port_in, node_launcher, two_ranks
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, free_port_in, node_launcher, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_lm.py"
@@ -104,7 +104,8 @@ def overrides(data_dir: Path, codec_dir: Path, out: Path, **extra) -> list[str]:
 def run_recipe(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(RECIPE), "--config", str(TINY), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=LAUNCH_TIMEOUT_S if launcher else 300, **kw)
 
 
 def train_in_process(args: list[str]) -> int:
@@ -479,12 +480,15 @@ def test_sbatch_launches_one_accelerate_per_node_and_requeues_after_a_checkpoint
         assert not (logs / "scontrol").exists()
 
 
-def _run_nodes(launchers: list[list[str]], args: list[str]) -> list[tuple[int, str]]:
+def _run_nodes(launchers: list[list[str]], args: list[str], logs: Path) -> list[tuple[int, str]]:
     """Start one recipe process tree per "node" at once; their (exit status, stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    logs.mkdir(exist_ok=True)
+    errs = [logs / f"node{i}.err" for i in range(len(launchers))]  # files: a full pipe would block a rank
     procs = [subprocess.Popen([*launcher, str(RECIPE), "--config", str(TINY), *args], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for launcher in launchers]
-    return [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+                              stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+             for launcher, err in zip(launchers, errs)]
+    return [(p.wait(timeout=LAUNCH_TIMEOUT_S), err.read_text()) for p, err in zip(procs, errs)]
 
 
 @pytest.mark.slow
@@ -494,11 +498,12 @@ def test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9(trained_tw
     out = tmp_path / "nodes"
     args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
     port = free_port_in(20000, 40000)
-    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], [*args, "kill_at_step=5", "kill_rank=1"])
+    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], [*args, "kill_at_step=5", "kill_rank=1"],
+                        tmp_path / "killed_logs")
     assert all(rc != 0 for rc, _ in killed), [err[-1000:] for _, err in killed]
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
     port = free_port_in(20000, 40000)
-    resumed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], args)
+    resumed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], args, tmp_path / "resumed_logs")
     assert all(rc == 0 for rc, _ in resumed), [err[-3000:] for _, err in resumed]
     assert_ranks(out, runs=2)
     assert (out / "model" / "model.safetensors").read_bytes() == \
@@ -529,7 +534,7 @@ def test_the_slurm_script_launch_line_forms_one_job_over_loopback(trained_two_ra
     out = tmp_path / "out"
     r = subprocess.run(["bash", str(REPO / "recipes" / "slurm" / "train_lm.sbatch"), str(TINY),
                         *overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)],
-                       env=env, cwd=submit, capture_output=True, text=True, timeout=300)
+                       env=env, cwd=submit, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert_ranks(out)
     assert (out / "model" / "model.safetensors").read_bytes() == \
@@ -541,7 +546,7 @@ def _fsdp2_job(out: Path, *args: str) -> subprocess.CompletedProcess:
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(REPO / "tests" / "fsdp2_job.py"), str(out), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300,
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=LAUNCH_TIMEOUT_S,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
