@@ -741,8 +741,8 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
             return 0
         step = done
     bar.close()
+    path = export_run(accelerator, parts, cfg, out, step)  # a collective: before end_training ends the job
     accelerator.end_training()
-    path = export_run(accelerator, parts, cfg, out, step)
     accelerator.print(f"trained {step} steps; codec exported to {path}")
     return 0
 
