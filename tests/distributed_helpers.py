@@ -11,7 +11,7 @@ from pathlib import Path
 
 from listening_helpers import free_port
 
-#: seconds one multi-process launch may take (starting 3 Pythons that import torch is most of it);
+#: seconds one recipe run in a subprocess may take (starting the Pythons that import torch is most of it);
 #: raise it on a heavily loaded machine
 LAUNCH_TIMEOUT_S = float(os.environ.get("AUDIOGEN_TEST_LAUNCH_TIMEOUT_S", "600"))
 

@@ -105,7 +105,7 @@ def run_recipe(args: list[str], launcher: list[str] | None = None, **kw) -> subp
     cmd = (launcher or [sys.executable]) + [str(RECIPE), "--config", str(TINY), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=LAUNCH_TIMEOUT_S if launcher else 300, **kw)
+                          timeout=LAUNCH_TIMEOUT_S, **kw)
 
 
 def train_in_process(args: list[str]) -> int:
