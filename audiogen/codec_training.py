@@ -113,6 +113,8 @@ class CodecTrainConfig:
     export_dtype: str = "float16"
     #: testing only: SIGKILL this process right after this step (0 = never)
     kill_at_step: int = 0
+    #: testing only: the rank kill_at_step kills (-1 = every rank)
+    kill_rank: int = -1
 
     def codec_config(self) -> EncodecConfig | STFTCodecConfig:
         if self.backend not in BACKENDS:
@@ -636,15 +638,14 @@ def train_codec(cfg) -> int:
     """The whole codec training run (``recipes/train_codec.py``): decode the corpus to the
     cache, split tracks, train with Accelerate, checkpoint, resume, export ``OUT_DIR/codec``."""
     import yaml
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from audiogen.audio import atomic_write_text, find_audio_files, make_dir
-    from audiogen.training import check_resumable, latest_checkpoint
+    from audiogen.training import check_resumable, load_rank_state, make_accelerator, resume_point
 
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
+    accelerator = make_accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
     ecfg = cfg.codec_config()
 
     cfg_file = out / "config.yaml"
@@ -674,6 +675,7 @@ def train_codec(cfg) -> int:
                             "for training (each is listed above)")
     caches = [cache_of[f] for f in train_files]
     held_caches = [cache_of[f] for f in held_out if f in cache_of]
+    latest = resume_point(accelerator, ckpt_root)  # also: every rank has read the run's state before any writes
     if accelerator.is_main_process:
         make_dir(out)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -686,13 +688,17 @@ def train_codec(cfg) -> int:
     parts.codec, parts.disc, parts.opt_g, parts.opt_d = accelerator.prepare(
         parts.codec, parts.disc, parts.opt_g, parts.opt_d)
     parts.mel_loss.to(accelerator.device)
-    accelerator.register_for_checkpointing(parts.balancer)
 
     start = 0
-    latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         accelerator.load_state(str(latest))
         start = json.loads((latest / "trainer.json").read_text())["step"]
+        # each rank's balancer saw its own batches: it is restored from that rank's own file
+        balancer = load_rank_state(latest, accelerator.process_index)
+        if balancer is None and (latest / "custom_checkpoint_0.pkl").is_file():  # a checkpoint from before
+            balancer = torch.load(latest / "custom_checkpoint_0.pkl", weights_only=True)
+        if balancer is not None:
+            parts.balancer.load_state_dict(balancer)
         accelerator.print(f"resuming from {latest} (step {start})")
 
     segment = int(round(cfg.segment_s * ecfg.sample_rate))
@@ -726,12 +732,15 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
     from tqdm import tqdm
 
     from audiogen.curves import redraw
-    from audiogen.training import save_checkpoint, truncate_log
+    from audiogen.training import process_record, save_checkpoint, truncate_log
 
     accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
     log_file = out / "log.jsonl"  # the same figures, one JSON line per logged step
+    started = process_record(accelerator, start)
     if accelerator.is_main_process:
         truncate_log(log_file, start)  # a resumed run rewrites what came after its checkpoint
+        with open(log_file, "a") as f:  # who ran: each rank's own view of the job
+            f.write(json.dumps(started) + "\n")
     parts.codec.train()
     parts.disc.train()
     bar = tqdm(total=cfg.max_steps, initial=start, desc="codec", disable=not accelerator.is_main_process)
@@ -757,11 +766,12 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
             bar.write(f"step {done}: held-out mel {scores['eval/mel']:.3f}, SI-SDR {scores['eval/si_sdr_db']:.2f} dB, "
                       f"codebook usage {scores['eval/codebook_usage']:.3f}")
         if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
-            save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints,
+                            rank_state=parts.balancer.state_dict())
             export_run(accelerator, parts, cfg, out, done)  # a usable codec at every checkpoint
             if accelerator.is_main_process:
                 redraw(log_file, bar.write)
-        if cfg.kill_at_step and done == cfg.kill_at_step:
+        if cfg.kill_at_step and done == cfg.kill_at_step and cfg.kill_rank in (-1, accelerator.process_index):
             os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
         if stop["requested"]:
             bar.close()
@@ -770,8 +780,8 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
             return 0
         step = done
     bar.close()
+    path = export_run(accelerator, parts, cfg, out, step)  # a collective: before end_training ends the job
     accelerator.end_training()
-    path = export_run(accelerator, parts, cfg, out, step)
     accelerator.print(f"trained {step} steps; codec exported to {path}")
     return 0
 

@@ -86,6 +86,8 @@ class TrainConfig:
     progress: bool = True
     #: testing only: SIGKILL this process right after this step (0 = never)
     kill_at_step: int = 0
+    #: testing only: the rank kill_at_step kills (-1 = every rank)
+    kill_rank: int = -1
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -247,41 +249,142 @@ def resolve_mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-# ------------------------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------------------------ processes and checkpoints
+
+
+def make_accelerator(**kwargs):
+    """An ``Accelerator`` that joins the job its launcher started.
+
+    On a machine without a GPU, ``accelerate launch --multi_gpu`` and ``torchrun`` start N
+    processes that a plain ``Accelerator()`` turns into N independent single-process runs
+    (each "rank 0 of 1", all writing the same folders). With ``cpu=True`` they form one
+    gloo job instead. A launched process that still finds itself alone is refused.
+    """
+    from accelerate import Accelerator
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    acc = Accelerator(cpu=launched > 1 and not torch.cuda.is_available(), **kwargs)
+    if launched > 1 and acc.num_processes != launched:
+        raise AudiogenError(f"the launcher started {launched} processes but they did not form one job "
+                            f"(this one is rank {acc.process_index} of {acc.num_processes})")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP":
+        # Accelerate enables FSDP only on accelerators; on CPU it would quietly run DDP instead
+        raise AudiogenError(f"an FSDP launch config, but Accelerate runs FSDP only on GPUs (here: "
+                            f"{acc.distributed_type.value} on {acc.device}); use a DDP config on this machine")
+    return acc
+
+
+def process_record(accelerator, step: int) -> dict:
+    """What every rank sees of the job (rank, world size, host, pid, device), gathered to one log line.
+
+    A collective: every rank calls it. ``{"step": step, "event": "start", "processes": [...]}``.
+    """
+    import socket
+
+    from accelerate.utils import gather_object
+
+    me = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
+          "local_rank": accelerator.local_process_index, "host": socket.gethostname(), "pid": os.getpid(),
+          "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type.value)}
+    everyone = gather_object([me]) if accelerator.num_processes > 1 else [me]
+    return {"step": step, "event": "start", "processes": sorted(everyone, key=lambda r: r["rank"])}
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete ``root/step_NNNNNNN`` (one with ``trainer.json``), or None."""
+    """The newest complete ``root/step_NNNNNNN`` (one with ``trainer.json``), or None.
+
+    Only complete checkpoints carry that name: they are assembled in ``.tmp-step_*`` and
+    renamed once every rank's files and then ``trainer.json`` are on disk.
+    """
     ckpts = sorted(p for p in Path(root).glob("step_*") if (p / "trainer.json").is_file())
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict | None = None) -> Path:
-    """``save_state`` into a temp folder, renamed into place once complete (a kill leaves no half checkpoint).
+def resume_point(accelerator, root: Path) -> Path | None:
+    """:func:`latest_checkpoint`, checked to be the same on every rank (a collective).
 
-    ``trainer.json`` (``{"step": step, **extra}``) is written last and marks it complete;
-    only the newest ``keep`` checkpoints are kept.
+    Ranks that see different checkpoints (several nodes without a shared ``out_dir``) are
+    refused before anything is loaded or written.
+    """
+    latest = latest_checkpoint(root)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        seen = gather_object([latest.name if latest else None])
+        if len(set(seen)) > 1:
+            raise AudiogenError(f"the ranks see different checkpoints in {root} ({', '.join(map(str, seen))}): "
+                                "out_dir must be one folder shared by every node")
+    return latest
+
+
+def rank_state_file(ckpt: Path, rank: int) -> Path:
+    return Path(ckpt) / f"rank_state_{rank}.pt"
+
+
+def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict | None = None,
+                    rank_state: dict | None = None, write=None) -> Path:
+    """Save a checkpoint with N ranks so that a ``kill -9`` of any rank at any moment leaves a resumable run.
+
+    A collective: every rank calls it at the same step. The order:
+
+    1. the main process removes a temp folder left by a killed save and creates a fresh one;
+    2. every rank writes what it owns into it: ``save_state`` (the model and optimizer by the
+       main process, or each rank its shard under FSDP; ``random_states_{rank}.pkl`` by each
+       rank) and ``rank_state`` (this rank's own state, e.g. a loss balancer's statistics)
+       as ``rank_state_{rank}.pt``;
+    3. once every rank is done, the main process writes ``trainer.json``
+       (``{"step": step, "world_size": N, **extra}``), the marker of a complete checkpoint,
+       last; renames the folder to ``step_NNNNNNN``; and prunes to the newest ``keep``
+       (each old one renamed away first, so a half-deleted folder never looks complete).
+
+    A kill before the rename leaves only a ``.tmp-*`` folder, which resume ignores.
+    ``accelerator`` may be any Accelerate state object (``PartialState`` too: the torchrun
+    FSDP2 path of :mod:`audiogen.fsdp`) with ``write(folder)`` replacing ``save_state``.
     """
     root = Path(root)
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-step_{step:07d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+        for stale in [*root.glob(".tmp-step_*"), *root.glob(".del-step_*")]:  # left by a kill mid-save
+            shutil.rmtree(stale)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()  # (1) the empty folder exists for everyone
+    if write is None:
+        accelerator.save_state(str(tmp))
+    else:
+        write(tmp)
+    if rank_state is not None:
+        torch.save(rank_state, rank_state_file(tmp, accelerator.process_index))
+    accelerator.wait_for_everyone()  # (2) every rank's files are on disk
     if accelerator.is_main_process:
-        (tmp / "trainer.json").write_text(json.dumps({"step": step, **(extra or {})}))
-        if final.exists():
-            shutil.rmtree(final)
+        from audiogen.audio import atomic_write_text
+
+        atomic_write_text(tmp / "trainer.json", json.dumps({"step": step, "world_size": accelerator.num_processes,
+                                                            **(extra or {})}))
+        if final.exists():  # the same step saved by a run killed after its rename
+            _remove_dir(final)
         os.replace(tmp, final)
         old = sorted(p for p in root.glob("step_*") if p != final)
         for p in old[: max(0, len(old) - (keep - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
+            _remove_dir(p)
+    accelerator.wait_for_everyone()  # (3) nobody moves on (or is killed by a test) before the rename
     return final
+
+
+def load_rank_state(ckpt: Path, rank: int) -> dict | None:
+    """This rank's ``rank_state`` from a checkpoint (None when it has none, e.g. a different world size)."""
+    f = rank_state_file(ckpt, rank)
+    return torch.load(f, weights_only=True) if f.is_file() else None
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of the ``step_*`` namespace first, then delete: a kill mid-delete leaves no torn checkpoint."""
+    doomed = path.with_name(f".del-{path.name}")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ model
@@ -500,7 +603,6 @@ class _Stop:
 def train(cfg: TrainConfig) -> int:
     """Run (or resume) the training described by ``cfg``; returns the exit status."""
     import yaml
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from audiogen.audio import atomic_write_text, make_dir
@@ -510,8 +612,8 @@ def train(cfg: TrainConfig) -> int:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                              log_with="tensorboard", project_dir=str(out))
+    accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                                   log_with="tensorboard", project_dir=str(out))
     world = accelerator.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise AudiogenError(f"batch_size={cfg.batch_size} must be divisible by processes x grad_accum = "
@@ -526,7 +628,7 @@ def train(cfg: TrainConfig) -> int:
     spec, codec_obj = codec_spec(desc, cfg.codec)
     frames = max(1, round(cfg.segment_s * float(desc["frame_rate"])))
 
-    latest = latest_checkpoint(ckpt_root)
+    latest = resume_point(accelerator, ckpt_root)
     saved = json.loads(build_file.read_text()) if latest is not None and build_file.is_file() else None
     set_seed(cfg.seed)
     lm, conditioner = build_model(cfg, train_ds, desc, saved)
@@ -534,6 +636,7 @@ def train(cfg: TrainConfig) -> int:
     if frames + K > lm.cfg.max_positions:
         raise AudiogenError(f"segment_s={cfg.segment_s} is {frames} frames; the LM has {lm.cfg.max_positions} "
                             f"positions (raise lm.max_positions)")
+    accelerator.wait_for_everyone()  # every rank has read the run's state before the main process writes
     if accelerator.is_main_process:
         make_dir(out)
         atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -548,8 +651,13 @@ def train(cfg: TrainConfig) -> int:
         accelerator.load_state(str(latest))
         start = json.loads((latest / "trainer.json").read_text())["step"]
         accelerator.print(f"resuming from {latest} (step {start})")
+    started = process_record(accelerator, start)
     if accelerator.is_main_process:
         truncate_log(out / "log.jsonl", start)
+        with open(out / "log.jsonl", "a") as f:  # who ran: each rank's own view of the job
+            f.write(json.dumps(started) + "\n")
+    accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
+                      f"on {accelerator.device}")
 
     dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
@@ -627,7 +735,7 @@ class _Run:
                 self.export(done)
                 if acc.is_main_process:
                     redraw(log_file, bar.write)
-            if cfg.kill_at_step and done == cfg.kill_at_step:
+            if cfg.kill_at_step and done == cfg.kill_at_step and cfg.kill_rank in (-1, acc.process_index):
                 os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
             if stopping:
                 bar.close()

@@ -19,6 +19,7 @@ from audiogen.codec_training import (
 )
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, start_records, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_codec.py"
@@ -101,7 +102,7 @@ def _tiny_cfg(**kw) -> CodecTrainConfig:
 def test_dead_code_restart_revives_unused_codes(threshold, make_music):
     torch.manual_seed(0)
     cfg = _tiny_cfg()
-    codec = TrainableCodec(cfg.encodec_config(), dead_code_threshold=threshold).train()
+    codec = TrainableCodec(cfg.codec_config(), dead_code_threshold=threshold).train()
     wav = torch.from_numpy(make_music(seconds=1.0, seed=1)).unsqueeze(0).repeat(2, 1, 1)
     codec(wav, 4)  # k-means init on the first batch
     cb = codec.model.quantizer.vq.layers[0]._codebook
@@ -206,7 +207,46 @@ def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, de
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
     # the resumed run dropped the killed run's lines after step 3 and logged the same figures again
-    assert (a / "log.jsonl").read_text() == (b / "log.jsonl").read_text()
+    assert _figures(a) == _figures(b) and len(start_records(b / "log.jsonl")) == 2
+
+
+def _figures(out: Path) -> list[str]:
+    """``log.jsonl`` without its start lines (one per run: a resumed run has two)."""
+    return [x for x in (out / "log.jsonl").read_text().splitlines() if '"event": "start"' not in x]
+
+
+def _run_two_ranks(out: Path, music: Path, cache: Path, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run([*two_ranks(), str(RECIPE), "--config", str(TINY), *_overrides(out, music, cache, **extra)],
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterrupted_two_rank_run(
+        tmp_path, debian_music_dir, audio_cache):
+    """The codec trainer as one gloo job of 2 processes: rank 1 killed at step 5, the job rerun."""
+    from safetensors.torch import load_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    whole = _run_two_ranks(a, debian_music_dir, audio_cache)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert_ranks(a)
+    killed = _run_two_ranks(b, debian_music_dir, audio_cache, kill_at_step=5, kill_rank=1)
+    assert killed.returncode != 0, killed.stderr[-2000:]
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step_0000003"]
+    # each rank's own balancer statistics are saved by that rank
+    assert {"rank_state_0.pt", "rank_state_1.pt"} <= {p.name for p in (b / "checkpoints" / "step_0000003").iterdir()}
+    resumed = _run_two_ranks(b, debian_music_dir, audio_cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_ranks(b, runs=2)
+    for name in ("model.safetensors", "model_1.safetensors"):  # codec, discriminator
+        wa = load_file(str(a / "checkpoints" / "step_0000008" / name))
+        wb = load_file(str(b / "checkpoints" / "step_0000008" / name))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
+    assert _figures(a) == _figures(b)
+    assert json.loads((b / "codec" / "training.json").read_text())["samples_seen"] == 8 * 2 * 2  # 2 ranks x batch 2
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, debian_music_dir, audio_cache):
@@ -281,11 +321,11 @@ def test_quantizer_warmup_trains_an_autoencoder_then_kmeans_inits_on_learned_emb
     wav = torch.from_numpy(make_music(seconds=0.5, seed=3)).unsqueeze(0)
     for step in range(5):
         metrics = train_step(parts, wav, step)
-        assert metrics["loss/commit"] == 0.0 and metrics["codebook_usage"] == pytest.approx(1 / cfg.encodec_config().bins)
+        assert metrics["loss/commit"] == 0.0 and metrics["codebook_usage"] == pytest.approx(1 / cfg.codec_config().bins)
     assert not any(bool(layer._codebook.inited) for layer in layers)  # untouched during warm-up
     metrics = train_step(parts, wav, 5)
     assert all(bool(layer._codebook.inited) for layer in layers)
-    assert metrics["codebook_usage"] > 1 / cfg.encodec_config().bins
+    assert metrics["codebook_usage"] > 1 / cfg.codec_config().bins
 
 
 def test_decode_cache_is_the_whole_file_decoded_to_mono_int16(tmp_path, real_tracks, monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from audiogen.errors import AudiogenError
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, free_port_in, node_launcher, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_lm.py"
@@ -103,7 +104,8 @@ def overrides(data_dir: Path, codec_dir: Path, out: Path, **extra) -> list[str]:
 def run_recipe(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(RECIPE), "--config", str(TINY), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=LAUNCH_TIMEOUT_S, **kw)
 
 
 def train_in_process(args: list[str]) -> int:
@@ -113,8 +115,10 @@ def train_in_process(args: list[str]) -> int:
 
 
 def log_records(out: Path) -> list[dict]:
+    """The logged figures (the processes' start lines left out: a resumed run has one more)."""
     recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]  # wall-clock speed varies
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs  # wall-clock speed varies
+            if r.get("event") != "start"]
 
 
 @pytest.fixture(scope="module")
@@ -197,25 +201,56 @@ def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
 # ------------------------------------------------------------------------------ the loop
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(data_dir, codec_dir, tmp_path):
-    args = dict(max_steps=4, save_every=4, eval_every=2, batch_size=4)
-    # 2 processes x 2 sequences vs 1 process x 2 accumulated micro-batches of 2: the same global batch
-    r = run_recipe(overrides(data_dir, codec_dir, tmp_path / "two", **args),
-                   launcher=[sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
+@pytest.fixture(scope="module")
+def trained_two_ranks(tmp_path_factory, data_dir, codec_dir) -> Path:
+    """``trained`` again with 2 real processes (gloo on CPU), each 2 accumulated micro-batches of 1 sequence."""
+    out = tmp_path_factory.mktemp("lm_runs") / "two_ranks"
+    r = run_recipe(overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2), launcher=two_ranks())
     assert r.returncode == 0, r.stderr[-3000:]
-    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "one", grad_accum=2, **args)) == 0
-    one, two = log_records(tmp_path / "one"), log_records(tmp_path / "two")
-    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 6  # 4 train + 2 eval lines
+    assert_ranks(out)
+    return out
+
+
+@pytest.mark.slow  # 2-process launches: ~40 s each on the shared 2-core machine
+def test_two_ranks_match_one_process_with_the_same_global_batch(trained, trained_two_ranks):
+    """2 processes x 2 accumulated micro-batches of 1 vs 1 process x 4: the same global batch, the same run."""
+    assert_ranks(trained, world=1)
+    one, two = log_records(trained), log_records(trained_two_ranks)
+    assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 10  # 8 train + 2 eval lines
     for a, b in zip(one, two):
         for key in a:
             if key.startswith(("loss", "eval/")):
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["step"], key)
     from safetensors.torch import load_file
 
-    w1, w2 = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, trained_two_ranks))
     assert w1.keys() == w2.keys()
-    assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-3) for k in w1)  # fp16 export
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    # one checkpoint per step for the whole job: the model once, each rank its RNG state
+    ckpt = trained_two_ranks / "checkpoints" / "step_0000008"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl",
+                                                      "random_states_1.pkl", "trainer.json"]
+    assert json.loads((ckpt / "trainer.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow  # 2-process launches: ~40 s each on the shared 2-core machine
+@pytest.mark.parametrize("rank, step", [(1, 5), (0, 6)])  # mid-interval; the main process right after a save
+def test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_rank_run(
+        trained_two_ranks, data_dir, codec_dir, tmp_path, rank, step):
+    out = tmp_path / "killed"
+    args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
+    first = run_recipe([*args, f"kill_at_step={step}", f"kill_rank={rank}"], launcher=two_ranks())
+    assert first.returncode != 0, first.stderr[-2000:]  # the launcher stops the other rank and fails
+    saved = [f"step_{s:07d}" for s in range(3, step + 1, 3)][-2:]  # save_every=3, keep_checkpoints=2
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == saved
+    resumed = run_recipe(args, launcher=two_ranks())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert_ranks(out, runs=2)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+    assert log_records(out) == log_records(trained_two_ranks)
+    assert not list((out / "checkpoints").glob(".*"))  # no temp folder left behind
 
 
 def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec, codec_dir, clips, tmp_path):
@@ -443,6 +478,106 @@ def test_sbatch_launches_one_accelerate_per_node_and_requeues_after_a_checkpoint
         assert (logs / "scontrol").read_text().split() == ["requeue", "4242"]
     else:
         assert not (logs / "scontrol").exists()
+
+
+def _run_nodes(launchers: list[list[str]], args: list[str], logs: Path) -> list[tuple[int, str]]:
+    """Start one recipe process tree per "node" at once; their (exit status, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    logs.mkdir(exist_ok=True)
+    errs = [logs / f"node{i}.err" for i in range(len(launchers))]  # files: a full pipe would block a rank
+    procs = [subprocess.Popen([*launcher, str(RECIPE), "--config", str(TINY), *args], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+             for launcher, err in zip(launchers, errs)]
+    return [(p.wait(timeout=LAUNCH_TIMEOUT_S), err.read_text()) for p, err in zip(procs, errs)]
+
+
+@pytest.mark.slow
+def test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9(trained_two_ranks, data_dir, codec_dir, tmp_path):
+    """Two ``accelerate launch --num_machines 2 --machine_rank 0/1 --main_process_ip 127.0.0.1`` commands:
+    one job of 2 ranks; the process of "node" 1 killed at step 5; both rerun; the same model as 2 ranks on one node."""
+    out = tmp_path / "nodes"
+    args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
+    port = free_port_in(20000, 40000)
+    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], [*args, "kill_at_step=5", "kill_rank=1"],
+                        tmp_path / "killed_logs")
+    assert all(rc != 0 for rc, _ in killed), [err[-1000:] for _, err in killed]
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    port = free_port_in(20000, 40000)
+    resumed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], args, tmp_path / "resumed_logs")
+    assert all(rc == 0 for rc, _ in resumed), [err[-3000:] for _, err in resumed]
+    assert_ranks(out, runs=2)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+    assert log_records(out) == log_records(trained_two_ranks)
+
+
+@pytest.mark.slow
+def test_the_slurm_script_launch_line_forms_one_job_over_loopback(trained_two_ranks, data_dir, codec_dir, tmp_path):
+    """recipes/slurm/train_lm.sbatch as SLURM would run it on 2 nodes of 1 "GPU": SLURM's variables set here,
+    srun starting the script's command once per node id, scontrol naming 127.0.0.1; the real accelerate."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\npids=()\nfor ((i = 0; i < SLURM_NNODES; i++)); do\n'
+                                  '  SLURM_NODEID=$i bash -c "${@: -1}" & pids+=($!)\ndone\n'
+                                  'rc=0\nfor p in "${pids[@]}"; do wait "$p" || rc=$?; done\nexit $rc\n')
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    submit = tmp_path / "submit"  # the script cds here and writes logs/ here; recipes/ is the repo's
+    submit.mkdir()
+    (submit / "recipes").symlink_to(REPO / "recipes")
+    port = free_port_in(20000, 40000)  # the script listens on 20000 + SLURM_JOB_ID % 20000
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": str(port - 20000),
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_GPUS_ON_NODE": "1",
+           "SLURM_SUBMIT_DIR": str(submit), "ACCELERATE_CONFIG": "recipes/accelerate/multinode_ddp.yaml",
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", str(REPO / "recipes" / "slurm" / "train_lm.sbatch"), str(TINY),
+                        *overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)],
+                       env=env, cwd=submit, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert_ranks(out)
+    assert (out / "model" / "model.safetensors").read_bytes() == \
+        (trained_two_ranks / "model" / "model.safetensors").read_bytes()
+
+
+def _fsdp2_job(out: Path, *args: str) -> subprocess.CompletedProcess:
+    from listening_helpers import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO / "tests" / "fsdp2_job.py"), str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=LAUNCH_TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_fsdp2_over_gloo_saves_sharded_checkpoints_resumes_after_kill_9_and_exports_a_loadable_model(tmp_path):
+    """PyTorch's FSDP2 (fully_shard) on 2 CPU ranks through torchrun, with our checkpoint protocol, sharded
+    save/load (audiogen.fsdp) and export: rank 1 killed at step 5, rerun, the same model as an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from audiogen.checkpoint import load_model
+
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    r = _fsdp2_job(whole)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_ranks(whole)
+    ckpt = whole / "checkpoints" / "step_0000006"
+    # each rank wrote its own shards and its own RNG state; rank 0 the metadata and the marker
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {f.name for f in (ckpt / "sharded").iterdir()}
+    assert {"rank_state_0.pt", "rank_state_1.pt", "trainer.json"} <= {f.name for f in ckpt.iterdir()}
+    r = _fsdp2_job(out, "kill_at_step=5", "kill_rank=1")
+    assert r.returncode != 0
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
+    r = _fsdp2_job(out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_ranks(out, runs=2)
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (whole, out))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines() if '"event"' not in x] for d in (whole, out)]
+    assert logs[0] == logs[1] and [r["step"] for r in logs[0]] == list(range(1, 7))
+    loaded = load_model(out / "model")  # the gathered full state dict is a complete model directory
+    assert loaded.lm.cfg.num_codebooks == 4 and sum(p.numel() for p in loaded.lm.parameters()) > 0
 
 
 # the settings of recipes/accelerate/fsdp_8gpu.yaml, on one GPU
