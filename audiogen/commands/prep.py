@@ -31,9 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder of audio files (searched recursively)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="dataset folder to write (resumed if it exists)")
-    add_codec_args(p)
-    # a corpus is made with the real codec by default, at 6 kbps (8 codebooks) unless --bandwidth says otherwise
-    p.set_defaults(codec="encodec_24khz")
+    add_codec_args(p)  # default: the embedded default model's codec, so a first prep needs no download
     p.add_argument("--segment", type=float, default=30.0, metavar="S", help="segment length in seconds (default: %(default)s)")
     p.add_argument("--hop", type=float, default=None, metavar="S",
                    help="seconds between segment starts (default: = --segment, no overlap)")
