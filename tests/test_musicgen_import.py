@@ -287,66 +287,24 @@ def test_audiocraft_layout_imports_to_the_same_model(hf, audiocraft_dirs, tmp_pa
     assert "source: audiocraft" in cfg_a
 
 
-# What a released MusicGen checkpoint's xp.cfg holds: AudioCraft's config/model/lm/default.yaml with
-# config/model/lm/musicgen_lm.yaml and config/conditioner/text2music.yaml over it, values as they are
-# there (note transformer_lm.cross_attention: false, from default.yaml); only the model scale
-# (dim, heads, layers, hidden_scale, card) is shrunk to the tiny test model's
-AUDIOCRAFT_RELEASED_CFG = """\
-sample_rate: 32000
-lm_model: transformer_lm
-codebooks_pattern:
-  modeling: delay
-  delay: {delays: [0, 1, 2, 3], flatten_first: 0, empty_initial: 0}
-  unroll: {flattening: [0, 1, 2, 3], delays: [0, 0, 0, 0]}
-  music_lm: {group_by: 2}
-  coarse_first: {delays: [0, 0, 0]}
-transformer_lm:
-  dim: 32
-  num_heads: 4
-  num_layers: 2
-  hidden_scale: 2
-  n_q: 4
-  card: 64
-  dropout: 0.0
-  emb_lr: null
-  activation: gelu
-  norm_first: true
-  bias_ff: false
-  bias_attn: false
-  bias_proj: false
-  past_context: null
-  causal: true
-  custom: false
-  memory_efficient: true
-  attention_as_float32: false
-  layer_scale: null
-  positional_embedding: sin
-  xpos: false
-  checkpointing: none
-  weight_init: gaussian
-  depthwise_init: current
-  zero_bias_init: true
-  norm: layer_norm
-  cross_attention: false
-  qk_layer_norm: false
-  qk_layer_norm_cross: false
-  attention_dropout: null
-  kv_repeat: 1
-  two_step_cfg: false
-classifier_free_guidance: {training_dropout: 0.3, inference_coef: 3.0}
-attribute_dropout: {}
-fuser:
-  cross_attention_pos_emb: false
-  cross_attention_pos_emb_scale: 1
-  sum: []
-  prepend: []
-  cross: [description]
-  input_interpolate: []
-conditioners:
-  description:
-    model: t5
-    t5: {name: t5-base, finetune: false, word_dropout: 0.3, normalize_text: false}
-"""
+def audiocraft_released_cfg() -> str:
+    """What a released MusicGen checkpoint's xp.cfg holds: AudioCraft's config/model/lm/default.yaml with
+    config/model/lm/musicgen_lm.yaml and config/conditioner/text2music.yaml over it, values as they are
+    there (note transformer_lm.cross_attention: false, from default.yaml); the model scale (dim, heads,
+    layers, hidden_scale, card) is the tiny test model's, as in AUDIOCRAFT_CFG."""
+    import yaml
+
+    cfg = yaml.safe_load(AUDIOCRAFT_CFG)
+    cfg["transformer_lm"].update(
+        dropout=0.0, emb_lr=None, past_context=None, causal=True, attention_as_float32=False, checkpointing="none",
+        weight_init="gaussian", depthwise_init="current", zero_bias_init=True, cross_attention=False,
+        attention_dropout=None, two_step_cfg=False)
+    cfg["codebooks_pattern"].update(unroll={"flattening": [0, 1, 2, 3], "delays": [0, 0, 0, 0]},
+                                    music_lm={"group_by": 2}, coarse_first={"delays": [0, 0, 0]})
+    cfg["classifier_free_guidance"]["training_dropout"] = 0.3
+    cfg["attribute_dropout"] = {}
+    cfg["fuser"]["input_interpolate"] = []
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def test_audiocraft_released_config_with_cross_attention_false_imports(hf, audiocraft_dirs, tmp_path):
@@ -359,14 +317,14 @@ def test_audiocraft_released_config_with_cross_attention_false_imports(hf, audio
     src, t5_dir, codec_dir = audiocraft_dirs
     released = tmp_path / "released"
     released.mkdir()
-    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": AUDIOCRAFT_RELEASED_CFG, "version": "1.3.0",
+    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": audiocraft_released_cfg(), "version": "1.3.0",
                 "exported": True}, released / "state_dict.bin")
     out = import_musicgen(released, tmp_path / "out", t5=t5_dir, codec=codec_dir)
     a, b = load_file(str(out / "model.safetensors")), load_file(str(hf[3] / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # with nothing routed to 'cross' AudioCraft would build no cross-attention: that is still refused
-    no_cross = AUDIOCRAFT_RELEASED_CFG.replace("prepend: []", "prepend: [description]").replace(
-        "cross: [description]", "cross: []")
+    no_cross = audiocraft_released_cfg().replace("prepend: []", "prepend:\n  - description").replace(
+        "cross:\n  - description", "cross: []")
     torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": no_cross}, released / "state_dict.bin")
     with pytest.raises(AudiogenError, match="cross_attention is False"):
         import_musicgen(released, tmp_path / "out2", t5=t5_dir, codec=codec_dir)
