@@ -506,17 +506,40 @@ def load_codes(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(arr.astype(np.int64))[None]
 
 
+#: ``--codec default``: the codec of the embedded default model (resolved through its config)
+DEFAULT_CODEC = "default"
+
+
+def default_codec_spec() -> tuple[str, int | None]:
+    """(spec, codebooks) of the codec the embedded default model's config names: its folder
+    (``audiogen/default_model/codec`` today) or a codec name, and the codebooks the model uses."""
+    from audiogen.checkpoint import read_config
+    from audiogen.pipeline import resolve_model_dir
+
+    model_dir = resolve_model_dir(None)
+    info = read_config(model_dir)["codec"]
+    spec = str(info.get("spec", ""))
+    if spec in ("", DEFAULT_CODEC):
+        raise AudiogenError(f"{model_dir}: the default model's config names no codec (codec.spec: {spec!r})")
+    return (str(model_dir / spec) if (model_dir / spec).is_dir() else spec), info.get("num_codebooks")
+
+
 def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None, weights: str | os.PathLike | None = None,
                num_codebooks: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> Codec:
     """Load a codec by name or path.
 
-    ``spec``: ``encodec_24khz`` / ``encodec_48khz`` (pretrained, from ``weights`` or the
-    local cache, never downloaded), ``tiny`` (random init from ``seed``), or a directory
-    written by :func:`save_codec`. ``bandwidth`` (kbps) or ``num_codebooks`` choose how
-    many residual codebooks are used.
+    ``spec``: ``default`` (the embedded default model's codec, with the codebooks it uses),
+    ``encodec_24khz`` / ``encodec_48khz`` (pretrained, from ``weights`` or the local cache,
+    never downloaded), ``tiny`` (random init from ``seed``), or a directory written by
+    :func:`save_codec`. ``bandwidth`` (kbps) or ``num_codebooks`` choose how many residual
+    codebooks are used.
     """
     resolve_device(device)
     spec_str = str(spec)
+    if spec_str == DEFAULT_CODEC:
+        spec_str, model_k = default_codec_spec()
+        return load_codec(spec_str, bandwidth, weights, num_codebooks if num_codebooks is not None or bandwidth
+                          is not None else model_k, device, seed)
     if spec_str in PRETRAINED_FILES:
         cfg = NAMED_CONFIGS[spec_str]
         path = Path(weights) if weights else pretrained_weights_path(spec_str)
@@ -589,7 +612,7 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
         p = p.parent
     if not p.exists():
         raise AudiogenError(
-            f"unknown codec '{path}': not one of {', '.join([*PRETRAINED_FILES, 'tiny'])} and no such folder"
+            f"unknown codec '{path}': not one of {', '.join([DEFAULT_CODEC, *PRETRAINED_FILES, 'tiny'])} and no such folder"
         )
     cfg_file, w_file = p / CODEC_CONFIG, p / CODEC_WEIGHTS
     for f in (cfg_file, w_file):

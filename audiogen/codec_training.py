@@ -205,12 +205,12 @@ def decode_corpus(files: list[Path], sample_rate: int, cache_dir: Path, progress
     Returns ``({file: cache_file}, [(skipped_file, reason), ...])``: one corrupt file in a
     corpus costs that file, not the run.
     """
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     from audiogen.errors import AudiogenError
 
     caches, skipped = {}, []
-    for f in tqdm(files, desc="decoding corpus", disable=not progress):
+    for f in progress_bar(files, desc="decoding corpus", disable=not progress):
         try:
             caches[f] = decode_to_cache(f, sample_rate, cache_dir)
         except AudiogenError as e:
@@ -729,7 +729,7 @@ def train_codec(cfg) -> int:
 
 
 def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops) -> int:
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     from audiogen.curves import redraw
     from audiogen.training import process_record, save_checkpoint, truncate_log
@@ -743,7 +743,7 @@ def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_cro
             f.write(json.dumps(started) + "\n")
     parts.codec.train()
     parts.disc.train()
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="codec", disable=not accelerator.is_main_process)
+    bar = progress_bar(total=cfg.max_steps, initial=start, desc="codec", disable=not accelerator.is_main_process)
     step = start
     for step, wav in zip(range(start, cfg.max_steps), loader):
         metrics = train_step(parts, wav.to(accelerator.device), step)

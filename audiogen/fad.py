@@ -172,13 +172,13 @@ def nan_mean(values: list[float]) -> float | None:
 def bootstrap_fad(ref: Stats, per_file: list[np.ndarray], n_boot: int = 200, seed: int = 0,
                   level: float = 0.95) -> dict:
     """Percentile bootstrap CI of FAD over generated files (resampled with replacement)."""
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     if len(per_file) < 2:
         raise AudiogenError("a bootstrap over files needs at least 2 generated files")
     rng = _rng(seed)
     scores = []
-    for _ in tqdm(range(n_boot), desc="bootstrap", unit="resample", leave=False, disable=n_boot < 50):
+    for _ in progress_bar(range(n_boot), desc="bootstrap", unit="resample", leave=False, disable=n_boot < 50):
         pick = rng.integers(0, len(per_file), len(per_file))
         scores.append(fad(ref, embedding_stats(np.concatenate([per_file[i] for i in pick]))))
     a = (1 - level) / 2
@@ -269,7 +269,7 @@ def embed_files(paths: list[Path], embedder, cache: EmbeddingCache | None = None
     Files are read (and resampled to the embedder's rate) by ``workers`` threads while
     the embedder runs on batches of ``batch_files`` clips.
     """
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     from audiogen.audio import load_audio
 
@@ -286,7 +286,7 @@ def embed_files(paths: list[Path], embedder, cache: EmbeddingCache | None = None
     def load(i):
         return load_audio(paths[i], embedder.sample_rate, 1)[0]
 
-    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="file",
+    with progress_bar(total=len(paths), initial=len(paths) - len(todo), desc=desc, unit="file",
               disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         for s in range(0, len(todo), batch_files):
             idx = todo[s : s + batch_files]

@@ -359,12 +359,19 @@ def lm_config_from_audiocraft(cfg: dict, state: dict, src: Path):
     tl = cfg.get("transformer_lm")
     if cfg.get("lm_model", "transformer_lm") != "transformer_lm" or not isinstance(tl, dict):
         raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: not a MusicGen transformer LM (lm_model: {cfg.get('lm_model')})")
+    fuser = cfg.get("fuser", {}) or {}
+    cross = list(fuser.get("cross", []) or [])
     expect = {"norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False, "activation": "gelu",
               "norm": "layer_norm", "positional_embedding": "sin", "layer_scale": None, "qk_layer_norm": False,
               "qk_layer_norm_cross": False, "kv_repeat": 1, "cross_attention": True, "xpos": False,
               "causal": True, "past_context": None}
     for key, want in expect.items():
         got = tl.get(key, want)
+        if key == "cross_attention" and cross:
+            # AudioCraft's get_lm_model turns cross-attention on in code whenever the fuser routes a
+            # condition to 'cross', whatever transformer_lm.cross_attention says; its default LM config
+            # (and so released MusicGen's xp.cfg) says false
+            got = True
         if got != want:
             raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: transformer_lm.{key} is {got!r}; audiogen's LM computes "
                                 f"MusicGen's {want!r} only")
@@ -377,8 +384,6 @@ def lm_config_from_audiocraft(cfg: dict, state: dict, src: Path):
             or _ac_setting(pattern, "delay.empty_initial", 0):
         raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: codebooks_pattern must be the delay pattern 0..{K - 1} "
                             f"(got {pattern.get('modeling')!r} {list(delays)})")
-    fuser = cfg.get("fuser", {}) or {}
-    cross = list(fuser.get("cross", []) or [])
     if len(cross) != 1 or fuser.get("sum") or fuser.get("prepend") or fuser.get("cross_attention_pos_emb"):
         raise AudiogenError(f"{src}/{AUDIOCRAFT_LM}: only one text condition fed by cross-attention is supported "
                             f"(fuser: {fuser}); melody/style conditioning is not")

@@ -230,7 +230,7 @@ def window_frames(loaded, frame_rate: float, window_s: float | None = None) -> i
 
 def run_job(job: GenerateJob) -> list[dict]:
     """Generate, finish and write ``job.variations`` tracks; returns their sidecar dicts."""
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     try:
         from audiogen.checkpoint import load_model
@@ -264,7 +264,7 @@ def run_job(job: GenerateJob) -> list[dict]:
     cond, mask = condition_batch(loaded.conditioner, [conds] * job.variations, guided, job.device)
     gen = torch.Generator(device=job.device).manual_seed(job.seed)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
-    bar = tqdm(total=round(new_frames / fr, 1), unit="s", desc="generating audio", disable=not job.progress,
+    bar = progress_bar(total=round(new_frames / fr, 1), unit="s", desc="generating audio", disable=not job.progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
     step = 1 / fr
     codes = generate_codes(lm, cond, mask, new_frames, params, gen, W, C, prompt=prompt, engine=job.engine,

@@ -44,6 +44,11 @@ after its last part. Codes of a segment depend only on its audio: full-length se
 batches of the same shape (padded with silent dummy rows), so a resumed run's batches
 give the same codes as an uninterrupted run's.
 
+Several processes (``accelerate launch``/``torchrun``, on one machine or many): each takes
+the files whose path hash is its rank (:func:`rank_of`), writes their shards into the same
+``out/.work`` and its report to ``out/.work/ranks/``; rank 0 combines the reports
+(:func:`_combine`) into exactly the dataset one process would write.
+
 Duplicates (same file bytes) are tokenized once: the first path in sorted order is
 kept, the others are listed under ``duplicates`` in the report (not an error).
 """
@@ -55,6 +60,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import threading
@@ -717,6 +723,8 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
     from datasets import Dataset, DatasetDict
     from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
+    from audiogen.progress import stderr_is_terminal
+
     splits = assign_splits([sha for _, sha in kept], seed, valid_fraction)
     cols = {k: [] for k in dataset_features(num_codebooks)}
     per_split = {"train": [], "valid": []}
@@ -748,7 +756,7 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
     if tmp.exists():
         shutil.rmtree(tmp)
     bars_were_on = is_progress_bar_enabled()
-    if not progress:
+    if not progress or not stderr_is_terminal():  # datasets' own bars would redraw into a log
         disable_progress_bars()
     try:
         # shards of <= 500 MB; an empty split still gets one (datasets cannot load zero shards)
@@ -783,12 +791,16 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     """Run the whole preparation; returns the report (also written to ``out/prep_report.json``).
 
     ``codec``: an already-loaded codec (tests, benchmarks); default: load ``cfg.codec``.
-    """
-    from tqdm import tqdm
 
+    Under a launcher (``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` > 1 in the
+    environment) each process prepares its share of the files (:func:`rank_of`) and writes its
+    report to ``out/.work/ranks/``; rank 0 then waits for the others' and writes the dataset
+    (:func:`merge_ranks`). The other ranks return their own report.
+    """
     from audiogen.audio import atomic_write_text, find_audio_files, make_dir
 
     t_start = time.perf_counter()
+    rank = Rank.from_env()
     audio_dir, out = Path(cfg.audio_dir), Path(cfg.out)
     if not audio_dir.is_dir():
         raise AudiogenError(f"{audio_dir}: not a folder" if audio_dir.exists() else f"{audio_dir}: no such folder")
@@ -804,9 +816,9 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     if codec is None:
         from audiogen.codec import load_codec
 
-        codec = load_codec(cfg.codec, bandwidth=cfg.bandwidth, weights=cfg.codec_weights, device=cfg.device)
+        codec = load_codec(cfg.codec, bandwidth=cfg.bandwidth, weights=cfg.codec_weights,
+                           device=rank.device(cfg.device))
     codec_desc = codec.describe()
-    codec_json = json.dumps(codec_desc, sort_keys=True)
     work = out / ".work"
     make_dir(work)
     settings = _settings(cfg, codec_desc)
@@ -823,20 +835,44 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
         atomic_write_text(settings_file, json.dumps(settings, indent=2))
 
     rels = [f.relative_to(audio_dir).as_posix() for f in files]
+    mine = [(f, r) for f, r in zip(files, rels) if rank_of(r, rank.world_size) == rank.rank]
     tasks = [_Task(str(f), r, str(work), codec.sample_rate, codec.channels, cfg.segment_s, cfg.hop_s,
-                   cfg.min_segment_s, cfg.silence_dbfs, cfg.part_s, captions.get(r, {})) for f, r in zip(files, rels)]
+                   cfg.min_segment_s, cfg.silence_dbfs, cfg.part_s, captions.get(r, {})) for f, r in mine]
+    result = _prepare_files(cfg, tasks, codec, work, t_start, rank)
+    job = _Job(cfg, audio_dir, out, work, rels, captions, codec_desc, codec.num_codebooks, codec.frame_rate)
+    if rank.world_size == 1:
+        return _finish(job, [result], t_start)
+    result.update(rank=rank.rank, world_size=rank.world_size, fingerprint=_fingerprint(job, files),
+                  host=platform.node(), pid=os.getpid())
+    make_dir(rank.manifest(work).parent)
+    atomic_write_text(rank.manifest(work), json.dumps(result))  # written last: this rank is done
+    if rank.rank != 0:
+        return _rank_report(result)
+    return _finish(job, merge_ranks(work, rank.world_size, result), t_start)
+
+
+# ----------------------------------------------------------------------------- one process's files
+
+
+def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_start: float, rank: "Rank") -> dict:
+    """Decode, analyse and tokenize ``tasks`` (shards into ``work``). Returns ``{entries, counts}``:
+    one entry per file, ``{source, sha256, status: kept|skipped|duplicate, reason, meta, audio_s}``,
+    from which :func:`_combine` makes the dataset's file list, whatever process did which file."""
+    from audiogen.audio import atomic_write_text
+    from audiogen.progress import progress_bar
+
     tok = _Tokenizer(codec, work, round(cfg.segment_s * codec.sample_rate), cfg.batch_size)
-    skipped, duplicates, kept = [], [], []
-    metas: dict[str, dict] = {}
-    first_of: dict[str, str] = {}
+    entries: list[dict] = []
+    first_of: set[str] = set()
     counts = {"tokenized": 0, "reused": 0}
     long_files: dict[str, dict] = {}  # sha -> progress of a file coming in parts
-    audio_s = seen_s = 0.0  # kept audio (report); audio decoded so far, parts included (progress bar)
-    bar = tqdm(total=len(tasks), unit="file", desc="prep", disable=not cfg.progress, mininterval=0.5,
-               dynamic_ncols=True)
+    seen_s = 0.0  # audio decoded so far, parts included (progress bar)
+    desc = "prep" if rank.world_size == 1 else f"prep rank {rank.rank}/{rank.world_size}"
+    bar = progress_bar(total=len(tasks), unit="file", desc=desc, disable=not cfg.progress, mininterval=0.5,
+                       dynamic_ncols=True)
 
     def skip(rel: str, sha: str | None, reason: str, cacheable: bool) -> None:
-        skipped.append({"source": rel, "reason": reason})
+        entries.append({"source": rel, "sha256": sha, "status": "skipped", "reason": reason})
         if cacheable:
             atomic_write_text(work / f"{sha}.json", json.dumps({"version": SHARD_VERSION, "skipped": reason}))
 
@@ -847,10 +883,7 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
         bar.set_postfix_str(f"{seen_s / 3600:.2f} h audio, {seen_s / max(elapsed, 1e-9):.0f}x realtime", refresh=refresh)
 
     def keep(rel: str, sha: str, meta: dict, seconds: float) -> None:
-        nonlocal audio_s
-        metas[sha] = meta
-        kept.append((rel, sha))
-        audio_s += seconds
+        entries.append({"source": rel, "sha256": sha, "status": "kept", "meta": meta, "audio_s": seconds})
 
     def part_done(res: dict) -> None:
         sha = res["sha256"]
@@ -896,10 +929,10 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
         rel, sha, status = res["rel"], res.get("sha256"), res["status"]
         if sha and sha in first_of:
             bar.update(1)
-            duplicates.append({"source": rel, "duplicate_of": first_of[sha], "sha256": sha})
+            entries.append({"source": rel, "sha256": sha, "status": "duplicate"})
             continue
         if sha:
-            first_of[sha] = rel
+            first_of.add(sha)
         if status == "long":  # its parts go next; the file counts as done with its last part
             long_files[sha] = {"rel": rel, "meta": res["meta"], "left": len(res["parts"]), "segments": 0,
                                "silent": 0, "end_s": 0.0, "peak": float("-inf"), "bounds": 0, "reason": None,
@@ -920,28 +953,166 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
         progress(res["audio_s"])
     tok.flush()
     bar.close()
+    return {"entries": entries, "counts": {**counts, "files": len(tasks), "tokens": tok.tokens,
+                                           "wall_s": round(time.perf_counter() - t_start, 2)}}
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place among the processes preparing one corpus (``RANK``/``WORLD_SIZE``
+    as ``torchrun`` and ``accelerate launch`` set them; 0 of 1 when run alone)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Rank":
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+        except ValueError:
+            raise AudiogenError("RANK / WORLD_SIZE / LOCAL_RANK in the environment must be integers") from None
+        if world < 1 or not 0 <= rank < world:
+            raise AudiogenError(f"RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+        return cls(rank, world, local)
+
+    def device(self, device: str) -> str:
+        """``cuda`` means this process's own GPU (``cuda:LOCAL_RANK``) when several share a machine."""
+        return f"cuda:{self.local_rank}" if self.world_size > 1 and str(device) == "cuda" else device
+
+    def manifest(self, work: Path) -> Path:
+        return work / "ranks" / f"rank-{self.rank:05d}-of-{self.world_size:05d}.json"
+
+
+def rank_of(rel: str, world_size: int) -> int:
+    """The process that prepares source ``rel`` (its path under AUDIO_DIR): a hash of the path,
+    so a file goes to the same process on every run and machine, and a rerun after a kill
+    finds its shards where it left them."""
+    return int(hashlib.sha256(rel.encode()).hexdigest()[:16], 16) % world_size
+
+
+@dataclass
+class _Job:
+    """What every process of one preparation shares (the same on each)."""
+    cfg: PrepConfig
+    audio_dir: Path
+    out: Path
+    work: Path
+    rels: list[str]
+    captions: dict
+    codec_desc: dict
+    num_codebooks: int
+    frame_rate: float
+
+
+def _fingerprint(job: _Job, files: list[Path]) -> str:
+    """Names the corpus and settings a rank's report was made for: a report left by an earlier
+    run over other files, captions or settings is not merged."""
+    h = hashlib.sha256(json.dumps([_settings(job.cfg, job.codec_desc), job.captions], sort_keys=True).encode())
+    for f, rel in zip(files, job.rels):
+        st = f.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def merge_ranks(work: Path, world_size: int, own: dict, poll_s: float = 2.0) -> list[dict]:
+    """Rank 0: the reports of all ``world_size`` ranks (its own, ``own``, plus the others' from
+    ``work/ranks/``, waiting for them). Ranks that are not done yet are waited for; the
+    launcher ends this process if one of them fails."""
+    results = {0: own}
+    said = 0.0
+    while len(results) < world_size:
+        for r in range(1, world_size):
+            path = Rank(r, world_size).manifest(work)
+            if r in results or not path.is_file():
+                continue
+            try:
+                res = json.loads(path.read_text())
+            except ValueError:  # written atomically, so only a foreign file gets here
+                raise AudiogenError(f"{path}: not a rank report") from None
+            if res.get("fingerprint") == own["fingerprint"]:
+                results[r] = res
+        if len(results) < world_size:
+            if time.monotonic() - said > 300:
+                missing = [r for r in range(world_size) if r not in results]
+                print(f"prep rank 0: waiting for rank(s) {', '.join(map(str, missing))} of {world_size}",
+                      file=sys.stderr, flush=True)
+                said = time.monotonic()
+            time.sleep(poll_s)
+    return [results[r] for r in range(world_size)]
+
+
+def _rank_report(result: dict) -> dict:
+    entries = result["entries"]
+    return {"rank": result["rank"], "world_size": result["world_size"], **result["counts"],
+            "files_kept": sum(e["status"] == "kept" for e in entries),
+            "skipped": [e for e in entries if e["status"] == "skipped"]}
+
+
+def _combine(results: list[dict]) -> tuple[list[tuple[str, str]], dict, list[dict], list[dict], float]:
+    """The files of all ranks as one process would have seen them, in sorted path order: the
+    first path of each content hash is the one used, the later ones are duplicates of it.
+    Returns (kept [(source, sha)], metas {sha: meta}, skipped, duplicates, kept audio seconds)."""
+    kept, metas, skipped, duplicates, first_of, audio_s = [], {}, [], [], {}, 0.0
+    for e in sorted((e for r in results for e in r["entries"]), key=lambda e: e["source"]):
+        sha = e["sha256"]
+        if sha and sha in first_of:
+            duplicates.append({"source": e["source"], "duplicate_of": first_of[sha], "sha256": sha})
+            continue
+        if e["status"] == "duplicate":  # its first copy went through the same process: always seen before
+            raise AudiogenError(f"rank reports disagree about {e['source']} (a duplicate of a file no rank used)")
+        if sha:
+            first_of[sha] = e["source"]
+        if e["status"] == "skipped":
+            skipped.append({"source": e["source"], "reason": e["reason"]})
+        else:
+            kept.append((e["source"], sha))
+            metas[sha] = e["meta"]
+            audio_s += e["audio_s"]
+    return kept, metas, skipped, duplicates, audio_s
+
+
+def _finish(job: _Job, results: list[dict], t_start: float) -> dict:
+    """Write the dataset, ``prep_config.json`` and ``prep_report.json`` from the ranks' results."""
+    from audiogen.audio import atomic_write_text
+
+    cfg, out, work = job.cfg, job.out, job.work
+    kept, metas, skipped, duplicates, audio_s = _combine(results)
     if not kept:
         atomic_write_text(out / "prep_report.json", json.dumps(
-            {"audio_dir": str(audio_dir), "files_found": len(files), "files_kept": 0,
-             "skipped": sorted(skipped, key=lambda d: d["source"]), "duplicates": duplicates}, indent=2))
-        raise AudiogenError(f"{audio_dir}: none of the {len(files)} audio files could be used "
+            {"audio_dir": str(job.audio_dir), "files_found": len(job.rels), "files_kept": 0,
+             "skipped": skipped, "duplicates": duplicates}, indent=2))
+        raise AudiogenError(f"{job.audio_dir}: none of the {len(job.rels)} audio files could be used "
                             f"(first problem: {skipped[0]['source']}: {skipped[0]['reason']})")
-    sizes = _assemble(out, work, kept, metas, codec_json, codec.num_codebooks, cfg.seed, cfg.valid_fraction,
-                      cfg.progress)
+    # every shard is checked before anything is replaced: a rank report naming a missing shard
+    # (a .work folder copied in part) fails here, not halfway through assembling
+    missing = [src for src, sha in kept if not ((work / f"{sha}.json").is_file() and (work / f"{sha}.npz").is_file())]
+    if missing:
+        raise AudiogenError(f"{work}: the shards of {len(missing)} kept files are missing (first: {missing[0]}); "
+                            "rerun the same command to make them again")
+    sizes = _assemble(out, work, kept, metas, json.dumps(job.codec_desc, sort_keys=True), job.num_codebooks,
+                      cfg.seed, cfg.valid_fraction, cfg.progress)
     silent_segments = sum(json.loads((work / f"{sha}.json").read_text()).get("silent_segments", 0) for _, sha in kept)
-    wall = time.perf_counter() - t_start
+    counts = {k: sum(r["counts"][k] for r in results) for k in ("tokenized", "reused", "tokens")}
     report = {
-        "audio_dir": str(audio_dir), "files_found": len(files), "files_kept": len(kept),
+        "audio_dir": str(job.audio_dir), "files_found": len(job.rels), "files_kept": len(kept),
         "files_tokenized_this_run": counts["tokenized"], "files_reused_from_shards": counts["reused"],
         "segments": sizes, "silent_segments_dropped": silent_segments,
-        "audio_hours": round(audio_s / 3600, 4), "tokens_this_run": tok.tokens, "wall_s": round(wall, 2),
-        "skipped": sorted(skipped, key=lambda d: d["source"]), "duplicates": duplicates,
-        "captions_unmatched": sorted(set(captions) - set(rels)),
+        "audio_hours": round(audio_s / 3600, 4), "tokens_this_run": counts["tokens"],
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "skipped": skipped, "duplicates": duplicates,
+        "captions_unmatched": sorted(set(job.captions) - set(job.rels)),
     }
+    if len(results) > 1:
+        report["ranks"] = [{k: r.get(k) for k in ("rank", "world_size", "host", "pid")} | r["counts"] for r in results]
     config = {
-        "codec": codec_desc, "segment_s": cfg.segment_s, "hop_s": cfg.hop_s, "min_segment_s": cfg.min_segment_s,
+        "codec": job.codec_desc, "segment_s": cfg.segment_s, "hop_s": cfg.hop_s, "min_segment_s": cfg.min_segment_s,
         "seed": cfg.seed, "valid_fraction": cfg.valid_fraction, "silence_dbfs": cfg.silence_dbfs,
-        "num_codebooks": codec.num_codebooks, "frame_rate": codec.frame_rate,
+        "num_codebooks": job.num_codebooks, "frame_rate": job.frame_rate,
         "counts": {"files": len(kept), "skipped": len(skipped), "duplicates": len(duplicates),
                    "segments": sizes, "audio_hours": report["audio_hours"]},
         "captions": cfg.captions, "audiogen_python": sys.version.split()[0],
@@ -949,4 +1120,3 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     atomic_write_text(out / "prep_config.json", json.dumps(config, indent=2))
     atomic_write_text(out / "prep_report.json", json.dumps(report, indent=2))
     return report
-

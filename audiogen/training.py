@@ -689,7 +689,7 @@ class _Run:
     codec_obj: object
 
     def loop(self, start: int, stop: _Stop) -> int:
-        from tqdm import tqdm
+        from audiogen.progress import progress_bar
 
         from audiogen.curves import redraw
 
@@ -697,7 +697,7 @@ class _Run:
         acc.init_trackers("tensorboard")
         self.model.train()
         log_file = self.out / "log.jsonl"
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="lm", dynamic_ncols=True,
+        bar = progress_bar(total=cfg.max_steps, initial=start, desc="lm", dynamic_ncols=True,
                    disable=not (acc.is_main_process and cfg.progress))
         batches = iter(self.loader)
         t_last, tokens_since = time.perf_counter(), 0

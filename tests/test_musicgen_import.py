@@ -287,6 +287,49 @@ def test_audiocraft_layout_imports_to_the_same_model(hf, audiocraft_dirs, tmp_pa
     assert "source: audiocraft" in cfg_a
 
 
+def audiocraft_released_cfg() -> str:
+    """What a released MusicGen checkpoint's xp.cfg holds: AudioCraft's config/model/lm/default.yaml with
+    config/model/lm/musicgen_lm.yaml and config/conditioner/text2music.yaml over it, values as they are
+    there (note transformer_lm.cross_attention: false, from default.yaml); the model scale (dim, heads,
+    layers, hidden_scale, card) is the tiny test model's, as in AUDIOCRAFT_CFG."""
+    import yaml
+
+    cfg = yaml.safe_load(AUDIOCRAFT_CFG)
+    cfg["transformer_lm"].update(
+        dropout=0.0, emb_lr=None, past_context=None, causal=True, attention_as_float32=False, checkpointing="none",
+        weight_init="gaussian", depthwise_init="current", zero_bias_init=True, cross_attention=False,
+        attention_dropout=None, two_step_cfg=False)
+    cfg["codebooks_pattern"].update(unroll={"flattening": [0, 1, 2, 3], "delays": [0, 0, 0, 0]},
+                                    music_lm={"group_by": 2}, coarse_first={"delays": [0, 0, 0]})
+    cfg["classifier_free_guidance"]["training_dropout"] = 0.3
+    cfg["attribute_dropout"] = {}
+    cfg["fuser"]["input_interpolate"] = []
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def test_audiocraft_released_config_with_cross_attention_false_imports(hf, audiocraft_dirs, tmp_path):
+    """AudioCraft turns cross-attention on whenever the fuser routes a condition to 'cross' (get_lm_model),
+    so its released configs say cross_attention: false; such a checkpoint imports to the same model."""
+    from safetensors.torch import load_file
+
+    from audiogen.musicgen_import import import_musicgen
+
+    src, t5_dir, codec_dir = audiocraft_dirs
+    released = tmp_path / "released"
+    released.mkdir()
+    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": audiocraft_released_cfg(), "version": "1.3.0",
+                "exported": True}, released / "state_dict.bin")
+    out = import_musicgen(released, tmp_path / "out", t5=t5_dir, codec=codec_dir)
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(hf[3] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # with nothing routed to 'cross' AudioCraft would build no cross-attention: that is still refused
+    no_cross = audiocraft_released_cfg().replace("prepend: []", "prepend:\n  - description").replace(
+        "cross:\n  - description", "cross: []")
+    torch.save({"best_state": audiocraft_state(hf[0]), "xp.cfg": no_cross}, released / "state_dict.bin")
+    with pytest.raises(AudiogenError, match="cross_attention is False"):
+        import_musicgen(released, tmp_path / "out2", t5=t5_dir, codec=codec_dir)
+
+
 def test_audiocraft_import_names_the_missing_t5_and_codec(audiocraft_dirs, tmp_path):
     from audiogen.musicgen_import import import_musicgen
 

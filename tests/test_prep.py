@@ -378,10 +378,10 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir, mon
     assert p.returncode == 1 and "other settings" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert main(["prep", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
-    # the default codec is the pretrained encodec_24khz: without its weights, one clear line
+    # the pretrained encodec_24khz without its weights: one clear line
     monkeypatch.setenv("AUDIOGEN_WEIGHTS", str(tmp_path / "no-weights"))
     capsys.readouterr()
-    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--workers", "0"]) == 1
+    assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--workers", "0", "--codec", "encodec_24khz"]) == 1
     err = capsys.readouterr().err.strip()
     assert "encodec_24khz weights not found" in err and len(err.splitlines()) == 1
     assert main(["prep", str(src), "--out", str(tmp_path / "e"), "--segment", "-1"]) == 1

@@ -9,9 +9,10 @@ ORDER = 80
 
 def add_codec_args(p: argparse.ArgumentParser) -> None:
     """Shared codec-selection flags (also used by prep and fad)."""
-    p.add_argument("--codec", default="tiny", metavar="NAME|PATH",
-                   help="encodec_24khz, encodec_48khz (pretrained, from a local file), tiny (random, for tests), "
-                   "or a codec folder (codec.json + codec.safetensors). Default: %(default)s")
+    p.add_argument("--codec", default="default", metavar="NAME|PATH",
+                   help="default (the embedded default model's codec, offline), encodec_24khz, encodec_48khz "
+                   "(pretrained, from a local file), tiny (random, for tests), or a codec folder (codec.json + "
+                   "codec.safetensors). Default: %(default)s")
     p.add_argument("--bandwidth", type=float, default=None, metavar="KBPS",
                    help="target bandwidth in kbps (chooses the number of codebooks), e.g. 6 for encodec_24khz")
     p.add_argument("--codec-weights", default=None, metavar="FILE",

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="vggish: the vggish-10086976.pth file; clap: the HF model folder; encodec: the checkpoint "
                    "file (default: under $AUDIOGEN_WEIGHTS or ~/.cache/audiogen/weights)")
     p.add_argument("--codec", default="encodec_24khz", metavar="NAME|DIR",
-                   help="for --embedder encodec: encodec_24khz, encodec_48khz, tiny, or a codec folder "
-                   "(default: %(default)s)")
+                   help="for --embedder encodec: encodec_24khz, encodec_48khz, default (the default model's codec), "
+                   "tiny, or a codec folder (default: %(default)s)")
     p.add_argument("--inf", action="store_true", help="also report FAD-inf (extrapolated to infinitely many frames)")
     p.add_argument("--per-song", nargs="?", const="fad_per_song.csv", default=None, metavar="CSV",
                    help="per-song FAD of each GEN file vs REF, written to CSV (default name: %(const)s) "

@@ -20,10 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokenize them with the codec and save a Hugging Face DatasetDict (train/valid, split by source "
         "file) to DATA_DIR, with tempo, key, tags, captions and licenses per segment. Bad files are skipped "
         "and listed in DATA_DIR/prep_report.json. Killed and rerun with the same command, it resumes where "
-        "it stopped and produces the same dataset. A file longer than 7.5 minutes (a mix, a live set) is "
-        "processed in 5-minute parts, so memory does not grow with its length; its segments come out as "
+        "it stopped and produces the same dataset. Started by a launcher (accelerate launch, torchrun: "
+        "WORLD_SIZE > 1), each process prepares its share of the files (a hash of the path) and rank 0 writes the "
+        "dataset a single process would have written (see docs/prep.md). A file longer than 7.5 minutes (a mix, "
+        "a live set) is processed in 5-minute parts, so memory does not grow with its length; its segments come out as "
         "if it had been decoded whole.",
-        epilog="Exit status: 0 all files used; 3 some files were skipped (see prep_report.json); "
+        epilog="Exit status: 0 all files used; 3 some files were skipped (see prep_report.json; under a launcher "
+        "0, since any other status reads as a failed job); "
         "1 user error (bad flag, folder, codec). Captions: --captions FILE (CSV or JSONL with a 'path' "
         "column relative to AUDIO_DIR and any of caption,title,artist,genre,mood,instruments,license,"
         "attribution), or TRACK.txt / TRACK.json beside TRACK.ogg.",
@@ -31,9 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder of audio files (searched recursively)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="dataset folder to write (resumed if it exists)")
-    add_codec_args(p)
-    # a corpus is made with the real codec by default, at 6 kbps (8 codebooks) unless --bandwidth says otherwise
-    p.set_defaults(codec="encodec_24khz")
+    add_codec_args(p)  # default: the embedded default model's codec, so a first prep needs no download
     p.add_argument("--segment", type=float, default=30.0, metavar="S", help="segment length in seconds (default: %(default)s)")
     p.add_argument("--hop", type=float, default=None, metavar="S",
                    help="seconds between segment starts (default: = --segment, no overlap)")
@@ -70,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     report = prepare(cfg)
+    if "rank" in report:  # one of several processes (not rank 0): rank 0 writes the dataset and reports
+        print(f"{args.out}: rank {report['rank']} of {report['world_size']}: {report['files_kept']} of "
+              f"{report['files']} files kept ({report['reused']} resumed from earlier work); rank 0 writes the dataset")
+        return EXIT_OK  # skipped files are rank 0's to report: a non-zero exit would make the launcher stop it
     seg = report["segments"]
     print(f"{args.out}: {report['files_kept']} files, {report['audio_hours']:.3f} h audio, "
           f"{seg['train']} train + {seg['valid']} valid segments "
@@ -80,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(report['skipped'])} files (reasons in {args.out}/prep_report.json):", file=sys.stderr)
         for s in report["skipped"][:10]:
             print(f"  {s['source']}: {s['reason']}", file=sys.stderr)
-        return EXIT_SKIPPED
+        # under a launcher any non-zero exit reads as a crashed job: there the report says it
+        return EXIT_OK if report.get("ranks") else EXIT_SKIPPED
     return EXIT_OK

@@ -73,7 +73,7 @@ def simulate(plan: Plan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) -> dict:
     """Rates of each verdict over ``runs`` simulated experiments, each with its Wilson 95 % interval."""
-    from tqdm import tqdm
+    from audiogen.progress import progress_bar
 
     from audiogen.listening import stats as S
     from audiogen.listening.glmm import population_accuracy
@@ -85,7 +85,7 @@ def power(plan: Plan, runs: int = 200, seed: int = 0, progress: bool = False) ->
     rng = np.random.default_rng(seed)
     counts = {"above chance": 0, "below chance": 0, "equivalent": 0, "inconclusive": 0}
     pooled_above = not_fitted = 0
-    for _ in tqdm(range(runs), desc="simulated experiments", disable=not progress, dynamic_ncols=True):
+    for _ in progress_bar(range(runs), desc="simulated experiments", disable=not progress, dynamic_ncols=True):
         y, listener, clip, generated = simulate(plan, rng)
         block = tests_against_chance(y, listener, clip, plan.margin, plan.alpha, ci=False, origin=generated,
                                      tost="unless_significant")
