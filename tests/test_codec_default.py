@@ -43,6 +43,7 @@ def test_default_follows_the_default_models_config_not_a_fixed_folder(tmp_path, 
     save_codec(load_codec("tiny", seed=3), model / "other_codec")
     cfg = yaml.safe_load((model / "config.yaml").read_text())
     cfg["codec"]["spec"] = "other_codec"
+    cfg["codec"]["num_codebooks"] = 4  # the tiny codec has 4
     (model / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     monkeypatch.setattr(pipeline, "DEFAULT_MODEL_DIR", model)
     got = load_codec("default")
