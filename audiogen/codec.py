@@ -363,31 +363,12 @@ class EncodecCodec(Codec):
         return self.model.decoder(emb)
 
 
-class STFTCodec(Codec):
-    """An :class:`audiogen.stft_codec.STFTCodecModel` used at a fixed number of codebooks."""
-
-    def __init__(self, model, config, name: str, num_codebooks: int | None = None, weights_sha256: str | None = None):
-        cfg = config
-        self.model = model.eval()
-        self.config = cfg
-        self.name = name
-        self.sample_rate = cfg.sample_rate
-        self.channels = cfg.channels
-        self.hop_length = cfg.hop_length
-        self.cardinality = cfg.bins
-        k = cfg.n_q if num_codebooks is None else int(num_codebooks)
-        if not 1 <= k <= cfg.n_q:
-            raise AudiogenError(f"codec '{name}' has {cfg.n_q} codebooks; cannot use {k}")
-        self.num_codebooks = k
-        self.weights_sha256 = weights_sha256
-
-    # the same bookkeeping as EncodecCodec (a torch model in self.model, the same description fields)
-    bandwidth_kbps = EncodecCodec.bandwidth_kbps
-    device = EncodecCodec.device
-    to = EncodecCodec.to
+class STFTCodec(EncodecCodec):
+    """An :class:`audiogen.stft_codec.STFTCodecModel` used at a fixed number of codebooks (its config
+    has the same fields as :class:`EncodecConfig` for what the bookkeeping reads)."""
 
     def describe(self) -> dict:
-        return {**EncodecCodec.describe(self), "backend": "stft"}
+        return {**super().describe(), "backend": "stft"}
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model.encode(wav, self.num_codebooks)

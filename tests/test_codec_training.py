@@ -45,6 +45,18 @@ def _overrides(out: Path, music: Path, cache: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+
+def _assert_same_final_state(a: Path, b: Path) -> None:
+    """Runs ``a`` and ``b`` ended with bit-identical codec and discriminator weights and exports."""
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "model_1.safetensors"):  # codec, discriminator
+        wa = load_file(str(a / "checkpoints" / "step_0000008" / name))
+        wb = load_file(str(b / "checkpoints" / "step_0000008" / name))
+        assert wa.keys() == wb.keys()
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
+
 # ------------------------------------------------------------------------------ data
 
 
@@ -184,8 +196,6 @@ def test_recipe_trains_on_real_music_and_exports_a_loadable_codec(tmp_path, debi
 
 
 def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, debian_music_dir, audio_cache):
-    from safetensors.torch import load_file
-
     recipe = _recipe()
     a, b = tmp_path / "a", tmp_path / "b"
     assert recipe.main(["--config", str(TINY), *_overrides(a, debian_music_dir, audio_cache)]) == 0
@@ -200,12 +210,7 @@ def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, de
     assert json.loads((b / "codec" / "training.json").read_text())["steps"] == 3  # exported with the checkpoint
 
     assert recipe.main(["--config", str(TINY), *_overrides(b, debian_music_dir, audio_cache)]) == 0
-    for name in ("model.safetensors", "model_1.safetensors"):  # codec, discriminator
-        wa = load_file(str(a / "checkpoints" / "step_0000008" / name))
-        wb = load_file(str(b / "checkpoints" / "step_0000008" / name))
-        assert wa.keys() == wb.keys()
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
-    assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
+    _assert_same_final_state(a, b)
     # the resumed run dropped the killed run's lines after step 3 and logged the same figures again
     assert _figures(a) == _figures(b) and len(start_records(b / "log.jsonl")) == 2
 
@@ -225,8 +230,6 @@ def _run_two_ranks(out: Path, music: Path, cache: Path, **extra) -> subprocess.C
 def test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterrupted_two_rank_run(
         tmp_path, debian_music_dir, audio_cache):
     """The codec trainer as one gloo job of 2 processes: rank 1 killed at step 5, the job rerun."""
-    from safetensors.torch import load_file
-
     a, b = tmp_path / "a", tmp_path / "b"
     whole = _run_two_ranks(a, debian_music_dir, audio_cache)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -239,12 +242,7 @@ def test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterr
     resumed = _run_two_ranks(b, debian_music_dir, audio_cache)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_ranks(b, runs=2)
-    for name in ("model.safetensors", "model_1.safetensors"):  # codec, discriminator
-        wa = load_file(str(a / "checkpoints" / "step_0000008" / name))
-        wb = load_file(str(b / "checkpoints" / "step_0000008" / name))
-        assert wa.keys() == wb.keys()
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
-    assert (a / "codec" / "codec.safetensors").read_bytes() == (b / "codec" / "codec.safetensors").read_bytes()
+    _assert_same_final_state(a, b)
     assert _figures(a) == _figures(b)
     assert json.loads((b / "codec" / "training.json").read_text())["samples_seen"] == 8 * 2 * 2  # 2 ranks x batch 2
 
