@@ -33,6 +33,7 @@ made once with TensorFlow (``tests/fixtures/musicnn/README.md``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,16 +90,20 @@ def log_mel(x: np.ndarray) -> np.ndarray:
     return rep.astype(np.float32)
 
 
-def patches(rep: np.ndarray, frames: int = PATCH_FRAMES) -> np.ndarray:
-    """``rep: [T, 96]`` -> ``[P, frames, 96]`` non-overlapping patches; a short ``rep`` is repeat-padded."""
+def patches(rep: np.ndarray, frames: int = PATCH_FRAMES, hop: int | None = None) -> np.ndarray:
+    """``rep: [T, 96]`` -> ``[P, frames, 96]`` patches every ``hop`` frames (default: ``frames``, no overlap).
+
+    A ``rep`` shorter than one patch is repeat-padded to one patch.
+    """
+    hop = hop or frames
     if rep.shape[0] < frames:
         rep = np.tile(rep, (-(-frames // max(1, rep.shape[0])), 1))[:frames]
-    n = rep.shape[0] // frames
-    return np.ascontiguousarray(rep[: n * frames].reshape(n, frames, rep.shape[1]))
+    starts = range(0, rep.shape[0] - frames + 1, hop)
+    return np.ascontiguousarray(np.stack([rep[s : s + frames] for s in starts]))
 
 
-def to_model_input(wav: np.ndarray, sample_rate: int) -> np.ndarray:
-    """``wav: float [C, N]`` or ``[N]`` at ``sample_rate`` -> ``float32 [P, 187, 96]`` patches.
+def to_model_input(wav: np.ndarray, sample_rate: int, hop: int | None = None) -> np.ndarray:
+    """``wav: float [C, N]`` or ``[N]`` at ``sample_rate`` -> ``float32 [P, 187, 96]`` patches every ``hop`` frames.
 
     Downmix, then soxr resampling to 16 kHz: the order and resampler of ``librosa.load``,
     which musicnn reads its audio with.
@@ -112,7 +117,7 @@ def to_model_input(wav: np.ndarray, sample_rate: int) -> np.ndarray:
         raise AudiogenError(f"tagger expects non-empty audio shaped [channels, samples], got {wav.shape}")
     if sample_rate != SAMPLE_RATE:
         wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
-    return patches(log_mel(wav))
+    return patches(log_mel(wav), hop=hop)
 
 
 # ------------------------------------------------------------------------------ network
@@ -313,3 +318,81 @@ def load_tagger(model: str = "MTT", weights: str | os.PathLike | None = None, de
         raise AudiogenError(f"{prefix}: not a musicnn checkpoint ({type(e).__name__}: {e})") from None
     dev = torch.device(device)
     return Tagger(name=folder, labels=labels, net=net.eval().to(dev), checkpoint=prefix, device=dev)
+
+
+# ------------------------------------------------------------------- labels for prep
+
+
+#: MTT tags that name instruments (-> the instrument label written), genres and moods
+MTT_INSTRUMENTS = {"guitar": "guitar", "strings": "strings", "drums": "drums", "piano": "piano",
+                   "violin": "violin", "synth": "synth", "harpsichord": "harpsichord", "flute": "flute",
+                   "sitar": "sitar", "choir": "choir", "harp": "harp", "cello": "cello", "vocal": "vocals",
+                   "vocals": "vocals", "voice": "vocals", "singing": "vocals", "beats": "drums"}
+MTT_GENRES = ("classical", "techno", "electronic", "rock", "ambient", "indian", "opera", "pop", "new age",
+              "dance", "country", "metal")
+MTT_MOODS = {"soft": "soft", "quiet": "quiet", "loud": "loud", "slow": "slow", "fast": "fast"}
+#: a label is written only at this probability or above (the tags are independent sigmoids)
+LABEL_THRESHOLD = 0.25
+#: prep tags at most this much of a file (its middle), so a long file costs no more than a song
+LABEL_EXCERPT_S = 30.0
+
+
+def labels_from_tags(probs: np.ndarray, labels: tuple[str, ...] = MTT_LABELS,
+                     threshold: float = LABEL_THRESHOLD) -> dict:
+    """MTT tag probabilities ``[50]`` -> prep metadata: ``genre``, ``mood``, ``instruments``, and for
+    each a ``label_confidence`` (the tag probability) and ``label_source``.
+
+    ``genre``/``mood``: the most likely genre/mood tag if it reaches ``threshold``;
+    ``instruments``: every instrument tag that does, most likely first.
+    """
+    p = dict(zip(labels, (float(x) for x in probs)))
+    out: dict = {"label_confidence": {}}
+    genre = max(MTT_GENRES, key=lambda t: p.get(t, 0.0))
+    if p.get(genre, 0.0) >= threshold:
+        out["genre"], out["label_confidence"]["genre"] = genre, round(p[genre], 4)
+    mood = max(MTT_MOODS, key=lambda t: p.get(t, 0.0))
+    if p.get(mood, 0.0) >= threshold:
+        out["mood"], out["label_confidence"]["mood"] = MTT_MOODS[mood], round(p[mood], 4)
+    inst: dict[str, float] = {}
+    for tag, name in MTT_INSTRUMENTS.items():
+        if p.get(tag, 0.0) >= threshold:
+            inst[name] = max(inst.get(name, 0.0), p[tag])
+    if inst:
+        out["instruments"] = sorted(inst, key=lambda n: -inst[n])
+        out["label_confidence"]["instruments"] = {n: round(v, 4) for n, v in inst.items()}
+    out["label_source"] = {k: "musicnn MTT_musicnn tagger" for k in ("genre", "mood", "instruments") if k in out}
+    return out
+
+
+def fill_missing_labels(meta: dict, path: str | os.PathLike, cache_dir: str | os.PathLike, sha256: str,
+                        tagger: Tagger | None = None) -> dict:
+    """prep's hook: ``meta`` with ``genre``/``mood``/``instruments`` the metadata lacks filled from the tagger.
+
+    Labels the metadata has are never replaced. The tagger's answer is cached as
+    ``cache_dir/<sha256>.tags.json``, so a resumed prep gives the same labels without
+    decoding the file again. Tags the middle :data:`LABEL_EXCERPT_S` seconds of the file.
+    """
+    from audiogen.audio import atomic_write_text, audio_info, load_audio
+
+    fields = ("genre", "mood", "instruments")
+    if all(meta.get(k) for k in fields):
+        return meta
+    cache = Path(cache_dir) / f"{sha256}.tags.json"
+    if cache.is_file():
+        tags = json.loads(cache.read_text())
+    else:
+        info = audio_info(path)
+        start = max(0.0, (info.duration_s - LABEL_EXCERPT_S) / 2)
+        wav, sr = load_audio(path, offset_s=start, duration_s=min(LABEL_EXCERPT_S, info.duration_s))
+        tagger = tagger or load_tagger("MTT")
+        tags = labels_from_tags(tagger.tag_probabilities(wav, sr), tagger.labels)
+        atomic_write_text(cache, json.dumps(tags))
+    out = dict(meta)
+    conf, source = dict(meta.get("label_confidence") or {}), dict(meta.get("label_source") or {})
+    for k in fields:
+        if not meta.get(k) and tags.get(k):
+            out[k] = tags[k]
+            conf[k], source[k] = tags["label_confidence"][k], tags["label_source"][k]
+    if conf:
+        out["label_confidence"], out["label_source"] = conf, source
+    return out

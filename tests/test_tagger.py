@@ -114,3 +114,46 @@ def test_weights_folder_under_audiogen_weights_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIOGEN_WEIGHTS", str(tmp_path))
     assert T.find_checkpoint("MSD") == f"{tmp_path / 'musicnn' / 'MSD_musicnn'}/"
     assert T.load_tagger("msd").labels[0] == "rock"
+
+
+# ------------------------------------------------------------------------- uses of the tagger
+
+
+def test_tag_command_prints_top_tags_and_json(capsys):
+    import json
+
+    from audiogen.cli import main
+
+    clip = str(FIX / "chord_16k.flac")
+    assert main(["tag", clip, "--top", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(clip + ": slow 0.47, ")
+    assert main(["tag", str(FIX), "--model", "msd", "--json", "--top", "2"]) == 0
+    rows = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and all(r["model"] == "MSD_musicnn" and len(r["top"]) == 2 for r in rows)
+    chord = next(r for r in rows if r["path"].endswith("chord_16k.flac"))
+    assert chord["top"][0][0] == "ambient" and len(chord["probabilities"]) == 50
+
+
+def test_tag_command_errors_are_one_line(tmp_path, capsys):
+    from audiogen.cli import main
+
+    assert main(["tag", str(tmp_path)]) == 1
+    assert "no audio files" in capsys.readouterr().err
+    assert main(["tag", str(FIX / "chord_16k.flac"), "--weights", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "weights not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_musicnn_fad_embedder_gives_overlapping_penultimate_frames():
+    from audiogen.embedders import load_embedder
+
+    emb = load_embedder("musicnn")
+    x, sr = read_clip("beat_16k")  # 6.5 s: 407 frames -> patches at 0, 94, 188 (+187 <= 407)
+    frames = emb.embed(x[None], sr)
+    assert frames.shape == (3, 200) and not emb.comparable
+    # the first patch is also musicnn's own first one: the original's penultimate features
+    ref = np.load(FIX / "reference.npz")["MTT/beat_16k/penultimate"]
+    np.testing.assert_allclose(frames[0], ref[0], atol=1e-4)
+    assert np.abs(frames[1] - ref[0]).max() > 0.01  # the half-overlapping patch is another input
+    assert emb.cache_key.startswith("musicnn-MTT_musicnn-")
