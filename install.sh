@@ -12,6 +12,9 @@ PY="${PYTHON:-python3}"
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# FluidSynth and the General MIDI soundfont (MIT) render the music21 corpus (data_prep/render_music21.py)
+command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[install] apt: ${need_apt[*]}"
   $SUDO apt-get update -qq
