@@ -97,3 +97,19 @@ def load_sidecars(folder: str | Path, jobs: list[Job]) -> list[dict]:
         if side.is_file():
             out.append({"path": audio.relative_to(folder).as_posix(), **json.loads(side.read_text())})
     return out
+
+
+def summary_markdown(summary: dict) -> str:
+    """The validation figures as markdown tables (for docs/prep.md)."""
+    lines = ["| tempo estimator | accuracy-1 (4 %) | accuracy-2 (x2, x3, /2, /3) | tracks |", "|---|---|---|---|"]
+    for name, t in summary["tempo"].items():
+        lines.append(f"| `{name}` | {t['acc1']:.0%} | {t['acc2']:.0%} | {t['n']} |")
+    lines += ["", "| key estimator (profiles, chroma) | MIREX weighted score | exact |", "|---|---|---|"]
+    for name, k in summary["key"].items():
+        lines.append(f"| `{name}` | {k['weighted']:.3f} | {k['exact']:.0%} |")
+    if "instrument_top3" in summary:
+        lines += ["", f"MTT instrument tag in the top 3: {summary['instrument_top3']:.0%}", "",
+                  "| rendered as | MTT top 3 per piece |", "|---|---|"]
+        for ens, tops in summary["instrument_confusion"].items():
+            lines.append(f"| {ens} | " + "; ".join(", ".join(t) for t in tops) + " |")
+    return "\n".join(lines)

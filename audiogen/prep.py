@@ -143,6 +143,8 @@ class PrepConfig:
     #: parts of about this many seconds (whole hops), so memory does not grow with file length
     part_s: float = 300.0
     progress: bool = True
+    #: fill genre/mood/instruments a file's metadata lacks from the musicnn tagger (audiogen.tagger)
+    tag_labels: bool = False
 
     def __post_init__(self):
         if self.hop_s is None:
@@ -368,6 +370,7 @@ class _Task:
     silence_dbfs: float
     part_s: float
     extra_meta: dict
+    tag_labels: bool = False
 
 
 @dataclass
@@ -415,6 +418,13 @@ def _process_file_unchecked(t: _Task) -> dict:
     except AudiogenError as e:
         return {**res, "status": "error", "reason": _reason(e, path)}
     meta.update(t.extra_meta)
+    if t.tag_labels:
+        from audiogen.tagger import fill_missing_labels
+
+        try:
+            meta = fill_missing_labels(meta, path, t.work, sha)
+        except AudiogenError as e:
+            return {**res, "status": "error", "reason": _reason(e, path)}
     res["meta"] = meta
     shard = Path(t.work) / f"{sha}.json"
     if shard.exists():
@@ -824,7 +834,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
 
     rels = [f.relative_to(audio_dir).as_posix() for f in files]
     tasks = [_Task(str(f), r, str(work), codec.sample_rate, codec.channels, cfg.segment_s, cfg.hop_s,
-                   cfg.min_segment_s, cfg.silence_dbfs, cfg.part_s, captions.get(r, {})) for f, r in zip(files, rels)]
+                   cfg.min_segment_s, cfg.silence_dbfs, cfg.part_s, captions.get(r, {}), cfg.tag_labels)
+             for f, r in zip(files, rels)]
     tok = _Tokenizer(codec, work, round(cfg.segment_s * codec.sample_rate), cfg.batch_size)
     skipped, duplicates, kept = [], [], []
     metas: dict[str, dict] = {}

@@ -32,6 +32,7 @@ made once with TensorFlow (``tests/fixtures/musicnn/README.md``).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -364,6 +365,12 @@ def labels_from_tags(probs: np.ndarray, labels: tuple[str, ...] = MTT_LABELS,
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _cached_tagger() -> Tagger:
+    """One MTT tagger per process (prep workers tag many files)."""
+    return load_tagger("MTT")
+
+
 def fill_missing_labels(meta: dict, path: str | os.PathLike, cache_dir: str | os.PathLike, sha256: str,
                         tagger: Tagger | None = None) -> dict:
     """prep's hook: ``meta`` with ``genre``/``mood``/``instruments`` the metadata lacks filled from the tagger.
@@ -384,7 +391,7 @@ def fill_missing_labels(meta: dict, path: str | os.PathLike, cache_dir: str | os
         info = audio_info(path)
         start = max(0.0, (info.duration_s - LABEL_EXCERPT_S) / 2)
         wav, sr = load_audio(path, offset_s=start, duration_s=min(LABEL_EXCERPT_S, info.duration_s))
-        tagger = tagger or load_tagger("MTT")
+        tagger = tagger or _cached_tagger()
         tags = labels_from_tags(tagger.tag_probabilities(wav, sr), tagger.labels)
         atomic_write_text(cache, json.dumps(tags))
     out = dict(meta)

@@ -13,7 +13,7 @@ import json
 import sys
 
 from audiogen.audio import atomic_write_text
-from audiogen.label_eval import evaluate, evaluation_jobs, load_sidecars
+from audiogen.label_eval import evaluate, evaluation_jobs, load_sidecars, summary_markdown
 from audiogen.render import render_corpus
 
 
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         tagger = load_tagger("MTT")
     result = evaluate(args.out, load_sidecars(args.out, jobs), tagger)
     atomic_write_text(f"{args.out}/validation.json", json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], indent=1))
+    print(summary_markdown(result["summary"]))
     return 0
 
 

@@ -46,3 +46,14 @@ def test_tempo_estimators_find_a_click_track_tempo():
     for name, f in E.TEMPO_ESTIMATORS.items():
         got = f(env)
         assert got is not None and abs(got - bpm) <= 0.04 * bpm, (name, got)
+
+
+def test_validation_summary_markdown_lists_every_estimator():
+    from audiogen.label_eval import summary_markdown
+
+    s = {"tempo": {"beat_track": {"acc1": 0.9, "acc2": 1.0, "n": 20}},
+         "key": {"krumhansl_cqt": {"weighted": 0.815, "exact": 0.7}},
+         "instrument_top3": 0.85, "instrument_confusion": {"piano": [["piano", "classical", "slow"]]}}
+    md = summary_markdown(s)
+    assert "| `beat_track` | 90% | 100% | 20 |" in md and "| `krumhansl_cqt` | 0.815 | 70% |" in md
+    assert "| piano | piano, classical, slow |" in md and "top 3: 85%" in md
