@@ -69,3 +69,19 @@ def test_debian_midi_tracks_are_rendered_to_flac(tmp_path):
     info = audio_info(tmp_path / "t.flac")
     assert info.sample_rate == R.SAMPLE_RATE and 1.4 < info.duration_s < 4.0  # 3 beats at 120 bpm + release
     assert PACKAGES["openttd-openmsx"]["license"] == "GPL-2.0"
+
+
+def test_tag_command_names_the_rendered_instruments(tmp_path, capsys):
+    """The issue's check: solo piano -> "piano" in MTT's top 3; a string quartet -> "strings" or "violin"."""
+    from audiogen.cli import main
+
+    src = sorted(p.relative_to(R.corpus_dir()).as_posix() for p in (R.corpus_dir() / "bach").glob("bwv*.mxl"))[1]
+    files = {}
+    for ens in ("piano", "string quartet"):
+        job = R.Job("bach_chorales", src, None, ens, 80, 0, 0)
+        R.render_job(job, tmp_path / ens.replace(" ", "_"), max_seconds=30.0)
+        files[ens] = str(R.output_paths(job, tmp_path / ens.replace(" ", "_"))[0])
+    assert main(["tag", files["piano"], files["string quartet"], "--top", "3", "--json"]) == 0
+    rows = {r["path"]: [t for t, _ in r["top"]] for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert "piano" in rows[files["piano"]], rows
+    assert {"strings", "violin"} & set(rows[files["string quartet"]]), rows
