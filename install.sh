@@ -12,6 +12,9 @@ PY="${PYTHON:-python3}"
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# FluidSynth and the General MIDI soundfont (MIT) render the music21 corpus (data_prep/render_music21.py)
+command -v fluidsynth >/dev/null 2>&1 || need_apt+=(fluidsynth)
+[ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need_apt+=(fluid-soundfont-gm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[install] apt: ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -20,6 +23,12 @@ fi
 
 echo "[install] pip: audiogen[all] (torch 2.11.0 pinned)"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
+
+# The musicnn taggers' weights (ISC license) ship inside its wheel as TF checkpoints, read by
+# audiogen/tagger.py without TensorFlow; --no-deps because its own code (never imported) wants
+# TensorFlow and numpy < 1.17.
+echo "[install] pip: musicnn 0.1.0 weights (--no-deps)"
+"$PY" -m pip install -q --disable-pip-version-check --no-deps "musicnn==0.1.0"
 
 # Real CC-BY-SA / GPL music from Debian, used by the tests (and a small corpus to try prep on).
 "$PY" -m audiogen.debian_music --packages singularity-music --out .cache/debian-music

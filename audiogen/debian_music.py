@@ -44,8 +44,51 @@ PACKAGES = {
         "attribution": "Battle for Wesnoth soundtrack (see COPYRIGHT for composers; GPL-2+), via Debian wesnoth-1.16-music",
         "genre": None,
     },
+    "fretsonfire-songs-muldjord": {
+        # debian/copyright: "Copyright (c) 2009 El Senator ... Creative Commons Attribution ShareAlike
+        # licence 3.0"; "composed by El Senator of the danish metal band Muldjord". Frets on Fire
+        # songs come as stems: song.ogg (the band) and guitar.ogg (the lead guitar), kept as two tracks.
+        "license": "CC-BY-SA-3.0",
+        "artist": "El Senator (Muldjord)",
+        "attribution": "Songs by El Senator of Muldjord (CC BY-SA 3.0), via Debian fretsonfire-songs-muldjord",
+        "genre": "metal",
+    },
+    "fretsonfire-songs-sectoid": {
+        # debian/copyright: "Copyright (c) 2006/2007 Carlos Viola Iborra", then the MIT/Expat permission text
+        "license": "Expat",
+        "artist": "Carlos Viola Iborra (Sectoid)",
+        "attribution": "Songs by Carlos Viola Iborra (Expat license), via Debian fretsonfire-songs-sectoid",
+        "genre": None,
+    },
+    "planetblupi-music-ogg": {
+        # debian/copyright "Files: *": 2017, 2018 Mathieu Schroeter, GPL-3+
+        "license": "GPL-3+",
+        "artist": "Planet Blupi authors",
+        "attribution": "Planet Blupi music (c) 2017-2018 Mathieu Schroeter (GPL-3+), via Debian planetblupi-music-ogg",
+        "genre": None,
+    },
+    "drascula-music": {
+        # debian/copyright "Files: *": 1996-2008 Alcachofa Soft S.L., "Drascula-License": made freely
+        # available, BSD-like (DFSG-free per the package's own comment, as for BASS and FOTAQ)
+        "license": "Drascula-License (BSD-like, see COPYRIGHT)",
+        "artist": "Alcachofa Soft",
+        "attribution": "Drascula: The Vampire Strikes Back music (c) 1996-2008 Alcachofa Soft S.L., "
+                       "via Debian drascula-music (terms in its COPYRIGHT file)",
+        "genre": None,
+    },
+    "openttd-openmsx": {
+        # debian/copyright "Files: *": 2010 various authors (readme.txt), GPL-2.0. MIDI: rendered to
+        # FLAC with FluidSynth and FluidR3_GM (audiogen.render) when fetched.
+        "license": "GPL-2.0",
+        "artist": "OpenMSX contributors",
+        "attribution": "OpenMSX, the OpenTTD music set (c) 2010 various authors (GPL-2.0), rendered with "
+                       "FluidSynth/FluidR3_GM, via Debian openttd-openmsx",
+        "genre": None,
+    },
 }
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".flac", ".wav", ".mp3")
+#: MIDI files are rendered to FLAC (their audio) when a package is unpacked
+MIDI_SUFFIXES = (".mid", ".midi")
 #: Per-album files kept beside the tracks (Warzone 2100: track titles/authors, license terms).
 ALBUM_FILES = ("album.json", "license.txt")
 #: Version of the TRACK.json layout; older sidecars are rewritten on the next fetch.
@@ -138,6 +181,15 @@ def track_facts(track: Path, package: str) -> dict:
     return facts
 
 
+def _render_midi(midi: Path, flac: Path) -> None:
+    """A MIDI file's audio (FluidSynth, FluidR3_GM; see :func:`audiogen.render.synthesize`) as FLAC."""
+    from audiogen.audio import write_audio
+    from audiogen.render import synthesize
+
+    wav, sr = synthesize(midi, max_seconds=3600.0)
+    write_audio(flac, wav, sr)
+
+
 def fetch_package(package: str, out: Path) -> list[Path]:
     """Download and unpack one package into ``out/package``; return its audio files."""
     if package not in PACKAGES:
@@ -166,11 +218,17 @@ def fetch_package(package: str, out: Path) -> list[Path]:
             for f in sorted(staging.rglob("*")):
                 # album facts (Warzone 2100's album.json and license.txt) travel with the tracks
                 keep = f.suffix.lower() in AUDIO_SUFFIXES or f.name in ALBUM_FILES
-                if keep and f.is_file():
+                # Frets on Fire's notes.mid is the game's fret chart, not music
+                midi = f.suffix.lower() in MIDI_SUFFIXES and f.name != "notes.mid"
+                # drascula-music links its 31 tracks into one folder per language: keep the files only
+                if (keep or midi) and f.is_file() and not f.is_symlink():
                     rel = f.relative_to(staging / "usr/share")
                     target = dest / "tracks" / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(str(f), target)
+                    if midi:
+                        _render_midi(f, target.with_suffix(".flac"))
+                    else:
+                        shutil.move(str(f), target)
         marker.write_text("ok\n")
     tracks = sorted(p for p in (dest / "tracks").rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     for t in tracks:

@@ -15,6 +15,9 @@ Each embedder resamples to its own ``sample_rate`` and downmixes to mono.
   one 512-d embedding per 10 s chunk.
 - ``encodec``: the continuous (pre-quantization) output of an EnCodec encoder,
   pretrained or the project's own codec; one embedding per codec frame.
+- ``musicnn``: the 200-d penultimate layer of the musicnn MTT tagger (:mod:`audiogen.tagger`),
+  one embedding per 3 s patch every 1.5 s. Music-trained, but NOT comparable with published
+  (VGGish) figures.
 - ``builtin``: hand-made librosa features, no weights, always offline. Deterministic,
   but NOT comparable with any published figure.
 
@@ -33,7 +36,7 @@ import torch
 from audiogen.audio import sha256_file
 from audiogen.errors import AudiogenError
 
-EMBEDDERS = ("builtin", "vggish", "clap", "encodec")
+EMBEDDERS = ("builtin", "vggish", "clap", "encodec", "musicnn")
 
 VGGISH_FILE = "vggish-10086976.pth"
 VGGISH_URL = "https://github.com/harritaylor/torchvggish/releases/download/v0.1/" + VGGISH_FILE
@@ -336,12 +339,42 @@ class EncodecEmbedder(Embedder):
         return emb[0].T.float().cpu().numpy()
 
 
+# ------------------------------------------------------------------------------ musicnn
+
+
+class MusicnnEmbedder(Embedder):
+    """musicnn's penultimate layer (200-d, after its batch norm): one embedding per 3 s patch, hop 1.5 s.
+
+    The patches overlap by half (musicnn itself tags non-overlapping ones) so a clip gives
+    twice the frames to fit the FAD Gaussians with.
+    """
+
+    name = "musicnn"
+    sample_rate = 16_000
+    dim = 200
+    comparable = False
+    hop_frames = 94  # of the 187-frame (3 s) patch
+
+    def __init__(self, weights: str | os.PathLike | None = None, device: str = "cpu"):
+        from audiogen.tagger import load_tagger
+
+        self.tagger = load_tagger("MTT", weights=weights, device=device)
+        # the .index holds every tensor's crc32c, so its hash changes whenever a weight does
+        self.cache_key = f"musicnn-{self.tagger.name}-{sha256_file(self.tagger.checkpoint + '.index')[:16]}"
+        self.device = torch.device(device)
+
+    def _embed_mono(self, x: np.ndarray) -> np.ndarray:
+        from audiogen.tagger import to_model_input
+
+        return self.tagger.forward_patches(to_model_input(x, self.sample_rate, hop=self.hop_frames))[1]
+
+
 def load_embedder(name: str = "builtin", weights: str | os.PathLike | None = None, device: str = "cpu",
                   codec: str = "encodec_24khz") -> Embedder:
-    """Build an embedder by name (``builtin``, ``vggish``, ``clap``, ``encodec``).
+    """Build an embedder by name (``builtin``, ``vggish``, ``clap``, ``encodec``, ``musicnn``).
 
-    ``weights``: the VGGish ``.pth`` file, the CLAP model folder, or the EnCodec
-    checkpoint file; default locations are under :func:`weights_dir`. ``codec`` picks
+    ``weights``: the VGGish ``.pth`` file, the CLAP model folder, the EnCodec
+    checkpoint file, or the musicnn checkpoint folder; default locations are under :func:`weights_dir`. ``codec`` picks
     the EnCodec model (``encodec_24khz``, ``encodec_48khz``, ``tiny`` or a codec folder).
     """
     from audiogen.devices import resolve_device
@@ -355,4 +388,6 @@ def load_embedder(name: str = "builtin", weights: str | os.PathLike | None = Non
         return ClapEmbedder(weights, device=device)
     if name == "encodec":
         return EncodecEmbedder(codec, weights=weights, device=device)
+    if name == "musicnn":
+        return MusicnnEmbedder(weights, device=device)
     raise AudiogenError(f"unknown embedder '{name}': choose one of {', '.join(EMBEDDERS)}")

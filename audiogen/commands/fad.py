@@ -13,7 +13,8 @@ earlier with --save-stats (.npz), so a large reference set is embedded once.
 
 Embedders: vggish (the standard behind published figures; weights from a local file),
 clap (LAION CLAP, a local Hugging Face folder), encodec (continuous EnCodec encoder
-output) and builtin (librosa features, no weights, always works offline, but its
+output), musicnn (the MTT tagger's penultimate layer: music-trained, but not comparable
+with published figures) and builtin (librosa features, no weights, always works offline, but its
 figures are NOT comparable with published ones). Nothing is ever downloaded.
 Embeddings are cached by file content and embedder (--cache), so re-runs are fast.
 """
@@ -32,11 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ref", metavar="REF", help="reference set: folder, .txt list of files, or saved .npz statistics")
     p.add_argument("gen", metavar="GEN", help="generated set: folder, .txt list of files, or saved .npz statistics")
-    p.add_argument("--embedder", default="builtin", choices=["builtin", "vggish", "clap", "encodec"],
+    p.add_argument("--embedder", default="builtin", choices=["builtin", "vggish", "clap", "encodec", "musicnn"],
                    help="embedding model (default: %(default)s; use vggish for figures comparable with papers)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="vggish: the vggish-10086976.pth file; clap: the HF model folder; encodec: the checkpoint "
-                   "file (default: under $AUDIOGEN_WEIGHTS or ~/.cache/audiogen/weights)")
+                   "file; musicnn: the checkpoint folder (default: under $AUDIOGEN_WEIGHTS or ~/.cache/audiogen/weights)")
     p.add_argument("--codec", default="encodec_24khz", metavar="NAME|DIR",
                    help="for --embedder encodec: encodec_24khz, encodec_48khz, default (the default model's codec), "
                    "tiny, or a codec folder (default: %(default)s)")

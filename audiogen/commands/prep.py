@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-segment", type=float, default=None, metavar="S",
                    help="drop a last (or only) segment shorter than this; never padded (default: segment / 3)")
     p.add_argument("--captions", default=None, metavar="FILE", help="CSV/JSONL of captions and metadata keyed by relative path")
+    p.add_argument("--tag-labels", action="store_true",
+                   help="fill genre, mood and instruments a track's metadata lacks from the musicnn MTT tagger "
+                   "(probability >= 0.25; confidence and source in DATA_DIR/.work/<sha256>.tags.json); captions "
+                   "use them")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes decoding and analysing files while the main process tokenizes; 0 = all in the "
                    f"main process (default: all {os.cpu_count()} cores with --device cuda, a quarter of them on cpu)")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         codec_weights=args.codec_weights, device=args.device, segment_s=args.segment, hop_s=args.hop,
         min_segment_s=args.min_segment, captions=args.captions, workers=args.workers, batch_size=args.batch_size,
         seed=args.seed, valid_fraction=args.valid_fraction, silence_dbfs=args.silence_db,
-        progress=not args.no_progress,
+        progress=not args.no_progress, tag_labels=args.tag_labels,
     )
     report = prepare(cfg)
     if "rank" in report:  # one of several processes (not rank 0): rank 0 writes the dataset and reports
