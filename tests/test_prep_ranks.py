@@ -142,6 +142,7 @@ def _rows(out: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # three preparations, each process importing torch and librosa afresh
 def test_two_processes_killed_and_rerun_give_the_single_process_dataset(tmp_path, make_music):
     import torch
 

@@ -69,11 +69,11 @@ def test_generate_with_stderr_to_a_file_writes_a_few_lines(tmp_path, tiny_model_
     err = tmp_path / "generate.err"
     with open(err, "w") as f:
         monkeypatch.setattr(sys, "stderr", f)
-        run_job(GenerateJob(prompt="calm piano", duration_s=0.5, out=tmp_path / "a.wav", model_dir=tiny_model_dir,
+        run_job(GenerateJob(prompt="calm piano", duration_s=1.0, out=tmp_path / "a.wav", model_dir=tiny_model_dir,
                             seed=1, top_k=50, engine="eager"))
         monkeypatch.undo()
     lines = _stderr_of(err).splitlines()  # the interval is longer than the run
-    assert len(lines) == 2 and "0.0/0.5s" in lines[0] and "0.5/0.5s" in lines[1], lines
+    assert len(lines) == 2 and "0.0/1.0s" in lines[0] and "1.0/1.0s" in lines[1], lines
 
 
 def test_prep_with_stderr_to_a_file_writes_a_few_lines(tmp_path, make_music):
