@@ -16,10 +16,10 @@ Every audio range sent is recorded, so the report can flag answers given without
 
 import csv
 import errno
-import math
 import hmac
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -150,7 +150,8 @@ class GuardMiddleware:
                 more = msg.get("more_body", False)
                 if len(body) > MAX_BODY:
                     return await _send_json(send, 413, {"detail": "request body too large"})
-            why = _json_problem(body) if b"json" in headers.get(b"content-type", b"") else None
+            ctype = headers.get(b"content-type", b"")
+            why = _json_problem(body) if not ctype or b"json" in ctype else None  # FastAPI reads both as JSON
             if why:
                 return await _send_json(send, 422, {"detail": why})
             outer, sent = receive, False
