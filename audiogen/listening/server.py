@@ -443,7 +443,9 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         return _completion(code)
 
     @app.get("/audio/{pub}")
-    def audio(pub: str, request: Request):
+    async def audio(pub: str, request: Request):
+        # async: no thread hop for the commonest request (answers hold pool threads while their commit
+        # waits); the work is a dict lookup, a small pread and the dither of the blocks asked for
         found = audio_ids.get(pub) if ID_RE.match(pub) else None
         if found is None:
             raise HTTPException(404, "not found")
