@@ -291,6 +291,7 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
     # per-session audio id -> (session token, slot, position in the step (-1: reference), stimulus, dither seed)
     audio_ids: dict[str, tuple[str, int, int, str, int]] = {}
     ip_sessions: dict[str, int] = {}  # consented sessions handed out per client IP
+    pending = [0]  # sessions being created now (counted against --max-participants before they commit)
     lock = threading.Lock()
 
     def learn_ids(token: str, plan: dict) -> None:
@@ -373,16 +374,27 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         if body.get("consent") is not True:
             raise HTTPException(409, "consent first: POST {\"consent\": true} once the participant has agreed")
         ip = getattr(request.state, "client_ip", None) or (request.client.host if request.client else "?")
-        with lock:  # one check-and-create at a time: limits cannot be overrun by concurrent requests
-            if opts.max_participants is not None and store.progress()["participants"] >= opts.max_participants \
-                    and not (ext and store.has_external_id(ext)):
+        resuming = bool(ext) and store.has_external_id(ext)
+        # check and reserve under the lock, create outside it: a commit's fsync must not hold up
+        # every other new session (they would hold the server's worker threads while they wait)
+        with lock:
+            if opts.max_participants is not None and not resuming \
+                    and store.progress()["participants"] + pending[0] >= opts.max_participants:
                 raise HTTPException(403, "this study is full; thank you for your interest")
             if opts.sessions_per_ip is not None and ip_sessions.get(ip, 0) >= opts.sessions_per_ip:
                 raise HTTPException(429, "too many sessions from this address")
-            ua = request.headers.get("user-agent", "")[:300]
-            token, plan = store.create_participant(ext, ua)
             ip_sessions[ip] = ip_sessions.get(ip, 0) + 1
-            learn_ids(token, plan)
+            pending[0] += 1
+        try:
+            token, plan = store.create_participant(ext, request.headers.get("user-agent", "")[:300])
+        except BaseException:
+            with lock:
+                ip_sessions[ip] -= 1
+            raise
+        finally:
+            with lock:
+                pending[0] -= 1
+        learn_ids(token, plan)
         return session_view(session(token))
 
     @app.get("/api/session")
