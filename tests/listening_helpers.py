@@ -69,7 +69,7 @@ def start_server(exp_dir: Path, port: int, *args: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "audiogen", "listen", "serve", str(exp_dir), "--port", str(port),
                              "--log-level", "warning", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
+    deadline = time.time() + 240  # a loaded machine can take minutes just to import the server
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.stdout.read().decode()}")
@@ -79,7 +79,7 @@ def start_server(exp_dir: Path, port: int, *args: str) -> subprocess.Popen:
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not start in 30 s")
+    raise RuntimeError("server did not start in 240 s")
 
 
 def riff_chunks(path: Path) -> list[str]:

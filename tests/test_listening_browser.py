@@ -141,12 +141,21 @@ def _run_flow(browser, base: str, design: str, shots: str | None = None) -> tupl
 
 
 def _db_answers(exp_dir: Path, external_id: str) -> dict:
+    """The stored answers by slot, with stimulus ids put back into the session's own (as the page saw them)."""
     con = sqlite3.connect(exp_dir / "listen.db")
     rows = con.execute("SELECT a.slot, a.kind, a.response, a.plays, a.listened FROM answers a JOIN participants p "
                        "ON p.token = a.participant WHERE p.external_id = ? ORDER BY a.slot", (external_id,)).fetchall()
+    plan = json.loads(con.execute("SELECT plan FROM participants WHERE external_id = ?", (external_id,)).fetchone()[0])
     con.close()
-    return {r[0]: {"kind": r[1], "response": json.loads(r[2]), "plays": json.loads(r[3]),
-                   "listened": json.loads(r[4])} for r in rows}
+    out = {}
+    for slot, kind, response, plays, listened in rows:
+        st = plan["steps"][slot]
+        pub = dict(zip(st["stimuli"], st["pub"]))
+        response = json.loads(response)
+        if "ratings" in response:
+            response["ratings"] = {pub[k]: v for k, v in response["ratings"].items()}
+        out[slot] = {"kind": kind, "response": response, "plays": json.loads(plays), "listened": json.loads(listened)}
+    return out
 
 
 def test_participant_flow_2afc_then_admin_export(browser, tmp_path):
@@ -192,6 +201,8 @@ def test_participant_flow_2afc_then_admin_export(browser, tmp_path):
             assert r["participant"] == "P0000" and r["external_id"] == "pw-2afc"
         trials = [r for r in rows if r["kind"] == "trial"]
         assert all(r["ai_position"] in "AB" and r["system"] in ("sysA", "sysB") for r in trials)
+        # a real browser fetches what it plays: the server saw every answer's audio sent first
+        assert all(r["audio_fetched"] == "True" for r in rows), [r["audio_fetched"] for r in rows]
         page.context.close()
     finally:
         proc.terminate()

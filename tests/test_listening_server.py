@@ -33,11 +33,16 @@ def client(exp_dir):
         yield c
 
 
-def _new(client):
-    s = client.post("/api/session", json={"external_id": "pytest"}).json()
-    h = {"X-Session": s["token"]}
-    assert client.post("/api/consent", headers=h).status_code == 200
-    return s, h
+def _new(client, **body):
+    r = client.post("/api/session", json={"consent": True, **body})
+    assert r.status_code == 200, r.text
+    s = r.json()
+    return s, {"X-Session": s["token"]}
+
+
+def _truth(client, s):
+    """The session's plan as the server holds it (slot -> step with real ids and truth)."""
+    return {st["slot"]: st for st in client.app.app.state.store.participant(s["token"])["plan"]["steps"]}
 
 
 def test_session_shows_nothing_about_origins(client, exp_dir):
@@ -47,37 +52,40 @@ def test_session_shows_nothing_about_origins(client, exp_dir):
         assert word not in text, word
     m = E.read_manifest(exp_dir)
     trial = next(st for st in s["steps"] if st["kind"] == "trial")
-    sizes, headers = set(), []
+    sizes, headers, heads = set(), [], set()
     for sid in trial["stimuli"]:
-        r = client.get(f"/audio/{sid}", params={"s": s["token"]})
+        assert sid not in m["stimuli"]  # a per-session id, not the experiment's
+        r = client.get(f"/audio/{sid}")
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
         sizes.add(len(r.content))
+        heads.add(r.content[:44])
         headers.append({k: v for k, v in r.headers.items() if k not in ("etag", "date")})
         assert "last-modified" not in r.headers and sid in r.headers["etag"]
-    assert len(sizes) == 1 and headers[0] == headers[1]
-    assert {m["stimuli"][x]["origin"] for x in trial["stimuli"]} == {"human", "generated"}
+    assert len(sizes) == 1 and len(heads) == 1 and headers[0] == headers[1]
+    real = _truth(client, s)[trial["slot"]]["stimuli"]
+    assert {m["stimuli"][x]["origin"] for x in real} == {"human", "generated"}
 
 
 def test_audio_supports_ranges_and_refuses_traversal_and_foreign_ids(client, exp_dir):
     s, _ = _new(client)
-    sid = next(st for st in s["steps"] if st["kind"] == "trial")["stimuli"][0]
-    full = (exp_dir / "stimuli" / f"{sid}.wav").read_bytes()
-    r = client.get(f"/audio/{sid}", params={"s": s["token"]}, headers={"Range": "bytes=100-199"})
-    assert r.status_code == 206 and r.content == full[100:200]
+    trial = next(st for st in s["steps"] if st["kind"] == "trial")
+    sid = trial["stimuli"][0]
+    served = client.get(f"/audio/{sid}").content  # the session's own bytes: every range agrees with them
+    full = (exp_dir / "stimuli" / f"{_truth(client, s)[trial['slot']]['stimuli'][0]}.wav").read_bytes()
+    assert len(served) == len(full) and served[:44] == full[:44]
+    r = client.get(f"/audio/{sid}", headers={"Range": "bytes=100-199"})
+    assert r.status_code == 206 and r.content == served[100:200]
     assert r.headers["content-range"] == f"bytes 100-199/{len(full)}"
-    r = client.get(f"/audio/{sid}", params={"s": s["token"]}, headers={"Range": "bytes=-10"})
-    assert r.status_code == 206 and r.content == full[-10:]
-    r = client.get(f"/audio/{sid}", params={"s": s["token"]}, headers={"Range": f"bytes={len(full)}-"})
+    r = client.get(f"/audio/{sid}", headers={"Range": "bytes=-10"})
+    assert r.status_code == 206 and r.content == served[-10:]
+    r = client.get(f"/audio/{sid}", headers={"Range": f"bytes={len(full)}-"})
     assert r.status_code == 416
     for bad in ("../private/manifest.json", "..%2Fprivate%2Fadmin_token", "%2e%2e/listen.db", "x" * 16):
-        assert client.get(f"/audio/{bad}", params={"s": s["token"]}).status_code == 404, bad
+        assert client.get(f"/audio/{bad}").status_code == 404, bad
     assert client.get("/static/../private/admin_token").status_code == 404
     assert client.get("/static/..%2Fserver.py").status_code == 404
-    assert client.get(f"/audio/{sid}").status_code == 401  # no session
     m = E.read_manifest(exp_dir)
-    mine = {x for st in s["steps"] for x in st["stimuli"] + [st.get("reference")] if x}
-    foreign = next(x for x in m["stimuli"] if x not in mine)  # e.g. another participant's practice clip
-    assert client.get(f"/audio/{foreign}", params={"s": s["token"]}).status_code == 404
+    assert all(client.get(f"/audio/{x}").status_code == 404 for x in m["stimuli"])  # the experiment's ids: nothing
 
 
 def test_answers_are_validated_idempotent_and_resumable(client):
@@ -111,7 +119,7 @@ def test_admin_needs_the_token_and_exports_csv_and_json(client, exp_dir):
     assert p["participants"] >= 1 and p["answers"] >= 1
     rows = client.get("/api/admin/export.json", headers=auth).json()["answers"]
     mine = [r for r in rows if r["answer_id"] == "abcdefgh12"]
-    assert len(mine) == 1 and mine[0]["kind"] == "screening" and mine[0]["stimuli"] == step["stimuli"][0]
+    assert len(mine) == 1 and mine[0]["kind"] == "screening" and mine[0]["stimuli"] == _truth(client, s)[0]["stimuli"][0]
     csv_text = client.get("/api/admin/export.csv", headers=auth).text
     assert "abcdefgh12" in csv_text.splitlines()[-1] or "abcdefgh12" in csv_text
 
@@ -158,7 +166,7 @@ def test_rate_limit_answers_429(exp_dir):
     with TestClient(build_app(exp_dir, ServeOptions(rate=1, burst=5, new_sessions_per_minute=2))) as c:
         codes = [c.get("/healthz").status_code for _ in range(8)]
         assert codes[:5] == [200] * 5 and codes[-1] == 429
-        sess = [c.post("/api/session", json={}).status_code for _ in range(3)]
+        sess = [c.post("/api/session", json={"consent": True}).status_code for _ in range(3)]
         assert sess == [200, 200, 429]
         assert c.post("/api/session", content=b"x" * 70000, headers={"content-type": "application/json"}).status_code == 413
 
@@ -180,7 +188,7 @@ def _fresh_copy(exp_dir, tmp_path):
 def test_load_200_concurrent_participants_lose_and_duplicate_nothing(exp_dir, tmp_path):
     d = _fresh_copy(exp_dir, tmp_path)
     port = free_port()
-    proc = start_server(d, port, "--new-sessions-per-minute", "100000")
+    proc = start_server(d, port, "--new-sessions-per-minute", "100000", "--sessions-per-ip", "0")
     try:
         results, lat, wall = asyncio.run(L.run_participants(f"http://127.0.0.1:{port}", 200, dup_rate=0.1))
     finally:
@@ -202,7 +210,7 @@ def test_kill_9_mid_session_loses_no_acknowledged_answer_and_participants_resume
     d = _fresh_copy(exp_dir, tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(d, port, "--new-sessions-per-minute", "100000")
+    proc = start_server(d, port, "--new-sessions-per-minute", "100000", "--sessions-per-ip", "0")
 
     async def scenario():
         import httpx
@@ -219,7 +227,7 @@ def test_kill_9_mid_session_loses_no_acknowledged_answer_and_participants_resume
             os.kill(proc_holder[0].pid, signal.SIGKILL)  # mid-session: requests are in flight
             proc_holder[0].wait()
             await asyncio.sleep(1.0)
-            proc_holder[0] = start_server(d, port, "--new-sessions-per-minute", "100000")
+            proc_holder[0] = start_server(d, port, "--new-sessions-per-minute", "100000", "--sessions-per-ip", "0")
             resumed = await asyncio.gather(*(L.simulate_participant(client, r.index, lat, resume=r) for r in walked))
             done = await asyncio.gather(*running)
         return walked, resumed, done, acked_before

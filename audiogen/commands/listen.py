@@ -63,9 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--new-sessions-per-minute", type=float, default=30.0, metavar="N",
                    help="new participant sessions allowed per client IP per minute (default: %(default)s)")
     s.add_argument("--max-participants", type=int, default=None, metavar="N",
-                   help="refuse new sessions after N participants (default: no limit)")
-    s.add_argument("--trust-proxy", action="store_true",
-                   help="take the client IP from X-Forwarded-For (only behind your own reverse proxy)")
+                   help="refuse new sessions once N participants have consented (default: no limit)")
+    s.add_argument("--sessions-per-ip", type=int, default=50, metavar="N",
+                   help="consented sessions one client IP may open while the server runs; 0: no limit "
+                   "(default: %(default)s)")
+    s.add_argument("--trust-proxy", type=int, nargs="?", const=1, default=0, metavar="HOPS",
+                   help="behind HOPS reverse proxies of your own (default 0; the bare flag: 1): take the client "
+                   "IP from X-Forwarded-For, the HOPS-th entry from the right (entries left of it are forgeable)")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log verbosity (default: %(default)s)")
     s.set_defaults(func=run)
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         serve(args.exp_dir, ServeOptions(host=args.host, port=args.port, rate=args.rate, burst=args.burst,
                                          new_sessions_per_minute=args.new_sessions_per_minute,
                                          max_participants=args.max_participants, trust_proxy=args.trust_proxy,
+                                         sessions_per_ip=args.sessions_per_ip or None,
                                          log_level=args.log_level))
         return 0
     if args.listen_command == "report":

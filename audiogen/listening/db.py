@@ -4,6 +4,10 @@ Every write commits (``synchronous=FULL``: the WAL is fsynced) before the server
 acknowledges it (writes arriving together share one commit), so a ``kill -9`` after an acknowledgement loses nothing. An answer
 carries a client-generated ``answer_id``: resubmitting the same id is a no-op that
 reports ``duplicate``; a different id for an already answered slot is a ``conflict``.
+
+Every byte range of audio the server sends is recorded too (``audio_served``), so the
+report can tell an answer given after the audio was fetched from one given without it.
+The database holds every session token and each plan's truth: it is created mode 0600.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from audiogen.errors import AudiogenError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +53,19 @@ CREATE TABLE IF NOT EXISTS answers (
     UNIQUE (participant, slot)
 );
 CREATE INDEX IF NOT EXISTS answers_participant ON answers(participant);
+CREATE TABLE IF NOT EXISTS audio_served (  -- one row per audio response the server sent
+    participant TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    pos INTEGER NOT NULL,               -- the stimulus' place in the step (-1: the MUSHRA reference)
+    first INTEGER NOT NULL,             -- byte range sent, inclusive
+    last INTEGER NOT NULL,
+    size INTEGER NOT NULL,              -- the whole file's size
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audio_served_participant ON audio_served(participant);
 """
+#: Version 1 had no ``audio_served``; adding it is the whole migration.
+MIGRATIONS = {1: SCHEMA}
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -64,6 +80,9 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA foreign_keys=ON")
         version = con.execute("PRAGMA user_version").fetchone()[0]
+        if version in MIGRATIONS:  # idempotent: two connections migrating at once do no harm
+            con.executescript(f"BEGIN IMMEDIATE;{MIGRATIONS[version]}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            version = SCHEMA_VERSION
     except sqlite3.DatabaseError as e:
         raise AudiogenError(f"{path}: not a readable SQLite database ({e})") from None
     if version != SCHEMA_VERSION:
@@ -71,7 +90,16 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     return con
 
 
+def make_private(path: str | os.PathLike) -> None:
+    """Mode 0600 for the database and its WAL files: they hold every session token and the truth."""
+    for p in (Path(path), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p.exists() and p.stat().st_mode & 0o077:
+            os.chmod(p, 0o600)
+
+
 def init_db(path: str | os.PathLike, manifest: dict) -> None:
+    # created 0600 before SQLite opens it (SQLite gives its -wal/-shm files the database's mode)
+    os.close(os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     con = sqlite3.connect(str(path), isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript("BEGIN;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
@@ -171,20 +199,60 @@ class AnswerStore:
 
     # ---------------------------------------------------------------- operations
 
-    def create_participant(self, external_id: str | None, user_agent: str | None) -> tuple[str, dict]:
+    def create_participant(self, external_id: str | None, user_agent: str | None,
+                           consent: bool = True) -> tuple[str, dict]:
+        """A new session with its plan, consented now (``consent``: the server hands out plans only
+        then); an ``external_id`` seen before resumes that session instead: (token, plan)."""
+        from audiogen.listening.experiment import add_public_ids
+
         token = secrets.token_urlsafe(18)
 
         def insert(con):
+            if external_id is not None:
+                row = con.execute("SELECT token, plan FROM participants WHERE external_id = ? ORDER BY idx LIMIT 1",
+                                  (external_id,)).fetchone()
+                if row is not None:
+                    if consent:
+                        con.execute("UPDATE participants SET consent_at = COALESCE(consent_at, ?) WHERE token = ?",
+                                    (time.time(), row[0]))
+                    return row[0], json.loads(row[1])
             idx = con.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM participants").fetchone()[0]
-            plan = self._plan(self.manifest, idx)
+            plan = add_public_ids(self._plan(self.manifest, idx))
+            now = time.time()
             con.execute(
-                "INSERT INTO participants (token, idx, seed, plan, external_id, user_agent, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token, idx, plan["seed"], json.dumps(plan), external_id, user_agent, time.time()),
+                "INSERT INTO participants (token, idx, seed, plan, external_id, user_agent, created_at, consent_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token, idx, plan["seed"], json.dumps(plan), external_id, user_agent, now, now if consent else None),
             )
-            return plan
+            return token, plan
 
-        return token, self._write(insert)
+        return self._write(insert)
+
+    def has_external_id(self, external_id: str) -> bool:
+        return self.read().execute("SELECT 1 FROM participants WHERE external_id = ?", (external_id,)).fetchone() \
+            is not None
+
+    def plans(self) -> list[tuple[str, dict]]:
+        """Every session's (token, plan), oldest first; plans made before per-session ids get them now."""
+        from audiogen.listening.experiment import add_public_ids
+
+        out, old = [], []
+        for token, text in self.read().execute("SELECT token, plan FROM participants ORDER BY idx"):
+            plan = json.loads(text)
+            if "dither_seed" not in plan:
+                plan = add_public_ids(plan)
+                old.append((json.dumps(plan), token))
+            out.append((token, plan))
+        if old:
+            self._write(lambda con: con.executemany("UPDATE participants SET plan = ? WHERE token = ?", old))
+            self._plans.clear()
+        return out
+
+    def record_served(self, token: str, slot: int, pos: int, first: int, last: int, size: int) -> None:
+        """Note an audio response; not waited for: it commits with the next group of writes."""
+        row = (token, slot, pos, first, last, size, time.time())
+        self._queue.put((lambda con: con.execute("INSERT INTO audio_served VALUES (?, ?, ?, ?, ?, ?, ?)", row),
+                         Future()))
 
     def participant(self, token: str, with_answered: bool = True) -> dict | None:
         """The participant's row with its plan decoded (plans never change: cached) and answered slots."""
@@ -235,8 +303,9 @@ class AnswerStore:
     def progress(self) -> dict:
         con = self.read()
         p = con.execute("SELECT COUNT(*), COUNT(consent_at), COUNT(completed_at) FROM participants").fetchone()
+        # 'participants' are the consented sessions: the ones that hold a plan and count towards a study's size
         a = con.execute("SELECT COUNT(*), MAX(received_at) FROM answers").fetchone()
-        return {"participants": p[0], "consented": p[1], "completed": p[2], "answers": a[0], "last_answer_at": a[1]}
+        return {"participants": p[1], "sessions": p[0], "consented": p[1], "completed": p[2], "answers": a[0], "last_answer_at": a[1]}
 
 
 def load_all(con: sqlite3.Connection) -> tuple[list[dict], list[dict]]:
@@ -254,3 +323,11 @@ def load_all(con: sqlite3.Connection) -> tuple[list[dict], list[dict]]:
             d[k] = json.loads(d[k])
         answers.append(d)
     return parts, answers
+
+
+def load_served(con: sqlite3.Connection) -> dict[tuple[str, int, int], list[tuple[float, int, int, int]]]:
+    """Audio responses sent, by (participant token, slot, position): [(time, first byte, last byte, size)]."""
+    out: dict = {}
+    for r in con.execute("SELECT participant, slot, pos, first, last, size, at FROM audio_served ORDER BY at"):
+        out.setdefault((r[0], r[1], r[2]), []).append((r[6], r[3], r[4], r[5]))
+    return out

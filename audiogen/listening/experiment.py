@@ -425,6 +425,8 @@ def create_experiment(yaml_path: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 def _prepare(exp: Experiment, d: Path, log) -> dict:
+    from audiogen.listening.audit import audit_clips, audit_warning
+
     spec = exp.stimulus
     sr, ch = spec.sample_rate, spec.channels
     used: set = set()
@@ -441,6 +443,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
 
     by_source: dict[int, str] = {}
     clips: dict[int, np.ndarray] = {}
+    finished: dict[int, np.ndarray] = {}  # what listeners hear: the blinding audit measures these
     t0 = time.time()
     warnings = _source_warnings(exp) + _design_warnings(exp)
     for w in warnings:
@@ -456,12 +459,20 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
         except AudiogenError as e:
             raise AudiogenError(f"{s.path}: {e}") from None
         clips[i] = clip
+        finished[i] = out
         by_source[i] = write(out, {
             "role": "music", "origin": s.origin, "system": s.system, "item": s.item, "prompt": s.prompt,
             "source": s.path, "source_sha256": A.sha256_file(s.path), "window_start_s": round(start, 4),
             "loudness_in": round(loud_in, 2),
         })
         log(f"[{i + 1}/{len(exp.sources)}] {Path(s.path).name} -> stimuli/{by_source[i]}.wav")
+
+    audit = audit_clips([finished[i] for i in range(len(exp.sources))],
+                        [s.origin == "generated" for s in exp.sources], sr, seed=exp.seed)
+    warning = audit_warning(audit)
+    if warning:
+        warnings.append(warning)
+        log(f"warning: {warning}")
 
     trials: list[dict] = []
     humans = [i for i, s in enumerate(exp.sources) if s.origin == "human"]
@@ -498,7 +509,8 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
             sid = write(antiphase_clip(order, sr), {"role": "screening", "order": order})
             stimuli[sid]["answer"] = order.index("quiet") + 1
             extra["screening"].append(sid)
-    extra["calibration"] = write(finish_clip(pink_noise(min(spec.duration_s, 8.0), sr, ch, exp.seed), sr, spec),
+    # as long as the music: every served file has one size, or the size would tell calibration from music
+    extra["calibration"] = write(finish_clip(pink_noise(spec.duration_s, sr, ch, exp.seed), sr, spec),
                                  {"role": "calibration"})
     if exp.catch_trials:
         extra["catch"] = []
@@ -532,6 +544,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
         "stimuli": stimuli,
         "trials": trials,
         "warnings": warnings,
+        "audit": audit,
         **extra,
     }
 
@@ -686,9 +699,22 @@ def participant_plan(manifest: dict, index: int) -> dict:
     return {"index": index, "seed": seed, "steps": steps}
 
 
+def add_public_ids(plan: dict) -> dict:
+    """``plan`` with ids that mean something only inside this one session: each stimulus of each step
+    gets its own random id (``pub``, ``pub_reference``), so ids seen in two sessions, or twice in one,
+    never match; and a ``dither_seed`` that makes the bytes served to this session its own."""
+    for step in plan["steps"]:
+        step["pub"] = [secrets.token_urlsafe(12) for _ in step["stimuli"]]
+        if step.get("reference"):
+            step["pub_reference"] = secrets.token_urlsafe(12)
+    plan["dither_seed"] = secrets.randbits(63)
+    return plan
+
+
 def public_step(step: dict) -> dict:
-    """What the browser may see of a step: no truth, nothing about origins."""
-    out = {k: step[k] for k in ("slot", "kind", "design", "stimuli")}
+    """What the browser may see of a step: its per-session ids; no truth, nothing about origins."""
+    out = {k: step[k] for k in ("slot", "kind", "design")}
+    out["stimuli"] = list(step.get("pub", step["stimuli"]))
     if "reference" in step:
-        out["reference"] = step["reference"]
+        out["reference"] = step.get("pub_reference", step["reference"])
     return out

@@ -1,7 +1,7 @@
 """Simulated participants over HTTP: load tests, crash tests, and checking the database after them.
 
 Each simulated participant does what the browser does: create a session, consent, fetch
-each step's audio (a range request), submit an answer with a fresh client-side id
+each step's audio (two range requests), submit an answer with a fresh client-side id
 (sometimes twice, as a retry after a lost acknowledgement would), complete. On a
 connection error it waits, re-reads its session (resume) and retries the same answer id,
 so a server killed mid-session loses nothing that it acknowledged.
@@ -83,24 +83,24 @@ async def simulate_participant(client, index: int, lat: dict, seed: int = 0, dup
                            headers={"X-Session": res.token})
     else:
         r = await _request(client, lat, "session", "POST", "/api/session", retry_for, res,
-                           json={"external_id": f"sim-{index}"})
+                           json={"consent": True, "external_id": f"sim-{index}"})
     r.raise_for_status()
     s = r.json()
     if resume and set(s["answered"]) != set(res.acked):
         raise AssertionError(f"resumed session {index}: server has slots {s['answered']}, acked {sorted(res.acked)}")
     res.token = s["token"]
     hdr = {"X-Session": res.token}
-    (await _request(client, lat, "consent", "POST", "/api/consent", retry_for, res, headers=hdr)).raise_for_status()
     answered = set(s["answered"])
     for step in s["steps"]:
         if step["slot"] in answered:
             continue
         if stop_after is not None and len(res.acked) >= stop_after:
             return res
-        for sid in step["stimuli"]:
-            a = await _request(client, lat, "audio", "GET", f"/audio/{sid}", retry_for, res,
-                               params={"s": res.token}, headers={"Range": "bytes=0-16383"})
-            assert a.status_code == 206, a.status_code
+        for sid in step["stimuli"]:  # the whole file, in two ranges as a media element may ask for it
+            for rng_header in ("bytes=0-16383", "bytes=16384-"):
+                a = await _request(client, lat, "audio", "GET", f"/audio/{sid}", retry_for, res,
+                                   headers={"Range": rng_header})
+                assert a.status_code == 206, a.status_code
         if think_s:
             await asyncio.sleep(think_s * rng.random())
         body = {"answer_id": uuid.uuid4().hex, "slot": step["slot"], "response": simulated_response(step, rng),
@@ -186,7 +186,6 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
     try:
         for i in range(n):
             token, plan = store.create_participant(f"sim-{i}", "simulated")
-            store.consent(token)
             skill = rng.normal(0, skill_sd)
             bad_screen = i < fail_screening
             bad_catch = fail_screening <= i < fail_screening + fail_catch
@@ -221,6 +220,9 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
                     for s, sys in t["systems"].items():
                         if sys == "hidden_reference":
                             resp["ratings"][s] = 60 if bad_ref else int(rng.integers(92, 101))
+                for pos, sid in enumerate(st["stimuli"]):  # as a browser fetches it before answering
+                    size = (Path(exp_dir) / "stimuli" / f"{sid}.wav").stat().st_size
+                    store.record_served(token, st["slot"], pos, 0, size - 1, size)
                 store.add_answer(token, uuid.uuid4().hex, st["slot"], st["kind"], resp,
                                  {s: 1 for s in st["stimuli"]}, {s: 2.0 for s in st["stimuli"]}, 5000)
             store.complete(token, "SIM")
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(description="Simulated participants against a running 'audiogen listen serve' "
-                                 "(start it with a high --new-sessions-per-minute: they all come from one IP). "
+                                 "(start it with a high --new-sessions-per-minute and --sessions-per-ip 0: they all come from one IP). "
                                  "Prints one JSON object: latency percentiles and the database check.")
     ap.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     ap.add_argument("--participants", type=int, default=200, help="concurrent participants (default: %(default)s)")

@@ -18,9 +18,38 @@ def _correct(step: dict, response: dict):
     return None
 
 
-def answer_rows(manifest: dict, participants: list[dict], answers: list[dict]) -> list[dict]:
-    """Answers joined with their step's truth: one flat dict per answer (the CSV/JSON export)."""
+#: An answer counts as given after listening when the server had sent at least this share of each of
+#: its step's files to the participant before the answer came (a browser fetches the whole file to play it).
+FETCHED_SHARE = 0.9
+
+
+def fetched_share(records: list[tuple[float, int, int, int]], before: float) -> float:
+    """The share of a file's bytes covered by the ranges sent before time ``before``;
+    ``records``: [(time, first byte, last byte, file size)] as ``db.load_served`` gives them."""
+    spans = sorted((first, last) for at, first, last, _ in records if at <= before)
+    if not spans:
+        return 0.0
+    covered, end = 0, -1
+    for first, last in spans:
+        if last > end:
+            covered += last - max(first, end + 1) + 1
+            end = last
+    return covered / records[0][3]
+
+
+def audio_fetched(step: dict, token: str, received_at: float, served: dict, min_plays: int) -> bool | None:
+    """Had the server sent the participant the step's audio before the answer? None: nothing was required."""
+    if not min_plays and step["design"] != "calibration":
+        return None
+    return all(fetched_share(served.get((token, step["slot"], pos), []), received_at) >= FETCHED_SHARE
+               for pos in range(len(step["stimuli"])))
+
+
+def answer_rows(manifest: dict, participants: list[dict], answers: list[dict], served: dict | None = None) -> list[dict]:
+    """Answers joined with their step's truth: one flat dict per answer (the CSV/JSON export).
+    ``served`` (``db.load_served``): adds ``audio_fetched``, whether the answer came after its audio."""
     plans = {p["token"]: p for p in participants}
+    min_plays = manifest["experiment"]["min_plays"]
     rows = []
     for a in answers:
         p = plans[a["participant"]]
@@ -46,6 +75,8 @@ def answer_rows(manifest: dict, participants: list[dict], answers: list[dict]) -
             "client_ms": a["client_ms"],
             "received_at": a["received_at"],
             "answer_id": a["answer_id"],
+            "audio_fetched": None if served is None else audio_fetched(step, a["participant"], a["received_at"],
+                                                                       served, min_plays),
         })
     return rows
 
@@ -68,6 +99,9 @@ def participant_checks(exp: dict, parts: list[dict], rows: list[dict]) -> dict[s
             reasons.append(f"headphone screening {sum(scr)}/{len(scr)} < {exp['screening']['pass_min']}")
         if cat and not all(cat):
             reasons.append(f"catch trials {sum(cat)}/{len(cat)} correct")
+        unheard = sum(r.get("audio_fetched") is False for r in mine)
+        if unheard:  # the server never sent the audio these answers were about: not listened to
+            reasons.append(f"{unheard} answer(s) without the audio fetched")
         out[pid] = {"participant": pid, "external_id": p["external_id"], "completed": p["completed_at"] is not None,
                     "screening": f"{sum(scr)}/{len(scr)}" if scr else "-", "catch": f"{sum(cat)}/{len(cat)}" if cat else "-",
                     "answers": len(mine), "reasons": reasons}
@@ -231,8 +265,9 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
     margin = exp["tost_margin"] if margin is None else margin
     con = DB.connect(Path(exp_dir) / "listen.db")
     parts, answers = DB.load_all(con)
+    served = DB.load_served(con)
     con.close()
-    rows = answer_rows(manifest, parts, answers)
+    rows = answer_rows(manifest, parts, answers, served)
     for r in rows:
         # the unit a judgement generalises over: the generated clip (2AFC), the item (MUSHRA), the stimulus
         ids = r["stimuli"].split()
@@ -265,7 +300,7 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
                             "included": len(included), "excluded": len(checks) - len(included)},
            "exclusions": [c for c in checks.values() if c["participant"] not in set(included)],
            "checks": list(checks.values()), "trials_used": len(used),
-           "listening": _listening(used)}
+           "listening": _listening(used), "audit": audit_text(manifest.get("audit"))}
     if design in ("2afc", "single"):
         res["identification"] = ident = _identification(used, design, margin, alpha, n_boot, exp["seed"])
         conclusion, how = decision(ident["overall"], alpha)
@@ -275,6 +310,23 @@ def analyse(exp_dir, margin: float | None = None, alpha: float = 0.05, n_boot: i
         rt = _ratings(used, design, exp, n_boot, exp["seed"])
         res["ratings"] = {k: v for k, v in rt.items() if k != "flat"}
     return res
+
+
+def audit_text(audit: dict | None) -> str:
+    """The blinding audit ``listen create`` ran, in one paragraph for the methods section."""
+    from audiogen.listening.audit import describe_tell
+
+    if not audit:
+        return "No blinding audit was recorded (the experiment was created before audiogen audited its stimuli)."
+    if audit.get("accuracy") is None:
+        return f"Blinding audit: not run ({audit.get('note', 'too few clips')})."
+    head = (f"Blinding audit at creation: {audit['method']}, over {audit['clips']} clips ({audit['generated']} "
+            f"generated); leave-one-out balanced accuracy {audit['accuracy']:.0%} (chance 50%), permutation "
+            f"p = {audit['p_value']:.3g}: ")
+    if not audit["beats_chance"]:
+        return head + "the features did not tell the origins apart."
+    return (head + "the features told the origins apart, so listeners could have too without judging the music. "
+            "Telling features: " + "; ".join(describe_tell(k, audit["features"][k]) for k in audit["tells"]) + ".")
 
 
 def _listening(rows: list[dict]) -> dict:
@@ -455,6 +507,7 @@ def _text(res: dict) -> list[str]:
              f"{p['included']} included, {p['excluded']} excluded; {res['trials_used']} trials analysed"]
     for e in res["exclusions"]:
         lines.append(f"  excluded {e['participant']} ({e['external_id'] or '-'}): {'; '.join(e['reasons'])}")
+    lines.append(res["audit"])
     if "identification" in res:
         ident = res["identification"]
         w = max(16, *(len(label) for label, _ in _rows(res)))
@@ -607,7 +660,9 @@ def _html(res: dict, plots: list[tuple[str, str]]) -> str:
         "signed-rank test, Holm correction over all pairs; for MUSHRA also a cluster bootstrap of the differences "
         "within each trial); MUSHRA assessors who "
         "rate the hidden reference below 90 for more than 15% of items are excluded (ITU-R BS.1534-3). Participants who "
-        "did not finish, failed the headphone check or a catch trial are excluded and listed above.</p>")
+        "did not finish, failed the headphone check or a catch trial, or answered a step whose audio the server "
+        f"had not sent them (less than {FETCHED_SHARE:.0%} of a file before the answer) are excluded and listed "
+        f"above.</p><p>{escape(res['audit'])}</p>")
     style = ("body{font:15px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px;color:#1b1f24}"
              "table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #d6dbe1;padding:4px 8px;"
              "text-align:left;font-size:14px}th{background:#f1f4f8}figure{margin:12px 0}.verdict{font-weight:600}")

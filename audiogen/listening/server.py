@@ -1,13 +1,16 @@
 """The listening-test web app: FastAPI on uvicorn, answers in SQLite.
 
-Participants: ``/`` (one page, static/app.js), ``/api/session`` (create or resume),
-``/api/consent``, ``/api/answer``, ``/api/complete``, ``/audio/<id>?s=<session>``.
+Participants: ``/`` (one page, static/app.js), ``/api/session`` (POST with consent: create, or
+resume by external id; GET: resume by token), ``/api/answer``, ``/api/complete``, ``/audio/<id>``.
+The session token travels in the ``X-Session`` header only, never in a URL (so never in a log).
 Admin: ``/admin`` page, ``/api/admin/progress|export.csv|export.json`` with
 ``Authorization: Bearer <token>`` (the token written by ``listen create``).
 
-What a participant can see: opaque stimulus ids (only those in their own plan), files of
-equal size served with HTTP range support and no dates, and their own answered slots.
-Never: sources, origins, systems, or which answer is correct.
+What a participant can see, after consenting: ids that mean nothing outside their own session
+(a fresh random id for every stimulus of every step), files of equal size whose bytes are their
+session's own (inaudible dither, see ``dither``), served with HTTP range support and no dates,
+and their own answered slots. Never: sources, origins, systems, or which answer is correct.
+Every audio range sent is recorded, so the report can flag answers given without the audio.
 """
 
 
@@ -16,6 +19,7 @@ import errno
 import hmac
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -29,6 +33,7 @@ from audiogen.listening.experiment import RATING_SCALES
 
 STATIC_DIR = Path(__file__).parent / "static"
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{16}$")
+RANGE_RE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")  # 15 digits: ranges beyond any file are 416, not huge ints
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 ANSWER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_BODY = 64 * 1024
@@ -49,13 +54,17 @@ class ServeOptions:
     rate: float = 20.0  # requests per second per session (or per IP without one)
     burst: int = 60
     new_sessions_per_minute: float = 30.0  # per client IP
-    max_participants: int | None = None
-    trust_proxy: bool = False
+    max_participants: int | None = None  # consented sessions
+    sessions_per_ip: int | None = 50  # consented sessions per client IP while the server runs
+    trust_proxy: int = 0  # reverse proxies in front of the server: X-Forwarded-For entries trusted from the right
     log_level: str = "info"
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:  # uvicorn would bind port % 65536 and print the wrong one
             raise AudiogenError(f"--port must be 0..65535, got {self.port}")
+        self.trust_proxy = int(self.trust_proxy)  # True (the old flag) is one proxy
+        if not 0 <= self.trust_proxy <= 10:
+            raise AudiogenError(f"--trust-proxy must be 0..10 proxies, got {self.trust_proxy}")
 
 
 class TokenBuckets:
@@ -84,40 +93,44 @@ class TokenBuckets:
 
 
 class GuardMiddleware:
-    """Pure ASGI: body-size cap, rate limits, security headers on every response."""
+    """Pure ASGI: body-size cap (while reading), finite-JSON check, rate limits, security headers."""
 
-    def __init__(self, app, opts: ServeOptions):
+    def __init__(self, app, opts: ServeOptions, session_of_path=lambda path: None):
         self.app = app
         self.opts = opts
+        self.session_of_path = session_of_path  # /audio/<id> -> its session's token (rate limits per session)
         self.requests = TokenBuckets(opts.rate, opts.burst)
         self.sessions = TokenBuckets(opts.new_sessions_per_minute / 60.0, max(1.0, opts.new_sessions_per_minute))
 
     def client_ip(self, scope) -> str:
-        if self.opts.trust_proxy:
-            for k, v in scope.get("headers", []):
-                if k == b"x-forwarded-for":
-                    return v.decode("latin1").split(",")[0].strip()
+        """The peer's address; behind ``trust_proxy`` proxies, the address the outermost of them saw:
+        X-Forwarded-For's n-th entry from the right (entries further left are the client's to forge)."""
         c = scope.get("client")
-        return c[0] if c else "?"
+        peer = c[0] if c else "?"
+        n = self.opts.trust_proxy
+        if n:
+            hops = [h.strip() for k, v in scope.get("headers", []) if k == b"x-forwarded-for"
+                    for h in v.decode("latin1").split(",")]
+            if len(hops) >= n and hops[-n]:
+                return hops[-n][:64]
+        return peer
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
         try:
-            length = int(headers.get(b"content-length", b"0"))
+            length = int(headers.get(b"content-length", b"0")[:12])
         except ValueError:
             length = MAX_BODY + 1
         if length > MAX_BODY:
             return await _send_json(send, 413, {"detail": "request body too large"})
         ip = self.client_ip(scope)
-        session = headers.get(b"x-session", b"").decode("latin1")
-        if not session:
-            q = scope.get("query_string", b"").decode("latin1")
-            m = re.search(r"(?:^|&)s=([A-Za-z0-9_-]{20,64})(?:&|$)", q)
-            session = m.group(1) if m else ""
-        key = f"s:{session}" if TOKEN_RE.match(session or "") else f"ip:{ip}"
         path = scope["path"]
+        session = headers.get(b"x-session", b"").decode("latin1")
+        if not session and path.startswith("/audio/"):
+            session = self.session_of_path(path) or ""
+        key = f"s:{session}" if TOKEN_RE.match(session or "") else f"ip:{ip}"
         if path == "/api/session" and scope["method"] == "POST":  # new sessions: their own per-IP budget
             limited = not self.sessions.allow(f"ip:{ip}")
         else:
@@ -125,6 +138,30 @@ class GuardMiddleware:
         if limited:
             return await _send_json(send, 429, {"detail": "too many requests; wait a moment and retry"},
                                     [(b"retry-after", b"2")])
+        scope = dict(scope, state={**scope.get("state", {}), "client_ip": ip})
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            # read the body here, stopping at the limit: a chunked body has no Content-Length to check
+            body, more = b"", True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(body) > MAX_BODY:
+                    return await _send_json(send, 413, {"detail": "request body too large"})
+            ctype = headers.get(b"content-type", b"")
+            why = _json_problem(body) if not ctype or b"json" in ctype else None  # FastAPI reads both as JSON
+            if why:
+                return await _send_json(send, 422, {"detail": why})
+            outer, sent = receive, False
+
+            async def receive():  # the app reads the buffered body, then waits on the connection as before
+                nonlocal sent
+                if sent:
+                    return await outer()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
@@ -132,6 +169,27 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _json_problem(body: bytes) -> str | None:
+    """Why a JSON body is refused (NaN, Infinity, numbers that overflow, nesting too deep), or None."""
+    def constant(name):
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    def number(text):
+        if not math.isfinite(float(text)):
+            raise ValueError(f"number {text[:20]} is out of range")
+        return float(text)
+
+    if not body.strip():
+        return None
+    try:
+        json.loads(body, parse_constant=constant, parse_float=number)
+    except RecursionError:
+        return "JSON nested too deeply"
+    except ValueError as e:  # JSONDecodeError included: one line, without the input echoed back
+        return f"malformed JSON body: {str(e).splitlines()[0][:120]}"
+    return None
 
 
 async def _send_json(send, status: int, body: dict, extra=()):
@@ -210,7 +268,8 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
     from fastapi import Body, FastAPI, Header, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from audiogen.listening.db import AnswerStore
+    from audiogen.listening.db import AnswerStore, make_private
+    from audiogen.listening.dither import dithered_range, wav_data_span
     from audiogen.listening.experiment import public_step, read_admin_token, read_manifest
     from audiogen.listening.report import answer_rows
 
@@ -218,6 +277,7 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
     exp_dir = Path(exp_dir)
     manifest = read_manifest(exp_dir)
     admin_token = read_admin_token(exp_dir)
+    make_private(exp_dir / "listen.db")  # experiments made before the database was created private
     store = AnswerStore(exp_dir / "listen.db", manifest)
     exp = manifest["experiment"]
     stim_dir = exp_dir / "stimuli"
@@ -226,8 +286,23 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise AudiogenError(f"{exp_dir}: {len(missing)} stimulus file(s) missing, e.g. {missing[0]}")
+    spans = {sid: wav_data_span(p) for sid, p in files.items()}
     static = {p.name: p.read_bytes() for p in STATIC_DIR.iterdir() if p.is_file()}
-    allowed_cache: dict[str, frozenset] = {}
+    # per-session audio id -> (session token, slot, position in the step (-1: reference), stimulus, dither seed)
+    audio_ids: dict[str, tuple[str, int, int, str, int]] = {}
+    ip_sessions: dict[str, int] = {}  # consented sessions handed out per client IP
+    pending = [0]  # sessions being created now (counted against --max-participants before they commit)
+    lock = threading.Lock()
+
+    def learn_ids(token: str, plan: dict) -> None:
+        for st in plan["steps"]:
+            for pos, (pub, sid) in enumerate(zip(st["pub"], st["stimuli"])):
+                audio_ids[pub] = (token, st["slot"], pos, sid, plan["dither_seed"])
+            if st.get("reference"):
+                audio_ids[st["pub_reference"]] = (token, st["slot"], -1, st["reference"], plan["dither_seed"])
+
+    for token, plan in store.plans():
+        learn_ids(token, plan)
 
     app = FastAPI(title="audiogen listening test", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
@@ -246,7 +321,9 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         return {
             "token": p["token"], "title": exp["title"], "design": exp["design"], "consent": exp["consent"],
             "instructions": exp["instructions"], "questions": exp["questions"], "min_plays": exp["min_plays"],
-            "consented": p["consent_at"] is not None, "steps": [public_step(s) for s in steps],
+            # the plan only after consent: a session that has not consented sees no ids at all
+            "consented": p["consent_at"] is not None,
+            "steps": [public_step(s) for s in steps] if p["consent_at"] is not None else [],
             "answered": p["answered"], "completed": done,
             **(_completion(p["completion_code"]) if done else {}),
         }
@@ -289,13 +366,35 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
 
     @app.post("/api/session")
     def new_session(request: Request, body: dict = Body(default={})):
-        ext = body.get("external_id") if isinstance(body, dict) else None
+        """A consented session (``{"consent": true}``; consent first, so a plan costs a participant);
+        an ``external_id`` seen before resumes its session and plan."""
+        ext = body.get("external_id")
         if ext is not None and not (isinstance(ext, str) and re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", ext)):
             raise HTTPException(422, "external_id: 1-128 letters, digits or _.:@-")
-        if opts.max_participants is not None and store.progress()["participants"] >= opts.max_participants:
-            raise HTTPException(403, "this study is full; thank you for your interest")
-        ua = request.headers.get("user-agent", "")[:300]
-        token, _ = store.create_participant(ext, ua)
+        if body.get("consent") is not True:
+            raise HTTPException(409, "consent first: POST {\"consent\": true} once the participant has agreed")
+        ip = getattr(request.state, "client_ip", None) or (request.client.host if request.client else "?")
+        resuming = bool(ext) and store.has_external_id(ext)
+        # check and reserve under the lock, create outside it: a commit's fsync must not hold up
+        # every other new session (they would hold the server's worker threads while they wait)
+        with lock:
+            if opts.max_participants is not None and not resuming \
+                    and store.progress()["participants"] + pending[0] >= opts.max_participants:
+                raise HTTPException(403, "this study is full; thank you for your interest")
+            if opts.sessions_per_ip is not None and ip_sessions.get(ip, 0) >= opts.sessions_per_ip:
+                raise HTTPException(429, "too many sessions from this address")
+            ip_sessions[ip] = ip_sessions.get(ip, 0) + 1
+            pending[0] += 1
+        try:
+            token, plan = store.create_participant(ext, request.headers.get("user-agent", "")[:300])
+        except BaseException:
+            with lock:
+                ip_sessions[ip] -= 1
+            raise
+        finally:
+            with lock:
+                pending[0] -= 1
+        learn_ids(token, plan)
         return session_view(session(token))
 
     @app.get("/api/session")
@@ -304,7 +403,11 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
 
     @app.post("/api/consent")
     def consent(x_session: str | None = Header(default=None)):
+        """Sessions made before consent came first (older servers) consent here."""
         p = session(x_session, with_answered=False)
+        if p["consent_at"] is None and opts.max_participants is not None \
+                and store.progress()["participants"] >= opts.max_participants:
+            raise HTTPException(403, "this study is full; thank you for your interest")
         store.consent(p["token"])
         return {"ok": True}
 
@@ -320,18 +423,24 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < len(steps):
             raise HTTPException(422, "slot out of range")
         step = steps[slot]
-        why = validate_response(step, body.get("response"), exp["questions"])
+        # the browser names stimuli by this session's ids; stored answers use the experiment's
+        real = dict(zip(step.get("pub", step["stimuli"]), step["stimuli"]))
+        response = body.get("response")
+        if step["design"] == "mushra" and isinstance(response, dict) and isinstance(response.get("ratings"), dict):
+            response = {**response, "ratings": {real.get(k, "?"): v for k, v in response["ratings"].items()}}
+        why = validate_response(step, response, exp["questions"])
         if why:
             raise HTTPException(422, why)
         plays, listened = body.get("plays", {}), body.get("listened", {})
-        if not _validate_counters(plays, step["stimuli"], int) or not _validate_counters(
-                listened, step["stimuli"], (int, float)):
+        if not _validate_counters(plays, list(real), int) or not _validate_counters(listened, list(real),
+                                                                                    (int, float)):
             raise HTTPException(422, "plays/listened: objects keyed by this step's stimulus ids")
         cms = body.get("client_ms")
         if cms is not None and not (isinstance(cms, int) and 0 <= cms < 10**9):
             raise HTTPException(422, "client_ms: a non-negative integer")
-        status = store.add_answer(p["token"], aid, slot, step["kind"], body["response"], plays,
-                                  {k: round(float(v), 3) for k, v in listened.items()}, cms)
+        status = store.add_answer(p["token"], aid, slot, step["kind"], response,
+                                  {real[k]: v for k, v in plays.items()},
+                                  {real[k]: round(float(v), 3) for k, v in listened.items()}, cms)
         if status == "conflict":
             return JSONResponse({"status": "conflict", "detail": "this step was already answered"}, 409)
         return {"status": status, "slot": slot}
@@ -345,23 +454,26 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         code = store.complete(p["token"], exp["completion"].get("code") or secrets.token_hex(4).upper())
         return _completion(code)
 
-    @app.get("/audio/{sid}")
-    async def audio(sid: str, request: Request, s: str | None = None):
-        # async: no thread hop for the commonest request; the work is a dict lookup and one small pread
-        if not ID_RE.match(sid) or sid not in files:
+    @app.get("/audio/{pub}")
+    async def audio(pub: str, request: Request):
+        # async: no thread hop for the commonest request (answers hold pool threads while their commit
+        # waits); the work is a dict lookup, a small pread and the dither of the blocks asked for
+        found = audio_ids.get(pub) if ID_RE.match(pub) else None
+        if found is None:
             raise HTTPException(404, "not found")
-        if not s or not TOKEN_RE.match(s):
-            raise HTTPException(401, "no session")
-        allowed = allowed_cache.get(s)
-        if allowed is None:
-            p = session(s, with_answered=False)
-            allowed = frozenset(x for st in p["plan"]["steps"] for x in st["stimuli"] + [st.get("reference")] if x)
-            if len(allowed_cache) > 10_000:
-                allowed_cache.clear()
-            allowed_cache[s] = allowed
-        if sid not in allowed:
-            raise HTTPException(404, "not found")
-        return _range_response(files[sid], sid, request.headers.get("range"))
+        token, slot, pos, sid, seed = found
+        path = files[sid]
+        size = path.stat().st_size
+        base = {"accept-ranges": "bytes", "cache-control": "private, max-age=3600", "etag": f'"{pub}"'}
+        got = _parse_range(request.headers.get("range"), size)
+        if got is None:
+            return Response(status_code=416, headers={**base, "content-range": f"bytes */{size}"})
+        first, last, partial = got
+        data = dithered_range(path, spans[sid], (seed, slot, pos + 1), first, last)
+        store.record_served(token, slot, pos, first, last, size)  # what the report counts as fetched
+        if partial:
+            base["content-range"] = f"bytes {first}-{last}/{size}"
+        return Response(data, status_code=206 if partial else 200, media_type="audio/wav", headers=base)
 
     def require_admin(authorization: str | None):
         given = (authorization or "").removeprefix("Bearer ").strip()
@@ -374,10 +486,10 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         return {"experiment": exp["name"], "design": exp["design"], **store.progress()}
 
     def rows():
-        from audiogen.listening.db import load_all
+        from audiogen.listening.db import load_all, load_served
 
         parts, answers = load_all(store.read())
-        return parts, answer_rows(manifest, parts, answers)
+        return parts, answer_rows(manifest, parts, answers, load_served(store.read()))
 
     @app.get("/api/admin/export.json")
     def export_json(authorization: str | None = Header(default=None)):
@@ -402,33 +514,29 @@ def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"content-disposition": 'attachment; filename="answers.csv"'})
 
-    return GuardMiddleware(app, opts)
+    def session_of_path(path: str) -> str | None:
+        found = audio_ids.get(path.removeprefix("/audio/"))
+        return found[0] if found else None
+
+    return GuardMiddleware(app, opts, session_of_path)
 
 
-def _range_response(path: Path, sid: str, range_header: str | None):
-    """The file, or the byte range asked for (one range; RFC 9110), with no dates in the headers."""
-    from fastapi.responses import Response
-
-    size = path.stat().st_size
-    base = {"accept-ranges": "bytes", "cache-control": "private, max-age=3600", "etag": f'"{sid}"'}
-    start, end = 0, size - 1
-    status = 200
-    if range_header:
-        m = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
-        if not m or (m.group(1) == "" and m.group(2) == ""):
-            return Response(status_code=416, headers={**base, "content-range": f"bytes */{size}"})
-        if m.group(1) == "":  # suffix range: the last N bytes
-            start = max(0, size - int(m.group(2)))
-        else:
-            start = int(m.group(1))
-            end = min(size - 1, int(m.group(2))) if m.group(2) else size - 1
-        if start >= size or start > end:
-            return Response(status_code=416, headers={**base, "content-range": f"bytes */{size}"})
-        status = 206
-        base["content-range"] = f"bytes {start}-{end}/{size}"
-    with open(path, "rb") as f:
-        data = os.pread(f.fileno(), end - start + 1, start)
-    return Response(data, status_code=status, media_type="audio/wav", headers=base)
+def _parse_range(header: str | None, size: int) -> tuple[int, int, bool] | None:
+    """(first, last, partial?) of the one byte range asked for (RFC 9110), the whole file without a
+    Range header, None when the range cannot be served (416)."""
+    if not header:
+        return 0, size - 1, False
+    m = RANGE_RE.fullmatch(header.strip())
+    if not m or (m.group(1) == "" and m.group(2) == ""):
+        return None
+    if m.group(1) == "":  # suffix range: the last N bytes
+        first, last = max(0, size - int(m.group(2))), size - 1
+    else:
+        first = int(m.group(1))
+        last = min(size - 1, int(m.group(2))) if m.group(2) else size - 1
+    if first >= size or first > last:
+        return None
+    return first, last, True
 
 
 def serve(exp_dir: str | os.PathLike, opts: ServeOptions) -> None:

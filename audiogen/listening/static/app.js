@@ -82,12 +82,11 @@ async function consent(btn) {
   btn.disabled = true;
   const params = new URLSearchParams(location.search);
   const ext = params.get("PROLIFIC_PID") || params.get("workerId") || params.get("participant") || params.get("pid");
-  const r = await api("POST", "/api/session", ext ? {external_id: ext} : {});
+  // consent comes first: the server makes a session (and its plan) only for a participant who agreed
+  const r = await api("POST", "/api/session", ext ? {consent: true, external_id: ext} : {consent: true});
   if (r.status !== 200) { status(r.data.detail || "Could not start the session."); btn.disabled = false; return; }
   S = r.data;
   localStorage.setItem(KEY, S.token);
-  await api("POST", "/api/consent");
-  S.consented = true;
   next();
 }
 
@@ -100,7 +99,10 @@ function render(node) {
 
 function next() {
   progress();
-  if (!S.consented) { api("POST", "/api/consent").then(() => { S.consented = true; next(); }); return; }
+  if (!S.consented) {  // a session from before consent came first: consent, then read the plan
+    api("POST", "/api/consent").then(() => api("GET", "/api/session")).then(r => { S = r.data; next(); });
+    return;
+  }
   const step = S.steps.find(s => !S.answered.includes(s.slot));
   if (!step) return finish();
   showStep(step);
@@ -109,7 +111,7 @@ function next() {
 // ------------------------------------------------------------------ audio players
 
 function player(sid, label, {loop = false} = {}) {
-  const audio = h("audio", {preload: "auto", src: `/audio/${sid}?s=${encodeURIComponent(S.token)}`});
+  const audio = h("audio", {preload: "auto", src: `/audio/${sid}`});
   if (loop) audio.loop = true;
   const p = {sid, audio, plays: 0, listened: 0, last: null};
   const info = h("span", {class: "playinfo"}, "not played yet");
