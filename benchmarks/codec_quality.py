@@ -66,7 +66,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     try:
-        torch.set_grad_enabled(False)
         codec = load_codec(a.codec)
         describe = codec.describe()
         tracks = held_out_tracks(Path(a.codec), a.audio, a.audio_dir, a.holdout)

@@ -433,7 +433,7 @@ def audiogen_cli(*args):
     return subprocess.run([sys.executable, "-m", "audiogen", *args], capture_output=True, text=True)
 
 
-def test_info_model_on_the_embedded_model_lists_its_keys_and_unconditioned_genres():
+def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
     from audiogen.checkpoint import read_config
     from audiogen.pipeline import DEFAULT_MODEL_DIR
 
@@ -444,7 +444,8 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_unconditioned_genre
     lines = {line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in r.stdout.splitlines()}
     assert lines["model"] == str(DEFAULT_MODEL_DIR)
     assert lines["keys (--key)"].split(", ") == keys
-    assert lines["genres (--genre)"] == "not conditioned"
+    genres = read_config(DEFAULT_MODEL_DIR)["conditioner"]["genres"]
+    assert lines["genres (--genre)"] == (", ".join(genres) if genres else "not conditioned")
     assert lines["bpm (--bpm)"].startswith("60-180 in ")
 
 
