@@ -231,3 +231,61 @@ def test_generate_originality_is_checked_before_any_model_loads(tmp_path):
                       originality=str(tmp_path))
     with pytest.raises(AudiogenError, match="no audit index"):
         job.validate()
+
+
+@pytest.mark.slow
+def test_a_model_that_memorised_a_track_continues_it_as_a_copy_and_the_fresh_model_does_not(tmp_path, tiny_codec,
+                                                                                             make_music):
+    """Fine-tune a tiny LM on one 3 s track until it has memorised it; its greedy continuation of the
+    track's first second is judged a copy, the same model before fine-tuning is not."""
+    import torch
+
+    from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig
+    from audiogen.generate import SamplingParams, generate_codes
+    from audiogen.lm import LM, named_config
+    from audiogen.originality.audit import Auditor
+    from audiogen.pipeline import condition_batch
+    from audiogen.training import ConditionedLM, codebook_ce_sums, delay_inputs
+
+    torch.manual_seed(0)
+    track = tiny_codec.encode(torch.from_numpy(make_music(3.0, seed=11))[None])  # [1, K, T]
+    K, card, fr = tiny_codec.num_codebooks, tiny_codec.cardinality, tiny_codec.frame_rate
+    rows = _rows(np.random.default_rng(0), 4, K=K, card=card, frames=track.shape[-1]) + [track[0].numpy()]
+    data = write_token_dataset(tmp_path / "data", rows, tiny_codec.describe(), valid_rows=1)
+    build_token_index(data, progress=False)
+    auditor = Auditor(data, codec=tiny_codec, tokens_only=True)
+
+    lm = LM(named_config("tiny", num_codebooks=K, cardinality=card, cond_dim=32, max_positions=512))
+    conditioner = ConditionEncoder(ConditionerConfig(text_encoder="none", dim=32))
+    conds = [Conditions()]
+    opening = int(fr)  # the first second is the prompt; the rest is the model's
+
+    def continuation() -> dict:
+        lm.eval()
+        cond, mask = condition_batch(conditioner, conds, False, "cpu")
+        new = track.shape[-1] - opening
+        codes = generate_codes(lm, cond, mask, new, SamplingParams(0.0, 0, 0.0, 1.0), None, 400, 200,
+                                 prompt=track[..., :opening], engine="eager")
+        wav = tiny_codec.decode(codes)[0].numpy()
+        return auditor.audit(wav, tiny_codec.sample_rate, codes=codes[0].numpy())
+
+    before = continuation()
+    assert before["verdict"] == "original", before["reasons"]
+
+    model = ConditionedLM(lm, conditioner).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    inputs, targets, tmask = delay_inputs(track, torch.ones_like(track, dtype=torch.bool), card)
+    for step in range(600):
+        sums, counts = codebook_ce_sums(model(inputs, conds), targets, tmask)
+        loss = (sums / counts).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.05, f"the premise: the model memorised the track (loss {loss.item():.3f})"
+
+    after = continuation()
+    assert after["verdict"] == "copy", after["reasons"]
+    run = after["tokens"]["all"][0]
+    assert run["item"] == "synthetic-000004" and run["seconds"] >= 1.0

@@ -54,9 +54,12 @@ def load_dataset_codec(desc: dict, codec_path: str | None = None):
 
 
 def check_codec(codec, desc: dict, what: str) -> None:
-    """``codec`` must be the one the dataset was tokenized with, or its tokens mean nothing here."""
+    """``codec`` must be the one the dataset was tokenized with, or its tokens mean nothing here.
+
+    The weights' hash is not compared: a model directory may hold a float16 copy of the
+    dataset's codec (``save_model_dir(dtype=...)``), whose tokens are the same but whose file is not."""
     got = codec.describe()
-    diff = [k for k in ("sample_rate", "num_codebooks", "cardinality", "weights_sha256") if got.get(k) != desc.get(k)]
+    diff = [k for k in ("name", "sample_rate", "num_codebooks", "cardinality") if got.get(k) != desc.get(k)]
     if diff:
         raise AudiogenError(f"{what}: its codec is not the one the dataset was tokenized with ({', '.join(diff)} "
                             "differ), so its tokens cannot be compared")
