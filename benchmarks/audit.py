@@ -24,11 +24,23 @@ from pathlib import Path
 
 import numpy as np
 
+# peak anonymous memory (the heap; file pages of the dataset and the index are page cache, reclaimable),
+# sampled every 20 ms while building, beside the peak resident set (which counts those file pages too)
 BUILD = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from audiogen.originality.tokens import build_token_index
+peak, done = [0], threading.Event()
+def anon():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1])
+def watch():
+    while not done.wait(0.02):
+        peak[0] = max(peak[0], anon())
+base = anon()
+threading.Thread(target=watch, daemon=True).start()
 s = build_token_index(sys.argv[1], progress=False)
+done.set()
 print(json.dumps({"build_s": s["build_s"], "hours": s["hours"], "bucket_bits": s["bucket_bits"],
+                  "anon_mb_before": round(base / 1024, 1), "peak_anon_mb": round(max(peak[0], anon()) / 1024, 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
 

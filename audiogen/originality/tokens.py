@@ -41,11 +41,18 @@ from audiogen.errors import AudiogenError
 
 INDEX_DIR = "audit_index"
 #: bumped when the hash or the layout changes; an index of another version is rebuilt, not misread
-TOKEN_INDEX_VERSION = 1
+TOKEN_INDEX_VERSION = 2  # 2: short cb0 n-grams, gapped chains
 #: n-gram lengths in seconds (at least MIN_N frames): short enough to catch a 1 s copy, long enough that
-#: chance matches between unrelated music are rare. cb0 carries ~10 bits per frame, so it needs longer n-grams.
-NGRAM_S = {"all": 0.1, "cb0": 0.25}
-MIN_N = {"all": 4, "cb0": 8}
+#: chance matches between unrelated music are rare. cb0 n-grams are short because a decode/encode round
+#: trip keeps only most cb0 tokens (88% frame by frame with the default model's codec), so its exact runs
+#: are short; its evidence is a *gapped* chain instead (see MAX_GAP_S).
+NGRAM_S = {"all": 0.1, "cb0": 0.06}
+MIN_N = {"all": 4, "cb0": 4}
+#: hits on one diagonal further apart than this do not chain: 0 for ``all`` (exact runs); for cb0 a
+#: re-encoded copy's chain survives the odd changed token
+MAX_GAP_S = {"all": 0.0, "cb0": 0.2}
+#: a cb0 chain counts when at least this share of its frames carry the item's cb0 token
+MIN_AGREEMENT = 0.5
 #: an n-gram found in more places than this is not looked up (silence and the like)
 STOP_DF = 32
 #: entries per spilled chunk (16 bytes each) and per bucket, which bound the builder's memory
@@ -158,21 +165,29 @@ class _Spill:
         self.counts += counts
 
     def finish(self, hashes_path: Path, postings_path: Path) -> None:
-        """Sort bucket by bucket into the final arrays (the top bits order the buckets)."""
+        """Sort bucket by bucket into the final arrays (the top bits order the buckets). The arrays are
+        written with plain file writes, not through a memory map, whose dirty pages would pile up
+        in the process (resident memory growing with the corpus)."""
         self.flush()
         total = int(self.counts.sum())
-        H = np.lib.format.open_memmap(hashes_path, mode="w+", dtype=np.uint64, shape=(total,))
-        P = np.lib.format.open_memmap(postings_path, mode="w+", dtype=np.uint64, shape=(total,))
+        files = []
+        for path in (hashes_path, postings_path):
+            np.lib.format.open_memmap(path, mode="w+", dtype=np.uint64, shape=(total,)).flush()  # header + size
+            files.append(open(path, "r+b"))
+        header = np.load(hashes_path, mmap_mode="r").offset
         offsets = np.concatenate([[0], np.cumsum(self.counts)])
-        for b in np.flatnonzero(self.counts):
-            f = self.folder / f"{b:05d}.bin"
-            pairs = np.fromfile(f, dtype=np.uint64).reshape(-1, 2)
-            f.unlink()
-            order = np.argsort(pairs[:, 0], kind="stable")  # stable: postings stay in corpus order
-            H[offsets[b] : offsets[b + 1]] = pairs[order, 0]
-            P[offsets[b] : offsets[b + 1]] = pairs[order, 1]
-        H.flush()
-        P.flush()
+        try:
+            for b in np.flatnonzero(self.counts):
+                f = self.folder / f"{b:05d}.bin"
+                pairs = np.fromfile(f, dtype=np.uint64).reshape(-1, 2)
+                f.unlink()
+                order = np.argsort(pairs[:, 0], kind="stable")  # stable: postings stay in corpus order
+                for col, out in enumerate(files):
+                    out.seek(header + int(offsets[b]) * 8)
+                    out.write(np.ascontiguousarray(pairs[order, col]).tobytes())
+        finally:
+            for out in files:
+                out.close()
 
 
 def codec_of(dd) -> dict:
@@ -240,14 +255,16 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
 
 @dataclass
 class Run:
-    """Frames ``query_start .. query_start + frames`` of the query equal frames
-    ``ref_start ..`` of dataset item ``item`` (in the index's codebooks)."""
+    """Frames ``query_start .. query_start + frames`` of the query match frames ``ref_start ..`` of
+    dataset item ``item`` in the index's codebooks: all of them (``all``, ``agreement`` 1), or
+    ``agreement`` of them, with gaps (``cb0``)."""
 
     index: str
     item: int
     query_start: int
     ref_start: int
     frames: int
+    agreement: float = 1.0
 
 
 class TokenIndex:
@@ -295,7 +312,8 @@ class TokenIndex:
         return lo, hi
 
     def runs(self, codes: np.ndarray, name: str, top: int = 5) -> list[Run]:
-        """The ``top`` longest exact runs (one per item) that ``codes: int[K, T]`` shares with the dataset."""
+        """The ``top`` longest runs (one per item) that ``codes: int[K, T]`` shares with the dataset: exact
+        for ``all``; for ``cb0`` chains of hits on one diagonal with gaps up to ``MAX_GAP_S``."""
         spec = next(s for s in self.specs if s.name == name)
         q = spec.select(np.asarray(codes))
         h = ngram_hashes(q, spec.n)
@@ -318,10 +336,11 @@ class TokenIndex:
         o = np.lexsort((t, diag, item))
         t, item, diag = t[o], item[o], diag[o]
         new = np.ones(len(t), bool)
-        new[1:] = (item[1:] != item[:-1]) | (diag[1:] != diag[:-1]) | (t[1:] != t[:-1] + 1)
-        run_id = np.cumsum(new) - 1
+        gap = int(round(MAX_GAP_S[name] * self.frame_rate))
+        new[1:] = (item[1:] != item[:-1]) | (diag[1:] != diag[:-1]) | (t[1:] > t[:-1] + 1 + gap)
         first = np.flatnonzero(new)
-        length = np.bincount(run_id)  # hits per chain = frames - n + 1
+        last = np.append(first[1:], len(t)) - 1
+        length = t[last] - t[first] + 1  # chain span in n-gram positions = frames - n + 1
         # the longest chain per item, longest items first
         best: dict[int, int] = {}
         for r in np.argsort(-length, kind="stable"):
@@ -334,8 +353,16 @@ class TokenIndex:
         for it, r in best.items():
             qs = int(t[first[r]])
             rs = qs + int(diag[first[r]])
-            out.append(self._extend(q, spec, it, qs, rs, int(length[r]) + spec.n - 1))
+            frames = int(length[r]) + spec.n - 1
+            out.append(self._extend(q, spec, it, qs, rs, frames) if not gap else self._agreement(q, spec, it, qs, rs, frames))
+        out = [r for r in out if r.agreement >= MIN_AGREEMENT]
         return sorted(out, key=lambda r: -r.frames)
+
+    def _agreement(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
+        """A gapped chain checked against the item's real tokens: the share of its frames that agree."""
+        ref = spec.select(self.item_codes(item))
+        same = (q[:, qs : qs + frames] == ref[:, rs : rs + frames]).all(axis=0)
+        return Run(spec.name, item, qs, rs, frames, float(same.mean()) if len(same) else 0.0)
 
     def _extend(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
         """Check a chain against the item's real tokens and grow it to the exact shared run."""
@@ -356,6 +383,7 @@ class TokenIndex:
         it = self.items[run.item]
         fr = self.frame_rate
         return {"index": run.index, "seconds": round(run.frames / fr, 3), "frames": run.frames,
+                "agreement": round(run.agreement, 3),
                 "query_start_s": round(run.query_start / fr, 3), "query_end_s": round((run.query_start + run.frames) / fr, 3),
                 "item": it["id"], "source": it["source"], "split": it["split"],
                 "source_start_s": round(it["start_s"] + run.ref_start / fr, 3),
