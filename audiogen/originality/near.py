@@ -251,7 +251,8 @@ def build_audio_index(data_dir: str | os.PathLike, token_index, embedder, codec_
 
 @dataclass
 class EmbeddingMatch:
-    """The longest streak of query windows whose nearest reference window lies in one item."""
+    """The longest streak of query windows whose nearest reference windows lie in one recording
+    (``item``: where the streak starts)."""
 
     item: int
     seconds: float
@@ -310,12 +311,14 @@ class AudioIndex:
         return best, arg, per_item
 
     def embedding_match(self, starts: np.ndarray, best: np.ndarray, arg: np.ndarray, threshold: float) -> EmbeddingMatch | None:
-        """The longest run of consecutive query windows above ``threshold`` matched in one item."""
+        """The longest run of consecutive query windows above ``threshold`` matched in one source recording."""
         items = np.asarray(self.emb_items[arg, 0])
+        # a copy may span two consecutive segments (items) of one recording: the streak follows the source
+        source = [self.tokens.items[int(i)]["source"] for i in items]
         out, run = None, 0
         for i in range(len(best)):
             ok = best[i] >= threshold
-            run = run + 1 if ok and run and items[i] == items[i - 1] else (1 if ok else 0)
+            run = run + 1 if ok and run and source[i] == source[i - 1] else (1 if ok else 0)
             if run:
                 seconds = (run - 1) * (starts[1] - starts[0] if len(starts) > 1 else 0) + WINDOW_S
                 if out is None or seconds > out.seconds:
