@@ -115,7 +115,7 @@ def _cli(*args):
 
 @pytest.fixture(scope="module")
 def music_data(tmp_path_factory, real_tracks, tiny_codec):
-    """Two 15 s excerpts of real tracks prepared with the tiny codec and indexed (tokens + audio);
+    """Two 15 s excerpts of real tracks prepared with the tiny codec (one segment each) and indexed (tokens + audio);
     a third track stays unseen."""
     from audiogen.originality.audit import build_index
     from audiogen.prep import PrepConfig, prepare
@@ -128,7 +128,7 @@ def music_data(tmp_path_factory, real_tracks, tiny_codec):
         A.write_audio(src / f"track{i}.flac", wav, sr)
     unseen, _ = A.load_audio(real_tracks[2], 24000, 1, offset_s=30, duration_s=15)
     data = root / "data"
-    prepare(PrepConfig(str(src), str(data), segment_s=7.5, workers=0, progress=False), codec=tiny_codec)
+    prepare(PrepConfig(str(src), str(data), segment_s=15.0, workers=0, progress=False), codec=tiny_codec)
     build_index(data, progress=False)
     return root, data, unseen
 
