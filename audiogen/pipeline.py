@@ -54,6 +54,8 @@ class GenerateJob:
     progress: bool = True
     window_s: float | None = None  # override the model's window (tests, memory limits)
     extra_tags: dict = field(default_factory=dict)
+    originality: str | None = None  # a prepared dataset with an audit index: audit each take, regenerate copies
+    originality_tries: int = 3
 
     def finish_spec(self) -> FinishSpec:
         return FinishSpec(duration_s=self.duration_s, fade_in_s=self.fade_in_s, fade_out_s=self.fade_out_s,
@@ -102,6 +104,10 @@ class GenerateJob:
         from audiogen.generate import resolve_engine
 
         resolve_engine(self.engine, self.device)  # also: the device exists
+        if self.originality is not None:
+            from audiogen.originality.guard import check_request
+
+            check_request(self.originality, self.originality_tries)
         if self.continue_from is not None:
             info = A.audio_info(self.continue_from)  # fails early on a missing or broken file
             if info.duration_s >= self.duration_s:  # before loading weights, or a long file
@@ -244,6 +250,11 @@ def run_job(job: GenerateJob) -> list[dict]:
     loaded = load_model(model_dir, device=job.device)
     lm_dtype = job.lm_dtype()
     lm, codec = loaded.lm.eval().to(lm_dtype), loaded.codec
+    auditor = None
+    if job.originality is not None:  # before sampling: a model whose codec is not the dataset's fails now
+        from audiogen.originality.guard import open_auditor
+
+        auditor = open_auditor(job.originality, codec)
     conds = job.conditions()
     params = job.sampling()
     spec = job.finish_spec()
@@ -273,6 +284,18 @@ def run_job(job: GenerateJob) -> list[dict]:
     if prompt is not None:
         codes = torch.cat([prompt.to(codes.device), codes], dim=-1)
     wav = codec.decode(codes).float().cpu().numpy()  # [B, C, T * hop]
+    audits = [None] * job.variations
+    if auditor is not None:
+        from audiogen.originality.guard import guard
+
+        def regenerate(seed: int):  # the same request with another seed, no progress bar
+            g = torch.Generator(device=job.device).manual_seed(seed)
+            c = generate_codes(lm, cond, mask, new_frames, params, g, W, C, prompt=prompt, engine=job.engine)
+            c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
+            return c, codec.decode(c).float().cpu().numpy()
+
+        codes, wav, audits = guard(auditor, codes, wav, sr, job.seed, job.originality_tries, regenerate,
+                                   job.originality)
     model_hash = A.sha256_file(model_dir / "model.safetensors")
     results = []
     for i, path in enumerate(job.output_paths()):
@@ -284,6 +307,8 @@ def run_job(job: GenerateJob) -> list[dict]:
             "ai_generated": "true",
             "audiogen_model": f"{model_dir.name} sha256:{model_hash[:16]}",
             "audiogen_seed": str(job.seed),
+            **({"audiogen_originality": f"{audits[i]['verdict']} (audited against {job.originality}, seed "
+                                        f"{audits[i]['seed']})"} if audits[i] else {}),
             **job.extra_tags,
         }
         sidecar = {
@@ -298,6 +323,7 @@ def run_job(job: GenerateJob) -> list[dict]:
             "model": {"dir": str(model_dir), "sha256": model_hash},
             "codec": codec.describe(),
             "requested_duration_s": job.duration_s,
+            **({"originality": audits[i]} if audits[i] else {}),
         }
         meta = write_finished(path, finished, sr, spec, tags, sidecar)
         meta["path"] = str(path)

@@ -78,6 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode engine: graph = one CUDA graph replayed per frame (GPU), compile = torch.compile "
                         "(fused kernels; tens of seconds of compiling first), eager = plain PyTorch; "
                         "auto = graph on a GPU, eager on CPU (default auto)")
+    o = p.add_argument_group("originality")
+    o.add_argument("--originality", metavar="DATA_DIR",
+                   help="audit each take against this prepared dataset (its 'audiogen audit index') before writing "
+                        "it; a take judged a copy of the training data is regenerated with the next seed")
+    o.add_argument("--originality-tries", type=int, default=3, metavar="N",
+                   help="seeds tried per take before giving up with an error, nothing written (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p, cfg_scale=args.cfg, continue_from=args.continue_from, loop=args.loop,
         fade_in_s=args.fade_in, fade_out_s=args.fade_out, lufs=lufs, true_peak_db=args.true_peak,
         device=args.device, dtype=args.dtype, engine=args.engine, progress=not args.quiet,
+        originality=args.originality, originality_tries=args.originality_tries,
     )
     for meta in run_job(job):
         m = meta["measured"]
