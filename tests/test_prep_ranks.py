@@ -148,6 +148,12 @@ def test_two_processes_killed_and_rerun_give_the_single_process_dataset(tmp_path
 
     src = tmp_path / "audio"
     rels = _corpus(src, make_music)
+    # rank 1's music 20 s long, so that a kill after its first file lands before its second is done
+    # (with 2 s files a quiet machine finished both between two polls)
+    for r in rels:
+        if r.startswith("track") and rank_of(r, 2) == 1:
+            write_audio(src / r, make_music(20.0, 24000, 1, seed=int(r[5])), 24000)
+    (src / next(r for r in rels if r.startswith("copy"))).write_bytes((src / "track3.wav").read_bytes())
     ref = tmp_path / "one"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each launched process runs (OMP_NUM_THREADS=1)
