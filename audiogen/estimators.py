@@ -95,10 +95,11 @@ def chroma(y: np.ndarray, sr: int = SR, kind: str = "cqt") -> np.ndarray:
     return c.mean(axis=1)
 
 
-def key_from_chroma(c: np.ndarray, profiles: str = "krumhansl") -> str | None:
-    """The key (e.g. ``"D minor"``) whose rotated profile correlates best with mean chroma ``c: [12]``."""
+def key_from_chroma(c: np.ndarray, profiles: str = "krumhansl", names=NAMES, min_std: float = 1e-9) -> str | None:
+    """The key (e.g. ``"D minor"``, tonic spelled from ``names``) whose rotated profile correlates best
+    with mean chroma ``c: [12]``; None for a flat or invalid chroma (std under ``min_std``)."""
     c = np.asarray(c, dtype=np.float64)
-    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-9:
+    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < min_std:
         return None
     major, minor = PROFILES[profiles]
     best, best_r = None, -2.0
@@ -106,7 +107,7 @@ def key_from_chroma(c: np.ndarray, profiles: str = "krumhansl") -> str | None:
         for tonic in range(12):
             r = np.corrcoef(c, np.roll(prof, tonic))[0, 1]
             if r > best_r:
-                best, best_r = f"{NAMES[tonic]} {mode}", r
+                best, best_r = f"{names[tonic]} {mode}", r
     return best
 
 

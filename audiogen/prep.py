@@ -90,11 +90,9 @@ ANALYSIS_MARGIN_S = 0.5
 EXIT_OK, EXIT_USER_ERROR, EXIT_SKIPPED = 0, 1, 3
 
 _KEY_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-# Temperley (2001) key profiles, tonic first: on 20 rendered music21 pieces with known keys
-# they scored 0.950 (MIREX weighted) on this chroma vs 0.715 for Krumhansl-Kessler's
-# (docs/prep.md, audiogen/estimators.py).
-_MAJOR = np.array([5.0, 2.0, 3.5, 2.0, 4.5, 4.0, 2.0, 4.5, 2.0, 3.5, 1.5, 4.0])
-_MINOR = np.array([5.0, 2.0, 3.5, 4.5, 2.0, 4.0, 2.0, 4.5, 3.5, 2.0, 1.5, 4.0])
+# Keys are matched with Temperley's (2001) profiles (audiogen/estimators.py): on 20 rendered music21
+# pieces with known keys they scored 0.950 (MIREX weighted) on this chroma vs 0.715 for
+# Krumhansl-Kessler's (docs/prep.md).
 #: Metadata fields a sidecar or captions file may carry.
 META_FIELDS = ("caption", "title", "artist", "genre", "mood", "instruments", "license", "attribution")
 
@@ -182,16 +180,9 @@ class PrepConfig:
 
 def estimate_key(chroma_mean: np.ndarray) -> str | None:
     """Profile matching (Temperley's profiles): the key whose profile correlates best with a mean chroma [12]."""
-    c = np.asarray(chroma_mean, dtype=np.float64)
-    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-6:
-        return None
-    best, best_r = None, -2.0
-    for mode, prof in (("major", _MAJOR), ("minor", _MINOR)):
-        for tonic in range(12):
-            r = np.corrcoef(c, np.roll(prof, tonic))[0, 1]
-            if r > best_r:
-                best, best_r = f"{_KEY_NAMES[tonic]} {mode}", r
-    return best
+    from audiogen.estimators import key_from_chroma
+
+    return key_from_chroma(chroma_mean, "temperley", names=_KEY_NAMES, min_std=1e-6)
 
 
 def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP) -> float | None:
