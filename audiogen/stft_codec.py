@@ -131,6 +131,10 @@ class FactorizedCodebook(nn.Module):
         #: how many times each code was picked per step, EMA over the last ~10 steps (restarts read it)
         self.register_buffer("usage", torch.ones(bins))
 
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """``z: [B, D, T] -> [B, T, code_dim]``, unit vectors: the space codes are looked up in."""
+        return F.normalize(self.proj_in(z.transpose(1, 2)), dim=-1)
+
     def lookup(self, e: torch.Tensor) -> torch.Tensor:
         """``e: [..., code_dim] -> codes [...]`` (nearest code by cosine similarity)."""
         sims = F.normalize(e, dim=-1) @ F.normalize(self.codebook.weight, dim=-1).t()
@@ -141,7 +145,7 @@ class FactorizedCodebook(nn.Module):
         return self.proj_out(F.normalize(self.codebook(codes), dim=-1)).transpose(1, 2)
 
     def forward(self, z: torch.Tensor):
-        e = F.normalize(self.proj_in(z.transpose(1, 2)), dim=-1)  # [B, T, c]
+        e = self.project(z)  # [B, T, c]
         if self.training and not bool(self.inited):
             self._kmeans_init(e.detach().flatten(0, 1))
         codes = self.lookup(e)
@@ -177,7 +181,7 @@ class FactorizedCodebook(nn.Module):
         n = int(dead.sum())
         if n == 0:
             return 0
-        e = F.normalize(self.proj_in(z.transpose(1, 2)), dim=-1).flatten(0, 1)
+        e = self.project(z).flatten(0, 1)
         pick = torch.randint(0, e.shape[0], (n,), device=e.device)
         self.codebook.weight[dead] = e[pick]
         self.usage[dead] = threshold * 2  # time to be picked before it can be judged dead again
@@ -284,7 +288,7 @@ class STFTCodecModel(nn.Module):
         residual = self.embed(wav)
         codes = []
         for stage in self.quantizers[:n_q]:
-            idx = stage.lookup(F.normalize(stage.proj_in(residual.transpose(1, 2)), dim=-1))
+            idx = stage.lookup(stage.project(residual))
             residual = residual - stage.decode(idx)
             codes.append(idx)
         return torch.stack(codes, dim=1)
