@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("audiogen.lm", reason="audiogen/lm.py (issue 5) has not landed yet")
-pytest.importorskip("audiogen.checkpoint", reason="audiogen/checkpoint.py (issue 5) has not landed yet")
-
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
 from audiogen.finishing import read_tags, sidecar_path
