@@ -330,6 +330,17 @@ def _rows(out: Path) -> dict:
     return {name: ds.to_dict() for name, ds in dd.items()}
 
 
+def test_datasets_from_0_1_and_2_workers_are_identical(mixed_dir, prepared, codec, tmp_path):
+    """On CPU the workers decode, analyse and tokenize whole files themselves (single-threaded
+    torch); the dataset and the counts are those of the main process doing everything."""
+    ref_out, ref = prepared
+    for workers in (1, 2):
+        report = prepare(_cfg(mixed_dir, tmp_path / f"w{workers}", workers=workers), codec=codec)
+        assert report["tokens_this_run"] == ref["tokens_this_run"] > 0
+        assert report["segments"] == ref["segments"] and report["skipped"] == ref["skipped"]
+        assert _rows(tmp_path / f"w{workers}") == _rows(ref_out)
+
+
 def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, codec_dir, tmp_path):
     ref_out, _ = prepared
     out = tmp_path / "data"
