@@ -329,11 +329,11 @@ class EncodecCodec(Codec):
         self.weights_sha256 = weights_sha256
         if getattr(config, "norm", None) == "time_group_norm":
             # Normalised over each window's whole time axis (the 48 kHz kind, trained on 1 s segments):
-            # windows never equal a whole-file pass, and long ones only cost more. The encodec package
-            # runs it on 1 s segments; so do we, with 50 ms of context each side (the package has none).
-            # Per second of audio, one thread, its encoder/decoder cost 0.196/0.216 CPU-s in 1 s windows,
-            # 0.218/0.255 in 4 s ones, more in the default 12 s (docs/prep.md, Throughput).
-            self.window_s, self.context_s = 1.0, 0.05
+            # windows never equal a whole-file pass, and long ones only cost more. Measured, one thread,
+            # CPU-s per second of stereo audio, encode/decode: 12 s windows (10 s + 1 s context each side)
+            # 0.278/0.371; 2 s + 0.1 s 0.219/0.259; the encodec package's 1 s segments 0.213/0.233
+            # (docs/prep.md, Throughput).
+            self.window_s, self.context_s = 2.0, 0.1
 
     @property
     def bandwidth_kbps(self) -> float:

@@ -75,7 +75,8 @@ def mixed_dir(tmp_path_factory, real_tracks) -> Path:
 
 def _cfg(src: Path, out: Path, **kw) -> PrepConfig:
     # batch of 2: shards appear after the second file, so the kill test lands mid-run
-    return PrepConfig(str(src), str(out), segment_s=SEGMENT, captions=str(src / "captions.csv"), workers=0,
+    kw.setdefault("workers", 0)
+    return PrepConfig(str(src), str(out), segment_s=SEGMENT, captions=str(src / "captions.csv"),
                       batch_size=2, progress=False, **kw)
 
 
