@@ -116,11 +116,11 @@ def dataset_features(num_codebooks: int):
 
 
 def default_workers(device: str) -> int:
-    """Decoding processes: all cores when a GPU tokenizes (decoding is then the bottleneck);
-    a quarter of them on CPU, where the codec needs the rest (it is ~85% of the work for
-    encodec_24khz, see benchmarks/prep.py)."""
-    cores = os.cpu_count() or 1
-    return cores if str(device).startswith("cuda") else max(1, cores // 4)
+    """Worker processes: all cores. With a GPU they decode and analyse while the main process
+    tokenizes in batches; on CPU each one also tokenizes its own files with single-threaded
+    torch (:func:`_tokenize_in_worker`): processes over files scale where the codec's intra-op
+    threads do not (docs/prep.md, Throughput)."""
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -389,9 +389,15 @@ def _process_file(t: _Task | _Part) -> dict:
     """:func:`_process_file_unchecked` (or :func:`_process_part`), but an unexpected failure on
     one file (a decoder or analysis bug on odd audio) skips that file, with the exception
     named, instead of ending a long job; such skips are not cached, so a rerun tries the file
-    again."""
+    again. In a worker that tokenizes (:data:`_WORKER_CODEC`), a whole file's segments are
+    tokenized and its shard written here, and the result carries no audio."""
     try:
-        return _process_part(t) if isinstance(t, _Part) else _process_file_unchecked(t)
+        if isinstance(t, _Part):
+            return _process_part(t)
+        res = _process_file_unchecked(t)
+        if _WORKER_CODEC is not None and res["status"] == "ok":
+            res = _tokenize_in_worker(res, t, *_WORKER_CODEC)
+        return res
     except Exception as e:  # noqa: BLE001 -- reported per file, see docstring
         res = {"rel": t.task.rel, "sha256": t.sha, "part": t.index} if isinstance(t, _Part) else {"rel": t.rel}
         return {**res, "status": "error", "reason": f"failed: {type(e).__name__}: {e}"}
@@ -564,10 +570,29 @@ def _reason(e: Exception, path: Path) -> str:
     return msg[len(prefix):] if msg.startswith(prefix) else msg
 
 
-def _worker_init(parent_pid: int) -> None:
+#: In a worker process that tokenizes its own files: (codec, batch_size); None elsewhere.
+_WORKER_CODEC: tuple | None = None
+
+
+def _tokenize_in_worker(res: dict, t: _Task, codec, batch_size: int) -> dict:
+    """Tokenize a decoded file (``res`` from :func:`_process_file_unchecked`) in this worker with
+    the same batches the main process would use (full segments in padded batches of
+    ``batch_size``), write its shard, and return ``res`` without the audio."""
+    tok = _Tokenizer(codec, Path(t.work), round(t.segment_s * t.sample_rate), batch_size)
+    tok.add(res["sha256"], res["wav"], res["segments"], t.sample_rate)
+    tok.close(res["sha256"], {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
+    tok.flush()
+    res = {k: v for k, v in res.items() if k not in ("wav", "segments")}
+    return {**res, "tokenized": tok.tokens}
+
+
+def _worker_init(parent_pid: int, codec=None, batch_size: int = 1) -> None:
     import torch
 
+    global _WORKER_CODEC
     torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _Runner)
+    if codec is not None:
+        _WORKER_CODEC = (codec, batch_size)
 
     def watch():  # exit if the main process dies (kill -9): no orphaned workers
         while True:
@@ -582,9 +607,11 @@ class _Runner:
     """Yields each task's result in order, decoding up to ``2 * workers`` tasks ahead.
     :meth:`insert` queues tasks (a long file's parts) ahead of the files not yet started."""
 
-    def __init__(self, tasks: list[_Task], workers: int):
+    def __init__(self, tasks: list[_Task], workers: int, codec=None, batch_size: int = 1):
         self.todo = deque(tasks)
         self.workers = workers
+        #: a CPU codec the workers tokenize whole files with (see _tokenize_in_worker); None: they only decode
+        self.codec, self.batch_size = codec, batch_size
 
     def insert(self, tasks: list[_Part]) -> None:
         self.todo.extendleft(reversed(tasks))
@@ -603,7 +630,7 @@ class _Runner:
         # and never enters a multi-threaded OpenMP region.
         method = "fork" if sys.platform == "linux" else "spawn"
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                                 initargs=(os.getpid(),)) as pool:
+                                 initargs=(os.getpid(), self.codec, self.batch_size)) as pool:
             running: deque = deque()
             while self.todo or running:
                 while self.todo and len(running) < 2 * self.workers:
@@ -673,7 +700,10 @@ class _Tokenizer:
     def _encode(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        codes = self.codec.encode(torch.from_numpy(batch))
+        x = torch.from_numpy(batch)
+        if self.codec.device.type == "cuda":  # page-locked, so the copy to the GPU is one DMA
+            x = x.pin_memory().to(self.codec.device, non_blocking=True)
+        codes = self.codec.encode(x)
         return codes.cpu().numpy().astype(np.int16)  # [B, K, T]
 
     def _run_full(self, flush: bool) -> None:
@@ -925,7 +955,12 @@ def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_sta
         counts["tokenized"] += 1
         keep(lf["rel"], sha, lf["meta"], lf["end_s"])
 
-    runner = _Runner(tasks, cfg.workers)
+    # On CPU the workers tokenize too (one file per process, single-threaded torch): the codec is
+    # most of the work and scales better over processes than over intra-op threads. On a GPU they
+    # only decode, and the main process batches every file's segments through the device.
+    in_workers = cfg.workers > 0 and codec.device.type == "cpu"
+    runner = _Runner(tasks, cfg.workers, codec if in_workers else None, cfg.batch_size)
+    worker_tokens = 0
     for res in runner:
         if "part" in res:
             part_done(res)
@@ -949,6 +984,9 @@ def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_sta
             continue
         if status == "cached":
             counts["reused"] += 1
+        elif "tokenized" in res:  # a worker wrote its shard
+            counts["tokenized"] += 1
+            worker_tokens += res["tokenized"]
         else:
             counts["tokenized"] += 1
             tok.add(sha, res["wav"], res["segments"], codec.sample_rate)
@@ -957,7 +995,7 @@ def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_sta
         progress(res["audio_s"])
     tok.flush()
     bar.close()
-    return {"entries": entries, "counts": {**counts, "files": len(tasks), "tokens": tok.tokens,
+    return {"entries": entries, "counts": {**counts, "files": len(tasks), "tokens": tok.tokens + worker_tokens,
                                            "wall_s": round(time.perf_counter() - t_start, 2)}}
 
 

@@ -2,10 +2,12 @@
 
 Compares audiogen's windowed, batched encode/decode with the ``encodec`` package's own
 ``EncodecModel.encode``/``decode`` (the peer) on the same weights, same machine, same
-run. Real architectures with random weights: speed does not depend on weight values.
-Prints one JSON object.
+run: the four timings (ours and the peer's encode and decode) are interleaved ``--repeats``
+times and the medians compared, so a change in the machine's load hits both; the load
+average is recorded. Real architectures with random weights: speed does not depend on weight
+values. Prints one JSON object.
 
-    python benchmarks/codec.py [--seconds 30] [--repeats 2] [--devices cpu cuda]
+    python benchmarks/codec.py [--seconds 30] [--repeats 3] [--devices cpu cuda]
 """
 
 from __future__ import annotations
@@ -21,16 +23,21 @@ import torch
 from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, num_codebooks_for_bandwidth
 
 
-def _timeit(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _interleaved(fns: dict, repeats: int, sync) -> dict:
+    """Median wall seconds of each of ``fns`` ({name: fn}), run in turn ``repeats`` times after a warm-up."""
+    import statistics
+
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
         fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
+    sync()
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench(name: str, bandwidth: float, seconds: float, repeats: int, device: str) -> dict:
@@ -46,11 +53,12 @@ def bench(name: str, bandwidth: float, seconds: float, repeats: int, device: str
     codes = codec.encode(wav)
     row = {"codec": name, "bandwidth_kbps": bandwidth, "device": device, "audio_s": seconds}
     with torch.inference_mode():
-        row["audiogen_encode_rtf"] = seconds / _timeit(lambda: codec.encode(wav), repeats, sync)
-        row["audiogen_decode_rtf"] = seconds / _timeit(lambda: codec.decode(codes), repeats, sync)
         frames = model.encode(wav)
-        row["encodec_pkg_encode_rtf"] = seconds / _timeit(lambda: model.encode(wav), repeats, sync)
-        row["encodec_pkg_decode_rtf"] = seconds / _timeit(lambda: model.decode(frames), repeats, sync)
+        med = _interleaved({
+            "audiogen_encode_rtf": lambda: codec.encode(wav), "encodec_pkg_encode_rtf": lambda: model.encode(wav),
+            "audiogen_decode_rtf": lambda: codec.decode(codes), "encodec_pkg_decode_rtf": lambda: model.decode(frames),
+        }, repeats, sync)
+    row.update({k: seconds / v for k, v in med.items()})
     for k in list(row):
         if k.endswith("_rtf"):
             row[k] = round(row[k], 2)
@@ -62,12 +70,13 @@ def bench(name: str, bandwidth: float, seconds: float, repeats: int, device: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--codecs", nargs="+", default=["encodec_24khz:6", "encodec_48khz:6"])
     args = ap.parse_args()
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     results = []
+    load_start = [round(x, 1) for x in os.getloadavg()]
     for dev in devices:
         for spec in args.codecs:
             name, bw = spec.split(":")
@@ -78,6 +87,7 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "torch": torch.__version__,
+        "load_average_start": load_start, "load_average_end": [round(x, 1) for x in os.getloadavg()],
         "results": results,
         "skipped": [d for d in args.devices if d not in devices],
     }))

@@ -1,18 +1,21 @@
 """Corpus preparation throughput: hours of audio prepared per hour of wall time, tokens/s.
 
-Runs the whole ``audiogen prep`` job (decode, resample, tempo/key analysis, batched
-tokenization, shards, dataset assembly) on real Debian CC music, with
+Runs the whole ``audiogen prep`` job (decode, resample, tempo/key analysis, tokenization,
+shards, dataset assembly) on real Debian CC music, with each of ``--codecs``:
 
-- ``tiny``: the random test codec (the pipeline's own overhead dominates), and
+- ``tiny``: the random test codec (the pipeline's own overhead dominates);
 - ``encodec_24khz``: the real-size 24 kHz EnCodec architecture at 6 kbps with random
-  weights (speed does not depend on the weight values; pretrained weights are not
-  needed), unless ``--no-real``.
+  weights (speed does not depend on the weight values; pretrained weights are not needed);
+- ``default``: the default model's codec (audiogen/default_model/codec) as shipped.
 
 Each is measured as shipped (``--workers`` processes, batches of ``--batch-size``) and
-against the naive peer in the same run: one process, one segment per codec call.
+against the naive peer: one process, torch's default threads, one segment per codec call.
+The two are interleaved ``--repeats`` times in the same run and the medians compared, so
+a change in the machine's load hits both; the load average is recorded.
 Prints one JSON object.
 
-    python benchmarks/prep.py [--tracks 3] [--segment 30] [--workers N] [--devices cpu cuda] [--no-real]
+    python benchmarks/prep.py [--tracks 3] [--segment 30] [--workers N] [--repeats 3]
+                              [--codecs tiny encodec_24khz default] [--devices cpu cuda]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -61,6 +65,12 @@ def run_once(src: Path, codec, device: str, workers: int, batch_size: int, segme
     }
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time, with every repeat's wall time beside it."""
+    mid = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+    return {**mid, "wall_s_each": [r["wall_s"] for r in runs], "wall_s_median": statistics.median(r["wall_s"] for r in runs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--music-dir", default=os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))
@@ -69,7 +79,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="default: audiogen.prep.default_workers(device)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
-    ap.add_argument("--no-real", action="store_true", help="skip the real-size encodec_24khz architecture")
+    ap.add_argument("--codecs", nargs="+", default=["tiny", "encodec_24khz"],
+                    choices=["tiny", "encodec_24khz", "default"])
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each; medians compared")
     args = ap.parse_args()
 
     tracks = sorted(Path(args.music_dir).rglob("*.ogg"))[: args.tracks]
@@ -77,7 +89,8 @@ def main() -> None:
         raise SystemExit(f"no .ogg tracks under {args.music_dir}: run 'bash install.sh' (fetches singularity-music)")
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     result = {"benchmark": "prep", "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "torch_threads": torch.get_num_threads(), "segment_s": args.segment, "runs": []}
+              "torch_threads": torch.get_num_threads(), "segment_s": args.segment, "repeats": args.repeats,
+              "load_average_start": [round(x, 1) for x in os.getloadavg()], "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "music"
         src.mkdir()
@@ -94,18 +107,24 @@ def main() -> None:
         result["files"] = len(tracks)
         result["audio_hours"] = round(sum(audio_info(t).duration_s for t in tracks) / 3600, 4)
         for device in devices:
-            codecs = [("tiny", load_codec("tiny", device=device))]
-            if not args.no_real:
-                codecs.append(("encodec_24khz (random weights, 6 kbps)", real_size_codec(device)))
-            for name, codec in codecs:
+            for name in args.codecs:
+                if name == "encodec_24khz":
+                    label, codec = "encodec_24khz (random weights, 6 kbps)", real_size_codec(device)
+                else:
+                    label, codec = name, load_codec(name, device=device)
                 workers = default_workers(device) if args.workers is None else args.workers
-                ours = run_once(src, codec, device, workers, args.batch_size, args.segment)
-                peer = run_once(src, codec, device, 0, 1, args.segment)
+                ours, peer = [], []
+                for _ in range(args.repeats):  # interleaved: load changes hit both alike
+                    ours.append(run_once(src, codec, device, workers, args.batch_size, args.segment))
+                    peer.append(run_once(src, codec, device, 0, 1, args.segment))
+                o, p = _median_run(ours), _median_run(peer)
                 result["runs"].append({
-                    "codec": name, "device": device, "audiogen": ours, "naive_peer": peer,
-                    "speedup_vs_naive": round(peer["wall_s"] / ours["wall_s"], 2),
+                    "codec": label, "device": device, "audiogen": o, "naive_peer": p,
+                    "speedup_vs_naive": round(p["wall_s"] / o["wall_s"], 2),
+                    "speedups_per_repeat": [round(b["wall_s"] / a["wall_s"], 2) for a, b in zip(ours, peer)],
                 })
                 print(f"[bench] {result['runs'][-1]}", file=sys.stderr, flush=True)  # partial results
+    result["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(result))
 
 

@@ -46,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(probability >= 0.25; confidence and source in DATA_DIR/.work/<sha256>.tags.json); captions "
                    "use them")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes decoding and analysing files while the main process tokenizes; 0 = all in the "
-                   f"main process (default: all {os.cpu_count()} cores with --device cuda, a quarter of them on cpu)")
+                   help="processes decoding and analysing files (on cpu they tokenize them too, one file each; with "
+                   "--device cuda the main process tokenizes); 0 = all in the main process "
+                   f"(default: all {os.cpu_count()} cores)")
     p.add_argument("--batch-size", type=int, default=8, metavar="B",
                    help="segments per codec call (default: %(default)s; raise it on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid assignment (default: %(default)s)")
