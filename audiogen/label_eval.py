@@ -56,11 +56,13 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
     for r in rows_in:
         wav, sr = load_audio(Path(folder) / r["path"], sample_rate=E.SR)
         y = wav.mean(axis=0)
-        env = E.onset_envelope(y)
+        from audiogen.prep import ANALYSIS_HOP, _analysis_features
+
+        env = _analysis_features(y, E.SR)[0]  # prep's onset envelope, as prep measures tempo
         row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],
                "time_signature": r.get("time_signature")}
         for name, f in E.TEMPO_ESTIMATORS.items():
-            row[f"bpm_{name}"] = f(env)
+            row[f"bpm_{name}"] = f(env, E.SR, ANALYSIS_HOP)
         for kind in ("stft", "cqt"):
             c = E.chroma(y, kind=kind)
             for prof in E.PROFILES:

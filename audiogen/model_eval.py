@@ -8,6 +8,10 @@ Two measurements for a model directory, used for the default model's card
   medians and the Spearman rank correlation between requested and estimated bpm.
 - ``generate_clips`` + ``audiogen.fad``: FAD of generated clips against held-out real
   tracks with any embedder (the built-in one works offline).
+- ``tag_conditioning``: with the musicnn MTT tagger (when its weights are installed), the
+  KL divergence between the tag distributions of each generated clip and the held-out
+  track whose caption prompted it, and how often the track's genre, mood and instrument
+  words are among the generated clip's top tags (MusicGen's conditioning check).
 """
 
 from __future__ import annotations
@@ -141,13 +145,32 @@ def heldout_tracks(data_dir: str | Path, audio_dir: str | Path) -> list[dict]:
     if "valid" not in ds or len(ds["valid"]) == 0:
         raise AudiogenError(f"{data_dir}: the dataset has no held-out (valid) rows")
     seen: dict[str, dict] = {}
-    for row in ds["valid"].select_columns(["source", "caption"]):
+    cols = [c for c in ("source", "caption", "genre", "mood", "instruments") if c in ds["valid"].column_names]
+    for row in ds["valid"].select_columns(cols):
         if row["source"] not in seen:
             p = Path(audio_dir) / row["source"]
             if not p.is_file():
                 raise AudiogenError(f"held-out track {p} not found (is --audio-dir the folder the dataset was prepared from?)")
-            seen[row["source"]] = {"path": p, "caption": row["caption"]}
+            words = [w for w in (row.get("genre"), row.get("mood")) if w] + list(row.get("instruments") or [])
+            seen[row["source"]] = {"path": p, "caption": row["caption"], "words": words}
     return list(seen.values())
+
+
+def tag_conditioning(tagger, gen: list[np.ndarray], ref: list[np.ndarray], sample_rate: int,
+                     words: list[list[str]], k: int = 5) -> dict:
+    """MusicGen's conditioning check with a musicnn tagger: ``gen[i]`` and ``ref[i]`` (``[C, N]`` at
+    ``sample_rate``) come from the same prompt, ``words[i]`` are that prompt's genre, mood and
+    instruments. KL(ref || gen) of the tag distributions per pair and between the sets' means
+    (lower: closer), and how often a requested word is among the generated clip's top ``k`` tags
+    (:mod:`audiogen.tag_metrics`)."""
+    from audiogen import tag_metrics as M
+
+    g = np.stack([tagger.tag_probabilities(w, sample_rate) for w in gen])
+    r = np.stack([tagger.tag_probabilities(w, sample_rate) for w in ref])
+    agree = M.tag_agreement(g, tagger.labels, words, k=k)
+    return {"tagger": tagger.name, "pairs": len(gen), "paired_kl_ref_to_gen": M.paired_kl(r, g),
+            "set_kl_ref_to_gen": M.set_kl(r, g), "tag_agreement_top_k": agree["agreement"], "k": k,
+            "words_scored": agree["scored"], "words_unscored": agree["unscored"]}
 
 
 def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | Path, work_dir: str | Path,
@@ -161,6 +184,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     from audiogen.audio import load_audio, write_audio
     from audiogen.checkpoint import load_model
     from audiogen.embedders import load_embedder
+    from audiogen.errors import AudiogenError
     from audiogen.fad import EmbeddingCache, fad, load_set
 
     loaded = load_model(model_dir, device=device)
@@ -192,6 +216,17 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
                             (f"codec roundtrip ({codec.num_codebooks} codebooks, {codec.describe()['bandwidth_kbps']:g} kbps)",
                              rt0[:, start:]),
                             (f"generated: \"{prompts[0][:60]}\"", gen0)], codec.sample_rate, figure, seconds)
+    try:
+        from audiogen.tagger import load_tagger
+
+        tagger = load_tagger("MTT")
+    except AudiogenError as e:  # the musicnn weights are an optional install
+        tags = {"skipped": str(e)}
+    else:
+        gens = [load_audio(p, codec.sample_rate, codec.channels)[0] for p in sorted(gen_dir.glob("gen_*.wav"))]
+        refs = [load_audio(ref_dir / f"ref_{i % len(held):03d}.wav", codec.sample_rate, codec.channels)[0]
+                [:, : int(seconds * codec.sample_rate)] for i in range(len(gens))]
+        tags = tag_conditioning(tagger, gens, refs, codec.sample_rate, [held[i % len(held)]["words"] for i in range(len(gens))])
     emb = load_embedder("builtin")
     cache = EmbeddingCache(work / "embeddings")
     ref = load_set(ref_dir, emb, cache, progress=False)
@@ -206,6 +241,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "fad_builtin_codec_resynthesis_vs_heldout": fad(ref.stats, resyn.stats),
         "tempo": tempo_response(loaded, per_bpm=bpm_clips, seconds=seconds, seed=seed + 1000),
         "heldout_loss": heldout_loss_vs_unigram(loaded, data_dir),
+        "tag_conditioning": tags,
         "generated_music_likeness": {
             "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],
             "frame_rate_harmonic_fraction": [x["frame_rate_harmonic_fraction"] for x in likeness],

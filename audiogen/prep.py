@@ -74,7 +74,7 @@ import numpy as np
 from audiogen.errors import AudiogenError
 
 #: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 3  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles
+SHARD_VERSION = 4  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo
 #: Sample rate and hop of the librosa analysis (tempo, key).
 ANALYSIS_SR = 22_050
 ANALYSIS_HOP = 256
@@ -186,20 +186,11 @@ def estimate_key(chroma_mean: np.ndarray) -> str | None:
 
 
 def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP) -> float | None:
-    """Tempo of an onset-strength envelope: librosa's beat tracker, refined by a line fit
-    through the beat times (the tracker's own tempo is quantized to whole frame lags)."""
-    import librosa
+    """Tempo of the metre's beat from an onset-strength envelope (None under 4 s or without onsets):
+    :func:`audiogen.estimators.tempo_metrical`, measured against rendered pieces in docs/prep.md."""
+    from audiogen.estimators import tempo_metrical
 
-    if onset_env.size < 4 * sr / hop or float(onset_env.max(initial=0.0)) <= 0:
-        return None  # under 4 s, or no onsets at all
-    tempo, beats = librosa.beat.beat_track(onset_envelope=onset_env, sr=sr, hop_length=hop)
-    tempo = float(np.atleast_1d(tempo)[0])
-    if len(beats) >= 4:
-        times = np.asarray(beats, dtype=np.float64) * hop / sr
-        slope = np.polyfit(np.arange(len(times)), times, 1)[0]
-        if slope > 0:
-            tempo = 60.0 / slope
-    return round(tempo, 1) if tempo > 0 else None
+    return tempo_metrical(onset_env, sr, hop)
 
 
 def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:

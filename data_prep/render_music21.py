@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Render music21's bundled public-domain scores to a labelled corpus (FluidSynth + FluidR3_GM).
 
-    python data_prep/render_music21.py --out .cache/music21-rendered [--variants 2] [--limit N]
+    python data_prep/render_music21.py --out .cache/music21-rendered [--variants 2] [--limit N] [--hours H]
         [--collections bach_chorales ryans_mammoth ...] [--max-seconds 150] [--plan-only]
 
 Needs what install.sh installs: music21 and mido (pip), fluidsynth and fluid-soundfont-gm
@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--collections", nargs="+", default=None, metavar="NAME",
                    help="only these collections: " + ", ".join(c.name for c in COLLECTIONS))
     p.add_argument("--limit", type=int, default=None, metavar="N", help="render at most N new tracks this run")
+    p.add_argument("--hours", type=float, default=None, metavar="H",
+                   help="stop once OUT holds H hours of audio (collections taken in turn, so any stop is varied)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
                    help="cut longer renders at this many seconds (default: %(default)s)")
     p.add_argument("--plan-only", action="store_true", help="print the number of planned tracks per collection and stop")
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
                 counts[j.collection] = counts.get(j.collection, 0) + 1
             print(json.dumps({"tracks": len(jobs), "per_collection": counts}))
             return 0
-        print(json.dumps(render_corpus(args.out, jobs, args.limit, sys.stderr.isatty(), args.max_seconds)))
+        print(json.dumps(render_corpus(args.out, jobs, args.limit, sys.stderr.isatty(), args.max_seconds, args.hours)))
     except AudiogenError as e:
         print(f"render_music21: error: {e}", file=sys.stderr)
         return 1

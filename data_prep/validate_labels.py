@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Render a fixed set of music21 pieces and measure the tempo/key estimators and the tagger on them.
 
-    python data_prep/validate_labels.py --out .cache/label-check [--n 20] [--max-seconds 30]
+    python data_prep/validate_labels.py --out .cache/label-check [--n 20] [--seed 17] [--max-seconds 30]
 
 Writes OUT/validation.json (per-track rows and the summary: MIREX tempo accuracy-1/-2 per
 tempo estimator, weighted key score per key estimator, MTT instrument top-3 hit rate and
@@ -21,10 +21,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the renders and validation.json")
     p.add_argument("--n", type=int, default=20, help="pieces (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=17, help="seed of the piece draw (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=30.0, help="render length cap (default: %(default)s)")
     p.add_argument("--no-tagger", action="store_true", help="skip the MTT instrument check")
     args = p.parse_args(argv)
-    jobs = evaluation_jobs(args.n)
+    jobs = evaluation_jobs(args.n, args.seed)
     print(json.dumps(render_corpus(args.out, jobs, progress=False, max_seconds=args.max_seconds)), file=sys.stderr)
     tagger = None
     if not args.no_tagger:

@@ -6,7 +6,9 @@
 FAD (built-in offline embedder; not comparable with published VGGish figures) of
 generated clips, prompted with the held-out tracks' captions, against those held-out
 tracks, next to the codec's own resynthesis of them (the ceiling the LM cannot beat);
-and the tempo response (requested vs estimated bpm). All logic is in
+the tempo response (requested vs estimated bpm); and, with the musicnn weights installed,
+the tag conditioning figures (KL between generated and reference tag distributions,
+per-prompt tag agreement). All logic is in
 ``audiogen/model_eval.py``.
 """
 

@@ -85,3 +85,11 @@ def test_tag_command_names_the_rendered_instruments(tmp_path, capsys):
     rows = {r["path"]: [t for t, _ in r["top"]] for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert "piano" in rows[files["piano"]], rows
     assert {"strings", "violin"} & set(rows[files["string quartet"]]), rows
+
+
+def test_interleave_takes_the_collections_in_turn():
+    jobs = R.plan_corpus(variants=1, seed=0, collections=["bach_chorales", "joplin", "monteverdi"])
+    order = R.interleave(jobs)
+    assert sorted(order, key=jobs.index) == jobs  # same jobs, none lost
+    assert [j.collection for j in order[:5]] == ["bach_chorales", "monteverdi", "joplin", "bach_chorales", "monteverdi"]
+    assert [j for j in order if j.collection == "bach_chorales"] == [j for j in jobs if j.collection == "bach_chorales"]

@@ -48,3 +48,26 @@ def test_tag_agreement_counts_requested_words_in_top_k():
     assert out["unscored"] == ["bagpipes", "jazz"]
     with pytest.raises(AudiogenError, match="one tag row per prompt"):
         M.tag_agreement(probs, MTT_LABELS, [["piano"]])
+
+
+def test_model_report_tag_conditioning_pairs_each_clip_with_its_reference():
+    from audiogen.model_eval import tag_conditioning
+
+    labels = ("piano", "guitar", "classical", "rock")
+
+    class FakeTagger:  # tags a clip by its mean level: stands in for musicnn
+        name = "fake"
+
+        def __init__(self):
+            self.labels = labels
+
+        def tag_probabilities(self, wav, sr):
+            return np.array([0.9, 0.1, 0.8, 0.05]) if wav.mean() > 0 else np.array([0.05, 0.9, 0.1, 0.8])
+
+    pos, neg = np.ones((1, 100), np.float32), -np.ones((1, 100), np.float32)
+    same = tag_conditioning(FakeTagger(), [pos, neg], [pos, neg], 100, [["piano"], ["rock", "drums"]], k=2)
+    assert same["paired_kl_ref_to_gen"] == pytest.approx(0, abs=1e-9) and same["tag_agreement_top_k"] == 1.0
+    assert same["words_scored"] == 2 and same["words_unscored"] == ["drums"]
+    swapped = tag_conditioning(FakeTagger(), [neg, pos], [pos, neg], 100, [["piano"], ["rock"]], k=2)
+    assert swapped["paired_kl_ref_to_gen"] > 0.5 and swapped["tag_agreement_top_k"] == 0.0
+    assert swapped["set_kl_ref_to_gen"] == pytest.approx(0, abs=1e-9)  # same two clips, unpaired
