@@ -5,8 +5,15 @@ long run of frames a generated track shares with a training item. Two indexes an
 
 - ``all``: n-grams of ``n`` consecutive frames over every codebook the dataset holds (the
   LM models all of them);
-- ``cb0``: longer n-grams of codebook 0 alone, the coarse codebook, which survives a
-  decode/encode round trip (and small changes of the audio) far better than the fine ones.
+- ``cb0``: n-grams of codebook 0 alone, the coarse codebook, chained across gaps (a decode/encode
+  round trip changes some of its tokens);
+- ``rt`` (built when the codec is at hand): n-grams over every codebook of each row's tokens
+  *round-tripped* through the codec (decoded, then encoded again). A model that memorised a
+  row emits its tokens; an audit of that audio encodes the decoded tokens again, and the
+  codec's round trip is far from the identity (the default model's codec keeps ~38% of the
+  codebook-0 tokens and ~15% of the others), so the copy shares few exact tokens with the
+  row itself, but nearly all with the row's round trip: the encoder is deterministic and its
+  context is local, so the same decoded audio gives the same tokens inside a new clip.
 
 On disk (``DATA_DIR/audit_index/``), per index: ``<name>.hashes.npy`` (uint64, sorted)
 and ``<name>.postings.npy`` (uint64, ``item << 32 | frame``, in the same order), read
@@ -42,15 +49,16 @@ from audiogen.errors import AudiogenError
 INDEX_DIR = "audit_index"
 #: bumped when the hash or the layout changes; an index of another version is rebuilt, not misread
 TOKEN_INDEX_VERSION = 2  # 2: short cb0 n-grams, gapped chains
+ROUNDTRIP_VERSION = 1
 #: n-gram lengths in seconds (at least MIN_N frames): short enough to catch a 1 s copy, long enough that
-#: chance matches between unrelated music are rare. cb0 n-grams are short because a decode/encode round
-#: trip keeps only most cb0 tokens (88% frame by frame with the default model's codec), so its exact runs
-#: are short; its evidence is a *gapped* chain instead (see MAX_GAP_S).
+#: chance matches between unrelated music are rare. cb0 n-grams are short because small changes of the
+#: audio change some cb0 tokens, so its exact runs are short; its evidence is a *gapped* chain instead
+#: (see MAX_GAP_S). ``rt`` uses the ``all`` n-gram.
 NGRAM_S = {"all": 0.1, "cb0": 0.06}
 MIN_N = {"all": 4, "cb0": 4}
 #: hits on one diagonal further apart than this do not chain: 0 for ``all`` (exact runs); for cb0 a
 #: re-encoded copy's chain survives the odd changed token
-MAX_GAP_S = {"all": 0.0, "cb0": 0.2}
+MAX_GAP_S = {"all": 0.0, "cb0": 0.2, "rt": 0.0}
 #: a cb0 chain counts when at least this share of its frames carry the item's cb0 token
 MIN_AGREEMENT = 0.5
 #: an n-gram found in more places than this is not looked up (silence and the like)
@@ -211,6 +219,7 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     specs = default_specs(K, fr)
     out = make_dir(data_dir / INDEX_DIR)
     (out / "tokens.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    (out / "roundtrip.json").unlink(missing_ok=True)  # built from the items numbered here: rebuilt after them
     est = sum(float(np.sum(dd[s]["duration_s"])) for s in ("train", "valid")) * fr
     bits = int(np.clip(math.ceil(math.log2(max(est, 1) / BUCKET_ENTRIES)), 0, 16))
     tmp = out / ".spill"
@@ -250,6 +259,69 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     return settings
 
 
+def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = True, batch_rows: int = 8) -> dict:
+    """The ``rt`` index: every row's tokens decoded with ``codec`` (the dataset's) and encoded again,
+    hashed like ``all``; the round-tripped tokens are kept (``rt.codes.i2`` with ``rt.offsets.npy``)
+    for checking runs. Needs the token index (the same item numbers); returns the settings written.
+    Costs a decode and an encode of every row (codec compute, unlike the token index)."""
+    import torch
+    from tqdm import tqdm
+
+    from audiogen.audio import atomic_write_text
+    from audiogen.data import load_prepared
+
+    t0 = time.perf_counter()
+    data_dir = Path(data_dir)
+    out = data_dir / INDEX_DIR
+    tok = json.loads((out / "tokens.json").read_text())
+    (out / "roundtrip.json").unlink(missing_ok=True)
+    spec = NgramSpec("rt", int(tok["num_codebooks"]), next(s["n"] for s in tok["specs"] if s["name"] == "all"))
+    tmp = out / ".spill_rt"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    spill = _Spill(tmp, int(tok["bucket_bits"]))
+    offsets = [0]
+    dd = load_prepared(data_dir)
+    bar = tqdm(total=int(tok["items"]), unit="row", desc="audit round-trip index", disable=not progress)
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush(f) -> None:
+        # rows of one length go through the codec together
+        by_len: dict[int, list] = {}
+        for item, codes in pending:
+            by_len.setdefault(codes.shape[1], []).append((item, codes))
+        done = {}
+        for group in by_len.values():
+            x = torch.from_numpy(np.stack([c for _, c in group]).astype(np.int64))
+            with torch.no_grad():
+                rt = codec.encode(codec.decode(x))[:, : x.shape[1], : x.shape[2]].cpu().numpy().astype(np.int16)
+            done.update({item: rt[i] for i, (item, _) in enumerate(group)})
+        for item, _ in pending:
+            r = done[item]
+            f.write(np.ascontiguousarray(r).tobytes())
+            offsets.append(offsets[-1] + r.shape[1])
+            h = ngram_hashes(r, spec.n)
+            spill.add(h, (np.uint64(item) << np.uint64(32)) | np.arange(len(h), dtype=np.uint64))
+        bar.update(len(pending))
+        pending.clear()
+
+    with open(out / "rt.codes.i2", "wb") as f:
+        for item, (_, _, codes) in enumerate(iter_dataset_codes(dd)):
+            pending.append((item, np.array(codes[: spec.codebooks])))
+            if len(pending) >= batch_rows:
+                flush(f)
+        flush(f)
+    bar.close()
+    spill.finish(out / "rt.hashes.npy", out / "rt.postings.npy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    np.save(out / "rt.offsets.npy", np.asarray(offsets, np.int64))
+    settings = {"version": ROUNDTRIP_VERSION, "spec": asdict(spec), "codec": codec.describe(),
+                "items": len(offsets) - 1, "frames": int(offsets[-1]), "build_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(out / "roundtrip.json", json.dumps(settings, indent=2))  # last: marks it complete
+    return settings
+
+
 # -------------------------------------------------------------------------------- querying
 
 
@@ -283,10 +355,31 @@ class TokenIndex:
         self.frame_rate = float(self.settings["frame_rate"])
         self.specs = [NgramSpec(**s) for s in self.settings["specs"]]
         self.items = json.loads((self.folder / "items.json").read_text())
+        self._rt = None
+        rt = self.folder / "roundtrip.json"
+        if rt.is_file():
+            meta = json.loads(rt.read_text())
+            if meta.get("version") == ROUNDTRIP_VERSION and meta.get("items") == len(self.items):
+                self.specs.append(NgramSpec(**meta["spec"]))
+                self._rt_offsets = np.load(self.folder / "rt.offsets.npy")
+                self._rt = np.memmap(self.folder / "rt.codes.i2", np.int16, "r")
         self.arrays = {s.name: (np.load(self.folder / f"{s.name}.hashes.npy", mmap_mode="r"),
                                 np.load(self.folder / f"{s.name}.postings.npy", mmap_mode="r"))
                        for s in self.specs}
         self._dd = None
+
+    @property
+    def names(self) -> list[str]:
+        """The token indexes at hand: ``all``, ``cb0`` and, when built, ``rt``."""
+        return [s.name for s in self.specs]
+
+    def _ref_codes(self, name: str, item: int) -> np.ndarray:
+        """The tokens index ``name`` was built from for ``item``: the row's, or its round trip (``rt``)."""
+        if name != "rt":
+            return self.item_codes(item)
+        a, b = int(self._rt_offsets[item]), int(self._rt_offsets[item + 1])
+        K = next(s.codebooks for s in self.specs if s.name == "rt")
+        return np.asarray(self._rt[a * K : b * K]).reshape(K, b - a)
 
     @property
     def codec(self) -> dict:
@@ -360,13 +453,13 @@ class TokenIndex:
 
     def _agreement(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
         """A gapped chain checked against the item's real tokens: the share of its frames that agree."""
-        ref = spec.select(self.item_codes(item))
+        ref = spec.select(self._ref_codes(spec.name, item))
         same = (q[:, qs : qs + frames] == ref[:, rs : rs + frames]).all(axis=0)
         return Run(spec.name, item, qs, rs, frames, float(same.mean()) if len(same) else 0.0)
 
     def _extend(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
         """Check a chain against the item's real tokens and grow it to the exact shared run."""
-        ref = spec.select(self.item_codes(item))
+        ref = spec.select(self._ref_codes(spec.name, item))
         Tq, Tr = q.shape[1], ref.shape[1]
         equal = lambda a, b: np.array_equal(q[:, a], ref[:, b])  # noqa: E731
         same = (q[:, qs : qs + frames] == ref[:, rs : rs + frames]).all(axis=0)
