@@ -93,13 +93,14 @@ def calibrate(args) -> dict:
     index_s = None
     if args.hold_out:
         data = args.hold_out
-        if not (Path(data) / "audit_index" / "audio.json").is_file():
+        done = "roundtrip.json" if args.tokens_only else "audio.json"
+        if not (Path(data) / "audit_index" / done).is_file():
             t0 = time.perf_counter()
             write_train_only(args.data, data, args.train_sources, seed=args.seed)
-            build_index(data, codec_path=args.codec, progress=False)
+            build_index(data, codec_path=args.codec, progress=False, audio=not args.tokens_only)
             index_s = round(time.perf_counter() - t0, 1)
         unseen += held_out_clips(args.data, data, per_file=args.clips_per_unseen)[: args.max_held_out]
-    auditor = Auditor(data, codec_path=args.codec)
+    auditor = Auditor(data, codec_path=args.codec, tokens_only=args.tokens_only)
     hosts = find_audio_files(args.hosts)
     res = run_calibration(auditor, hosts, unseen, per_cell=args.per_cell, kinds=args.kinds or KINDS,
                           lengths=args.lengths or LENGTHS, seed=args.seed, progress=False,
@@ -132,6 +133,8 @@ def main() -> None:
                    help="another count for some lengths, e.g. 5=20")
     c.add_argument("--kinds", nargs="+", default=None, help="subset of exact reencoded gain pitch shift")
     c.add_argument("--lengths", type=float, nargs="+", default=None, help="excerpt lengths in s (default 2 5 10)")
+    c.add_argument("--tokens-only", action="store_true",
+                   help="the token measures alone (all, cb0, rt): no embeddings or chroma, far cheaper")
     c.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     res = scale(args) if args.what == "scale" else calibrate(args)

@@ -177,6 +177,13 @@ def test_a_copy_of_decoded_training_tokens_is_found_by_the_round_trip_index(musi
     assert max([x["seconds"] for x in r["tokens"]["all"]] or [0]) < run["seconds"]  # the row's own tokens: far less
     clean = auditor.audit(unseen, tiny_codec.sample_rate)
     assert max([x["seconds"] for x in clean["tokens"]["rt"]] or [0]) < 0.5 and clean["verdict"] == "original"
+    assert max([x["seconds"] for x in clean["tokens"]["rt0"]] or [0]) < 1.0
+    # 3 dB quieter (as loudness normalisation does): exact runs break, codebook 0's gapped chain (rt0) holds
+    quiet = auditor.audit(plant(unseen[0], wav * np.float32(10 ** (-3 / 20)), at, tiny_codec.sample_rate)[None],
+                          tiny_codec.sample_rate)
+    chain = quiet["tokens"]["rt0"][0]
+    assert chain["item"] == tok.items[item]["id"] and chain["seconds"] >= 3.0, quiet["tokens"]
+    assert quiet["verdict"] == "copy", quiet["reasons"]
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: a 10 s copy shifted up a semitone aligns for only ~2.4 s "

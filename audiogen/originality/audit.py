@@ -6,7 +6,7 @@
   codebooks (``all``) and codebook 0 alone (``cb0``), after encoding the file with the
   dataset's codec (or, at generation time, the very codes the model sampled); and over all
   codebooks of the training items' tokens round-tripped through the codec (``rt``: what
-  re-encoding the audio of memorised tokens gives);
+  re-encoding the audio of memorised tokens gives) and codebook 0 of those (``rt0``);
 - ``embedding``: the longest streak of 3 s windows whose nearest reference window, in one
   item, is closer than ``emb_cosine``;
 - ``chroma``: the longest transposition-invariant chroma alignment with a shortlisted item;
@@ -142,10 +142,12 @@ class Auditor:
         reasons = {"copy": [], "similar": []}
         token_items = set()
         what = {"all": "identical tokens with", "cb0": "identical codebook-0 tokens with",
-                "rt": "tokens identical to the codec's round trip of"}
+                "rt": "tokens identical to the codec's round trip of",
+                "rt0": "codebook-0 tokens identical to the codec's round trip of"}
         for name, copy_s, similar_s in (("all", th.copy_tokens_s, th.similar_tokens_s),
                                         ("cb0", th.copy_cb0_s, th.similar_cb0_s),
-                                        ("rt", th.copy_tokens_s, th.similar_tokens_s)):
+                                        ("rt", th.copy_tokens_s, th.similar_tokens_s),
+                                        ("rt0", th.copy_cb0_s, th.similar_cb0_s)):
             if name not in tok.names:
                 continue
             runs = [tok.describe_run(r) | {"item_index": r.item} for r in tok.runs(codes, name)]

@@ -81,6 +81,7 @@ def measures(result: dict) -> dict:
         "tokens_all_s": tok.get("all", [{}])[0].get("seconds", 0.0) if tok.get("all") else 0.0,
         "tokens_cb0_s": tok.get("cb0", [{}])[0].get("seconds", 0.0) if tok.get("cb0") else 0.0,
         "tokens_rt_s": tok.get("rt", [{}])[0].get("seconds", 0.0) if tok.get("rt") else 0.0,
+        "tokens_rt0_s": tok.get("rt0", [{}])[0].get("seconds", 0.0) if tok.get("rt0") else 0.0,
         "embedding_s": ((result.get("embedding") or {}).get("match") or {}).get("seconds", 0.0),
         "best_cosine": (result.get("embedding") or {}).get("best_cosine"),
         "chroma_s": ((result.get("chroma") or {}).get("match") or {}).get("seconds", 0.0),
@@ -153,9 +154,8 @@ def summarise(clips: list[dict], auditor, wall_s: float) -> dict:
         rows = [c for c in clips if c["set"] == name]
         fpr[name] = {"copy": rate(rows), "copy_or_similar": rate(rows, ("copy", "similar")), "n": len(rows)}
     negatives = [c for c in clips if c["set"] != "planted"]
-    neg_max = {k: max((c[k] or 0.0) for c in negatives) for k in ("tokens_all_s", "tokens_cb0_s", "tokens_rt_s",
-                                                                  "embedding_s", "best_cosine", "chroma_s")
-               } if negatives else {}
+    keys = ("tokens_all_s", "tokens_cb0_s", "tokens_rt_s", "tokens_rt0_s", "embedding_s", "best_cosine", "chroma_s")
+    neg_max = {k: max((c[k] or 0.0) for c in negatives) for k in keys} if negatives else {}
     from dataclasses import asdict
 
     return {"recall": recall, "false_positive_rate": fpr, "negatives_max": neg_max,

@@ -7,13 +7,15 @@ long run of frames a generated track shares with a training item. Two indexes an
   LM models all of them);
 - ``cb0``: n-grams of codebook 0 alone, the coarse codebook, chained across gaps (a decode/encode
   round trip changes some of its tokens);
-- ``rt`` (built when the codec is at hand): n-grams over every codebook of each row's tokens
+- ``rt`` and ``rt0`` (built when the codec is at hand): as ``all`` and ``cb0``, over each row's tokens
   *round-tripped* through the codec (decoded, then encoded again). A model that memorised a
   row emits its tokens; an audit of that audio encodes the decoded tokens again, and the
   codec's round trip is far from the identity (the default model's codec keeps ~38% of the
   codebook-0 tokens and ~15% of the others), so the copy shares few exact tokens with the
   row itself, but nearly all with the row's round trip: the encoder is deterministic and its
-  context is local, so the same decoded audio gives the same tokens inside a new clip.
+  context is local, so the same decoded audio gives the same tokens inside a new clip. A gain
+  change breaks the exact runs (the encoder reads a log-mel spectrogram, unnormalised) but
+  most codebook-0 tokens survive it, hence ``rt0``'s gapped chains.
 
 On disk (``DATA_DIR/audit_index/``), per index: ``<name>.hashes.npy`` (uint64, sorted)
 and ``<name>.postings.npy`` (uint64, ``item << 32 | frame``, in the same order), read
@@ -49,7 +51,7 @@ from audiogen.errors import AudiogenError
 INDEX_DIR = "audit_index"
 #: bumped when the hash or the layout changes; an index of another version is rebuilt, not misread
 TOKEN_INDEX_VERSION = 2  # 2: short cb0 n-grams, gapped chains
-ROUNDTRIP_VERSION = 1
+ROUNDTRIP_VERSION = 2  # 2: rt0, codebook 0 of the round trip with gapped chains
 #: n-gram lengths in seconds (at least MIN_N frames): short enough to catch a 1 s copy, long enough that
 #: chance matches between unrelated music are rare. cb0 n-grams are short because small changes of the
 #: audio change some cb0 tokens, so its exact runs are short; its evidence is a *gapped* chain instead
@@ -58,7 +60,7 @@ NGRAM_S = {"all": 0.1, "cb0": 0.06}
 MIN_N = {"all": 4, "cb0": 4}
 #: hits on one diagonal further apart than this do not chain: 0 for ``all`` (exact runs); for cb0 a
 #: re-encoded copy's chain survives the odd changed token
-MAX_GAP_S = {"all": 0.0, "cb0": 0.2, "rt": 0.0}
+MAX_GAP_S = {"all": 0.0, "cb0": 0.2, "rt": 0.0, "rt0": 0.2}
 #: a cb0 chain counts when at least this share of its frames carry the item's cb0 token
 MIN_AGREEMENT = 0.5
 #: an n-gram found in more places than this is not looked up (silence and the like)
@@ -259,11 +261,18 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     return settings
 
 
+def roundtrip_specs(num_codebooks: int, frame_rate: float) -> list[NgramSpec]:
+    """``rt``: the ``all`` n-gram over the round-tripped tokens (exact runs); ``rt0``: the ``cb0`` n-gram
+    over their codebook 0 (gapped chains), which survives a gain change that breaks exact runs."""
+    return [NgramSpec("rt" if s.name == "all" else "rt0", s.codebooks, s.n) for s in default_specs(num_codebooks, frame_rate)]
+
+
 def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = True, batch_rows: int = 8) -> dict:
-    """The ``rt`` index: every row's tokens decoded with ``codec`` (the dataset's) and encoded again,
-    hashed like ``all``; the round-tripped tokens are kept (``rt.codes.i2`` with ``rt.offsets.npy``)
-    for checking runs. Needs the token index (the same item numbers); returns the settings written.
-    Costs a decode and an encode of every row (codec compute, unlike the token index)."""
+    """The ``rt`` and ``rt0`` indexes: every row's tokens decoded with ``codec`` (the dataset's) and
+    encoded again (kept in ``rt.codes.i2``, int16 ``[K, T]`` per item, with ``rt.offsets.npy``), then
+    hashed. Needs the token index (the same item numbers); returns the settings written. The codec
+    pass (a decode and an encode of every row) is skipped when the round trip on disk was made by
+    the same codec for the same items, so new hashes cost no codec compute."""
     import torch
     from tqdm import tqdm
 
@@ -274,51 +283,68 @@ def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = T
     data_dir = Path(data_dir)
     out = data_dir / INDEX_DIR
     tok = json.loads((out / "tokens.json").read_text())
-    (out / "roundtrip.json").unlink(missing_ok=True)
-    spec = NgramSpec("rt", int(tok["num_codebooks"]), next(s["n"] for s in tok["specs"] if s["name"] == "all"))
+    K, n_items = int(tok["num_codebooks"]), int(tok["items"])
+    meta = out / "roundtrip.json"
+    old = json.loads(meta.read_text()) if meta.is_file() else {}
+    meta.unlink(missing_ok=True)
+    desc = codec.describe()
+    reuse = (old.get("items") == n_items and old.get("codec", {}).get("weights_sha256") == desc.get("weights_sha256")
+             and old.get("codec", {}).get("name") == desc.get("name")
+             and (out / "rt.codes.i2").is_file() and (out / "rt.offsets.npy").is_file())
+    codec_s = old.get("codec_s") if reuse else None
+    if not reuse:
+        offsets = [0]
+        pending: list[tuple[int, np.ndarray]] = []
+        bar = tqdm(total=n_items, unit="row", desc="audit round trip", disable=not progress)
+
+        def flush(f) -> None:
+            by_len: dict[int, list] = {}  # rows of one length go through the codec together
+            for item, codes in pending:
+                by_len.setdefault(codes.shape[1], []).append((item, codes))
+            done = {}
+            for group in by_len.values():
+                x = torch.from_numpy(np.stack([c for _, c in group]).astype(np.int64))
+                with torch.no_grad():
+                    rt = codec.encode(codec.decode(x))[:, :K, : x.shape[2]].cpu().numpy().astype(np.int16)
+                done.update({item: rt[i] for i, (item, _) in enumerate(group)})
+            for item, _ in pending:
+                f.write(np.ascontiguousarray(done[item]).tobytes())
+                offsets.append(offsets[-1] + done[item].shape[1])
+            bar.update(len(pending))
+            pending.clear()
+
+        with open(out / "rt.codes.i2", "wb") as f:
+            for item, (_, _, codes) in enumerate(iter_dataset_codes(load_prepared(data_dir))):
+                pending.append((item, np.array(codes[:K])))
+                if len(pending) >= batch_rows:
+                    flush(f)
+            flush(f)
+        bar.close()
+        np.save(out / "rt.offsets.npy", np.asarray(offsets, np.int64))
+        codec_s = round(time.perf_counter() - t0, 2)
+    offsets = np.load(out / "rt.offsets.npy")
+    codes = np.memmap(out / "rt.codes.i2", np.int16, "r")
+    specs = roundtrip_specs(K, float(tok["frame_rate"]))
     tmp = out / ".spill_rt"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    spill = _Spill(tmp, int(tok["bucket_bits"]))
-    offsets = [0]
-    dd = load_prepared(data_dir)
-    bar = tqdm(total=int(tok["items"]), unit="row", desc="audit round-trip index", disable=not progress)
-    pending: list[tuple[int, np.ndarray]] = []
-
-    def flush(f) -> None:
-        # rows of one length go through the codec together
-        by_len: dict[int, list] = {}
-        for item, codes in pending:
-            by_len.setdefault(codes.shape[1], []).append((item, codes))
-        done = {}
-        for group in by_len.values():
-            x = torch.from_numpy(np.stack([c for _, c in group]).astype(np.int64))
-            with torch.no_grad():
-                rt = codec.encode(codec.decode(x))[:, : x.shape[1], : x.shape[2]].cpu().numpy().astype(np.int16)
-            done.update({item: rt[i] for i, (item, _) in enumerate(group)})
-        for item, _ in pending:
-            r = done[item]
-            f.write(np.ascontiguousarray(r).tobytes())
-            offsets.append(offsets[-1] + r.shape[1])
-            h = ngram_hashes(r, spec.n)
-            spill.add(h, (np.uint64(item) << np.uint64(32)) | np.arange(len(h), dtype=np.uint64))
-        bar.update(len(pending))
-        pending.clear()
-
-    with open(out / "rt.codes.i2", "wb") as f:
-        for item, (_, _, codes) in enumerate(iter_dataset_codes(dd)):
-            pending.append((item, np.array(codes[: spec.codebooks])))
-            if len(pending) >= batch_rows:
-                flush(f)
-        flush(f)
-    bar.close()
-    spill.finish(out / "rt.hashes.npy", out / "rt.postings.npy")
+    spills = {}
+    for spec in specs:
+        (tmp / spec.name).mkdir(parents=True)
+        spills[spec.name] = _Spill(tmp / spec.name, int(tok["bucket_bits"]))
+    for item in range(n_items):
+        a, b = int(offsets[item]), int(offsets[item + 1])
+        rt = np.asarray(codes[a * K : b * K]).reshape(K, b - a)
+        for spec in specs:
+            h = ngram_hashes(spec.select(rt), spec.n)
+            spills[spec.name].add(h, (np.uint64(item) << np.uint64(32)) | np.arange(len(h), dtype=np.uint64))
+    for spec in specs:
+        spills[spec.name].finish(out / f"{spec.name}.hashes.npy", out / f"{spec.name}.postings.npy")
     shutil.rmtree(tmp, ignore_errors=True)
-    np.save(out / "rt.offsets.npy", np.asarray(offsets, np.int64))
-    settings = {"version": ROUNDTRIP_VERSION, "spec": asdict(spec), "codec": codec.describe(),
-                "items": len(offsets) - 1, "frames": int(offsets[-1]), "build_s": round(time.perf_counter() - t0, 2)}
-    atomic_write_text(out / "roundtrip.json", json.dumps(settings, indent=2))  # last: marks it complete
+    settings = {"version": ROUNDTRIP_VERSION, "specs": [asdict(s) for s in specs], "codec": desc,
+                "items": n_items, "frames": int(offsets[-1]), "codec_s": codec_s, "reused_round_trip": reuse,
+                "build_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(meta, json.dumps(settings, indent=2))  # last: marks it complete
     return settings
 
 
@@ -360,7 +386,7 @@ class TokenIndex:
         if rt.is_file():
             meta = json.loads(rt.read_text())
             if meta.get("version") == ROUNDTRIP_VERSION and meta.get("items") == len(self.items):
-                self.specs.append(NgramSpec(**meta["spec"]))
+                self.specs += [NgramSpec(**x) for x in meta["specs"]]
                 self._rt_offsets = np.load(self.folder / "rt.offsets.npy")
                 self._rt = np.memmap(self.folder / "rt.codes.i2", np.int16, "r")
         self.arrays = {s.name: (np.load(self.folder / f"{s.name}.hashes.npy", mmap_mode="r"),
@@ -370,15 +396,15 @@ class TokenIndex:
 
     @property
     def names(self) -> list[str]:
-        """The token indexes at hand: ``all``, ``cb0`` and, when built, ``rt``."""
+        """The token indexes at hand: ``all``, ``cb0`` and, when built, ``rt`` and ``rt0``."""
         return [s.name for s in self.specs]
 
     def _ref_codes(self, name: str, item: int) -> np.ndarray:
-        """The tokens index ``name`` was built from for ``item``: the row's, or its round trip (``rt``)."""
-        if name != "rt":
+        """The tokens index ``name`` was built from for ``item``: the row's, or its round trip (``rt*``)."""
+        if not name.startswith("rt"):
             return self.item_codes(item)
         a, b = int(self._rt_offsets[item]), int(self._rt_offsets[item + 1])
-        K = next(s.codebooks for s in self.specs if s.name == "rt")
+        K = int(self.settings["num_codebooks"])
         return np.asarray(self._rt[a * K : b * K]).reshape(K, b - a)
 
     @property
