@@ -16,7 +16,8 @@ Is a generated track a copy of the training data? Two forms:
                                          audit generated files against it
 
 Per file it reports the longest run of codec frames shared exactly with a training item
-(all codebooks, and codebook 0 alone), the longest streak of 3 s windows whose nearest
+(all codebooks, and codebook 0 alone; and with the item's tokens round-tripped through
+the codec, which is what re-encoding the audio of memorised tokens gives), the longest streak of 3 s windows whose nearest
 training window is closer than a cosine threshold (embeddings), and the longest
 transposition-invariant chroma alignment (melody/harmony, tempo changes allowed), each
 with the training item and timestamps; then a verdict: original, similar or copy.

@@ -111,6 +111,8 @@ def run_calibration(auditor, hosts: list[Path], unseen: list, per_cell: int = 4,
             for n in range(per_cell_at.get(float(length), per_cell))]
     clips = []
     bar = tqdm(total=len(jobs) + len(hosts) + len(unseen), desc="calibration", unit="clip", disable=not progress)
+    # an excerpt needs a row at least a second longer (rows of 10 s hold no 10 s excerpt): such jobs are skipped
+    jobs = [j for j in jobs if any(items[i]["frames"] / fr >= j[1] + 1 for i in train)]
     for j, (kind, length, n) in enumerate(jobs):
         long_enough = [i for i in train if items[i]["frames"] / fr >= length + 1]
         item = int(rng.choice(long_enough))
