@@ -13,8 +13,8 @@ host clip, in one of these kinds:
 
 Negatives: the host clips themselves (generated, nothing planted) and unseen real music
 (files, or ``(file, offset_s)`` for several clips of one file; :func:`write_train_only`
-makes a dataset of a prepared dataset's train split, so that its valid split's recordings,
-:func:`held_out_clips`, are unseen music of the same kind).
+makes a dataset of some of a prepared dataset's train recordings, so that the recordings it
+leaves out, :func:`held_out_clips`, are unseen music of the same kind).
 The result gives recall per kind and length, the false-positive rate per negative set,
 and every clip's measures, so thresholds can be re-derived from them.
 """
@@ -109,10 +109,10 @@ def run_calibration(auditor, hosts: list[Path], unseen: list, per_cell: int = 4,
     per_cell_at = per_cell_at or {}
     jobs = [(kind, length, n) for kind in kinds for length in lengths
             for n in range(per_cell_at.get(float(length), per_cell))]
-    clips = []
-    bar = tqdm(total=len(jobs) + len(hosts) + len(unseen), desc="calibration", unit="clip", disable=not progress)
     # an excerpt needs a row at least a second longer (rows of 10 s hold no 10 s excerpt): such jobs are skipped
     jobs = [j for j in jobs if any(items[i]["frames"] / fr >= j[1] + 1 for i in train)]
+    clips = []
+    bar = tqdm(total=len(jobs) + len(hosts) + len(unseen), desc="calibration", unit="clip", disable=not progress)
     for j, (kind, length, n) in enumerate(jobs):
         long_enough = [i for i in train if items[i]["frames"] / fr >= length + 1]
         item = int(rng.choice(long_enough))
@@ -193,7 +193,6 @@ def write_token_dataset(out: str | Path, rows: list[np.ndarray], codec_desc: dic
               for name, (lo, hi) in (("train", (0, n)), ("valid", (n, len(rows))))}
     datasets.DatasetDict(splits).save_to_disk(str(out))
     return Path(out)
-
 
 
 def write_train_only(data_dir: str | Path, out: str | Path, max_sources: int | None = None, seed: int = 0) -> Path:
