@@ -7,6 +7,9 @@
       plant training excerpts (exact, reencoded, gain, pitch, shift; 2/5/10 s) into the generated
       clips of GEN_DIR, audit them and the clean clips and unseen real music: recall and
       false-positive rate at the current thresholds (DATA_DIR needs 'audiogen audit index')
+  python benchmarks/audit.py calibrate --data DATA_DIR --hold-out WORK_DIR [--train-sources N] --hosts GEN_DIR ...
+      the same against WORK_DIR: DATA_DIR's train split (N of its recordings), indexed there, with
+      30 s clips of the recordings it leaves out (valid split and the rest) as unseen real music
 
 Logic lives in audiogen.originality (calibration.py); this is the entry point.
 """
@@ -81,14 +84,29 @@ def scale(args) -> dict:
 
 def calibrate(args) -> dict:
     from audiogen.audio import find_audio_files
-    from audiogen.originality.audit import Auditor
-    from audiogen.originality.calibration import KINDS, LENGTHS, run_calibration
+    from audiogen.originality.audit import Auditor, build_index
+    from audiogen.originality.calibration import (KINDS, LENGTHS, held_out_clips, run_calibration,
+                                                  write_train_only)
 
-    auditor = Auditor(args.data, codec_path=args.codec)
-    hosts = find_audio_files(args.hosts)
+    data = args.data
     unseen = find_audio_files(args.unseen)[: args.max_unseen] if args.unseen else []
-    return run_calibration(auditor, hosts, unseen, per_cell=args.per_cell, kinds=args.kinds or KINDS,
-                           lengths=args.lengths or LENGTHS, seed=args.seed)
+    index_s = None
+    if args.hold_out:
+        data = args.hold_out
+        done = "roundtrip.json" if args.tokens_only else "audio.json"
+        if not (Path(data) / "audit_index" / done).is_file():
+            t0 = time.perf_counter()
+            write_train_only(args.data, data, args.train_sources, seed=args.seed)
+            build_index(data, codec_path=args.codec, progress=False, audio=not args.tokens_only)
+            index_s = round(time.perf_counter() - t0, 1)
+        unseen += held_out_clips(args.data, data, per_file=args.clips_per_unseen)[: args.max_held_out]
+    auditor = Auditor(data, codec_path=args.codec, tokens_only=args.tokens_only)
+    hosts = find_audio_files(args.hosts)
+    res = run_calibration(auditor, hosts, unseen, per_cell=args.per_cell, kinds=args.kinds or KINDS,
+                          lengths=args.lengths or LENGTHS, seed=args.seed, progress=False,
+                          per_cell_at={float(k): int(v) for k, v in (x.split("=") for x in args.per_cell_at or [])})
+    res["index_build_s"] = index_s
+    return res
 
 
 def main() -> None:
@@ -104,9 +122,19 @@ def main() -> None:
     c.add_argument("--unseen", default=None, help="folder of real music not in the dataset (negatives)")
     c.add_argument("--max-unseen", type=int, default=8, help="unseen files used (default 8)")
     c.add_argument("--codec", default=None, help="the dataset's codec folder, when not a named codec")
+    c.add_argument("--hold-out", default=None, metavar="WORK_DIR",
+                   help="audit against DATA_DIR's train split (or --train-sources of its recordings), written and "
+                   "indexed in WORK_DIR once, with clips of the recordings it leaves out as unseen music")
+    c.add_argument("--train-sources", type=int, default=None, help="with --hold-out: recordings kept (default all)")
+    c.add_argument("--clips-per-unseen", type=int, default=2, help="with --hold-out: 30 s clips per left-out recording")
+    c.add_argument("--max-held-out", type=int, default=40, help="with --hold-out: left-out clips used (default 40)")
     c.add_argument("--per-cell", type=int, default=4, help="planted clips per kind and length (default 4)")
+    c.add_argument("--per-cell-at", nargs="+", default=None, metavar="LENGTH=N",
+                   help="another count for some lengths, e.g. 5=20")
     c.add_argument("--kinds", nargs="+", default=None, help="subset of exact reencoded gain pitch shift")
     c.add_argument("--lengths", type=float, nargs="+", default=None, help="excerpt lengths in s (default 2 5 10)")
+    c.add_argument("--tokens-only", action="store_true",
+                   help="the token measures alone (all, cb0, rt): no embeddings or chroma, far cheaper")
     c.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     res = scale(args) if args.what == "scale" else calibrate(args)

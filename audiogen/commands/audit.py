@@ -16,7 +16,8 @@ Is a generated track a copy of the training data? Two forms:
                                          audit generated files against it
 
 Per file it reports the longest run of codec frames shared exactly with a training item
-(all codebooks, and codebook 0 alone), the longest streak of 3 s windows whose nearest
+(all codebooks, and codebook 0 alone; and with the item's tokens round-tripped through
+the codec, which is what re-encoding the audio of memorised tokens gives), the longest streak of 3 s windows whose nearest
 training window is closer than a cosine threshold (embeddings), and the longest
 transposition-invariant chroma alignment (melody/harmony, tempo changes allowed), each
 with the training item and timestamps; then a verdict: original, similar or copy.
@@ -49,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--weights", default=None, metavar="PATH", help="the embedder's weights (see audiogen fad --help)")
     p.add_argument("--tokens-only", action="store_true",
-                   help="exact token replication only: no embeddings or chroma (index: faster to build)")
+                   help="exact token replication only: no embeddings or chroma (index: faster to build, "
+                   "and no codec round trip)")
+    p.add_argument("--no-audio", action="store_true",
+                   help="index: the token indexes with the codec round trip, no embeddings or chroma "
+                   "(audits against such an index need --tokens-only)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the full results as JSON to FILE ('-': stdout)")
     p.add_argument("--html", default=None, metavar="FILE",
                    help="write a page with the verdicts and the matched excerpts' spectrograms side by side")
@@ -66,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
         if len(args.files) != 2:
             raise AudiogenError("usage: audiogen audit index DATA_DIR")
         report = build_index(args.files[1], args.embedder, args.weights, args.codec, args.tokens_only,
-                             progress=not args.quiet)
+                             progress=not args.quiet, audio=not args.no_audio)
         t = report["tokens"]
         print(f"audit index: {t['items']} rows, {t['hours']:.2f} h of tokens, built in {t['build_s']:.1f}s"
+              + (f"; codec round trip in {report['roundtrip']['build_s']:.1f}s" if "roundtrip" in report else "")
               + (f"; {report['audio']['windows']} embedding windows" if "audio" in report else ""))
         return 0
     if args.against is None:

@@ -4,7 +4,9 @@
 
 - ``tokens``: the longest exact runs of codec frames shared with training items, over all
   codebooks (``all``) and codebook 0 alone (``cb0``), after encoding the file with the
-  dataset's codec (or, at generation time, the very codes the model sampled);
+  dataset's codec (or, at generation time, the very codes the model sampled); and over all
+  codebooks of the training items' tokens round-tripped through the codec (``rt``: what
+  re-encoding the audio of memorised tokens gives) and codebook 0 of those (``rt0``);
 - ``embedding``: the longest streak of 3 s windows whose nearest reference window, in one
   item, is closer than ``emb_cosine``;
 - ``chroma``: the longest transposition-invariant chroma alignment with a shortlisted item;
@@ -45,11 +47,17 @@ class Thresholds:
 
 
 def load_dataset_codec(desc: dict, codec_path: str | None = None):
-    """The codec a dataset was tokenized with, from its description (``codec_path`` for a codec folder)."""
-    from audiogen.codec import load_codec
+    """The codec a dataset was tokenized with, from its description (``codec_path`` for a codec folder;
+    without one, the embedded default model's codec when the dataset was prepared with ``--codec default``)."""
+    from audiogen.codec import DEFAULT_CODEC, load_codec
     from audiogen.training import codec_spec
 
-    spec, codec = codec_spec(desc, codec_path or "")
+    try:
+        spec, codec = codec_spec(desc, codec_path or "")
+    except AudiogenError:
+        if codec_path or not desc.get("weights_sha256"):
+            raise
+        spec, codec = codec_spec(desc, DEFAULT_CODEC)  # says which fields differ when it is not that one
     return codec if codec is not None else load_codec(spec, num_codebooks=desc.get("num_codebooks"))
 
 
@@ -66,18 +74,22 @@ def check_codec(codec, desc: dict, what: str) -> None:
 
 
 def build_index(data_dir: str | os.PathLike, embedder_name: str = "builtin", weights: str | None = None,
-                codec_path: str | None = None, tokens_only: bool = False, progress: bool = True) -> dict:
-    """``audiogen audit index``: the token index, then (unless ``tokens_only``) the audio index."""
+                codec_path: str | None = None, tokens_only: bool = False, progress: bool = True,
+                audio: bool = True) -> dict:
+    """``audiogen audit index``: the token index, then (unless ``tokens_only``) the round-trip token
+    index and (when ``audio``) the audio index, which need the codec."""
     from audiogen.embedders import load_embedder
     from audiogen.originality.near import build_audio_index
-    from audiogen.originality.tokens import build_token_index
+    from audiogen.originality.tokens import build_roundtrip_index, build_token_index
 
     report = {"tokens": build_token_index(data_dir, progress=progress)}
     if not tokens_only:
         tok = TokenIndex(data_dir)
-        emb = load_embedder(embedder_name, weights)
-        report["audio"] = build_audio_index(data_dir, tok, emb, lambda: load_dataset_codec(tok.codec, codec_path),
-                                            progress=progress)
+        codec = load_dataset_codec(tok.codec, codec_path)
+        report["roundtrip"] = build_roundtrip_index(data_dir, codec, progress=progress)
+        if audio:
+            emb = load_embedder(embedder_name, weights)
+            report["audio"] = build_audio_index(data_dir, tok, emb, lambda: codec, progress=progress)
     return report
 
 
@@ -129,15 +141,22 @@ class Auditor:
         result: dict = {"duration_s": round(wav.shape[-1] / sr, 3), "tokens": {}}
         reasons = {"copy": [], "similar": []}
         token_items = set()
+        what = {"all": "identical tokens with", "cb0": "identical codebook-0 tokens with",
+                "rt": "tokens identical to the codec's round trip of",
+                "rt0": "codebook-0 tokens identical to the codec's round trip of"}
         for name, copy_s, similar_s in (("all", th.copy_tokens_s, th.similar_tokens_s),
-                                        ("cb0", th.copy_cb0_s, th.similar_cb0_s)):
+                                        ("cb0", th.copy_cb0_s, th.similar_cb0_s),
+                                        ("rt", th.copy_tokens_s, th.similar_tokens_s),
+                                        ("rt0", th.copy_cb0_s, th.similar_cb0_s)):
+            if name not in tok.names:
+                continue
             runs = [tok.describe_run(r) | {"item_index": r.item} for r in tok.runs(codes, name)]
             result["tokens"][name] = runs
             token_items.update(r["item_index"] for r in runs)
             longest = runs[0]["seconds"] if runs else 0.0
             self._grade(reasons, f"tokens.{name}", longest, copy_s, similar_s,
-                        f"{longest:.2f}s of identical {'tokens' if name == 'all' else 'codebook-0 tokens'}"
-                        + (f" with {runs[0]['source']} at {runs[0]['source_start_s']:.1f}s" if runs else ""))
+                        f"{longest:.2f}s of {what[name]}"
+                        + (f" {runs[0]['source']} at {runs[0]['source_start_s']:.1f}s" if runs else ""))
         if self.audio is not None:
             result.update(self._near(wav, sr, token_items, reasons))
         result["verdict"] = "copy" if reasons["copy"] else "similar" if reasons["similar"] else "original"

@@ -11,7 +11,10 @@ host clip, in one of these kinds:
 - ``shift``: the source audio cut and pasted off the frame grid (a fraction of a frame
   at both ends), so its tokens do not line up with the training tokens.
 
-Negatives: the host clips themselves (generated, nothing planted) and unseen real music.
+Negatives: the host clips themselves (generated, nothing planted) and unseen real music
+(files, or ``(file, offset_s)`` for several clips of one file; :func:`write_train_only`
+makes a dataset of some of a prepared dataset's train recordings, so that the recordings it
+leaves out, :func:`held_out_clips`, are unseen music of the same kind).
 The result gives recall per kind and length, the false-positive rate per negative set,
 and every clip's measures, so thresholds can be re-derived from them.
 """
@@ -77,16 +80,20 @@ def measures(result: dict) -> dict:
     return {
         "tokens_all_s": tok.get("all", [{}])[0].get("seconds", 0.0) if tok.get("all") else 0.0,
         "tokens_cb0_s": tok.get("cb0", [{}])[0].get("seconds", 0.0) if tok.get("cb0") else 0.0,
+        "tokens_rt_s": tok.get("rt", [{}])[0].get("seconds", 0.0) if tok.get("rt") else 0.0,
+        "tokens_rt0_s": tok.get("rt0", [{}])[0].get("seconds", 0.0) if tok.get("rt0") else 0.0,
         "embedding_s": ((result.get("embedding") or {}).get("match") or {}).get("seconds", 0.0),
         "best_cosine": (result.get("embedding") or {}).get("best_cosine"),
         "chroma_s": ((result.get("chroma") or {}).get("match") or {}).get("seconds", 0.0),
     }
 
 
-def run_calibration(auditor, hosts: list[Path], unseen: list[Path], per_cell: int = 4, kinds=KINDS,
-                    lengths=LENGTHS, clip_s: float = 30.0, seed: int = 0, progress: bool = True) -> dict:
-    """Plant ``per_cell`` excerpts per (kind, length) into ``hosts`` (cycled), audit everything, and
-    return recall / false-positive rates at the auditor's thresholds with every clip's measures."""
+def run_calibration(auditor, hosts: list[Path], unseen: list, per_cell: int = 4, kinds=KINDS,
+                    lengths=LENGTHS, clip_s: float = 30.0, seed: int = 0, progress: bool = True,
+                    per_cell_at: dict | None = None) -> dict:
+    """Plant ``per_cell`` excerpts per (kind, length) (``per_cell_at[length]`` where given) into
+    ``hosts`` (cycled), audit everything, and return recall / false-positive rates at the auditor's
+    thresholds with every clip's measures."""
     from tqdm import tqdm
 
     from audiogen import audio as A
@@ -99,7 +106,11 @@ def run_calibration(auditor, hosts: list[Path], unseen: list[Path], per_cell: in
     fr = auditor.tokens.frame_rate
     hop = sr / fr
     train = [i for i, it in enumerate(items) if it["split"] == "train"]
-    jobs = [(kind, length, n) for kind in kinds for length in lengths for n in range(per_cell)]
+    per_cell_at = per_cell_at or {}
+    jobs = [(kind, length, n) for kind in kinds for length in lengths
+            for n in range(per_cell_at.get(float(length), per_cell))]
+    # an excerpt needs a row at least a second longer (rows of 10 s hold no 10 s excerpt): such jobs are skipped
+    jobs = [j for j in jobs if any(items[i]["frames"] / fr >= j[1] + 1 for i in train)]
     clips = []
     bar = tqdm(total=len(jobs) + len(hosts) + len(unseen), desc="calibration", unit="clip", disable=not progress)
     for j, (kind, length, n) in enumerate(jobs):
@@ -120,9 +131,10 @@ def run_calibration(auditor, hosts: list[Path], unseen: list[Path], per_cell: in
         bar.update(1)
     for name, files in (("generated", hosts), ("unseen", unseen)):
         for f in files:
-            wav = A.load_audio(f, sr, 1)[0][:, : int(clip_s * sr)]
+            f, offset = (f, 0.0) if isinstance(f, (str, Path)) else f
+            wav = A.load_audio(f, sr, 1, offset_s=offset, duration_s=clip_s)[0]
             r = auditor.audit(wav, sr)
-            clips.append({"set": name, "file": str(f), "verdict": r["verdict"], **measures(r)})
+            clips.append({"set": name, "file": str(f), "offset_s": offset, "verdict": r["verdict"], **measures(r)})
             bar.update(1)
     bar.close()
     return summarise(clips, auditor, time.perf_counter() - t0)
@@ -144,8 +156,8 @@ def summarise(clips: list[dict], auditor, wall_s: float) -> dict:
         rows = [c for c in clips if c["set"] == name]
         fpr[name] = {"copy": rate(rows), "copy_or_similar": rate(rows, ("copy", "similar")), "n": len(rows)}
     negatives = [c for c in clips if c["set"] != "planted"]
-    neg_max = {k: max((c[k] or 0.0) for c in negatives) for k in ("tokens_all_s", "tokens_cb0_s", "embedding_s",
-                                                                  "best_cosine", "chroma_s")} if negatives else {}
+    keys = ("tokens_all_s", "tokens_cb0_s", "tokens_rt_s", "tokens_rt0_s", "embedding_s", "best_cosine", "chroma_s")
+    neg_max = {k: max((c[k] or 0.0) for c in negatives) for k in keys} if negatives else {}
     from dataclasses import asdict
 
     return {"recall": recall, "false_positive_rate": fpr, "negatives_max": neg_max,
@@ -181,3 +193,57 @@ def write_token_dataset(out: str | Path, rows: list[np.ndarray], codec_desc: dic
               for name, (lo, hi) in (("train", (0, n)), ("valid", (n, len(rows))))}
     datasets.DatasetDict(splits).save_to_disk(str(out))
     return Path(out)
+
+
+def write_train_only(data_dir: str | Path, out: str | Path, max_sources: int | None = None, seed: int = 0) -> Path:
+    """Write ``out``: ``data_dir``'s train split (the rows of ``max_sources`` of its recordings, drawn
+    with ``seed``, when given) as a prepared dataset (one of those recordings as its valid split), its
+    ``prep_report.json`` copied so the source audio is still found. Indexed, the recordings it
+    leaves out (:func:`held_out_clips`) are unseen music of the same kind."""
+    import shutil
+
+    import datasets
+
+    from audiogen.data import load_prepared
+
+    data_dir, out = Path(data_dir), Path(out)
+    dd = load_prepared(data_dir)
+    train = dd["train"]
+    order = np.random.default_rng(seed).permutation(sorted(train.unique("source"))).tolist()
+    keep = order[: max_sources or len(order)]
+    # a split cannot be empty on disk: the last kept recording's rows form the valid split
+    rows = {s: [] for s in keep}
+    for i, s in enumerate(train["source"]):
+        if s in rows:
+            rows[s].append(i)
+    splits = {"train": train.select([i for s in keep[:-1] for i in rows[s]]), "valid": train.select(rows[keep[-1]])}
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    if (data_dir / "prep_report.json").is_file():
+        shutil.copy(data_dir / "prep_report.json", out / "prep_report.json")
+    return out
+
+
+def held_out_clips(data_dir: str | Path, indexed_dir: str | Path, clip_s: float = 30.0,
+                   per_file: int = 2) -> list[tuple[Path, float]]:
+    """Up to ``per_file`` clips ``(file, offset_s)`` of ``clip_s`` from each recording of ``data_dir``
+    that ``indexed_dir`` (made by :func:`write_train_only`) holds no row of, first clips first;
+    recordings whose file is gone are skipped."""
+    import json
+
+    from audiogen import audio as A
+    from audiogen.data import load_prepared
+
+    data_dir = Path(data_dir)
+    dd, indexed = load_prepared(data_dir), load_prepared(indexed_dir)
+    seen = set(indexed["train"].unique("source")) | set(indexed["valid"].unique("source"))
+    report = data_dir / "prep_report.json"
+    audio_dir = Path(json.loads(report.read_text()).get("audio_dir", "")) if report.is_file() else None
+    clips = []
+    for source in sorted((set(dd["train"].unique("source")) | set(dd["valid"].unique("source"))) - seen):
+        path = audio_dir / source if audio_dir is not None else None
+        if path is None or not path.is_file():
+            continue
+        n = int(min(per_file, A.audio_info(path).duration_s // clip_s))
+        clips += [(k, path, float(k * clip_s)) for k in range(n)]
+    # every recording's first clip, then every second one...: a prefix of the list spreads over recordings
+    return [(path, offset) for _, path, offset in sorted(clips, key=lambda c: c[0])]

@@ -267,7 +267,8 @@ class AudioIndex:
         meta = self.folder / "audio.json"
         if not meta.is_file():
             raise AudiogenError(f"{data_dir}: the audit index has no audio part; rebuild it with "
-                                f"'audiogen audit index {data_dir}' (without --tokens-only)")
+                                f"'audiogen audit index {data_dir}' (without --tokens-only or --no-audio), "
+                                "or audit with --tokens-only")
         self.settings = json.loads(meta.read_text())
         if self.settings.get("version") != AUDIO_INDEX_VERSION:
             raise AudiogenError(f"{self.folder}: built by another version; rebuild it with 'audiogen audit index'")

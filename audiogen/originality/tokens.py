@@ -5,8 +5,17 @@ long run of frames a generated track shares with a training item. Two indexes an
 
 - ``all``: n-grams of ``n`` consecutive frames over every codebook the dataset holds (the
   LM models all of them);
-- ``cb0``: longer n-grams of codebook 0 alone, the coarse codebook, which survives a
-  decode/encode round trip (and small changes of the audio) far better than the fine ones.
+- ``cb0``: n-grams of codebook 0 alone, the coarse codebook, chained across gaps (a decode/encode
+  round trip changes some of its tokens);
+- ``rt`` and ``rt0`` (built when the codec is at hand): as ``all`` and ``cb0``, over each row's tokens
+  *round-tripped* through the codec (decoded, then encoded again). A model that memorised a
+  row emits its tokens; an audit of that audio encodes the decoded tokens again, and the
+  codec's round trip is far from the identity (the default model's codec keeps ~38% of the
+  codebook-0 tokens and ~15% of the others), so the copy shares few exact tokens with the
+  row itself, but nearly all with the row's round trip: the encoder is deterministic and its
+  context is local, so the same decoded audio gives the same tokens inside a new clip. A gain
+  change breaks the exact runs (the encoder reads a log-mel spectrogram, unnormalised) but
+  most codebook-0 tokens survive it, hence ``rt0``'s gapped chains.
 
 On disk (``DATA_DIR/audit_index/``), per index: ``<name>.hashes.npy`` (uint64, sorted)
 and ``<name>.postings.npy`` (uint64, ``item << 32 | frame``, in the same order), read
@@ -42,15 +51,16 @@ from audiogen.errors import AudiogenError
 INDEX_DIR = "audit_index"
 #: bumped when the hash or the layout changes; an index of another version is rebuilt, not misread
 TOKEN_INDEX_VERSION = 2  # 2: short cb0 n-grams, gapped chains
+ROUNDTRIP_VERSION = 2  # 2: rt0, codebook 0 of the round trip with gapped chains
 #: n-gram lengths in seconds (at least MIN_N frames): short enough to catch a 1 s copy, long enough that
-#: chance matches between unrelated music are rare. cb0 n-grams are short because a decode/encode round
-#: trip keeps only most cb0 tokens (88% frame by frame with the default model's codec), so its exact runs
-#: are short; its evidence is a *gapped* chain instead (see MAX_GAP_S).
+#: chance matches between unrelated music are rare. cb0 n-grams are short because small changes of the
+#: audio change some cb0 tokens, so its exact runs are short; its evidence is a *gapped* chain instead
+#: (see MAX_GAP_S). ``rt`` uses the ``all`` n-gram.
 NGRAM_S = {"all": 0.1, "cb0": 0.06}
 MIN_N = {"all": 4, "cb0": 4}
 #: hits on one diagonal further apart than this do not chain: 0 for ``all`` (exact runs); for cb0 a
 #: re-encoded copy's chain survives the odd changed token
-MAX_GAP_S = {"all": 0.0, "cb0": 0.2}
+MAX_GAP_S = {"all": 0.0, "cb0": 0.2, "rt": 0.0, "rt0": 0.2}
 #: a cb0 chain counts when at least this share of its frames carry the item's cb0 token
 MIN_AGREEMENT = 0.5
 #: an n-gram found in more places than this is not looked up (silence and the like)
@@ -211,6 +221,7 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     specs = default_specs(K, fr)
     out = make_dir(data_dir / INDEX_DIR)
     (out / "tokens.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    (out / "roundtrip.json").unlink(missing_ok=True)  # built from the items numbered here: rebuilt after them
     est = sum(float(np.sum(dd[s]["duration_s"])) for s in ("train", "valid")) * fr
     bits = int(np.clip(math.ceil(math.log2(max(est, 1) / BUCKET_ENTRIES)), 0, 16))
     tmp = out / ".spill"
@@ -250,6 +261,93 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     return settings
 
 
+def roundtrip_specs(num_codebooks: int, frame_rate: float) -> list[NgramSpec]:
+    """``rt``: the ``all`` n-gram over the round-tripped tokens (exact runs); ``rt0``: the ``cb0`` n-gram
+    over their codebook 0 (gapped chains), which survives a gain change that breaks exact runs."""
+    return [NgramSpec("rt" if s.name == "all" else "rt0", s.codebooks, s.n) for s in default_specs(num_codebooks, frame_rate)]
+
+
+def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = True, batch_rows: int = 8) -> dict:
+    """The ``rt`` and ``rt0`` indexes: every row's tokens decoded with ``codec`` (the dataset's) and
+    encoded again (kept in ``rt.codes.i2``, int16 ``[K, T]`` per item, with ``rt.offsets.npy``), then
+    hashed. Needs the token index (the same item numbers); returns the settings written. The codec
+    pass (a decode and an encode of every row) is skipped when the round trip on disk was made by
+    the same codec for the same items, so new hashes cost no codec compute."""
+    import torch
+    from tqdm import tqdm
+
+    from audiogen.audio import atomic_write_text
+    from audiogen.data import load_prepared
+
+    t0 = time.perf_counter()
+    data_dir = Path(data_dir)
+    out = data_dir / INDEX_DIR
+    tok = json.loads((out / "tokens.json").read_text())
+    K, n_items = int(tok["num_codebooks"]), int(tok["items"])
+    meta = out / "roundtrip.json"
+    old = json.loads(meta.read_text()) if meta.is_file() else {}
+    meta.unlink(missing_ok=True)
+    desc = codec.describe()
+    reuse = (old.get("items") == n_items and old.get("codec", {}).get("weights_sha256") == desc.get("weights_sha256")
+             and old.get("codec", {}).get("name") == desc.get("name")
+             and (out / "rt.codes.i2").is_file() and (out / "rt.offsets.npy").is_file())
+    codec_s = old.get("codec_s") if reuse else None
+    if not reuse:
+        offsets = [0]
+        pending: list[tuple[int, np.ndarray]] = []
+        bar = tqdm(total=n_items, unit="row", desc="audit round trip", disable=not progress)
+
+        def flush(f) -> None:
+            by_len: dict[int, list] = {}  # rows of one length go through the codec together
+            for item, codes in pending:
+                by_len.setdefault(codes.shape[1], []).append((item, codes))
+            done = {}
+            for group in by_len.values():
+                x = torch.from_numpy(np.stack([c for _, c in group]).astype(np.int64))
+                with torch.no_grad():
+                    rt = codec.encode(codec.decode(x))[:, :K, : x.shape[2]].cpu().numpy().astype(np.int16)
+                done.update({item: rt[i] for i, (item, _) in enumerate(group)})
+            for item, _ in pending:
+                f.write(np.ascontiguousarray(done[item]).tobytes())
+                offsets.append(offsets[-1] + done[item].shape[1])
+            bar.update(len(pending))
+            pending.clear()
+
+        with open(out / "rt.codes.i2", "wb") as f:
+            for item, (_, _, codes) in enumerate(iter_dataset_codes(load_prepared(data_dir))):
+                pending.append((item, np.array(codes[:K])))
+                if len(pending) >= batch_rows:
+                    flush(f)
+            flush(f)
+        bar.close()
+        np.save(out / "rt.offsets.npy", np.asarray(offsets, np.int64))
+        codec_s = round(time.perf_counter() - t0, 2)
+    offsets = np.load(out / "rt.offsets.npy")
+    codes = np.memmap(out / "rt.codes.i2", np.int16, "r")
+    specs = roundtrip_specs(K, float(tok["frame_rate"]))
+    tmp = out / ".spill_rt"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    spills = {}
+    for spec in specs:
+        (tmp / spec.name).mkdir(parents=True)
+        spills[spec.name] = _Spill(tmp / spec.name, int(tok["bucket_bits"]))
+    for item in range(n_items):
+        a, b = int(offsets[item]), int(offsets[item + 1])
+        rt = np.asarray(codes[a * K : b * K]).reshape(K, b - a)
+        for spec in specs:
+            h = ngram_hashes(spec.select(rt), spec.n)
+            spills[spec.name].add(h, (np.uint64(item) << np.uint64(32)) | np.arange(len(h), dtype=np.uint64))
+    for spec in specs:
+        spills[spec.name].finish(out / f"{spec.name}.hashes.npy", out / f"{spec.name}.postings.npy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    settings = {"version": ROUNDTRIP_VERSION, "specs": [asdict(s) for s in specs], "codec": desc,
+                "items": n_items, "frames": int(offsets[-1]), "codec_s": codec_s, "reused_round_trip": reuse,
+                "build_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(meta, json.dumps(settings, indent=2))  # last: marks it complete
+    return settings
+
+
 # -------------------------------------------------------------------------------- querying
 
 
@@ -283,10 +381,31 @@ class TokenIndex:
         self.frame_rate = float(self.settings["frame_rate"])
         self.specs = [NgramSpec(**s) for s in self.settings["specs"]]
         self.items = json.loads((self.folder / "items.json").read_text())
+        self._rt = None
+        rt = self.folder / "roundtrip.json"
+        if rt.is_file():
+            meta = json.loads(rt.read_text())
+            if meta.get("version") == ROUNDTRIP_VERSION and meta.get("items") == len(self.items):
+                self.specs += [NgramSpec(**x) for x in meta["specs"]]
+                self._rt_offsets = np.load(self.folder / "rt.offsets.npy")
+                self._rt = np.memmap(self.folder / "rt.codes.i2", np.int16, "r")
         self.arrays = {s.name: (np.load(self.folder / f"{s.name}.hashes.npy", mmap_mode="r"),
                                 np.load(self.folder / f"{s.name}.postings.npy", mmap_mode="r"))
                        for s in self.specs}
         self._dd = None
+
+    @property
+    def names(self) -> list[str]:
+        """The token indexes at hand: ``all``, ``cb0`` and, when built, ``rt`` and ``rt0``."""
+        return [s.name for s in self.specs]
+
+    def _ref_codes(self, name: str, item: int) -> np.ndarray:
+        """The tokens index ``name`` was built from for ``item``: the row's, or its round trip (``rt*``)."""
+        if not name.startswith("rt"):
+            return self.item_codes(item)
+        a, b = int(self._rt_offsets[item]), int(self._rt_offsets[item + 1])
+        K = int(self.settings["num_codebooks"])
+        return np.asarray(self._rt[a * K : b * K]).reshape(K, b - a)
 
     @property
     def codec(self) -> dict:
@@ -360,13 +479,13 @@ class TokenIndex:
 
     def _agreement(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
         """A gapped chain checked against the item's real tokens: the share of its frames that agree."""
-        ref = spec.select(self.item_codes(item))
+        ref = spec.select(self._ref_codes(spec.name, item))
         same = (q[:, qs : qs + frames] == ref[:, rs : rs + frames]).all(axis=0)
         return Run(spec.name, item, qs, rs, frames, float(same.mean()) if len(same) else 0.0)
 
     def _extend(self, q: np.ndarray, spec: NgramSpec, item: int, qs: int, rs: int, frames: int) -> Run:
         """Check a chain against the item's real tokens and grow it to the exact shared run."""
-        ref = spec.select(self.item_codes(item))
+        ref = spec.select(self._ref_codes(spec.name, item))
         Tq, Tr = q.shape[1], ref.shape[1]
         equal = lambda a, b: np.array_equal(q[:, a], ref[:, b])  # noqa: E731
         same = (q[:, qs : qs + frames] == ref[:, rs : rs + frames]).all(axis=0)
