@@ -45,7 +45,8 @@ def loaded(tiny_model_dir):
 
 
 def settings(**kw):
-    base = dict(chunk_s=0.25, window_s=1.0, top_k=50, seed=3)
+    # a short codec context: the tiny codec's decode dominates the tests' time on a busy 2-core machine
+    base = dict(chunk_s=0.25, window_s=1.0, top_k=50, seed=3, decode_context_s=0.2)
     base.update(kw)
     return StreamSettings(**base)
 
@@ -72,8 +73,8 @@ def test_tokens_before_any_slide_equal_one_generated_window(loaded):
 
 def test_window_slides_with_bounded_buffers_and_chunks_have_fixed_length(loaded):
     s = MusicStream(loaded, {"genre": "ambient"}, settings())
-    chunks = take(s, 24)  # 6 s of audio through 1 s windows
-    assert s.tokens.slides >= 5
+    chunks = take(s, 14)  # 3.5 s of audio through 1 s windows
+    assert s.tokens.slides >= 4
     assert {c.shape for c in chunks} == {(1, s.chunk_samples)}
     assert all(c.dtype == np.float32 and np.isfinite(c).all() for c in chunks)
     # the token buffer holds about one window plus the decode context, not the whole stream
@@ -82,7 +83,7 @@ def test_window_slides_with_bounded_buffers_and_chunks_have_fixed_length(loaded)
 
 
 def test_chunks_decode_like_the_whole_track_and_boundaries_have_no_steps(loaded):
-    s = MusicStream(loaded, {"genre": "ambient"}, settings(level=False, crossfade_s=0.0))
+    s = MusicStream(loaded, {"genre": "ambient"}, settings(level=False, crossfade_s=0.0, decode_context_s=0.6))
     wav = np.concatenate(take(s, 12), axis=1)[0]
     frames = s.decoder.next
     whole = loaded.codec.decode(s.tokens.frames_between(s.tokens.base, frames + 1)[None]).numpy()[0, 0]
@@ -222,3 +223,59 @@ def test_stream_refuses_bad_options_with_one_line(tiny_model_dir):
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 1 and r.stdout == b""
     assert r.stderr.decode().strip().count("\n") == 0 and "unknown genre" in r.stderr.decode()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_page_plays_the_stream_and_a_slider_change_reaches_the_output(tiny_model_dir):
+    """Debian's chromium: Play, wait for audio, move the intensity slider, hear the change, audio keeps flowing."""
+    from pathlib import Path
+
+    import httpx
+
+    from listening_helpers import free_port
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} missing: run 'bash install.sh' (it installs Debian's chromium)")
+    pytest.importorskip("websockets", reason="audiogen serve needs the listen extras (websockets)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "audiogen", "serve", "--model", str(tiny_model_dir), "--port",
+                             str(port), "--chunk", "0.25", "--window", "1"],
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        import time
+
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "server did not answer"
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#play")
+            page.wait_for_function("Number(document.body.dataset.played || 0) >= 0.5", timeout=240_000)
+            assert json.loads(page.evaluate("document.body.dataset.state"))["intensity"] == 0.5  # the page's start
+            page.eval_on_selector("#intensity", "el => { el.value = 0.95; el.dispatchEvent(new Event('change')); }")
+            page.wait_for_function("JSON.parse(document.body.dataset.state || '{}').intensity === 0.95",
+                                   timeout=240_000)
+            heard = float(page.evaluate("document.body.dataset.played"))
+            page.wait_for_function(f"Number(document.body.dataset.played) >= {heard + 0.5}", timeout=240_000)
+            assert float(page.evaluate("document.body.dataset.rms")) > 0  # sound, not silence
+            underruns = int(page.evaluate("document.body.dataset.underruns || 0"))
+            assert not page.evaluate("document.body.dataset.error || ''")
+            browser.close()
+        # underruns depend on the machine's speed: reported, not asserted (benchmarks/stream.py measures them)
+        print(f"underruns: {underruns}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
