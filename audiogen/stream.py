@@ -43,6 +43,7 @@ buffers keep a few seconds, nothing grows with time.
 
 from __future__ import annotations
 
+import collections
 import math
 import queue
 import threading
@@ -585,6 +586,7 @@ class MusicStream:
         self._pending_cut: tuple[_Change, int] | None = None
         self.bar_anchor = 0  # frame the bar grid counts from
         self.stats = StreamStats()
+        self._history = collections.deque([(0, self.state)], maxlen=256)  # (frame, state from that frame on)
 
     def _check(self, state: StreamState) -> None:
         for _, cond in state.parts(self.fold):
@@ -608,6 +610,13 @@ class MusicStream:
 
     def _latest_state(self) -> StreamState:
         return getattr(self, "_queued_state", self.state)
+
+    def state_at(self, frame: int) -> StreamState:
+        """The request that took effect at or before ``frame`` (recent frames; a glide's target from its start)."""
+        for f, state in reversed(self._history):
+            if f <= frame:
+                return state
+        return self._history[0][1]
 
     def bar_frames(self) -> float:
         """Frames per 4/4 bar at the current tempo (``DEFAULT_BPM`` when none is asked)."""
@@ -635,6 +644,7 @@ class MusicStream:
         if ch.state.bpm != self.state.bpm:
             self.bar_anchor = frame  # a new tempo starts a new bar grid
         self.state = ch.state
+        self._history.append((frame, ch.state))
         self.mix.set_target(ch.state.parts(self.fold), frame, frames)
         self.stats.changes.append((ch.received, frame))
 

@@ -4,7 +4,7 @@ FastAPI on uvicorn, as the listening app. ``GET /`` is the page; ``GET /healthz`
 ok; ``WS /ws`` streams. On a WebSocket the server first sends a JSON text message
 ``{"type": "hello", "sample_rate", "channels", "chunk_s"}``, then for every chunk a JSON
 ``{"type": "chunk", "index", "start_s", "state", "changes"}`` (the request in effect at
-the chunk's end, and how many changes have taken effect so far) followed by one binary
+the chunk's last frame, and how many changes took effect up to it) followed by one binary
 message of interleaved float32 little-endian PCM. The client sends control messages in
 the ``audiogen stream`` format (``{"mood": "tense", "intensity": 0.8, "glide_s": 4}``); a
 bad one gets ``{"type": "error", "message"}`` back and the stream carries on.
@@ -15,7 +15,6 @@ controls). The server stays at most ``lead_s`` seconds of audio ahead of real ti
 change is heard within about that plus the chunk length.
 """
 
-from __future__ import annotations
 
 import asyncio
 import dataclasses
@@ -81,8 +80,9 @@ def build_app(loaded, settings, start: dict | None = None, lead_s: float = 3.0):
                 if ahead > lead_s:  # do not run far ahead of playback: changes would wait behind it
                     await asyncio.sleep(ahead - lead_s)
                 chunk = await asyncio.to_thread(generate)
+                last = (index + 1) * stream.chunk_frames - 1  # the chunk's last frame
                 await sock.send_text(json.dumps({"type": "chunk", "index": index, "start_s": sent,
-                                                 "state": _state(stream.state),
+                                                 "state": _state(stream.state_at(last)),
                                                  "changes": _changes_before(stream, index + 1)}))
                 await sock.send_bytes(chunk.T.astype("<f4").tobytes())
                 sent += chunk.shape[1] / stream.sr
@@ -110,22 +110,12 @@ def _changes_before(stream, chunks: int) -> int:
 def serve(loaded, settings, start: dict | None, host: str, port: int, lead_s: float = 3.0,
           log_level: str = "warning") -> None:
     """Bind first (a port in use is one clear error), then run uvicorn until interrupted."""
-    import errno
-    import socket
-
     import uvicorn
 
+    from audiogen.listening.server import bind_socket
+
     app = build_app(loaded, settings, start, lead_s)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except (OSError, OverflowError) as e:
-        sock.close()
-        reason = getattr(e, "strerror", None) or str(e)
-        raise AudiogenError(f"cannot listen on {host}:{port}: {reason}"
-                            + (" (another server has it: pick another --port)" if isinstance(e, OSError)
-                               and e.errno == errno.EADDRINUSE else "")) from None
+    sock = bind_socket(host, port)
     print(f"audiogen stream: open http://{host}:{sock.getsockname()[1]}/", flush=True)
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level, server_header=False,
                             ws="websockets")
