@@ -26,7 +26,8 @@ intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
 
 ``--lm-config small`` swaps in a random LM of MusicGen-small's size (speed does not depend
 on the weights) with the model's codec and conditioner. The machine's load is reported
-(``loadavg``): on a shared machine the speed figures are lower bounds.
+(``loadavg``): on a shared machine the wall-clock speed figures are lower bounds, and
+``rtf_cpu_time`` (audio seconds per CPU second per thread) estimates the unshared speed.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
                                         cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype)
     rss0 = rss_mb()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     stream = MusicStream(loaded, {"text": args.prompt, **REQUESTS[0]}, settings)
     sr, chunk_s = stream.sr, stream.chunk_samples / stream.sr
@@ -133,6 +135,7 @@ def main(argv=None) -> int:
             changes_sent.append((i, time.perf_counter(), req))
             stream.control({**req, "glide_s": args.glide})
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     rss_end = rss_mb()
 
     # control latency: message -> return of the chunk holding the first frame under the new condition
@@ -181,6 +184,9 @@ def main(argv=None) -> int:
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         "duration_s": round(audio_s, 2), "chunk_s": round(chunk_s, 3), "model_load_s": round(load_s, 2),
         "rtf_sustained": round(audio_s / wall, 3),
+        # on a shared machine: audio seconds per (CPU seconds / threads), what the same work would give with the
+        # threads' cores to itself (an estimate: it ignores memory-bandwidth contention)
+        "cpu_s": round(cpu, 1), "rtf_cpu_time": round(audio_s / (cpu / torch.get_num_threads()), 3),
         "time_to_first_audio_s": round(arrivals[0], 3),
         "chunk_wall_s": {"median": round(statistics.median(np.diff([0.0] + arrivals)), 3),
                          "max": round(float(np.max(np.diff([0.0] + arrivals))), 3)},
