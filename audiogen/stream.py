@@ -47,11 +47,10 @@ import collections
 import math
 import queue
 import threading
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, sample_tokens

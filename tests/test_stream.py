@@ -15,7 +15,7 @@ import torch
 
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, generate_window
-from audiogen.stream import (ConditionMix, LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
+from audiogen.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
                              state_from)
 
 
