@@ -539,27 +539,33 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int, bool] | None:
     return first, last, True
 
 
+def bind_socket(host: str, port: int):
+    """A bound listening socket; a port in use (or a bad address) is one clear :class:`AudiogenError`."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        sock.close()
+        reason = getattr(e, "strerror", None) or str(e)
+        raise AudiogenError(f"cannot listen on {host}:{port}: {reason}"
+                            + (" (another server has it: pick another --port)" if isinstance(e, OSError)
+                               and e.errno == errno.EADDRINUSE else "")) from None
+    return sock
+
+
 def serve(exp_dir: str | os.PathLike, opts: ServeOptions) -> None:
     """Run the app with uvicorn until interrupted.
 
     The socket is bound here, before uvicorn starts, so a port in use is one clear error
     (not uvicorn's log lines) and ``--port 0`` prints the port the system picked.
     """
-    import socket
-
     import uvicorn
 
     app = build_app(exp_dir, opts)
-    sock = socket.socket(socket.AF_INET6 if ":" in opts.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((opts.host, opts.port))
-    except (OSError, OverflowError) as e:
-        sock.close()
-        reason = getattr(e, "strerror", None) or str(e)
-        raise AudiogenError(f"cannot listen on {opts.host}:{opts.port}: {reason}"
-                            + (" (another server has it: pick another --port)" if isinstance(e, OSError)
-                               and e.errno == errno.EADDRINUSE else "")) from None
+    sock = bind_socket(opts.host, opts.port)
     port = sock.getsockname()[1]
     print(f"listening test '{exp_dir}': participants http://{opts.host}:{port}/  "
           f"admin http://{opts.host}:{port}/admin", flush=True)

@@ -1,0 +1,179 @@
+"""``audiogen stream``: endless music to stdout or a file, steered by JSON lines on stdin."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 12
+
+EPILOG = """control lines (stdin, one JSON object per line, applied at the next frame):
+  {"mood": "tense", "intensity": 0.8, "glide_s": 4}     glide over 4 s
+  {"prompt": "boss fight, drums", "bpm": 140, "cut": "bar"}  switch on the next bar line
+  {"genre": null}                                      null clears a condition
+fields: prompt (or text), genre, mood, bpm, key, instruments, intensity (0-1),
+glide_s (0-120 s, default 0 = at once), cut ("bar"/true). Absent fields keep their
+value. A bad line prints one error to stderr and the music carries on. Attributes the
+model was not trained with (see 'audiogen info --model') are added to the text.
+
+examples:
+  audiogen stream "calm exploration music" --genre game | aplay -f S16_LE -r 24000 -c 1
+  audiogen stream "calm exploration music" --format wav | ffplay -nodisp -
+  audiogen stream "night drive" --bpm 90 --duration 600 --out drive.wav < controls.jsonl
+
+raw output is signed 16-bit little-endian (or float32 with --format f32) at the model's
+sample rate and channels, printed to stderr at the start. See docs/stream.md."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="stream endless music to stdout or a file; change mood, intensity, tempo live with JSON lines on stdin",
+        description="Generate music without end (or for --duration), chunk by chunk, as raw PCM or WAV on "
+        "stdout (pipe it into aplay, ffplay, a game engine) or into a file. Conditions change while it "
+        "plays: write JSON lines on stdin; each change glides over glide_s seconds or cuts on the next bar. "
+        "Loudness is held at --lufs by a streaming loudness follower and a true-peak limiter.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", nargs="?", default=None, help='text description to start with, e.g. "calm exploration"')
+    p.add_argument("--model", default=None, metavar="DIR", help="model directory; default: the embedded model")
+    g = p.add_argument_group("starting conditions (all change later through stdin)")
+    g.add_argument("--genre")
+    g.add_argument("--mood")
+    g.add_argument("--bpm", type=float)
+    g.add_argument("--key")
+    g.add_argument("--instruments", help="comma-separated")
+    g.add_argument("--intensity", type=float, metavar="0-1",
+                   help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE", help="write a WAV file (finalised on exit or Ctrl-C) instead of stdout")
+    o.add_argument("--format", choices=["raw", "f32", "wav"], default="raw",
+                   help="stdout format: raw = s16le PCM, f32 = float32le PCM, wav = 16-bit WAV with an open-ended "
+                        "header (default raw)")
+    o.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: never)")
+    o.add_argument("--chunk", type=float, default=1.0, metavar="S", help="chunk length in seconds (default 1)")
+    o.add_argument("--lufs", type=float, default=-16.0, help="loudness target (default -16)")
+    o.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--seed", type=int, default=0, help="same seed + same control lines at the same times = same audio")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=250)
+    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3; 1 = off)")
+    s.add_argument("--window", type=float, default=None, metavar="S",
+                   help="LM window in seconds (default: the model's); the context slides within it")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--quiet", action="store_true", help="no start-up line on stderr")
+    p.set_defaults(func=run)
+
+
+def _read_controls(stream, source, report) -> None:
+    """Feed stdin's JSON lines to ``stream.control``; a bad line is reported, never fatal."""
+    import json
+
+    from audiogen.errors import AudiogenError
+
+    for n, line in enumerate(source, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError as e:
+            report(f"control line {n}: not JSON ({e.msg} at column {e.colno}); ignored")
+            continue
+        try:
+            stream.control(msg)
+        except AudiogenError as e:
+            report(f"control line {n}: {e}; ignored")
+
+
+def wav_header(sample_rate: int, channels: int, frames: int | None) -> bytes:
+    """A 16-bit PCM WAV header; ``frames=None``: the open-ended sizes streaming players accept."""
+    import struct
+
+    data = 0xFFFFFFFF - 36 if frames is None else frames * channels * 2
+    return (b"RIFF" + struct.pack("<I", min(0xFFFFFFFF, 36 + data)) + b"WAVEfmt "
+            + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * channels * 2, channels * 2, 16)
+            + b"data" + struct.pack("<I", data))
+
+
+def run(args: argparse.Namespace) -> int:
+    import math
+    import sys
+    import threading
+
+    from audiogen.errors import AudiogenError
+    from audiogen.stream import MusicStream, StreamSettings, state_from
+
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise AudiogenError(f"--duration must be a positive number of seconds, got {args.duration}")
+    if args.out is not None and not args.out.lower().endswith(".wav"):
+        raise AudiogenError(f"{args.out}: a stream is written as WAV; give a .wav file name")
+    start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
+                                   instruments=args.instruments, intensity=args.intensity).items() if v is not None}
+    state = state_from(start)  # bad values fail before the model loads
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                              cfg_scale=args.cfg, window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
+                              device=args.device, dtype=args.dtype)
+    settings.validate()
+    from audiogen.checkpoint import load_model
+    from audiogen.pipeline import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+    loaded = load_model(model_dir, device=args.device)
+    stream = MusicStream(loaded, state, settings)
+    sr, ch = stream.sr, stream.channels
+    total = None if args.duration is None else int(round(args.duration * sr))
+
+    def report(msg: str) -> None:
+        print(f"audiogen stream: {msg}", file=sys.stderr, flush=True)
+
+    if not args.quiet:
+        fmt = "WAV file" if args.out else {"raw": "s16le", "f32": "float32le", "wav": "16-bit WAV"}[args.format]
+        report(f"{sr} Hz, {ch} channel(s), {fmt}; reading JSON control lines on stdin")
+    threading.Thread(target=_read_controls, args=(stream, sys.stdin, report), daemon=True).start()
+
+    if args.out is None:
+        return _play(stream, None, args.format, total)
+    import contextlib
+
+    import soundfile as sf
+
+    from audiogen.audio import atomic_path
+
+    with atomic_path(args.out) as tmp, sf.SoundFile(str(tmp), "w", sr, ch, subtype="PCM_16", format="WAV") as sink:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends an endless file: keep what was written
+            _play(stream, sink, args.format, total)
+    return 0
+
+
+def _play(stream, sink, fmt: str, total: int | None) -> int:
+    """Write chunks to ``sink`` (a SoundFile) or stdout in ``fmt`` until ``total`` samples (None: forever)."""
+    import os
+    import sys
+
+    import numpy as np
+
+    out = sys.stdout.buffer
+    written = 0
+    try:
+        if sink is None and fmt == "wav":
+            out.write(wav_header(stream.sr, stream.channels, total))
+        while total is None or written < total:
+            chunk = stream.next_chunk()  # [C, n]
+            if total is not None:
+                chunk = chunk[:, : total - written]
+            written += chunk.shape[1]
+            x = np.ascontiguousarray(chunk.T)  # interleaved [n, C]
+            if sink is not None:
+                sink.write(x)
+                continue
+            if fmt == "f32":
+                out.write(x.astype("<f4").tobytes())
+            else:
+                out.write((np.clip(x, -1, 1) * 32767).round().astype("<i2").tobytes())
+            out.flush()
+    except BrokenPipeError:  # the player went away: a normal way for a stream to end
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    return 0

@@ -1,0 +1,220 @@
+"""Real-time streaming figures (issue 24): one JSON object.
+
+    python benchmarks/stream.py [--duration 600] [--chunk 1.0] [--model DIR] [--lm-config small] [--device cpu]
+
+Runs one :class:`audiogen.stream.MusicStream` as fast as it goes for ``--duration`` seconds
+of audio, sending a control change every ``--change-every`` seconds of audio, alternating
+a calm request (bpm 80, intensity 0.2, mood calm) and an energetic one (bpm 140,
+intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
+
+- ``rtf_sustained``: seconds of audio per second of wall time over the whole run (model
+  loading excluded; time to first audio included);
+- ``time_to_first_audio_s``: from building the stream (model loaded) to the first chunk;
+- ``control_latency_s``: from ``control()`` to the return of the chunk holding the first
+  frame generated under the new condition (max and median);
+- ``underruns_2s_buffer``: a simulated client that starts playing once it holds 2 s and
+  then plays in real time; an underrun is a chunk that arrives after its play time (the
+  client then waits for it, rebuffering by the deficit);
+- ``rss_growth_mb``: resident memory at the end minus after the first 10 % of the run;
+- ``seams``: the largest sample step at a chunk boundary against the 99th percentile of
+  all sample steps (histogram, bounded memory); ``seams_over_p99``: boundaries above it,
+  beside the 1 % of boundaries a seamless signal puts there by chance (tests/test_stream.py
+  checks seamlessness directly: chunks equal one whole decode);
+- ``loudness_3s``: short-term loudness (BS.1770, 3 s windows ending at every chunk) minus
+  the target, max absolute deviation overall and within 10 s after each change;
+- ``conditioned``: per request, the mean tempo (librosa tempogram, no prior) and onset
+  rate (librosa onsets per second) of the 10 s that follow the glide, measured on the
+  stream's output.
+
+``--lm-config small`` swaps in a random LM of MusicGen-small's size (speed does not depend
+on the weights) with the model's codec and conditioner. The machine's load is reported
+(``loadavg``): on a shared machine the wall-clock speed figures are lower bounds, and
+``rtf_cpu_time`` (audio seconds per CPU second per thread) estimates the unshared speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+REQUESTS = [
+    {"mood": "calm", "bpm": 80, "intensity": 0.2},
+    {"mood": "tense", "bpm": 140, "intensity": 0.9},
+]
+#: Magenta RealTime's published speed (not measured here): 2 s chunks in 1.25 s on a free Colab TPU v2-8
+MAGENTA_RT = {"rtf": 1.6, "chunk_s": 2.0, "hardware": "Colab free-tier TPU v2-8",
+              "source": "Magenta RealTime announcement and model card (2025), not measured here"}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds of audio to stream (issue: 600)")
+    ap.add_argument("--chunk", type=float, default=1.0)
+    ap.add_argument("--change-every", type=float, default=30.0, metavar="S")
+    ap.add_argument("--glide", type=float, default=2.0, metavar="S")
+    ap.add_argument("--prompt", default="adventure game music")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--lm-config", default=None, choices=[None, "small", "medium"],
+                    help="random LM of this size instead of the model's (speed only)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from audiogen import audio as A
+    from audiogen.checkpoint import load_model
+    from audiogen.estimators import onset_envelope, tempo_tempogram
+    from audiogen.pipeline import resolve_model_dir
+    from audiogen.stream import MusicStream, StreamSettings
+
+    t = time.perf_counter()
+    loaded = load_model(resolve_model_dir(args.model), device=args.device)
+    load_s = time.perf_counter() - t
+    if args.lm_config:
+        from audiogen.lm import LM, named_config
+
+        c = loaded.lm.cfg
+        with torch.device(args.device):
+            loaded.lm = LM(named_config(args.lm_config, num_codebooks=c.num_codebooks, cardinality=c.cardinality,
+                                        cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype)
+    rss0 = rss_mb()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    stream = MusicStream(loaded, {"text": args.prompt, **REQUESTS[0]}, settings)
+    sr, chunk_s = stream.sr, stream.chunk_samples / stream.sr
+    n_chunks = max(1, math.ceil(args.duration / chunk_s))
+    every = max(1, round(args.change_every / chunk_s))
+
+    arrivals, changes_sent = [], []  # wall time of each chunk; (chunk index sent after, perf time, request)
+    hist = np.zeros(20001, dtype=np.int64)  # |step| in bins of 1e-4 (last bin: >= 2.0)
+    seams, prev_last = [], None
+    window = np.zeros((stream.channels, 0), dtype=np.float32)
+    loud_dev = []  # (chunk index, short-term loudness - target)
+    probes = {}  # change index -> list of audio (the 10 s after the glide)
+    rss_warm = None
+    for i in range(n_chunks):
+        x = stream.next_chunk()
+        arrivals.append(time.perf_counter() - t0)
+        mono = x.mean(axis=0)
+        steps = np.abs(np.diff(mono))
+        np.add.at(hist, np.minimum((steps / 1e-4).astype(np.int64), 20000), 1)
+        if prev_last is not None:
+            seams.append(abs(float(mono[0]) - prev_last))
+            hist[min(20000, int(seams[-1] / 1e-4))] += 1
+        prev_last = float(mono[-1])
+        window = np.concatenate([window, x], axis=1)[:, -3 * sr :]
+        if window.shape[1] == 3 * sr:
+            loud_dev.append((i, A.integrated_loudness(window, sr) - settings.lufs))
+        for j, (at, _, _) in enumerate(changes_sent):  # collect each request's 10 s after its glide
+            start = at + math.ceil(args.glide / chunk_s) + 1
+            if start <= i < start + round(10 / chunk_s):
+                probes.setdefault(j, []).append(mono)
+        if rss_warm is None and i >= n_chunks // 10:
+            rss_warm = rss_mb()
+        if (i + 1) % every == 0 and i + 1 < n_chunks:
+            req = REQUESTS[(len(changes_sent) + 1) % 2]
+            changes_sent.append((i, time.perf_counter(), req))
+            stream.control({**req, "glide_s": args.glide})
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    rss_end = rss_mb()
+
+    # control latency: message -> return of the chunk holding the first frame under the new condition
+    latencies = []
+    for (_, sent, _), (_, frame) in zip(changes_sent, stream.stats.changes):
+        k = frame // stream.chunk_frames
+        if k < len(arrivals):
+            latencies.append(arrivals[k] + t0 - sent)
+    # client with a 2 s buffer
+    buffered = math.ceil(2.0 / chunk_s)
+    play0 = arrivals[min(buffered, len(arrivals)) - 1]
+    underruns, shift = 0, 0.0
+    for i, a in enumerate(arrivals):
+        due = play0 + shift + i * chunk_s
+        if a > due + 1e-9:
+            underruns += 1
+            shift += a - due
+    cdf = np.cumsum(hist) / hist.sum()
+    p99 = (int(np.searchsorted(cdf, 0.99)) + 1) * 1e-4  # upper edge of the bin holding the 99th percentile
+    after_change = [d for i, d in loud_dev
+                    if any(0 <= i - at <= round(10 / chunk_s) for at, _, _ in changes_sent)]
+    conditioned = {}
+    for j, pieces in probes.items():
+        y = np.concatenate(pieces)
+        if len(y) < 8 * sr:
+            continue
+        y22 = A.resample(y[None], sr, 22050)[0]
+        env = onset_envelope(y22, 22050)
+        import librosa
+
+        onsets = librosa.onset.onset_detect(onset_envelope=env, sr=22050, hop_length=512)
+        key = json.dumps(changes_sent[j][2], sort_keys=True)
+        conditioned.setdefault(key, {"tempo_bpm": [], "onsets_per_s": []})
+        conditioned[key]["tempo_bpm"].append(tempo_tempogram(env, 22050, prior=False))
+        conditioned[key]["onsets_per_s"].append(len(onsets) / (len(y) / sr))
+    for v in conditioned.values():
+        v["n"] = len(v["tempo_bpm"])
+        v["tempo_bpm"] = statistics.mean([b for b in v["tempo_bpm"] if b] or [float("nan")])
+        v["onsets_per_s"] = statistics.mean(v["onsets_per_s"])
+
+    audio_s = n_chunks * chunk_s
+    out = {
+        "model": str(resolve_model_dir(args.model)), "lm_config": args.lm_config or "model's own",
+        "lm_parameters": sum(p.numel() for p in loaded.lm.parameters()),
+        "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+        "duration_s": round(audio_s, 2), "chunk_s": round(chunk_s, 3), "model_load_s": round(load_s, 2),
+        "rtf_sustained": round(audio_s / wall, 3),
+        # on a shared machine: audio seconds per (CPU seconds / threads), what the same work would give with the
+        # threads' cores to itself (an estimate: it ignores memory-bandwidth contention)
+        "cpu_s": round(cpu, 1), "rtf_cpu_time": round(audio_s / (cpu / torch.get_num_threads()), 3),
+        "time_to_first_audio_s": round(arrivals[0], 3),
+        "chunk_wall_s": {"median": round(statistics.median(np.diff([0.0] + arrivals)), 3),
+                         "max": round(float(np.max(np.diff([0.0] + arrivals))), 3)},
+        "control_latency_s": {"n": len(latencies), "max": round(max(latencies), 3) if latencies else None,
+                              "median": round(statistics.median(latencies), 3) if latencies else None},
+        "underruns_2s_buffer": underruns, "rebuffer_s": round(shift, 3),
+        "rss_mb": {"before_stream": round(rss0, 1), "warm": round(rss_warm or rss_end, 1), "end": round(rss_end, 1)},
+        "rss_growth_mb": round(rss_end - (rss_warm or rss_end), 1),
+        "slides": stream.stats.slides,
+        "seams": {"max_boundary_step": round(max(seams), 5) if seams else None, "p99_step": round(p99, 5),
+                  "boundaries": len(seams)},
+        "seams_over_p99": sum(s > p99 for s in seams),
+        # a seamless signal has 1 % of all its steps above its p99, so about 1 % of boundaries are by chance
+        "seams_over_p99_expected_by_chance": round(0.01 * len(seams), 2),
+        "loudness_3s": {"target_lufs": settings.lufs,
+                        "max_abs_dev_lu": round(max(abs(d) for _, d in loud_dev), 2) if loud_dev else None,
+                        "max_abs_dev_lu_after_changes": round(max(abs(d) for d in after_change), 2)
+                        if after_change else None},
+        "changes": len(changes_sent),
+        "conditioned": conditioned,
+        "magenta_rt_published": MAGENTA_RT,
+    }
+    json.dump(out, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
