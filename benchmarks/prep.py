@@ -58,7 +58,7 @@ def run_once(src: Path, codec, device: str, workers: int, batch_size: int, segme
         wall = time.perf_counter() - t
     hours = report["audio_hours"]
     return {
-        "workers": workers, "batch_size": batch_size, "wall_s": round(wall, 2),
+        "workers": cfg.workers, "batch_size": cfg.batch_size, "wall_s": round(wall, 2),
         "audio_hours_per_wall_hour": round(hours / (wall / 3600), 1),
         "tokens_per_s": round(report["tokens_this_run"] / wall),
         "segments": report["segments"]["train"] + report["segments"]["valid"],
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=3, help="how many real tracks (whole files)")
     ap.add_argument("--segment", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=None, help="default: audiogen.prep.default_workers(device)")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: prep's own (1 on cpu, 8 on cuda)")
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--codecs", nargs="+", default=["tiny", "encodec_24khz"],
                     choices=["tiny", "encodec_24khz", "default"])

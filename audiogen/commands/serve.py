@@ -26,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lead", type=float, default=3.0, metavar="S",
                    help="how far generation may run ahead of playback, in seconds (default 3)")
     p.add_argument("--window", type=float, default=None, metavar="S", help="LM window (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the stream (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the web server's log level (default warning)")
     p.set_defaults(func=run)
 
 
