@@ -346,6 +346,26 @@ def integrated_loudness(wav: np.ndarray, sample_rate: int, block_s: float = 30.0
     return meter.integrated()
 
 
+class KWeighting:
+    """BS.1770's K-weighting (pyloudnorm's filter stages) of audio fed in chunks, the filter state
+    carried across them: ``kw(chunk [C, n]) -> float64 [C, n]``."""
+
+    def __init__(self, sample_rate: int, channels: int):
+        import pyloudnorm
+
+        self.stages = [(f.b, f.a, f.passband_gain) for f in pyloudnorm.Meter(sample_rate)._filters.values()]
+        self.state = [np.zeros((channels, max(len(b), len(a)) - 1)) for b, a, _ in self.stages]
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        from scipy.signal import lfilter
+
+        y = np.asarray(chunk, dtype=np.float64)
+        for i, (b, a, gain) in enumerate(self.stages):
+            y, self.state[i] = lfilter(b, a, y, axis=1, zi=self.state[i])
+            y = gain * y
+        return y
+
+
 class LoudnessMeter:
     """Integrated loudness (BS.1770-4, the same K-weighting, blocks and gating as pyloudnorm)
     of audio fed in chunks, so a file of any length is measured in bounded memory.
@@ -356,14 +376,11 @@ class LoudnessMeter:
     """
 
     def __init__(self, sample_rate: int, channels: int):
-        import pyloudnorm
-
         if channels > 5:
             raise AudiogenError(f"loudness (BS.1770-4) is defined for up to 5 channels, this audio has {channels}; "
                                 "downmix it first")
         self.rate, self.channels = sample_rate, channels
-        self.stages = [(f.b, f.a, f.passband_gain) for f in pyloudnorm.Meter(sample_rate)._filters.values()]
-        self.state = [np.zeros((channels, max(len(b), len(a)) - 1)) for b, a, _ in self.stages]
+        self.k_weighting = KWeighting(sample_rate, channels)
         self.n = 0  # samples seen
         self.total = np.zeros(channels)  # running sum of squares of the filtered signal
         self.marks: dict[int, np.ndarray] = {0: np.zeros(channels)}  # sample index -> running sum before it
@@ -374,12 +391,7 @@ class LoudnessMeter:
 
     def add(self, chunk: np.ndarray) -> None:
         """``chunk: [C, n]`` float audio, the next ``n`` samples."""
-        from scipy.signal import lfilter
-
-        y = np.asarray(chunk, dtype=np.float64)
-        for i, (b, a, gain) in enumerate(self.stages):
-            y, self.state[i] = lfilter(b, a, y, axis=1, zi=self.state[i])
-            y = gain * y
+        y = self.k_weighting(chunk)
         csum = np.cumsum(y * y, axis=1) + self.total[:, None]
         start, self.n = self.n, self.n + y.shape[1]
         for side in (0, 1):  # the running sum at every block bound (lower, then upper) inside this chunk

@@ -216,9 +216,7 @@ class LM(nn.Module):
         B, K, S = tokens.shape
         if K != self.cfg.num_codebooks:
             raise ValueError(f"expected {self.cfg.num_codebooks} codebooks, got {K}")
-        x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K))
-        pos = torch.arange(start, start + S, device=tokens.device)
-        x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
+        x = self.embed(tokens, torch.arange(start, start + S, device=tokens.device))
         cond_mask = cond_mask.bool()
         mem = None
         if cache is None:
@@ -229,6 +227,12 @@ class LM(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, mem, cross_mask, None if cache is None else cache[i], start)
         return self.heads(self.layer_norm(x)) if logits else None
+
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``tokens: LongTensor[B, K, S]`` at ``positions: LongTensor[S]`` -> ``[B, S, D]``: the sum of
+        the K codebooks' embeddings plus the sinusoidal positions."""
+        x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(self.cfg.num_codebooks))
+        return x + sinusoidal_positions(positions, self.cfg.dim).to(x.dtype)[None]
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, D] -> [B, K, S, card]`` (or ``[B, D] -> [B, K, card]``)."""
@@ -247,9 +251,15 @@ class LM(nn.Module):
         mem = self.project_conditions(cond, cond_mask)
         for layer, layer_cache in zip(self.layers, cache):
             layer_cache["ck"], layer_cache["cv"] = layer.cross_kv(mem)
+        self.fuse_decode_weights(cache)
+
+    def fuse_decode_weights(self, cache: list[dict]) -> None:
+        """Store in ``cache`` what :meth:`decode_step` reads: each layer's fused ``[3D, D]`` Q/K/V
+        weight and the K heads as one ``[K * card, D]`` weight (one matmul each)."""
+        for layer, layer_cache in zip(self.layers, cache):
             a = layer.self_attn
             layer_cache["qkv"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-        cache[0]["heads"] = torch.cat([head.weight for head in self.lm_heads])  # [K * card, D]: one matmul
+        cache[0]["heads"] = torch.cat([head.weight for head in self.lm_heads])
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list[dict], cross_mask, kv_len: int,
                     self_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -260,8 +270,7 @@ class LM(nn.Module):
         :meth:`Layer.decode_step`).
         """
         K = self.cfg.num_codebooks
-        x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(K))
-        x = x + sinusoidal_positions(pos, self.cfg.dim).to(x.dtype)[None]
+        x = self.embed(tokens, pos)
         for layer, layer_cache in zip(self.layers, cache):
             x = layer.decode_step(x, pos, layer_cache, cross_mask, self_mask, kv_len)
         return F.linear(self.layer_norm(x)[:, 0], cache[0]["heads"]).view(x.shape[0], K, -1)

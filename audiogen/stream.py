@@ -54,7 +54,6 @@ import torch
 
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, sample_tokens
-from audiogen.lm import sinusoidal_positions
 
 #: descriptor words the two ends of ``intensity`` add to the text
 CALM_WORDS = "calm, soft, gentle, sparse"
@@ -308,11 +307,7 @@ class TokenStream:
         self.guided = params.cfg_scale != 1.0
         self.B2 = 2 if self.guided else 1
         self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
-        # the fused Q/K/V and head weights decode_step reads (LM.fill_cross_cache also stores them)
-        for layer, layer_cache in zip(lm.layers, self.cache):
-            a = layer.self_attn
-            layer_cache["qkv"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-        self.cache[0]["heads"] = torch.cat([head.weight for head in lm.lm_heads])
+        lm.fuse_decode_weights(self.cache)  # cross K/V come from ConditionMix.install
         self.device = device
         self.k_idx = torch.arange(self.K, device=device)
         self.origin = 0  # absolute frame of codebook 0 at window position 0
@@ -378,10 +373,8 @@ class TokenStream:
         pattern[inside] = self.frames[:, :][self.k_idx[:, None].expand(K, C)[inside], (absf - self.base)[inside]]
         bos = torch.full((K, 1), special, dtype=torch.long, device=self.device)
         inputs = torch.cat([bos, pattern[:, : C - 1]], dim=1)[None].expand(self.B2, -1, -1)
-        lm = self.lm
-        x = sum(lm.embed_tokens[k](inputs[:, k]) for k in range(K))
-        x = x + sinusoidal_positions(torch.arange(C, device=self.device), lm.cfg.dim).to(x.dtype)[None]
-        for layer, layer_cache in zip(lm.layers, self.cache):
+        x = self.lm.embed(inputs, torch.arange(C, device=self.device))
+        for layer, layer_cache in zip(self.lm.layers, self.cache):
             x = layer(x, None, cross_mask, layer_cache, 0)
         self.cur = pattern[:, C - 1].view(1, K, 1)
         self.pos = C
@@ -445,13 +438,13 @@ class LevelFollower:
     LOOKAHEAD_S = 0.005
 
     def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
-        import pyloudnorm
         from scipy.signal import butter
+
+        from audiogen.audio import KWeighting
 
         self.sr, self.channels, self.lufs = sample_rate, channels, lufs
         self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
-        self.stages = [(f.b, f.a, f.passband_gain) for f in pyloudnorm.Meter(sample_rate)._filters.values()]
-        self.kstate = [np.zeros((channels, max(len(b), len(a)) - 1)) for b, a, _ in self.stages]
+        self.k_weighting = KWeighting(sample_rate, channels)
         self.dc_b, self.dc_a = butter(2, 10.0 / (sample_rate / 2), "highpass")
         self.dc_state = np.zeros((channels, 2))
         self.block = int(self.BLOCK_S * sample_rate)
@@ -466,13 +459,7 @@ class LevelFollower:
 
     def _loudness_blocks(self, x: np.ndarray) -> list[float]:
         """K-weight ``x`` and return the short-term loudness after each completed 100 ms block."""
-        from scipy.signal import lfilter
-
-        y = x.astype(np.float64)
-        for i, (b, a, g) in enumerate(self.stages):
-            y, self.kstate[i] = lfilter(b, a, y, axis=1, zi=self.kstate[i])
-            y = g * y
-        y = np.concatenate([self.partial, y], axis=1)
+        y = np.concatenate([self.partial, self.k_weighting(x)], axis=1)
         out = []
         n = y.shape[1] // self.block
         for j in range(n):
