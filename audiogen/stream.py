@@ -175,10 +175,7 @@ def state_from(conditions: dict | StreamState | None) -> StreamState:
 class StreamSettings:
     chunk_s: float = 1.0
     seed: int = 0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg_scale: float = 3.0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     #: LM window (default: the model's); the rolling context keeps ``context_fraction`` of it on a slide
     window_s: float | None = None
     context_fraction: float = 0.5
@@ -190,9 +187,6 @@ class StreamSettings:
     level: bool = True  #: False: raw decoder output (no loudness follower or limiter)
     device: str = "cpu"
     dtype: str = "float32"
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.cfg_scale)
 
     def validate(self) -> None:
         if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 10):
@@ -207,7 +201,7 @@ class StreamSettings:
             raise AudiogenError(f"loudness target {self.lufs} LUFS is outside the sensible range -40..-5")
         if not -12.0 <= self.true_peak_db <= 0.0:
             raise AudiogenError(f"true-peak limit {self.true_peak_db} dBTP is outside -12..0")
-        self.sampling().validate()
+        self.sampling.validate()
 
 
 # ------------------------------------------------------------------------------ conditions
@@ -555,7 +549,7 @@ class MusicStream:
         self._validate_conditions = cfg.validate_conditions
         self.state = state_from(conditions)
         self._check(self.state)
-        params = settings.sampling()
+        params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)
         C = max(1, min(W - 1, int(W * settings.context_fraction)))
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)

@@ -48,7 +48,8 @@ def settings(**kw):
     # a short codec context: the tiny codec's decode dominates the tests' time on a busy 2-core machine
     base = dict(chunk_s=0.25, window_s=1.0, top_k=50, seed=3, decode_context_s=0.2)
     base.update(kw)
-    return StreamSettings(**base)
+    sampling = {k: base.pop(k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if k in base}
+    return StreamSettings(sampling=SamplingParams(**sampling), **base)
 
 
 def take(stream, n):

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from audiogen.errors import AudiogenError
+    from audiogen.generate import SamplingParams
     from audiogen.stream import MusicStream, StreamSettings, state_from
 
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
@@ -114,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
                                    instruments=args.instruments, intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
-    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                              cfg_scale=args.cfg, window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed,
+                              sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg),
+                              window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)
     settings.validate()
     from audiogen.checkpoint import load_model
