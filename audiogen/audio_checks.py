@@ -51,6 +51,8 @@ VARIATION_RATIO_RANGE = (0.7, 1.3)
 #: ... and of :func:`codebook_failures`
 MIN_FIRST_CODEBOOK_DISTINCT = 64
 CODEBOOK_WINDOW_S = 20.0
+#: :func:`align` compares amplitude envelopes: RMS over this many samples (2.7 ms at 24 kHz)
+ENVELOPE_SAMPLES = 64
 
 #: the band :func:`frame_rate_harmonic_fraction` looks at, and its tolerance around a harmonic
 HARMONIC_BAND_HZ = (20.0, 4000.0)
@@ -153,14 +155,26 @@ def variation_ratio(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
     return variation_of_mel(B) / max(variation_of_mel(A), 1e-9)
 
 
+def _envelope(x: np.ndarray, width: int = ENVELOPE_SAMPLES) -> np.ndarray:
+    """RMS over ``width`` samples at every sample, mean removed: the amplitude envelope, which does
+    not depend on the phase."""
+    power = np.convolve(np.asarray(x, dtype=np.float64) ** 2, np.ones(width) / width, mode="same")
+    env = np.sqrt(power)
+    return env - env.mean()
+
+
 def align(ref: np.ndarray, est: np.ndarray, max_lag: int) -> np.ndarray:
-    """``est [N']`` shifted by the lag (|lag| <= ``max_lag`` samples) that best correlates with
-    ``ref [N]``, zero-padded or cut to ``N``: a codec's or an MP3 encoder's delay is then not
-    counted as error."""
+    """``est [N']`` shifted by the lag (|lag| <= ``max_lag`` samples) whose amplitude envelopes
+    correlate best with ``ref [N]``'s, zero-padded or cut to ``N``: a codec's or an MP3 encoder's
+    delay is then not counted as error. The envelopes, not the waveforms, are compared, so a codec
+    that rebuilds the phase (Griffin-Lim, phases from the codes) is aligned as well as one that
+    keeps it; waveform correlation of such an output peaks at a random lag and shifted its
+    log-mel by up to 2.5 frames."""
     ref, est = np.asarray(ref), np.asarray(est)
     n = len(ref)
     size = 1 << int(np.ceil(np.log2(len(est) + n)))
-    xc = np.fft.irfft(np.fft.rfft(est, size) * np.conj(np.fft.rfft(ref, size)), size)  # xc[lag] = sum est[i+lag] ref[i]
+    e_ref, e_est = _envelope(ref), _envelope(est)
+    xc = np.fft.irfft(np.fft.rfft(e_est, size) * np.conj(np.fft.rfft(e_ref, size)), size)  # xc[lag] = sum est[i+lag] ref[i]
     lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
     lag = int(lags[np.argmax(xc[lags])])
     out = np.zeros(n, dtype=est.dtype)

@@ -384,6 +384,27 @@ class STFTCodec(EncodecCodec):
         return self.model.decode(codes)
 
 
+class MelVQCodec(EncodecCodec):
+    """An :class:`audiogen.mel_codec.MelVQModel` (residual VQ of log-mel frames, Griffin-Lim
+    decoding) used at a fixed number of codebooks."""
+
+    #: Griffin-Lim makes each decoding window's phases its own; long windows put few joins in a file
+    window_s = 30.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.mean.device
+
+    def describe(self) -> dict:
+        return {**super().describe(), "backend": "melvq"}
+
+    def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(wav, self.num_codebooks)
+
+    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes)
+
+
 class HFEncodecCodec(Codec):
     """A transformers ``EncodecModel`` (MusicGen's 32 kHz EnCodec layout) used at a fixed number of codebooks.
 
@@ -562,7 +583,7 @@ CODEC_CONFIG = "codec.json"
 CODEC_WEIGHTS = "codec.safetensors"
 
 
-def save_codec(codec: EncodecCodec | STFTCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
     """Save a codec as ``codec.json`` + ``codec.safetensors`` (written atomically); an
     :class:`HFEncodecCodec` also gets its transformers ``config.json``.
 
@@ -585,14 +606,15 @@ def save_codec(codec: EncodecCodec | STFTCodec | HFEncodecCodec, out_dir: str | 
         atomic_write_text(out / "config.json", codec.model.config.to_json_string())
         meta = {"backend": "hf_encodec", "name": codec.name, "num_codebooks": codec.num_codebooks}
     else:
-        meta = {"backend": "stft" if isinstance(codec, STFTCodec) else "encodec", "name": codec.name,
+        backend = "melvq" if isinstance(codec, MelVQCodec) else "stft" if isinstance(codec, STFTCodec) else "encodec"
+        meta = {"backend": backend, "name": codec.name,
                 "num_codebooks": codec.num_codebooks, "config": dataclasses.asdict(codec.config)}
     atomic_write_text(out / CODEC_CONFIG, json.dumps(meta, indent=2))
     return out
 
 
 def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, num_codebooks: int | None = None,
-                     device: str | torch.device = "cpu") -> EncodecCodec | STFTCodec | HFEncodecCodec:
+                     device: str | torch.device = "cpu") -> EncodecCodec | HFEncodecCodec:
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -620,14 +642,21 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
                                     f"({per_q:g} kbps each, at most {len(codec.model.quantizer.layers)})")
             codec.num_codebooks = k
         return codec.to(device)
+    from audiogen.mel_codec import MelVQConfig, MelVQModel
     from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
 
-    stft = isinstance(meta, dict) and meta.get("backend") == "stft"
+    backend = meta.get("backend", "encodec") if isinstance(meta, dict) else "encodec"
+    kinds = {"encodec": (EncodecConfig, build_encodec_model, EncodecCodec),
+             "stft": (STFTCodecConfig, STFTCodecModel, STFTCodec),
+             "melvq": (MelVQConfig, MelVQModel, MelVQCodec)}
+    if backend not in kinds:
+        raise AudiogenError(f"{cfg_file}: unknown codec backend {backend!r} (known: {', '.join([*kinds, 'hf_encodec'])})")
+    config_cls, model_cls, codec_cls = kinds[backend]
     try:
-        cfg = (STFTCodecConfig if stft else EncodecConfig).from_dict(meta["config"])
+        cfg = config_cls.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError) as e:
         raise AudiogenError(f"{cfg_file}: invalid codec config ({e})") from None
-    model = STFTCodecModel(cfg) if stft else build_encodec_model(cfg)
+    model = model_cls(cfg)
     try:
         model.load_state_dict(load_file(str(w_file)))
     except Exception as e:
@@ -635,5 +664,5 @@ def load_saved_codec(path: str | os.PathLike, bandwidth: float | None = None, nu
     if bandwidth is not None:
         num_codebooks = num_codebooks_for_bandwidth(cfg, bandwidth)
     k = num_codebooks if num_codebooks is not None else meta.get("num_codebooks")
-    codec = (STFTCodec if stft else EncodecCodec)(model, cfg, meta.get("name", p.name), k, weights_sha256=sha256_file(w_file))
+    codec = codec_cls(model, cfg, meta.get("name", p.name), k, weights_sha256=sha256_file(w_file))
     return codec.to(device)

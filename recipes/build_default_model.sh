@@ -3,33 +3,33 @@
 # Creative Commons / GPL music, end to end. Each step resumes when rerun.
 #
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
-#   CODEC_STEPS=20000 LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer run
+#   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
 #
-# Steps: fetch the corpus (all three packages) -> train the stft codec -> tokenize the corpus
-# with its first 6 codebooks (3 kbps) -> train the LM -> measure (codec quality on the codec's
-# held-out tracks, music-likeness of generated audio, LM loss vs a unigram baseline) -> copy
-# the exported model into the package.
+# Steps: fetch the corpus (all three packages) -> fit the mel codec (k-means residual VQ of
+# log-mel frames, Griffin-Lim decoding; minutes) -> tokenize the corpus with its first 6
+# codebooks (3 kbps) -> train the LM -> measure (codec quality on the codec's held-out tracks,
+# music-likeness of generated audio, LM loss vs a unigram baseline) -> copy the exported model
+# into the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-all
-DATA=.cache/data_default
-CODEC_STEPS=${CODEC_STEPS:-2400}
+DATA=.cache/data_melvq
+CODEC=runs/codec_melvq/codec
 LM_STEPS=${LM_STEPS:-1200}
 
 python3 -m audiogen.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
 
-# 1. the codec: log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)
-python3 recipes/train_codec.py --config recipes/configs/codec_stft.yaml data_dir="$MUSIC" \
-    max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
-python3 benchmarks/codec_quality.py --codec runs/codec_stft/codec > runs/codec_stft/quality.json
+# 1. the codec: k-means residual VQ of 80-band log-mel frames, Griffin-Lim decoding (no gradient training)
+python3 recipes/fit_mel_codec.py --config recipes/configs/codec_melvq.yaml data_dir="$MUSIC"
+python3 benchmarks/codec_quality.py --codec "$CODEC" > runs/codec_melvq/quality.json
 
 # 2. tokenize the corpus with the first 6 codebooks (3 kbps); the held-out split is by source file
-python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec runs/codec_stft/codec --bandwidth 3 \
+python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC" --bandwidth 3 \
     --segment 10 --workers 1 || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
 
 # 3. the LM
 python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" \
-    codec=runs/codec_stft/codec max_steps="$LM_STEPS"
+    codec="$CODEC" max_steps="$LM_STEPS"
 
 # 4. figures for the model card
 python3 eval/model_report.py --model runs/lm_default/model --data "$DATA" --audio-dir "$MUSIC" \

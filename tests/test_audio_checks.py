@@ -100,7 +100,9 @@ def test_the_shipped_codecs_buzz_fixture_fails(real_tracks):
     track = next(t for t in real_tracks if t.name == "Awakening.ogg")
     ref = _excerpt(track, 4.0, offset=30.5)
     fid = C.reconstruction_fidelity(ref, C.align(ref, buzz[0], int(0.05 * SR)), SR)
-    assert abs(fid["band_correlation"]) < 0.2 and fid["variation_ratio"] < 0.1 and fid["mel_error_db"] > 6
+    # (a static buzz has a flat envelope, so the alignment lag is arbitrary; the zeros a shift pads in
+    # lift its variation ratio from 0.05 at lag 0 to about 0.24, still far below the 0.7 threshold)
+    assert abs(fid["band_correlation"]) < 0.2 and fid["variation_ratio"] < 0.3 and fid["mel_error_db"] > 6
     assert len(fid["failures"]) == 3, fid
 
 
