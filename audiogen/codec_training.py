@@ -1,8 +1,9 @@
-"""The codec's trainer: data crops, the EnCodec objectives, the loss balancer, codebook
-monitoring, and the step, evaluation and export that :func:`audiogen.train_loop.run_loop` runs.
+"""The codec's trainer: its config, data crops, trainable model pieces, codebook monitoring, and
+the step, evaluation and export that :func:`audiogen.train_loop.run_loop` runs.
 
 :func:`train_codec` is the whole run (``recipes/train_codec.py`` calls it); checkpoints, resume,
-logging and stop requests are the shared loop's. Objectives follow the EnCodec paper (Défossez et al., 2022):
+logging and stop requests are the shared loop's. The step follows the EnCodec paper (Défossez
+et al., 2022), with the objectives of :mod:`audiogen.codec_losses`:
 
 - reconstruction: time-domain L1 and multi-scale log-mel L1 + L2,
 - adversarial: the multi-scale STFT discriminator (``encodec.msstftd``), hinge losses,
