@@ -1,8 +1,9 @@
-"""Training our own EnCodec codec: data crops, the EnCodec objectives, the loss balancer,
-codebook monitoring and the pieces of the training step.
+"""The codec's trainer: its config, data crops, trainable model pieces, codebook monitoring, and
+the step, evaluation and export that :func:`audiogen.train_loop.run_loop` runs.
 
-:func:`train_codec` is the whole run (``recipes/train_codec.py`` calls it): Accelerate,
-checkpoints, resume, SIGTERM, export. Objectives follow the EnCodec paper (Défossez et al., 2022):
+:func:`train_codec` is the whole run (``recipes/train_codec.py`` calls it); checkpoints, resume,
+logging and stop requests are the shared loop's. The step follows the EnCodec paper (Défossez
+et al., 2022), with the objectives of :mod:`audiogen.codec_losses`:
 
 - reconstruction: time-domain L1 and multi-scale log-mel L1 + L2,
 - adversarial: the multi-scale STFT discriminator (``encodec.msstftd``), hinge losses,
@@ -24,10 +25,10 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,9 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiogen.codec import EncodecConfig, build_encodec_model, num_codebooks_for_bandwidth
+from audiogen.codec_losses import (Balancer, MultiScaleMelLoss, disc_hinge_loss, feature_matching_loss,
+                                   gen_hinge_loss)
 from audiogen.errors import AudiogenError
 from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
-from audiogen.training import lr_at
+from audiogen.train_loop import lr_at
 
 #: codec architectures this trainer builds: ``backend`` in the config picks one
 BACKENDS = {"encodec": EncodecConfig, "stft": STFTCodecConfig}
@@ -111,10 +114,10 @@ class CodecTrainConfig:
     eval_every: int = 0
     eval_crops: int = 8
     export_dtype: str = "float16"
-    #: testing only: SIGKILL this process right after this step (0 = never)
-    kill_at_step: int = 0
-    #: testing only: the rank kill_at_step kills (-1 = every rank)
-    kill_rank: int = -1
+
+    #: keys that must not change when a run is resumed
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("codec", "seed", "batch_size", "segment_s", "data_dir",
+                                              "holdout_tracks", "max_tracks")
 
     def codec_config(self) -> EncodecConfig | STFTCodecConfig:
         if self.backend not in BACKENDS:
@@ -125,32 +128,28 @@ class CodecTrainConfig:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
-
-def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> CodecTrainConfig:
-    """Read a YAML config and apply ``key=value`` overrides (``codec.n_filters=16`` for nested keys)."""
-    from audiogen.training import read_config
-
-    cfg = read_config(CodecTrainConfig, path, overrides)
-    if cfg.lambda_spec > 0 and (cfg.backend != "stft" or cfg.balancer):
-        raise AudiogenError("lambda_spec is the stft backend's decoder-magnitude loss: it needs backend: stft and balancer: false")
-    if cfg.lr_schedule not in ("constant", "cosine"):
-        raise AudiogenError(f"lr_schedule={cfg.lr_schedule!r}: choose constant or cosine")
-    ecfg = cfg.codec_config()  # validate the codec section now, not after the data is prepared
-    if max(bandwidth_codebooks(ecfg)) > ecfg.n_q:
-        raise AudiogenError(f"codec.target_bandwidths {list(ecfg.target_bandwidths)} need "
-                            f"{max(bandwidth_codebooks(ecfg))} codebooks; codec.n_q is {ecfg.n_q}")
-    frames = cfg.batch_size * cfg.segment_s * ecfg.sample_rate / ecfg.hop_length
-    if cfg.dead_code_threshold > 0.5 * frames / ecfg.bins:
-        # the EMA cluster size is a per-batch count: above half the uniform share, healthy
-        # codes count as dead and the codebooks are reshuffled every step
-        raise AudiogenError(
-            f"dead_code_threshold={cfg.dead_code_threshold} is too high for {frames:.0f} frames per batch and "
-            f"{ecfg.bins} codes (a code used uniformly gets {frames / ecfg.bins:.2f} per batch); "
-            f"use at most {0.5 * frames / ecfg.bins:.3g}, e.g. {0.1 * frames / ecfg.bins:.2g}"
-        )
-    if cfg.segment_s * cfg.codec_config().sample_rate < max(cfg.disc_win_lengths):
-        raise AudiogenError(f"segment_s={cfg.segment_s} is shorter than the discriminator's largest window")
-    return cfg
+    def validate(self) -> None:
+        """Impossible values and combinations are user errors (:class:`AudiogenError`); the codec section is
+        checked now, not after the data is prepared."""
+        if self.lambda_spec > 0 and (self.backend != "stft" or self.balancer):
+            raise AudiogenError("lambda_spec is the stft backend's decoder-magnitude loss: it needs backend: stft and balancer: false")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise AudiogenError(f"lr_schedule={self.lr_schedule!r}: choose constant or cosine")
+        ecfg = self.codec_config()
+        if max(bandwidth_codebooks(ecfg)) > ecfg.n_q:
+            raise AudiogenError(f"codec.target_bandwidths {list(ecfg.target_bandwidths)} need "
+                                f"{max(bandwidth_codebooks(ecfg))} codebooks; codec.n_q is {ecfg.n_q}")
+        frames = self.batch_size * self.segment_s * ecfg.sample_rate / ecfg.hop_length
+        if self.dead_code_threshold > 0.5 * frames / ecfg.bins:
+            # the EMA cluster size is a per-batch count: above half the uniform share, healthy
+            # codes count as dead and the codebooks are reshuffled every step
+            raise AudiogenError(
+                f"dead_code_threshold={self.dead_code_threshold} is too high for {frames:.0f} frames per batch and "
+                f"{ecfg.bins} codes (a code used uniformly gets {frames / ecfg.bins:.2f} per batch); "
+                f"use at most {0.5 * frames / ecfg.bins:.3g}, e.g. {0.1 * frames / ecfg.bins:.2g}"
+            )
+        if self.segment_s * self.codec_config().sample_rate < max(self.disc_win_lengths):
+            raise AudiogenError(f"segment_s={self.segment_s} is shorter than the discriminator's largest window")
 
 
 # ------------------------------------------------------------------------------ data
@@ -264,109 +263,6 @@ class StepSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
-
-
-# ------------------------------------------------------------------------------ losses
-
-
-class MultiScaleMelLoss(nn.Module):
-    """Sum over window sizes 2**i of L1 + L2 between log-mel spectrograms (EnCodec's L_f).
-
-    ``x, y: FloatTensor[B, C, N]`` -> scalar.
-    """
-
-    def __init__(self, sample_rate: int, min_log2: int = 6, max_log2: int = 11, n_mels: int = 64):
-        super().__init__()
-        import warnings
-
-        import torchaudio
-
-        self.mels = nn.ModuleList()
-        for i in range(min_log2, max_log2 + 1):
-            n_fft = 2**i
-            with warnings.catch_warnings():
-                # small windows leave the lowest mel bands empty; they add a constant 0 to the loss
-                warnings.filterwarnings("ignore", message="At least one mel filterbank")
-                mel = torchaudio.transforms.MelSpectrogram(
-                sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=n_fft // 4,
-                # small windows have fewer FFT bins than mel bands; keep every band non-empty
-                n_mels=min(n_mels, n_fft // 4), power=1.0, normalized=False, center=False,
-                window_fn=torch.hann_window,
-                )
-            self.mels.append(mel)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = x.new_zeros(())
-        for mel in self.mels:
-            mx = torch.log(mel(x).clamp(min=1e-5))
-            my = torch.log(mel(y).clamp(min=1e-5))
-            total = total + F.l1_loss(mx, my) + F.mse_loss(mx, my)
-        return total / len(self.mels)
-
-
-def disc_hinge_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """Discriminator hinge loss, averaged over sub-discriminators."""
-    losses = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)]
-    return torch.stack(losses).mean()
-
-
-def gen_hinge_loss(fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """Generator adversarial loss as in EnCodec: mean of max(0, 1 - D(x̂))."""
-    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()
-
-
-def feature_matching_loss(real_fmaps: list[list[torch.Tensor]], fake_fmaps: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Relative L1 between discriminator feature maps of real and reconstructed audio."""
-    losses = []
-    for real, fake in zip(real_fmaps, fake_fmaps):
-        for r, f in zip(real, fake):
-            r = r.detach()
-            losses.append(F.l1_loss(f, r) / (r.abs().mean() + 1e-8))
-    return torch.stack(losses).mean()
-
-
-class Balancer:
-    """EnCodec's loss balancer.
-
-    Each loss ``l_i`` gives a gradient ``g_i = dl_i/dy`` w.r.t. the decoder output ``y``;
-    the gradient sent back through ``y`` is ``total_norm * sum_i w_i/sum(w) * g_i / ema(|g_i|)``,
-    with ``|g_i|`` the per-item L2 norm averaged over the batch and an EMA with bias
-    correction. So ``w_i`` is the share of the gradient that loss gets, whatever its scale.
-    """
-
-    def __init__(self, weights: dict[str, float], ema_decay: float = 0.999, total_norm: float = 1.0,
-                 eps: float = 1e-12):
-        self.weights = dict(weights)
-        self.ema_decay = ema_decay
-        self.total_norm = total_norm
-        self.eps = eps
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
-
-    def _ema(self, name: str, value: float) -> float:
-        self.sums[name] = self.sums.get(name, 0.0) * self.ema_decay + value
-        self.counts[name] = self.counts.get(name, 0.0) * self.ema_decay + 1.0
-        return self.sums[name] / self.counts[name]
-
-    def gradient(self, losses: dict[str, torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """``y: FloatTensor[B, ...]`` -> the balanced gradient for ``y`` (same shape) and the gradient norms."""
-        total_w = sum(self.weights[k] for k in losses)
-        out = torch.zeros_like(y)
-        norms = {}
-        for name, loss in losses.items():
-            (g,) = torch.autograd.grad(loss, [y], retain_graph=True)
-            norm = g.flatten(1).norm(dim=1).mean()
-            norms[name] = float(norm)
-            avg = self._ema(name, float(norm))
-            out = out + g * (self.total_norm * self.weights[name] / total_w / (avg + self.eps))
-        return out, norms
-
-    def state_dict(self) -> dict:
-        return {"sums": dict(self.sums), "counts": dict(self.counts)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sums = dict(state["sums"])
-        self.counts = dict(state["counts"])
 
 
 # ------------------------------------------------------------------------------ model pieces
@@ -630,76 +526,34 @@ def bits_per_second(cfg: EncodecConfig, n_q: int) -> float:
 # ------------------------------------------------------------------------------ the run
 
 
-#: config keys that must not change when a run is resumed
-RESUME_KEYS = ("codec", "seed", "batch_size", "segment_s", "data_dir", "holdout_tracks", "max_tracks")
-
-
-def train_codec(cfg) -> int:
-    """The whole codec training run (``recipes/train_codec.py``): decode the corpus to the
-    cache, split tracks, train with Accelerate, checkpoint, resume, export ``OUT_DIR/codec``."""
+def train_codec(cfg: CodecTrainConfig) -> int:
+    """The whole codec training run (``recipes/train_codec.py``): decode the corpus to the cache, split
+    tracks, train with Accelerate (:func:`audiogen.train_loop.run_loop`), export ``OUT_DIR/codec``."""
     import yaml
     from accelerate.utils import set_seed
 
-    from audiogen.audio import atomic_write_text, find_audio_files, make_dir
-    from audiogen.training import check_resumable, load_rank_state, make_accelerator, resume_point
+    from audiogen.audio import atomic_write_text, make_dir
+    from audiogen.train_loop import check_resumable, make_accelerator, restore, resume_point, run_loop
 
     out = Path(cfg.out_dir)
-    ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out))
     ecfg = cfg.codec_config()
-
-    cfg_file = out / "config.yaml"
-    check_resumable(out, cfg.to_dict(), RESUME_KEYS)  # the run's config must match a run being resumed
-
-    data_dir = Path(cfg.data_dir)
-    if not data_dir.is_dir():
-        raise AudiogenError(f"data_dir={data_dir} is not a folder" if data_dir.exists()
-                            else f"data_dir={data_dir} does not exist")
-    files = find_audio_files(data_dir)
-    if not files:
-        raise AudiogenError(f"no audio files under data_dir={data_dir}")
-    train_files, held_out = split_tracks(files, cfg.holdout_tracks)
-    if cfg.max_tracks:
-        train_files = train_files[: cfg.max_tracks]
-    with accelerator.main_process_first():  # decode once, on the main process first
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
-        to_decode = train_files + (held_out if cfg.eval_every else [])
-        cache_of, skipped = decode_corpus(to_decode, ecfg.sample_rate, cache_dir, accelerator.is_main_process)
-    if accelerator.is_main_process:
-        for f, why in skipped:
-            print(f"skipped: {why}", file=sys.stderr)
-    train_files = [f for f in train_files if f in cache_of]
-    held_out = [f for f in held_out if f in cache_of or not cfg.eval_every]
-    if not train_files:
-        raise AudiogenError(f"none of the {len(to_decode)} audio files under data_dir={data_dir} could be decoded "
-                            "for training (each is listed above)")
-    caches = [cache_of[f] for f in train_files]
-    held_caches = [cache_of[f] for f in held_out if f in cache_of]
-    latest = resume_point(accelerator, ckpt_root)  # also: every rank has read the run's state before any writes
+    check_resumable(cfg)  # the run's config must match a run being resumed
+    caches, held_caches, split = prepare_corpus(cfg, accelerator, ecfg.sample_rate)
+    latest = resume_point(accelerator, out / "checkpoints")  # also: every rank has read the run's state before any writes
     if accelerator.is_main_process:
         make_dir(out)
-        atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic_write_text(out / "split.json", json.dumps(
-            {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out],
-             "skipped": [{"file": str(f), "reason": why} for f, why in skipped]}, indent=2))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "split.json", json.dumps(split, indent=2))
 
     set_seed(cfg.seed)
     parts = make_parts(cfg, accelerator)
     parts.codec, parts.disc, parts.opt_g, parts.opt_d = accelerator.prepare(
         parts.codec, parts.disc, parts.opt_g, parts.opt_d)
     parts.mel_loss.to(accelerator.device)
-
-    start = 0
+    start = restore(accelerator, latest)
     if latest is not None:
-        accelerator.load_state(str(latest))
-        start = json.loads((latest / "trainer.json").read_text())["step"]
-        # each rank's balancer saw its own batches: it is restored from that rank's own file
-        balancer = load_rank_state(latest, accelerator.process_index)
-        if balancer is None and (latest / "custom_checkpoint_0.pkl").is_file():  # a checkpoint from before
-            balancer = torch.load(latest / "custom_checkpoint_0.pkl", weights_only=True)
-        if balancer is not None:
-            parts.balancer.load_state_dict(balancer)
-        accelerator.print(f"resuming from {latest} (step {start})")
+        restore_balancer(parts.balancer, latest, accelerator.process_index)
 
     segment = int(round(cfg.segment_s * ecfg.sample_rate))
     B, world = cfg.batch_size, accelerator.num_processes
@@ -716,86 +570,106 @@ def train_codec(cfg) -> int:
         held = RandomCrops(held_caches, segment, cfg.seed + 1, length=cfg.eval_crops)
         eval_crops = torch.stack([held[i] for i in range(cfg.eval_crops)]).to(accelerator.device)
 
-    stop = {"requested": False}
-
-    def on_sigterm(signum, frame):
-        stop["requested"] = True
-
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        return _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-
-
-def _loop(cfg, accelerator, parts, loader, start, ckpt_root, out, stop, eval_crops) -> int:
-    from audiogen.progress import progress_bar
-
-    from audiogen.curves import redraw
-    from audiogen.training import process_record, save_checkpoint, truncate_log
-
-    accelerator.init_trackers("tensorboard")  # OUT_DIR/tensorboard
-    log_file = out / "log.jsonl"  # the same figures, one JSON line per logged step
-    started = process_record(accelerator, start)
-    if accelerator.is_main_process:
-        truncate_log(log_file, start)  # a resumed run rewrites what came after its checkpoint
-        with open(log_file, "a") as f:  # who ran: each rank's own view of the job
-            f.write(json.dumps(started) + "\n")
     parts.codec.train()
     parts.disc.train()
-    bar = progress_bar(total=cfg.max_steps, initial=start, desc="codec", disable=not accelerator.is_main_process)
-    step = start
-    for step, wav in zip(range(start, cfg.max_steps), loader):
-        metrics = train_step(parts, wav.to(accelerator.device), step)
-        done = step + 1
-        bar.update(1)
-        if accelerator.num_processes > 1:  # every rank must stop (and save) at the same step
-            flag = torch.tensor(float(stop["requested"]), device=accelerator.device)
-            stop["requested"] = bool(accelerator.reduce(flag, reduction="sum") > 0)
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
-            accelerator.log(metrics, step=done)
-            if accelerator.is_main_process:
-                with open(log_file, "a") as f:
-                    f.write(json.dumps({"step": done, **metrics}) + "\n")
-            bar.set_postfix(mel=f"{metrics['loss/mel']:.3f}", usage=f"{metrics['codebook_usage']:.2f}")
-        if eval_crops is not None and done % cfg.eval_every == 0 and accelerator.is_main_process:
-            scores = evaluate(accelerator.unwrap_model(parts.codec), parts.mel_loss, eval_crops, max(parts.choices))
-            accelerator.log(scores, step=done)
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"step": done, **scores}) + "\n")
-            bar.write(f"step {done}: held-out mel {scores['eval/mel']:.3f}, SI-SDR {scores['eval/si_sdr_db']:.2f} dB, "
-                      f"codebook usage {scores['eval/codebook_usage']:.3f}")
-        if done % cfg.save_every == 0 or done == cfg.max_steps or stop["requested"]:
-            save_checkpoint(accelerator, ckpt_root, done, cfg.keep_checkpoints,
-                            rank_state=parts.balancer.state_dict())
-            export_run(accelerator, parts, cfg, out, done)  # a usable codec at every checkpoint
-            if accelerator.is_main_process:
-                redraw(log_file, bar.write)
-        if cfg.kill_at_step and done == cfg.kill_at_step and cfg.kill_rank in (-1, accelerator.process_index):
-            os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
-        if stop["requested"]:
-            bar.close()
-            accelerator.end_training()
-            accelerator.print(f"SIGTERM: checkpoint saved at step {done}; rerun the same command to resume")
-            return 0
-        step = done
-    bar.close()
-    path = export_run(accelerator, parts, cfg, out, step)  # a collective: before end_training ends the job
-    accelerator.end_training()
-    accelerator.print(f"trained {step} steps; codec exported to {path}")
-    return 0
+    return run_loop(accelerator, cfg, CodecTrainer(cfg, accelerator, parts, loader, out, eval_crops), start)
 
 
-def export_run(accelerator, parts, cfg, out: Path, step: int) -> Path:
-    """``OUT_DIR/codec``: the codec (``save_codec`` format) plus ``training.json`` (steps, data split, config)."""
-    from audiogen.audio import atomic_write_text
+def prepare_corpus(cfg: CodecTrainConfig, accelerator, sample_rate: int) -> tuple[list[Path], list[Path], dict]:
+    """Split ``cfg.data_dir``'s tracks and decode them to the cache (the main process first, the others then
+    read its cache): ``(training cache files, held-out cache files, the content of OUT_DIR/split.json)``."""
+    from audiogen.audio import find_audio_files
 
-    path = out / "codec"
+    data_dir = Path(cfg.data_dir)
+    if not data_dir.is_dir():
+        raise AudiogenError(f"data_dir={data_dir} is not a folder" if data_dir.exists()
+                            else f"data_dir={data_dir} does not exist")
+    files = find_audio_files(data_dir)
+    if not files:
+        raise AudiogenError(f"no audio files under data_dir={data_dir}")
+    train_files, held_out = split_tracks(files, cfg.holdout_tracks)
+    if cfg.max_tracks:
+        train_files = train_files[: cfg.max_tracks]
+    with accelerator.main_process_first():  # decode once, on the main process first
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out_dir) / "audio_cache"
+        to_decode = train_files + (held_out if cfg.eval_every else [])
+        cache_of, skipped = decode_corpus(to_decode, sample_rate, cache_dir, accelerator.is_main_process)
     if accelerator.is_main_process:
-        export_codec(accelerator.unwrap_model(parts.codec), cfg.name, path, cfg.export_dtype)
-        split = json.loads((out / "split.json").read_text())
-        atomic_write_text(path / "training.json", json.dumps(
-            {"steps": step, "samples_seen": step * cfg.batch_size * accelerator.num_processes,
-             "segment_s": cfg.segment_s, **split, "config": cfg.to_dict()}, indent=2))
-    accelerator.wait_for_everyone()
-    return path
+        for f, why in skipped:
+            print(f"skipped: {why}", file=sys.stderr)
+    train_files = [f for f in train_files if f in cache_of]
+    held_out = [f for f in held_out if f in cache_of or not cfg.eval_every]
+    if not train_files:
+        raise AudiogenError(f"none of the {len(to_decode)} audio files under data_dir={data_dir} could be decoded "
+                            "for training (each is listed above)")
+    split = {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out],
+             "skipped": [{"file": str(f), "reason": why} for f, why in skipped]}
+    return [cache_of[f] for f in train_files], [cache_of[f] for f in held_out if f in cache_of], split
+
+
+def restore_balancer(balancer: Balancer, ckpt: Path, rank: int) -> None:
+    """Each rank's balancer saw its own batches: it is restored from that rank's own file in ``ckpt``."""
+    from audiogen.train_loop import load_rank_state
+
+    state = load_rank_state(ckpt, rank)
+    if state is None and (ckpt / "custom_checkpoint_0.pkl").is_file():  # a checkpoint from before
+        state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=True)
+    if state is not None:
+        balancer.load_state_dict(state)
+
+
+@dataclass
+class CodecTrainer:
+    """The codec's step, evaluation and export: the :class:`audiogen.train_loop.Trainer` of one run."""
+
+    cfg: CodecTrainConfig
+    accelerator: object
+    parts: StepParts
+    loader: torch.utils.data.DataLoader
+    out: Path
+    eval_crops: torch.Tensor | None  #: fixed held-out crops ``[N, C, L]`` (None: no evaluation)
+    name: str = "codec"
+    progress: bool = True
+    tokens_per_step: int = 0  # no tokens_per_s in the log
+    _batches: object = field(default=None, init=False, repr=False)  # the loader's iterator, from the first step
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.accelerator.num_processes  # batch_size is per process
+
+    @property
+    def export_dir(self) -> Path:
+        return self.out / "codec"
+
+    def step(self, step: int) -> dict:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        return train_step(self.parts, next(self._batches).to(self.accelerator.device), step)
+
+    def bar_figures(self, stats: dict) -> dict:
+        return {"mel": f"{stats['loss/mel']:.3f}", "usage": f"{stats['codebook_usage']:.2f}"}
+
+    def evaluate(self, step: int) -> tuple[dict, str]:
+        acc = self.accelerator
+        if self.eval_crops is None or not acc.is_main_process:  # the main process scores the crops alone
+            return {}, ""
+        s = evaluate(acc.unwrap_model(self.parts.codec), self.parts.mel_loss, self.eval_crops, max(self.parts.choices))
+        return s, (f"step {step}: held-out mel {s['eval/mel']:.3f}, SI-SDR {s['eval/si_sdr_db']:.2f} dB, "
+                   f"codebook usage {s['eval/codebook_usage']:.3f}")
+
+    def rank_state(self) -> dict:
+        return self.parts.balancer.state_dict()
+
+    def export(self, step: int) -> Path:
+        """``OUT_DIR/codec``: the codec (``save_codec`` format) plus ``training.json`` (steps, data split, config)."""
+        from audiogen.audio import atomic_write_text
+
+        acc, cfg, path = self.accelerator, self.cfg, self.export_dir
+        if acc.is_main_process:
+            export_codec(acc.unwrap_model(self.parts.codec), cfg.name, path, cfg.export_dtype)
+            split = json.loads((self.out / "split.json").read_text())
+            atomic_write_text(path / "training.json", json.dumps(
+                {"steps": step, "samples_seen": step * self.global_batch,
+                 "segment_s": cfg.segment_s, **split, "config": cfg.to_dict()}, indent=2))
+        acc.wait_for_everyone()
+        return path

@@ -2,11 +2,11 @@
 
 Accelerate 1.x enables its FSDP plugin only on accelerator devices: a CPU job launched
 with an FSDP config would quietly run DDP, so the recipe refuses it
-(:func:`audiogen.training.make_accelerator`). PyTorch's FSDP2 itself runs over gloo on
+(:func:`audiogen.train_loop.make_accelerator`). PyTorch's FSDP2 itself runs over gloo on
 CPU. These pieces shard the LM, write and read sharded checkpoints
 (``torch.distributed.checkpoint``: each rank writes its own shards, ``__{rank}_0.distcp``,
 rank 0 the ``.metadata``) inside the N-rank checkpoint protocol of
-:func:`audiogen.training.save_checkpoint`, and gather the full weights for
+:func:`audiogen.train_loop.save_checkpoint`, and gather the full weights for
 :func:`audiogen.training.export_model`. ``tests/fsdp2_job.py`` drives them with 2 CPU
 ranks under ``torchrun`` (kill -9, resume, export); see docs/training.md for what has run.
 """

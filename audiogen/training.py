@@ -1,4 +1,5 @@
-"""Training the conditioned LM with Accelerate: the pieces ``recipes/train_lm.py`` calls.
+"""The conditioned LM's trainer: its config, model, loss, step, evaluation and export, which
+:func:`audiogen.train_loop.run_loop` runs (``recipes/train_lm.py`` calls :func:`train`).
 
 One process or many (DDP, FSDP, several nodes) run the same plain loop:
 
@@ -10,12 +11,9 @@ One process or many (DDP, FSDP, several nodes) run the same plain loop:
   over the global batch's valid tokens of each codebook, then over codebooks;
 - AdamW, linear warmup then cosine decay to ``min_lr_ratio * lr``, gradient clipping,
   bf16 autocast on GPUs that have it (fp32 on CPU);
-- checkpoints (``save_state`` + the step) every ``save_every`` steps, written to a
-  temporary folder and renamed (a ``kill -9`` never leaves half a checkpoint), last
-  ``keep_checkpoints`` kept; rerunning the same command resumes bit-exactly;
-- SIGTERM/SIGUSR1 or an ``OUT_DIR/STOP`` file: checkpoint at the end of the step, exit 0;
-- the model directory (``OUT_DIR/model``, :func:`audiogen.checkpoint.save_model_dir`) is
-  exported at every checkpoint and at the end.
+- checkpoints, resume, logging and stop requests (SIGTERM, SIGUSR1, ``OUT_DIR/STOP``) are
+  the shared loop's (:mod:`audiogen.train_loop`); the model directory (``OUT_DIR/model``,
+  :func:`audiogen.checkpoint.save_model_dir`) is exported at every checkpoint.
 """
 
 from __future__ import annotations
@@ -24,18 +22,16 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import shutil
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from audiogen.errors import AudiogenError, yaml_problem
+from audiogen.errors import AudiogenError
+from audiogen.train_loop import lr_at
 
 # ------------------------------------------------------------------------------ config
 
@@ -84,307 +80,65 @@ class TrainConfig:
     keep_checkpoints: int = 2
     export_dtype: str = "float16"  #: float16, bfloat16 or float32
     progress: bool = True
-    #: testing only: SIGKILL this process right after this step (0 = never)
-    kill_at_step: int = 0
-    #: testing only: the rank kill_at_step kills (-1 = every rank)
-    kill_rank: int = -1
+
+    #: keys that must not change when a run is resumed (they change what the steps compute)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "seed", "batch_size", "segment_s", "model", "lm",
+                                              "conditioner", "vocab_min_count", "bpm_buckets", "init_from")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    def validate(self) -> None:
+        """Impossible values and unknown nested keys are user errors (:class:`AudiogenError`)."""
+        from audiogen.conditioning import ConditionerConfig
+        from audiogen.lm import LMConfig, NAMED_CONFIGS
+
+        if not self.data_dir:
+            raise AudiogenError("data_dir is not set (a folder made by 'audiogen prep')")
+        if self.model not in NAMED_CONFIGS:
+            raise AudiogenError(f"model={self.model!r}: valid names are {', '.join(NAMED_CONFIGS)}")
+        for section, cls in (("lm", LMConfig), ("conditioner", ConditionerConfig)):
+            names = {f.name for f in dataclasses.fields(cls)}
+            bad = set(getattr(self, section)) - names
+            if bad:
+                raise AudiogenError(f"unknown {section} keys: {', '.join(sorted(bad))} (known: {', '.join(sorted(names))})")
+        if set(self.lm) & {"num_codebooks", "cardinality", "cond_dim"}:
+            raise AudiogenError("lm.num_codebooks/cardinality come from the dataset's codec and lm.cond_dim from "
+                                "conditioner.dim; leave them out")
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.batch_size % self.grad_accum == 0, f"batch_size={self.batch_size} must be divisible by "
+                                                     f"grad_accum={self.grad_accum}"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.segment_s > 0, "segment_s must be > 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (len(self.betas) == 2, "betas must be two numbers"),
+            (self.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
+            (self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.save_every >= 1, "save_every must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.eval_every >= 0, "eval_every must be >= 0"),
+            (self.export_dtype in ("float16", "bfloat16", "float32"), "export_dtype must be float16, bfloat16 or float32"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.num_threads >= 0, "num_threads must be >= 0 (0 = torch's default)"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise AudiogenError(msg)
+
 
 DROPOUT_KEYS = ("p_drop_attr", "p_drop_text", "p_drop_all")
-
-#: keys that must not change when a run is resumed (they change what the steps compute)
-RESUME_KEYS = ("data_dir", "seed", "batch_size", "segment_s", "model", "lm", "conditioner", "vocab_min_count",
-               "bpm_buckets", "init_from")
-
-
-def read_config(cls, path: str | os.PathLike | None, overrides: list[str] = ()):
-    """A config dataclass ``cls`` from a YAML file plus ``key=value`` overrides.
-
-    Overrides are YAML values; nested keys use a dot (``lm.dim=128``). Unknown keys and
-    values of the wrong type raise :class:`AudiogenError` naming the key. Shared by the
-    LM and codec recipes.
-    """
-    import yaml
-
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise AudiogenError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise AudiogenError(f"{p}: invalid YAML ({yaml_problem(e)})") from None
-        except UnicodeDecodeError:
-            raise AudiogenError(f"{p}: not a UTF-8 text file") from None
-        if not isinstance(data, dict):
-            raise AudiogenError(f"{p}: expected a mapping of config keys")
-    for item in overrides:
-        if "=" not in item:
-            raise AudiogenError(f"override '{item}' is not key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw  # not YAML: a plain string
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise AudiogenError(f"override '{item}': '{part}' is not a section")
-        node[leaf] = value
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = set(data) - set(known)
-    if unknown:
-        raise AudiogenError(f"unknown config keys: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
-    defaults = cls()
-    for k, v in list(data.items()):
-        want = type(getattr(defaults, k))
-        if want is float and isinstance(v, str):
-            try:  # PyYAML reads 1e-3 (no dot) as a string
-                v = float(v)
-            except ValueError:
-                pass
-        if want is tuple and isinstance(v, list):
-            v = tuple(v)
-        if want is str and v is None:
-            v = ""
-        ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if want is float else (
-            isinstance(v, want) and (want is bool or not isinstance(v, bool)))
-        if not ok:
-            raise AudiogenError(f"config key {k}: expected {want.__name__}, got {v!r}")
-        data[k] = float(v) if want is float else v
-    return cls(**data)
-
-
-def check_resumable(out: Path, new: dict, keys: tuple[str, ...]) -> None:
-    """Refuse to continue the run in ``out`` when its saved ``config.yaml`` differs in ``keys``."""
-    import yaml
-
-    cfg_file = Path(out) / "config.yaml"
-    if not cfg_file.is_file():
-        return
-    old = yaml.safe_load(cfg_file.read_text()) or {}
-    changed = [k for k in keys if k in old and old[k] != new.get(k)]
-    if changed:
-        raise AudiogenError(f"{out} holds a run with different {', '.join(changed)}; use another out_dir")
-
-
-def recipe_main(description: str, load, run, argv: list[str] | None = None, config_help: str = "YAML config") -> int:
-    """A recipe's command line, ``--config FILE [key=value ...]``: ``run(load(config, overrides))``.
-
-    User errors (:class:`AudiogenError`) print one line and return 1.
-    """
-    import argparse
-    import sys
-
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help=config_help)
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. max_steps=100")
-    args = p.parse_args(argv)
-    try:
-        return run(load(args.config, args.overrides))
-    except AudiogenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def load_train_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config and apply ``key=value`` overrides (YAML values; ``lm.dim=128`` for nested keys)."""
-    cfg = read_config(TrainConfig, path, overrides)
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: TrainConfig) -> None:
-    from audiogen.conditioning import ConditionerConfig
-    from audiogen.lm import LMConfig, NAMED_CONFIGS
-
-    if not cfg.data_dir:
-        raise AudiogenError("data_dir is not set (a folder made by 'audiogen prep')")
-    if cfg.model not in NAMED_CONFIGS:
-        raise AudiogenError(f"model={cfg.model!r}: valid names are {', '.join(NAMED_CONFIGS)}")
-    for section, cls in (("lm", LMConfig), ("conditioner", ConditionerConfig)):
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = set(getattr(cfg, section)) - names
-        if bad:
-            raise AudiogenError(f"unknown {section} keys: {', '.join(sorted(bad))} (known: {', '.join(sorted(names))})")
-    if set(cfg.lm) & {"num_codebooks", "cardinality", "cond_dim"}:
-        raise AudiogenError("lm.num_codebooks/cardinality come from the dataset's codec and lm.cond_dim from "
-                            "conditioner.dim; leave them out")
-    checks = [
-        (cfg.batch_size >= 1, "batch_size must be >= 1"),
-        (cfg.grad_accum >= 1, "grad_accum must be >= 1"),
-        (cfg.batch_size % cfg.grad_accum == 0, f"batch_size={cfg.batch_size} must be divisible by "
-                                               f"grad_accum={cfg.grad_accum}"),
-        (cfg.max_steps >= 1, "max_steps must be >= 1"),
-        (cfg.segment_s > 0, "segment_s must be > 0"),
-        (cfg.lr > 0, "lr must be > 0"),
-        (0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]"),
-        (cfg.warmup_steps >= 0, "warmup_steps must be >= 0"),
-        (len(cfg.betas) == 2, "betas must be two numbers"),
-        (cfg.grad_clip >= 0, "grad_clip must be >= 0 (0 = off)"),
-        (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision must be auto, no, bf16 or fp16"),
-        (cfg.log_every >= 1, "log_every must be >= 1"),
-        (cfg.save_every >= 1, "save_every must be >= 1"),
-        (cfg.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (cfg.eval_every >= 0, "eval_every must be >= 0"),
-        (cfg.export_dtype in ("float16", "bfloat16", "float32"), "export_dtype must be float16, bfloat16 or float32"),
-        (cfg.num_workers >= 0, "num_workers must be >= 0"),
-        (cfg.num_threads >= 0, "num_threads must be >= 0 (0 = torch's default)"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise AudiogenError(msg)
 
 
 def resolve_mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-# ------------------------------------------------------------------------------ processes and checkpoints
-
-
-def make_accelerator(**kwargs):
-    """An ``Accelerator`` that joins the job its launcher started.
-
-    On a machine without a GPU, ``accelerate launch --multi_gpu`` and ``torchrun`` start N
-    processes that a plain ``Accelerator()`` turns into N independent single-process runs
-    (each "rank 0 of 1", all writing the same folders). With ``cpu=True`` they form one
-    gloo job instead. A launched process that still finds itself alone is refused.
-    """
-    from accelerate import Accelerator
-
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    acc = Accelerator(cpu=launched > 1 and not torch.cuda.is_available(), **kwargs)
-    if launched > 1 and acc.num_processes != launched:
-        raise AudiogenError(f"the launcher started {launched} processes but they did not form one job "
-                            f"(this one is rank {acc.process_index} of {acc.num_processes})")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type.value != "FSDP":
-        # Accelerate enables FSDP only on accelerators; on CPU it would quietly run DDP instead
-        raise AudiogenError(f"an FSDP launch config, but Accelerate runs FSDP only on GPUs (here: "
-                            f"{acc.distributed_type.value} on {acc.device}); use a DDP config on this machine")
-    return acc
-
-
-def process_record(accelerator, step: int) -> dict:
-    """What every rank sees of the job (rank, world size, host, pid, device), gathered to one log line.
-
-    A collective: every rank calls it. ``{"step": step, "event": "start", "processes": [...]}``.
-    """
-    import socket
-
-    from accelerate.utils import gather_object
-
-    me = {"rank": accelerator.process_index, "world_size": accelerator.num_processes,
-          "local_rank": accelerator.local_process_index, "host": socket.gethostname(), "pid": os.getpid(),
-          "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type.value)}
-    everyone = gather_object([me]) if accelerator.num_processes > 1 else [me]
-    return {"step": step, "event": "start", "processes": sorted(everyone, key=lambda r: r["rank"])}
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete ``root/step_NNNNNNN`` (one with ``trainer.json``), or None.
-
-    Only complete checkpoints carry that name: they are assembled in ``.tmp-step_*`` and
-    renamed once every rank's files and then ``trainer.json`` are on disk.
-    """
-    ckpts = sorted(p for p in Path(root).glob("step_*") if (p / "trainer.json").is_file())
-    return ckpts[-1] if ckpts else None
-
-
-def resume_point(accelerator, root: Path) -> Path | None:
-    """:func:`latest_checkpoint`, checked to be the same on every rank (a collective).
-
-    Ranks that see different checkpoints (several nodes without a shared ``out_dir``) are
-    refused before anything is loaded or written.
-    """
-    latest = latest_checkpoint(root)
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        seen = gather_object([latest.name if latest else None])
-        if len(set(seen)) > 1:
-            raise AudiogenError(f"the ranks see different checkpoints in {root} ({', '.join(map(str, seen))}): "
-                                "out_dir must be one folder shared by every node")
-    return latest
-
-
-def rank_state_file(ckpt: Path, rank: int) -> Path:
-    return Path(ckpt) / f"rank_state_{rank}.pt"
-
-
-def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict | None = None,
-                    rank_state: dict | None = None, write=None) -> Path:
-    """Save a checkpoint with N ranks so that a ``kill -9`` of any rank at any moment leaves a resumable run.
-
-    A collective: every rank calls it at the same step. The order:
-
-    1. the main process removes a temp folder left by a killed save and creates a fresh one;
-    2. every rank writes what it owns into it: ``save_state`` (the model and optimizer by the
-       main process, or each rank its shard under FSDP; ``random_states_{rank}.pkl`` by each
-       rank) and ``rank_state`` (this rank's own state, e.g. a loss balancer's statistics)
-       as ``rank_state_{rank}.pt``;
-    3. once every rank is done, the main process writes ``trainer.json``
-       (``{"step": step, "world_size": N, **extra}``), the marker of a complete checkpoint,
-       last; renames the folder to ``step_NNNNNNN``; and prunes to the newest ``keep``
-       (each old one renamed away first, so a half-deleted folder never looks complete).
-
-    A kill before the rename leaves only a ``.tmp-*`` folder, which resume ignores.
-    ``accelerator`` may be any Accelerate state object (``PartialState`` too: the torchrun
-    FSDP2 path of :mod:`audiogen.fsdp`) with ``write(folder)`` replacing ``save_state``.
-    """
-    root = Path(root)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-step_{step:07d}"
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in [*root.glob(".tmp-step_*"), *root.glob(".del-step_*")]:  # left by a kill mid-save
-            shutil.rmtree(stale)
-        tmp.mkdir()
-    accelerator.wait_for_everyone()  # (1) the empty folder exists for everyone
-    if write is None:
-        accelerator.save_state(str(tmp))
-    else:
-        write(tmp)
-    if rank_state is not None:
-        torch.save(rank_state, rank_state_file(tmp, accelerator.process_index))
-    accelerator.wait_for_everyone()  # (2) every rank's files are on disk
-    if accelerator.is_main_process:
-        from audiogen.audio import atomic_write_text
-
-        atomic_write_text(tmp / "trainer.json", json.dumps({"step": step, "world_size": accelerator.num_processes,
-                                                            **(extra or {})}))
-        if final.exists():  # the same step saved by a run killed after its rename
-            _remove_dir(final)
-        os.replace(tmp, final)
-        old = sorted(p for p in root.glob("step_*") if p != final)
-        for p in old[: max(0, len(old) - (keep - 1))]:
-            _remove_dir(p)
-    accelerator.wait_for_everyone()  # (3) nobody moves on (or is killed by a test) before the rename
-    return final
-
-
-def load_rank_state(ckpt: Path, rank: int) -> dict | None:
-    """This rank's ``rank_state`` from a checkpoint (None when it has none, e.g. a different world size)."""
-    f = rank_state_file(ckpt, rank)
-    return torch.load(f, weights_only=True) if f.is_file() else None
-
-
-def _remove_dir(path: Path) -> None:
-    """Rename out of the ``step_*`` namespace first, then delete: a kill mid-delete leaves no torn checkpoint."""
-    doomed = path.with_name(f".del-{path.name}")
-    if doomed.exists():
-        shutil.rmtree(doomed)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ model
@@ -517,15 +271,6 @@ def codebook_ce_sums(logits: torch.Tensor, targets: torch.Tensor, tmask: torch.T
     return ce.sum(dim=(0, 2)), tmask.sum(dim=(0, 2)).float()
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` at ``max_steps``."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    t = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; matrices (linear and embedding weights) decay, biases and norms do not."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
@@ -565,41 +310,6 @@ def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, ba
 # ------------------------------------------------------------------------------ the run
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Keep the JSONL log lines of steps <= ``step`` (a resumed run rewrites what came after)."""
-    from audiogen.audio import atomic_write_text
-
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by kill -9
-            continue
-        if rec.get("step", 0) <= step:
-            kept.append(line)
-    atomic_write_text(path, "".join(x + "\n" for x in kept))
-
-
-class _Stop:
-    """Set by SIGTERM/SIGUSR1 (SLURM's warning signals) or by an ``OUT_DIR/STOP`` file."""
-
-    def __init__(self, stop_file: Path):
-        self.requested = False
-        self.stop_file = stop_file
-
-    def __call__(self, signum, frame):
-        self.requested = True
-
-    def poll(self, accelerator) -> bool:
-        local = self.requested or self.stop_file.exists()
-        if accelerator.num_processes > 1:  # every rank must stop (and save) at the same step
-            flag = torch.tensor(float(local), device=accelerator.device)
-            local = bool(accelerator.reduce(flag, reduction="sum") > 0)
-        return local
-
-
 def train(cfg: TrainConfig) -> int:
     """Run (or resume) the training described by ``cfg``; returns the exit status."""
     import yaml
@@ -607,20 +317,18 @@ def train(cfg: TrainConfig) -> int:
 
     from audiogen.audio import atomic_write_text, make_dir
     from audiogen.data import CropDataset, dataset_codec, load_prepared, make_loader
+    from audiogen.train_loop import check_resumable, make_accelerator, restore, resume_point, run_loop
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(cfg.out_dir)
-    ckpt_root = out / "checkpoints"
     accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
                                    log_with="tensorboard", project_dir=str(out))
     world = accelerator.num_processes
     if cfg.batch_size % (world * cfg.grad_accum):
         raise AudiogenError(f"batch_size={cfg.batch_size} must be divisible by processes x grad_accum = "
                             f"{world} x {cfg.grad_accum}")
-
-    cfg_file, build_file = out / "config.yaml", out / "build.json"
-    check_resumable(out, cfg.to_dict(), RESUME_KEYS)
+    check_resumable(cfg)
 
     dd = load_prepared(cfg.data_dir)
     train_ds, valid_ds = dd["train"], dd["valid"]
@@ -628,7 +336,8 @@ def train(cfg: TrainConfig) -> int:
     spec, codec_obj = codec_spec(desc, cfg.codec)
     frames = max(1, round(cfg.segment_s * float(desc["frame_rate"])))
 
-    latest = resume_point(accelerator, ckpt_root)
+    latest = resume_point(accelerator, out / "checkpoints")
+    build_file = out / "build.json"
     saved = json.loads(build_file.read_text()) if latest is not None and build_file.is_file() else None
     set_seed(cfg.seed)
     lm, conditioner = build_model(cfg, train_ds, desc, saved)
@@ -639,130 +348,87 @@ def train(cfg: TrainConfig) -> int:
     accelerator.wait_for_everyone()  # every rank has read the run's state before the main process writes
     if accelerator.is_main_process:
         make_dir(out)
-        atomic_write_text(cfg_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_text(build_file, json.dumps({"lm": lm.cfg.to_dict(), "conditioner": conditioner.cfg.to_dict(),
                                                   "codec": desc, "segment_frames": frames}, indent=2))
     model = ConditionedLM(lm, conditioner)
     optimizer = make_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-
-    start = 0
-    if latest is not None:
-        accelerator.load_state(str(latest))
-        start = json.loads((latest / "trainer.json").read_text())["step"]
-        accelerator.print(f"resuming from {latest} (step {start})")
-    started = process_record(accelerator, start)
-    if accelerator.is_main_process:
-        truncate_log(out / "log.jsonl", start)
-        with open(out / "log.jsonl", "a") as f:  # who ran: each rank's own view of the job
-            f.write(json.dumps(started) + "\n")
-    accelerator.print(f"{accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
-                      f"on {accelerator.device}")
+    start = restore(accelerator, latest)
 
     dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
                          cfg.grad_accum, cfg.num_workers)
-    ctx = _Run(cfg, accelerator, model, optimizer, loader, out, ckpt_root, special, frames, valid_ds,
-               {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj)
-    stop = _Stop(out / "STOP")
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        return ctx.loop(start, stop)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    model.train()
+    trainer = LMTrainer(cfg, accelerator, model, optimizer, loader, out, special, frames, valid_ds,
+                        {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj)
+    return run_loop(accelerator, cfg, trainer, start)
 
 
 @dataclass
-class _Run:
+class LMTrainer:
+    """The LM's step, evaluation and export: the :class:`audiogen.train_loop.Trainer` of one run."""
+
     cfg: TrainConfig
     accelerator: object
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loader: object
     out: Path
-    ckpt_root: Path
     special: int
     frames: int
     valid_ds: object
     codec_info: dict
     codec_obj: object
+    name: str = "lm"
+    _batches: object = field(default=None, init=False, repr=False)  # the loader's iterator, from the first step
 
-    def loop(self, start: int, stop: _Stop) -> int:
-        from audiogen.progress import progress_bar
+    @property
+    def progress(self) -> bool:
+        return self.cfg.progress
 
-        from audiogen.curves import redraw
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size
 
-        cfg, acc = self.cfg, self.accelerator
-        acc.init_trackers("tensorboard")
-        self.model.train()
-        log_file = self.out / "log.jsonl"
-        bar = progress_bar(total=cfg.max_steps, initial=start, desc="lm", dynamic_ncols=True,
-                   disable=not (acc.is_main_process and cfg.progress))
-        batches = iter(self.loader)
-        t_last, tokens_since = time.perf_counter(), 0
-        step = start
-        for step in range(start, cfg.max_steps):
-            micro = [next(batches) for _ in range(cfg.grad_accum)]
-            stats = train_step(self.model, self.optimizer, acc, micro, step, cfg, self.special)
-            done = step + 1
-            tokens_since += cfg.batch_size * self.frames * self.codec_info["num_codebooks"]
-            bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.max_steps:
-                now = time.perf_counter()
-                stats["tokens_per_s"] = tokens_since / max(now - t_last, 1e-9)
-                t_last, tokens_since = now, 0
-                acc.log(stats, step=done)
-                if acc.is_main_process:
-                    with open(log_file, "a") as f:
-                        f.write(json.dumps({"step": done, **stats}) + "\n")
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-            if cfg.eval_every and done % cfg.eval_every == 0:
-                scores = evaluate(self.model, acc, self.valid_ds, self.frames, self.special,
-                                  max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows)
-                if scores:
-                    acc.log(scores, step=done)
-                    if acc.is_main_process:
-                        with open(log_file, "a") as f:
-                            f.write(json.dumps({"step": done, **scores}) + "\n")
-                        ppl = ", ".join(f"{scores[f'eval/ppl_{k}']:.1f}" for k in range(self.codec_info["num_codebooks"]))
-                        bar.write(f"step {done}: valid perplexity per codebook {ppl}")
-            stopping = stop.poll(acc)
-            if done % cfg.save_every == 0 or done == cfg.max_steps or stopping:
-                # the data position is the step: samples [0, done * batch_size) have been seen
-                save_checkpoint(acc, self.ckpt_root, done, cfg.keep_checkpoints,
-                                extra={"samples_seen": done * cfg.batch_size})
-                self.export(done)
-                if acc.is_main_process:
-                    redraw(log_file, bar.write)
-            if cfg.kill_at_step and done == cfg.kill_at_step and cfg.kill_rank in (-1, acc.process_index):
-                os.kill(os.getpid(), signal.SIGKILL)  # tests: an abrupt death mid-run
-            if stopping:
-                bar.close()
-                acc.end_training()
-                if acc.is_main_process and stop.stop_file.exists():
-                    stop.stop_file.unlink()
-                acc.print(f"stop requested: checkpoint saved at step {done}; rerun the same command to resume")
-                return 0
-            step = done
-        bar.close()
-        acc.end_training()
-        if start >= cfg.max_steps:
-            acc.print(f"nothing to do: {self.out} already trained {start} steps (max_steps={cfg.max_steps})")
-        else:
-            acc.print(f"trained {step} steps; model exported to {self.out / 'model'}")
-        return 0
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.frames * self.codec_info["num_codebooks"]
+
+    @property
+    def export_dir(self) -> Path:
+        return self.out / "model"
+
+    def step(self, step: int) -> dict:
+        if self._batches is None:
+            self._batches = iter(self.loader)
+        micro = [next(self._batches) for _ in range(self.cfg.grad_accum)]
+        return train_step(self.model, self.optimizer, self.accelerator, micro, step, self.cfg, self.special)
+
+    def bar_figures(self, stats: dict) -> dict:
+        return {"loss": f"{stats['loss']:.4f}", "lr": f"{stats['lr']:.2e}"}
+
+    def evaluate(self, step: int) -> tuple[dict, str]:
+        acc, cfg = self.accelerator, self.cfg
+        scores = evaluate(self.model, acc, self.valid_ds, self.frames, self.special,
+                          max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows)
+        if not scores:
+            return {}, ""
+        ppl = ", ".join(f"{scores[f'eval/ppl_{k}']:.1f}" for k in range(self.codec_info["num_codebooks"]))
+        return scores, f"step {step}: valid perplexity per codebook {ppl}"
+
+    def rank_state(self) -> None:
+        return None  # Accelerate's save_state holds all of it
 
     def export(self, step: int) -> Path:
         """``OUT_DIR/model``: a model directory ``audiogen generate --model`` loads."""
         acc, cfg = self.accelerator, self.cfg
-        path = self.out / "model"
         state = acc.get_state_dict(self.model)  # gathers FSDP shards (a collective: every rank calls it)
         if acc.is_main_process:
-            export_model(acc.unwrap_model(self.model), state, path, self.codec_info, self.codec_obj, cfg, step,
-                         self.frames / float(self.codec_info["describe"]["frame_rate"]))
+            export_model(acc.unwrap_model(self.model), state, self.export_dir, self.codec_info, self.codec_obj, cfg,
+                         step, self.frames / float(self.codec_info["describe"]["frame_rate"]))
         acc.wait_for_everyone()
-        return path
+        return self.export_dir
 
 
 def train_step(model, optimizer, acc, micro: list, step: int, cfg: TrainConfig, special: int) -> dict:

@@ -70,8 +70,8 @@ def bench(model_name: str, device: str, batch: int, segment_s: float, steps: int
     from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig, bpm_bucket_centres
     from audiogen.data import Batch
     from audiogen.lm import LM, named_config
-    from audiogen.training import (ConditionedLM, TrainConfig, make_accelerator, make_optimizer,
-                                   resolve_mixed_precision, train_step)
+    from audiogen.train_loop import make_accelerator
+    from audiogen.training import ConditionedLM, TrainConfig, make_optimizer, resolve_mixed_precision, train_step
 
     K, card, frame_rate = 4, 2048, 75.0
     T = int(segment_s * frame_rate)

@@ -8,7 +8,7 @@ Overrides are YAML values; nested codec keys use a dot: ``codec.n_filters=16 max
 Checkpoints go to ``OUT_DIR/checkpoints/step_NNNNNNN`` (Accelerate state: both networks,
 both optimizers, the balancer's EMA, RNG) every ``save_every`` steps. Rerunning the same
 command resumes exactly (the data position is the step number), also after ``kill -9``;
-SIGTERM saves a checkpoint and exits 0. The codec is exported to ``OUT_DIR/codec``
+SIGTERM, SIGUSR1 or a file ``OUT_DIR/STOP`` save a checkpoint and exit 0. The codec is exported to ``OUT_DIR/codec``
 (``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``) at every checkpoint and at the end.
 """
 
@@ -23,10 +23,10 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from audiogen.codec_training import load_train_config, train_codec
-    from audiogen.training import recipe_main
+    from audiogen.codec_training import CodecTrainConfig, train_codec
+    from audiogen.train_loop import recipe_main
 
-    return recipe_main(__doc__, load_train_config, train_codec, argv,
+    return recipe_main(__doc__, CodecTrainConfig, train_codec, argv,
                        config_help="YAML config (see recipes/configs/codec_*.yaml)")
 
 

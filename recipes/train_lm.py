@@ -25,9 +25,10 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from audiogen.training import load_train_config, recipe_main, train
+    from audiogen.train_loop import recipe_main
+    from audiogen.training import TrainConfig, train
 
-    return recipe_main(__doc__, load_train_config, train, argv,
+    return recipe_main(__doc__, TrainConfig, train, argv,
                        config_help="YAML config (see recipes/configs/{tiny,small,medium}.yaml)")
 
 

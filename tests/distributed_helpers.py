@@ -16,6 +16,14 @@ from listening_helpers import free_port
 LAUNCH_TIMEOUT_S = float(os.environ.get("AUDIOGEN_TEST_LAUNCH_TIMEOUT_S", "600"))
 
 
+def kill_env(step: int, rank: int = -1) -> dict[str, str]:
+    """The environment of the training loop's test hook: SIGKILL rank ``rank`` (-1: every rank) right after
+    step ``step`` (``audiogen.train_loop``)."""
+    from audiogen.train_loop import KILL_AT_STEP_ENV, KILL_RANK_ENV
+
+    return {KILL_AT_STEP_ENV: str(step), KILL_RANK_ENV: str(rank)}
+
+
 def free_port_in(lo: int, hi: int) -> int:
     """A TCP port in ``[lo, hi)`` nobody listens on now (SLURM's script derives its port from the job id)."""
     for _ in range(200):

@@ -4,7 +4,7 @@
 
 The tiny conditioned LM sharded with :func:`audiogen.fsdp.shard` trains on random tokens
 (step s, rank r: a generator seeded with ``s * world + r``); checkpoints go through
-:func:`audiogen.training.save_checkpoint` with :func:`audiogen.fsdp.save_sharded` as the
+:func:`audiogen.train_loop.save_checkpoint` with :func:`audiogen.fsdp.save_sharded` as the
 writer and each rank's RNG state as its own file; rerunning resumes from the newest;
 the end exports a model directory (:func:`audiogen.training.export_model`) from
 :func:`audiogen.fsdp.full_state`. ``log.jsonl`` gets the processes' start line and the
@@ -34,8 +34,9 @@ def main(out: Path, max_steps: int = 6, save_every: int = 3, kill_at_step: int =
     from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig
     from audiogen.fsdp import full_state, load_sharded, save_sharded, shard
     from audiogen.lm import LM, named_config
+    from audiogen.train_loop import load_rank_state, process_record, resume_point, save_checkpoint
     from audiogen.training import (ConditionedLM, TrainConfig, codebook_ce_sums, delay_inputs, export_model,
-                                   load_rank_state, make_optimizer, process_record, resume_point, save_checkpoint)
+                                   make_optimizer)
 
     state = PartialState(cpu=True)  # torchrun's environment: one gloo job
     rank, world = state.process_index, state.num_processes

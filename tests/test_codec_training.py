@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiogen.codec_training import (
-    Balancer, CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, load_train_config, make_parts, train_step,
-)
+from audiogen.codec_losses import Balancer
+from audiogen.codec_training import CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, make_parts, train_step
+from audiogen.train_loop import load_config
 from audiogen import audio as A
 from audiogen.errors import AudiogenError
-from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, start_records, two_ranks
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, kill_env, start_records, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_codec.py"
@@ -107,7 +107,7 @@ def test_balancer_gives_each_loss_its_weight_share_whatever_its_scale():
 
 
 def _tiny_cfg(**kw) -> CodecTrainConfig:
-    return load_train_config(TINY, [f"{k}={v}" for k, v in kw.items()])
+    return load_config(CodecTrainConfig, TINY, [f"{k}={v}" for k, v in kw.items()])
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.0])
@@ -202,8 +202,8 @@ def test_kill9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, de
 
     killed = subprocess.run(
         [sys.executable, str(RECIPE), "--config", str(TINY),
-         *_overrides(b, debian_music_dir, audio_cache, kill_at_step=5)],
-        capture_output=True, text=True, timeout=120,
+         *_overrides(b, debian_music_dir, audio_cache)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **kill_env(5)},
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step_0000003"]  # steps 4-5 lost
@@ -220,10 +220,10 @@ def _figures(out: Path) -> list[str]:
     return [x for x in (out / "log.jsonl").read_text().splitlines() if '"event": "start"' not in x]
 
 
-def _run_two_ranks(out: Path, music: Path, cache: Path, **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([*two_ranks(), str(RECIPE), "--config", str(TINY), *_overrides(out, music, cache, **extra)],
+def _run_two_ranks(out: Path, music: Path, cache: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*two_ranks(), str(RECIPE), "--config", str(TINY), *_overrides(out, music, cache)],
                           capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})})
 
 
 @pytest.mark.slow
@@ -234,7 +234,7 @@ def test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterr
     whole = _run_two_ranks(a, debian_music_dir, audio_cache)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert_ranks(a)
-    killed = _run_two_ranks(b, debian_music_dir, audio_cache, kill_at_step=5, kill_rank=1)
+    killed = _run_two_ranks(b, debian_music_dir, audio_cache, env_extra=kill_env(5, rank=1))
     assert killed.returncode != 0, killed.stderr[-2000:]
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["step_0000003"]
     # each rank's own balancer statistics are saved by that rank
@@ -268,21 +268,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, debian_music_dir
 
 def test_config_errors_are_readable(tmp_path, capsys):
     with pytest.raises(AudiogenError, match="unknown config keys"):
-        load_train_config(TINY, ["no_such_key=1"])
+        load_config(CodecTrainConfig, TINY, ["no_such_key=1"])
     with pytest.raises(AudiogenError, match="key=value"):
-        load_train_config(TINY, ["max_steps"])
+        load_config(CodecTrainConfig, TINY, ["max_steps"])
     with pytest.raises(AudiogenError, match="unknown codec config keys"):
-        load_train_config(TINY, ["codec.bogus=3"])
+        load_config(CodecTrainConfig, TINY, ["codec.bogus=3"])
     with pytest.raises(AudiogenError, match="max_steps: expected int"):
-        load_train_config(TINY, ["max_steps=many"])
-    assert load_train_config(TINY, ["lr=1e-3"]).lr == 1e-3
-    assert load_train_config(TINY, ["lr=1", "codec.n_q=8", "betas=[0.8, 0.99]"]).betas == (0.8, 0.99)
+        load_config(CodecTrainConfig, TINY, ["max_steps=many"])
+    assert load_config(CodecTrainConfig, TINY, ["lr=1e-3"]).lr == 1e-3
+    assert load_config(CodecTrainConfig, TINY, ["lr=1", "codec.n_q=8", "betas=[0.8, 0.99]"]).betas == (0.8, 0.99)
     with pytest.raises(AudiogenError, match="need 4 codebooks"):
-        load_train_config(TINY, ["codec.n_q=2"])
+        load_config(CodecTrainConfig, TINY, ["codec.n_q=2"])
     with pytest.raises(AudiogenError, match="dead_code_threshold"):  # healthy codes would count as dead
-        load_train_config(TINY, ["dead_code_threshold=2"])
+        load_config(CodecTrainConfig, TINY, ["dead_code_threshold=2"])
     with pytest.raises(AudiogenError, match="not found"):
-        load_train_config(tmp_path / "missing.yaml")
+        load_config(CodecTrainConfig, tmp_path / "missing.yaml")
     rc = _recipe().main(["--config", str(TINY), f"data_dir={tmp_path}", f"out_dir={tmp_path / 'o'}"])
     assert rc == 1
     assert "no audio files" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from audiogen import codec as C
-from audiogen.codec_training import evaluate, load_train_config, make_parts, train_step
+from audiogen.codec_training import CodecTrainConfig, evaluate, make_parts, train_step
+from audiogen.train_loop import load_config
 from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def _small_train_cfg(tmp_path, **extra):
     over.update({"segment_s": 0.5, "batch_size": 2, "out_dir": tmp_path / "run", "mel_max_log2": 9,
                  "n_mels": 32, "dead_code_threshold": 0.01})
     over.update(extra)
-    return load_train_config(STFT, [f"{k}={v}" for k, v in over.items()])
+    return load_config(CodecTrainConfig, STFT, [f"{k}={v}" for k, v in over.items()])
 
 
 def test_frames_and_lengths_follow_the_hop(make_music):

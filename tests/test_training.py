@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from audiogen.errors import AudiogenError
-from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, free_port_in, node_launcher, two_ranks
+from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, free_port_in, kill_env, node_launcher, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "train_lm.py"
@@ -101,17 +101,19 @@ def overrides(data_dir: Path, codec_dir: Path, out: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def run_recipe(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.CompletedProcess:
+def run_recipe(args: list[str], launcher: list[str] | None = None, env_extra: dict | None = None,
+               **kw) -> subprocess.CompletedProcess:
     cmd = (launcher or [sys.executable]) + [str(RECIPE), "--config", str(TINY), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=LAUNCH_TIMEOUT_S, **kw)
 
 
 def train_in_process(args: list[str]) -> int:
-    from audiogen.training import load_train_config, train
+    from audiogen.train_loop import load_config
+    from audiogen.training import TrainConfig, train
 
-    return train(load_train_config(TINY, args))
+    return train(load_config(TrainConfig, TINY, args))
 
 
 def log_records(out: Path) -> list[dict]:
@@ -191,7 +193,8 @@ def test_loss_targets_the_delay_pattern_with_bos_input_and_masks_special_and_pad
 
 
 def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
-    from audiogen.training import TrainConfig, lr_at
+    from audiogen.train_loop import lr_at
+    from audiogen.training import TrainConfig
 
     cfg = TrainConfig(data_dir="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
@@ -239,7 +242,7 @@ def test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_
         trained_two_ranks, data_dir, codec_dir, tmp_path, rank, step):
     out = tmp_path / "killed"
     args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
-    first = run_recipe([*args, f"kill_at_step={step}", f"kill_rank={rank}"], launcher=two_ranks())
+    first = run_recipe(args, launcher=two_ranks(), env_extra=kill_env(step, rank))
     assert first.returncode != 0, first.stderr[-2000:]  # the launcher stops the other rank and fails
     saved = [f"step_{s:07d}" for s in range(3, step + 1, 3)][-2:]  # save_every=3, keep_checkpoints=2
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == saved
@@ -278,7 +281,7 @@ def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec,
 def test_kill_9_then_rerun_is_bit_identical_to_an_uninterrupted_run(trained, data_dir, codec_dir, tmp_path):
     out = tmp_path / "killed"
     args = overrides(data_dir, codec_dir, out, export_dtype="float32")
-    first = run_recipe([*args, "kill_at_step=5"])
+    first = run_recipe(args, env_extra=kill_env(5))
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
     resumed = run_recipe(args)
@@ -388,12 +391,13 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown config keys: learning_rate")
-    from audiogen.training import load_train_config
+    from audiogen.train_loop import load_config
+    from audiogen.training import TrainConfig
 
     for bad, msg in [("batch_size=many", "batch_size: expected int"), ("lm.width=3", "unknown lm keys: width"),
                      ("model=huge", "valid names"), ("grad_accum=3", "divisible")]:
         with pytest.raises(AudiogenError, match=msg):
-            load_train_config(TINY, [f"data_dir={data_dir}", bad])
+            load_config(TrainConfig, TINY, [f"data_dir={data_dir}", bad])
     with pytest.raises(AudiogenError, match="not a prepared dataset"):
         train_in_process(overrides(tmp_path, codec_dir, tmp_path / "nodata"))
 
@@ -401,15 +405,16 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
 
 def test_broken_yaml_and_unmakeable_out_dir_are_one_line_errors(data_dir, codec_dir, tmp_path):
     from audiogen.checkpoint import read_config
-    from audiogen.training import load_train_config
+    from audiogen.train_loop import load_config
+    from audiogen.training import TrainConfig
 
     (tmp_path / "bad.yaml").write_text("lr: [0.1,\n")
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(AudiogenError, match=r"invalid YAML \(line 2, column 1: .*\)$") as e:
-        load_train_config(tmp_path / "bad.yaml", [])
+        load_config(TrainConfig, tmp_path / "bad.yaml", [])
     assert "\n" not in str(e.value)
     with pytest.raises(AudiogenError, match="not a UTF-8 text file"):
-        load_train_config(tmp_path / "binary.yaml", [])
+        load_config(TrainConfig, tmp_path / "binary.yaml", [])
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.yaml").write_text("format: [unclosed\n")
@@ -480,9 +485,10 @@ def test_sbatch_launches_one_accelerate_per_node_and_requeues_after_a_checkpoint
         assert not (logs / "scontrol").exists()
 
 
-def _run_nodes(launchers: list[list[str]], args: list[str], logs: Path) -> list[tuple[int, str]]:
+def _run_nodes(launchers: list[list[str]], args: list[str], logs: Path,
+               env_extra: dict | None = None) -> list[tuple[int, str]]:
     """Start one recipe process tree per "node" at once; their (exit status, stderr)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     logs.mkdir(exist_ok=True)
     errs = [logs / f"node{i}.err" for i in range(len(launchers))]  # files: a full pipe would block a rank
     procs = [subprocess.Popen([*launcher, str(RECIPE), "--config", str(TINY), *args], cwd=REPO, env=env,
@@ -498,8 +504,8 @@ def test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9(trained_tw
     out = tmp_path / "nodes"
     args = overrides(data_dir, codec_dir, out, export_dtype="float32", grad_accum=2)
     port = free_port_in(20000, 40000)
-    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], [*args, "kill_at_step=5", "kill_rank=1"],
-                        tmp_path / "killed_logs")
+    killed = _run_nodes([node_launcher(0, port), node_launcher(1, port)], args, tmp_path / "killed_logs",
+                        env_extra=kill_env(5, rank=1))
     assert all(rc != 0 for rc, _ in killed), [err[-1000:] for _, err in killed]
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
     port = free_port_in(20000, 40000)
@@ -600,7 +606,7 @@ def test_fsdp_run_resumes_after_kill_9_from_its_sharded_checkpoint_and_exports_a
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "killed"
     args = overrides(data_dir, codec_dir, out, max_steps=6, save_every=3)
-    first = run_recipe([*args, "kill_at_step=5"], launcher=FSDP_ONE_GPU)
+    first = run_recipe(args, launcher=FSDP_ONE_GPU, env_extra=kill_env(5))
     assert first.returncode != 0
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_0000003"]
     resumed = run_recipe(args, launcher=FSDP_ONE_GPU)
