@@ -218,8 +218,11 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
 
 
 def lm_max_frames(lm_cfg) -> int:
-    """The most frames one window may hold: the LM's positions less the K the delay pattern adds (as training)."""
-    return lm_cfg.max_positions - lm_cfg.num_codebooks
+    """The most frames one window may hold: the frames the LM's positions hold in the delay pattern, less one
+    spare position, as training's segment check (``frames + K <= max_positions``)."""
+    from audiogen.patterns import DelayPattern
+
+    return DelayPattern(lm_cfg.num_codebooks, lm_cfg.cardinality).frames(lm_cfg.max_positions) - 1
 
 
 def model_window_s(config: dict) -> float:

@@ -54,6 +54,7 @@ import torch
 
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, sample_tokens
+from audiogen.patterns import DelayPattern
 
 #: descriptor words the two ends of ``intensity`` add to the text
 CALM_WORDS = "calm, soft, gentle, sparse"
@@ -293,8 +294,9 @@ class TokenStream:
                  device, dtype):
         self.lm, self.params, self.generator = lm, params, generator
         self.K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
+        self.delay = DelayPattern(self.K, self.special)
         self.window, self.context = window, context
-        self.positions = window + self.K - 1
+        self.positions = self.delay.positions(window)
         if self.positions > lm.cfg.max_positions:
             raise AudiogenError(f"a window of {window} frames needs {self.positions} positions; the model has "
                                 f"{lm.cfg.max_positions}")
@@ -303,7 +305,7 @@ class TokenStream:
         self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
         lm.fuse_decode_weights(self.cache)  # cross K/V come from ConditionMix.install
         self.device = device
-        self.k_idx = torch.arange(self.K, device=device)
+        self.k_idx = self.delay.delays(device)  # codebook k's index, which is also its delay
         self.origin = 0  # absolute frame of codebook 0 at window position 0
         self.pos = 0  # next window position to decode
         self.produced = 0  # frames codebook 0 has produced
@@ -342,7 +344,7 @@ class TokenStream:
             logits = logits[1:] + self.params.cfg_scale * (logits[:1] - logits[1:])
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
         tokens = sample_tokens(logits, self.params, uniforms)[0]  # [K]
-        frame = self.produced - self.k_idx
+        frame = self.delay.frame_at(self.produced, self.k_idx)
         tokens = torch.where(frame >= self.origin, tokens, self.special)  # before the window: special, as trained
         # write frame produced - k of codebook k
         need = self.produced + 1 - self.base
@@ -358,19 +360,16 @@ class TokenStream:
 
     def _slide(self, cross_mask: torch.Tensor) -> None:
         """Keep the last ``context`` frames of codebook 0 and re-prefill them at positions ``[0, context)``."""
-        K, C, special = self.K, self.context, self.special
+        K, C = self.K, self.context
         self.origin = self.produced - C
-        j = torch.arange(C, device=self.device)
-        absf = self.origin + j[None] - self.k_idx[:, None]  # [K, C] absolute frame at window position j
-        pattern = torch.full((K, C), special, dtype=torch.long, device=self.device)
-        inside = j[None] >= self.k_idx[:, None]
-        pattern[inside] = self.frames[:, :][self.k_idx[:, None].expand(K, C)[inside], (absf - self.base)[inside]]
-        bos = torch.full((K, 1), special, dtype=torch.long, device=self.device)
-        inputs = torch.cat([bos, pattern[:, : C - 1]], dim=1)[None].expand(self.B2, -1, -1)
+        # window position j < C of codebook k holds frame origin + j - k (special where j < k)
+        kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + C]
+        pattern = self.delay.build(kept)[..., :C]  # [1, K, C]
+        inputs = self.delay.inputs(pattern).expand(self.B2, -1, -1)
         x = self.lm.embed(inputs, torch.arange(C, device=self.device))
         for layer, layer_cache in zip(self.lm.layers, self.cache):
             x = layer(x, None, cross_mask, layer_cache, 0)
-        self.cur = pattern[:, C - 1].view(1, K, 1)
+        self.cur = pattern[:, :, C - 1 :].clone()
         self.pos = C
         self.slides += 1
 
