@@ -137,9 +137,9 @@ class Decoder:
         pad = _round_up(L, self.ALIGN) - L
         if pad:
             self.cond_mask = torch.nn.functional.pad(cond_mask.bool(), (0, pad), value=False)
-            for layer_cache in self.cache:
-                for name in ("ck", "cv"):
-                    layer_cache[name] = torch.nn.functional.pad(layer_cache[name], (0, 0, 0, pad))
+            for layer_cache in self.cache.layers:
+                layer_cache.cross_k = torch.nn.functional.pad(layer_cache.cross_k, (0, 0, 0, pad))
+                layer_cache.cross_v = torch.nn.functional.pad(layer_cache.cross_v, (0, 0, 0, pad))
         self.cross_mask = lm.cross_masks(self.cond_mask, dtype)
         long = dict(dtype=torch.long, device=device)
         self.pos = torch.zeros(1, **long)
@@ -251,8 +251,7 @@ class Decoder:
         inputs = self.delay.inputs(self.pattern[:, :, : t0 + 1])
         if t0:
             x = inputs[:, :, :t0]
-            self.lm(torch.cat([x, x]) if self.guided else x, self.cond, self.cond_mask, cache=self.cache, start=0,
-                    logits=False)
+            self.lm.prefill(torch.cat([x, x]) if self.guided else x, self.cache, self.lm.cross_masks(self.cond_mask))
         self.cur.copy_(inputs[:, :, t0 : t0 + 1])
         self.pos.fill_(t0)
         bucket = 0

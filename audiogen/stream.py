@@ -54,6 +54,7 @@ import torch
 
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, sample_tokens
+from audiogen.lm import KVCache
 from audiogen.patterns import DelayPattern
 
 #: descriptor words the two ends of ``intensity`` add to the text
@@ -264,14 +265,14 @@ class ConditionMix:
         return {k: v for k, v in w.items() if v > 1e-6}
 
     @torch.inference_mode()
-    def install(self, frame: int, cache: list[dict]) -> torch.Tensor:
+    def install(self, frame: int, cache: KVCache) -> torch.Tensor:
         """Put the keys/values for ``frame`` into ``cache``; returns the additive cross mask ``[B2, 1, 1, L]``."""
         w = self.weights(frame)
         keys = tuple(sorted(w))
         if keys != self._layout:
-            for i, layer_cache in enumerate(cache):
-                layer_cache["ck"] = torch.cat([self._encoded[k][0][i][0] for k in keys], dim=2)
-                layer_cache["cv"] = torch.cat([self._encoded[k][0][i][1] for k in keys], dim=2)
+            for i, layer_cache in enumerate(cache.layers):
+                layer_cache.cross_k = torch.cat([self._encoded[k][0][i][0] for k in keys], dim=2)
+                layer_cache.cross_v = torch.cat([self._encoded[k][0][i][1] for k in keys], dim=2)
             self._layout = keys
         if len(keys) == 1:
             return self._encoded[keys[0]][1]
@@ -365,10 +366,7 @@ class TokenStream:
         # window position j < C of codebook k holds frame origin + j - k (special where j < k)
         kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + C]
         pattern = self.delay.build(kept)[..., :C]  # [1, K, C]
-        inputs = self.delay.inputs(pattern).expand(self.B2, -1, -1)
-        x = self.lm.embed(inputs, torch.arange(C, device=self.device))
-        for layer, layer_cache in zip(self.lm.layers, self.cache):
-            x = layer(x, None, cross_mask, layer_cache, 0)
+        self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask)
         self.cur = pattern[:, :, C - 1 :].clone()
         self.pos = C
         self.slides += 1
@@ -563,6 +561,7 @@ class MusicStream:
         self._inbox: queue.Queue[_Change] = queue.Queue()
         self._lock = threading.Lock()
         self._pending_cut: tuple[_Change, int] | None = None
+        self._queued_state = self.state  # the state the last queued message leads to
         self.bar_anchor = 0  # frame the bar grid counts from
         self.stats = StreamStats()
         self._history = collections.deque([(0, self.state)], maxlen=256)  # (frame, state from that frame on)
@@ -588,7 +587,7 @@ class MusicStream:
             self._inbox.put(_Change(state, glide, cut, time.perf_counter()))
 
     def _latest_state(self) -> StreamState:
-        return getattr(self, "_queued_state", self.state)
+        return self._queued_state
 
     def state_at(self, frame: int) -> StreamState:
         """The request that took effect at or before ``frame`` (recent frames; a glide's target from its start)."""
