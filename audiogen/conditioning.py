@@ -34,7 +34,36 @@ import torch.nn as nn
 
 from audiogen.errors import AudiogenError, check_fields
 
-ATTRIBUTES = ("genre", "mood", "key")
+
+@dataclass(frozen=True)
+class Attribute:
+    """A condition besides the text. ``name`` is its field of :class:`Conditions`, its dataset column,
+    its ``--name`` option and its stream control field; adding an attribute means one line in
+    :data:`ATTRIBUTES` (plus the ``Conditions`` field and, with a vocabulary, a ``ConditionerConfig`` list)."""
+
+    name: str
+    #: the ``ConditionerConfig`` list of its known values; None: tempo, mapped to ``bpm_buckets``
+    vocab: str | None
+    #: several values per row, each in one of ``max_instruments`` slots
+    many: bool = False
+    #: which of a row's :data:`DROP_DRAWS` uniforms decides dropping it; a new attribute takes an unused
+    #: index, so the draws of the others (and a resumed run) stay as they were
+    draw: int = 0
+
+
+#: every attribute, in the order of the ``Conditions`` fields (the encoder's sequence puts the
+#: single labels first, then the tempo, then the many-valued ones: see ``ConditionEncoder._slots``)
+ATTRIBUTES = (
+    Attribute("genre", "genres", draw=2),
+    Attribute("mood", "moods", draw=3),
+    Attribute("bpm", None, draw=4),
+    Attribute("key", "keys", draw=5),
+    Attribute("instruments", "instruments", many=True, draw=6),
+)
+#: the attributes with a vocabulary (all but the tempo)
+LABELS = tuple(a for a in ATTRIBUTES if a.vocab)
+#: uniforms each row draws in ``drop_conditions``: 0 everything, 1 the text, ``Attribute.draw`` the rest
+DROP_DRAWS = 16
 
 
 @dataclass
@@ -89,28 +118,24 @@ class ConditionerConfig:
         return cls(**d)
 
     def vocab(self) -> dict[str, list[str]]:
-        """The normalized attribute values the model was trained with, by attribute."""
-        return {"genre": [_norm(v) for v in self.genres], "mood": [_norm(v) for v in self.moods],
-                "key": [_norm(v) for v in self.keys], "instruments": [_norm(v) for v in self.instruments]}
+        """The normalized attribute values the model was trained with, by attribute (those of :data:`LABELS`)."""
+        return {a.name: [_norm(v) for v in getattr(self, a.vocab)] for a in LABELS}
 
     def validate_conditions(self, conds: list["Conditions"]) -> None:
         """Unknown attribute values are errors, not silently ignored; needs only the config (no weights)."""
         vocab = self.vocab()
         for c in conds:
-            for name in ATTRIBUTES:
-                value = getattr(c, name)
-                if value is None:
-                    continue
-                if not vocab[name]:
-                    raise AudiogenError(f"this model was trained without {name} conditioning; leave out --{name}")
-                if _norm(value) not in vocab[name]:
-                    raise AudiogenError(f"unknown {name} {value!r}; this model knows: {', '.join(vocab[name])}")
-            for inst in c.instruments or []:
-                if not vocab["instruments"]:
-                    raise AudiogenError("this model was trained without instrument conditioning; leave out --instruments")
-                if _norm(inst) not in vocab["instruments"]:
-                    raise AudiogenError(f"unknown instrument {inst!r}; this model knows: "
-                                        f"{', '.join(vocab['instruments'])}")
+            for a in LABELS:
+                values = getattr(c, a.name) if a.many else [getattr(c, a.name)]
+                for value in values or []:
+                    if value is None:
+                        continue
+                    what = a.name.rstrip("s") if a.many else a.name  # "unknown instrument", "unknown genre"
+                    if not vocab[a.name]:
+                        raise AudiogenError(f"this model was trained without {what} conditioning; leave out "
+                                            f"--{a.name}")
+                    if _norm(value) not in vocab[a.name]:
+                        raise AudiogenError(f"unknown {what} {value!r}; this model knows: {', '.join(vocab[a.name])}")
             if c.bpm is not None:
                 if not self.bpm_buckets:
                     raise AudiogenError("this model was trained without tempo conditioning; leave out --bpm")
@@ -281,14 +306,15 @@ class ConditionEncoder(nn.Module):
 
     def _slots(self, c: Conditions) -> list[tuple[str, int | None]]:
         """(table, index or None) for the attribute slots of one row; unknown values count as missing."""
-        slots = [(name, self.index[name].get(_norm(getattr(c, name))) if getattr(c, name) else None)
-                 for name in ATTRIBUTES]
+        slots = [(a.name, self.index[a.name].get(_norm(getattr(c, a.name))) if getattr(c, a.name) else None)
+                 for a in LABELS if not a.many]
         bpm_ok = c.bpm is not None and self.cfg.bpm_buckets and math.isfinite(c.bpm) and c.bpm > 0
         slots.append(("bpm", self.bpm_bucket(c.bpm) if bpm_ok else None))
-        insts = [self.index["instruments"].get(_norm(i)) for i in (c.instruments or [])]
-        insts = [i for i in insts if i is not None][: self.cfg.max_instruments]
-        slots += [("instruments", i) for i in insts]
-        slots += [("instruments", None)] * (self.cfg.max_instruments - len(insts))
+        for a in LABELS:
+            if a.many:
+                found = [self.index[a.name].get(_norm(v)) for v in (getattr(c, a.name) or [])]
+                found = [i for i in found if i is not None][: self.cfg.max_instruments]
+                slots += [(a.name, i) for i in found] + [(a.name, None)] * (self.cfg.max_instruments - len(found))
         return slots
 
     def forward(self, conds: list[Conditions]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,21 +355,16 @@ class ConditionEncoder(nn.Module):
 def drop_conditions(conds: list[Conditions], cfg: ConditionerConfig, generator: torch.Generator) -> list[Conditions]:
     """Condition dropout for classifier-free guidance (deterministic given ``generator``).
 
-    Every row draws the same number of uniforms whatever it holds, so the RNG stream,
-    and with it an exactly resumed run, does not depend on the data.
+    Every row draws :data:`DROP_DRAWS` uniforms whatever it holds and however many attributes
+    there are, so the RNG stream, and with it an exactly resumed run, depends neither on the
+    data nor on adding an attribute: uniform 0 drops everything, 1 the text, ``Attribute.draw``
+    its attribute.
     """
     out = []
-    u = torch.rand(len(conds), 7, generator=generator).tolist()
-    for c, (p_all, p_text, p_genre, p_mood, p_bpm, p_key, p_inst) in zip(conds, u):
-        if p_all < cfg.p_drop_all:
+    for c, u in zip(conds, torch.rand(len(conds), DROP_DRAWS, generator=generator).tolist()):
+        if u[0] < cfg.p_drop_all:
             out.append(Conditions())
             continue
-        out.append(Conditions(
-            text=None if p_text < cfg.p_drop_text else c.text,
-            genre=None if p_genre < cfg.p_drop_attr else c.genre,
-            mood=None if p_mood < cfg.p_drop_attr else c.mood,
-            bpm=None if p_bpm < cfg.p_drop_attr else c.bpm,
-            key=None if p_key < cfg.p_drop_attr else c.key,
-            instruments=None if p_inst < cfg.p_drop_attr else c.instruments,
-        ))
+        kept = {a.name: None if u[a.draw] < cfg.p_drop_attr else getattr(c, a.name) for a in ATTRIBUTES}
+        out.append(Conditions(text=None if u[1] < cfg.p_drop_text else c.text, **kept))
     return out

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.conditioning import Conditions, ConditionerConfig, drop_conditions
+from audiogen.conditioning import ATTRIBUTES, Conditions, ConditionerConfig, drop_conditions
 from audiogen.errors import AudiogenError
 
-CONDITION_COLUMNS = ("caption", "genre", "mood", "bpm", "key", "instruments")
+CONDITION_COLUMNS = ("caption", *(a.name for a in ATTRIBUTES))
 
 
 def load_prepared(data_dir: str | os.PathLike):

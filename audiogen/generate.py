@@ -26,6 +26,7 @@ from functools import cache, partial
 import torch
 
 from audiogen.errors import AudiogenError
+from audiogen.patterns import DelayPattern
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ class Decoder:
         B2 = cond.shape[0]
         self.B = B2 // 2 if self.guided else B2
         K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
+        self.delay = DelayPattern(K, self.special)
         device = cond.device
         self.engine = resolve_engine(engine, device)
-        self.S_max = max_frames + K - 1
+        self.S_max = self.delay.positions(max_frames)
         if self.S_max > lm.cfg.max_positions:
             raise AudiogenError(f"a window of {max_frames} frames needs {self.S_max} positions; the model has "
                                 f"{lm.cfg.max_positions}")
@@ -135,9 +137,9 @@ class Decoder:
         pad = _round_up(L, self.ALIGN) - L
         if pad:
             self.cond_mask = torch.nn.functional.pad(cond_mask.bool(), (0, pad), value=False)
-            for layer_cache in self.cache:
-                for name in ("ck", "cv"):
-                    layer_cache[name] = torch.nn.functional.pad(layer_cache[name], (0, 0, 0, pad))
+            for layer_cache in self.cache.layers:
+                layer_cache.cross_k = torch.nn.functional.pad(layer_cache.cross_k, (0, 0, 0, pad))
+                layer_cache.cross_v = torch.nn.functional.pad(layer_cache.cross_v, (0, 0, 0, pad))
         self.cross_mask = lm.cross_masks(self.cond_mask, dtype)
         long = dict(dtype=torch.long, device=device)
         self.pos = torch.zeros(1, **long)
@@ -146,7 +148,7 @@ class Decoder:
         self.pattern = torch.full((self.B, K, self.S_max), self.special, **long)
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
-        self.k_idx = torch.arange(K, device=device)
+        self.delays = self.delay.delays(device)
         self.key_positions = torch.arange(self.S_alloc, device=device)
         self.zero_mask = torch.zeros(self.S_alloc, dtype=dtype, device=device)  # additive self-attention mask base
         self._p = 0  # host copy of pos: the eager step's cache slice, the bucket choice
@@ -167,7 +169,7 @@ class Decoder:
             c, u = logits[: self.B], logits[self.B :]
             logits = u + self.params.cfg_scale * (c - u)
         tokens = sample_tokens(logits, self.params, self.uniforms.index_select(0, pos)[0])
-        frame = pos - self.k_idx  # the frame each codebook is at in this pattern position
+        frame = self.delay.frame_at(pos, self.delays)  # the frame each codebook is at in this pattern position
         outside = (frame < 0) | (frame >= self.num_frames)
         tokens = torch.where(outside[None], self.special, tokens)
         known = self.known.index_select(2, pos)[..., 0]
@@ -228,30 +230,28 @@ class Decoder:
 
         Returns ``LongTensor[B, K, num_frames]``.
         """
-        K, special = self.lm.cfg.num_codebooks, self.special
+        special = self.special
         t0 = 0 if prompt is None else prompt.shape[-1]
         if t0 >= num_frames:
             raise AudiogenError(f"the prompt ({t0} frames) must be shorter than the window ({num_frames} frames)")
-        S = num_frames + K - 1  # pattern positions
+        S = self.delay.positions(num_frames)
         if S > self.S_max:
             raise AudiogenError(f"a window of {num_frames} frames is longer than this decoder's "
-                                f"{self.S_max - K + 1}")
+                                f"{self.delay.frames(self.S_max)}")
         self.known.fill_(-1)
-        for k in range(K if t0 else 0):
-            self.known[:, k, k : k + t0] = prompt[:, k].to(self.known.device)
+        if t0:
+            self.known[:, :, : self.delay.positions(t0)] = self.delay.build(prompt.to(self.known.device), fill=-1)
         # pattern positions < t0 are fully determined: prompt tokens, or special outside the frames
         self.pattern.fill_(special)
         self.pattern[:, :, :t0] = torch.where(self.known[:, :, :t0] >= 0, self.known[:, :, :t0], special)
         self.num_frames.fill_(num_frames)
         if self.params.temperature > 0:
             self.uniforms[:S].uniform_(generator=self.generator)
-        # the input at position j is BOS for j = 0, else pattern[j - 1]; positions < t0 are prefilled at once
-        bos = torch.full((self.B, K, 1), special, dtype=torch.long, device=self.pattern.device)
-        inputs = torch.cat([bos, self.pattern[:, :, :t0]], dim=-1)
+        # the inputs of positions <= t0; those < t0 are prefilled at once
+        inputs = self.delay.inputs(self.pattern[:, :, : t0 + 1])
         if t0:
             x = inputs[:, :, :t0]
-            self.lm(torch.cat([x, x]) if self.guided else x, self.cond, self.cond_mask, cache=self.cache, start=0,
-                    logits=False)
+            self.lm.prefill(torch.cat([x, x]) if self.guided else x, self.cache, self.lm.cross_masks(self.cond_mask))
         self.cur.copy_(inputs[:, :, t0 : t0 + 1])
         self.pos.fill_(t0)
         bucket = 0
@@ -262,7 +262,7 @@ class Decoder:
             self._steps[bucket]()
             if on_frame is not None and p < num_frames:  # codebook 0 just produced a new frame
                 on_frame()
-        return torch.stack([self.pattern[:, k, k : k + num_frames] for k in range(K)], dim=1).clone()
+        return self.delay.revert(self.pattern[:, :, :S])
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -6,18 +6,17 @@ token) summed, sinusoidal positions added, pre-norm layers (causal self-attentio
 cross-attention to the condition states -> FFN fc1/GELU/fc2), final LayerNorm, K
 bias-free heads. ``cond_proj`` (with bias) maps condition states to ``dim``.
 
-Generation API::
+Decoding API (as gpt-fast's ``prefill`` / ``decode_one_token``)::
 
-    cache = lm.init_cache(batch, max_len, device, dtype)
-    logits = lm(tokens, cond, cond_mask, cache=cache, start=0)   # prefill
-    logits = lm(next_tokens, cond, cond_mask, cache=cache, start=S0)  # one step
-    logits = lm.decode_step(tok[B, K, 1], pos, cache, lm.cross_masks(cond_mask), ...)  # fixed-shape step
+    cache = lm.init_cache(batch, max_len, device, dtype)           # KVCache: static K/V per layer
+    lm.fill_cross_cache(cond, cond_mask, cache)                      # conditions' cross K/V, fused weights
+    cross_mask = lm.cross_masks(cond_mask)
+    lm.prefill(tokens[B, K, S0], cache, cross_mask, start=0)         # a prompt's positions, no logits
+    logits = lm.decode_step(tok[B, K, 1], pos, cache, cross_mask, kv_len)   # -> [B, K, card]
 
-``tokens: LongTensor[B, K, S]``, ``cond: FloatTensor[B, L, D_cond]``,
-``cond_mask: BoolTensor[B, L]`` -> ``logits: FloatTensor[B, K, S, cardinality]``.
-With a cache, cross-attention K/V are computed on the first call and self-attention
-K/V are written at positions ``[start, start + S)``. A row whose ``cond_mask`` is all
-False gets exactly zero cross-attention output (unconditional, for CFG).
+Training and scoring call ``lm(tokens[B, K, S], cond[B, L, D_cond], cond_mask[B, L])`` ->
+``logits: FloatTensor[B, K, S, cardinality]`` without a cache. A row whose ``cond_mask``
+is all False gets exactly zero cross-attention output (unconditional, for CFG).
 """
 
 from __future__ import annotations
@@ -108,6 +107,31 @@ def residual_linear(x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torc
     return torch.addmm(x.reshape(-1, x.shape[-1]), h.reshape(-1, h.shape[-1]), linear.weight.t()).view(x.shape)
 
 
+@dataclass
+class LayerCache:
+    """One layer's decoding state: self-attention K/V by position, the conditions' cross-attention K/V,
+    and the fused Q/K/V weight :meth:`Layer.decode_step` reads."""
+
+    k: torch.Tensor  # [B, H, max_len, D/H], written at each prefilled or decoded position
+    v: torch.Tensor
+    cross_k: torch.Tensor | None = None  # [B, H, L, D/H], from LM.fill_cross_cache (or set by the caller)
+    cross_v: torch.Tensor | None = None
+    qkv_weight: torch.Tensor | None = None  # [3D, D], from LM.fuse_decode_weights
+
+
+@dataclass
+class KVCache:
+    """A static KV cache for ``max_len`` positions: one :class:`LayerCache` per layer, plus the K output
+    heads fused into one ``[K * card, D]`` weight for :meth:`LM.decode_step`."""
+
+    layers: list[LayerCache]
+    heads_weight: torch.Tensor | None = None
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].k.shape[2]
+
+
 class Layer(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -141,32 +165,38 @@ class Layer(nn.Module):
         x = residual(x, c.merge(o), c.out_proj)
         return residual(x, F.gelu(self.fc1(self.final_layer_norm(x))), self.fc2)
 
-    def forward(self, x, mem, cross_mask, layer_cache, start: int):
-        """``cross_mask``: ``[B, 1, 1, L]`` from :meth:`LM.cross_masks`."""
-        S = x.shape[1]
-        a = self.self_attn
-        q, k, v = self.self_qkv(x)
-        if layer_cache is not None:
-            layer_cache["k"][:, :, start : start + S] = k.to(layer_cache["k"].dtype)
-            layer_cache["v"][:, :, start : start + S] = v.to(layer_cache["v"].dtype)
-            k = layer_cache["k"][:, :, : start + S]
-            v = layer_cache["v"][:, :, : start + S]
+    def _self_attention(self, x, q, k, v, start: int) -> torch.Tensor:
+        """Causal self-attention of the queries at positions ``[start, start + S)`` over keys from 0, added to ``x``."""
+        S = q.shape[2]
         if start == 0 and k.shape[2] == S:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif S == 1:  # one decode step: the newest query sees every cached key, no mask needed
+        elif S == 1:  # one position: the newest query sees every key, no mask needed
             o = F.scaled_dot_product_attention(q, k, v)
         else:  # query i at absolute position start+i sees keys <= start+i
             qpos = torch.arange(start, start + S, device=x.device)[:, None]
             kpos = torch.arange(k.shape[2], device=x.device)[None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
-        x = x + a.out_proj(a.merge(o))
-        if layer_cache is not None:
-            ck, cv = layer_cache["ck"], layer_cache["cv"]
-        else:
-            ck, cv = self.cross_kv(mem)
-        return self.cross_and_ffn(x, ck, cv, cross_mask)
+        a = self.self_attn
+        return x + a.out_proj(a.merge(o))
 
-    def decode_step(self, x, pos: torch.Tensor, layer_cache: dict, cross_mask, self_mask, kv_len: int):
+    def forward(self, x, mem, cross_mask):
+        """Training and scoring, no cache: ``x: [B, S, D]`` at positions from 0, ``mem: [B, L, D]``
+        the projected conditions, ``cross_mask: [B, 1, 1, L]`` from :meth:`LM.cross_masks`."""
+        q, k, v = self.self_qkv(x)
+        x = self._self_attention(x, q, k, v, 0)
+        return self.cross_and_ffn(x, *self.cross_kv(mem), cross_mask)
+
+    def prefill(self, x, layer_cache: LayerCache, cross_mask, start: int):
+        """``x: [B, S, D]`` at positions ``[start, start + S)``: writes their self-attention K/V into
+        ``layer_cache`` and attends to every cached key up to them and to the cached cross K/V."""
+        S = x.shape[1]
+        q, k, v = self.self_qkv(x)
+        layer_cache.k[:, :, start : start + S] = k.to(layer_cache.k.dtype)
+        layer_cache.v[:, :, start : start + S] = v.to(layer_cache.v.dtype)
+        x = self._self_attention(x, q, layer_cache.k[:, :, : start + S], layer_cache.v[:, :, : start + S], start)
+        return self.cross_and_ffn(x, layer_cache.cross_k, layer_cache.cross_v, cross_mask)
+
+    def decode_step(self, x, pos: torch.Tensor, layer_cache: LayerCache, cross_mask, self_mask, kv_len: int):
         """One position per row, ``x: [B, 1, D]`` at ``pos: LongTensor[1]``, attending to cached keys ``< kv_len``.
 
         Eager decoding passes ``kv_len = pos + 1`` and no mask. A fixed-shape step (CUDA
@@ -174,17 +204,19 @@ class Layer(nn.Module):
         ``self_mask: [1, 1, 1, kv_len]`` hiding the keys after ``pos`` (boolean, or additive 0 / -inf).
         """
         a = self.self_attn
-        q, k, v = (a.split(t) for t in F.linear(self.self_attn_layer_norm(x), layer_cache["qkv"]).chunk(3, dim=-1))
-        ks, vs = layer_cache["k"], layer_cache["v"]
+        qkv = F.linear(self.self_attn_layer_norm(x), layer_cache.qkv_weight)
+        q, k, v = (a.split(t) for t in qkv.chunk(3, dim=-1))
+        ks, vs = layer_cache.k, layer_cache.v
         ks.index_copy_(2, pos, k.to(ks.dtype))
         vs.index_copy_(2, pos, v.to(vs.dtype))
         o = F.scaled_dot_product_attention(q, ks[:, :, :kv_len], vs[:, :, :kv_len], attn_mask=self_mask)
         x = residual_linear(x, a.merge(o), a.out_proj)
-        return self.cross_and_ffn(x, layer_cache["ck"], layer_cache["cv"], cross_mask, residual_linear)
+        return self.cross_and_ffn(x, layer_cache.cross_k, layer_cache.cross_v, cross_mask, residual_linear)
 
 
 class LM(nn.Module):
-    """``forward(tokens[B, K, S], cond[B, L, Dc], cond_mask[B, L], cache=None, start=0) -> logits[B, K, S, card]``."""
+    """``forward(tokens[B, K, S], cond[B, L, Dc], cond_mask[B, L]) -> logits[B, K, S, card]``; decoding
+    through :meth:`prefill` and :meth:`decode_step` on a :class:`KVCache`."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -203,30 +235,36 @@ class LM(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def init_cache(self, batch: int, max_len: int, device, dtype) -> list[dict]:
-        """Static self-attention K/V buffers ``[B, H, max_len, D/H]`` per layer; cross K/V filled on first use."""
+    def init_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
+        """Zeroed self-attention K/V buffers ``[B, H, max_len, D/H]`` per layer; no cross K/V yet."""
         H = self.cfg.num_heads
         shape = (batch, H, max_len, self.cfg.dim // H)
-        return [{"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
-                for _ in self.layers]
+        return KVCache([LayerCache(torch.zeros(shape, device=device, dtype=dtype),
+                                   torch.zeros(shape, device=device, dtype=dtype)) for _ in self.layers])
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor, cache=None, start: int = 0,
-                logits: bool = True):
-        """``logits=False`` only fills the cache (a prompt's prefill) and returns None."""
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
+        """Training and scoring: every position of ``tokens: LongTensor[B, K, S]`` at positions from 0, no cache."""
         B, K, S = tokens.shape
         if K != self.cfg.num_codebooks:
             raise ValueError(f"expected {self.cfg.num_codebooks} codebooks, got {K}")
-        x = self.embed(tokens, torch.arange(start, start + S, device=tokens.device))
+        x = self.embed(tokens, torch.arange(S, device=tokens.device))
         cond_mask = cond_mask.bool()
-        mem = None
-        if cache is None:
-            mem = self.project_conditions(cond, cond_mask)
-        elif "ck" not in cache[0]:
-            self.fill_cross_cache(cond, cond_mask, cache)
+        mem = self.project_conditions(cond, cond_mask)
         cross_mask = self.cross_masks(cond_mask)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mem, cross_mask, None if cache is None else cache[i], start)
-        return self.heads(self.layer_norm(x)) if logits else None
+        for layer in self.layers:
+            x = layer(x, mem, cross_mask)
+        return self.heads(self.layer_norm(x))
+
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, cross_mask: torch.Tensor, start: int = 0) -> None:
+        """Run ``tokens: LongTensor[B, K, S]`` at positions ``[start, start + S)`` through the layers, writing
+        their self-attention K/V into ``cache``; no logits (the next :meth:`decode_step` samples).
+
+        ``cache`` must hold the cross K/V (:meth:`fill_cross_cache`); ``cross_mask`` is
+        :meth:`cross_masks` of the condition mask they were computed from.
+        """
+        x = self.embed(tokens, torch.arange(start, start + tokens.shape[2], device=tokens.device))
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer.prefill(x, layer_cache, cross_mask, start)
 
     def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``tokens: LongTensor[B, K, S]`` at ``positions: LongTensor[S]`` -> ``[B, S, D]``: the sum of
@@ -241,39 +279,36 @@ class LM(nn.Module):
     def project_conditions(self, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
         return self.cond_proj(cond) * cond_mask.bool()[..., None].to(cond.dtype)
 
-    def fill_cross_cache(self, cond: torch.Tensor, cond_mask: torch.Tensor, cache: list[dict]) -> None:
-        """Compute every layer's cross-attention K/V of the conditions once, into ``cache``.
-
-        Also stores each layer's fused ``[3D, D]`` self-attention Q/K/V weight and the K
-        output heads as one ``[K * card, D]`` weight, so a decode step runs one matrix
-        product for each instead of three or K (copies per cache: they cannot go stale).
-        """
+    def fill_cross_cache(self, cond: torch.Tensor, cond_mask: torch.Tensor, cache: KVCache) -> None:
+        """Compute every layer's cross-attention K/V of ``cond: [B, L, Dc]`` once, into ``cache``,
+        and the fused weights :meth:`decode_step` reads (:meth:`fuse_decode_weights`)."""
         mem = self.project_conditions(cond, cond_mask)
-        for layer, layer_cache in zip(self.layers, cache):
-            layer_cache["ck"], layer_cache["cv"] = layer.cross_kv(mem)
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            layer_cache.cross_k, layer_cache.cross_v = layer.cross_kv(mem)
         self.fuse_decode_weights(cache)
 
-    def fuse_decode_weights(self, cache: list[dict]) -> None:
+    def fuse_decode_weights(self, cache: KVCache) -> None:
         """Store in ``cache`` what :meth:`decode_step` reads: each layer's fused ``[3D, D]`` Q/K/V
-        weight and the K heads as one ``[K * card, D]`` weight (one matmul each)."""
-        for layer, layer_cache in zip(self.layers, cache):
+        weight and the K heads as one ``[K * card, D]`` weight, so a step runs one matrix product
+        for each instead of three or K (copies per cache: they cannot go stale)."""
+        for layer, layer_cache in zip(self.layers, cache.layers):
             a = layer.self_attn
-            layer_cache["qkv"] = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
-        cache[0]["heads"] = torch.cat([head.weight for head in self.lm_heads])
+            layer_cache.qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        cache.heads_weight = torch.cat([head.weight for head in self.lm_heads])
 
-    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list[dict], cross_mask, kv_len: int,
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, cross_mask, kv_len: int,
                     self_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One decode position: ``tokens: LongTensor[B, K, 1]`` at ``pos: LongTensor[1]`` -> ``logits[B, K, card]``.
 
-        Needs a cache prepared by :meth:`fill_cross_cache`. ``kv_len = pos + 1`` for eager
-        decoding; a constant ``kv_len`` plus ``self_mask`` for a fixed-shape step (see
-        :meth:`Layer.decode_step`).
+        Needs a cache prepared by :meth:`fill_cross_cache` (or cross K/V set by the caller and
+        :meth:`fuse_decode_weights`). ``kv_len = pos + 1`` for eager decoding; a constant
+        ``kv_len`` plus ``self_mask`` for a fixed-shape step (see :meth:`Layer.decode_step`).
         """
         K = self.cfg.num_codebooks
         x = self.embed(tokens, pos)
-        for layer, layer_cache in zip(self.layers, cache):
+        for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.decode_step(x, pos, layer_cache, cross_mask, self_mask, kv_len)
-        return F.linear(self.layer_norm(x)[:, 0], cache[0]["heads"]).view(x.shape[0], K, -1)
+        return F.linear(self.layer_norm(x)[:, 0], cache.heads_weight).view(x.shape[0], K, -1)
 
     @staticmethod
     def cross_masks(cond_mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

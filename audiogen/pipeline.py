@@ -7,16 +7,20 @@ request fails in a second with one clear message and nothing written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from audiogen import audio as A
+from audiogen.conditioning import Conditions
 from audiogen.errors import AudiogenError
 from audiogen.finishing import FinishSpec, finish, write_finished
+from audiogen.generate import SamplingParams
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -27,27 +31,18 @@ CONTEXT_FRACTION = 0.4
 
 @dataclass
 class GenerateJob:
-    prompt: str
-    duration_s: float
+    """One request: what to generate (``conditions``, ``conditions.text`` the prompt), how to sample it, how
+    to finish it (``finish``, which holds the duration), where to write it, and how to run. Every default
+    lives in its part (``Conditions``, ``SamplingParams``, ``FinishSpec``) or below."""
+
+    conditions: Conditions
+    finish: FinishSpec
     out: Path
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     model_dir: str | os.PathLike | None = None
-    genre: str | None = None
-    mood: str | None = None
-    bpm: float | None = None
-    key: str | None = None
-    instruments: list[str] | None = None
     seed: int = 0
     variations: int = 1
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg_scale: float = 3.0
     continue_from: str | None = None
-    loop: bool = False
-    fade_in_s: float = 0.0
-    fade_out_s: float = 0.0
-    lufs: float = -16.0
-    true_peak_db: float = -1.0
     device: str = "cpu"
     dtype: str = "auto"  # LM precision: auto (bfloat16 on a capable GPU, else float32), float32, bfloat16, float16
     engine: str = "auto"  # decode engine, see audiogen.generate.Decoder
@@ -57,9 +52,25 @@ class GenerateJob:
     originality: str | None = None  # a prepared dataset with an audit index: audit each take, regenerate copies
     originality_tries: int = 3
 
-    def finish_spec(self) -> FinishSpec:
-        return FinishSpec(duration_s=self.duration_s, fade_in_s=self.fade_in_s, fade_out_s=self.fade_out_s,
-                          loop=self.loop, lufs=self.lufs, true_peak_db=self.true_peak_db)
+    @classmethod
+    def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
+        """A job from flat options, each given to the part with a field of its name (``genre`` to the
+        conditions, ``top_k`` to the sampling, ``lufs`` to the finishing, ``seed`` to the job)."""
+        parts = {}
+        for name, part in (("conditions", Conditions), ("sampling", SamplingParams), ("finish", FinishSpec)):
+            names = {f.name for f in fields(part)}
+            parts[name] = {k: options.pop(k) for k in list(options) if k in names}
+        return cls(conditions=Conditions(text=prompt, **parts["conditions"]),
+                   finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
+                   sampling=SamplingParams(**parts["sampling"]), **options)
+
+    @property
+    def prompt(self) -> str | None:
+        return self.conditions.text
+
+    @property
+    def duration_s(self) -> float:
+        return self.finish.duration_s
 
     def output_paths(self) -> list[Path]:
         out = Path(self.out)
@@ -78,9 +89,10 @@ class GenerateJob:
             raise AudiogenError(f"--duration {self.duration_s:g}s is longer than the {MAX_DURATION_S}s maximum")
         if not 1 <= self.variations <= 64:
             raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
-        if self.bpm is not None and not 20 <= self.bpm <= 400:
-            raise AudiogenError(f"--bpm {self.bpm:g} is outside 20..400")
-        self.finish_spec().validate()
+        bpm = self.conditions.bpm
+        if bpm is not None and not 20 <= bpm <= 400:
+            raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
+        self.finish.validate()
         out = Path(self.out)
         if out.is_dir():
             raise AudiogenError(f"{out} is a folder; give a file name, e.g. {out / 'track.mp3'}")
@@ -98,7 +110,7 @@ class GenerateJob:
                 if p.is_dir():
                     raise AudiogenError(f"{p} is a folder, where the output would be written; move it or pick "
                                         "another --out")
-        self.sampling().validate()
+        self.sampling.validate()
         if self.dtype not in DTYPES:
             raise AudiogenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         from audiogen.generate import resolve_engine
@@ -113,17 +125,6 @@ class GenerateJob:
             if info.duration_s >= self.duration_s:  # before loading weights, or a long file
                 raise AudiogenError(f"--continue audio ({info.duration_s:.1f}s) is not shorter than --duration "
                                     f"({self.duration_s:g}s)")
-
-    def sampling(self):
-        from audiogen.generate import SamplingParams
-
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.cfg_scale)
-
-    def conditions(self):
-        from audiogen.conditioning import Conditions
-
-        return Conditions(text=self.prompt, genre=self.genre, mood=self.mood, bpm=self.bpm, key=self.key,
-                          instruments=self.instruments)
 
     def lm_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
@@ -153,7 +154,7 @@ def check_against_model(model_dir: Path, job: GenerateJob) -> None:
         conditioner = ConditionerConfig.from_dict(config["conditioner"])
     except (KeyError, TypeError) as e:
         raise AudiogenError(f"{model_dir}: invalid model config (conditioner: {e})") from None
-    conditioner.validate_conditions([job.conditions()])
+    conditioner.validate_conditions([job.conditions])
 
 
 def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
@@ -218,8 +219,11 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
 
 
 def lm_max_frames(lm_cfg) -> int:
-    """The most frames one window may hold: the LM's positions less the K the delay pattern adds (as training)."""
-    return lm_cfg.max_positions - lm_cfg.num_codebooks
+    """The most frames one window may hold: the frames the LM's positions hold in the delay pattern, less one
+    spare position, as training's segment check (``frames + K <= max_positions``)."""
+    from audiogen.patterns import DelayPattern
+
+    return DelayPattern(lm_cfg.num_codebooks, lm_cfg.cardinality).frames(lm_cfg.max_positions) - 1
 
 
 def model_window_s(config: dict) -> float:
@@ -236,12 +240,11 @@ def window_frames(loaded, frame_rate: float, window_s: float | None = None) -> i
 
 def run_job(job: GenerateJob) -> list[dict]:
     """Generate, finish and write ``job.variations`` tracks; returns their sidecar dicts."""
-    from audiogen.progress import progress_bar
-
     try:
         from audiogen.checkpoint import load_model
     except ImportError as exc:  # the LM/checkpoint modules land with issue 5
-        raise AudiogenError(f"generation needs audiogen.checkpoint and audiogen.lm, which are not installed: {exc}") from exc
+        raise AudiogenError(f"generation needs audiogen.checkpoint and audiogen.lm, which are not installed: "
+                            f"{exc}") from exc
     from audiogen.generate import frames_for, generate_codes
 
     job.validate()
@@ -255,77 +258,95 @@ def run_job(job: GenerateJob) -> list[dict]:
         from audiogen.originality.guard import open_auditor
 
         auditor = open_auditor(job.originality, codec)
-    conds = job.conditions()
-    params = job.sampling()
-    spec = job.finish_spec()
     sr, fr = codec.sample_rate, codec.frame_rate
-    total_frames = frames_for(spec.samples_needed(sr) / sr, fr)
-
-    prompt = None
-    if job.continue_from is not None:
-        wav, _ = A.load_audio(job.continue_from, sr, codec.channels)
-        prompt = codec.encode(torch.from_numpy(wav)[None]).repeat(job.variations, 1, 1)
-        if prompt.shape[-1] >= total_frames:
-            raise AudiogenError(
-                f"--continue audio ({wav.shape[1] / sr:.1f}s) is not shorter than --duration ({job.duration_s:g}s)"
-            )
+    total_frames = frames_for(job.finish.samples_needed(sr) / sr, fr)
+    prompt = continuation_prompt(job, codec, total_frames)
     W = window_frames(loaded, fr, job.window_s)
-    C = max(1, int(W * CONTEXT_FRACTION))
-    guided = params.cfg_scale != 1.0
-    cond, mask = condition_batch(loaded.conditioner, [conds] * job.variations, guided, job.device)
-    gen = torch.Generator(device=job.device).manual_seed(job.seed)
+    context = max(1, int(W * CONTEXT_FRACTION))  # frames of the previous window that prompt the next
+    guided = job.sampling.cfg_scale != 1.0
+    cond, mask = condition_batch(loaded.conditioner, [job.conditions] * job.variations, guided, job.device)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
-    bar = progress_bar(total=round(new_frames / fr, 1), unit="s", desc="generating audio", disable=not job.progress,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
-    step = 1 / fr
-    codes = generate_codes(lm, cond, mask, new_frames, params, gen, W, C, prompt=prompt, engine=job.engine,
-                           on_frame=lambda: bar.update(min(step, bar.total - bar.n)))
-    bar.close()
-    if prompt is not None:
-        codes = torch.cat([prompt.to(codes.device), codes], dim=-1)
-    wav = codec.decode(codes).float().cpu().numpy()  # [B, C, T * hop]
+
+    def sample(seed: int, on_frame=None) -> tuple[torch.Tensor, np.ndarray]:
+        """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
+        g = torch.Generator(device=job.device).manual_seed(seed)
+        c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
+                           on_frame=on_frame)
+        c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
+        return c, codec.decode(c).float().cpu().numpy()
+
+    with _progress(job, new_frames / fr, 1 / fr) as on_frame:
+        codes, wav = sample(job.seed, on_frame)
     audits = [None] * job.variations
     if auditor is not None:
         from audiogen.originality.guard import guard
 
-        def regenerate(seed: int):  # the same request with another seed, no progress bar
-            g = torch.Generator(device=job.device).manual_seed(seed)
-            c = generate_codes(lm, cond, mask, new_frames, params, g, W, C, prompt=prompt, engine=job.engine)
-            c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
-            return c, codec.decode(c).float().cpu().numpy()
-
-        codes, wav, audits = guard(auditor, codes, wav, sr, job.seed, job.originality_tries, regenerate,
-                                   job.originality)
+        codes, wav, audits = guard(auditor, codes, wav, sr, job.seed, job.originality_tries, sample, job.originality)
     model_hash = A.sha256_file(model_dir / "model.safetensors")
+    provenance = {"dir": model_dir, "sha256": model_hash, "lm_dtype": str(lm_dtype).replace("torch.", ""),
+                  "codec": codec.describe()}
     results = []
     for i, path in enumerate(job.output_paths()):
-        finished = finish(wav[i], sr, spec)
-        tags = {
-            "title": job.prompt[:200],
-            "artist": "audiogen (AI-generated)",
-            "comment": "AI-generated by audiogen; not a human performance",
-            "ai_generated": "true",
-            "audiogen_model": f"{model_dir.name} sha256:{model_hash[:16]}",
-            "audiogen_seed": str(job.seed),
-            **({"audiogen_originality": f"{audits[i]['verdict']} (audited against {job.originality}, seed "
-                                        f"{audits[i]['seed']})"} if audits[i] else {}),
-            **job.extra_tags,
-        }
-        sidecar = {
-            "prompt": job.prompt,
-            "conditions": {"genre": job.genre, "mood": job.mood, "bpm": job.bpm, "key": job.key,
-                           "instruments": job.instruments},
-            "seed": job.seed,
-            "variation": i + 1,
-            "sampling": {"temperature": job.temperature, "top_k": job.top_k, "top_p": job.top_p,
-                         "cfg_scale": job.cfg_scale, "lm_dtype": str(lm_dtype).replace("torch.", "")},
-            "continue_from": job.continue_from,
-            "model": {"dir": str(model_dir), "sha256": model_hash},
-            "codec": codec.describe(),
-            "requested_duration_s": job.duration_s,
-            **({"originality": audits[i]} if audits[i] else {}),
-        }
-        meta = write_finished(path, finished, sr, spec, tags, sidecar)
+        tags, sidecar = _tags(job, provenance, audits[i]), _sidecar(job, i, provenance, audits[i])
+        meta = write_finished(path, finish(wav[i], sr, job.finish), sr, job.finish, tags, sidecar)
         meta["path"] = str(path)
         results.append(meta)
     return results
+
+
+def continuation_prompt(job: GenerateJob, codec, total_frames: int) -> torch.Tensor | None:
+    """``--continue`` audio as codes ``LongTensor[variations, K, T0]`` (None without it), shorter than the track."""
+    if job.continue_from is None:
+        return None
+    sr = codec.sample_rate
+    wav, _ = A.load_audio(job.continue_from, sr, codec.channels)
+    prompt = codec.encode(torch.from_numpy(wav)[None]).repeat(job.variations, 1, 1)
+    if prompt.shape[-1] >= total_frames:
+        raise AudiogenError(
+            f"--continue audio ({wav.shape[1] / sr:.1f}s) is not shorter than --duration ({job.duration_s:g}s)"
+        )
+    return prompt
+
+
+@contextlib.contextmanager
+def _progress(job: GenerateJob, total_s: float, frame_s: float):
+    """A bar over the seconds of audio to generate; yields the ``on_frame`` callback that advances it."""
+    from audiogen.progress import progress_bar
+
+    bar = progress_bar(total=round(total_s, 1), unit="s", desc="generating audio", disable=not job.progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
+    try:
+        yield lambda: bar.update(min(frame_s, bar.total - bar.n))
+    finally:
+        bar.close()
+
+
+def _tags(job: GenerateJob, model: dict, audit: dict | None) -> dict:
+    """The provenance tags written into a take's file: AI-generated, model, seed (and audit)."""
+    return {
+        "title": job.prompt[:200],
+        "artist": "audiogen (AI-generated)",
+        "comment": "AI-generated by audiogen; not a human performance",
+        "ai_generated": "true",
+        "audiogen_model": f"{model['dir'].name} sha256:{model['sha256'][:16]}",
+        "audiogen_seed": str(job.seed),
+        **({"audiogen_originality": f"{audit['verdict']} (audited against {job.originality}, seed "
+                                    f"{audit['seed']})"} if audit else {}),
+        **job.extra_tags,
+    }
+
+
+def _sidecar(job: GenerateJob, index: int, model: dict, audit: dict | None) -> dict:
+    """The request part of take ``index``'s JSON sidecar (the finishing adds what it measured)."""
+    return {
+        "prompt": job.prompt,
+        "conditions": {k: v for k, v in asdict(job.conditions).items() if k != "text"},
+        "seed": job.seed,
+        "variation": index + 1,
+        "sampling": {**asdict(job.sampling), "lm_dtype": model["lm_dtype"]},
+        "continue_from": job.continue_from,
+        "model": {"dir": str(model["dir"]), "sha256": model["sha256"]},
+        "codec": model["codec"],
+        "requested_duration_s": job.duration_s,
+        **({"originality": audit} if audit else {}),
+    }

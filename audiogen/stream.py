@@ -52,8 +52,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from audiogen.conditioning import ATTRIBUTES, LABELS
 from audiogen.errors import AudiogenError
 from audiogen.generate import SamplingParams, sample_tokens
+from audiogen.lm import KVCache
+from audiogen.patterns import DelayPattern
 
 #: descriptor words the two ends of ``intensity`` add to the text
 CALM_WORDS = "calm, soft, gentle, sparse"
@@ -63,14 +66,15 @@ INTENSITY_TEMPO = (0.85, 1.15)
 #: tempo the intensity ends start from when the request has none
 DEFAULT_BPM = 120.0
 #: fields a control message may set (``prompt`` is an alias of ``text``)
-CONDITION_FIELDS = ("text", "genre", "mood", "bpm", "key", "instruments", "intensity")
+CONDITION_FIELDS = ("text", *(a.name for a in ATTRIBUTES), "intensity")
 MESSAGE_FIELDS = CONDITION_FIELDS + ("prompt", "glide_s", "cut")
 MAX_GLIDE_S = 120.0
 
 
 @dataclass(frozen=True)
 class StreamState:
-    """What the music is asked to be: a :class:`~audiogen.conditioning.Conditions` plus ``intensity``."""
+    """What the music is asked to be: a :class:`~audiogen.conditioning.Conditions` plus ``intensity``
+    (its fields are ``CONDITION_FIELDS``; a many-valued attribute is a tuple)."""
 
     text: str | None = None
     genre: str | None = None
@@ -85,11 +89,13 @@ class StreamState:
         from audiogen.conditioning import Conditions
 
         words = [self.text] if self.text else []
-        for name in ("genre", "mood", "key"):
-            if name in fold and getattr(self, name):
-                words.append(getattr(self, name))
-        if "instruments" in fold and self.instruments:
-            words.append(", ".join(self.instruments))
+        labels = {}
+        for a in LABELS:
+            value = getattr(self, a.name)
+            if a.name not in fold:
+                labels[a.name] = (list(value) if value else None) if a.many else value
+            elif value:
+                words.append(", ".join(value) if a.many else value)
         if text_extra:
             words.append(text_extra)
         bpm = self.bpm
@@ -98,10 +104,7 @@ class StreamState:
         if "bpm" in fold and bpm is not None:
             words.append(f"{bpm:.0f} bpm")
             bpm = None
-        return Conditions(text=", ".join(words) or None, genre=None if "genre" in fold else self.genre,
-                          mood=None if "mood" in fold else self.mood, bpm=bpm,
-                          key=None if "key" in fold else self.key,
-                          instruments=None if "instruments" in fold or not self.instruments else list(self.instruments))
+        return Conditions(text=", ".join(words) or None, bpm=bpm, **labels)
 
     def parts(self, fold: tuple[str, ...]) -> list[tuple[float, object]]:
         """``[(weight, Conditions)]``: one set, or with ``intensity`` its calm and energetic ends."""
@@ -127,7 +130,7 @@ def parse_message(msg: dict, state: StreamState) -> tuple[StreamState, float, bo
     if "prompt" in msg and "text" in msg:
         raise AudiogenError("give 'prompt' or 'text', not both (they are the same field)")
     changes = {("text" if k == "prompt" else k): v for k, v in msg.items() if k not in ("glide_s", "cut")}
-    for name in ("text", "genre", "mood", "key"):
+    for name in ("text", *(a.name for a in LABELS if not a.many)):
         v = changes.get(name)
         if v is not None and not isinstance(v, str):
             raise AudiogenError(f"{name} must be a string or null, got {v!r}")
@@ -143,13 +146,15 @@ def parse_message(msg: dict, state: StreamState) -> tuple[StreamState, float, bo
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:
             raise AudiogenError(f"intensity must be a number in 0..1 or null, got {x!r}")
         changes["intensity"] = float(x)
-    if "instruments" in changes and changes["instruments"] is not None:
-        v = changes["instruments"]
+    for name in (a.name for a in LABELS if a.many):
+        v = changes.get(name)
+        if v is None:
+            continue
         if isinstance(v, str):
             v = [s.strip() for s in v.split(",") if s.strip()]
         if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-            raise AudiogenError(f"instruments must be a list of strings, a comma-separated string or null, got {v!r}")
-        changes["instruments"] = tuple(v) or None
+            raise AudiogenError(f"{name} must be a list of strings, a comma-separated string or null, got {v!r}")
+        changes[name] = tuple(v) or None
     glide = msg.get("glide_s", 0.0)
     if isinstance(glide, bool) or not isinstance(glide, (int, float)) or not 0 <= glide <= MAX_GLIDE_S:
         raise AudiogenError(f"glide_s must be a number of seconds in 0..{MAX_GLIDE_S:g}, got {glide!r}")
@@ -263,14 +268,14 @@ class ConditionMix:
         return {k: v for k, v in w.items() if v > 1e-6}
 
     @torch.inference_mode()
-    def install(self, frame: int, cache: list[dict]) -> torch.Tensor:
+    def install(self, frame: int, cache: KVCache) -> torch.Tensor:
         """Put the keys/values for ``frame`` into ``cache``; returns the additive cross mask ``[B2, 1, 1, L]``."""
         w = self.weights(frame)
         keys = tuple(sorted(w))
         if keys != self._layout:
-            for i, layer_cache in enumerate(cache):
-                layer_cache["ck"] = torch.cat([self._encoded[k][0][i][0] for k in keys], dim=2)
-                layer_cache["cv"] = torch.cat([self._encoded[k][0][i][1] for k in keys], dim=2)
+            for i, layer_cache in enumerate(cache.layers):
+                layer_cache.cross_k = torch.cat([self._encoded[k][0][i][0] for k in keys], dim=2)
+                layer_cache.cross_v = torch.cat([self._encoded[k][0][i][1] for k in keys], dim=2)
             self._layout = keys
         if len(keys) == 1:
             return self._encoded[keys[0]][1]
@@ -293,8 +298,9 @@ class TokenStream:
                  device, dtype):
         self.lm, self.params, self.generator = lm, params, generator
         self.K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
+        self.delay = DelayPattern(self.K, self.special)
         self.window, self.context = window, context
-        self.positions = window + self.K - 1
+        self.positions = self.delay.positions(window)
         if self.positions > lm.cfg.max_positions:
             raise AudiogenError(f"a window of {window} frames needs {self.positions} positions; the model has "
                                 f"{lm.cfg.max_positions}")
@@ -303,7 +309,7 @@ class TokenStream:
         self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
         lm.fuse_decode_weights(self.cache)  # cross K/V come from ConditionMix.install
         self.device = device
-        self.k_idx = torch.arange(self.K, device=device)
+        self.k_idx = self.delay.delays(device)  # codebook k's index, which is also its delay
         self.origin = 0  # absolute frame of codebook 0 at window position 0
         self.pos = 0  # next window position to decode
         self.produced = 0  # frames codebook 0 has produced
@@ -342,7 +348,7 @@ class TokenStream:
             logits = logits[1:] + self.params.cfg_scale * (logits[:1] - logits[1:])
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
         tokens = sample_tokens(logits, self.params, uniforms)[0]  # [K]
-        frame = self.produced - self.k_idx
+        frame = self.delay.frame_at(self.produced, self.k_idx)
         tokens = torch.where(frame >= self.origin, tokens, self.special)  # before the window: special, as trained
         # write frame produced - k of codebook k
         need = self.produced + 1 - self.base
@@ -358,20 +364,14 @@ class TokenStream:
 
     def _slide(self, cross_mask: torch.Tensor) -> None:
         """Keep the last ``context`` frames of codebook 0 and re-prefill them at positions ``[0, context)``."""
-        K, C, special = self.K, self.context, self.special
-        self.origin = self.produced - C
-        j = torch.arange(C, device=self.device)
-        absf = self.origin + j[None] - self.k_idx[:, None]  # [K, C] absolute frame at window position j
-        pattern = torch.full((K, C), special, dtype=torch.long, device=self.device)
-        inside = j[None] >= self.k_idx[:, None]
-        pattern[inside] = self.frames[:, :][self.k_idx[:, None].expand(K, C)[inside], (absf - self.base)[inside]]
-        bos = torch.full((K, 1), special, dtype=torch.long, device=self.device)
-        inputs = torch.cat([bos, pattern[:, : C - 1]], dim=1)[None].expand(self.B2, -1, -1)
-        x = self.lm.embed(inputs, torch.arange(C, device=self.device))
-        for layer, layer_cache in zip(self.lm.layers, self.cache):
-            x = layer(x, None, cross_mask, layer_cache, 0)
-        self.cur = pattern[:, C - 1].view(1, K, 1)
-        self.pos = C
+        context = self.context
+        self.origin = self.produced - context
+        # window position j < context of codebook k holds frame origin + j - k (special where j < k)
+        kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + context]
+        pattern = self.delay.build(kept)[..., :context]  # [1, K, context]
+        self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask)
+        self.cur = pattern[:, :, context - 1 :].clone()
+        self.pos = context
         self.slides += 1
 
 
@@ -544,16 +544,16 @@ class MusicStream:
         cfg = loaded.conditioner.cfg
         vocab = cfg.vocab() if cfg.attribute_slots else {}
         # attributes the model has no slot for are said in the text instead (see StreamState.conditions)
-        self.fold = tuple(a for a in ("genre", "mood", "key", "instruments") if not vocab.get(a))
+        self.fold = tuple(a.name for a in LABELS if not vocab.get(a.name))
         self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
         self._validate_conditions = cfg.validate_conditions
         self.state = state_from(conditions)
         self._check(self.state)
         params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)
-        C = max(1, min(W - 1, int(W * settings.context_fraction)))
+        context = max(1, min(W - 1, int(W * settings.context_fraction)))  # frames kept when the window slides
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
-        self.tokens = TokenStream(self.lm, W, C, params, self.generator, settings.device, dtype)
+        self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype)
         self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.guided, settings.device, dtype)
         self.mix.set_target(self.state.parts(self.fold), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
@@ -564,6 +564,7 @@ class MusicStream:
         self._inbox: queue.Queue[_Change] = queue.Queue()
         self._lock = threading.Lock()
         self._pending_cut: tuple[_Change, int] | None = None
+        self._queued_state = self.state  # the state the last queued message leads to
         self.bar_anchor = 0  # frame the bar grid counts from
         self.stats = StreamStats()
         self._history = collections.deque([(0, self.state)], maxlen=256)  # (frame, state from that frame on)
@@ -589,7 +590,7 @@ class MusicStream:
             self._inbox.put(_Change(state, glide, cut, time.perf_counter()))
 
     def _latest_state(self) -> StreamState:
-        return getattr(self, "_queued_state", self.state)
+        return self._queued_state
 
     def state_at(self, frame: int) -> StreamState:
         """The request that took effect at or before ``frame`` (recent frames; a glide's target from its start)."""

@@ -254,13 +254,12 @@ def delay_inputs(codes: torch.Tensor, mask: torch.Tensor, special: int):
     ``targets`` is the delay pattern, ``inputs`` is it shifted right by one with BOS (the
     special token) first; the pattern's special positions and padding are masked.
     """
-    from audiogen.patterns import delay_pattern
+    from audiogen.patterns import DelayPattern
 
-    pattern = delay_pattern(codes, special)
-    tmask = delay_pattern(mask.long(), 0).bool()
-    bos = torch.full_like(pattern[:, :, :1], special)
-    inputs = torch.cat([bos, pattern[:, :, :-1]], dim=2)
-    return inputs, pattern, tmask
+    delay = DelayPattern(codes.shape[1], special)
+    pattern = delay.build(codes)
+    tmask = delay.build(mask, fill=False)
+    return delay.inputs(pattern), pattern, tmask
 
 
 def codebook_ce_sums(logits: torch.Tensor, targets: torch.Tensor, tmask: torch.Tensor):

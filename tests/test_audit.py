@@ -227,8 +227,7 @@ def test_generate_originality_regenerates_a_copy_and_never_writes_it(tmp_path, t
     monkeypatch.setattr(G, "generate_codes", lambda *a, **k: sampled.append(real(*a, **k)) or sampled[-1])
 
     def job(out, seed, **kw):
-        return GenerateJob(prompt="x", duration_s=2.0, out=out, model_dir=model, seed=seed, progress=False,
-                           top_k=50, **kw)
+        return GenerateJob.from_options("x", 2.0, out, model_dir=model, seed=seed, progress=False, top_k=50, **kw)
 
     run_job(job(tmp_path / "seed1.wav", 1))
     run_job(job(tmp_path / "seed2.wav", 2))
@@ -270,8 +269,8 @@ def _tiny_model(tmp_path, tiny_codec) -> Path:
 def test_generate_originality_is_checked_before_any_model_loads(tmp_path):
     from audiogen.pipeline import GenerateJob
 
-    job = GenerateJob(prompt="x", duration_s=2.0, out=tmp_path / "a.wav", model_dir=tmp_path / "nothing",
-                      originality=str(tmp_path))
+    job = GenerateJob.from_options("x", 2.0, tmp_path / "a.wav", model_dir=tmp_path / "nothing",
+                                   originality=str(tmp_path))
     with pytest.raises(AudiogenError, match="no audit index"):
         job.validate()
 

@@ -42,7 +42,7 @@ def job(tiny_model_dir, out, **kw):
     base = dict(prompt="slow melancholic piano", duration_s=2.0, out=out, model_dir=tiny_model_dir, seed=1,
                 progress=False, top_k=50)
     base.update(kw)
-    return GenerateJob(**base)
+    return GenerateJob.from_options(**base)
 
 
 def test_same_seed_same_file_and_different_seed_differs(tiny_model_dir, tmp_path):
@@ -136,8 +136,8 @@ def test_ten_minute_track_runs_in_bounded_memory(tiny_model_dir, tmp_path):
     code = """
 import sys
 from audiogen.pipeline import GenerateJob, run_job
-run_job(GenerateJob(prompt="long ambient bed", duration_s=600, out=sys.argv[1], model_dir=sys.argv[2],
-                    progress=False, top_k=20, cfg_scale=1.0, window_s=4.0))
+run_job(GenerateJob.from_options("long ambient bed", 600, sys.argv[1], model_dir=sys.argv[2],
+                                 progress=False, top_k=20, cfg_scale=1.0, window_s=4.0))
 # VmHWM: this process's own peak. ru_maxrss is not: it starts from the parent's RSS at fork, which under
 # the full suite (a 2.3 GB pytest process) read 2.2-2.3 GB for a run that peaks at 0.93 GB alone
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
@@ -365,7 +365,7 @@ def test_bad_requests_fail_with_one_clear_error(tiny_model_dir, tmp_path, kw, ms
 ])
 def test_requests_are_checked_before_any_model_loads(tmp_path, kw, msg):
     with pytest.raises(AudiogenError, match=msg):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
+        GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", **kw).validate()
 
 
 def test_a_folder_where_an_output_goes_is_refused_before_generating(tmp_path):
@@ -373,16 +373,16 @@ def test_a_folder_where_an_output_goes_is_refused_before_generating(tmp_path):
     nothing written (it once failed with a traceback after generating, the audio already replaced)."""
     (tmp_path / "bed.wav").mkdir()
     with pytest.raises(AudiogenError, match=r"bed.wav is a folder; give a file name"):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "bed.wav").validate()
+        GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path / "bed.wav").validate()
     with pytest.raises(AudiogenError, match=r"is a folder; give a file name"):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path).validate()
+        GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path).validate()
     (tmp_path / "take-v2.mp3").mkdir()
     (tmp_path / "take.mp3").write_bytes(b"an earlier take")
     with pytest.raises(AudiogenError, match=r"take-v2.mp3 is a folder, where the output would be written"):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "take.mp3", variations=2).validate()
+        GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path / "take.mp3", variations=2).validate()
     (tmp_path / "k.flac.json").mkdir()
     with pytest.raises(AudiogenError, match=r"k.flac.json is a folder, where the output would be written"):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "k.flac").validate()
+        GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path / "k.flac").validate()
     assert (tmp_path / "take.mp3").read_bytes() == b"an earlier take"
     with pytest.raises(AudiogenError, match="is a folder: cannot write a file there"):  # and at the last step
         A.atomic_write_text(tmp_path / "k.flac.json", "{}")
@@ -400,7 +400,7 @@ def test_audio_with_nan_samples_is_named_not_called_silent():
 def test_continue_audio_longer_than_the_track_is_refused_before_loading_it(tmp_path):
     intro = A.write_audio(tmp_path / "intro.wav", np.zeros((1, 3 * 8000), np.float32) + 0.1, 8000)
     with pytest.raises(AudiogenError, match=r"--continue audio \(3.0s\) is not shorter than --duration \(2s\)"):
-        GenerateJob(prompt="calm", duration_s=2.0, out=tmp_path / "x.wav", continue_from=str(intro)).validate()
+        GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", continue_from=str(intro)).validate()
 
 
 def test_unknown_attribute_fails_before_the_weights_load(tiny_model_dir, tmp_path):
@@ -495,3 +495,36 @@ def test_generate_help_explains_every_option_with_its_default():
     assert "--top-k TOP_K sample among the K most likely tokens per codebook (default 250; 0 = off)" in text
     assert "(default 1.0; 0 = always the most likely token)" in text
     assert text.count("audiogen info --model [DIR]") >= 5
+
+
+def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_them(monkeypatch, tmp_path):
+    """Options go to the part with a field of their name; options the command line leaves out keep the
+    defaults of SamplingParams and FinishSpec, which its help states."""
+    import argparse
+    import re
+
+    import audiogen.pipeline as P
+    from audiogen.cli import build_parser
+    from audiogen.conditioning import Conditions
+    from audiogen.finishing import FinishSpec
+
+    job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
+    assert job.conditions == Conditions(text="calm", genre="rock") and job.prompt == "calm"
+    assert job.sampling == SamplingParams(top_k=5) and job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
+    assert job.seed == 3 and job.duration_s == 2.0
+    jobs = []
+    monkeypatch.setattr(P, "run_job", lambda j: jobs.append(j) or [])
+    for argv in (["calm", "--duration", "2", "--out", "x.wav"],
+                 ["calm", "--duration", "2", "--out", "x.wav", "--top-k", "5", "--fade-in", "0.5", "--genre", "rock"]):
+        args = build_parser().parse_args(["generate", *argv])
+        args.func(args)
+    assert jobs[0].sampling == SamplingParams() and jobs[0].finish == FinishSpec(duration_s=2.0)
+    assert jobs[1].sampling == SamplingParams(top_k=5) and jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
+    assert jobs[1].conditions == Conditions(text="calm", genre="rock")
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.option_strings[0]: a.help for a in sub.choices["generate"]._actions if a.option_strings}
+    stated = {opt: float(re.search(r"default (-?[0-9.]+)", helps[opt]).group(1)) for opt in
+              ("--temperature", "--top-k", "--top-p", "--cfg", "--fade-in", "--fade-out", "--true-peak")}
+    s, f = SamplingParams(), FinishSpec(duration_s=1.0)
+    assert stated == {"--temperature": s.temperature, "--top-k": s.top_k, "--top-p": s.top_p, "--cfg": s.cfg_scale,
+                      "--fade-in": f.fade_in_s, "--fade-out": f.fade_out_s, "--true-peak": f.true_peak_db}

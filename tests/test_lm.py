@@ -1,6 +1,6 @@
 import torch
 
-from audiogen.lm import LM, named_config
+from audiogen.lm import LM, KVCache, named_config
 
 
 def _model():
@@ -8,15 +8,29 @@ def _model():
     return LM(named_config("tiny")).eval()
 
 
-def test_cached_incremental_decoding_equals_full_forward():
+def test_prefill_then_decode_steps_equal_the_full_forward():
+    """A prompt prefilled in two pieces (the causal and the masked path), then one eager step and one
+    fixed-shape (masked) step per position, give the logits of one full forward."""
     m = _model()
     t = torch.randint(0, 65, (2, 4, 12))
     c, mk = torch.randn(2, 3, 64), torch.tensor([[1, 1, 0], [1, 0, 0]]).bool()
     full = m(t, c, mk)
-    cache = m.init_cache(2, 12, "cpu", torch.float32)
-    outs = [m(t[..., :5], c, mk, cache=cache, start=0)]
-    outs += [m(t[..., s : s + 1], c, mk, cache=cache, start=s) for s in range(5, 12)]
-    torch.testing.assert_close(torch.cat(outs, 2), full, atol=1e-5, rtol=0)
+    for fixed_shape in (False, True):
+        cache = m.init_cache(2, 16, "cpu", torch.float32)
+        assert isinstance(cache, KVCache) and cache.max_len == 16 and len(cache.layers) == 2
+        m.fill_cross_cache(c, mk, cache)
+        cross_mask = m.cross_masks(mk)
+        m.prefill(t[..., :5], cache, cross_mask, start=0)
+        m.prefill(t[..., 5:8], cache, cross_mask, start=5)
+        outs = []
+        for s in range(8, 12):
+            pos = torch.tensor([s])
+            if fixed_shape:
+                self_mask = torch.arange(16)[None, None, None] <= s
+                outs.append(m.decode_step(t[..., s : s + 1], pos, cache, cross_mask, 16, self_mask))
+            else:
+                outs.append(m.decode_step(t[..., s : s + 1], pos, cache, cross_mask, s + 1))
+        torch.testing.assert_close(torch.stack(outs, 2), full[:, :, 8:], atol=1e-5, rtol=0)
 
 
 def test_all_false_mask_row_ignores_condition_and_is_finite():

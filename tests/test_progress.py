@@ -69,8 +69,8 @@ def test_generate_with_stderr_to_a_file_writes_a_few_lines(tmp_path, tiny_model_
     err = tmp_path / "generate.err"
     with open(err, "w") as f:
         monkeypatch.setattr(sys, "stderr", f)
-        run_job(GenerateJob(prompt="calm piano", duration_s=1.0, out=tmp_path / "a.wav", model_dir=tiny_model_dir,
-                            seed=1, top_k=50, engine="eager"))
+        run_job(GenerateJob.from_options("calm piano", 1.0, tmp_path / "a.wav", model_dir=tiny_model_dir,
+                                         seed=1, top_k=50, engine="eager"))
         monkeypatch.undo()
     lines = _stderr_of(err).splitlines()  # the interval is longer than the run
     assert len(lines) == 2 and "0.0/1.0s" in lines[0] and "1.0/1.0s" in lines[1], lines

@@ -80,7 +80,7 @@ def test_window_slides_with_bounded_buffers_and_chunks_have_fixed_length(loaded)
     assert all(c.dtype == np.float32 and np.isfinite(c).all() for c in chunks)
     # the token buffer holds about one window plus the decode context, not the whole stream
     assert s.tokens.frames.shape[1] <= s.tokens.window + s.decoder.ctx + s.chunk_frames + 64
-    assert all(layer["k"].shape[2] == s.tokens.positions for layer in s.tokens.cache)
+    assert all(layer.k.shape[2] == s.tokens.positions for layer in s.tokens.cache.layers)
 
 
 def test_chunks_decode_like_the_whole_track_and_boundaries_have_no_steps(loaded):
@@ -141,7 +141,7 @@ def test_glide_moves_the_mixture_weights_linearly_frame_by_frame(loaded):
     assert mix.weights(start + n) == {new[0]: 1.0}
     # mid-glide the cross mask carries log weights: both sets' slots, neither masked out
     mask = mix.install(start + n // 2, s.tokens.cache)
-    assert mask.shape[-1] == s.tokens.cache[0]["ck"].shape[2]
+    assert mask.shape[-1] == s.tokens.cache.layers[0].cross_k.shape[2]
     assert torch.isfinite(mask[0]).any() and (mask[0] < 0).any()
 
 

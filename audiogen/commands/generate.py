@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 ORDER = 10
 VALUES = "valid values depend on the model: audiogen info --model [DIR]"
@@ -48,28 +47,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
     s.add_argument("--variations", type=int, default=1, metavar="N",
                    help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
-    s.add_argument("--temperature", type=float, default=1.0,
+    s.add_argument("--temperature", type=float,
                    help="lower = safer and more repetitive, higher = more varied (default 1.0; 0 = always the "
                         "most likely token)")
-    s.add_argument("--top-k", type=int, default=250,
+    s.add_argument("--top-k", type=int,
                    help="sample among the K most likely tokens per codebook (default 250; 0 = off)")
-    s.add_argument("--top-p", type=float, default=0.0, metavar="P",
+    s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens whose probabilities add up to P (default 0 = off)")
-    s.add_argument("--cfg", type=float, default=3.0,
+    s.add_argument("--cfg", type=float,
                    help="classifier-free guidance: higher follows the prompt and attributes more closely "
                         "(default 3; 1 = off)")
     s.add_argument("--continue", dest="continue_from", metavar="FILE",
                    help="audio to continue: the track starts with it (re-synthesised) and carries on")
     f = p.add_argument_group("finishing")
     f.add_argument("--loop", action="store_true", help="make the end flow seamlessly into the start")
-    f.add_argument("--fade-in", type=float, default=0.0, metavar="S",
+    f.add_argument("--fade-in", type=float, metavar="S",
                    help="equal-power fade-in at the start, in seconds (default 0 = none)")
-    f.add_argument("--fade-out", type=float, default=0.0, metavar="S",
+    f.add_argument("--fade-out", type=float, metavar="S",
                    help="equal-power fade-out at the end, in seconds (default 0 = none)")
     f.add_argument("--lufs", type=float, default=None, help="integrated loudness target (default -16)")
     f.add_argument("--preset", choices=["podcast", "streaming", "broadcast"], default=None,
                    help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS (default podcast)")
-    f.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
+    f.add_argument("--true-peak", type=float, metavar="DBTP", help="true-peak ceiling (default -1)")
     d = p.add_argument_group("speed")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -85,6 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--originality-tries", type=int, default=3, metavar="N",
                    help="seeds tried per take before giving up with an error, nothing written (default 3)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # sampling and finishing options left out keep the defaults of SamplingParams and FinishSpec (the help
+    # states them; test_generate checks it)
     p.set_defaults(func=run)
 
 
@@ -97,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
         raise AudiogenError("give either --lufs or --preset, not both")
     lufs = args.lufs if args.lufs is not None else PRESETS[args.preset or "podcast"]
     instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
-    job = GenerateJob(
-        prompt=args.prompt, duration_s=args.duration, out=Path(args.out), model_dir=args.model,
-        genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
-        seed=args.seed, variations=args.variations, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, cfg_scale=args.cfg, continue_from=args.continue_from, loop=args.loop,
-        fade_in_s=args.fade_in, fade_out_s=args.fade_out, lufs=lufs, true_peak_db=args.true_peak,
-        device=args.device, dtype=args.dtype, engine=args.engine, progress=not args.quiet,
-        originality=args.originality, originality_tries=args.originality_tries,
+    options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
+                   fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
+    job = GenerateJob.from_options(
+        args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,
+        continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,
+        engine=args.engine, progress=not args.quiet, originality=args.originality,
+        originality_tries=args.originality_tries, **{k: v for k, v in options.items() if v is not None},
     )
     for meta in run_job(job):
         m = meta["measured"]
@@ -112,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
               f"{m['true_peak_dbtp']:.1f} dBTP (seed {meta['seed']})")
         if abs(m["integrated_lufs"] - lufs) > 0.5:
             print(f"warning: {meta['path']} reached {m['integrated_lufs']:.1f} LUFS, not {lufs:g}: this material "
-                  f"cannot get louder under a {args.true_peak:g} dBTP ceiling without distortion; lower --lufs "
-                  "or raise --true-peak", file=sys.stderr)
+                  f"cannot get louder under a {job.finish.true_peak_db:g} dBTP ceiling without distortion; lower "
+                  "--lufs or raise --true-peak", file=sys.stderr)
     return 0

@@ -90,9 +90,11 @@ def run_model(args: argparse.Namespace) -> int:
           else "text encoder: none (the prompt is not used)")
     lm_max = f" (the LM holds at most {m['max_window_s']:g} s)" if m["max_window_s"] else ""
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
-    for flag, label in (("genre", "genres"), ("mood", "moods"), ("key", "keys"), ("instruments", "instruments")):
-        values = m["vocab"][flag]
-        print(f"{label} (--{flag}): {', '.join(values) if values else 'not conditioned'}")
+    from audiogen.conditioning import LABELS
+
+    for a in LABELS:
+        values = m["vocab"][a.name]
+        print(f"{a.vocab} (--{a.name}): {', '.join(values) if values else 'not conditioned'}")
     b = m["bpm_buckets"]
     print(f"bpm (--bpm): {f'{min(b):g}-{max(b):g} in {len(b)} buckets' if b else 'not conditioned'}")
     return 0
