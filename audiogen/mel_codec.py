@@ -187,16 +187,13 @@ class MelVQFitConfig:
     def codec_config(self) -> MelVQConfig:
         return MelVQConfig.from_dict(dict(self.codec))
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "MelVQFitConfig":
-        check_fields(cls, d, "mel codec fit config keys")
-        cfg = cls(**d)
-        cfg.codec_config()  # validates
-        if cfg.frame_stride < 1 or cfg.kmeans_iters < 1:
+    def validate(self) -> None:
+        """Impossible values are user errors (called by :func:`audiogen.train_loop.load_config`)."""
+        self.codec_config()
+        if self.frame_stride < 1 or self.kmeans_iters < 1:
             raise AudiogenError("mel codec fit: frame_stride and kmeans_iters must be >= 1")
-        if cfg.max_frames < 4 * cfg.codec_config().bins:
-            raise AudiogenError(f"mel codec fit: max_frames ({cfg.max_frames}) must be at least 4 x bins")
-        return cfg
+        if self.max_frames < 4 * self.codec_config().bins:
+            raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 32_768) -> torch.Tensor:
@@ -281,10 +278,9 @@ def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, sta
 
 def load_fit_config(path, overrides=()) -> MelVQFitConfig:
     """Read a YAML config and apply ``key=value`` overrides (``codec.KEY`` for codec fields)."""
-    from audiogen.training import read_config
+    from audiogen.train_loop import load_config
 
-    raw = read_config(MelVQFitConfig, path, overrides)
-    return MelVQFitConfig.from_dict(dataclasses.asdict(raw))
+    return load_config(MelVQFitConfig, path, overrides)
 
 
 def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
