@@ -8,8 +8,9 @@ Overrides are YAML values; nested codec keys use a dot: ``codec.n_filters=16 max
 Checkpoints go to ``OUT_DIR/checkpoints/step_NNNNNNN`` (Accelerate state: both networks,
 both optimizers, the balancer's EMA, RNG) every ``save_every`` steps. Rerunning the same
 command resumes exactly (the data position is the step number), also after ``kill -9``;
-SIGTERM, SIGUSR1 or a file ``OUT_DIR/STOP`` save a checkpoint and exit 0. The codec is exported to ``OUT_DIR/codec``
-(``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``) at every checkpoint and at the end.
+SIGTERM, SIGUSR1 or a file ``OUT_DIR/STOP`` save a checkpoint and exit 0. The codec is
+exported to ``OUT_DIR/codec`` (``load_codec(OUT_DIR/codec)`` / ``--codec OUT_DIR/codec``)
+at every checkpoint and at the end.
 """
 
 from __future__ import annotations
