@@ -44,6 +44,7 @@ MAX_HARMONIC_FRACTION = 0.30
 SILENCE_DBFS = -60.0
 MAX_SILENT_FRACTION = 0.5
 MAX_NOISE_FLATNESS = 0.3
+MAX_FRAME_JUMP_RATIO = 0.6
 #: thresholds of :func:`reconstruction_fidelity` (issue 16's acceptance figures)
 MIN_BAND_CORRELATION = 0.85
 MAX_MEL_ERROR_DB = 3.0
@@ -107,6 +108,20 @@ def temporal_variation_db(wav: np.ndarray, sr: int) -> float:
     64 bands (dB), averaged over bands. Real music here: 6-9 dB; a static buzz ~0.1 dB;
     silence 0. See :data:`MIN_VARIATION_DB`."""
     return variation_of_mel(log_mel_db(wav, sr))
+
+
+def frame_jump_ratio(wav: np.ndarray, sr: int) -> float:
+    """How far the log-mel jumps between consecutive 20 ms frames relative to how far it moves
+    overall: mean |difference of neighbouring frames| / mean std over time (both over the 64 bands,
+    floored). Music is continuous at 20 ms: 0.06-0.49 on 15 s of each of the 87 corpus tracks
+    (median 0.28). Frames that do not follow from each other jump as far as they vary: random
+    codes through the default codec 0.68, a real track's frames shuffled 0.70-0.84, white noise
+    0.76. See :data:`MAX_FRAME_JUMP_RATIO`; 0 for a signal that does not move at all."""
+    mel = _floored(log_mel_db(wav, sr))
+    spread = float(mel.std(axis=1).mean())
+    if spread <= 1e-9:
+        return 0.0
+    return float(np.abs(np.diff(mel, axis=1)).mean()) / spread
 
 
 def _paired_mels(ref: np.ndarray, est: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +296,8 @@ def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
 
     Fails when: log-mel temporal variation < 3 dB; >= 30 % of the 20 Hz-4 kHz energy on
     harmonics of the frame rate; silent (RMS < -60 dBFS or more than half the 20 ms frames
-    below it); white noise (median spectral flatness >= 0.3).
+    below it); white noise (median spectral flatness >= 0.3); incoherent (frame-jump ratio >= 0.6:
+    frames that do not follow from each other, as an LM emitting random codes would make).
     """
     figs = {
         "seconds": len(_mono(wav)) / sr,
@@ -291,6 +307,7 @@ def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
         "rms_dbfs": rms_dbfs(wav),
         "silent_frame_fraction": silent_frame_fraction(wav, sr),
         "spectral_flatness": spectral_flatness(wav, sr),
+        "frame_jump_ratio": frame_jump_ratio(wav, sr),
     }
     failures = []
     if figs["rms_dbfs"] < SILENCE_DBFS or figs["silent_frame_fraction"] > MAX_SILENT_FRACTION:
@@ -307,6 +324,9 @@ def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
     if figs["spectral_flatness"] >= MAX_NOISE_FLATNESS:
         failures.append(f"white noise: median spectral flatness {figs['spectral_flatness']:.2f} "
                         f">= {MAX_NOISE_FLATNESS:g} (music: < 0.1)")
+    if figs["frame_jump_ratio"] >= MAX_FRAME_JUMP_RATIO:
+        failures.append(f"incoherent: consecutive frames jump {figs['frame_jump_ratio']:.2f} x as far as the spectrum "
+                        f"varies (limit {MAX_FRAME_JUMP_RATIO:g}; music here 0.06-0.49, random codes 0.68)")
     figs["failures"] = failures
     return figs
 

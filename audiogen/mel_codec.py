@@ -1,4 +1,4 @@
-"""The default model's codec: residual k-means VQ of log-mel frames, decoded by Griffin-Lim.
+"""A codec fitted in minutes on a CPU: residual k-means VQ of log-mel frames, decoded by Griffin-Lim.
 
 Why this design (issue 16, measured in docs/codec_training.md): on 2 CPU cores for about an hour
 neither a SEANet codec nor a ConvNeXt/iSTFT codec learned to reproduce music (held-out log-mel

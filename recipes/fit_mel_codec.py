@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fit the default model's codec (residual k-means VQ of log-mel frames, Griffin-Lim decoding).
+"""Fit the mel codec (residual k-means VQ of log-mel frames, Griffin-Lim decoding).
 
     python recipes/fit_mel_codec.py --config recipes/configs/codec_melvq.yaml [key=value ...]
 
