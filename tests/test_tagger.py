@@ -56,7 +56,12 @@ def test_port_equals_original_musicnn_taggram(tagger, reference, clip):
     inp = T.to_model_input(x, sr)
     ref_inp = reference[f"{key}/input"].astype(np.float32)
     assert inp.shape == ref_inp.shape and np.isfinite(ref_inp).all()  # premise: no overflow in these clips
-    np.testing.assert_array_equal(inp, ref_inp)  # the front end, resampling included, is bit-exact
+    # the front end, resampling included, matches to the last bit of its float16 output, except where a
+    # value sits on a rounding boundary: float32 sums round differently across CPUs (SIMD width, FMA),
+    # so a few elements (0.006-0.04 % on this project's machines) land one float16 step away
+    step = np.spacing(np.abs(ref_inp).astype(np.float16)).astype(np.float32)
+    off = inp != ref_inp
+    assert (np.abs(inp - ref_inp) <= step).all() and off.mean() < 1e-3, (off.sum(), np.abs(inp - ref_inp).max())
     probs, pen = tagger.forward_patches(inp)
     np.testing.assert_allclose(probs, reference[f"{key}/taggram"], rtol=0, atol=1e-4)
     np.testing.assert_allclose(pen, reference[f"{key}/penultimate"], rtol=0, atol=1e-4)
@@ -69,7 +74,8 @@ def test_overflowing_bins_are_clipped_not_inf(reference):
     ref = reference["MTT/loud_sine_16k/input"].astype(np.float32)
     inf = np.isinf(ref)
     assert inf.any()  # premise: the original overflows here
-    np.testing.assert_array_equal(inp[~inf], ref[~inf])
+    step = np.spacing(np.abs(ref[~inf]).astype(np.float16)).astype(np.float32)  # one float16 step, as above
+    assert (np.abs(inp[~inf] - ref[~inf]) <= step).all()
     assert np.allclose(inp[inf], np.log10(np.finfo(np.float16).max), atol=1e-3)
     # the original's output on overflowing audio is one constant taggram (the same for the
     # loud sine and for the beat clip at full level, see README.md); ours depends on the audio
