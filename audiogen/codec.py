@@ -33,7 +33,7 @@ import torch
 
 from audiogen.audio import sha256_file
 from audiogen.devices import resolve_device  # noqa: F401 (part of this module's API)
-from audiogen.errors import AudiogenError, check_fields
+from audiogen.errors import AudiogenError, dataclass_from_dict
 
 #: Where the encodec package's pretrained checkpoints are published (for the error message only;
 #: nothing here downloads).
@@ -69,12 +69,7 @@ class EncodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncodecConfig":
-        check_fields(cls, d, "codec config keys")
-        d = dict(d)
-        for k in ("ratios", "target_bandwidths"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "codec config keys", ("ratios", "target_bandwidths"))
 
 
 NAMED_CONFIGS = {

@@ -26,3 +26,10 @@ def check_fields(cls, d: dict, what: str) -> None:
     unknown = set(d) - names
     if unknown:
         raise AudiogenError(f"unknown {what}: {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
+
+
+def dataclass_from_dict(cls, d: dict, what: str, tuples: tuple[str, ...] = ()):
+    """``cls(**d)`` for a config dataclass read from JSON/YAML: unknown keys are refused
+    (:func:`check_fields`) and the ``tuples`` fields, lists there, become tuples."""
+    check_fields(cls, d, what)
+    return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from audiogen.errors import AudiogenError, check_fields
+from audiogen.errors import AudiogenError, dataclass_from_dict
 from audiogen.stft_codec import codes_phase
 
 
@@ -55,11 +55,7 @@ class MelVQConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MelVQConfig":
-        check_fields(cls, d, "mel codec config keys")
-        d = dict(d)
-        if "target_bandwidths" in d:
-            d["target_bandwidths"] = tuple(d["target_bandwidths"])
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, "mel codec config keys", ("target_bandwidths",))
         if cfg.channels != 1:
             raise AudiogenError("the mel codec is mono (channels: 1); stereo files are downmixed before encoding")
         if not cfg.hop <= cfg.win <= cfg.n_fft:

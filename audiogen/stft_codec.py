@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiogen.errors import AudiogenError, check_fields
+from audiogen.errors import AudiogenError, dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,7 @@ class STFTCodecConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "STFTCodecConfig":
-        check_fields(cls, d, "stft codec config keys")
-        d = dict(d)
-        if "target_bandwidths" in d:
-            d["target_bandwidths"] = tuple(d["target_bandwidths"])
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, "stft codec config keys", ("target_bandwidths",))
         if cfg.channels != 1:
             raise AudiogenError("the stft codec is mono (channels: 1); stereo files are downmixed before encoding")
         if cfg.decode_phase not in ("predicted", "codes"):
