@@ -4,6 +4,7 @@
 #
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   CODEC_STEPS=20000 LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer run
+#   (LM_STEPS unset: the config's max_steps, 1200 for lm_default.yaml, 1000 for lm_melvq.yaml)
 #
 # Steps: fetch the corpus (all three packages) -> train the stft codec -> tokenize the corpus
 # with its first 6 codebooks (3 kbps) -> train the LM -> measure (codec quality on the codec's
@@ -13,16 +14,18 @@
 # The mel codec (recipes/fit_mel_codec.py, docs/codec_training.md) reproduces held-out music far
 # better than the stft codec, but the LM this recipe trains on its tokens wrote incoherent frames,
 # so it is not the shipped default yet: CODEC=melvq bash recipes/build_default_model.sh builds that
-# variant into runs/ (it does not replace audiogen/default_model).
+# variant into runs/ (it does not replace audiogen/default_model). Its LM config, lm_melvq.yaml, is
+# lm_default.yaml with lr 3e-3 and 1000 steps. Since the LM's init changed (unit-scale token
+# embeddings, heads starting as the embeddings: audiogen/lm.py), rerunning the stft build trains
+# a different LM from the shipped one, which was trained with the old init.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-all
 CODEC_KIND=${CODEC:-stft}
 CODEC_STEPS=${CODEC_STEPS:-2400}
-LM_STEPS=${LM_STEPS:-1200}
 case "$CODEC_KIND" in
-  stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default ;;
-  melvq) DATA=.cache/data_melvq;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq ;;
+  stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default; LM_CONFIG=lm_default.yaml ;;
+  melvq) DATA=.cache/data_melvq;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq;   LM_CONFIG=lm_melvq.yaml ;;
   *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
@@ -42,12 +45,12 @@ python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth
     --segment 10 --workers 1 || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
 
 # 3. the LM
-python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" \
-    codec="$CODEC_DIR" max_steps="$LM_STEPS" out_dir="$LM_OUT"
+python3 recipes/train_lm.py --config "recipes/configs/$LM_CONFIG" data_dir="$DATA" \
+    codec="$CODEC_DIR" ${LM_STEPS:+max_steps="$LM_STEPS"} out_dir="$LM_OUT"
 
 # 4. figures for the model card
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
-    --work "$LM_OUT/report" --json "$LM_OUT/report/report.json"
+    --work "$LM_OUT/report" --json "$LM_OUT/report/report.json" --figure "$LM_OUT/report/spectrograms.png"
 
 # 5. ship it (the stft build only: see above)
 [ "$CODEC_KIND" = stft ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }

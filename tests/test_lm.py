@@ -48,3 +48,51 @@ def test_different_conditions_give_different_logits():
     t = torch.randint(0, 65, (1, 4, 6))
     mk = torch.ones(1, 3, dtype=torch.bool)
     assert not torch.allclose(m(t, torch.randn(1, 3, 64), mk), m(t, torch.randn(1, 3, 64), mk))
+
+
+def _copy_stream(n: int, frames: int, card: int, repeat: float, gen: torch.Generator) -> torch.Tensor:
+    """``[n, 2, frames]`` codes that repeat the previous frame's code with probability ``repeat``
+    (else a uniform draw), as held notes make music codec tokens do."""
+    codes = torch.randint(0, card, (n, 2, frames), generator=gen)
+    keep = torch.rand(n, 2, frames, generator=gen) < repeat
+    for t in range(1, frames):
+        codes[..., t] = torch.where(keep[..., t], codes[..., t - 1], codes[..., t])
+    return codes
+
+
+def _copy_loss_after_training(old_init: bool, steps: int = 40) -> float:
+    from audiogen.training import codebook_ce_sums, delay_inputs
+
+    torch.manual_seed(0)
+    card = 256
+    m = LM(named_config("tiny", num_codebooks=2, cardinality=card))
+    if old_init:  # every weight N(0, 0.02), as before the copy prior
+        for p in [*m.embed_tokens.parameters(), *m.lm_heads.parameters()]:
+            torch.nn.init.normal_(p, std=0.02)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(0)
+    cond, cmask = torch.zeros(8, 1, 64), torch.ones(8, 1, dtype=torch.bool)
+
+    def loss(codes):
+        inputs, targets, tmask = delay_inputs(codes, torch.ones_like(codes, dtype=torch.bool), card)
+        sums, counts = codebook_ce_sums(m(inputs, cond, cmask), targets, tmask)
+        return (sums / counts).mean()
+
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(_copy_stream(8, 64, card, 0.7, gen)).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(loss(_copy_stream(8, 64, card, 0.7, torch.Generator().manual_seed(1))))
+
+
+def test_a_fresh_lm_learns_to_repeat_the_previous_frame_quickly():
+    """Music tokens repeat their previous frame often. A fresh LM must pick that up within a few
+    dozen steps: uniform guessing scores ln 256 = 5.55 nats here, the best model about 2.3. With
+    every weight at N(0, 0.02) (the old init: token embeddings drowned by unit-amplitude positions,
+    no copy prior in the heads) it does not; that premise is checked too, so the test tells the two
+    apart."""
+    uniform = torch.log(torch.tensor(256.0)).item()
+    fresh, old = _copy_loss_after_training(False), _copy_loss_after_training(True)
+    assert fresh < uniform - 2.0, (fresh, old)
+    assert old > uniform - 0.5, (fresh, old)
