@@ -31,6 +31,12 @@ def tiny_model_dir(tmp_path_factory, tiny_codec):
                              keys=["C major", "A minor"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
     lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
                          cond_dim=32, max_positions=512))
+    # token embeddings and heads redrawn at N(0, 0.02), without the unit-scale embeddings and copy
+    # prior a fresh LM starts with (audiogen/lm.py): with those, an untrained model mostly repeats
+    # its previous frame whatever the conditions, and these tests need a condition change to
+    # change what is sampled
+    for p in [*lm.embed_tokens.parameters(), *lm.lm_heads.parameters()]:
+        torch.nn.init.normal_(p, std=0.02)
     d = tmp_path_factory.mktemp("model") / "tiny"
     save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
                                                    "describe": tiny_codec.describe()})
