@@ -232,7 +232,7 @@ class LM(nn.Module):
         # input), the most common event in music tokens, and learns the departures. Without this
         # prior a 256 x 6 LM sat on a plateau near the uniform loss for hundreds of steps on melvq
         # tokens; with it, the first codebook's held-out loss was 5.0 after 100 steps
-        # (docs/codec_training.md, "The LM on melvq tokens").
+        # (docs/codec_training.md, "An LM on these tokens").
         with torch.no_grad():
             for emb, head in zip(self.embed_tokens, self.lm_heads):
                 head.weight.copy_(emb.weight[: cfg.cardinality] / math.sqrt(cfg.dim))
@@ -240,7 +240,7 @@ class LM(nn.Module):
     @staticmethod
     def _init(m):
         # Token embeddings start at unit scale, like the sinusoidal positions they are added to
-        # (at std 0.02 the positions drowned them; docs/codec_training.md, "The LM on melvq tokens").
+        # (at std 0.02 the positions drowned them; docs/codec_training.md, "An LM on these tokens").
         if isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=1.0)
         elif isinstance(m, nn.Linear):

@@ -4,7 +4,7 @@
 #
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   CODEC_STEPS=20000 LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer run
-#   (LM_STEPS unset: the config's max_steps, 1200 for lm_default.yaml, 1000 for lm_melvq.yaml)
+#   (LM_STEPS unset: 1200 steps for the stft build, 1000 for the melvq one)
 #
 # Steps: fetch the corpus (all three packages) -> train the stft codec -> tokenize the corpus
 # with its first 6 codebooks (3 kbps) -> train the LM -> measure (codec quality on the codec's
@@ -14,8 +14,8 @@
 # The mel codec (recipes/fit_mel_codec.py, docs/codec_training.md) reproduces held-out music far
 # better than the stft codec, but the LM this recipe trains on its tokens wrote incoherent frames,
 # so it is not the shipped default yet: CODEC=melvq bash recipes/build_default_model.sh builds that
-# variant into runs/ (it does not replace audiogen/default_model). Its LM config, lm_melvq.yaml, is
-# lm_default.yaml with lr 3e-3 and 1000 steps. Since the LM's init changed (unit-scale token
+# variant into runs/ (it does not replace audiogen/default_model). Its LM is lm_default.yaml with
+# lr 3e-3 and 1000 steps (LM_SETTINGS below). Since the LM's init changed (unit-scale token
 # embeddings, heads starting as the embeddings: audiogen/lm.py), rerunning the stft build trains
 # a different LM from the shipped one, which was trained with the old init.
 set -euo pipefail
@@ -24,8 +24,8 @@ MUSIC=.cache/debian-all
 CODEC_KIND=${CODEC:-stft}
 CODEC_STEPS=${CODEC_STEPS:-2400}
 case "$CODEC_KIND" in
-  stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default; LM_CONFIG=lm_default.yaml ;;
-  melvq) DATA=.cache/data_melvq;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq;   LM_CONFIG=lm_melvq.yaml ;;
+  stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default; LM_SETTINGS="" ;;
+  melvq) DATA=.cache/data_melvq;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq;   LM_SETTINGS="lr=3e-3 max_steps=1000" ;;
   *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
@@ -45,8 +45,9 @@ python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth
     --segment 10 --workers 1 || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
 
 # 3. the LM
-python3 recipes/train_lm.py --config "recipes/configs/$LM_CONFIG" data_dir="$DATA" \
-    codec="$CODEC_DIR" ${LM_STEPS:+max_steps="$LM_STEPS"} out_dir="$LM_OUT"
+# (later key=value settings win: LM_STEPS over LM_SETTINGS over the config file)
+python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" \
+    codec="$CODEC_DIR" $LM_SETTINGS ${LM_STEPS:+max_steps="$LM_STEPS"} out_dir="$LM_OUT"
 
 # 4. figures for the model card
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
