@@ -391,7 +391,10 @@ class MelVQCodec(EncodecCodec):
         return self.model.mean.device
 
     def describe(self) -> dict:
-        return {**super().describe(), "backend": "melvq"}
+        desc = {**super().describe(), "backend": "melvq"}
+        if self.model.config.change_penalty:  # the same codebooks encode differently with it
+            desc["change_penalty"] = self.model.config.change_penalty
+        return desc
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model.encode(wav, self.num_codebooks)

@@ -46,6 +46,10 @@ class MelVQConfig:
     bins: int = 1024
     target_bandwidths: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  #: 2, 4, 6, 8 codebooks at 50 Hz
     beam: int = 4  #: candidates kept per stage when encoding (1: greedy)
+    #: > 0: codebook 0 is chosen per sequence by a Viterbi search that charges this (squared dB,
+    #: summed over bands) for every change of code, so it holds a code through small wobbles
+    #: (an LM then sees note-like runs, not jitter); 0: per frame, the nearest code
+    change_penalty: float = 0.0
     gl_iters: int = 32
     gl_momentum: float = 0.99
 
@@ -60,8 +64,9 @@ class MelVQConfig:
             raise AudiogenError("the mel codec is mono (channels: 1); stereo files are downmixed before encoding")
         if not cfg.hop <= cfg.win <= cfg.n_fft:
             raise AudiogenError(f"mel codec: need hop <= win <= n_fft, got {cfg.hop}, {cfg.win}, {cfg.n_fft}")
-        if cfg.beam < 1 or cfg.gl_iters < 0 or not 0 <= cfg.gl_momentum < 1:
-            raise AudiogenError("mel codec: beam must be >= 1, gl_iters >= 0 and gl_momentum in [0, 1)")
+        if cfg.beam < 1 or cfg.gl_iters < 0 or not 0 <= cfg.gl_momentum < 1 or cfg.change_penalty < 0:
+            raise AudiogenError("mel codec: beam must be >= 1, gl_iters >= 0, gl_momentum in [0, 1) and "
+                                "change_penalty >= 0")
         return cfg
 
 
@@ -71,6 +76,33 @@ def mel_filterbank(cfg: MelVQConfig) -> torch.Tensor:
 
     return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, 0.0, cfg.sample_rate / 2, cfg.n_mels,
                                                  cfg.sample_rate, norm="slaney", mel_scale="slaney")
+
+
+def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distances ``[..., bins]`` of vectors ``x: [..., M]`` to every code of ``book: [bins, M]``
+    (``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``)."""
+    return x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.T + book.pow(2).sum(-1)
+
+
+def held_codes(dist: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The code sequence ``LongTensor[T]`` minimising the summed distances ``dist: [T, bins]`` plus
+    ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path)."""
+    T, _ = dist.shape
+    cost = dist[0].clone()
+    codes = torch.arange(dist.shape[1], device=dist.device)
+    back = torch.empty(T, dist.shape[1], dtype=torch.long, device=dist.device)
+    back[0] = codes
+    for t in range(1, T):
+        j = cost.argmin()
+        switch = cost[j] + penalty
+        stay = cost <= switch
+        back[t] = torch.where(stay, codes, j)
+        cost = torch.where(stay, cost, switch) + dist[t]
+    path = torch.empty(T, dtype=torch.long, device=dist.device)
+    path[-1] = cost.argmin()
+    for t in range(T - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
 
 
 class MelVQModel(nn.Module):
@@ -104,16 +136,23 @@ class MelVQModel(nn.Module):
     def quantize(self, feats: torch.Tensor, n_q: int, beam: int | None = None) -> torch.Tensor:
         """``feats: [..., n_mels]`` -> codes ``[..., n_q]`` by a beam search over the residual stages
         (``beam`` candidate paths, each extended by every code, the best ``beam`` kept by residual
-        energy; ``beam=1`` is the greedy residual VQ)."""
+        energy; ``beam=1`` is the greedy residual VQ). With ``config.change_penalty`` > 0, codebook 0
+        is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`."""
         beam = self.config.beam if beam is None else beam
         lead = feats.shape[:-1]
         res = (feats.reshape(-1, feats.shape[-1]) - self.mean)[:, None, :]  # [N, 1, M]
         n = res.shape[0]
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
-        for book in self.codebooks[:n_q]:
+        books = self.codebooks[:n_q]
+        if self.config.change_penalty > 0 and feats.dim() >= 2 and n_q > 0:  # codebook 0 over time, then the beam
+            first = torch.stack([held_codes(_distances(f - self.mean, books[0]), self.config.change_penalty)
+                                 for f in feats.reshape(-1, *feats.shape[-2:])]).reshape(n)
+            res = res - books[0][first][:, None, :]
+            codes = first[:, None, None]
+            books = books[1:]
+        for book in books:
             b = res.shape[1]
-            # ||r - c||^2 = ||r||^2 - 2 r.c + ||c||^2, for every path and code: [N, b, bins]
-            d = (res.pow(2).sum(-1, keepdim=True) - 2 * res @ book.T + book.pow(2).sum(-1)).reshape(n, -1)
+            d = _distances(res, book).reshape(n, -1)  # [N, b * bins]: every path and code
             top = d.topk(min(beam, d.shape[1]), dim=1, largest=False).indices
             path, code = top // book.shape[0], top % book.shape[0]
             res = torch.gather(res, 1, path[..., None].expand(-1, -1, res.shape[-1])) - book[code]

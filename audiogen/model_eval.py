@@ -245,7 +245,9 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "generated_music_likeness": {
             "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],
             "frame_rate_harmonic_fraction": [x["frame_rate_harmonic_fraction"] for x in likeness],
+            "frame_jump_ratio": [x["frame_jump_ratio"] for x in likeness],
             "clips_failing": sum(1 for x in likeness if x["failures"]),
+            "failures": [x["failures"] for x in likeness],
         },
         "embedder": emb.describe(),
     }

@@ -173,7 +173,8 @@ def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
     if codec_path:
         codec = load_codec(codec_path, num_codebooks=desc.get("num_codebooks"))
         got = codec.describe()
-        diff = [k for k in ("sample_rate", "num_codebooks", "cardinality", "weights_sha256") if got.get(k) != desc.get(k)]
+        diff = [k for k in ("sample_rate", "num_codebooks", "cardinality", "weights_sha256", "change_penalty")
+                if got.get(k) != desc.get(k)]
         if diff:
             raise AudiogenError(f"codec={codec_path} is not the codec the dataset was tokenized with "
                                 f"({', '.join(diff)} differ)")

@@ -107,6 +107,63 @@ def test_beam_search_finds_closer_codes_than_greedy(fitted):
     assert float((err(beam) <= err(greedy) + 1e-3).float().mean()) >= 0.9
 
 
+def test_held_codes_is_the_cheapest_path_with_a_price_per_change():
+    import itertools
+
+    from audiogen.mel_codec import held_codes
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        T, K, penalty = 6, 3, float(torch.rand(1, generator=g)) * 3
+        d = torch.rand(T, K, generator=g) * 4
+
+        def cost(c):
+            return sum(float(d[t, c[t]]) for t in range(T)) + penalty * sum(c[t] != c[t - 1] for t in range(1, T))
+
+        best = min(cost(c) for c in itertools.product(range(K), repeat=T))
+        assert cost(held_codes(d, penalty).tolist()) == pytest.approx(best, abs=1e-5), trial
+    d = torch.rand(40, 8, generator=g)
+    assert torch.equal(held_codes(d, 0.0), d.argmin(1))  # free changes: the nearest code per frame
+    path = held_codes(d, 1e9)  # changes priced out: the one code nearest over the whole sequence
+    assert (path == d.sum(0).argmin()).all()
+
+
+def test_a_change_penalty_holds_codebook_0_and_keeps_the_fidelity(fitted):
+    """``change_penalty`` (codebook 0 by a Viterbi search over time) must make codebook 0 hold its
+    code through small wobbles (longer runs for an LM to learn) at almost no cost in mel error."""
+    import dataclasses
+
+    from conftest import synth_music
+
+    feats = fitted.model.features(torch.from_numpy(synth_music(6.0, seed=7))[None])
+    held = MelVQModel(dataclasses.replace(fitted.model.config, change_penalty=200.0))
+    held.load_state_dict(fitted.model.state_dict())
+
+    def repeat_and_error(model):
+        codes = model.quantize(feats, 4)  # [1, T, 4]
+        err = (model.dequantize(codes.transpose(1, 2)) - feats).pow(2).sum(-1).mean()
+        return float((codes[0, 1:, 0] == codes[0, :-1, 0]).float().mean()), float(err)
+
+    (rep0, err0), (rep1, err1) = repeat_and_error(fitted.model), repeat_and_error(held)
+    assert rep1 >= rep0 + 0.1, (rep0, rep1)
+    assert err1 <= 1.15 * err0, (err0, err1)
+
+
+def test_a_held_codec_describes_its_penalty_and_the_audit_refuses_plain_tokens(fitted, tmp_path):
+    import json
+
+    from audiogen.originality.audit import check_codec
+
+    C.save_codec(fitted, tmp_path / "c")
+    meta = json.loads((tmp_path / "c" / "codec.json").read_text())
+    meta["config"]["change_penalty"] = 200.0
+    (tmp_path / "c" / "codec.json").write_text(json.dumps(meta))
+    held = C.load_codec(tmp_path / "c")
+    assert held.describe()["change_penalty"] == 200.0 and "change_penalty" not in fitted.describe()
+    with pytest.raises(AudiogenError, match="change_penalty"):
+        check_codec(held, fitted.describe(), "audit")
+
+
 def test_saved_codec_loads_to_the_same_codes_and_audio(fitted, tmp_path):
     from conftest import synth_music
 
@@ -182,6 +239,8 @@ def test_bad_configs_are_one_clear_error(tmp_path):
         load_fit_config(CONFIG, ["codec.beam=0"])
     with pytest.raises(AudiogenError, match="mono"):
         load_fit_config(CONFIG, ["codec.channels=2"])
+    with pytest.raises(AudiogenError, match="change_penalty >= 0"):
+        load_fit_config(CONFIG, ["codec.change_penalty=-1"])
     r = subprocess.run([sys.executable, str(RECIPE), "--config", str(CONFIG), f"data_dir={tmp_path / 'none'}",
                         f"out_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
