@@ -87,11 +87,10 @@ def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
 def held_codes(dist: torch.Tensor, penalty: float) -> torch.Tensor:
     """The code sequence ``LongTensor[T]`` minimising the summed distances ``dist: [T, bins]`` plus
     ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path)."""
-    T, _ = dist.shape
+    T, bins = dist.shape
     cost = dist[0].clone()
-    codes = torch.arange(dist.shape[1], device=dist.device)
-    back = torch.empty(T, dist.shape[1], dtype=torch.long, device=dist.device)
-    back[0] = codes
+    codes = torch.arange(bins, device=dist.device)
+    back = torch.empty(T, bins, dtype=torch.long, device=dist.device)  # row 0 is never read
     for t in range(1, T):
         j = cost.argmin()
         switch = cost[j] + penalty
@@ -145,8 +144,9 @@ class MelVQModel(nn.Module):
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
         if self.config.change_penalty > 0 and feats.dim() >= 2 and n_q > 0:  # codebook 0 over time, then the beam
-            first = torch.stack([held_codes(_distances(f - self.mean, books[0]), self.config.change_penalty)
-                                 for f in feats.reshape(-1, *feats.shape[-2:])]).reshape(n)
+            sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], the mean already removed
+            first = torch.stack([held_codes(_distances(x, books[0]), self.config.change_penalty)
+                                 for x in sequences]).reshape(n)
             res = res - books[0][first][:, None, :]
             codes = first[:, None, None]
             books = books[1:]
