@@ -200,6 +200,9 @@ class Codec:
     #: window and context lengths for long inputs, in seconds
     window_s: float = 10.0
     context_s: float = 1.0
+    #: codec context a streaming decoder keeps on each side of a chunk (``audiogen.stream``): the
+    #: reach of a frame into its neighbours' audio; it is also the lookahead each streamed chunk waits for
+    stream_context_s: float = 0.6
     #: windows encoded/decoded per forward pass; None: by device, see :attr:`windows_per_call`
     window_batch: int | None = None
 
@@ -385,6 +388,9 @@ class MelVQCodec(EncodecCodec):
 
     #: Griffin-Lim makes each decoding window's phases its own; long windows put few joins in a file
     window_s = 30.0
+    #: 1 s chunks of held-out music decoded with 0.2 s of context differ from the whole-file decode
+    #: by 0.16 dB of log-mel within two frames of a join and 0.00 dB elsewhere (0.6 s: 0.07 dB)
+    stream_context_s = 0.2
 
     @property
     def device(self) -> torch.device:
@@ -529,6 +535,15 @@ def default_codec_spec() -> tuple[str, int | None]:
     if spec in ("", DEFAULT_CODEC):
         raise AudiogenError(f"{model_dir}: the default model's config names no codec (codec.spec: {spec!r})")
     return (str(model_dir / spec) if (model_dir / spec).is_dir() else spec), info.get("num_codebooks")
+
+
+#: ``describe()`` keys that decide what a codec's tokens mean: codecs that differ in one do not share tokens
+TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty")
+
+
+def describe_diff(got: dict, want: dict, also: tuple[str, ...] = ()) -> list[str]:
+    """The keys of :data:`TOKEN_KEYS` (and ``also``) on which two ``describe()`` dicts differ."""
+    return [k for k in (*also, *TOKEN_KEYS) if got.get(k) != want.get(k)]
 
 
 def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None, weights: str | os.PathLike | None = None,

@@ -93,10 +93,12 @@ def held_codes(dist: torch.Tensor, penalty: float) -> torch.Tensor:
     back = torch.empty(T, bins, dtype=torch.long, device=dist.device)  # row 0 is never read
     for t in range(1, T):
         j = cost.argmin()
-        switch = cost[j] + penalty
-        stay = cost <= switch
+        # costs are kept relative to the best path's, so they stay small and round alike wherever the
+        # search starts: a window with context decides near-ties as the whole file does
+        cost = cost - cost[j]
+        stay = cost <= penalty
         back[t] = torch.where(stay, codes, j)
-        cost = torch.where(stay, cost, switch) + dist[t]
+        cost = torch.where(stay, cost, penalty) + dist[t]
     path = torch.empty(T, dtype=torch.long, device=dist.device)
     path[-1] = cost.argmin()
     for t in range(T - 1, 0, -1):

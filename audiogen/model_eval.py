@@ -173,6 +173,17 @@ def tag_conditioning(tagger, gen: list[np.ndarray], ref: list[np.ndarray], sampl
             "words_scored": agree["scored"], "words_unscored": agree["unscored"]}
 
 
+def excerpt_start(wav: np.ndarray, sample_rate: int, seconds: float) -> int:
+    """Where a ``seconds`` excerpt of a real track starts: 30 s in (past any intro), or earlier in a short track."""
+    return max(0, min(30 * sample_rate, wav.shape[1] - int(seconds * sample_rate)))
+
+
+def excerpt(wav: np.ndarray, sample_rate: int, seconds: float) -> np.ndarray:
+    """The ``seconds`` of ``wav [C, N]`` from :func:`excerpt_start`."""
+    start = excerpt_start(wav, sample_rate, seconds)
+    return wav[:, start : start + int(seconds * sample_rate)]
+
+
 def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | Path, work_dir: str | Path,
                  clips: int = 16, seconds: float = 10.0, bpm_clips: int = 4, seed: int = 0, device: str = "cpu",
                  figure: str | Path | None = None) -> dict:
@@ -180,7 +191,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     resynthesis of those tracks as the ceiling; the tempo response; music-likeness figures of the
     generated clips (:mod:`audiogen.audio_checks`); the LM's held-out loss against a unigram model;
     and, with ``figure``, a spectrogram picture: a held-out track, its codec roundtrip, a generated clip."""
-    from audiogen.audio_checks import music_likeness
+    from audiogen.audio_checks import music_likeness, pulse_strength
     from audiogen.audio import load_audio, write_audio
     from audiogen.checkpoint import load_model
     from audiogen.embedders import load_embedder
@@ -205,12 +216,13 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
     likeness = [music_likeness(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate, codec.frame_rate)
                 for p in sorted(gen_dir.glob("gen_*.wav"))]
+    heldout_pulse = [pulse_strength(excerpt(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate,
+                                            seconds), codec.sample_rate) for p in sorted(ref_dir.glob("ref_*.wav"))]
     if figure is not None:
         ref0 = load_audio(ref_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
         rt0 = load_audio(resyn_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
         gen0 = load_audio(sorted(gen_dir.glob("gen_*.wav"))[0], codec.sample_rate, codec.channels)[0]
-        n = int(seconds * codec.sample_rate)
-        start = max(0, min(30 * codec.sample_rate, ref0.shape[1] - n))  # 30 s in, past any intro
+        start = excerpt_start(ref0, codec.sample_rate, seconds)
         name = held[0]["path"].name
         spectrogram_figure([(f"held-out real music ({name}, from {start / codec.sample_rate:g} s)", ref0[:, start:]),
                             (f"codec roundtrip ({codec.num_codebooks} codebooks, {codec.describe()['bandwidth_kbps']:g} kbps)",
@@ -246,6 +258,9 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
             "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],
             "frame_rate_harmonic_fraction": [x["frame_rate_harmonic_fraction"] for x in likeness],
             "frame_jump_ratio": [x["frame_jump_ratio"] for x in likeness],
+            # beside the held-out tracks' (``seconds`` from 30 s in): held chords and clicks have little pulse
+            "pulse": [x["pulse"] for x in likeness],
+            "heldout_pulse": heldout_pulse,
             "clips_failing": sum(1 for x in likeness if x["failures"]),
             "failures": [x["failures"] for x in likeness],
         },

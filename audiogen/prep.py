@@ -241,8 +241,9 @@ def _first(v):
     return v or None
 
 
-def read_tags(path: Path) -> dict:
-    """Title, artist, album, genre, license from the file's tags (mutagen); {} when none."""
+def source_tags(path: Path) -> dict:
+    """A source file's title, artist, album, genre and license tags (mutagen); {} when none. (Tags of
+    files audiogen writes: ``finishing.read_tags``.)"""
     import mutagen
 
     try:
@@ -413,7 +414,7 @@ def _process_file_unchecked(t: _Task) -> dict:
     except (AudiogenError, OSError) as e:
         return {**res, "status": "error", "reason": _reason(e, path)}
     try:
-        meta = read_tags(path)
+        meta = source_tags(path)
         meta.update(read_sidecar(path))
     except AudiogenError as e:
         return {**res, "status": "error", "reason": _reason(e, path)}

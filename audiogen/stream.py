@@ -26,7 +26,7 @@ Four stages run per chunk, each carrying its state across chunk boundaries:
    bar line. ``intensity`` (0-1) is a mixture of a calm and an energetic version of the
    same request (descriptor words in the text and a tempo -/+ 15 %), so it is continuous.
 3. **Audio** (:class:`ChunkDecoder`): complete frames are decoded with ``decode_context``
-   frames of codec context on both sides (what the codec's own long-input windowing does)
+   frames of codec context on both sides (the codec's ``stream_context_s`` unless set) (what the codec's own long-input windowing does)
    and the centre kept, so a chunk decodes the same as the whole track would; a short
    linear crossfade over the next chunk's head covers codecs whose reach is longer.
 4. **Level** (:class:`LevelFollower`): a causal DC blocker, a loudness follower (BS.1770
@@ -50,6 +50,10 @@ import threading
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+# the level follower's filter libraries load with this module, not when the first stream starts: their
+# import takes 0.3-1.8 s on this CPU, which would count against the time to first audio
+import pyloudnorm  # noqa: F401  (audio.KWeighting's)
+import scipy.signal
 import torch
 
 from audiogen.conditioning import ATTRIBUTES, LABELS
@@ -184,8 +188,9 @@ class StreamSettings:
     #: LM window (default: the model's); the rolling context keeps ``context_fraction`` of it on a slide
     window_s: float | None = None
     context_fraction: float = 0.5
-    #: codec context on each side of a chunk's frames (s); also the lookahead each chunk waits for
-    decode_context_s: float = 0.6
+    #: codec context on each side of a chunk's frames (s); also the lookahead each chunk waits for.
+    #: None: the codec's own ``stream_context_s`` (0.2 s for the default model's mel codec)
+    decode_context_s: float | None = None
     crossfade_s: float = 0.01
     lufs: float = -16.0
     true_peak_db: float = -1.0
@@ -198,7 +203,8 @@ class StreamSettings:
             raise AudiogenError(f"chunk length must be 0.05..10 s, got {self.chunk_s}")
         if not 0.1 <= self.context_fraction <= 0.9:
             raise AudiogenError(f"context fraction must be 0.1..0.9, got {self.context_fraction}")
-        if not (math.isfinite(self.decode_context_s) and 0 <= self.decode_context_s <= 5):
+        if self.decode_context_s is not None and not (math.isfinite(self.decode_context_s)
+                                                      and 0 <= self.decode_context_s <= 5):
             raise AudiogenError(f"decode context must be 0..5 s, got {self.decode_context_s}")
         if not 0 <= self.crossfade_s <= 0.2:
             raise AudiogenError(f"crossfade must be 0..0.2 s, got {self.crossfade_s}")
@@ -432,14 +438,12 @@ class LevelFollower:
     LOOKAHEAD_S = 0.005
 
     def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
-        from scipy.signal import butter
-
         from audiogen.audio import KWeighting
 
         self.sr, self.channels, self.lufs = sample_rate, channels, lufs
         self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
         self.k_weighting = KWeighting(sample_rate, channels)
-        self.dc_b, self.dc_a = butter(2, 10.0 / (sample_rate / 2), "highpass")
+        self.dc_b, self.dc_a = scipy.signal.butter(2, 10.0 / (sample_rate / 2), "highpass")
         self.dc_state = np.zeros((channels, 2))
         self.block = int(self.BLOCK_S * sample_rate)
         self.energies: list[float] = []  # mean-square K-weighted energy of the last WINDOW_S / BLOCK_S blocks
@@ -558,7 +562,8 @@ class MusicStream:
         self.mix.set_target(self.state.parts(self.fold), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
         self.chunk_samples = self.chunk_frames * self.codec.hop_length
-        self.decoder = ChunkDecoder(self.codec, self.chunk_frames, round(settings.decode_context_s * self.fr),
+        ctx_s = self.codec.stream_context_s if settings.decode_context_s is None else settings.decode_context_s
+        self.decoder = ChunkDecoder(self.codec, self.chunk_frames, round(ctx_s * self.fr),
                                     round(settings.crossfade_s * self.sr))
         self.level = LevelFollower(self.sr, self.channels, settings.lufs, settings.true_peak_db) if settings.level else None
         self._inbox: queue.Queue[_Change] = queue.Queue()

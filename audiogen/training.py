@@ -167,14 +167,12 @@ def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
     ``codec`` config key) is loaded, checked against the dataset's description, and copied
     into the model directory.
     """
-    from audiogen.codec import PRETRAINED_FILES, load_codec
+    from audiogen.codec import PRETRAINED_FILES, describe_diff, load_codec
 
     name = str(desc.get("name", ""))
     if codec_path:
         codec = load_codec(codec_path, num_codebooks=desc.get("num_codebooks"))
-        got = codec.describe()
-        diff = [k for k in ("sample_rate", "num_codebooks", "cardinality", "weights_sha256", "change_penalty")
-                if got.get(k) != desc.get(k)]
+        diff = describe_diff(codec.describe(), desc, also=("weights_sha256",))
         if diff:
             raise AudiogenError(f"codec={codec_path} is not the codec the dataset was tokenized with "
                                 f"({', '.join(diff)} differ)")

@@ -7,7 +7,8 @@
 #   CODEC=stft bash recipes/build_default_model.sh       # the previous codec, built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) -> fit the mel codec (k-means residual VQ of
-# log-mel frames, Griffin-Lim decoding: minutes on a CPU) -> tokenize the corpus with its first 6
+# log-mel frames, codebook 0 held through small changes by change_penalty 300, Griffin-Lim decoding:
+# minutes on a CPU) -> tokenize the corpus with its first 6
 # codebooks (3 kbps) -> train the LM (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
 # steps from those weights at lr 1.5e-3: LM_SETTINGS and LM_FINETUNE below) -> measure (codec
 # quality on the codec's held-out tracks, music-likeness of generated audio, LM loss vs a unigram

@@ -160,3 +160,31 @@ def test_log_mel_has_64_bands_at_20_ms_and_rejects_bad_audio():
         C.temporal_variation_db(np.array([0.0, np.nan, 0.0] * 1000), SR)
     with pytest.raises(AudiogenError, match="zero-length"):
         C.temporal_variation_db(np.zeros(0), SR)
+
+
+def test_pulse_finds_notes_on_a_beat_and_not_held_chords_with_random_clicks():
+    """``pulse``: onsets on a beat give a clear autocorrelation peak at the beat period; a held
+    chord broken by clicks at random times (what the default model writes) does not."""
+    rng = np.random.default_rng(0)
+    t = np.arange(12 * SR) / SR
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.18, 329.63)) * 0.05
+    beat = np.zeros_like(t)
+    for start in np.arange(0, 12, 0.5):  # 120 bpm: a decaying note every 0.5 s
+        i = int(start * SR)
+        n = min(len(t) - i, SR // 4)
+        beat[i : i + n] += 0.3 * np.sin(2 * np.pi * 440.0 * t[:n]) * np.exp(-t[:n] * 20)
+    clicks = chord.copy()
+    for i in rng.integers(0, len(t) - 200, 24):  # as many events, at random times
+        clicks[i : i + 200] += rng.normal(0, 0.3, 200)
+    on_beat, off_beat = C.pulse_strength(chord + beat, SR), C.pulse_strength(clicks, SR)
+    assert on_beat > 0.5 and off_beat < 0.2, (on_beat, off_beat)
+    assert C.music_likeness(chord + beat, SR, FRAME_RATE)["pulse"] == pytest.approx(on_beat)
+    assert C.pulse_strength(chord[: SR], SR) == 0.0  # too short for a 2 s lag
+
+
+def test_real_music_has_a_pulse(real_tracks):
+    """Most corpus tracks have a pulse (median 0.55 over 76 tracks, 30 s each; 17 below 0.2, ambient
+    pieces among them); the default model's clips have 0.08-0.26 (MODEL_CARD.md). The premise for the
+    check on the README track in test_default_model."""
+    pulses = [C.pulse_strength(_excerpt(track, 20.0), SR) for track in real_tracks[:3]]
+    assert max(pulses) > 0.3, pulses

@@ -73,8 +73,7 @@ def test_readme_main_command_is_not_a_buzz_silence_or_white_noise(readme_track_f
     """Issue 16: an earlier default model wrote a static 75 Hz buzz that loudness, peak, duration and
     FAD all passed. The shipped model's output must not sit on harmonics of its codec's frame rate,
     be silent or be white noise."""
-    failures = [f for f in readme_track_figures["failures"] if not f.startswith("incoherent")]
-    assert failures == [], readme_track_figures
+    assert readme_track_figures["failures"] == [], readme_track_figures
     assert readme_track_figures["frame_rate_harmonic_fraction"] < 0.30
 
 
@@ -85,13 +84,18 @@ def test_readme_main_command_varies_over_time_as_music_does(readme_track_figures
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: at the default sampling settings the CPU-trained LM's "
-                   "frames jump 0.71 x as far as its spectrum varies (music here 0.06-0.49): a sustained chord "
-                   "with clicks, not music yet (MODEL_CARD.md); remove this mark when it passes")
 def test_readme_main_command_frames_follow_each_other_as_music_does(readme_track_figures):
     from audiogen.audio_checks import MAX_FRAME_JUMP_RATIO
 
     assert readme_track_figures["frame_jump_ratio"] < MAX_FRAME_JUMP_RATIO, readme_track_figures
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: the default model writes held chords that change every "
+                   "few seconds, broken by clicks, with no onsets on a beat (pulse 0.08; corpus tracks: median "
+                   "0.55, 17 of 76 below 0.2); MODEL_CARD.md. Remove this mark when it passes")
+def test_readme_main_command_has_a_pulse_as_most_music_here_does(readme_track_figures):
+    assert readme_track_figures["pulse"] >= 0.2, readme_track_figures
 
 
 def test_model_report_on_a_folder_that_is_not_a_dataset_is_one_clear_error(tmp_path):

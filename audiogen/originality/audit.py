@@ -66,9 +66,9 @@ def check_codec(codec, desc: dict, what: str) -> None:
 
     The weights' hash is not compared: a model directory may hold a float16 copy of the
     dataset's codec (``save_model_dir(dtype=...)``), whose tokens are the same but whose file is not."""
-    got = codec.describe()
-    diff = [k for k in ("name", "sample_rate", "num_codebooks", "cardinality", "change_penalty")
-            if got.get(k) != desc.get(k)]
+    from audiogen.codec import describe_diff
+
+    diff = describe_diff(codec.describe(), desc, also=("name",))
     if diff:
         raise AudiogenError(f"{what}: its codec is not the one the dataset was tokenized with ({', '.join(diff)} "
                             "differ), so its tokens cannot be compared")
