@@ -41,6 +41,8 @@ class LMConfig:
     ffn_dim: int = 256
     cond_dim: int = 64
     max_positions: int = 4096
+    #: residual dropout in training (after self-attention, cross-attention and the FFN, before each
+    #: add; as AudioCraft's transformer layers): a regulariser that may change when fine-tuning
     dropout: float = 0.0
 
     def to_dict(self) -> dict:
@@ -135,6 +137,7 @@ class KVCache:
 class Layer(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
+        self.cfg = cfg  # shared with the LM: a fine-tuning run may change ``dropout``
         self.self_attn_layer_norm = nn.LayerNorm(cfg.dim)
         self.self_attn = Attention(cfg.dim, cfg.num_heads)
         self.encoder_attn_layer_norm = nn.LayerNorm(cfg.dim)
@@ -165,7 +168,11 @@ class Layer(nn.Module):
         x = residual(x, c.merge(o), c.out_proj)
         return residual(x, F.gelu(self.fc1(self.final_layer_norm(x))), self.fc2)
 
-    def _self_attention(self, x, q, k, v, start: int) -> torch.Tensor:
+    def _dropped_residual(self, x: torch.Tensor, h: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        """``x + dropout(linear(h))``: the training path's residual add."""
+        return x + F.dropout(linear(h), self.cfg.dropout, self.training)
+
+    def _self_attention(self, x, q, k, v, start: int, residual=None) -> torch.Tensor:
         """Causal self-attention of the queries at positions ``[start, start + S)`` over keys from 0, added to ``x``."""
         S = q.shape[2]
         if start == 0 and k.shape[2] == S:
@@ -177,14 +184,15 @@ class Layer(nn.Module):
             kpos = torch.arange(k.shape[2], device=x.device)[None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=kpos <= qpos)
         a = self.self_attn
-        return x + a.out_proj(a.merge(o))
+        return (residual or _residual_add)(x, a.merge(o), a.out_proj)
 
     def forward(self, x, mem, cross_mask):
         """Training and scoring, no cache: ``x: [B, S, D]`` at positions from 0, ``mem: [B, L, D]``
         the projected conditions, ``cross_mask: [B, 1, 1, L]`` from :meth:`LM.cross_masks`."""
+        residual = self._dropped_residual if self.training and self.cfg.dropout > 0 else None
         q, k, v = self.self_qkv(x)
-        x = self._self_attention(x, q, k, v, 0)
-        return self.cross_and_ffn(x, *self.cross_kv(mem), cross_mask)
+        x = self._self_attention(x, q, k, v, 0, residual)
+        return self.cross_and_ffn(x, *self.cross_kv(mem), cross_mask, residual)
 
     def prefill(self, x, layer_cache: LayerCache, cross_mask, start: int):
         """``x: [B, S, D]`` at positions ``[start, start + S)``: writes their self-attention K/V into

@@ -132,7 +132,8 @@ class TrainConfig:
                 raise AudiogenError(msg)
 
 
-DROPOUT_KEYS = ("p_drop_attr", "p_drop_text", "p_drop_all")
+#: settings a fine-tuning run (``init_from``) may change: condition dropout and the LM's residual dropout
+DROPOUT_KEYS = ("p_drop_attr", "p_drop_text", "p_drop_all", "dropout")
 
 
 def resolve_mixed_precision(setting: str) -> str:

@@ -50,6 +50,23 @@ def test_different_conditions_give_different_logits():
     assert not torch.allclose(m(t, torch.randn(1, 3, 64), mk), m(t, torch.randn(1, 3, 64), mk))
 
 
+def test_residual_dropout_acts_in_training_only():
+    """``dropout`` (LMConfig) drops the residual branches in training; off by default, and never at
+    inference, so a model trained with it scores and samples as one trained without."""
+    m = _model().train()
+    t = torch.randint(0, 65, (2, 4, 6))
+    c, mk = torch.randn(2, 3, 64), torch.ones(2, 3, dtype=torch.bool)
+    assert m.cfg.dropout == 0.0 and torch.equal(m(t, c, mk), m(t, c, mk))  # default: deterministic
+    with torch.no_grad():
+        reference = m.eval()(t, c, mk)
+    m.cfg.dropout = 0.3  # what an init_from run with lm.dropout=0.3 sets on the loaded model
+    assert all(layer.cfg.dropout == 0.3 for layer in m.layers)
+    m.train()
+    a, b = m(t, c, mk), m(t, c, mk)
+    assert not torch.allclose(a, b) and not torch.allclose(a, reference)
+    torch.testing.assert_close(m.eval()(t, c, mk), reference, atol=0, rtol=0)
+
+
 def _copy_stream(n: int, frames: int, card: int, repeat: float, gen: torch.Generator) -> torch.Tensor:
     """``[n, 2, frames]`` codes that repeat the previous frame's code with probability ``repeat``
     (else a uniform draw), as held notes make music codec tokens do."""

@@ -381,6 +381,12 @@ def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, c
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
     with pytest.raises(AudiogenError, match="lm.dim=64, the config asks for 32"):
         train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft2", init_from=trained / "model", **{"lm.dim": 32}))
+    # regularisers may change: the LM's residual dropout as condition dropout does
+    from audiogen.checkpoint import read_config
+
+    assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft3", init_from=trained / "model", max_steps=1,
+                                      eval_every=0, **{"lm.dropout": 0.2})) == 0
+    assert read_config(tmp_path / "ft3" / "model")["lm"]["dropout"] == 0.2
 
 
 # ------------------------------------------------------------------------------ errors
