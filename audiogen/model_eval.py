@@ -208,16 +208,16 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     ref_dir, resyn_dir = work / "heldout", work / "heldout_codec"
     for d in (ref_dir, resyn_dir):
         d.mkdir(parents=True, exist_ok=True)
+    heldout_pulse = []  # ``seconds`` from 30 s in, as the figure shows them
     for i, h in enumerate(held):
         wav, _ = load_audio(h["path"], codec.sample_rate, codec.channels)
         write_audio(ref_dir / f"ref_{i:03d}.wav", wav, codec.sample_rate)
+        heldout_pulse.append(pulse_strength(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
         with torch.inference_mode():
             y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0].float().cpu().numpy()
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
     likeness = [music_likeness(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate, codec.frame_rate)
                 for p in sorted(gen_dir.glob("gen_*.wav"))]
-    heldout_pulse = [pulse_strength(excerpt(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate,
-                                            seconds), codec.sample_rate) for p in sorted(ref_dir.glob("ref_*.wav"))]
     if figure is not None:
         ref0 = load_audio(ref_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
         rt0 = load_audio(resyn_dir / "ref_000.wav", codec.sample_rate, codec.channels)[0]
