@@ -5,6 +5,9 @@ segment with ``codes: int16[K, T]`` and its conditions. Training sees *samples*,
 ``0, 1, 2, ...``; sample ``i`` is a pure function of ``(seed, i)``:
 
 - epoch ``e = i // N`` (N rows) visits the rows in the permutation drawn from ``(seed, e)``;
+  with a source mix (rows from several prepared datasets, see :func:`mix_rows`), epoch ``e``
+  instead holds ``round(w_s * N)`` rows of source ``s``, each source's rows in their own
+  permutation (cycled when a source is oversampled), the whole epoch shuffled again;
 - the crop start inside the row is drawn from ``(seed, i)``; a row shorter than
   ``segment_frames`` is padded with the special token and masked out of the loss;
 - condition dropout (classifier-free guidance) is drawn from ``(seed, i)`` too.
@@ -57,6 +60,56 @@ def dataset_codec(ds) -> dict:
     return json.loads(values.pop())
 
 
+def load_mix(data_dirs: list[str | os.PathLike]):
+    """The train splits of several prepared datasets (same codec) concatenated, and their sizes.
+
+    Returns ``(train, valid, sizes)``: ``train`` rows of ``data_dirs[0]`` first, ``valid`` is
+    the *first* dataset's valid split (so held-out figures stay on it whatever is mixed in).
+    """
+    import datasets
+
+    dds = [load_prepared(d) for d in data_dirs]
+    codecs = [dataset_codec(dd["train"]) for dd in dds]
+    for d, c in zip(data_dirs[1:], codecs[1:]):
+        if c != codecs[0]:
+            raise AudiogenError(f"data_dir={d} was tokenized with another codec than data_dir={data_dirs[0]}; "
+                                f"prepare it again with the same codec")
+    sizes = [len(dd["train"]) for dd in dds]
+    train = dds[0]["train"] if len(dds) == 1 else datasets.concatenate_datasets([dd["train"] for dd in dds])
+    return train, dds[0]["valid"], sizes
+
+
+def mix_rows(seed: int, epoch: int, sizes: list[int], weights: list[float]) -> np.ndarray:
+    """Row indices (into the concatenated sources) of one epoch of a weighted source mix.
+
+    The epoch has ``N = sum(sizes)`` samples, ``round(w_s * N)`` from source ``s`` (weights
+    normalised; rounding remainders go to the largest weights): each source's rows in a
+    permutation drawn from ``(seed, epoch, s)``, repeated when the source is oversampled,
+    so every row of a source is seen before any is seen twice. A pure function of its arguments.
+    """
+    w = np.asarray(weights, dtype=float)
+    if len(w) != len(sizes) or (w < 0).any() or w.sum() <= 0:
+        raise AudiogenError(f"data_weights={list(weights)}: need one weight >= 0 per dataset, not all 0")
+    n = int(sum(sizes))
+    w = w / w.sum()
+    counts = np.floor(w * n).astype(int)
+    for s in np.argsort(-w, kind="stable")[: n - counts.sum()]:
+        counts[s] += 1
+    offsets = np.cumsum([0, *sizes[:-1]])
+    parts = []
+    for s, (size, count) in enumerate(zip(sizes, counts)):
+        if count == 0:
+            continue
+        if size == 0:
+            raise AudiogenError(f"dataset {s} of the mix has no train rows but weight {weights[s]}")
+        rng = np.random.default_rng([seed, epoch, 3, s])
+        reps = -(-int(count) // size)
+        rows = np.concatenate([rng.permutation(size) for _ in range(reps)])[:count]
+        parts.append(rows + offsets[s])
+    table = np.concatenate(parts)
+    return table[np.random.default_rng([seed, epoch, 4]).permutation(len(table))]
+
+
 def crop_start(seed: int, index: int, length: int, segment_frames: int) -> int:
     """Where sample ``index``'s crop starts in a row of ``length`` frames (0 when the row is short)."""
     if length <= segment_frames:
@@ -71,10 +124,12 @@ class CropDataset(torch.utils.data.Dataset):
     ``ConditionerConfig``) the conditions are dropped as in :func:`drop_conditions`,
     seeded by ``(seed, i)``. Indices run past the dataset length: that is the next epoch.
     ``random_crops=False`` (evaluation): sample ``i`` is the start of row ``i % len``.
+    ``mix=(sizes, weights)``: ``ds`` is several sources concatenated (:func:`load_mix`), sampled
+    with these weights (:func:`mix_rows`); None visits every row once per epoch.
     """
 
     def __init__(self, ds, segment_frames: int, special: int, seed: int, drop: ConditionerConfig | None = None,
-                 random_crops: bool = True):
+                 random_crops: bool = True, mix: tuple[list[int], list[float]] | None = None):
         if segment_frames < 1:
             raise AudiogenError(f"segment_frames must be >= 1, got {segment_frames}")
         self.ds = ds.select_columns(["codes", *CONDITION_COLUMNS]).with_format("numpy")
@@ -84,6 +139,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.drop = drop
         self.random_crops = random_crops
+        self.mix = mix
+        if mix is not None and sum(mix[0]) != self.n:
+            raise AudiogenError(f"the mix's sizes {mix[0]} do not add up to the dataset's {self.n} rows")
         self._perm_epoch, self._perm = -1, None
 
     def __len__(self) -> int:
@@ -94,7 +152,8 @@ class CropDataset(torch.utils.data.Dataset):
             return int(i) % self.n
         epoch, pos = divmod(int(i), self.n)
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 0]).permutation(self.n)
+            self._perm = (np.random.default_rng([self.seed, epoch, 0]).permutation(self.n) if self.mix is None
+                          else mix_rows(self.seed, epoch, *self.mix))
             self._perm_epoch = epoch
         return int(self._perm[pos])
 

@@ -21,8 +21,10 @@ codes         int16 [K][T]            ``K = num_codebooks``, ``T = ceil(duration
 caption       string                  sidecar/captions-file text, or composed from metadata
 genre         string | None           from a sidecar, captions file or tag; never guessed
 mood          string | None           from a sidecar or captions file
-bpm           float32 | None          estimated on the segment (librosa beat tracking)
-key           string | None           e.g. ``"D minor"`` (Temperley profiles on chroma)
+bpm           float32 | None          a sidecar's/captions file's ``beat_bpm`` or ``bpm`` (exact, e.g.
+                                      rendered scores), else estimated on the segment
+key           string | None           e.g. ``"D minor"``: a sidecar's/captions file's ``key``, else
+                                      estimated on the segment (Temperley profiles on chroma)
 instruments   list[string]            from a sidecar or captions file (may be empty)
 license       string | None           sidecar/captions ``license`` or the file's tag
 split         string                  ``"train"`` or ``"valid"``
@@ -61,6 +63,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
@@ -94,7 +97,12 @@ _KEY_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 # pieces with known keys they scored 0.950 (MIREX weighted) on this chroma vs 0.715 for
 # Krumhansl-Kessler's (docs/prep.md).
 #: Metadata fields a sidecar or captions file may carry.
-META_FIELDS = ("caption", "title", "artist", "genre", "mood", "instruments", "license", "attribution")
+META_FIELDS = ("caption", "title", "artist", "genre", "mood", "instruments", "license", "attribution", "key")
+#: Tempo fields a sidecar or captions file may carry, the first present wins: the beat of the
+#: notated metre (the rendered corpus's ``beat_bpm``), else ``bpm``. Known labels are used as they
+#: are; only what is missing is estimated per segment.
+TEMPO_FIELDS = ("beat_bpm", "bpm")
+_KEY_LABEL = re.compile(r"^[A-G](#|b)? (major|minor)$")
 
 
 def dataset_features(num_codebooks: int):
@@ -269,8 +277,24 @@ def _clean_meta(d: dict, where: str) -> dict:
             if not isinstance(items, (list, tuple)):
                 raise AudiogenError(f"{where}: 'instruments' must be a list or a comma-separated string")
             out[k] = [str(x).strip() for x in items if str(x).strip()]
+        elif k == "key":
+            if not _KEY_LABEL.match(str(v).strip()):
+                raise AudiogenError(f"{where}: key={v!r} is not a key like 'D minor' or 'Bb major'")
+            out[k] = str(v).strip()
         else:
             out[k] = str(v).strip()
+    for k in TEMPO_FIELDS:
+        v = d.get(k)
+        if v is None or v == "":
+            continue
+        try:
+            bpm = float(v)
+        except (TypeError, ValueError):
+            bpm = float("nan")
+        if not 20 <= bpm <= 400:
+            raise AudiogenError(f"{where}: {k}={v!r} is not a tempo in bpm (20-400)")
+        out["bpm"] = bpm
+        break
     return out
 
 
@@ -297,7 +321,8 @@ def load_captions(path: str | os.PathLike, audio_dir: Path) -> dict[str, dict]:
     """``--captions`` file (CSV with a header, or JSONL) -> {relative path: metadata}.
 
     Rows need ``path`` (relative to AUDIO_DIR, or absolute) and may carry any of
-    ``caption, title, artist, genre, mood, instruments, license, attribution``.
+    ``caption, title, artist, genre, mood, instruments, license, attribution, key`` and a tempo
+    (``beat_bpm`` or ``bpm``).
     """
     p = Path(path)
     if not p.is_file():
@@ -764,11 +789,12 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
         meta = metas[sha]
         for i, (seg, c) in enumerate(zip(shard["segments"], codes)):
             per_split[splits[sha]].append(len(cols["id"]))
+            bpm, key = meta.get("bpm") or seg["bpm"], meta.get("key") or seg["key"]  # labels win over estimates
             row = {
                 "id": f"{sha[:16]}-{i:05d}", "source": source, "sha256": sha,
                 "start_s": seg["start_s"], "duration_s": seg["duration_s"], "codec": codec_json, "codes": c,
-                "caption": meta.get("caption") or compose_caption(meta, seg["bpm"], seg["key"]),
-                "genre": meta.get("genre"), "mood": meta.get("mood"), "bpm": seg["bpm"], "key": seg["key"],
+                "caption": meta.get("caption") or compose_caption(meta, bpm, key),
+                "genre": meta.get("genre"), "mood": meta.get("mood"), "bpm": bpm, "key": key,
                 "instruments": meta.get("instruments", []), "license": meta.get("license"),
                 "split": splits[sha], "title": meta.get("title"), "artist": meta.get("artist"),
                 "attribution": meta.get("attribution"),

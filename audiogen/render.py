@@ -111,8 +111,17 @@ class Job:
 
     @property
     def name(self) -> str:
-        stem = Path(self.source).stem + (f"_{self.tune}" if self.tune is not None else "")
-        return f"{stem}__v{self.variant}"
+        """Unique in the plan: the source's path below its collection's fixed folder (``bach/bwv1.mxl`` ->
+        ``bwv1``; the quartets' ``*/**/*.mxl`` -> ``haydn_opus74no1_movement1``), tune and variant."""
+        parts = Path(self.source).with_suffix("").parts[len(_fixed_folders(self.collection)):]
+        return "_".join(parts) + (f"_{self.tune}" if self.tune is not None else "") + f"__v{self.variant}"
+
+
+def _fixed_folders(collection: str) -> tuple[str, ...]:
+    """The literal leading folders of a collection's glob (``bach/bwv*.mxl``: bach; ``*/**/*.mxl``: none)."""
+    folders = next(c.pattern for c in COLLECTIONS if c.name == collection).split("/")[:-1]
+    n = next((i for i, p in enumerate(folders) if any(ch in p for ch in "*?[")), len(folders))
+    return tuple(folders[:n])
 
 
 def _sources(coll: Collection, root: Path) -> list[str]:

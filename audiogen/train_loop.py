@@ -67,6 +67,8 @@ def config_from_yaml(cls, path: str | os.PathLike | None, overrides: list[str] =
                 pass
         if want is tuple and isinstance(v, list):
             v = tuple(v)
+        if want is list and isinstance(v, (str, int, float)) and not isinstance(v, bool) and v != "":
+            v = [v]  # one item given as key=value
         if want is str and v is None:
             v = ""
         ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if want is float else (

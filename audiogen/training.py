@@ -43,6 +43,12 @@ class TrainConfig:
     name: str = "audiogen-lm"
     # data
     data_dir: str = ""
+    #: more prepared datasets (tokenized with the same codec) trained on alongside data_dir;
+    #: evaluation stays on data_dir's valid split
+    extra_data_dirs: list = field(default_factory=list)
+    #: the share of training samples from each dataset, data_dir first (normalised); empty =
+    #: in proportion to their train rows
+    data_weights: list = field(default_factory=list)
     #: codec folder the dataset was tokenized with, when it is not a named codec (tiny, encodec_*)
     codec: str = ""
     segment_s: float = 10.0
@@ -82,7 +88,8 @@ class TrainConfig:
     progress: bool = True
 
     #: keys that must not change when a run is resumed (they change what the steps compute)
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "seed", "batch_size", "segment_s", "model", "lm",
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("data_dir", "extra_data_dirs", "data_weights", "seed", "batch_size",
+                                              "segment_s", "model", "lm",
                                               "conditioner", "vocab_min_count", "bpm_buckets", "init_from")
 
     def to_dict(self) -> dict:
@@ -96,6 +103,12 @@ class TrainConfig:
 
         if not self.data_dir:
             raise AudiogenError("data_dir is not set (a folder made by 'audiogen prep')")
+        if self.data_weights and len(self.data_weights) != 1 + len(self.extra_data_dirs):
+            raise AudiogenError(f"data_weights has {len(self.data_weights)} values for "
+                                f"{1 + len(self.extra_data_dirs)} datasets (data_dir + extra_data_dirs)")
+        if any(not isinstance(w, (int, float)) or w < 0 for w in self.data_weights) or (
+                self.data_weights and not sum(self.data_weights) > 0):
+            raise AudiogenError(f"data_weights={self.data_weights}: numbers >= 0, not all 0")
         if self.model not in NAMED_CONFIGS:
             raise AudiogenError(f"model={self.model!r}: valid names are {', '.join(NAMED_CONFIGS)}")
         for section, cls in (("lm", LMConfig), ("conditioner", ConditionerConfig)):
@@ -315,7 +328,7 @@ def train(cfg: TrainConfig) -> int:
     from accelerate.utils import set_seed
 
     from audiogen.audio import atomic_write_text, make_dir
-    from audiogen.data import CropDataset, dataset_codec, load_prepared, make_loader
+    from audiogen.data import CropDataset, dataset_codec, load_mix, make_loader
     from audiogen.train_loop import check_resumable, make_accelerator, restore, resume_point, run_loop
 
     if cfg.num_threads:
@@ -329,8 +342,8 @@ def train(cfg: TrainConfig) -> int:
                             f"{world} x {cfg.grad_accum}")
     check_resumable(cfg)
 
-    dd = load_prepared(cfg.data_dir)
-    train_ds, valid_ds = dd["train"], dd["valid"]
+    train_ds, valid_ds, sizes = load_mix([cfg.data_dir, *cfg.extra_data_dirs])
+    mix = (sizes, list(cfg.data_weights) or [float(n) for n in sizes]) if len(sizes) > 1 else None
     desc = dataset_codec(train_ds)
     spec, codec_obj = codec_spec(desc, cfg.codec)
     frames = max(1, round(cfg.segment_s * float(desc["frame_rate"])))
@@ -355,7 +368,7 @@ def train(cfg: TrainConfig) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     start = restore(accelerator, latest)
 
-    dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg)
+    dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg, mix=mix)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
                          cfg.grad_accum, cfg.num_workers)
     model.train()
@@ -489,4 +502,6 @@ def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict
     return save_model_dir(path, lm, cond, codec_info, codec=codec_obj, dtype=None if dtype == torch.float32 else dtype,
                           generation={"window_s": round(window_s, 3)},
                           extra={"training": {"name": cfg.name, "steps": step, "data_dir": str(cfg.data_dir),
+                                              "extra_data_dirs": [str(d) for d in cfg.extra_data_dirs],
+                                              "data_weights": list(cfg.data_weights),
                                               "batch_size": cfg.batch_size, "segment_s": cfg.segment_s}})

@@ -193,6 +193,28 @@ def test_metadata_comes_from_sidecars_captions_file_and_analysis(prepared):
     assert "120 bpm" in full[0]["caption"]
 
 
+def test_a_sidecars_exact_tempo_and_key_win_over_the_estimates(tmp_path, codec):
+    # a rendered score's sidecar knows its tempo (the metre's beat) and key exactly; the click track
+    # says 120 bpm to the estimator, the label says 63 and must be what the rows carry
+    d = tmp_path / "music"
+    d.mkdir()
+    for name, offset in (("labelled", 0.1), ("unlabelled", 0.2)):  # other bytes: not one file's duplicate
+        write_audio(d / f"{name}.wav", click_track(120, 9.0, 22050, offset)[None], 22050)
+    (d / "labelled.json").write_text(json.dumps({"bpm": 126.0, "beat_bpm": 63, "key": "Eb minor", "genre": "chorale"}))
+    prepare(PrepConfig(str(d), str(tmp_path / "data"), segment_s=SEGMENT, batch_size=2, progress=False, workers=0,
+                       valid_fraction=0.0), codec=codec)
+    rows = [r for ds in _load(tmp_path / "data").values() for r in ds]
+    labelled = [r for r in rows if r["source"] == "labelled.wav"]
+    assert labelled and all((r["bpm"], r["key"]) == (63.0, "Eb minor") for r in labelled)
+    assert labelled[0]["caption"].endswith("chorale, 63 bpm, in Eb minor")
+    full = [r for r in rows if r["source"] == "unlabelled.wav" and r["duration_s"] == SEGMENT]
+    assert full and all(abs(r["bpm"] - 120) <= 2 for r in full)  # no label: estimated
+    (d / "labelled.json").write_text(json.dumps({"key": "H dur"}))
+    report = prepare(PrepConfig(str(d), str(tmp_path / "data2"), segment_s=SEGMENT, progress=False, workers=0),
+                     codec=codec)
+    assert any("key='H dur' is not a key" in s["reason"] for s in report["skipped"])
+
+
 def test_segments_tile_each_file_without_padding(prepared):
     out, _ = prepared
     dd = _load(out)

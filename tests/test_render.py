@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,18 @@ def test_plan_is_deterministic_and_covers_the_collections():
     assert all(-3 <= j.transpose <= 3 for j in a)
     with pytest.raises(Exception, match="unknown collection"):
         R.plan_corpus(collections=["essen"])
+
+
+def test_every_planned_track_has_its_own_output_file():
+    # the quartets' movement1.mxl of Haydn, Mozart and Beethoven once shared one file: the first
+    # render counted as done for the others, which were never rendered
+    jobs = R.plan_corpus(variants=2, seed=0)
+    paths = [R.output_paths(j, Path("out"))[0] for j in jobs]
+    assert len(set(paths)) == len(jobs)
+    quartets = [j for j in jobs if j.collection == "string_quartets"]
+    assert len({j.source for j in quartets}) == len(quartets) // 2 > 40
+    assert {j.name for j in quartets if j.source.endswith("/movement1.mxl")} >= {
+        n + "__v0" for n in ("haydn_opus74no1_movement1", "mozart_k155_movement1")}
 
 
 def test_transposed_key_names():

@@ -65,7 +65,7 @@ def clips(codec, real_tracks) -> list[np.ndarray]:
     return out
 
 
-def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndarray]) -> Path:
+def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndarray], genres=GENRES) -> Path:
     """A prepared dataset (audiogen.prep's schema) from token arrays, with a few conditions per row."""
     import datasets
 
@@ -76,7 +76,7 @@ def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndar
     def rows(arrays, split):
         return [dict(id=f"{split}{i}", source=f"{split}{i}.ogg", sha256=f"{i:064d}", start_s=0.0,
                      duration_s=a.shape[1] / codec.frame_rate, codec=desc, codes=a.tolist(),
-                     caption=f"a {GENRES[i % 6]} piece", genre=GENRES[i % 6], mood=["calm", "dark"][i % 2],
+                     caption=f"a {genres[i % 6]} piece", genre=genres[i % 6], mood=["calm", "dark"][i % 2],
                      bpm=80.0 + 20 * i, key="C major", instruments=["piano"] if i % 2 else ["synth"],
                      license="CC-BY-SA-3.0", split=split, title=None, artist=None, attribution=None)
                 for i, a in enumerate(arrays)]
@@ -155,6 +155,22 @@ def test_crops_depend_only_on_seed_and_index_and_short_rows_are_padded_and_maske
 
     dropped = CropDataset(ds, 60, 64, 3, drop=ConditionerConfig(text_encoder="none", p_drop_all=1.0))
     assert dropped[5]["cond"] == Conditions() and a[5]["cond"].genre in ("ambient", "rock")
+
+
+def test_a_source_mix_draws_each_dataset_by_its_weight_and_every_row_before_any_twice():
+    from audiogen.data import mix_rows
+
+    sizes = [10, 3]
+    even = mix_rows(5, 0, sizes, [1, 1])
+    assert len(even) == 13 and np.array_equal(even, mix_rows(5, 0, sizes, [0.5, 0.5]))  # weights are normalised
+    first, second = even[even < 10], even[even >= 10]
+    assert len(first) == 7 and len(set(first.tolist())) == 7  # 6.5 each: the remainder to the first
+    assert sorted(second.tolist()) == [10, 10, 11, 11, 12, 12]  # oversampled 2x: each row twice
+    assert not np.array_equal(even, mix_rows(5, 1, sizes, [1, 1]))  # each epoch its own order
+    only = mix_rows(5, 0, sizes, [1, 0])
+    assert (only < 10).all() and set(only.tolist()) == set(range(10))
+    with pytest.raises(AudiogenError, match="one weight >= 0 per dataset"):
+        mix_rows(5, 0, sizes, [0, 0])
 
 
 def test_a_step_covers_the_same_samples_for_any_number_of_processes_and_accumulation():
@@ -387,6 +403,26 @@ def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, c
     assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft3", init_from=trained / "model", max_steps=1,
                                       eval_every=0, **{"lm.dropout": 0.2})) == 0
     assert read_config(tmp_path / "ft3" / "model")["lm"]["dropout"] == 0.2
+
+
+def test_training_on_a_mix_reads_both_datasets_and_records_the_mix(data_dir, codec, codec_dir, clips,
+                                                                   tmp_path):
+    from audiogen.checkpoint import read_config
+
+    extra = make_dataset(tmp_path / "extra", codec, clips[1:6], clips[:1], genres=["folk"] * 6)
+    out = tmp_path / "mix"
+    assert train_in_process(overrides(data_dir, codec_dir, out, max_steps=3, eval_every=3,
+                                      extra_data_dirs=extra, data_weights="[1, 3]")) == 0
+    cfg = read_config(out / "model")
+    # the extra dataset was read: its genre is in the vocabulary
+    assert "folk" in cfg["conditioner"]["genres"] and "rock" in cfg["conditioner"]["genres"]
+    assert cfg["training"]["extra_data_dirs"] == [str(extra)] and cfg["training"]["data_weights"] == [1, 3]
+    with pytest.raises(AudiogenError, match="holds a run with different data_weights"):
+        train_in_process(overrides(data_dir, codec_dir, out, max_steps=4, extra_data_dirs=extra,
+                                   data_weights="[1, 1]"))
+    with pytest.raises(AudiogenError, match="data_weights has 3 values for 2 datasets"):
+        train_in_process(overrides(data_dir, codec_dir, tmp_path / "bad", extra_data_dirs=extra,
+                                   data_weights="[1, 1, 1]"))
 
 
 # ------------------------------------------------------------------------------ errors
