@@ -2,7 +2,7 @@
 
     python benchmarks/stream.py [--duration 600] [--chunk 1.0] [--model DIR] [--lm-config small] [--device cpu]
 
-Runs one :class:`audiogen.stream.MusicStream` as fast as it goes for ``--duration`` seconds
+Runs one :class:`audiogen.generation.stream.MusicStream` as fast as it goes for ``--duration`` seconds
 of audio, sending a control change every ``--change-every`` seconds of audio, alternating
 a calm request (bpm 80, intensity 0.2, mood calm) and an energetic one (bpm 140,
 intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
@@ -84,17 +84,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from audiogen import audio as A
-    from audiogen.checkpoint import load_model
-    from audiogen.estimators import onset_envelope, tempo_tempogram
-    from audiogen.pipeline import resolve_model_dir
-    from audiogen.stream import MusicStream, StreamSettings
+    from audiogen.audio import io as A
+    from audiogen.models.checkpoint import load_model
+    from audiogen.data.estimators import onset_envelope, tempo_tempogram
+    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.stream import MusicStream, StreamSettings
 
     t = time.perf_counter()
     loaded = load_model(resolve_model_dir(args.model), device=args.device)
     load_s = time.perf_counter() - t
     if args.lm_config:
-        from audiogen.lm import LM, named_config
+        from audiogen.models.lm import LM, named_config
 
         c = loaded.lm.cfg
         with torch.device(args.device):

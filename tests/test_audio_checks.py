@@ -1,4 +1,4 @@
-"""audiogen.audio_checks tells real music from a buzz, silence and white noise (issue 16)."""
+"""audiogen.metrics.audio_checks tells real music from a buzz, silence and white noise (issue 16)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiogen import audio_checks as C
-from audiogen.audio import load_audio
+from audiogen.metrics import audio_checks as C
+from audiogen.audio.io import load_audio
 from audiogen.errors import AudiogenError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

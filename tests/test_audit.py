@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiogen import audio as A
+from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
 from audiogen.originality import tokens as T
 from audiogen.originality.calibration import plant, write_token_dataset
@@ -118,7 +118,7 @@ def music_data(tmp_path_factory, real_tracks, tiny_codec):
     """Two 15 s excerpts of real tracks prepared with the tiny codec (one segment each) and indexed (tokens + audio);
     a third track stays unseen."""
     from audiogen.originality.audit import build_index
-    from audiogen.prep import PrepConfig, prepare
+    from audiogen.data.prep import PrepConfig, prepare
 
     root = tmp_path_factory.mktemp("audit")
     src = root / "src"
@@ -216,10 +216,10 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_generate_originality_regenerates_a_copy_and_never_writes_it(tmp_path, tiny_codec, monkeypatch):
-    pytest.importorskip("audiogen.lm")
-    import audiogen.generate as G
-    from audiogen.finishing import read_tags, sidecar_path
-    from audiogen.pipeline import GenerateJob, run_job
+    pytest.importorskip("audiogen.models.lm")
+    import audiogen.generation.sampling as G
+    from audiogen.audio.finishing import read_tags, sidecar_path
+    from audiogen.generation.pipeline import GenerateJob, run_job
 
     model = _tiny_model(tmp_path, tiny_codec)
     sampled = []
@@ -252,9 +252,9 @@ def test_generate_originality_regenerates_a_copy_and_never_writes_it(tmp_path, t
 def _tiny_model(tmp_path, tiny_codec) -> Path:
     import torch
 
-    from audiogen.checkpoint import save_model_dir
-    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.lm import LM, named_config
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
 
     torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", dim=32)
@@ -267,7 +267,7 @@ def _tiny_model(tmp_path, tiny_codec) -> Path:
 
 
 def test_generate_originality_is_checked_before_any_model_loads(tmp_path):
-    from audiogen.pipeline import GenerateJob
+    from audiogen.generation.pipeline import GenerateJob
 
     job = GenerateJob.from_options("x", 2.0, tmp_path / "a.wav", model_dir=tmp_path / "nothing",
                                    originality=str(tmp_path))
@@ -282,12 +282,12 @@ def test_a_model_that_memorised_a_track_continues_it_as_a_copy_and_the_fresh_mod
     track's first second is judged a copy, the same model before fine-tuning is not."""
     import torch
 
-    from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig
-    from audiogen.generate import SamplingParams, generate_codes
-    from audiogen.lm import LM, named_config
+    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig
+    from audiogen.generation.sampling import SamplingParams, generate_codes
+    from audiogen.models.lm import LM, named_config
     from audiogen.originality.audit import Auditor
-    from audiogen.pipeline import condition_batch
-    from audiogen.training import ConditionedLM, codebook_ce_sums, delay_inputs
+    from audiogen.generation.pipeline import condition_batch
+    from audiogen.train.lm import ConditionedLM, codebook_ce_sums, delay_inputs
 
     torch.manual_seed(0)
     track = tiny_codec.encode(torch.from_numpy(make_music(3.0, seed=11))[None])  # [1, K, T]

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from audiogen import codec as C
+from audiogen.codec import base as C
 from audiogen.errors import AudiogenError
 
 

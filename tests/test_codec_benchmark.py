@@ -1,4 +1,4 @@
-"""benchmarks/codec_quality.py and audiogen.codec_benchmark: a codec scored next to its anchors."""
+"""benchmarks/codec_quality.py and audiogen.metrics.codec_benchmark: a codec scored next to its anchors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen.codec_benchmark import codec_quality, nearest_levels, read_excerpts
+from audiogen.metrics.codec_benchmark import codec_quality, nearest_levels, read_excerpts
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 24000

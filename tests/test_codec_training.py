@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiogen.codec_losses import Balancer
-from audiogen.codec_training import CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, make_parts, train_step
-from audiogen.train_loop import load_config
-from audiogen import audio as A
+from audiogen.train.codec_losses import Balancer
+from audiogen.train.codec import CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, make_parts, train_step
+from audiogen.train.loop import load_config
+from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
 from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, kill_env, start_records, two_ranks
 
@@ -63,7 +63,7 @@ def _assert_same_final_state(a: Path, b: Path) -> None:
 def test_crops_depend_only_on_their_index_and_skip_silence(tmp_path):
     import numpy as np
 
-    from audiogen.codec_training import RandomCrops, StepSampler
+    from audiogen.train.codec import RandomCrops, StepSampler
 
     pcm = np.zeros(24000 * 4, dtype=np.int16)
     pcm[24000 * 2:] = (np.random.default_rng(0).standard_normal(24000 * 2) * 3000).astype(np.int16)
@@ -171,8 +171,8 @@ def test_adversarial_step_updates_the_discriminator(make_music):
 
 def test_recipe_trains_on_real_music_and_exports_a_loadable_codec(tmp_path, debian_music_dir, audio_cache,
                                                                     real_tracks):
-    from audiogen.audio import load_audio
-    from audiogen.codec import load_codec
+    from audiogen.audio.io import load_audio
+    from audiogen.codec.base import load_codec
 
     out = tmp_path / "run"
     rc = _recipe().main(["--config", str(TINY), *_overrides(out, debian_music_dir, audio_cache, max_steps=6)])
@@ -301,7 +301,7 @@ def test_config_errors_are_readable(tmp_path, capsys):
 
 
 def test_a_corrupt_file_is_skipped_not_fatal(tmp_path, make_music):
-    from audiogen.codec_training import decode_corpus
+    from audiogen.train.codec import decode_corpus
 
     good = A.write_audio(tmp_path / "good.wav", make_music(2.0, 24000, 1), 24000)
     broken = tmp_path / "broken.mp3"

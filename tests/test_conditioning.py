@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from audiogen.conditioning import (ATTRIBUTES, DROP_DRAWS, LABELS, ConditionEncoder, ConditionerConfig, Conditions,
+from audiogen.models.conditioning import (ATTRIBUTES, DROP_DRAWS, LABELS, ConditionEncoder, ConditionerConfig, Conditions,
                                    drop_conditions)
 from audiogen.errors import AudiogenError
 
@@ -69,8 +69,8 @@ def test_encoder_slots_follow_the_registry_and_unknown_values_are_refused():
 
 
 def test_the_stream_and_the_dataset_read_the_attributes_from_the_registry():
-    from audiogen.data import CONDITION_COLUMNS
-    from audiogen.stream import CONDITION_FIELDS, StreamState
+    from audiogen.data.loader import CONDITION_COLUMNS
+    from audiogen.generation.stream import CONDITION_FIELDS, StreamState
 
     assert CONDITION_FIELDS == ("text", *(a.name for a in ATTRIBUTES), "intensity")
     assert tuple(f.name for f in dataclasses.fields(StreamState)) == CONDITION_FIELDS

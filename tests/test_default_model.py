@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from audiogen import audio as A
-from audiogen.finishing import sidecar_path
-from audiogen.pipeline import DEFAULT_MODEL_DIR
+from audiogen.audio import io as A
+from audiogen.audio.finishing import sidecar_path
+from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_
 @pytest.fixture(scope="module")
 def readme_track_figures(tmp_path_factory) -> dict:
     """The README's main command, exactly, on the shipped model, and :func:`music_likeness` of its audio."""
-    from audiogen.audio_checks import music_likeness
+    from audiogen.metrics.audio_checks import music_likeness
 
     command = 'audiogen generate "calm orchestral theme" --duration 30 --out theme.wav'
     assert command in (REPO / "README.md").read_text()
@@ -85,7 +85,7 @@ def test_readme_main_command_varies_over_time_as_music_does(readme_track_figures
 
 @pytest.mark.slow
 def test_readme_main_command_frames_follow_each_other_as_music_does(readme_track_figures):
-    from audiogen.audio_checks import MAX_FRAME_JUMP_RATIO
+    from audiogen.metrics.audio_checks import MAX_FRAME_JUMP_RATIO
 
     assert readme_track_figures["frame_jump_ratio"] < MAX_FRAME_JUMP_RATIO, readme_track_figures
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiogen import estimators as E
+from audiogen.data import estimators as E
 
 
 def test_tempo_accuracy_mirex_acc1_and_acc2():
@@ -49,7 +49,7 @@ def test_tempo_estimators_find_a_click_track_tempo():
 
 
 def test_validation_summary_markdown_lists_every_estimator():
-    from audiogen.label_eval import summary_markdown
+    from audiogen.metrics.label_eval import summary_markdown
 
     s = {"tempo": {"beat_track": {"acc1": 0.9, "acc2": 1.0, "n": 20}},
          "key": {"krumhansl_cqt": {"weighted": 0.815, "exact": 0.7}},

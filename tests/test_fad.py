@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from audiogen import fad as F
-from audiogen.audio import load_audio, write_audio
+from audiogen.metrics import fad as F
+from audiogen.audio.io import load_audio, write_audio
 from audiogen.cli import main
-from audiogen.embedders import BuiltinEmbedder, EncodecEmbedder, VGGish, VGGishEmbedder, load_embedder
+from audiogen.metrics.embedders import BuiltinEmbedder, EncodecEmbedder, VGGish, VGGishEmbedder, load_embedder
 from audiogen.errors import AudiogenError
 
 
@@ -316,7 +316,7 @@ def test_cli_table_and_readable_errors(two_sets, tmp_path, capsys, monkeypatch):
 
 def excerpts(paths, at, seconds=10.0, sr=16000):
     """``seconds`` of each file starting at fraction ``at`` of its duration, mono at ``sr``."""
-    from audiogen.audio import audio_info
+    from audiogen.audio.io import audio_info
 
     return [load_audio(p, sr, 1, offset_s=at * audio_info(p).duration_s, duration_s=seconds)[0] for p in paths]
 

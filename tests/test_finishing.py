@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from audiogen import audio as A
-from audiogen import finishing as F
+from audiogen.audio import io as A
+from audiogen.audio import finishing as F
 from audiogen.errors import AudiogenError
 
 SR = 24000
@@ -85,7 +85,7 @@ def test_finishing_a_ten_minute_track_costs_a_few_copies_of_it(tmp_path):
     run past 2 GB on CI)."""
     code = """
 import resource, sys, numpy as np
-from audiogen.finishing import FinishSpec, finish, write_finished
+from audiogen.audio.finishing import FinishSpec, finish, write_finished
 sr, n = 24000, 600 * 24000
 wav = np.empty((1, n), dtype=np.float32)
 rng = np.random.default_rng(0)

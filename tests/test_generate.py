@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen import audio as A
+from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
-from audiogen.finishing import read_tags, sidecar_path
-from audiogen.generate import SamplingParams, generate_codes, sample_tokens
-from audiogen.pipeline import GenerateJob, run_job
+from audiogen.audio.finishing import read_tags, sidecar_path
+from audiogen.generation.sampling import SamplingParams, generate_codes, sample_tokens
+from audiogen.generation.pipeline import GenerateJob, run_job
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tiny_codec):
     """A random tiny LM + the tiny codec, saved as a model directory."""
-    from audiogen.checkpoint import save_model_dir
-    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.lm import LM, named_config
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
 
     torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
@@ -95,8 +95,8 @@ def test_continuation_keeps_the_prompt_tokens(tiny_model_dir, tmp_path, make_mus
 
 def test_long_form_uses_bounded_windows(tiny_model_dir):
     """Windowed continuation: the KV cache never grows past one window, however long the track."""
-    from audiogen.checkpoint import load_model
-    from audiogen.generate import Decoder
+    from audiogen.models.checkpoint import load_model
+    from audiogen.generation.sampling import Decoder
 
     loaded = load_model(tiny_model_dir)
     lm = loaded.lm
@@ -114,7 +114,7 @@ def test_long_form_uses_bounded_windows(tiny_model_dir):
     lm.init_cache = spy_cache
     Decoder.window = spy_window
     try:
-        cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()])
+        cond, mask = loaded.conditioner([__import__("audiogen.models.conditioning", fromlist=["Conditions"]).Conditions()])
         W, C = 40, 16
         codes = generate_codes(lm, cond, mask, 300, SamplingParams(cfg_scale=1.0, top_k=20),
                                torch.Generator().manual_seed(0), W, C)
@@ -135,7 +135,7 @@ def test_ten_minute_track_runs_in_bounded_memory(tiny_model_dir, tmp_path):
     """10 minutes at 75 Hz = 45k frames through windowed generation and windowed decoding."""
     code = """
 import sys
-from audiogen.pipeline import GenerateJob, run_job
+from audiogen.generation.pipeline import GenerateJob, run_job
 run_job(GenerateJob.from_options("long ambient bed", 600, sys.argv[1], model_dir=sys.argv[2],
                                  progress=False, top_k=20, cfg_scale=1.0, window_s=4.0))
 # VmHWM: this process's own peak. ru_maxrss is not: it starts from the parent's RSS at fork, which under
@@ -191,8 +191,8 @@ def test_sampling_follows_the_filtered_distribution():
 
 def test_decode_engines_match_a_full_recompute(tiny_model_dir, monkeypatch):
     """The cached eager step, the fixed-shape (CUDA-graph) step and a no-cache full recompute agree."""
-    from audiogen.checkpoint import load_model
-    from audiogen.generate import Decoder, generate_window
+    from audiogen.models.checkpoint import load_model
+    from audiogen.generation.sampling import Decoder, generate_window
 
     monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 4)  # the fixed-shape steps cross buckets 4, 8, 16, 27
 
@@ -244,8 +244,8 @@ def test_graph_capture_warm_up_leaves_no_trace(tiny_model_dir, monkeypatch):
     stream, before recording) must not change what the replayed steps generate."""
     import contextlib
 
-    from audiogen.checkpoint import load_model
-    from audiogen.generate import Decoder
+    from audiogen.models.checkpoint import load_model
+    from audiogen.generation.sampling import Decoder
 
     class FakeGraph:
         def pool(self):
@@ -290,7 +290,7 @@ def test_graph_capture_warm_up_leaves_no_trace(tiny_model_dir, monkeypatch):
 
     loaded = load_model(tiny_model_dir)
     lm = loaded.lm.eval()
-    cond, mask = loaded.conditioner([__import__("audiogen.conditioning", fromlist=["Conditions"]).Conditions()] * 2)
+    cond, mask = loaded.conditioner([__import__("audiogen.models.conditioning", fromlist=["Conditions"]).Conditions()] * 2)
     params = SamplingParams(temperature=1.0, top_k=20, cfg_scale=3.0)
     cond, mask = torch.cat([cond, torch.zeros_like(cond)]), torch.cat([mask, torch.zeros_like(mask)])
     outs = [generate_codes(lm, cond, mask, 90, params, torch.Generator().manual_seed(3), 40, 16, engine="static")]
@@ -318,9 +318,9 @@ def test_cuda_engines_match_the_static_step(tiny_model_dir, engine, cfg, monkeyp
     tokens, with and without guidance, across several graphs sharing one memory pool: the
     smallest bucket is shrunk so a 40-frame window spans buckets 8, 16, 32 and 48, and the
     later windows (long form) start mid-bucket."""
-    from audiogen.checkpoint import load_model
-    from audiogen.conditioning import Conditions
-    from audiogen.generate import Decoder, generate_codes
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import Conditions
+    from audiogen.generation.sampling import Decoder, generate_codes
 
     monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 8)
     loaded = load_model(tiny_model_dir, device="cuda")
@@ -389,7 +389,7 @@ def test_a_folder_where_an_output_goes_is_refused_before_generating(tmp_path):
 
 
 def test_audio_with_nan_samples_is_named_not_called_silent():
-    from audiogen.finishing import FinishSpec, finish
+    from audiogen.audio.finishing import FinishSpec, finish
 
     wav = np.full((1, 2 * 8000), 0.1, np.float32)
     wav[0, 100] = np.nan
@@ -433,8 +433,8 @@ def audiogen_cli(*args):
 
 
 def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
-    from audiogen.checkpoint import read_config
-    from audiogen.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import read_config
+    from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
 
     keys = read_config(DEFAULT_MODEL_DIR)["conditioner"]["keys"]
     assert keys, "the embedded model is expected to know keys"
@@ -449,9 +449,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
-    from audiogen.checkpoint import read_config
-    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.lm import LM, LMConfig
+    from audiogen.models.checkpoint import read_config
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, LMConfig
 
     r = audiogen_cli("info", "--model", str(tiny_model_dir), "--json")
     assert r.returncode == 0, r.stderr
@@ -503,10 +503,10 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     import argparse
     import re
 
-    import audiogen.pipeline as P
+    import audiogen.generation.pipeline as P
     from audiogen.cli import build_parser
-    from audiogen.conditioning import Conditions
-    from audiogen.finishing import FinishSpec
+    from audiogen.models.conditioning import Conditions
+    from audiogen.audio.finishing import FinishSpec
 
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
     assert job.conditions == Conditions(text="calm", genre="rock") and job.prompt == "calm"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiogen import audio as A
+from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
 from audiogen.listening import db as DB
 from audiogen.listening import experiment as E

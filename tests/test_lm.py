@@ -1,6 +1,6 @@
 import torch
 
-from audiogen.lm import LM, KVCache, named_config
+from audiogen.models.lm import LM, KVCache, named_config
 
 
 def _model():
@@ -78,7 +78,7 @@ def _copy_stream(n: int, frames: int, card: int, repeat: float, gen: torch.Gener
 
 
 def _copy_loss_after_training(old_init: bool, steps: int = 40) -> float:
-    from audiogen.training import codebook_ce_sums, delay_inputs
+    from audiogen.train.lm import codebook_ce_sums, delay_inputs
 
     torch.manual_seed(0)
     card = 256

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen import codec as C
-from audiogen.audio import write_audio
-from audiogen.audio_checks import frame_rate_harmonic_fraction, music_likeness, reconstruction_fidelity
+from audiogen.codec import base as C
+from audiogen.audio.io import write_audio
+from audiogen.metrics.audio_checks import frame_rate_harmonic_fraction, music_likeness, reconstruction_fidelity
 from audiogen.errors import AudiogenError
-from audiogen.mel_codec import MelVQConfig, MelVQModel, fit_codebooks, load_fit_config
+from audiogen.codec.mel import MelVQConfig, MelVQModel, fit_codebooks, load_fit_config
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fit_mel_codec.py"
@@ -94,13 +94,13 @@ def test_windowed_encode_equals_whole_file_and_decode_is_reproducible(fitted):
 
 
 def test_streamed_chunks_with_the_codecs_context_decode_as_the_whole_file(fitted):
-    """audiogen.stream decodes 0.5 s chunks with the codec's ``stream_context_s`` (0.2 s) on each side:
+    """audiogen.generation.stream decodes 0.5 s chunks with the codec's ``stream_context_s`` (0.2 s) on each side:
     the joined chunks' log-mel matches the whole-file decode's, at the joins too; without context it
     does not (the premise: Griffin-Lim's phases at a window edge differ)."""
     from conftest import synth_music
 
-    from audiogen.audio_checks import log_mel_db
-    from audiogen.stream import ChunkDecoder
+    from audiogen.metrics.audio_checks import log_mel_db
+    from audiogen.generation.stream import ChunkDecoder
 
     codes = fitted.encode(torch.from_numpy(synth_music(8.0, seed=5))[None])[0]
     whole = fitted.decode(codes[None])[0, 0].numpy()
@@ -145,7 +145,7 @@ def test_beam_search_finds_closer_codes_than_greedy(fitted):
 def test_held_codes_is_the_cheapest_path_with_a_price_per_change():
     import itertools
 
-    from audiogen.mel_codec import held_codes
+    from audiogen.codec.mel import held_codes
 
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
@@ -191,7 +191,7 @@ def test_held_codes_decides_the_same_whatever_cost_came_before():
     past float32's exact range and rounding flipped near-ties (2-4 frames in 75 s of real music at
     penalty 300, windowed vs whole). Here every frame's distances are integers shifted by 1e4: the
     best path is the same, and with summed costs (4e7 after 4000 frames) it came out different."""
-    from audiogen.mel_codec import held_codes
+    from audiogen.codec.mel import held_codes
 
     d = torch.randint(0, 16, (4000, 16), generator=torch.Generator().manual_seed(0)).float()
     assert torch.equal(held_codes(d + 1e4, 20.0), held_codes(d, 20.0))
@@ -229,7 +229,7 @@ def test_saved_codec_loads_to_the_same_codes_and_audio(fitted, tmp_path):
 
 
 def test_fit_resumes_after_an_interruption_with_identical_codebooks(tmp_path, monkeypatch):
-    from audiogen import mel_codec
+    from audiogen.codec import mel as mel_codec
     from conftest import synth_music
 
     cfg = MelVQConfig(**SMALL)
@@ -299,7 +299,7 @@ def test_bad_configs_are_one_clear_error(tmp_path):
 def real_fitted(real_tracks):
     """A mel codec fitted in seconds on 60 s of each of six real tracks (not ``Aberrations``, which
     the tests hold out): the shipped analysis, 6 stages of 256 codes."""
-    from audiogen.audio import load_audio
+    from audiogen.audio.io import load_audio
 
     cfg = MelVQConfig(n_q=6, bins=256, target_bandwidths=(2.4,))
     model = MelVQModel(cfg)
@@ -315,7 +315,7 @@ def real_fitted(real_tracks):
 
 
 def _aberrations(real_tracks) -> np.ndarray:
-    from audiogen.audio import load_audio
+    from audiogen.audio.io import load_audio
 
     track = next(t for t in real_tracks if t.name == "Aberrations.ogg")
     return load_audio(track, sample_rate=24000, channels=1, offset_s=30.0, duration_s=20.0)[0][0]
@@ -324,7 +324,7 @@ def _aberrations(real_tracks) -> np.ndarray:
 def test_a_codec_fitted_on_real_music_follows_a_held_out_track(real_fitted, real_tracks):
     """Real music the codec never saw: the log-mel of the roundtrip moves with the input's (the old
     buzz: correlation -0.01), and codebook 0 is used, not a handful of codes."""
-    from audiogen.audio_checks import align, codebook_stats
+    from audiogen.metrics.audio_checks import align, codebook_stats
 
     ref = _aberrations(real_tracks)
     codes = real_fitted.encode(torch.from_numpy(ref)[None, None])

@@ -71,7 +71,7 @@ def build_tiny_musicgen(seed: int = 0):
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     """``(model, tokenizer, hf_dir, imported_dir)``"""
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     root = tmp_path_factory.mktemp("musicgen")
     model, tok = build_tiny_musicgen(), _tokenizer()
@@ -84,7 +84,7 @@ def hf(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(hf):
-    from audiogen.checkpoint import load_model
+    from audiogen.models.checkpoint import load_model
 
     return load_model(hf[3])
 
@@ -104,7 +104,7 @@ def test_import_writes_a_self_contained_model_dir(hf, loaded):
 
 
 def test_lm_logits_match_transformers(hf, loaded):
-    from audiogen.conditioning import Conditions
+    from audiogen.models.conditioning import Conditions
 
     model, tok = hf[0], hf[1]
     g = torch.Generator().manual_seed(1)
@@ -141,9 +141,9 @@ def _capture_hf_codes(model):
 
 
 def test_greedy_guided_generation_gives_transformers_tokens(hf, loaded):
-    from audiogen.conditioning import Conditions
-    from audiogen.generate import SamplingParams, generate_window
-    from audiogen.pipeline import condition_batch
+    from audiogen.models.conditioning import Conditions
+    from audiogen.generation.sampling import SamplingParams, generate_window
+    from audiogen.generation.pipeline import condition_batch
 
     model, tok = hf[0], hf[1]
     N = 12  # new tokens = pattern positions; frames = N + 1 - K (transformers counts the BOS in max_length)
@@ -177,7 +177,7 @@ def test_encodec_32khz_decode_and_encode_match_transformers(hf, loaded):
         ref_codes = model.audio_encoder.encode(wav, bandwidth=1.2).audio_codes[0]
     assert torch.equal(loaded.codec.encode(wav), ref_codes)
     # the codec folder also loads by bandwidth, as transformers counts it (0.3 kbps per 64-code codebook at 50 Hz)
-    from audiogen.codec import load_codec
+    from audiogen.codec.base import load_codec
 
     assert load_codec(hf[3] / "codec", bandwidth=0.6).num_codebooks == 2
     with pytest.raises(AudiogenError, match="whole number"):
@@ -273,7 +273,7 @@ def audiocraft_dirs(hf, tmp_path_factory):
 def test_audiocraft_layout_imports_to_the_same_model(hf, audiocraft_dirs, tmp_path):
     from safetensors.torch import load_file
 
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     src, t5_dir, codec_dir = audiocraft_dirs
     out = import_musicgen(src, tmp_path / "ac", t5=t5_dir, codec=codec_dir)
@@ -312,7 +312,7 @@ def test_audiocraft_released_config_with_cross_attention_false_imports(hf, audio
     so its released configs say cross_attention: false; such a checkpoint imports to the same model."""
     from safetensors.torch import load_file
 
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     src, t5_dir, codec_dir = audiocraft_dirs
     released = tmp_path / "released"
@@ -331,7 +331,7 @@ def test_audiocraft_released_config_with_cross_attention_false_imports(hf, audio
 
 
 def test_audiocraft_import_names_the_missing_t5_and_codec(audiocraft_dirs, tmp_path):
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     src, t5_dir, codec_dir = audiocraft_dirs
     with pytest.raises(AudiogenError, match="T5.*t5-base.*--t5"):
@@ -342,7 +342,7 @@ def test_audiocraft_import_names_the_missing_t5_and_codec(audiocraft_dirs, tmp_p
 
 
 def test_audiocraft_config_that_differs_from_musicgen_is_rejected(hf, audiocraft_dirs, tmp_path):
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     src, t5_dir, codec_dir = audiocraft_dirs
     bad = tmp_path / "bad"
@@ -407,8 +407,8 @@ def test_audiocraft_encodec_is_converted_and_decodes_like_the_original(hf, audio
     from encodec.modules import SEANetDecoder, SEANetEncoder
     from encodec.quantization import ResidualVectorQuantizer
 
-    from audiogen.checkpoint import load_model
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.musicgen_import import import_musicgen
 
     torch.manual_seed(5)
     kw = dict(channels=1, dimension=8, n_filters=4, n_residual_layers=1, ratios=[8, 5, 4, 4], norm="weight_norm",
@@ -450,7 +450,7 @@ def test_audiocraft_encodec_is_converted_and_decodes_like_the_original(hf, audio
 def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     src = hf[2]
     with pytest.raises(AudiogenError, match="no such folder"):
@@ -494,7 +494,7 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
     with pytest.raises(AudiogenError, match="128"):
         import_musicgen(partial, tmp_path / "out")
     # older transformers versions saved the sinusoidal table: accepted when it is MusicGen's, refused otherwise
-    from audiogen.lm import sinusoidal_positions
+    from audiogen.models.lm import sinusoidal_positions
 
     table = sinusoidal_positions(torch.arange(256), 32)
     old_buffers = {"decoder.model.decoder.embed_positions.weights": table,
@@ -521,7 +521,7 @@ def test_wrong_or_partial_source_dirs_are_clear_errors(hf, tmp_path):
 
 
 def test_import_replaces_a_model_dir_but_never_another_folder(hf, tmp_path):
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     other = tmp_path / "notes"
     other.mkdir()
@@ -536,7 +536,7 @@ def test_import_replaces_a_model_dir_but_never_another_folder(hf, tmp_path):
 
 
 def test_failed_import_leaves_an_existing_model_dir_untouched(hf, tmp_path):
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     out = tmp_path / "model"
     out.mkdir()
@@ -574,11 +574,11 @@ def test_imported_model_fine_tunes_through_the_lm_recipe(hf, tmp_path):
     import soundfile as sf
     from safetensors.torch import load_file
 
-    from audiogen.checkpoint import load_model
-    from audiogen.codec import load_codec
-    from audiogen.generate import SamplingParams, generate_window
-    from audiogen.pipeline import condition_batch
-    from audiogen.prep import PrepConfig, prepare
+    from audiogen.models.checkpoint import load_model
+    from audiogen.codec.base import load_codec
+    from audiogen.generation.sampling import SamplingParams, generate_window
+    from audiogen.generation.pipeline import condition_batch
+    from audiogen.data.prep import PrepConfig, prepare
     from tests.conftest import synth_music
 
     imported = hf[3]
@@ -628,7 +628,7 @@ export_dtype: float32
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lm."))  # it trained
     m = load_model(tuned)
     assert m.codec.describe()["weights_sha256"] == codec.describe()["weights_sha256"]
-    from audiogen.conditioning import Conditions
+    from audiogen.models.conditioning import Conditions
 
     cond, mask = condition_batch(m.conditioner, [Conditions(text="calm piano")], True, "cpu")
     codes = generate_window(m.lm, cond, mask, 5, SamplingParams(temperature=1.0, top_k=10), torch.Generator().manual_seed(0))
@@ -636,7 +636,7 @@ export_dtype: float32
 
 
 def test_parity_report_on_the_tiny_checkpoint(hf):
-    from audiogen.musicgen_import import parity_with_transformers
+    from audiogen.models.musicgen_import import parity_with_transformers
 
     r = parity_with_transformers(hf[2], hf[3], texts=tuple(TEXTS), steps=10)
     assert r["logits_max_abs"] > 1.0 and r["logits_max_abs_diff"] < 1e-4 and r["uncond_logits_max_abs_diff"] < 1e-4

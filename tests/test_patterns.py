@@ -1,7 +1,7 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from audiogen.patterns import DelayPattern
+from audiogen.models.patterns import DelayPattern
 
 
 @settings(max_examples=50, deadline=None)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiogen.audio import load_audio, write_audio
-from audiogen.prep import (
+from audiogen.audio.io import load_audio, write_audio
+from audiogen.data.prep import (
     PrepConfig, assign_splits, dataset_features, estimate_bpm, estimate_key, prepare, segment_bounds,
     _analysis_features,
 )
@@ -83,14 +83,14 @@ def _cfg(src: Path, out: Path, **kw) -> PrepConfig:
 @pytest.fixture(scope="module")
 def codec_dir(tmp_path_factory, tiny_codec) -> Path:
     """The tiny codec saved as a folder: subprocesses load it in milliseconds."""
-    from audiogen.codec import save_codec
+    from audiogen.codec.base import save_codec
 
     return save_codec(tiny_codec, tmp_path_factory.mktemp("codec") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def codec(codec_dir):
-    from audiogen.codec import load_codec
+    from audiogen.codec.base import load_codec
 
     return load_codec(codec_dir)
 
@@ -229,18 +229,18 @@ def test_long_file_decoded_in_parts_gives_the_whole_file_dataset(long_dir, tmp_p
     """Above 1.5 x part_s a file is decoded, analysed and handed to the tokenizer a part at a
     time, so memory does not grow with the file's length; the dataset is the same, code for
     code and tempo for tempo, as decoding it whole (and with worker processes)."""
-    import audiogen.audio
+    import audiogen.audio.io
 
     whole = prepare(_long_cfg(long_dir, tmp_path / "whole", workers=0, part_s=1000.0), codec=codec)
     reads = []
-    real_load = audiogen.audio.load_audio
+    real_load = audiogen.audio.io.load_audio
 
     def spy(path, *a, **kw):
         got = real_load(path, *a, **kw)
         reads.append(got[0].shape[1] / got[1])
         return got
 
-    monkeypatch.setattr(audiogen.audio, "load_audio", spy)
+    monkeypatch.setattr(audiogen.audio.io, "load_audio", spy)
     parted = prepare(_long_cfg(long_dir, tmp_path / "parts", workers=0, part_s=10.0), codec=codec)
     monkeypatch.undo()
     # parts of 2 hops (8 s): each read is one part and 1 s margins, its start aligned down to
@@ -277,7 +277,7 @@ def test_segment_analysis_does_not_depend_on_where_its_window_starts(real_tracks
     """Tempo and key of a segment are the same from any window starting on the analysis
     frame grid, even for segments that start exactly on a frame (5.12 s at 44.1 kHz = 441
     hops of 512 samples), where float arithmetic used to pick a neighbouring frame."""
-    from audiogen.prep import _analyse_segments, _frame_step
+    from audiogen.data.prep import _analyse_segments, _frame_step
 
     sr = 44100
     wav, _ = load_audio(real_tracks[1], sample_rate=sr, channels=1, offset_s=10.0, duration_s=40.0)
@@ -408,7 +408,7 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, make_music, codec_dir, mon
 
 
 def test_debian_sidecar_takes_per_track_facts_and_album_license(tmp_path, real_tracks, make_music):
-    from audiogen.debian_music import track_facts
+    from audiogen.data.debian_music import track_facts
 
     import mutagen
 

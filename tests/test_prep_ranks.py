@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiogen.audio import write_audio
+from audiogen.audio.io import write_audio
 from audiogen.errors import AudiogenError
-from audiogen.prep import PrepConfig, Rank, prepare, rank_of
+from audiogen.data.prep import PrepConfig, Rank, prepare, rank_of
 
 FLAGS = ["--codec", "tiny", "--segment", "1", "--workers", "0", "--no-progress", "--valid-fraction", "0.3",
          "--batch-size", "2"]
@@ -66,7 +66,7 @@ class _Killed(BaseException):
 def test_ranks_in_turn_with_one_killed_give_the_single_process_dataset(tmp_path, make_music, monkeypatch, tiny_codec):
     """The ranks' code paths in one process (fast): rank 1 killed after its first shard and rerun,
     then rank 0 merges; the dataset equals a single process's, row by row."""
-    from audiogen import prep as P
+    from audiogen.data import prep as P
 
     src = tmp_path / "audio"
     _corpus(src, make_music)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from audiogen import render as R
+from audiogen.data import render as R
 
 pytestmark = pytest.mark.skipif(shutil.which("fluidsynth") is None or not R.SOUNDFONT.is_file(),
                                 reason="needs fluidsynth and fluid-soundfont-gm (install.sh)")
@@ -41,7 +41,7 @@ def test_render_writes_audio_with_exact_labels_and_resumes(tmp_path):
     assert labels["key"] == R.transposed_key(labels["notated_key"], 2)
     assert "public domain" in labels["license"] and labels["genre"] == "irish and american fiddle tune"
     assert 1.0 < labels["duration_s"] <= 6.0
-    from audiogen.audio import audio_info
+    from audiogen.audio.io import audio_info
 
     assert audio_info(audio).sample_rate == R.SAMPLE_RATE
     rows = [json.loads(x) for x in (tmp_path / "tracks.jsonl").read_text().splitlines()]
@@ -54,8 +54,8 @@ def test_render_writes_audio_with_exact_labels_and_resumes(tmp_path):
 def test_debian_midi_tracks_are_rendered_to_flac(tmp_path):
     import mido
 
-    from audiogen.audio import audio_info
-    from audiogen.debian_music import PACKAGES, _render_midi
+    from audiogen.audio.io import audio_info
+    from audiogen.data.debian_music import PACKAGES, _render_midi
 
     mid = mido.MidiFile(type=1, ticks_per_beat=480)
     track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0),

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiogen import codec as C
-from audiogen.codec_training import CodecTrainConfig, evaluate, make_parts, train_step
-from audiogen.train_loop import load_config
-from audiogen.stft_codec import STFTCodecConfig, STFTCodecModel
+from audiogen.codec import base as C
+from audiogen.train.codec import CodecTrainConfig, evaluate, make_parts, train_step
+from audiogen.train.loop import load_config
+from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
 
 REPO = Path(__file__).resolve().parents[1]
 STFT = REPO / "recipes" / "configs" / "codec_stft.yaml"
@@ -100,7 +100,7 @@ def test_dead_codes_restart_from_the_current_batch():
 
 
 def test_recipe_trains_the_stft_backend_and_exports_a_loadable_codec(tmp_path, debian_music_dir, real_tracks):
-    from audiogen.audio import load_audio
+    from audiogen.audio.io import load_audio
 
     spec = importlib.util.spec_from_file_location("train_codec_recipe", REPO / "recipes" / "train_codec.py")
     recipe = importlib.util.module_from_spec(spec)
@@ -119,7 +119,7 @@ def test_recipe_trains_the_stft_backend_and_exports_a_loadable_codec(tmp_path, d
 
 
 def test_phases_drawn_from_codes_are_reproducible_and_differ_between_frames():
-    from audiogen.stft_codec import codes_phase
+    from audiogen.codec.stft import codes_phase
 
     codes = torch.randint(0, 1024, (2, 6, 40))
     a, b = codes_phase(codes, 961), codes_phase(codes.clone(), 961)

@@ -14,17 +14,17 @@ import soundfile as sf
 import torch
 
 from audiogen.errors import AudiogenError
-from audiogen.generate import SamplingParams, generate_window
-from audiogen.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
+from audiogen.generation.sampling import SamplingParams, generate_window
+from audiogen.generation.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
                              state_from)
 
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tiny_codec):
     """A random tiny LM + the tiny codec (75 Hz frames), saved as a model directory."""
-    from audiogen.checkpoint import save_model_dir
-    from audiogen.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.lm import LM, named_config
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
 
     torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
@@ -32,7 +32,7 @@ def tiny_model_dir(tmp_path_factory, tiny_codec):
     lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
                          cond_dim=32, max_positions=512))
     # token embeddings and heads redrawn at N(0, 0.02), without the unit-scale embeddings and copy
-    # prior a fresh LM starts with (audiogen/lm.py): with those, an untrained model mostly repeats
+    # prior a fresh LM starts with (audiogen/models/lm.py): with those, an untrained model mostly repeats
     # its previous frame whatever the conditions, and these tests need a condition change to
     # change what is sampled
     for p in [*lm.embed_tokens.parameters(), *lm.lm_heads.parameters()]:
@@ -45,7 +45,7 @@ def tiny_model_dir(tmp_path_factory, tiny_codec):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    from audiogen.checkpoint import load_model
+    from audiogen.models.checkpoint import load_model
 
     return load_model(tiny_model_dir)
 
@@ -68,7 +68,7 @@ def test_tokens_before_any_slide_equal_one_generated_window(loaded):
     while s.tokens.complete < 60:  # within the first window: no slide
         s.tokens.step(s.mix.install(s.tokens.produced, s.tokens.cache))
     assert s.tokens.slides == 0
-    from audiogen.pipeline import condition_batch
+    from audiogen.generation.pipeline import condition_batch
 
     cond, mask = condition_batch(loaded.conditioner, [state_from({"genre": "rock", "bpm": 120}).conditions()],
                                  True, "cpu")
@@ -191,7 +191,7 @@ def test_a_bad_value_for_the_model_is_refused_and_the_stream_carries_on(loaded):
 
 def test_level_follower_holds_the_target_and_the_true_peak_through_a_jump():
     """A level jump of 20 dB: short-term loudness returns within 2 LU of the target in a few seconds."""
-    from audiogen import audio as A
+    from audiogen.audio import io as A
 
     sr = 24000
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from audiogen import tagger as T
+from audiogen.metrics import tagger as T
 
 
 def test_labels_from_tags_thresholds_and_records_confidence_and_source():
@@ -42,8 +42,8 @@ def test_fill_missing_labels_keeps_metadata_and_caches(tmp_path, monkeypatch):
 def test_prep_tag_labels_on_rendered_piano_without_metadata(tmp_path):
     from datasets import load_from_disk
 
-    from audiogen import render as R
-    from audiogen.prep import PrepConfig, prepare
+    from audiogen.data import render as R
+    from audiogen.data.prep import PrepConfig, prepare
 
     src = sorted(p.relative_to(R.corpus_dir()).as_posix() for p in (R.corpus_dir() / "bach").glob("bwv*.mxl"))[0]
     job = R.Job("bach_chorales", src, None, "piano", 80, 0, 0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiogen import tag_metrics as M
+from audiogen.metrics import tag_metrics as M
 from audiogen.errors import AudiogenError
-from audiogen.tagger import MTT_LABELS
+from audiogen.metrics.tagger import MTT_LABELS
 
 
 def test_kl_is_zero_for_identical_tags_and_grows_with_difference():
@@ -51,7 +51,7 @@ def test_tag_agreement_counts_requested_words_in_top_k():
 
 
 def test_model_report_tag_conditioning_pairs_each_clip_with_its_reference():
-    from audiogen.model_eval import tag_conditioning
+    from audiogen.metrics.model_eval import tag_conditioning
 
     labels = ("piano", "guitar", "classical", "rock")
 

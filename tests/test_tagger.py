@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiogen import tagger as T
+from audiogen.metrics import tagger as T
 from audiogen.errors import AudiogenError
-from audiogen.tf_checkpoint import read_checkpoint
+from audiogen.metrics.tf_checkpoint import read_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "musicnn"
 PARITY_CLIPS = ["chord_16k", "beat_16k", "corpus_48k"]
@@ -152,7 +152,7 @@ def test_tag_command_errors_are_one_line(tmp_path, capsys):
 
 
 def test_musicnn_fad_embedder_gives_overlapping_penultimate_frames():
-    from audiogen.embedders import load_embedder
+    from audiogen.metrics.embedders import load_embedder
 
     emb = load_embedder("musicnn")
     x, sr = read_clip("beat_16k")  # 6.5 s: 407 frames -> patches at 0, 94, 188 (+187 <= 407)

@@ -41,14 +41,14 @@ def one_thread():
 @pytest.fixture(scope="module")
 def codec_dir(tmp_path_factory, tiny_codec) -> Path:
     """The tiny codec saved as a folder: subprocesses load it in milliseconds."""
-    from audiogen.codec import save_codec
+    from audiogen.codec.base import save_codec
 
     return save_codec(tiny_codec, tmp_path_factory.mktemp("lm_codec") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def codec(codec_dir):
-    from audiogen.codec import load_codec
+    from audiogen.codec.base import load_codec
 
     return load_codec(codec_dir)
 
@@ -56,7 +56,7 @@ def codec(codec_dir):
 @pytest.fixture(scope="module")
 def clips(codec, real_tracks) -> list[np.ndarray]:
     """Six real clips tokenized with the tiny codec: int16 [K, T]; the first is short (0.6 s), the others 2 s."""
-    from audiogen.audio import load_audio
+    from audiogen.audio.io import load_audio
 
     out = []
     for i, t in enumerate(real_tracks[:6]):
@@ -66,10 +66,10 @@ def clips(codec, real_tracks) -> list[np.ndarray]:
 
 
 def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndarray]) -> Path:
-    """A prepared dataset (audiogen.prep's schema) from token arrays, with a few conditions per row."""
+    """A prepared dataset (audiogen.data.prep's schema) from token arrays, with a few conditions per row."""
     import datasets
 
-    from audiogen.prep import dataset_features
+    from audiogen.data.prep import dataset_features
 
     desc = json.dumps(codec.describe(), sort_keys=True)
 
@@ -110,8 +110,8 @@ def run_recipe(args: list[str], launcher: list[str] | None = None, env_extra: di
 
 
 def train_in_process(args: list[str]) -> int:
-    from audiogen.train_loop import load_config
-    from audiogen.training import TrainConfig, train
+    from audiogen.train.loop import load_config
+    from audiogen.train.lm import TrainConfig, train
 
     return train(load_config(TrainConfig, TINY, args))
 
@@ -136,7 +136,7 @@ def trained(tmp_path_factory, data_dir, codec_dir) -> Path:
 
 
 def test_crops_depend_only_on_seed_and_index_and_short_rows_are_padded_and_masked(data_dir):
-    from audiogen.data import CropDataset, load_prepared
+    from audiogen.data.loader import CropDataset, load_prepared
 
     ds = load_prepared(data_dir)["train"]
     a = CropDataset(ds, 60, special=64, seed=3)
@@ -151,14 +151,14 @@ def test_crops_depend_only_on_seed_and_index_and_short_rows_are_padded_and_maske
     assert item["mask"][:, :45].all() and not item["mask"][:, 45:].any()
     assert (item["codes"][:, 45:] == 64).all()
     # condition dropout is drawn per sample: everything dropped at p_drop_all=1
-    from audiogen.conditioning import Conditions, ConditionerConfig
+    from audiogen.models.conditioning import Conditions, ConditionerConfig
 
     dropped = CropDataset(ds, 60, 64, 3, drop=ConditionerConfig(text_encoder="none", p_drop_all=1.0))
     assert dropped[5]["cond"] == Conditions() and a[5]["cond"].genre in ("ambient", "rock")
 
 
 def test_a_step_covers_the_same_samples_for_any_number_of_processes_and_accumulation():
-    from audiogen.data import StepBatchSampler
+    from audiogen.data.loader import StepBatchSampler
 
     one = list(StepBatchSampler(2, 4, global_batch=8))
     assert one == [list(range(16, 24)), list(range(24, 32))]
@@ -172,7 +172,7 @@ def test_a_step_covers_the_same_samples_for_any_number_of_processes_and_accumula
 
 
 def test_loss_targets_the_delay_pattern_with_bos_input_and_masks_special_and_padding():
-    from audiogen.training import codebook_ce_sums, delay_inputs
+    from audiogen.train.lm import codebook_ce_sums, delay_inputs
 
     K, T, special = 3, 5, 9
     codes = torch.arange(K * T).view(1, K, T) % 9
@@ -193,8 +193,8 @@ def test_loss_targets_the_delay_pattern_with_bos_input_and_masks_special_and_pad
 
 
 def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
-    from audiogen.train_loop import lr_at
-    from audiogen.training import TrainConfig
+    from audiogen.train.loop import lr_at
+    from audiogen.train.lm import TrainConfig
 
     cfg = TrainConfig(data_dir="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
@@ -257,9 +257,9 @@ def test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_
 
 
 def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec, codec_dir, clips, tmp_path):
-    from audiogen.checkpoint import load_model
-    from audiogen.conditioning import Conditions
-    from audiogen.generate import SamplingParams, generate_window
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import Conditions
+    from audiogen.generation.sampling import SamplingParams, generate_window
 
     clip = clips[1][:, :40]  # 40 frames (0.53 s) of real music
     data = make_dataset(tmp_path / "one_clip", codec, [clip], [clip])
@@ -317,8 +317,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(data_dir, codec_dir, tmp_path):
 
 
 def test_conditions_change_the_logits_and_an_all_dropped_row_still_runs(trained):
-    from audiogen.checkpoint import load_model
-    from audiogen.conditioning import Conditions
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import Conditions
 
     m = load_model(trained / "model")
     tokens = torch.randint(0, m.lm.cfg.cardinality, (1, m.lm.cfg.num_codebooks, 12))
@@ -333,7 +333,7 @@ def test_conditions_change_the_logits_and_an_all_dropped_row_still_runs(trained)
 
 
 def test_exported_model_dir_loads_and_audiogen_generate_uses_it(trained, codec, tmp_path):
-    from audiogen.checkpoint import load_model, read_config
+    from audiogen.models.checkpoint import load_model, read_config
 
     config = read_config(trained / "model")
     assert config["codec"]["spec"] == "codec" and (trained / "model" / "codec" / "codec.json").is_file()
@@ -351,7 +351,7 @@ def test_exported_model_dir_loads_and_audiogen_generate_uses_it(trained, codec, 
 def test_training_draws_its_curves_at_every_checkpoint(trained, tmp_path):
     """``OUT_DIR/curves.png`` is drawn from ``log.jsonl`` (8 steps, eval at 4 and 8); the
     on-demand script redraws it and fails in one line where there is no log."""
-    from audiogen.curves import read_log, series
+    from audiogen.train.curves import read_log, series
 
     png = trained / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -382,7 +382,7 @@ def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, c
     with pytest.raises(AudiogenError, match="lm.dim=64, the config asks for 32"):
         train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft2", init_from=trained / "model", **{"lm.dim": 32}))
     # regularisers may change: the LM's residual dropout as condition dropout does
-    from audiogen.checkpoint import read_config
+    from audiogen.models.checkpoint import read_config
 
     assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft3", init_from=trained / "model", max_steps=1,
                                       eval_every=0, **{"lm.dropout": 0.2})) == 0
@@ -397,8 +397,8 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown config keys: learning_rate")
-    from audiogen.train_loop import load_config
-    from audiogen.training import TrainConfig
+    from audiogen.train.loop import load_config
+    from audiogen.train.lm import TrainConfig
 
     for bad, msg in [("batch_size=many", "batch_size: expected int"), ("lm.width=3", "unknown lm keys: width"),
                      ("model=huge", "valid names"), ("grad_accum=3", "divisible")]:
@@ -410,9 +410,9 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
 
 
 def test_broken_yaml_and_unmakeable_out_dir_are_one_line_errors(data_dir, codec_dir, tmp_path):
-    from audiogen.checkpoint import read_config
-    from audiogen.train_loop import load_config
-    from audiogen.training import TrainConfig
+    from audiogen.models.checkpoint import read_config
+    from audiogen.train.loop import load_config
+    from audiogen.train.lm import TrainConfig
 
     (tmp_path / "bad.yaml").write_text("lr: [0.1,\n")
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")
@@ -565,10 +565,10 @@ def _fsdp2_job(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_fsdp2_over_gloo_saves_sharded_checkpoints_resumes_after_kill_9_and_exports_a_loadable_model(tmp_path):
     """PyTorch's FSDP2 (fully_shard) on 2 CPU ranks through torchrun, with our checkpoint protocol, sharded
-    save/load (audiogen.fsdp) and export: rank 1 killed at step 5, rerun, the same model as an uninterrupted run."""
+    save/load (audiogen.train.fsdp) and export: rank 1 killed at step 5, rerun, the same model as an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from audiogen.checkpoint import load_model
+    from audiogen.models.checkpoint import load_model
 
     whole, out = tmp_path / "whole", tmp_path / "killed"
     r = _fsdp2_job(whole)
@@ -605,7 +605,7 @@ def test_fsdp_run_resumes_after_kill_9_from_its_sharded_checkpoint_and_exports_a
         data_dir, codec_dir, tmp_path):
     """The sharded-checkpoint path (save_state/load_state under FSDP, the full state dict gathered for export).
     Accelerate's FSDP plugin refuses to run without an accelerator, so this cannot run on CPU."""
-    from audiogen.checkpoint import load_model
+    from audiogen.models.checkpoint import load_model
 
     whole = run_recipe(overrides(data_dir, codec_dir, tmp_path / "whole", max_steps=6, save_every=3),
                        launcher=FSDP_ONE_GPU)

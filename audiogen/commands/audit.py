@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.audio import atomic_write_text
+    from audiogen.audio.io import atomic_write_text
     from audiogen.errors import AudiogenError
     from audiogen.originality.audit import Auditor, build_index
 

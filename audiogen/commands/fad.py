@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from audiogen import fad as F
-    from audiogen.embedders import load_embedder
+    from audiogen.metrics import fad as F
+    from audiogen.metrics.embedders import load_embedder
     from audiogen.errors import AudiogenError
 
     if args.bootstrap < 0 or args.batch_files < 1:

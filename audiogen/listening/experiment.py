@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen import audio as A
+from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
 
 DESIGNS = ("2afc", "single", "mushra", "mos")
@@ -316,7 +316,7 @@ def cut_window(wav: np.ndarray, sr: int, spec: StimulusSpec, seed: int, name: st
 
 def finish_clip(wav: np.ndarray, sr: int, spec: StimulusSpec) -> np.ndarray:
     """Fades, then loudness to ``spec.loudness_lufs`` (BS.1770) under the true-peak ceiling."""
-    from audiogen.finishing import normalize_loudness
+    from audiogen.audio.finishing import normalize_loudness
 
     wav = A.apply_fades(wav, sr, spec.fade_s, spec.fade_s)
     return normalize_loudness(wav, sr, spec.loudness_lufs, spec.true_peak_dbtp)

@@ -691,7 +691,7 @@ def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float
     import time
     from pathlib import Path
 
-    from audiogen import audio as A
+    from audiogen.audio import io as A
     from audiogen.errors import AudiogenError
 
     if margin is not None and not 0 < margin < 0.5:
