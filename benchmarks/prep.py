@@ -101,7 +101,7 @@ def main() -> None:
         # warm-up: librosa/numba loaded once here (forked workers inherit it), as in any long job
         import numpy as np
 
-        from audiogen.data.prep import _analysis_features, estimate_bpm
+        from audiogen.data.labels import _analysis_features, estimate_bpm
 
         estimate_bpm(_analysis_features(np.random.default_rng(0).standard_normal(22050 * 5).astype(np.float32), 22050)[0])
         result["files"] = len(tracks)

@@ -84,11 +84,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from audiogen.audio import io as A
-    from audiogen.models.checkpoint import load_model
+    from audiogen.audio.io import resample
+    from audiogen.audio.loudness import integrated_loudness
     from audiogen.data.estimators import onset_envelope, tempo_tempogram
     from audiogen.generation.pipeline import resolve_model_dir
     from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.models.checkpoint import load_model
 
     t = time.perf_counter()
     loaded = load_model(resolve_model_dir(args.model), device=args.device)
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         prev_last = float(mono[-1])
         window = np.concatenate([window, x], axis=1)[:, -3 * sr :]
         if window.shape[1] == 3 * sr:
-            loud_dev.append((i, A.integrated_loudness(window, sr) - settings.lufs))
+            loud_dev.append((i, integrated_loudness(window, sr) - settings.lufs))
         for j, (at, _, _) in enumerate(changes_sent):  # collect each request's 10 s after its glide
             start = at + math.ceil(args.glide / chunk_s) + 1
             if start <= i < start + round(10 / chunk_s):
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
         y = np.concatenate(pieces)
         if len(y) < 8 * sr:
             continue
-        y22 = A.resample(y[None], sr, 22050)[0]
+        y22 = resample(y[None], sr, 22050)[0]
         env = onset_envelope(y22, 22050)
         import librosa
 

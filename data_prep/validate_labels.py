@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from audiogen.audio.io import atomic_write_text
-from audiogen.metrics.label_eval import evaluate, evaluation_jobs, load_sidecars, summary_markdown
 from audiogen.data.render import render_corpus
+from audiogen.files import atomic_write_text
+from audiogen.metrics.label_eval import evaluate, evaluation_jobs, load_sidecars, summary_markdown
 
 
 def main(argv=None) -> int:

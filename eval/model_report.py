@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from audiogen.audio.io import atomic_write_text
 from audiogen.errors import AudiogenError
+from audiogen.files import atomic_write_text
 from audiogen.metrics.model_eval import model_report
 
 

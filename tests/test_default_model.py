@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from audiogen.audio import io as A
 from audiogen.audio.finishing import sidecar_path
+from audiogen.audio.io import load_audio
+from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
 from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,10 +37,10 @@ def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_
                        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
                             "HOME": str(Path.home())})
     assert r.returncode == 0, r.stderr[-2000:]
-    wav, sr = A.load_audio(out)
+    wav, sr = load_audio(out)
     assert wav.shape[1] == 6 * sr
-    assert A.integrated_loudness(wav, sr) == pytest.approx(-16.0, abs=0.5)
-    assert A.true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
+    assert integrated_loudness(wav, sr) == pytest.approx(-16.0, abs=0.5)
+    assert true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
     side = json.loads(sidecar_path(out).read_text())
     assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
     assert side["codec"]["name"] == "audiogen-melvq-24khz"
@@ -59,7 +60,7 @@ def readme_track_figures(tmp_path_factory) -> dict:
                             "HOME": str(Path.home()), "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-2000:]
     out = cwd / "theme.wav"
-    wav, sr = A.load_audio(out)
+    wav, sr = load_audio(out)
     assert wav.shape[1] == 30 * sr
     side = json.loads(sidecar_path(out).read_text())
     assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from audiogen.audio import io as A
 from audiogen.audio import finishing as F
+from audiogen.audio.io import audio_info, load_audio
+from audiogen.audio.loudness import db_to_gain, integrated_loudness, true_peak_dbtp, true_peak_envelope
 from audiogen.errors import AudiogenError
 
 SR = 24000
@@ -32,18 +33,18 @@ def test_written_file_meets_loudness_target_and_true_peak_limit(tmp_path, make_m
     out = F.finish(peaky(9.0), SR, spec)
     path = tmp_path / f"bed{ext}"
     meta = F.write_finished(path, out, SR, spec, TAGS, {"prompt": TAGS["title"]})
-    back, sr = A.load_audio(path)  # measure independently of the sidecar
-    assert A.integrated_loudness(back, sr) == pytest.approx(-14.0, abs=0.5)
-    assert A.true_peak_dbtp(back, sr) <= -1.0 + 1e-6
-    assert meta["measured"]["integrated_lufs"] == pytest.approx(A.integrated_loudness(back, sr), abs=0.01)
+    back, sr = load_audio(path)  # measure independently of the sidecar
+    assert integrated_loudness(back, sr) == pytest.approx(-14.0, abs=0.5)
+    assert true_peak_dbtp(back, sr) <= -1.0 + 1e-6
+    assert meta["measured"]["integrated_lufs"] == pytest.approx(integrated_loudness(back, sr), abs=0.01)
     assert json.loads(F.sidecar_path(path).read_text())["measured"] == meta["measured"]
 
 
 def test_limiter_is_needed_and_does_not_just_clip():
-    x = peaky(6.0) * A.db_to_gain(12)
-    assert A.true_peak_dbtp(x, SR) > 0  # normalisation alone would overshoot
+    x = peaky(6.0) * db_to_gain(12)
+    assert true_peak_dbtp(x, SR) > 0  # normalisation alone would overshoot
     y = F.true_peak_limit(x, SR, -1.0)
-    assert A.true_peak_dbtp(y, SR) <= -1.0 + 0.02
+    assert true_peak_dbtp(y, SR) <= -1.0 + 0.02
     gain = np.abs(y[0]) / np.maximum(np.abs(x[0]), 1e-9)
     # a clipper flattens peaks; the limiter scales whole transients: the waveform shape survives
     loud = np.abs(x[0]) > 0.5 * np.abs(x[0]).max()
@@ -59,7 +60,7 @@ def test_limiter_gain_does_not_depend_on_its_block_size(circular):
     for block_s in (0.05, 0.7):
         y = F.true_peak_limit(x, SR, -1.0, circular=circular, block_s=block_s)
         np.testing.assert_array_equal(y, whole)
-    assert A.true_peak_dbtp(whole, SR) <= -0.99
+    assert true_peak_dbtp(whole, SR) <= -0.99
 
 
 def test_limiter_matches_whole_curve_filtering():
@@ -69,7 +70,7 @@ def test_limiter_matches_whole_curve_filtering():
 
     x = peaky(3.0, seed=4) * 4
     look = int(0.005 * SR)
-    need = np.minimum(1.0, A.db_to_gain(-1.0) / np.maximum(A.true_peak_envelope(x, SR).astype(np.float64), 1e-12))
+    need = np.minimum(1.0, db_to_gain(-1.0) / np.maximum(true_peak_envelope(x, SR).astype(np.float64), 1e-12))
     for circular, edge in ((True, 0), (False, 2 * look)):
         mode = "wrap" if circular else "nearest"
         g = np.minimum(uniform_filter1d(minimum_filter1d(need, 2 * look + 1, mode=mode), look, mode=mode), need)
@@ -116,11 +117,11 @@ def test_unreachable_loudness_stays_finite_and_under_the_ceiling():
     x = np.cumsum(rng.standard_normal((1, 3 * SR)), axis=1) * 0.005  # random walk: mostly sub-bass
     x = (x - x.mean()).astype(np.float32)
     reachable = F.normalize_loudness(x, SR, -21.0, -1.0)
-    assert A.integrated_loudness(reachable, SR) == pytest.approx(-21.0, abs=0.1)
+    assert integrated_loudness(reachable, SR) == pytest.approx(-21.0, abs=0.1)
     y = F.normalize_loudness(x, SR, -14.0, -3.0)
     assert np.isfinite(y).all()
-    assert A.true_peak_dbtp(y, SR) <= -3.0 + 1e-6
-    assert -24.0 < A.integrated_loudness(y, SR) < -14.5  # as loud as it gets without distortion, short of -14
+    assert true_peak_dbtp(y, SR) <= -3.0 + 1e-6
+    assert -24.0 < integrated_loudness(y, SR) < -14.5  # as loud as it gets without distortion, short of -14
 
 
 def test_duration_is_exact_to_the_sample(tmp_path, make_music):
@@ -129,7 +130,7 @@ def test_duration_is_exact_to_the_sample(tmp_path, make_music):
         out = F.finish(make_music(8.0, SR, 2), SR, spec)
         assert out.shape == (2, round(seconds * SR))
         F.write_finished(tmp_path / "x.wav", out, SR, spec, TAGS, {})
-        assert A.audio_info(tmp_path / "x.wav").frames == round(seconds * SR)
+        assert audio_info(tmp_path / "x.wav").frames == round(seconds * SR)
 
 
 def test_fades_start_and_end_in_silence(make_music):

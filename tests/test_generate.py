@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen.audio import io as A
-from audiogen.errors import AudiogenError
 from audiogen.audio.finishing import read_tags, sidecar_path
-from audiogen.generation.sampling import SamplingParams, generate_codes, sample_tokens
+from audiogen.audio.io import audio_info, load_audio, write_audio
+from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
+from audiogen.errors import AudiogenError
+from audiogen.files import atomic_write_text
 from audiogen.generation.pipeline import GenerateJob, run_job
+from audiogen.generation.sampling import SamplingParams, generate_codes, sample_tokens
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_same_seed_same_file_and_different_seed_differs(tiny_model_dir, tmp_path
     run_job(job(tiny_model_dir, tmp_path / "a.wav", seed=3))
     run_job(job(tiny_model_dir, tmp_path / "b.wav", seed=3))
     run_job(job(tiny_model_dir, tmp_path / "c.wav", seed=4))
-    a, b, c = (A.load_audio(tmp_path / f"{n}.wav")[0] for n in "abc")
+    a, b, c = (load_audio(tmp_path / f"{n}.wav")[0] for n in "abc")
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -58,10 +60,10 @@ def test_same_seed_same_file_and_different_seed_differs(tiny_model_dir, tmp_path
 def test_written_track_meets_loudness_peak_and_exact_duration(tiny_model_dir, tmp_path, ext, lufs):
     out = tmp_path / f"bed{ext}"
     meta = run_job(job(tiny_model_dir, out, duration_s=3.0, lufs=lufs, fade_in_s=0.5, fade_out_s=0.5))[0]
-    wav, sr = A.load_audio(out)
+    wav, sr = load_audio(out)
     assert wav.shape[1] == round(3.0 * sr)
-    assert A.integrated_loudness(wav, sr) == pytest.approx(lufs, abs=0.5)
-    assert A.true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
+    assert integrated_loudness(wav, sr) == pytest.approx(lufs, abs=0.5)
+    assert true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
     side = json.loads(sidecar_path(out).read_text())
     assert side["prompt"] == "slow melancholic piano" and side["seed"] == 1
     assert side["model"]["sha256"] and side["codec"]["name"].startswith("tiny")
@@ -73,7 +75,7 @@ def test_written_track_meets_loudness_peak_and_exact_duration(tiny_model_dir, tm
 def test_loop_mode_wraps_without_a_click(tiny_model_dir, tmp_path):
     out = tmp_path / "loop.wav"
     run_job(job(tiny_model_dir, out, duration_s=4.0, loop=True))
-    wav, _ = A.load_audio(out)
+    wav, _ = load_audio(out)
     typical = np.percentile(np.abs(np.diff(wav, axis=-1)), 99)
     assert np.abs(wav[:, 0] - wav[:, -1]).max() <= typical
 
@@ -82,15 +84,15 @@ def test_variations_are_distinct_takes(tiny_model_dir, tmp_path):
     metas = run_job(job(tiny_model_dir, tmp_path / "take.wav", variations=3))
     paths = [m["path"] for m in metas]
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["take.wav", "take-v2.wav", "take-v3.wav"]
-    wavs = [A.load_audio(p)[0] for p in paths]
+    wavs = [load_audio(p)[0] for p in paths]
     assert not np.array_equal(wavs[0], wavs[1]) and not np.array_equal(wavs[1], wavs[2])
 
 
 def test_continuation_keeps_the_prompt_tokens(tiny_model_dir, tmp_path, make_music, tiny_codec):
-    src = A.write_audio(tmp_path / "intro.wav", make_music(1.0, 24000, 1), 24000)
+    src = write_audio(tmp_path / "intro.wav", make_music(1.0, 24000, 1), 24000)
     out = tmp_path / "cont.wav"
     run_job(job(tiny_model_dir, out, duration_s=3.0, continue_from=str(src), lufs=-16))
-    assert A.audio_info(out).frames == 3 * 24000
+    assert audio_info(out).frames == 3 * 24000
 
 
 def test_long_form_uses_bounded_windows(tiny_model_dir):
@@ -146,7 +148,7 @@ print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
     r = subprocess.run([sys.executable, "-c", code, str(out), str(tiny_model_dir)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     peak_kib = int(r.stdout.strip().splitlines()[-1])
-    assert A.audio_info(out).frames == 600 * 24000
+    assert audio_info(out).frames == 600 * 24000
     # 10 min of float32 stereo at 24 kHz is 115 MB; the whole run (torch included) stays far below 2 GB
     assert peak_kib < 2 * 1024 * 1024
 
@@ -306,7 +308,7 @@ def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path):
     """``--engine compile`` (torch.compile of the fixed-shape step) writes the same file as eager."""
     run_job(job(tiny_model_dir, tmp_path / "eager.wav", duration_s=1.0, engine="eager"))
     run_job(job(tiny_model_dir, tmp_path / "compiled.wav", duration_s=1.0, engine="compile"))
-    a, b = (A.load_audio(tmp_path / f"{n}.wav")[0] for n in ("eager", "compiled"))
+    a, b = (load_audio(tmp_path / f"{n}.wav")[0] for n in ("eager", "compiled"))
     assert np.array_equal(a, b)
 
 
@@ -340,7 +342,7 @@ def test_cuda_bfloat16_generation_meets_the_finishing_targets(tiny_model_dir, tm
     out = tmp_path / "gpu.wav"
     meta = run_job(job(tiny_model_dir, out, device="cuda", duration_s=3.0))[0]
     assert meta["sampling"]["lm_dtype"] == "bfloat16"
-    assert A.audio_info(out).frames == 3 * 24000
+    assert audio_info(out).frames == 3 * 24000
     assert abs(meta["measured"]["integrated_lufs"] + 16) <= 0.5
 
 
@@ -385,7 +387,7 @@ def test_a_folder_where_an_output_goes_is_refused_before_generating(tmp_path):
         GenerateJob.from_options(prompt="calm", duration_s=2.0, out=tmp_path / "k.flac").validate()
     assert (tmp_path / "take.mp3").read_bytes() == b"an earlier take"
     with pytest.raises(AudiogenError, match="is a folder: cannot write a file there"):  # and at the last step
-        A.atomic_write_text(tmp_path / "k.flac.json", "{}")
+        atomic_write_text(tmp_path / "k.flac.json", "{}")
 
 
 def test_audio_with_nan_samples_is_named_not_called_silent():
@@ -398,7 +400,7 @@ def test_audio_with_nan_samples_is_named_not_called_silent():
 
 
 def test_continue_audio_longer_than_the_track_is_refused_before_loading_it(tmp_path):
-    intro = A.write_audio(tmp_path / "intro.wav", np.zeros((1, 3 * 8000), np.float32) + 0.1, 8000)
+    intro = write_audio(tmp_path / "intro.wav", np.zeros((1, 3 * 8000), np.float32) + 0.1, 8000)
     with pytest.raises(AudiogenError, match=r"--continue audio \(3.0s\) is not shorter than --duration \(2s\)"):
         GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", continue_from=str(intro)).validate()
 

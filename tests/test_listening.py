@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiogen.audio import io as A
+from audiogen.audio.io import load_audio
+from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
 from audiogen.errors import AudiogenError
-from audiogen.listening import db as DB
-from audiogen.listening import experiment as E
+from audiogen.listening import db as DB, experiment as E
 from listening_helpers import REPO, experiment_yaml, riff_chunks
 
 
@@ -44,9 +44,9 @@ def test_stimuli_have_same_format_length_loudness_and_size_and_no_tags(exp2afc):
     # the sources differed by ~10 dB; the stimuli are within 0.3 LU of the target and under the ceiling
     assert max(s["loudness_in"] for s in music.values()) - min(s["loudness_in"] for s in music.values()) > 5
     for sid, s in music.items():
-        wav, sr = A.load_audio(out / "stimuli" / f"{sid}.wav")
-        assert abs(A.integrated_loudness(wav, sr) - (-23.0)) < 0.3
-        assert A.true_peak_dbtp(wav, sr) <= -0.9
+        wav, sr = load_audio(out / "stimuli" / f"{sid}.wav")
+        assert abs(integrated_loudness(wav, sr) - (-23.0)) < 0.3
+        assert true_peak_dbtp(wav, sr) <= -0.9
     # ids say nothing about names or origin; the manifest is not under stimuli/
     names = " ".join(m["stimuli"])
     assert "human" not in names and "gen" not in names
@@ -189,7 +189,7 @@ def test_create_warns_about_bandwidth_and_channel_differences_and_lowpass_hides_
                              "listen power --clips 3 --listeners N --accuracy P'"]
     for sid, s in m["stimuli"].items():
         if s["role"] == "music":
-            wav, sr = A.load_audio(tmp_path / "b" / "stimuli" / f"{sid}.wav")
+            wav, sr = load_audio(tmp_path / "b" / "stimuli" / f"{sid}.wav")
             power = np.abs(np.fft.rfft(wav[0])) ** 2
             f = np.fft.rfftfreq(wav.shape[1], 1 / sr)
             assert wav.shape[0] == 1 and power[f > 10000].sum() < 1e-4 * power.sum()

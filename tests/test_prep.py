@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 
 from audiogen.audio.io import load_audio, write_audio
-from audiogen.data.prep import (
-    PrepConfig, assign_splits, dataset_features, estimate_bpm, estimate_key, prepare, segment_bounds,
-    _analysis_features,
-)
+from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
+from audiogen.data.prep import PrepConfig, assign_splits, dataset_features, prepare
+from audiogen.data.prep_files import segment_bounds
 
 SEGMENT = 4.0
 BAD = {"corrupt.wav", "empty.flac", "silent.wav"}
@@ -277,7 +276,7 @@ def test_segment_analysis_does_not_depend_on_where_its_window_starts(real_tracks
     """Tempo and key of a segment are the same from any window starting on the analysis
     frame grid, even for segments that start exactly on a frame (5.12 s at 44.1 kHz = 441
     hops of 512 samples), where float arithmetic used to pick a neighbouring frame."""
-    from audiogen.data.prep import _analyse_segments, _frame_step
+    from audiogen.data.prep_files import _analyse_segments, _frame_step
 
     sr = 44100
     wav, _ = load_audio(real_tracks[1], sample_rate=sr, channels=1, offset_s=10.0, duration_s=40.0)

@@ -66,7 +66,7 @@ class _Killed(BaseException):
 def test_ranks_in_turn_with_one_killed_give_the_single_process_dataset(tmp_path, make_music, monkeypatch, tiny_codec):
     """The ranks' code paths in one process (fast): rank 1 killed after its first shard and rerun,
     then rank 0 merges; the dataset equals a single process's, row by row."""
-    from audiogen.data import prep as P
+    from audiogen.data import prep_files as P
 
     src = tmp_path / "audio"
     _corpus(src, make_music)

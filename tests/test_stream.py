@@ -191,7 +191,7 @@ def test_a_bad_value_for_the_model_is_refused_and_the_stream_carries_on(loaded):
 
 def test_level_follower_holds_the_target_and_the_true_peak_through_a_jump():
     """A level jump of 20 dB: short-term loudness returns within 2 LU of the target in a few seconds."""
-    from audiogen.audio import io as A
+    from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
 
     sr = 24000
     rng = np.random.default_rng(0)
@@ -200,9 +200,9 @@ def test_level_follower_holds_the_target_and_the_true_peak_through_a_jump():
     lev = LevelFollower(sr, 1, -16.0, -1.0)
     y = np.concatenate([lev.process(x[:, i : i + sr // 4]) for i in range(0, x.shape[1], sr // 4)], axis=1)
     assert y.shape == x.shape
-    assert A.true_peak_dbtp(y, sr) <= -1.0 + 0.05
+    assert true_peak_dbtp(y, sr) <= -1.0 + 0.05
     for start in (4, 13):  # settled before and after the jump
-        assert A.integrated_loudness(y[:, start * sr : (start + 3) * sr], sr) == pytest.approx(-16.0, abs=2.0)
+        assert integrated_loudness(y[:, start * sr : (start + 3) * sr], sr) == pytest.approx(-16.0, abs=2.0)
 
 
 def test_stream_pipe_writes_wav_and_survives_bad_control_lines(tiny_model_dir, tmp_path):

@@ -2,7 +2,7 @@
 
 ``finish(wav, sr, spec)`` turns raw decoder output into a deliverable:
 
-1. DC and sub-audible rumble removed (``audio.remove_dc``);
+1. DC and sub-audible rumble removed (``audio.shaping.remove_dc``);
 2. exact duration to the sample, or a seamless loop: the audio rendered past the end is
    crossfaded (equal power) into the head, so the last sample flows into the first;
 3. equal-power fade-in / fade-out (not in loop mode: a faded loop is not seamless);
@@ -26,8 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen.audio import io as A
+from audiogen.audio.io import WRITE_FORMATS, write_audio
+from audiogen.audio.loudness import db_to_gain, integrated_loudness, measure_file, true_peak_envelope
+from audiogen.audio.shaping import apply_fades, equal_power_fade, remove_dc
 from audiogen.errors import AudiogenError
+from audiogen.files import atomic_path, atomic_write_text
 
 #: Named loudness targets (integrated LUFS).
 PRESETS = {"podcast": -16.0, "streaming": -14.0, "broadcast": -23.0}
@@ -89,7 +92,7 @@ def make_loop(wav: np.ndarray, n: int, crossfade: int) -> np.ndarray:
         raise AudiogenError(f"loop needs {n + crossfade} samples of audio, got {wav.shape[-1]}")
     out = np.array(wav[..., :n], dtype=np.float32, copy=True)
     if crossfade:
-        fin, fout = A.equal_power_fade(crossfade, True), A.equal_power_fade(crossfade, False)
+        fin, fout = equal_power_fade(crossfade, True), equal_power_fade(crossfade, False)
         out[..., :crossfade] = wav[..., :crossfade] * fin + wav[..., n : n + crossfade] * fout
     return out
 
@@ -109,8 +112,8 @@ def true_peak_limit(wav: np.ndarray, sample_rate: int, ceiling_db: float, lookah
     """
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
-    ceiling = np.float32(A.db_to_gain(ceiling_db))
-    need = A.true_peak_envelope(wav, sample_rate)  # float32 [N], turned in place into the required gain
+    ceiling = np.float32(db_to_gain(ceiling_db))
+    need = true_peak_envelope(wav, sample_rate)  # float32 [N], turned in place into the required gain
     np.maximum(need, np.float32(1e-12), out=need)
     np.divide(ceiling, need, out=need)
     np.minimum(need, np.float32(1.0), out=need)
@@ -147,7 +150,7 @@ MAX_GAIN_STEP_DB = 12.0
 def normalize_loudness(wav: np.ndarray, sample_rate: int, lufs: float, true_peak_db: float,
                        circular: bool = False) -> np.ndarray:
     """Gain to ``lufs`` integrated, then true-peak limiting, iterated so both hold."""
-    measured = A.integrated_loudness(wav, sample_rate)
+    measured = integrated_loudness(wav, sample_rate)
     if not math.isfinite(measured) or measured < SILENCE_LUFS:
         raise AudiogenError(
             f"the audio is silent ({measured:.1f} LUFS): cannot normalise it to {lufs:g} LUFS"
@@ -155,8 +158,8 @@ def normalize_loudness(wav: np.ndarray, sample_rate: int, lufs: float, true_peak
     margin = 0.1  # aim just under the ceiling: oversampling estimates differ by a few hundredths
 
     def render(gain_db: float) -> tuple[np.ndarray, float]:
-        y = true_peak_limit(wav * A.db_to_gain(gain_db), sample_rate, true_peak_db - margin, circular=circular)
-        return y, A.integrated_loudness(y, sample_rate)
+        y = true_peak_limit(wav * db_to_gain(gain_db), sample_rate, true_peak_db - margin, circular=circular)
+        return y, integrated_loudness(y, sample_rate)
 
     # Limiting costs loudness, so the gain that reaches the target is found by the secant
     # method on gain -> loudness-after-limiting (monotone; slope 1 without limiting, < 1 with).
@@ -189,11 +192,11 @@ def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
     if not np.isfinite(wav[..., :need]).all():  # else loudness would call it silent
         raise AudiogenError("the audio contains NaN or infinite samples (a model whose output diverged; with "
                             "--dtype float16 try bfloat16 or float32)")
-    x = A.remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
+    x = remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
     if spec.loop:
         x = make_loop(x, n, spec.crossfade_samples(sample_rate))
     else:
-        x = A.apply_fades(x[..., :n], sample_rate, spec.fade_in_s, spec.fade_out_s)
+        x = apply_fades(x[..., :n], sample_rate, spec.fade_in_s, spec.fade_out_s)
     return normalize_loudness(x, sample_rate, spec.lufs, spec.true_peak_db, circular=spec.loop)
 
 
@@ -267,16 +270,16 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
     most ``WRITE_ATTEMPTS`` times). Nothing half-written is ever left at ``path``.
     """
     path = Path(path)
-    if path.suffix.lower() not in A.WRITE_FORMATS:
+    if path.suffix.lower() not in WRITE_FORMATS:
         raise AudiogenError(f"{path}: cannot write '{path.suffix}' files; use .wav, .flac, .ogg or .mp3")
     ceiling, target = spec.true_peak_db, spec.lufs
     out = wav
     for attempt in range(WRITE_ATTEMPTS):
         try:
-            with A.atomic_path(path) as tmp:
-                A.write_audio(tmp, out, sample_rate)
+            with atomic_path(path) as tmp:
+                write_audio(tmp, out, sample_rate)
                 tag_file(tmp, tags)
-                back = A.measure_file(tmp)  # the written file, decoded block by block
+                back = measure_file(tmp)  # the written file, decoded block by block
                 lufs, tp = back.lufs, back.true_peak_dbtp
                 over, miss = tp - spec.true_peak_db, spec.lufs - lufs
                 if (over > 0 or abs(miss) > LOUDNESS_TOLERANCE_LU) and attempt < WRITE_ATTEMPTS - 1:
@@ -300,7 +303,7 @@ def write_finished(path: str | Path, wav: np.ndarray, sample_rate: int, spec: Fi
         "measured": {"integrated_lufs": round(lufs, 2), "true_peak_dbtp": round(tp, 2)},
         "ai_generated": True,
     }
-    A.atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
     return meta
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from audiogen.audio.io import sha256_file
 from audiogen.devices import resolve_device  # noqa: F401 (part of this module's API)
 from audiogen.errors import AudiogenError, dataclass_from_dict
+from audiogen.files import sha256_file
 
 #: Where the encodec package's pretrained checkpoints are published (for the error message only;
 #: nothing here downloads).
@@ -175,7 +175,7 @@ def _tiny_state(seed: int) -> dict:
         torch.random.set_rng_state(gen_state)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     try:
-        from audiogen.audio.io import atomic_path
+        from audiogen.files import atomic_path
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -605,7 +605,7 @@ def save_codec(codec: EncodecCodec | HFEncodecCodec, out_dir: str | os.PathLike,
     """
     from safetensors.torch import save_file
 
-    from audiogen.audio.io import atomic_path, atomic_write_text
+    from audiogen.files import atomic_path, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

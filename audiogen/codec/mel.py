@@ -286,7 +286,7 @@ def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, sta
     rerun continues after the last saved one."""
     from pathlib import Path
 
-    from audiogen.audio.io import atomic_path
+    from audiogen.files import atomic_path
     from audiogen.progress import progress_bar
 
     cfg = model.config
@@ -330,8 +330,9 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
 
     import yaml
 
-    from audiogen.audio.io import atomic_write_text, find_audio_files, make_dir
+    from audiogen.audio.io import find_audio_files
     from audiogen.codec.base import MelVQCodec, save_codec
+    from audiogen.files import atomic_write_text, make_dir
     from audiogen.train.codec import decode_corpus, split_tracks
 
     out = Path(cfg.out_dir)

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.files:
         args.usage_error("give audio FILEs to measure, or --model [DIR] to describe a model")
 
-    from audiogen.audio.io import audio_info, measure_file
+    from audiogen.audio.io import audio_info
+    from audiogen.audio.loudness import measure_file
     from audiogen.errors import AudiogenError
 
     for f in args.files:

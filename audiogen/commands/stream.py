@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     import soundfile as sf
 
-    from audiogen.audio.io import atomic_path
+    from audiogen.files import atomic_path
 
     with atomic_path(args.out) as tmp, sf.SoundFile(str(tmp), "w", sr, ch, subtype="PCM_16", format="WAV") as sink:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends an endless file: keep what was written

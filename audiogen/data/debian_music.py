@@ -240,7 +240,7 @@ def fetch_package(package: str, out: Path) -> list[Path]:
 
 
 def fetch(packages: list[str], out: str | os.PathLike) -> list[Path]:
-    from audiogen.audio.io import make_dir
+    from audiogen.files import make_dir
 
     out = make_dir(out)
     tracks = [t for p in packages for t in fetch_package(p, out)]

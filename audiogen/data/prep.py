@@ -1,5 +1,8 @@
 """Corpus preparation: a folder of audio files -> a tokenized Hugging Face dataset.
 
+This module owns the job (config, ranks, resume, splits, assembly); the per-file work is in
+:mod:`audiogen.data.prep_files`, labels and captions in :mod:`audiogen.data.labels`.
+
 ``prepare(PrepConfig(audio_dir, out))`` (the ``audiogen prep`` command) walks
 ``audio_dir``, decodes every file the audio layer reads, cuts it into segments, tokenizes
 them with a codec and saves a :class:`datasets.DatasetDict` to ``out`` with
@@ -39,7 +42,7 @@ analysis) is written atomically to ``out/.work/<sha256>.npz`` + ``.json`` as soo
 its last segment is tokenized; a rerun skips files whose shard exists, and the dataset
 is assembled at the end, deterministically (sorted by source), from the shards alone.
 A file longer than ``LONG_FILE_FACTOR * part_s`` comes in parts
-(:func:`_plan_parts`), so memory is bounded whatever a file's length; its shard is written
+(:func:`~audiogen.data.prep_files._plan_parts`), so memory is bounded whatever a file's length; its shard is written
 after its last part. Codes of a segment depend only on its audio: full-length segments are always encoded in
 batches of the same shape (padded with silent dummy rows), so a resumed run's batches
 give the same codes as an uninterrupted run's.
@@ -55,7 +58,6 @@ kept, the others are listed under ``duplicates`` in the report (not an error).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -63,38 +65,19 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, compose_caption, load_captions
+from audiogen.data.prep_files import SHARD_VERSION, SILENT_SEGMENTS, _Runner, _Task, _Tokenizer
 from audiogen.errors import AudiogenError
 
-#: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 4  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo
-#: Sample rate and hop of the librosa analysis (tempo, key).
-ANALYSIS_SR = 22_050
-ANALYSIS_HOP = 256
-#: A file longer than this many ``part_s`` is decoded in parts (see :func:`_plan_parts`).
-LONG_FILE_FACTOR = 1.5
-#: Audio read on each side of a part beyond its segments: covers the resampling filter and
-#: the analysis frames (4096-point chroma STFT) that reach past a segment's edge.
-PART_MARGIN_S = 1.0
-#: Segments are analysed in runs spanning at most this long, with this much context each side.
-ANALYSIS_CHUNK_S = 60.0
-ANALYSIS_MARGIN_S = 0.5
+
 #: Exit codes of ``audiogen prep``.
 EXIT_OK, EXIT_USER_ERROR, EXIT_SKIPPED = 0, 1, 3
-
-_KEY_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-# Keys are matched with Temperley's (2001) profiles (audiogen/data/estimators.py): on 20 rendered music21
-# pieces with known keys they scored 0.950 (MIREX weighted) on this chroma vs 0.715 for
-# Krumhansl-Kessler's (docs/prep.md).
-#: Metadata fields a sidecar or captions file may carry.
-META_FIELDS = ("caption", "title", "artist", "genre", "mood", "instruments", "license", "attribution")
 
 
 def dataset_features(num_codebooks: int):
@@ -118,7 +101,7 @@ def dataset_features(num_codebooks: int):
 def default_workers(device: str) -> int:
     """Worker processes: all cores. With a GPU they decode and analyse while the main process
     tokenizes in batches; on CPU each one also tokenizes its own files with single-threaded
-    torch (:func:`_tokenize_in_worker`): processes over files scale where the codec's intra-op
+    torch (:func:`~audiogen.data.prep_files._tokenize_in_worker`): processes over files scale where the codec's intra-op
     threads do not (docs/prep.md, Throughput)."""
     return os.cpu_count() or 1
 
@@ -177,557 +160,6 @@ class PrepConfig:
             self.workers = default_workers(self.device)
         if self.workers < 0:
             raise AudiogenError(f"--workers must be >= 0, got {self.workers}")
-
-
-# ----------------------------------------------------------------------------- analysis
-
-
-def estimate_key(chroma_mean: np.ndarray) -> str | None:
-    """Profile matching (Temperley's profiles): the key whose profile correlates best with a mean chroma [12]."""
-    from audiogen.data.estimators import key_from_chroma
-
-    return key_from_chroma(chroma_mean, "temperley", names=_KEY_NAMES, min_std=1e-6)
-
-
-def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP) -> float | None:
-    """Tempo of the metre's beat from an onset-strength envelope (None under 4 s or without onsets):
-    :func:`audiogen.data.estimators.tempo_metrical`, measured against rendered pieces in docs/prep.md."""
-    from audiogen.data.estimators import tempo_metrical
-
-    return tempo_metrical(onset_env, sr, hop)
-
-
-def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """``mono: [N]`` at ``sr`` -> (onset envelope [F], chroma [12, F]) at ANALYSIS_SR / ANALYSIS_HOP."""
-    import librosa
-
-    from audiogen.audio.io import resample
-
-    y = resample(mono[None], sr, ANALYSIS_SR)[0] if sr != ANALYSIS_SR else mono
-    # librosa's default floors the mel power at 80 dB below the loudest frame of the whole
-    # signal; a fixed floor (top_db=None: amin, -100 dB) keeps each frame's envelope
-    # independent of the rest of the file, so a long file analysed in parts gets the same
-    # tempo as if analysed whole
-    mel = librosa.feature.melspectrogram(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP)
-    env = librosa.onset.onset_strength(S=librosa.power_to_db(mel, top_db=None), sr=ANALYSIS_SR,
-                                       hop_length=ANALYSIS_HOP)
-    # tuning=0: skip librosa's pitch-tracking tuning estimate (the slowest step); a mean chroma
-    # over a segment is robust to the few cents a recording may be off
-    chroma = librosa.feature.chroma_stft(y=y, sr=ANALYSIS_SR, hop_length=ANALYSIS_HOP, n_fft=4096, tuning=0.0)
-    return env, chroma
-
-
-def segment_bounds(n: int, sr: int, segment_s: float, hop_s: float, min_segment_s: float) -> list[tuple[int, int]]:
-    """(start, length) in samples of each segment of ``n`` samples; tails shorter than
-    ``min_segment_s`` are dropped and nothing is padded. A tail wholly inside the previous
-    segment (overlapping hops) is not repeated."""
-    seg, hop, mn = round(segment_s * sr), max(1, round(hop_s * sr)), round(min_segment_s * sr)
-    out: list[tuple[int, int]] = []
-    for s in range(0, n, hop):
-        length = min(seg, n - s)
-        if length < mn or (out and out[-1][0] + out[-1][1] >= n):
-            break
-        out.append((s, length))
-    return out
-
-
-# ----------------------------------------------------------------------------- metadata
-
-
-def _first(v):
-    if isinstance(v, (list, tuple)):
-        v = v[0] if v else None
-    v = None if v is None else str(v).strip()
-    return v or None
-
-
-def source_tags(path: Path) -> dict:
-    """A source file's title, artist, album, genre and license tags (mutagen); {} when none. (Tags of
-    files audiogen writes: ``finishing.read_tags``.)"""
-    import mutagen
-
-    try:
-        f = mutagen.File(str(path), easy=True)
-    except Exception:  # tags are optional; an unreadable tag block is not a reason to skip
-        return {}
-    if f is None or not f.tags:
-        return {}
-    tags = {k.lower(): v for k, v in f.tags.items()}
-    out = {k: _first(tags.get(k)) for k in ("title", "artist", "album", "genre")}
-    out["license"] = _first(tags.get("license")) or _first(tags.get("copyright"))
-    return {k: v for k, v in out.items() if v}
-
-
-def _clean_meta(d: dict, where: str) -> dict:
-    out = {}
-    for k in META_FIELDS:
-        v = d.get(k)
-        if v is None or v == "":
-            continue
-        if k == "instruments":
-            items = v.split(",") if isinstance(v, str) else v
-            if not isinstance(items, (list, tuple)):
-                raise AudiogenError(f"{where}: 'instruments' must be a list or a comma-separated string")
-            out[k] = [str(x).strip() for x in items if str(x).strip()]
-        else:
-            out[k] = str(v).strip()
-    return out
-
-
-def read_sidecar(path: Path) -> dict:
-    """Metadata from ``TRACK.json`` (any META_FIELDS) or ``TRACK.txt`` (the caption) beside ``TRACK.ext``."""
-    meta = {}
-    js, txt = path.with_suffix(".json"), path.with_suffix(".txt")
-    if js.is_file():
-        try:
-            d = json.loads(js.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise AudiogenError(f"{js}: invalid JSON sidecar ({e})") from None
-        if not isinstance(d, dict):
-            raise AudiogenError(f"{js}: sidecar must be a JSON object")
-        meta.update(_clean_meta(d, str(js)))
-    if txt.is_file():
-        text = txt.read_text(encoding="utf-8", errors="replace").strip()
-        if text:
-            meta["caption"] = text
-    return meta
-
-
-def load_captions(path: str | os.PathLike, audio_dir: Path) -> dict[str, dict]:
-    """``--captions`` file (CSV with a header, or JSONL) -> {relative path: metadata}.
-
-    Rows need ``path`` (relative to AUDIO_DIR, or absolute) and may carry any of
-    ``caption, title, artist, genre, mood, instruments, license, attribution``.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise AudiogenError(f"--captions {p}: no such file")
-    rows: list[dict] = []
-    text = p.read_text(encoding="utf-8-sig", errors="replace")
-    if p.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError as e:
-                    raise AudiogenError(f"{p}:{i}: invalid JSON line ({e})") from None
-    elif p.suffix.lower() in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-    else:
-        raise AudiogenError(f"--captions {p}: expected a .csv, .tsv or .jsonl file")
-    out = {}
-    for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not row.get("path"):
-            raise AudiogenError(f"{p}: row {i} has no 'path'")
-        key = Path(row["path"])
-        if key.is_absolute():
-            try:
-                key = key.resolve().relative_to(audio_dir.resolve())
-            except ValueError:
-                raise AudiogenError(f"{p}: row {i}: {key} is not inside {audio_dir}") from None
-        out[key.as_posix()] = _clean_meta(row, f"{p} row {i}")
-    return out
-
-
-def compose_caption(meta: dict, bpm: float | None, key: str | None) -> str:
-    """A caption from the facts we have, e.g. "Awakening by Max McCracken, 92 bpm, in D minor"."""
-    parts = []
-    head = meta.get("title") or ""
-    if meta.get("artist"):
-        head = f"{head} by {meta['artist']}" if head else f"music by {meta['artist']}"
-    if head:
-        parts.append(head)
-    for k in ("genre", "mood"):
-        if meta.get(k):
-            parts.append(meta[k])
-    if meta.get("instruments"):
-        parts.append("with " + ", ".join(meta["instruments"]))
-    if bpm:
-        parts.append(f"{bpm:.0f} bpm")
-    if key:
-        parts.append(f"in {key}")
-    return ", ".join(parts) if parts else "music"
-
-
-# ----------------------------------------------------------------------------- per file (worker)
-
-
-@dataclass
-class _Task:
-    path: str
-    rel: str
-    work: str
-    sample_rate: int
-    channels: int
-    segment_s: float
-    hop_s: float
-    min_segment_s: float
-    silence_dbfs: float
-    part_s: float
-    extra_meta: dict
-    tag_labels: bool = False
-
-
-@dataclass
-class _Part:
-    """One part of a long file: the segments whose start sample lies in ``[lo, hi)``."""
-    task: _Task
-    sha: str
-    index: int
-    count: int
-    lo: int
-    hi: int
-    sample_rate: int
-    frames: int  # the header's frame count
-
-
-def _process_file(t: _Task | _Part) -> dict:
-    """:func:`_process_file_unchecked` (or :func:`_process_part`), but an unexpected failure on
-    one file (a decoder or analysis bug on odd audio) skips that file, with the exception
-    named, instead of ending a long job; such skips are not cached, so a rerun tries the file
-    again. In a worker that tokenizes (:data:`_WORKER_CODEC`), a whole file's segments are
-    tokenized and its shard written here, and the result carries no audio."""
-    try:
-        if isinstance(t, _Part):
-            return _process_part(t)
-        res = _process_file_unchecked(t)
-        if _WORKER_CODEC is not None and res["status"] == "ok":
-            res = _tokenize_in_worker(res, t, *_WORKER_CODEC)
-        return res
-    except Exception as e:  # noqa: BLE001 -- reported per file, see docstring
-        res = {"rel": t.task.rel, "sha256": t.sha, "part": t.index} if isinstance(t, _Part) else {"rel": t.rel}
-        return {**res, "status": "error", "reason": f"failed: {type(e).__name__}: {e}"}
-
-
-def _process_file_unchecked(t: _Task) -> dict:
-    """Decode + analyse one file. Returns {rel, sha256, status, ...}; status is
-    ``error`` (unreadable, no hash), ``skipped`` (content-determined, cacheable),
-    ``cached`` (shard exists), ``long`` (with the ``parts`` to process instead: see
-    :func:`_plan_parts`) or ``ok`` (with ``wav [C, N]`` at the codec rate and segments)."""
-    from audiogen.audio.io import audio_info, load_audio, sample_peak_dbfs, sha256_file
-
-    path = Path(t.path)
-    res: dict = {"rel": t.rel}
-    try:
-        info = audio_info(path)  # empty / missing / unreadable header: named reason before hashing
-        res["sha256"] = sha = sha256_file(path)
-    except (AudiogenError, OSError) as e:
-        return {**res, "status": "error", "reason": _reason(e, path)}
-    try:
-        meta = source_tags(path)
-        meta.update(read_sidecar(path))
-    except AudiogenError as e:
-        return {**res, "status": "error", "reason": _reason(e, path)}
-    meta.update(t.extra_meta)
-    if t.tag_labels:
-        from audiogen.metrics.tagger import fill_missing_labels
-
-        try:
-            meta = fill_missing_labels(meta, path, t.work, sha)
-        except AudiogenError as e:
-            return {**res, "status": "error", "reason": _reason(e, path)}
-    res["meta"] = meta
-    shard = Path(t.work) / f"{sha}.json"
-    if shard.exists():
-        done = json.loads(shard.read_text())
-        if "skipped" in done:
-            return {**res, "status": "skipped", "reason": done["skipped"], "cached": True}
-        return {**res, "status": "cached", "audio_s": done["duration_s"]}
-    if info.duration_s > LONG_FILE_FACTOR * t.part_s:
-        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames)}
-    try:
-        wav, sr = load_audio(path)
-    except AudiogenError as e:
-        return {**res, "status": "skipped", "reason": _reason(e, path)}
-    duration = wav.shape[1] / sr
-    peak = sample_peak_dbfs(wav)
-    if peak < t.silence_dbfs:
-        return {**res, "status": "skipped", "reason": f"silent (peak {peak:.1f} dBFS < {t.silence_dbfs:g} dBFS)"}
-    bounds = segment_bounds(wav.shape[1], sr, t.segment_s, t.hop_s, t.min_segment_s)
-    if not bounds:
-        return {**res, "status": "skipped",
-                "reason": f"too short ({duration:.2f}s < minimum segment {t.min_segment_s:g}s)"}
-    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs)
-    if not segments:
-        return {**res, "status": "skipped", "reason": SILENT_SEGMENTS}
-    return {**res, "status": "ok", "wav": _to_codec_format(wav, sr, t), "segments": segments,
-            "silent_segments": silent, "audio_s": duration, "source_rate": sr, "source_channels": wav.shape[0]}
-
-
-SILENT_SEGMENTS = "silent (every segment below the silence threshold)"
-
-
-def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[int, int]],
-                      silence_dbfs: float) -> tuple[list[dict], int]:
-    """Tempo and key of each of ``bounds`` (file samples) not below the silence threshold.
-    ``wav [C, N]`` holds the file's samples from ``origin`` on (a multiple of
-    :func:`_frame_step`). Returns (segments, silent count).
-
-    The analysis runs on runs of segments spanning at most ``ANALYSIS_CHUNK_S`` (the STFTs
-    of a 10-minute stretch would take ~2 GB), each with ``ANALYSIS_MARGIN_S`` of context
-    and starting on the analysis frame grid, so the features equal a whole-file analysis's.
-    """
-    from audiogen.audio.io import sample_peak_dbfs
-
-    loud = []
-    for s, n in bounds:
-        if sample_peak_dbfs(wav[:, s - origin : s - origin + n]) >= silence_dbfs:
-            loud.append((s, n))
-    grid, margin, per_frame = _frame_step(sr), round(ANALYSIS_MARGIN_S * sr), sr * ANALYSIS_HOP
-    segments = []
-    i = 0
-    while i < len(loud):
-        j = i + 1
-        while j < len(loud) and loud[j][0] + loud[j][1] - loud[i][0] <= ANALYSIS_CHUNK_S * sr:
-            j += 1
-        w0 = max(origin, (loud[i][0] - margin) // grid * grid)
-        w1 = min(origin + wav.shape[1], loud[j - 1][0] + loud[j - 1][1] + margin)
-        env, chroma = _analysis_features(wav[:, w0 - origin : w1 - origin].mean(axis=0), sr)
-        for s, n in loud[i:j]:
-            # frames [f0, f1) cover the segment; integer arithmetic, so a start on the frame
-            # grid gives the same frame whatever the window (float rounding would not)
-            f0, f1 = (s - w0) * ANALYSIS_SR // per_frame, -(-(s - w0 + n) * ANALYSIS_SR // per_frame)
-            segments.append({"start_s": s / sr, "duration_s": n / sr,
-                             "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
-        i = j
-    return segments, len(bounds) - len(loud)
-
-
-def _frame_step(sr: int) -> int:
-    """The step (in samples at ``sr``) of the windows the analysis may start on: one where
-    its resampling to ANALYSIS_SR and its frames fall on the whole-file grid. For rates
-    where that step exceeds 10 s, 1 (the frames then shift by under one hop, ~12 ms)."""
-    step = sr * ANALYSIS_HOP // math.gcd(sr * ANALYSIS_HOP, ANALYSIS_SR)
-    return step if step <= 10 * sr else 1
-
-
-def _to_codec_format(wav: np.ndarray, sr: int, t: _Task) -> np.ndarray:
-    from audiogen.audio.io import convert_channels, resample
-
-    out = convert_channels(wav, t.channels)
-    if sr != t.sample_rate:
-        out = resample(out, sr, t.sample_rate)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def _part_alignment(sr: int, codec_sr: int) -> int:
-    """The step (in samples at ``sr``) on which a part's window may start so that both its
-    codec-rate resampling and its analysis (:func:`_frame_step`) fall on the same grid as a
-    whole-file decode's: then a long file's segments get the codes, tempo and key they would
-    get if it were decoded whole. Where the two grids meet only every 10 s or more (49441 Hz
-    to 24 kHz: 128 s), a part would read that much extra: then only the codec grid is kept
-    (codes still match; a tempo may differ by ~0.1 bpm)."""
-    codec_step, frame_step = sr // math.gcd(sr, codec_sr), _frame_step(sr)
-    both = codec_step * frame_step // math.gcd(codec_step, frame_step)
-    return both if both <= 10 * sr else codec_step
-
-
-def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int) -> list[_Part]:
-    """Cut a long file into parts of a whole number of hops (about ``part_s`` each): part i
-    owns the segments that start in it, so together the parts give the whole-file segments."""
-    hop = max(1, round(t.hop_s * sample_rate))
-    size = max(1, int(t.part_s // t.hop_s)) * hop
-    count = math.ceil(frames / size)
-    return [_Part(t, sha, i, count, i * size, (i + 1) * size if i < count - 1 else sys.maxsize, sample_rate, frames)
-            for i in range(count)]
-
-
-def _process_part(p: _Part) -> dict:
-    """Decode and analyse one part of a long file: its segments plus ``PART_MARGIN_S`` on each
-    side, no more. Returns {rel, sha256, part, status "part", wav (codec format, starting at
-    codec-rate sample ``offset`` of the file), segments, silent_segments, end} or a
-    ``skipped`` status, which skips the whole file."""
-    from audiogen.audio.io import load_audio, sample_peak_dbfs
-
-    t, sr = p.task, p.sample_rate
-    res = {"rel": t.rel, "sha256": p.sha, "part": p.index}
-    seg, margin = round(t.segment_s * sr), round(PART_MARGIN_S * sr)
-    step = _part_alignment(sr, t.sample_rate)
-    start = max(0, p.lo - margin) // step * step
-    last = p.index == p.count - 1
-    hop = max(1, round(t.hop_s * sr))
-    stop = None if last else min(p.hi - hop + seg + margin, p.frames)  # the part's last segment ends by then
-    try:
-        wav, _ = load_audio(t.path, offset_s=start / sr, duration_s=None if stop is None else (stop - start) / sr)
-    except AudiogenError as e:
-        return {**res, "status": "skipped", "reason": _reason(e, Path(t.path))}
-    end = start + wav.shape[1]  # the file's real end in the last part
-    n = end if last else min(p.frames, end)
-    bounds = [b for b in segment_bounds(n, sr, t.segment_s, t.hop_s, t.min_segment_s) if p.lo <= b[0] < p.hi]
-    segments, silent = _analyse_segments(wav, sr, start, bounds, t.silence_dbfs) if bounds else ([], 0)
-    return {**res, "status": "part", "wav": _to_codec_format(wav, sr, t) if segments else None,
-            "offset": start * t.sample_rate // sr, "peak_dbfs": sample_peak_dbfs(wav), "bounds": len(bounds),
-            "segments": segments, "silent_segments": silent, "end_s": n / sr, "owned_s": (min(p.hi, n) - p.lo) / sr}
-
-
-def _reason(e: Exception, path: Path) -> str:
-    msg = str(e)
-    prefix = f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
-
-
-#: In a worker process that tokenizes its own files: (codec, batch_size); None elsewhere.
-_WORKER_CODEC: tuple | None = None
-
-
-def _tokenize_in_worker(res: dict, t: _Task, codec, batch_size: int) -> dict:
-    """Tokenize a decoded file (``res`` from :func:`_process_file_unchecked`) in this worker with
-    the same batches the main process would use (full segments in padded batches of
-    ``batch_size``), write its shard, and return ``res`` without the audio."""
-    tok = _Tokenizer(codec, Path(t.work), round(t.segment_s * t.sample_rate), batch_size)
-    tok.add(res["sha256"], res["wav"], res["segments"], t.sample_rate)
-    tok.close(res["sha256"], {"duration_s": res["audio_s"], "silent_segments": res["silent_segments"]})
-    tok.flush()
-    res = {k: v for k, v in res.items() if k not in ("wav", "segments")}
-    return {**res, "tokenized": tok.tokens}
-
-
-def _worker_init(parent_pid: int, codec=None, batch_size: int = 1) -> None:
-    import torch
-
-    global _WORKER_CODEC
-    torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _Runner)
-    if codec is not None:
-        _WORKER_CODEC = (codec, batch_size)
-
-    def watch():  # exit if the main process dies (kill -9): no orphaned workers
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-class _Runner:
-    """Yields each task's result in order, decoding up to ``2 * workers`` tasks ahead.
-    :meth:`insert` queues tasks (a long file's parts) ahead of the files not yet started."""
-
-    def __init__(self, tasks: list[_Task], workers: int, codec=None, batch_size: int = 1):
-        self.todo = deque(tasks)
-        self.workers = workers
-        #: a CPU codec the workers tokenize whole files with (see _tokenize_in_worker); None: they only decode
-        self.codec, self.batch_size = codec, batch_size
-
-    def insert(self, tasks: list[_Part]) -> None:
-        self.todo.extendleft(reversed(tasks))
-
-    def __iter__(self):
-        if self.workers == 0:
-            while self.todo:
-                yield _process_file(self.todo.popleft())
-            return
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork on Linux: workers start in milliseconds with torch, librosa and numba already
-        # loaded (spawn costs each one ~8 s of imports and JIT-cache loading). Safe with the
-        # parent's OpenMP pool because each worker runs torch single-threaded (_worker_init)
-        # and never enters a multi-threaded OpenMP region.
-        method = "fork" if sys.platform == "linux" else "spawn"
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method), initializer=_worker_init,
-                                 initargs=(os.getpid(), self.codec, self.batch_size)) as pool:
-            running: deque = deque()
-            while self.todo or running:
-                while self.todo and len(running) < 2 * self.workers:
-                    running.append(pool.submit(_process_file, self.todo.popleft()))
-                future = running.popleft()
-                yield future.result()
-                del future  # free the decoded audio
-
-
-# ----------------------------------------------------------------------------- tokenization
-
-
-class _Tokenizer:
-    """Batches segments from several files through ``codec.encode`` and writes each file's
-    shard once all its segments are tokenized.
-
-    Full-length segments go through in batches of exactly ``batch_size`` (padded with
-    zero rows) so every call has the same shape and a segment's codes never depend on
-    which other segments shared its batch. Shorter tail segments go alone.
-    """
-
-    def __init__(self, codec, work: Path, segment_samples: int, batch_size: int):
-        self.codec, self.work = codec, work
-        self.segment_samples, self.batch_size = segment_samples, batch_size
-        self.pending: OrderedDict[str, dict] = OrderedDict()  # sha -> {segments, codes, facts}
-        self.queue: list[tuple[str, int, np.ndarray]] = []
-        self.tokens = 0
-
-    def add(self, sha: str, wav: np.ndarray, segments: list[dict], sr: int, offset: int = 0) -> None:
-        """Queue ``segments`` (start_s/duration_s in the file) of file ``sha``; ``wav: float32
-        [C, N]`` at the codec rate holds the file from sample ``offset`` on. A file may come
-        in several calls (a long file's parts); :meth:`close` says it is complete."""
-        entry = self._entry(sha)
-        for seg in segments:
-            i = len(entry["segments"])
-            entry["segments"].append(seg)
-            entry["codes"].append(None)
-            s, n = round(seg["start_s"] * sr) - offset, round(seg["duration_s"] * sr)
-            # a full segment may come out one sample off after resampling: it is still full
-            if abs(n - self.segment_samples) <= 1 and s + self.segment_samples <= wav.shape[1]:
-                self.queue.append((sha, i, wav[:, s : s + self.segment_samples]))
-            else:
-                self._store([(sha, i)], self._encode(wav[None, :, s : s + n]))
-        if len(self.queue) >= self.batch_size:
-            self._run_full(flush=False)
-            self._write_done()  # files completed by this batch
-
-    def close(self, sha: str, facts: dict) -> None:
-        """No more segments of ``sha``: its shard is written, with ``facts`` (duration_s,
-        silent_segments) as they are, once all its segments are tokenized."""
-        self._entry(sha)["facts"] = facts
-        self._write_done()
-
-    def _entry(self, sha: str) -> dict:
-        """``sha``'s pending segments, codes (None until tokenized) and facts (None until closed)."""
-        return self.pending.setdefault(sha, {"segments": [], "codes": [], "facts": None})
-
-    def discard(self, sha: str) -> None:
-        """Forget a file (a part of it failed): nothing of it is tokenized or written."""
-        self.pending.pop(sha, None)
-        self.queue = [q for q in self.queue if q[0] != sha]
-
-    def flush(self) -> None:
-        self._run_full(flush=True)
-        self._write_done()
-
-    def _encode(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(batch)
-        if self.codec.device.type == "cuda":  # page-locked, so the copy to the GPU is one DMA
-            x = x.pin_memory().to(self.codec.device, non_blocking=True)
-        codes = self.codec.encode(x)
-        return codes.cpu().numpy().astype(np.int16)  # [B, K, T]
-
-    def _run_full(self, flush: bool) -> None:
-        while len(self.queue) >= self.batch_size or (flush and self.queue):
-            group, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
-            batch = np.zeros((self.batch_size, *group[0][2].shape), dtype=np.float32)
-            for j, (_, _, piece) in enumerate(group):
-                batch[j] = piece
-            codes = self._encode(batch)
-            self._store([(sha, i) for sha, i, _ in group], codes[: len(group)])
-
-    def _store(self, keys: list[tuple[str, int]], codes: np.ndarray) -> None:
-        for (sha, i), c in zip(keys, codes):
-            self.pending[sha]["codes"][i] = c
-            self.tokens += c.size
-
-    def _write_done(self) -> None:
-        from audiogen.audio.io import atomic_path, atomic_write_text
-
-        for sha in [s for s, p in self.pending.items()
-                    if p["facts"] is not None and all(c is not None for c in p["codes"])]:
-            p = self.pending.pop(sha)
-            # npz first, json last: the json's existence marks the shard complete
-            with atomic_path(self.work / f"{sha}.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, *p["codes"])
-            atomic_write_text(self.work / f"{sha}.json", json.dumps(
-                {"version": SHARD_VERSION, "sha256": sha, **p["facts"], "segments": p["segments"]}))
 
 
 # ----------------------------------------------------------------------------- splits and assembly
@@ -826,7 +258,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     report to ``out/.work/ranks/``; rank 0 then waits for the others' and writes the dataset
     (:func:`merge_ranks`). The other ranks return their own report.
     """
-    from audiogen.audio.io import atomic_write_text, find_audio_files, make_dir
+    from audiogen.audio.io import find_audio_files
+    from audiogen.files import atomic_write_text, make_dir
 
     t_start = time.perf_counter()
     rank = Rank.from_env()
@@ -888,7 +321,7 @@ def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_sta
     """Decode, analyse and tokenize ``tasks`` (shards into ``work``). Returns ``{entries, counts}``:
     one entry per file, ``{source, sha256, status: kept|skipped|duplicate, reason, meta, audio_s}``,
     from which :func:`_combine` makes the dataset's file list, whatever process did which file."""
-    from audiogen.audio.io import atomic_write_text
+    from audiogen.files import atomic_write_text
     from audiogen.progress import progress_bar
 
     tok = _Tokenizer(codec, work, round(cfg.segment_s * codec.sample_rate), cfg.batch_size)
@@ -1116,7 +549,7 @@ def _combine(results: list[dict]) -> tuple[list[tuple[str, str]], dict, list[dic
 
 def _finish(job: _Job, results: list[dict], t_start: float) -> dict:
     """Write the dataset, ``prep_config.json`` and ``prep_report.json`` from the ranks' results."""
-    from audiogen.audio.io import atomic_write_text
+    from audiogen.files import atomic_write_text
 
     cfg, out, work = job.cfg, job.out, job.work
     kept, metas, skipped, duplicates, audio_s = _combine(results)

@@ -335,7 +335,8 @@ def render_job(job: Job, out_dir: str | Path, max_seconds: float = MAX_SECONDS) 
     The audio is written first and the sidecar last (both atomically), so a track with a
     sidecar is complete: :func:`is_done` is how a rerun skips it.
     """
-    from audiogen.audio.io import atomic_write_text, write_audio
+    from audiogen.audio.io import write_audio
+    from audiogen.files import atomic_write_text
 
     audio, side = output_paths(job, Path(out_dir))
     score, labels = _prepare(_load_score(job), job)
@@ -388,7 +389,7 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
     """
     from tqdm import tqdm
 
-    from audiogen.audio.io import atomic_write_text
+    from audiogen.files import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.audio import io as A
-from audiogen.models.conditioning import Conditions
-from audiogen.errors import AudiogenError
 from audiogen.audio.finishing import FinishSpec, finish, write_finished
+from audiogen.audio.io import audio_info, load_audio
+from audiogen.errors import AudiogenError
+from audiogen.files import sha256_file
 from audiogen.generation.sampling import SamplingParams
+from audiogen.models.conditioning import Conditions
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -121,7 +122,7 @@ class GenerateJob:
 
             check_request(self.originality, self.originality_tries)
         if self.continue_from is not None:
-            info = A.audio_info(self.continue_from)  # fails early on a missing or broken file
+            info = audio_info(self.continue_from)  # fails early on a missing or broken file
             if info.duration_s >= self.duration_s:  # before loading weights, or a long file
                 raise AudiogenError(f"--continue audio ({info.duration_s:.1f}s) is not shorter than --duration "
                                     f"({self.duration_s:g}s)")
@@ -282,7 +283,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         from audiogen.originality.guard import guard
 
         codes, wav, audits = guard(auditor, codes, wav, sr, job.seed, job.originality_tries, sample, job.originality)
-    model_hash = A.sha256_file(model_dir / "model.safetensors")
+    model_hash = sha256_file(model_dir / "model.safetensors")
     provenance = {"dir": model_dir, "sha256": model_hash, "lm_dtype": str(lm_dtype).replace("torch.", ""),
                   "codec": codec.describe()}
     results = []
@@ -299,7 +300,7 @@ def continuation_prompt(job: GenerateJob, codec, total_frames: int) -> torch.Ten
     if job.continue_from is None:
         return None
     sr = codec.sample_rate
-    wav, _ = A.load_audio(job.continue_from, sr, codec.channels)
+    wav, _ = load_audio(job.continue_from, sr, codec.channels)
     prompt = codec.encode(torch.from_numpy(wav)[None]).repeat(job.variations, 1, 1)
     if prompt.shape[-1] >= total_frames:
         raise AudiogenError(

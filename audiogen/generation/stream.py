@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 # the level follower's filter libraries load with this module, not when the first stream starts: importing
 # scipy.signal takes 0.8 s on this 2-core CPU (1.8 s when loaded), which would count against the time to first audio
-import pyloudnorm  # noqa: F401  (audio.KWeighting's)
+import pyloudnorm  # noqa: F401  (audio.loudness.KWeighting's)
 import scipy.signal
 import torch
 
@@ -439,7 +439,7 @@ class LevelFollower:
     LOOKAHEAD_S = 0.005
 
     def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
-        from audiogen.audio.io import KWeighting
+        from audiogen.audio.loudness import KWeighting
 
         self.sr, self.channels, self.lufs = sample_rate, channels, lufs
         self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
@@ -475,7 +475,7 @@ class LevelFollower:
         from scipy.signal import lfilter
         from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
-        from audiogen.audio.io import true_peak_envelope
+        from audiogen.audio.loudness import true_peak_envelope
 
         x, self.dc_state = lfilter(self.dc_b, self.dc_a, x.astype(np.float64), axis=1, zi=self.dc_state)
         x = x.astype(np.float32)

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.audio.io import sha256_file
 from audiogen.errors import AudiogenError
+from audiogen.files import sha256_file
 
 EMBEDDERS = ("builtin", "vggish", "clap", "encodec", "musicnn")
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen.audio.io import sha256_file
 from audiogen.errors import AudiogenError
+from audiogen.files import sha256_file
 
 STATS_VERSION = 1
 
@@ -192,7 +192,7 @@ def bootstrap_fad(ref: Stats, per_file: list[np.ndarray], n_boot: int = 200, see
 
 def save_stats(path: str | os.PathLike, stats: Stats, meta: dict | None = None) -> Path:
     """Write statistics to ``.npz`` (atomically) so a large reference set is embedded once."""
-    from audiogen.audio.io import atomic_path
+    from audiogen.files import atomic_path
 
     path = Path(path)
     info = {"version": STATS_VERSION, "n_frames": stats.n_frames, "n_files": stats.n_files,
@@ -248,7 +248,7 @@ class EmbeddingCache:
             return None
 
     def put(self, embedder_key: str, sha: str, frames: np.ndarray) -> None:
-        from audiogen.audio.io import atomic_path, make_dir
+        from audiogen.files import atomic_path, make_dir
 
         p = self._path(embedder_key, sha)
         make_dir(p.parent)
@@ -369,7 +369,7 @@ def write_per_song(path: str | os.PathLike, files: list[Path], scores: list[floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from audiogen.audio.io import atomic_path, atomic_write_text
+    from audiogen.files import atomic_path, atomic_write_text
 
     path = Path(path)
     order = sorted(range(len(files)), key=lambda i: -np.nan_to_num(scores[i], nan=-1.0))

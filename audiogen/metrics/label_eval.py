@@ -56,7 +56,7 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
     for r in rows_in:
         wav, sr = load_audio(Path(folder) / r["path"], sample_rate=E.SR)
         y = wav.mean(axis=0)
-        from audiogen.data.prep import ANALYSIS_HOP, _analysis_features
+        from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
 
         env = _analysis_features(y, E.SR)[0]  # prep's onset envelope, as prep measures tempo
         row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],

@@ -43,7 +43,7 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
 
 def estimate_tempo(wav: np.ndarray, sample_rate: int) -> float | None:
     """Tempo (bpm) of ``wav: [C, N]`` with the estimator ``audiogen prep`` uses."""
-    from audiogen.data.prep import _analysis_features, estimate_bpm
+    from audiogen.data.labels import _analysis_features, estimate_bpm
 
     env, _ = _analysis_features(wav.mean(axis=0), sample_rate)
     return estimate_bpm(env)
@@ -80,7 +80,8 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
 def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: float = 10.0, seed: int = 0,
                    params: SamplingParams | None = None, batch: int = 4) -> list[Path]:
     """Write one raw clip per prompt to ``out_dir`` (wav); returns the paths."""
-    from audiogen.audio.io import make_dir, write_audio
+    from audiogen.audio.io import write_audio
+    from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
     params = params or SamplingParams(top_k=250, cfg_scale=3.0)
@@ -191,12 +192,12 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     resynthesis of those tracks as the ceiling; the tempo response; music-likeness figures of the
     generated clips (:mod:`audiogen.metrics.audio_checks`); the LM's held-out loss against a unigram model;
     and, with ``figure``, a spectrogram picture: a held-out track, its codec roundtrip, a generated clip."""
-    from audiogen.metrics.audio_checks import music_likeness, pulse_strength
     from audiogen.audio.io import load_audio, write_audio
-    from audiogen.models.checkpoint import load_model
-    from audiogen.metrics.embedders import load_embedder
     from audiogen.errors import AudiogenError
+    from audiogen.metrics.audio_checks import music_likeness, pulse_strength
+    from audiogen.metrics.embedders import load_embedder
     from audiogen.metrics.fad import EmbeddingCache, fad, load_set
+    from audiogen.models.checkpoint import load_model
 
     loaded = load_model(model_dir, device=device)
     codec = loaded.codec
@@ -278,7 +279,7 @@ def spectrogram_figure(panels: list[tuple[str, np.ndarray]], sample_rate: int, o
     import librosa
     import matplotlib.pyplot as plt
 
-    from audiogen.audio.io import atomic_path
+    from audiogen.files import atomic_path
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels)), squeeze=False)
     for ax, (title, wav) in zip(axes[:, 0], panels):

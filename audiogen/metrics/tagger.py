@@ -379,7 +379,8 @@ def fill_missing_labels(meta: dict, path: str | os.PathLike, cache_dir: str | os
     ``cache_dir/<sha256>.tags.json``, so a resumed prep gives the same labels without
     decoding the file again. Tags the middle :data:`LABEL_EXCERPT_S` seconds of the file.
     """
-    from audiogen.audio.io import atomic_write_text, audio_info, load_audio
+    from audiogen.audio.io import audio_info, load_audio
+    from audiogen.files import atomic_write_text
 
     fields = ("genre", "mood", "instruments")
     if all(meta.get(k) for k in fields):

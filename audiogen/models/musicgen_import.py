@@ -574,7 +574,7 @@ def import_musicgen(src: str | os.PathLike, out: str | os.PathLike, t5: str | os
             read_config(out)
         except AudiogenError:
             raise AudiogenError(f"--out {out} exists and is not an audiogen model directory; choose a new folder") from None
-    from audiogen.audio.io import make_dir
+    from audiogen.files import make_dir
 
     make_dir(out.parent)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.import-", dir=out.parent) as work:

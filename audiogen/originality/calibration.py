@@ -33,7 +33,7 @@ FADE_S = 0.01
 
 def plant(host: np.ndarray, excerpt: np.ndarray, at: int, sr: int) -> np.ndarray:
     """``host[N]`` with ``excerpt[M]`` pasted from sample ``at``, with short equal-power crossfades."""
-    from audiogen.audio.io import equal_power_fade
+    from audiogen.audio.shaping import equal_power_fade
 
     out = host.copy()
     m = min(len(excerpt), len(host) - at)

@@ -212,7 +212,7 @@ def build_audio_index(data_dir: str | os.PathLike, token_index, embedder, codec_
     """Embeddings and chroma of every item, beside the token index; returns the settings written."""
     from tqdm import tqdm
 
-    from audiogen.audio.io import atomic_write_text
+    from audiogen.files import atomic_write_text
 
     folder = Path(data_dir) / "audit_index"
     (folder / "audio.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete

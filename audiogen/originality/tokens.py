@@ -210,8 +210,8 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     """Build ``DATA_DIR/audit_index/`` token files for a prepared dataset; returns the settings written."""
     from tqdm import tqdm
 
-    from audiogen.audio.io import atomic_write_text, make_dir
     from audiogen.data.loader import load_prepared
+    from audiogen.files import atomic_write_text, make_dir
 
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
@@ -276,8 +276,8 @@ def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = T
     import torch
     from tqdm import tqdm
 
-    from audiogen.audio.io import atomic_write_text
     from audiogen.data.loader import load_prepared
+    from audiogen.files import atomic_write_text
 
     t0 = time.perf_counter()
     data_dir = Path(data_dir)

@@ -174,7 +174,8 @@ def decode_to_cache(path: Path, sample_rate: int, cache_dir: Path) -> Path:
     """
     import shutil
 
-    from audiogen.audio.io import atomic_path, iter_audio, make_dir
+    from audiogen.audio.io import iter_audio
+    from audiogen.files import atomic_path, make_dir
 
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sample_rate}".encode()).hexdigest()[:16]
@@ -532,7 +533,7 @@ def train_codec(cfg: CodecTrainConfig) -> int:
     import yaml
     from accelerate.utils import set_seed
 
-    from audiogen.audio.io import atomic_write_text, make_dir
+    from audiogen.files import atomic_write_text, make_dir
     from audiogen.train.loop import check_resumable, make_accelerator, restore, resume_point, run_loop
 
     out = Path(cfg.out_dir)
@@ -662,7 +663,7 @@ class CodecTrainer:
 
     def export(self, step: int) -> Path:
         """``OUT_DIR/codec``: the codec (``save_codec`` format) plus ``training.json`` (steps, data split, config)."""
-        from audiogen.audio.io import atomic_write_text
+        from audiogen.files import atomic_write_text
 
         acc, cfg, path = self.accelerator, self.cfg, self.export_dir
         if acc.is_main_process:

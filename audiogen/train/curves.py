@@ -62,7 +62,7 @@ def plot_training_log(log_file: str | os.PathLike, png: str | os.PathLike | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from audiogen.audio.io import atomic_path
+    from audiogen.files import atomic_path
 
     log_file = Path(log_file)
     png = Path(png) if png is not None else log_file.with_name("curves.png")

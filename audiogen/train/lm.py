@@ -314,8 +314,8 @@ def train(cfg: TrainConfig) -> int:
     import yaml
     from accelerate.utils import set_seed
 
-    from audiogen.audio.io import atomic_write_text, make_dir
     from audiogen.data.loader import CropDataset, dataset_codec, load_prepared, make_loader
+    from audiogen.files import atomic_write_text, make_dir
     from audiogen.train.loop import check_resumable, make_accelerator, restore, resume_point, run_loop
 
     if cfg.num_threads:

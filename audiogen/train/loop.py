@@ -291,7 +291,7 @@ def save_checkpoint(accelerator, root: Path, step: int, keep: int, extra: dict |
         torch.save(rank_state, rank_state_file(tmp, accelerator.process_index))
     accelerator.wait_for_everyone()  # (2) every rank's files are on disk
     if accelerator.is_main_process:
-        from audiogen.audio.io import atomic_write_text
+        from audiogen.files import atomic_write_text
 
         atomic_write_text(tmp / "trainer.json", json.dumps({"step": step, "world_size": accelerator.num_processes,
                                                             **(extra or {})}))
@@ -325,7 +325,7 @@ def _remove_dir(path: Path) -> None:
 
 def truncate_log(path: Path, step: int) -> None:
     """Keep the JSONL log lines of steps <= ``step`` (a resumed run rewrites what came after)."""
-    from audiogen.audio.io import atomic_write_text
+    from audiogen.files import atomic_write_text
 
     if not path.is_file():
         return
