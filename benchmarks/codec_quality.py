@@ -32,9 +32,9 @@ if str(REPO) not in sys.path:
 
 from audiogen.audio.io import find_audio_files  # noqa: E402
 from audiogen.codec.base import load_codec  # noqa: E402
+from audiogen.errors import AudiogenError  # noqa: E402
 from audiogen.metrics.codec_benchmark import codec_quality, read_excerpts  # noqa: E402
 from audiogen.train.codec import split_tracks  # noqa: E402
-from audiogen.errors import AudiogenError  # noqa: E402
 
 MIN_TRACKS = 2
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.metrics import fad as F
 from audiogen.audio.io import write_audio
+from audiogen.metrics import fad as F
 from audiogen.metrics.embedders import BuiltinEmbedder, EncodecEmbedder, VGGishEmbedder
 
 

@@ -67,11 +67,11 @@ def cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
 def bench(model_name: str, device: str, batch: int, segment_s: float, steps: int) -> dict:
     from accelerate import Accelerator
 
-    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig, bpm_bucket_centres
     from audiogen.data.loader import Batch
+    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig, bpm_bucket_centres
     from audiogen.models.lm import LM, named_config
-    from audiogen.train.loop import make_accelerator
     from audiogen.train.lm import ConditionedLM, TrainConfig, make_optimizer, resolve_mixed_precision, train_step
+    from audiogen.train.loop import make_accelerator
 
     K, card, frame_rate = 4, 2048, 75.0
     T = int(segment_s * frame_rate)

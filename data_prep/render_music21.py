@@ -16,8 +16,8 @@ import argparse
 import json
 import sys
 
-from audiogen.errors import AudiogenError
 from audiogen.data.render import COLLECTIONS, MAX_SECONDS, plan_corpus, render_corpus
+from audiogen.errors import AudiogenError
 
 
 def main(argv=None) -> int:

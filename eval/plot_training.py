@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from audiogen.train.curves import plot_training_log
 from audiogen.errors import AudiogenError
+from audiogen.train.curves import plot_training_log
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,11 +32,11 @@ def main(out: Path, max_steps: int = 6, save_every: int = 3, kill_at_step: int =
 
     from audiogen.codec.base import load_codec
     from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig
-    from audiogen.train.fsdp import full_state, load_sharded, save_sharded, shard
     from audiogen.models.lm import LM, named_config
-    from audiogen.train.loop import load_rank_state, process_record, resume_point, save_checkpoint
+    from audiogen.train.fsdp import full_state, load_sharded, save_sharded, shard
     from audiogen.train.lm import (ConditionedLM, TrainConfig, codebook_ce_sums, delay_inputs, export_model,
                                    make_optimizer)
+    from audiogen.train.loop import load_rank_state, process_record, resume_point, save_checkpoint
 
     state = PartialState(cpu=True)  # torchrun's environment: one gloo job
     rank, world = state.process_index, state.num_processes

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audiogen.metrics import audio_checks as C
 from audiogen.audio.io import load_audio
 from audiogen.errors import AudiogenError
+from audiogen.metrics import audio_checks as C
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BUZZ = FIXTURES / "buzz_default_codec.flac"

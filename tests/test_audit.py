@@ -117,8 +117,8 @@ def _cli(*args):
 def music_data(tmp_path_factory, real_tracks, tiny_codec):
     """Two 15 s excerpts of real tracks prepared with the tiny codec (one segment each) and indexed (tokens + audio);
     a third track stays unseen."""
-    from audiogen.originality.audit import build_index
     from audiogen.data.prep import PrepConfig, prepare
+    from audiogen.originality.audit import build_index
 
     root = tmp_path_factory.mktemp("audit")
     src = root / "src"
@@ -282,11 +282,11 @@ def test_a_model_that_memorised_a_track_continues_it_as_a_copy_and_the_fresh_mod
     track's first second is judged a copy, the same model before fine-tuning is not."""
     import torch
 
-    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig
+    from audiogen.generation.pipeline import condition_batch
     from audiogen.generation.sampling import SamplingParams, generate_codes
+    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig
     from audiogen.models.lm import LM, named_config
     from audiogen.originality.audit import Auditor
-    from audiogen.generation.pipeline import condition_batch
     from audiogen.train.lm import ConditionedLM, codebook_ce_sums, delay_inputs
 
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ from audiogen.errors import AudiogenError
 
 
 def _default_model_codec():
-    from audiogen.models.checkpoint import load_codec_for, read_config
     from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import load_codec_for, read_config
 
     return load_codec_for(read_config(DEFAULT_MODEL_DIR), DEFAULT_MODEL_DIR)
 
@@ -35,8 +35,8 @@ def test_load_codec_default_is_the_default_models_codec():
 
 def test_default_follows_the_default_models_config_not_a_fixed_folder(tmp_path, monkeypatch):
     """A default model dir whose config names another codec folder: 'default' loads that one."""
-    from audiogen.generation import pipeline
     from audiogen.codec.base import load_codec, save_codec
+    from audiogen.generation import pipeline
 
     model = tmp_path / "model"
     shutil.copytree(pipeline.DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("codec"))

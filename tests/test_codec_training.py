@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiogen.train.codec_losses import Balancer
-from audiogen.train.codec import CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, make_parts, train_step
-from audiogen.train.loop import load_config
 from audiogen.audio import io as A
 from audiogen.errors import AudiogenError
+from audiogen.train.codec import CodecTrainConfig, TrainableCodec, decode_to_cache, evaluate, make_parts, train_step
+from audiogen.train.codec_losses import Balancer
+from audiogen.train.loop import load_config
 from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, kill_env, start_records, two_ranks
 
 REPO = Path(__file__).resolve().parents[1]

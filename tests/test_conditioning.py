@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from audiogen.errors import AudiogenError
 from audiogen.models.conditioning import (ATTRIBUTES, DROP_DRAWS, LABELS, ConditionEncoder, ConditionerConfig, Conditions,
                                    drop_conditions)
-from audiogen.errors import AudiogenError
 
 CFG = ConditionerConfig(text_encoder="none", genres=["Rock"], moods=["calm"], keys=["C major"],
                         instruments=["piano", "strings"], bpm_buckets=[60.0, 120.0], dim=8,

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from audiogen.metrics import fad as F
 from audiogen.audio.io import load_audio, write_audio
 from audiogen.cli import main
-from audiogen.metrics.embedders import BuiltinEmbedder, EncodecEmbedder, VGGish, VGGishEmbedder, load_embedder
 from audiogen.errors import AudiogenError
+from audiogen.metrics import fad as F
+from audiogen.metrics.embedders import BuiltinEmbedder, EncodecEmbedder, VGGish, VGGishEmbedder, load_embedder
 
 
 @pytest.fixture(autouse=True)

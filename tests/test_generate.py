@@ -97,8 +97,8 @@ def test_continuation_keeps_the_prompt_tokens(tiny_model_dir, tmp_path, make_mus
 
 def test_long_form_uses_bounded_windows(tiny_model_dir):
     """Windowed continuation: the KV cache never grows past one window, however long the track."""
-    from audiogen.models.checkpoint import load_model
     from audiogen.generation.sampling import Decoder
+    from audiogen.models.checkpoint import load_model
 
     loaded = load_model(tiny_model_dir)
     lm = loaded.lm
@@ -193,8 +193,8 @@ def test_sampling_follows_the_filtered_distribution():
 
 def test_decode_engines_match_a_full_recompute(tiny_model_dir, monkeypatch):
     """The cached eager step, the fixed-shape (CUDA-graph) step and a no-cache full recompute agree."""
-    from audiogen.models.checkpoint import load_model
     from audiogen.generation.sampling import Decoder, generate_window
+    from audiogen.models.checkpoint import load_model
 
     monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 4)  # the fixed-shape steps cross buckets 4, 8, 16, 27
 
@@ -246,8 +246,8 @@ def test_graph_capture_warm_up_leaves_no_trace(tiny_model_dir, monkeypatch):
     stream, before recording) must not change what the replayed steps generate."""
     import contextlib
 
-    from audiogen.models.checkpoint import load_model
     from audiogen.generation.sampling import Decoder
+    from audiogen.models.checkpoint import load_model
 
     class FakeGraph:
         def pool(self):
@@ -320,9 +320,9 @@ def test_cuda_engines_match_the_static_step(tiny_model_dir, engine, cfg, monkeyp
     tokens, with and without guidance, across several graphs sharing one memory pool: the
     smallest bucket is shrunk so a 40-frame window spans buckets 8, 16, 32 and 48, and the
     later windows (long form) start mid-bucket."""
+    from audiogen.generation.sampling import Decoder, generate_codes
     from audiogen.models.checkpoint import load_model
     from audiogen.models.conditioning import Conditions
-    from audiogen.generation.sampling import Decoder, generate_codes
 
     monkeypatch.setattr(Decoder, "SMALLEST_BUCKET", 8)
     loaded = load_model(tiny_model_dir, device="cuda")
@@ -435,8 +435,8 @@ def audiogen_cli(*args):
 
 
 def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
-    from audiogen.models.checkpoint import read_config
     from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import read_config
 
     keys = read_config(DEFAULT_MODEL_DIR)["conditioner"]["keys"]
     assert keys, "the embedded model is expected to know keys"
@@ -506,9 +506,9 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     import re
 
     import audiogen.generation.pipeline as P
+    from audiogen.audio.finishing import FinishSpec
     from audiogen.cli import build_parser
     from audiogen.models.conditioning import Conditions
-    from audiogen.audio.finishing import FinishSpec
 
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
     assert job.conditions == Conditions(text="calm", genre="rock") and job.prompt == "calm"

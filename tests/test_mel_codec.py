@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from audiogen.codec import base as C
 from audiogen.audio.io import write_audio
-from audiogen.metrics.audio_checks import frame_rate_harmonic_fraction, music_likeness, reconstruction_fidelity
-from audiogen.errors import AudiogenError
+from audiogen.codec import base as C
 from audiogen.codec.mel import MelVQConfig, MelVQModel, fit_codebooks, load_fit_config
+from audiogen.errors import AudiogenError
+from audiogen.metrics.audio_checks import frame_rate_harmonic_fraction, music_likeness, reconstruction_fidelity
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "fit_mel_codec.py"
@@ -99,8 +99,8 @@ def test_streamed_chunks_with_the_codecs_context_decode_as_the_whole_file(fitted
     does not (the premise: Griffin-Lim's phases at a window edge differ)."""
     from conftest import synth_music
 
-    from audiogen.metrics.audio_checks import log_mel_db
     from audiogen.generation.stream import ChunkDecoder
+    from audiogen.metrics.audio_checks import log_mel_db
 
     codes = fitted.encode(torch.from_numpy(synth_music(8.0, seed=5))[None])[0]
     whole = fitted.decode(codes[None])[0, 0].numpy()

@@ -141,9 +141,9 @@ def _capture_hf_codes(model):
 
 
 def test_greedy_guided_generation_gives_transformers_tokens(hf, loaded):
-    from audiogen.models.conditioning import Conditions
-    from audiogen.generation.sampling import SamplingParams, generate_window
     from audiogen.generation.pipeline import condition_batch
+    from audiogen.generation.sampling import SamplingParams, generate_window
+    from audiogen.models.conditioning import Conditions
 
     model, tok = hf[0], hf[1]
     N = 12  # new tokens = pattern positions; frames = N + 1 - K (transformers counts the BOS in max_length)
@@ -574,11 +574,11 @@ def test_imported_model_fine_tunes_through_the_lm_recipe(hf, tmp_path):
     import soundfile as sf
     from safetensors.torch import load_file
 
-    from audiogen.models.checkpoint import load_model
     from audiogen.codec.base import load_codec
-    from audiogen.generation.sampling import SamplingParams, generate_window
-    from audiogen.generation.pipeline import condition_batch
     from audiogen.data.prep import PrepConfig, prepare
+    from audiogen.generation.pipeline import condition_batch
+    from audiogen.generation.sampling import SamplingParams, generate_window
+    from audiogen.models.checkpoint import load_model
     from tests.conftest import synth_music
 
     imported = hf[3]

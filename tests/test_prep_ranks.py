@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from audiogen.audio.io import write_audio
-from audiogen.errors import AudiogenError
 from audiogen.data.prep import PrepConfig, Rank, prepare, rank_of
+from audiogen.errors import AudiogenError
 
 FLAGS = ["--codec", "tiny", "--segment", "1", "--workers", "0", "--no-progress", "--valid-fraction", "0.3",
          "--batch-size", "2"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from audiogen.codec import base as C
+from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
 from audiogen.train.codec import CodecTrainConfig, evaluate, make_parts, train_step
 from audiogen.train.loop import load_config
-from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
 
 REPO = Path(__file__).resolve().parents[1]
 STFT = REPO / "recipes" / "configs" / "codec_stft.yaml"

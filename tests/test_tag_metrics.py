@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audiogen.metrics import tag_metrics as M
 from audiogen.errors import AudiogenError
+from audiogen.metrics import tag_metrics as M
 from audiogen.metrics.tagger import MTT_LABELS
 
 

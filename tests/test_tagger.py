@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiogen.metrics import tagger as T
 from audiogen.errors import AudiogenError
+from audiogen.metrics import tagger as T
 from audiogen.metrics.tf_checkpoint import read_checkpoint
 
 FIX = Path(__file__).parent / "fixtures" / "musicnn"

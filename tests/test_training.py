@@ -110,8 +110,8 @@ def run_recipe(args: list[str], launcher: list[str] | None = None, env_extra: di
 
 
 def train_in_process(args: list[str]) -> int:
-    from audiogen.train.loop import load_config
     from audiogen.train.lm import TrainConfig, train
+    from audiogen.train.loop import load_config
 
     return train(load_config(TrainConfig, TINY, args))
 
@@ -193,8 +193,8 @@ def test_loss_targets_the_delay_pattern_with_bos_input_and_masks_special_and_pad
 
 
 def test_lr_warms_up_then_decays_by_cosine_to_the_floor():
-    from audiogen.train.loop import lr_at
     from audiogen.train.lm import TrainConfig
+    from audiogen.train.loop import lr_at
 
     cfg = TrainConfig(data_dir="x", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
@@ -257,9 +257,9 @@ def test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_
 
 
 def test_overfits_one_real_clip_and_greedy_decoding_reproduces_its_tokens(codec, codec_dir, clips, tmp_path):
+    from audiogen.generation.sampling import SamplingParams, generate_window
     from audiogen.models.checkpoint import load_model
     from audiogen.models.conditioning import Conditions
-    from audiogen.generation.sampling import SamplingParams, generate_window
 
     clip = clips[1][:, :40]  # 40 frames (0.53 s) of real music
     data = make_dataset(tmp_path / "one_clip", codec, [clip], [clip])
@@ -397,8 +397,8 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown config keys: learning_rate")
-    from audiogen.train.loop import load_config
     from audiogen.train.lm import TrainConfig
+    from audiogen.train.loop import load_config
 
     for bad, msg in [("batch_size=many", "batch_size: expected int"), ("lm.width=3", "unknown lm keys: width"),
                      ("model=huge", "valid names"), ("grad_accum=3", "divisible")]:
@@ -411,8 +411,8 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
 
 def test_broken_yaml_and_unmakeable_out_dir_are_one_line_errors(data_dir, codec_dir, tmp_path):
     from audiogen.models.checkpoint import read_config
-    from audiogen.train.loop import load_config
     from audiogen.train.lm import TrainConfig
+    from audiogen.train.loop import load_config
 
     (tmp_path / "bad.yaml").write_text("lr: [0.1,\n")
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00garbage")

@@ -526,8 +526,8 @@ DEFAULT_CODEC = "default"
 def default_codec_spec() -> tuple[str, int | None]:
     """(spec, codebooks) of the codec the embedded default model's config names: its folder
     (``audiogen/default_model/codec`` today) or a codec name, and the codebooks the model uses."""
-    from audiogen.models.checkpoint import read_config
     from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.models.checkpoint import read_config
 
     model_dir = resolve_model_dir(None)
     info = read_config(model_dir)["codec"]

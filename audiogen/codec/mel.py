@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from audiogen.errors import AudiogenError, dataclass_from_dict
 from audiogen.codec.stft import codes_phase
+from audiogen.errors import AudiogenError, dataclass_from_dict
 
 
 @dataclass(frozen=True)

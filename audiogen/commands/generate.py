@@ -90,8 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.errors import AudiogenError
     from audiogen.audio.finishing import PRESETS
+    from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import GenerateJob, run_job
 
     if args.lufs is not None and args.preset is not None:

@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.models.checkpoint import load_model
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import resolve_model_dir
     from audiogen.generation.stream import StreamSettings, state_from
+    from audiogen.models.checkpoint import load_model
 
     try:
         import fastapi  # noqa: F401

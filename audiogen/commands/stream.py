@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)
     settings.validate()
-    from audiogen.models.checkpoint import load_model
     from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.models.checkpoint import load_model
 
     model_dir = resolve_model_dir(args.model)
     loaded = load_model(model_dir, device=args.device)

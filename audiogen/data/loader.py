@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.models.conditioning import ATTRIBUTES, Conditions, ConditionerConfig, drop_conditions
 from audiogen.errors import AudiogenError
+from audiogen.models.conditioning import ATTRIBUTES, Conditions, ConditionerConfig, drop_conditions
 
 CONDITION_COLUMNS = ("caption", *(a.name for a in ATTRIBUTES))
 

@@ -57,9 +57,9 @@ import pyloudnorm  # noqa: F401  (audio.loudness.KWeighting's)
 import scipy.signal
 import torch
 
-from audiogen.models.conditioning import ATTRIBUTES, LABELS
 from audiogen.errors import AudiogenError
 from audiogen.generation.sampling import SamplingParams, sample_tokens
+from audiogen.models.conditioning import ATTRIBUTES, LABELS
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
 

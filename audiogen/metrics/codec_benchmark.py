@@ -27,8 +27,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audiogen.metrics import audio_checks as C
 from audiogen.errors import AudiogenError
+from audiogen.metrics import audio_checks as C
 
 #: libsndfile formats used as anchors: name -> (format, subtype, extra write options)
 COMPRESSED_ANCHORS = {

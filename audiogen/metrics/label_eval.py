@@ -49,8 +49,8 @@ def evaluation_jobs(n: int = 20, seed: int = 17) -> list[Job]:
 def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
     """Run the estimators (and ``tagger``, if given) on rendered tracks; ``rows_in`` are their sidecars
     with a ``path`` relative to ``folder``. Returns per-track rows and the summary figures."""
-    from audiogen.data import estimators as E
     from audiogen.audio.io import load_audio
+    from audiogen.data import estimators as E
 
     rows = []
     for r in rows_in:

@@ -607,10 +607,10 @@ def parity_with_transformers(src: str | os.PathLike, model_dir: str | os.PathLik
     """
     from transformers import MusicgenForConditionalGeneration
 
+    from audiogen.generation.pipeline import condition_batch
+    from audiogen.generation.sampling import SamplingParams, generate_window
     from audiogen.models.checkpoint import load_model
     from audiogen.models.conditioning import Conditions
-    from audiogen.generation.sampling import SamplingParams, generate_window
-    from audiogen.generation.pipeline import condition_batch
 
     src = Path(src)
     if detect_layout(src) != "transformers":

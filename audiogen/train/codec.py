@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiogen.codec.base import EncodecConfig, build_encodec_model, num_codebooks_for_bandwidth
+from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
+from audiogen.errors import AudiogenError
 from audiogen.train.codec_losses import (Balancer, MultiScaleMelLoss, disc_hinge_loss, feature_matching_loss,
                                    gen_hinge_loss)
-from audiogen.errors import AudiogenError
-from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
 from audiogen.train.loop import lr_at
 
 #: codec architectures this trainer builds: ``backend`` in the config picks one

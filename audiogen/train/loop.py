@@ -436,8 +436,8 @@ def run_loop(accelerator, cfg, trainer: Trainer, start: int) -> int:
 
 
 def _steps(acc, cfg, trainer: Trainer, start: int, stop: StopRequest) -> int:
-    from audiogen.train.curves import redraw
     from audiogen.progress import progress_bar
+    from audiogen.train.curves import redraw
 
     out = Path(cfg.out_dir)
     log_file = out / "log.jsonl"
