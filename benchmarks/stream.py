@@ -21,7 +21,7 @@ intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
 - ``rss_growth_mb``: resident memory at the end minus after the first 10 % of the run;
 - ``seams``: the largest sample step at a chunk boundary against the 99th percentile of
   all sample steps (histogram, bounded memory); ``seams_over_p99``: boundaries above it,
-  beside the 1 % of boundaries a seamless signal puts there by chance (tests/test_stream.py
+  beside the 1 % of boundaries a seamless signal puts there by chance (tests/generation/test_stream.py
   checks seamlessness directly: chunks equal one whole decode);
 - ``loudness_3s``: short-term loudness (BS.1770, 3 s windows ending at every chunk) minus
   the target, max absolute deviation overall and within 10 s after each change;

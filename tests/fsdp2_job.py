@@ -1,4 +1,4 @@
-"""A 2-rank FSDP2 training job for tests/test_training.py, run with ``torchrun`` on CPU (gloo).
+"""A 2-rank FSDP2 training job for tests/train/test_training.py, run with ``torchrun`` on CPU (gloo).
 
     torchrun --nproc_per_node 2 tests/fsdp2_job.py OUT_DIR [max_steps=6 save_every=3 kill_at_step=0 kill_rank=-1]
 

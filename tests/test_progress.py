@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from audiogen.audio.io import write_audio
 from audiogen.progress import progress_bar
-from tests.test_generate import tiny_model_dir  # noqa: F401 (fixture)
+from tests.generation.test_generate import tiny_model_dir  # noqa: F401 (fixture)
 
 
 class _Terminal(io.StringIO):

@@ -15,7 +15,7 @@ parts to discard); round-off can make the smallest ones slightly negative, and t
 clipped to 0 before the square root (they are true zeros of a rank-deficient covariance). This is the same quantity fadtk/frechet_audio_distance get
 from ``scipy.linalg.sqrtm(S_r @ S_g)`` (which needs an ``eps * I`` retry when it fails
 and drops imaginary parts), several times faster and well defined for singular
-covariances; see ``tests/test_fad.py`` for the agreement check.
+covariances; see ``tests/metrics/test_fad.py`` for the agreement check.
 
 FAD-inf (Gui et al. 2024, fadtk): FAD is biased upwards by ~c/N for N frames; compute
 it on random frame subsets of growing size, fit ``FAD = a + b / N`` and report ``a``.

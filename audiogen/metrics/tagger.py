@@ -26,7 +26,7 @@ Weights: the ``musicnn`` wheel (ISC license, Music Technology Group, Universitat
 Fabra) ships them as TensorFlow 1 checkpoints. Install it without its dependencies
 (``pip install --no-deps musicnn``: its code needs TensorFlow and numpy < 1.17, which we
 never import) and :func:`find_checkpoint` reads them with :mod:`audiogen.metrics.tf_checkpoint`.
-Parity with the original model is checked in ``tests/test_tagger.py`` against taggrams
+Parity with the original model is checked in ``tests/metrics/test_tagger.py`` against taggrams
 made once with TensorFlow (``tests/fixtures/musicnn/README.md``).
 """
 

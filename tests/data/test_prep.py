@@ -33,7 +33,7 @@ MIXED = [
     ("f.wav", 22050, 2, 5, 15.0),
 ]
 CLIP_S = 6.0
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def click_track(bpm: float, seconds: float, sr: int, offset_s: float = 0.1) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 
 from audiogen.metrics.codec_benchmark import codec_quality, nearest_levels, read_excerpts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SR = 24000
 
 

@@ -13,7 +13,7 @@ from audiogen.codec.stft import STFTCodecConfig, STFTCodecModel
 from audiogen.train.codec import CodecTrainConfig, evaluate, make_parts, train_step
 from audiogen.train.loop import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STFT = REPO / "recipes" / "configs" / "codec_stft.yaml"
 #: the default config's shape, narrowed so a step takes milliseconds
 SMALL = {"dim": 32, "encoder_layers": 1, "decoder_layers": 2, "latent_dim": 16, "n_q": 4, "bins": 32,

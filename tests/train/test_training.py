@@ -19,7 +19,7 @@ import torch
 from audiogen.errors import AudiogenError
 from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, free_port_in, kill_env, node_launcher, two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "train_lm.py"
 TINY = REPO / "recipes" / "configs" / "tiny.yaml"
 GENRES = ["ambient", "rock", "ambient", "rock", "ambient", "rock"]

@@ -21,7 +21,7 @@ from audiogen.train.codec_losses import Balancer
 from audiogen.train.loop import load_config
 from distributed_helpers import LAUNCH_TIMEOUT_S, assert_ranks, kill_env, start_records, two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "train_codec.py"
 TINY = REPO / "recipes" / "configs" / "codec_tiny.yaml"
 

@@ -14,7 +14,7 @@ from audiogen.audio.io import load_audio
 from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
 from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_default_model_is_shipped_small_and_documented():

@@ -12,7 +12,7 @@ from audiogen.errors import AudiogenError
 from audiogen.metrics import tagger as T
 from audiogen.metrics.tf_checkpoint import read_checkpoint
 
-FIX = Path(__file__).parent / "fixtures" / "musicnn"
+FIX = Path(__file__).parents[1] / "fixtures" / "musicnn"
 PARITY_CLIPS = ["chord_16k", "beat_16k", "corpus_48k"]
 
 

@@ -25,7 +25,7 @@ def test_labels_from_tags_thresholds_and_records_confidence_and_source():
 
 
 def test_fill_missing_labels_keeps_metadata_and_caches(tmp_path, monkeypatch):
-    clip = T.Path(__file__).parent / "fixtures" / "musicnn" / "chord_16k.flac"
+    clip = T.Path(__file__).parents[1] / "fixtures" / "musicnn" / "chord_16k.flac"
     full = {"genre": "folk", "mood": "calm", "instruments": ["fiddle"]}
     assert T.fill_missing_labels(full, clip, tmp_path, "abc") == full  # nothing missing: no tagging
     assert not list(tmp_path.iterdir())

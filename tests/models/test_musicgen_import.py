@@ -614,7 +614,7 @@ lr: 1.0e-3
 mixed_precision: "no"
 export_dtype: float32
 """)
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train_lm.py"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "train_lm.py"
     r = subprocess.run([sys.executable, str(recipe), "--config", str(config)], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

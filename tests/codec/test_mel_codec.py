@@ -20,7 +20,7 @@ from audiogen.codec.mel import MelVQConfig, MelVQModel, fit_codebooks, load_fit_
 from audiogen.errors import AudiogenError
 from audiogen.metrics.audio_checks import frame_rate_harmonic_fraction, music_likeness, reconstruction_fidelity
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "fit_mel_codec.py"
 CONFIG = REPO / "recipes" / "configs" / "codec_melvq.yaml"
 #: the shipped config's analysis, with small codebooks so fitting takes a second

@@ -11,7 +11,7 @@ from audiogen.audio.io import load_audio
 from audiogen.errors import AudiogenError
 from audiogen.metrics import audio_checks as C
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BUZZ = FIXTURES / "buzz_default_codec.flac"
 SR = 24000
 FRAME_RATE = 75.0
