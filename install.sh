@@ -25,12 +25,12 @@ echo "[install] pip: audiogen[all] (torch 2.11.0 pinned)"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[all]"
 
 # The musicnn taggers' weights (ISC license) ship inside its wheel as TF checkpoints, read by
-# audiogen/tagger.py without TensorFlow; --no-deps because its own code (never imported) wants
+# audiogen/metrics/tagger.py without TensorFlow; --no-deps because its own code (never imported) wants
 # TensorFlow and numpy < 1.17.
 echo "[install] pip: musicnn 0.1.0 weights (--no-deps)"
 "$PY" -m pip install -q --disable-pip-version-check --no-deps "musicnn==0.1.0"
 
 # Real CC-BY-SA / GPL music from Debian, used by the tests (and a small corpus to try prep on).
-"$PY" -m audiogen.debian_music --packages singularity-music --out .cache/debian-music
+"$PY" -m audiogen.data.debian_music --packages singularity-music --out .cache/debian-music
 
 echo "[install] done. Run the tests with: python3 -m pytest -q"

@@ -83,7 +83,7 @@ def scale(args) -> dict:
 
 
 def calibrate(args) -> dict:
-    from audiogen.audio import find_audio_files
+    from audiogen.audio.io import find_audio_files
     from audiogen.originality.audit import Auditor, build_index
     from audiogen.originality.calibration import (KINDS, LENGTHS, held_out_clips, run_calibration,
                                                   write_train_only)

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, num_codebooks_for_bandwidth
+from audiogen.codec.base import NAMED_CONFIGS, EncodecCodec, build_encodec_model, num_codebooks_for_bandwidth
 
 
 def _interleaved(fns: dict, repeats: int, sync) -> dict:

@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from audiogen.audio import find_audio_files  # noqa: E402
-from audiogen.codec import load_codec  # noqa: E402
-from audiogen.codec_benchmark import codec_quality, read_excerpts  # noqa: E402
-from audiogen.codec_training import split_tracks  # noqa: E402
+from audiogen.audio.io import find_audio_files  # noqa: E402
+from audiogen.codec.base import load_codec  # noqa: E402
 from audiogen.errors import AudiogenError  # noqa: E402
+from audiogen.metrics.codec_benchmark import codec_quality, read_excerpts  # noqa: E402
+from audiogen.train.codec import split_tracks  # noqa: E402
 
 MIN_TRACKS = 2
 

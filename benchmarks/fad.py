@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen import fad as F
-from audiogen.audio import write_audio
-from audiogen.embedders import BuiltinEmbedder, EncodecEmbedder, VGGishEmbedder
+from audiogen.audio.io import write_audio
+from audiogen.metrics import fad as F
+from audiogen.metrics.embedders import BuiltinEmbedder, EncodecEmbedder, VGGishEmbedder
 
 
 def synth_files(folder: Path, n: int, seconds: float, sr: int = 44_100) -> list[Path]:
@@ -43,7 +43,7 @@ def random_clap(device: str):
     """A full-size (HTSAT-base, 512-d) CLAP audio tower with random weights, saved and loaded as a user would."""
     from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
 
-    from audiogen.embedders import ClapEmbedder
+    from audiogen.metrics.embedders import ClapEmbedder
 
     d = Path(tempfile.mkdtemp(prefix="clap-bench-"))
     ClapAudioModelWithProjection(ClapAudioConfig(projection_dim=512)).save_pretrained(d)

@@ -32,8 +32,8 @@ import time
 
 import torch
 
-from audiogen.generate import Decoder, SamplingParams
-from audiogen.lm import LM, named_config
+from audiogen.generation.sampling import Decoder, SamplingParams
+from audiogen.models.lm import LM, named_config
 
 SIZES = {
     "tiny": dict(dim=64, num_layers=2, num_heads=4, ffn_dim=256),

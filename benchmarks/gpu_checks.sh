@@ -42,7 +42,7 @@ run_tests() {  # $1: timeout in seconds
     # dependencies (scipy, playwright, ...) the device image may not have
     if python3 -c "import pytest, soundfile, safetensors, yaml, scipy" 2>/dev/null; then
         timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu \
-            tests/test_generate.py tests/test_codec.py tests/test_fad.py > "$OUT/pytest_gpu.log" 2>&1
+            tests/generation/test_generate.py tests/codec/test_codec.py tests/metrics/test_fad.py > "$OUT/pytest_gpu.log" 2>&1
         tail -5 "$OUT/pytest_gpu.log"
     else
         echo "pytest/soundfile/safetensors/yaml/scipy not importable here: CUDA tests not run" \
@@ -52,7 +52,7 @@ run_tests() {  # $1: timeout in seconds
 
 run_fsdp() {  # $1: timeout in seconds; a separate pytest run: test_training.py imports datasets and accelerate
     if python3 -c "import pytest, soundfile, safetensors, yaml, scipy, datasets, accelerate" 2>/dev/null; then
-        timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_training.py > "$OUT/pytest_fsdp.log" 2>&1
+        timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu tests/train/test_training.py > "$OUT/pytest_fsdp.log" 2>&1
         tail -5 "$OUT/pytest_fsdp.log"
     else
         echo "datasets/accelerate (or the test deps) not importable here: FSDP test not run" | tee "$OUT/pytest_fsdp.log"

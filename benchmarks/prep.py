@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from audiogen.codec import NAMED_CONFIGS, EncodecCodec, build_encodec_model, load_codec, num_codebooks_for_bandwidth
-from audiogen.prep import PrepConfig, default_workers, prepare
+from audiogen.codec.base import NAMED_CONFIGS, EncodecCodec, build_encodec_model, load_codec, num_codebooks_for_bandwidth
+from audiogen.data.prep import PrepConfig, default_workers, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--music-dir", default=os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))
     ap.add_argument("--tracks", type=int, default=3, help="how many real tracks (whole files)")
     ap.add_argument("--segment", type=float, default=30.0)
-    ap.add_argument("--workers", type=int, default=None, help="default: audiogen.prep.default_workers(device)")
+    ap.add_argument("--workers", type=int, default=None, help="default: audiogen.data.prep.default_workers(device)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: prep's own (1 on cpu, 8 on cuda)")
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--codecs", nargs="+", default=["tiny", "encodec_24khz"],
@@ -96,12 +96,12 @@ def main() -> None:
         src.mkdir()
         for i, t in enumerate(tracks):  # links, not copies: the files are read as they are
             (src / f"{i:02d}_{t.name}").symlink_to(t.resolve())
-        from audiogen.audio import audio_info
+        from audiogen.audio.io import audio_info
 
         # warm-up: librosa/numba loaded once here (forked workers inherit it), as in any long job
         import numpy as np
 
-        from audiogen.prep import _analysis_features, estimate_bpm
+        from audiogen.data.labels import _analysis_features, estimate_bpm
 
         estimate_bpm(_analysis_features(np.random.default_rng(0).standard_normal(22050 * 5).astype(np.float32), 22050)[0])
         result["files"] = len(tracks)

@@ -2,7 +2,7 @@
 
     python benchmarks/stream.py [--duration 600] [--chunk 1.0] [--model DIR] [--lm-config small] [--device cpu]
 
-Runs one :class:`audiogen.stream.MusicStream` as fast as it goes for ``--duration`` seconds
+Runs one :class:`audiogen.generation.stream.MusicStream` as fast as it goes for ``--duration`` seconds
 of audio, sending a control change every ``--change-every`` seconds of audio, alternating
 a calm request (bpm 80, intensity 0.2, mood calm) and an energetic one (bpm 140,
 intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
@@ -21,7 +21,7 @@ intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
 - ``rss_growth_mb``: resident memory at the end minus after the first 10 % of the run;
 - ``seams``: the largest sample step at a chunk boundary against the 99th percentile of
   all sample steps (histogram, bounded memory); ``seams_over_p99``: boundaries above it,
-  beside the 1 % of boundaries a seamless signal puts there by chance (tests/test_stream.py
+  beside the 1 % of boundaries a seamless signal puts there by chance (tests/generation/test_stream.py
   checks seamlessness directly: chunks equal one whole decode);
 - ``loudness_3s``: short-term loudness (BS.1770, 3 s windows ending at every chunk) minus
   the target, max absolute deviation overall and within 10 s after each change;
@@ -84,17 +84,18 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from audiogen import audio as A
-    from audiogen.checkpoint import load_model
-    from audiogen.estimators import onset_envelope, tempo_tempogram
-    from audiogen.pipeline import resolve_model_dir
-    from audiogen.stream import MusicStream, StreamSettings
+    from audiogen.audio.io import resample
+    from audiogen.audio.loudness import integrated_loudness
+    from audiogen.data.estimators import onset_envelope, tempo_tempogram
+    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.models.checkpoint import load_model
 
     t = time.perf_counter()
     loaded = load_model(resolve_model_dir(args.model), device=args.device)
     load_s = time.perf_counter() - t
     if args.lm_config:
-        from audiogen.lm import LM, named_config
+        from audiogen.models.lm import LM, named_config
 
         c = loaded.lm.cfg
         with torch.device(args.device):
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         prev_last = float(mono[-1])
         window = np.concatenate([window, x], axis=1)[:, -3 * sr :]
         if window.shape[1] == 3 * sr:
-            loud_dev.append((i, A.integrated_loudness(window, sr) - settings.lufs))
+            loud_dev.append((i, integrated_loudness(window, sr) - settings.lufs))
         for j, (at, _, _) in enumerate(changes_sent):  # collect each request's 10 s after its glide
             start = at + math.ceil(args.glide / chunk_s) + 1
             if start <= i < start + round(10 / chunk_s):
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
         y = np.concatenate(pieces)
         if len(y) < 8 * sr:
             continue
-        y22 = A.resample(y[None], sr, 22050)[0]
+        y22 = resample(y[None], sr, 22050)[0]
         env = onset_envelope(y22, 22050)
         import librosa
 

@@ -1,6 +1,6 @@
 """LM training throughput: audio tokens per second and model FLOPs utilisation (MFU).
 
-Times ``audiogen.training.train_step`` (the step the recipe runs: delay pattern, per-codebook
+Times ``audiogen.train.lm.train_step`` (the step the recipe runs: delay pattern, per-codebook
 loss, AdamW, clipping, bf16 autocast on GPUs) on random tokens shaped like
 encodec_24khz's (4 codebooks x 2048 codes, 75 frames per second), with
 attribute conditions (no text encoder: it runs once per distinct caption and is cached).
@@ -67,11 +67,11 @@ def cpu_peak_flops(n: int = 2048, repeats: int = 3) -> float:
 def bench(model_name: str, device: str, batch: int, segment_s: float, steps: int) -> dict:
     from accelerate import Accelerator
 
-    from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig, bpm_bucket_centres
-    from audiogen.data import Batch
-    from audiogen.lm import LM, named_config
-    from audiogen.train_loop import make_accelerator
-    from audiogen.training import ConditionedLM, TrainConfig, make_optimizer, resolve_mixed_precision, train_step
+    from audiogen.data.loader import Batch
+    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig, bpm_bucket_centres
+    from audiogen.models.lm import LM, named_config
+    from audiogen.train.lm import ConditionedLM, TrainConfig, make_optimizer, resolve_mixed_precision, train_step
+    from audiogen.train.loop import make_accelerator
 
     K, card, frame_rate = 4, 2048, 75.0
     T = int(segment_s * frame_rate)

@@ -4,13 +4,13 @@
     python data_prep/build_debian_corpus.py --music-dir .cache/debian-music --out data/debian \\
         [--packages singularity-music warzone2100-music wesnoth-1.16-music] [prep flags ...]
 
-Step 1 (:mod:`audiogen.debian_music`): ``apt-get download`` each package (no root
+Step 1 (:mod:`audiogen.data.debian_music`): ``apt-get download`` each package (no root
 needed; run ``apt-get update`` first on a fresh system), unpack it with ``dpkg -x``,
 keep its ``debian/copyright`` as ``COPYRIGHT`` and write a ``TRACK.json`` sidecar beside
 every track with its title, artist, license and attribution. Already unpacked packages
 are not downloaded again.
 
-Step 2 (:mod:`audiogen.prep`): ``audiogen prep MUSIC_DIR --out DATA_DIR`` with any
+Step 2 (:mod:`audiogen.data.prep`): ``audiogen prep MUSIC_DIR --out DATA_DIR`` with any
 further flags given here (``--codec``, ``--segment``, ``--workers``, ...). The sidecars
 put each track's license into the dataset's ``license`` column and its credit line into
 ``attribution``; keep both when you publish anything trained on the corpus.
@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from audiogen.cli import main as audiogen_main
-from audiogen.debian_music import PACKAGES, fetch
+from audiogen.data.debian_music import PACKAGES, fetch
 from audiogen.errors import AudiogenError
 
 

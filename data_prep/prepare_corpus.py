@@ -6,7 +6,7 @@
     # several processes or machines: each takes its share of the files, rank 0 writes the dataset
     accelerate launch --multi_gpu --num_processes 8 data_prep/prepare_corpus.py AUDIO_DIR --out DATA_DIR --device cuda
 
-All logic lives in :mod:`audiogen.prep`; see ``--help`` and docs/prep.md. Exit status:
+All logic lives in :mod:`audiogen.data.prep`; see ``--help`` and docs/prep.md. Exit status:
 0 clean, 3 some files skipped (listed in DATA_DIR/prep_report.json), 1 user error.
 """
 

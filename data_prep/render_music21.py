@@ -9,15 +9,15 @@ Needs what install.sh installs: music21 and mido (pip), fluidsynth and fluid-sou
 instruments, tempo, key) and its license record; OUT/tracks.jsonl lists all finished
 tracks. Resumable: rerun the same command and only unfinished tracks are rendered (the
 plan is deterministic in --seed and --variants). Then: audiogen prep OUT --out DATA_DIR.
-Logic: audiogen/render.py.
+Logic: audiogen/data/render.py.
 """
 
 import argparse
 import json
 import sys
 
+from audiogen.data.render import COLLECTIONS, MAX_SECONDS, plan_corpus, render_corpus
 from audiogen.errors import AudiogenError
-from audiogen.render import COLLECTIONS, MAX_SECONDS, plan_corpus, render_corpus
 
 
 def main(argv=None) -> int:

@@ -5,16 +5,16 @@
 
 Writes OUT/validation.json (per-track rows and the summary: MIREX tempo accuracy-1/-2 per
 tempo estimator, weighted key score per key estimator, MTT instrument top-3 hit rate and
-confusion). Resumable (renders are reused). Logic: audiogen/label_eval.py.
+confusion). Resumable (renders are reused). Logic: audiogen/metrics/label_eval.py.
 """
 
 import argparse
 import json
 import sys
 
-from audiogen.audio import atomic_write_text
-from audiogen.label_eval import evaluate, evaluation_jobs, load_sidecars, summary_markdown
-from audiogen.render import render_corpus
+from audiogen.data.render import render_corpus
+from audiogen.files import atomic_write_text
+from audiogen.metrics.label_eval import evaluate, evaluation_jobs, load_sidecars, summary_markdown
 
 
 def main(argv=None) -> int:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     print(json.dumps(render_corpus(args.out, jobs, progress=False, max_seconds=args.max_seconds)), file=sys.stderr)
     tagger = None
     if not args.no_tagger:
-        from audiogen.tagger import load_tagger
+        from audiogen.metrics.tagger import load_tagger
 
         tagger = load_tagger("MTT")
     result = evaluate(args.out, load_sidecars(args.out, jobs), tagger)

@@ -6,16 +6,16 @@ and mood it is asked for, at each guidance scale?
 
 Writes OUT_DIR/adherence.json, OUT_DIR/adherence.md (printed too), the figures (PNG) and every
 generated clip under OUT_DIR/clips/ to listen to. Without --data/--audio-dir genre and mood are not
-measured (they need reference clips). All logic is in ``audiogen/adherence.py``; what each figure
+measured (they need reference clips). All logic is in ``audiogen/metrics/adherence.py``; what each figure
 means: docs/adherence.md.
 """
 
 import argparse
 import sys
 
-from audiogen.adherence import DEFAULT_CLIPS, DEFAULT_SECONDS, adherence_report, summary_markdown
 from audiogen.errors import AudiogenError
-from audiogen.pipeline import DEFAULT_MODEL_DIR
+from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+from audiogen.metrics.adherence import DEFAULT_CLIPS, DEFAULT_SECONDS, adherence_report, summary_markdown
 
 
 def main() -> int:

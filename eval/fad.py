@@ -2,7 +2,7 @@
 
     python eval/fad.py REF GEN [--embedder vggish --weights FILE] [--inf] [--per-song CSV] [--json]
 
-All logic lives in ``audiogen/fad.py`` and ``audiogen/embedders.py``.
+All logic lives in ``audiogen/metrics/fad.py`` and ``audiogen/metrics/embedders.py``.
 """
 
 import sys

@@ -9,7 +9,7 @@ tracks, next to the codec's own resynthesis of them (the ceiling the LM cannot b
 the tempo response (requested vs estimated bpm); and, with the musicnn weights installed,
 the tag conditioning figures (KL between generated and reference tag distributions,
 per-prompt tag agreement). All logic is in
-``audiogen/model_eval.py``.
+``audiogen/metrics/model_eval.py``.
 """
 
 import argparse
@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from audiogen.audio import atomic_write_text
 from audiogen.errors import AudiogenError
-from audiogen.model_eval import model_report
+from audiogen.files import atomic_write_text
+from audiogen.metrics.model_eval import model_report
 
 
 def main() -> int:

@@ -4,7 +4,7 @@
 
 Prints JSON: max abs logit differences (conditional and unconditional rows), whether
 greedy guided generation gives the same tokens, and the decode difference. All logic
-lives in ``audiogen.musicgen_import.parity_with_transformers``; see docs/import_musicgen.md.
+lives in ``audiogen.models.musicgen_import.parity_with_transformers``; see docs/import_musicgen.md.
 """
 
 import argparse
@@ -12,7 +12,7 @@ import json
 import sys
 
 from audiogen.errors import AudiogenError
-from audiogen.musicgen_import import parity_with_transformers
+from audiogen.models.musicgen_import import parity_with_transformers
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

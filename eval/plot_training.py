@@ -4,7 +4,7 @@ Reads ``OUT_DIR/log.jsonl`` and writes ``OUT_DIR/curves.png`` against the step: 
 run the training loss per codebook and mean, the validation loss per codebook, the learning
 rate and tokens/s; for a codec run the loss terms, held-out mel loss and SI-SDR, and
 codebook usage. Both recipes redraw the same picture at every checkpoint; this redraws it
-on demand (see ``audiogen/curves.py``).
+on demand (see ``audiogen/train/curves.py``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from audiogen.curves import plot_training_log
 from audiogen.errors import AudiogenError
+from audiogen.train.curves import plot_training_log
 
 
 def main(argv: list[str] | None = None) -> int:

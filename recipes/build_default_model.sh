@@ -31,7 +31,7 @@ case "$CODEC_KIND" in
   *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
-python3 -m audiogen.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
+python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
 
 # 1. the codec
 if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)

@@ -21,8 +21,8 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from audiogen.mel_codec import MelVQFitConfig, fit_mel_codec
-    from audiogen.train_loop import recipe_main
+    from audiogen.codec.mel import MelVQFitConfig, fit_mel_codec
+    from audiogen.train.loop import recipe_main
 
     return recipe_main(__doc__, MelVQFitConfig, fit_mel_codec, argv,
                        config_help="YAML config (see recipes/configs/codec_melvq.yaml)")

@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from audiogen.codec_training import CodecTrainConfig, train_codec
-    from audiogen.train_loop import recipe_main
+    from audiogen.train.codec import CodecTrainConfig, train_codec
+    from audiogen.train.loop import recipe_main
 
     return recipe_main(__doc__, CodecTrainConfig, train_codec, argv,
                        config_help="YAML config (see recipes/configs/codec_*.yaml)")

@@ -25,8 +25,8 @@ if str(REPO) not in sys.path:  # runnable from a checkout without installing
 
 
 def main(argv=None) -> int:
-    from audiogen.train_loop import recipe_main
-    from audiogen.training import TrainConfig, train
+    from audiogen.train.lm import TrainConfig, train
+    from audiogen.train.loop import recipe_main
 
     return recipe_main(__doc__, TrainConfig, train, argv,
                        config_help="YAML config (see recipes/configs/{tiny,small,medium}.yaml)")

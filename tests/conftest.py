@@ -47,7 +47,7 @@ def make_music():
 
 @pytest.fixture(scope="session")
 def tiny_codec():
-    from audiogen.codec import load_codec
+    from audiogen.codec.base import load_codec
 
     return load_codec("tiny")
 

@@ -18,8 +18,8 @@ LAUNCH_TIMEOUT_S = float(os.environ.get("AUDIOGEN_TEST_LAUNCH_TIMEOUT_S", "600")
 
 def kill_env(step: int, rank: int = -1) -> dict[str, str]:
     """The environment of the training loop's test hook: SIGKILL rank ``rank`` (-1: every rank) right after
-    step ``step`` (``audiogen.train_loop``)."""
-    from audiogen.train_loop import KILL_AT_STEP_ENV, KILL_RANK_ENV
+    step ``step`` (``audiogen.train.loop``)."""
+    from audiogen.train.loop import KILL_AT_STEP_ENV, KILL_RANK_ENV
 
     return {KILL_AT_STEP_ENV: str(step), KILL_RANK_ENV: str(rank)}
 

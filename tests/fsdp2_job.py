@@ -1,13 +1,13 @@
-"""A 2-rank FSDP2 training job for tests/test_training.py, run with ``torchrun`` on CPU (gloo).
+"""A 2-rank FSDP2 training job for tests/train/test_training.py, run with ``torchrun`` on CPU (gloo).
 
     torchrun --nproc_per_node 2 tests/fsdp2_job.py OUT_DIR [max_steps=6 save_every=3 kill_at_step=0 kill_rank=-1]
 
-The tiny conditioned LM sharded with :func:`audiogen.fsdp.shard` trains on random tokens
+The tiny conditioned LM sharded with :func:`audiogen.train.fsdp.shard` trains on random tokens
 (step s, rank r: a generator seeded with ``s * world + r``); checkpoints go through
-:func:`audiogen.train_loop.save_checkpoint` with :func:`audiogen.fsdp.save_sharded` as the
+:func:`audiogen.train.loop.save_checkpoint` with :func:`audiogen.train.fsdp.save_sharded` as the
 writer and each rank's RNG state as its own file; rerunning resumes from the newest;
-the end exports a model directory (:func:`audiogen.training.export_model`) from
-:func:`audiogen.fsdp.full_state`. ``log.jsonl`` gets the processes' start line and the
+the end exports a model directory (:func:`audiogen.train.lm.export_model`) from
+:func:`audiogen.train.fsdp.full_state`. ``log.jsonl`` gets the processes' start line and the
 mean loss of every step.
 """
 
@@ -30,13 +30,13 @@ def main(out: Path, max_steps: int = 6, save_every: int = 3, kill_at_step: int =
     from accelerate import PartialState
     from torch.distributed.device_mesh import init_device_mesh
 
-    from audiogen.codec import load_codec
-    from audiogen.conditioning import Conditions, ConditionEncoder, ConditionerConfig
-    from audiogen.fsdp import full_state, load_sharded, save_sharded, shard
-    from audiogen.lm import LM, named_config
-    from audiogen.train_loop import load_rank_state, process_record, resume_point, save_checkpoint
-    from audiogen.training import (ConditionedLM, TrainConfig, codebook_ce_sums, delay_inputs, export_model,
+    from audiogen.codec.base import load_codec
+    from audiogen.models.conditioning import Conditions, ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
+    from audiogen.train.fsdp import full_state, load_sharded, save_sharded, shard
+    from audiogen.train.lm import (ConditionedLM, TrainConfig, codebook_ce_sums, delay_inputs, export_model,
                                    make_optimizer)
+    from audiogen.train.loop import load_rank_state, process_record, resume_point, save_checkpoint
 
     state = PartialState(cpu=True)  # torchrun's environment: one gloo job
     rank, world = state.process_index, state.num_processes

@@ -9,13 +9,13 @@ N=${1:-20}
 LOG=${2:-.cache/repeat_multiprocess}
 mkdir -p "$LOG"
 TESTS=(
-  tests/test_training.py::test_two_ranks_match_one_process_with_the_same_global_batch
-  tests/test_training.py::test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_rank_run
-  tests/test_training.py::test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9
-  tests/test_training.py::test_the_slurm_script_launch_line_forms_one_job_over_loopback
-  tests/test_training.py::test_fsdp2_over_gloo_saves_sharded_checkpoints_resumes_after_kill_9_and_exports_a_loadable_model
-  tests/test_codec_training.py::test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterrupted_two_rank_run
-  tests/test_prep_ranks.py::test_two_processes_killed_and_rerun_give_the_single_process_dataset
+  tests/train/test_training.py::test_two_ranks_match_one_process_with_the_same_global_batch
+  tests/train/test_training.py::test_kill_9_of_one_rank_then_rerun_is_bit_identical_to_an_uninterrupted_two_rank_run
+  tests/train/test_training.py::test_two_nodes_over_loopback_form_one_job_and_resume_after_kill_9
+  tests/train/test_training.py::test_the_slurm_script_launch_line_forms_one_job_over_loopback
+  tests/train/test_training.py::test_fsdp2_over_gloo_saves_sharded_checkpoints_resumes_after_kill_9_and_exports_a_loadable_model
+  tests/train/test_codec_training.py::test_two_ranks_kill9_of_one_rank_then_resume_is_bit_identical_to_an_uninterrupted_two_rank_run
+  tests/data/test_prep_ranks.py::test_two_processes_killed_and_rerun_give_the_single_process_dataset
 )
 for i in $(seq 1 "$N"); do
   start=$(date +%s)

@@ -10,9 +10,9 @@ import time
 
 from tqdm import tqdm
 
-from audiogen.audio import write_audio
+from audiogen.audio.io import write_audio
 from audiogen.progress import progress_bar
-from tests.test_generate import tiny_model_dir  # noqa: F401 (fixture)
+from tests.generation.test_generate import tiny_model_dir  # noqa: F401 (fixture)
 
 
 class _Terminal(io.StringIO):
@@ -63,7 +63,7 @@ def _stderr_of(path) -> str:
 
 def test_generate_with_stderr_to_a_file_writes_a_few_lines(tmp_path, tiny_model_dir, monkeypatch):
     """generate's bar with stderr a file (as under nohup or SLURM): start and end lines, no redraws."""
-    from audiogen.pipeline import GenerateJob, run_job
+    from audiogen.generation.pipeline import GenerateJob, run_job
 
     monkeypatch.setenv("AUDIOGEN_PROGRESS_INTERVAL", "600")
     err = tmp_path / "generate.err"

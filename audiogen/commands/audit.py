@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.audio import atomic_write_text
     from audiogen.errors import AudiogenError
+    from audiogen.files import atomic_write_text
     from audiogen.originality.audit import Auditor, build_index
 
     if args.files[0] == "index" and args.against is None:

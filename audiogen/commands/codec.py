@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from audiogen.audio import atomic_path, load_audio, write_audio
-    from audiogen.codec import load_codec, load_codes
+    from audiogen.audio.io import load_audio, write_audio
+    from audiogen.codec.base import load_codec, load_codes
+    from audiogen.files import atomic_path
 
     codec = load_codec(args.codec, bandwidth=args.bandwidth, weights=args.codec_weights, device=args.device)
     if args.op in ("roundtrip", "encode"):

@@ -63,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from audiogen import fad as F
-    from audiogen.embedders import load_embedder
     from audiogen.errors import AudiogenError
+    from audiogen.metrics import fad as F
+    from audiogen.metrics.embedders import load_embedder
 
     if args.bootstrap < 0 or args.batch_files < 1:
         raise AudiogenError("--bootstrap must be >= 0 and --batch-files >= 1")

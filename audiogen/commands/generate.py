@@ -90,9 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiogen.audio.finishing import PRESETS
     from audiogen.errors import AudiogenError
-    from audiogen.finishing import PRESETS
-    from audiogen.pipeline import GenerateJob, run_job
+    from audiogen.generation.pipeline import GenerateJob, run_job
 
     if args.lufs is not None and args.preset is not None:
         raise AudiogenError("give either --lufs or --preset, not both")

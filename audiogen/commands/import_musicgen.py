@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.musicgen_import import import_musicgen
+    from audiogen.models.musicgen_import import import_musicgen
 
     out = import_musicgen(args.src, args.out, t5=args.t5, codec=args.codec)
     print(f"wrote {out}")

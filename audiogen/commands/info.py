@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.files:
         args.usage_error("give audio FILEs to measure, or --model [DIR] to describe a model")
 
-    from audiogen.audio import audio_info, measure_file
+    from audiogen.audio.io import audio_info
+    from audiogen.audio.loudness import measure_file
     from audiogen.errors import AudiogenError
 
     for f in args.files:
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    from audiogen.pipeline import describe_model
+    from audiogen.generation.pipeline import describe_model
 
     m = describe_model(args.model)
     if args.json:
@@ -90,7 +91,7 @@ def run_model(args: argparse.Namespace) -> int:
           else "text encoder: none (the prompt is not used)")
     lm_max = f" (the LM holds at most {m['max_window_s']:g} s)" if m["max_window_s"] else ""
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
-    from audiogen.conditioning import LABELS
+    from audiogen.models.conditioning import LABELS
 
     for a in LABELS:
         values = m["vocab"][a.name]

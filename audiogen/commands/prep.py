@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from audiogen.prep import EXIT_OK, EXIT_SKIPPED, PrepConfig, prepare
+    from audiogen.data.prep import EXIT_OK, EXIT_SKIPPED, PrepConfig, prepare
 
     bandwidth = args.bandwidth
     if bandwidth is None and args.codec == "encodec_24khz":

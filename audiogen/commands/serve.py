@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the adaptive stream (see 'audiogen stream') over a WebSocket, with a page at / to "
         "play it and steer it: prompt, mood, intensity and bpm sliders, glide time. Each browser tab gets its "
         "own stream; the model is loaded once. The WebSocket protocol is described in "
-        "audiogen/stream_server.py and docs/stream.md.",
+        "audiogen/generation/stream_server.py and docs/stream.md.",
         epilog="example: audiogen serve \"adventure game music\" --port 8765, then open http://127.0.0.1:8765/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiogen.checkpoint import load_model
     from audiogen.errors import AudiogenError
-    from audiogen.pipeline import resolve_model_dir
-    from audiogen.stream import StreamSettings, state_from
+    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.stream import StreamSettings, state_from
+    from audiogen.models.checkpoint import load_model
 
     try:
         import fastapi  # noqa: F401
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device)
     settings.validate()
     loaded = load_model(resolve_model_dir(args.model), device=args.device)
-    from audiogen.stream_server import serve
+    from audiogen.generation.stream_server import serve
 
     serve(loaded, settings, start, args.host, args.port, args.lead, args.log_level)
     return 0

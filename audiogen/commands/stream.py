@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from audiogen.errors import AudiogenError
-    from audiogen.generate import SamplingParams
-    from audiogen.stream import MusicStream, StreamSettings, state_from
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.stream import MusicStream, StreamSettings, state_from
 
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise AudiogenError(f"--duration must be a positive number of seconds, got {args.duration}")
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)
     settings.validate()
-    from audiogen.checkpoint import load_model
-    from audiogen.pipeline import resolve_model_dir
+    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.models.checkpoint import load_model
 
     model_dir = resolve_model_dir(args.model)
     loaded = load_model(model_dir, device=args.device)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     import soundfile as sf
 
-    from audiogen.audio import atomic_path
+    from audiogen.files import atomic_path
 
     with atomic_path(args.out) as tmp, sf.SoundFile(str(tmp), "w", sr, ch, subtype="PCM_16", format="WAV") as sink:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends an endless file: keep what was written

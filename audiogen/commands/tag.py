@@ -44,10 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from audiogen.audio import find_audio_files, load_audio
+    from audiogen.audio.io import find_audio_files, load_audio
     from audiogen.devices import resolve_device
     from audiogen.errors import AudiogenError
-    from audiogen.tagger import load_tagger, top_of
+    from audiogen.metrics.tagger import load_tagger, top_of
 
     if args.top < 1:
         raise AudiogenError("--top must be >= 1")

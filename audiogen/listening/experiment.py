@@ -27,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen import audio as A
+from audiogen.audio.io import audio_info, load_audio, write_audio
+from audiogen.audio.loudness import db_to_gain, integrated_loudness
+from audiogen.audio.shaping import apply_fades
 from audiogen.errors import AudiogenError
+from audiogen.files import atomic_write_text, sha256_file
 
 DESIGNS = ("2afc", "single", "mushra", "mos")
 #: The rating scales (lowest, highest) of the designs that rate: what the server accepts and the report's bounds.
@@ -316,9 +319,9 @@ def cut_window(wav: np.ndarray, sr: int, spec: StimulusSpec, seed: int, name: st
 
 def finish_clip(wav: np.ndarray, sr: int, spec: StimulusSpec) -> np.ndarray:
     """Fades, then loudness to ``spec.loudness_lufs`` (BS.1770) under the true-peak ceiling."""
-    from audiogen.finishing import normalize_loudness
+    from audiogen.audio.finishing import normalize_loudness
 
-    wav = A.apply_fades(wav, sr, spec.fade_s, spec.fade_s)
+    wav = apply_fades(wav, sr, spec.fade_s, spec.fade_s)
     return normalize_loudness(wav, sr, spec.loudness_lufs, spec.true_peak_dbtp)
 
 
@@ -350,7 +353,7 @@ def antiphase_clip(order: list[str], sr: int) -> np.ndarray:
     for i, kind in enumerate(order):
         x = tone(200.0, 1.0, sr) * 0.3
         if kind == "quiet":
-            st = np.stack([x, x]) * A.db_to_gain(-6.0)
+            st = np.stack([x, x]) * db_to_gain(-6.0)
         elif kind == "anti":
             st = np.stack([x, -x])
         else:
@@ -402,7 +405,7 @@ def create_experiment(yaml_path: str | os.PathLike, out_dir: str | os.PathLike, 
     if not out.parent.exists():
         raise AudiogenError(f"{out.parent}: no such folder")
     for s in exp.sources:
-        A.audio_info(s.path)  # every file readable before any work: one clear error up front
+        audio_info(s.path)  # every file readable before any work: one clear error up front
     tmp = out.parent / f".{out.name}.creating-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "stimuli").mkdir(parents=True)
@@ -410,9 +413,9 @@ def create_experiment(yaml_path: str | os.PathLike, out_dir: str | os.PathLike, 
     try:
         manifest = _prepare(exp, tmp, log)
         token = secrets.token_urlsafe(24)
-        A.atomic_write_text(tmp / "private" / "admin_token", token + "\n")
+        atomic_write_text(tmp / "private" / "admin_token", token + "\n")
         os.chmod(tmp / "private" / "admin_token", 0o600)
-        A.atomic_write_text(tmp / "private" / "manifest.json", json.dumps(manifest, indent=1))
+        atomic_write_text(tmp / "private" / "manifest.json", json.dumps(manifest, indent=1))
         DB.init_db(tmp / "listen.db", manifest)
         if out.exists():
             out.rmdir()
@@ -435,9 +438,9 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
     def write(wav: np.ndarray, meta: dict) -> str:
         sid = _new_id(used)
         p = d / "stimuli" / f"{sid}.wav"
-        A.write_audio(p, wav, sr, subtype="PCM_16")  # libsndfile writes no tags/LIST chunks here
+        write_audio(p, wav, sr, subtype="PCM_16")  # libsndfile writes no tags/LIST chunks here
         os.utime(p, (FIXED_MTIME, FIXED_MTIME))
-        meta = dict(meta, loudness_out=round(A.integrated_loudness(wav, sr), 2), bytes=p.stat().st_size)
+        meta = dict(meta, loudness_out=round(integrated_loudness(wav, sr), 2), bytes=p.stat().st_size)
         stimuli[sid] = meta
         return sid
 
@@ -449,11 +452,11 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
     for w in warnings:
         log(f"warning: {w}")
     for i, s in enumerate(exp.sources):
-        wav, _ = A.load_audio(s.path, sample_rate=sr, channels=ch)
+        wav, _ = load_audio(s.path, sample_rate=sr, channels=ch)
         clip, start = cut_window(wav, sr, spec, exp.seed, s.path)
         if spec.lowpass_hz:
             clip = lowpass(clip, sr, spec.lowpass_hz)
-        loud_in = A.integrated_loudness(clip, sr)
+        loud_in = integrated_loudness(clip, sr)
         try:
             out = finish_clip(clip, sr, spec)
         except AudiogenError as e:
@@ -462,7 +465,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
         finished[i] = out
         by_source[i] = write(out, {
             "role": "music", "origin": s.origin, "system": s.system, "item": s.item, "prompt": s.prompt,
-            "source": s.path, "source_sha256": A.sha256_file(s.path), "window_start_s": round(start, 4),
+            "source": s.path, "source_sha256": sha256_file(s.path), "window_start_s": round(start, 4),
             "loudness_in": round(loud_in, 2),
         })
         log(f"[{i + 1}/{len(exp.sources)}] {Path(s.path).name} -> stimuli/{by_source[i]}.wav")
@@ -551,7 +554,7 @@ def _prepare(exp: Experiment, d: Path, log) -> dict:
 
 def _source_warnings(exp: Experiment) -> list[str]:
     """Differences between human and generated sources that survive prep and could give origins away."""
-    info = {s.path: A.audio_info(s.path) for s in exp.sources}
+    info = {s.path: audio_info(s.path) for s in exp.sources}
     out = []
     sr = exp.stimulus.sample_rate
     # the bandwidth a source keeps after resampling to the stimulus rate

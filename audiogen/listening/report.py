@@ -691,18 +691,18 @@ def make_report(exp_dir, out_dir=None, margin: float | None = None, alpha: float
     import time
     from pathlib import Path
 
-    from audiogen import audio as A
     from audiogen.errors import AudiogenError
+    from audiogen.files import atomic_write_text, make_dir
 
     if margin is not None and not 0 < margin < 0.5:
         raise AudiogenError("--margin must be in (0, 0.5)")
     res = analyse(exp_dir, margin, alpha, n_boot, include_incomplete, apply_exclusions)
     res["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out = Path(out_dir) if out_dir else Path(exp_dir) / "report"
-    A.make_dir(out)
+    make_dir(out)
     text = _text(res)
     summary = _strict(res)
-    A.atomic_write_text(out / "report.json", json.dumps(summary, indent=1, default=str, allow_nan=False))
-    A.atomic_write_text(out / "report.html", _html(res, _plots(res)))
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=1, default=str, allow_nan=False))
+    atomic_write_text(out / "report.html", _html(res, _plots(res)))
     text.append(f"report: {out / 'report.html'}")
     return {"summary": summary, "text": text, "html": out / "report.html"}

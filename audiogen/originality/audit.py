@@ -49,8 +49,8 @@ class Thresholds:
 def load_dataset_codec(desc: dict, codec_path: str | None = None):
     """The codec a dataset was tokenized with, from its description (``codec_path`` for a codec folder;
     without one, the embedded default model's codec when the dataset was prepared with ``--codec default``)."""
-    from audiogen.codec import DEFAULT_CODEC, load_codec
-    from audiogen.training import codec_spec
+    from audiogen.codec.base import DEFAULT_CODEC, load_codec
+    from audiogen.train.lm import codec_spec
 
     try:
         spec, codec = codec_spec(desc, codec_path or "")
@@ -66,7 +66,7 @@ def check_codec(codec, desc: dict, what: str) -> None:
 
     The weights' hash is not compared: a model directory may hold a float16 copy of the
     dataset's codec (``save_model_dir(dtype=...)``), whose tokens are the same but whose file is not."""
-    from audiogen.codec import describe_diff
+    from audiogen.codec.base import describe_diff
 
     diff = describe_diff(codec.describe(), desc, also=("name",))
     if diff:
@@ -79,7 +79,7 @@ def build_index(data_dir: str | os.PathLike, embedder_name: str = "builtin", wei
                 audio: bool = True) -> dict:
     """``audiogen audit index``: the token index, then (unless ``tokens_only``) the round-trip token
     index and (when ``audio``) the audio index, which need the codec."""
-    from audiogen.embedders import load_embedder
+    from audiogen.metrics.embedders import load_embedder
     from audiogen.originality.near import build_audio_index
     from audiogen.originality.tokens import build_roundtrip_index, build_token_index
 
@@ -112,7 +112,7 @@ class Auditor:
         self.thresholds = thresholds or Thresholds()
         self.audio = None
         if not tokens_only:
-            from audiogen.embedders import load_embedder
+            from audiogen.metrics.embedders import load_embedder
             from audiogen.originality.near import AudioIndex
 
             self.audio = AudioIndex(self.data_dir, self.tokens, load_embedder(embedder_name, weights), self.codec)
@@ -126,7 +126,7 @@ class Auditor:
         """``wav: float32[C, N]`` -> the dataset codec's ``codes: int[K, T]``."""
         import torch
 
-        from audiogen import audio as A
+        from audiogen.audio import io as A
 
         c = self.codec()
         x = A.convert_channels(A.resample(np.asarray(wav, np.float32), sr, c.sample_rate), c.channels)
@@ -173,7 +173,7 @@ class Auditor:
             reasons["similar"].append(f"{measure}: {text} (similar from {similar_at:g}s)")
 
     def _near(self, wav: np.ndarray, sr: int, token_items: set, reasons: dict) -> dict:
-        from audiogen import audio as A
+        from audiogen.audio import io as A
         from audiogen.originality.near import (CHROMA_FPS, CHROMA_SR, SHORTLIST, chroma_alignment,
                                                chroma_features, window_embeddings)
 
@@ -222,7 +222,7 @@ class Auditor:
         return out
 
     def audit_file(self, path: str | os.PathLike) -> dict:
-        from audiogen import audio as A
+        from audiogen.audio import io as A
 
         wav, sr = A.load_audio(path)
         return {"file": str(path), **self.audit(wav, sr)}

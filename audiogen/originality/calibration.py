@@ -33,7 +33,7 @@ FADE_S = 0.01
 
 def plant(host: np.ndarray, excerpt: np.ndarray, at: int, sr: int) -> np.ndarray:
     """``host[N]`` with ``excerpt[M]`` pasted from sample ``at``, with short equal-power crossfades."""
-    from audiogen.audio import equal_power_fade
+    from audiogen.audio.shaping import equal_power_fade
 
     out = host.copy()
     m = min(len(excerpt), len(host) - at)
@@ -50,7 +50,7 @@ def excerpt(kind: str, auditor, item: int, start_s: float, length_s: float, sr: 
     """A mono ``float32`` excerpt of dataset item ``item`` for a planted copy of ``kind``."""
     import torch
 
-    from audiogen import audio as A
+    from audiogen.audio import io as A
 
     ref = auditor.audio.reference if auditor.audio is not None else None
     if kind == "reencoded":
@@ -96,7 +96,7 @@ def run_calibration(auditor, hosts: list[Path], unseen: list, per_cell: int = 4,
     thresholds with every clip's measures."""
     from tqdm import tqdm
 
-    from audiogen import audio as A
+    from audiogen.audio import io as A
 
     t0 = time.perf_counter()
     sr = 24_000
@@ -175,7 +175,7 @@ def write_token_dataset(out: str | Path, rows: list[np.ndarray], codec_desc: dic
 
     import datasets
 
-    from audiogen.prep import dataset_features
+    from audiogen.data.prep import dataset_features
 
     K = rows[0].shape[0]
     fr = float(codec_desc["frame_rate"])
@@ -204,7 +204,7 @@ def write_train_only(data_dir: str | Path, out: str | Path, max_sources: int | N
 
     import datasets
 
-    from audiogen.data import load_prepared
+    from audiogen.data.loader import load_prepared
 
     data_dir, out = Path(data_dir), Path(out)
     dd = load_prepared(data_dir)
@@ -230,8 +230,8 @@ def held_out_clips(data_dir: str | Path, indexed_dir: str | Path, clip_s: float 
     recordings whose file is gone are skipped."""
     import json
 
-    from audiogen import audio as A
-    from audiogen.data import load_prepared
+    from audiogen.audio import io as A
+    from audiogen.data.loader import load_prepared
 
     data_dir = Path(data_dir)
     dd, indexed = load_prepared(data_dir), load_prepared(indexed_dir)

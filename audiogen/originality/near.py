@@ -6,7 +6,7 @@ measures catch it, both against the dataset's reference audio (each row's source
 or its tokens decoded with the codec when the sources are gone):
 
 - **embedding nearest neighbours**: every ``WINDOW_S`` window (hop ``HOP_S``) of the
-  query is embedded with a pluggable :class:`audiogen.embedders.Embedder`, standardised
+  query is embedded with a pluggable :class:`audiogen.metrics.embedders.Embedder`, standardised
   with the corpus' per-dimension mean and spread, and compared by cosine with every
   reference window; the evidence is the longest streak of consecutive query windows whose
   nearest neighbour lies in one item above a threshold (one lucky window is not a copy);
@@ -76,7 +76,7 @@ def chroma_features(mono: np.ndarray, sr: int) -> np.ndarray:
     """``mono: float32[N]`` at ``sr`` -> unit-length chroma ``float32[F, 12]`` (~5.4 frames/s)."""
     import librosa
 
-    from audiogen.audio import resample
+    from audiogen.audio.io import resample
 
     x = resample(np.asarray(mono, np.float32), sr, CHROMA_SR) if sr != CHROMA_SR else np.asarray(mono, np.float32)
     if len(x) < CHROMA_NFFT:
@@ -181,7 +181,7 @@ class ReferenceAudio:
 
     def load(self, item: int, sr: int, offset_s: float = 0.0, duration_s: float | None = None) -> tuple[np.ndarray, str]:
         """Mono ``float32[N]`` at ``sr`` of item ``item`` from ``offset_s`` (within the item); and where it came from."""
-        from audiogen import audio as A
+        from audiogen.audio import io as A
 
         it = self.index.items[item]
         length = it["frames"] / self.index.frame_rate
@@ -212,7 +212,7 @@ def build_audio_index(data_dir: str | os.PathLike, token_index, embedder, codec_
     """Embeddings and chroma of every item, beside the token index; returns the settings written."""
     from tqdm import tqdm
 
-    from audiogen.audio import atomic_write_text
+    from audiogen.files import atomic_write_text
 
     folder = Path(data_dir) / "audit_index"
     (folder / "audio.json").unlink(missing_ok=True)  # an interrupted rebuild must not look complete

@@ -51,8 +51,8 @@ def _spectrogram_png(query: np.ndarray, ref: np.ndarray, sr: int, titles: tuple[
 
 def write_html(path: str | os.PathLike, results: list[dict], auditor) -> None:
     """Write the page for ``results`` (``Auditor.audit_file`` dicts) atomically to ``path``."""
-    from audiogen import audio as A
-    from audiogen.audio import atomic_write_text
+    from audiogen.audio import io as A
+    from audiogen.files import atomic_write_text
     from audiogen.originality.near import ReferenceAudio
 
     ref = ReferenceAudio(auditor.data_dir, auditor.tokens, auditor.codec)

@@ -201,7 +201,7 @@ class _Spill:
 
 
 def codec_of(dd) -> dict:
-    from audiogen.data import dataset_codec
+    from audiogen.data.loader import dataset_codec
 
     return dataset_codec(dd["train"])
 
@@ -210,8 +210,8 @@ def build_token_index(data_dir: str | os.PathLike, progress: bool = True) -> dic
     """Build ``DATA_DIR/audit_index/`` token files for a prepared dataset; returns the settings written."""
     from tqdm import tqdm
 
-    from audiogen.audio import atomic_write_text, make_dir
-    from audiogen.data import load_prepared
+    from audiogen.data.loader import load_prepared
+    from audiogen.files import atomic_write_text, make_dir
 
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
@@ -276,8 +276,8 @@ def build_roundtrip_index(data_dir: str | os.PathLike, codec, progress: bool = T
     import torch
     from tqdm import tqdm
 
-    from audiogen.audio import atomic_write_text
-    from audiogen.data import load_prepared
+    from audiogen.data.loader import load_prepared
+    from audiogen.files import atomic_write_text
 
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
@@ -414,7 +414,7 @@ class TokenIndex:
     def item_codes(self, item: int) -> np.ndarray:
         """``int16[K, T]`` of item ``item``, read from the dataset."""
         if self._dd is None:
-            from audiogen.data import load_prepared
+            from audiogen.data.loader import load_prepared
 
             self._dd = {s: d.select_columns(["codes"]).with_format("numpy")
                         for s, d in load_prepared(self.data_dir).items()}

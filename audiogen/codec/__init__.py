@@ -1,0 +1,1 @@
+"""The codec layer: waveforms <-> discrete tokens (the ``Codec`` contract, its backends, loading and saving)."""

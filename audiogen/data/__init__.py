@@ -1,0 +1,1 @@
+"""Corpora: fetching and rendering music, preparing a tokenized dataset, and reading it back for training."""

@@ -1,0 +1,1 @@
+"""Generation: sampling tokens from the LM, the end-to-end job pipeline, and endless adaptive streaming."""

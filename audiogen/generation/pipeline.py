@@ -1,0 +1,353 @@
+"""One generation job end to end: validate, load the model, sample, decode, finish, write.
+
+Everything a user can get wrong (duration, output path, fades, attribute values, the
+model folder) is checked before the model is loaded or any sampling starts, so a bad
+request fails in a second with one clear message and nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiogen.audio.finishing import FinishSpec, finish, write_finished
+from audiogen.audio.io import audio_info, load_audio
+from audiogen.errors import AudiogenError
+from audiogen.files import sha256_file
+from audiogen.generation.sampling import SamplingParams
+from audiogen.models.conditioning import Conditions
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
+MAX_DURATION_S = 3 * 3600
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: share of each long-form window given to the previous window's tail as prompt
+CONTEXT_FRACTION = 0.4
+
+
+@dataclass
+class GenerateJob:
+    """One request: what to generate (``conditions``, ``conditions.text`` the prompt), how to sample it, how
+    to finish it (``finish``, which holds the duration), where to write it, and how to run. Every default
+    lives in its part (``Conditions``, ``SamplingParams``, ``FinishSpec``) or below."""
+
+    conditions: Conditions
+    finish: FinishSpec
+    out: Path
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    model_dir: str | os.PathLike | None = None
+    seed: int = 0
+    variations: int = 1
+    continue_from: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"  # LM precision: auto (bfloat16 on a capable GPU, else float32), float32, bfloat16, float16
+    engine: str = "auto"  # decode engine, see audiogen.generation.sampling.Decoder
+    progress: bool = True
+    window_s: float | None = None  # override the model's window (tests, memory limits)
+    extra_tags: dict = field(default_factory=dict)
+    originality: str | None = None  # a prepared dataset with an audit index: audit each take, regenerate copies
+    originality_tries: int = 3
+
+    @classmethod
+    def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
+        """A job from flat options, each given to the part with a field of its name (``genre`` to the
+        conditions, ``top_k`` to the sampling, ``lufs`` to the finishing, ``seed`` to the job)."""
+        parts = {}
+        for name, part in (("conditions", Conditions), ("sampling", SamplingParams), ("finish", FinishSpec)):
+            names = {f.name for f in fields(part)}
+            parts[name] = {k: options.pop(k) for k in list(options) if k in names}
+        return cls(conditions=Conditions(text=prompt, **parts["conditions"]),
+                   finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
+                   sampling=SamplingParams(**parts["sampling"]), **options)
+
+    @property
+    def prompt(self) -> str | None:
+        return self.conditions.text
+
+    @property
+    def duration_s(self) -> float:
+        return self.finish.duration_s
+
+    def output_paths(self) -> list[Path]:
+        out = Path(self.out)
+        if self.variations == 1:
+            return [out]
+        return [out] + [out.with_name(f"{out.stem}-v{i}{out.suffix}") for i in range(2, self.variations + 1)]
+
+    def validate(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise AudiogenError("the prompt is empty: describe the music, e.g. \"slow melancholic piano\"")
+        if len(self.prompt) > 2000:
+            raise AudiogenError(f"the prompt is {len(self.prompt)} characters long; keep it under 2000")
+        if not (isinstance(self.duration_s, (int, float)) and math.isfinite(self.duration_s)) or self.duration_s <= 0:
+            raise AudiogenError(f"--duration must be a positive number of seconds, got {self.duration_s}")
+        if self.duration_s > MAX_DURATION_S:
+            raise AudiogenError(f"--duration {self.duration_s:g}s is longer than the {MAX_DURATION_S}s maximum")
+        if not 1 <= self.variations <= 64:
+            raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
+        bpm = self.conditions.bpm
+        if bpm is not None and not 20 <= bpm <= 400:
+            raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
+        self.finish.validate()
+        out = Path(self.out)
+        if out.is_dir():
+            raise AudiogenError(f"{out} is a folder; give a file name, e.g. {out / 'track.mp3'}")
+        if out.suffix.lower() not in (".wav", ".flac", ".ogg", ".mp3"):
+            raise AudiogenError(f"{out}: unsupported output type '{out.suffix}'; use .wav, .flac, .ogg or .mp3")
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir():
+            raise AudiogenError(f"{out}: the folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise AudiogenError(f"{out}: the folder {parent} is not writable")
+        from audiogen.audio.finishing import sidecar_path
+
+        for path in self.output_paths():  # checked now, not after minutes of generating
+            for p in (path, sidecar_path(path)):
+                if p.is_dir():
+                    raise AudiogenError(f"{p} is a folder, where the output would be written; move it or pick "
+                                        "another --out")
+        self.sampling.validate()
+        if self.dtype not in DTYPES:
+            raise AudiogenError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        from audiogen.generation.sampling import resolve_engine
+
+        resolve_engine(self.engine, self.device)  # also: the device exists
+        if self.originality is not None:
+            from audiogen.originality.guard import check_request
+
+            check_request(self.originality, self.originality_tries)
+        if self.continue_from is not None:
+            info = audio_info(self.continue_from)  # fails early on a missing or broken file
+            if info.duration_s >= self.duration_s:  # before loading weights, or a long file
+                raise AudiogenError(f"--continue audio ({info.duration_s:.1f}s) is not shorter than --duration "
+                                    f"({self.duration_s:g}s)")
+
+    def lm_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        cuda = torch.device(self.device).type == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def resolve_model_dir(model_dir) -> Path:
+    if model_dir is not None:
+        return Path(model_dir)
+    if not (DEFAULT_MODEL_DIR / "config.yaml").is_file():
+        raise AudiogenError(
+            f"no embedded default model at {DEFAULT_MODEL_DIR} (it has not been trained into this build yet); "
+            "pass --model DIR with a trained or imported model directory"
+        )
+    return DEFAULT_MODEL_DIR
+
+
+def check_against_model(model_dir: Path, job: GenerateJob) -> None:
+    """The requested attributes against the model's config alone: a bad ``--genre`` fails before any weights load."""
+    from audiogen.models.checkpoint import read_config
+    from audiogen.models.conditioning import ConditionerConfig
+
+    config = read_config(model_dir)
+    try:
+        conditioner = ConditionerConfig.from_dict(config["conditioner"])
+    except (KeyError, TypeError) as e:
+        raise AudiogenError(f"{model_dir}: invalid model config (conditioner: {e})") from None
+    conditioner.validate_conditions([job.conditions])
+
+
+def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
+    """What a model directory offers, from ``config.yaml`` and the weights file's header alone.
+
+    Nothing is loaded: no LM weights, no text encoder, no codec. Parameter counts are the
+    sums of the tensor shapes recorded in ``model.safetensors``. ``model_dir=None``: the
+    embedded default model.
+    """
+    from safetensors import safe_open
+
+    from audiogen.models.checkpoint import WEIGHTS, read_model_configs
+
+    d = resolve_model_dir(model_dir)
+    config, lm_cfg, c_cfg = read_model_configs(d)
+    w = d / WEIGHTS
+    params = {"lm.": 0, "conditioner.": 0}
+    try:
+        with safe_open(str(w), framework="np") as f:  # reads the header only
+            for name in f.keys():
+                prefix = name.split(".", 1)[0] + "."
+                if prefix in params:
+                    params[prefix] += math.prod(f.get_slice(name).get_shape())
+    except Exception as e:
+        raise AudiogenError(f"{w}: unreadable weights ({type(e).__name__}: {e})") from None
+    codec = config["codec"]
+    described = codec.get("describe") or {}
+    frame_rate = described.get("frame_rate")
+    max_window_s = round(lm_max_frames(lm_cfg) / frame_rate, 2) if frame_rate else None
+    return {
+        "model_dir": str(d),
+        "lm": {"dim": lm_cfg.dim, "num_layers": lm_cfg.num_layers, "num_heads": lm_cfg.num_heads,
+               "num_codebooks": lm_cfg.num_codebooks, "cardinality": lm_cfg.cardinality,
+               "max_positions": lm_cfg.max_positions, "parameters": params["lm."]},
+        "conditioner": {"parameters": params["conditioner."], "attribute_slots": c_cfg.attribute_slots},
+        "codec": {"spec": codec.get("spec"),
+                  **{k: described[k] for k in ("name", "sample_rate", "channels", "frame_rate") if k in described}},
+        "text_encoder": {"name": c_cfg.text_encoder, "dim": c_cfg.text_dim, "max_tokens": c_cfg.max_text_tokens},
+        # what generation uses (see window_frames): the model's window, capped by the LM's positions
+        "window_s": min(model_window_s(config), max_window_s or math.inf),
+        "max_window_s": max_window_s,
+        "vocab": c_cfg.vocab(),
+        "bpm_buckets": [float(b) for b in c_cfg.bpm_buckets],
+    }
+
+
+@torch.inference_mode()
+def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond[B2, L, D], mask[B2, L])``: conditional rows, then (for CFG) unconditional rows."""
+    cond, mask = conditioner(conds)
+    if guided:
+        ucond, umask = conditioner.unconditional(len(conds))
+        L = max(cond.shape[1], ucond.shape[1])
+
+        def pad(x, m):
+            return (torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[1])),
+                    torch.nn.functional.pad(m, (0, L - m.shape[1]), value=False))
+
+        (cond, mask), (ucond, umask) = pad(cond, mask), pad(ucond, umask)
+        cond, mask = torch.cat([cond, ucond]), torch.cat([mask, umask])
+    return cond.to(device), mask.to(device)
+
+
+def lm_max_frames(lm_cfg) -> int:
+    """The most frames one window may hold: the frames the LM's positions hold in the delay pattern, less one
+    spare position, as training's segment check (``frames + K <= max_positions``)."""
+    from audiogen.models.patterns import DelayPattern
+
+    return DelayPattern(lm_cfg.num_codebooks, lm_cfg.cardinality).frames(lm_cfg.max_positions) - 1
+
+
+def model_window_s(config: dict) -> float:
+    """The generation window, in seconds, a model directory's config asks for."""
+    return float(config.get("generation", {}).get("window_s", 30.0))
+
+
+def window_frames(loaded, frame_rate: float, window_s: float | None = None) -> int:
+    """Frames per generation window: ``window_s`` (default: the model's own), capped by the LM's positions."""
+    lm_max = lm_max_frames(loaded.lm.cfg)
+    seconds = window_s or model_window_s(loaded.config)
+    return max(8, min(lm_max, int(seconds * frame_rate)))
+
+
+def run_job(job: GenerateJob) -> list[dict]:
+    """Generate, finish and write ``job.variations`` tracks; returns their sidecar dicts."""
+    try:
+        from audiogen.models.checkpoint import load_model
+    except ImportError as exc:  # the LM/checkpoint modules land with issue 5
+        raise AudiogenError(f"generation needs audiogen.models.checkpoint and audiogen.models.lm, which are not installed: "
+                            f"{exc}") from exc
+    from audiogen.generation.sampling import frames_for, generate_codes
+
+    job.validate()
+    model_dir = resolve_model_dir(job.model_dir)
+    check_against_model(model_dir, job)
+    loaded = load_model(model_dir, device=job.device)
+    lm_dtype = job.lm_dtype()
+    lm, codec = loaded.lm.eval().to(lm_dtype), loaded.codec
+    auditor = None
+    if job.originality is not None:  # before sampling: a model whose codec is not the dataset's fails now
+        from audiogen.originality.guard import open_auditor
+
+        auditor = open_auditor(job.originality, codec)
+    sr, fr = codec.sample_rate, codec.frame_rate
+    total_frames = frames_for(job.finish.samples_needed(sr) / sr, fr)
+    prompt = continuation_prompt(job, codec, total_frames)
+    W = window_frames(loaded, fr, job.window_s)
+    context = max(1, int(W * CONTEXT_FRACTION))  # frames of the previous window that prompt the next
+    guided = job.sampling.cfg_scale != 1.0
+    cond, mask = condition_batch(loaded.conditioner, [job.conditions] * job.variations, guided, job.device)
+    new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
+
+    def sample(seed: int, on_frame=None) -> tuple[torch.Tensor, np.ndarray]:
+        """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
+        g = torch.Generator(device=job.device).manual_seed(seed)
+        c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
+                           on_frame=on_frame)
+        c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
+        return c, codec.decode(c).float().cpu().numpy()
+
+    with _progress(job, new_frames / fr, 1 / fr) as on_frame:
+        codes, wav = sample(job.seed, on_frame)
+    audits = [None] * job.variations
+    if auditor is not None:
+        from audiogen.originality.guard import guard
+
+        codes, wav, audits = guard(auditor, codes, wav, sr, job.seed, job.originality_tries, sample, job.originality)
+    model_hash = sha256_file(model_dir / "model.safetensors")
+    provenance = {"dir": model_dir, "sha256": model_hash, "lm_dtype": str(lm_dtype).replace("torch.", ""),
+                  "codec": codec.describe()}
+    results = []
+    for i, path in enumerate(job.output_paths()):
+        tags, sidecar = _tags(job, provenance, audits[i]), _sidecar(job, i, provenance, audits[i])
+        meta = write_finished(path, finish(wav[i], sr, job.finish), sr, job.finish, tags, sidecar)
+        meta["path"] = str(path)
+        results.append(meta)
+    return results
+
+
+def continuation_prompt(job: GenerateJob, codec, total_frames: int) -> torch.Tensor | None:
+    """``--continue`` audio as codes ``LongTensor[variations, K, T0]`` (None without it), shorter than the track."""
+    if job.continue_from is None:
+        return None
+    sr = codec.sample_rate
+    wav, _ = load_audio(job.continue_from, sr, codec.channels)
+    prompt = codec.encode(torch.from_numpy(wav)[None]).repeat(job.variations, 1, 1)
+    if prompt.shape[-1] >= total_frames:
+        raise AudiogenError(
+            f"--continue audio ({wav.shape[1] / sr:.1f}s) is not shorter than --duration ({job.duration_s:g}s)"
+        )
+    return prompt
+
+
+@contextlib.contextmanager
+def _progress(job: GenerateJob, total_s: float, frame_s: float):
+    """A bar over the seconds of audio to generate; yields the ``on_frame`` callback that advances it."""
+    from audiogen.progress import progress_bar
+
+    bar = progress_bar(total=round(total_s, 1), unit="s", desc="generating audio", disable=not job.progress,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f}s of audio [{elapsed}<{remaining}]")
+    try:
+        yield lambda: bar.update(min(frame_s, bar.total - bar.n))
+    finally:
+        bar.close()
+
+
+def _tags(job: GenerateJob, model: dict, audit: dict | None) -> dict:
+    """The provenance tags written into a take's file: AI-generated, model, seed (and audit)."""
+    return {
+        "title": job.prompt[:200],
+        "artist": "audiogen (AI-generated)",
+        "comment": "AI-generated by audiogen; not a human performance",
+        "ai_generated": "true",
+        "audiogen_model": f"{model['dir'].name} sha256:{model['sha256'][:16]}",
+        "audiogen_seed": str(job.seed),
+        **({"audiogen_originality": f"{audit['verdict']} (audited against {job.originality}, seed "
+                                    f"{audit['seed']})"} if audit else {}),
+        **job.extra_tags,
+    }
+
+
+def _sidecar(job: GenerateJob, index: int, model: dict, audit: dict | None) -> dict:
+    """The request part of take ``index``'s JSON sidecar (the finishing adds what it measured)."""
+    return {
+        "prompt": job.prompt,
+        "conditions": {k: v for k, v in asdict(job.conditions).items() if k != "text"},
+        "seed": job.seed,
+        "variation": index + 1,
+        "sampling": {**asdict(job.sampling), "lm_dtype": model["lm_dtype"]},
+        "continue_from": job.continue_from,
+        "model": {"dir": str(model["dir"]), "sha256": model["sha256"]},
+        "codec": model["codec"],
+        "requested_duration_s": job.duration_s,
+        **({"originality": audit} if audit else {}),
+    }

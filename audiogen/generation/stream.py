@@ -1,0 +1,659 @@
+"""Endless adaptive streaming: fixed-length float32 PCM chunks whose conditions can change while playing.
+
+``MusicStream`` turns a loaded model into an iterator of finished audio chunks::
+
+    stream = MusicStream(load_model(DIR), {"text": "dark ambient", "bpm": 90}, StreamSettings(chunk_s=1.0))
+    for chunk in stream:                     # float32 [C, chunk samples], forever
+        play(chunk)
+        stream.control({"mood": "tense", "intensity": 0.8, "glide_s": 4})   # any time, any thread
+
+Four stages run per chunk, each carrying its state across chunk boundaries:
+
+1. **Tokens** (:class:`TokenStream`): the LM decodes one delay-pattern position per step
+   with its KV cache, the pattern running on across chunks (codebook ``k`` writes frame
+   ``p - k`` at step ``p``), so a chunk boundary is invisible to the LM. The model was
+   trained on windows of ``window`` frames and its positions are absolute, so when the
+   cache is full the window *slides*: the oldest frames are dropped, the last
+   ``context`` frames are re-prefilled in one forward pass at positions from 0, and
+   decoding carries on. That pass costs one forward over ``context`` frames once every
+   ``window - context`` frames (amortised), and the cache never grows.
+2. **Conditions** (:class:`ConditionMix`): the active conditioning is a weighted mixture of
+   condition sets. Each set's cross-attention keys and values are computed once; a step
+   attends over all sets' slots at once with ``log(weight)`` added to each set's
+   attention logits, which makes the attention distribution the weight-mixture of each
+   set's own distribution (exactly one set at weight 1, the model as trained). A glide
+   moves the weights linearly frame by frame over ``glide_s``; a cut switches at the next
+   bar line. ``intensity`` (0-1) is a mixture of a calm and an energetic version of the
+   same request (descriptor words in the text and a tempo -/+ 15 %), so it is continuous.
+3. **Audio** (:class:`ChunkDecoder`): complete frames are decoded with ``decode_context``
+   frames of codec context on both sides (the codec's ``stream_context_s`` unless set; what the
+   codec's own long-input windowing does)
+   and the centre kept, so a chunk decodes the same as the whole track would; a short
+   linear crossfade over the next chunk's head covers codecs whose reach is longer.
+4. **Level** (:class:`LevelFollower`): a causal DC blocker, a loudness follower (BS.1770
+   K-weighting over a sliding 3 s window, the gain smoothed with a ~1 s time constant),
+   and a look-ahead true-peak limiter (``finishing.true_peak_limit``'s gain curve, made
+   causal by holding back ``2 x lookahead`` samples), so the level does not jump when the
+   music changes.
+
+Reproducible: the sampling uniforms come from one ``torch.Generator`` seeded by the caller,
+drawn per step, so the same seed, settings and control messages at the same frames give
+the same samples. Memory is bounded: the KV cache is one window, the token and audio
+buffers keep a few seconds, nothing grows with time.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import queue
+import threading
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+# the level follower's filter libraries load with this module, not when the first stream starts: importing
+# scipy.signal takes 0.8 s on this 2-core CPU (1.8 s when loaded), which would count against the time to first audio
+import pyloudnorm  # noqa: F401  (audio.loudness.KWeighting's)
+import scipy.signal
+import torch
+
+from audiogen.errors import AudiogenError
+from audiogen.generation.sampling import SamplingParams, sample_tokens
+from audiogen.models.conditioning import ATTRIBUTES, LABELS
+from audiogen.models.lm import KVCache
+from audiogen.models.patterns import DelayPattern
+
+#: descriptor words the two ends of ``intensity`` add to the text
+CALM_WORDS = "calm, soft, gentle, sparse"
+ENERGETIC_WORDS = "intense, energetic, powerful, driving"
+#: tempo factor of the calm and the energetic end of ``intensity``
+INTENSITY_TEMPO = (0.85, 1.15)
+#: tempo the intensity ends start from when the request has none
+DEFAULT_BPM = 120.0
+#: fields a control message may set (``prompt`` is an alias of ``text``)
+CONDITION_FIELDS = ("text", *(a.name for a in ATTRIBUTES), "intensity")
+MESSAGE_FIELDS = CONDITION_FIELDS + ("prompt", "glide_s", "cut")
+MAX_GLIDE_S = 120.0
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """What the music is asked to be: a :class:`~audiogen.models.conditioning.Conditions` plus ``intensity``
+    (its fields are ``CONDITION_FIELDS``; a many-valued attribute is a tuple)."""
+
+    text: str | None = None
+    genre: str | None = None
+    mood: str | None = None
+    bpm: float | None = None
+    key: str | None = None
+    instruments: tuple[str, ...] | None = None
+    intensity: float | None = None
+
+    def conditions(self, text_extra: str | None = None, bpm_factor: float = 1.0, fold: tuple[str, ...] = ()):
+        """The model's ``Conditions``; ``fold`` names attributes the model lacks, said in the text instead."""
+        from audiogen.models.conditioning import Conditions
+
+        words = [self.text] if self.text else []
+        labels = {}
+        for a in LABELS:
+            value = getattr(self, a.name)
+            if a.name not in fold:
+                labels[a.name] = (list(value) if value else None) if a.many else value
+            elif value:
+                words.append(", ".join(value) if a.many else value)
+        if text_extra:
+            words.append(text_extra)
+        bpm = self.bpm
+        if bpm_factor != 1.0:
+            bpm = (bpm or DEFAULT_BPM) * bpm_factor
+        if "bpm" in fold and bpm is not None:
+            words.append(f"{bpm:.0f} bpm")
+            bpm = None
+        return Conditions(text=", ".join(words) or None, bpm=bpm, **labels)
+
+    def parts(self, fold: tuple[str, ...]) -> list[tuple[float, object]]:
+        """``[(weight, Conditions)]``: one set, or with ``intensity`` its calm and energetic ends."""
+        if self.intensity is None:
+            return [(1.0, self.conditions(fold=fold))]
+        i = float(self.intensity)
+        return [(1.0 - i, self.conditions(CALM_WORDS, INTENSITY_TEMPO[0], fold)),
+                (i, self.conditions(ENERGETIC_WORDS, INTENSITY_TEMPO[1], fold))]
+
+
+def parse_message(msg: dict, state: StreamState) -> tuple[StreamState, float, bool]:
+    """A control message applied to ``state`` -> ``(new state, glide_s, cut_on_bar)``.
+
+    Absent keys keep their value; ``null`` clears one. Raises :class:`AudiogenError` with
+    one readable line for anything malformed, leaving ``state`` untouched.
+    """
+    if not isinstance(msg, dict):
+        raise AudiogenError(f"a control message must be a JSON object, got {type(msg).__name__}")
+    unknown = sorted(set(msg) - set(MESSAGE_FIELDS))
+    if unknown:
+        raise AudiogenError(f"unknown control field(s) {', '.join(map(repr, unknown))}; valid: "
+                            f"{', '.join(MESSAGE_FIELDS)}")
+    if "prompt" in msg and "text" in msg:
+        raise AudiogenError("give 'prompt' or 'text', not both (they are the same field)")
+    changes = {("text" if k == "prompt" else k): v for k, v in msg.items() if k not in ("glide_s", "cut")}
+    for name in ("text", *(a.name for a in LABELS if not a.many)):
+        v = changes.get(name)
+        if v is not None and not isinstance(v, str):
+            raise AudiogenError(f"{name} must be a string or null, got {v!r}")
+        if isinstance(v, str) and len(v) > 2000:
+            raise AudiogenError(f"{name} is {len(v)} characters long; keep it under 2000")
+    if changes.get("bpm") is not None:
+        bpm = changes["bpm"]
+        if isinstance(bpm, bool) or not isinstance(bpm, (int, float)) or not math.isfinite(bpm) or not 20 <= bpm <= 400:
+            raise AudiogenError(f"bpm must be a number in 20..400 or null, got {bpm!r}")
+        changes["bpm"] = float(bpm)
+    if changes.get("intensity") is not None:
+        x = changes["intensity"]
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x <= 1:
+            raise AudiogenError(f"intensity must be a number in 0..1 or null, got {x!r}")
+        changes["intensity"] = float(x)
+    for name in (a.name for a in LABELS if a.many):
+        v = changes.get(name)
+        if v is None:
+            continue
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise AudiogenError(f"{name} must be a list of strings, a comma-separated string or null, got {v!r}")
+        changes[name] = tuple(v) or None
+    glide = msg.get("glide_s", 0.0)
+    if isinstance(glide, bool) or not isinstance(glide, (int, float)) or not 0 <= glide <= MAX_GLIDE_S:
+        raise AudiogenError(f"glide_s must be a number of seconds in 0..{MAX_GLIDE_S:g}, got {glide!r}")
+    cut = msg.get("cut", False)
+    if cut not in (False, True, "bar", None):
+        raise AudiogenError(f"cut must be true, \"bar\" or false, got {cut!r}")
+    cut = bool(cut)
+    if cut and glide:
+        raise AudiogenError("a change either glides (glide_s) or cuts on the next bar (cut), not both")
+    return replace(state, **changes), float(glide), cut
+
+
+def state_from(conditions: dict | StreamState | None) -> StreamState:
+    if isinstance(conditions, StreamState):
+        return conditions
+    state, glide, cut = parse_message(dict(conditions or {}), StreamState())
+    if glide or cut:
+        raise AudiogenError("the starting conditions cannot glide or cut")
+    return state
+
+
+@dataclass
+class StreamSettings:
+    chunk_s: float = 1.0
+    seed: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: LM window (default: the model's); the rolling context keeps ``context_fraction`` of it on a slide
+    window_s: float | None = None
+    context_fraction: float = 0.5
+    #: codec context on each side of a chunk's frames (s); also the lookahead each chunk waits for.
+    #: None: the codec's own ``stream_context_s`` (0.2 s for the default model's mel codec)
+    decode_context_s: float | None = None
+    crossfade_s: float = 0.01
+    lufs: float = -16.0
+    true_peak_db: float = -1.0
+    level: bool = True  #: False: raw decoder output (no loudness follower or limiter)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 10):
+            raise AudiogenError(f"chunk length must be 0.05..10 s, got {self.chunk_s}")
+        if not 0.1 <= self.context_fraction <= 0.9:
+            raise AudiogenError(f"context fraction must be 0.1..0.9, got {self.context_fraction}")
+        if self.decode_context_s is not None and not (math.isfinite(self.decode_context_s)
+                                                      and 0 <= self.decode_context_s <= 5):
+            raise AudiogenError(f"decode context must be 0..5 s, got {self.decode_context_s}")
+        if not 0 <= self.crossfade_s <= 0.2:
+            raise AudiogenError(f"crossfade must be 0..0.2 s, got {self.crossfade_s}")
+        if not -40.0 <= self.lufs <= -5.0:
+            raise AudiogenError(f"loudness target {self.lufs} LUFS is outside the sensible range -40..-5")
+        if not -12.0 <= self.true_peak_db <= 0.0:
+            raise AudiogenError(f"true-peak limit {self.true_peak_db} dBTP is outside -12..0")
+        self.sampling.validate()
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+class ConditionMix:
+    """The active conditioning as a weighted mixture of condition sets, moving frame by frame.
+
+    Each set (one ``Conditions`` plus the CFG null row) is encoded once into per-layer
+    cross-attention keys/values ``[B2, H, L_i, d]`` and an additive mask ``[B2, 1, 1, L_i]``.
+    :meth:`at` gives, for a frame, the concatenated keys/values of the sets with weight > 0
+    and the mask with ``log(weight)`` added to each set's slots.
+    """
+
+    def __init__(self, lm, conditioner, guided: bool, device, dtype):
+        self.lm, self.conditioner, self.guided = lm, conditioner, guided
+        self.device, self.dtype = device, dtype
+        self._encoded: dict[str, tuple[list, torch.Tensor]] = {}
+        self.start: dict[str, float] = {}  # set key -> weight at the start of the current move
+        self.target: dict[str, float] = {}
+        self.move_from, self.move_frames = 0, 0  # the move runs over frames [move_from, move_from + move_frames)
+        self._layout: tuple | None = None  # (keys) of the concatenated cache now installed
+
+    @torch.inference_mode()
+    def encode(self, cond) -> str:
+        from audiogen.generation.pipeline import condition_batch
+
+        key = repr(cond)
+        if key not in self._encoded:
+            c, m = condition_batch(self.conditioner, [cond], self.guided, self.device)
+            c = c.to(self.dtype)
+            mem = self.lm.project_conditions(c, m)
+            kv = [layer.cross_kv(mem) for layer in self.lm.layers]
+            self._encoded[key] = (kv, self.lm.cross_masks(m, self.dtype))
+        return key
+
+    def set_target(self, parts: list[tuple[float, object]], frame: int, frames: int) -> None:
+        """Move from the weights at ``frame`` to ``parts`` linearly over ``frames`` frames (0: at once)."""
+        now = self.weights(frame)
+        target: dict[str, float] = {}
+        for w, cond in parts:
+            if w > 0:
+                k = self.encode(cond)
+                target[k] = target.get(k, 0.0) + w
+        self.start, self.target = now, target
+        self.move_from, self.move_frames = frame, frames
+        # forget encodings no longer in play (bounded memory over hours of changes)
+        live = set(now) | set(target)
+        for k in list(self._encoded):
+            if k not in live:
+                del self._encoded[k]
+
+    def weights(self, frame: int) -> dict[str, float]:
+        if not self.move_frames or frame >= self.move_from + self.move_frames:
+            return dict(self.target)
+        a = max(0.0, (frame - self.move_from) / self.move_frames)
+        keys = set(self.start) | set(self.target)
+        w = {k: (1 - a) * self.start.get(k, 0.0) + a * self.target.get(k, 0.0) for k in keys}
+        return {k: v for k, v in w.items() if v > 1e-6}
+
+    @torch.inference_mode()
+    def install(self, frame: int, cache: KVCache) -> torch.Tensor:
+        """Put the keys/values for ``frame`` into ``cache``; returns the additive cross mask ``[B2, 1, 1, L]``."""
+        w = self.weights(frame)
+        keys = tuple(sorted(w))
+        if keys != self._layout:
+            for i, layer_cache in enumerate(cache.layers):
+                layer_cache.cross_k = torch.cat([self._encoded[k][0][i][0] for k in keys], dim=2)
+                layer_cache.cross_v = torch.cat([self._encoded[k][0][i][1] for k in keys], dim=2)
+            self._layout = keys
+        if len(keys) == 1:
+            return self._encoded[keys[0]][1]
+        return torch.cat([self._encoded[k][1] + math.log(w[k]) for k in keys], dim=-1)
+
+
+# ------------------------------------------------------------------------------ tokens
+
+
+class TokenStream:
+    """Delay-pattern decoding that never ends: one KV-cached step per pattern position, sliding windows.
+
+    Window coordinates: position ``j`` holds codebook ``k``'s token of absolute frame
+    ``origin + j - k`` (a special token where ``j < k``, as at the start of every
+    training window). ``frames: LongTensor[K, F]`` keeps the recent generated tokens,
+    frame ``base`` first; codebook ``k`` has produced frames ``< produced - k``.
+    """
+
+    def __init__(self, lm, window: int, context: int, params: SamplingParams, generator: torch.Generator,
+                 device, dtype):
+        self.lm, self.params, self.generator = lm, params, generator
+        self.K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
+        self.delay = DelayPattern(self.K, self.special)
+        self.window, self.context = window, context
+        self.positions = self.delay.positions(window)
+        if self.positions > lm.cfg.max_positions:
+            raise AudiogenError(f"a window of {window} frames needs {self.positions} positions; the model has "
+                                f"{lm.cfg.max_positions}")
+        self.guided = params.cfg_scale != 1.0
+        self.B2 = 2 if self.guided else 1
+        self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
+        lm.fuse_decode_weights(self.cache)  # cross K/V come from ConditionMix.install
+        self.device = device
+        self.k_idx = self.delay.delays(device)  # codebook k's index, which is also its delay
+        self.origin = 0  # absolute frame of codebook 0 at window position 0
+        self.pos = 0  # next window position to decode
+        self.produced = 0  # frames codebook 0 has produced
+        self.frames = torch.full((self.K, 0), -1, dtype=torch.long, device=device)
+        self.base = 0  # absolute frame of frames[:, 0]
+        self.cur = torch.full((1, self.K, 1), self.special, dtype=torch.long, device=device)
+        self.slides = 0
+
+    @property
+    def complete(self) -> int:
+        """Frames whose every codebook is generated."""
+        return max(0, self.produced - self.K + 1)
+
+    def frames_between(self, a: int, b: int) -> torch.Tensor:
+        """``LongTensor[K, b - a]`` of complete frames ``[a, b)``."""
+        if a < self.base or b > self.complete:
+            raise ValueError(f"frames [{a}, {b}) not held (held [{self.base}, {self.complete}))")
+        return self.frames[:, a - self.base : b - self.base]
+
+    def forget_before(self, frame: int) -> None:
+        """Drop frames before ``frame`` that neither the LM context nor the caller needs."""
+        keep_from = min(frame, self.origin)
+        if keep_from > self.base:
+            self.frames = self.frames[:, keep_from - self.base :].clone()
+            self.base = keep_from
+
+    @torch.inference_mode()
+    def step(self, cross_mask: torch.Tensor) -> None:
+        """Decode one pattern position (codebook ``k`` writes frame ``produced - k``)."""
+        if self.pos == self.positions:
+            self._slide(cross_mask)
+        pos = torch.tensor([self.pos], device=self.device)
+        x = self.cur.expand(self.B2, -1, -1)
+        logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1).float()
+        if self.guided:
+            logits = logits[1:] + self.params.cfg_scale * (logits[:1] - logits[1:])
+        uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
+        tokens = sample_tokens(logits, self.params, uniforms)[0]  # [K]
+        frame = self.delay.frame_at(self.produced, self.k_idx)
+        tokens = torch.where(frame >= self.origin, tokens, self.special)  # before the window: special, as trained
+        # write frame produced - k of codebook k
+        need = self.produced + 1 - self.base
+        if self.frames.shape[1] < need:
+            grow = max(need - self.frames.shape[1], 64)
+            self.frames = torch.cat([self.frames, self.frames.new_full((self.K, grow), -1)], dim=1)
+        cols = frame - self.base
+        ok = frame >= self.base
+        self.frames[self.k_idx[ok], cols[ok]] = tokens[ok]
+        self.cur = tokens.view(1, self.K, 1)
+        self.pos += 1
+        self.produced += 1
+
+    def _slide(self, cross_mask: torch.Tensor) -> None:
+        """Keep the last ``context`` frames of codebook 0 and re-prefill them at positions ``[0, context)``."""
+        context = self.context
+        self.origin = self.produced - context
+        # window position j < context of codebook k holds frame origin + j - k (special where j < k)
+        kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + context]
+        pattern = self.delay.build(kept)[..., :context]  # [1, K, context]
+        self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask)
+        self.cur = pattern[:, :, context - 1 :].clone()
+        self.pos = context
+        self.slides += 1
+
+
+# ------------------------------------------------------------------------------ audio
+
+
+class ChunkDecoder:
+    """Complete frames -> audio chunks of ``chunk`` frames, each decoded with codec context on both sides.
+
+    Chunk ``[a, a + chunk)`` is decoded from frames ``[a - ctx, a + chunk + ctx)`` (fewer at
+    the stream start) and its centre kept; the ``xfade`` samples past its end are kept too
+    and faded into the next chunk's head (linear: the two decodes of the same frames agree
+    closely, so they add coherently).
+    """
+
+    def __init__(self, codec, chunk: int, ctx: int, xfade: int):
+        self.codec, self.chunk, self.ctx, self.xfade = codec, chunk, ctx, xfade
+        self.hop = codec.hop_length
+        self.next = 0  # first frame of the next chunk
+        self.tail: np.ndarray | None = None
+
+    def frames_needed(self) -> int:
+        """Complete frames the next chunk waits for (its end plus the right-hand context)."""
+        return self.next + self.chunk + max(self.ctx, -(-self.xfade // self.hop))
+
+    def decode(self, tokens: TokenStream) -> np.ndarray:
+        a, b = self.next, self.next + self.chunk
+        lo = max(0, a - self.ctx)
+        hi = self.frames_needed()
+        codes = tokens.frames_between(lo, hi)[None]
+        wav = self.codec.decode(codes).float().cpu().numpy()[0]  # [C, (hi - lo) * hop]
+        s = (a - lo) * self.hop
+        out = wav[:, s : s + self.chunk * self.hop].copy()
+        if self.xfade and self.tail is not None:
+            ramp = np.linspace(0.0, 1.0, self.xfade + 2, dtype=np.float32)[1:-1]
+            out[:, : self.xfade] = self.tail * (1 - ramp) + out[:, : self.xfade] * ramp
+        e = s + self.chunk * self.hop
+        self.tail = wav[:, e : e + self.xfade].copy() if self.xfade else None
+        self.next = b
+        return out
+
+
+# ------------------------------------------------------------------------------ level
+
+
+class LevelFollower:
+    """Causal level control: DC blocker, loudness follower to ``lufs``, look-ahead true-peak limiter.
+
+    Output lags input by ``delay`` samples (the limiter's look-ahead); ``process`` returns
+    exactly as many samples as it is given (the stream starts with ``delay`` samples of silence).
+    """
+
+    WINDOW_S = 3.0  # short-term loudness (EBU R128's short-term window)
+    BLOCK_S = 0.1
+    TAU_S = 1.0  # gain smoothing time constant
+    GATE_LUFS = -50.0  # quieter than this: hold the gain (do not pump up silence)
+    MAX_GAIN_DB = 30.0
+    LOOKAHEAD_S = 0.005
+
+    def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
+        from audiogen.audio.loudness import KWeighting
+
+        self.sr, self.channels, self.lufs = sample_rate, channels, lufs
+        self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
+        self.k_weighting = KWeighting(sample_rate, channels)
+        self.dc_b, self.dc_a = scipy.signal.butter(2, 10.0 / (sample_rate / 2), "highpass")
+        self.dc_state = np.zeros((channels, 2))
+        self.block = int(self.BLOCK_S * sample_rate)
+        self.energies: list[float] = []  # mean-square K-weighted energy of the last WINDOW_S / BLOCK_S blocks
+        self.partial = np.zeros((channels, 0))  # K-weighted samples not yet making up a block
+        self.gain_db: float | None = None
+        self.look = max(1, int(self.LOOKAHEAD_S * sample_rate))
+        self.delay = 2 * self.look
+        self.pending = np.zeros((channels, self.delay), dtype=np.float32)  # gained audio not yet emitted
+        self.need_hist = np.ones(self.delay, dtype=np.float32)  # required limiter gain of the emitted tail
+        self.peak_ctx = np.zeros((channels, 64), dtype=np.float32)  # oversampling filter context
+
+    def _loudness_blocks(self, x: np.ndarray) -> list[float]:
+        """K-weight ``x`` and return the short-term loudness after each completed 100 ms block."""
+        y = np.concatenate([self.partial, self.k_weighting(x)], axis=1)
+        out = []
+        n = y.shape[1] // self.block
+        for j in range(n):
+            blk = y[:, j * self.block : (j + 1) * self.block]
+            self.energies.append(float((blk**2).mean(axis=1).sum()))
+            del self.energies[: -int(round(self.WINDOW_S / self.BLOCK_S))]
+            z = float(np.mean(self.energies))
+            out.append(-0.691 + 10 * math.log10(z) if z > 0 else -math.inf)
+        self.partial = y[:, n * self.block :]
+        return out
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """``x: float32 [C, n]`` -> levelled ``float32 [C, n]`` (delayed by ``self.delay`` samples)."""
+        from scipy.signal import lfilter
+        from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+        from audiogen.audio.loudness import true_peak_envelope
+
+        x, self.dc_state = lfilter(self.dc_b, self.dc_a, x.astype(np.float64), axis=1, zi=self.dc_state)
+        x = x.astype(np.float32)
+        n = x.shape[1]
+        # the gain per 100 ms block follows the short-term loudness measured up to that block
+        loud = self._loudness_blocks(x)
+        targets = [min(self.MAX_GAIN_DB, self.lufs - l) if l > self.GATE_LUFS else None for l in loud]
+        if self.gain_db is None:
+            first = next((t for t in targets if t is not None), None)
+            self.gain_db = first if first is not None else 0.0  # the first audible block sets the start
+        alpha = 1 - math.exp(-self.BLOCK_S / self.TAU_S)
+        knots_t, knots_g = [0], [self.gain_db]
+        for j, t in enumerate(targets):
+            if t is not None:
+                self.gain_db += alpha * (t - self.gain_db)
+            knots_t.append(min(n, (j + 1) * self.block))
+            knots_g.append(self.gain_db)
+        if knots_t[-1] < n:
+            knots_t.append(n)
+            knots_g.append(self.gain_db)
+        gain = 10 ** (np.interp(np.arange(n), knots_t, knots_g) / 20)
+        y = x * gain.astype(np.float32)
+        # look-ahead true-peak limiting on [pending | y]; the last `delay` samples wait for their future
+        z = np.concatenate([self.pending, y], axis=1)
+        env = true_peak_envelope(np.concatenate([self.peak_ctx, z], axis=1), self.sr)[self.peak_ctx.shape[1] :]
+        need = np.minimum(1.0, self.ceiling / np.maximum(env, 1e-12)).astype(np.float32)
+        ext = np.concatenate([self.need_hist, need])
+        smooth = uniform_filter1d(minimum_filter1d(ext, size=2 * self.look + 1, mode="nearest"), size=self.look,
+                                  mode="nearest")
+        g = np.minimum(smooth, ext)[self.delay :][:n]
+        out = z[:, :n] * g
+        self.need_hist = need[n - self.delay : n] if n >= self.delay else np.concatenate([self.need_hist, need[:n]])[-self.delay :]
+        self.peak_ctx = z[:, max(0, n - 64) : n]
+        self.pending = z[:, n:]
+        return out.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ the stream
+
+
+@dataclass
+class _Change:
+    state: StreamState
+    glide_s: float
+    cut: bool
+    received: float  # time.perf_counter() when the message arrived
+
+
+@dataclass
+class StreamStats:
+    chunks: int = 0
+    frames: int = 0
+    slides: int = 0
+    #: per applied change: (perf_counter when received, frame it took effect at)
+    changes: list = field(default_factory=list)
+
+
+class MusicStream:
+    """An endless iterator of ``float32 [C, chunk samples]`` chunks; see the module docstring."""
+
+    def __init__(self, loaded, conditions: dict | StreamState | None = None, settings: StreamSettings | None = None):
+        self.settings = settings = settings or StreamSettings()
+        settings.validate()
+        from audiogen.generation.pipeline import DTYPES, window_frames
+
+        self.loaded = loaded
+        self.codec = loaded.codec
+        self.sr, self.channels, self.fr = self.codec.sample_rate, self.codec.channels, self.codec.frame_rate
+        dtype = DTYPES.get(settings.dtype) or torch.float32
+        self.lm = loaded.lm.eval().to(dtype)
+        cfg = loaded.conditioner.cfg
+        vocab = cfg.vocab() if cfg.attribute_slots else {}
+        # attributes the model has no slot for are said in the text instead (see StreamState.conditions)
+        self.fold = tuple(a.name for a in LABELS if not vocab.get(a.name))
+        self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
+        self._validate_conditions = cfg.validate_conditions
+        self.state = state_from(conditions)
+        self._check(self.state)
+        params = settings.sampling
+        W = window_frames(loaded, self.fr, settings.window_s)
+        context = max(1, min(W - 1, int(W * settings.context_fraction)))  # frames kept when the window slides
+        self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
+        self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype)
+        self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.guided, settings.device, dtype)
+        self.mix.set_target(self.state.parts(self.fold), 0, 0)
+        self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
+        self.chunk_samples = self.chunk_frames * self.codec.hop_length
+        ctx_s = self.codec.stream_context_s if settings.decode_context_s is None else settings.decode_context_s
+        self.decoder = ChunkDecoder(self.codec, self.chunk_frames, round(ctx_s * self.fr),
+                                    round(settings.crossfade_s * self.sr))
+        self.level = LevelFollower(self.sr, self.channels, settings.lufs, settings.true_peak_db) if settings.level else None
+        self._inbox: queue.Queue[_Change] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending_cut: tuple[_Change, int] | None = None
+        self._queued_state = self.state  # the state the last queued message leads to
+        self.bar_anchor = 0  # frame the bar grid counts from
+        self.stats = StreamStats()
+        self._history = collections.deque([(0, self.state)], maxlen=256)  # (frame, state from that frame on)
+
+    def _check(self, state: StreamState) -> None:
+        for _, cond in state.parts(self.fold):
+            self._validate_conditions([cond])
+
+    # -- control (any thread)
+    def control(self, message: dict) -> None:
+        """Queue a change (``{"mood": "tense", "intensity": 0.8, "glide_s": 4}``); applied at the next frame.
+
+        Raises :class:`AudiogenError` (one line) for a malformed message or a value the
+        model does not know; the stream carries on unchanged.
+        """
+        import time
+
+        with self._lock:  # messages are merged in arrival order
+            base = self._latest_state()
+            state, glide, cut = parse_message(message, base)
+            self._check(state)
+            self._queued_state = state
+            self._inbox.put(_Change(state, glide, cut, time.perf_counter()))
+
+    def _latest_state(self) -> StreamState:
+        return self._queued_state
+
+    def state_at(self, frame: int) -> StreamState:
+        """The request that took effect at or before ``frame`` (recent frames; a glide's target from its start)."""
+        for f, state in reversed(self._history):
+            if f <= frame:
+                return state
+        return self._history[0][1]
+
+    def bar_frames(self) -> float:
+        """Frames per 4/4 bar at the current tempo (``DEFAULT_BPM`` when none is asked)."""
+        return 4 * 60.0 / (self.state.bpm or DEFAULT_BPM) * self.fr
+
+    def _apply_changes(self, frame: int) -> None:
+        while True:
+            try:
+                ch = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if ch.cut:
+                bar = self.bar_frames()
+                n = math.ceil((frame - self.bar_anchor) / bar - 1e-9)
+                self._pending_cut = (ch, self.bar_anchor + int(round(n * bar)))
+            else:
+                self._pending_cut = None  # a later glide supersedes a waiting cut
+                self._switch(ch, frame, round(ch.glide_s * self.fr))
+        if self._pending_cut and frame >= self._pending_cut[1]:
+            ch, _ = self._pending_cut
+            self._pending_cut = None
+            self._switch(ch, frame, 0)
+
+    def _switch(self, ch: _Change, frame: int, frames: int) -> None:
+        if ch.state.bpm != self.state.bpm:
+            self.bar_anchor = frame  # a new tempo starts a new bar grid
+        self.state = ch.state
+        self._history.append((frame, ch.state))
+        self.mix.set_target(ch.state.parts(self.fold), frame, frames)
+        self.stats.changes.append((ch.received, frame))
+
+    # -- generation
+    @torch.inference_mode()
+    def next_chunk(self) -> np.ndarray:
+        """Generate until the next chunk is decodable; return it, ``float32 [C, chunk samples]``."""
+        t = self.tokens
+        need = self.decoder.frames_needed()
+        while t.complete < need:
+            frame = t.produced
+            self._apply_changes(frame)
+            t.step(self.mix.install(frame, t.cache))
+        out = self.decoder.decode(t)
+        t.forget_before(self.decoder.next - self.decoder.ctx)
+        if self.level is not None:
+            out = self.level.process(out)
+        self.stats.chunks += 1
+        self.stats.frames = t.produced
+        self.stats.slides = t.slides
+        return out
+
+    def __iter__(self):
+        while True:
+            yield self.next_chunk()

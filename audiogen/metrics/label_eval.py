@@ -1,0 +1,117 @@
+"""Validate the label estimators and the tagger on rendered tracks whose labels are exact.
+
+:func:`evaluation_jobs` picks a fixed, varied set of music21 pieces and renders each with
+one instrument family (solo piano, violin, flute, guitar, harp, cello, harpsichord, a
+string quartet, a choir); :func:`evaluate` then runs every tempo and key estimator of
+:mod:`audiogen.data.estimators` and the MTT tagger on each, against the sidecar's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from audiogen.data.render import Job, plan_corpus
+
+#: rendered ensemble -> the MTT tags that name it
+ENSEMBLE_TAGS = {
+    "piano": ("piano",), "violin": ("violin", "strings"), "flute": ("flute",), "guitar": ("guitar",),
+    "harp": ("harp",), "cello": ("cello", "strings"), "harpsichord": ("harpsichord",),
+    "string quartet": ("strings", "violin", "cello"), "choir": ("choir", "choral"),
+}
+CHECK_ENSEMBLES = tuple(ENSEMBLE_TAGS)
+
+
+def evaluation_jobs(n: int = 20, seed: int = 17) -> list[Job]:
+    """``n`` jobs: alternately chorales (4 voices) and fiddle tunes (1 voice), ensembles cycled.
+
+    Solo-instrument ensembles go to the one-voice tunes and the chorales get polyphonic
+    ones (piano, harpsichord, harp, string quartet, choir), as they would be played.
+    """
+    rng = random.Random(seed)
+    chorales = plan_corpus(1, seed, ["bach_chorales"])
+    tunes = plan_corpus(1, seed, ["ryans_mammoth"])
+    poly = ("piano", "string quartet", "choir", "harpsichord", "harp")
+    mono = ("violin", "flute", "guitar", "cello", "piano")
+    jobs = []
+    for i in range(n):
+        if i % 2 == 0:
+            base, ens = rng.choice(chorales), poly[(i // 2) % len(poly)]
+        else:
+            base, ens = rng.choice(tunes), mono[(i // 2) % len(mono)]
+        jobs.append(Job(base.collection, base.source, base.tune, ens, base.beat_bpm, base.transpose, 100 + i))
+    return jobs
+
+
+def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
+    """Run the estimators (and ``tagger``, if given) on rendered tracks; ``rows_in`` are their sidecars
+    with a ``path`` relative to ``folder``. Returns per-track rows and the summary figures."""
+    from audiogen.audio.io import load_audio
+    from audiogen.data import estimators as E
+
+    rows = []
+    for r in rows_in:
+        wav, sr = load_audio(Path(folder) / r["path"], sample_rate=E.SR)
+        y = wav.mean(axis=0)
+        from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
+
+        env = _analysis_features(y, E.SR)[0]  # prep's onset envelope, as prep measures tempo
+        row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],
+               "time_signature": r.get("time_signature")}
+        for name, f in E.TEMPO_ESTIMATORS.items():
+            row[f"bpm_{name}"] = f(env, E.SR, ANALYSIS_HOP)
+        for kind in ("stft", "cqt"):
+            c = E.chroma(y, kind=kind)
+            for prof in E.PROFILES:
+                row[f"key_{prof}_{kind}"] = E.key_from_chroma(c, prof)
+        if tagger is not None:
+            probs = tagger.tag_probabilities(wav, sr)
+            top = [t for t, _ in __import__("audiogen.metrics.tagger", fromlist=["top_of"]).top_of(probs, tagger.labels, 3)]
+            row["mtt_top3"] = top
+            row["instrument_hit"] = bool(set(top) & set(ENSEMBLE_TAGS.get(r["ensemble"], ())))
+        rows.append(row)
+    summary = {"tempo": {}, "key": {}}
+    for name in E.TEMPO_ESTIMATORS:
+        summary["tempo"][name] = E.tempo_accuracy([x["true_bpm"] for x in rows], [x[f"bpm_{name}"] for x in rows])
+    for kind in ("stft", "cqt"):
+        for prof in E.PROFILES:
+            k = f"{prof}_{kind}"
+            scores = [E.key_score(x["true_key"], x[f"key_{k}"]) for x in rows]
+            summary["key"][k] = {"weighted": float(np.mean(scores)), "exact": float(np.mean([s == 1 for s in scores]))}
+    if tagger is not None:
+        summary["instrument_top3"] = float(np.mean([x["instrument_hit"] for x in rows]))
+        confusion: dict = {}
+        for x in rows:
+            confusion.setdefault(x["ensemble"], []).append(x["mtt_top3"])
+        summary["instrument_confusion"] = confusion
+    return {"summary": summary, "rows": rows}
+
+
+def load_sidecars(folder: str | Path, jobs: list[Job]) -> list[dict]:
+    from audiogen.data.render import output_paths
+
+    out = []
+    for j in jobs:
+        audio, side = output_paths(j, Path(folder))
+        if side.is_file():
+            out.append({"path": audio.relative_to(folder).as_posix(), **json.loads(side.read_text())})
+    return out
+
+
+def summary_markdown(summary: dict) -> str:
+    """The validation figures as markdown tables (for docs/prep.md)."""
+    lines = ["| tempo estimator | accuracy-1 (4 %) | accuracy-2 (x2, x3, /2, /3) | tracks |", "|---|---|---|---|"]
+    for name, t in summary["tempo"].items():
+        lines.append(f"| `{name}` | {t['acc1']:.0%} | {t['acc2']:.0%} | {t['n']} |")
+    lines += ["", "| key estimator (profiles, chroma) | MIREX weighted score | exact |", "|---|---|---|"]
+    for name, k in summary["key"].items():
+        lines.append(f"| `{name}` | {k['weighted']:.3f} | {k['exact']:.0%} |")
+    if "instrument_top3" in summary:
+        lines += ["", f"MTT instrument tag in the top 3: {summary['instrument_top3']:.0%}", "",
+                  "| rendered as | MTT top 3 per piece |", "|---|---|"]
+        for ens, tops in summary["instrument_confusion"].items():
+            lines.append(f"| {ens} | " + "; ".join(", ".join(t) for t in tops) + " |")
+    return "\n".join(lines)

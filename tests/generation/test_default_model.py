@@ -1,0 +1,108 @@
+"""The embedded default model: the README's main command works out of the box, offline, on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audiogen.audio.finishing import sidecar_path
+from audiogen.audio.io import load_audio
+from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
+from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_default_model_is_shipped_small_and_documented():
+    assert (DEFAULT_MODEL_DIR / "config.yaml").is_file() and (DEFAULT_MODEL_DIR / "model.safetensors").is_file()
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size <= 50 * 1024 * 1024, f"default model is {size / 2**20:.1f} MB (limit 50 MB)"
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+    for needed in ("CC-BY-SA-3.0", "GPL-2+", "SI-SDR", "FAD", "bpm"):
+        assert needed in card, needed
+    assert (DEFAULT_MODEL_DIR / "ATTRIBUTION.md").is_file()
+
+
+def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    assert 'audiogen generate "calm orchestral theme" --duration 30 --out theme.wav' in readme
+    out = tmp_path / "theme.wav"
+    # the README's command, shortened to 6 s to keep the suite fast (the card states the time for 30 s)
+    r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "6",
+                        "--out", str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path,
+                       env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                            "HOME": str(Path.home())})
+    assert r.returncode == 0, r.stderr[-2000:]
+    wav, sr = load_audio(out)
+    assert wav.shape[1] == 6 * sr
+    assert integrated_loudness(wav, sr) == pytest.approx(-16.0, abs=0.5)
+    assert true_peak_dbtp(wav, sr) <= -1.0 + 1e-6
+    side = json.loads(sidecar_path(out).read_text())
+    assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
+    assert side["codec"]["name"] == "audiogen-melvq-24khz"
+
+
+@pytest.fixture(scope="module")
+def readme_track_figures(tmp_path_factory) -> dict:
+    """The README's main command, exactly, on the shipped model, and :func:`music_likeness` of its audio."""
+    from audiogen.metrics.audio_checks import music_likeness
+
+    command = 'audiogen generate "calm orchestral theme" --duration 30 --out theme.wav'
+    assert command in (REPO / "README.md").read_text()
+    cwd = tmp_path_factory.mktemp("readme_track")
+    r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "30",
+                        "--out", "theme.wav"], capture_output=True, text=True, cwd=cwd,
+                       env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                            "HOME": str(Path.home()), "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = cwd / "theme.wav"
+    wav, sr = load_audio(out)
+    assert wav.shape[1] == 30 * sr
+    side = json.loads(sidecar_path(out).read_text())
+    assert Path(side["model"]["dir"]).resolve() == DEFAULT_MODEL_DIR.resolve()
+    frame_rate = side["codec"]["frame_rate"]  # the rate of the codec that decoded this audio
+    assert frame_rate > 0
+    return music_likeness(wav, sr, frame_rate)
+
+
+@pytest.mark.slow  # 30 s of audio: about half a minute on 2 cores
+def test_readme_main_command_is_not_a_buzz_silence_or_white_noise(readme_track_figures):
+    """Issue 16: an earlier default model wrote a static 75 Hz buzz that loudness, peak, duration and
+    FAD all passed. The shipped model's output must not sit on harmonics of its codec's frame rate,
+    be silent or be white noise."""
+    assert readme_track_figures["failures"] == [], readme_track_figures
+    assert readme_track_figures["frame_rate_harmonic_fraction"] < 0.30
+
+
+@pytest.mark.slow
+def test_readme_main_command_varies_over_time_as_music_does(readme_track_figures):
+    """The stft-codec model this one replaced varied 2.46 dB (a near-static texture); real music here 6-9 dB."""
+    assert readme_track_figures["temporal_variation_db"] >= 3.0, readme_track_figures
+
+
+@pytest.mark.slow
+def test_readme_main_command_frames_follow_each_other_as_music_does(readme_track_figures):
+    from audiogen.metrics.audio_checks import MAX_FRAME_JUMP_RATIO
+
+    assert readme_track_figures["frame_jump_ratio"] < MAX_FRAME_JUMP_RATIO, readme_track_figures
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: the default model writes held chords that change every "
+                   "few seconds, broken by clicks, with no onsets on a beat (pulse 0.08; corpus tracks: median "
+                   "0.55, 17 of 76 below 0.2); MODEL_CARD.md. Remove this mark when it passes")
+def test_readme_main_command_has_a_pulse_as_most_music_here_does(readme_track_figures):
+    assert readme_track_figures["pulse"] >= 0.2, readme_track_figures
+
+
+def test_model_report_on_a_folder_that_is_not_a_dataset_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "eval" / "model_report.py"), "--model", str(DEFAULT_MODEL_DIR),
+                        "--data", str(tmp_path), "--audio-dir", str(tmp_path), "--work", str(tmp_path / "w")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("not a prepared dataset (no dataset_dict.json); "
+                                                      "run 'audiogen prep' first")

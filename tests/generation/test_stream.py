@@ -1,0 +1,288 @@
+"""Adaptive streaming on a tiny random model: token decoding, seams, controls, level, the `stream` pipe."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiogen.errors import AudiogenError
+from audiogen.generation.sampling import SamplingParams, generate_window
+from audiogen.generation.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
+                             state_from)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_codec):
+    """A random tiny LM + the tiny codec (75 Hz frames), saved as a model directory."""
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
+
+    torch.manual_seed(0)
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
+                             keys=["C major", "A minor"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
+    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
+                         cond_dim=32, max_positions=512))
+    # token embeddings and heads redrawn at N(0, 0.02), without the unit-scale embeddings and copy
+    # prior a fresh LM starts with (audiogen/models/lm.py): with those, an untrained model mostly repeats
+    # its previous frame whatever the conditions, and these tests need a condition change to
+    # change what is sampled
+    for p in [*lm.embed_tokens.parameters(), *lm.lm_heads.parameters()]:
+        torch.nn.init.normal_(p, std=0.02)
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
+                                                   "describe": tiny_codec.describe()})
+    return d
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from audiogen.models.checkpoint import load_model
+
+    return load_model(tiny_model_dir)
+
+
+def settings(**kw):
+    # a short codec context: the tiny codec's decode dominates the tests' time on a busy 2-core machine
+    base = dict(chunk_s=0.25, window_s=1.0, top_k=50, seed=3, decode_context_s=0.2)
+    base.update(kw)
+    sampling = {k: base.pop(k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if k in base}
+    return StreamSettings(sampling=SamplingParams(**sampling), **base)
+
+
+def take(stream, n):
+    return [stream.next_chunk() for _ in range(n)]
+
+
+def test_tokens_before_any_slide_equal_one_generated_window(loaded):
+    """Greedy streaming inside one window is the same decode as generate_window (the delay pattern is kept)."""
+    s = MusicStream(loaded, {"genre": "rock", "bpm": 120}, settings(temperature=0.0, window_s=2.0, level=False))
+    while s.tokens.complete < 60:  # within the first window: no slide
+        s.tokens.step(s.mix.install(s.tokens.produced, s.tokens.cache))
+    assert s.tokens.slides == 0
+    from audiogen.generation.pipeline import condition_batch
+
+    cond, mask = condition_batch(loaded.conditioner, [state_from({"genre": "rock", "bpm": 120}).conditions()],
+                                 True, "cpu")
+    ref = generate_window(loaded.lm, cond, mask, 60, SamplingParams(temperature=0.0), None, engine="eager")[0]
+    # the window's last K - 1 frames of the delayed codebooks saw its end (special tokens) as input; the stream's did not
+    n = 60 - s.tokens.K + 1
+    assert torch.equal(s.tokens.frames_between(0, n), ref[:, :n])
+
+
+def test_window_slides_with_bounded_buffers_and_chunks_have_fixed_length(loaded):
+    s = MusicStream(loaded, {"genre": "ambient"}, settings())
+    chunks = take(s, 14)  # 3.5 s of audio through 1 s windows
+    assert s.tokens.slides >= 4
+    assert {c.shape for c in chunks} == {(1, s.chunk_samples)}
+    assert all(c.dtype == np.float32 and np.isfinite(c).all() for c in chunks)
+    # the token buffer holds about one window plus the decode context, not the whole stream
+    assert s.tokens.frames.shape[1] <= s.tokens.window + s.decoder.ctx + s.chunk_frames + 64
+    assert all(layer.k.shape[2] == s.tokens.positions for layer in s.tokens.cache.layers)
+
+
+def test_chunks_decode_like_the_whole_track_and_boundaries_have_no_steps(loaded):
+    s = MusicStream(loaded, {"genre": "ambient"}, settings(level=False, crossfade_s=0.0, decode_context_s=0.6))
+    s.tokens.forget_before = lambda frame: None  # keep every frame for the reference decode
+    wav = np.concatenate(take(s, 12), axis=1)[0]
+    frames, hop = s.decoder.next, loaded.codec.hop_length
+    whole = loaded.codec.decode(s.tokens.frames_between(0, frames + s.decoder.ctx)[None]).numpy()[0, 0]
+    a = 2 * s.chunk_frames * hop  # past the stream's start, where both decodes see less context
+    ref, got = whole[a : frames * hop], wav[a : frames * hop]
+    # the tiny codec (convolutions, no LSTM) reaches less far than 0.6 s: the same samples up to rounding
+    assert np.max(np.abs(got - ref)) < 1e-3 * np.max(np.abs(ref))
+    steps = np.abs(np.diff(wav))
+    seams = [steps[i * s.chunk_samples - 1] for i in range(1, 12)]
+    assert max(seams) <= np.percentile(steps, 99)
+
+
+def test_same_seed_same_audio_other_seed_differs(loaded):
+    a = np.concatenate(take(MusicStream(loaded, {"genre": "rock"}, settings()), 6), axis=1)
+    b = np.concatenate(take(MusicStream(loaded, {"genre": "rock"}, settings()), 6), axis=1)
+    c = np.concatenate(take(MusicStream(loaded, {"genre": "rock"}, settings(seed=4)), 6), axis=1)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_a_change_alters_only_what_follows_it(loaded):
+    def run(change):
+        s = MusicStream(loaded, {"genre": "rock", "bpm": 90}, settings(level=False))
+        s.tokens.forget_before = lambda frame: None  # keep every frame to compare
+        take(s, 3)
+        at = s.tokens.produced
+        if change:
+            s.control({"genre": "ambient", "intensity": 1.0})
+        take(s, 3)
+        return s, at
+
+    s0, at = run(False)
+    s1, at1 = run(True)
+    assert at == at1 and s1.stats.changes[0][1] == at
+    t0, t1 = s0.tokens, s1.tokens
+    # the frames before the change are identical, and the frames after it differ
+    assert torch.equal(t0.frames_between(0, at - t0.K), t1.frames_between(0, at - t0.K))
+    assert not torch.equal(t0.frames_between(at, t0.complete), t1.frames_between(at, t1.complete))
+
+
+def test_glide_moves_the_mixture_weights_linearly_frame_by_frame(loaded):
+    s = MusicStream(loaded, {"genre": "rock"}, settings())
+    s.next_chunk()
+    s.control({"genre": "ambient", "glide_s": 1.0})
+    s.next_chunk()
+    start = s.stats.changes[0][1]
+    n = round(1.0 * s.fr)
+    mix = s.mix
+    old, new = sorted(mix.start), sorted(mix.target)
+    assert len(old) == len(new) == 1 and old != new
+    half = mix.weights(start + n // 2)
+    assert half[new[0]] == pytest.approx(0.5, abs=0.02) and half[old[0]] == pytest.approx(0.5, abs=0.02)
+    assert mix.weights(start + n) == {new[0]: 1.0}
+    # mid-glide the cross mask carries log weights: both sets' slots, neither masked out
+    mask = mix.install(start + n // 2, s.tokens.cache)
+    assert mask.shape[-1] == s.tokens.cache.layers[0].cross_k.shape[2]
+    assert torch.isfinite(mask[0]).any() and (mask[0] < 0).any()
+
+
+def test_cut_waits_for_the_next_bar_line(loaded):
+    s = MusicStream(loaded, {"genre": "rock", "bpm": 150}, settings())
+    s.next_chunk()
+    asked = s.tokens.produced
+    s.control({"genre": "ambient", "cut": "bar"})
+    while not s.stats.changes:
+        s.next_chunk()
+    bar = s.bar_frames()  # 150 bpm at 75 Hz: 120 frames
+    at = s.stats.changes[0][1]
+    assert at >= asked and at % round(bar) == 0 and at - asked <= bar
+
+
+def test_intensity_is_a_mixture_of_a_calm_and_an_energetic_request():
+    parts = StreamState(text="drums", bpm=100.0, intensity=0.25).parts(fold=())
+    (w_calm, calm), (w_hot, hot) = parts
+    assert (w_calm, w_hot) == (0.75, 0.25)
+    assert calm.bpm < 100 < hot.bpm and "calm" in calm.text and "energetic" in hot.text
+    # a model without mood slots hears the mood in its text
+    c = StreamState(text="drums", mood="tense").conditions(fold=("mood",))
+    assert c.mood is None and "tense" in c.text
+
+
+@pytest.mark.parametrize("msg, words", [
+    ({"bpm": 1000}, "bpm"), ({"intensity": 2}, "intensity"), ({"colour": "red"}, "unknown control field"),
+    ({"glide_s": -1}, "glide_s"), ({"mood": 3}, "mood"), ({"glide_s": 2, "cut": True}, "not both"), ([1], "object"),
+])
+def test_bad_messages_raise_one_readable_error(msg, words):
+    with pytest.raises(AudiogenError, match=words):
+        parse_message(msg, StreamState())
+
+
+def test_a_bad_value_for_the_model_is_refused_and_the_stream_carries_on(loaded):
+    s = MusicStream(loaded, {"genre": "rock"}, settings())
+    with pytest.raises(AudiogenError, match="unknown genre"):
+        s.control({"genre": "polka"})
+    assert s.next_chunk().shape == (1, s.chunk_samples) and not s.stats.changes
+
+
+def test_level_follower_holds_the_target_and_the_true_peak_through_a_jump():
+    """A level jump of 20 dB: short-term loudness returns within 2 LU of the target in a few seconds."""
+    from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
+
+    sr = 24000
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, sr * 16)).astype(np.float32) * 0.01
+    x[:, sr * 8 :] *= 10  # +20 dB at 8 s
+    lev = LevelFollower(sr, 1, -16.0, -1.0)
+    y = np.concatenate([lev.process(x[:, i : i + sr // 4]) for i in range(0, x.shape[1], sr // 4)], axis=1)
+    assert y.shape == x.shape
+    assert true_peak_dbtp(y, sr) <= -1.0 + 0.05
+    for start in (4, 13):  # settled before and after the jump
+        assert integrated_loudness(y[:, start * sr : (start + 3) * sr], sr) == pytest.approx(-16.0, abs=2.0)
+
+
+def test_stream_pipe_writes_wav_and_survives_bad_control_lines(tiny_model_dir, tmp_path):
+    controls = "\n".join([
+        json.dumps({"genre": "ambient", "glide_s": 0.5}),
+        "{not json",
+        json.dumps({"bpm": 9999}),
+        json.dumps({"intensity": 0.9}),
+    ]) + "\n"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([sys.executable, "-m", "audiogen", "stream", "--model", str(tiny_model_dir), "--genre", "rock",
+                        "--duration", "2", "--chunk", "0.25", "--window", "1", "--format", "wav"],
+                       input=controls.encode(), capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    err = r.stderr.decode().strip().splitlines()
+    assert any("line 2" in line and "JSON" in line for line in err), err
+    assert any("line 3" in line and "bpm" in line for line in err), err
+    wav, sr = sf.read(io.BytesIO(r.stdout), dtype="float32")
+    assert sr == 24000 and len(wav) == 2 * sr and np.abs(wav).max() > 0
+
+
+def test_stream_refuses_bad_options_with_one_line(tiny_model_dir):
+    r = subprocess.run([sys.executable, "-m", "audiogen", "stream", "--model", str(tiny_model_dir), "--genre", "polka",
+                        "--duration", "1"], capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode().strip().count("\n") == 0 and "unknown genre" in r.stderr.decode()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_browser_page_plays_the_stream_and_a_slider_change_reaches_the_output(tiny_model_dir):
+    """Debian's chromium: Play, wait for audio, move the intensity slider, hear the change, audio keeps flowing."""
+    from pathlib import Path
+
+    import httpx
+
+    from listening_helpers import free_port
+
+    chromium = "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail(f"{chromium} missing: run 'bash install.sh' (it installs Debian's chromium)")
+    pytest.importorskip("websockets", reason="audiogen serve needs the listen extras (websockets)")
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "audiogen", "serve", "--model", str(tiny_model_dir), "--port",
+                             str(port), "--chunk", "0.25", "--window", "1"],
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    try:
+        import time
+
+        deadline = time.time() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.time() < deadline, "server did not answer"
+                time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#play")
+            page.wait_for_function("Number(document.body.dataset.played || 0) >= 0.5", timeout=240_000)
+            assert json.loads(page.evaluate("document.body.dataset.state"))["intensity"] == 0.5  # the page's start
+            page.eval_on_selector("#intensity", "el => { el.value = 0.95; el.dispatchEvent(new Event('change')); }")
+            page.wait_for_function("JSON.parse(document.body.dataset.state || '{}').intensity === 0.95",
+                                   timeout=240_000)
+            heard = float(page.evaluate("document.body.dataset.played"))
+            page.wait_for_function(f"Number(document.body.dataset.played) >= {heard + 0.5}", timeout=240_000)
+            assert float(page.evaluate("document.body.dataset.rms")) > 0  # sound, not silence
+            underruns = int(page.evaluate("document.body.dataset.underruns || 0"))
+            assert not page.evaluate("document.body.dataset.error || ''")
+            browser.close()
+        # underruns depend on the machine's speed: reported, not asserted (benchmarks/stream.py measures them)
+        print(f"underruns: {underruns}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,225 @@
+"""The conditioning adherence report (issue 22): its statistics on inputs whose answer is known, its
+request plans, and one small run of the whole report on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiogen.metrics import adherence as A
+from audiogen.models.conditioning import ConditionerConfig
+from audiogen.metrics.tagger import MTT_LABELS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def test_a_perfect_tempo_follower_scores_spearman_1_and_every_clip_within_8_percent():
+    req = A.tempo_plan(20, seed=3)
+    s = A.tempo_stats(req, req)
+    assert s["spearman"]["rho"] == pytest.approx(1.0)
+    assert s["spearman"]["low"] == pytest.approx(1.0)
+    assert s["within"]["rate"] == 1.0 and s["within"]["n"] == 20
+    assert s["octave_errors"]["k"] == 0
+    assert 0.8 < s["within"]["low"] < 1.0 == s["within"]["high"]  # Wilson: below 1 at n = 20
+
+
+def test_double_and_half_tempo_answers_are_octave_errors_not_hits():
+    req = A.tempo_plan(10, seed=0)
+    est = [2 * b if i % 2 else b / 2 for i, b in enumerate(req)]
+    s = A.tempo_stats(req, est)
+    assert s["within"]["k"] == 0
+    assert s["octave_errors"]["k"] == 10
+    # 9 % off is neither a hit nor (far from 2x) an octave error; a missing estimate is a miss
+    s = A.tempo_stats([100.0, 100.0, 100.0], [109.0, None, 107.9])
+    assert (s["within"]["k"], s["octave_errors"]["k"], s["estimated"]) == (1, 0, 2)
+
+
+def test_unrelated_tempo_answers_have_a_low_spearman_whose_interval_covers_zero():
+    rng = np.random.default_rng(0)
+    req = A.tempo_plan(30, seed=1)
+    s = A.tempo_stats(req, list(rng.uniform(60, 160, 30)))
+    assert abs(s["spearman"]["rho"]) < 0.5
+    assert s["spearman"]["low"] < 0 < s["spearman"]["high"]
+
+
+def test_tempo_plan_spans_60_to_160_bpm_and_is_fixed_by_its_seed():
+    a = A.tempo_plan(24, seed=5)
+    assert a == A.tempo_plan(24, seed=5) != A.tempo_plan(24, seed=6)
+    assert min(a) >= 60 and max(a) <= 160
+    assert min(a) < 65 and max(a) > 150  # one request in each of 24 log-spaced cells
+
+
+def test_key_stats_count_mode_and_exact_key_with_enharmonic_spellings():
+    s = A.key_stats(["g# major", "A minor", "C major", "e minor"], ["Ab major", "C major", None, "E minor"])
+    assert s["mode"]["k"] == 2 and s["key"]["k"] == 2 and s["estimated"] == 3
+    assert s["mirex_weighted"] == pytest.approx((1 + 0.3 + 0 + 1) / 4)
+
+
+def test_family_scores_take_each_familys_best_tag():
+    p = np.zeros((1, len(MTT_LABELS)))
+    p[0, MTT_LABELS.index("violin")] = 0.9
+    p[0, MTT_LABELS.index("piano")] = 0.5
+    s = A.family_scores(p, MTT_LABELS)
+    assert A.FAMILIES[int(np.argmax(s[0]))] == "strings"
+    assert s[0, A.FAMILIES.index("piano")] == 0.5
+
+
+def test_instrument_stats_rank_the_requested_family_and_count_top_1():
+    fams = list(A.FAMILIES) * 2
+    planted = np.full((12, 6), 0.1)
+    for i, f in enumerate(fams):
+        planted[i, A.FAMILIES.index(f)] = 0.9
+    s = A.instrument_stats(fams, planted)
+    assert s["top1"]["rate"] == 1.0 and s["mean_rank"] == 1.0
+    flat = A.instrument_stats(fams, np.full((12, 6), 0.5))  # ties count against the request
+    assert flat["top1"]["k"] == 0 and flat["mean_rank"] == 6.0
+
+
+def _label_tags(seed: int, labels: list[str], n: int) -> tuple[dict, dict]:
+    """Distinct tag profiles per label; references and generated clips are noisy draws of them."""
+    rng = np.random.default_rng(seed)
+    prof = {lab: rng.dirichlet(np.full(50, 0.3)) for lab in labels}
+
+    def draw(lab):
+        return np.clip(prof[lab] + rng.normal(0, 0.005, (n, 50)), 0, None)
+
+    return {lab: draw(lab) for lab in labels}, {lab: draw(lab) for lab in labels}
+
+
+def test_a_planted_diagonal_gives_every_label_its_own_references_and_a_shuffle_gives_none():
+    labels = ["ambient", "rock", "jazz", "folk"]
+    ref, gen = _label_tags(0, labels, 6)
+    c = A.kl_confusion(gen, ref)
+    m = np.array(c["matrix"])
+    assert c["labels"] == labels and c["own_closest_count"] == 4
+    assert (m.argmin(axis=1) == np.arange(4)).all()
+    assert c["own_closest_boot"] == [1.0] * 4
+    shuffled = {labels[i]: gen[labels[(i + 1) % 4]] for i in range(4)}
+    assert A.kl_confusion(shuffled, ref)["own_closest_count"] == 0
+
+
+def test_verdicts_follow_the_thresholds():
+    report = {"thresholds": A.THRESHOLDS, "skipped": {"mood": "not conditioned (x)"}, "results": {
+        "1": {"tempo": {"spearman": {"rho": 0.85}, "within": {"rate": 0.6}}, "key": {"mode": {"rate": 0.7}},
+              "instruments": {"top1": {"rate": 0.6}},
+              "genre": {"labels": ["a", "b", "c", "d"], "own_closest_count": 3}},
+        "3": {"tempo": {"spearman": {"rho": 0.79}, "within": {"rate": 0.9}}, "key": {"mode": {"rate": 0.75}},
+              "instruments": {"top1": {"rate": 0.5}},
+              "genre": {"labels": ["a", "b", "c"], "own_closest_count": 2}}}}
+    v = A.passes(report)
+    assert v["1"] == {"tempo": True, "mode": False, "instruments": True, "genre": True, "mood": "not conditioned (x)"}
+    assert v["3"]["tempo"] is False and v["3"]["mode"] is True and v["3"]["instruments"] is False
+    assert v["3"]["genre"] is False  # 2 of 3 is under 3 of every 4
+
+
+# ----------------------------------------------------------------------------------- plans
+
+
+def test_plans_skip_what_the_model_does_not_condition_and_name_why():
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient"], moods=[], keys=["c major", "a minor"],
+                             instruments=["piano", "violin"], bpm_buckets=[])
+    plans, skipped = A.plan_requests(ccfg, clips=4, seed=0)
+    assert skipped["tempo"].startswith("not conditioned") and skipped["mood"].startswith("not conditioned")
+    assert "a confusion needs two" in skipped["genre"]
+    assert skipped["instruments: guitar"] == "not in the model's vocabulary"
+    assert "instruments: strings" not in skipped  # "violin" names the strings family
+    assert {p["conditions"].instruments[0] for p in plans["instruments"]} == {"piano", "violin"}
+    assert [p["conditions"].key for p in plans["key"]] == ["C major", "A minor", "C major", "A minor"]
+    assert all(p["conditions"].text is None and p["channel"] == "attribute" for p in plans["key"])
+
+
+def test_a_text_only_model_is_asked_in_words_as_prep_captions_them():
+    ccfg = ConditionerConfig(text_encoder="minilm", attribute_slots=False)
+    plans, skipped = A.plan_requests(ccfg, clips=3, seed=0)
+    t = plans["tempo"][0]
+    assert t["channel"] == "text" and t["conditions"].bpm is None and t["conditions"].text == f"{t['request']:.0f} bpm"
+    assert plans["key"][0]["conditions"].text.startswith("in ")
+    assert plans["instruments"][0]["conditions"].text.startswith("with ")
+    assert "genre" in skipped and "mood" in skipped
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_codec):
+    """A random tiny model (no mood vocabulary; piano and strings only) and a prepared dataset whose
+    rows point at synthesized audio files: one held-out ambient row, the rest train rows."""
+    import datasets
+
+    from audiogen.audio.io import write_audio
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder
+    from audiogen.models.lm import LM, named_config
+    from audiogen.data.prep import dataset_features
+    from conftest import synth_music
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("adherence")
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=[], keys=["C major", "A minor"],
+                             instruments=["piano", "strings"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
+    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
+                         cond_dim=32, max_positions=512))
+    model = save_model_dir(root / "model", lm, ConditionEncoder(ccfg),
+                           {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks, "describe": tiny_codec.describe()})
+    audio = root / "audio"
+    audio.mkdir()
+    rows = []
+    for i, (genre, split) in enumerate([("ambient", "valid"), ("ambient", "train"), ("rock", "train"), ("rock", "train")]):
+        write_audio(audio / f"t{i}.wav", synth_music(4.0, seed=i), tiny_codec.sample_rate)
+        rows.append(dict(id=f"r{i}", source=f"t{i}.wav", sha256=f"{i:064d}", start_s=0.0, duration_s=4.0,
+                         codec=json.dumps(tiny_codec.describe()), codes=[[1] * 8] * tiny_codec.num_codebooks,
+                         caption=genre, genre=genre, mood=None, bpm=100.0, key="C major", instruments=[],
+                         license="CC0", split=split, title=None, artist=None, attribution=None))
+    f = dataset_features(tiny_codec.num_codebooks)
+    data = root / "data"
+    datasets.DatasetDict({s: datasets.Dataset.from_list([r for r in rows if r["split"] == s], features=f)
+                          for s in ("train", "valid")}).save_to_disk(str(data))
+    return model, data, audio
+
+
+def test_the_report_writes_clips_json_markdown_and_figures_and_names_what_is_not_conditioned(tiny_setup, tmp_path):
+    model, data, audio = tiny_setup
+    torch.set_num_threads(1)
+    out = tmp_path / "report"
+    r = A.adherence_report(model, data, audio, out, cfg_scales=(1.0, 3.0), clips=2, seconds=1.5, progress=False)
+    saved = json.loads((out / "adherence.json").read_text())
+    assert set(saved["results"]) == {"1", "3"}
+    for g in ("1", "3"):
+        res = saved["results"][g]
+        assert set(res) == {"tempo", "key", "instruments", "genre"}
+        assert res["tempo"]["clips"] == 2 and {"rho", "low", "high"} <= set(res["tempo"]["spearman"])
+        assert {"k", "n", "rate", "low", "high"} <= set(res["key"]["mode"])
+        assert res["instruments"]["clips"] == 2 and {c["request"] for c in res["instruments"]["per_clip"]} == {"piano", "strings"}
+        assert res["genre"]["labels"] == ["ambient", "rock"] and len(res["genre"]["matrix"]) == 2
+        for attr in res:
+            for c in res[attr]["per_clip"]:
+                assert (out / c["file"]).is_file()
+        assert saved["passes"][g]["mood"].startswith("not conditioned")
+    assert len(list((out / "clips" / "cfg3").glob("*.wav"))) == 2 + 2 + 2 + 4
+    assert saved["skipped"]["instruments: guitar"] == "not in the model's vocabulary"
+    assert "train rows" in saved["references"]["genre"]["rock"]  # no held-out rock: topped up from train
+    assert saved["references"]["genre"]["ambient"].startswith("1 held-out rows")
+    assert sorted(saved["figures"]) == ["genre_confusion.png", "tempo.png"]
+    assert all((out / f).stat().st_size > 1000 for f in saved["figures"])
+    md = (out / "adherence.md").read_text()
+    assert md == A.summary_markdown(r)
+    assert "| CFG 1 | CFG 3 |" in md and "mood: not conditioned" in md and "n=2" in md
+
+
+def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):
+    model, _, audio = tiny_setup
+    p = subprocess.run([sys.executable, str(REPO / "eval" / "adherence.py"), "--model", str(model), "--data",
+                        str(tmp_path), "--audio-dir", str(audio), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1

@@ -1,0 +1,79 @@
+"""The attribute registry: one list drives the vocabularies, the encoder's slots, validation and dropout."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from audiogen.errors import AudiogenError
+from audiogen.models.conditioning import (ATTRIBUTES, DROP_DRAWS, LABELS, ConditionEncoder, ConditionerConfig, Conditions,
+                                   drop_conditions)
+
+CFG = ConditionerConfig(text_encoder="none", genres=["Rock"], moods=["calm"], keys=["C major"],
+                        instruments=["piano", "strings"], bpm_buckets=[60.0, 120.0], dim=8,
+                        p_drop_attr=0.5, p_drop_text=0.3, p_drop_all=0.1)
+FULL = Conditions(text="a", genre="rock", mood="calm", bpm=100.0, key="C major", instruments=["piano"])
+
+
+def test_every_attribute_is_a_conditions_field_and_every_label_has_a_vocabulary():
+    fields = [f.name for f in dataclasses.fields(Conditions)]
+    assert fields == ["text", *(a.name for a in ATTRIBUTES)]
+    assert CFG.vocab() == {"genre": ["rock"], "mood": ["calm"], "key": ["c major"], "instruments": ["piano", "strings"]}
+    assert [a.name for a in LABELS] == list(CFG.vocab())
+    draws = [a.draw for a in ATTRIBUTES]
+    assert len(set(draws)) == len(draws) and all(2 <= d < DROP_DRAWS for d in draws)
+
+
+def _old_drop(c: Conditions, cfg: ConditionerConfig, generator: torch.Generator) -> Conditions:
+    """drop_conditions as it was before the registry: 7 uniforms per row."""
+    p_all, p_text, p_genre, p_mood, p_bpm, p_key, p_inst = torch.rand(1, 7, generator=generator)[0].tolist()
+    if p_all < cfg.p_drop_all:
+        return Conditions()
+    return Conditions(text=None if p_text < cfg.p_drop_text else c.text,
+                      genre=None if p_genre < cfg.p_drop_attr else c.genre,
+                      mood=None if p_mood < cfg.p_drop_attr else c.mood,
+                      bpm=None if p_bpm < cfg.p_drop_attr else c.bpm,
+                      key=None if p_key < cfg.p_drop_attr else c.key,
+                      instruments=None if p_inst < cfg.p_drop_attr else c.instruments)
+
+
+def test_dropout_of_one_row_per_generator_is_what_it_was_before_the_registry():
+    """Training drops one row per freshly seeded generator (data.CropDataset): the first 7 of the 16 draws
+    are the 7 it used to draw, so the same seed drops the same conditions."""
+    for seed in range(300):
+        new = drop_conditions([FULL], CFG, torch.Generator().manual_seed(seed))[0]
+        assert new == _old_drop(FULL, CFG, torch.Generator().manual_seed(seed)), seed
+
+
+def test_dropout_draws_a_fixed_number_per_row_whatever_the_rows_hold():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    drop_conditions([FULL, Conditions()], CFG, g1)
+    torch.rand(2, DROP_DRAWS, generator=g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_encoder_slots_follow_the_registry_and_unknown_values_are_refused():
+    enc = ConditionEncoder(CFG)
+    cond, mask = enc([FULL, Conditions()])
+    # genre, mood, key, bpm, then max_instruments instrument slots
+    assert cond.shape == (2, 4 + CFG.max_instruments, 8)
+    assert mask[0].tolist() == [True] * 5 + [False] * (CFG.max_instruments - 1) and not mask[1].any()
+    with pytest.raises(AudiogenError, match="unknown instrument 'kazoo'"):
+        CFG.validate_conditions([Conditions(instruments=["kazoo"])])
+    with pytest.raises(AudiogenError, match="unknown genre 'polka'"):
+        CFG.validate_conditions([Conditions(genre="polka")])
+    with pytest.raises(AudiogenError, match="trained without mood conditioning; leave out --mood"):
+        dataclasses.replace(CFG, moods=[]).validate_conditions([Conditions(mood="calm")])
+
+
+def test_the_stream_and_the_dataset_read_the_attributes_from_the_registry():
+    from audiogen.data.loader import CONDITION_COLUMNS
+    from audiogen.generation.stream import CONDITION_FIELDS, StreamState
+
+    assert CONDITION_FIELDS == ("text", *(a.name for a in ATTRIBUTES), "intensity")
+    assert tuple(f.name for f in dataclasses.fields(StreamState)) == CONDITION_FIELDS
+    assert CONDITION_COLUMNS == ("caption", *(a.name for a in ATTRIBUTES))
+    folded = StreamState(text="calm", genre="rock", instruments=("piano",)).conditions(fold=("genre", "instruments"))
+    assert folded == Conditions(text="calm, rock, piano")
