@@ -25,6 +25,7 @@ mushra (0-100 sliders, hidden reference and low-pass anchor), mos (quality 1-5).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # Long on purpose: the argparse declarations of four subcommands, one statement per option.
     p = sub.add_parser("listen", help="blind human-vs-AI listening tests: prepare, serve, analyse",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Run 'audiogen listen create|serve|report|power --help' for each step's options. "

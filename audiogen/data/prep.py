@@ -324,6 +324,8 @@ def _prepare_files(cfg: PrepConfig, tasks: list[_Task], codec, work: Path, t_sta
     """Decode, analyse and tokenize ``tasks`` (shards into ``work``). Returns ``{entries, counts}``:
     one entry per file, ``{source, sha256, status: kept|skipped|duplicate, reason, meta, audio_s}``,
     from which :func:`_combine` makes the dataset's file list, whatever process did which file."""
+    # Long on purpose: the loop over the workers' results and its bookkeeping (skip, keep, parts of
+    # long files, progress) share the counters below.
     from audiogen.files import atomic_write_text
     from audiogen.progress import progress_bar
 

@@ -428,6 +428,8 @@ def create_experiment(yaml_path: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 def _prepare(exp: Experiment, d: Path, log) -> dict:
+    # Long on purpose: one pass that writes every kind of stimulus in turn through the shared id set
+    # and writer below.
     from audiogen.listening.audit import audit_clips, audit_warning
 
     spec = exp.stimulus

@@ -248,6 +248,8 @@ def fit_identification(correct, participant, item, margin: float, alpha: float =
     answering "AI"). So ``expit(b0)`` is the accuracy of an unbiased listener, and the test
     against chance holds even when the stimuli are not half human, half generated.
     """
+    # Long on purpose: one estimation (fit, profile interval, likelihood-ratio test, TOST) whose
+    # steps share the fitted state; split, they would pass a dozen intermediates around.
     y = np.asarray(correct, dtype=np.float64)
     out = {"model": "logit P(correct) = b0 + u[participant] + v[item] (Laplace ML)", "n": int(y.size),
            "estimable": False, "alpha": alpha, "level": level}

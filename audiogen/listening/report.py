@@ -564,6 +564,8 @@ def _signed(x) -> str:
 
 
 def _html(res: dict, plots: list[tuple[str, str]]) -> str:
+    # Long on purpose: a linear page template, one section after another; nothing in it branches
+    # far.
     from html import escape
 
     p = res["participants"]

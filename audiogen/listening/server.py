@@ -265,6 +265,8 @@ def _validate_counters(d, stimuli: list[str], kind) -> bool:
 
 
 def build_app(exp_dir: str | os.PathLike, opts: ServeOptions | None = None):
+    # Long on purpose: the app's route table; the routes are closures over this experiment's
+    # manifest, store and options.
     from fastapi import Body, FastAPI, Header, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 

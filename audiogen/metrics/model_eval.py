@@ -192,6 +192,8 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     resynthesis of those tracks as the ceiling; the tempo response; music-likeness figures of the
     generated clips (:mod:`audiogen.metrics.audio_checks`); the LM's held-out loss against a unigram model;
     and, with ``figure``, a spectrogram picture: a held-out track, its codec roundtrip, a generated clip."""
+    # Long on purpose: one report, a few lines per figure, each figure reusing what the previous
+    # ones loaded.
     from audiogen.audio.io import load_audio, write_audio
     from audiogen.errors import AudiogenError
     from audiogen.metrics.audio_checks import music_likeness, pulse_strength
