@@ -21,6 +21,22 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _module_leaves_torch_threads_as_it_found_them():
+    """A module that changes torch's thread count and keeps it changed makes later in-process runs
+    compute differently from their subprocesses (a codec kill-9/resume bit-identity test failed
+    that way, after the adherence tests set one thread): such a module errors here."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"this test module changed torch's thread count from {before} to {after} and left it so; "
+                    f"restore it (see tests/train/test_training.py's one_thread fixture)")
+
+
 def synth_music(seconds: float = 3.0, sr: int = 24000, channels: int = 1, seed: int = 0) -> np.ndarray:
     """A few seconds of deterministic 'music': decaying harmonic notes over a pulse. float32 [C, N]."""
     rng = np.random.default_rng(seed)

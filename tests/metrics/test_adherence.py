@@ -189,9 +189,14 @@ def tiny_setup(tmp_path_factory, tiny_codec):
 
 def test_the_report_writes_clips_json_markdown_and_figures_and_names_what_is_not_conditioned(tiny_setup, tmp_path):
     model, data, audio = tiny_setup
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster than two fighting over a busy machine
     out = tmp_path / "report"
-    r = A.adherence_report(model, data, audio, out, cfg_scales=(1.0, 3.0), clips=2, seconds=1.5, progress=False)
+    try:
+        r = A.adherence_report(model, data, audio, out, cfg_scales=(1.0, 3.0), clips=2, seconds=1.5,
+                               progress=False)
+    finally:
+        torch.set_num_threads(threads)
     saved = json.loads((out / "adherence.json").read_text())
     assert set(saved["results"]) == {"1", "3"}
     for g in ("1", "3"):
