@@ -63,16 +63,6 @@ DEFAULT_CLIPS, DEFAULT_SECONDS = 24, 8.0
 # ------------------------------------------------------------------------------ statistics
 
 
-def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (nan, nan for ``n == 0``)."""
-    from scipy.stats import binomtest
-
-    if n == 0:
-        return (float("nan"), float("nan"))
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
 def spearman_interval(x, y, seed: int = 0, n_boot: int = 1000, level: float = 0.95) -> dict:
     """Spearman's rho of paired ``x, y`` with a percentile bootstrap interval over the pairs.
 
@@ -80,25 +70,28 @@ def spearman_interval(x, y, seed: int = 0, n_boot: int = 1000, level: float = 0.
     tie-only resample of a few clips), which is common at the sizes run here; those resamples are
     dropped instead.
     """
-    from scipy.stats import spearmanr
+    from audiogen.metrics.model_eval import spearman
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     n = x.size
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    rho = spearman(x.tolist(), y.tolist())  # nan under 3 pairs or with a constant side
+    if math.isnan(rho):
         return {"rho": float("nan"), "low": float("nan"), "high": float("nan"), "n": int(n)}
-    rho = float(spearmanr(x, y).statistic)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         i = rng.integers(0, n, n)
-        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
-            boots.append(spearmanr(x[i], y[i]).statistic)
+        b = spearman(x[i].tolist(), y[i].tolist())
+        if not math.isnan(b):
+            boots.append(b)
     a = (1 - level) / 2
     lo, hi = (np.quantile(boots, [a, 1 - a]) if boots else (float("nan"), float("nan")))
     return {"rho": rho, "low": float(lo), "high": float(hi), "n": int(n)}
 
 
 def _proportion(k: int, n: int) -> dict:
+    from audiogen.listening.stats import wilson
+
     lo, hi = wilson(k, n)
     return {"k": int(k), "n": int(n), "rate": k / n if n else float("nan"), "low": lo, "high": hi}
 
