@@ -400,6 +400,8 @@ class MelVQCodec(EncodecCodec):
         desc = {**super().describe(), "backend": "melvq"}
         if self.model.config.change_penalty:  # the same codebooks encode differently with it
             desc["change_penalty"] = self.model.config.change_penalty
+        if self.model.config.residual_change_penalty:
+            desc["residual_change_penalty"] = self.model.config.residual_change_penalty
         return desc
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
@@ -538,7 +540,7 @@ def default_codec_spec() -> tuple[str, int | None]:
 
 
 #: ``describe()`` keys that decide what a codec's tokens mean: codecs that differ in one do not share tokens
-TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty")
+TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty", "residual_change_penalty")
 
 
 def describe_diff(got: dict, want: dict, also: tuple[str, ...] = ()) -> list[str]:

@@ -50,6 +50,11 @@ class MelVQConfig:
     #: summed over bands) for every change of code, so it holds a code through small wobbles
     #: (an LM then sees note-like runs, not jitter); 0: per frame, the nearest code
     change_penalty: float = 0.0
+    #: > 0: codebooks 1.. are chosen the same way, each over the residual the earlier stages leave
+    #: (stage by stage, no beam), with this penalty, so they too hold their codes through small
+    #: wobbles instead of flipping between near-equal codes every frame (an LM predicts held codes;
+    #: flipping ones it can only sample as noise); 0: the beam search per frame
+    residual_change_penalty: float = 0.0
     gl_iters: int = 32
     gl_momentum: float = 0.99
 
@@ -64,9 +69,13 @@ class MelVQConfig:
             raise AudiogenError("the mel codec is mono (channels: 1); stereo files are downmixed before encoding")
         if not cfg.hop <= cfg.win <= cfg.n_fft:
             raise AudiogenError(f"mel codec: need hop <= win <= n_fft, got {cfg.hop}, {cfg.win}, {cfg.n_fft}")
-        if cfg.beam < 1 or cfg.gl_iters < 0 or not 0 <= cfg.gl_momentum < 1 or cfg.change_penalty < 0:
+        if (cfg.beam < 1 or cfg.gl_iters < 0 or not 0 <= cfg.gl_momentum < 1 or cfg.change_penalty < 0
+                or cfg.residual_change_penalty < 0):
             raise AudiogenError("mel codec: beam must be >= 1, gl_iters >= 0, gl_momentum in [0, 1) and "
-                                "change_penalty >= 0")
+                                "change_penalty and residual_change_penalty >= 0")
+        if cfg.residual_change_penalty and not cfg.change_penalty:
+            raise AudiogenError("mel codec: residual_change_penalty holds the codebooks after a held codebook 0; "
+                                "set change_penalty > 0 too")
         return cfg
 
 
@@ -138,19 +147,21 @@ class MelVQModel(nn.Module):
         """``feats: [..., n_mels]`` -> codes ``[..., n_q]`` by a beam search over the residual stages
         (``beam`` candidate paths, each extended by every code, the best ``beam`` kept by residual
         energy; ``beam=1`` is the greedy residual VQ). With ``config.change_penalty`` > 0, codebook 0
-        is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`."""
+        is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`, and
+        with ``config.residual_change_penalty`` > 0 so is every later codebook, stage by stage."""
         beam = self.config.beam if beam is None else beam
         lead = feats.shape[:-1]
         res = (feats.reshape(-1, feats.shape[-1]) - self.mean)[:, None, :]  # [N, 1, M]
         n = res.shape[0]
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
-        if self.config.change_penalty > 0 and feats.dim() >= 2 and n_q > 0:  # codebook 0 over time, then the beam
-            sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], the mean already removed
-            first = torch.stack([held_codes(_distances(x, books[0]), self.config.change_penalty)
-                                 for x in sequences]).reshape(n)
-            res = res - books[0][first][:, None, :]
-            codes = first[:, None, None]
+        penalties = [self.config.change_penalty] + [self.config.residual_change_penalty] * (n_q - 1)
+        while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the beam
+            penalty = penalties[codes.shape[-1]]
+            sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
+            held = torch.stack([held_codes(_distances(x, books[0]), penalty) for x in sequences]).reshape(n)
+            res = res - books[0][held][:, None, :]
+            codes = torch.cat([codes, held[:, None, None]], dim=-1)
             books = books[1:]
         for book in books:
             b = res.shape[1]

@@ -184,6 +184,38 @@ def test_a_change_penalty_holds_codebook_0_and_keeps_the_fidelity(fitted):
     assert err1 <= 1.15 * err0, (err0, err1)
 
 
+def test_a_residual_change_penalty_holds_every_codebook_and_keeps_the_fidelity(fitted):
+    """``residual_change_penalty`` holds codebooks 1.. as ``change_penalty`` holds codebook 0: each
+    later codebook repeats its code far more often (codes an LM can predict, not a flip between
+    near-equal codes every frame), at a small cost in mel error, and codebook 0 is unchanged."""
+    import dataclasses
+
+    from conftest import synth_music
+
+    feats = fitted.model.features(torch.from_numpy(synth_music(6.0, seed=7))[None])
+
+    def model_with(**penalties):
+        m = MelVQModel(dataclasses.replace(fitted.model.config, **penalties))
+        m.load_state_dict(fitted.model.state_dict())
+        return m
+
+    def repeats_and_error(model):
+        codes = model.quantize(feats, 4)  # [1, T, 4]
+        err = (model.dequantize(codes.transpose(1, 2)) - feats).pow(2).sum(-1).mean()
+        return (codes[0, 1:] == codes[0, :-1]).float().mean(0), float(err), codes[0, :, 0]
+
+    rep0, err0, first0 = repeats_and_error(model_with(change_penalty=200.0))
+    rep1, err1, first1 = repeats_and_error(model_with(change_penalty=200.0, residual_change_penalty=10.0))
+    assert torch.equal(first0, first1)
+    assert (rep1[1:] >= rep0[1:] + 0.1).all(), (rep0, rep1)
+    assert err1 <= 1.3 * err0, (err0, err1)
+
+
+def test_a_residual_change_penalty_needs_a_held_codebook_0():
+    with pytest.raises(AudiogenError, match="change_penalty > 0"):
+        MelVQConfig.from_dict({**SMALL, "residual_change_penalty": 100.0})
+
+
 def test_held_codes_decides_the_same_whatever_cost_came_before():
     """A long file is encoded in windows (with context), each its own Viterbi search. Costs kept
     relative to the best path's make a search's decisions independent of how much cost came before
@@ -210,6 +242,12 @@ def test_a_held_codec_describes_its_penalty_and_the_audit_refuses_plain_tokens(f
     assert held.describe()["change_penalty"] == 200.0 and "change_penalty" not in fitted.describe()
     with pytest.raises(AudiogenError, match="change_penalty"):
         check_codec(held, fitted.describe(), "audit")
+    meta["config"]["residual_change_penalty"] = 100.0  # held residuals: other tokens again
+    (tmp_path / "c" / "codec.json").write_text(json.dumps(meta))
+    all_held = C.load_codec(tmp_path / "c")
+    assert all_held.describe()["residual_change_penalty"] == 100.0
+    with pytest.raises(AudiogenError, match="residual_change_penalty"):
+        check_codec(all_held, held.describe(), "audit")
 
 
 def test_saved_codec_loads_to_the_same_codes_and_audio(fitted, tmp_path):
