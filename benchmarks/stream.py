@@ -38,6 +38,7 @@ on the weights) with the model's codec and conditioner. The machine's load is re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     from audiogen.audio.loudness import integrated_loudness
     from audiogen.data.estimators import onset_envelope, tempo_tempogram
     from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.sampling import SamplingParams
     from audiogen.generation.stream import MusicStream, StreamSettings
     from audiogen.models.checkpoint import load_model
 
@@ -101,7 +103,9 @@ def main(argv=None) -> int:
         with torch.device(args.device):
             loaded.lm = LM(named_config(args.lm_config, num_codebooks=c.num_codebooks, cardinality=c.cardinality,
                                         cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
-    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype)
+    # the sampling `audiogen stream` uses: the model's recommendation (its config's generation.sampling)
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype,
+                              sampling=SamplingParams.for_model(loaded.config))
     rss0 = rss_mb()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -193,6 +197,7 @@ def main(argv=None) -> int:
         "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         "duration_s": round(audio_s, 2), "chunk_s": round(chunk_s, 3), "model_load_s": round(load_s, 2),
+        "sampling": dataclasses.asdict(settings.sampling),
         "rtf_sustained": round(audio_s / wall, 3),
         # on a shared machine: audio seconds per (CPU seconds / threads), what the same work would give with the
         # threads' cores to itself (an estimate: it ignores memory-bandwidth contention)

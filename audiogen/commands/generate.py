@@ -48,15 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--variations", type=int, default=1, metavar="N",
                    help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
     s.add_argument("--temperature", type=float,
-                   help="lower = safer and more repetitive, higher = more varied (default 1.0; 0 = always the "
-                        "most likely token)")
+                   help="lower = safer and more repetitive, higher = more varied (default: the model's recommendation "
+                        "(audiogen info --model), else 1.0; 0 = always the most likely token)")
     s.add_argument("--top-k", type=int,
-                   help="sample among the K most likely tokens per codebook (default 250; 0 = off)")
+                   help="sample among the K most likely tokens per codebook (default: the model's recommendation, "
+                        "else 250; 0 = off)")
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens whose probabilities add up to P (default 0 = off)")
     s.add_argument("--cfg", type=float,
                    help="classifier-free guidance: higher follows the prompt and attributes more closely "
-                        "(default 3; 1 = off)")
+                        "(default: the model's recommendation, else 3; 1 = off)")
     s.add_argument("--continue", dest="continue_from", metavar="FILE",
                    help="audio to continue: the track starts with it (re-synthesised) and carries on")
     f = p.add_argument_group("finishing")

@@ -91,6 +91,9 @@ def run_model(args: argparse.Namespace) -> int:
           else "text encoder: none (the prompt is not used)")
     lm_max = f" (the LM holds at most {m['max_window_s']:g} s)" if m["max_window_s"] else ""
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
+    sp = m["sampling"]
+    print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
+          f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}")
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

@@ -56,9 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="same seed + same control lines at the same times = same audio")
-    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    s.add_argument("--top-k", type=int, default=250, help="sample among the k likeliest tokens (default 250)")
-    s.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (default 3; 1 = off)")
+    s.add_argument("--temperature", type=float,
+                   help="sampling temperature (default: the model's recommendation, else 1.0)")
+    s.add_argument("--top-k", type=int,
+                   help="sample among the k likeliest tokens (default: the model's recommendation, else 250)")
+    s.add_argument("--cfg", type=float,
+                   help="classifier-free guidance scale, 1 = off (default: the model's recommendation, else 3)")
     s.add_argument("--window", type=float, default=None, metavar="S",
                    help="LM window in seconds (default: the model's); the context slides within it")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -115,15 +118,16 @@ def run(args: argparse.Namespace) -> int:
     start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
                                    instruments=args.instruments, intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
-    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed,
-                              sampling=SamplingParams(temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg),
+    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.models.checkpoint import load_model, read_config
+
+    model_dir = resolve_model_dir(args.model)
+    sampling = SamplingParams.for_model(read_config(model_dir), temperature=args.temperature, top_k=args.top_k,
+                                        cfg_scale=args.cfg)
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)
     settings.validate()
-    from audiogen.generation.pipeline import resolve_model_dir
-    from audiogen.models.checkpoint import load_model
-
-    model_dir = resolve_model_dir(args.model)
     loaded = load_model(model_dir, device=args.device)
     stream = MusicStream(loaded, state, settings)
     sr, ch = stream.sr, stream.channels

@@ -56,14 +56,18 @@ class GenerateJob:
     @classmethod
     def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
         """A job from flat options, each given to the part with a field of its name (``genre`` to the
-        conditions, ``top_k`` to the sampling, ``lufs`` to the finishing, ``seed`` to the job)."""
+        conditions, ``top_k`` to the sampling, ``lufs`` to the finishing, ``seed`` to the job). Sampling
+        options not given are the model's recommendation (:meth:`SamplingParams.for_model`)."""
+        from audiogen.models.checkpoint import read_config
+
         parts = {}
         for name, part in (("conditions", Conditions), ("sampling", SamplingParams), ("finish", FinishSpec)):
             names = {f.name for f in fields(part)}
             parts[name] = {k: options.pop(k) for k in list(options) if k in names}
+        config = read_config(resolve_model_dir(options.get("model_dir")))
         return cls(conditions=Conditions(text=prompt, **parts["conditions"]),
                    finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
-                   sampling=SamplingParams(**parts["sampling"]), **options)
+                   sampling=SamplingParams.for_model(config, **parts["sampling"]), **options)
 
     @property
     def prompt(self) -> str | None:
@@ -197,6 +201,7 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         # what generation uses (see window_frames): the model's window, capped by the LM's positions
         "window_s": min(model_window_s(config), max_window_s or math.inf),
         "max_window_s": max_window_s,
+        "sampling": asdict(SamplingParams.for_model(config)),
         "vocab": c_cfg.vocab(),
         "bpm_buckets": [float(b) for b in c_cfg.bpm_buckets],
     }

@@ -25,7 +25,7 @@ from functools import cache, partial
 
 import torch
 
-from audiogen.errors import AudiogenError
+from audiogen.errors import AudiogenError, dataclass_from_dict
 from audiogen.models.patterns import DelayPattern
 
 
@@ -45,6 +45,17 @@ class SamplingParams:
             raise AudiogenError(f"top-p must be in [0, 1] (0 = off), got {self.top_p}")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
+
+    @classmethod
+    def for_model(cls, config: dict, **given) -> "SamplingParams":
+        """The sampling a model folder recommends (its config's ``generation.sampling``, e.g. a small
+        model whose guidance only amplifies noise asks for ``cfg_scale: 1``), then the ``given``
+        options that are not None; fields neither sets keep this class's defaults."""
+        recommended = (config.get("generation") or {}).get("sampling") or {}
+        if not isinstance(recommended, dict):
+            raise AudiogenError(f"model config: generation.sampling must be a mapping, got {recommended!r}")
+        base = dataclass_from_dict(cls, recommended, "model config generation.sampling keys")
+        return cls(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:

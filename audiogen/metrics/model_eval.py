@@ -62,7 +62,7 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
     """Generate ``per_bpm`` clips at each requested bpm; estimate their tempi."""
     from audiogen.models.conditioning import Conditions
 
-    params = params or SamplingParams(top_k=250, cfg_scale=3.0)
+    params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     rows, requested, estimated = [], [], []
     for i, bpm in enumerate(bpms):
         conds = [Conditions(text=text, bpm=float(bpm)) for _ in range(per_bpm)]
@@ -84,7 +84,7 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
-    params = params or SamplingParams(top_k=250, cfg_scale=3.0)
+    params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
     paths = []
     for s in range(0, len(prompts), batch):

@@ -85,6 +85,9 @@ class TrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     export_dtype: str = "float16"  #: float16, bfloat16 or float32
+    #: the sampling the exported model recommends (SamplingParams fields; the model config's
+    #: generation.sampling): what ``generate`` and ``stream`` use for options the user leaves out
+    sampling: dict = field(default_factory=dict)
     progress: bool = True
 
     #: keys that must not change when a run is resumed (they change what the steps compute)
@@ -111,6 +114,9 @@ class TrainConfig:
             raise AudiogenError(f"data_weights={self.data_weights}: numbers >= 0, not all 0")
         if self.model not in NAMED_CONFIGS:
             raise AudiogenError(f"model={self.model!r}: valid names are {', '.join(NAMED_CONFIGS)}")
+        from audiogen.generation.sampling import SamplingParams
+
+        SamplingParams.for_model({"generation": {"sampling": self.sampling}}).validate()
         for section, cls in (("lm", LMConfig), ("conditioner", ConditionerConfig)):
             names = {f.name for f in dataclasses.fields(cls)}
             bad = set(getattr(self, section)) - names
@@ -500,7 +506,8 @@ def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict
                                 for k, v in state.items() if k.startswith(prefix)})
     dtype = getattr(torch, cfg.export_dtype)
     return save_model_dir(path, lm, cond, codec_info, codec=codec_obj, dtype=None if dtype == torch.float32 else dtype,
-                          generation={"window_s": round(window_s, 3)},
+                          generation={"window_s": round(window_s, 3), **({"sampling": dict(cfg.sampling)}
+                                                                         if cfg.sampling else {})},
                           extra={"training": {"name": cfg.name, "steps": step, "data_dir": str(cfg.data_dir),
                                               "extra_data_dirs": [str(d) for d in cfg.extra_data_dirs],
                                               "data_weights": list(cfg.data_weights),

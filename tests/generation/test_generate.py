@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from audiogen.audio.io import audio_info, load_audio, write_audio
 from audiogen.audio.loudness import integrated_loudness, true_peak_dbtp
 from audiogen.errors import AudiogenError
 from audiogen.files import atomic_write_text
-from audiogen.generation.pipeline import GenerateJob, run_job
+from audiogen.generation.pipeline import GenerateJob, describe_model, run_job
 from audiogen.generation.sampling import SamplingParams, generate_codes, sample_tokens
 
 
@@ -494,14 +495,16 @@ def test_generate_help_explains_every_option_with_its_default():
         if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in action.help, action.option_strings
     text = " ".join(audiogen_cli("generate", "--help").stdout.split())
-    assert "--top-k TOP_K sample among the K most likely tokens per codebook (default 250; 0 = off)" in text
-    assert "(default 1.0; 0 = always the most likely token)" in text
+    assert ("--top-k TOP_K sample among the K most likely tokens per codebook (default: the model's "
+            "recommendation, else 250; 0 = off)") in text
+    assert "(audiogen info --model), else 1.0; 0 = always the most likely token)" in text
     assert text.count("audiogen info --model [DIR]") >= 5
 
 
 def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_them(monkeypatch, tmp_path):
     """Options go to the part with a field of their name; options the command line leaves out keep the
-    defaults of SamplingParams and FinishSpec, which its help states."""
+    defaults of FinishSpec and, for sampling, the model's recommendation, else SamplingParams's, which
+    its help states."""
     import argparse
     import re
 
@@ -510,9 +513,12 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     from audiogen.cli import build_parser
     from audiogen.models.conditioning import Conditions
 
+    from audiogen.models.checkpoint import read_config
+
+    recommended = SamplingParams.for_model(read_config(P.DEFAULT_MODEL_DIR))
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
     assert job.conditions == Conditions(text="calm", genre="rock") and job.prompt == "calm"
-    assert job.sampling == SamplingParams(top_k=5) and job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
+    assert job.sampling == replace(recommended, top_k=5) and job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
     assert job.seed == 3 and job.duration_s == 2.0
     jobs = []
     monkeypatch.setattr(P, "run_job", lambda j: jobs.append(j) or [])
@@ -520,13 +526,39 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
                  ["calm", "--duration", "2", "--out", "x.wav", "--top-k", "5", "--fade-in", "0.5", "--genre", "rock"]):
         args = build_parser().parse_args(["generate", *argv])
         args.func(args)
-    assert jobs[0].sampling == SamplingParams() and jobs[0].finish == FinishSpec(duration_s=2.0)
-    assert jobs[1].sampling == SamplingParams(top_k=5) and jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
+    assert jobs[0].sampling == recommended and jobs[0].finish == FinishSpec(duration_s=2.0)
+    assert jobs[1].sampling == replace(recommended, top_k=5)
+    assert jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
     assert jobs[1].conditions == Conditions(text="calm", genre="rock")
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.option_strings[0]: a.help for a in sub.choices["generate"]._actions if a.option_strings}
-    stated = {opt: float(re.search(r"default (-?[0-9.]+)", helps[opt]).group(1)) for opt in
+    stated = {opt: float(re.search(r"(?:default|else) (-?[0-9.]+)", helps[opt]).group(1)) for opt in
               ("--temperature", "--top-k", "--top-p", "--cfg", "--fade-in", "--fade-out", "--true-peak")}
     s, f = SamplingParams(), FinishSpec(duration_s=1.0)
     assert stated == {"--temperature": s.temperature, "--top-k": s.top_k, "--top-p": s.top_p, "--cfg": s.cfg_scale,
                       "--fade-in": f.fade_in_s, "--fade-out": f.fade_out_s, "--true-peak": f.true_peak_db}
+
+
+def test_a_model_folder_recommends_its_sampling_and_the_options_given_win(tiny_model_dir, tmp_path):
+    """A model's config may recommend sampling (``generation.sampling``): generate uses it for every
+    option not given, the sidecar records what was used, and a bad recommendation is one clear error."""
+    import shutil
+
+    import yaml
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    config.setdefault("generation", {})["sampling"] = {"cfg_scale": 1.0, "top_k": 7}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    job = GenerateJob.from_options("calm", 1.0, tmp_path / "a.wav", model_dir=model, temperature=0.9, progress=False)
+    assert job.sampling == SamplingParams(temperature=0.9, top_k=7, cfg_scale=1.0)
+    (meta,) = run_job(job)
+    assert meta["sampling"]["cfg_scale"] == 1.0 and meta["sampling"]["top_k"] == 7
+    assert GenerateJob.from_options("calm", 1.0, tmp_path / "b.wav", model_dir=model, cfg_scale=2.0).sampling == \
+        SamplingParams(top_k=7, cfg_scale=2.0)
+    assert describe_model(model)["sampling"] == asdict(SamplingParams(top_k=7, cfg_scale=1.0))
+    config["generation"]["sampling"] = {"cfg": 1.0}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(AudiogenError, match="generation.sampling keys"):
+        GenerateJob.from_options("calm", 1.0, tmp_path / "c.wav", model_dir=model)

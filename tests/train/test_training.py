@@ -401,8 +401,13 @@ def test_fine_tune_from_a_model_dir_starts_from_its_weights(trained, data_dir, c
     from audiogen.models.checkpoint import read_config
 
     assert train_in_process(overrides(data_dir, codec_dir, tmp_path / "ft3", init_from=trained / "model", max_steps=1,
-                                      eval_every=0, **{"lm.dropout": 0.2})) == 0
-    assert read_config(tmp_path / "ft3" / "model")["lm"]["dropout"] == 0.2
+                                      eval_every=0, **{"lm.dropout": 0.2, "sampling.cfg_scale": 1.5,
+                                                       "sampling.top_k": 9})) == 0
+    config = read_config(tmp_path / "ft3" / "model")
+    assert config["lm"]["dropout"] == 0.2
+    # the run's recommended sampling is the exported model's, which generate uses for options not given
+    assert config["generation"]["sampling"] == {"cfg_scale": 1.5, "top_k": 9}
+    assert "sampling" not in read_config(trained / "model")["generation"]
 
 
 def test_training_on_a_mix_reads_both_datasets_and_records_the_mix(data_dir, codec, codec_dir, clips,
@@ -437,7 +442,8 @@ def test_bad_config_gives_one_clear_error_without_traceback(data_dir, codec_dir,
     from audiogen.train.loop import load_config
 
     for bad, msg in [("batch_size=many", "batch_size: expected int"), ("lm.width=3", "unknown lm keys: width"),
-                     ("model=huge", "valid names"), ("grad_accum=3", "divisible")]:
+                     ("model=huge", "valid names"), ("grad_accum=3", "divisible"),
+                     ("sampling.cfg=1", "generation.sampling keys"), ("sampling.top_k=-1", "top-k must be >= 0")]:
         with pytest.raises(AudiogenError, match=msg):
             load_config(TrainConfig, TINY, [f"data_dir={data_dir}", bad])
     with pytest.raises(AudiogenError, match="not a prepared dataset"):
