@@ -402,6 +402,8 @@ class MelVQCodec(EncodecCodec):
             desc["change_penalty"] = self.model.config.change_penalty
         if self.model.config.residual_change_penalty:
             desc["residual_change_penalty"] = self.model.config.residual_change_penalty
+        if self.model.config.changes_with_first:
+            desc["changes_with_first"] = True
         return desc
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
@@ -540,7 +542,8 @@ def default_codec_spec() -> tuple[str, int | None]:
 
 
 #: ``describe()`` keys that decide what a codec's tokens mean: codecs that differ in one do not share tokens
-TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty", "residual_change_penalty")
+TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty", "residual_change_penalty",
+              "changes_with_first")
 
 
 def describe_diff(got: dict, want: dict, also: tuple[str, ...] = ()) -> list[str]:

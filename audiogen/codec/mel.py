@@ -55,6 +55,10 @@ class MelVQConfig:
     #: wobbles instead of flipping between near-equal codes every frame (an LM predicts held codes;
     #: flipping ones it can only sample as noise); 0: the beam search per frame
     residual_change_penalty: float = 0.0
+    #: True: codebooks 1.. change only where the held codebook 0 changes: over each run of
+    #: codebook 0, each is the code nearest the mean of its stage's residual (one set of change
+    #: points for every codebook, as a note changes every band at once)
+    changes_with_first: bool = False
     gl_iters: int = 32
     gl_momentum: float = 0.99
 
@@ -73,9 +77,9 @@ class MelVQConfig:
                 or cfg.residual_change_penalty < 0):
             raise AudiogenError("mel codec: beam must be >= 1, gl_iters >= 0, gl_momentum in [0, 1) and "
                                 "change_penalty and residual_change_penalty >= 0")
-        if cfg.residual_change_penalty and not cfg.change_penalty:
-            raise AudiogenError("mel codec: residual_change_penalty holds the codebooks after a held codebook 0; "
-                                "set change_penalty > 0 too")
+        if (cfg.residual_change_penalty or cfg.changes_with_first) and not cfg.change_penalty:
+            raise AudiogenError("mel codec: residual_change_penalty and changes_with_first hold the codebooks "
+                                "after a held codebook 0; set change_penalty > 0 too")
         return cfg
 
 
@@ -156,6 +160,23 @@ class MelVQModel(nn.Module):
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
         penalties = [self.config.change_penalty] + [self.config.residual_change_penalty] * (n_q - 1)
+        if self.config.changes_with_first and feats.dim() >= 2 and n_q > 1:
+            first = torch.stack([held_codes(_distances(x, books[0]), penalties[0])
+                                 for x in res[:, 0].reshape(-1, *feats.shape[-2:])])  # [B, T]
+            # runs of codebook 0 numbered across the batch: a new run wherever the code or the sequence changes
+            starts = torch.ones_like(first, dtype=torch.bool)
+            starts[:, 1:] = first[:, 1:] != first[:, :-1]
+            run = starts.reshape(-1).long().cumsum(0) - 1  # [N]
+            runs = int(run[-1]) + 1
+            res = res[:, 0] - books[0][first.reshape(-1)]
+            out = [first.reshape(-1)]
+            for book in books[1:]:
+                mean = torch.zeros(runs, res.shape[-1], dtype=res.dtype, device=res.device).index_add_(0, run, res)
+                mean = mean / torch.bincount(run, minlength=runs)[:, None].to(res.dtype)
+                code = _distances(mean, book).argmin(1)[run]
+                res = res - book[code]
+                out.append(code)
+            return torch.stack(out, dim=-1).reshape(*lead, n_q)
         while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the beam
             penalty = penalties[codes.shape[-1]]
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed

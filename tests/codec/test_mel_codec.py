@@ -211,9 +211,38 @@ def test_a_residual_change_penalty_holds_every_codebook_and_keeps_the_fidelity(f
     assert err1 <= 1.3 * err0, (err0, err1)
 
 
+def test_changes_with_first_changes_every_codebook_only_where_codebook_0_changes(fitted):
+    """``changes_with_first``: one set of change points for all codebooks (codebook 0's), each later
+    codebook the nearest code to its residual's mean over each run, so a frame either keeps every code
+    or is free to change them all; the error stays bounded, and codebook 0 is the held one."""
+    import dataclasses
+
+    from conftest import synth_music
+
+    feats = fitted.model.features(torch.cat([torch.from_numpy(synth_music(6.0, seed=s)) for s in (7, 8)])[:, None])
+
+    def model_with(**options):
+        m = MelVQModel(dataclasses.replace(fitted.model.config, **options))
+        m.load_state_dict(fitted.model.state_dict())
+        return m
+
+    held = model_with(change_penalty=200.0)
+    synced = model_with(change_penalty=200.0, changes_with_first=True)
+    codes, reference = synced.quantize(feats, 4), held.quantize(feats, 4)  # [2, T, 4]
+    assert torch.equal(codes[..., 0], reference[..., 0])
+    first_changes = codes[:, 1:, 0] != codes[:, :-1, 0]
+    later_changes = (codes[:, 1:, 1:] != codes[:, :-1, 1:]).any(-1)
+    assert first_changes.any() and not (later_changes & ~first_changes).any()
+    assert later_changes.sum() >= 0.5 * first_changes.sum()  # the later codebooks do use the change points
+    err = [float((m.dequantize(c.transpose(1, 2)) - feats).pow(2).sum(-1).mean()) for m, c in
+           ((held, reference), (synced, codes))]
+    assert err[1] <= 2.0 * err[0], err
+
+
 def test_a_residual_change_penalty_needs_a_held_codebook_0():
-    with pytest.raises(AudiogenError, match="change_penalty > 0"):
-        MelVQConfig.from_dict({**SMALL, "residual_change_penalty": 100.0})
+    for option in ({"residual_change_penalty": 100.0}, {"changes_with_first": True}):
+        with pytest.raises(AudiogenError, match="change_penalty > 0"):
+            MelVQConfig.from_dict({**SMALL, **option})
 
 
 def test_held_codes_decides_the_same_whatever_cost_came_before():
@@ -248,6 +277,12 @@ def test_a_held_codec_describes_its_penalty_and_the_audit_refuses_plain_tokens(f
     assert all_held.describe()["residual_change_penalty"] == 100.0
     with pytest.raises(AudiogenError, match="residual_change_penalty"):
         check_codec(all_held, held.describe(), "audit")
+    del meta["config"]["residual_change_penalty"]
+    meta["config"]["changes_with_first"] = True
+    (tmp_path / "c" / "codec.json").write_text(json.dumps(meta))
+    synced = C.load_codec(tmp_path / "c")
+    with pytest.raises(AudiogenError, match="changes_with_first"):
+        check_codec(synced, held.describe(), "audit")
 
 
 def test_saved_codec_loads_to_the_same_codes_and_audio(fitted, tmp_path):
