@@ -64,7 +64,10 @@ class GenerateJob:
         for name, part in (("conditions", Conditions), ("sampling", SamplingParams), ("finish", FinishSpec)):
             names = {f.name for f in fields(part)}
             parts[name] = {k: options.pop(k) for k in list(options) if k in names}
-        config = read_config(resolve_model_dir(options.get("model_dir")))
+        try:
+            config = read_config(resolve_model_dir(options.get("model_dir")))
+        except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
+            config = {}
         return cls(conditions=Conditions(text=prompt, **parts["conditions"]),
                    finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
                    sampling=SamplingParams.for_model(config, **parts["sampling"]), **options)
