@@ -42,8 +42,8 @@ class Thresholds:
     emb_cosine: float = 0.9  # a window "matches" its nearest neighbour above this
     copy_emb_s: float = 6.0  # consecutive matching windows (window 3 s, hop 0.5 s)
     similar_emb_s: float = 4.0
-    copy_chroma_s: float = 12.0  # aligned chroma (about matched frames / 5.4 per second)
-    similar_chroma_s: float = 8.0
+    copy_chroma_s: float = 8.0  # aligned chroma (about matched frames / 5.4 per second)
+    similar_chroma_s: float = 6.0  # unrelated music: at most 5.0 s (docs/audit.md)
 
 
 def load_dataset_codec(desc: dict, codec_path: str | None = None):
@@ -201,20 +201,23 @@ class Auditor:
         ranked = sorted(per_item, key=lambda i: -per_item[i])
         shortlist = list(dict.fromkeys([*token_items, *ranked[:SHORTLIST]])) if len(items) > SHORTLIST else list(range(len(items)))
         qc = chroma_features(mono, CHROMA_SR)
-        best_c, best_item = None, None
-        for item in shortlist:
-            a = chroma_alignment(qc, ai.item_chroma(item))
+        best_c, best_parts = None, None
+        for item in shortlist:  # each with its neighbours in the recording: a copy may cross a row boundary
+            ref, parts = ai.context_chroma(item)
+            a = chroma_alignment(qc, ref)
             if best_c is None or a["seconds"] > best_c["seconds"]:
-                best_c, best_item = a, item
+                best_c, best_parts = a, parts
         out["chroma"] = {"shortlist": len(shortlist), "match": None}
         if best_c is not None:
+            # the item the aligned reference starts in; times from that item's start in the recording
+            best_item, first = next((i, f) for i, f in reversed(best_parts) if f <= best_c["r"][0])
             it = items[best_item]
             out["chroma"]["match"] = {
                 "seconds": round(best_c["seconds"], 3), "transpose_semitones": int(best_c["shift"]),
                 "item": it["id"], "item_index": best_item, "source": it["source"],
                 "query_start_s": round(best_c["q"][0] / CHROMA_FPS, 2), "query_end_s": round(best_c["q"][1] / CHROMA_FPS, 2),
-                "source_start_s": round(it["start_s"] + best_c["r"][0] / CHROMA_FPS, 2),
-                "source_end_s": round(it["start_s"] + best_c["r"][1] / CHROMA_FPS, 2)}
+                "source_start_s": round(it["start_s"] + (best_c["r"][0] - first) / CHROMA_FPS, 2),
+                "source_end_s": round(it["start_s"] + (best_c["r"][1] - first) / CHROMA_FPS, 2)}
         seconds = best_c["seconds"] if best_c else 0.0
         self._grade(reasons, "chroma", seconds, th.copy_chroma_s, th.similar_chroma_s,
                     f"{seconds:.1f}s of aligned melody/harmony"

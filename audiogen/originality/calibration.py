@@ -47,24 +47,31 @@ def plant(host: np.ndarray, excerpt: np.ndarray, at: int, sr: int) -> np.ndarray
 
 
 def excerpt(kind: str, auditor, item: int, start_s: float, length_s: float, sr: int) -> np.ndarray:
-    """A mono ``float32`` excerpt of dataset item ``item`` for a planted copy of ``kind``."""
+    """A mono ``float32`` excerpt of dataset item ``item`` for a planted copy of ``kind``; one that runs
+    past the item's end goes on into the next item (the recording's next segment)."""
     import torch
 
     from audiogen.audio import io as A
 
-    ref = auditor.audio.reference if auditor.audio is not None else None
+    tok = auditor.tokens
+    own = tok.seconds(item)
+    # (item, start, length) of each part: the item's, and the next one's when the excerpt runs on
+    parts = [(item, start_s, min(length_s, own - start_s))]
+    if start_s + length_s > own + 1e-6:
+        parts.append((item + 1, 0.0, start_s + length_s - own))
     if kind == "reencoded":
         c = auditor.codec()
-        fr = auditor.tokens.frame_rate
-        a = int(round(start_s * fr))
-        codes = auditor.tokens.item_codes(item)[:, a : a + int(round(length_s * fr))]
+        fr = tok.frame_rate
+        codes = np.concatenate([tok.item_codes(i)[:, int(round(a * fr)) : int(round(a * fr)) + int(round(n * fr))]
+                                for i, a, n in parts], axis=1)
         wav = c.decode(torch.from_numpy(codes.astype(np.int64))[None])[0].float().cpu().numpy().mean(axis=0)
         return A.resample(wav, c.sample_rate, sr).astype(np.float32)
+    ref = auditor.audio.reference if auditor.audio is not None else None
     if ref is None:
         from audiogen.originality.near import ReferenceAudio
 
-        ref = ReferenceAudio(auditor.data_dir, auditor.tokens, auditor.codec)
-    x, _ = ref.load(item, sr, start_s, length_s)
+        ref = ReferenceAudio(auditor.data_dir, tok, auditor.codec)
+    x = np.concatenate([ref.load(i, sr, a, n)[0] for i, a, n in parts])
     if kind == "gain":
         return x * np.float32(10 ** (-6 / 20))
     if kind == "pitch":
@@ -109,14 +116,18 @@ def run_calibration(auditor, hosts: list[Path], unseen: list, per_cell: int = 4,
     per_cell_at = per_cell_at or {}
     jobs = [(kind, length, n) for kind in kinds for length in lengths
             for n in range(per_cell_at.get(float(length), per_cell))]
-    # an excerpt needs a row at least a second longer (rows of 10 s hold no 10 s excerpt): such jobs are skipped
-    jobs = [j for j in jobs if any(items[i]["frames"] / fr >= j[1] + 1 for i in train)]
+    tok = auditor.tokens
+    # an excerpt is cut from a row at least a second longer or, where there is none (rows of 10 s and a
+    # 10 s excerpt), from a row and the next segment of its recording; lengths neither holds are skipped
+    span = {i: tok.seconds(i) + (tok.seconds(i + 1) if tok.follows(i, i + 1) else 0.0) for i in train}
+    jobs = [j for j in jobs if any(span[i] >= j[1] + 1 for i in train)]
     clips = []
     bar = tqdm(total=len(jobs) + len(hosts) + len(unseen), desc="calibration", unit="clip", disable=not progress)
     for j, (kind, length, n) in enumerate(jobs):
-        long_enough = [i for i in train if items[i]["frames"] / fr >= length + 1]
+        long_enough = [i for i in train if tok.seconds(i) >= length + 1] or [i for i in train if span[i] >= length + 1]
         item = int(rng.choice(long_enough))
-        room = items[item]["frames"] / fr - length - 0.5
+        own = tok.seconds(item)
+        room = own - length - 0.5 if own >= length + 1 else min(span[item] - length - 0.5, own - 0.5)
         start = float(np.floor(rng.uniform(0, room) * fr) / fr)  # on the frame grid
         host = host_wavs[j % len(host_wavs)]
         at = int(np.floor(rng.uniform(0, len(host) / sr - length) * fr) * hop)

@@ -10,11 +10,14 @@ or its tokens decoded with the codec when the sources are gone):
   with the corpus' per-dimension mean and spread, and compared by cosine with every
   reference window; the evidence is the longest streak of consecutive query windows whose
   nearest neighbour lies in one item above a threshold (one lucky window is not a copy);
-- **chroma alignment** (cover-song detection, Serra et al. 2009 "Qmax"): a binary
-  cross-recurrence of 12-bin chroma (mutual nearest neighbours) and a local alignment
-  that tolerates tempo changes (steps (1,1), (2,1), (1,2)) and short disruptions; the 12
-  circular shifts of the query's chroma make it transposition-invariant. Run on a
-  shortlist of items (nearest by embedding, plus those the token index found).
+- **chroma alignment** (cover-song detection, Serra et al. 2009 "Qmax"): 12-bin chroma
+  frames stacked with their neighbours (a time-delay embedding, ``EMBED_FRAMES``), a binary
+  cross-recurrence of those (mutual nearest neighbours that are also close in absolute
+  terms, ``MIN_COSINE``) and a local alignment that tolerates tempo changes (steps (1,1),
+  (2,1), (1,2)) and short disruptions; the 12 circular shifts of the query's chroma make it
+  transposition-invariant. Run on a shortlist of items (nearest by embedding, plus those the
+  token index found), each with its neighbouring items of the same recording, so that a copy
+  across a row boundary aligns whole.
 
 On disk beside the token index (``DATA_DIR/audit_index/``): ``audio.json`` (settings,
 embedder, per-item offsets), ``emb.f16`` (raw window embeddings ``[W, D]``), ``emb_items.i4``
@@ -38,8 +41,14 @@ WINDOW_S, HOP_S = 3.0, 0.5
 #: chroma frames: 4096-sample hop at 22.05 kHz (~5.4 per second), as coarse as melody/harmony needs
 CHROMA_SR, CHROMA_HOP, CHROMA_NFFT = 22_050, 4096, 8192
 CHROMA_FPS = CHROMA_SR / CHROMA_HOP
-#: mutual nearest neighbours: a chroma frame pair matches when each is in the other's top KAPPA share
+#: chroma frames are compared with their context: this many consecutive frames (~0.9 s) stacked. Single
+#: frames of sustained harmony all look alike, so a copy's diagonal drowned among equally good
+#: neighbours and broke every few frames (a semitone-shifted 10 s copy aligned for ~2.4 s)
+EMBED_FRAMES = 5
+#: mutual nearest neighbours: a frame pair matches when each is in the other's top KAPPA share ...
 KAPPA = 0.1
+#: ... and their embedded chroma are this close (the share alone matches something in any two clips)
+MIN_COSINE = 0.9
 #: Qmax penalties for the onset and the extension of a disruption (Serra et al. 2009)
 GAP_ONSET, GAP_EXTEND = 5.0, 0.5
 #: items aligned by chroma: this many nearest by embedding (and every item, below this corpus size)
@@ -138,23 +147,38 @@ def qmax(match: np.ndarray) -> tuple[float, int, int, int, int]:
     return float(s), int(qa), int(qb), int(ra), int(rb)
 
 
-def cross_recurrence(q: np.ndarray, r: np.ndarray, kappa: float = KAPPA) -> np.ndarray:
-    """Mutual nearest neighbours of chroma frames ``q[Fq, 12]`` and ``r[Fr, 12]`` -> ``bool[Fq, Fr]``."""
+def delay_embed(chroma: np.ndarray, m: int = EMBED_FRAMES) -> np.ndarray:
+    """``chroma[F, 12]`` -> unit vectors ``[max(F - m + 1, 1), 12 m]``: frame ``i`` with the ``m - 1`` after it."""
+    if len(chroma) < m:
+        chroma = np.pad(chroma, ((0, m - len(chroma)), (0, 0)))
+    n = len(chroma) - m + 1
+    e = np.concatenate([chroma[k : k + n] for k in range(m)], axis=1)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-9)
+
+
+def cross_recurrence(q: np.ndarray, r: np.ndarray, kappa: float = KAPPA, min_cosine: float = MIN_COSINE) -> np.ndarray:
+    """Mutual nearest neighbours of unit vectors ``q[Fq, D]`` and ``r[Fr, D]`` that are at least
+    ``min_cosine`` alike -> ``bool[Fq, Fr]``."""
     s = q @ r.T
     kr = max(1, int(round(kappa * s.shape[1])))
     kc = max(1, int(round(kappa * s.shape[0])))
     row = np.partition(s, -kr, axis=1)[:, -kr][:, None]
     col = np.partition(s, -kc, axis=0)[-kc][None, :]
-    return (s >= row) & (s >= col) & (s > 0)
+    return (s >= row) & (s >= col) & (s >= min_cosine)
 
 
 def chroma_alignment(q: np.ndarray, r: np.ndarray) -> dict:
-    """Best transposition-invariant local alignment of chroma ``q[Fq, 12]`` against ``r[Fr, 12]``."""
+    """Best transposition-invariant local alignment of chroma ``q[Fq, 12]`` against ``r[Fr, 12]``:
+    ``seconds`` (about the matched frames), ``shift`` (semitones the query was rolled down by) and
+    the aligned frame ranges ``q`` and ``r`` (end exclusive) in ``q``'s and ``r``'s frames."""
     best = {"seconds": 0.0, "shift": 0, "q": (0, 0), "r": (0, 0)}
+    re = delay_embed(r)
     for shift in range(12):
-        score, qa, qb, ra, rb = qmax(cross_recurrence(np.roll(q, shift, axis=1), r))
+        score, qa, qb, ra, rb = qmax(cross_recurrence(delay_embed(np.roll(q, shift, axis=1)), re))
         if score / CHROMA_FPS > best["seconds"]:
-            best = {"seconds": score / CHROMA_FPS, "shift": shift, "q": (qa, qb + 1), "r": (ra, rb + 1)}
+            # an embedded frame spans EMBED_FRAMES chroma frames: the path's last one ends that much later
+            best = {"seconds": score / CHROMA_FPS, "shift": shift,
+                    "q": (qa, min(qb + EMBED_FRAMES, len(q))), "r": (ra, min(rb + EMBED_FRAMES, len(r)))}
     return best
 
 
@@ -330,3 +354,13 @@ class AudioIndex:
 
     def item_chroma(self, item: int) -> np.ndarray:
         return np.asarray(self.chroma[self.chroma_off[item] : self.chroma_off[item + 1]], np.float32)
+
+    def context_chroma(self, item: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Chroma ``[F, 12]`` of ``item`` with the items just before and after it in the same recording
+        (consecutive segments), and ``(item, first frame)`` of each part."""
+        tok = self.tokens
+        parts = [i for i, ok in ((item - 1, tok.follows(item - 1, item)), (item, True),
+                                 (item + 1, tok.follows(item, item + 1))) if ok]
+        chroma = [self.item_chroma(i) for i in parts]
+        starts = np.cumsum([0] + [len(c) for c in chroma[:-1]])
+        return np.concatenate(chroma), [(i, int(a)) for i, a in zip(parts, starts)]

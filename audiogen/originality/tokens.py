@@ -411,6 +411,15 @@ class TokenIndex:
     def codec(self) -> dict:
         return self.settings["codec"]
 
+    def seconds(self, item: int) -> float:
+        return self.items[item]["frames"] / self.frame_rate
+
+    def follows(self, a: int, b: int) -> bool:
+        """Item ``b`` is the segment of ``a``'s recording that starts where ``a`` ends."""
+        items = self.items
+        return (0 <= a < len(items) and 0 <= b < len(items) and items[a]["source"] == items[b]["source"]
+                and abs(items[a]["start_s"] + self.seconds(a) - items[b]["start_s"]) < 0.1)
+
     def item_codes(self, item: int) -> np.ndarray:
         """``int16[K, T]`` of item ``item``, read from the dataset."""
         if self._dd is None:
