@@ -151,39 +151,27 @@ class MelVQModel(nn.Module):
         """``feats: [..., n_mels]`` -> codes ``[..., n_q]`` by a beam search over the residual stages
         (``beam`` candidate paths, each extended by every code, the best ``beam`` kept by residual
         energy; ``beam=1`` is the greedy residual VQ). With ``config.change_penalty`` > 0, codebook 0
-        is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`, and
-        with ``config.residual_change_penalty`` > 0 so is every later codebook, stage by stage."""
+        is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`; then
+        with ``config.changes_with_first`` the later codebooks change only where it does
+        (:meth:`_quantize_runs`), else with ``config.residual_change_penalty`` > 0 each is held the same
+        way, stage by stage."""
         beam = self.config.beam if beam is None else beam
         lead = feats.shape[:-1]
         res = (feats.reshape(-1, feats.shape[-1]) - self.mean)[:, None, :]  # [N, 1, M]
         n = res.shape[0]
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
-        penalties = [self.config.change_penalty] + [self.config.residual_change_penalty] * (n_q - 1)
-        if self.config.changes_with_first and feats.dim() >= 2 and n_q > 1:
-            first = torch.stack([held_codes(_distances(x, books[0]), penalties[0])
-                                 for x in res[:, 0].reshape(-1, *feats.shape[-2:])])  # [B, T]
-            # runs of codebook 0 numbered across the batch: a new run wherever the code or the sequence changes
-            starts = torch.ones_like(first, dtype=torch.bool)
-            starts[:, 1:] = first[:, 1:] != first[:, :-1]
-            run = starts.reshape(-1).long().cumsum(0) - 1  # [N]
-            runs = int(run[-1]) + 1
-            res = res[:, 0] - books[0][first.reshape(-1)]
-            out = [first.reshape(-1)]
-            for book in books[1:]:
-                mean = torch.zeros(runs, res.shape[-1], dtype=res.dtype, device=res.device).index_add_(0, run, res)
-                mean = mean / torch.bincount(run, minlength=runs)[:, None].to(res.dtype)
-                code = _distances(mean, book).argmin(1)[run]
-                res = res - book[code]
-                out.append(code)
-            return torch.stack(out, dim=-1).reshape(*lead, n_q)
-        while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the beam
+        later = 0.0 if self.config.changes_with_first else self.config.residual_change_penalty
+        penalties = [self.config.change_penalty] + [later] * (n_q - 1)
+        while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the rest
             penalty = penalties[codes.shape[-1]]
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
             held = torch.stack([held_codes(_distances(x, books[0]), penalty) for x in sequences]).reshape(n)
             res = res - books[0][held][:, None, :]
             codes = torch.cat([codes, held[:, None, None]], dim=-1)
             books = books[1:]
+        if self.config.changes_with_first and feats.dim() >= 2 and books.shape[0]:
+            return self._quantize_runs(res[:, 0], codes[:, 0], books, feats.shape[-2]).reshape(*lead, n_q)
         for book in books:
             b = res.shape[1]
             d = _distances(res, book).reshape(n, -1)  # [N, b * bins]: every path and code
@@ -194,6 +182,26 @@ class MelVQModel(nn.Module):
                                code[..., None]], dim=-1)
         best = res.pow(2).sum(-1).argmin(1)
         return codes[torch.arange(n, device=feats.device), best].reshape(*lead, n_q)
+
+    @staticmethod
+    def _quantize_runs(res: torch.Tensor, first: torch.Tensor, books: torch.Tensor, frames: int) -> torch.Tensor:
+        """``changes_with_first``: the residual ``res [N, M]`` left by the held codebook 0 (``first [N, 1]``,
+        sequences of ``frames``) coded by ``books`` with one code per run of codebook 0, each the nearest to
+        its stage's residual mean over the run. Returns codes ``[N, 1 + len(books)]``."""
+        first = first[:, 0].reshape(-1, frames)
+        # runs of codebook 0 numbered across the batch: a new run wherever the code or the sequence changes
+        starts = torch.ones_like(first, dtype=torch.bool)
+        starts[:, 1:] = first[:, 1:] != first[:, :-1]
+        run = starts.reshape(-1).long().cumsum(0) - 1  # [N]
+        runs = int(run[-1]) + 1
+        counts = torch.bincount(run, minlength=runs)[:, None].to(res.dtype)
+        out = [first.reshape(-1)]
+        for book in books:
+            mean = torch.zeros(runs, res.shape[-1], dtype=res.dtype, device=res.device).index_add_(0, run, res) / counts
+            code = _distances(mean, book).argmin(1)[run]
+            res = res - book[code]
+            out.append(code)
+        return torch.stack(out, dim=-1)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes: [B, K, T]`` -> log-mel ``[B, T, n_mels]`` (dB): the mean plus the first K codewords."""

@@ -43,6 +43,15 @@ def fitted():
     return C.MelVQCodec(model.eval(), cfg, "mel-small")
 
 
+def encoded_with(codec, **options) -> MelVQModel:
+    """``codec``'s fitted model with other encoding options (same codebooks)."""
+    import dataclasses
+
+    model = MelVQModel(dataclasses.replace(codec.model.config, **options))
+    model.load_state_dict(codec.model.state_dict())
+    return model
+
+
 def test_roundtrip_follows_unseen_music_and_is_not_a_buzz(fitted):
     """Held-out 'music' (another seed): the decoded log-mel moves with the input's, the output is not on
     harmonics of the frame rate, and it passes the music-likeness checks a buzz fails. (The synthetic
@@ -166,13 +175,10 @@ def test_held_codes_is_the_cheapest_path_with_a_price_per_change():
 def test_a_change_penalty_holds_codebook_0_and_keeps_the_fidelity(fitted):
     """``change_penalty`` (codebook 0 by a Viterbi search over time) must make codebook 0 hold its
     code through small wobbles (longer runs for an LM to learn) at almost no cost in mel error."""
-    import dataclasses
-
     from conftest import synth_music
 
     feats = fitted.model.features(torch.from_numpy(synth_music(6.0, seed=7))[None])
-    held = MelVQModel(dataclasses.replace(fitted.model.config, change_penalty=200.0))
-    held.load_state_dict(fitted.model.state_dict())
+    held = encoded_with(fitted, change_penalty=200.0)
 
     def repeat_and_error(model):
         codes = model.quantize(feats, 4)  # [1, T, 4]
@@ -188,24 +194,17 @@ def test_a_residual_change_penalty_holds_every_codebook_and_keeps_the_fidelity(f
     """``residual_change_penalty`` holds codebooks 1.. as ``change_penalty`` holds codebook 0: each
     later codebook repeats its code far more often (codes an LM can predict, not a flip between
     near-equal codes every frame), at a small cost in mel error, and codebook 0 is unchanged."""
-    import dataclasses
-
     from conftest import synth_music
 
     feats = fitted.model.features(torch.from_numpy(synth_music(6.0, seed=7))[None])
-
-    def model_with(**penalties):
-        m = MelVQModel(dataclasses.replace(fitted.model.config, **penalties))
-        m.load_state_dict(fitted.model.state_dict())
-        return m
 
     def repeats_and_error(model):
         codes = model.quantize(feats, 4)  # [1, T, 4]
         err = (model.dequantize(codes.transpose(1, 2)) - feats).pow(2).sum(-1).mean()
         return (codes[0, 1:] == codes[0, :-1]).float().mean(0), float(err), codes[0, :, 0]
 
-    rep0, err0, first0 = repeats_and_error(model_with(change_penalty=200.0))
-    rep1, err1, first1 = repeats_and_error(model_with(change_penalty=200.0, residual_change_penalty=10.0))
+    rep0, err0, first0 = repeats_and_error(encoded_with(fitted, change_penalty=200.0))
+    rep1, err1, first1 = repeats_and_error(encoded_with(fitted, change_penalty=200.0, residual_change_penalty=10.0))
     assert torch.equal(first0, first1)
     assert (rep1[1:] >= rep0[1:] + 0.1).all(), (rep0, rep1)
     assert err1 <= 1.3 * err0, (err0, err1)
@@ -215,19 +214,12 @@ def test_changes_with_first_changes_every_codebook_only_where_codebook_0_changes
     """``changes_with_first``: one set of change points for all codebooks (codebook 0's), each later
     codebook the nearest code to its residual's mean over each run, so a frame either keeps every code
     or is free to change them all; the error stays bounded, and codebook 0 is the held one."""
-    import dataclasses
-
     from conftest import synth_music
 
     feats = fitted.model.features(torch.cat([torch.from_numpy(synth_music(6.0, seed=s)) for s in (7, 8)])[:, None])
 
-    def model_with(**options):
-        m = MelVQModel(dataclasses.replace(fitted.model.config, **options))
-        m.load_state_dict(fitted.model.state_dict())
-        return m
-
-    held = model_with(change_penalty=200.0)
-    synced = model_with(change_penalty=200.0, changes_with_first=True)
+    held = encoded_with(fitted, change_penalty=200.0)
+    synced = encoded_with(fitted, change_penalty=200.0, changes_with_first=True)
     codes, reference = synced.quantize(feats, 4), held.quantize(feats, 4)  # [2, T, 4]
     assert torch.equal(codes[..., 0], reference[..., 0])
     first_changes = codes[:, 1:, 0] != codes[:, :-1, 0]
