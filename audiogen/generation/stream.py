@@ -437,9 +437,10 @@ class LevelFollower:
       lags the music by 1.5 s, and the smoothing adds to that);
     - the **guard** then keeps every 3 s window that ends within the chunk inside the target
       ``+- BAND_LU``, by one offset on the follower's course over the rest of the chunk (a level
-      jump is met within a block; a loud block at the chunk's end lowers the whole chunk a
-      little rather than itself a lot). New blocks are never pushed past the target level to make
-      up for earlier ones: that would echo every swing 3 s later;
+      jump is met within 0.2 s; a loud block at the chunk's end lowers the whole chunk a
+      little rather than itself a lot), taking the chunk's last 100 ms to go on for ``BEYOND_S``
+      so that the next chunk has room to move. New blocks are never pushed past the target level
+      to make up for earlier ones: that would echo every swing 3 s later;
     - the limiter takes energy from loud peaks, so a chunk the limiter touches is levelled
       twice, the second time with each block counted at what the limiter left of it;
     - the gain moves at most ``MAX_STEP_DB`` per block, is interpolated per sample (linear in
@@ -456,6 +457,7 @@ class LevelFollower:
     BAND_LU = 1.0  # the guard's band around the target
     FORECAST_S = 1.0  # the level the window's part past the chunk is counted at: the last FORECAST_S
     MAX_STEP_DB = 6.0  # per block: a 12 dB jump is met within 0.2 s
+    BEYOND_S = 0.2  # the guard takes the chunk's last 100 ms to go on this long: room for the next chunk's gain to move
     GATE_LUFS = -50.0  # quieter than this: hold the gain (do not pump up silence)
     MAX_GAIN_DB = 30.0
     LOOKAHEAD_S = 0.005
@@ -471,6 +473,7 @@ class LevelFollower:
         self.block = int(self.BLOCK_S * sample_rate)
         self.n_window = int(round(self.WINDOW_S / self.BLOCK_S))
         self.n_forecast = max(1, int(round(self.FORECAST_S / self.BLOCK_S)))
+        self.n_beyond = int(round(self.BEYOND_S / self.BLOCK_S))
         self.e_target = 10 ** ((lufs + 0.691) / 10)  # mean square of a block at the target loudness
         self.e_gate = 10 ** ((self.GATE_LUFS + 0.691) / 10)
         # per completed block, oldest first: K-weighted mean square in and out (after the gain)
@@ -487,7 +490,7 @@ class LevelFollower:
     def _targets(self, e: list[float]) -> list[float | None]:
         """Follower target (dB) of each new block: ``lufs`` minus the loudness of the window centred on it (its
         part past the chunk at the level of the chunk's last ``FORECAST_S``), counting only blocks above the
-        gate (a pause does not raise the gain); None when none is."""
+        gate (a pause does not raise the gain); None when no block is."""
         if not e:
             return []
         known = [v if v > self.e_gate else None for v in [*self.e_in, *e]]
@@ -550,6 +553,9 @@ class LevelFollower:
         if scale is not None:
             e = [v * r for v, r in zip(e, scale)]
         targets = self._targets(e)
+        # the guard's blocks past the chunk: its last 100 ms going on
+        last = float(ysq[max(0, n - self.block) :].sum()) / self.block * (scale[-1] if scale else 1.0)
+        beyond = [last] * self.n_beyond
         alpha = 1 - math.exp(-self.BLOCK_S / self.TAU_S)
         gains, quiet = [], []  # quiet: blocks of this call before anything was audible
         for j, (s, t) in enumerate(zip(starts, ends)):
@@ -572,7 +578,7 @@ class LevelFollower:
                 course.append(g)
             # the block's gain ramps from the previous block's (the previous call's tail held it)
             prev = gains[-1] if gains else g0 if start is None else start
-            lo, hi = self._guard(e[j:], course, prev)
+            lo, hi = self._guard(e[j:] + beyond, course + [course[-1]] * len(beyond), prev)
             g = course[0] + min(hi, max(lo, 0.0))
             g = min(max(g, g0 - self.MAX_STEP_DB), g0 + self.MAX_STEP_DB, self.MAX_GAIN_DB)
             ramp = 10 ** (np.linspace(prev, g, t - s + 1)[1:] / 10)

@@ -227,11 +227,12 @@ def test_level_follower_holds_every_3s_window_through_level_swings(swing, chunk_
     n = int(chunk_s * sr)
     y = np.concatenate([lev.process(x[:, i : i + n]) for i in range(0, x.shape[1], n)], axis=1)
     assert y.shape == x.shape
-    deviation = [integrated_loudness(y[:, e - 3 * sr : e], sr) - target for e in range(3 * sr, y.shape[1] + 1, sr // 10)]
+    deviation = [integrated_loudness(y[:, e - 3 * sr : e], sr) - target
+                 for e in range(3 * sr, y.shape[1] + 1, sr // 10)]
     assert max(map(abs, deviation)) <= 2.0
     assert true_peak_dbtp(y, sr) <= -1.0 + 0.05
     steps = np.abs(np.diff(y[0]))
-    boundary = steps[np.arange(n, y.shape[1], n) - 1]  # the step from each chunk's last sample to the next one's first
+    boundary = steps[np.arange(n, y.shape[1], n) - 1]  # from each chunk's last sample to the next one's first
     # a gain that jumped at a boundary would put most boundary steps above the tone's own largest steps
     assert (boundary > np.percentile(steps, 99)).sum() <= 1 + 0.01 * len(boundary)
 
