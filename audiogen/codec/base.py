@@ -228,6 +228,16 @@ class Codec:
         """A JSON-able description recorded in model directories and sidecars."""
         raise NotImplementedError
 
+    #: a codebook-0 code is "silent" when the frame it decodes to, held, is quieter than this (BS.1770, LUFS of
+    #: the codec's raw output; the default model's training frames: median -26, 2 % below -50). The same level
+    #: as the stream's loudness follower's gate: :meth:`silent_codes`, the sampler's silence guard
+    SILENT_LUFS = -50.0
+
+    def silent_codes(self) -> torch.Tensor | None:
+        """``BoolTensor[cardinality]``: the codebook-0 codes that decode to (near) silence whatever the other
+        codebooks hold, or None when the codec cannot tell (then nothing guards against long silences)."""
+        return None
+
     def to(self, device) -> "Codec":
         raise NotImplementedError
 
@@ -405,6 +415,11 @@ class MelVQCodec(EncodecCodec):
         if self.model.config.changes_with_first:
             desc["changes_with_first"] = True
         return desc
+
+    def silent_codes(self) -> torch.Tensor:
+        """Codebook 0's codewords are whole log-mel frames (over the mean): silent where such a frame, held,
+        is quieter than ``SILENT_LUFS`` (:meth:`MelVQModel.code_loudness`)."""
+        return self.model.code_loudness() < self.SILENT_LUFS
 
     def _encode_window(self, wav: torch.Tensor) -> torch.Tensor:
         return self.model.encode(wav, self.num_codebooks)

@@ -233,6 +233,37 @@ class MelVQModel(nn.Module):
         wav = torch.istft(mag * angles, length=n_out, **stft_kw)
         return wav[:, None, :length]
 
+    @torch.no_grad()
+    def code_loudness(self) -> torch.Tensor:
+        """``FloatTensor[bins]``: the loudness (BS.1770, LUFS) of each codebook-0 codeword decoded alone and held.
+
+        From the spectrum, not by decoding 1024 sounds: the K-weighted power of the magnitude Griffin-Lim
+        starts from (``mel_pinv`` of the codeword's mel frame), plus one offset measured by decoding the
+        loudest codeword for 1 s. Against decoding every codeword of the default model's codec for 1 s: within
+        0.08 dB, the same 28 codewords below -50 LUFS.
+        """
+        import numpy as np
+        import pyloudnorm
+        import scipy.signal
+
+        from audiogen.audio.loudness import integrated_loudness
+
+        cfg = self.config
+        level = self.mean.float() + self.codebooks[0].float()  # [V, n_mels] dB
+        mag = (self.mel_pinv.float() @ (10 ** (level / 20)).T).clamp_min(0).T.double().cpu().numpy()  # [V, F]
+        freqs = np.linspace(0, cfg.sample_rate / 2, mag.shape[1])
+        gain = np.ones_like(freqs)
+        for f in pyloudnorm.Meter(cfg.sample_rate)._filters.values():
+            gain *= np.abs(scipy.signal.freqz(f.b, f.a, worN=freqs, fs=cfg.sample_rate)[1]) * f.passband_gain
+        power = 10 * np.log10(((mag * gain) ** 2).sum(axis=1) + 1e-30)
+        ref = int(power.argmax())
+        frames = int(1.0 * cfg.sample_rate / cfg.hop)
+        code = torch.full((1, 1, frames), ref, dtype=torch.long, device=level.device)
+        wav = self.synthesize(level[ref].expand(1, frames, -1), codes_phase(code, cfg.n_fft // 2 + 1))
+        edge = 4 * cfg.hop  # the held frames' middle: no edge effects
+        offset = integrated_loudness(wav[0, :, edge:-edge].cpu().numpy(), cfg.sample_rate) - power[ref]
+        return torch.from_numpy(power + offset).float()
+
     def encode(self, wav: torch.Tensor, n_q: int) -> torch.Tensor:
         """``wav: [B, 1, N]`` (N a multiple of hop) -> ``codes [B, n_q, N // hop]``."""
         return self.quantize(self.features(wav), n_q).transpose(1, 2)

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cfg", type=float,
                    help="classifier-free guidance: higher follows the prompt and attributes more closely "
                         "(default: the model's recommendation, else 3; 1 = off)")
+    s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
+                   help="longest silence the model may hold, in seconds: past it, codes that decode to silence "
+                        "(quieter than -50 LUFS) are not sampled (default: the model's recommendation, else 1.0; "
+                        "0 = no limit)")
     s.add_argument("--continue", dest="continue_from", metavar="FILE",
                    help="audio to continue: the track starts with it (re-synthesised) and carries on")
     f = p.add_argument_group("finishing")
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
+                   max_silence_s=args.max_silence_s,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
     job = GenerateJob.from_options(
         args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,

@@ -254,7 +254,7 @@ def run_job(job: GenerateJob) -> list[dict]:
     except ImportError as exc:  # the LM/checkpoint modules land with issue 5
         raise AudiogenError(f"generation needs audiogen.models.checkpoint and audiogen.models.lm, which are not installed: "
                             f"{exc}") from exc
-    from audiogen.generation.sampling import frames_for, generate_codes
+    from audiogen.generation.sampling import SilenceGuard, frames_for, generate_codes
 
     job.validate()
     model_dir = resolve_model_dir(job.model_dir)
@@ -280,7 +280,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
         g = torch.Generator(device=job.device).manual_seed(seed)
         c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
-                           on_frame=on_frame)
+                           on_frame=on_frame, guard=SilenceGuard.for_codec(codec, job.sampling, job.device))
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
         return c, codec.decode(c).float().cpu().numpy()
 

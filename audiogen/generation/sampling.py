@@ -35,6 +35,9 @@ class SamplingParams:
     top_k: int = 250
     top_p: float = 0.0
     cfg_scale: float = 3.0
+    #: the longest run of silent codebook-0 codes (:meth:`Codec.silent_codes`) a track may hold, in seconds;
+    #: past it those codes are not sampled (:class:`SilenceGuard`). 0 = no limit
+    max_silence_s: float = 1.0
 
     def validate(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -45,6 +48,9 @@ class SamplingParams:
             raise AudiogenError(f"top-p must be in [0, 1] (0 = off), got {self.top_p}")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
+        if not (math.isfinite(self.max_silence_s) and self.max_silence_s >= 0):
+            raise AudiogenError(f"max silence must be a finite number of seconds >= 0 (0 = no limit), "
+                                f"got {self.max_silence_s}")
 
     @classmethod
     def for_model(cls, config: dict, **given) -> "SamplingParams":
@@ -80,6 +86,49 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
     target = uniforms.to(cdf.dtype)[..., None] * cdf[..., -1:]
     choice = (cdf <= target).sum(dim=-1, keepdim=True).clamp_(max=k - 1)
     return index.gather(-1, choice).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class SilenceGuard:
+    """Keeps codebook 0 from holding silence for more than ``max_frames`` frames in a row.
+
+    A small LM trained on recordings that open and close with silence learns that silence follows
+    silence: once it samples a silent code it can stay there (the default model opened a stream with
+    6 s of it, and one clip in 16 was more than half silent). Past ``max_frames`` silent frames the
+    silent codes get no probability, so the next frame is music again; shorter pauses are left alone.
+    The state is one run length per row (``LongTensor[B]``), updated with tensor ops only, so a
+    fixed-shape decode step (CUDA graph, ``torch.compile``) keeps it.
+    """
+
+    silent: torch.Tensor  #: BoolTensor[V]: codebook 0's silent codes
+    max_frames: int
+
+    @classmethod
+    def for_codec(cls, codec, params: SamplingParams, device=None) -> "SilenceGuard | None":
+        """The guard ``params.max_silence_s`` asks for, or None (no limit, or a codec that cannot tell
+        which codes are silent)."""
+        silent = codec.silent_codes() if params.max_silence_s > 0 else None
+        if silent is None or not bool(silent.any()):
+            return None
+        return cls(silent.to(device or codec.device), max(1, round(params.max_silence_s * codec.frame_rate)))
+
+    def block(self, logits: torch.Tensor, run: torch.Tensor) -> None:
+        """In place on ``logits: FloatTensor[B, K, V]``: codebook 0's silent codes get no probability in
+        the rows whose silence (``run: LongTensor[B]``) has lasted ``max_frames``."""
+        logits[:, 0].masked_fill_((run >= self.max_frames)[:, None] & self.silent, float("-inf"))
+
+    def advance(self, run: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | bool = True) -> None:
+        """In place: ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens and rows
+        or positions where ``valid`` is False leave it as it was)."""
+        V = self.silent.shape[0]
+        silent = self.silent[codes.clamp(0, V - 1)] & (codes < V)
+        run.copy_(torch.where(torch.as_tensor(valid, device=run.device), (run + 1) * silent, run))
+
+    def trailing(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes: LongTensor[B, T]`` of codebook 0 -> the silent frames at their end, ``LongTensor[B]``."""
+        V = self.silent.shape[0]
+        silent = (self.silent[codes.clamp(0, V - 1)] & (codes < V)).long()
+        return silent.flip(-1).cumprod(-1).sum(-1)
 
 
 ENGINES = ("auto", "eager", "static", "graph", "compile")
@@ -123,8 +172,8 @@ class Decoder:
 
     @torch.inference_mode()
     def __init__(self, lm, cond: torch.Tensor, cond_mask: torch.Tensor, max_frames: int, params: SamplingParams,
-                 generator: torch.Generator | None, engine: str = "auto"):
-        self.lm, self.params, self.generator = lm, params, generator
+                 generator: torch.Generator | None, engine: str = "auto", guard: SilenceGuard | None = None):
+        self.lm, self.params, self.generator, self.guard = lm, params, generator, guard
         dtype = next(lm.parameters()).dtype
         self.cond, self.cond_mask = cond.to(dtype), cond_mask
         self.guided = params.cfg_scale != 1.0
@@ -159,6 +208,7 @@ class Decoder:
         self.pattern = torch.full((self.B, K, self.S_max), self.special, **long)
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
+        self.silent_run = torch.zeros(self.B, **long)  # the guard's: silent codebook-0 frames up to now, per row
         self.delays = self.delay.delays(device)
         self.key_positions = torch.arange(self.S_alloc, device=device)
         self.zero_mask = torch.zeros(self.S_alloc, dtype=dtype, device=device)  # additive self-attention mask base
@@ -179,12 +229,16 @@ class Decoder:
         if self.guided:
             c, u = logits[: self.B], logits[self.B :]
             logits = u + self.params.cfg_scale * (c - u)
+        if self.guard is not None:
+            self.guard.block(logits, self.silent_run)
         tokens = sample_tokens(logits, self.params, self.uniforms.index_select(0, pos)[0])
         frame = self.delay.frame_at(pos, self.delays)  # the frame each codebook is at in this pattern position
         outside = (frame < 0) | (frame >= self.num_frames)
         tokens = torch.where(outside[None], self.special, tokens)
         known = self.known.index_select(2, pos)[..., 0]
         tokens = torch.where(known >= 0, known, tokens)
+        if self.guard is not None:
+            self.guard.advance(self.silent_run, tokens[:, 0], ~outside[0])
         self.pattern.index_copy_(2, pos, tokens[..., None])
         self.cur.copy_(tokens[..., None])
         pos.add_(1)
@@ -256,6 +310,11 @@ class Decoder:
         self.pattern.fill_(special)
         self.pattern[:, :, :t0] = torch.where(self.known[:, :, :t0] >= 0, self.known[:, :, :t0], special)
         self.num_frames.fill_(num_frames)
+        if self.guard is not None:  # a prompt that ends in silence has used up that much of the allowance
+            if t0:
+                self.silent_run.copy_(self.guard.trailing(prompt[:, 0].to(self.silent_run.device)))
+            else:
+                self.silent_run.zero_()
         if self.params.temperature > 0:
             self.uniforms[:S].uniform_(generator=self.generator)
         # the inputs of positions <= t0; those < t0 are prefilled at once
@@ -288,26 +347,29 @@ def _compiled_body():
 
 def generate_window(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                     generator: torch.Generator | None, prompt: torch.Tensor | None = None, on_frame=None,
-                    engine: str = "auto") -> torch.Tensor:
+                    engine: str = "auto", guard: SilenceGuard | None = None) -> torch.Tensor:
     """Generate one window of codes with a fresh KV cache.
 
     ``cond: [B2, L, D]``, ``cond_mask: [B2, L]`` where ``B2 = 2B`` (conditional rows then
     unconditional rows) when ``params.cfg_scale != 1``, else ``B``. ``prompt:
     LongTensor[B, K, T0]`` (T0 < num_frames) is kept as the first T0 frames.
-    Returns ``LongTensor[B, K, num_frames]``.
+    Returns ``LongTensor[B, K, num_frames]``. ``guard``: see :class:`SilenceGuard`.
     """
     with torch.inference_mode():
-        return Decoder(lm, cond, cond_mask, num_frames, params, generator, engine).window(num_frames, prompt, on_frame)
+        return Decoder(lm, cond, cond_mask, num_frames, params, generator, engine,
+                       guard).window(num_frames, prompt, on_frame)
 
 
 def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                    generator: torch.Generator | None, window_frames: int, context_frames: int,
-                   prompt: torch.Tensor | None = None, on_frame=None, engine: str = "auto") -> torch.Tensor:
+                   prompt: torch.Tensor | None = None, on_frame=None, engine: str = "auto",
+                   guard: SilenceGuard | None = None) -> torch.Tensor:
     """Any number of frames by windowed continuation. Returns ``LongTensor[B, K, num_frames]``.
 
     The first window may carry a user ``prompt``; every later window is prompted with the
     last ``context_frames`` frames generated so far. One window's KV cache (and one
-    captured graph) serves every window, so memory is bounded by the window.
+    captured graph) serves every window, so memory is bounded by the window. ``guard`` (see
+    :class:`SilenceGuard`) counts silence across windows through their prompts.
     """
     if not 0 < context_frames < window_frames:
         raise AudiogenError(f"context ({context_frames}) must be between 0 and the window ({window_frames}) frames")
@@ -317,7 +379,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     first = min(window_frames, num_frames + t0)
     with torch.inference_mode():
         largest = first if first - t0 >= num_frames else window_frames
-        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine)
+        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine, guard)
         codes = decoder.window(first, prompt, on_frame)[..., t0:]
         pieces = [codes]
         have = codes.shape[-1]

@@ -58,7 +58,7 @@ import scipy.signal
 import torch
 
 from audiogen.errors import AudiogenError
-from audiogen.generation.sampling import SamplingParams, sample_tokens
+from audiogen.generation.sampling import SamplingParams, SilenceGuard, sample_tokens
 from audiogen.models.conditioning import ATTRIBUTES, LABELS
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
@@ -302,8 +302,9 @@ class TokenStream:
     """
 
     def __init__(self, lm, window: int, context: int, params: SamplingParams, generator: torch.Generator,
-                 device, dtype):
-        self.lm, self.params, self.generator = lm, params, generator
+                 device, dtype, guard: SilenceGuard | None = None):
+        self.lm, self.params, self.generator, self.guard = lm, params, generator, guard
+        self.silent_run = torch.zeros(1, dtype=torch.long, device=device)  # the guard's (see SilenceGuard)
         self.K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
         self.delay = DelayPattern(self.K, self.special)
         self.window, self.context = window, context
@@ -353,8 +354,12 @@ class TokenStream:
         logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1).float()
         if self.guided:
             logits = logits[1:] + self.params.cfg_scale * (logits[:1] - logits[1:])
+        if self.guard is not None:
+            self.guard.block(logits, self.silent_run)
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
         tokens = sample_tokens(logits, self.params, uniforms)[0]  # [K]
+        if self.guard is not None:  # codebook 0 writes frame `produced`, always inside the window
+            self.guard.advance(self.silent_run, tokens[:1])
         frame = self.delay.frame_at(self.produced, self.k_idx)
         tokens = torch.where(frame >= self.origin, tokens, self.special)  # before the window: special, as trained
         # write frame produced - k of codebook k
@@ -707,7 +712,8 @@ class MusicStream:
         W = window_frames(loaded, self.fr, settings.window_s)
         context = max(1, min(W - 1, int(W * settings.context_fraction)))  # frames kept when the window slides
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
-        self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype)
+        self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype,
+                                  SilenceGuard.for_codec(self.codec, params, settings.device))
         self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.guided, settings.device, dtype)
         self.mix.set_target(self.state.parts(self.fold), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.generation.sampling import SamplingParams, frames_for, generate_codes
+from audiogen.generation.sampling import SamplingParams, SilenceGuard, frames_for, generate_codes
 
 
 @torch.inference_mode()
@@ -37,7 +37,7 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
     W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)
     codes = generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
-                           max(1, int(W * CONTEXT_FRACTION)))
+                           max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device))
     return codec.decode(codes).float().cpu().numpy()
 
 

@@ -6,6 +6,7 @@ files invisibly, save and load exactly, and fit resumably from the recipe.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -415,3 +416,36 @@ def test_frames_that_do_not_follow_each_other_fail_as_incoherent(real_fitted, re
         r = music_likeness(real_fitted.decode(bad)[0, 0].numpy(), 24000, 50.0)
         assert r["temporal_variation_db"] > 3.0  # premise: it moves like music ...
         assert {f.split(":")[0] for f in r["failures"]} == {"incoherent"}, r  # ... and only this check catches it
+
+
+def test_code_loudness_is_what_each_codeword_decodes_to_and_the_quiet_ones_are_silent(fitted):
+    """``code_loudness`` (from the spectrum) against decoding each codeword held for 1 s; a codeword at the
+    floor and one 40 dB under another are the silent codes, the codewords of the music are not."""
+    import copy
+
+    from audiogen.audio.loudness import integrated_loudness
+    from audiogen.codec.mel import codes_phase
+
+    codec = copy.deepcopy(fitted)
+    m, cfg = codec.model, codec.model.config
+    with torch.no_grad():
+        m.codebooks[0, 0] = cfg.floor_db - m.mean  # decodes to the floor: digital silence
+        m.codebooks[0, 1] = m.codebooks[0, 2] - 40.0  # codeword 2, 40 dB down (BS.1770 gates at -70 LUFS)
+    frames = int(cfg.sample_rate / cfg.hop)
+
+    def decoded(c: int) -> float:
+        level = m.mean + m.codebooks[0, c]
+        code = torch.full((1, 1, frames), c)
+        wav = m.synthesize(level.expand(1, frames, -1), codes_phase(code, cfg.n_fft // 2 + 1))
+        return integrated_loudness(wav[0, :, 4 * cfg.hop : -4 * cfg.hop].numpy(), cfg.sample_rate)
+
+    estimate = m.code_loudness()
+    assert estimate.shape == (cfg.bins,)
+    measured = {c: decoded(c) for c in range(1, 10)}
+    assert all(abs(float(estimate[c]) - v) < 0.3 for c, v in measured.items()), (estimate[:10], measured)
+    assert measured[1] == pytest.approx(measured[2] - 40.0, abs=0.5)
+    assert not math.isfinite(decoded(0)) or decoded(0) < -90
+    silent = codec.silent_codes()
+    assert silent.dtype == torch.bool and bool(silent[0]) and bool(silent[1])
+    music = torch.tensor([v > codec.SILENT_LUFS + 5 for v in measured.values()])
+    assert music.sum() >= 5 and not silent[1:10][music].any()

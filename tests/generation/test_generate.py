@@ -562,3 +562,88 @@ def test_a_model_folder_recommends_its_sampling_and_the_options_given_win(tiny_m
     (model / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(AudiogenError, match="generation.sampling keys"):
         GenerateJob.from_options("calm", 1.0, tmp_path / "c.wav", model_dir=model)
+
+
+def _silent_runs(cb0: torch.Tensor, silent: set[int]) -> list[int]:
+    """Lengths of the runs of silent codes in ``cb0: LongTensor[T]``."""
+    runs, n = [], 0
+    for c in cb0.tolist():
+        if c in silent:
+            n += 1
+        elif n:
+            runs, n = runs + [n], 0
+    return runs + [n] if n else runs
+
+
+def test_silence_guard_caps_how_long_the_model_holds_silence(tiny_model_dir, monkeypatch):
+    """An LM that prefers two 'silent' codebook-0 codes holds them for ever without the guard; with it no run
+    of them is longer than the limit, within a window, across windows and after a prompt ending in silence;
+    the fixed-shape step keeps the guard's state as the eager one does."""
+    from audiogen.generation.sampling import SilenceGuard, generate_window
+    from audiogen.models.checkpoint import load_model
+
+    lm = load_model(tiny_model_dir).lm.eval()
+    K, V = lm.cfg.num_codebooks, lm.cfg.cardinality
+    decode_step = lm.decode_step
+
+    def prefers_silence(*args, **kwargs):
+        logits = decode_step(*args, **kwargs).clone()
+        logits[:, 0, 3:5] += 30.0  # codes 3 and 4 of codebook 0: the model's silence
+        return logits
+
+    monkeypatch.setattr(lm, "decode_step", prefers_silence)
+    silent = torch.zeros(V, dtype=torch.bool)
+    silent[3:5] = True
+    guard = SilenceGuard(silent, max_frames=5)
+    B, L, N = 2, 4, 40
+    torch.manual_seed(0)
+    cond, mask = torch.randn(B, L, lm.cfg.cond_dim), torch.ones(B, L, dtype=torch.bool)
+    params = SamplingParams(temperature=1.0, top_k=50, cfg_scale=1.0)
+
+    def run(guard, prompt=None, engine="eager"):
+        return generate_window(lm, cond, mask, N, params, torch.Generator().manual_seed(1), prompt, engine=engine,
+                               guard=guard)
+
+    free = run(None)
+    assert all(_silent_runs(row, {3, 4}) == [N] for row in free[:, 0])  # the premise: silence for ever
+    held = run(guard)
+    runs = [r for row in held[:, 0] for r in _silent_runs(row, {3, 4})]
+    assert runs and max(runs) == 5  # silence is allowed up to the limit, not beyond
+    assert torch.equal(held, run(guard, engine="static"))
+    # a prompt that ends in 3 silent frames leaves 2 more
+    prompt = torch.randint(5, V, (B, K, 6))
+    prompt[:, 0, 3:] = 3
+    after = run(guard, prompt)
+    assert all(_silent_runs(row, {3, 4})[0] <= 5 for row in after[:, 0, 3:])
+    # windowed continuation: the count goes on through each window's prompt
+    long = generate_codes(lm, cond, mask, 120, params, torch.Generator().manual_seed(2), 30, 10, guard=guard)
+    assert max(r for row in long[:, 0] for r in _silent_runs(row, {3, 4})) == 5
+
+
+def test_generate_caps_silence_with_the_codecs_silent_codes(tiny_model_dir, tmp_path, monkeypatch):
+    """End to end: a codec that names its silent codes and a model that prefers them; ``--max-silence``
+    (``max_silence_s``) is recorded in the sidecar, and 0 turns the guard off."""
+    import audiogen.codec.base as C
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.lm import LM
+
+    decode_step = LM.decode_step
+
+    def prefers_silence(self, *args, **kwargs):
+        logits = decode_step(self, *args, **kwargs).clone()
+        logits[:, 0, 7] += 30.0
+        return logits
+
+    monkeypatch.setattr(LM, "decode_step", prefers_silence)
+    seen = []
+    monkeypatch.setattr(C.Codec, "silent_codes", lambda self: torch.arange(self.cardinality) == 7)
+    real_decode = C.Codec.decode
+    monkeypatch.setattr(C.Codec, "decode", lambda self, codes: seen.append(codes.clone()) or real_decode(self, codes))
+    for limit in (0.1, 0.0):
+        job = GenerateJob.from_options("calm", 2.0, tmp_path / f"s{limit}.wav", model_dir=tiny_model_dir,
+                                       max_silence_s=limit, cfg_scale=1.0, progress=False)
+        (meta,) = run_job(job)
+        assert meta["sampling"]["max_silence_s"] == limit
+    capped, free = (_silent_runs(codes[0, 0], {7}) for codes in seen)
+    limit = round(0.1 * load_model(tiny_model_dir).codec.frame_rate)
+    assert max(capped) == limit and max(free) == seen[1].shape[-1]

@@ -54,7 +54,7 @@ def settings(**kw):
     # a short codec context: the tiny codec's decode dominates the tests' time on a busy 2-core machine
     base = dict(chunk_s=0.25, window_s=1.0, top_k=50, seed=3, decode_context_s=0.2)
     base.update(kw)
-    sampling = {k: base.pop(k) for k in ("temperature", "top_k", "top_p", "cfg_scale") if k in base}
+    sampling = {k: base.pop(k) for k in ("temperature", "top_k", "top_p", "cfg_scale", "max_silence_s") if k in base}
     return StreamSettings(sampling=SamplingParams(**sampling), **base)
 
 
@@ -333,3 +333,30 @@ def test_browser_page_plays_the_stream_and_a_slider_change_reaches_the_output(ti
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_stream_does_not_hold_silence_past_the_limit(loaded, monkeypatch):
+    """A model that prefers a silent codebook-0 code: the stream holds it for the whole run without a limit,
+    and for at most ``max_silence_s`` at a time with one, across window slides."""
+    decode_step = loaded.lm.decode_step
+
+    def prefers_silence(*args, **kwargs):
+        logits = decode_step(*args, **kwargs).clone()
+        logits[:, 0, 7] += 30.0
+        return logits
+
+    monkeypatch.setattr(loaded.lm, "decode_step", prefers_silence)
+    monkeypatch.setattr(loaded.codec, "silent_codes", lambda: torch.arange(loaded.codec.cardinality) == 7,
+                        raising=False)
+    runs = {}
+    for limit in (0.0, 0.2):
+        s = MusicStream(loaded, {"genre": "ambient"}, settings(max_silence_s=limit, level=False))
+        s.tokens.forget_before = lambda frame: None
+        take(s, 12)  # 3 s through 1 s windows
+        assert s.tokens.slides >= 2
+        cb0 = s.tokens.frames_between(0, s.tokens.complete)[0]
+        runs[limit], n = [], 0
+        for c in cb0.tolist() + [-1]:
+            n = n + 1 if c == 7 else (runs[limit].append(n) or 0) if n else 0
+    assert max(runs[0.0]) >= 3 * loaded.codec.frame_rate - 10  # the premise: silence all the way
+    assert max(runs[0.2]) == round(0.2 * loaded.codec.frame_rate)
