@@ -90,14 +90,16 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
 
 @dataclass(frozen=True)
 class SilenceGuard:
-    """Keeps codebook 0 from holding silence for more than ``max_frames`` frames in a row.
+    """Keeps codebook 0 from holding silence for more than ``max_frames`` frames.
 
     A small LM trained on recordings that open and close with silence learns that silence follows
     silence: once it samples a silent code it can stay there (the default model opened a stream with
-    6 s of it, and one clip in 16 was more than half silent). Past ``max_frames`` silent frames the
-    silent codes get no probability, so the next frame is music again; shorter pauses are left alone.
-    The state is one run length per row (``LongTensor[B]``), updated with tensor ops only, so a
-    fixed-shape decode step (CUDA graph, ``torch.compile``) keeps it.
+    6 s of it, and one clip in 16 was more than half silent). The guard counts up one per silent
+    frame and down one per sounding frame (not below 0); at ``max_frames`` the silent codes get no
+    probability, so the next frame sounds. A pause of ``max_frames`` is allowed whenever the music
+    before it has paid the count back, and a lone sounding frame between long silences (a click)
+    does not reset it. The state is one count per row (``LongTensor[B]``), updated with tensor ops
+    only, so a fixed-shape decode step (CUDA graph, ``torch.compile``) keeps it.
     """
 
     silent: torch.Tensor  #: BoolTensor[V]: codebook 0's silent codes
@@ -118,17 +120,18 @@ class SilenceGuard:
         logits[:, 0].masked_fill_((run >= self.max_frames)[:, None] & self.silent, float("-inf"))
 
     def advance(self, run: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | bool = True) -> None:
-        """In place: ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens and rows
-        or positions where ``valid`` is False leave it as it was)."""
+        """In place: the count ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens and
+        rows or positions where ``valid`` is False leave it as it was)."""
         V = self.silent.shape[0]
         silent = self.silent[codes.clamp(0, V - 1)] & (codes < V)
-        run.copy_(torch.where(torch.as_tensor(valid, device=run.device), (run + 1) * silent, run))
+        run.copy_(torch.where(torch.as_tensor(valid, device=run.device), (run + silent * 2 - 1).clamp_min(0), run))
 
-    def trailing(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes: LongTensor[B, T]`` of codebook 0 -> the silent frames at their end, ``LongTensor[B]``."""
-        V = self.silent.shape[0]
-        silent = (self.silent[codes.clamp(0, V - 1)] & (codes < V)).long()
-        return silent.flip(-1).cumprod(-1).sum(-1)
+    def count(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes: LongTensor[B, T]`` of codebook 0 (a prompt) -> the count after them, ``LongTensor[B]``."""
+        run = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+        for t in range(codes.shape[1]):
+            self.advance(run, codes[:, t])
+        return run
 
 
 ENGINES = ("auto", "eager", "static", "graph", "compile")
@@ -208,7 +211,7 @@ class Decoder:
         self.pattern = torch.full((self.B, K, self.S_max), self.special, **long)
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
-        self.silent_run = torch.zeros(self.B, **long)  # the guard's: silent codebook-0 frames up to now, per row
+        self.silent_run = torch.zeros(self.B, **long)  # the guard's count per row (SilenceGuard)
         self.delays = self.delay.delays(device)
         self.key_positions = torch.arange(self.S_alloc, device=device)
         self.zero_mask = torch.zeros(self.S_alloc, dtype=dtype, device=device)  # additive self-attention mask base
@@ -290,10 +293,12 @@ class Decoder:
         return [g.replay for g in self._graphs]
 
     @torch.inference_mode()
-    def window(self, num_frames: int, prompt: torch.Tensor | None = None, on_frame=None) -> torch.Tensor:
+    def window(self, num_frames: int, prompt: torch.Tensor | None = None, on_frame=None,
+               continuing: bool = False) -> torch.Tensor:
         """One window of ``num_frames`` frames, the first ``T0`` of them the ``prompt: LongTensor[B, K, T0]``.
 
-        Returns ``LongTensor[B, K, num_frames]``.
+        ``continuing``: the prompt is the end of this decoder's previous window, so the silence guard's
+        count goes on from there (else it is counted over the prompt). Returns ``LongTensor[B, K, num_frames]``.
         """
         special = self.special
         t0 = 0 if prompt is None else prompt.shape[-1]
@@ -310,9 +315,9 @@ class Decoder:
         self.pattern.fill_(special)
         self.pattern[:, :, :t0] = torch.where(self.known[:, :, :t0] >= 0, self.known[:, :, :t0], special)
         self.num_frames.fill_(num_frames)
-        if self.guard is not None:  # a prompt that ends in silence has used up that much of the allowance
+        if self.guard is not None and not continuing:  # a prompt's silence counts as the track's
             if t0:
-                self.silent_run.copy_(self.guard.trailing(prompt[:, 0].to(self.silent_run.device)))
+                self.silent_run.copy_(self.guard.count(prompt[:, 0].to(self.silent_run.device)))
             else:
                 self.silent_run.zero_()
         if self.params.temperature > 0:
@@ -369,7 +374,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     The first window may carry a user ``prompt``; every later window is prompted with the
     last ``context_frames`` frames generated so far. One window's KV cache (and one
     captured graph) serves every window, so memory is bounded by the window. ``guard`` (see
-    :class:`SilenceGuard`) counts silence across windows through their prompts.
+    :class:`SilenceGuard`) counts silence on across windows.
     """
     if not 0 < context_frames < window_frames:
         raise AudiogenError(f"context ({context_frames}) must be between 0 and the window ({window_frames}) frames")
@@ -387,7 +392,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
         while have < num_frames:
             ctx = tail
             new = min(window_frames - ctx.shape[-1], num_frames - have)
-            out = decoder.window(ctx.shape[-1] + new, ctx, on_frame)
+            out = decoder.window(ctx.shape[-1] + new, ctx, on_frame, continuing=True)
             pieces.append(out[..., ctx.shape[-1] :])
             have += new
             tail = torch.cat([tail, out[..., ctx.shape[-1] :]], dim=-1)[..., -context_frames:]

@@ -110,9 +110,9 @@ def test_long_form_uses_bounded_windows(tiny_model_dir):
         sizes.append(max_len)
         return orig_cache(batch, max_len, device, dtype)
 
-    def spy_window(self, num_frames, prompt=None, on_frame=None):
+    def spy_window(self, num_frames, prompt=None, on_frame=None, **kw):
         windows.append((num_frames, 0 if prompt is None else prompt.shape[-1]))
-        return orig_window(self, num_frames, prompt, on_frame)
+        return orig_window(self, num_frames, prompt, on_frame, **kw)
 
     lm.init_cache = spy_cache
     Decoder.window = spy_window
@@ -609,6 +609,9 @@ def test_silence_guard_caps_how_long_the_model_holds_silence(tiny_model_dir, mon
     held = run(guard)
     runs = [r for row in held[:, 0] for r in _silent_runs(row, {3, 4})]
     assert runs and max(runs) == 5  # silence is allowed up to the limit, not beyond
+    # and a lone sounding frame does not buy another full pause: silence exceeds sound by at most the limit
+    silent_frames = ((held[:, 0] == 3) | (held[:, 0] == 4)).sum(dim=1)
+    assert (silent_frames - (N - silent_frames) <= 5).all()
     assert torch.equal(held, run(guard, engine="static"))
     # a prompt that ends in 3 silent frames leaves 2 more
     prompt = torch.randint(5, V, (B, K, 6))
