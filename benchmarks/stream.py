@@ -22,12 +22,17 @@ intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
 - ``seams``: the largest sample step at a chunk boundary against the 99th percentile of
   all sample steps (histogram, bounded memory); ``seams_over_p99``: boundaries above it,
   beside the 1 % of boundaries a seamless signal puts there by chance (tests/generation/test_stream.py
-  checks seamlessness directly: chunks equal one whole decode);
+  checks seamlessness directly: chunks equal one whole decode); ``seams_local``: each decoder
+  boundary's step against the 99th percentile of the steps within 0.5 s of it (a loud passage
+  lifts many boundaries over the whole track's p99 with no seam; this does not), again beside
+  the 1 % expected by chance, and the largest ratio; the same at a frame edge half a chunk before
+  each boundary as the control (the codec's frame edges carry small steps of their own);
 - ``loudness_3s``: short-term loudness (BS.1770, 3 s windows ending at every chunk) minus
   the target, max absolute deviation overall and within 10 s after each change;
 - ``conditioned``: per request, the mean tempo (librosa tempogram, no prior) and onset
   rate (librosa onsets per second) of the 10 s that follow the glide, measured on the
-  stream's output.
+  stream's output, each probe's figures, and ``conditioned_test``: one-sided Mann-Whitney U
+  p-values that the energetic request's tempo and onset rate exceed the calm one's.
 
 ``--lm-config small`` swaps in a random LM of MusicGen-small's size (speed does not depend
 on the weights) with the model's codec and conditioner. The machine's load is reported
@@ -117,6 +122,21 @@ def main(argv=None) -> int:
     arrivals, changes_sent = [], []  # wall time of each chunk; (chunk index sent after, perf time, request)
     hist = np.zeros(20001, dtype=np.int64)  # |step| in bins of 1e-4 (last bin: >= 2.0)
     seams, prev_last = [], None
+    # the decoder's chunk boundaries sit `delay` samples into each output chunk (the limiter's look-ahead)
+    delay = stream.level.delay if stream.level is not None else 0
+    half = sr // 2
+    local_ratio, prev_mono = [], None  # per decoder boundary: its step / the 99th percentile of the steps within 0.5 s
+    # the control: the same ratio half a chunk earlier, on the codec's frame grid (frame edges carry small steps of
+    # their own, so a boundary is compared with a frame edge that is not a boundary)
+    hop = stream.chunk_samples // stream.chunk_frames
+    mid = (stream.chunk_frames // 2) * hop
+    control_ratio = []
+
+    def local(ctx: np.ndarray, b: int) -> float:
+        around = np.abs(np.diff(ctx[max(0, b - half) : b + half + 1]))
+        k = min(b, half)
+        lp99 = float(np.percentile(np.delete(around, k), 99))
+        return float(around[k]) / lp99 if lp99 > 0 else 0.0
     window = np.zeros((stream.channels, 0), dtype=np.float32)
     loud_dev = []  # (chunk index, short-term loudness - target)
     probes = {}  # change index -> list of audio (the 10 s after the glide)
@@ -131,6 +151,13 @@ def main(argv=None) -> int:
             seams.append(abs(float(mono[0]) - prev_last))
             hist[min(20000, int(seams[-1] / 1e-4))] += 1
         prev_last = float(mono[-1])
+        if prev_mono is not None:
+            ctx = np.concatenate([prev_mono, mono])
+            b = len(prev_mono) + delay - 1  # the step from the previous decoder chunk's last sample to this one's first
+            local_ratio.append(local(ctx, b))
+            if b - mid > 0:
+                control_ratio.append(local(ctx, b - mid))
+        prev_mono = mono
         window = np.concatenate([window, x], axis=1)[:, -3 * sr :]
         if window.shape[1] == 3 * sr:
             loud_dev.append((i, integrated_loudness(window, sr) - settings.lufs))
@@ -185,10 +212,23 @@ def main(argv=None) -> int:
         conditioned.setdefault(key, {"tempo_bpm": [], "onsets_per_s": []})
         conditioned[key]["tempo_bpm"].append(tempo_tempogram(env, 22050, prior=False))
         conditioned[key]["onsets_per_s"].append(len(onsets) / (len(y) / sr))
+    each = {k: dict(v) for k, v in conditioned.items()}
     for v in conditioned.values():
         v["n"] = len(v["tempo_bpm"])
+        v["tempo_bpm_each"] = [round(b, 1) for b in v["tempo_bpm"] if b]
+        v["onsets_per_s_each"] = [round(o, 2) for o in v["onsets_per_s"]]
         v["tempo_bpm"] = statistics.mean([b for b in v["tempo_bpm"] if b] or [float("nan")])
         v["onsets_per_s"] = statistics.mean(v["onsets_per_s"])
+    # is the energetic request's output faster and busier than the calm one's? one-sided Mann-Whitney U
+    calm, busy = (each.get(json.dumps(r, sort_keys=True)) for r in REQUESTS)
+    conditioned_test = None
+    if calm and busy and len(calm["tempo_bpm"]) >= 3 and len(busy["tempo_bpm"]) >= 3:
+        from scipy.stats import mannwhitneyu
+
+        conditioned_test = {
+            f"{m}_p_one_sided": round(float(mannwhitneyu([x for x in busy[m] if x], [x for x in calm[m] if x],
+                                                          alternative="greater").pvalue), 4)
+            for m in ("tempo_bpm", "onsets_per_s")}
 
     audio_s = n_chunks * chunk_s
     out = {
@@ -216,12 +256,21 @@ def main(argv=None) -> int:
         "seams_over_p99": sum(s > p99 for s in seams),
         # a seamless signal has 1 % of all its steps above its p99, so about 1 % of boundaries are by chance
         "seams_over_p99_expected_by_chance": round(0.01 * len(seams), 2),
+        # the same against the steps within 0.5 s of each decoder boundary: a loud passage raises the whole
+        # track's p99 test's count without any seam, this one compares a boundary with its own neighbourhood
+        "seams_local": {"boundaries": len(local_ratio), "over_local_p99": sum(r > 1 for r in local_ratio),
+                        "expected_by_chance": round(0.01 * len(local_ratio), 2),
+                        "max_ratio": round(max(local_ratio), 3) if local_ratio else None,
+                        "control_frame_edges": len(control_ratio),
+                        "control_over_local_p99": sum(r > 1 for r in control_ratio),
+                        "control_max_ratio": round(max(control_ratio), 3) if control_ratio else None},
         "loudness_3s": {"target_lufs": settings.lufs,
                         "max_abs_dev_lu": round(max(abs(d) for _, d in loud_dev), 2) if loud_dev else None,
                         "max_abs_dev_lu_after_changes": round(max(abs(d) for d in after_change), 2)
                         if after_change else None},
         "changes": len(changes_sent),
         "conditioned": conditioned,
+        "conditioned_test": conditioned_test,
         "magenta_rt_published": MAGENTA_RT,
     }
     json.dump(out, sys.stdout)
