@@ -35,8 +35,8 @@ class SamplingParams:
     top_k: int = 250
     top_p: float = 0.0
     cfg_scale: float = 3.0
-    #: the longest run of silent codebook-0 codes (:meth:`Codec.silent_codes`) a track may hold, in seconds;
-    #: past it those codes are not sampled (:class:`SilenceGuard`). 0 = no limit
+    #: how far silence (codebook-0 codes :meth:`Codec.silent_codes` names) may outlast the sound around it, in
+    #: seconds; past it those codes are not sampled (:class:`SilenceGuard`). 0 = no limit
     max_silence_s: float = 1.0
 
     def validate(self) -> None:
@@ -119,12 +119,13 @@ class SilenceGuard:
         the rows whose silence (``run: LongTensor[B]``) has lasted ``max_frames``."""
         logits[:, 0].masked_fill_((run >= self.max_frames)[:, None] & self.silent, float("-inf"))
 
-    def advance(self, run: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | bool = True) -> None:
-        """In place: the count ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens and
-        rows or positions where ``valid`` is False leave it as it was)."""
+    def advance(self, run: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """In place: the count ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens count
+        as sound; where the BoolTensor ``valid`` is False the count stays as it was)."""
         V = self.silent.shape[0]
         silent = self.silent[codes.clamp(0, V - 1)] & (codes < V)
-        run.copy_(torch.where(torch.as_tensor(valid, device=run.device), (run + silent * 2 - 1).clamp_min(0), run))
+        new = (run + silent * 2 - 1).clamp_min(0)
+        run.copy_(new if valid is None else torch.where(valid, new, run))
 
     def count(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes: LongTensor[B, T]`` of codebook 0 (a prompt) -> the count after them, ``LongTensor[B]``."""

@@ -305,12 +305,19 @@ def test_graph_capture_warm_up_leaves_no_trace(tiny_model_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path):
-    """``--engine compile`` (torch.compile of the fixed-shape step) writes the same file as eager."""
-    run_job(job(tiny_model_dir, tmp_path / "eager.wav", duration_s=1.0, engine="eager"))
-    run_job(job(tiny_model_dir, tmp_path / "compiled.wav", duration_s=1.0, engine="compile"))
-    a, b = (load_audio(tmp_path / f"{n}.wav")[0] for n in ("eager", "compiled"))
+def test_compiled_engine_gives_the_same_tokens(tiny_model_dir, tmp_path, monkeypatch):
+    """``--engine compile`` (torch.compile of the fixed-shape step) writes the same file as eager, with the
+    silence guard at work inside the step (half the codes named silent, a limit of 3 frames)."""
+    import audiogen.codec.base as C
+
+    monkeypatch.setattr(C.Codec, "silent_codes", lambda self: torch.arange(self.cardinality) % 2 == 0)
+    guarded = dict(duration_s=1.0, max_silence_s=0.04)
+    run_job(job(tiny_model_dir, tmp_path / "eager.wav", engine="eager", **guarded))
+    run_job(job(tiny_model_dir, tmp_path / "compiled.wav", engine="compile", **guarded))
+    run_job(job(tiny_model_dir, tmp_path / "free.wav", engine="eager", duration_s=1.0, max_silence_s=0.0))
+    a, b, free = (load_audio(tmp_path / f"{n}.wav")[0] for n in ("eager", "compiled", "free"))
     assert np.array_equal(a, b)
+    assert not np.array_equal(a, free)  # the guard changed what was sampled
 
 
 @pytest.mark.gpu
