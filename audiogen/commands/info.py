@@ -93,7 +93,7 @@ def run_model(args: argparse.Namespace) -> int:
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
     sp = m["sampling"]
     print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
-          f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}")
+          f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s")
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

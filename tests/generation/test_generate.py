@@ -456,6 +456,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
     genres = read_config(DEFAULT_MODEL_DIR)["conditioner"]["genres"]
     assert lines["genres (--genre)"] == (", ".join(genres) if genres else "not conditioned")
     assert lines["bpm (--bpm)"].startswith("60-180 in ")
+    recommended = SamplingParams.for_model(read_config(DEFAULT_MODEL_DIR))
+    assert lines["sampling (the defaults of generate and stream)"].endswith(
+        f"guidance {recommended.cfg_scale:g}, max silence {recommended.max_silence_s:g} s")
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
