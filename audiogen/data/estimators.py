@@ -3,17 +3,20 @@
 The rendered music21 corpus (:mod:`audiogen.data.render`) knows every track's exact tempo and
 key, so the estimators prep uses can be measured instead of trusted::
 
-    est = {name: f(y, sr) for name, f in TEMPO_ESTIMATORS.items()}      # bpm
+    est = {name: f(env, sr, hop, chroma=chroma) for name, f in TEMPO_ESTIMATORS.items()}   # bpm
     tempo_accuracy(true_bpm, est_bpm)      # MIREX accuracy-1 (within 4 %) and accuracy-2 (x2, x3, /2, /3 too)
     key_score("C major", "G major")        # MIREX weighted key score: 1, fifth 0.5, relative 0.3, parallel 0.2
 
-Tempo: ``metrical`` (:func:`tempo_metrical`, prep's estimator) picks the beat's level on a
-detrended tempogram (the onset floor of legato renders removed) with a prior at 100 bpm; ``beat_track`` was prep's estimator before it (librosa's dynamic-programming beat tracker,
-tempo refined by a line through the beat times); ``tempogram`` is librosa's
-autocorrelation tempogram with its default log-normal prior around 120 bpm
-(``librosa.feature.tempo``); ``tempogram_flat`` the same without the prior (the
-strongest periodicity between 30 and 300 bpm). Key: Krumhansl-Schmuckler (the profiles
-prep uses) and Temperley (2001, "Kostka-Payne") profiles, on STFT or CQT chroma.
+Tempo: ``metrical`` (:func:`tempo_metrical`, prep's estimator) picks the beat's level on
+detrended tempograms (the onset floor of legato renders removed) of the onset envelope and of
+the harmonic change (:func:`harmonic_change`, from chroma) with a prior at 100 bpm;
+``metrical_onset`` is the same on the onset envelope alone (prep's estimator in shard version
+4); ``beat_track`` was prep's estimator before that (librosa's dynamic-programming beat tracker,
+tempo refined by a line through the beat times); ``tempogram`` is librosa's autocorrelation
+tempogram with its default log-normal prior around 120 bpm (``librosa.feature.tempo``);
+``tempogram_flat`` the same without the prior (the strongest periodicity between 30 and 300
+bpm). Key: Krumhansl-Schmuckler (the profiles prep uses) and Temperley (2001,
+"Kostka-Payne") profiles, on STFT or CQT chroma.
 """
 
 from __future__ import annotations
@@ -73,12 +76,18 @@ def tempo_tempogram(env: np.ndarray, sr: int = SR, hop: int = HOP, prior: bool =
     return round(t, 1) if t > 0 else None
 
 
-#: metrical tempo estimator's settings, chosen on 49 rendered pieces (validate_labels --seed 29 and two
-#: corpus tracks; click tracks at 90/120/140 bpm must come out right) and measured on 48 others
-#: (--seed 41), docs/prep.md: a log-normal prior at 100 bpm, sd 1 octave. Weights on the
-#: subdivision (1/2, 1/3 period) and bar (2-4 periods) periodicities were tried: they did not
-#: help on the tuning pieces (0.5/0.5: 93.9 % there too) and halve a plain click track's tempo
+#: metrical tempo estimator's settings, chosen on rendered tuning pieces (validate_labels --seed 29,
+#: then --seed 29, 53 and 71 for the harmonic change; click tracks at 90/120/140 bpm must come out
+#: right) and measured on held-out ones (--seed 41, --seed 67), docs/prep.md: a log-normal prior at
+#: 100 bpm, sd 1 octave. Weights on the subdivision (1/2, 1/3 period) and bar (2-4 periods)
+#: periodicities were tried: 0.25/0.25 scored best on the tuning pieces but halves a 140-bpm click
+#: track (its half tempo has a perfect "subdivision"), so both are 0
 METRICAL_PRIOR_BPM, METRICAL_PRIOR_OCTAVES, METRICAL_W_SUB, METRICAL_W_BAR = 100.0, 1.0, 0.0, 0.0
+#: weight of the harmonic-change envelope's periodicity next to the onset envelope's (1); 0.5 and 1
+#: were tried on the tuning pieces (93.1 % and 91.7 % accuracy-1 on 144)
+METRICAL_W_HARMONIC = 0.5
+#: harmonic change: chroma smoothed over HARMONIC_SMOOTH_S, compared with HARMONIC_LAG_S before
+HARMONIC_SMOOTH_S, HARMONIC_LAG_S = 0.1, 0.05
 
 
 def _acf_at(a: np.ndarray, lags: np.ndarray, tol: float) -> np.ndarray:
@@ -91,12 +100,49 @@ def _acf_at(a: np.ndarray, lags: np.ndarray, tol: float) -> np.ndarray:
     return np.where(ok, v, 0.0).max(axis=-1)
 
 
-def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40.0, hi: float = 250.0) -> float | None:
-    """Tempo of the metre's beat from an onset envelope ``env: [F]`` (frames at ``hop``).
+def harmonic_change(chroma: np.ndarray, sr: int = SR, hop: int = HOP) -> np.ndarray:
+    """``chroma: [12, F]`` (frames at ``hop``) -> harmonic change ``[F]``: the pitch-class content each
+    frame has that the frame ``HARMONIC_LAG_S`` before it had not (positive flux of the unit-norm
+    chroma, smoothed over ``HARMONIC_SMOOTH_S`` so single partials and noise do not count).
 
-    1. The envelope minus its 1-s running mean (half-wave rectified): rendered and legato music
+    A chord change is an event here whatever its attack: legato strings and choir, whose onset
+    envelope barely marks it, change chord on the beat."""
+    from scipy.ndimage import uniform_filter1d
+
+    c = uniform_filter1d(np.asarray(chroma, dtype=np.float64), max(1, int(round(HARMONIC_SMOOTH_S * sr / hop))),
+                         axis=1, mode="nearest")
+    c = c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-9)
+    k = max(1, int(round(HARMONIC_LAG_S * sr / hop)))
+    h = np.zeros(c.shape[1])
+    h[k:] = np.maximum(c[:, k:] - c[:, :-k], 0.0).sum(axis=0)
+    return h
+
+
+def _periodicity(x: np.ndarray, sr: int, hop: int) -> np.ndarray | None:
+    """Envelope ``x: [F]`` -> its mean autocorrelation tempogram ``[lag]`` (12-s windows), after removing
+    its 1-s running mean (half-wave rectified); None when nothing is left."""
+    import librosa
+
+    w = max(1, int(round(sr / hop)))
+    e = np.maximum(x - np.convolve(x, np.ones(w) / w, mode="same"), 0.0)
+    if float(e.max(initial=0.0)) <= 0:
+        return None
+    win = min(int(round(12.0 * sr / hop)), e.size)
+    return librosa.feature.tempogram(onset_envelope=e, sr=sr, hop_length=hop, win_length=win).mean(axis=1)
+
+
+def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40.0, hi: float = 250.0,
+                   chroma: np.ndarray | None = None) -> float | None:
+    """Tempo of the metre's beat from an onset envelope ``env: [F]`` and, where given, the chroma
+    ``chroma: [12, F]`` of the same frames (at ``hop``).
+
+    1. Each envelope minus its 1-s running mean (half-wave rectified): rendered and legato music
        (strings, choir) has a high, steady onset floor that otherwise makes every lag look periodic.
-    2. librosa's autocorrelation tempogram over 12-s windows, averaged over time: ``a[lag]``.
+    2. librosa's autocorrelation tempogram over 12-s windows, averaged over time; with ``chroma``,
+       the tempogram of its harmonic change (:func:`harmonic_change`) is added, weighted
+       ``METRICAL_W_HARMONIC``: chords change on beats, passing notes and repeated notes between
+       them do not change the harmony, so this settles the level an onset envelope alone leaves
+       open (a chorale with running eighths heard at the eighths). ``a[lag]``.
     3. Each candidate beat (``lo``..``hi`` bpm, 600 log-spaced) scores its own periodicity, plus
        ``METRICAL_W_SUB`` x its best subdivision (1/2 or 1/3: duple or compound metre) and
        ``METRICAL_W_BAR`` x its best bar (2, 3 or 4 beats; both 0 today, see above), times a
@@ -105,16 +151,15 @@ def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40
        level is decided by step 3). librosa's beat tracker at that tempo with a line through its
        beats did worse here: legato renders drift (3 more misses of 4-5 % on the 49 tuning pieces).
     """
-    import librosa
-
     if env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
         return None
-    w = max(1, int(round(sr / hop)))
-    e = np.maximum(env - np.convolve(env, np.ones(w) / w, mode="same"), 0.0)
-    if float(e.max(initial=0.0)) <= 0:
+    a = _periodicity(env, sr, hop)
+    if a is None:
         return None
-    win = min(int(round(12.0 * sr / hop)), e.size)
-    a = librosa.feature.tempogram(onset_envelope=e, sr=sr, hop_length=hop, win_length=win).mean(axis=1)
+    if chroma is not None and METRICAL_W_HARMONIC:
+        ah = _periodicity(harmonic_change(chroma, sr, hop), sr, hop)
+        if ah is not None and ah.size == a.size:
+            a = a + METRICAL_W_HARMONIC * ah
     bpm = np.exp(np.linspace(np.log(lo), np.log(hi), 600))
     period = 60.0 * sr / hop / bpm  # frames
     beat = _acf_at(a, period, 0.01)
@@ -136,11 +181,14 @@ def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40
     return round(tempo, 1)
 
 
+#: every tempo estimator measured by ``validate_labels``: ``f(env, sr, hop, chroma=None) -> bpm | None``
+#: (``env: [F]`` prep's onset envelope, ``chroma: [12, F]`` prep's chroma of the same frames)
 TEMPO_ESTIMATORS = {
     "metrical": tempo_metrical,
-    "beat_track": tempo_beat_track,
-    "tempogram": tempo_tempogram,
-    "tempogram_flat": lambda env, sr=SR, hop=HOP: tempo_tempogram(env, sr, hop, prior=False),
+    "metrical_onset": lambda env, sr=SR, hop=HOP, chroma=None: tempo_metrical(env, sr, hop),
+    "beat_track": lambda env, sr=SR, hop=HOP, chroma=None: tempo_beat_track(env, sr, hop),
+    "tempogram": lambda env, sr=SR, hop=HOP, chroma=None: tempo_tempogram(env, sr, hop),
+    "tempogram_flat": lambda env, sr=SR, hop=HOP, chroma=None: tempo_tempogram(env, sr, hop, prior=False),
 }
 
 

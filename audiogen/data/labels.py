@@ -41,12 +41,14 @@ def estimate_key(chroma_mean: np.ndarray) -> str | None:
     return key_from_chroma(chroma_mean, "temperley", names=_KEY_NAMES, min_std=1e-6)
 
 
-def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP) -> float | None:
-    """Tempo of the metre's beat from an onset-strength envelope (None under 4 s or without onsets):
+def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP,
+                 chroma: np.ndarray | None = None) -> float | None:
+    """Tempo of the metre's beat from an onset-strength envelope ``[F]`` and the chroma ``[12, F]`` of
+    the same frames (both from :func:`_analysis_features`; None under 4 s or without onsets):
     :func:`audiogen.data.estimators.tempo_metrical`, measured against rendered pieces in docs/prep.md."""
     from audiogen.data.estimators import tempo_metrical
 
-    return tempo_metrical(onset_env, sr, hop)
+    return tempo_metrical(onset_env, sr, hop, chroma=chroma)
 
 
 def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,8 @@ from audiogen.errors import AudiogenError
 
 
 #: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 4  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo
+SHARD_VERSION = 5  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo;
+# 5: metrical tempo hears harmonic change (chroma) too
 #: A file longer than this many ``part_s`` is decoded in parts (see :func:`_plan_parts`).
 LONG_FILE_FACTOR = 1.5
 #: Audio read on each side of a part beyond its segments: covers the resampling filter and
@@ -188,7 +189,8 @@ def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[
             # grid gives the same frame whatever the window (float rounding would not)
             f0, f1 = (s - w0) * ANALYSIS_SR // per_frame, -(-(s - w0 + n) * ANALYSIS_SR // per_frame)
             segments.append({"start_s": s / sr, "duration_s": n / sr,
-                             "bpm": estimate_bpm(env[f0:f1]), "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
+                             "bpm": estimate_bpm(env[f0:f1], chroma=chroma[:, f0:f1]),
+                             "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
         i = j
     return segments, len(bounds) - len(loud)
 

@@ -352,7 +352,7 @@ def analyse_clip(wav: np.ndarray, sample_rate: int) -> dict:
     from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
 
     env, chroma = _analysis_features(wav.mean(axis=0), sample_rate)
-    return {"bpm": estimate_bpm(env), "key": estimate_key(chroma.mean(axis=1))}
+    return {"bpm": estimate_bpm(env, chroma=chroma), "key": estimate_key(chroma.mean(axis=1))}
 
 
 def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_dir: str | Path | None,

@@ -58,11 +58,11 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
         y = wav.mean(axis=0)
         from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
 
-        env = _analysis_features(y, E.SR)[0]  # prep's onset envelope, as prep measures tempo
+        env, chroma = _analysis_features(y, E.SR)  # prep's onset envelope and chroma, as prep measures tempo
         row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],
                "time_signature": r.get("time_signature")}
         for name, f in E.TEMPO_ESTIMATORS.items():
-            row[f"bpm_{name}"] = f(env, E.SR, ANALYSIS_HOP)
+            row[f"bpm_{name}"] = f(env, E.SR, ANALYSIS_HOP, chroma=chroma)
         for kind in ("stft", "cqt"):
             c = E.chroma(y, kind=kind)
             for prof in E.PROFILES:

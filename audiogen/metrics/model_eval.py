@@ -45,8 +45,8 @@ def estimate_tempo(wav: np.ndarray, sample_rate: int) -> float | None:
     """Tempo (bpm) of ``wav: [C, N]`` with the estimator ``audiogen prep`` uses."""
     from audiogen.data.labels import _analysis_features, estimate_bpm
 
-    env, _ = _analysis_features(wav.mean(axis=0), sample_rate)
-    return estimate_bpm(env)
+    env, chroma = _analysis_features(wav.mean(axis=0), sample_rate)
+    return estimate_bpm(env, chroma=chroma)
 
 
 def spearman(x: list[float], y: list[float]) -> float:

@@ -57,3 +57,48 @@ def test_validation_summary_markdown_lists_every_estimator():
     md = summary_markdown(s)
     assert "| `beat_track` | 90% | 100% | 20 |" in md and "| `krumhansl_cqt` | 0.815 | 70% |" in md
     assert "| piano | piano, classical, slow |" in md and "top 3: 85%" in md
+
+
+def legato_chorale(bpm: float, pulse: float, per_beat: int = 2, seconds: float = 12.0, sr: int = E.SR) -> np.ndarray:
+    """Four-voice chords changing on every beat, crossfaded over 60 ms (no attack, no accent), over a
+    repeated middle C struck ``per_beat`` times a beat at ``pulse`` x the chords' level: ``float32 [N]``."""
+    chords = [(48, 55, 64, 72), (53, 57, 65, 72), (55, 59, 62, 67), (48, 55, 64, 67), (57, 60, 64, 69),
+              (50, 57, 65, 69), (55, 59, 62, 74), (48, 52, 60, 72)]
+
+    def tone(midi: int, n: int) -> np.ndarray:
+        t = np.arange(n) / sr
+        return sum(np.sin(2 * np.pi * 440 * 2 ** ((midi - 69) / 12) * k * t) / k**1.5 for k in (1, 2, 3))
+
+    n, beat, fade = int(seconds * sr), int(round(60 / bpm * sr)), int(0.06 * sr)
+    y = np.zeros(n + beat + fade)
+    ramp = np.concatenate([np.linspace(0, 1, fade), np.ones(beat - fade), np.linspace(1, 0, fade)])
+    for i, s in enumerate(range(0, n, beat)):
+        y[s : s + beat + fade] += sum(tone(m, beat + fade) for m in chords[i % len(chords)]) * ramp
+    step = beat / per_beat
+    for j in range(int(n / step)):
+        s, m = int(round(j * step)), int(step)
+        strike = np.exp(-np.arange(m) / (0.08 * sr)) * np.minimum(1, np.arange(m) / 200)
+        y[s : s + m] += pulse * tone(60, m) * strike
+    return (y[:n] / np.abs(y).max()).astype(np.float32)
+
+
+@pytest.mark.parametrize("bpm,pulse,per_beat", [(66, 0.3, 2), (72, 1.0, 2), (60, 0.5, 3)])
+def test_metrical_tempo_follows_chord_changes_not_repeated_notes_between_them(bpm, pulse, per_beat):
+    # the onset envelope alone marks the repeated notes at least as well as the legato chord changes, so
+    # the onset-only tempo is their rate (prep's estimator until shard version 5); harmony changes on the beat
+    from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, _analysis_features
+
+    env, chroma = _analysis_features(legato_chorale(bpm, pulse, per_beat), ANALYSIS_SR)
+    got = E.tempo_metrical(env, ANALYSIS_SR, ANALYSIS_HOP, chroma=chroma)
+    assert got is not None and abs(got - bpm) <= 0.04 * bpm, got
+
+
+def test_harmonic_change_marks_chord_changes_and_not_a_held_chord():
+    from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, _analysis_features
+
+    y = legato_chorale(60, pulse=0.0, seconds=8.0)  # a chord change every second
+    h = E.harmonic_change(_analysis_features(y, ANALYSIS_SR)[1], ANALYSIS_SR, ANALYSIS_HOP)
+    fps = ANALYSIS_SR / ANALYSIS_HOP
+    at_change = [h[int((k - 0.15) * fps) : int((k + 0.15) * fps)].max() for k in range(1, 8)]
+    held = [h[int((k + 0.3) * fps) : int((k + 0.7) * fps)].max() for k in range(1, 7)]
+    assert min(at_change) > 3 * max(held)
