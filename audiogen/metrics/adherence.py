@@ -416,7 +416,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
         "top_k": top_k, "thresholds": THRESHOLDS, "skipped": skipped, "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
-        "estimators": {"tempo": "audiogen.data.estimators.tempo_metrical on prep's onset envelope (prep's estimator)",
+        "estimators": {"tempo": "audiogen.data.estimators.tempo_metrical on prep's onset envelope and chroma (prep's estimator)",
                        "key": "Temperley profiles on prep's STFT chroma (prep's estimator)",
                        "tagger": tagger.name if tagger is not None else None},
         "results": results,
