@@ -414,6 +414,8 @@ class MelVQCodec(EncodecCodec):
             desc["residual_change_penalty"] = self.model.config.residual_change_penalty
         if self.model.config.changes_with_first:
             desc["changes_with_first"] = True
+        if self.model.config.residual_tied:
+            desc["residual_tied"] = True
         return desc
 
     def silent_codes(self) -> torch.Tensor:
@@ -558,7 +560,7 @@ def default_codec_spec() -> tuple[str, int | None]:
 
 #: ``describe()`` keys that decide what a codec's tokens mean: codecs that differ in one do not share tokens
 TOKEN_KEYS = ("sample_rate", "num_codebooks", "cardinality", "change_penalty", "residual_change_penalty",
-              "changes_with_first")
+              "changes_with_first", "residual_tied")
 
 
 def describe_diff(got: dict, want: dict, also: tuple[str, ...] = ()) -> list[str]:

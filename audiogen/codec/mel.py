@@ -59,6 +59,10 @@ class MelVQConfig:
     #: codebook 0, each is the code nearest the mean of its stage's residual (one set of change
     #: points for every codebook, as a note changes every band at once)
     changes_with_first: bool = False
+    #: True (with ``residual_change_penalty``): a change of codebooks 1.. costs nothing in a frame where
+    #: codebook 0 changes, so their changes gather at codebook 0's (a note's onset) while they can still
+    #: follow the music inside a run, at the penalty
+    residual_tied: bool = False
     gl_iters: int = 32
     gl_momentum: float = 0.99
 
@@ -80,6 +84,9 @@ class MelVQConfig:
         if (cfg.residual_change_penalty or cfg.changes_with_first) and not cfg.change_penalty:
             raise AudiogenError("mel codec: residual_change_penalty and changes_with_first hold the codebooks "
                                 "after a held codebook 0; set change_penalty > 0 too")
+        if cfg.residual_tied and (not cfg.residual_change_penalty or cfg.changes_with_first):
+            raise AudiogenError("mel codec: residual_tied waives residual_change_penalty where codebook 0 "
+                                "changes; set residual_change_penalty > 0 (and not changes_with_first)")
         return cfg
 
 
@@ -97,9 +104,10 @@ def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
     return x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.T + book.pow(2).sum(-1)
 
 
-def held_codes(dist: torch.Tensor, penalty: float) -> torch.Tensor:
+def held_codes(dist: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
     """The code sequence ``LongTensor[T]`` minimising the summed distances ``dist: [T, bins]`` plus
-    ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path)."""
+    ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path);
+    a ``penalty: [T]`` prices a change into each frame on its own."""
     T, bins = dist.shape
     cost = dist[0].clone()
     codes = torch.arange(bins, device=dist.device)
@@ -109,9 +117,10 @@ def held_codes(dist: torch.Tensor, penalty: float) -> torch.Tensor:
         # costs are kept relative to the best path's, so they stay small and round alike wherever the
         # search starts: a window with context decides near-ties as the whole file does
         cost = cost - cost[j]
-        stay = cost <= penalty
+        price = penalty[t] if isinstance(penalty, torch.Tensor) else penalty
+        stay = cost <= price
         back[t] = torch.where(stay, codes, j)
-        cost = torch.where(stay, cost, penalty) + dist[t]
+        cost = torch.where(stay, cost, price) + dist[t]
     path = torch.empty(T, dtype=torch.long, device=dist.device)
     path[-1] = cost.argmin()
     for t in range(T - 1, 0, -1):
@@ -154,7 +163,7 @@ class MelVQModel(nn.Module):
         is first chosen along the time axis (``feats``' second-to-last) by :func:`held_codes`; then
         with ``config.changes_with_first`` the later codebooks change only where it does
         (:meth:`_quantize_runs`), else with ``config.residual_change_penalty`` > 0 each is held the same
-        way, stage by stage."""
+        way, stage by stage (with ``config.residual_tied``, free of charge where codebook 0 changes)."""
         beam = self.config.beam if beam is None else beam
         lead = feats.shape[:-1]
         res = (feats.reshape(-1, feats.shape[-1]) - self.mean)[:, None, :]  # [N, 1, M]
@@ -166,7 +175,13 @@ class MelVQModel(nn.Module):
         while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the rest
             penalty = penalties[codes.shape[-1]]
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
-            held = torch.stack([held_codes(_distances(x, books[0]), penalty) for x in sequences]).reshape(n)
+            prices = [penalty] * len(sequences)
+            if self.config.residual_tied and codes.shape[-1]:  # free where codebook 0 changes
+                first = codes[:, 0, 0].reshape(len(sequences), -1)
+                moved = torch.zeros_like(first, dtype=torch.bool)
+                moved[:, 1:] = first[:, 1:] != first[:, :-1]
+                prices = list(torch.where(moved, 0.0, penalty).to(res.dtype))
+            held = torch.stack([held_codes(_distances(x, books[0]), p) for x, p in zip(sequences, prices)]).reshape(n)
             res = res - books[0][held][:, None, :]
             codes = torch.cat([codes, held[:, None, None]], dim=-1)
             books = books[1:]

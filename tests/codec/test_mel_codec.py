@@ -232,10 +232,47 @@ def test_changes_with_first_changes_every_codebook_only_where_codebook_0_changes
     assert err[1] <= 2.0 * err[0], err
 
 
+def test_a_tied_residual_penalty_gathers_the_later_changes_where_codebook_0_changes(fitted):
+    """``residual_tied``: codebooks 1.. pay ``residual_change_penalty`` per change except in frames where
+    codebook 0 changes, so far more of their changes fall on codebook 0's change points than with the
+    untied penalty, while they may still change inside a run; codebook 0 is the held one, the error
+    stays near the untied one's, and a window of the file decides as the whole file does."""
+    from conftest import synth_music
+
+    feats = fitted.model.features(torch.cat([torch.from_numpy(synth_music(6.0, seed=s)) for s in (7, 8)])[:, None])
+    # at penalty 100 on these codebooks: 57 % of the untied later changes fall on codebook 0's, 86 % tied
+    untied = encoded_with(fitted, change_penalty=200.0, residual_change_penalty=100.0)
+    tied = encoded_with(fitted, change_penalty=200.0, residual_change_penalty=100.0, residual_tied=True)
+    codes, reference = tied.quantize(feats, 4), untied.quantize(feats, 4)  # [2, T, 4]
+    assert torch.equal(codes[..., 0], reference[..., 0])
+
+    def at_first(c):
+        first = c[:, 1:, 0] != c[:, :-1, 0]
+        later = c[:, 1:, 1:] != c[:, :-1, 1:]  # [2, T-1, 3]
+        return float(later[first].sum() / later.sum()), bool((later & ~first[..., None]).any())
+
+    share_tied, inside_run = at_first(codes)
+    share_untied, _ = at_first(reference)
+    assert share_tied >= share_untied + 0.15, (share_tied, share_untied)
+    assert inside_run  # not changes_with_first: a run may still change its later codes
+    err = [float((m.dequantize(c.transpose(1, 2)) - feats).pow(2).sum(-1).mean()) for m, c in
+           ((untied, reference), (tied, codes))]
+    assert err[1] <= 1.2 * err[0], err
+    x = torch.from_numpy(synth_music(12.0, seed=9))[None]
+    codec = C.MelVQCodec(tied, tied.config, "tied")
+    codec.window_s, codec.context_s = 4.0, 1.0
+    assert torch.equal(codec.encode(x[..., : x.shape[-1] // tied.config.hop * tied.config.hop]),
+                       tied.encode(x[..., : x.shape[-1] // tied.config.hop * tied.config.hop], codec.num_codebooks))
+
+
 def test_a_residual_change_penalty_needs_a_held_codebook_0():
     for option in ({"residual_change_penalty": 100.0}, {"changes_with_first": True}):
         with pytest.raises(AudiogenError, match="change_penalty > 0"):
             MelVQConfig.from_dict({**SMALL, **option})
+    for option in ({"change_penalty": 100.0}, {"change_penalty": 100.0, "residual_change_penalty": 10.0,
+                                               "changes_with_first": True}):
+        with pytest.raises(AudiogenError, match="residual_tied"):
+            MelVQConfig.from_dict({**SMALL, **option, "residual_tied": True})
 
 
 def test_held_codes_decides_the_same_whatever_cost_came_before():
