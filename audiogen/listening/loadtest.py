@@ -215,9 +215,12 @@ def simulate_into_db(exp_dir, n: int, accuracy: dict[str, float], seed: int = 0,
                     p = accuracy.get(t["system"], 0.5)
                     resp = {"rating": int(np.clip(round(1 + 4 * p + rng.normal(0, 0.7)), 1, 5))}
                 else:
+                    # draws in the order of the system names: the stimulus ids are random (secrets), and drawing
+                    # in their order made the same seed give other ratings in every run
+                    by_system = sorted(t["systems"].items(), key=lambda kv: kv[1])
                     resp = {"ratings": {s: int(np.clip(round(100 * accuracy.get(sys, 0.5) + rng.normal(0, 8)), 0, 100))
-                                        for s, sys in t["systems"].items()}}
-                    for s, sys in t["systems"].items():
+                                        for s, sys in by_system}}
+                    for s, sys in by_system:
                         if sys == "hidden_reference":
                             resp["ratings"][s] = 60 if bad_ref else int(rng.integers(92, 101))
                 for pos, sid in enumerate(st["stimuli"]):  # as a browser fetches it before answering
