@@ -104,6 +104,14 @@ def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
     return x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.T + book.pow(2).sum(-1)
 
 
+def code_changes(codes: torch.Tensor) -> torch.Tensor:
+    """``codes: LongTensor[B, T]`` -> ``bool[B, T]``: True where a frame's code differs from the frame
+    before it (never in the first frame)."""
+    changed = torch.zeros_like(codes, dtype=torch.bool)
+    changed[:, 1:] = codes[:, 1:] != codes[:, :-1]
+    return changed
+
+
 def held_codes(dist: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
     """The code sequence ``LongTensor[T]`` minimising the summed distances ``dist: [T, bins]`` plus
     ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path);
@@ -177,9 +185,7 @@ class MelVQModel(nn.Module):
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
             prices = [penalty] * len(sequences)
             if self.config.residual_tied and codes.shape[-1]:  # free where codebook 0 changes
-                first = codes[:, 0, 0].reshape(len(sequences), -1)
-                moved = torch.zeros_like(first, dtype=torch.bool)
-                moved[:, 1:] = first[:, 1:] != first[:, :-1]
+                moved = code_changes(codes[:, 0, 0].reshape(len(sequences), -1))
                 prices = list(torch.where(moved, 0.0, penalty).to(res.dtype))
             held = torch.stack([held_codes(_distances(x, books[0]), p) for x, p in zip(sequences, prices)]).reshape(n)
             res = res - books[0][held][:, None, :]
@@ -205,8 +211,8 @@ class MelVQModel(nn.Module):
         its stage's residual mean over the run. Returns codes ``[N, 1 + len(books)]``."""
         first = first[:, 0].reshape(-1, frames)
         # runs of codebook 0 numbered across the batch: a new run wherever the code or the sequence changes
-        starts = torch.ones_like(first, dtype=torch.bool)
-        starts[:, 1:] = first[:, 1:] != first[:, :-1]
+        starts = code_changes(first)
+        starts[:, 0] = True
         run = starts.reshape(-1).long().cumsum(0) - 1  # [N]
         runs = int(run[-1]) + 1
         counts = torch.bincount(run, minlength=runs)[:, None].to(res.dtype)
