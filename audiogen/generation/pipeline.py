@@ -275,13 +275,13 @@ def run_job(job: GenerateJob) -> list[dict]:
     guided = job.sampling.cfg_scale != 1.0
     cond, mask = condition_batch(loaded.conditioner, [job.conditions] * job.variations, guided, job.device)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
-    guard = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
+    silence = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
 
     def sample(seed: int, on_frame=None) -> tuple[torch.Tensor, np.ndarray]:
         """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
         g = torch.Generator(device=job.device).manual_seed(seed)
         c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
-                           on_frame=on_frame, guard=guard)
+                           on_frame=on_frame, guard=silence)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
         return c, codec.decode(c).float().cpu().numpy()
 
