@@ -46,21 +46,26 @@ def evaluation_jobs(n: int = 20, seed: int = 17) -> list[Job]:
     return jobs
 
 
-def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
+def evaluate(folder: str | Path, rows_in: list[dict], tagger=None, max_seconds: float | None = None,
+             progress: bool = False) -> dict:
     """Run the estimators (and ``tagger``, if given) on rendered tracks; ``rows_in`` are their sidecars
-    with a ``path`` relative to ``folder``. Returns per-track rows and the summary figures."""
+    with a ``path`` relative to ``folder``; ``max_seconds`` analyses only each track's opening.
+    Returns per-track rows and the summary figures (tempo also per collection)."""
     from audiogen.audio.io import load_audio
     from audiogen.data import estimators as E
+    from audiogen.progress import progress_bar
 
     rows = []
-    for r in rows_in:
+    for r in progress_bar(rows_in, desc="estimators", disable=not progress):
         wav, sr = load_audio(Path(folder) / r["path"], sample_rate=E.SR)
+        if max_seconds:
+            wav = wav[:, : int(max_seconds * sr)]
         y = wav.mean(axis=0)
         from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
 
         env, chroma = _analysis_features(y, E.SR)  # prep's onset envelope and chroma, as prep measures tempo
         row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],
-               "time_signature": r.get("time_signature")}
+               "time_signature": r.get("time_signature"), "collection": r.get("collection")}
         for name, f in E.TEMPO_ESTIMATORS.items():
             row[f"bpm_{name}"] = f(env, E.SR, ANALYSIS_HOP, chroma=chroma)
         for kind in ("stft", "cqt"):
@@ -76,6 +81,13 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None) -> dict:
     summary = {"tempo": {}, "key": {}}
     for name in E.TEMPO_ESTIMATORS:
         summary["tempo"][name] = E.tempo_accuracy([x["true_bpm"] for x in rows], [x[f"bpm_{name}"] for x in rows])
+    collections = sorted({x["collection"] for x in rows if x["collection"]})
+    if len(collections) > 1:
+        summary["tempo_by_collection"] = {
+            c: {name: E.tempo_accuracy([x["true_bpm"] for x in rows if x["collection"] == c],
+                                       [x[f"bpm_{name}"] for x in rows if x["collection"] == c])
+                for name in E.TEMPO_ESTIMATORS}
+            for c in collections}
     for kind in ("stft", "cqt"):
         for prof in E.PROFILES:
             k = f"{prof}_{kind}"
@@ -101,11 +113,32 @@ def load_sidecars(folder: str | Path, jobs: list[Job]) -> list[dict]:
     return out
 
 
+def corpus_rows(folder: str | Path, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """The sidecar rows of a rendered corpus (``FOLDER/tracks.jsonl``, as ``render_corpus`` writes it),
+    all of them or ``limit`` drawn at random with ``seed``."""
+    from audiogen.errors import AudiogenError
+
+    index = Path(folder) / "tracks.jsonl"
+    if not index.is_file():
+        raise AudiogenError(f"{index} not found: --corpus takes a folder that data_prep/render_music21.py wrote")
+    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    if limit is not None and limit < len(rows):
+        rows = random.Random(seed).sample(rows, limit)
+    return rows
+
+
 def summary_markdown(summary: dict) -> str:
     """The validation figures as markdown tables (for docs/prep.md)."""
     lines = ["| tempo estimator | accuracy-1 (4 %) | accuracy-2 (x2, x3, /2, /3) | tracks |", "|---|---|---|---|"]
     for name, t in summary["tempo"].items():
-        lines.append(f"| `{name}` | {t['acc1']:.0%} | {t['acc2']:.0%} | {t['n']} |")
+        lines.append(f"| `{name}` | {t['acc1']:.1%} | {t['acc2']:.1%} | {t['n']} |")
+    if "tempo_by_collection" in summary:
+        names = list(summary["tempo"])
+        lines += ["", "| collection | tracks | " + " | ".join(f"`{n}` acc-1" for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for c, per in summary["tempo_by_collection"].items():
+            n = next(iter(per.values()))["n"]
+            lines.append(f"| {c} | {n} | " + " | ".join(f"{per[k]['acc1']:.1%}" for k in names) + " |")
     lines += ["", "| key estimator (profiles, chroma) | MIREX weighted score | exact |", "|---|---|---|"]
     for name, k in summary["key"].items():
         lines.append(f"| `{name}` | {k['weighted']:.3f} | {k['exact']:.0%} |")
