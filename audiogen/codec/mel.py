@@ -115,24 +115,30 @@ def code_changes(codes: torch.Tensor) -> torch.Tensor:
 def held_codes(dist: torch.Tensor, penalty: float | torch.Tensor) -> torch.Tensor:
     """The code sequence ``LongTensor[T]`` minimising the summed distances ``dist: [T, bins]`` plus
     ``penalty`` per change of code (Viterbi: staying is free, switching comes from the best path);
-    a ``penalty: [T]`` prices a change into each frame on its own."""
-    T, bins = dist.shape
-    cost = dist[0].clone()
+    a ``penalty: [T]`` prices a change into each frame on its own. Batched: ``dist: [S, T, bins]``
+    and ``penalty: [S, T]`` give ``[S, T]``, each row exactly as on its own (the steps are per row)."""
+    if dist.dim() == 2:
+        return held_codes(dist[None], penalty[None] if isinstance(penalty, torch.Tensor) else penalty)[0]
+    S, T, bins = dist.shape
+    if not isinstance(penalty, torch.Tensor):
+        penalty = torch.full((S, T), float(penalty), dtype=dist.dtype, device=dist.device)
+    cost = dist[:, 0].clone()
     codes = torch.arange(bins, device=dist.device)
-    back = torch.empty(T, bins, dtype=torch.long, device=dist.device)  # row 0 is never read
+    index = torch.int16 if bins <= 2 ** 15 else torch.long
+    back = torch.empty(S, T, bins, dtype=index, device=dist.device)  # frame 0 is never read
     for t in range(1, T):
-        j = cost.argmin()
+        j = cost.argmin(1, keepdim=True)
         # costs are kept relative to the best path's, so they stay small and round alike wherever the
         # search starts: a window with context decides near-ties as the whole file does
-        cost = cost - cost[j]
-        price = penalty[t] if isinstance(penalty, torch.Tensor) else penalty
+        cost = cost - cost.gather(1, j)
+        price = penalty[:, t, None]
         stay = cost <= price
-        back[t] = torch.where(stay, codes, j)
-        cost = torch.where(stay, cost, price) + dist[t]
-    path = torch.empty(T, dtype=torch.long, device=dist.device)
-    path[-1] = cost.argmin()
+        back[:, t] = torch.where(stay, codes, j)
+        cost = torch.where(stay, cost, price) + dist[:, t]
+    path = torch.empty(S, T, dtype=torch.long, device=dist.device)
+    path[:, -1] = cost.argmin(1)
     for t in range(T - 1, 0, -1):
-        path[t - 1] = back[t, path[t]]
+        path[:, t - 1] = back[:, t].gather(1, path[:, t, None])[:, 0].long()
     return path
 
 
@@ -178,16 +184,12 @@ class MelVQModel(nn.Module):
         n = res.shape[0]
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
-        later = 0.0 if self.config.changes_with_first else self.config.residual_change_penalty
-        penalties = [self.config.change_penalty] + [later] * (n_q - 1)
+        penalties = [stage_penalty(self.config, s) for s in range(n_q)]
         while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the rest
             penalty = penalties[codes.shape[-1]]
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
-            prices = [penalty] * len(sequences)
-            if self.config.residual_tied and codes.shape[-1]:  # free where codebook 0 changes
-                moved = code_changes(codes[:, 0, 0].reshape(len(sequences), -1))
-                prices = list(torch.where(moved, 0.0, penalty).to(res.dtype))
-            held = torch.stack([held_codes(_distances(x, books[0]), p) for x, p in zip(sequences, prices)]).reshape(n)
+            first = codes[:, 0, 0].reshape(sequences.shape[:2]) if codes.shape[-1] else None
+            held = held_codes(_distances(sequences, books[0]), self._prices(penalty, first)).reshape(n)
             res = res - books[0][held][:, None, :]
             codes = torch.cat([codes, held[:, None, None]], dim=-1)
             books = books[1:]
@@ -203,6 +205,14 @@ class MelVQModel(nn.Module):
                                code[..., None]], dim=-1)
         best = res.pow(2).sum(-1).argmin(1)
         return codes[torch.arange(n, device=feats.device), best].reshape(*lead, n_q)
+
+    def _prices(self, penalty: float, first: torch.Tensor | None) -> float | torch.Tensor:
+        """What a change of code costs in each frame of a held stage: ``penalty``, or with
+        ``config.residual_tied`` and codebook 0's codes ``first: [S, T]`` known, nothing in a frame
+        where codebook 0 changes (``[S, T]``)."""
+        if first is None or not self.config.residual_tied:
+            return penalty
+        return torch.where(code_changes(first), 0.0, penalty).to(self.codebooks.dtype)
 
     @staticmethod
     def _quantize_runs(res: torch.Tensor, first: torch.Tensor, books: torch.Tensor, frames: int) -> torch.Tensor:
@@ -310,6 +320,15 @@ class MelVQFitConfig:
     frame_stride: int = 2  #: every Nth frame of every training track goes into the sample
     max_frames: int = 200_000  #: the k-means sample (drawn at random from the strided frames)
     kmeans_iters: int = 15
+    #: > 0: the sample is contiguous runs of this many frames (not every ``frame_stride``-th frame), so
+    #: the stages the codec holds (``change_penalty``, ``residual_change_penalty``) can be fitted with the
+    #: encoder's own Viterbi assignment; 0: strided frames, plain k-means
+    sequence_frames: int = 0
+    #: Lloyd iterations after each held stage's k-means in which frames are assigned as the encoder
+    #: assigns them (the Viterbi search over each run, ``residual_tied`` included) and every code moves
+    #: to the mean of its frames, and the next stage fits the residual that assignment leaves (needs
+    #: ``sequence_frames``)
+    refine_iters: int = 0
     seed: int = 0
     out_dir: str = "runs/codec_melvq"
 
@@ -321,6 +340,11 @@ class MelVQFitConfig:
         self.codec_config()
         if self.frame_stride < 1 or self.kmeans_iters < 1:
             raise AudiogenError("mel codec fit: frame_stride and kmeans_iters must be >= 1")
+        if self.sequence_frames < 0 or self.refine_iters < 0:
+            raise AudiogenError("mel codec fit: sequence_frames and refine_iters must be >= 0")
+        if self.refine_iters and not (self.sequence_frames and self.codec_config().change_penalty):
+            raise AudiogenError("mel codec fit: refine_iters fits the held stages on runs of frames; set "
+                                "sequence_frames > 0 and codec.change_penalty > 0")
         if self.max_frames < 4 * self.codec_config().bins:
             raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
 
@@ -348,9 +372,11 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
 
 
 def corpus_features(model: MelVQModel, caches: list, stride: int, max_frames: int,
-                    generator: torch.Generator, progress: bool = True) -> torch.Tensor:
+                    generator: torch.Generator, progress: bool = True, sequence_frames: int = 0) -> torch.Tensor:
     """Log-mel frames ``[N, n_mels]`` of the decoded tracks (int16 ``.npy`` at the codec rate): every
-    ``stride``-th frame, then at most ``max_frames`` of them drawn at random."""
+    ``stride``-th frame, then at most ``max_frames`` of them drawn at random. With ``sequence_frames``
+    > 0: contiguous runs ``[S, sequence_frames, n_mels]`` (each track cut into whole runs), at most
+    ``max_frames // sequence_frames`` of them drawn at random."""
     import numpy as np
 
     from audiogen.progress import progress_bar
@@ -362,44 +388,100 @@ def corpus_features(model: MelVQModel, caches: list, stride: int, max_frames: in
         n = wav.shape[-1] // hop * hop
         if n == 0:
             continue
-        feats.append(model.features(wav[None, None, :n])[0, ::stride])
+        f = model.features(wav[None, None, :n])[0]
+        if sequence_frames:
+            runs = len(f) // sequence_frames
+            if runs:
+                feats.append(f[: runs * sequence_frames].reshape(runs, sequence_frames, -1))
+        else:
+            feats.append(f[::stride])
     if not feats:
-        raise AudiogenError("mel codec fit: no audio to fit on")
+        raise AudiogenError("mel codec fit: no audio to fit on" + (
+            f" (no track is {sequence_frames} frames long)" if sequence_frames else ""))
     x = torch.cat(feats)
-    if len(x) > max_frames:
-        x = x[torch.randperm(len(x), generator=generator)[:max_frames]]
+    limit = max_frames // sequence_frames if sequence_frames else max_frames
+    if len(x) > limit:
+        x = x[torch.randperm(len(x), generator=generator)[:limit]]
     return x
 
 
+def stage_penalty(cfg: MelVQConfig, stage: int) -> float:
+    """The price of a change of code that the encoder's Viterbi search charges in ``stage`` (0: the
+    stage is not held: the beam search, or ``changes_with_first``'s run means)."""
+    if stage == 0:
+        return cfg.change_penalty
+    return 0.0 if cfg.changes_with_first else cfg.residual_change_penalty
+
+
+def _held_assign(model: MelVQModel, stage: int, residual: torch.Tensor, book: torch.Tensor,
+                 first: torch.Tensor | None, chunk: int = 64) -> torch.Tensor | None:
+    """The codes ``[S, T]`` the encoder gives stage ``stage`` of runs ``residual: [S, T, M]`` (the
+    Viterbi search at its penalty; ``first``: codebook 0's codes, for ``residual_tied``), or None
+    when the encoder does not hold that stage."""
+    penalty = stage_penalty(model.config, stage)
+    if penalty <= 0:
+        return None
+    out = []
+    for i in range(0, len(residual), chunk):
+        prices = model._prices(penalty, None if stage == 0 else first[i : i + chunk])
+        out.append(held_codes(_distances(residual[i : i + chunk], book), prices))
+    return torch.cat(out)
+
+
 def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, state_file=None,
-                  progress: bool = True) -> None:
-    """Fit ``model``'s mean and residual codebooks on frames ``x`` stage by stage (k-means on each
-    stage's residual). With ``state_file``, every finished stage is saved there (atomically) and a
-    rerun continues after the last saved one."""
+                  progress: bool = True, refine_iters: int = 0) -> None:
+    """Fit ``model``'s mean and residual codebooks on frames ``x: [N, M]`` (or runs ``[S, T, M]``)
+    stage by stage (k-means on each stage's residual). With runs and ``refine_iters``, each stage the
+    encoder holds gets that many Lloyd iterations with the encoder's own assignment (the Viterbi
+    search), and the next stage fits the residual that assignment leaves. With ``state_file``, every
+    finished stage is saved there (atomically) and a rerun continues after the last saved one."""
     from pathlib import Path
 
     from audiogen.files import atomic_path
     from audiogen.progress import progress_bar
 
     cfg = model.config
+    frames = x.reshape(-1, x.shape[-1])
     done = 0
     if state_file is not None and Path(state_file).is_file():
         state = torch.load(state_file, weights_only=True)
-        if state["codebooks"].shape[1:] != model.codebooks.shape[1:] or not torch.equal(state["mean"], x.mean(0)):
+        if state["codebooks"].shape[1:] != model.codebooks.shape[1:] or not torch.equal(state["mean"], frames.mean(0)):
             raise AudiogenError(f"{state_file}: saved stages do not match this config and data; "
                                 "delete it (or the run folder) to start again")
         done = state["codebooks"].shape[0]
         model.codebooks[:done] = state["codebooks"]
-    model.mean.copy_(x.mean(0))
+    model.mean.copy_(frames.mean(0))
     residual = x - model.mean
+    first = None  # codebook 0's codes of each run, when it is held
+
+    def assign(s: int, book: torch.Tensor) -> torch.Tensor:
+        held = _held_assign(model, s, residual, book, first) if refine_iters and x.dim() == 3 else None
+        return held if held is not None else _assign(residual.reshape(-1, x.shape[-1]), book).reshape(x.shape[:-1])
+
     for s in range(done):
-        residual -= model.codebooks[s][_assign(residual, model.codebooks[s])]
+        codes = assign(s, model.codebooks[s])
+        first = codes if s == 0 else first
+        residual -= model.codebooks[s][codes]
     for s in progress_bar(range(done, cfg.n_q), desc="k-means stages", disable=not progress, initial=done,
                           total=cfg.n_q):
         generator = torch.Generator().manual_seed(seed * 1000 + s)
-        centroids, a = kmeans(residual, cfg.bins, iters, generator)
+        centroids, _ = kmeans(residual.reshape(-1, x.shape[-1]), cfg.bins, iters, generator)
+        codes = assign(s, centroids)
+        if refine_iters and x.dim() == 3 and stage_penalty(cfg, s) > 0:
+            flat = residual.reshape(-1, x.shape[-1])
+            for _ in range(refine_iters):  # Lloyd steps under the encoder's (held) assignment
+                a = codes.reshape(-1)
+                count = torch.bincount(a, minlength=cfg.bins).to(x.dtype)
+                used = count > 0
+                total = torch.zeros_like(centroids).index_add_(0, a, flat)
+                centroids[used] = total[used] / count[used, None]
+                empty = (~used).nonzero().flatten()
+                if len(empty):
+                    centroids[empty] = flat[torch.randint(len(flat), (len(empty),), generator=generator)]
+                codes = assign(s, centroids)
         model.codebooks[s] = centroids
-        residual -= centroids[a]
+        first = codes if s == 0 else first
+        residual -= centroids[codes]
         if state_file is not None:
             with atomic_path(state_file) as tmp:
                 torch.save({"mean": model.mean.clone(), "codebooks": model.codebooks[: s + 1].clone()}, tmp)
@@ -455,12 +537,13 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
 
     model = MelVQModel(codec_cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    x = corpus_features(model, [cache_of[f] for f in train_files], cfg.frame_stride, cfg.max_frames, generator, progress)
-    fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
+    x = corpus_features(model, [cache_of[f] for f in train_files], cfg.frame_stride, cfg.max_frames, generator,
+                        progress, cfg.sequence_frames)
+    fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress, cfg.refine_iters)
     path = save_codec(MelVQCodec(model.eval(), codec_cfg, cfg.name), out / "codec")
     atomic_write_text(path / "training.json", json.dumps(
-        {"frames": len(x), "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
+        {"frames": x.shape[:-1].numel(), "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
         indent=2))
-    print(f"mel codec: {len(train_files)} tracks, {len(x)} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
+    print(f"mel codec: {len(train_files)} tracks, {x.shape[:-1].numel()} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
           file=sys.stderr)
     return 0

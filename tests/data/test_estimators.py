@@ -55,8 +55,49 @@ def test_validation_summary_markdown_lists_every_estimator():
          "key": {"krumhansl_cqt": {"weighted": 0.815, "exact": 0.7}},
          "instrument_top3": 0.85, "instrument_confusion": {"piano": [["piano", "classical", "slow"]]}}
     md = summary_markdown(s)
-    assert "| `beat_track` | 90% | 100% | 20 |" in md and "| `krumhansl_cqt` | 0.815 | 70% |" in md
+    assert "| `beat_track` | 90.0% | 100.0% | 20 |" in md and "| `krumhansl_cqt` | 0.815 | 70% |" in md
     assert "| piano | piano, classical, slow |" in md and "top 3: 85%" in md
+
+
+def click_track(bpm: float, seconds: float = 12.0, sr: int = E.SR) -> np.ndarray:
+    y = np.zeros(int(seconds * sr), dtype=np.float32)
+    for t in np.arange(0.2, seconds, 60 / bpm):
+        i = int(t * sr)
+        y[i : i + 200] += np.hanning(200).astype(np.float32)
+    return y
+
+
+def test_validate_labels_corpus_mode_measures_every_track_of_a_rendered_corpus(tmp_path, capsys):
+    import json
+    import sys
+    from pathlib import Path
+
+    import soundfile as sf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data_prep"))
+    import validate_labels
+
+    corpus = tmp_path / "rendered"
+    rows = []
+    for i, (coll, bpm) in enumerate([("chorales", 72.0), ("chorales", 96.0), ("reels", 120.0)]):
+        (corpus / coll).mkdir(parents=True, exist_ok=True)
+        # 20 s of clicks, then 40 s at another tempo: only --max-seconds 20 leaves the first tempo
+        y = np.concatenate([click_track(bpm, 20.0), click_track(bpm * 1.5, 40.0)])
+        sf.write(corpus / coll / f"t{i}.flac", y, E.SR)
+        rows.append({"path": f"{coll}/t{i}.flac", "collection": coll, "ensemble": "piano", "beat_bpm": bpm,
+                     "key": "C major", "time_signature": "4/4"})
+    (corpus / "tracks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "check"
+    assert validate_labels.main(["--corpus", str(corpus), "--out", str(out), "--max-seconds", "20", "--no-tagger"]) == 0
+    result = json.loads((out / "validation.json").read_text())
+    assert sorted(r["path"] for r in result["rows"]) == sorted(r["path"] for r in rows)  # every track was read
+    assert result["summary"]["tempo"]["metrical"] == {**result["summary"]["tempo"]["metrical"], "acc1": 1.0, "n": 3}
+    per = result["summary"]["tempo_by_collection"]
+    assert per["chorales"]["metrical"]["n"] == 2 and per["reels"]["metrical"]["n"] == 1
+    assert "| chorales | 2 |" in capsys.readouterr().out
+    # not a rendered corpus: one line, exit 1
+    assert validate_labels.main(["--corpus", str(tmp_path), "--out", str(out)]) == 1
+    assert "tracks.jsonl not found" in capsys.readouterr().err
 
 
 def legato_chorale(bpm: float, pulse: float, per_beat: int = 2, seconds: float = 12.0, sr: int = E.SR) -> np.ndarray:
