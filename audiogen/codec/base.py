@@ -416,6 +416,8 @@ class MelVQCodec(EncodecCodec):
             desc["changes_with_first"] = True
         if self.model.config.residual_tied:
             desc["residual_tied"] = True
+        if self.model.config.post_filter_frames:  # the same codes decode differently with it
+            desc["post_filter_frames"] = self.model.config.post_filter_frames
         return desc
 
     def silent_codes(self) -> torch.Tensor:

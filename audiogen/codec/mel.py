@@ -20,6 +20,7 @@ T * hop]``. Frame ``t`` is centred on sample ``t * hop`` on both sides.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,11 @@ class MelVQConfig:
     #: codebook 0 changes, so their changes gather at codebook 0's (a note's onset) while they can still
     #: follow the music inside a run, at the penalty
     residual_tied: bool = False
+    #: > 0: a linear post-filter mends the decoded log-mel: each frame gets a correction computed from
+    #: the decoded frames this many frames either side (a ridge regression fitted on training music,
+    #: one per codebook count the codec offers), restoring some of what the codes drop (the detail a
+    #: held code flattens); 0: none
+    post_filter_frames: int = 0
     gl_iters: int = 32
     gl_momentum: float = 0.99
 
@@ -78,9 +84,9 @@ class MelVQConfig:
         if not cfg.hop <= cfg.win <= cfg.n_fft:
             raise AudiogenError(f"mel codec: need hop <= win <= n_fft, got {cfg.hop}, {cfg.win}, {cfg.n_fft}")
         if (cfg.beam < 1 or cfg.gl_iters < 0 or not 0 <= cfg.gl_momentum < 1 or cfg.change_penalty < 0
-                or cfg.residual_change_penalty < 0):
+                or cfg.residual_change_penalty < 0 or cfg.post_filter_frames < 0):
             raise AudiogenError("mel codec: beam must be >= 1, gl_iters >= 0, gl_momentum in [0, 1) and "
-                                "change_penalty and residual_change_penalty >= 0")
+                                "change_penalty, residual_change_penalty and post_filter_frames >= 0")
         if (cfg.residual_change_penalty or cfg.changes_with_first) and not cfg.change_penalty:
             raise AudiogenError("mel codec: residual_change_penalty and changes_with_first hold the codebooks "
                                 "after a held codebook 0; set change_penalty > 0 too")
@@ -154,6 +160,9 @@ class MelVQModel(nn.Module):
         self.config = cfg
         self.register_buffer("mean", torch.zeros(cfg.n_mels))
         self.register_buffer("codebooks", torch.zeros(cfg.n_q, cfg.bins, cfg.n_mels))
+        if cfg.post_filter_frames:  # [codebook counts, context frames x n_mels + 1 (bias), n_mels]
+            width = (2 * cfg.post_filter_frames + 1) * cfg.n_mels + 1
+            self.register_buffer("post_filter", torch.zeros(len(self.filtered_codebooks()), width, cfg.n_mels))
         fb = mel_filterbank(cfg)
         self.register_buffer("mel_fb", fb, persistent=False)
         self.register_buffer("mel_pinv", torch.linalg.pinv(fb.T), persistent=False)  # [F, n_mels]
@@ -241,6 +250,28 @@ class MelVQModel(nn.Module):
             out += self.codebooks[k][codes[:, k]]
         return out
 
+    def filtered_codebooks(self) -> list[int]:
+        """The codebook counts that have a post-filter: those of the codec's bitrates."""
+        cfg = self.config
+        bps = math.log2(cfg.bins) * cfg.sample_rate / cfg.hop  # one codebook's bits per second
+        return sorted({round(bw * 1000 / bps) for bw in cfg.target_bandwidths} & set(range(1, cfg.n_q + 1)))
+
+    def filter_context(self, mel: torch.Tensor) -> torch.Tensor:
+        """``mel: [B, T, n_mels]`` -> ``[B, T, (2 R + 1) n_mels + 1]``: each frame's decoded neighbours
+        ``R = post_filter_frames`` either side (the edge frames repeated past the ends) and a 1."""
+        r = self.config.post_filter_frames
+        padded = torch.nn.functional.pad(mel.transpose(1, 2), (r, r), mode="replicate").transpose(1, 2)
+        frames = mel.shape[1]
+        return torch.cat([padded[:, i : i + frames] for i in range(2 * r + 1)] + [torch.ones_like(mel[..., :1])], -1)
+
+    def post_filtered(self, mel: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """The decoded log-mel ``[B, T, n_mels]`` of ``num_codebooks`` codebooks, mended by that count's
+        post-filter (unchanged without one)."""
+        counts = self.filtered_codebooks() if self.config.post_filter_frames else []
+        if num_codebooks not in counts or mel.shape[1] == 0:
+            return mel
+        return mel + self.filter_context(mel) @ self.post_filter[counts.index(num_codebooks)]
+
     # -- synthesis --------------------------------------------------------------------
     def synthesize(self, mel_db: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[B, T, n_mels]`` and initial phases ``[B, F, T]`` -> ``wav [B, 1, T * hop]`` by
@@ -302,7 +333,8 @@ class MelVQModel(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """``codes: [B, K, T] -> wav [B, 1, T * hop]``."""
-        return self.synthesize(self.dequantize(codes), codes_phase(codes, self.config.n_fft // 2 + 1))
+        mel = self.post_filtered(self.dequantize(codes), codes.shape[1])
+        return self.synthesize(mel, codes_phase(codes, self.config.n_fft // 2 + 1))
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -320,15 +352,12 @@ class MelVQFitConfig:
     frame_stride: int = 2  #: every Nth frame of every training track goes into the sample
     max_frames: int = 200_000  #: the k-means sample (drawn at random from the strided frames)
     kmeans_iters: int = 15
-    #: > 0: the sample is contiguous runs of this many frames (not every ``frame_stride``-th frame), so
-    #: the stages the codec holds (``change_penalty``, ``residual_change_penalty``) can be fitted with the
-    #: encoder's own Viterbi assignment; 0: strided frames, plain k-means
-    sequence_frames: int = 0
-    #: Lloyd iterations after each held stage's k-means in which frames are assigned as the encoder
-    #: assigns them (the Viterbi search over each run, ``residual_tied`` included) and every code moves
-    #: to the mean of its frames, and the next stage fits the residual that assignment leaves (needs
-    #: ``sequence_frames``)
-    refine_iters: int = 0
+    #: the post-filter's sample (with ``codec.post_filter_frames`` > 0): this many runs of
+    #: ``post_filter_run`` contiguous frames drawn at random from the training tracks, encoded as the
+    #: codec encodes them
+    post_filter_runs: int = 1200
+    post_filter_run: int = 250
+    post_filter_ridge: float = 100.0  #: ridge (L2) weight of the post-filter's least squares
     seed: int = 0
     out_dir: str = "runs/codec_melvq"
 
@@ -340,11 +369,9 @@ class MelVQFitConfig:
         self.codec_config()
         if self.frame_stride < 1 or self.kmeans_iters < 1:
             raise AudiogenError("mel codec fit: frame_stride and kmeans_iters must be >= 1")
-        if self.sequence_frames < 0 or self.refine_iters < 0:
-            raise AudiogenError("mel codec fit: sequence_frames and refine_iters must be >= 0")
-        if self.refine_iters and not (self.sequence_frames and self.codec_config().change_penalty):
-            raise AudiogenError("mel codec fit: refine_iters fits the held stages on runs of frames; set "
-                                "sequence_frames > 0 and codec.change_penalty > 0")
+        if self.post_filter_runs < 1 or self.post_filter_run < 1 or self.post_filter_ridge < 0:
+            raise AudiogenError("mel codec fit: post_filter_runs and post_filter_run must be >= 1, "
+                                "post_filter_ridge >= 0")
         if self.max_frames < 4 * self.codec_config().bins:
             raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
 
@@ -413,78 +440,56 @@ def stage_penalty(cfg: MelVQConfig, stage: int) -> float:
     return 0.0 if cfg.changes_with_first else cfg.residual_change_penalty
 
 
-def _held_assign(model: MelVQModel, stage: int, residual: torch.Tensor, book: torch.Tensor,
-                 first: torch.Tensor | None, chunk: int = 64) -> torch.Tensor | None:
-    """The codes ``[S, T]`` the encoder gives stage ``stage`` of runs ``residual: [S, T, M]`` (the
-    Viterbi search at its penalty; ``first``: codebook 0's codes, for ``residual_tied``), or None
-    when the encoder does not hold that stage."""
-    penalty = stage_penalty(model.config, stage)
-    if penalty <= 0:
-        return None
-    out = []
-    for i in range(0, len(residual), chunk):
-        prices = model._prices(penalty, None if stage == 0 else first[i : i + chunk])
-        out.append(held_codes(_distances(residual[i : i + chunk], book), prices))
-    return torch.cat(out)
-
-
 def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, state_file=None,
-                  progress: bool = True, refine_iters: int = 0) -> None:
-    """Fit ``model``'s mean and residual codebooks on frames ``x: [N, M]`` (or runs ``[S, T, M]``)
-    stage by stage (k-means on each stage's residual). With runs and ``refine_iters``, each stage the
-    encoder holds gets that many Lloyd iterations with the encoder's own assignment (the Viterbi
-    search), and the next stage fits the residual that assignment leaves. With ``state_file``, every
-    finished stage is saved there (atomically) and a rerun continues after the last saved one."""
+                  progress: bool = True) -> None:
+    """Fit ``model``'s mean and residual codebooks on frames ``x`` stage by stage (k-means on each
+    stage's residual). With ``state_file``, every finished stage is saved there (atomically) and a
+    rerun continues after the last saved one."""
     from pathlib import Path
 
     from audiogen.files import atomic_path
     from audiogen.progress import progress_bar
 
     cfg = model.config
-    frames = x.reshape(-1, x.shape[-1])
     done = 0
     if state_file is not None and Path(state_file).is_file():
         state = torch.load(state_file, weights_only=True)
-        if state["codebooks"].shape[1:] != model.codebooks.shape[1:] or not torch.equal(state["mean"], frames.mean(0)):
+        if state["codebooks"].shape[1:] != model.codebooks.shape[1:] or not torch.equal(state["mean"], x.mean(0)):
             raise AudiogenError(f"{state_file}: saved stages do not match this config and data; "
                                 "delete it (or the run folder) to start again")
         done = state["codebooks"].shape[0]
         model.codebooks[:done] = state["codebooks"]
-    model.mean.copy_(frames.mean(0))
+    model.mean.copy_(x.mean(0))
     residual = x - model.mean
-    first = None  # codebook 0's codes of each run, when it is held
-
-    def assign(s: int, book: torch.Tensor) -> torch.Tensor:
-        held = _held_assign(model, s, residual, book, first) if refine_iters and x.dim() == 3 else None
-        return held if held is not None else _assign(residual.reshape(-1, x.shape[-1]), book).reshape(x.shape[:-1])
-
     for s in range(done):
-        codes = assign(s, model.codebooks[s])
-        first = codes if s == 0 else first
-        residual -= model.codebooks[s][codes]
+        residual -= model.codebooks[s][_assign(residual, model.codebooks[s])]
     for s in progress_bar(range(done, cfg.n_q), desc="k-means stages", disable=not progress, initial=done,
                           total=cfg.n_q):
         generator = torch.Generator().manual_seed(seed * 1000 + s)
-        centroids, _ = kmeans(residual.reshape(-1, x.shape[-1]), cfg.bins, iters, generator)
-        codes = assign(s, centroids)
-        if refine_iters and x.dim() == 3 and stage_penalty(cfg, s) > 0:
-            flat = residual.reshape(-1, x.shape[-1])
-            for _ in range(refine_iters):  # Lloyd steps under the encoder's (held) assignment
-                a = codes.reshape(-1)
-                count = torch.bincount(a, minlength=cfg.bins).to(x.dtype)
-                used = count > 0
-                total = torch.zeros_like(centroids).index_add_(0, a, flat)
-                centroids[used] = total[used] / count[used, None]
-                empty = (~used).nonzero().flatten()
-                if len(empty):
-                    centroids[empty] = flat[torch.randint(len(flat), (len(empty),), generator=generator)]
-                codes = assign(s, centroids)
+        centroids, a = kmeans(residual, cfg.bins, iters, generator)
         model.codebooks[s] = centroids
-        first = codes if s == 0 else first
-        residual -= centroids[codes]
+        residual -= centroids[a]
         if state_file is not None:
             with atomic_path(state_file) as tmp:
                 torch.save({"mean": model.mean.clone(), "codebooks": model.codebooks[: s + 1].clone()}, tmp)
+
+
+def fit_post_filter(model: MelVQModel, runs: torch.Tensor, ridge: float = 100.0, chunk: int = 64) -> None:
+    """Fit ``model``'s post-filters on runs of real frames ``runs: [S, T, n_mels]``: the runs are
+    encoded as the codec encodes them, and for each codebook count the codec offers, a ridge
+    regression maps the decoded frames around each frame (:meth:`MelVQModel.filter_context`) to
+    what decoding missed there (the real frame minus the decoded one)."""
+    codes = torch.cat([model.quantize(runs[i : i + chunk], model.config.n_q) for i in range(0, len(runs), chunk)])
+    codes = codes.permute(0, 2, 1)  # [S, n_q, T]
+    filters = torch.zeros_like(model.post_filter)
+    for i, k in enumerate(model.filtered_codebooks()):
+        decoded = model.dequantize(codes[:, :k])
+        a = model.filter_context(decoded).reshape(-1, filters.shape[1]).double()
+        b = (runs - decoded).reshape(-1, runs.shape[-1]).double()
+        eye = torch.eye(a.shape[1], dtype=torch.double)
+        eye[-1, -1] = 0  # the bias is not shrunk
+        filters[i] = torch.linalg.solve(a.T @ a + ridge * eye, a.T @ b).float()
+    model.post_filter.copy_(filters)
 
 
 def load_fit_config(path, overrides=()) -> MelVQFitConfig:
@@ -537,13 +542,17 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
 
     model = MelVQModel(codec_cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    x = corpus_features(model, [cache_of[f] for f in train_files], cfg.frame_stride, cfg.max_frames, generator,
-                        progress, cfg.sequence_frames)
-    fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress, cfg.refine_iters)
+    caches = [cache_of[f] for f in train_files]
+    x = corpus_features(model, caches, cfg.frame_stride, cfg.max_frames, generator, progress)
+    fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
+    if codec_cfg.post_filter_frames:
+        runs = corpus_features(model, caches, 1, cfg.post_filter_runs * cfg.post_filter_run,
+                               torch.Generator().manual_seed(cfg.seed + 1), progress, cfg.post_filter_run)
+        fit_post_filter(model, runs, cfg.post_filter_ridge)
     path = save_codec(MelVQCodec(model.eval(), codec_cfg, cfg.name), out / "codec")
     atomic_write_text(path / "training.json", json.dumps(
-        {"frames": x.shape[:-1].numel(), "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
+        {"frames": len(x), "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
         indent=2))
-    print(f"mel codec: {len(train_files)} tracks, {x.shape[:-1].numel()} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
+    print(f"mel codec: {len(train_files)} tracks, {len(x)} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
           file=sys.stderr)
     return 0
