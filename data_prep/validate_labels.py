@@ -3,6 +3,7 @@
 
     python data_prep/validate_labels.py --out .cache/label-check [--n 20] [--seed 17] [--max-seconds 30]
     python data_prep/validate_labels.py --corpus .cache/rendered --out .cache/corpus-check --max-seconds 20
+    python data_prep/validate_labels.py --corpus .cache/rendered --half heldout --out ... --max-seconds 20
 
 With ``--corpus``, nothing is rendered: every track of a corpus that data_prep/render_music21.py
 wrote (or ``--n`` drawn with ``--seed``) is measured, on its first ``--max-seconds`` seconds.
@@ -19,7 +20,8 @@ import sys
 from audiogen.data.render import render_corpus
 from audiogen.errors import AudiogenError
 from audiogen.files import atomic_write_text, make_dir
-from audiogen.metrics.label_eval import corpus_rows, evaluate, evaluation_jobs, load_sidecars, summary_markdown
+from audiogen.metrics.label_eval import (corpus_rows, evaluate, evaluation_jobs, load_sidecars, piece_half,
+                                        summary_markdown)
 
 
 def main(argv=None) -> int:
@@ -30,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=17, help="seed of the piece draw (default: %(default)s)")
     p.add_argument("--max-seconds", type=float, default=30.0,
                    help="render length cap; with --corpus, the seconds analysed per track (default: %(default)s)")
+    p.add_argument("--half", choices=("tuning", "heldout"),
+                   help="with --corpus, only the pieces of this half (label_eval.piece_half: sha1 of the piece)")
     p.add_argument("--no-tagger", action="store_true", help="skip the MTT instrument check")
     args = p.parse_args(argv)
     try:
@@ -42,6 +46,8 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     if args.corpus:
         rows, folder, cap = corpus_rows(args.corpus, args.n, args.seed), args.corpus, args.max_seconds
+        if args.half:
+            rows = [r for r in rows if piece_half(r) == args.half]
     else:
         jobs = evaluation_jobs(20 if args.n is None else args.n, args.seed)
         print(json.dumps(render_corpus(args.out, jobs, progress=False, max_seconds=args.max_seconds)), file=sys.stderr)

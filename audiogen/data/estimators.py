@@ -7,9 +7,12 @@ key, so the estimators prep uses can be measured instead of trusted::
     tempo_accuracy(true_bpm, est_bpm)      # MIREX accuracy-1 (within 4 %) and accuracy-2 (x2, x3, /2, /3 too)
     key_score("C major", "G major")        # MIREX weighted key score: 1, fifth 0.5, relative 0.3, parallel 0.2
 
-Tempo: ``metrical`` (:func:`tempo_metrical`, prep's estimator) picks the beat's level on
-detrended tempograms (the onset floor of legato renders removed) of the onset envelope and of
-the harmonic change (:func:`harmonic_change`, from chroma) with a prior at 100 bpm;
+Tempo: ``levels`` (:func:`tempo_levels`, prep's estimator since shard version 6) scores the
+peaks of ``metrical``'s tempogram with weights fitted on rendered tuning pieces (their
+periodicity, subdivision and bar in both envelopes, Fourier magnitude, a learnt prior) and
+takes the best; ``metrical`` (:func:`tempo_metrical`, prep's in shard version 5) picks the beat's
+level on detrended tempograms (the onset floor of legato renders removed) of the onset envelope
+and of the harmonic change (:func:`harmonic_change`, from chroma) with a prior at 100 bpm;
 ``metrical_onset`` is the same on the onset envelope alone (prep's estimator in shard version
 4); ``beat_track`` was prep's estimator before that (librosa's dynamic-programming beat tracker,
 tempo refined by a line through the beat times); ``tempogram`` is librosa's autocorrelation
@@ -118,13 +121,18 @@ def harmonic_change(chroma: np.ndarray, sr: int = SR, hop: int = HOP) -> np.ndar
     return h
 
 
+def _detrend(x: np.ndarray, sr: int, hop: int) -> np.ndarray:
+    """Envelope ``x: [F]`` minus its 1-s running mean, half-wave rectified ``[F]``."""
+    w = max(1, int(round(sr / hop)))
+    return np.maximum(x - np.convolve(x, np.ones(w) / w, mode="same"), 0.0)
+
+
 def _periodicity(x: np.ndarray, sr: int, hop: int) -> np.ndarray | None:
     """Envelope ``x: [F]`` -> its mean autocorrelation tempogram ``[lag]`` (12-s windows), after removing
     its 1-s running mean (half-wave rectified); None when nothing is left."""
     import librosa
 
-    w = max(1, int(round(sr / hop)))
-    e = np.maximum(x - np.convolve(x, np.ones(w) / w, mode="same"), 0.0)
+    e = _detrend(x, sr, hop)
     if float(e.max(initial=0.0)) <= 0:
         return None
     win = min(int(round(12.0 * sr / hop)), e.size)
@@ -167,8 +175,12 @@ def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40
     bar = np.max([_acf_at(a, k * period, 0.03) for k in (2, 3, 4)], axis=0)
     prior = np.exp(-0.5 * (np.log2(bpm / METRICAL_PRIOR_BPM) / METRICAL_PRIOR_OCTAVES) ** 2)
     tempo = float(bpm[int(np.argmax((beat + METRICAL_W_SUB * sub + METRICAL_W_BAR * bar) * prior))])
-    # sharpen within 4 % (the level is decided above): the autocorrelation's own peak near that
-    # period, parabolically interpolated between lags
+    return _sharpen(a, tempo, sr, hop)
+
+
+def _sharpen(a: np.ndarray, tempo: float, sr: int, hop: int) -> float:
+    """Sharpen ``tempo`` within 4 % (its level is decided already): the autocorrelation ``a[lag]``'s own
+    peak near that period, parabolically interpolated between lags."""
     p0 = 60.0 * sr / hop / tempo
     lags = np.arange(max(1, int(np.floor(p0 * 0.96))), min(a.size - 1, int(np.ceil(p0 * 1.04))) + 1)
     if lags.size:
@@ -181,15 +193,132 @@ def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40
     return round(tempo, 1)
 
 
+#: what the level chooser (:func:`tempo_levels`) knows of each candidate beat: its periodicity in the
+#: onset and harmonic-change envelopes (absolute, and relative to the best candidate's), their Fourier
+#: magnitude at the candidate's frequency (relative: it favours faster levels where autocorrelation
+#: favours slower ones), the periodicity at its subdivision (1/2, 1/3 period) and bar (2-4 periods) in
+#: both envelopes, and log2(bpm / 100) and its square (a log-normal prior, learnt)
+LEVEL_FEATURES = ("onset", "onset_rel", "harmonic", "harmonic_rel", "onset_fourier_rel", "harmonic_fourier_rel",
+                  "onset_sub", "onset_bar", "harmonic_sub", "harmonic_bar", "log2_tempo", "log2_tempo_sq")
+#: candidates: the LEVEL_CANDIDATES strongest peaks of the combined tempogram between ``lo`` and ``hi``
+LEVEL_CANDIDATES = 10
+#: the level chooser's weights, per LEVEL_FEATURES: :func:`fit_level_weights` (L2 0.01) on the rendered
+#: corpus's tuning half and click tracks at LEVEL_FIT_CLICKS bpm (data_prep/fit_tempo_levels.py;
+#: docs/prep.md, "Tempo, the beat's level chosen by a fitted scorer")
+LEVEL_WEIGHTS = np.array([1.761, 4.805, 3.058, 1.613, 2.63, 1.875, 9.88, 10.143, -5.662, 11.092, -1.63, -5.796])
+#: click tracks the weights are also fitted on: music always has subdivisions, so without them the
+#: fit halves a plain click track (its half tempo has a perfect "subdivision")
+LEVEL_FIT_CLICKS = (65, 75, 85, 105, 115, 130, 150, 170)
+
+
+def _fourier_at(x: np.ndarray, bpm: np.ndarray, sr: int, hop: int) -> np.ndarray:
+    """Magnitude of the mean-removed envelope ``x: [F]``'s Fourier transform at each tempo ``bpm: [K]``
+    (relative to the envelope's energy) ``[K]``."""
+    x = x - x.mean()
+    z = np.exp(-2j * np.pi * np.outer(np.asarray(bpm) / 60.0 * hop / sr, np.arange(x.size))) @ x
+    return np.abs(z) / (np.linalg.norm(x) * np.sqrt(x.size) + 1e-9)
+
+
+def level_candidates(env: np.ndarray, sr: int = SR, hop: int = HOP, chroma: np.ndarray | None = None,
+                     lo: float = 40.0, hi: float = 250.0):
+    """Candidate beats of an onset envelope ``env: [F]`` (and its ``chroma: [12, F]``): ``(bpm [K],
+    features [K, len(LEVEL_FEATURES)], a [lag])`` with ``a`` the combined tempogram (as
+    :func:`tempo_metrical` builds it); None under 4 s or without onsets. Without chroma the
+    harmonic-change features are 0."""
+    if env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+        return None
+    a_on = _periodicity(env, sr, hop)
+    if a_on is None:
+        return None
+    hc = harmonic_change(chroma, sr, hop) if chroma is not None else None
+    a_h = _periodicity(hc, sr, hop) if hc is not None else None
+    if a_h is None or a_h.size != a_on.size:
+        a_h, hc = np.zeros_like(a_on), None
+    a = a_on + METRICAL_W_HARMONIC * a_h
+    grid = np.exp(np.linspace(np.log(lo), np.log(hi), 600))
+    s = _acf_at(a, 60.0 * sr / hop / grid, 0.01)
+    peaks = np.flatnonzero((s[1:-1] >= s[:-2]) & (s[1:-1] >= s[2:])) + 1
+    if peaks.size == 0:
+        peaks = np.array([int(np.argmax(s))])
+    peaks = peaks[np.argsort(-s[peaks], kind="stable")][:LEVEL_CANDIDATES]
+    bpm = grid[peaks]
+    period = 60.0 * sr / hop / bpm
+    cols = []
+    for y in (a_on, a_h):
+        v = _acf_at(y, period, 0.01)
+        cols += [v, v / (v.max() + 1e-9)]
+    for x in (env, hc):
+        f = _fourier_at(_detrend(x, sr, hop), bpm, sr, hop) if x is not None else np.zeros(bpm.size)
+        cols.append(f / (f.max() + 1e-9))
+    for y in (a_on, a_h):
+        cols.append(np.maximum(_acf_at(y, period / 2, 0.03), _acf_at(y, period / 3, 0.03)))
+        cols.append(np.max([_acf_at(y, k * period, 0.03) for k in (2, 3, 4)], axis=0))
+    ell = np.log2(bpm / 100.0)
+    cols += [ell, ell**2]
+    return bpm, np.stack(cols, axis=1), a
+
+
+def fit_level_weights(candidates: list, true_bpm, lam: float = 0.01, tol: float = 0.04) -> np.ndarray:
+    """Weights ``[len(LEVEL_FEATURES)]`` of a conditional logit choosing among each track's candidates
+    (``(bpm [K], features [K, D])`` from :func:`level_candidates`) the one within ``tol`` of its true
+    tempo; L2 penalty ``lam``. Tracks with no right candidate (or None) are left out."""
+    from scipy.optimize import minimize
+
+    data = []
+    for c, t in zip(candidates, true_bpm):
+        if c is not None:
+            right = np.abs(c[0] - t) <= tol * t
+            if right.any():
+                data.append((c[1], right))
+
+    def loss(w):
+        value, grad = lam * w @ w, 2 * lam * w
+        for f, right in data:
+            s = f @ w
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            p_right = p[right].sum()
+            value -= np.log(p_right + 1e-12)
+            grad -= (p[right] @ f[right]) / p_right - p @ f
+        return value, grad
+
+    return minimize(loss, np.zeros(len(LEVEL_FEATURES)), jac=True, method="L-BFGS-B").x
+
+
+def tempo_levels(env: np.ndarray, sr: int = SR, hop: int = HOP, chroma: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> float | None:
+    """Tempo of the metre's beat: the candidate of :func:`level_candidates` that ``weights`` (default
+    ``LEVEL_WEIGHTS``) score highest, sharpened as in :func:`tempo_metrical`. ``env: [F]``,
+    ``chroma: [12, F]``; without chroma (the weights were fitted with it) :func:`tempo_metrical`."""
+    if chroma is None:
+        return tempo_metrical(env, sr, hop)
+    got = level_candidates(env, sr, hop, chroma)
+    if got is None:
+        return None
+    bpm, f, a = got
+    w = LEVEL_WEIGHTS if weights is None else np.asarray(weights)
+    return _sharpen(a, float(bpm[int(np.argmax(f @ w))]), sr, hop)
+
+
 #: every tempo estimator measured by ``validate_labels``: ``f(env, sr, hop, chroma=None) -> bpm | None``
 #: (``env: [F]`` prep's onset envelope, ``chroma: [12, F]`` prep's chroma of the same frames)
 TEMPO_ESTIMATORS = {
+    "levels": tempo_levels,
     "metrical": tempo_metrical,
     "metrical_onset": lambda env, sr=SR, hop=HOP, chroma=None: tempo_metrical(env, sr, hop),
     "beat_track": lambda env, sr=SR, hop=HOP, chroma=None: tempo_beat_track(env, sr, hop),
     "tempogram": lambda env, sr=SR, hop=HOP, chroma=None: tempo_tempogram(env, sr, hop),
     "tempogram_flat": lambda env, sr=SR, hop=HOP, chroma=None: tempo_tempogram(env, sr, hop, prior=False),
 }
+
+
+def click_track(bpm: float, seconds: float = 12.0, sr: int = SR) -> np.ndarray:
+    """A click (200-sample Hann burst) every beat at ``bpm`` from 0.2 s: ``float32 [seconds * sr]``."""
+    y = np.zeros(int(seconds * sr), dtype=np.float32)
+    for t in np.arange(0.2, seconds, 60 / bpm):
+        i = int(t * sr)
+        y[i : i + 200] += np.hanning(200).astype(np.float32)[: y.size - i]
+    return y
 
 
 def tempo_accuracy(true_bpm, est_bpm, tol: float = 0.04) -> dict:

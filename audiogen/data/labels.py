@@ -45,10 +45,10 @@ def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYS
                  chroma: np.ndarray | None = None) -> float | None:
     """Tempo of the metre's beat from an onset-strength envelope ``[F]`` and the chroma ``[12, F]`` of
     the same frames (both from :func:`_analysis_features`; None under 4 s or without onsets):
-    :func:`audiogen.data.estimators.tempo_metrical`, measured against rendered pieces in docs/prep.md."""
-    from audiogen.data.estimators import tempo_metrical
+    :func:`audiogen.data.estimators.tempo_levels`, measured against rendered pieces in docs/prep.md."""
+    from audiogen.data.estimators import tempo_levels
 
-    return tempo_metrical(onset_env, sr, hop, chroma=chroma)
+    return tempo_levels(onset_env, sr, hop, chroma=chroma)
 
 
 def _analysis_features(mono: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:

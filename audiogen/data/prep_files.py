@@ -22,8 +22,8 @@ from audiogen.errors import AudiogenError
 
 
 #: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 5  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo;
-# 5: metrical tempo hears harmonic change (chroma) too
+SHARD_VERSION = 6  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo;
+# 5: metrical tempo hears harmonic change (chroma) too; 6: the beat's level chosen by a fitted scorer (tempo_levels)
 #: A file longer than this many ``part_s`` is decoded in parts (see :func:`_plan_parts`).
 LONG_FILE_FACTOR = 1.5
 #: Audio read on each side of a part beyond its segments: covers the resampling filter and

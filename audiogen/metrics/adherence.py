@@ -8,7 +8,7 @@ rendered music (docs/prep.md) and the musicnn MTT tagger::
     report = adherence_report(model_dir, data_dir, audio_dir, "runs/adherence")
     print(summary_markdown(report))
 
-- tempo: requested bpm (60-160) vs prep's ``metrical`` tempo estimate: Spearman with a bootstrap
+- tempo: requested bpm (60-160) vs prep's tempo estimate (``levels``): Spearman with a bootstrap
   interval, the fraction within 8 % with a Wilson interval, octave errors (within 8 % of 2x or
   1/2x the request) counted apart;
 - key: requested vs estimated key with prep's estimator (Temperley profiles on STFT chroma, the
@@ -348,7 +348,7 @@ def _spread(rows: list[dict], rng: np.random.Generator) -> list[dict]:
 
 def analyse_clip(wav: np.ndarray, sample_rate: int) -> dict:
     """prep's tempo and key estimates of one ``wav: [C, N]`` (the estimators docs/prep.md validated:
-    ``metrical`` tempo, Temperley profiles on STFT chroma)."""
+    ``levels`` tempo, Temperley profiles on STFT chroma)."""
     from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
 
     env, chroma = _analysis_features(wav.mean(axis=0), sample_rate)
@@ -416,7 +416,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
         "top_k": top_k, "thresholds": THRESHOLDS, "skipped": skipped, "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
-        "estimators": {"tempo": "audiogen.data.estimators.tempo_metrical on prep's onset envelope and chroma (prep's estimator)",
+        "estimators": {"tempo": "audiogen.data.estimators.tempo_levels on prep's onset envelope and chroma (prep's estimator)",
                        "key": "Temperley profiles on prep's STFT chroma (prep's estimator)",
                        "tagger": tagger.name if tagger is not None else None},
         "results": results,

@@ -8,8 +8,10 @@ string quartet, a choir); :func:`evaluate` then runs every tempo and key estimat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,19 +53,13 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None, max_seconds: 
     """Run the estimators (and ``tagger``, if given) on rendered tracks; ``rows_in`` are their sidecars
     with a ``path`` relative to ``folder``; ``max_seconds`` analyses only each track's opening.
     Returns per-track rows and the summary figures (tempo also per collection)."""
-    from audiogen.audio.io import load_audio
     from audiogen.data import estimators as E
+    from audiogen.data.labels import ANALYSIS_HOP
     from audiogen.progress import progress_bar
 
     rows = []
     for r in progress_bar(rows_in, desc="estimators", disable=not progress):
-        wav, sr = load_audio(Path(folder) / r["path"], sample_rate=E.SR)
-        if max_seconds:
-            wav = wav[:, : int(max_seconds * sr)]
-        y = wav.mean(axis=0)
-        from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
-
-        env, chroma = _analysis_features(y, E.SR)  # prep's onset envelope and chroma, as prep measures tempo
+        wav, y, env, chroma = track_features(folder, r["path"], max_seconds)
         row = {"path": r["path"], "ensemble": r["ensemble"], "true_bpm": r["beat_bpm"], "true_key": r["key"],
                "time_signature": r.get("time_signature"), "collection": r.get("collection")}
         for name, f in E.TEMPO_ESTIMATORS.items():
@@ -73,7 +69,7 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None, max_seconds: 
             for prof in E.PROFILES:
                 row[f"key_{prof}_{kind}"] = E.key_from_chroma(c, prof)
         if tagger is not None:
-            probs = tagger.tag_probabilities(wav, sr)
+            probs = tagger.tag_probabilities(wav, E.SR)
             top = [t for t, _ in __import__("audiogen.metrics.tagger", fromlist=["top_of"]).top_of(probs, tagger.labels, 3)]
             row["mtt_top3"] = top
             row["instrument_hit"] = bool(set(top) & set(ENSEMBLE_TAGS.get(r["ensemble"], ())))
@@ -102,6 +98,42 @@ def evaluate(folder: str | Path, rows_in: list[dict], tagger=None, max_seconds: 
     return {"summary": summary, "rows": rows}
 
 
+def track_features(folder: str | Path, path: str, max_seconds: float | None = None):
+    """A rendered track's first ``max_seconds`` (all of it if None) at the analysis rate: ``(wav [C, N],
+    mono [N], onset envelope [F], chroma [12, F])``, the envelope and chroma as prep computes them."""
+    from audiogen.audio.io import load_audio
+    from audiogen.data import estimators as E
+    from audiogen.data.labels import _analysis_features
+
+    wav, sr = load_audio(Path(folder) / path, sample_rate=E.SR)
+    if max_seconds:
+        wav = wav[:, : int(max_seconds * sr)]
+    y = wav.mean(axis=0)
+    env, chroma = _analysis_features(y, E.SR)
+    return wav, y, env, chroma
+
+
+def fit_tempo_levels(folder: str | Path, rows: list[dict], max_seconds: float | None = 20.0, lam: float = 0.01,
+                     progress: bool = False) -> np.ndarray:
+    """Fit the tempo level chooser's weights (:func:`audiogen.data.estimators.fit_level_weights`) on the
+    first ``max_seconds`` of rendered tracks ``rows`` (sidecars with ``path`` relative to ``folder``)
+    and on click tracks at ``LEVEL_FIT_CLICKS`` bpm. Returns ``[len(LEVEL_FEATURES)]``."""
+    from audiogen.data import estimators as E
+    from audiogen.data.labels import ANALYSIS_HOP, _analysis_features
+    from audiogen.progress import progress_bar
+
+    cands, truth = [], []
+    for r in progress_bar(rows, desc="features", disable=not progress):
+        _, _, env, chroma = track_features(folder, r["path"], max_seconds)
+        cands.append(E.level_candidates(env, E.SR, ANALYSIS_HOP, chroma))
+        truth.append(r["beat_bpm"])
+    for bpm in E.LEVEL_FIT_CLICKS:
+        env, chroma = _analysis_features(E.click_track(bpm), E.SR)
+        cands.append(E.level_candidates(env, E.SR, ANALYSIS_HOP, chroma))
+        truth.append(bpm)
+    return E.fit_level_weights(cands, truth, lam)
+
+
 def load_sidecars(folder: str | Path, jobs: list[Job]) -> list[dict]:
     from audiogen.data.render import output_paths
 
@@ -125,6 +157,13 @@ def corpus_rows(folder: str | Path, limit: int | None = None, seed: int = 0) -> 
     if limit is not None and limit < len(rows):
         rows = random.Random(seed).sample(rows, limit)
     return rows
+
+
+def piece_half(row: dict) -> str:
+    """``"tuning"`` or ``"heldout"`` for a corpus row, fixed by its piece: the sha1 of its ``source`` (else
+    its path without the ``__vN`` variant suffix) even -> tuning. Variants of one piece stay together."""
+    piece = row.get("source") or re.sub(r"__v\d+$", "", str(Path(row["path"]).with_suffix("")))
+    return "tuning" if hashlib.sha1(piece.encode("utf-8")).digest()[-1] % 2 == 0 else "heldout"
 
 
 def summary_markdown(summary: dict) -> str:

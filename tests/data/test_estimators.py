@@ -37,12 +37,8 @@ def test_key_from_chroma_finds_the_profile_key_of_a_triad_heavy_chroma(profiles)
 
 
 def test_tempo_estimators_find_a_click_track_tempo():
-    sr, bpm = E.SR, 96.0
-    y = np.zeros(int(12 * sr), dtype=np.float32)
-    for t in np.arange(0.2, 12, 60 / bpm):
-        i = int(t * sr)
-        y[i : i + 200] += np.hanning(200).astype(np.float32)
-    env = E.onset_envelope(y)
+    bpm = 96.0
+    env = E.onset_envelope(E.click_track(bpm))
     for name, f in E.TEMPO_ESTIMATORS.items():
         got = f(env)
         assert got is not None and abs(got - bpm) <= 0.04 * bpm, (name, got)
@@ -59,12 +55,7 @@ def test_validation_summary_markdown_lists_every_estimator():
     assert "| piano | piano, classical, slow |" in md and "top 3: 85%" in md
 
 
-def click_track(bpm: float, seconds: float = 12.0, sr: int = E.SR) -> np.ndarray:
-    y = np.zeros(int(seconds * sr), dtype=np.float32)
-    for t in np.arange(0.2, seconds, 60 / bpm):
-        i = int(t * sr)
-        y[i : i + 200] += np.hanning(200).astype(np.float32)
-    return y
+click_track = E.click_track
 
 
 def test_validate_labels_corpus_mode_measures_every_track_of_a_rendered_corpus(tmp_path, capsys):
@@ -143,3 +134,51 @@ def test_harmonic_change_marks_chord_changes_and_not_a_held_chord():
     at_change = [h[int((k - 0.15) * fps) : int((k + 0.15) * fps)].max() for k in range(1, 8)]
     held = [h[int((k + 0.3) * fps) : int((k + 0.7) * fps)].max() for k in range(1, 7)]
     assert min(at_change) > 3 * max(held)
+
+
+@pytest.mark.parametrize("bpm", [52, 56, 60])
+def test_levels_tempo_hears_a_slow_beat_not_its_subdivision(bpm):
+    # chords on a slow beat (Palestrina's half notes in 4/2) over a note struck twice a beat at full
+    # strength: metrical's prior at 100 bpm answers the subdivision (2x), the fitted level chooser the beat
+    from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, _analysis_features
+
+    env, chroma = _analysis_features(legato_chorale(bpm, 1.0, 2), ANALYSIS_SR)
+    got = E.tempo_levels(env, ANALYSIS_SR, ANALYSIS_HOP, chroma=chroma)
+    assert got is not None and abs(got - bpm) <= 0.04 * bpm, got
+
+
+@pytest.mark.parametrize("bpm", [90, 120, 140, 160])
+def test_levels_tempo_finds_click_tracks_on_prep_features(bpm):
+    # a click track has no subdivisions; its half tempo's "subdivision" is perfect, which music never
+    # taught the fit (LEVEL_FIT_CLICKS does: none of these tempi is among them)
+    from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, _analysis_features
+
+    assert bpm not in E.LEVEL_FIT_CLICKS
+    env, chroma = _analysis_features(E.click_track(bpm), ANALYSIS_SR)
+    got = E.tempo_levels(env, ANALYSIS_SR, ANALYSIS_HOP, chroma=chroma)
+    assert got is not None and abs(got - bpm) <= 0.04 * bpm, got
+
+
+def test_fit_level_weights_learns_which_feature_marks_the_right_candidate():
+    rng = np.random.default_rng(0)
+    cands, truth = [], []
+    for _ in range(40):
+        bpm = rng.uniform(50, 200, size=5)
+        f = rng.normal(size=(5, len(E.LEVEL_FEATURES)))
+        f[:, 0] = 0.0
+        f[2, 0] = 1.0  # the right one, and only it, has feature 0
+        cands.append((bpm, f))
+        truth.append(bpm[2])
+    w = E.fit_level_weights(cands + [None], truth + [100.0])  # None (under 4 s) is left out
+    assert w[0] > 3 * np.abs(w[1:]).max()
+    assert all(int(np.argmax(f @ w)) == 2 for _, f in cands)
+
+
+def test_piece_half_keeps_a_pieces_variants_together_and_splits_the_corpus():
+    from audiogen.metrics.label_eval import piece_half
+
+    assert piece_half({"path": "bach/bwv1.6__v0.flac"}) == piece_half({"path": "bach/bwv1.6__v3.flac"})
+    assert piece_half({"path": "x__v0.flac", "source": "music21 corpus: bach/bwv1.6.mxl"}) == piece_half(
+        {"path": "y__v1.flac", "source": "music21 corpus: bach/bwv1.6.mxl"})
+    halves = [piece_half({"path": f"p{i}__v0.flac"}) for i in range(200)]
+    assert 60 < halves.count("tuning") < 140 and set(halves) == {"tuning", "heldout"}
