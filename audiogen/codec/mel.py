@@ -193,7 +193,8 @@ class MelVQModel(nn.Module):
         n = res.shape[0]
         codes = torch.zeros(n, 1, 0, dtype=torch.long, device=feats.device)
         books = self.codebooks[:n_q]
-        penalties = [stage_penalty(self.config, s) for s in range(n_q)]
+        later = 0.0 if self.config.changes_with_first else self.config.residual_change_penalty
+        penalties = [self.config.change_penalty] + [later] * (n_q - 1)
         while feats.dim() >= 2 and books.shape[0] and penalties[codes.shape[-1]] > 0:  # held stages, then the rest
             penalty = penalties[codes.shape[-1]]
             sequences = res[:, 0].reshape(-1, *feats.shape[-2:])  # [B, T, M], earlier stages removed
@@ -398,12 +399,9 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     return c, _assign(x, c)
 
 
-def corpus_features(model: MelVQModel, caches: list, stride: int, max_frames: int,
-                    generator: torch.Generator, progress: bool = True, sequence_frames: int = 0) -> torch.Tensor:
-    """Log-mel frames ``[N, n_mels]`` of the decoded tracks (int16 ``.npy`` at the codec rate): every
-    ``stride``-th frame, then at most ``max_frames`` of them drawn at random. With ``sequence_frames``
-    > 0: contiguous runs ``[S, sequence_frames, n_mels]`` (each track cut into whole runs), at most
-    ``max_frames // sequence_frames`` of them drawn at random."""
+def track_mels(model: MelVQModel, caches: list, progress: bool = True) -> list[torch.Tensor]:
+    """Log-mel frames ``[T_i, n_mels]`` of each decoded track (int16 ``.npy`` at the codec rate); tracks
+    shorter than a frame are left out."""
     import numpy as np
 
     from audiogen.progress import progress_bar
@@ -413,31 +411,32 @@ def corpus_features(model: MelVQModel, caches: list, stride: int, max_frames: in
     for cache in progress_bar(caches, desc="mel features", disable=not progress):
         wav = torch.from_numpy(np.load(cache, mmap_mode="r")[:].astype(np.float32) / 32768.0)
         n = wav.shape[-1] // hop * hop
-        if n == 0:
-            continue
-        f = model.features(wav[None, None, :n])[0]
-        if sequence_frames:
-            runs = len(f) // sequence_frames
-            if runs:
-                feats.append(f[: runs * sequence_frames].reshape(runs, sequence_frames, -1))
-        else:
-            feats.append(f[::stride])
+        if n:
+            feats.append(model.features(wav[None, None, :n])[0])
+    return feats
+
+
+def sample_frames(feats: list[torch.Tensor], stride: int, max_frames: int, generator: torch.Generator) -> torch.Tensor:
+    """Every ``stride``-th frame of the tracks ``feats`` (:func:`track_mels`), then at most ``max_frames``
+    of them drawn at random: ``[N, n_mels]``."""
     if not feats:
-        raise AudiogenError("mel codec fit: no audio to fit on" + (
-            f" (no track is {sequence_frames} frames long)" if sequence_frames else ""))
-    x = torch.cat(feats)
-    limit = max_frames // sequence_frames if sequence_frames else max_frames
-    if len(x) > limit:
-        x = x[torch.randperm(len(x), generator=generator)[:limit]]
+        raise AudiogenError("mel codec fit: no audio to fit on")
+    x = torch.cat([f[::stride] for f in feats])
+    if len(x) > max_frames:
+        x = x[torch.randperm(len(x), generator=generator)[:max_frames]]
     return x
 
 
-def stage_penalty(cfg: MelVQConfig, stage: int) -> float:
-    """The price of a change of code that the encoder's Viterbi search charges in ``stage`` (0: the
-    stage is not held: the beam search, or ``changes_with_first``'s run means)."""
-    if stage == 0:
-        return cfg.change_penalty
-    return 0.0 if cfg.changes_with_first else cfg.residual_change_penalty
+def sample_runs(feats: list[torch.Tensor], run: int, max_runs: int, generator: torch.Generator) -> torch.Tensor:
+    """The tracks ``feats`` cut into whole runs of ``run`` contiguous frames, at most ``max_runs`` of
+    them drawn at random: ``[S, run, n_mels]``."""
+    runs = [f[: len(f) // run * run].reshape(-1, run, f.shape[-1]) for f in feats if len(f) >= run]
+    if not runs:
+        raise AudiogenError(f"mel codec fit: no audio to fit on (no track is {run} frames long)")
+    x = torch.cat(runs)
+    if len(x) > max_runs:
+        x = x[torch.randperm(len(x), generator=generator)[:max_runs]]
+    return x
 
 
 def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, state_file=None,
@@ -542,12 +541,13 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
 
     model = MelVQModel(codec_cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    caches = [cache_of[f] for f in train_files]
-    x = corpus_features(model, caches, cfg.frame_stride, cfg.max_frames, generator, progress)
+    feats = track_mels(model, [cache_of[f] for f in train_files], progress)
+    x = sample_frames(feats, cfg.frame_stride, cfg.max_frames, generator)
+    runs = (sample_runs(feats, cfg.post_filter_run, cfg.post_filter_runs, torch.Generator().manual_seed(cfg.seed + 1))
+            if codec_cfg.post_filter_frames else None)
+    del feats
     fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
-    if codec_cfg.post_filter_frames:
-        runs = corpus_features(model, caches, 1, cfg.post_filter_runs * cfg.post_filter_run,
-                               torch.Generator().manual_seed(cfg.seed + 1), progress, cfg.post_filter_run)
+    if runs is not None:
         fit_post_filter(model, runs, cfg.post_filter_ridge)
     path = save_codec(MelVQCodec(model.eval(), codec_cfg, cfg.name), out / "codec")
     atomic_write_text(path / "training.json", json.dumps(

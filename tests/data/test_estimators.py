@@ -55,9 +55,6 @@ def test_validation_summary_markdown_lists_every_estimator():
     assert "| piano | piano, classical, slow |" in md and "top 3: 85%" in md
 
 
-click_track = E.click_track
-
-
 def test_validate_labels_corpus_mode_measures_every_track_of_a_rendered_corpus(tmp_path, capsys):
     import json
     import sys
@@ -73,7 +70,7 @@ def test_validate_labels_corpus_mode_measures_every_track_of_a_rendered_corpus(t
     for i, (coll, bpm) in enumerate([("chorales", 72.0), ("chorales", 96.0), ("reels", 120.0)]):
         (corpus / coll).mkdir(parents=True, exist_ok=True)
         # 20 s of clicks, then 40 s at another tempo: only --max-seconds 20 leaves the first tempo
-        y = np.concatenate([click_track(bpm, 20.0), click_track(bpm * 1.5, 40.0)])
+        y = np.concatenate([E.click_track(bpm, 20.0), E.click_track(bpm * 1.5, 40.0)])
         sf.write(corpus / coll / f"t{i}.flac", y, E.SR)
         rows.append({"path": f"{coll}/t{i}.flac", "collection": coll, "ensemble": "piano", "beat_bpm": bpm,
                      "key": "C major", "time_signature": "4/4"})
