@@ -29,13 +29,16 @@ def main() -> int:
                     help="clips per attribute and guidance scale (default: %(default)s)")
     ap.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="seconds per clip (default: %(default)s)")
     ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0], help="guidance scales (default: 1 3)")
+    ap.add_argument("--beat-guidance", type=float, default=None,
+                    help="beat guidance for a model with a beat grid (default: the model's recommendation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args()
     try:
         report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=tuple(a.cfg), clips=a.clips,
-                                  seconds=a.seconds, seed=a.seed, progress=not a.quiet, device=a.device)
+                                  seconds=a.seconds, seed=a.seed, progress=not a.quiet, device=a.device,
+                                  beat_guidance=a.beat_guidance)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mood", help=f'e.g. "calm"; {VALUES}')
     g.add_argument("--bpm", type=float,
                    help="tempo in beats per minute (20-400), mapped to the nearest of the model's tempo buckets; "
-                        "the range depends on the model: audiogen info --model [DIR]")
+                        "the range depends on the model: audiogen info --model [DIR]. Without it, a model with a "
+                        "beat grid takes a tempo written in the prompt (\"upbeat electronic, 120 bpm\"), else "
+                        "plays at its default tempo")
     g.add_argument("--key", help=f'e.g. "D minor"; {VALUES}')
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
     s = p.add_argument_group("sampling")
@@ -58,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cfg", type=float,
                    help="classifier-free guidance: higher follows the prompt and attributes more closely "
                         "(default: the model's recommendation, else 3; 1 = off)")
+    s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
+                   help="for a model with a beat grid: how strongly the music is pushed onto the beat of the "
+                        "tempo (default: the model's recommendation, else 1 = off)")
     s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
                    help="longest silence the model may hold, in seconds: past it, codes that decode to silence "
                         "(quieter than -50 LUFS) are not sampled (default: the model's recommendation, else 1.0; "
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
-                   max_silence_s=args.max_silence_s,
+                   max_silence_s=args.max_silence_s, beat_guidance=args.beat_guidance,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
     job = GenerateJob.from_options(
         args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,

@@ -93,7 +93,8 @@ def run_model(args: argparse.Namespace) -> int:
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
     sp = m["sampling"]
     print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
-          f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s")
+          f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s"
+          + (f", beat guidance {sp['beat_guidance']:g}" if m["beat_grid"] else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:
@@ -101,4 +102,7 @@ def run_model(args: argparse.Namespace) -> int:
         print(f"{a.vocab} (--{a.name}): {', '.join(values) if values else 'not conditioned'}")
     b = m["bpm_buckets"]
     print(f"bpm (--bpm): {f'{min(b):g}-{max(b):g} in {len(b)} buckets' if b else 'not conditioned'}")
+    if m["beat_grid"]:
+        default = f"; without --bpm it plays at {m['default_bpm']:g} bpm" if m["default_bpm"] else ""
+        print(f"beat grid: yes, at the requested tempo{default}")
     return 0

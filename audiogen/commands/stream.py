@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sample among the k likeliest tokens (default: the model's recommendation, else 250)")
     s.add_argument("--cfg", type=float,
                    help="classifier-free guidance scale, 1 = off (default: the model's recommendation, else 3)")
+    s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
+                   help="for a model with a beat grid: how strongly the music is pushed onto the beat "
+                        "(default: the model's recommendation, else 1 = off)")
     s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
                    help="longest silence the model may hold, in seconds (default: the model's recommendation, "
                         "else 1.0; 0 = no limit)")
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.model)
     sampling = SamplingParams.for_model(read_config(model_dir), temperature=args.temperature, top_k=args.top_k,
-                                        cfg_scale=args.cfg, max_silence_s=args.max_silence_s)
+                                        cfg_scale=args.cfg, max_silence_s=args.max_silence_s,
+                                        beat_guidance=args.beat_guidance)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)

@@ -300,6 +300,37 @@ def tempo_levels(env: np.ndarray, sr: int = SR, hop: int = HOP, chroma: np.ndarr
     return _sharpen(a, float(bpm[int(np.argmax(f @ w))]), sr, hop)
 
 
+def track_beats(env: np.ndarray, bpm: float | None, sr: int = SR, hop: int = HOP) -> np.ndarray:
+    """Beat times (seconds from the envelope's first frame, ``float32 [n]``) at the given tempo:
+    librosa's dynamic-programming tracker (Ellis 2007) told ``bpm``, so the beats follow the label
+    or prep's estimate rather than its own prior. Empty when there is no tempo, under 4 s or
+    without onsets. Prep stores them per segment (the ``beats`` column); the LM's beat grid
+    (:func:`beat_phase`) is made from them."""
+    import librosa
+
+    if bpm is None or not np.isfinite(bpm) or bpm <= 0 or env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+        return np.zeros(0, dtype=np.float32)
+    _, beats = librosa.beat.beat_track(onset_envelope=env, sr=sr, hop_length=hop, bpm=float(bpm), trim=False,
+                                       units="time")
+    return np.asarray(beats, dtype=np.float32)
+
+
+def beat_phase(beats: np.ndarray, frames: int, frame_rate: float, offset_s: float = 0.0) -> np.ndarray:
+    """Where each of ``frames`` codec frames (starting ``offset_s`` after the beats' origin) falls in
+    its beat: ``float32 [frames]`` in [0, 1), 0 on a beat, linear between beats; before the first and
+    after the last beat the median beat period is extended. All NaN with fewer than 2 beats."""
+    beats = np.asarray(beats, dtype=np.float64)
+    if beats.size < 2:
+        return np.full(frames, np.nan, dtype=np.float32)
+    period = float(np.median(np.diff(beats)))
+    t = offset_s + np.arange(frames) / frame_rate
+    # beat index as a continuous count: interpolated between beats, extrapolated at the median period
+    count = np.interp(t, beats, np.arange(beats.size, dtype=np.float64))
+    count = np.where(t < beats[0], (t - beats[0]) / period, count)
+    count = np.where(t > beats[-1], beats.size - 1 + (t - beats[-1]) / period, count)
+    return np.mod(count, 1.0).astype(np.float32)
+
+
 #: every tempo estimator measured by ``validate_labels``: ``f(env, sr, hop, chroma=None) -> bpm | None``
 #: (``env: [F]`` prep's onset envelope, ``chroma: [12, F]`` prep's chroma of the same frames)
 TEMPO_ESTIMATORS = {

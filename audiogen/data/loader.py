@@ -118,7 +118,8 @@ def crop_start(seed: int, index: int, length: int, segment_frames: int) -> int:
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Sample ``i`` -> ``{"codes": LongTensor[K, S], "mask": BoolTensor[K, S], "cond": Conditions}``.
+    """Sample ``i`` -> ``{"codes": LongTensor[K, S], "mask": BoolTensor[K, S], "cond": Conditions}``, plus
+    ``"beat": FloatTensor[S + K - 1]`` with ``frame_rate`` (an LM with a beat grid).
 
     ``S = segment_frames``; ``mask`` is False on padding. With ``drop`` (a
     ``ConditionerConfig``) the conditions are dropped as in :func:`drop_conditions`,
@@ -126,13 +127,22 @@ class CropDataset(torch.utils.data.Dataset):
     ``random_crops=False`` (evaluation): sample ``i`` is the start of row ``i % len``.
     ``mix=(sizes, weights)``: ``ds`` is several sources concatenated (:func:`load_mix`), sampled
     with these weights (:func:`mix_rows`); None visits every row once per epoch.
+    ``frame_rate`` (codec frames per second): also return the beat phase of every delay-pattern
+    position's frame (``audiogen.data.estimators.beat_phase`` of the row's ``beats``, from the crop
+    on), NaN where the row has no beats or its tempo condition was dropped.
     """
 
     def __init__(self, ds, segment_frames: int, special: int, seed: int, drop: ConditionerConfig | None = None,
-                 random_crops: bool = True, mix: tuple[list[int], list[float]] | None = None):
+                 random_crops: bool = True, mix: tuple[list[int], list[float]] | None = None,
+                 frame_rate: float | None = None):
         if segment_frames < 1:
             raise AudiogenError(f"segment_frames must be >= 1, got {segment_frames}")
-        self.ds = ds.select_columns(["codes", *CONDITION_COLUMNS]).with_format("numpy")
+        if frame_rate is not None and "beats" not in ds.column_names:
+            raise AudiogenError("this dataset has no beat times (a 'beats' column), which an LM with a beat grid "
+                                "trains on; prepare it again with this version of 'audiogen prep'")
+        self.frame_rate = frame_rate
+        columns = ["codes", *CONDITION_COLUMNS, *(["beats"] if frame_rate is not None else [])]
+        self.ds = ds.select_columns(columns).with_format("numpy")
         self.n = len(ds)
         self.segment_frames = segment_frames
         self.special = special
@@ -174,7 +184,13 @@ class CropDataset(torch.utils.data.Dataset):
         if self.drop is not None:
             g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, int(i), 2]).integers(2**62)))
             cond = drop_conditions([cond], self.drop, g)[0]
-        return {"codes": out, "mask": mask, "cond": cond}
+        item = {"codes": out, "mask": mask, "cond": cond}
+        if self.frame_rate is not None:  # the grid goes with the tempo condition: dropped together
+            from audiogen.data.estimators import beat_phase
+
+            beats = np.asarray(row["beats"], dtype=np.float64) if cond.bpm is not None else np.zeros(0)
+            item["beat"] = torch.from_numpy(beat_phase(beats, S + K - 1, self.frame_rate, start / self.frame_rate))
+        return item
 
 
 def _plain(v):
@@ -191,14 +207,17 @@ class Batch:
     codes: torch.Tensor  # LongTensor[B, K, S]
     mask: torch.Tensor  # BoolTensor[B, K, S]
     conds: list[Conditions]
+    beat: torch.Tensor | None = None  # FloatTensor[B, S + K - 1]: each pattern position's beat phase (NaN: none)
 
     def to(self, device) -> "Batch":
-        return Batch(self.codes.to(device), self.mask.to(device), self.conds)
+        return Batch(self.codes.to(device), self.mask.to(device), self.conds,
+                     None if self.beat is None else self.beat.to(device))
 
 
 def collate(items: list[dict]) -> Batch:
+    beat = torch.stack([x["beat"] for x in items]) if "beat" in items[0] else None
     return Batch(torch.stack([x["codes"] for x in items]), torch.stack([x["mask"] for x in items]),
-                 [x["cond"] for x in items])
+                 [x["cond"] for x in items], beat)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -238,7 +257,8 @@ def make_loader(dataset: CropDataset, start: int, stop: int, global_batch: int, 
     )
 
 
-def eval_batches(ds, segment_frames: int, special: int, batch: int, max_rows: int, world: int = 1, rank: int = 0):
+def eval_batches(ds, segment_frames: int, special: int, batch: int, max_rows: int, world: int = 1, rank: int = 0,
+                 frame_rate: float | None = None):
     """Fixed evaluation crops: the first ``segment_frames`` of the first ``max_rows`` rows, all conditions kept.
 
     Yields this process's share as ``Batch``es; the same crops at every evaluation. Every
@@ -248,7 +268,8 @@ def eval_batches(ds, segment_frames: int, special: int, batch: int, max_rows: in
     n = min(len(ds), max_rows) if max_rows else len(ds)
     if n == 0:
         return
-    crops = CropDataset(ds.select(range(n)), segment_frames, special, seed=0, random_crops=False)
+    crops = CropDataset(ds.select(range(n)), segment_frames, special, seed=0, random_crops=False,
+                        frame_rate=frame_rate)
     per_rank = -(-n // world)
     mine = [rank + world * m for m in range(per_rank)]
     for i in range(0, per_rank, batch):

@@ -29,6 +29,9 @@ bpm           float32 | None          a sidecar's/captions file's ``beat_bpm`` o
 key           string | None           e.g. ``"D minor"``: a sidecar's/captions file's ``key``, else
                                       estimated on the segment (Temperley profiles on chroma)
 instruments   list[string]            from a sidecar or captions file (may be empty)
+beats         list[float32]           beat times in seconds from the segment's start, tracked at the
+                                      ``bpm`` label (else the estimate); empty without a tempo. The
+                                      LM's beat grid is made from them (``beat_grid`` in its config)
 license       string | None           sidecar/captions ``license`` or the file's tag
 split         string                  ``"train"`` or ``"valid"``
 title         string | None           extra: sidecar or tag
@@ -95,6 +98,7 @@ def dataset_features(num_codebooks: int):
         "caption": s, "genre": s, "mood": s,
         "bpm": Value("float32"), "key": s,
         "instruments": List(s),
+        "beats": List(Value("float32")),
         "license": s, "split": s,
         "title": s, "artist": s, "attribution": s,
     })
@@ -204,7 +208,8 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
                 "start_s": seg["start_s"], "duration_s": seg["duration_s"], "codec": codec_json, "codes": c,
                 "caption": meta.get("caption") or compose_caption(meta, bpm, key),
                 "genre": meta.get("genre"), "mood": meta.get("mood"), "bpm": bpm, "key": key,
-                "instruments": meta.get("instruments", []), "license": meta.get("license"),
+                "instruments": meta.get("instruments", []), "beats": seg.get("beats", []),
+                "license": meta.get("license"),
                 "split": splits[sha], "title": meta.get("title"), "artist": meta.get("artist"),
                 "attribution": meta.get("attribution"),
             }

@@ -18,12 +18,14 @@ import numpy as np
 from audiogen.data.labels import (
     ANALYSIS_HOP, ANALYSIS_SR, _analysis_features, estimate_bpm, estimate_key, read_sidecar, source_tags,
 )
+from audiogen.data.estimators import track_beats
 from audiogen.errors import AudiogenError
 
 
 #: Bumped when the content of shards changes meaning; a .work folder from another version is refused.
-SHARD_VERSION = 6  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo;
-# 5: metrical tempo hears harmonic change (chroma) too; 6: the beat's level chosen by a fitted scorer (tempo_levels)
+SHARD_VERSION = 7  # 2: onset envelope with a fixed dB floor; 3: Temperley key profiles; 4: metrical tempo;
+# 5: metrical tempo hears harmonic change (chroma) too; 6: the beat's level chosen by a fitted scorer (tempo_levels);
+# 7: beat times per segment (the LM's beat grid)
 #: A file longer than this many ``part_s`` is decoded in parts (see :func:`_plan_parts`).
 LONG_FILE_FACTOR = 1.5
 #: Audio read on each side of a part beyond its segments: covers the resampling filter and
@@ -78,6 +80,7 @@ class _Part:
     hi: int
     sample_rate: int
     frames: int  # the header's frame count
+    label_bpm: float | None = None  # the file's tempo label (sidecar, tags), which the beats follow
 
 
 def _process_file(t: _Task | _Part) -> dict:
@@ -135,7 +138,7 @@ def _process_file_unchecked(t: _Task) -> dict:
             return {**res, "status": "skipped", "reason": done["skipped"], "cached": True}
         return {**res, "status": "cached", "audio_s": done["duration_s"]}
     if info.duration_s > LONG_FILE_FACTOR * t.part_s:
-        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames)}
+        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames, _label_bpm(meta))}
     try:
         wav, sr = load_audio(path)
     except AudiogenError as e:
@@ -148,7 +151,7 @@ def _process_file_unchecked(t: _Task) -> dict:
     if not bounds:
         return {**res, "status": "skipped",
                 "reason": f"too short ({duration:.2f}s < minimum segment {t.min_segment_s:g}s)"}
-    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs)
+    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs, _label_bpm(meta))
     if not segments:
         return {**res, "status": "skipped", "reason": SILENT_SEGMENTS}
     return {**res, "status": "ok", "wav": _to_codec_format(wav, sr, t), "segments": segments,
@@ -158,9 +161,20 @@ def _process_file_unchecked(t: _Task) -> dict:
 SILENT_SEGMENTS = "silent (every segment below the silence threshold)"
 
 
+def _label_bpm(meta: dict) -> float | None:
+    """The file's tempo label, if it has one (labels win over estimates, as in the dataset's ``bpm``)."""
+    bpm = meta.get("bpm")
+    try:
+        bpm = float(bpm) if bpm else None
+    except (TypeError, ValueError):
+        return None
+    return bpm if bpm and math.isfinite(bpm) and bpm > 0 else None
+
+
 def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[int, int]],
-                      silence_dbfs: float) -> tuple[list[dict], int]:
-    """Tempo and key of each of ``bounds`` (file samples) not below the silence threshold.
+                      silence_dbfs: float, label_bpm: float | None = None) -> tuple[list[dict], int]:
+    """Tempo, key and beat times of each of ``bounds`` (file samples) not below the silence threshold;
+    the beats are tracked at ``label_bpm`` when the file has a tempo label, else at the estimate.
     ``wav [C, N]`` holds the file's samples from ``origin`` on (a multiple of
     :func:`_frame_step`). Returns (segments, silent count).
 
@@ -188,9 +202,14 @@ def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[
             # frames [f0, f1) cover the segment; integer arithmetic, so a start on the frame
             # grid gives the same frame whatever the window (float rounding would not)
             f0, f1 = (s - w0) * ANALYSIS_SR // per_frame, -(-(s - w0 + n) * ANALYSIS_SR // per_frame)
-            segments.append({"start_s": s / sr, "duration_s": n / sr,
-                             "bpm": estimate_bpm(env[f0:f1], chroma=chroma[:, f0:f1]),
-                             "key": estimate_key(chroma[:, f0:f1].mean(axis=1))})
+            bpm = estimate_bpm(env[f0:f1], chroma=chroma[:, f0:f1])
+            # the beats, relative to the segment's start: frame f0 starts at most one analysis hop
+            # before it (the frame grid), so that offset is taken off
+            lead = f0 * per_frame / ANALYSIS_SR - (s - w0)
+            beats = track_beats(env[f0:f1], label_bpm or bpm, ANALYSIS_SR, ANALYSIS_HOP) + lead / sr
+            segments.append({"start_s": s / sr, "duration_s": n / sr, "bpm": bpm,
+                             "key": estimate_key(chroma[:, f0:f1].mean(axis=1)),
+                             "beats": [round(float(b), 4) for b in beats]})
         i = j
     return segments, len(bounds) - len(loud)
 
@@ -224,14 +243,14 @@ def _part_alignment(sr: int, codec_sr: int) -> int:
     return both if both <= 10 * sr else codec_step
 
 
-def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int) -> list[_Part]:
+def _plan_parts(t: _Task, sha: str, sample_rate: int, frames: int, label_bpm: float | None = None) -> list[_Part]:
     """Cut a long file into parts of a whole number of hops (about ``part_s`` each): part i
     owns the segments that start in it, so together the parts give the whole-file segments."""
     hop = max(1, round(t.hop_s * sample_rate))
     size = max(1, int(t.part_s // t.hop_s)) * hop
     count = math.ceil(frames / size)
-    return [_Part(t, sha, i, count, i * size, (i + 1) * size if i < count - 1 else sys.maxsize, sample_rate, frames)
-            for i in range(count)]
+    return [_Part(t, sha, i, count, i * size, (i + 1) * size if i < count - 1 else sys.maxsize, sample_rate, frames,
+                  label_bpm) for i in range(count)]
 
 
 def _process_part(p: _Part) -> dict:
@@ -257,7 +276,8 @@ def _process_part(p: _Part) -> dict:
     end = start + wav.shape[1]  # the file's real end in the last part
     n = end if last else min(p.frames, end)
     bounds = [b for b in segment_bounds(n, sr, t.segment_s, t.hop_s, t.min_segment_s) if p.lo <= b[0] < p.hi]
-    segments, silent = _analyse_segments(wav, sr, start, bounds, t.silence_dbfs) if bounds else ([], 0)
+    segments, silent = (_analyse_segments(wav, sr, start, bounds, t.silence_dbfs, p.label_bpm) if bounds
+                        else ([], 0))
     return {**res, "status": "part", "wav": _to_codec_format(wav, sr, t) if segments else None,
             "offset": start * t.sample_rate // sr, "peak_dbfs": sample_peak_dbfs(wav), "bounds": len(bounds),
             "segments": segments, "silent_segments": silent, "end_s": n / sr, "owned_s": (min(p.hi, n) - p.lo) / sr}

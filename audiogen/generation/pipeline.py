@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ class GenerateJob:
             config = read_config(resolve_model_dir(options.get("model_dir")))
         except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
             config = {}
-        return cls(conditions=Conditions(text=prompt, **parts["conditions"]),
+        return cls(conditions=requested_tempo(Conditions(text=prompt, **parts["conditions"]), config),
                    finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
                    sampling=SamplingParams.for_model(config, **parts["sampling"]), **options)
 
@@ -141,6 +142,26 @@ class GenerateJob:
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
 
 
+_TEMPO_IN_TEXT = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*bpm\b", re.IGNORECASE)
+
+
+def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
+    """``conditions`` with the tempo the request means, for a model with a beat grid (``config``: its model
+    folder's config): ``--bpm`` when given; else a tempo written in the prompt ("upbeat electronic, 120
+    bpm"); else its ``generation.default_bpm`` (the median tempo of its training data), so that it plays
+    on a beat unless told otherwise. A model without a grid gets the request as it is: its tempo
+    condition is ``--bpm`` alone (the default model's was measured so, and a tempo read from its
+    captions' text made its report clips worse: docs/generate.md)."""
+    grid = (config.get("lm") or {}).get("beat_harmonics")
+    if conditions.bpm is not None or not grid or not (config.get("conditioner") or {}).get("bpm_buckets"):
+        return conditions
+    match = _TEMPO_IN_TEXT.search(conditions.text or "")
+    if match and 20 <= float(match.group(1)) <= 400:
+        return replace(conditions, bpm=float(match.group(1)))
+    default = (config.get("generation") or {}).get("default_bpm")
+    return replace(conditions, bpm=float(default)) if default else conditions
+
+
 def resolve_model_dir(model_dir) -> Path:
     if model_dir is not None:
         return Path(model_dir)
@@ -207,13 +228,20 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         "sampling": asdict(SamplingParams.for_model(config)),
         "vocab": c_cfg.vocab(),
         "bpm_buckets": [float(b) for b in c_cfg.bpm_buckets],
+        # a beat grid plays requests without a tempo at the default (requested_tempo)
+        "beat_grid": lm_cfg.beat_harmonics,
+        "default_bpm": requested_tempo(Conditions(), config).bpm,
     }
 
 
 @torch.inference_mode()
-def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cond[B2, L, D], mask[B2, L])``: conditional rows, then (for CFG) unconditional rows."""
+def condition_batch(conditioner, conds: list, guided: bool, device,
+                    no_grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond[B2, L, D], mask[B2, L])``: the conditional rows; with ``no_grid`` (beat guidance) the same
+    rows again, which decoding gives no beat grid; then (``guided``: CFG) the unconditional rows."""
     cond, mask = conditioner(conds)
+    if no_grid:
+        cond, mask = torch.cat([cond, cond]), torch.cat([mask, mask])
     if guided:
         ucond, umask = conditioner.unconditional(len(conds))
         L = max(cond.shape[1], ucond.shape[1])
@@ -225,6 +253,17 @@ def condition_batch(conditioner, conds: list, guided: bool, device) -> tuple[tor
         (cond, mask), (ucond, umask) = pad(cond, mask), pad(ucond, umask)
         cond, mask = torch.cat([cond, ucond]), torch.cat([mask, umask])
     return cond.to(device), mask.to(device)
+
+
+def guided_batch(loaded, conds: list, params, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(cond, mask, beat_step)`` for decoding ``conds`` with ``params``' guidance on ``loaded``'s LM: the
+    request's rows, the guidance groups it needs (:meth:`SamplingParams.guidance_rows`), and each row's
+    beat grid (:func:`~audiogen.generation.sampling.beat_steps`)."""
+    from audiogen.generation.sampling import beat_steps, has_grid
+
+    beat, cfg = params.guidance_rows(has_grid(loaded.lm))
+    cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat)
+    return cond, mask, beat_steps(conds, beat + cfg, loaded.codec.frame_rate)
 
 
 def lm_max_frames(lm_cfg) -> int:
@@ -272,8 +311,7 @@ def run_job(job: GenerateJob) -> list[dict]:
     prompt = continuation_prompt(job, codec, total_frames)
     W = window_frames(loaded, fr, job.window_s)
     context = max(1, int(W * CONTEXT_FRACTION))  # frames of the previous window that prompt the next
-    guided = job.sampling.cfg_scale != 1.0
-    cond, mask = condition_batch(loaded.conditioner, [job.conditions] * job.variations, guided, job.device)
+    cond, mask, beat_step = guided_batch(loaded, [job.conditions] * job.variations, job.sampling, job.device)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
     silence = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
 
@@ -281,7 +319,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
         g = torch.Generator(device=job.device).manual_seed(seed)
         c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
-                           on_frame=on_frame, guard=silence)
+                           on_frame=on_frame, guard=silence, beat_step=beat_step)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
         return c, codec.decode(c).float().cpu().numpy()
 

@@ -38,6 +38,15 @@ class SamplingParams:
     #: how far silence (codebook-0 codes :meth:`Codec.silent_codes` names) may outlast the sound around it, in
     #: seconds; past it those codes are not sampled (:class:`SilenceGuard`). 0 = no limit
     max_silence_s: float = 1.0
+    #: guidance towards the beat grid (a model with one; 1 = off): the logits of the request are pushed
+    #: away from those of the same request without the grid, ``nogrid + beat_guidance * (grid - nogrid)``,
+    #: as classifier-free guidance pushes away from the unconditional logits (docs/generate.md)
+    beat_guidance: float = 1.0
+
+    def guidance_rows(self, grid: bool) -> tuple[bool, bool]:
+        """(beat guidance on, classifier-free guidance on) for a model with or without a beat grid: which
+        row groups follow the request's rows in a batch (:func:`guide`)."""
+        return grid and self.beat_guidance != 1.0, self.cfg_scale != 1.0
 
     def validate(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -48,6 +57,8 @@ class SamplingParams:
             raise AudiogenError(f"top-p must be in [0, 1] (0 = off), got {self.top_p}")
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
+        if not (math.isfinite(self.beat_guidance) and self.beat_guidance >= 0):
+            raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
         if not (math.isfinite(self.max_silence_s) and self.max_silence_s >= 0):
             raise AudiogenError(f"max silence must be a finite number of seconds >= 0 (0 = no limit), "
                                 f"got {self.max_silence_s}")
@@ -62,6 +73,24 @@ class SamplingParams:
             raise AudiogenError(f"model config: generation.sampling must be a mapping, got {recommended!r}")
         base = dataclass_from_dict(cls, recommended, "model config generation.sampling keys")
         return cls(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
+
+
+def has_grid(lm) -> bool:
+    """Whether ``lm`` reads a beat grid (``LMConfig.beat_harmonics``)."""
+    return bool(getattr(lm.cfg, "beat_harmonics", 0))
+
+
+def guide(logits: torch.Tensor, params: SamplingParams, beat: bool, cfg: bool) -> torch.Tensor:
+    """``logits: [G * B, ...]`` of the row groups (the request; the request without the beat grid when
+    ``beat``; unconditional when ``cfg``) -> the guided ``[B, ...]``: first towards the grid, then
+    classifier-free guidance from the unconditional rows."""
+    groups = logits.chunk(1 + beat + cfg)
+    out = groups[0]
+    if beat:
+        out = groups[1] + params.beat_guidance * (out - groups[1])
+    if cfg:
+        out = groups[-1] + params.cfg_scale * (out - groups[-1])
+    return out
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:
@@ -176,13 +205,18 @@ class Decoder:
 
     @torch.inference_mode()
     def __init__(self, lm, cond: torch.Tensor, cond_mask: torch.Tensor, max_frames: int, params: SamplingParams,
-                 generator: torch.Generator | None, engine: str = "auto", guard: SilenceGuard | None = None):
+                 generator: torch.Generator | None, engine: str = "auto", guard: SilenceGuard | None = None,
+                 beat_step: torch.Tensor | None = None):
         self.lm, self.params, self.generator, self.guard = lm, params, generator, guard
         dtype = next(lm.parameters()).dtype
         self.cond, self.cond_mask = cond.to(dtype), cond_mask
-        self.guided = params.cfg_scale != 1.0
+        self.rows = params.guidance_rows(has_grid(lm))  # (beat guidance, classifier-free guidance)
+        self.groups = 1 + sum(self.rows)
+        self.guided = self.groups > 1
         B2 = cond.shape[0]
-        self.B = B2 // 2 if self.guided else B2
+        if B2 % self.groups:
+            raise AudiogenError(f"{B2} condition rows cannot hold {self.groups} guidance groups")
+        self.B = B2 // self.groups
         K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
         self.delay = DelayPattern(K, self.special)
         device = cond.device
@@ -213,6 +247,11 @@ class Decoder:
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
         self.silent_run = torch.zeros(self.B, **long)  # the guard's count per row (SilenceGuard)
+        # the beat grid (an LM with one): each row's beats per frame (NaN: none), and the track frame
+        # at this window's pattern position 0; a position's phase is frac((frame0 + pos) * step)
+        grid = has_grid(lm) and beat_step is not None
+        self.beat_step = beat_step.to(device=device, dtype=torch.float64) if grid else None
+        self.frame0 = torch.zeros((), **long)
         self.delays = self.delay.delays(device)
         self.key_positions = torch.arange(self.S_alloc, device=device)
         self.zero_mask = torch.zeros(self.S_alloc, dtype=dtype, device=device)  # additive self-attention mask base
@@ -223,16 +262,17 @@ class Decoder:
         """One decode step. ``kv_len=None``: eager (reads the ``_p + 1`` filled keys);
         an int: the fixed-shape step over the first ``kv_len`` cache positions, masked."""
         pos = self.pos
-        x = torch.cat([self.cur, self.cur]) if self.guided else self.cur
+        x = self.cur.repeat(self.groups, 1, 1) if self.guided else self.cur
+        beat = None if self.beat_step is None else self.beat_phase(pos)
         if kv_len is None:
-            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, self._p + 1)
+            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, self._p + 1, beat=beat)
         else:
             self_mask = self.zero_mask[:kv_len].masked_fill(self.key_positions[:kv_len] > pos, float("-inf"))
-            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, kv_len, self_mask[None, None, None])
+            logits = self.lm.decode_step(x, pos, self.cache, self.cross_mask, kv_len, self_mask[None, None, None],
+                                         beat=beat)
         logits = logits.float()  # guidance and sampling in float32 whatever the LM's precision
         if self.guided:
-            c, u = logits[: self.B], logits[self.B :]
-            logits = u + self.params.cfg_scale * (c - u)
+            logits = guide(logits, self.params, *self.rows)
         if self.guard is not None:
             self.guard.block(logits, self.silent_run)
         tokens = sample_tokens(logits, self.params, self.uniforms.index_select(0, pos)[0])
@@ -246,6 +286,12 @@ class Decoder:
         self.pattern.index_copy_(2, pos, tokens[..., None])
         self.cur.copy_(tokens[..., None])
         pos.add_(1)
+
+    def beat_phase(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions: LongTensor[S]`` of this window -> each row's beat phase there, ``FloatTensor[B2, S]``
+        (NaN for rows without a grid)."""
+        count = (self.frame0 + positions).to(torch.float64)[None] * self.beat_step[:, None]
+        return torch.remainder(count, 1.0).float()
 
     def _build_steps(self) -> tuple[list[int], list]:
         """(bucket sizes, one step callable per bucket): the step for position p is the first bucket > p.
@@ -295,11 +341,12 @@ class Decoder:
 
     @torch.inference_mode()
     def window(self, num_frames: int, prompt: torch.Tensor | None = None, on_frame=None,
-               continuing: bool = False) -> torch.Tensor:
+               continuing: bool = False, first_frame: int = 0) -> torch.Tensor:
         """One window of ``num_frames`` frames, the first ``T0`` of them the ``prompt: LongTensor[B, K, T0]``.
 
         ``continuing``: the prompt is the end of this decoder's previous window, so the silence guard's
-        count goes on from there (else it is counted over the prompt). Returns ``LongTensor[B, K, num_frames]``.
+        count goes on from there (else it is counted over the prompt). ``first_frame``: the track frame
+        this window starts at (the beat grid runs on across windows). Returns ``LongTensor[B, K, num_frames]``.
         """
         special = self.special
         t0 = 0 if prompt is None else prompt.shape[-1]
@@ -325,9 +372,12 @@ class Decoder:
             self.uniforms[:S].uniform_(generator=self.generator)
         # the inputs of positions <= t0; those < t0 are prefilled at once
         inputs = self.delay.inputs(self.pattern[:, :, : t0 + 1])
+        self.frame0.fill_(first_frame)
         if t0:
             x = inputs[:, :, :t0]
-            self.lm.prefill(torch.cat([x, x]) if self.guided else x, self.cache, self.lm.cross_masks(self.cond_mask))
+            beat = None if self.beat_step is None else self.beat_phase(torch.arange(t0, device=self.pos.device))
+            self.lm.prefill(x.repeat(self.groups, 1, 1), self.cache, self.lm.cross_masks(self.cond_mask),
+                            beat=beat)
         self.cur.copy_(inputs[:, :, t0 : t0 + 1])
         self.pos.fill_(t0)
         bucket = 0
@@ -353,29 +403,33 @@ def _compiled_body():
 
 def generate_window(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                     generator: torch.Generator | None, prompt: torch.Tensor | None = None, on_frame=None,
-                    engine: str = "auto", guard: SilenceGuard | None = None) -> torch.Tensor:
+                    engine: str = "auto", guard: SilenceGuard | None = None,
+                    beat_step: torch.Tensor | None = None) -> torch.Tensor:
     """Generate one window of codes with a fresh KV cache.
 
-    ``cond: [B2, L, D]``, ``cond_mask: [B2, L]`` where ``B2 = 2B`` (conditional rows then
-    unconditional rows) when ``params.cfg_scale != 1``, else ``B``. ``prompt:
+    ``cond: [B2, L, D]``, ``cond_mask: [B2, L]``: the request's ``B`` rows, then a group of ``B`` rows for
+    each guidance (see :func:`guide`): ``B2 = 2B`` (conditional rows then unconditional rows) when
+    ``params.cfg_scale != 1``, else ``B``. ``prompt:
     LongTensor[B, K, T0]`` (T0 < num_frames) is kept as the first T0 frames.
-    Returns ``LongTensor[B, K, num_frames]``. ``guard``: see :class:`SilenceGuard`.
+    Returns ``LongTensor[B, K, num_frames]``. ``guard``: see :class:`SilenceGuard`. ``beat_step``: see
+    :func:`beat_steps`.
     """
     with torch.inference_mode():
         return Decoder(lm, cond, cond_mask, num_frames, params, generator, engine,
-                       guard).window(num_frames, prompt, on_frame)
+                       guard, beat_step).window(num_frames, prompt, on_frame)
 
 
 def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                    generator: torch.Generator | None, window_frames: int, context_frames: int,
                    prompt: torch.Tensor | None = None, on_frame=None, engine: str = "auto",
-                   guard: SilenceGuard | None = None) -> torch.Tensor:
+                   guard: SilenceGuard | None = None, beat_step: torch.Tensor | None = None) -> torch.Tensor:
     """Any number of frames by windowed continuation. Returns ``LongTensor[B, K, num_frames]``.
 
     The first window may carry a user ``prompt``; every later window is prompted with the
     last ``context_frames`` frames generated so far. One window's KV cache (and one
     captured graph) serves every window, so memory is bounded by the window. ``guard`` (see
-    :class:`SilenceGuard`) counts silence on across windows.
+    :class:`SilenceGuard`) counts silence on across windows, and the beat grid (``beat_step``, see
+    :func:`beat_steps`) runs on from the prompt's first frame.
     """
     if not 0 < context_frames < window_frames:
         raise AudiogenError(f"context ({context_frames}) must be between 0 and the window ({window_frames}) frames")
@@ -385,7 +439,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     first = min(window_frames, num_frames + t0)
     with torch.inference_mode():
         largest = first if first - t0 >= num_frames else window_frames
-        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine, guard)
+        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine, guard, beat_step)
         codes = decoder.window(first, prompt, on_frame)[..., t0:]
         pieces = [codes]
         have = codes.shape[-1]
@@ -393,11 +447,21 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
         while have < num_frames:
             ctx = tail
             new = min(window_frames - ctx.shape[-1], num_frames - have)
-            out = decoder.window(ctx.shape[-1] + new, ctx, on_frame, continuing=True)
+            out = decoder.window(ctx.shape[-1] + new, ctx, on_frame, continuing=True,
+                                 first_frame=t0 + have - ctx.shape[-1])
             pieces.append(out[..., ctx.shape[-1] :])
             have += new
             tail = torch.cat([tail, out[..., ctx.shape[-1] :]], dim=-1)[..., -context_frames:]
     return torch.cat(pieces, dim=-1)[..., :num_frames]
+
+
+def beat_steps(conds: list, extra_groups: int, frame_rate: float) -> torch.Tensor:
+    """``DoubleTensor[G * B]``: how far each row's beat grid advances per frame (``bpm / 60 / frame_rate``),
+    in the rows of :func:`~audiogen.generation.pipeline.condition_batch`; NaN (no grid) for a row without
+    a tempo and for the ``extra_groups`` groups of guidance rows that follow the request's (the request
+    without the grid; the unconditional rows, which trained without one: the grid drops with the tempo)."""
+    steps = [c.bpm / 60.0 / frame_rate if c.bpm else math.nan for c in conds]
+    return torch.tensor(steps + [math.nan] * len(conds) * int(extra_groups), dtype=torch.float64)
 
 
 def frames_for(seconds: float, frame_rate: float) -> int:

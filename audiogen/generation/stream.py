@@ -36,6 +36,10 @@ Four stages run per chunk, each carrying its state across chunk boundaries:
    limiter (``finishing.true_peak_limit``'s gain curve, made causal by holding back
    ``2 x lookahead`` samples), so the level does not jump when the music changes.
 
+A model with a beat grid (``LMConfig.beat_harmonics``) also reads each frame's beat phase: the
+grid counts beats frame by frame at the mixture's tempo (a tempo glide changes its rate, never
+its count), and a stream asked for no tempo starts at the model's ``generation.default_bpm``.
+
 Reproducible: the sampling uniforms come from one ``torch.Generator`` seeded by the caller,
 drawn per step, so the same seed, settings and control messages at the same frames give
 the same samples. Memory is bounded: the KV cache is one window, the token and audio
@@ -58,8 +62,8 @@ import scipy.signal
 import torch
 
 from audiogen.errors import AudiogenError
-from audiogen.generation.sampling import SamplingParams, SilenceGuard, sample_tokens
-from audiogen.models.conditioning import ATTRIBUTES, LABELS
+from audiogen.generation.sampling import SamplingParams, SilenceGuard, guide, has_grid, sample_tokens
+from audiogen.models.conditioning import ATTRIBUTES, LABELS, Conditions
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
 
@@ -91,8 +95,6 @@ class StreamState:
 
     def conditions(self, text_extra: str | None = None, bpm_factor: float = 1.0, fold: tuple[str, ...] = ()):
         """The model's ``Conditions``; ``fold`` names attributes the model lacks, said in the text instead."""
-        from audiogen.models.conditioning import Conditions
-
         words = [self.text] if self.text else []
         labels = {}
         for a in LABELS:
@@ -228,10 +230,11 @@ class ConditionMix:
     and the mask with ``log(weight)`` added to each set's slots.
     """
 
-    def __init__(self, lm, conditioner, guided: bool, device, dtype):
-        self.lm, self.conditioner, self.guided = lm, conditioner, guided
+    def __init__(self, lm, conditioner, rows: tuple[bool, bool], device, dtype):
+        self.lm, self.conditioner, self.rows = lm, conditioner, rows  # (beat guidance, CFG) row groups
         self.device, self.dtype = device, dtype
         self._encoded: dict[str, tuple[list, torch.Tensor]] = {}
+        self._bpm: dict[str, float | None] = {}  # set key -> its tempo (the beat grid's)
         self.start: dict[str, float] = {}  # set key -> weight at the start of the current move
         self.target: dict[str, float] = {}
         self.move_from, self.move_frames = 0, 0  # the move runs over frames [move_from, move_from + move_frames)
@@ -243,11 +246,13 @@ class ConditionMix:
 
         key = repr(cond)
         if key not in self._encoded:
-            c, m = condition_batch(self.conditioner, [cond], self.guided, self.device)
+            beat, cfg = self.rows
+            c, m = condition_batch(self.conditioner, [cond], cfg, self.device, no_grid=beat)
             c = c.to(self.dtype)
             mem = self.lm.project_conditions(c, m)
             kv = [layer.cross_kv(mem) for layer in self.lm.layers]
             self._encoded[key] = (kv, self.lm.cross_masks(m, self.dtype))
+            self._bpm[key] = cond.bpm
         return key
 
     def set_target(self, parts: list[tuple[float, object]], frame: int, frames: int) -> None:
@@ -264,7 +269,7 @@ class ConditionMix:
         live = set(now) | set(target)
         for k in list(self._encoded):
             if k not in live:
-                del self._encoded[k]
+                del self._encoded[k], self._bpm[k]
 
     def weights(self, frame: int) -> dict[str, float]:
         if not self.move_frames or frame >= self.move_from + self.move_frames:
@@ -273,6 +278,14 @@ class ConditionMix:
         keys = set(self.start) | set(self.target)
         w = {k: (1 - a) * self.start.get(k, 0.0) + a * self.target.get(k, 0.0) for k in keys}
         return {k: v for k, v in w.items() if v > 1e-6}
+
+    def beat_step(self, frame: int, frame_rate: float) -> float:
+        """Beats per frame at ``frame``: the weighted mean tempo of the sets that have one (a tempo glide
+        moves the grid's rate smoothly), NaN when none has."""
+        w = {k: v for k, v in self.weights(frame).items() if self._bpm.get(k)}
+        if not w:
+            return math.nan
+        return sum(v * self._bpm[k] for k, v in w.items()) / sum(w.values()) / 60.0 / frame_rate
 
     @torch.inference_mode()
     def install(self, frame: int, cache: KVCache) -> torch.Tensor:
@@ -312,8 +325,10 @@ class TokenStream:
         if self.positions > lm.cfg.max_positions:
             raise AudiogenError(f"a window of {window} frames needs {self.positions} positions; the model has "
                                 f"{lm.cfg.max_positions}")
-        self.guided = params.cfg_scale != 1.0
-        self.B2 = 2 if self.guided else 1
+        self.grid = has_grid(lm)
+        self.rows = params.guidance_rows(self.grid)  # (beat guidance, CFG): the row groups after the request's
+        self.B2 = 1 + sum(self.rows)
+        self.guided = self.B2 > 1
         self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
         lm.fuse_decode_weights(self.cache)  # cross K/V come from ConditionMix.install
         self.device = device
@@ -325,6 +340,10 @@ class TokenStream:
         self.base = 0  # absolute frame of frames[:, 0]
         self.cur = torch.full((1, self.K, 1), self.special, dtype=torch.long, device=device)
         self.slides = 0
+        # the beat grid (an LM with one): beats counted up to frame `produced`, and the phase each held
+        # frame was decoded at (aligned with `frames`), which a slide's prefill reads again
+        self.beat_count = 0.0
+        self.phases = torch.zeros(0, dtype=torch.float32, device=device)
 
     @property
     def complete(self) -> int:
@@ -342,18 +361,29 @@ class TokenStream:
         keep_from = min(frame, self.origin)
         if keep_from > self.base:
             self.frames = self.frames[:, keep_from - self.base :].clone()
+            self.phases = self.phases[keep_from - self.base :].clone()
             self.base = keep_from
 
+    def _beat(self, phase: torch.Tensor) -> torch.Tensor | None:
+        """``phase: FloatTensor[S]`` -> the ``[B2, S]`` beat input (the guidance row has no grid), or None."""
+        if not self.grid:
+            return None
+        return torch.cat([phase[None], torch.full_like(phase[None], math.nan).expand(self.B2 - 1, -1)])
+
     @torch.inference_mode()
-    def step(self, cross_mask: torch.Tensor) -> None:
-        """Decode one pattern position (codebook ``k`` writes frame ``produced - k``)."""
+    def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan) -> None:
+        """Decode one pattern position (codebook ``k`` writes frame ``produced - k``); ``beat_step``: the
+        beat grid's beats per frame from this frame on (NaN: no grid)."""
         if self.pos == self.positions:
             self._slide(cross_mask)
         pos = torch.tensor([self.pos], device=self.device)
         x = self.cur.expand(self.B2, -1, -1)
-        logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1).float()
+        phase = torch.tensor([self.beat_count % 1.0 if math.isfinite(beat_step) else math.nan], device=self.device)
+        if math.isfinite(beat_step):
+            self.beat_count += beat_step
+        logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1, beat=self._beat(phase)).float()
         if self.guided:
-            logits = logits[1:] + self.params.cfg_scale * (logits[:1] - logits[1:])
+            logits = guide(logits, self.params, *self.rows)
         if self.guard is not None:
             self.guard.block(logits, self.silent_run)
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
@@ -367,6 +397,8 @@ class TokenStream:
         if self.frames.shape[1] < need:
             grow = max(need - self.frames.shape[1], 64)
             self.frames = torch.cat([self.frames, self.frames.new_full((self.K, grow), -1)], dim=1)
+            self.phases = torch.cat([self.phases, self.phases.new_full((grow,), math.nan)])
+        self.phases[self.produced - self.base] = phase[0]
         cols = frame - self.base
         ok = frame >= self.base
         self.frames[self.k_idx[ok], cols[ok]] = tokens[ok]
@@ -381,7 +413,9 @@ class TokenStream:
         # window position j < context of codebook k holds frame origin + j - k (special where j < k)
         kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + context]
         pattern = self.delay.build(kept)[..., :context]  # [1, K, context]
-        self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask)
+        phase = self.phases[self.origin - self.base : self.origin - self.base + context]
+        self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask,
+                        beat=self._beat(phase))
         self.cur = pattern[:, :, context - 1 :].clone()
         self.pos = context
         self.slides += 1
@@ -707,6 +741,10 @@ class MusicStream:
         self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
         self._validate_conditions = cfg.validate_conditions
         self.state = state_from(conditions)
+        if "bpm" not in self.fold and self.state.bpm is None:  # a beat-grid model's default tempo
+            from audiogen.generation.pipeline import requested_tempo
+
+            self.state = replace(self.state, bpm=requested_tempo(Conditions(text=self.state.text), loaded.config).bpm)
         self._check(self.state)
         params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)
@@ -714,7 +752,7 @@ class MusicStream:
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
         self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype,
                                   SilenceGuard.for_codec(self.codec, params, settings.device))
-        self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.guided, settings.device, dtype)
+        self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.rows, settings.device, dtype)
         self.mix.set_target(self.state.parts(self.fold), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
         self.chunk_samples = self.chunk_frames * self.codec.hop_length
@@ -799,7 +837,7 @@ class MusicStream:
         while t.complete < need:
             frame = t.produced
             self._apply_changes(frame)
-            t.step(self.mix.install(frame, t.cache))
+            t.step(self.mix.install(frame, t.cache), self.mix.beat_step(frame, self.fr))
         out = self.decoder.decode(t)
         t.forget_before(self.decoder.next - self.decoder.ctx)
         if self.level is not None:

@@ -358,11 +358,13 @@ def analyse_clip(wav: np.ndarray, sample_rate: int) -> dict:
 def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_dir: str | Path | None,
                      out_dir: str | Path, cfg_scales=(1.0, 3.0), clips: int = DEFAULT_CLIPS,
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
-                     top_k: int = 250, batch: int = 8, refs_per_label: int = 8, tagger=None) -> dict:
+                     top_k: int = 250, batch: int = 8, refs_per_label: int = 8, tagger=None,
+                     beat_guidance: float | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
-    reported as not measured (they need reference clips). Returns the report."""
+    reported as not measured (they need reference clips). ``beat_guidance``: for a model with a beat grid
+    (None: the model's recommendation, as generate uses). Returns the report."""
     import json
     import time
 
@@ -386,6 +388,10 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     loaded = load_model(model_dir, device=device)
     codec, ccfg = loaded.codec, loaded.conditioner.cfg
     sr = codec.sample_rate
+    if beat_guidance is None:
+        from audiogen.generation.sampling import SamplingParams
+
+        beat_guidance = SamplingParams.for_model(loaded.config).beat_guidance
     plans, skipped = plan_requests(ccfg, clips, seed)
     if tagger is None and any(a in plans for a in ("instruments", "genre", "mood")):
         from audiogen.metrics.tagger import load_tagger
@@ -407,14 +413,15 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     t_gen = 0.0
     for g in cfg_scales:
         rows, seconds_generating = _generate_scale(loaded, plans, todo, float(g), out, seconds, top_k, batch, seed,
-                                                   tagger, bar)
+                                                   tagger, bar, beat_guidance)
         t_gen += seconds_generating
         results[f"{g:g}"] = _figures(rows, ref_tags, tagger, seed)
     bar.close()
     report = {
         "model_dir": str(model_dir), "data_dir": None if data_dir is None else str(data_dir),
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
-        "top_k": top_k, "thresholds": THRESHOLDS, "skipped": skipped, "references": ref_origin,
+        "top_k": top_k, "beat_guidance": beat_guidance, "thresholds": THRESHOLDS, "skipped": skipped,
+        "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
         "estimators": {"tempo": "audiogen.data.estimators.tempo_levels on prep's onset envelope and chroma (prep's estimator)",
                        "key": "Temperley profiles on prep's STFT chroma (prep's estimator)",
@@ -430,7 +437,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
 
 
 def _generate_scale(loaded, plans: dict, todo: list, g: float, out: Path, seconds: float, top_k: int, batch: int,
-                    seed: int, tagger, bar) -> tuple[dict, float]:
+                    seed: int, tagger, bar, beat_guidance: float = 1.0) -> tuple[dict, float]:
     """Generate every planned clip at guidance scale ``g``, write it and measure it: ``({attr: [row]}, seconds)``."""
     import time
 
@@ -440,7 +447,7 @@ def _generate_scale(loaded, plans: dict, todo: list, g: float, out: Path, second
     from audiogen.metrics.model_eval import sample_waveforms
 
     sr = loaded.codec.sample_rate
-    params = SamplingParams(top_k=top_k, cfg_scale=g)
+    params = SamplingParams(top_k=top_k, cfg_scale=g, beat_guidance=beat_guidance)
     params.validate()
     clip_dir = make_dir(out / "clips" / f"cfg{g:g}")
     rows = {attr: [None] * len(ps) for attr, ps in plans.items()}
@@ -568,7 +575,9 @@ def summary_markdown(report: dict) -> str:
     sep = "|---|" + "---|" * len(gs)
     lines = [f"# Conditioning adherence: `{report['model_dir']}`", "",
              f"{report['clips_per_attribute']} clips per attribute and guidance scale, {report['seconds']:g} s each, "
-             f"seed {report['seed']}, top-k {report['top_k']}; intervals are 95 %. Generated clips: `clips/`. "
+             f"seed {report['seed']}, top-k {report['top_k']}"
+             + (f", beat guidance {report['beat_guidance']:g}" if report.get("beat_guidance", 1.0) != 1.0 else "")
+             + "; intervals are 95 %. Generated clips: `clips/`. "
              f"Generation {report['generation_seconds']:g} s of {report['total_seconds']:g} s in all.", ""]
 
     def row(name, f, attr):

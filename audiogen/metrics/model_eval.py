@@ -29,15 +29,16 @@ from audiogen.generation.sampling import SamplingParams, SilenceGuard, frames_fo
 def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
                      window_s: float = 10.0) -> np.ndarray:
     """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition."""
-    from audiogen.generation.pipeline import CONTEXT_FRACTION, condition_batch, window_frames
+    from audiogen.generation.pipeline import CONTEXT_FRACTION, guided_batch, window_frames
 
     codec = loaded.codec
     device = next(loaded.lm.parameters()).device
-    cond, mask = condition_batch(loaded.conditioner, conds, params.cfg_scale != 1.0, device)
+    cond, mask, beat_step = guided_batch(loaded, conds, params, device)
     W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)
     codes = generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
-                           max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device))
+                           max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device),
+                           beat_step=beat_step)
     return codec.decode(codes).float().cpu().numpy()
 
 
@@ -79,17 +80,22 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
 
 def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: float = 10.0, seed: int = 0,
                    params: SamplingParams | None = None, batch: int = 4) -> list[Path]:
-    """Write one raw clip per prompt to ``out_dir`` (wav); returns the paths."""
+    """Write one raw clip per prompt to ``out_dir`` (wav), conditioned as ``audiogen generate`` would
+    condition the prompt alone; returns the paths."""
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
+
+    from audiogen.generation.pipeline import requested_tempo
 
     params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
     paths = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
-        wavs = sample_waveforms(loaded, [Conditions(text=p) for p in chunk], seconds, params, seed + s)
+        # the tempo generate would play each prompt at (written in it, or the model's default)
+        conds = [requested_tempo(Conditions(text=p), loaded.config) for p in chunk]
+        wavs = sample_waveforms(loaded, conds, seconds, params, seed + s)
         for j, w in enumerate(wavs):
             peak = float(np.abs(w).max(initial=0.0))
             w = w / peak * 0.9 if peak > 0.9 else w  # raw model output; keep it from clipping the file
@@ -107,7 +113,7 @@ def heldout_loss_vs_unigram(loaded, data_dir: str | Path, segment_s: float = 5.0
     the context and conditions buy.
     """
     from audiogen.data.loader import eval_batches, load_prepared
-    from audiogen.train.lm import ConditionedLM, codebook_ce_sums, delay_inputs
+    from audiogen.train.lm import ConditionedLM, beat_frame_rate, codebook_ce_sums, delay_inputs
 
     ds = load_prepared(data_dir)
     lm = loaded.lm
@@ -122,10 +128,11 @@ def heldout_loss_vs_unigram(loaded, data_dir: str | Path, segment_s: float = 5.0
     device = next(lm.parameters()).device
     frames = max(1, round(segment_s * loaded.codec.frame_rate))
     lm_sums, uni_sums, n = torch.zeros(K), torch.zeros(K), torch.zeros(K)
-    for b in eval_batches(ds["valid"], frames, V, batch, max_rows):
+    beat_rate = beat_frame_rate(lm, {"frame_rate": loaded.codec.frame_rate})
+    for b in eval_batches(ds["valid"], frames, V, batch, max_rows, frame_rate=beat_rate):
         b = b.to(device)
         inputs, targets, tmask = delay_inputs(b.codes, b.mask, V)
-        s, c = codebook_ce_sums(model(inputs, b.conds), targets, tmask)
+        s, c = codebook_ce_sums(model(inputs, b.conds, b.beat), targets, tmask)
         lm_sums += s.cpu()
         n += c.cpu()
         t = targets.clamp(max=V - 1).cpu()

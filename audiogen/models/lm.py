@@ -44,6 +44,11 @@ class LMConfig:
     #: residual dropout in training (after self-attention, cross-attention and the FFN, before each
     #: add; as AudioCraft's transformer layers): a regulariser that may change when fine-tuning
     dropout: float = 0.0
+    #: the beat grid (0 = none): each position also reads where its frame falls in the beat, as
+    #: cos/sin of the phase at this many harmonics (1, 2, 4, ...: beat, half beat, quarter beat),
+    #: through ``beat_proj``. Training takes the phase from the tracked beats of the data
+    #: (prep's ``beats`` column), generation from the requested tempo (:func:`beat_features`)
+    beat_harmonics: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +81,16 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def beat_features(phase: torch.Tensor, harmonics: int) -> torch.Tensor:
+    """``phase: FloatTensor[..., S]`` in [0, 1) (NaN: no beat grid there) -> ``[..., S, 2 * harmonics]``,
+    cos and sin of ``2 pi 2^h phase`` for h < harmonics; zeros where the phase is NaN (an
+    unconditioned position reads exactly what a model without a grid would)."""
+    known = torch.isfinite(phase)
+    ang = 2 * math.pi * torch.where(known, phase, 0.0).float()[..., None] * (
+        2.0 ** torch.arange(harmonics, device=phase.device, dtype=torch.float32))
+    return torch.cat([ang.cos(), ang.sin()], dim=-1) * known[..., None]
 
 
 class Attention(nn.Module):
@@ -231,10 +246,14 @@ class LM(nn.Module):
         self.cfg = cfg
         self.embed_tokens = nn.ModuleList(nn.Embedding(cfg.cardinality + 1, cfg.dim) for _ in range(cfg.num_codebooks))
         self.cond_proj = nn.Linear(cfg.cond_dim, cfg.dim, bias=True)
+        if cfg.beat_harmonics:
+            self.beat_proj = nn.Linear(2 * cfg.beat_harmonics, cfg.dim, bias=False)
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
         self.layer_norm = nn.LayerNorm(cfg.dim)
         self.lm_heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.cardinality, bias=False) for _ in range(cfg.num_codebooks))
         self.apply(self._init)
+        if cfg.beat_harmonics:  # the grid starts at the scale of the positions it is added to
+            nn.init.normal_(self.beat_proj.weight, std=1.0 / math.sqrt(cfg.beat_harmonics))
         # Each head starts as its codebook's embeddings / sqrt(dim): a fresh LM favours the code it
         # just read for that codebook (the delay pattern puts the codebook's previous frame in the
         # input), the most common event in music tokens, and learns the departures. Without this
@@ -263,12 +282,14 @@ class LM(nn.Module):
         return KVCache([LayerCache(torch.zeros(shape, device=device, dtype=dtype),
                                    torch.zeros(shape, device=device, dtype=dtype)) for _ in self.layers])
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor) -> torch.Tensor:
-        """Training and scoring: every position of ``tokens: LongTensor[B, K, S]`` at positions from 0, no cache."""
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor,
+                beat: torch.Tensor | None = None) -> torch.Tensor:
+        """Training and scoring: every position of ``tokens: LongTensor[B, K, S]`` at positions from 0, no cache.
+        ``beat: FloatTensor[B, S]``: the beat phase of each position's frame (NaN or None: no grid)."""
         B, K, S = tokens.shape
         if K != self.cfg.num_codebooks:
             raise ValueError(f"expected {self.cfg.num_codebooks} codebooks, got {K}")
-        x = self.embed(tokens, torch.arange(S, device=tokens.device))
+        x = self.embed(tokens, torch.arange(S, device=tokens.device), beat)
         cond_mask = cond_mask.bool()
         mem = self.project_conditions(cond, cond_mask)
         cross_mask = self.cross_masks(cond_mask)
@@ -276,22 +297,28 @@ class LM(nn.Module):
             x = layer(x, mem, cross_mask)
         return self.heads(self.layer_norm(x))
 
-    def prefill(self, tokens: torch.Tensor, cache: KVCache, cross_mask: torch.Tensor, start: int = 0) -> None:
+    def prefill(self, tokens: torch.Tensor, cache: KVCache, cross_mask: torch.Tensor, start: int = 0,
+                beat: torch.Tensor | None = None) -> None:
         """Run ``tokens: LongTensor[B, K, S]`` at positions ``[start, start + S)`` through the layers, writing
         their self-attention K/V into ``cache``; no logits (the next :meth:`decode_step` samples).
 
         ``cache`` must hold the cross K/V (:meth:`fill_cross_cache`); ``cross_mask`` is
-        :meth:`cross_masks` of the condition mask they were computed from.
+        :meth:`cross_masks` of the condition mask they were computed from. ``beat: FloatTensor[B, S]``
+        as in :meth:`forward`.
         """
-        x = self.embed(tokens, torch.arange(start, start + tokens.shape[2], device=tokens.device))
+        x = self.embed(tokens, torch.arange(start, start + tokens.shape[2], device=tokens.device), beat)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.prefill(x, layer_cache, cross_mask, start)
 
-    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor, beat: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens: LongTensor[B, K, S]`` at ``positions: LongTensor[S]`` -> ``[B, S, D]``: the sum of
-        the K codebooks' embeddings plus the sinusoidal positions."""
+        the K codebooks' embeddings plus the sinusoidal positions, plus the beat grid of ``beat:
+        FloatTensor[B, S]`` (phases, see :func:`beat_features`) on a model that has one."""
         x = sum(self.embed_tokens[k](tokens[:, k]) for k in range(self.cfg.num_codebooks))
-        return x + sinusoidal_positions(positions, self.cfg.dim).to(x.dtype)[None]
+        x = x + sinusoidal_positions(positions, self.cfg.dim).to(x.dtype)[None]
+        if beat is not None and self.cfg.beat_harmonics:
+            x = x + self.beat_proj(beat_features(beat, self.cfg.beat_harmonics).to(x.dtype))
+        return x
 
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, D] -> [B, K, S, card]`` (or ``[B, D] -> [B, K, card]``)."""
@@ -318,15 +345,16 @@ class LM(nn.Module):
         cache.heads_weight = torch.cat([head.weight for head in self.lm_heads])
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, cross_mask, kv_len: int,
-                    self_mask: torch.Tensor | None = None) -> torch.Tensor:
+                    self_mask: torch.Tensor | None = None, beat: torch.Tensor | None = None) -> torch.Tensor:
         """One decode position: ``tokens: LongTensor[B, K, 1]`` at ``pos: LongTensor[1]`` -> ``logits[B, K, card]``.
 
         Needs a cache prepared by :meth:`fill_cross_cache` (or cross K/V set by the caller and
         :meth:`fuse_decode_weights`). ``kv_len = pos + 1`` for eager decoding; a constant
-        ``kv_len`` plus ``self_mask`` for a fixed-shape step (see :meth:`Layer.decode_step`).
+        ``kv_len`` plus ``self_mask`` for a fixed-shape step (see :meth:`Layer.decode_step`). ``beat:
+        FloatTensor[B, 1]``: the beat phase of this position's frame, as in :meth:`forward`.
         """
         K = self.cfg.num_codebooks
-        x = self.embed(tokens, pos)
+        x = self.embed(tokens, pos, beat)
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.decode_step(x, pos, layer_cache, cross_mask, self_mask, kv_len)
         return F.linear(self.layer_norm(x)[:, 0], cache.heads_weight).view(x.shape[0], K, -1)

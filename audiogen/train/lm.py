@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -167,7 +168,8 @@ def resolve_mixed_precision(setting: str) -> str:
 class ConditionedLM(nn.Module):
     """LM + condition encoder as one module (one DDP/FSDP wrap, one ``save_state`` entry).
 
-    ``forward(tokens: LongTensor[B, K, S], conds: list[Conditions]) -> logits: FloatTensor[B, K, S, card]``
+    ``forward(tokens: LongTensor[B, K, S], conds: list[Conditions], beat=None) -> logits: FloatTensor[B, K, S, card]``
+    (``beat: FloatTensor[B, S]``, each position's beat phase, for an LM with a beat grid)
     """
 
     def __init__(self, lm: nn.Module, conditioner: nn.Module):
@@ -175,9 +177,20 @@ class ConditionedLM(nn.Module):
         self.lm = lm
         self.conditioner = conditioner
 
-    def forward(self, tokens: torch.Tensor, conds) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, conds, beat: torch.Tensor | None = None) -> torch.Tensor:
         cond, mask = self.conditioner(conds)
-        return self.lm(tokens, cond, mask)
+        return self.lm(tokens, cond, mask, beat)
+
+
+def median_tempo(ds) -> float | None:
+    """The median ``bpm`` of a dataset's rows that have one (rounded to 0.1), or None."""
+    bpm = [float(b) for b in ds["bpm"] if b and math.isfinite(float(b)) and float(b) > 0]
+    return round(statistics.median(bpm), 1) if bpm else None
+
+
+def beat_frame_rate(lm, codec_desc: dict) -> float | None:
+    """The codec's frame rate when ``lm`` has a beat grid (its crops then carry beat phases), else None."""
+    return float(codec_desc["frame_rate"]) if getattr(lm.cfg, "beat_harmonics", 0) else None
 
 
 def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
@@ -298,7 +311,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, batch: int, max_rows: int) -> dict:
+def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, batch: int, max_rows: int,
+             frame_rate: float | None = None) -> dict:
     """Per-codebook perplexity on fixed valid crops (no RNG used; every process runs the same number of batches)."""
     from audiogen.data.loader import eval_batches
 
@@ -307,10 +321,10 @@ def evaluate(model, accelerator, valid_ds, segment_frames: int, special: int, ba
     sums = counts = None
     try:
         for b in eval_batches(valid_ds, segment_frames, special, batch, max_rows,
-                              accelerator.num_processes, accelerator.process_index):
+                              accelerator.num_processes, accelerator.process_index, frame_rate):
             b = b.to(accelerator.device)
             inputs, targets, tmask = delay_inputs(b.codes, b.mask, special)
-            s, c = codebook_ce_sums(model(inputs, b.conds), targets, tmask)
+            s, c = codebook_ce_sums(model(inputs, b.conds, b.beat), targets, tmask)
             sums = s if sums is None else sums + s
             counts = c if counts is None else counts + c
     finally:
@@ -374,12 +388,14 @@ def train(cfg: TrainConfig) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     start = restore(accelerator, latest)
 
-    dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg, mix=mix)
+    beat_rate = beat_frame_rate(lm, desc)
+    default_bpm = median_tempo(train_ds) if beat_rate else None
+    dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg, mix=mix, frame_rate=beat_rate)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
                          cfg.grad_accum, cfg.num_workers)
     model.train()
     trainer = LMTrainer(cfg, accelerator, model, optimizer, loader, out, special, frames, valid_ds,
-                        {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj)
+                        {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj, default_bpm)
     return run_loop(accelerator, cfg, trainer, start)
 
 
@@ -398,6 +414,7 @@ class LMTrainer:
     valid_ds: object
     codec_info: dict
     codec_obj: object
+    default_bpm: float | None = None  # the exported model's generation.default_bpm (a model with a beat grid)
     name: str = "lm"
     _batches: object = field(default=None, init=False, repr=False)  # the loader's iterator, from the first step
 
@@ -429,7 +446,8 @@ class LMTrainer:
     def evaluate(self, step: int) -> tuple[dict, str]:
         acc, cfg = self.accelerator, self.cfg
         scores = evaluate(self.model, acc, self.valid_ds, self.frames, self.special,
-                          max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows)
+                          max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows,
+                          beat_frame_rate(acc.unwrap_model(self.model).lm, self.codec_info["describe"]))
         if not scores:
             return {}, ""
         ppl = ", ".join(f"{scores[f'eval/ppl_{k}']:.1f}" for k in range(self.codec_info["num_codebooks"]))
@@ -444,7 +462,7 @@ class LMTrainer:
         state = acc.get_state_dict(self.model)  # gathers FSDP shards (a collective: every rank calls it)
         if acc.is_main_process:
             export_model(acc.unwrap_model(self.model), state, self.export_dir, self.codec_info, self.codec_obj, cfg,
-                         step, self.frames / float(self.codec_info["describe"]["frame_rate"]))
+                         step, self.frames / float(self.codec_info["describe"]["frame_rate"]), self.default_bpm)
         acc.wait_for_everyone()
         return self.export_dir
 
@@ -464,17 +482,17 @@ def train_step(model, optimizer, acc, micro: list, step: int, cfg: TrainConfig, 
         inputs, targets, tmask = delay_inputs(b.codes, b.mask, special)
         c = tmask.sum(dim=(0, 2)).float()
         counts = c if counts is None else counts + c
-        prepared.append((inputs, targets, tmask, b.conds))
+        prepared.append((inputs, targets, tmask, b.conds, b.beat))
     # the loss is a mean over the *global* batch's valid tokens of each codebook, so it
     # (and its gradient) is the same for any number of processes and accumulation steps
     counts = acc.reduce(counts, "sum").clamp(min=1)
     K = counts.shape[0]
     ce_total = torch.zeros(K, device=acc.device)
-    for i, (inputs, targets, tmask, conds) in enumerate(prepared):
+    for i, (inputs, targets, tmask, conds, beat) in enumerate(prepared):
         sync = i == len(prepared) - 1
         ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
         with ctx:
-            logits = model(inputs, conds)
+            logits = model(inputs, conds, beat)
             sums, _ = codebook_ce_sums(logits, targets, tmask)
             # DDP/FSDP average gradients over processes: scale by their number
             loss = (sums / counts).sum() / K * acc.num_processes
@@ -492,8 +510,9 @@ def train_step(model, optimizer, acc, micro: list, step: int, cfg: TrainConfig, 
 
 
 def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict, codec_obj, cfg: TrainConfig,
-                 step: int, window_s: float) -> Path:
-    """Write the model directory from a full ``state`` dict (``lm.*``, ``conditioner.*``) without moving the RNG."""
+                 step: int, window_s: float, default_bpm: float | None = None) -> Path:
+    """Write the model directory from a full ``state`` dict (``lm.*``, ``conditioner.*``) without moving the RNG;
+    ``default_bpm``: the tempo a request without one plays at (``generation.default_bpm``)."""
     from audiogen.models.checkpoint import save_model_dir
     from audiogen.models.conditioning import ConditionEncoder
     from audiogen.models.lm import LM
@@ -506,8 +525,9 @@ def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict
                                 for k, v in state.items() if k.startswith(prefix)})
     dtype = getattr(torch, cfg.export_dtype)
     return save_model_dir(path, lm, cond, codec_info, codec=codec_obj, dtype=None if dtype == torch.float32 else dtype,
-                          generation={"window_s": round(window_s, 3), **({"sampling": dict(cfg.sampling)}
-                                                                         if cfg.sampling else {})},
+                          generation={"window_s": round(window_s, 3),
+                                      **({"sampling": dict(cfg.sampling)} if cfg.sampling else {}),
+                                      **({"default_bpm": default_bpm} if default_bpm else {})},
                           extra={"training": {"name": cfg.name, "steps": step, "data_dir": str(cfg.data_dir),
                                               "extra_data_dirs": [str(d) for d in cfg.extra_data_dirs],
                                               "data_weights": list(cfg.data_weights),

@@ -1,0 +1,326 @@
+"""The beat grid: beat times from prep, beat phases in training crops, and the same phases in
+generation, windowed continuation and streaming (``LMConfig.beat_harmonics``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiogen.data.estimators import beat_phase, click_track, onset_envelope, track_beats
+from audiogen.generation.sampling import SamplingParams, beat_steps, generate_codes, generate_window
+from audiogen.models.conditioning import Conditions
+from audiogen.models.lm import LM, LMConfig, beat_features
+from audiogen.models.patterns import DelayPattern
+
+GREEDY = SamplingParams(temperature=0.0, cfg_scale=1.0)
+
+
+def grid_lm(harmonics: int = 3, seed: int = 0) -> LM:
+    torch.manual_seed(seed)
+    return LM(LMConfig(num_codebooks=3, cardinality=16, dim=32, num_layers=2, num_heads=4, ffn_dim=64, cond_dim=8,
+                       beat_harmonics=harmonics)).eval()
+
+
+def conditions(batch: int = 1):
+    torch.manual_seed(1)
+    return torch.randn(batch, 3, 8), torch.ones(batch, 3, dtype=torch.bool)
+
+
+def test_features_are_zero_where_there_is_no_grid():
+    phase = torch.tensor([[0.0, 0.25, math.nan]])
+    f = beat_features(phase, 2)
+    assert f.shape == (1, 3, 4)
+    assert torch.allclose(f[0, 0], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert torch.allclose(f[0, 1], torch.tensor([0.0, -1.0, 1.0, 0.0]), atol=1e-6)
+    assert torch.equal(f[0, 2], torch.zeros(4))
+
+
+def test_decoding_reads_the_phases_training_reads():
+    """Greedy decoding at 120 bpm is what the teacher-forced forward pass predicts with the phases the
+    loader would give those frames, for every engine; without the grid the output differs."""
+    lm, (cond, mask) = grid_lm(), conditions()
+    step = beat_steps([Conditions(bpm=120.0)], False, 50.0)
+    assert step.item() == pytest.approx(120 / 60 / 50)
+    eager = generate_window(lm, cond, mask, 40, GREEDY, None, engine="eager", beat_step=step)
+    assert torch.equal(eager, generate_window(lm, cond, mask, 40, GREEDY, None, engine="static", beat_step=step))
+    assert not torch.equal(eager, generate_window(lm, cond, mask, 40, GREEDY, None, engine="eager"))
+    delay = DelayPattern(3, 16)
+    pattern = delay.build(eager)
+    beats = np.arange(0, 2, 0.5)  # 120 bpm from frame 0
+    phase = torch.from_numpy(beat_phase(beats, pattern.shape[-1], 50.0))[None]
+    predicted = lm(delay.inputs(pattern), cond, mask, phase).argmax(-1)
+    assert bool(((predicted == pattern) | (pattern == 16)).all())
+
+
+def test_continuation_windows_keep_the_grid_running():
+    """Windows of 30 frames with 10 of context give the first window's frames, then go on: the grid does not
+    restart at each window (a restart would put the downbeat every 20 frames)."""
+    lm, (cond, mask) = grid_lm(), conditions()
+    step = beat_steps([Conditions(bpm=97.0)], False, 50.0)
+    long = generate_codes(lm, cond, mask, 70, GREEDY, None, 30, 10, beat_step=step)
+    assert torch.equal(long[..., :30], generate_window(lm, cond, mask, 30, GREEDY, None, beat_step=step))
+    # the same decode with the second window's grid shifted is different
+    shifted = generate_codes(lm, cond, mask, 70, GREEDY, None, 30, 10, beat_step=step + 0.01)
+    assert not torch.equal(long[..., 30:], shifted[..., 30:])
+
+
+def test_guidance_rows_have_no_grid():
+    step = beat_steps([Conditions(bpm=60.0), Conditions()], True, 25.0)
+    assert step[0].item() == pytest.approx(0.04)
+    assert torch.isnan(step[1:]).all()
+
+
+def test_beats_of_a_click_track_and_their_phases():
+    y = click_track(100, 12)  # clicks at 0.2 s + 0.6 s n
+    beats = track_beats(onset_envelope(y), 100)
+    clicks = 0.2 + 0.6 * np.arange(20)
+    near = [np.abs(clicks - b).min() for b in beats if 0.5 < b < 11]
+    assert len(near) >= 15 and max(near) < 0.05  # onset frames lag a click by ~1 hop
+    ph = beat_phase(np.array([1.0, 1.5, 2.0]), 8, 4.0, offset_s=0.5)  # frames at 0.5, 0.75, ..., 2.25 s
+    assert np.allclose(ph, [0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5])  # extrapolated on both sides
+    assert np.isnan(beat_phase(np.array([1.0]), 4, 4.0)).all()
+    assert track_beats(onset_envelope(y), None).size == 0
+
+
+@pytest.fixture(scope="module")
+def clicks_data(tmp_path_factory):
+    """Click tracks at 100 and 125 bpm, 25 s each, prepared with the tiny codec in 10 s segments."""
+    import soundfile as sf
+
+    from audiogen.data.prep import PrepConfig, prepare
+
+    root = tmp_path_factory.mktemp("clicks")
+    (root / "audio").mkdir()
+    for bpm in (100, 125):
+        sf.write(root / "audio" / f"clicks{bpm}.wav", click_track(bpm, 25, 22050), 22050)
+    prepare(PrepConfig(audio_dir=str(root / "audio"), out=str(root / "data"), codec="tiny", segment_s=10.0,
+                       workers=0, valid_fraction=0.5, progress=False))
+    return root / "data"
+
+
+def test_prep_stores_beats_relative_to_each_segment(clicks_data):
+    """A 100 bpm click track cut into 10 s segments: every segment's beats land on its own clicks (the
+    analysis frames start before a segment; that lead is taken off)."""
+    import datasets
+
+    dd = datasets.load_from_disk(str(clicks_data))
+    rows = [r for split in ("train", "valid") for r in dd[split] if r["source"] == "clicks100.wav"]
+    assert sorted(r["start_s"] for r in rows) == [0.0, 10.0, 20.0]
+    for r in rows:
+        clicks = 0.2 + 0.6 * np.arange(45) - r["start_s"]
+        inside = [b for b in r["beats"] if 0.3 < b < r["duration_s"] - 0.3]
+        assert len(inside) >= 0.6 * r["duration_s"] / 0.6
+        assert max(np.abs(clicks - b).min() for b in inside) < 0.05, r["beats"]
+
+
+def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(clicks_data, tmp_path):
+    """Training with ``lm.beat_harmonics`` exports the grid and the data's median tempo as the default;
+    generate takes --bpm, else a tempo in the prompt, else that default."""
+    import yaml
+
+    from audiogen.generation.pipeline import GenerateJob, describe_model
+    from audiogen.train.lm import TrainConfig, train
+    from audiogen.train.loop import load_config
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "tiny.yaml"
+    out = tmp_path / "run"
+    args = [f"data_dir={clicks_data}", f"out_dir={out}", "max_steps=4", "save_every=4", "eval_every=4",
+            "progress=false", "batch_size=2", "segment_s=2.0", "lm.beat_harmonics=2"]
+    assert train(load_config(TrainConfig, tiny, args)) == 0
+    model = out / "model"
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    assert config["lm"]["beat_harmonics"] == 2
+    train_bpm = sorted(datasets_bpm(clicks_data))
+    assert config["generation"]["default_bpm"] == pytest.approx(float(np.median(train_bpm)), abs=0.05)
+    info = describe_model(model)
+    assert info["beat_grid"] == 2 and info["default_bpm"] == config["generation"]["default_bpm"]
+
+    def job(prompt, **kw):
+        return GenerateJob.from_options(prompt, 2.0, tmp_path / "x.wav", model_dir=model, **kw).conditions.bpm
+
+    assert job("clicks", bpm=90.0) == 90.0
+    assert job("upbeat clicks, 140 BPM") == 140.0
+    assert job("clicks") == config["generation"]["default_bpm"]
+    # a dataset without beat times (prepared before them) is one clear error for a grid model
+    import datasets
+
+    old = tmp_path / "old"
+    dd = datasets.load_from_disk(str(clicks_data))
+    datasets.DatasetDict({k: v.remove_columns("beats") for k, v in dd.items()}).save_to_disk(str(old))
+    from audiogen.errors import AudiogenError
+
+    with pytest.raises(AudiogenError, match="no beat times"):
+        train(load_config(TrainConfig, tiny, [f"data_dir={old}", f"out_dir={tmp_path / 'run2'}", "max_steps=2",
+                                              "progress=false", "lm.beat_harmonics=2"]))
+
+
+def datasets_bpm(data_dir) -> list[float]:
+    import datasets
+
+    return [b for b in datasets.load_from_disk(str(data_dir))["train"]["bpm"] if b]
+
+
+def test_crops_carry_phases_and_drop_them_with_the_tempo():
+    import datasets
+
+    from audiogen.data.loader import CropDataset
+    from audiogen.models.conditioning import ConditionerConfig
+
+    codes = np.zeros((3, 100), dtype=np.int16)
+    rows = {"codes": [codes.tolist()] * 2, "caption": ["a", "b"], "genre": [None, None], "mood": [None, None],
+            "bpm": [120.0, 120.0], "key": [None, None], "instruments": [[], []],
+            "beats": [[0.2 + 0.4 * i for i in range(4)], []]}
+    ds = datasets.Dataset.from_dict(rows)
+    crops = CropDataset(ds, 40, 16, seed=0, random_crops=False, frame_rate=25.0)
+    beat = crops[0]["beat"]
+    assert beat.shape == (40 + 3 - 1,)
+    # beats at 0.2 s + 0.4 s n: frames 5, 15, 25, 35, extended by the period on both sides
+    got = beat[[0, 5, 15, 25, 35, 40]]
+    circular = torch.minimum(got, 1 - got)
+    assert torch.allclose(circular, torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0, 0.5]), atol=1e-4), got
+    assert torch.isnan(crops[1]["beat"]).all()  # a row without beats
+    # a crop that starts 10 frames in reads the phases from there
+    import audiogen.data.loader as loader
+
+    orig = loader.crop_start
+    loader.crop_start = lambda seed, index, length, frames: 10
+    try:
+        shifted = CropDataset(ds, 40, 16, seed=0, frame_rate=25.0)
+        row0 = next(i for i in range(8) if shifted.row_of(i) == 0)
+        assert torch.allclose(shifted[row0]["beat"][:30], beat[10:40], atol=1e-5)
+    finally:
+        loader.crop_start = orig
+    # the tempo dropped (condition dropout) takes the grid with it
+    drop_all = ConditionerConfig(p_drop_attr=0.0, p_drop_text=0.0, p_drop_all=1.0)
+    dropped = CropDataset(ds, 40, 16, seed=0, drop=drop_all, random_crops=False, frame_rate=25.0)
+    assert dropped[0]["cond"].bpm is None and torch.isnan(dropped[0]["beat"]).all()
+    with pytest.raises(Exception, match="no beat times"):
+        CropDataset(ds.remove_columns("beats"), 40, 16, seed=0, frame_rate=25.0)
+
+
+@pytest.fixture(scope="module")
+def grid_model(tmp_path_factory, tiny_codec):
+    """A random tiny LM with a beat grid + the tiny codec, loaded from a saved model directory."""
+    from audiogen.models.checkpoint import load_model, save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import named_config
+
+    torch.manual_seed(0)
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
+    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
+                         cond_dim=32, max_positions=512, beat_harmonics=3))
+    d = tmp_path_factory.mktemp("model") / "grid"
+    save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
+                                                   "describe": tiny_codec.describe()})
+    loaded = load_model(d)
+    assert loaded.lm.cfg.beat_harmonics == 3 and torch.equal(loaded.lm.beat_proj.weight, lm.beat_proj.weight)
+    return loaded
+
+
+@pytest.mark.parametrize("beat_guidance", [1.0, 3.0])
+def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance):
+    """Greedy streaming inside one window is generate_window's decode with the same grid (and the same
+    beat guidance), and the grid's count follows a tempo glide frame by frame (a new tempo does not
+    restart it)."""
+    from audiogen.generation.pipeline import guided_batch
+    from audiogen.generation.stream import MusicStream, StreamSettings, state_from
+
+    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=beat_guidance)
+    s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
+        chunk_s=0.25, window_s=2.0, decode_context_s=0.2, level=False, sampling=params))
+    t, fr = s.tokens, grid_model.codec.frame_rate
+    while t.complete < 60:
+        t.step(s.mix.install(t.produced, t.cache), s.mix.beat_step(t.produced, fr))
+    assert t.slides == 0
+    cond = state_from({"genre": "ambient", "bpm": 90}).conditions()
+    c, m, step = guided_batch(grid_model, [cond], params, "cpu")
+    assert c.shape[0] == (2 if beat_guidance != 1 else 1)
+    ref = generate_window(grid_model.lm, c, m, 60, params, None, engine="eager", beat_step=step)[0]
+    n = 60 - t.K + 1
+    assert torch.equal(t.frames_between(0, n), ref[:, :n])
+    # a glide from 90 to 150 bpm over 20 frames: the count grows by each frame's mixed tempo
+    s.control({"bpm": 150, "glide_s": 20 / fr})
+    before, start = t.beat_count, t.produced
+    s._apply_changes(start)
+    expected = before
+    for f in range(start, start + 40):
+        step = s.mix.beat_step(f, fr)
+        expected += step
+        t.step(s.mix.install(f, t.cache), step)
+    assert s.mix.beat_step(start, fr) == pytest.approx(90 / 60 / fr)
+    assert s.mix.beat_step(start + 30, fr) == pytest.approx(150 / 60 / fr)
+    assert t.beat_count == pytest.approx(expected)
+    assert 40 * 90 / 60 / fr < t.beat_count - before < 40 * 150 / 60 / fr
+
+
+def test_stream_slides_with_a_grid_and_without_a_tempo(grid_model):
+    from audiogen.generation.stream import MusicStream, StreamSettings
+
+    s = MusicStream(grid_model, {"genre": "ambient", "bpm": 120}, StreamSettings(
+        chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False, sampling=SamplingParams(top_k=20, cfg_scale=3)))
+    chunks = [s.next_chunk() for _ in range(8)]
+    assert s.tokens.slides >= 1 and all(np.isfinite(c).all() for c in chunks)
+    assert s.tokens.beat_count == pytest.approx(s.tokens.produced * 120 / 60 / grid_model.codec.frame_rate)
+    t = s.tokens
+    assert not torch.isnan(t.phases[t.produced - 1 - t.base])
+    s.control({"bpm": None})
+    count = t.beat_count
+    chunks = [s.next_chunk() for _ in range(4)]
+    assert t.beat_count == count  # no tempo, no grid
+    assert torch.isnan(t.phases[t.produced - 1 - t.base])
+
+
+def test_guide_pushes_from_the_gridless_rows_then_from_the_unconditional_rows():
+    from audiogen.generation.sampling import guide
+
+    c, n, u = torch.tensor([[3.0]]), torch.tensor([[1.0]]), torch.tensor([[0.0]])
+    p = SamplingParams(cfg_scale=2.0, beat_guidance=4.0)
+    assert guide(torch.cat([c, n, u]), p, True, True).item() == pytest.approx(2 * (1 + 4 * (3 - 1)))
+    assert guide(torch.cat([c, n]), p, True, False).item() == pytest.approx(1 + 4 * (3 - 1))
+    assert guide(torch.cat([c, u]), p, False, True).item() == pytest.approx(2 * 3)
+    assert p.guidance_rows(grid=False) == (False, True)  # no grid: nothing to guide towards
+    with pytest.raises(Exception, match="beat guidance"):
+        SamplingParams(beat_guidance=-1.0).validate()
+
+
+def test_beat_guidance_decodes_the_guided_logits_and_is_ignored_without_a_grid():
+    """Greedy decoding with beat guidance picks, at every position, the argmax of
+    ``nogrid + g * (grid - nogrid)`` of the teacher-forced logits; a model without a grid decodes as if
+    it were off."""
+    from audiogen.generation.pipeline import condition_batch  # noqa: F401  (rows are built by hand here)
+
+    lm, (cond, mask) = grid_lm(), conditions()
+    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=3.0)
+    step = beat_steps([Conditions(bpm=110.0)], 1, 50.0)
+    codes = generate_window(lm, torch.cat([cond, cond]), torch.cat([mask, mask]), 40, params, None, beat_step=step)
+    assert not torch.equal(codes, generate_window(lm, cond, mask, 40, GREEDY, None, beat_step=step[:1]))
+    delay = DelayPattern(3, 16)
+    pattern = delay.build(codes)
+    S = pattern.shape[-1]
+    phase = torch.remainder(torch.arange(S, dtype=torch.float64) * step[0], 1.0).float()[None]
+    inputs = delay.inputs(pattern)
+    grid = lm(inputs, cond, mask, phase)
+    nogrid = lm(inputs, cond, mask, torch.full_like(phase, math.nan))
+    predicted = (nogrid + 3.0 * (grid - nogrid)).argmax(-1)
+    assert bool(((predicted == pattern) | (pattern == 16)).all())
+    plain = grid_lm(harmonics=0)
+    assert torch.equal(generate_window(plain, cond, mask, 30, params, None, beat_step=step[:1]),
+                       generate_window(plain, cond, mask, 30, GREEDY, None))
+
+
+def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():
+    from audiogen.generation.pipeline import requested_tempo
+
+    grid = {"conditioner": {"bpm_buckets": [60.0, 120.0]}, "lm": {"beat_harmonics": 3},
+            "generation": {"default_bpm": 100.0}}
+    plain = {"conditioner": {"bpm_buckets": [60.0, 120.0]}, "lm": {}, "generation": {}}
+    assert requested_tempo(Conditions(text="upbeat electronic, 120 BPM"), grid).bpm == 120.0
+    assert requested_tempo(Conditions(text="calm", bpm=70.0), grid).bpm == 70.0
+    assert requested_tempo(Conditions(text="calm"), grid).bpm == 100.0
+    assert requested_tempo(Conditions(text="a 999 bpm blur"), grid).bpm == 100.0  # out of range: not a tempo
+    # the shipped default model has no grid: its requests are left as they are
+    assert requested_tempo(Conditions(text="upbeat electronic, 120 bpm"), plain).bpm is None
