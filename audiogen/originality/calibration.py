@@ -195,7 +195,7 @@ def write_token_dataset(out: str | Path, rows: list[np.ndarray], codec_desc: dic
     def row(i: int, split: str) -> dict:
         return {"id": f"synthetic-{i:06d}", "source": f"synthetic/{i:06d}.wav", "sha256": "0" * 64, "start_s": 0.0,
                 "duration_s": rows[i].shape[1] / fr, "codec": codec, "codes": np.asarray(rows[i], np.int16),
-                "caption": "", "genre": None, "mood": None, "bpm": None, "key": None, "instruments": [],
+                "caption": "", "genre": None, "mood": None, "bpm": None, "key": None, "instruments": [], "beats": [],
                 "license": None, "split": split, "title": None, "artist": None, "attribution": None}
 
     f = dataset_features(K)

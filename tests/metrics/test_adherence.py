@@ -179,7 +179,7 @@ def tiny_setup(tmp_path_factory, tiny_codec):
         rows.append(dict(id=f"r{i}", source=f"t{i}.wav", sha256=f"{i:064d}", start_s=0.0, duration_s=4.0,
                          codec=json.dumps(tiny_codec.describe()), codes=[[1] * 8] * tiny_codec.num_codebooks,
                          caption=genre, genre=genre, mood=None, bpm=100.0, key="C major", instruments=[],
-                         license="CC0", split=split, title=None, artist=None, attribution=None))
+                         beats=[], license="CC0", split=split, title=None, artist=None, attribution=None))
     f = dataset_features(tiny_codec.num_codebooks)
     data = root / "data"
     datasets.DatasetDict({s: datasets.Dataset.from_list([r for r in rows if r["split"] == s], features=f)

@@ -77,7 +77,7 @@ def make_dataset(path: Path, codec, train: list[np.ndarray], valid: list[np.ndar
         return [dict(id=f"{split}{i}", source=f"{split}{i}.ogg", sha256=f"{i:064d}", start_s=0.0,
                      duration_s=a.shape[1] / codec.frame_rate, codec=desc, codes=a.tolist(),
                      caption=f"a {genres[i % 6]} piece", genre=genres[i % 6], mood=["calm", "dark"][i % 2],
-                     bpm=80.0 + 20 * i, key="C major", instruments=["piano"] if i % 2 else ["synth"],
+                     bpm=80.0 + 20 * i, key="C major", instruments=["piano"] if i % 2 else ["synth"], beats=[],
                      license="CC-BY-SA-3.0", split=split, title=None, artist=None, attribution=None)
                 for i, a in enumerate(arrays)]
 
