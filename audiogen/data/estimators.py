@@ -51,12 +51,17 @@ def onset_envelope(y: np.ndarray, sr: int = SR) -> np.ndarray:
     return librosa.onset.onset_strength(y=y, sr=sr, hop_length=HOP)
 
 
+def _no_tempo_in(env: np.ndarray, sr: int, hop: int) -> bool:
+    """Whether an onset envelope ``env: [F]`` is too short (under 4 s) or flat (no onsets) to hold a tempo."""
+    return env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0
+
+
 def tempo_beat_track(env: np.ndarray, sr: int = SR, hop: int = HOP) -> float | None:
     """prep's estimator until shard version 4: librosa's beat tracker (its tempo prior at 120 bpm),
     refined by a line fit through the beat times (the tracker's own tempo is quantized to whole lags)."""
     import librosa
 
-    if env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+    if _no_tempo_in(env, sr, hop):
         return None  # under 4 s, or no onsets at all
     tempo, beats = librosa.beat.beat_track(onset_envelope=env, sr=sr, hop_length=hop)
     tempo = float(np.atleast_1d(tempo)[0])
@@ -159,7 +164,7 @@ def tempo_metrical(env: np.ndarray, sr: int = SR, hop: int = HOP, lo: float = 40
        level is decided by step 3). librosa's beat tracker at that tempo with a line through its
        beats did worse here: legato renders drift (3 more misses of 4-5 % on the 49 tuning pieces).
     """
-    if env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+    if _no_tempo_in(env, sr, hop):
         return None
     a = _periodicity(env, sr, hop)
     if a is None:
@@ -225,7 +230,7 @@ def level_candidates(env: np.ndarray, sr: int = SR, hop: int = HOP, chroma: np.n
     features [K, len(LEVEL_FEATURES)], a [lag])`` with ``a`` the combined tempogram (as
     :func:`tempo_metrical` builds it); None under 4 s or without onsets. Without chroma the
     harmonic-change features are 0."""
-    if env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+    if _no_tempo_in(env, sr, hop):
         return None
     a_on = _periodicity(env, sr, hop)
     if a_on is None:
@@ -308,7 +313,7 @@ def track_beats(env: np.ndarray, bpm: float | None, sr: int = SR, hop: int = HOP
     (:func:`beat_phase`) is made from them."""
     import librosa
 
-    if bpm is None or not np.isfinite(bpm) or bpm <= 0 or env.size < 4 * sr / hop or float(env.max(initial=0.0)) <= 0:
+    if bpm is None or not np.isfinite(bpm) or bpm <= 0 or _no_tempo_in(env, sr, hop):
         return np.zeros(0, dtype=np.float32)
     _, beats = librosa.beat.beat_track(onset_envelope=env, sr=sr, hop_length=hop, bpm=float(bpm), trim=False,
                                        units="time")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiogen.data.estimators import beat_phase
 from audiogen.errors import AudiogenError
 from audiogen.models.conditioning import ATTRIBUTES, Conditions, ConditionerConfig, drop_conditions
 
@@ -186,8 +187,6 @@ class CropDataset(torch.utils.data.Dataset):
             cond = drop_conditions([cond], self.drop, g)[0]
         item = {"codes": out, "mask": mask, "cond": cond}
         if self.frame_rate is not None:  # the grid goes with the tempo condition: dropped together
-            from audiogen.data.estimators import beat_phase
-
             beats = np.asarray(row["beats"], dtype=np.float64) if cond.bpm is not None else np.zeros(0)
             item["beat"] = torch.from_numpy(beat_phase(beats, S + K - 1, self.frame_rate, start / self.frame_rate))
         return item

@@ -80,7 +80,7 @@ class _Part:
     hi: int
     sample_rate: int
     frames: int  # the header's frame count
-    label_bpm: float | None = None  # the file's tempo label (sidecar, tags), which the beats follow
+    label_bpm: float | None = None  # the file's tempo label (sidecar or captions file, checked 20-400 bpm there)
 
 
 def _process_file(t: _Task | _Part) -> dict:
@@ -138,7 +138,7 @@ def _process_file_unchecked(t: _Task) -> dict:
             return {**res, "status": "skipped", "reason": done["skipped"], "cached": True}
         return {**res, "status": "cached", "audio_s": done["duration_s"]}
     if info.duration_s > LONG_FILE_FACTOR * t.part_s:
-        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames, _label_bpm(meta))}
+        return {**res, "status": "long", "parts": _plan_parts(t, sha, info.sample_rate, info.frames, meta.get("bpm"))}
     try:
         wav, sr = load_audio(path)
     except AudiogenError as e:
@@ -151,7 +151,7 @@ def _process_file_unchecked(t: _Task) -> dict:
     if not bounds:
         return {**res, "status": "skipped",
                 "reason": f"too short ({duration:.2f}s < minimum segment {t.min_segment_s:g}s)"}
-    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs, _label_bpm(meta))
+    segments, silent = _analyse_segments(wav, sr, 0, bounds, t.silence_dbfs, meta.get("bpm"))
     if not segments:
         return {**res, "status": "skipped", "reason": SILENT_SEGMENTS}
     return {**res, "status": "ok", "wav": _to_codec_format(wav, sr, t), "segments": segments,
@@ -159,16 +159,6 @@ def _process_file_unchecked(t: _Task) -> dict:
 
 
 SILENT_SEGMENTS = "silent (every segment below the silence threshold)"
-
-
-def _label_bpm(meta: dict) -> float | None:
-    """The file's tempo label, if it has one (labels win over estimates, as in the dataset's ``bpm``)."""
-    bpm = meta.get("bpm")
-    try:
-        bpm = float(bpm) if bpm else None
-    except (TypeError, ValueError):
-        return None
-    return bpm if bpm and math.isfinite(bpm) and bpm > 0 else None
 
 
 def _analyse_segments(wav: np.ndarray, sr: int, origin: int, bounds: list[tuple[int, int]],

@@ -188,9 +188,11 @@ def median_tempo(ds) -> float | None:
     return round(statistics.median(bpm), 1) if bpm else None
 
 
-def beat_frame_rate(lm, codec_desc: dict) -> float | None:
-    """The codec's frame rate when ``lm`` has a beat grid (its crops then carry beat phases), else None."""
-    return float(codec_desc["frame_rate"]) if getattr(lm.cfg, "beat_harmonics", 0) else None
+def beat_frame_rate(lm, frame_rate: float) -> float | None:
+    """The codec's ``frame_rate`` when ``lm`` has a beat grid (its crops then carry beat phases), else None."""
+    from audiogen.generation.sampling import has_grid
+
+    return float(frame_rate) if has_grid(lm) else None
 
 
 def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
@@ -388,14 +390,14 @@ def train(cfg: TrainConfig) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     start = restore(accelerator, latest)
 
-    beat_rate = beat_frame_rate(lm, desc)
+    beat_rate = beat_frame_rate(lm, desc["frame_rate"])
     default_bpm = median_tempo(train_ds) if beat_rate else None
     dataset = CropDataset(train_ds, frames, special, cfg.seed, drop=conditioner.cfg, mix=mix, frame_rate=beat_rate)
     loader = make_loader(dataset, start, cfg.max_steps, cfg.batch_size, world, accelerator.process_index,
                          cfg.grad_accum, cfg.num_workers)
     model.train()
     trainer = LMTrainer(cfg, accelerator, model, optimizer, loader, out, special, frames, valid_ds,
-                        {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj, default_bpm)
+                        {"spec": spec, "num_codebooks": K, "describe": desc}, codec_obj, beat_rate, default_bpm)
     return run_loop(accelerator, cfg, trainer, start)
 
 
@@ -414,6 +416,7 @@ class LMTrainer:
     valid_ds: object
     codec_info: dict
     codec_obj: object
+    beat_rate: float | None = None  # the codec's frame rate for a model with a beat grid (its crops' phases)
     default_bpm: float | None = None  # the exported model's generation.default_bpm (a model with a beat grid)
     name: str = "lm"
     _batches: object = field(default=None, init=False, repr=False)  # the loader's iterator, from the first step
@@ -446,8 +449,7 @@ class LMTrainer:
     def evaluate(self, step: int) -> tuple[dict, str]:
         acc, cfg = self.accelerator, self.cfg
         scores = evaluate(self.model, acc, self.valid_ds, self.frames, self.special,
-                          max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows,
-                          beat_frame_rate(acc.unwrap_model(self.model).lm, self.codec_info["describe"]))
+                          max(1, cfg.batch_size // (acc.num_processes * cfg.grad_accum)), cfg.eval_rows, self.beat_rate)
         if not scores:
             return {}, ""
         ppl = ", ".join(f"{scores[f'eval/ppl_{k}']:.1f}" for k in range(self.codec_info["num_codebooks"]))
