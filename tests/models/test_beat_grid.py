@@ -120,8 +120,10 @@ def test_prep_stores_beats_relative_to_each_segment(clicks_data):
 def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(clicks_data, tmp_path):
     """Training with ``lm.beat_harmonics`` exports the grid and the data's median tempo as the default;
     generate takes --bpm, else a tempo in the prompt, else that default."""
+    import datasets
     import yaml
 
+    from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import GenerateJob, describe_model
     from audiogen.train.lm import TrainConfig, train
     from audiogen.train.loop import load_config
@@ -134,7 +136,7 @@ def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(cl
     model = out / "model"
     config = yaml.safe_load((model / "config.yaml").read_text())
     assert config["lm"]["beat_harmonics"] == 2
-    train_bpm = sorted(datasets_bpm(clicks_data))
+    train_bpm = [b for b in datasets.load_from_disk(str(clicks_data))["train"]["bpm"] if b]
     assert config["generation"]["default_bpm"] == pytest.approx(float(np.median(train_bpm)), abs=0.05)
     info = describe_model(model)
     assert info["beat_grid"] == 2 and info["default_bpm"] == config["generation"]["default_bpm"]
@@ -146,22 +148,12 @@ def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(cl
     assert job("upbeat clicks, 140 BPM") == 140.0
     assert job("clicks") == config["generation"]["default_bpm"]
     # a dataset without beat times (prepared before them) is one clear error for a grid model
-    import datasets
-
     old = tmp_path / "old"
     dd = datasets.load_from_disk(str(clicks_data))
     datasets.DatasetDict({k: v.remove_columns("beats") for k, v in dd.items()}).save_to_disk(str(old))
-    from audiogen.errors import AudiogenError
-
     with pytest.raises(AudiogenError, match="no beat times"):
         train(load_config(TrainConfig, tiny, [f"data_dir={old}", f"out_dir={tmp_path / 'run2'}", "max_steps=2",
                                               "progress=false", "lm.beat_harmonics=2"]))
-
-
-def datasets_bpm(data_dir) -> list[float]:
-    import datasets
-
-    return [b for b in datasets.load_from_disk(str(data_dir))["train"]["bpm"] if b]
 
 
 def test_crops_carry_phases_and_drop_them_with_the_tempo():
@@ -291,8 +283,6 @@ def test_beat_guidance_decodes_the_guided_logits_and_is_ignored_without_a_grid()
     """Greedy decoding with beat guidance picks, at every position, the argmax of
     ``nogrid + g * (grid - nogrid)`` of the teacher-forced logits; a model without a grid decodes as if
     it were off."""
-    from audiogen.generation.pipeline import condition_batch  # noqa: F401  (rows are built by hand here)
-
     lm, (cond, mask) = grid_lm(), conditions()
     params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=3.0)
     step = beat_steps([Conditions(bpm=110.0)], 1, 50.0)
