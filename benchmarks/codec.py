@@ -73,7 +73,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--codecs", nargs="+", default=["encodec_24khz:6", "encodec_48khz:6"])
+    ap.add_argument("--malloc-default", action="store_true",
+                    help="leave glibc's malloc as it is (by default both sides run with "
+                         "audiogen.devices.keep_freed_memory, as `audiogen codec` and prep do)")
     args = ap.parse_args()
+    if not args.malloc_default:
+        from audiogen.devices import keep_freed_memory
+
+        keep_freed_memory()
     devices = [d for d in args.devices if d == "cpu" or torch.cuda.is_available()]
     results = []
     load_start = [round(x, 1) for x in os.getloadavg()]
@@ -86,7 +93,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "torch": torch.__version__,
+        "torch": torch.__version__, "keep_freed_memory": not args.malloc_default,
         "load_average_start": load_start, "load_average_end": [round(x, 1) for x in os.getloadavg()],
         "results": results,
         "skipped": [d for d in args.devices if d not in devices],

@@ -58,7 +58,7 @@ def run_once(src: Path, codec, device: str, workers: int, batch_size: int, segme
         wall = time.perf_counter() - t
     hours = report["audio_hours"]
     return {
-        "workers": cfg.workers, "batch_size": cfg.batch_size, "wall_s": round(wall, 2),
+        "workers": cfg.workers, "batch_size": cfg.batch_size or codec.preferred_batch, "wall_s": round(wall, 2),
         "audio_hours_per_wall_hour": round(hours / (wall / 3600), 1),
         "tokens_per_s": round(report["tokens_this_run"] / wall),
         "segments": report["segments"]["train"] + report["segments"]["valid"],
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--tracks", type=int, default=3, help="how many real tracks (whole files)")
     ap.add_argument("--segment", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=None, help="default: audiogen.data.prep.default_workers(device)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: prep's own (1 on cpu, 8 on cuda)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: prep's own (the codec's preferred_batch)")
     ap.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     ap.add_argument("--codecs", nargs="+", default=["tiny", "encodec_24khz"],
                     choices=["tiny", "encodec_24khz", "default"])
@@ -98,12 +98,15 @@ def main() -> None:
             (src / f"{i:02d}_{t.name}").symlink_to(t.resolve())
         from audiogen.audio.io import audio_info
 
-        # warm-up: librosa/numba loaded once here (forked workers inherit it), as in any long job
+        # warm-up: one file's whole analysis (librosa's numba functions compiled, filters built) here, so
+        # forked workers inherit it, as they do in any long job, and neither side's first repeat pays it
         import numpy as np
 
-        from audiogen.data.labels import _analysis_features, estimate_bpm
+        from audiogen.data.prep_files import _analyse_segments
 
-        estimate_bpm(_analysis_features(np.random.default_rng(0).standard_normal(22050 * 5).astype(np.float32), 22050)[0])
+        sr = 44100
+        noise = (0.1 * np.random.default_rng(0).standard_normal((2, 35 * sr))).astype(np.float32)
+        _analyse_segments(noise, sr, 0, [(0, 30 * sr)], -60.0, None)
         result["files"] = len(tracks)
         result["audio_hours"] = round(sum(audio_info(t).duration_s for t in tracks) / 3600, 4)
         for device in devices:

@@ -69,6 +69,22 @@ def tiny_codec():
 
 
 @pytest.fixture(scope="session")
+def tiny_lstm_codec():
+    """The tiny codec's shape with a 2-layer LSTM between encoder and quantizer, as the 24 kHz EnCodec has."""
+    import dataclasses
+
+    import torch
+
+    from audiogen.codec import base as C
+
+    cfg = dataclasses.replace(C.NAMED_CONFIGS["tiny"], lstm=2)
+    torch.manual_seed(0)
+    model = C.build_encodec_model(cfg)
+    C._init_random_codec(model, cfg)
+    return C.EncodecCodec(model, cfg, "tiny-lstm")
+
+
+@pytest.fixture(scope="session")
 def debian_music_dir() -> Path:
     """Real CC-BY-SA music (Debian singularity-music), fetched by install.sh."""
     d = Path(os.environ.get("AUDIOGEN_MUSIC_DIR", REPO / ".cache" / "debian-music"))

@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
 
     from audiogen.audio.io import load_audio, write_audio
     from audiogen.codec.base import load_codec, load_codes
+    from audiogen.devices import keep_freed_memory
     from audiogen.files import atomic_path
 
+    keep_freed_memory()  # a long file's windows: see its docstring
     codec = load_codec(args.codec, bandwidth=args.bandwidth, weights=args.codec_weights, device=args.device)
     if args.op in ("roundtrip", "encode"):
         wav, _ = load_audio(args.input, codec.sample_rate, codec.channels)

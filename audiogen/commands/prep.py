@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "--device cuda the main process tokenizes); 0 = all in the main process "
                    f"(default: all {os.cpu_count()} cores)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="segments per codec call (default: 1 on cpu, where bigger batches measured slower; 8 on a GPU)")
+                   help="segments per codec call (default: the codec's own choice, measured: 8 on a GPU; on cpu 8 for "
+                        "a codec with an LSTM such as EnCodec, else 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid assignment (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.1, metavar="F",
                    help="share of source files in the valid split (default: %(default)s)")

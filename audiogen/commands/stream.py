@@ -124,13 +124,15 @@ def run(args: argparse.Namespace) -> int:
     start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
                                    instruments=args.instruments, intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
-    from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.pipeline import check_beat_guidance, resolve_model_dir
     from audiogen.models.checkpoint import load_model, read_config
 
     model_dir = resolve_model_dir(args.model)
-    sampling = SamplingParams.for_model(read_config(model_dir), temperature=args.temperature, top_k=args.top_k,
+    config = read_config(model_dir)
+    sampling = SamplingParams.for_model(config, temperature=args.temperature, top_k=args.top_k,
                                         cfg_scale=args.cfg, max_silence_s=args.max_silence_s,
                                         beat_guidance=args.beat_guidance)
+    check_beat_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype)

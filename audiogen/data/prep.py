@@ -63,6 +63,7 @@ kept, the others are listed under ``duplicates`` in the report (not an error).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -128,9 +129,8 @@ class PrepConfig:
     captions: str | None = None
     #: decoding/analysis processes; 0 = in the main process; None = default_workers(device)
     workers: int | None = None
-    #: full-length segments per codec call; None = 1 on CPU, 8 on a GPU. On CPU, batches of 8 were
-    #: slower than one segment at a time (encodec_24khz, 2 workers, quiet 2-core VM: 60 s vs 39 s
-    #: for 2 tracks; the naive loop 41-45 s): their activations outgrow the caches
+    #: full-length segments per codec call; None = the codec's ``preferred_batch`` on the device (8 on a
+    #: GPU; on CPU 8 for a codec with an LSTM, whose batch runs through it together, else 1)
     batch_size: int | None = None
     seed: int = 0
     valid_fraction: float = 0.1
@@ -158,9 +158,7 @@ class PrepConfig:
             raise AudiogenError(f"--silence-db must be a number of dBFS, got {self.silence_dbfs}")
         if not 0 <= self.valid_fraction < 1:
             raise AudiogenError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
-        if self.batch_size is None:
-            self.batch_size = 1 if str(self.device).startswith("cpu") else 8
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise AudiogenError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.workers is None:
             self.workers = default_workers(self.device)
@@ -267,9 +265,11 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
     (:func:`merge_ranks`). The other ranks return their own report.
     """
     from audiogen.audio.io import find_audio_files
+    from audiogen.devices import keep_freed_memory
     from audiogen.files import atomic_write_text, make_dir
 
     t_start = time.perf_counter()
+    keep_freed_memory()  # the codec's long windows: see its docstring
     rank = Rank.from_env()
     audio_dir, out = Path(cfg.audio_dir), Path(cfg.out)
     if not audio_dir.is_dir():
@@ -288,6 +288,8 @@ def prepare(cfg: PrepConfig, codec=None) -> dict:
 
         codec = load_codec(cfg.codec, bandwidth=cfg.bandwidth, weights=cfg.codec_weights,
                            device=rank.device(cfg.device))
+    if cfg.batch_size is None:
+        cfg = dataclasses.replace(cfg, batch_size=codec.preferred_batch)
     codec_desc = codec.describe()
     work = out / ".work"
     make_dir(work)

@@ -298,8 +298,11 @@ def _tokenize_in_worker(res: dict, t: _Task, codec, batch_size: int) -> dict:
 def _worker_init(parent_pid: int, codec=None, batch_size: int = 1) -> None:
     import torch
 
+    from audiogen.devices import keep_freed_memory
+
     global _WORKER_CODEC
     torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _Runner)
+    keep_freed_memory()  # inherited through fork; spawned workers (not Linux) set their own
     if codec is not None:
         _WORKER_CODEC = (codec, batch_size)
 
@@ -406,13 +409,13 @@ class _Tokenizer:
         self._run_full(flush=True)
         self._write_done()
 
-    def _encode(self, batch: np.ndarray) -> np.ndarray:
+    def _encode(self, batch: np.ndarray, rows: int | None = None) -> np.ndarray:
         import torch
 
         x = torch.from_numpy(batch)
         if self.codec.device.type == "cuda":  # page-locked, so the copy to the GPU is one DMA
             x = x.pin_memory().to(self.codec.device, non_blocking=True)
-        codes = self.codec.encode(x)
+        codes = self.codec.encode(x, rows=rows)
         return codes.cpu().numpy().astype(np.int16)  # [B, K, T]
 
     def _run_full(self, flush: bool) -> None:
@@ -421,7 +424,7 @@ class _Tokenizer:
             batch = np.zeros((self.batch_size, *group[0][2].shape), dtype=np.float32)
             for j, (_, _, piece) in enumerate(group):
                 batch[j] = piece
-            codes = self._encode(batch)
+            codes = self._encode(batch, rows=len(group))  # the padding rows' codes are not wanted
             self._store([(sha, i) for sha, i, _ in group], codes[: len(group)])
 
     def _store(self, keys: list[tuple[str, int]], codes: np.ndarray) -> None:

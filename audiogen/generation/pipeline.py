@@ -184,6 +184,17 @@ def check_against_model(model_dir: Path, job: GenerateJob) -> None:
     except (KeyError, TypeError) as e:
         raise AudiogenError(f"{model_dir}: invalid model config (conditioner: {e})") from None
     conditioner.validate_conditions([job.conditions])
+    check_beat_guidance(config, model_dir, job.sampling)
+
+
+def check_beat_guidance(config: dict, model_dir: Path, sampling: SamplingParams) -> None:
+    """Beat guidance acts through a beat grid alone: asked of a model without one (``config``: its folder's
+    config), it is refused rather than run and recorded in the sidecar as if it had done something."""
+    if sampling.beat_guidance != 1.0 and not (config.get("lm") or {}).get("beat_harmonics"):
+        raise AudiogenError(
+            f"--beat-guidance {sampling.beat_guidance:g}: the model at {model_dir} has no beat grid, so beat "
+            "guidance would do nothing; leave it out (`audiogen info --model DIR` shows a model's grid)"
+        )
 
 
 def describe_model(model_dir: str | os.PathLike | None = None) -> dict:

@@ -130,6 +130,34 @@ def test_batched_encoding_equals_one_by_one(tiny_codec, make_music):
     assert torch.equal(together, alone)
 
 
+def test_a_cpu_batch_goes_through_the_convolutions_row_by_row_and_through_the_lstm_together(tiny_lstm_codec, make_music):
+    codec = tiny_lstm_codec
+    layers = list(codec.model.encoder.model)
+    lstm = next(layer for layer in layers if C._is_lstm(layer))
+    lstm_rows, conv_rows = [], []
+    lstm.register_forward_pre_hook(lambda m, a: lstm_rows.append(a[0].shape[0]))
+    layers[0].register_forward_pre_hook(lambda m, a: conv_rows.append(a[0].shape[0]))
+    wavs = torch.stack([torch.from_numpy(make_music(3.0, seed=s)) for s in range(4)])
+
+    together = codec.encode(wavs)
+    assert lstm_rows == [4] and conv_rows == [1, 1, 1, 1]  # the premise: the split was taken
+    with torch.inference_mode():
+        emb_split = C.rows_around_lstm(layers, wavs)
+        emb_whole = torch.nn.Sequential(*layers)(wavs)
+    assert torch.allclose(emb_split, emb_whole, atol=1e-5 * float(emb_whole.abs().max()))
+    alone = torch.cat([codec.encode(w[None]) for w in wavs])
+    assert (together[0] != together[1]).float().mean() > 0.3  # codes that follow the input, not a constant
+    assert (together == alone).float().mean() > 0.99  # the same codes up to float rounding
+
+    # padding rows: their convolutions are skipped, and the real rows' codes are exactly the full batch's
+    lstm_rows.clear(), conv_rows.clear()
+    padded = codec.encode(torch.cat([wavs[:2], torch.zeros_like(wavs[2:])]), rows=2)
+    assert lstm_rows == [4] and conv_rows == [1, 1]
+    assert torch.equal(padded[:2], together[:2])
+    with pytest.raises(AudiogenError, match="rows must lie in"):
+        codec.encode(wavs, rows=5)
+
+
 def test_codec_is_deterministic_across_loads(make_music):
     wav = torch.from_numpy(make_music(2.0))[None]
     assert torch.equal(C.load_codec("tiny").encode(wav), C.load_codec("tiny").encode(wav))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from audiogen.audio.io import load_audio, write_audio
 from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
@@ -75,8 +76,9 @@ def mixed_dir(tmp_path_factory, real_tracks) -> Path:
 def _cfg(src: Path, out: Path, **kw) -> PrepConfig:
     # batch of 2: shards appear after the second file, so the kill test lands mid-run
     kw.setdefault("workers", 0)
+    kw.setdefault("batch_size", 2)
     return PrepConfig(str(src), str(out), segment_s=SEGMENT, captions=str(src / "captions.csv"),
-                      batch_size=2, progress=False, **kw)
+                      progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +364,25 @@ def test_datasets_from_0_1_and_2_workers_are_identical(mixed_dir, prepared, code
         assert report["tokens_this_run"] == ref["tokens_this_run"] > 0
         assert report["segments"] == ref["segments"] and report["skipped"] == ref["skipped"]
         assert _rows(tmp_path / f"w{workers}") == _rows(ref_out)
+
+
+def test_an_lstm_codec_gives_the_same_dataset_from_0_and_2_workers(mixed_dir, tiny_lstm_codec, tmp_path):
+    """EnCodec's kind (an LSTM in the encoder): a batch goes row by row through the convolutions and
+    together through the LSTM, padding rows skipped. Segments share batches differently with 0 workers
+    (across files) and with 2 (within each file); the datasets are the same."""
+    assert tiny_lstm_codec.preferred_batch == 8  # on CPU: the batch runs through the LSTM together
+    lstm = next(m for m in tiny_lstm_codec.model.encoder.model if isinstance(getattr(m, "lstm", None), torch.nn.LSTM))
+    rows: list[int] = []
+    hook = lstm.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+    try:
+        reports = {w: prepare(_cfg(mixed_dir, tmp_path / f"w{w}", workers=w, batch_size=4), codec=tiny_lstm_codec)
+                   for w in (0, 2)}
+    finally:
+        hook.remove()
+    assert 4 in rows  # the premise (seen in this process, the 0-worker run): full batches went through together
+    assert reports[0]["tokens_this_run"] == reports[2]["tokens_this_run"] > 0
+    assert reports[0]["segments"] == reports[2]["segments"]
+    assert _rows(tmp_path / "w0") == _rows(tmp_path / "w2")
 
 
 def test_kill_9_then_rerun_gives_identical_dataset(mixed_dir, prepared, codec_dir, tmp_path):

@@ -4,6 +4,9 @@ generation, windowed continuation and streaming (``LMConfig.beat_harmonics``).""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -314,3 +317,19 @@ def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():
     assert requested_tempo(Conditions(text="a 999 bpm blur"), grid).bpm == 100.0  # out of range: not a tempo
     # the shipped default model has no grid: its requests are left as they are
     assert requested_tempo(Conditions(text="upbeat electronic, 120 bpm"), plain).bpm is None
+
+
+@pytest.mark.parametrize("command", ["generate", "stream"])
+def test_beat_guidance_asked_of_a_model_without_a_grid_is_refused_with_one_line(command, tmp_path):
+    """The shipped model has no grid: --beat-guidance would do nothing, yet its sidecar once recorded it."""
+    from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import read_config
+
+    assert not (read_config(DEFAULT_MODEL_DIR).get("lm") or {}).get("beat_harmonics")  # the premise
+    out = tmp_path / "x.wav"
+    args = ["calm", "--duration", "2", "--out", str(out)] if command == "generate" else ["--duration", "1", "--out", str(out)]
+    r = subprocess.run([sys.executable, "-m", "audiogen", command, *args, "--beat-guidance", "3"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "has no beat grid" in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
