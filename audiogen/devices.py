@@ -32,8 +32,8 @@ def keep_freed_memory(mmap_threshold: int = 512 << 20, trim_threshold: int = 1 <
     one thread: 1.30 s a call, 0.41 s of it in the kernel, then 0.95 s and 0.02 s with both limits
     raised (the mmap limit alone: 1.18 s), the peak RSS 150 MB higher (docs/prep.md, Throughput).
 
-    A process-wide setting: long jobs that push long windows through a codec (prep, its workers)
-    call it once. Returns whether it took effect (False where malloc is not glibc's)."""
+    A process-wide setting: long jobs that push long windows through a codec (prep, its workers,
+    ``audiogen codec``) call it once. Returns whether it took effect (False where malloc is not glibc's)."""
     import ctypes
     import ctypes.util
     import sys

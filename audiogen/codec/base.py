@@ -206,6 +206,11 @@ def rows_around_lstm(layers: list[torch.nn.Module], x: torch.Tensor, real: torch
     """
     keep = [i for i in range(x.shape[0]) if real is None or bool(real[i])]
     hs: dict[int, torch.Tensor] = {i: x[i : i + 1] for i in keep}
+
+    def batch() -> torch.Tensor:  # the kept rows in their places, padding rows as zeros
+        like = next(iter(hs.values()))
+        return torch.cat([hs[i] if i in hs else torch.zeros_like(like) for i in range(x.shape[0])])
+
     run: list[torch.nn.Module] = []
     for layer in [*layers, None]:
         if layer is not None and not _is_lstm(layer):
@@ -215,12 +220,10 @@ def rows_around_lstm(layers: list[torch.nn.Module], x: torch.Tensor, real: torch
             seq = torch.nn.Sequential(*run)
             hs = {i: seq(h) for i, h in hs.items()}
             run = []
-        if layer is not None:  # the LSTM, all rows (padding as zeros) at once
-            like = next(iter(hs.values()))
-            y = layer(torch.cat([hs[i] if i in hs else torch.zeros_like(like) for i in range(x.shape[0])]))
+        if layer is not None:  # the LSTM, all rows at once
+            y = layer(batch())
             hs = {i: y[i : i + 1] for i in keep}
-    like = next(iter(hs.values()))
-    return torch.cat([hs[i] if i in hs else torch.zeros_like(like) for i in range(x.shape[0])])
+    return batch()
 
 
 class Codec:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from audiogen.audio.io import load_audio, write_audio
+from audiogen.codec.base import _is_lstm
 from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
 from audiogen.data.prep import PrepConfig, assign_splits, dataset_features, prepare
 from audiogen.data.prep_files import segment_bounds
@@ -371,7 +371,7 @@ def test_an_lstm_codec_gives_the_same_dataset_from_0_and_2_workers(mixed_dir, ti
     together through the LSTM, padding rows skipped. Segments share batches differently with 0 workers
     (across files) and with 2 (within each file); the datasets are the same."""
     assert tiny_lstm_codec.preferred_batch == 8  # on CPU: the batch runs through the LSTM together
-    lstm = next(m for m in tiny_lstm_codec.model.encoder.model if isinstance(getattr(m, "lstm", None), torch.nn.LSTM))
+    lstm = next(m for m in tiny_lstm_codec.model.encoder.model if _is_lstm(m))
     rows: list[int] = []
     hook = lstm.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
     try:
