@@ -11,6 +11,8 @@
 #     bash benchmarks/gpu_checks.sh train      # LM training tokens/s and MFU of `small`, ~2 min
 #     bash benchmarks/gpu_checks.sh fsdp       # FSDP on one GPU: kill -9, resume from the sharded
 #                                              # checkpoint, export (cannot run on CPU), ~3 min
+#     bash benchmarks/gpu_checks.sh codec      # codec benchmark (24/48 kHz EnCodec against the encodec
+#                                              # package, lean SEANet pass), ~1-2 min; needs encodec there
 #     bash benchmarks/gpu_checks.sh all        # all of them in a row (over 10 minutes: not for one device call)
 #
 # With 15 minutes, run `first` (run(command="bash benchmarks/gpu_checks.sh first", timeout_s=600)),
@@ -29,8 +31,8 @@ OUT="${OUT:-runs/gpu_checks}"
 mkdir -p "$OUT"
 STEP="${1:-all}"
 
-case "$STEP" in first|tests|engines|compile|train|fsdp|all) ;; *)
-    echo "usage: bash benchmarks/gpu_checks.sh [first|tests|engines|compile|train|fsdp|all]" >&2; exit 2 ;;
+case "$STEP" in first|tests|engines|compile|train|fsdp|codec|all) ;; *)
+    echo "usage: bash benchmarks/gpu_checks.sh [first|tests|engines|compile|train|fsdp|codec|all]" >&2; exit 2 ;;
 esac
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
@@ -42,7 +44,8 @@ run_tests() {  # $1: timeout in seconds
     # dependencies (scipy, playwright, ...) the device image may not have
     if python3 -c "import pytest, soundfile, safetensors, yaml, scipy" 2>/dev/null; then
         timeout "$1" python3 -m pytest -q -p no:cacheprovider -m gpu \
-            tests/generation/test_generate.py tests/codec/test_codec.py tests/metrics/test_fad.py > "$OUT/pytest_gpu.log" 2>&1
+            tests/generation/test_generate.py tests/codec/test_codec.py tests/codec/test_seanet.py \
+            tests/metrics/test_fad.py > "$OUT/pytest_gpu.log" 2>&1
         tail -5 "$OUT/pytest_gpu.log"
     else
         echo "pytest/soundfile/safetensors/yaml/scipy not importable here: CUDA tests not run" \
@@ -59,6 +62,15 @@ run_fsdp() {  # $1: timeout in seconds; a separate pytest run: test_training.py 
     fi
 }
 
+run_codec() {  # $1: timeout in seconds
+    if python3 -c "import encodec, safetensors" 2>/dev/null; then
+        timeout "$1" python3 benchmarks/codec.py --devices cuda --repeats 3 > "$OUT/codec.json" 2> "$OUT/codec.log" \
+            || echo "codec benchmark failed or timed out: see $OUT/codec.log"
+    else
+        echo "encodec/safetensors not importable here: codec benchmark not run" | tee "$OUT/codec.log"
+    fi
+}
+
 run_generate() {  # $1: timeout in seconds, $2: name, then benchmark flags
     local limit="$1" name="$2"; shift 2
     timeout "$limit" python3 benchmarks/generate.py --devices cuda "$@" > "$OUT/$name.json" 2> "$OUT/$name.log" \
@@ -67,6 +79,7 @@ run_generate() {  # $1: timeout in seconds, $2: name, then benchmark flags
 
 case "$STEP" in first) run_generate 300 generate_engines --engines eager graph --batches 1 8; run_tests 270 ;; esac
 case "$STEP" in tests|all) run_tests 420 ;; esac
+case "$STEP" in codec|all) run_codec 240 ;; esac
 case "$STEP" in engines|all) run_generate 540 generate_engines --engines eager graph --batches 1 8 ;; esac
 case "$STEP" in compile|all) run_generate 540 generate_compile --engines compile --batches 1 ;; esac
 case "$STEP" in fsdp|all) run_fsdp 420 ;; esac

@@ -16,7 +16,9 @@ Backends:
 
 Long inputs are encoded and decoded in frame-aligned windows with context on both
 sides (the left alone for a causal codec) that is computed and thrown away, so memory is bounded by the window size, not
-the file length, and windows are batched together for speed.
+the file length, and windows are batched together for speed. An EnCodec (SEANet) runs through
+:mod:`audiogen.codec.seanet`'s lean pass: the package's layers with fewer passes over memory and, on CPU, a causal
+model's convolutions in chunks with carried state.
 
 A job that encodes many equal-length pieces (prep) batches them by :attr:`Codec.preferred_batch`,
 pads the last batch to the same shape and says so with ``encode(wav, rows=n)``, so a piece's
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from audiogen.codec.seanet import run_chunked, run_layers
 from audiogen.devices import resolve_device  # noqa: F401 (part of this module's API)
 from audiogen.errors import AudiogenError, dataclass_from_dict
 from audiogen.files import sha256_file
@@ -197,7 +200,8 @@ def rows_around_lstm(layers: list[torch.nn.Module], x: torch.Tensor, real: torch
     """Apply ``layers`` in turn to ``x[B, C, L]``: each row through the convolutions on its own, all rows
     together through a layer that wraps an LSTM (the encodec package's ``SLSTM``).
 
-    The result equals ``Sequential(*layers)(x)`` up to float rounding, and a row's result depends only on
+    The result equals ``Sequential(*layers)(x)`` up to float rounding (the convolutions go through
+    :func:`audiogen.codec.seanet.run_chunked`: a causal run in 4 s chunks), and a row's result depends only on
     its own input and ``B``. On a CPU core the split is the faster order: a long window's convolutions
     run faster one row at a time than batched, and the LSTM's step, a matrix-vector product for one
     row, becomes a matrix product for many (2 layers of 512 over 900 steps, one thread: 0.36 s for one
@@ -216,9 +220,8 @@ def rows_around_lstm(layers: list[torch.nn.Module], x: torch.Tensor, real: torch
         if layer is not None and not _is_lstm(layer):
             run.append(layer)
             continue
-        if run:  # the convolutions since the last LSTM, a row at a time
-            seq = torch.nn.Sequential(*run)
-            hs = {i: seq(h) for i, h in hs.items()}
+        if run:  # the convolutions since the last LSTM, a row at a time (a causal run in chunks)
+            hs = {i: run_chunked(run, h) for i, h in hs.items()}
             run = []
         if layer is not None:  # the LSTM, all rows at once
             y = layer(batch())
@@ -241,6 +244,8 @@ class Codec:
     #: window and context lengths for long inputs, in seconds
     window_s: float = 10.0
     context_s: float = 1.0
+    #: the window on CPU, when it differs from ``window_s`` (see :attr:`window_seconds`)
+    cpu_window_s: float | None = None
     #: codec context a streaming decoder keeps on each side of a chunk (``audiogen.generation.stream``): the
     #: reach of a frame into its neighbours' audio; it is also the lookahead each streamed chunk waits for
     stream_context_s: float = 0.6
@@ -259,6 +264,14 @@ class Codec:
         if self.window_batch is not None:
             return self.window_batch
         return 8 if self.device.type == "cuda" else 1
+
+    @property
+    def window_seconds(self) -> float:
+        """The window :meth:`encode` and :meth:`decode` cut long inputs into: ``cpu_window_s`` on CPU when set,
+        else ``window_s``."""
+        if self.cpu_window_s is not None and self.device.type == "cpu":
+            return self.cpu_window_s
+        return self.window_s
 
     @property
     def preferred_batch(self) -> int:
@@ -295,7 +308,7 @@ class Codec:
     # -- windowing ----------------------------------------------------------------------
     def _windows(self, total_frames: int) -> list[tuple[int, int, int, int]]:
         """Split ``total_frames`` into (ctx_start, start, end, ctx_end) frame windows."""
-        w = max(1, int(round(self.window_s * self.frame_rate)))
+        w = max(1, int(round(self.window_seconds * self.frame_rate)))
         x = int(round(self.context_s * self.frame_rate))
         if total_frames <= w + 2 * x:
             return [(0, 0, total_frames, total_frames)]
@@ -410,6 +423,13 @@ class EncodecCodec(Codec):
         # the encodec package's causal SEANet (the 24 kHz kind): left padding only, a forward LSTM, transposed
         # convolutions trimmed on the right; not the models other backends put in self.model
         self.causal = bool(getattr(config, "causal", False)) and self._encoder_layers() is not None
+        if self.causal:
+            # On CPU a window's left context (1 s) is computed and thrown away: 10 % of a 10 s window, 3 % of
+            # 30 s, and none for a 30 s prep segment, which becomes one window. Memory stays small: on CPU a
+            # batch's rows go through the convolutions one at a time, in 4 s chunks (rows_around_lstm,
+            # seanet.run_chunked); 120 s encoded and decoded in 0.99 GB of peak RSS (docs/prep.md, "Lean SEANet
+            # pass"). GPUs keep 10 s windows, batched 8 at a time.
+            self.cpu_window_s = 30.0
 
     @property
     def bandwidth_kbps(self) -> float:
@@ -460,19 +480,23 @@ class EncodecCodec(Codec):
 
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         layers = self._encoder_layers()
-        if self.device.type == "cpu" and wav.shape[0] > 1 and layers is not None:
+        if layers is None:
+            emb = self.model.encoder(wav)
+        elif self.device.type == "cpu":
             emb = rows_around_lstm(layers, wav, real)
         else:
-            emb = self.model.encoder(wav)
+            emb = run_layers(layers, wav)
         codes = self.model.quantizer.vq.encode(emb, n_q=self.num_codebooks)  # [K, B, T]
         return codes.transpose(0, 1)
 
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
         layers = self._encoder_layers("decoder")
-        if self.device.type == "cpu" and emb.shape[0] > 1 and layers is not None:
+        if layers is None:
+            return self.model.decoder(emb)
+        if self.device.type == "cpu":
             return rows_around_lstm(layers, emb)
-        return self.model.decoder(emb)
+        return run_layers(layers, emb)
 
 
 class STFTCodec(EncodecCodec):

@@ -302,6 +302,11 @@ def _worker_init(parent_pid: int, codec=None, batch_size: int = 1) -> None:
 
     global _WORKER_CODEC
     torch.set_num_threads(1)  # one process per core already; also what makes fork safe (see _Runner)
+    # and numpy's BLAS (librosa's mel and chroma filter banks): two workers with two BLAS threads each took
+    # 4.7-5.2 s to analyse a 327 s file, against 3.7-3.9 s with one (docs/prep.md, "Lean SEANet pass")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
     keep_freed_memory()  # inherited through fork; spawned workers (not Linux) set their own
     if codec is not None:
         _WORKER_CODEC = (codec, batch_size)

@@ -95,15 +95,32 @@ def test_unknown_codec_names_the_choices():
 
 def test_chunked_encoding_equals_whole_encoding(make_music):
     whole = C.load_codec("tiny")
-    whole.window_s = 1e9  # one window: the whole signal at once
+    whole.window_s, whole.cpu_window_s = 1e9, None  # one window: the whole signal at once
     chunked = C.load_codec("tiny")
-    chunked.window_s, chunked.context_s = 2.0, 0.5
+    chunked.window_s, chunked.context_s, chunked.cpu_window_s = 2.0, 0.5, None
     wav = torch.from_numpy(make_music(11.7, seed=3))[None]
     a, b = chunked.encode(wav), whole.encode(wav)
     assert len(chunked._windows(a.shape[-1])) > 4
     assert torch.equal(a, b)
     ya, yb = chunked.decode(a), whole.decode(b)
     assert torch.allclose(ya, yb, atol=1e-5 * float(yb.abs().max()) + 1e-9)
+
+
+def test_a_causal_codec_on_cpu_cuts_30s_windows_with_left_context_only(make_music):
+    """On CPU a causal codec's windows are 30 s (cpu_window_s): a 30 s prep segment is one window, with no
+    context computed and thrown away; a longer input gets windows with context on the left only."""
+    codec = C.load_codec("tiny")
+    assert codec.causal and codec.window_seconds == 30.0 and codec.window_s == 10.0
+    fr = codec.frame_rate
+    assert codec._windows(int(30 * fr)) == [(0, 0, int(30 * fr), int(30 * fr))]
+    windows = codec._windows(int(70 * fr))
+    assert [(a, b) for _, a, b, _ in windows] == [(0, 2250), (2250, 4500), (4500, 5250)]
+    assert all(ce == b and cs == max(0, a - int(codec.context_s * fr)) for cs, a, b, ce in windows)
+    # and the codes equal one pass over the whole input (the tiny codec sees less than 1 s back)
+    wav = torch.from_numpy(make_music(70.0, seed=2))[None]
+    whole = C.load_codec("tiny")
+    whole.cpu_window_s = 1e9
+    assert torch.equal(codec.encode(wav), whole.encode(wav))
 
 
 def test_long_inputs_are_processed_in_bounded_windows(monkeypatch):
@@ -119,7 +136,7 @@ def test_long_inputs_are_processed_in_bounded_windows(monkeypatch):
     hour = torch.zeros(1, 1, 3600 * codec.sample_rate)
     codes = codec.encode(hour)
     assert codes.shape[-1] == 3600 * 75
-    bound = (codec.window_s + 2 * codec.context_s) * codec.sample_rate * codec.windows_per_call
+    bound = (codec.window_seconds + 2 * codec.context_s) * codec.sample_rate * codec.windows_per_call
     assert max(seen) <= bound and max(seen) < hour.shape[-1] / 100
 
 
@@ -130,13 +147,21 @@ def test_batched_encoding_equals_one_by_one(tiny_codec, make_music):
     assert torch.equal(together, alone)
 
 
-def test_a_cpu_batch_goes_through_the_convolutions_row_by_row_and_through_the_lstm_together(tiny_lstm_codec, make_music):
+def test_a_cpu_batch_goes_through_the_convolutions_row_by_row_and_through_the_lstm_together(tiny_lstm_codec, make_music,
+                                                                                            monkeypatch):
     codec = tiny_lstm_codec
     layers = list(codec.model.encoder.model)
     lstm = next(layer for layer in layers if C._is_lstm(layer))
     lstm_rows, conv_rows = [], []
     lstm.register_forward_pre_hook(lambda m, a: lstm_rows.append(a[0].shape[0]))
-    layers[0].register_forward_pre_hook(lambda m, a: conv_rows.append(a[0].shape[0]))
+    run_chunked = C.run_chunked
+
+    def counted(run, x):  # the encoder's first convolutions (the runs after the LSTM are not counted)
+        if run[0] is layers[0]:
+            conv_rows.append(x.shape[0])
+        return run_chunked(run, x)
+
+    monkeypatch.setattr(C, "run_chunked", counted)
     wavs = torch.stack([torch.from_numpy(make_music(3.0, seed=s)) for s in range(4)])
 
     together = codec.encode(wavs)
