@@ -590,8 +590,13 @@ class HFEncodecCodec(Codec):
     def describe(self) -> dict:
         return {**EncodecCodec.describe(self), "backend": "hf_encodec"}
 
+    def _layers(self, part: str) -> list[torch.nn.Module]:
+        return list(getattr(self.model, part).layers)
+
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-        residual = self.model.encoder(wav)
+        # the lean SEANet pass (audiogen.codec.seanet) takes transformers' EnCodec layers as it takes the package's
+        layers = self._layers("encoder")
+        residual = rows_around_lstm(layers, wav, real) if self.device.type == "cpu" else run_layers(layers, wav)
         codes = []
         for layer in self.model.quantizer.layers[: self.num_codebooks]:
             idx = layer.encode(residual)
@@ -601,7 +606,8 @@ class HFEncodecCodec(Codec):
 
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
-        return self.model.decoder(emb)
+        layers = self._layers("decoder")
+        return rows_around_lstm(layers, emb) if self.device.type == "cpu" else run_layers(layers, emb)
 
     @classmethod
     def load(cls, path: Path, meta: dict, num_codebooks: int | None = None) -> "HFEncodecCodec":

@@ -1,4 +1,5 @@
-"""A lean inference pass through the ``encodec`` package's SEANet encoder and decoder.
+"""A lean inference pass through the ``encodec`` package's SEANet encoder and decoder (and transformers'
+``EncodecModel``, MusicGen's EnCodec: the same layers under other names, see :func:`_kind`).
 
 :func:`run_layers` computes what ``torch.nn.Sequential(*layers)(x)`` computes for the layers of an
 ``encodec.modules.SEANetEncoder``/``SEANetDecoder`` (``SConv1d``, ``SConvTranspose1d``, ``SEANetResnetBlock``,
@@ -34,11 +35,23 @@ import torch
 import torch.nn.functional as F
 
 
-def _encodec_modules():
-    from encodec.modules.conv import SConv1d, SConvTranspose1d
-    from encodec.modules.seanet import SEANetResnetBlock
+_IDENTITY = torch.nn.Identity()
 
-    return SConv1d, SConvTranspose1d, SEANetResnetBlock
+
+def _kind(layer: torch.nn.Module) -> str | None:
+    """What ``layer`` is, by class name: the encodec package's ``SConv1d``/``SConvTranspose1d``/
+    ``SEANetResnetBlock`` and transformers' ``EncodecConv1d``/``EncodecConvTranspose1d``/``EncodecResnetBlock``
+    (MusicGen's EnCodec) are the same computation with other attribute names; None: run the module."""
+    return {"SConv1d": "conv", "EncodecConv1d": "conv", "SConvTranspose1d": "convtr", "EncodecConvTranspose1d": "convtr",
+            "SEANetResnetBlock": "block", "EncodecResnetBlock": "block", "ELU": "elu"}.get(type(layer).__name__)
+
+
+def _parts(m: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the torch convolution, the normalisation after it: Identity or a GroupNorm) of a conv layer."""
+    if hasattr(m, "norm_type"):  # transformers: the convolution itself, a norm only for time_group_norm
+        return m.conv, (m.norm if m.norm_type == "time_group_norm" else _IDENTITY)
+    inner = m.conv if hasattr(m, "conv") else m.convtr  # encodec: NormConv1d / NormConvTranspose1d
+    return (inner.conv if hasattr(inner, "conv") else inner.convtr), inner.norm
 
 
 def _weight(conv: torch.nn.Module) -> torch.Tensor:
@@ -62,10 +75,13 @@ def _pads(m, length: int) -> tuple[int, int]:
     """(left, right) padding ``encodec``'s ``SConv1d.forward`` gives an input of ``length`` samples."""
     from encodec.modules.conv import get_extra_padding_for_conv1d
 
-    conv = m.conv.conv
+    conv = _parts(m)[0]
     k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
     total = (k - 1) * d - (s - 1)
-    extra = get_extra_padding_for_conv1d(torch.empty(0, 0, length, device="meta"), k, s, total)
+    # the package counts the kernel without its dilation here, transformers with it (SEANet's strided
+    # convolutions are undilated: the same padding)
+    extra = get_extra_padding_for_conv1d(torch.empty(0, 0, length, device="meta"),
+                                         (k - 1) * d + 1 if hasattr(m, "norm_type") else k, s, total)
     if m.causal:
         return total, extra
     right = total // 2
@@ -95,15 +111,15 @@ def _matmul_1x1(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor
 
 
 def _is_1x1(m) -> bool:
-    conv = m.conv.conv
-    return conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.groups == 1 and _plain(m.conv.norm)
+    conv, norm = _parts(m)
+    return conv.kernel_size[0] == 1 and conv.stride[0] == 1 and conv.groups == 1 and _plain(norm)
 
 
 def conv1d(m, x: torch.Tensor, act: torch.nn.Module | None = None, state: dict | None = None) -> torch.Tensor:
     """``m(act(x))`` for an ``SConv1d`` ``m`` and an ``ELU`` (or no) ``act``; ``state``: see :func:`run_layers`."""
     left, right = _pads(m, x.shape[-1])
     length = x.shape[-1]
-    conv = m.conv.conv
+    conv, norm = _parts(m)
     carried = None if state is None or not left else state.get(id(m))
     if carried is None and (m.pad_mode != "reflect" or length <= max(left, right)):  # the package's own rules
         if state is not None and left:  # a first chunk must pad as the whole input does
@@ -127,7 +143,7 @@ def conv1d(m, x: torch.Tensor, act: torch.nn.Module | None = None, state: dict |
         if state is not None and left:
             state[id(m)] = h[..., length : length + left].clone()
     y = F.conv1d(h, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
-    return m.conv.norm(y)
+    return norm(y)
 
 
 def _conv_transpose_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
@@ -160,13 +176,13 @@ def conv_transpose1d(m, x: torch.Tensor, state: dict | None = None) -> torch.Ten
 
     A causal one's output trimmed on the right is what the next chunk's first samples still need: with
     ``state``, the trimmed tail (less the bias) is kept and added to the next chunk's head."""
-    convtr = m.convtr.convtr
+    convtr, norm = _parts(m)
     if convtr.groups == 1 and convtr.dilation[0] == 1 and convtr.output_padding[0] == 0 and convtr.padding[0] == 0:
         y = _conv_transpose_gemm(x, _weight(convtr), convtr.bias, convtr.stride[0])
     else:
         y = F.conv_transpose1d(x, _weight(convtr), convtr.bias, convtr.stride, convtr.padding,
                                convtr.output_padding, convtr.groups, convtr.dilation)
-    y = m.convtr.norm(y)
+    y = norm(y)
     total = convtr.kernel_size[0] - convtr.stride[0]
     right = math.ceil(total * m.trim_right_ratio) if m.causal else total // 2
     left = total - right
@@ -188,12 +204,11 @@ def resnet_block(m, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
     for layer in layers[:-1]:
         h, pending = _step(layer, h, pending, state)
     last = layers[-1]
-    SConv1d = _encodec_modules()[0]
     short = m.shortcut
-    if (isinstance(last, SConv1d) and isinstance(short, SConv1d) and _is_1x1(last) and _is_1x1(short)
+    if (_kind(last) == "conv" and _kind(short) == "conv" and _is_1x1(last) and _is_1x1(short)
             and h.shape[-1] == x.shape[-1]):
-        ws, wb = _weight(short.conv.conv), _weight(last.conv.conv)
-        bs, bb = short.conv.conv.bias, last.conv.conv.bias
+        (cs, _), (cb, _) = _parts(short), _parts(last)
+        ws, wb, bs, bb = _weight(cs), _weight(cb), cs.bias, cb.bias
         bias = bs + bb if bs is not None and bb is not None else bs if bb is None else bb
         y = _matmul_1x1(ws, bias, x)
         return _matmul_1x1(wb, None, _act(pending, h), out=y)
@@ -205,15 +220,15 @@ def resnet_block(m, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:
 def _step(layer: torch.nn.Module, x: torch.Tensor, pending: torch.nn.Module | None, state: dict | None = None):
     """Apply ``layer`` to ``pending(x)``; returns (output, activation still to apply). An ELU is held
     back (``pending``) so that the convolution after it can write it into its padded input."""
-    SConv1d, SConvTranspose1d, SEANetResnetBlock = _encodec_modules()
-    if isinstance(layer, torch.nn.ELU) and pending is None:
+    kind = _kind(layer)
+    if kind == "elu" and pending is None:
         return x, layer
-    if isinstance(layer, SConv1d):
+    if kind == "conv":
         return conv1d(layer, x, pending, state), None
     x = _act(pending, x)
-    if isinstance(layer, SConvTranspose1d):
+    if kind == "convtr":
         return conv_transpose1d(layer, x, state), None
-    if isinstance(layer, SEANetResnetBlock):
+    if kind == "block":
         return resnet_block(layer, x, state), None
     if state is not None:
         raise ValueError(f"{type(layer).__name__} cannot run in chunks")
@@ -238,16 +253,16 @@ def run_layers(layers: list[torch.nn.Module], x: torch.Tensor, state: dict | Non
 def can_run_chunked(layers: list[torch.nn.Module]) -> bool:
     """Whether :func:`run_chunked` may cut ``layers``: causal (left) padding, no normalisation over time, no
     LSTM or other stateful layer."""
-    SConv1d, SConvTranspose1d, SEANetResnetBlock = _encodec_modules()
 
     def ok(layer) -> bool:
-        if isinstance(layer, torch.nn.ELU):
+        kind = _kind(layer)
+        if kind == "elu":
             return True
-        if isinstance(layer, SConv1d):
-            return layer.causal and _plain(layer.conv.norm)
-        if isinstance(layer, SConvTranspose1d):
-            return layer.causal and _plain(layer.convtr.norm) and layer.trim_right_ratio == 1.0
-        if isinstance(layer, SEANetResnetBlock):
+        if kind == "conv":
+            return layer.causal and _plain(_parts(layer)[1])
+        if kind == "convtr":
+            return layer.causal and _plain(_parts(layer)[1]) and layer.trim_right_ratio == 1.0
+        if kind == "block":
             return all(map(ok, layer.block)) and (isinstance(layer.shortcut, torch.nn.Identity) or ok(layer.shortcut))
         return False
 
@@ -256,8 +271,7 @@ def can_run_chunked(layers: list[torch.nn.Module]) -> bool:
 
 def _input_step(layers: list[torch.nn.Module]) -> int:
     """Input samples per output frame of a run: the product of its convolutions' strides."""
-    SConv1d = _encodec_modules()[0]
-    return math.prod(layer.conv.conv.stride[0] for layer in layers if isinstance(layer, SConv1d))
+    return math.prod(_parts(layer)[0].stride[0] for layer in layers if _kind(layer) == "conv")
 
 
 #: the chunk :func:`run_chunked` cuts, in frames (of the run's total stride): 300 frames of the 24 kHz

@@ -1,4 +1,4 @@
-"""audiogen.codec.seanet: the lean SEANet pass computes what the encodec package's modules compute."""
+"""audiogen.codec.seanet: the lean SEANet pass computes what the encodec package's (and transformers') modules compute."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from audiogen.codec import base as C
 from audiogen.codec.seanet import run_layers
@@ -144,3 +145,47 @@ def test_the_lean_pass_on_cuda_equals_the_package_modules():
         got = run_layers(list(m.encoder.model), wav)
         assert got.is_cuda and _close(got, want)
         assert _close(run_layers(list(m.decoder.model), want), m.decoder(want))
+
+
+@pytest.mark.parametrize("layout", [
+    dict(use_causal_conv=False, norm_type="weight_norm", use_conv_shortcut=False),  # MusicGen's 32 kHz EnCodec
+    dict(use_causal_conv=True, norm_type="weight_norm", use_conv_shortcut=True),
+    dict(use_causal_conv=False, norm_type="time_group_norm", use_conv_shortcut=True),
+])
+def test_transformers_encodec_layers_take_the_lean_pass_too(layout, monkeypatch):
+    """MusicGen's EnCodec (transformers' EncodecModel) has the same layers under other names: the lean pass
+    and HFEncodecCodec's windows give its forward's result, with no padding or transposed convolution
+    through torch's own kernels."""
+    from transformers import EncodecConfig, EncodecModel
+
+    from audiogen.codec import seanet
+
+    torch.manual_seed(0)
+    cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, hidden_size=8, codebook_dim=8,
+                        upsampling_ratios=[8, 5, 4, 4], codebook_size=64, num_lstm_layers=1, target_bandwidths=[1.2],
+                        normalize=False, chunk_length_s=None, overlap=None, **layout)
+    model = EncodecModel(cfg).eval()
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    for name, b in model.named_buffers():  # codebooks start at zero (k-means fills them in training)
+        if name.endswith("codebook.embed"):
+            b.copy_(0.05 * torch.randn_like(b))
+    pads, transposed = [], []
+    pad, conv_transpose1d = F.pad, F.conv_transpose1d
+    monkeypatch.setattr(F, "pad", lambda *a, **k: pads.append(1) or pad(*a, **k))
+    monkeypatch.setattr(F, "conv_transpose1d", lambda *a, **k: transposed.append(1) or conv_transpose1d(*a, **k))
+    wav = 0.3 * torch.randn(2, 1, 37 * 640 + 11)
+    with torch.inference_mode():
+        enc = list(model.encoder.layers)
+        got = seanet.run_layers(enc, wav)
+        assert pads == [] and transposed == []  # the premise: the lean kernels ran
+        want = model.encoder(wav)
+        assert _close(got, want)
+        assert _close(seanet.run_layers(list(model.decoder.layers), want), model.decoder(want))
+    codec = C.HFEncodecCodec(model, name="tiny-hf")
+    codes = codec.encode(wav[:1, :, : 37 * 640])
+    with torch.inference_mode():
+        ref = model.encode(wav[:1, :, : 37 * 640], bandwidth=1.2).audio_codes[0]
+        ref_audio = model.decode(codes[None], [None])[0][:, :, : 37 * 640]
+    assert (codes == ref).float().mean() > 0.99 and len(torch.unique(codes)) > 4
+    assert _close(codec.decode(codes), ref_audio)
