@@ -189,3 +189,24 @@ def test_transformers_encodec_layers_take_the_lean_pass_too(layout, monkeypatch)
         ref_audio = model.decode(codes[None], [None])[0][:, :, : 37 * 640]
     assert (codes == ref).float().mean() > 0.99 and len(torch.unique(codes)) > 4
     assert _close(codec.decode(codes), ref_audio)
+
+
+def test_the_codec_benchmark_prints_one_json_object_with_every_peer():
+    """benchmarks/codec.py runs (1 s, one repeat) and reports each codec against its peer: the encodec package
+    for the 24 kHz kind, transformers' EncodecModel for MusicGen's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "codec.py"), "--seconds", "1", "--repeats", "1",
+                          "--devices", "cpu", "--codecs", "encodec_24khz:6", "musicgen_32khz:2.2"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    report = json.loads(out)
+    rows = {r["codec"]: r for r in report["results"]}
+    assert set(rows) == {"encodec_24khz", "musicgen_32khz"}
+    assert rows["musicgen_32khz"]["peer"] == "transformers EncodecModel"
+    assert rows["encodec_24khz"]["peer"] == "encodec package"
+    for r in rows.values():
+        assert r["audiogen_encode_rtf"] > 0 and r["encodec_pkg_decode_rtf"] > 0 and r["encode_speedup_vs_encodec_pkg"] > 0
