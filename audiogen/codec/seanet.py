@@ -243,11 +243,15 @@ def run_layers(layers: list[torch.nn.Module], x: torch.Tensor, state: dict | Non
     the last samples of its input, and each transposed convolution the tail of its output, for the next
     chunk, so the chunks' outputs joined are the whole input's output (up to float rounding). Only for
     causal layers without an LSTM or a normalisation over time, and chunks of whole frames (a multiple of
-    the run's total stride): see :func:`run_chunked`."""
+    the run's total stride): see :func:`run_chunked`.
+
+    It runs in the weights' precision (float32) even inside an autocast region (an LM's training loop
+    decoding a sample): its in-place products would otherwise mix autocast's bfloat16 with float32."""
     pending: torch.nn.Module | None = None
-    for layer in layers:
-        x, pending = _step(layer, x, pending, state)
-    return _act(pending, x)
+    with torch.autocast(x.device.type, enabled=False):
+        for layer in layers:
+            x, pending = _step(layer, x, pending, state)
+        return _act(pending, x)
 
 
 def can_run_chunked(layers: list[torch.nn.Module]) -> bool:

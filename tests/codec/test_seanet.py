@@ -49,6 +49,9 @@ def test_the_lean_pass_equals_the_package_modules_encoder_and_decoder(model, fra
             want_dec = m.decoder(want)
             got_dec = run_layers(list(m.decoder.model), want)
             assert _close(got_dec, want_dec), (n, float((got_dec - want_dec).abs().max()))
+            with torch.autocast("cpu", dtype=torch.bfloat16):  # an LM's training loop decoding a sample
+                in_autocast = run_layers(list(m.decoder.model), want)
+            assert in_autocast.dtype == torch.float32 and _close(in_autocast, want_dec)
 
 
 def test_a_long_input_never_goes_through_the_package_padding_a_tiny_one_does(model, monkeypatch):
