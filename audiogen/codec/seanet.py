@@ -72,7 +72,8 @@ def _plain(norm: torch.nn.Module) -> bool:
 
 
 def _pads(m, length: int) -> tuple[int, int]:
-    """(left, right) padding ``encodec``'s ``SConv1d.forward`` gives an input of ``length`` samples."""
+    """(left, right) padding a conv layer's forward (``encodec``'s ``SConv1d``, transformers' ``EncodecConv1d``)
+    gives an input of ``length`` samples."""
     from encodec.modules.conv import get_extra_padding_for_conv1d
 
     conv = _parts(m)[0]
@@ -255,15 +256,15 @@ def run_layers(layers: list[torch.nn.Module], x: torch.Tensor, state: dict | Non
 
 
 def can_run_chunked(layers: list[torch.nn.Module]) -> bool:
-    """Whether :func:`run_chunked` may cut ``layers``: causal (left) padding, no normalisation over time, no
-    LSTM or other stateful layer."""
+    """Whether :func:`run_chunked` may cut ``layers``: causal (left) reflect padding, no normalisation over time,
+    no LSTM or other stateful layer."""
 
     def ok(layer) -> bool:
         kind = _kind(layer)
         if kind == "elu":
             return True
-        if kind == "conv":
-            return layer.causal and _plain(_parts(layer)[1])
+        if kind == "conv":  # the first chunk pads by reflection, as a whole pass does
+            return layer.causal and layer.pad_mode == "reflect" and _plain(_parts(layer)[1])
         if kind == "convtr":
             return layer.causal and _plain(_parts(layer)[1]) and layer.trim_right_ratio == 1.0
         if kind == "block":
