@@ -286,9 +286,43 @@ def resample(wav, orig_sr: int, target_sr: int):
         y = _resample_polyphase(wav if is_np else wav.detach().cpu().numpy(), up, down)
         return y if is_np else torch.from_numpy(y).to(wav.device, wav.dtype)
     x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)) if is_np else wav
-    y = AF.resample(x, down, up, lowpass_filter_width=_SINC_ZEROS, rolloff=_ROLLOFF,
-                    resampling_method="sinc_interp_kaiser", beta=_KAISER_BETA)
+    y = _resample_sinc(x, down, up, round(_RESAMPLE_BLOCK_S * orig_sr))
     return y.numpy() if is_np else y
+
+
+#: seconds of input (at the source rate) per block of :func:`_resample_sinc`
+_RESAMPLE_BLOCK_S = 10.0
+
+
+def _resample_sinc(x, down: int, up: int, block: int):
+    """torchaudio's sinc resampler (``down`` -> ``up``, coprime) over ``x [..., N]`` in blocks of about
+    ``block`` input samples, each read with the filter's reach on both sides: every output sample comes
+    from the same input samples and the same kernel row as in one call over the whole signal, and memory
+    stays that of a block. One call over a long signal is costly where ``up`` is small: oneDNN pads the
+    convolution's ``up`` output channels to 16, so 327 s at 48 -> 24 kHz made a 500 MB tensor, and a
+    prep worker's first such call took 2 s against 0.4 s (docs/prep.md, "Lean SEANet pass")."""
+    import torchaudio.functional as AF
+
+    def run(part):
+        return AF.resample(part, down, up, lowpass_filter_width=_SINC_ZEROS, rolloff=_ROLLOFF,
+                           resampling_method="sinc_interp_kaiser", beta=_KAISER_BETA)
+
+    n = x.shape[-1]
+    width = math.ceil(_SINC_ZEROS * down / (min(down, up) * _ROLLOFF))  # torchaudio's kernel half-width
+    margin = -(-(width + down) // down) * down  # input samples of context, whole conv frames (of `down`)
+    step = max(down, block // down * down)
+    if n <= step + 2 * margin:
+        return run(x)
+    import torch
+
+    total = -(-up * n // down)  # torchaudio's output length
+    out = []
+    for s in range(0, n, step):  # s, a: multiples of `down`, so outputs stay on the whole signal's grid
+        a, b = max(0, s - margin), min(n, s + step + margin)
+        first = (s - a) // down * up
+        count = (min(step, n - s) // down * up) if s + step < n else total - s // down * up
+        out.append(run(x[..., a:b])[..., first : first + count])
+    return torch.cat(out, -1)
 
 
 #: The resampling filter (torchaudio's "kaiser_best"): zero crossings each side, cutoff as a

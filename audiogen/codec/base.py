@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from audiogen.codec.seanet import run_chunked, run_layers
+from audiogen.codec.seanet import run_chunked, run_layers, rvq_encode
 from audiogen.devices import resolve_device  # noqa: F401 (part of this module's API)
 from audiogen.errors import AudiogenError, dataclass_from_dict
 from audiogen.files import sha256_file
@@ -486,7 +486,7 @@ class EncodecCodec(Codec):
             emb = rows_around_lstm(layers, wav, real)
         else:
             emb = run_layers(layers, wav)
-        codes = self.model.quantizer.vq.encode(emb, n_q=self.num_codebooks)  # [K, B, T]
+        codes = rvq_encode(self.model.quantizer.vq, emb, self.num_codebooks)  # [K, B, T]
         return codes.transpose(0, 1)
 
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:

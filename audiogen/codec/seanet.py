@@ -299,3 +299,35 @@ def run_chunked(layers: list[torch.nn.Module], x: torch.Tensor, frames: int = CH
         return run_layers(layers, x)
     state: dict = {}
     return torch.cat([run_layers(layers, x[..., a : a + size], state) for a in range(0, x.shape[-1], size)], -1)
+
+
+#: frames per block of :func:`rvq_encode`: its scores are ``[rows, bins]`` (4096 x 1024 floats: 16 MB)
+RVQ_ROWS = 4096
+
+
+@torch.inference_mode()
+def rvq_encode(vq: torch.nn.Module, x: torch.Tensor, n_q: int, rows: int = RVQ_ROWS) -> torch.Tensor:
+    """``vq.encode(x, n_q)`` for the encodec package's ``ResidualVectorQuantization``: ``x [B, D, T]`` ->
+    codes ``[n_q, B, T]``, in blocks of ``rows`` frames.
+
+    The package scores every frame against every code at once, ``-(|x|^2 - 2 x.e + |e|^2)`` over
+    ``[B * T, bins]`` with a temporary per term (8 x 30 s of the 24 kHz kind: 74 MB each, 740 MB of fresh
+    memory on a process's first call, 2.7 s against 0.7 s warm). Here each block's ``2 x.e - |e|^2`` is one
+    product (``|x|^2`` does not change which code is nearest), and the residual is updated in place. The
+    codes are the package's up to float rounding of near ties."""
+    layers = list(vq.layers[:n_q])
+    if any(not isinstance(layer.project_in, torch.nn.Identity) for layer in layers):
+        return vq.encode(x, n_q=n_q)
+    B, D, T = x.shape
+    residual = x.transpose(1, 2).reshape(B * T, D).clone()
+    codes = torch.empty((len(layers), B * T), dtype=torch.long, device=x.device)
+    with torch.autocast(x.device.type, enabled=False):
+        for q, layer in enumerate(layers):
+            embed = layer._codebook.embed  # [bins, D]
+            e2 = embed.pow(2).sum(1)
+            for a in range(0, B * T, rows):
+                block = residual[a : a + rows]
+                idx = torch.addmm(e2, block, embed.t(), beta=-1, alpha=2).argmax(-1)
+                codes[q, a : a + rows] = idx
+                block -= embed[idx]
+    return codes.view(len(layers), B, T)

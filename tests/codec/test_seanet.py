@@ -213,3 +213,29 @@ def test_the_codec_benchmark_prints_one_json_object_with_every_peer():
     assert rows["encodec_24khz"]["peer"] == "encodec package"
     for r in rows.values():
         assert r["audiogen_encode_rtf"] > 0 and r["encodec_pkg_decode_rtf"] > 0 and r["encode_speedup_vs_encodec_pkg"] > 0
+
+
+@pytest.mark.parametrize("layout", ["tiny", "24khz"])
+def test_rvq_encode_in_blocks_gives_the_package_codes(layout, monkeypatch):
+    """seanet.rvq_encode scores blocks of frames (here 777, so the blocks straddle rows of the batch) with one
+    product each and gives the codes of the package's ResidualVectorQuantization.encode."""
+    from audiogen.codec import seanet
+
+    if layout == "tiny":  # k-means-initialised codebooks (the tiny codec's own)
+        vq, dim = C.load_codec("tiny").model.quantizer.vq, 16
+    else:  # the 24 kHz layout's 1024-code books, filled at random (they start at zero until k-means)
+        torch.manual_seed(1)
+        vq, dim = C.build_encodec_model(LAYOUTS["24khz"]).quantizer.vq, 32
+        for layer in vq.layers:
+            layer._codebook.embed.copy_(torch.randn_like(layer._codebook.embed))
+    blocks = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: blocks.append(a[1].shape[0]) or addmm(*a, **k))
+    emb = torch.randn(3, dim, 1000, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        want = vq.encode(emb, n_q=4)
+        got = seanet.rvq_encode(vq, emb, 4, rows=777)
+    assert got.shape == want.shape == (4, 3, 1000)
+    assert (got == want).float().mean() > 0.999  # float rounding may flip a near tie, no more
+    assert len(torch.unique(got[0])) > 8  # codes that follow the input
+    assert blocks == [777, 777, 777, 669] * 4  # the premise: 3000 frames scored in blocks, per codebook
