@@ -76,6 +76,27 @@ def test_polyphase_resampler_is_the_torchaudio_filter():
     assert a.shape == b.shape == (2, 32000) and np.abs(a - b).max() < 1e-4
 
 
+@pytest.mark.parametrize("sr_in,sr_out", [(48000, 24000), (44100, 22050), (22050, 24000), (48000, 22050)])
+def test_a_long_signal_is_resampled_in_blocks_bit_identical_to_one_call(sr_in, sr_out, monkeypatch):
+    """resample() runs torchaudio's resampler over blocks of 10 s with the filter's reach on each side: the
+    same samples as one call over the whole signal (downsampling, upsampling, a 320:147 ratio), to the bit."""
+    import torch
+    import torchaudio.functional as AF
+
+    from audiogen.audio import io
+
+    x = np.random.default_rng(sr_in + sr_out).standard_normal((2, 23 * sr_in + 7)).astype(np.float32)
+    g = math.gcd(sr_in, sr_out)
+    whole = AF.resample(torch.from_numpy(x), sr_in // g, sr_out // g, lowpass_filter_width=io._SINC_ZEROS,
+                        rolloff=io._ROLLOFF, resampling_method="sinc_interp_kaiser", beta=io._KAISER_BETA).numpy()
+    calls = []
+    resample_fn = AF.resample
+    monkeypatch.setattr(AF, "resample", lambda w, *a, **k: calls.append(w.shape[-1]) or resample_fn(w, *a, **k))
+    blocked = resample(x, sr_in, sr_out)
+    assert len(calls) == 3 and max(calls) < 11 * sr_in  # the premise: three blocks of about 10 s
+    assert blocked.shape == whole.shape and np.array_equal(blocked, whole)
+
+
 def test_channel_conversion_downmixes_and_upmixes():
     st = np.stack([np.ones(10), -np.ones(10)]).astype(np.float32)
     np.testing.assert_allclose(convert_channels(st, 1), np.zeros((1, 10)))
