@@ -270,14 +270,14 @@ def resample(wav, orig_sr: int, target_sr: int):
     """Band-limited (windowed-sinc, Kaiser) resampling along the last axis.
 
     Accepts numpy or torch; returns the same kind. Uses torchaudio's polyphase sinc
-    resampler with the "kaiser_best" settings (64 zero crossings, ~-100 dB stop band).
+    resampler with the "kaiser_best" settings (64 zero crossings, ~-100 dB stop band), over a
+    long signal in blocks (:func:`_resample_sinc`, the same samples).
     """
     if orig_sr == target_sr:
         return wav
     if not (MIN_SAMPLE_RATE <= orig_sr <= MAX_SAMPLE_RATE and MIN_SAMPLE_RATE <= target_sr <= MAX_SAMPLE_RATE):
         raise AudiogenError(f"cannot resample {orig_sr} Hz -> {target_sr} Hz: rate out of range")
     import torch
-    import torchaudio.functional as AF
 
     is_np = isinstance(wav, np.ndarray)
     g = math.gcd(int(orig_sr), int(target_sr))
@@ -320,7 +320,7 @@ def _resample_sinc(x, down: int, up: int, block: int):
     for s in range(0, n, step):  # s, a: multiples of `down`, so outputs stay on the whole signal's grid
         a, b = max(0, s - margin), min(n, s + step + margin)
         first = (s - a) // down * up
-        count = (min(step, n - s) // down * up) if s + step < n else total - s // down * up
+        count = step // down * up if s + step < n else total - s // down * up
         out.append(run(x[..., a:b])[..., first : first + count])
     return torch.cat(out, -1)
 
