@@ -229,6 +229,13 @@ def rows_around_lstm(layers: list[torch.nn.Module], x: torch.Tensor, real: torch
     return batch()
 
 
+def run_seanet(layers: list[torch.nn.Module], x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """A SEANet encoder's or decoder's ``layers`` over ``x [B, C, L]`` through the lean pass: on CPU row by
+    row around the LSTM (:func:`rows_around_lstm`, ``real`` marking padding rows), elsewhere the whole batch
+    at once (:func:`audiogen.codec.seanet.run_layers`)."""
+    return rows_around_lstm(layers, x, real) if x.device.type == "cpu" else run_layers(layers, x)
+
+
 class Codec:
     """Base class: windowed, batched encode/decode on top of a backend's whole-window calls.
 
@@ -480,23 +487,14 @@ class EncodecCodec(Codec):
 
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         layers = self._encoder_layers()
-        if layers is None:
-            emb = self.model.encoder(wav)
-        elif self.device.type == "cpu":
-            emb = rows_around_lstm(layers, wav, real)
-        else:
-            emb = run_layers(layers, wav)
+        emb = self.model.encoder(wav) if layers is None else run_seanet(layers, wav, real)
         codes = rvq_encode(self.model.quantizer.vq, emb, self.num_codebooks)  # [K, B, T]
         return codes.transpose(0, 1)
 
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
         layers = self._encoder_layers("decoder")
-        if layers is None:
-            return self.model.decoder(emb)
-        if self.device.type == "cpu":
-            return rows_around_lstm(layers, emb)
-        return run_layers(layers, emb)
+        return self.model.decoder(emb) if layers is None else run_seanet(layers, emb)
 
 
 class STFTCodec(EncodecCodec):
@@ -590,13 +588,13 @@ class HFEncodecCodec(Codec):
     def describe(self) -> dict:
         return {**EncodecCodec.describe(self), "backend": "hf_encodec"}
 
-    def _layers(self, part: str) -> list[torch.nn.Module]:
+    def _encoder_layers(self, part: str = "encoder") -> list[torch.nn.Module]:
+        """The encoder's (or decoder's) layers: the lean SEANet pass (:func:`run_seanet`) takes transformers'
+        EnCodec layers as it takes the encodec package's."""
         return list(getattr(self.model, part).layers)
 
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-        # the lean SEANet pass (audiogen.codec.seanet) takes transformers' EnCodec layers as it takes the package's
-        layers = self._layers("encoder")
-        residual = rows_around_lstm(layers, wav, real) if self.device.type == "cpu" else run_layers(layers, wav)
+        residual = run_seanet(self._encoder_layers(), wav, real)
         codes = []
         for layer in self.model.quantizer.layers[: self.num_codebooks]:
             idx = layer.encode(residual)
@@ -606,8 +604,7 @@ class HFEncodecCodec(Codec):
 
     def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
         emb = self.model.quantizer.decode(codes.transpose(0, 1))
-        layers = self._layers("decoder")
-        return rows_around_lstm(layers, emb) if self.device.type == "cpu" else run_layers(layers, emb)
+        return run_seanet(self._encoder_layers("decoder"), emb)
 
     @classmethod
     def load(cls, path: Path, meta: dict, num_codebooks: int | None = None) -> "HFEncodecCodec":
