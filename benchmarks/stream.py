@@ -5,7 +5,8 @@
 Runs one :class:`audiogen.generation.stream.MusicStream` as fast as it goes for ``--duration`` seconds
 of audio, sending a control change every ``--change-every`` seconds of audio, alternating
 a calm request (bpm 80, intensity 0.2, mood calm) and an energetic one (bpm 140,
-intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
+intensity 0.9, mood tense; a model with mood labels gets its own, the default model's slow and fast),
+each gliding over ``--glide`` seconds. Reported:
 
 - ``rtf_sustained``: seconds of audio per second of wall time over the whole run (model
   loading excluded; time to first audio included);
@@ -29,9 +30,10 @@ intensity 0.9, mood tense), each gliding over ``--glide`` seconds. Reported:
   each boundary as the control (the codec's frame edges carry small steps of their own);
 - ``loudness_3s``: short-term loudness (BS.1770, 3 s windows ending at every chunk) minus
   the target, max absolute deviation overall and within 10 s after each change;
-- ``conditioned``: per request, the mean tempo (librosa tempogram, no prior) and onset
-  rate (librosa onsets per second) of the 10 s that follow the glide, measured on the
-  stream's output, each probe's figures, and ``conditioned_test``: one-sided Mann-Whitney U
+- ``conditioned``: per request, the mean tempo (``audiogen prep``'s estimator, as the model
+  report's; until 2026-12-04 librosa's tempogram without a prior, still listed per probe as
+  ``tempo_tempogram_bpm``) and onset rate (librosa onsets per second) of the 10 s that follow
+  the glide, measured on the stream's output, each probe's figures, and ``conditioned_test``: one-sided Mann-Whitney U
   p-values that the energetic request's tempo and onset rate exceed the calm one's.
 
 ``--lm-config small`` swaps in a random LM of MusicGen-small's size (speed does not depend
@@ -55,10 +57,6 @@ import time
 import numpy as np
 import torch
 
-REQUESTS = [
-    {"mood": "calm", "bpm": 80, "intensity": 0.2},
-    {"mood": "tense", "bpm": 140, "intensity": 0.9},
-]
 #: Magenta RealTime's published speed (not measured here): 2 s chunks in 1.25 s on a free Colab TPU v2-8
 MAGENTA_RT = {"rtf": 1.6, "chunk_s": 2.0, "hardware": "Colab free-tier TPU v2-8",
               "source": "Magenta RealTime announcement and model card (2025), not measured here"}
@@ -93,9 +91,10 @@ def main(argv=None) -> int:
     from audiogen.audio.io import resample
     from audiogen.audio.loudness import integrated_loudness
     from audiogen.data.estimators import onset_envelope, tempo_tempogram
+    from audiogen.metrics.model_eval import estimate_tempo
     from audiogen.generation.pipeline import resolve_model_dir
     from audiogen.generation.sampling import SamplingParams
-    from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.generation.stream import MusicStream, StreamSettings, calm_and_tense
     from audiogen.models.checkpoint import load_model
 
     t = time.perf_counter()
@@ -114,7 +113,8 @@ def main(argv=None) -> int:
     rss0 = rss_mb()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
-    stream = MusicStream(loaded, {"text": args.prompt, **REQUESTS[0]}, settings)
+    requests = calm_and_tense(loaded.conditioner.cfg)
+    stream = MusicStream(loaded, {"text": args.prompt, **requests[0]}, settings)
     sr, chunk_s = stream.sr, stream.chunk_samples / stream.sr
     n_chunks = max(1, math.ceil(args.duration / chunk_s))
     every = max(1, round(args.change_every / chunk_s))
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         if rss_warm is None and i >= n_chunks // 10:
             rss_warm = rss_mb()
         if (i + 1) % every == 0 and i + 1 < n_chunks:
-            req = REQUESTS[(len(changes_sent) + 1) % 2]
+            req = requests[(len(changes_sent) + 1) % 2]
             changes_sent.append((i, time.perf_counter(), req))
             stream.control({**req, "glide_s": args.glide})
     wall = time.perf_counter() - t0
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     rss_end = rss_mb()
     # a second stream in the same process (a server's next listener): one-time costs already paid
     t1 = time.perf_counter()
-    MusicStream(loaded, {"text": args.prompt, **REQUESTS[0]}, settings).next_chunk()
+    MusicStream(loaded, {"text": args.prompt, **requests[0]}, settings).next_chunk()
     first_warm = time.perf_counter() - t1
 
     # control latency: message -> return of the chunk holding the first frame under the new condition
@@ -209,18 +209,20 @@ def main(argv=None) -> int:
 
         onsets = librosa.onset.onset_detect(onset_envelope=env, sr=22050, hop_length=512)
         key = json.dumps(changes_sent[j][2], sort_keys=True)
-        conditioned.setdefault(key, {"tempo_bpm": [], "onsets_per_s": []})
-        conditioned[key]["tempo_bpm"].append(tempo_tempogram(env, 22050, prior=False))
+        conditioned.setdefault(key, {"tempo_bpm": [], "onsets_per_s": [], "tempo_tempogram_bpm": []})
+        conditioned[key]["tempo_bpm"].append(estimate_tempo(y[None], sr))  # prep's estimator, as model_report's
         conditioned[key]["onsets_per_s"].append(len(onsets) / (len(y) / sr))
+        conditioned[key]["tempo_tempogram_bpm"].append(tempo_tempogram(env, 22050, prior=False))  # before 2026-12-04
     each = {k: dict(v) for k, v in conditioned.items()}
     for v in conditioned.values():
         v["n"] = len(v["tempo_bpm"])
         v["tempo_bpm_each"] = [round(b, 1) for b in v["tempo_bpm"] if b]
         v["onsets_per_s_each"] = [round(o, 2) for o in v["onsets_per_s"]]
+        v["tempo_tempogram_bpm"] = [round(b, 1) for b in v["tempo_tempogram_bpm"] if b]
         v["tempo_bpm"] = statistics.mean([b for b in v["tempo_bpm"] if b] or [float("nan")])
         v["onsets_per_s"] = statistics.mean(v["onsets_per_s"])
     # is the energetic request's output faster and busier than the calm one's? one-sided Mann-Whitney U
-    calm, busy = (each.get(json.dumps(r, sort_keys=True)) for r in REQUESTS)
+    calm, busy = (each.get(json.dumps(r, sort_keys=True)) for r in requests)
     conditioned_test = None
     if calm and busy and len(calm["tempo_bpm"]) >= 3 and len(busy["tempo_bpm"]) >= 3:
         from scipy.stats import mannwhitneyu

@@ -9,7 +9,8 @@
 # Steps: fetch the corpus (all three packages) -> fit the mel codec (k-means residual VQ of
 # log-mel frames, codebook 0 held through small changes by change_penalty 300, Griffin-Lim decoding:
 # minutes on a CPU) -> tokenize the corpus with its first 6
-# codebooks (3 kbps) -> train the LM (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
+# codebooks (3 kbps), with beat times and tagger labels -> train the LM with a beat grid
+# (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
 # steps from those weights at lr 1.5e-3: LM_SETTINGS and LM_FINETUNE below) -> measure (codec
 # quality on the codec's held-out tracks, music-likeness of generated audio, LM loss vs a unigram
 # baseline) -> copy the exported model into the package.
@@ -26,7 +27,7 @@ CODEC_STEPS=${CODEC_STEPS:-2400}
 case "$CODEC_KIND" in
   stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default
          LM_SETTINGS="max_steps=1200"; LM_FINETUNE="" ;;
-  melvq) DATA=.cache/data_melvq;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
+  melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000" ;;
   *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
 esac
@@ -43,8 +44,9 @@ fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
 
 # 2. tokenize the corpus with the first 6 codebooks (3 kbps); the held-out split is by source file
+# with beat times (the LM's beat grid) and genre/mood/instrument labels from the packaged musicnn tagger
 python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth 3 \
-    --segment 10 --workers 1 || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
+    --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
 
 # 3. the LM
 # (later key=value settings win: LM_STEPS over LM_SETTINGS over the config file)

@@ -72,6 +72,24 @@ CALM_WORDS = "calm, soft, gentle, sparse"
 ENERGETIC_WORDS = "intense, energetic, powerful, driving"
 #: tempo factor of the calm and the energetic end of ``intensity``
 INTENSITY_TEMPO = (0.85, 1.15)
+#: the calm and the energetic request of the stream benchmark and its picture (benchmarks/stream.py,
+#: eval/stream_change.py), and those moods in the words of a model with mood labels (the default model's)
+CALM_TENSE = ({"mood": "calm", "bpm": 80, "intensity": 0.2}, {"mood": "tense", "bpm": 140, "intensity": 0.9})
+MOOD_LABELS = {"calm": "slow", "tense": "fast"}
+
+
+def calm_and_tense(cfg) -> list[dict]:
+    """:data:`CALM_TENSE` as a model with conditioner config ``cfg`` can take them: a model without mood
+    labels hears the moods in its text (the stream folds them in); one with labels gets its own label
+    for each (``MOOD_LABELS``), or no mood where it has neither."""
+    moods = (cfg.vocab() if cfg.attribute_slots else {}).get("mood") or []
+    if not moods:
+        return [dict(r) for r in CALM_TENSE]
+    out = []
+    for req in CALM_TENSE:
+        mood = next((m for m in (req["mood"], MOOD_LABELS[req["mood"]]) if m in moods), None)
+        out.append({**req, "mood": mood} if mood else {k: v for k, v in req.items() if k != "mood"})
+    return out
 #: tempo the intensity ends start from when the request has none
 DEFAULT_BPM = 120.0
 #: fields a control message may set (``prompt`` is an alias of ``text``)
@@ -738,6 +756,7 @@ class MusicStream:
         vocab = cfg.vocab() if cfg.attribute_slots else {}
         # attributes the model has no slot for are said in the text instead (see StreamState.conditions)
         self.fold = tuple(a.name for a in LABELS if not vocab.get(a.name))
+        self.moods = list(vocab.get("mood") or [])  # what a "mood" may be; any words where empty (folded)
         self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
         self._validate_conditions = cfg.validate_conditions
         self.state = state_from(conditions)

@@ -52,7 +52,7 @@ def build_app(loaded, settings, start: dict | None = None, lead_s: float = 3.0):
         with lock:
             stream = MusicStream(loaded, start_state, dataclasses.replace(settings))
         await sock.send_text(json.dumps({"type": "hello", "sample_rate": stream.sr, "channels": stream.channels,
-                                         "chunk_s": stream.chunk_samples / stream.sr,
+                                         "chunk_s": stream.chunk_samples / stream.sr, "moods": stream.moods,
                                          "state": _state(stream.state)}))
 
         async def receive() -> None:

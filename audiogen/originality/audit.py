@@ -180,8 +180,8 @@ class Auditor:
         th, ai = self.thresholds, self.audio
         mono = A.resample(np.asarray(wav, np.float32).mean(axis=0), sr, CHROMA_SR).astype(np.float32)
         starts, emb = window_embeddings(ai.embedder, mono, CHROMA_SR)
-        best, arg, per_item = ai.nearest(emb)
-        m = ai.embedding_match(starts, best, arg, th.emb_cosine)
+        best, _, per_item = ai.nearest(emb)
+        m = ai.embedding_match(starts, emb, per_item, th.emb_cosine)
         items = self.tokens.items
         out: dict = {"embedding": {"embedder": ai.embedder.cache_key, "best_cosine": round(float(best.max()), 4),
                                    "match": None}}

@@ -8,8 +8,9 @@ or its tokens decoded with the codec when the sources are gone):
 - **embedding nearest neighbours**: every ``WINDOW_S`` window (hop ``HOP_S``) of the
   query is embedded with a pluggable :class:`audiogen.metrics.embedders.Embedder`, standardised
   with the corpus' per-dimension mean and spread, and compared by cosine with every
-  reference window; the evidence is the longest streak of consecutive query windows whose
-  nearest neighbour lies in one item above a threshold (one lucky window is not a copy);
+  reference window; the evidence is the longest streak of consecutive query windows that each
+  match a window of one recording above a threshold *at one time offset* (one lucky window is not
+  a copy, and neither is music that sounds alike here and there: a copy keeps its timing);
 - **chroma alignment** (cover-song detection, Serra et al. 2009 "Qmax"): 12-bin chroma
   frames stacked with their neighbours (a time-delay embedding, ``EMBED_FRAMES``), a binary
   cross-recurrence of those (mutual nearest neighbours that are also close in absolute
@@ -54,6 +55,14 @@ GAP_ONSET, GAP_EXTEND = 5.0, 0.5
 #: items aligned by chroma: this many nearest by embedding (and every item, below this corpus size)
 SHORTLIST = 16
 ROWS_PER_CHUNK = 1 << 16
+#: an embedding streak is a copy's only when its windows keep one offset (reference time minus query
+#: time) within this much: a copy keeps its timing, music that merely sounds alike matches windows
+#: here and there in the recording
+OFFSET_TOL_S = 1.0
+#: ... and only where the query is about as close to the reference window as the window's own recording
+#: is to it elsewhere, or closer: within this much cosine (float16 rounding; a loop played twice in the
+#: source is matched by a copy of it at both places)
+OWN_MARGIN = 0.01
 
 
 def window_starts(duration_s: float, window_s: float = WINDOW_S, hop_s: float = HOP_S) -> np.ndarray:
@@ -275,8 +284,8 @@ def build_audio_index(data_dir: str | os.PathLike, token_index, embedder, codec_
 
 @dataclass
 class EmbeddingMatch:
-    """The longest streak of query windows whose nearest reference windows lie in one recording
-    (``item``: where the streak starts)."""
+    """The longest streak of consecutive query windows that match one recording at one offset
+    (``item``: where the streak starts in the recording)."""
 
     item: int
     seconds: float
@@ -308,6 +317,8 @@ class AudioIndex:
         self.chroma_off = np.load(self.folder / "chroma_offsets.npy")
         self.chroma = np.memmap(self.folder / "chroma.f16", np.float16, "r", shape=(int(self.chroma_off[-1]), 12))
         self.reference = ReferenceAudio(Path(data_dir), token_index, codec_loader)
+        self._rows: np.ndarray | None = None
+        self._sources: dict[str, list[int]] | None = None
 
     def _normalise(self, e: np.ndarray) -> np.ndarray:
         z = (e.astype(np.float32) - self.mean) / self.std
@@ -335,22 +346,91 @@ class AudioIndex:
                 per_item[int(it)] = max(per_item.get(int(it), -2.0), float(top[it]))
         return best, arg, per_item
 
-    def embedding_match(self, starts: np.ndarray, best: np.ndarray, arg: np.ndarray, threshold: float) -> EmbeddingMatch | None:
-        """The longest run of consecutive query windows above ``threshold`` matched in one source recording."""
-        items = np.asarray(self.emb_items[arg, 0])
-        # a copy may span two consecutive segments (items) of one recording: the streak follows the source
-        source = [self.tokens.items[int(i)]["source"] for i in items]
-        out, run = None, 0
-        for i in range(len(best)):
-            ok = best[i] >= threshold
-            run = run + 1 if ok and run and source[i] == source[i - 1] else (1 if ok else 0)
-            if run:
-                seconds = (run - 1) * (starts[1] - starts[0] if len(starts) > 1 else 0) + WINDOW_S
-                if out is None or seconds > out.seconds:
-                    a = i - run + 1
-                    out = EmbeddingMatch(int(items[i]), float(seconds), float(starts[a]),
-                                         float(self.emb_items[arg[a], 1]) / 100, float(best[a : i + 1].mean()))
+    def _item_rows(self) -> np.ndarray:
+        """``int64[I + 1]``: the first embedding row of each item (rows are written item by item)."""
+        if self._rows is None:
+            col = np.asarray(self.emb_items[:, 0])
+            self._rows = np.searchsorted(col, np.arange(len(self.tokens.items) + 1))
+        return self._rows
+
+    def embedding_match(self, starts: np.ndarray, emb: np.ndarray, per_item: dict[int, float],
+                        threshold: float) -> EmbeddingMatch | None:
+        """The longest run of consecutive query windows (starting at ``starts``, embeddings ``emb``)
+        each closer than ``threshold`` to a window of one recording at one time offset (reference time
+        minus query time, within ``OFFSET_TOL_S``): a copy keeps its timing. A pair counts only when
+        it is also as close (within ``OWN_MARGIN``) as the reference window is to any other part of its
+        own recording (windows that do not overlap it): in a held texture every window is alike, and a
+        match there says the query sounds like that texture, not that it is that passage.
+
+        Only recordings with some window above ``threshold`` (``per_item``, from :meth:`nearest`) are
+        searched; all of a recording's segments are, so a copy that crosses a row boundary or repeats
+        (a chorus) stays one run.
+        """
+        items = self.tokens.items
+        sources = dict.fromkeys(items[i]["source"] for i, c in per_item.items() if c >= threshold)
+        if not sources:
+            return None
+        q = self._normalise(emb)
+        rows = self._item_rows()
+        tol = int(round(OFFSET_TOL_S / HOP_S))
+        out = None
+        for source in sources:
+            idx = np.concatenate([np.arange(rows[i], rows[i + 1]) for i in self._by_source()[source]])
+            if not len(idx):
+                continue
+            ei = np.asarray(self.emb_items[idx])
+            t_ref = np.array([items[i]["start_s"] for i in ei[:, 0]]) + ei[:, 1] / 100.0
+            r = self._normalise(np.asarray(self.emb[idx]))
+            s = q @ r.T  # [Wq, Wr]
+            # a window's own recording elsewhere (windows that do not overlap it): a match no closer
+            # than that says "sounds like this part of the track", not "is this passage"
+            own = r @ r.T
+            own[np.abs(t_ref[:, None] - t_ref[None, :]) < WINDOW_S] = -2.0
+            qi, rj = np.nonzero((s >= threshold) & (s >= own.max(axis=1)[None, :] - OWN_MARGIN))
+            if not len(qi):
+                continue
+            k = np.round((t_ref[rj] - starts[qi]) / HOP_S).astype(np.int64)
+            k -= k.min() - tol
+            # best cosine per (offset, query window) and which reference window gave it
+            cos = s[qi, rj]
+            key = k * len(q) + qi
+            order = np.lexsort((cos, key))  # by key, then cosine: each key's best pair comes last
+            last = order[np.r_[key[order][1:] != key[order][:-1], True]]
+            grid = np.full((int(k.max()) + tol + 1, len(q)), -2.0, np.float32)
+            ref_at = np.full(grid.shape, -1, np.int64)
+            grid[k[last], qi[last]] = cos[last]
+            ref_at[k[last], qi[last]] = rj[last]
+            # a window counts for offset k when it matches within +-tol of k
+            band = np.full_like(grid, -2.0)
+            band_ref = np.full(grid.shape, -1, np.int64)
+            for d in range(-tol, tol + 1):
+                shifted = np.roll(grid, d, axis=0)
+                shifted_ref = np.roll(ref_at, d, axis=0)
+                better = shifted > band
+                band[better], band_ref[better] = shifted[better], shifted_ref[better]
+            ok = band >= threshold
+            for kk in np.flatnonzero(ok.any(axis=1)):
+                run = 0
+                for i in range(len(q)):
+                    run = run + 1 if ok[kk, i] else 0
+                    if run:
+                        seconds = (run - 1) * (starts[1] - starts[0] if len(starts) > 1 else 0) + WINDOW_S
+                        first = i - run + 1
+                        mean = float(band[kk, first : i + 1].mean())
+                        # the longest; of equally long ones (a held texture matches at several
+                        # offsets) the closest
+                        if out is None or (seconds, mean) > (out.seconds, out.similarity):
+                            j = int(idx[band_ref[kk, first]])
+                            out = EmbeddingMatch(int(self.emb_items[j, 0]), float(seconds), float(starts[first]),
+                                                 float(self.emb_items[j, 1]) / 100, mean)
         return out
+
+    def _by_source(self) -> dict[str, list[int]]:
+        if self._sources is None:
+            self._sources = {}
+            for i, it in enumerate(self.tokens.items):
+                self._sources.setdefault(it["source"], []).append(i)
+        return self._sources
 
     def item_chroma(self, item: int) -> np.ndarray:
         return np.asarray(self.chroma[self.chroma_off[item] : self.chroma_off[item + 1]], np.float32)

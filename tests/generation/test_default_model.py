@@ -92,10 +92,10 @@ def test_readme_main_command_frames_follow_each_other_as_music_does(readme_track
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: the default model writes held chords that change every "
-                   "few seconds, broken by clicks, with no onsets on a beat (pulse 0.08; corpus tracks: median "
-                   "0.55, 17 of 76 below 0.2); MODEL_CARD.md. Remove this mark when it passes")
 def test_readme_main_command_has_a_pulse_as_most_music_here_does(readme_track_figures):
+    """The grid-less default model before 2026-12-04 held chords broken by clicks, with no onsets on a
+    beat (pulse 0.08; corpus tracks: median 0.55, 17 of 76 below 0.2). The shipped one plays on the
+    beat grid with beat guidance 3 (MODEL_CARD.md)."""
     assert readme_track_figures["pulse"] >= 0.2, readme_track_figures
 
 

@@ -458,7 +458,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
     assert lines["bpm (--bpm)"].startswith("60-180 in ")
     recommended = SamplingParams.for_model(read_config(DEFAULT_MODEL_DIR))
     assert lines["sampling (the defaults of generate and stream)"].endswith(
-        f"guidance {recommended.cfg_scale:g}, max silence {recommended.max_silence_s:g} s")
+        f"guidance {recommended.cfg_scale:g}, max silence {recommended.max_silence_s:g} s"
+        + (f", beat guidance {recommended.beat_guidance:g}" if read_config(DEFAULT_MODEL_DIR)["lm"].get("beat_harmonics")
+           else ""))
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
@@ -525,9 +527,12 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
 
     from audiogen.models.checkpoint import read_config
 
-    recommended = SamplingParams.for_model(read_config(P.DEFAULT_MODEL_DIR))
+    config = read_config(P.DEFAULT_MODEL_DIR)
+    recommended = SamplingParams.for_model(config)
+    # a model with a beat grid plays at its default tempo unless asked (docs/generate.md)
+    bpm = config["generation"].get("default_bpm") if config["lm"].get("beat_harmonics") else None
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
-    assert job.conditions == Conditions(text="calm", genre="rock") and job.prompt == "calm"
+    assert job.conditions == Conditions(text="calm", genre="rock", bpm=bpm) and job.prompt == "calm"
     assert job.sampling == replace(recommended, top_k=5) and job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
     assert job.seed == 3 and job.duration_s == 2.0
     jobs = []
@@ -539,7 +544,7 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     assert jobs[0].sampling == recommended and jobs[0].finish == FinishSpec(duration_s=2.0)
     assert jobs[1].sampling == replace(recommended, top_k=5)
     assert jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
-    assert jobs[1].conditions == Conditions(text="calm", genre="rock")
+    assert jobs[1].conditions == Conditions(text="calm", genre="rock", bpm=bpm)
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.option_strings[0]: a.help for a in sub.choices["generate"]._actions if a.option_strings}
     stated = {opt: float(re.search(r"(?:default|else) (-?[0-9.]+)", helps[opt]).group(1)) for opt in

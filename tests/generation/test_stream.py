@@ -319,6 +319,11 @@ def test_browser_page_plays_the_stream_and_a_slider_change_reaches_the_output(ti
             page.click("#play")
             page.wait_for_function("Number(document.body.dataset.played || 0) >= 0.5", timeout=240_000)
             assert json.loads(page.evaluate("document.body.dataset.state"))["intensity"] == 0.5  # the page's start
+            # the mood list offers the model's own moods (one with labels refuses any other word)
+            from audiogen.models.checkpoint import read_config
+
+            moods = read_config(tiny_model_dir)["conditioner"]["moods"]
+            assert moods and page.eval_on_selector_all("#moods option", "os => os.map(o => o.textContent)") == moods
             page.eval_on_selector("#intensity", "el => { el.value = 0.95; el.dispatchEvent(new Event('change')); }")
             page.wait_for_function("JSON.parse(document.body.dataset.state || '{}').intensity === 0.95",
                                    timeout=240_000)

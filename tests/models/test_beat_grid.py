@@ -315,21 +315,35 @@ def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():
     assert requested_tempo(Conditions(text="calm", bpm=70.0), grid).bpm == 70.0
     assert requested_tempo(Conditions(text="calm"), grid).bpm == 100.0
     assert requested_tempo(Conditions(text="a 999 bpm blur"), grid).bpm == 100.0  # out of range: not a tempo
-    # the shipped default model has no grid: its requests are left as they are
+    # a model without a grid: its requests are left as they are
     assert requested_tempo(Conditions(text="upbeat electronic, 120 bpm"), plain).bpm is None
 
 
 @pytest.mark.parametrize("command", ["generate", "stream"])
 def test_beat_guidance_asked_of_a_model_without_a_grid_is_refused_with_one_line(command, tmp_path):
-    """The shipped model has no grid: --beat-guidance would do nothing, yet its sidecar once recorded it."""
+    """On a model without a grid (the default model until 2026-12-04) --beat-guidance would do nothing,
+    yet its sidecar once recorded it. The model here is the shipped one's folder with its grid taken
+    out of the config: the refusal comes before any weight loads."""
+    import yaml
+
     from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
     from audiogen.models.checkpoint import read_config
 
-    assert not (read_config(DEFAULT_MODEL_DIR).get("lm") or {}).get("beat_harmonics")  # the premise
-    out = tmp_path / "x.wav"
+    config = read_config(DEFAULT_MODEL_DIR)
+    config["lm"].pop("beat_harmonics", None)
+    config["generation"]["sampling"].pop("beat_guidance", None)
+    model = tmp_path / "plain"
+    model.mkdir()
+    (model / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name in ("model.safetensors", "codec"):
+        (model / name).symlink_to(DEFAULT_MODEL_DIR / name)
+    assert not (read_config(model).get("lm") or {}).get("beat_harmonics")  # the premise
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "x.wav"
     args = ["calm", "--duration", "2", "--out", str(out)] if command == "generate" else ["--duration", "1", "--out", str(out)]
-    r = subprocess.run([sys.executable, "-m", "audiogen", command, *args, "--beat-guidance", "3"],
+    r = subprocess.run([sys.executable, "-m", "audiogen", command, *args, "--model", str(model), "--beat-guidance", "3"],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "has no beat grid" in r.stderr, r.stderr
-    assert not out.exists() and not list(tmp_path.iterdir())
+    assert not out.exists() and not list(work.iterdir())

@@ -229,6 +229,89 @@ def test_unrelated_music_and_noise_get_no_long_chroma_alignment(music_data, real
     assert c["source"] == "track1.flac" and c["seconds"] >= th.similar_chroma_s, c
 
 
+def _fake_audio_index(ref: np.ndarray, items: list[dict]):
+    """An AudioIndex over reference window embeddings ``ref[W, D]`` (0.5 s hop, 20 windows per 10 s
+    item), without building one from audio."""
+    from types import SimpleNamespace
+
+    from audiogen.originality.near import AudioIndex
+
+    ai = AudioIndex.__new__(AudioIndex)
+    per_item = len(ref) // len(items)
+    ai.tokens = SimpleNamespace(items=items)
+    ai.emb = ref.astype(np.float16)
+    ai.emb_items = np.stack([np.repeat(np.arange(len(items)), per_item),
+                             np.tile(np.arange(per_item) * 50, len(items))], 1).astype(np.int32)
+    ai.mean, ai.std = np.zeros(ref.shape[1], np.float32), np.ones(ref.shape[1], np.float32)
+    ai._rows = ai._sources = None
+    return ai
+
+
+def test_an_embedding_streak_must_keep_the_copys_timing():
+    """A copy keeps its timing: query windows that each match the training recording, but at
+    scattered times, are music that sounds alike here and there, not a streak; the same windows in
+    order are, across the recording's row boundary, and so is a copy whose source repeats."""
+    from audiogen.originality.near import HOP_S
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((60, 32)).astype(np.float32)  # one 30 s recording: 3 items of 10 s
+    items = [{"source": "a.ogg", "start_s": 10.0 * i} for i in range(3)]
+    ai = _fake_audio_index(ref, items)
+    noise = rng.standard_normal((40, 32)).astype(np.float32)
+    starts = np.arange(40) * HOP_S
+
+    def streak(q):
+        best, _, per_item = ai.nearest(q)
+        assert best.max() > 0.99  # the premise: windows do match the recording
+        m = ai.embedding_match(starts, q, per_item, 0.9)
+        return m
+
+    in_order = noise.copy()
+    in_order[10:30] = ref[15:35]  # 20 windows from 7.5 s on: crosses the 10 s row boundary
+    m = streak(in_order)
+    assert m.seconds == pytest.approx(19 * HOP_S + 3.0) and m.query_start_s == 5.0
+    assert (m.item, m.ref_start_s) == (0, 7.5)
+
+    scattered = noise.copy()
+    scattered[10:30] = ref[np.arange(20) * 7 % 60]  # the same windows, each 3.5 s on from the last
+    m = streak(scattered)
+    assert m.seconds == 3.0  # each window alone (it was a 12.5 s streak when any time counted)
+
+    repeat = noise.copy()  # a copy of a passage the source plays twice (a chorus)
+    ref_rep = ref.copy()
+    ref_rep[40:50] = ref_rep[5:15]
+    ai_rep = _fake_audio_index(ref_rep, items)
+    repeat[0:20] = ref_rep[35:55]  # runs through the repeat: every window has two equal matches
+    best, _, per_item = ai_rep.nearest(repeat)
+    m = ai_rep.embedding_match(starts, repeat, per_item, 0.9)
+    assert m.seconds == pytest.approx(19 * HOP_S + 3.0) and m.query_start_s == 0.0
+
+
+def test_an_embedding_match_in_a_held_texture_is_no_streak():
+    """Where a recording holds one texture (every window like every other), a query that sounds like
+    it matches at every offset; it is only a copy when it is closer to a window than the recording
+    is to itself elsewhere. In the default model's corpus 48 % of the builtin embedder's windows are
+    within cosine 0.9 of a window 3-15 s away in their own track (docs/audit.md)."""
+    from audiogen.originality.near import HOP_S
+
+    rng = np.random.default_rng(1)
+    texture = rng.standard_normal(32).astype(np.float32)
+    ref = rng.standard_normal((60, 32)).astype(np.float32)
+    ref[20:60] = texture + 0.1 * rng.standard_normal((40, 32))  # 20-30 s of one held texture
+    ai = _fake_audio_index(ref, [{"source": "a.ogg", "start_s": 10.0 * i} for i in range(3)])
+    starts = np.arange(40) * HOP_S
+    alike = rng.standard_normal((40, 32)).astype(np.float32)
+    alike[0:30] = texture + 0.3 * rng.standard_normal((30, 32))  # sounds like it, closer to no window
+    best, _, per_item = ai.nearest(alike)
+    assert best[:30].min() > 0.9  # the premise: every window would pass the cosine threshold
+    assert ai.embedding_match(starts, alike, per_item, 0.9) is None
+    copied = alike.copy()
+    copied[0:30] = ref[25:55]  # the passage itself
+    best, _, per_item = ai.nearest(copied)
+    m = ai.embedding_match(starts, copied, per_item, 0.9)
+    assert m.seconds == pytest.approx(29 * HOP_S + 3.0) and m.ref_start_s == 2.5
+
+
 def test_cli_errors_are_one_line(tmp_path):
     out = _cli("audit", "x.wav", "--against", str(tmp_path))
     assert out.returncode == 1 and "audiogen audit index" in out.stderr and "Traceback" not in out.stderr
