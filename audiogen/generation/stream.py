@@ -76,6 +76,12 @@ INTENSITY_TEMPO = (0.85, 1.15)
 #: eval/stream_change.py), and those moods in the words of a model with mood labels (the default model's)
 CALM_TENSE = ({"mood": "calm", "bpm": 80, "intensity": 0.2}, {"mood": "tense", "bpm": 140, "intensity": 0.9})
 MOOD_LABELS = {"calm": "slow", "tense": "fast"}
+#: tempo the intensity ends start from when the request has none
+DEFAULT_BPM = 120.0
+#: fields a control message may set (``prompt`` is an alias of ``text``)
+CONDITION_FIELDS = ("text", *(a.name for a in ATTRIBUTES), "intensity")
+MESSAGE_FIELDS = CONDITION_FIELDS + ("prompt", "glide_s", "cut")
+MAX_GLIDE_S = 120.0
 
 
 def calm_and_tense(cfg) -> list[dict]:
@@ -90,12 +96,6 @@ def calm_and_tense(cfg) -> list[dict]:
         mood = next((m for m in (req["mood"], MOOD_LABELS[req["mood"]]) if m in moods), None)
         out.append({**req, "mood": mood} if mood else {k: v for k, v in req.items() if k != "mood"})
     return out
-#: tempo the intensity ends start from when the request has none
-DEFAULT_BPM = 120.0
-#: fields a control message may set (``prompt`` is an alias of ``text``)
-CONDITION_FIELDS = ("text", *(a.name for a in ATTRIBUTES), "intensity")
-MESSAGE_FIELDS = CONDITION_FIELDS + ("prompt", "glide_s", "cut")
-MAX_GLIDE_S = 120.0
 
 
 @dataclass(frozen=True)

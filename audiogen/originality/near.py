@@ -318,7 +318,8 @@ class AudioIndex:
         self.chroma = np.memmap(self.folder / "chroma.f16", np.float16, "r", shape=(int(self.chroma_off[-1]), 12))
         self.reference = ReferenceAudio(Path(data_dir), token_index, codec_loader)
         self._rows: np.ndarray | None = None
-        self._sources: dict[str, list[int]] | None = None
+        self._sources: dict[str, list[int]] = {}
+        self._recordings: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _normalise(self, e: np.ndarray) -> np.ndarray:
         z = (e.astype(np.float32) - self.mean) / self.std
@@ -346,12 +347,26 @@ class AudioIndex:
                 per_item[int(it)] = max(per_item.get(int(it), -2.0), float(top[it]))
         return best, arg, per_item
 
-    def _item_rows(self) -> np.ndarray:
-        """``int64[I + 1]``: the first embedding row of each item (rows are written item by item)."""
-        if self._rows is None:
-            col = np.asarray(self.emb_items[:, 0])
-            self._rows = np.searchsorted(col, np.arange(len(self.tokens.items) + 1))
-        return self._rows
+    def _recording(self, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One recording's embedding rows, the time of each in the recording (s), and how close each
+        window comes to any other part of its own recording (windows that do not overlap it; -2 where
+        there is none). Computed once per recording: it depends on the index alone."""
+        if source not in self._recordings:
+            if self._rows is None:  # the first embedding row of each item (rows are written item by item)
+                col = np.asarray(self.emb_items[:, 0])
+                self._rows = np.searchsorted(col, np.arange(len(self.tokens.items) + 1))
+                self._sources = {}
+                for i, it in enumerate(self.tokens.items):
+                    self._sources.setdefault(it["source"], []).append(i)
+            rows, items = self._rows, self.tokens.items
+            idx = np.concatenate([np.arange(rows[i], rows[i + 1]) for i in self._sources[source]])
+            ei = np.asarray(self.emb_items[idx])
+            t_ref = np.array([items[i]["start_s"] for i in ei[:, 0]]) + ei[:, 1] / 100.0
+            r = self._normalise(np.asarray(self.emb[idx]))
+            own = r @ r.T
+            own[np.abs(t_ref[:, None] - t_ref[None, :]) < WINDOW_S] = -2.0
+            self._recordings[source] = (idx, t_ref, own.max(axis=1, initial=-2.0))
+        return self._recordings[source]
 
     def embedding_match(self, starts: np.ndarray, emb: np.ndarray, per_item: dict[int, float],
                         threshold: float) -> EmbeddingMatch | None:
@@ -368,25 +383,16 @@ class AudioIndex:
         """
         items = self.tokens.items
         sources = dict.fromkeys(items[i]["source"] for i, c in per_item.items() if c >= threshold)
-        if not sources:
-            return None
         q = self._normalise(emb)
-        rows = self._item_rows()
         tol = int(round(OFFSET_TOL_S / HOP_S))
+        hop = starts[1] - starts[0] if len(starts) > 1 else 0.0
         out = None
         for source in sources:
-            idx = np.concatenate([np.arange(rows[i], rows[i + 1]) for i in self._by_source()[source]])
-            if not len(idx):
-                continue
-            ei = np.asarray(self.emb_items[idx])
-            t_ref = np.array([items[i]["start_s"] for i in ei[:, 0]]) + ei[:, 1] / 100.0
-            r = self._normalise(np.asarray(self.emb[idx]))
-            s = q @ r.T  # [Wq, Wr]
-            # a window's own recording elsewhere (windows that do not overlap it): a match no closer
-            # than that says "sounds like this part of the track", not "is this passage"
-            own = r @ r.T
-            own[np.abs(t_ref[:, None] - t_ref[None, :]) < WINDOW_S] = -2.0
-            qi, rj = np.nonzero((s >= threshold) & (s >= own.max(axis=1)[None, :] - OWN_MARGIN))
+            idx, t_ref, own = self._recording(source)
+            s = q @ self._normalise(np.asarray(self.emb[idx])).T  # [Wq, Wr]
+            # a match no closer than the window's own recording elsewhere says "sounds like this part
+            # of the track", not "is this passage"
+            qi, rj = np.nonzero((s >= threshold) & (s >= own[None, :] - OWN_MARGIN))
             if not len(qi):
                 continue
             k = np.round((t_ref[rj] - starts[qi]) / HOP_S).astype(np.int64)
@@ -410,27 +416,18 @@ class AudioIndex:
                 band[better], band_ref[better] = shifted[better], shifted_ref[better]
             ok = band >= threshold
             for kk in np.flatnonzero(ok.any(axis=1)):
-                run = 0
+                run, total = 0, 0.0
                 for i in range(len(q)):
-                    run = run + 1 if ok[kk, i] else 0
-                    if run:
-                        seconds = (run - 1) * (starts[1] - starts[0] if len(starts) > 1 else 0) + WINDOW_S
-                        first = i - run + 1
-                        mean = float(band[kk, first : i + 1].mean())
-                        # the longest; of equally long ones (a held texture matches at several
-                        # offsets) the closest
-                        if out is None or (seconds, mean) > (out.seconds, out.similarity):
-                            j = int(idx[band_ref[kk, first]])
-                            out = EmbeddingMatch(int(self.emb_items[j, 0]), float(seconds), float(starts[first]),
-                                                 float(self.emb_items[j, 1]) / 100, mean)
+                    run, total = (run + 1, total + float(band[kk, i])) if ok[kk, i] else (0, 0.0)
+                    if not run:
+                        continue
+                    seconds, mean = (run - 1) * hop + WINDOW_S, total / run
+                    # the longest; of equally long ones (a held texture matches at several offsets) the closest
+                    if out is None or (seconds, mean) > (out.seconds, out.similarity):
+                        j = int(idx[band_ref[kk, i - run + 1]])
+                        out = EmbeddingMatch(int(self.emb_items[j, 0]), float(seconds), float(starts[i - run + 1]),
+                                             float(self.emb_items[j, 1]) / 100, mean)
         return out
-
-    def _by_source(self) -> dict[str, list[int]]:
-        if self._sources is None:
-            self._sources = {}
-            for i, it in enumerate(self.tokens.items):
-                self._sources.setdefault(it["source"], []).append(i)
-        return self._sources
 
     def item_chroma(self, item: int) -> np.ndarray:
         return np.asarray(self.chroma[self.chroma_off[item] : self.chroma_off[item + 1]], np.float32)

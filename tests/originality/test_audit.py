@@ -243,7 +243,7 @@ def _fake_audio_index(ref: np.ndarray, items: list[dict]):
     ai.emb_items = np.stack([np.repeat(np.arange(len(items)), per_item),
                              np.tile(np.arange(per_item) * 50, len(items))], 1).astype(np.int32)
     ai.mean, ai.std = np.zeros(ref.shape[1], np.float32), np.ones(ref.shape[1], np.float32)
-    ai._rows = ai._sources = None
+    ai._rows, ai._sources, ai._recordings = None, {}, {}
     return ai
 
 
