@@ -6,7 +6,8 @@ Runs one :class:`audiogen.generation.stream.MusicStream` as fast as it goes for 
 of audio, sending a control change every ``--change-every`` seconds of audio, alternating
 a calm request (bpm 80, intensity 0.2, mood calm) and an energetic one (bpm 140,
 intensity 0.9, mood tense; a model with mood labels gets its own, the default model's slow and fast),
-each gliding over ``--glide`` seconds. Reported:
+each gliding over ``--glide`` seconds, with the model's recommended sampling and the stream's tempo
+boost (``--tempo-boost``, default 1; docs/stream.md). Reported:
 
 - ``rtf_sustained``: seconds of audio per second of wall time over the whole run (model
   loading excluded; time to first audio included);
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
+                    help="beat guidance raised by B after a tempo change (StreamSettings.tempo_boost; 0 = off)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
                                         cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
     # the sampling `audiogen stream` uses: the model's recommendation (its config's generation.sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype,
-                              sampling=SamplingParams.for_model(loaded.config))
+                              sampling=SamplingParams.for_model(loaded.config), tempo_boost=args.tempo_boost)
     rss0 = rss_mb()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
         "device": args.device, "dtype": args.dtype, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         "duration_s": round(audio_s, 2), "chunk_s": round(chunk_s, 3), "model_load_s": round(load_s, 2),
-        "sampling": dataclasses.asdict(settings.sampling),
+        "sampling": dataclasses.asdict(settings.sampling), "tempo_boost": settings.tempo_boost,
         "rtf_sustained": round(audio_s / wall, 3),
         # on a shared machine: audio seconds per (CPU seconds / threads), what the same work would give with the
         # threads' cores to itself (an estimate: it ignores memory-bandwidth contention)

@@ -2,7 +2,7 @@
 and mood it is asked for, at each guidance scale?
 
     python eval/adherence.py --model MODEL_DIR --data DATA_DIR --audio-dir AUDIO_DIR --out OUT_DIR \
-        [--clips 24] [--seconds 8] [--cfg 1 3] [--seed 0]
+        [--clips 24] [--seconds 8] [--cfg 1 2 3] [--top-k K] [--seed 0]
 
 Writes OUT_DIR/adherence.json, OUT_DIR/adherence.md (printed too), the figures (PNG) and every
 generated clip under OUT_DIR/clips/ to listen to. Without --data/--audio-dir genre and mood are not
@@ -28,7 +28,9 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=DEFAULT_CLIPS,
                     help="clips per attribute and guidance scale (default: %(default)s)")
     ap.add_argument("--seconds", type=float, default=DEFAULT_SECONDS, help="seconds per clip (default: %(default)s)")
-    ap.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0], help="guidance scales (default: 1 3)")
+    ap.add_argument("--cfg", type=float, nargs="+", default=None,
+                    help="guidance scales (default: 1, 3 and the model's recommended scale)")
+    ap.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's recommendation)")
     ap.add_argument("--beat-guidance", type=float, default=None,
                     help="beat guidance for a model with a beat grid (default: the model's recommendation)")
     ap.add_argument("--seed", type=int, default=0)
@@ -36,9 +38,9 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args()
     try:
-        report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=tuple(a.cfg), clips=a.clips,
+        report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=tuple(a.cfg) if a.cfg else None, clips=a.clips,
                                   seconds=a.seconds, seed=a.seed, progress=not a.quiet, device=a.device,
-                                  beat_guidance=a.beat_guidance)
+                                  beat_guidance=a.beat_guidance, top_k=a.top_k)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

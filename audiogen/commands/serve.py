@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import resolve_model_dir
+    from audiogen.generation.sampling import SamplingParams
     from audiogen.generation.stream import StreamSettings, state_from
     from audiogen.models.checkpoint import load_model
 
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device)
     settings.validate()
     loaded = load_model(resolve_model_dir(args.model), device=args.device)
+    # the sampling the model recommends (its config's generation.sampling), as `audiogen stream` and generate use
+    settings = replace(settings, sampling=SamplingParams.for_model(loaded.config))
     from audiogen.generation.stream_server import serve
 
     serve(loaded, settings, start, args.host, args.port, args.lead, args.log_level)

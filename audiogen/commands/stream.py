@@ -65,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
                    help="for a model with a beat grid: how strongly the music is pushed onto the beat "
                         "(default: the model's recommendation, else 1 = off)")
+    s.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
+                   help="for a model with a beat grid and beat guidance on: beat guidance is raised by B from a "
+                        "change of tempo until 4 s after its glide, so the music takes the new beat (default 1; "
+                        "0 = off)")
     s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
                    help="longest silence the model may hold, in seconds (default: the model's recommendation, "
                         "else 1.0; 0 = no limit)")
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     check_beat_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
-                              device=args.device, dtype=args.dtype)
+                              device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost)
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     stream = MusicStream(loaded, state, settings)

@@ -24,7 +24,9 @@ Four stages run per chunk, each carrying its state across chunk boundaries:
    set's own distribution (exactly one set at weight 1, the model as trained). A glide
    moves the weights linearly frame by frame over ``glide_s``; a cut switches at the next
    bar line. ``intensity`` (0-1) is a mixture of a calm and an energetic version of the
-   same request (descriptor words in the text and a tempo -/+ 15 %), so it is continuous.
+   same request, so it is continuous: the model's calm and energetic mood labels where it has
+   them (the default model's ``slow`` and ``fast``), else descriptor words in the text and a
+   tempo -/+ 15 %.
 3. **Audio** (:class:`ChunkDecoder`): complete frames are decoded with ``decode_context``
    frames of codec context on both sides (the codec's ``stream_context_s`` unless set; what the
    codec's own long-input windowing does)
@@ -67,11 +69,15 @@ from audiogen.models.conditioning import ATTRIBUTES, LABELS, Conditions
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
 
-#: descriptor words the two ends of ``intensity`` add to the text
+#: descriptor words the two ends of ``intensity`` add to the text (a model without a calm and an energetic mood label)
 CALM_WORDS = "calm, soft, gentle, sparse"
 ENERGETIC_WORDS = "intense, energetic, powerful, driving"
-#: tempo factor of the calm and the energetic end of ``intensity``
+#: tempo factor of the calm and the energetic end of ``intensity`` (with the words only)
 INTENSITY_TEMPO = (0.85, 1.15)
+#: mood labels that can be ``intensity``'s calm and energetic end, in order of preference (the first of each a
+#: model knows; the default model's moods are ``slow`` and ``fast``)
+CALM_MOODS = ("calm", "slow", "relaxed", "peaceful", "soft", "gentle")
+ENERGETIC_MOODS = ("energetic", "fast", "tense", "intense", "upbeat", "aggressive")
 #: the calm and the energetic request of the stream benchmark and its picture (benchmarks/stream.py,
 #: eval/stream_change.py), and those moods in the words of a model with mood labels (the default model's)
 CALM_TENSE = ({"mood": "calm", "bpm": 80, "intensity": 0.2}, {"mood": "tense", "bpm": 140, "intensity": 0.9})
@@ -82,6 +88,14 @@ DEFAULT_BPM = 120.0
 CONDITION_FIELDS = ("text", *(a.name for a in ATTRIBUTES), "intensity")
 MESSAGE_FIELDS = CONDITION_FIELDS + ("prompt", "glide_s", "cut")
 MAX_GLIDE_S = 120.0
+
+
+def intensity_moods(moods) -> tuple[str, str] | None:
+    """The calm and the energetic mood label among a model's ``moods`` (:data:`CALM_MOODS`,
+    :data:`ENERGETIC_MOODS`), or None where it lacks either: then ``intensity`` is said in words."""
+    lo = next((m for m in CALM_MOODS if m in moods), None)
+    hi = next((m for m in ENERGETIC_MOODS if m in moods), None)
+    return (lo, hi) if lo and hi else None
 
 
 def calm_and_tense(cfg) -> list[dict]:
@@ -131,11 +145,20 @@ class StreamState:
             bpm = None
         return Conditions(text=", ".join(words) or None, bpm=bpm, **labels)
 
-    def parts(self, fold: tuple[str, ...]) -> list[tuple[float, object]]:
-        """``[(weight, Conditions)]``: one set, or with ``intensity`` its calm and energetic ends."""
+    def parts(self, fold: tuple[str, ...], moods: tuple[str, str] | None = None) -> list[tuple[float, object]]:
+        """``[(weight, Conditions)]``: one set, or with ``intensity`` its calm and energetic ends.
+
+        ``moods``: the model's calm and energetic mood labels (:func:`intensity_moods`). With them the
+        ends are the request with each of those moods, at the tempo asked: labels the model learned,
+        so the blend keeps its beat (a requested mood that is one of the two is what intensity moves
+        between; any other mood keeps the word ends). Without them the ends add descriptor words and
+        scale the tempo by :data:`INTENSITY_TEMPO`."""
         if self.intensity is None:
             return [(1.0, self.conditions(fold=fold))]
         i = float(self.intensity)
+        if moods and "mood" not in fold and self.mood in (None, *moods):
+            return [(1.0 - i, replace(self, mood=moods[0]).conditions(fold=fold)),
+                    (i, replace(self, mood=moods[1]).conditions(fold=fold))]
         return [(1.0 - i, self.conditions(CALM_WORDS, INTENSITY_TEMPO[0], fold)),
                 (i, self.conditions(ENERGETIC_WORDS, INTENSITY_TEMPO[1], fold))]
 
@@ -218,12 +241,21 @@ class StreamSettings:
     level: bool = True  #: False: raw decoder output (no loudness follower or limiter)
     device: str = "cpu"
     dtype: str = "float32"
+    #: after a change of tempo (a model with a beat grid and beat guidance on): beat guidance is raised by
+    #: ``tempo_boost`` from the message until ``tempo_boost_s`` after the glide ends, then steps back, so the
+    #: music takes the new beat against a context played at the old one (docs/stream.md). 0: no boost
+    tempo_boost: float = 1.0
+    tempo_boost_s: float = 4.0
 
     def validate(self) -> None:
         if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 10):
             raise AudiogenError(f"chunk length must be 0.05..10 s, got {self.chunk_s}")
         if not 0.1 <= self.context_fraction <= 0.9:
             raise AudiogenError(f"context fraction must be 0.1..0.9, got {self.context_fraction}")
+        if not (math.isfinite(self.tempo_boost) and 0 <= self.tempo_boost <= 10):
+            raise AudiogenError(f"tempo boost must be 0..10, got {self.tempo_boost}")
+        if not (math.isfinite(self.tempo_boost_s) and 0 <= self.tempo_boost_s <= MAX_GLIDE_S):
+            raise AudiogenError(f"tempo boost time must be 0..{MAX_GLIDE_S:g} s, got {self.tempo_boost_s}")
         if self.decode_context_s is not None and not (math.isfinite(self.decode_context_s)
                                                       and 0 <= self.decode_context_s <= 5):
             raise AudiogenError(f"decode context must be 0..5 s, got {self.decode_context_s}")
@@ -757,6 +789,7 @@ class MusicStream:
         # attributes the model has no slot for are said in the text instead (see StreamState.conditions)
         self.fold = tuple(a.name for a in LABELS if not vocab.get(a.name))
         self.moods = list(vocab.get("mood") or [])  # what a "mood" may be; any words where empty (folded)
+        self.intensity_moods = intensity_moods(self.moods)  # intensity's ends as mood labels, if the model has them
         self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
         self._validate_conditions = cfg.validate_conditions
         self.state = state_from(conditions)
@@ -771,8 +804,10 @@ class MusicStream:
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
         self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype,
                                   SilenceGuard.for_codec(self.codec, params, settings.device))
+        self.boosted = replace(params, beat_guidance=params.beat_guidance + settings.tempo_boost)
+        self.boost_until = -1  # frame at which a tempo change's raised beat guidance steps back
         self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.rows, settings.device, dtype)
-        self.mix.set_target(self.state.parts(self.fold), 0, 0)
+        self.mix.set_target(self._parts(self.state), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
         self.chunk_samples = self.chunk_frames * self.codec.hop_length
         ctx_s = self.codec.stream_context_s if settings.decode_context_s is None else settings.decode_context_s
@@ -788,8 +823,11 @@ class MusicStream:
         self._history = collections.deque([(0, self.state)], maxlen=256)  # (frame, state from that frame on)
 
     def _check(self, state: StreamState) -> None:
-        for _, cond in state.parts(self.fold):
+        for _, cond in self._parts(state):
             self._validate_conditions([cond])
+
+    def _parts(self, state: StreamState) -> list[tuple[float, object]]:
+        return state.parts(self.fold, self.intensity_moods)
 
     # -- control (any thread)
     def control(self, message: dict) -> None:
@@ -842,9 +880,12 @@ class MusicStream:
     def _switch(self, ch: _Change, frame: int, frames: int) -> None:
         if ch.state.bpm != self.state.bpm:
             self.bar_anchor = frame  # a new tempo starts a new bar grid
+            if self.settings.tempo_boost and self.tokens.rows[0]:  # beat guidance on: push onto the new beat
+                self.boost_until = frame + frames + round(self.settings.tempo_boost_s * self.fr)
+                self.tokens.params = self.boosted
         self.state = ch.state
         self._history.append((frame, ch.state))
-        self.mix.set_target(ch.state.parts(self.fold), frame, frames)
+        self.mix.set_target(self._parts(ch.state), frame, frames)
         self.stats.changes.append((ch.received, frame))
 
     # -- generation
@@ -856,6 +897,8 @@ class MusicStream:
         while t.complete < need:
             frame = t.produced
             self._apply_changes(frame)
+            if 0 <= self.boost_until <= frame:
+                t.params, self.boost_until = self.settings.sampling, -1
             t.step(self.mix.install(frame, t.cache), self.mix.beat_step(frame, self.fr))
         out = self.decoder.decode(t)
         t.forget_before(self.decoder.next - self.decoder.ctx)

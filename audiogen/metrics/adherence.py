@@ -356,15 +356,16 @@ def analyse_clip(wav: np.ndarray, sample_rate: int) -> dict:
 
 
 def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_dir: str | Path | None,
-                     out_dir: str | Path, cfg_scales=(1.0, 3.0), clips: int = DEFAULT_CLIPS,
+                     out_dir: str | Path, cfg_scales=None, clips: int = DEFAULT_CLIPS,
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
-                     top_k: int = 250, batch: int = 8, refs_per_label: int = 8, tagger=None,
+                     top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
                      beat_guidance: float | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
-    reported as not measured (they need reference clips). ``beat_guidance``: for a model with a beat grid
-    (None: the model's recommendation, as generate uses). Returns the report."""
+    reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
+    recommended scale), ``top_k`` and ``beat_guidance`` (a model with a beat grid): None takes the model's
+    recommendation (its config's ``generation.sampling``), as generate does. Returns the report."""
     import json
     import time
 
@@ -372,8 +373,10 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     from audiogen.models.checkpoint import load_model
     from audiogen.progress import progress_bar
 
-    if clips < 1 or seconds <= 0 or not cfg_scales:
-        raise AudiogenError("clips and seconds must be positive and at least one guidance scale given")
+    if cfg_scales is not None and not cfg_scales:
+        raise AudiogenError("give at least one guidance scale")
+    if clips < 1 or seconds <= 0:
+        raise AudiogenError("clips and seconds must be positive")
     if (data_dir is None) != (audio_dir is None):
         raise AudiogenError("give both the dataset (--data) and the audio folder it was prepared from "
                             "(--audio-dir), or neither")
@@ -388,10 +391,13 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     loaded = load_model(model_dir, device=device)
     codec, ccfg = loaded.codec, loaded.conditioner.cfg
     sr = codec.sample_rate
-    if beat_guidance is None:
-        from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.sampling import SamplingParams
 
-        beat_guidance = SamplingParams.for_model(loaded.config).beat_guidance
+    recommended = SamplingParams.for_model(loaded.config)
+    beat_guidance = recommended.beat_guidance if beat_guidance is None else beat_guidance
+    top_k = recommended.top_k if top_k is None else top_k
+    if cfg_scales is None:
+        cfg_scales = sorted({1.0, 3.0, float(recommended.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
     if tagger is None and any(a in plans for a in ("instruments", "genre", "mood")):
         from audiogen.metrics.tagger import load_tagger

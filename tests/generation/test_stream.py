@@ -15,8 +15,8 @@ import torch
 
 from audiogen.errors import AudiogenError
 from audiogen.generation.sampling import SamplingParams, generate_window
-from audiogen.generation.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, parse_message,
-                             state_from)
+from audiogen.generation.stream import (LevelFollower, MusicStream, StreamSettings, StreamState, intensity_moods,
+                                        parse_message, state_from)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,24 @@ def test_intensity_is_a_mixture_of_a_calm_and_an_energetic_request():
     # a model without mood slots hears the mood in its text
     c = StreamState(text="drums", mood="tense").conditions(fold=("mood",))
     assert c.mood is None and "tense" in c.text
+
+
+def test_intensity_moves_between_the_models_own_calm_and_energetic_moods():
+    assert intensity_moods(["slow", "fast"]) == ("slow", "fast")  # the default model's
+    assert intensity_moods(["happy", "calm", "tense"]) == ("calm", "tense")
+    assert intensity_moods(["happy", "sad"]) is None and intensity_moods([]) is None
+    ends = ("slow", "fast")
+    for mood in (None, "slow", "fast"):  # no mood, or one of the two ends: intensity decides between them
+        (w_lo, lo), (w_hi, hi) = StreamState(text="drums", mood=mood, bpm=140.0, intensity=0.9).parts((), ends)
+        assert (w_lo, w_hi) == (pytest.approx(0.1), 0.9)
+        assert (lo.mood, hi.mood) == ends
+        assert lo.bpm == hi.bpm == 140.0 and lo.text == hi.text == "drums"  # labels only: no words, no tempo factor
+    # a mood outside the pair is kept, with the word ends
+    (_, lo), (_, hi) = StreamState(text="drums", mood="happy", bpm=100.0, intensity=0.5).parts((), ends)
+    assert lo.mood == hi.mood == "happy" and "calm" in lo.text and hi.bpm > 100
+    # no intensity: the request as it is
+    [(w, c)] = StreamState(text="drums", mood="fast").parts((), ends)
+    assert w == 1.0 and c.mood == "fast"
 
 
 @pytest.mark.parametrize("msg, words", [
@@ -365,3 +383,25 @@ def test_the_stream_does_not_hold_silence_past_the_limit(loaded, monkeypatch):
             n = n + 1 if c == 7 else (runs[limit].append(n) or 0) if n else 0
     assert max(runs[0.0]) >= 3 * loaded.codec.frame_rate - 10  # the premise: silence all the way
     assert max(runs[0.2]) == round(0.2 * loaded.codec.frame_rate)
+
+
+def test_serve_streams_with_the_sampling_the_model_recommends(tiny_model_dir, tmp_path, monkeypatch):
+    """`audiogen serve` samples as the model folder recommends (its generation.sampling), as `audiogen stream`
+    does; until 2026-12-04 it used the library's defaults (guidance 3, top-k 250, no beat guidance)."""
+    import shutil
+
+    import yaml
+
+    pytest.importorskip("websockets", reason="audiogen serve needs the listen extras (websockets)")
+    from audiogen import cli
+    from audiogen.generation import stream_server
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    config.setdefault("generation", {})["sampling"] = {"cfg_scale": 1.5, "top_k": 7}
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    served = {}
+    monkeypatch.setattr(stream_server, "serve", lambda loaded, settings, *rest: served.update(settings=settings))
+    assert cli.main(["serve", "--model", str(model), "--port", "0"]) == 0
+    assert served["settings"].sampling == SamplingParams(cfg_scale=1.5, top_k=7)

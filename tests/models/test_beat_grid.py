@@ -347,3 +347,40 @@ def test_beat_guidance_asked_of_a_model_without_a_grid_is_refused_with_one_line(
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().count("\n") == 0 and "has no beat grid" in r.stderr, r.stderr
     assert not out.exists() and not list(work.iterdir())
+
+
+@pytest.mark.parametrize("beat_guidance, boost, boosted", [(3.0, 1.0, True), (3.0, 0.0, False), (1.0, 1.0, False)])
+def test_a_tempo_change_raises_beat_guidance_until_after_its_glide(grid_model, monkeypatch, beat_guidance, boost,
+                                                                    boosted):
+    """The stream's tempo boost: from a change of tempo to ``tempo_boost_s`` after its glide, each step samples
+    with beat guidance + ``tempo_boost``, then the model's own again; a change that keeps the tempo, a zero
+    boost, or beat guidance off (no guidance row to raise) changes nothing."""
+    from audiogen.generation import stream as stream_mod
+    from audiogen.generation.stream import MusicStream, StreamSettings
+
+    used = []  # beat guidance of each step, in frame order (one guide call per step)
+    real_guide = stream_mod.guide
+    monkeypatch.setattr(stream_mod, "guide", lambda logits, params, *rows: (used.append(params.beat_guidance),
+                                                                           real_guide(logits, params, *rows))[1])
+    params = SamplingParams(top_k=20, cfg_scale=2.0, beat_guidance=beat_guidance)
+    s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
+        chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False, sampling=params, tempo_boost=boost,
+        tempo_boost_s=0.5))
+    fr = grid_model.codec.frame_rate
+    s.next_chunk()
+    s.control({"genre": "ambient", "glide_s": 0.1})  # the same tempo: no boost
+    for _ in range(3):
+        s.next_chunk()
+    s.control({"bpm": 150, "glide_s": 0.2})
+    for _ in range(6):
+        s.next_chunk()
+    assert len(used) == s.tokens.produced
+    at = s.stats.changes[-1][1]
+    until = at + round(0.2 * fr) + round(0.5 * fr)
+    assert s.tokens.produced > until + 10
+    if boosted:
+        assert set(used[:at]) == {beat_guidance} and set(used[until:]) == {beat_guidance}
+        assert set(used[at:until]) == {beat_guidance + boost}
+    else:
+        assert set(used) == {beat_guidance}
+    assert s.tokens.params == params  # stepped back to the sampling asked for
