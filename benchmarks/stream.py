@@ -85,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-context", type=float, default=None, metavar="S",
+                    help="codec context each side of a chunk (StreamSettings.decode_context_s; default: the codec's)")
     ap.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
                     help="beat guidance raised by B after a tempo change (StreamSettings.tempo_boost; 0 = off)")
     args = ap.parse_args(argv)
@@ -112,7 +114,8 @@ def main(argv=None) -> int:
                                         cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
     # the sampling `audiogen stream` uses: the model's recommendation (its config's generation.sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype,
-                              sampling=SamplingParams.for_model(loaded.config), tempo_boost=args.tempo_boost)
+                              sampling=SamplingParams.for_model(loaded.config), tempo_boost=args.tempo_boost,
+                              decode_context_s=args.decode_context)
     rss0 = rss_mb()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -243,6 +246,7 @@ def main(argv=None) -> int:
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
         "duration_s": round(audio_s, 2), "chunk_s": round(chunk_s, 3), "model_load_s": round(load_s, 2),
         "sampling": dataclasses.asdict(settings.sampling), "tempo_boost": settings.tempo_boost,
+        "decode_context_s": settings.decode_context_s,
         "rtf_sustained": round(audio_s / wall, 3),
         # on a shared machine: audio seconds per (CPU seconds / threads), what the same work would give with the
         # threads' cores to itself (an estimate: it ignores memory-bandwidth contention)
