@@ -38,9 +38,9 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args()
     try:
-        report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=tuple(a.cfg) if a.cfg else None, clips=a.clips,
-                                  seconds=a.seconds, seed=a.seed, progress=not a.quiet, device=a.device,
-                                  beat_guidance=a.beat_guidance, top_k=a.top_k)
+        report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=a.cfg and tuple(a.cfg),
+                                  clips=a.clips, seconds=a.seconds, seed=a.seed, progress=not a.quiet,
+                                  device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

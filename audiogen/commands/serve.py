@@ -34,13 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import resolve_model_dir
     from audiogen.generation.sampling import SamplingParams
     from audiogen.generation.stream import StreamSettings, state_from
-    from audiogen.models.checkpoint import load_model
+    from audiogen.models.checkpoint import load_model, read_config
 
     try:
         import fastapi  # noqa: F401
@@ -55,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
         raise AudiogenError(f"--lead must be 0.5..60 s, got {args.lead}")
     start = {"text": args.prompt} if args.prompt else {}
     state_from(start)
-    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device)
-    settings.validate()
-    loaded = load_model(resolve_model_dir(args.model), device=args.device)
+    model_dir = resolve_model_dir(args.model)
     # the sampling the model recommends (its config's generation.sampling), as `audiogen stream` and generate use
-    settings = replace(settings, sampling=SamplingParams.for_model(loaded.config))
+    settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device,
+                              sampling=SamplingParams.for_model(read_config(model_dir)))
+    settings.validate()
+    loaded = load_model(model_dir, device=args.device)
     from audiogen.generation.stream_server import serve
 
     serve(loaded, settings, start, args.host, args.port, args.lead, args.log_level)

@@ -393,11 +393,10 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     sr = codec.sample_rate
     from audiogen.generation.sampling import SamplingParams
 
-    recommended = SamplingParams.for_model(loaded.config)
-    beat_guidance = recommended.beat_guidance if beat_guidance is None else beat_guidance
-    top_k = recommended.top_k if top_k is None else top_k
+    sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance)
+    top_k, beat_guidance = sampling.top_k, sampling.beat_guidance
     if cfg_scales is None:
-        cfg_scales = sorted({1.0, 3.0, float(recommended.cfg_scale)})
+        cfg_scales = sorted({1.0, 3.0, float(sampling.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
     if tagger is None and any(a in plans for a in ("instruments", "genre", "mood")):
         from audiogen.metrics.tagger import load_tagger
