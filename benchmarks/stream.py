@@ -91,6 +91,9 @@ def main(argv=None) -> int:
                     help="codec context each side of a chunk (StreamSettings.decode_context_s; default: the codec's)")
     ap.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
                     help="beat guidance raised by B after a tempo change (StreamSettings.tempo_boost; 0 = off)")
+    ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
+                    help="below this tempo beat guidance contrasts with the grid half a beat late "
+                         "(SamplingParams.offbeat_below_bpm; default 0 = never, as audiogen stream)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,8 +103,7 @@ def main(argv=None) -> int:
     from audiogen.data.estimators import onset_envelope, tempo_tempogram
     from audiogen.metrics.model_eval import estimate_tempo
     from audiogen.generation.pipeline import resolve_model_dir
-    from audiogen.generation.sampling import SamplingParams
-    from audiogen.generation.stream import MusicStream, StreamSettings, calm_and_tense
+    from audiogen.generation.stream import MusicStream, StreamSettings, calm_and_tense, stream_sampling
     from audiogen.models.checkpoint import load_model
 
     t = time.perf_counter()
@@ -114,9 +116,10 @@ def main(argv=None) -> int:
         with torch.device(args.device):
             loaded.lm = LM(named_config(args.lm_config, num_codebooks=c.num_codebooks, cardinality=c.cardinality,
                                         cond_dim=c.cond_dim, max_positions=c.max_positions)).eval()
-    # the sampling `audiogen stream` uses: the model's recommendation (its config's generation.sampling)
+    # the sampling `audiogen stream` uses (stream_sampling: the model's recommendation, plain beat contrast)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, device=args.device, dtype=args.dtype,
-                              sampling=SamplingParams.for_model(loaded.config), tempo_boost=args.tempo_boost,
+                              sampling=stream_sampling(loaded.config, offbeat_below_bpm=args.offbeat_below),
+                              tempo_boost=args.tempo_boost,
                               decode_context_s=args.decode_context)
     rss0 = rss_mb()
     cpu0 = time.process_time()

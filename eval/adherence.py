@@ -33,6 +33,9 @@ def main() -> int:
     ap.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's recommendation)")
     ap.add_argument("--beat-guidance", type=float, default=None,
                     help="beat guidance for a model with a beat grid (default: the model's recommendation)")
+    ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
+                    help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
+                         "grid (0 = never; default: the model's recommendation)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,7 +43,8 @@ def main() -> int:
     try:
         report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=a.cfg and tuple(a.cfg),
                                   clips=a.clips, seconds=a.seconds, seed=a.seed, progress=not a.quiet,
-                                  device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k)
+                                  device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
+                                  offbeat_below_bpm=a.offbeat_below)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

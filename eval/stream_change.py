@@ -35,8 +35,7 @@ def main(argv=None) -> int:
     from audiogen.audio.io import load_audio, write_audio
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import resolve_model_dir
-    from audiogen.generation.sampling import SamplingParams
-    from audiogen.generation.stream import MusicStream, StreamSettings, calm_and_tense
+    from audiogen.generation.stream import MusicStream, StreamSettings, calm_and_tense, stream_sampling
     from audiogen.metrics.model_eval import estimate_tempo, spectrogram_figure
     from audiogen.models.checkpoint import load_model
 
@@ -45,7 +44,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         loaded = load_model(resolve_model_dir(args.model))
         calm, tense = calm_and_tense(loaded.conditioner.cfg)
-        settings = StreamSettings(seed=args.seed, sampling=SamplingParams.for_model(loaded.config))
+        settings = StreamSettings(seed=args.seed, sampling=stream_sampling(loaded.config))
         stream = MusicStream(loaded, {"text": args.prompt, **calm}, settings)
         chunks, t = [], 0.0
         while t < args.before:

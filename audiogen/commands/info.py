@@ -94,7 +94,9 @@ def run_model(args: argparse.Namespace) -> int:
     sp = m["sampling"]
     print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
           f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s"
-          + (f", beat guidance {sp['beat_guidance']:g}" if m["beat_grid"] else ""))
+          + (f", beat guidance {sp['beat_guidance']:g}" if m["beat_grid"] else "")
+          + (f" (against the grid half a beat late below {sp['offbeat_below_bpm']:g} bpm)"
+             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

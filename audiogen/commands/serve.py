@@ -36,8 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import resolve_model_dir
-    from audiogen.generation.sampling import SamplingParams
-    from audiogen.generation.stream import StreamSettings, state_from
+    from audiogen.generation.stream import StreamSettings, state_from, stream_sampling
     from audiogen.models.checkpoint import load_model, read_config
 
     try:
@@ -54,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     start = {"text": args.prompt} if args.prompt else {}
     state_from(start)
     model_dir = resolve_model_dir(args.model)
-    # the sampling the model recommends (its config's generation.sampling), as `audiogen stream` and generate use
+    # the sampling the model recommends for a stream (its config's generation.sampling), as `audiogen stream` uses
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device,
-                              sampling=SamplingParams.for_model(read_config(model_dir)))
+                              sampling=stream_sampling(read_config(model_dir)))
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     from audiogen.generation.stream_server import serve

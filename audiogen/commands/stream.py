@@ -65,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
                    help="for a model with a beat grid: how strongly the music is pushed onto the beat "
                         "(default: the model's recommendation, else 1 = off)")
+    s.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
+                   help="with beat guidance on: below this tempo it pushes hits onto the beat and off its half-beats "
+                        "(which a slow request otherwise fills, so it is heard at double time), above it onto "
+                        "the beat and its divisions (default 0 = never in a stream, whatever the model "
+                        "recommends for generate: a stream whose tempo crosses it lost its tempo changes; "
+                        "docs/stream.md)")
     s.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
                    help="for a model with a beat grid and beat guidance on: beat guidance is raised by B from a "
                         "change of tempo until 4 s after its glide, so the music takes the new beat (default 1; "
@@ -118,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from audiogen.errors import AudiogenError
-    from audiogen.generation.sampling import SamplingParams
-    from audiogen.generation.stream import MusicStream, StreamSettings, state_from
+    from audiogen.generation.stream import MusicStream, StreamSettings, state_from, stream_sampling
 
     if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
         raise AudiogenError(f"--duration must be a positive number of seconds, got {args.duration}")
@@ -133,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.model)
     config = read_config(model_dir)
-    sampling = SamplingParams.for_model(config, temperature=args.temperature, top_k=args.top_k,
-                                        cfg_scale=args.cfg, max_silence_s=args.max_silence_s,
-                                        beat_guidance=args.beat_guidance)
+    sampling = stream_sampling(config, temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg,
+                               max_silence_s=args.max_silence_s, beat_guidance=args.beat_guidance,
+                               offbeat_below_bpm=args.offbeat_below_bpm)
     check_beat_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,

@@ -274,7 +274,7 @@ def guided_batch(loaded, conds: list, params, device) -> tuple[torch.Tensor, tor
 
     beat, cfg = params.guidance_rows(has_grid(loaded.lm))
     cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat)
-    return cond, mask, beat_steps(conds, beat + cfg, loaded.codec.frame_rate)
+    return cond, mask, beat_steps(conds, beat + cfg, loaded.codec.frame_rate, params if beat else None)
 
 
 def lm_max_frames(lm_cfg) -> int:

@@ -42,6 +42,17 @@ class SamplingParams:
     #: away from those of the same request without the grid, ``nogrid + beat_guidance * (grid - nogrid)``,
     #: as classifier-free guidance pushes away from the unconditional logits (docs/generate.md)
     beat_guidance: float = 1.0
+    #: below this tempo (bpm), beat guidance's contrast row reads the grid half a beat late instead of no grid:
+    #: the push then goes towards what the beat has and its half-beat lacks (hits on the beat, not between),
+    #: where a slow request otherwise fills the half-beats as strongly and is heard at double time. Above it
+    #: the contrast stays no grid, which holds fast requests better (docs/generate.md, "Attributes").
+    #: 0 = off
+    offbeat_below_bpm: float = 0.0
+
+    def offbeat(self, bpm: float | None) -> bool:
+        """Whether beat guidance's contrast row reads the grid half a beat late at tempo ``bpm`` (a model with a
+        grid and beat guidance on; ``offbeat_below_bpm``) rather than no grid."""
+        return self.beat_guidance != 1.0 and bool(bpm) and bpm < self.offbeat_below_bpm
 
     def guidance_rows(self, grid: bool) -> tuple[bool, bool]:
         """(beat guidance on, classifier-free guidance on) for a model with or without a beat grid: which
@@ -59,6 +70,9 @@ class SamplingParams:
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
         if not (math.isfinite(self.beat_guidance) and self.beat_guidance >= 0):
             raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
+        if not (math.isfinite(self.offbeat_below_bpm) and self.offbeat_below_bpm >= 0):
+            raise AudiogenError(f"offbeat-below must be a finite tempo in bpm >= 0 (0 = off), "
+                                f"got {self.offbeat_below_bpm}")
         if not (math.isfinite(self.max_silence_s) and self.max_silence_s >= 0):
             raise AudiogenError(f"max silence must be a finite number of seconds >= 0 (0 = no limit), "
                                 f"got {self.max_silence_s}")
@@ -247,10 +261,15 @@ class Decoder:
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
         self.silent_run = torch.zeros(self.B, **long)  # the guard's count per row (SilenceGuard)
-        # the beat grid (an LM with one): each row's beats per frame (NaN: none), and the track frame
-        # at this window's pattern position 0; a position's phase is frac((frame0 + pos) * step)
+        # the beat grid (an LM with one): each row's beats per frame (NaN: none) and phase offset in beats,
+        # and the track frame at this window's pattern position 0; a position's phase is
+        # frac((frame0 + pos) * step + offset)
         grid = has_grid(lm) and beat_step is not None
-        self.beat_step = beat_step.to(device=device, dtype=torch.float64) if grid else None
+        self.beat_step = self.beat_offset = None
+        if grid:
+            steps = beat_step.to(device=device, dtype=torch.float64)
+            steps = steps if steps.ndim == 2 else torch.stack([steps, torch.zeros_like(steps)], dim=1)
+            self.beat_step, self.beat_offset = steps[:, 0].contiguous(), steps[:, 1].contiguous()
         self.frame0 = torch.zeros((), **long)
         self.delays = self.delay.delays(device)
         self.key_positions = torch.arange(self.S_alloc, device=device)
@@ -290,7 +309,7 @@ class Decoder:
     def beat_phase(self, positions: torch.Tensor) -> torch.Tensor:
         """``positions: LongTensor[S]`` of this window -> each row's beat phase there, ``FloatTensor[B2, S]``
         (NaN for rows without a grid)."""
-        count = (self.frame0 + positions).to(torch.float64)[None] * self.beat_step[:, None]
+        count = (self.frame0 + positions).to(torch.float64)[None] * self.beat_step[:, None] + self.beat_offset[:, None]
         return torch.remainder(count, 1.0).float()
 
     def _build_steps(self) -> tuple[list[int], list]:
@@ -455,13 +474,21 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     return torch.cat(pieces, dim=-1)[..., :num_frames]
 
 
-def beat_steps(conds: list, extra_groups: int, frame_rate: float) -> torch.Tensor:
-    """``DoubleTensor[G * B]``: how far each row's beat grid advances per frame (``bpm / 60 / frame_rate``),
-    in the rows of :func:`~audiogen.generation.pipeline.condition_batch`; NaN (no grid) for a row without
-    a tempo and for the ``extra_groups`` groups of guidance rows that follow the request's (the request
-    without the grid; the unconditional rows, which trained without one: the grid drops with the tempo)."""
-    steps = [c.bpm / 60.0 / frame_rate if c.bpm else math.nan for c in conds]
-    return torch.tensor(steps + [math.nan] * len(conds) * int(extra_groups), dtype=torch.float64)
+def beat_steps(conds: list, extra_groups: int, frame_rate: float,
+               beat_guidance: SamplingParams | None = None) -> torch.Tensor:
+    """``DoubleTensor[G * B, 2]``: each row's beat grid in the rows of
+    :func:`~audiogen.generation.pipeline.condition_batch`, as (beats per frame, ``bpm / 60 / frame_rate``; phase
+    offset in beats). NaN (no grid) for a row without a tempo and for the ``extra_groups`` groups of guidance
+    rows that follow the request's (the request without the grid; the unconditional rows, which trained
+    without one: the grid drops with the tempo). ``beat_guidance``: the sampling when the first extra group is
+    beat guidance's contrast; its rows then read the grid half a beat late for a request slower than
+    ``offbeat_below_bpm`` (:meth:`SamplingParams.offbeat`)."""
+    steps = [(c.bpm / 60.0 / frame_rate, 0.0) if c.bpm else (math.nan, 0.0) for c in conds]
+    rows = list(steps)
+    for g in range(int(extra_groups)):
+        offbeat = [g == 0 and beat_guidance is not None and beat_guidance.offbeat(c.bpm) for c in conds]
+        rows += [(s, 0.5) if late else (math.nan, 0.0) for late, (s, _) in zip(offbeat, steps)]
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
 
 
 def frames_for(seconds: float, frame_rate: float) -> int:

@@ -98,6 +98,20 @@ def intensity_moods(moods) -> tuple[str, str] | None:
     return (lo, hi) if lo and hi else None
 
 
+def stream_sampling(config: dict, **given) -> SamplingParams:
+    """The sampling a stream uses: the model's recommendation (:meth:`SamplingParams.for_model`, then the
+    ``given`` options that are not None), except that beat guidance keeps its plain contrast (no grid) unless
+    ``offbeat_below_bpm`` is given. The late contrast below a tempo helps a clip at one tempo, but a stream
+    that changes tempo across the threshold switches the contrast row's kind in the middle of its context:
+    10 minutes alternating 80 and 140 bpm (benchmarks/stream.py, seed 0) heard the 140 bpm request at 140
+    in 3 of 10 probes instead of 9, the tempo change no longer measurable (p 0.24 against 0.002), and left
+    the loudness band (2.75 LU; docs/stream.md)."""
+    given.setdefault("offbeat_below_bpm", None)
+    if given["offbeat_below_bpm"] is None:
+        given["offbeat_below_bpm"] = 0.0
+    return SamplingParams.for_model(config, **given)
+
+
 def calm_and_tense(cfg) -> list[dict]:
     """:data:`CALM_TENSE` as a model with conditioner config ``cfg`` can take them: a model without mood
     labels hears the moods in its text (the stream folds them in); one with labels gets its own label
@@ -390,10 +404,11 @@ class TokenStream:
         self.base = 0  # absolute frame of frames[:, 0]
         self.cur = torch.full((1, self.K, 1), self.special, dtype=torch.long, device=device)
         self.slides = 0
-        # the beat grid (an LM with one): beats counted up to frame `produced`, and the phase each held
-        # frame was decoded at (aligned with `frames`), which a slide's prefill reads again
+        # the beat grid (an LM with one): beats counted up to frame `produced`, and the phases each held
+        # frame was decoded at (aligned with `frames`; the request's, and beat guidance's contrast row's:
+        # NaN, or half a beat late where SamplingParams.offbeat), which a slide's prefill reads again
         self.beat_count = 0.0
-        self.phases = torch.zeros(0, dtype=torch.float32, device=device)
+        self.phases = torch.zeros(2, 0, dtype=torch.float32, device=device)
 
     @property
     def complete(self) -> int:
@@ -411,24 +426,28 @@ class TokenStream:
         keep_from = min(frame, self.origin)
         if keep_from > self.base:
             self.frames = self.frames[:, keep_from - self.base :].clone()
-            self.phases = self.phases[keep_from - self.base :].clone()
+            self.phases = self.phases[:, keep_from - self.base :].clone()
             self.base = keep_from
 
     def _beat(self, phase: torch.Tensor) -> torch.Tensor | None:
-        """``phase: FloatTensor[S]`` -> the ``[B2, S]`` beat input (the guidance row has no grid), or None."""
+        """``phase: FloatTensor[2, S]`` (the request's; beat guidance's contrast row's) -> the ``[B2, S]`` beat
+        input (the classifier-free guidance rows have no grid), or None."""
         if not self.grid:
             return None
-        return torch.cat([phase[None], torch.full_like(phase[None], math.nan).expand(self.B2 - 1, -1)])
+        rows = phase[: 1 + self.rows[0]]
+        return torch.cat([rows, torch.full_like(phase[:1], math.nan).expand(self.B2 - len(rows), -1)])
 
     @torch.inference_mode()
-    def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan) -> None:
+    def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan, offbeat: bool = False) -> None:
         """Decode one pattern position (codebook ``k`` writes frame ``produced - k``); ``beat_step``: the
-        beat grid's beats per frame from this frame on (NaN: no grid)."""
+        beat grid's beats per frame from this frame on (NaN: no grid); ``offbeat``: beat guidance's contrast
+        row reads the grid half a beat late (:meth:`SamplingParams.offbeat`), else no grid."""
         if self.pos == self.positions:
             self._slide(cross_mask)
         pos = torch.tensor([self.pos], device=self.device)
         x = self.cur.expand(self.B2, -1, -1)
-        phase = torch.tensor([self.beat_count % 1.0 if math.isfinite(beat_step) else math.nan], device=self.device)
+        p = self.beat_count % 1.0 if math.isfinite(beat_step) else math.nan
+        phase = torch.tensor([[p], [(p + 0.5) % 1.0 if offbeat else math.nan]], device=self.device)
         if math.isfinite(beat_step):
             self.beat_count += beat_step
         logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1, beat=self._beat(phase)).float()
@@ -447,8 +466,8 @@ class TokenStream:
         if self.frames.shape[1] < need:
             grow = max(need - self.frames.shape[1], 64)
             self.frames = torch.cat([self.frames, self.frames.new_full((self.K, grow), -1)], dim=1)
-            self.phases = torch.cat([self.phases, self.phases.new_full((grow,), math.nan)])
-        self.phases[self.produced - self.base] = phase[0]
+            self.phases = torch.cat([self.phases, self.phases.new_full((2, grow), math.nan)], dim=1)
+        self.phases[:, self.produced - self.base] = phase[:, 0]
         cols = frame - self.base
         ok = frame >= self.base
         self.frames[self.k_idx[ok], cols[ok]] = tokens[ok]
@@ -463,7 +482,7 @@ class TokenStream:
         # window position j < context of codebook k holds frame origin + j - k (special where j < k)
         kept = self.frames[None, :, self.origin - self.base : self.origin - self.base + context]
         pattern = self.delay.build(kept)[..., :context]  # [1, K, context]
-        phase = self.phases[self.origin - self.base : self.origin - self.base + context]
+        phase = self.phases[:, self.origin - self.base : self.origin - self.base + context]
         self.lm.prefill(self.delay.inputs(pattern).expand(self.B2, -1, -1), self.cache, cross_mask,
                         beat=self._beat(phase))
         self.cur = pattern[:, :, context - 1 :].clone()
@@ -899,7 +918,8 @@ class MusicStream:
             self._apply_changes(frame)
             if 0 <= self.boost_until <= frame:
                 t.params, self.boost_until = self.settings.sampling, -1
-            t.step(self.mix.install(frame, t.cache), self.mix.beat_step(frame, self.fr))
+            step = self.mix.beat_step(frame, self.fr)
+            t.step(self.mix.install(frame, t.cache), step, t.params.offbeat(step * 60.0 * self.fr))
         out = self.decoder.decode(t)
         t.forget_before(self.decoder.next - self.decoder.ctx)
         if self.level is not None:

@@ -28,6 +28,7 @@ vocabulary for, or a value outside it, is reported as such and not generated.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -359,13 +360,13 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      out_dir: str | Path, cfg_scales=None, clips: int = DEFAULT_CLIPS,
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
                      top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
-                     beat_guidance: float | None = None) -> dict:
+                     beat_guidance: float | None = None, offbeat_below_bpm: float | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
     reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
-    recommended scale), ``top_k`` and ``beat_guidance`` (a model with a beat grid): None takes the model's
-    recommendation (its config's ``generation.sampling``), as generate does. Returns the report."""
+    recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid): None
+    takes the model's recommendation (its config's ``generation.sampling``), as generate does. Returns the report."""
     import json
     import time
 
@@ -393,8 +394,9 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     sr = codec.sample_rate
     from audiogen.generation.sampling import SamplingParams
 
-    sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance)
-    top_k, beat_guidance = sampling.top_k, sampling.beat_guidance
+    sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance,
+                                        offbeat_below_bpm=offbeat_below_bpm)
+    sampling.validate()
     if cfg_scales is None:
         cfg_scales = sorted({1.0, 3.0, float(sampling.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
@@ -417,15 +419,16 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     bar = progress_bar(total=len(todo) * len(cfg_scales), desc="adherence clips", unit="clip", disable=not progress)
     t_gen = 0.0
     for g in cfg_scales:
-        rows, seconds_generating = _generate_scale(loaded, plans, todo, float(g), out, seconds, top_k, batch, seed,
-                                                   tagger, bar, beat_guidance)
+        rows, seconds_generating = _generate_scale(loaded, plans, todo, replace(sampling, cfg_scale=float(g)), out,
+                                                   seconds, batch, seed, tagger, bar)
         t_gen += seconds_generating
         results[f"{g:g}"] = _figures(rows, ref_tags, tagger, seed)
     bar.close()
     report = {
         "model_dir": str(model_dir), "data_dir": None if data_dir is None else str(data_dir),
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
-        "top_k": top_k, "beat_guidance": beat_guidance, "thresholds": THRESHOLDS, "skipped": skipped,
+        "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance,
+        "offbeat_below_bpm": sampling.offbeat_below_bpm, "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
         "estimators": {"tempo": "audiogen.data.estimators.tempo_levels on prep's onset envelope and chroma (prep's estimator)",
@@ -441,34 +444,35 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     return report
 
 
-def _generate_scale(loaded, plans: dict, todo: list, g: float, out: Path, seconds: float, top_k: int, batch: int,
-                    seed: int, tagger, bar, beat_guidance: float = 1.0) -> tuple[dict, float]:
-    """Generate every planned clip at guidance scale ``g``, write it and measure it: ``({attr: [row]}, seconds)``."""
+def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds: float, batch: int,
+                    seed: int, tagger, bar) -> tuple[dict, float]:
+    """Generate every planned clip with ``params`` (SamplingParams), write it and measure it:
+    ``({attr: [row]}, seconds)``; the clips go to ``out/clips/cfg<params.cfg_scale>``."""
     import time
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.pipeline import requested_tempo
     from audiogen.metrics.model_eval import sample_waveforms
 
     sr = loaded.codec.sample_rate
-    params = SamplingParams(top_k=top_k, cfg_scale=g, beat_guidance=beat_guidance)
-    params.validate()
-    clip_dir = make_dir(out / "clips" / f"cfg{g:g}")
+    clip_dir = make_dir(out / "clips" / f"cfg{params.cfg_scale:g}")
     rows = {attr: [None] * len(ps) for attr, ps in plans.items()}
     t_gen = 0.0
     for b in range(0, len(todo), batch):
         chunk = todo[b : b + batch]
         t = time.monotonic()
         # the seed follows the batch, not the scale: each scale gets the same noise for the same requests
-        wavs = sample_waveforms(loaded, [p["conditions"] for _, _, p in chunk], seconds, params, seed + b)
+        # the tempo a request plays at, as generate gives it (a grid model: the default tempo when none is asked)
+        conds = [requested_tempo(p["conditions"], loaded.config) for _, _, p in chunk]
+        wavs = sample_waveforms(loaded, conds, seconds, params, seed + b)
         t_gen += time.monotonic() - t
-        for (attr, i, p), w in zip(chunk, wavs):
+        for (attr, i, p), c, w in zip(chunk, conds, wavs):
             path = clip_dir / f"{attr}_{i:03d}.wav"
             peak = float(np.abs(w).max(initial=0.0))
             write_audio(path, w / peak * 0.9 if peak > 0.9 else w, sr)  # raw output, kept from clipping the file
             row = {"request": p["request"], "channel": p["channel"], "text": p["conditions"].text,
-                   "file": str(path.relative_to(out))}
+                   "played_bpm": c.bpm, "file": str(path.relative_to(out))}
             if attr in ("tempo", "key"):
                 row.update(analyse_clip(w, sr))
             if attr in ("instruments", "genre", "mood"):
@@ -582,6 +586,8 @@ def summary_markdown(report: dict) -> str:
              f"{report['clips_per_attribute']} clips per attribute and guidance scale, {report['seconds']:g} s each, "
              f"seed {report['seed']}, top-k {report['top_k']}"
              + (f", beat guidance {report['beat_guidance']:g}" if report.get("beat_guidance", 1.0) != 1.0 else "")
+             + (f" (contrast half a beat late below {report['offbeat_below_bpm']:g} bpm)"
+                if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
              + "; intervals are 95 %. Generated clips: `clips/`. "
              f"Generation {report['generation_seconds']:g} s of {report['total_seconds']:g} s in all.", ""]
 

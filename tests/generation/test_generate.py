@@ -457,10 +457,12 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
     assert lines["genres (--genre)"] == (", ".join(genres) if genres else "not conditioned")
     assert lines["bpm (--bpm)"].startswith("60-180 in ")
     recommended = SamplingParams.for_model(read_config(DEFAULT_MODEL_DIR))
+    grid = read_config(DEFAULT_MODEL_DIR)["lm"].get("beat_harmonics")
+    late = grid and recommended.beat_guidance != 1 and recommended.offbeat_below_bpm
     assert lines["sampling (the defaults of generate and stream)"].endswith(
         f"guidance {recommended.cfg_scale:g}, max silence {recommended.max_silence_s:g} s"
-        + (f", beat guidance {recommended.beat_guidance:g}" if read_config(DEFAULT_MODEL_DIR)["lm"].get("beat_harmonics")
-           else ""))
+        + (f", beat guidance {recommended.beat_guidance:g}" if grid else "")
+        + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else ""))
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):

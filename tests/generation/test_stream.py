@@ -399,9 +399,21 @@ def test_serve_streams_with_the_sampling_the_model_recommends(tiny_model_dir, tm
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     config = yaml.safe_load((model / "config.yaml").read_text())
-    config.setdefault("generation", {})["sampling"] = {"cfg_scale": 1.5, "top_k": 7}
+    config.setdefault("generation", {})["sampling"] = {"cfg_scale": 1.5, "top_k": 7, "offbeat_below_bpm": 120.0}
     (model / "config.yaml").write_text(yaml.safe_dump(config))
     served = {}
     monkeypatch.setattr(stream_server, "serve", lambda loaded, settings, *rest: served.update(settings=settings))
     assert cli.main(["serve", "--model", str(model), "--port", "0"]) == 0
+    # the late beat contrast is for clips at one tempo; a stream keeps the plain one (stream_sampling)
     assert served["settings"].sampling == SamplingParams(cfg_scale=1.5, top_k=7)
+
+
+def test_a_stream_keeps_the_plain_beat_contrast_unless_asked():
+    """generate takes a model's offbeat_below_bpm; a stream, whose tempo may cross it, does not unless the
+    caller gives it (a 10-minute stream lost its tempo changes with it: docs/stream.md)."""
+    from audiogen.generation.stream import stream_sampling
+
+    config = {"generation": {"sampling": {"cfg_scale": 2.0, "beat_guidance": 3.0, "offbeat_below_bpm": 120.0}}}
+    assert SamplingParams.for_model(config).offbeat_below_bpm == 120.0
+    assert stream_sampling(config) == SamplingParams(cfg_scale=2.0, beat_guidance=3.0)
+    assert stream_sampling(config, offbeat_below_bpm=90.0, top_k=None).offbeat_below_bpm == 90.0

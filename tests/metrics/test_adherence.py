@@ -228,3 +228,32 @@ def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
     assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
+    """A grid model plays a request without a tempo (a key, an instrument, a genre) at its default tempo,
+    as ``generate`` does; before, the report sampled those clips with no grid at all."""
+    from types import SimpleNamespace
+
+    import audiogen.metrics.model_eval as model_eval
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    seen = []
+
+    def fake(loaded, conds, seconds, params, seed):
+        seen.extend(conds)
+        return np.zeros((len(conds), 1, int(seconds * 8000)), dtype=np.float32)
+
+    monkeypatch.setattr(model_eval, "sample_waveforms", fake)
+    config = {"lm": {"beat_harmonics": 3}, "conditioner": {"bpm_buckets": [60.0, 120.0]},
+              "generation": {"default_bpm": 97.0}}
+    loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+    plans = {"key": [{"request": "C major", "channel": "attribute", "conditions": Conditions(key="C major")}],
+             "tempo": [{"request": 70.0, "channel": "attribute", "conditions": Conditions(bpm=70.0)}]}
+    todo = [(attr, i, p) for attr, ps in plans.items() for i, p in enumerate(ps)]
+    rows, _ = A._generate_scale(loaded, plans, todo, SamplingParams(cfg_scale=2.0), tmp_path, 1.0, 8, 0, None,
+                                SimpleNamespace(update=lambda n: None))
+    assert [c.bpm for c in seen] == [97.0, 70.0]
+    assert rows["key"][0]["played_bpm"] == 97.0 and rows["tempo"][0]["played_bpm"] == 70.0
+    assert (tmp_path / "clips" / "cfg2" / "key_000.wav").is_file()

@@ -47,7 +47,7 @@ def test_decoding_reads_the_phases_training_reads():
     loader would give those frames, for every engine; without the grid the output differs."""
     lm, (cond, mask) = grid_lm(), conditions()
     step = beat_steps([Conditions(bpm=120.0)], False, 50.0)
-    assert step.item() == pytest.approx(120 / 60 / 50)
+    assert step.tolist() == [pytest.approx([120 / 60 / 50, 0.0])]
     eager = generate_window(lm, cond, mask, 40, GREEDY, None, engine="eager", beat_step=step)
     assert torch.equal(eager, generate_window(lm, cond, mask, 40, GREEDY, None, engine="static", beat_step=step))
     assert not torch.equal(eager, generate_window(lm, cond, mask, 40, GREEDY, None, engine="eager"))
@@ -67,14 +67,31 @@ def test_continuation_windows_keep_the_grid_running():
     long = generate_codes(lm, cond, mask, 70, GREEDY, None, 30, 10, beat_step=step)
     assert torch.equal(long[..., :30], generate_window(lm, cond, mask, 30, GREEDY, None, beat_step=step))
     # the same decode with the second window's grid shifted is different
-    shifted = generate_codes(lm, cond, mask, 70, GREEDY, None, 30, 10, beat_step=step + 0.01)
+    shifted = generate_codes(lm, cond, mask, 70, GREEDY, None, 30, 10, beat_step=step + torch.tensor([0.01, 0.0]))
     assert not torch.equal(long[..., 30:], shifted[..., 30:])
 
 
 def test_guidance_rows_have_no_grid():
     step = beat_steps([Conditions(bpm=60.0), Conditions()], True, 25.0)
-    assert step[0].item() == pytest.approx(0.04)
-    assert torch.isnan(step[1:]).all()
+    assert step[0, 0].item() == pytest.approx(0.04)
+    assert torch.isnan(step[1:, 0]).all()
+
+
+def test_offbeat_contrast_rows_read_the_grid_half_a_beat_late_below_the_tempo():
+    """With ``offbeat_below_bpm`` the beat-guidance group's rows of a slower request read the request's grid
+    half a beat late; a faster request's, a request without a tempo's and the unconditional rows read none."""
+    p = SamplingParams(beat_guidance=3.0, offbeat_below_bpm=100.0)
+    conds = [Conditions(bpm=60.0), Conditions(bpm=150.0), Conditions()]
+    step = beat_steps(conds, 2, 50.0, p)
+    assert step.shape == (9, 2)
+    assert step[3].tolist() == [pytest.approx(60 / 60 / 50), 0.5]
+    assert torch.isnan(step[4:, 0]).all()
+    assert torch.isnan(beat_steps(conds, 2, 50.0)[3:, 0]).all()  # no beat guidance group given
+    assert p.offbeat(99.0) and not p.offbeat(100.0) and not p.offbeat(None)
+    assert not SamplingParams(beat_guidance=1.0, offbeat_below_bpm=100.0).offbeat(60.0)  # guidance off
+    assert not SamplingParams(beat_guidance=3.0).offbeat(60.0)  # 0 = never
+    with pytest.raises(Exception, match="offbeat"):
+        SamplingParams(offbeat_below_bpm=-1.0).validate()
 
 
 def test_beats_of_a_click_track_and_their_phases():
@@ -216,21 +233,23 @@ def grid_model(tmp_path_factory, tiny_codec):
     return loaded
 
 
-@pytest.mark.parametrize("beat_guidance", [1.0, 3.0])
-def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance):
+@pytest.mark.parametrize("beat_guidance, offbeat_below", [(1.0, 0.0), (3.0, 0.0), (3.0, 120.0)])
+def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance, offbeat_below):
     """Greedy streaming inside one window is generate_window's decode with the same grid (and the same
-    beat guidance), and the grid's count follows a tempo glide frame by frame (a new tempo does not
-    restart it)."""
+    beat guidance, whose contrast row reads no grid or, below ``offbeat_below_bpm``, the grid half a beat
+    late), and the grid's count follows a tempo glide frame by frame (a new tempo does not restart it)."""
     from audiogen.generation.pipeline import guided_batch
     from audiogen.generation.stream import MusicStream, StreamSettings, state_from
 
-    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=beat_guidance)
+    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=beat_guidance,
+                            offbeat_below_bpm=offbeat_below)
     s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
         chunk_s=0.25, window_s=2.0, decode_context_s=0.2, level=False, sampling=params))
     t, fr = s.tokens, grid_model.codec.frame_rate
     while t.complete < 60:
-        t.step(s.mix.install(t.produced, t.cache), s.mix.beat_step(t.produced, fr))
+        t.step(s.mix.install(t.produced, t.cache), s.mix.beat_step(t.produced, fr), params.offbeat(90))
     assert t.slides == 0
+    assert bool(torch.isnan(t.phases[1]).all()) != params.offbeat(90)
     cond = state_from({"genre": "ambient", "bpm": 90}).conditions()
     c, m, step = guided_batch(grid_model, [cond], params, "cpu")
     assert c.shape[0] == (2 if beat_guidance != 1 else 1)
@@ -253,20 +272,25 @@ def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance):
 
 
 def test_stream_slides_with_a_grid_and_without_a_tempo(grid_model):
+    """A stream slides its window with the grid's phases (the request's and beat guidance's late contrast row's)
+    held for the prefill, and plays on without a grid once the tempo is dropped."""
     from audiogen.generation.stream import MusicStream, StreamSettings
 
     s = MusicStream(grid_model, {"genre": "ambient", "bpm": 120}, StreamSettings(
-        chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False, sampling=SamplingParams(top_k=20, cfg_scale=3)))
+        chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False,
+        sampling=SamplingParams(top_k=20, cfg_scale=3, beat_guidance=2, offbeat_below_bpm=130)))
     chunks = [s.next_chunk() for _ in range(8)]
     assert s.tokens.slides >= 1 and all(np.isfinite(c).all() for c in chunks)
     assert s.tokens.beat_count == pytest.approx(s.tokens.produced * 120 / 60 / grid_model.codec.frame_rate)
     t = s.tokens
-    assert not torch.isnan(t.phases[t.produced - 1 - t.base])
+    held = t.phases[:, : t.produced - t.base]
+    assert not torch.isnan(held).any()  # the request's grid, and the contrast's half a beat late (120 < 130)
+    assert torch.allclose(torch.remainder(held[0] + 0.5, 1.0), held[1])
     s.control({"bpm": None})
     count = t.beat_count
     chunks = [s.next_chunk() for _ in range(4)]
     assert t.beat_count == count  # no tempo, no grid
-    assert torch.isnan(t.phases[t.produced - 1 - t.base])
+    assert torch.isnan(t.phases[0, t.produced - 1 - t.base])
 
 
 def test_guide_pushes_from_the_gridless_rows_then_from_the_unconditional_rows():
@@ -294,7 +318,7 @@ def test_beat_guidance_decodes_the_guided_logits_and_is_ignored_without_a_grid()
     delay = DelayPattern(3, 16)
     pattern = delay.build(codes)
     S = pattern.shape[-1]
-    phase = torch.remainder(torch.arange(S, dtype=torch.float64) * step[0], 1.0).float()[None]
+    phase = torch.remainder(torch.arange(S, dtype=torch.float64) * step[0, 0], 1.0).float()[None]
     inputs = delay.inputs(pattern)
     grid = lm(inputs, cond, mask, phase)
     nogrid = lm(inputs, cond, mask, torch.full_like(phase, math.nan))
@@ -303,6 +327,32 @@ def test_beat_guidance_decodes_the_guided_logits_and_is_ignored_without_a_grid()
     plain = grid_lm(harmonics=0)
     assert torch.equal(generate_window(plain, cond, mask, 30, params, None, beat_step=step[:1]),
                        generate_window(plain, cond, mask, 30, GREEDY, None))
+
+
+def test_offbeat_beat_guidance_pushes_away_from_the_late_grid():
+    """Below ``offbeat_below_bpm`` greedy decoding picks the argmax of ``late + g * (grid - late)``, ``late``
+    being the teacher-forced logits with the grid half a beat late (only the beat's own harmonic changes
+    sign there), not those without a grid."""
+    lm, (cond, mask) = grid_lm(), conditions()
+    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=3.0, offbeat_below_bpm=120.0)
+    step = beat_steps([Conditions(bpm=70.0)], 1, 50.0, params)
+    codes = generate_window(lm, torch.cat([cond, cond]), torch.cat([mask, mask]), 40, params, None, beat_step=step)
+    gridless = beat_steps([Conditions(bpm=70.0)], 1, 50.0)
+    assert not torch.equal(codes, generate_window(lm, torch.cat([cond, cond]), torch.cat([mask, mask]), 40,
+                                                  params, None, beat_step=gridless))
+    delay = DelayPattern(3, 16)
+    pattern = delay.build(codes)
+    count = torch.arange(pattern.shape[-1], dtype=torch.float64) * step[0, 0]
+    phase = torch.remainder(count, 1.0).float()[None]
+    late = torch.remainder(count + 0.5, 1.0).float()[None]
+    f, g = beat_features(phase, 3), beat_features(late, 3)
+    beat, divisions = [0, 3], [1, 2, 4, 5]  # cos then sin of harmonics 1, 2, 4
+    assert torch.allclose(f[..., beat], -g[..., beat], atol=1e-5)
+    assert torch.allclose(f[..., divisions], g[..., divisions], atol=1e-5)
+    inputs = delay.inputs(pattern)
+    grid, shifted = lm(inputs, cond, mask, phase), lm(inputs, cond, mask, late)
+    predicted = (shifted + 3.0 * (grid - shifted)).argmax(-1)
+    assert bool(((predicted == pattern) | (pattern == 16)).all())
 
 
 def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():

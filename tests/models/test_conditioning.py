@@ -77,3 +77,20 @@ def test_the_stream_and_the_dataset_read_the_attributes_from_the_registry():
     assert CONDITION_COLUMNS == ("caption", *(a.name for a in ATTRIBUTES))
     folded = StreamState(text="calm", genre="rock", instruments=("piano",)).conditions(fold=("genre", "instruments"))
     assert folded == Conditions(text="calm, rock, piano")
+
+
+def test_a_key_is_one_value_however_its_tonic_is_spelled():
+    """A score's key signature says "Eb major", prep's estimator "D# major": one vocabulary entry, and a
+    request in either spelling reads the same slot."""
+    from audiogen.models.conditioning import build_vocab
+
+    assert build_vocab(["Eb major", "D# major", "eb  Major", "C minor", "Bb minor", "A# minor"]) == \
+        ["d# major", "a# minor", "c minor"]
+    cfg = dataclasses.replace(CFG, keys=["D# major", "C major"])
+    cfg.validate_conditions([Conditions(key="Eb major"), Conditions(key="d# MAJOR")])
+    with pytest.raises(AudiogenError, match="unknown key"):
+        cfg.validate_conditions([Conditions(key="E major")])
+    enc = ConditionEncoder(cfg)
+    flat, sharp = enc([Conditions(key="Eb major")])[0], enc([Conditions(key="D# major")])[0]
+    assert torch.equal(flat, sharp) and not torch.equal(flat, enc([Conditions(key="C major")])[0])
+    assert build_vocab(["rock", "b minor", "bb king"]) == ["b minor", "bb king", "rock"]  # only keys are respelled
