@@ -39,6 +39,8 @@ PROFILES = {"krumhansl": (KS_MAJOR, KS_MINOR), "temperley": (TEMPERLEY_MAJOR, TE
 NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _PC = {n: i for i, n in enumerate(NAMES)} | {"Db": 1, "D#": 3, "Gb": 6, "G#": 8, "A#": 10, "Cb": 11, "E#": 5,
                                               "Fb": 4, "B#": 0}
+#: each pitch class spelled with a sharp: the tonics of prep's estimated keys and of a model's key vocabulary
+SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
 # ------------------------------------------------------------------------------- tempo
@@ -402,6 +404,16 @@ def key_from_chroma(c: np.ndarray, profiles: str = "krumhansl", names=NAMES, min
 def _parse_key(name: str) -> tuple[int, str]:
     tonic, mode = name.split()
     return _PC[tonic], mode
+
+
+def sharp_key(name: str) -> str | None:
+    """A key name in any case and spelling (``"eb MAJOR"``, ``"Cb minor"``) with its tonic spelled sharp
+    (``"D# major"``, ``"B minor"``), or None when ``name`` is not "<tonic> major|minor"."""
+    parts = name.split()
+    if len(parts) != 2 or parts[1].lower() not in ("major", "minor") or not parts[0]:
+        return None
+    pc = _PC.get(parts[0][0].upper() + parts[0][1:].lower())
+    return None if pc is None else f"{SHARP_NAMES[pc]} {parts[1].lower()}"
 
 
 def key_score(true: str, est: str | None) -> float:

@@ -18,7 +18,6 @@ from audiogen.errors import AudiogenError
 ANALYSIS_SR = 22_050
 ANALYSIS_HOP = 256
 
-_KEY_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 # Keys are matched with Temperley's (2001) profiles (audiogen/data/estimators.py): on 20 rendered music21
 # pieces with known keys they scored 0.950 (MIREX weighted) on this chroma vs 0.715 for
 # Krumhansl-Kessler's (docs/prep.md).
@@ -36,9 +35,9 @@ _KEY_LABEL = re.compile(r"^[A-G](#|b)? (major|minor)$")
 
 def estimate_key(chroma_mean: np.ndarray) -> str | None:
     """Profile matching (Temperley's profiles): the key whose profile correlates best with a mean chroma [12]."""
-    from audiogen.data.estimators import key_from_chroma
+    from audiogen.data.estimators import SHARP_NAMES, key_from_chroma
 
-    return key_from_chroma(chroma_mean, "temperley", names=_KEY_NAMES, min_std=1e-6)
+    return key_from_chroma(chroma_mean, "temperley", names=SHARP_NAMES, min_std=1e-6)
 
 
 def estimate_bpm(onset_env: np.ndarray, sr: int = ANALYSIS_SR, hop: int = ANALYSIS_HOP,

@@ -266,9 +266,8 @@ class Decoder:
         # frac((frame0 + pos) * step + offset)
         grid = has_grid(lm) and beat_step is not None
         self.beat_step = self.beat_offset = None
-        if grid:
+        if grid:  # beat_step: [B2, 2] (beat_steps)
             steps = beat_step.to(device=device, dtype=torch.float64)
-            steps = steps if steps.ndim == 2 else torch.stack([steps, torch.zeros_like(steps)], dim=1)
             self.beat_step, self.beat_offset = steps[:, 0].contiguous(), steps[:, 1].contiguous()
         self.frame0 = torch.zeros((), **long)
         self.delays = self.delay.delays(device)
@@ -483,12 +482,12 @@ def beat_steps(conds: list, extra_groups: int, frame_rate: float,
     without one: the grid drops with the tempo). ``beat_guidance``: the sampling when the first extra group is
     beat guidance's contrast; its rows then read the grid half a beat late for a request slower than
     ``offbeat_below_bpm`` (:meth:`SamplingParams.offbeat`)."""
-    steps = [(c.bpm / 60.0 / frame_rate, 0.0) if c.bpm else (math.nan, 0.0) for c in conds]
-    rows = list(steps)
-    for g in range(int(extra_groups)):
-        offbeat = [g == 0 and beat_guidance is not None and beat_guidance.offbeat(c.bpm) for c in conds]
-        rows += [(s, 0.5) if late else (math.nan, 0.0) for late, (s, _) in zip(offbeat, steps)]
-    return torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)
+    none = (math.nan, 0.0)
+    request = [(c.bpm / 60.0 / frame_rate, 0.0) if c.bpm else none for c in conds]
+    late = [beat_guidance is not None and beat_guidance.offbeat(c.bpm) for c in conds]
+    contrast = [(step, 0.5) if off else none for off, (step, _) in zip(late, request)]
+    extra = contrast + [none] * len(conds) * (int(extra_groups) - 1) if extra_groups else []
+    return torch.tensor(request + extra, dtype=torch.float64).reshape(-1, 2)
 
 
 def frames_for(seconds: float, frame_rate: float) -> int:

@@ -106,8 +106,7 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     10 minutes alternating 80 and 140 bpm (benchmarks/stream.py, seed 0) heard the 140 bpm request at 140
     in 3 of 10 probes instead of 9, the tempo change no longer measurable (p 0.24 against 0.002), and left
     the loudness band (2.75 LU; docs/stream.md)."""
-    given.setdefault("offbeat_below_bpm", None)
-    if given["offbeat_below_bpm"] is None:
+    if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
     return SamplingParams.for_model(config, **given)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from audiogen.data.estimators import sharp_key
 from audiogen.errors import AudiogenError, check_fields
 
 
@@ -144,22 +144,13 @@ class ConditionerConfig:
                     raise AudiogenError(f"--bpm must be a positive number, got {c.bpm}")
 
 
-#: flat tonics and their sharp spellings: a key is one value whatever its source spells it ("Eb major" from a
-#: score's key signature, "D# major" from prep's estimator), so it is one entry of the vocabulary
-_FLATS = {"db": "c#", "eb": "d#", "gb": "f#", "ab": "g#", "bb": "a#"}
-_KEY = re.compile(r"^([a-g])(b|#)? (major|minor)$")
-
-
 def _norm(s: str) -> str:
-    """An attribute value as the vocabulary holds it: lower case, single spaces, and a key ("Eb major") with a
-    sharp tonic ("d# major")."""
+    """An attribute value as the vocabulary holds it: lower case, single spaces, and a key with its tonic spelled
+    sharp (``"Eb major"`` from a score's key signature and ``"D# major"`` from prep's estimator are one entry,
+    ``"d# major"``; :func:`audiogen.data.estimators.sharp_key`)."""
     v = " ".join(str(s).strip().lower().split())
-    m = _KEY.match(v)
-    if m and m.group(2) == "b":
-        tonic = _FLATS.get(m.group(1) + "b")
-        if tonic:
-            return f"{tonic} {m.group(3)}"
-    return v
+    key = sharp_key(v)
+    return key.lower() if key else v
 
 
 def build_vocab(values, min_count: int = 1, max_size: int = 256) -> list[str]:

@@ -94,3 +94,4 @@ def test_a_key_is_one_value_however_its_tonic_is_spelled():
     flat, sharp = enc([Conditions(key="Eb major")])[0], enc([Conditions(key="D# major")])[0]
     assert torch.equal(flat, sharp) and not torch.equal(flat, enc([Conditions(key="C major")])[0])
     assert build_vocab(["rock", "b minor", "bb king"]) == ["b minor", "bb king", "rock"]  # only keys are respelled
+    assert build_vocab(["Cb minor", "B minor", "E# major"]) == ["b minor", "f major"]  # every spelling prep parses
