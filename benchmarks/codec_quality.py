@@ -8,7 +8,10 @@ machine. Reported per method, averaged over tracks: per-band log-mel correlation
 with the input, mean log-mel error (dB), temporal-variation ratio (output / input),
 frame-rate harmonic fraction of the output, the older mel distance and SI-SDR, the bitrate,
 and for the codec its per-codebook distinct codes and entropy; ``failures`` lists the
-thresholds of issue 16 a method misses. Prints one JSON object. See docs/quality_checks.md.
+thresholds of issue 16 a method misses. The timbre check renders a few held-out scores with
+five instrument families (piano, string quartet, guitar, flute, choir; FluidSynth) and reports how
+often the musicnn tagger names the right family before and after the codec: a codec that turns a
+piano into noise is heard as drums there. Prints one JSON object. See docs/quality_checks.md.
 
     python benchmarks/codec_quality.py --codec audiogen/default_model/codec
     python benchmarks/codec_quality.py --codec runs/codec_default/codec --audio held_out/ other.ogg
@@ -49,6 +52,22 @@ def held_out_tracks(codec_dir: Path, audio: list[str] | None, audio_dir: str | N
     return split_tracks(files, holdout)[1]
 
 
+def timbre(codec, sr: int, pieces: int, exclude: list[str], seconds: float) -> dict | str:
+    """The timbre check's figures (``audiogen.metrics.codec_benchmark.timbre_roundtrip``), or why it did not run."""
+    if pieces <= 0:
+        return "not requested (--timbre-pieces 0)"
+    from audiogen.metrics.codec_benchmark import render_timbre_clips, timbre_pieces, timbre_roundtrip
+    from audiogen.metrics.tagger import load_tagger
+
+    try:
+        tagger = load_tagger("MTT")
+        clips = render_timbre_clips(timbre_pieces(pieces, exclude), sr, seconds)
+    except AudiogenError as e:  # music21, FluidSynth or the musicnn weights missing: say so, score the rest
+        return f"absent: {e}"
+    return {"pieces": sorted({p for _, p, _ in clips}), "seconds": seconds,
+            "excluded_corpora": [d for d in exclude if Path(d).is_dir()], **timbre_roundtrip(codec, clips, sr, tagger)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codec", default=str(REPO / "audiogen" / "default_model" / "codec"),
@@ -63,6 +82,12 @@ def main(argv=None) -> int:
     p.add_argument("--offset", type=float, default=30.0, help="excerpt start (s), moved earlier for a short track")
     p.add_argument("--no-griffin-lim", action="store_true", help="skip the Griffin-Lim ceiling (the slowest anchor)")
     p.add_argument("--no-encodec", action="store_true", help="skip the pretrained EnCodec anchor")
+    p.add_argument("--timbre-pieces", type=int, default=4, metavar="N",
+                   help="timbre check: N scores (not in the --timbre-exclude corpora) rendered by piano, string "
+                        "quartet, guitar, flute and choir, tagged before and after the codec (default 4; 0 skips)")
+    p.add_argument("--timbre-exclude", nargs="*", metavar="DIR",
+                   default=[str(REPO / ".cache" / "music21-rendered"), str(REPO / ".cache" / "music21-extra")],
+                   help="rendered corpora whose pieces the timbre check leaves out (default: the recipes' two)")
     a = p.parse_args(argv)
 
     try:
@@ -74,6 +99,7 @@ def main(argv=None) -> int:
         sr = codec.sample_rate
         excerpts = read_excerpts(tracks, sr, a.seconds, a.offset)
         report = codec_quality(codec, excerpts, sr, griffin_lim=not a.no_griffin_lim, encodec=not a.no_encodec)
+        report["timbre"] = timbre(codec, sr, a.timbre_pieces, a.timbre_exclude, a.seconds)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

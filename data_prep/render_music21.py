@@ -2,7 +2,8 @@
 """Render music21's bundled public-domain scores to a labelled corpus (FluidSynth + FluidR3_GM).
 
     python data_prep/render_music21.py --out .cache/music21-rendered [--variants 2] [--limit N] [--hours H]
-        [--collections bach_chorales ryans_mammoth ...] [--max-seconds 150] [--plan-only]
+        [--collections bach_chorales ryans_mammoth ...] [--ensembles guitar flute ...] [--max-seconds 150]
+        [--plan-only]
 
 Needs what install.sh installs: music21 and mido (pip), fluidsynth and fluid-soundfont-gm
 (apt). Every track gets TRACK.flac and a TRACK.json sidecar with exact labels (style,
@@ -16,7 +17,7 @@ import argparse
 import json
 import sys
 
-from audiogen.data.render import COLLECTIONS, MAX_SECONDS, plan_corpus, render_corpus
+from audiogen.data.render import COLLECTIONS, ENSEMBLES, MAX_SECONDS, plan_corpus, render_corpus
 from audiogen.errors import AudiogenError
 
 
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the ensemble/tempo/transposition draws (default: 0)")
     p.add_argument("--collections", nargs="+", default=None, metavar="NAME",
                    help="only these collections: " + ", ".join(c.name for c in COLLECTIONS))
+    p.add_argument("--ensembles", nargs="+", default=None, metavar="NAME",
+                   help="draw each piece's ensemble from these instead of its collection's: " + ", ".join(ENSEMBLES))
     p.add_argument("--limit", type=int, default=None, metavar="N", help="render at most N new tracks this run")
     p.add_argument("--hours", type=float, default=None, metavar="H",
                    help="stop once OUT holds H hours of audio (collections taken in turn, so any stop is varied)")
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--plan-only", action="store_true", help="print the number of planned tracks per collection and stop")
     args = p.parse_args(argv)
     try:
-        jobs = plan_corpus(args.variants, args.seed, args.collections)
+        jobs = plan_corpus(args.variants, args.seed, args.collections, args.ensembles)
         if args.plan_only:
             counts = {}
             for j in jobs:

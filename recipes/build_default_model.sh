@@ -6,9 +6,10 @@
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
 #   CODEC=stft bash recipes/build_default_model.sh       # the previous codec, built into runs/ only
 #
-# Steps: fetch the corpus (all three packages) -> fit the mel codec (k-means residual VQ of
-# log-mel frames, codebook 0 held through small changes by change_penalty 300, Griffin-Lim decoding:
-# minutes on a CPU) -> tokenize the corpus with its first 6
+# Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
+# (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
+# change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
+# renders, Griffin-Lim decoding: minutes on a CPU) -> tokenize the corpus with its first 6
 # codebooks (3 kbps), with beat times and tagger labels -> train the LM with a beat grid
 # (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
 # steps from those weights at lr 1.5e-3: LM_SETTINGS and LM_FINETUNE below) -> measure (codec
@@ -33,6 +34,8 @@ case "$CODEC_KIND" in
 esac
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
+# rendered public-domain scores: the mel codec's post-filter learns from them too (codec_melvq.yaml)
+python3 data_prep/render_music21.py --out .cache/music21-rendered --hours 2.5
 
 # 1. the codec
 if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)

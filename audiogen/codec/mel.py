@@ -359,6 +359,12 @@ class MelVQFitConfig:
     post_filter_runs: int = 1200
     post_filter_run: int = 250
     post_filter_ridge: float = 100.0  #: ridge (L2) weight of the post-filter's least squares
+    #: more audio folders whose tracks join the training tracks in the post-filter's sample only (the
+    #: codebooks are fitted on ``data_dir``'s): the default model's takes the rendered scores too
+    post_filter_data_dirs: list = dataclasses.field(default_factory=list)
+    #: a mel codec folder whose mean and codebooks are kept instead of fitted (its config must be this
+    #: one's, but for the post-filter): adds a post-filter to a codec whose tokens an LM already uses
+    codebooks_from: str = ""
     seed: int = 0
     out_dir: str = "runs/codec_melvq"
 
@@ -375,6 +381,8 @@ class MelVQFitConfig:
                                 "post_filter_ridge >= 0")
         if self.max_frames < 4 * self.codec_config().bins:
             raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
+        if (self.post_filter_data_dirs or self.codebooks_from) and not self.codec_config().post_filter_frames:
+            raise AudiogenError("mel codec fit: post_filter_data_dirs and codebooks_from need codec.post_filter_frames > 0")
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 32_768) -> torch.Tensor:
@@ -498,6 +506,31 @@ def load_fit_config(path, overrides=()) -> MelVQFitConfig:
     return load_config(MelVQFitConfig, path, overrides)
 
 
+def _existing_dir(d: str, what: str) -> "Path":
+    from pathlib import Path
+
+    if not Path(d).is_dir():
+        raise AudiogenError(f"{what}: {d} is not a folder")
+    return Path(d)
+
+
+def _keep_codebooks(model: MelVQModel, codec_dir: str) -> None:
+    """``codebooks_from``: copy the mean and codebooks of the mel codec in ``codec_dir`` into ``model``, whose
+    config must be the codec's but for the post-filter (else the tokens it encodes would differ)."""
+    from audiogen.codec.base import MelVQCodec, load_codec
+
+    source = load_codec(codec_dir)
+    if not isinstance(source, MelVQCodec):
+        raise AudiogenError(f"codebooks_from={codec_dir} is not a mel codec")
+    mine = dataclasses.replace(model.config, post_filter_frames=0)
+    theirs = dataclasses.replace(source.model.config, post_filter_frames=0)
+    if mine != theirs:
+        diff = {k: (v, getattr(theirs, k)) for k, v in dataclasses.asdict(mine).items() if getattr(theirs, k) != v}
+        raise AudiogenError(f"codebooks_from={codec_dir}: its codec config differs from this one ({diff}: this, its)")
+    model.mean.copy_(source.model.mean.float())
+    model.codebooks.copy_(source.model.codebooks.float())
+
+
 def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     """The whole fit (``recipes/fit_mel_codec.py``): decode the corpus to the cache, split tracks,
     fit the codebooks stage by stage (resumable), export ``OUT_DIR/codec`` with ``training.json``."""
@@ -526,8 +559,8 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     started = time.time()
     train_files, held_out = split_tracks(files, cfg.holdout_tracks)
     codec_cfg = cfg.codec_config()
-    cache_of, skipped = decode_corpus(train_files, codec_cfg.sample_rate,
-                                      Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache", progress)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
+    cache_of, skipped = decode_corpus(train_files, codec_cfg.sample_rate, cache_dir, progress)
     for f, why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
     train_files = [f for f in train_files if f in cache_of]
@@ -540,19 +573,30 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     atomic_write_text(out / "split.json", json.dumps(split, indent=2))
 
     model = MelVQModel(codec_cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.codebooks_from:
+        _keep_codebooks(model, cfg.codebooks_from)
     feats = track_mels(model, [cache_of[f] for f in train_files], progress)
-    x = sample_frames(feats, cfg.frame_stride, cfg.max_frames, generator)
+    extra = [f for d in cfg.post_filter_data_dirs for f in find_audio_files(_existing_dir(d, "post_filter_data_dirs"))]
+    if extra:
+        extra_cache, extra_skipped = decode_corpus(extra, codec_cfg.sample_rate, Path(cache_dir), progress)
+        split["post_filter_extra"] = [str(f) for f in extra if f in extra_cache]
+        split["skipped"] += [{"file": str(f), "reason": why} for f, why in extra_skipped]
+        feats += track_mels(model, [extra_cache[f] for f in extra if f in extra_cache], progress)
     runs = (sample_runs(feats, cfg.post_filter_run, cfg.post_filter_runs, torch.Generator().manual_seed(cfg.seed + 1))
             if codec_cfg.post_filter_frames else None)
-    del feats
-    fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
+    frames = 0
+    if not cfg.codebooks_from:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        x = sample_frames(feats[: len(train_files)], cfg.frame_stride, cfg.max_frames, generator)
+        del feats
+        fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
+        frames = len(x)
     if runs is not None:
         fit_post_filter(model, runs, cfg.post_filter_ridge)
     path = save_codec(MelVQCodec(model.eval(), codec_cfg, cfg.name), out / "codec")
     atomic_write_text(path / "training.json", json.dumps(
-        {"frames": len(x), "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
+        {"frames": frames, "fit_seconds": round(time.time() - started, 1), **split, "config": dataclasses.asdict(cfg)},
         indent=2))
-    print(f"mel codec: {len(train_files)} tracks, {len(x)} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
+    print(f"mel codec: {len(train_files)} tracks, {frames} frames, {codec_cfg.n_q} x {codec_cfg.bins} codes -> {path}",
           file=sys.stderr)
     return 0

@@ -28,7 +28,8 @@ bpm           float32 | None          a sidecar's/captions file's ``beat_bpm`` o
                                       rendered scores), else estimated on the segment
 key           string | None           e.g. ``"D minor"``: a sidecar's/captions file's ``key``, else
                                       estimated on the segment (Temperley profiles on chroma)
-instruments   list[string]            from a sidecar or captions file (may be empty)
+instruments   list[string]            from a sidecar, captions file or tag (may be empty), each member's
+                                      family added first (``labels.with_families``: violin -> strings)
 beats         list[float32]           beat times in seconds from the segment's start, tracked at the
                                       ``bpm`` label (else the estimate); empty without a tempo. The
                                       LM's beat grid is made from them (``beat_grid`` in its config)
@@ -77,7 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, compose_caption, load_captions
+from audiogen.data.labels import ANALYSIS_HOP, ANALYSIS_SR, compose_caption, load_captions, with_families
 from audiogen.data.prep_files import SHARD_VERSION, SILENT_SEGMENTS, _Runner, _Task, _Tokenizer
 from audiogen.errors import AudiogenError
 
@@ -206,7 +207,7 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
                 "start_s": seg["start_s"], "duration_s": seg["duration_s"], "codec": codec_json, "codes": c,
                 "caption": meta.get("caption") or compose_caption(meta, bpm, key),
                 "genre": meta.get("genre"), "mood": meta.get("mood"), "bpm": bpm, "key": key,
-                "instruments": meta.get("instruments", []), "beats": seg.get("beats", []),
+                "instruments": with_families(meta.get("instruments", [])), "beats": seg.get("beats", []),
                 "license": meta.get("license"),
                 "split": splits[sha], "title": meta.get("title"), "artist": meta.get("artist"),
                 "attribution": meta.get("attribution"),

@@ -132,8 +132,11 @@ def _sources(coll: Collection, root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in files]
 
 
-def plan_corpus(variants: int = 1, seed: int = 0, collections: list[str] | None = None) -> list[Job]:
+def plan_corpus(variants: int = 1, seed: int = 0, collections: list[str] | None = None,
+                ensembles: list[str] | None = None) -> list[Job]:
     """Every (piece, variant) to render, with its ensemble, tempo and transposition drawn from ``seed``.
+    ``ensembles``: draw each piece's ensemble from these instead of its collection's (to add the
+    instruments a corpus lacks, e.g. guitar and flute for folk tunes).
 
     Deterministic: the same arguments give the same plan, so a stopped render resumes.
     """
@@ -142,6 +145,9 @@ def plan_corpus(variants: int = 1, seed: int = 0, collections: list[str] | None 
     known = {c.name for c in COLLECTIONS}
     if wanted and wanted - known:
         raise AudiogenError(f"unknown collection(s) {', '.join(sorted(wanted - known))}: choose from {', '.join(sorted(known))}")
+    if ensembles is not None and (not ensembles or set(ensembles) - set(ENSEMBLES)):
+        raise AudiogenError(f"unknown ensemble(s) {', '.join(sorted(set(ensembles) - set(ENSEMBLES))) or '(none given)'}: "
+                            f"choose from {', '.join(ENSEMBLES)}")
     jobs = []
     for coll in COLLECTIONS:
         if wanted and coll.name not in wanted:
@@ -151,7 +157,7 @@ def plan_corpus(variants: int = 1, seed: int = 0, collections: list[str] | None 
             for tune in tunes:
                 for v in range(variants):
                     rng = random.Random(f"{seed}/{src}/{tune}/{v}")
-                    jobs.append(Job(coll.name, src, tune, rng.choice(coll.ensembles), rng.randint(*coll.tempo),
+                    jobs.append(Job(coll.name, src, tune, rng.choice(ensembles or coll.ensembles), rng.randint(*coll.tempo),
                                     rng.randint(-3, 3), v))
     return jobs
 

@@ -34,21 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from audiogen.errors import AudiogenError
+from audiogen.data.labels import INSTRUMENT_FAMILIES
 
 #: the issue's done-when thresholds
 THRESHOLDS = {"tempo_spearman": 0.8, "tempo_within": 0.6, "mode_accuracy": 0.75, "instrument_top1": 0.6,
               "label_own_closest": 0.75}
 TEMPO_RANGE = (60.0, 160.0)
 TEMPO_TOLERANCE = 0.08
-#: family -> the words a model's instrument vocabulary may name it by (first found is requested)
-FAMILY_WORDS = {
-    "piano": ("piano", "grand piano", "acoustic piano"),
-    "strings": ("strings", "string quartet", "string ensemble", "violin", "cello", "viola"),
-    "guitar": ("guitar", "acoustic guitar", "electric guitar"),
-    "flute": ("flute",),
-    "choir": ("choir", "choral", "chorus", "voices"),
-    "drums": ("drums", "drum", "drum kit", "percussion"),
-}
+#: family -> the words a model's instrument vocabulary may name it by (first found is requested): the family
+#: itself, then its members (``audiogen.data.labels.INSTRUMENT_FAMILIES``, the table prep labels with)
+FAMILY_WORDS = {fam: (fam, *members) for fam, members in INSTRUMENT_FAMILIES.items()}
 #: family -> the MTT tags that name it (those in ``audiogen.metrics.tagger.MTT_LABELS``; MTT confuses the
 #: bowed strings, docs/prep.md, so strings take the best of the three)
 FAMILY_TAGS = {"piano": ("piano",), "strings": ("strings", "violin", "cello"), "guitar": ("guitar",),

@@ -257,3 +257,66 @@ def read_excerpts(tracks: list[Path], sr: int, seconds: float, offset_s: float) 
                             duration_s=seconds)
         out.append((t.name, wav[0]))
     return out
+
+
+# ------------------------------------------------------------------------------ timbre
+
+#: the instrument families a timbre check renders (ensembles of :mod:`audiogen.data.render`), the five of issue 22's
+#: six that General MIDI plays (drums have no score in the corpus)
+TIMBRE_ENSEMBLES = {"piano": "piano", "strings": "string quartet", "guitar": "guitar", "flute": "flute",
+                    "choir": "choir"}
+TIMBRE_COLLECTIONS = ("bach_chorales", "oneills")
+
+
+def timbre_pieces(n: int, exclude_dirs=()) -> list:
+    """``n`` score jobs (:class:`audiogen.data.render.Job`, variant 0, seed 0) taken in turn from
+    :data:`TIMBRE_COLLECTIONS`, none of them a piece rendered under ``exclude_dirs`` (a training corpus,
+    whatever its ensemble: the check must hear pieces the codec or model never met)."""
+    from audiogen.data.render import interleave, plan_corpus
+
+    seen = {p.stem.split("__v")[0] for d in exclude_dirs if Path(d).is_dir() for p in Path(d).rglob("*.json")}
+    jobs = interleave([j for j in plan_corpus(1, 0, list(TIMBRE_COLLECTIONS)) if j.name.split("__v")[0] not in seen])
+    if len(jobs) < n:
+        raise AudiogenError(f"timbre check: only {len(jobs)} pieces are not in {', '.join(map(str, exclude_dirs))}")
+    return jobs[:n]
+
+
+def render_timbre_clips(jobs: list, sr: int, seconds: float) -> list[tuple[str, str, np.ndarray]]:
+    """Each job rendered by each :data:`TIMBRE_ENSEMBLES` ensemble (FluidSynth, FluidR3_GM): ``(family,
+    piece, wav [N] mono at sr)``, the first ``seconds`` of each."""
+    import tempfile
+    from dataclasses import replace
+
+    from audiogen.audio.io import load_audio
+    from audiogen.data.render import output_paths, render_job
+
+    clips = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam, ensemble in TIMBRE_ENSEMBLES.items():
+            for job in jobs:
+                j = replace(job, ensemble=ensemble)
+                render_job(j, Path(tmp) / fam, max_seconds=seconds + 1)
+                wav, _ = load_audio(output_paths(j, Path(tmp) / fam)[0], sample_rate=sr, channels=1)
+                clips.append((fam, j.name, wav[0, : int(seconds * sr)]))
+    return clips
+
+
+def timbre_roundtrip(codec, clips: list[tuple[str, str, np.ndarray]], sr: int, tagger) -> dict:
+    """Does the codec keep an instrument's timbre? For the inputs ``clips`` (:func:`render_timbre_clips`)
+    and their roundtrip at each bitrate the codec offers, the MTT tagger's top family among issue 22's six
+    (:func:`audiogen.metrics.adherence.family_scores`): ``{method: {"top1", "clips", "per_family":
+    {family: [top family per clip]}}}``. A codec that turns piano into noise is heard as drums here, while
+    its mel error can look fine."""
+    from audiogen.metrics.adherence import FAMILIES, family_scores
+
+    def top(wav: np.ndarray) -> str:
+        return FAMILIES[int(np.argmax(family_scores(tagger.tag_probabilities(wav[None], sr)[None], tagger.labels)[0]))]
+
+    heard: dict[str, dict[str, list[str]]] = {}
+    for fam, _, wav in clips:
+        heard.setdefault("input", {}).setdefault(fam, []).append(top(wav))
+        for kbps, k in operating_points(codec):
+            est, _ = codec_roundtrip(codec, wav, sr, k)
+            heard.setdefault(f"codec_{kbps:g}kbps", {}).setdefault(fam, []).append(top(est))
+    return {m: {"top1": sum(t == f for f, ts in by.items() for t in ts), "clips": len(clips), "per_family": by}
+            for m, by in heard.items()}

@@ -6,6 +6,7 @@ files invisibly, save and load exactly, and fit resumably from the recipe.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -370,7 +371,8 @@ def test_recipe_fits_a_folder_and_exports_a_codec(tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, str(RECIPE), "--config", str(CONFIG), f"data_dir={music}", f"out_dir={out}",
             "holdout_tracks=1", "max_frames=4096", "kmeans_iters=3", "codec.n_q=2", "codec.bins=32",
-            "codec.target_bandwidths=[0.5]", "codec.post_filter_frames=2", "post_filter_runs=8", "post_filter_run=50"]
+            "codec.target_bandwidths=[0.5]", "codec.post_filter_frames=2", "post_filter_runs=8", "post_filter_run=50",
+            "post_filter_data_dirs=[]"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "broken.wav" in r.stderr  # skipped with its reason, not fatal
@@ -382,6 +384,39 @@ def test_recipe_fits_a_folder_and_exports_a_codec(tmp_path):
     before = (out / "codec" / "codec.safetensors").read_bytes()
     r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and (out / "codec" / "codec.safetensors").read_bytes() == before
+
+    # a post-filter added to that codec's codebooks, fitted on its tracks and another folder's: the tokens an LM
+    # was trained on stay the same, only decoding changes
+    more = tmp_path / "more"
+    more.mkdir()
+    write_audio(more / "m.wav", synth_music(6.0, sr=24000, channels=1, seed=9), 24000)
+    plain_args = [a for a in args if not a.startswith(("codec.post_filter_frames", "out_dir", "post_filter_data"))]
+    r = subprocess.run(plain_args + [f"out_dir={tmp_path / 'plain'}", "codec.post_filter_frames=0",
+                                     "post_filter_data_dirs=[]"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = C.load_codec(tmp_path / "plain" / "codec")
+    added = tmp_path / "added"
+    r = subprocess.run(plain_args + [f"out_dir={added}", "codec.post_filter_frames=2",
+                                     f"codebooks_from={tmp_path / 'plain' / 'codec'}",
+                                     f"post_filter_data_dirs=[{more}]"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    filtered = C.load_codec(added / "codec")
+    assert torch.equal(filtered.model.codebooks, plain.model.codebooks)
+    assert torch.equal(filtered.model.mean, plain.model.mean)
+    assert filtered.model.post_filter.abs().sum() > 0
+    assert not (added / "fit_state.pt").exists()  # no k-means ran
+    record = json.loads((added / "codec" / "training.json").read_text())
+    assert record["post_filter_extra"] == [str(more / "m.wav")] and record["frames"] == 0
+    wav = torch.from_numpy(synth_music(4.0, sr=24000, channels=1, seed=3))[None]
+    assert torch.equal(filtered.encode(wav), plain.encode(wav))
+    assert not torch.equal(filtered.decode(filtered.encode(wav)), plain.decode(plain.encode(wav)))
+    # codebooks of a codec with another config are refused, by name
+    r = subprocess.run(plain_args + [f"out_dir={tmp_path / 'bad'}", "codec.post_filter_frames=2", "codec.bins=16",
+                                     "post_filter_data_dirs=[]", f"codebooks_from={tmp_path / 'plain' / 'codec'}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "its codec config differs" in r.stderr and "bins" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_bad_configs_are_one_clear_error(tmp_path):
@@ -395,6 +430,10 @@ def test_bad_configs_are_one_clear_error(tmp_path):
         load_fit_config(CONFIG, ["codec.change_penalty=-1"])
     with pytest.raises(AudiogenError, match="post_filter_runs and post_filter_run must be >= 1"):
         load_fit_config(CONFIG, ["post_filter_runs=0"])
+    with pytest.raises(AudiogenError, match="need codec.post_filter_frames > 0"):
+        load_fit_config(CONFIG, ["codec.post_filter_frames=0", "post_filter_data_dirs=[]", "codebooks_from=x"])
+    with pytest.raises(AudiogenError, match="need codec.post_filter_frames > 0"):
+        load_fit_config(CONFIG, ["codec.post_filter_frames=0"])  # the shipped config's rendered scores, no filter
     r = subprocess.run([sys.executable, str(RECIPE), "--config", str(CONFIG), f"data_dir={tmp_path / 'none'}",
                         f"out_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
@@ -443,8 +482,8 @@ def test_a_codec_fitted_on_real_music_follows_a_held_out_track(real_fitted, real
 
 
 def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_path):
-    """A post-filter fitted on runs of real music (the shipped codec's codebooks, 15 singularity tracks x
-    60 s) brings the decoded log-mel of a track those codebooks never saw (``Aberrations``) nearer the
+    """A post-filter fitted on runs of real music (the shipped codec's codebooks without its own filter, 15
+    singularity tracks x 60 s) brings the decoded log-mel of a track those codebooks never saw (``Aberrations``) nearer the
     input's; the tokens stay the same, and the filter survives saving. (At test scale, codebooks of 256
     codes fitted on six tracks, a filter did not help: it mends a codec's typical errors, so it needs
     codebooks that generalise; on the six held-out tracks the full fit gains 0.09 dB, docs/codec_training.md.)"""
@@ -455,9 +494,11 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
     from audiogen.metrics.audio_checks import align
 
     shipped = C.load_codec(REPO / "audiogen" / "default_model" / "codec")
-    plain = shipped.model
+    unfiltered = {k: v for k, v in shipped.model.state_dict().items() if k != "post_filter"}
+    plain = MelVQModel(dataclasses.replace(shipped.model.config, post_filter_frames=0))  # the codebooks alone
+    plain.load_state_dict(unfiltered)
     model = MelVQModel(dataclasses.replace(plain.config, post_filter_frames=8))
-    model.load_state_dict(plain.state_dict(), strict=False)
+    model.load_state_dict(unfiltered, strict=False)
     others = [t for t in real_tracks if t.name != "Aberrations.ogg"][:15]
     assert len(others) == 15
     runs = []
@@ -478,6 +519,11 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
     C.save_codec(codecs[1], tmp_path / "c")
     loaded = C.load_codec(tmp_path / "c")
     assert loaded.num_codebooks == 6 and torch.equal(loaded.decode(codes[1]), codecs[1].decode(codes[1]))
+    # the shipped codec carries its own post-filter (fitted on the 81 training recordings and the rendered
+    # scores, not on Aberrations): the same tokens, decoded nearer the input than by the codebooks alone
+    assert shipped.model.config.post_filter_frames == 8 and torch.equal(shipped.encode(x), codes[0])
+    own = reconstruction_fidelity(ref, align(ref, shipped.decode(codes[0])[0, 0].numpy(), 1200), 24000)
+    assert own["mel_error_db"] < fid[0]["mel_error_db"] - 0.1 and own["band_correlation"] > fid[0]["band_correlation"]
 
 
 def test_frames_that_do_not_follow_each_other_fail_as_incoherent(real_fitted, real_tracks):

@@ -66,7 +66,7 @@ def mixed_dir(tmp_path_factory, real_tracks) -> Path:
     shutil.copy(d / "a.wav", d / "sub" / "a_copy.wav")  # same bytes -> tokenized once
     (d / "b.json").write_text(json.dumps({
         "title": "Awakening", "artist": "Max McCracken", "license": "CC-BY-SA-3.0",
-        "attribution": "Music by Max McCracken (CC BY-SA 3.0)", "genre": "ambient", "instruments": ["synth", "pads"],
+        "attribution": "Music by Max McCracken (CC BY-SA 3.0)", "genre": "ambient", "instruments": ["synth", "cello"],
     }))
     (d / "e.txt").write_text("a slow electronic piece with soft pads\n")
     (d / "captions.csv").write_text("path,caption,mood\nsub/c.mp3,a driving synth track,energetic\n")
@@ -180,8 +180,9 @@ def test_metadata_comes_from_sidecars_captions_file_and_analysis(prepared):
             rows.setdefault(r["source"], []).append(r)
     b = rows["b.flac"][0]
     assert (b["license"], b["attribution"], b["genre"], b["instruments"]) == (
-        "CC-BY-SA-3.0", "Music by Max McCracken (CC BY-SA 3.0)", "ambient", ["synth", "pads"])
-    assert b["caption"].startswith("Awakening by Max McCracken, ambient, with synth, pads")
+        "CC-BY-SA-3.0", "Music by Max McCracken (CC BY-SA 3.0)", "ambient", ["strings", "synth", "cello"])
+    # the row carries the cello's family first (a model learns "strings" from it); the caption says what the sidecar said
+    assert b["caption"].startswith("Awakening by Max McCracken, ambient, with synth, cello")
     assert rows["e.aiff"][0]["caption"] == "a slow electronic piece with soft pads"
     c = rows["sub/c.mp3"][0]
     assert (c["caption"], c["mood"]) == ("a driving synth track", "energetic")
@@ -478,3 +479,13 @@ def test_debian_sidecar_takes_per_track_facts_and_album_license(tmp_path, real_t
     t3 = track_facts(album / "track3_enhanced.opus", "warzone2100-music")
     assert (t3["title"], t3["license"]) == ("track3_enhanced", "GPL-2+")
     assert "genre" not in t3
+
+
+def test_instrument_labels_gain_their_family_first():
+    from audiogen.data.labels import with_families
+
+    assert with_families(["viola", "violin"]) == ["strings", "viola", "violin"]
+    assert with_families(["bassoon", "clarinet", "flute", "oboe"]) == ["flute", "bassoon", "clarinet", "oboe"]
+    assert with_families(["Nylon  Guitar", "strings"]) == ["guitar", "strings", "Nylon Guitar"]
+    assert with_families(["Strings", "violin"]) == ["strings", "violin"]  # once, whatever its case
+    assert with_families(["synth", "pads"]) == ["synth", "pads"] and with_families([]) == []

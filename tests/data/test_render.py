@@ -106,3 +106,15 @@ def test_interleave_takes_the_collections_in_turn():
     assert sorted(order, key=jobs.index) == jobs  # same jobs, none lost
     assert [j.collection for j in order[:5]] == ["bach_chorales", "monteverdi", "joplin", "bach_chorales", "monteverdi"]
     assert [j for j in order if j.collection == "bach_chorales"] == [j for j in jobs if j.collection == "bach_chorales"]
+
+
+def test_ensembles_can_be_drawn_from_a_list_of_ones_own():
+    # folk tunes played by guitar and flute, which the collections' own draws rarely give
+    jobs = R.plan_corpus(collections=["oneills"], ensembles=["guitar", "flute"])
+    assert {j.ensemble for j in jobs} == {"guitar", "flute"}
+    own = R.plan_corpus(collections=["oneills"])
+    assert [(j.source, j.tune) for j in jobs] == [(j.source, j.tune) for j in own]  # the same pieces
+    with pytest.raises(Exception, match="unknown ensemble.*banjo"):
+        R.plan_corpus(collections=["oneills"], ensembles=["banjo"])
+    with pytest.raises(Exception, match="unknown ensemble"):
+        R.plan_corpus(ensembles=[])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from audiogen.metrics.codec_benchmark import codec_quality, nearest_levels, read_excerpts
 
@@ -55,9 +57,38 @@ def test_the_benchmark_wants_two_held_out_tracks(real_tracks, capsys):
 
 def test_the_benchmark_prints_one_json_object(real_tracks, capsys):
     args = ["--codec", "tiny", "--audio", *map(str, real_tracks[:2]), "--seconds", "2", "--no-griffin-lim",
-            "--no-encodec"]
+            "--no-encodec", "--timbre-pieces", "0"]
     assert _benchmark().main(args) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["timbre"] == "not requested (--timbre-pieces 0)"
     assert out["held_out_tracks"] == [t.name for t in real_tracks[:2]]
     assert out["encodec_24khz"] == "absent: not requested (--no-encodec)"
     assert "griffin_lim_from_mel" not in out["results"] and np.isfinite(out["results"]["mulaw_8bit"]["mel_error_db"])
+
+
+def test_timbre_pieces_leave_out_what_a_rendered_corpus_holds(tmp_path):
+    from audiogen.metrics.codec_benchmark import timbre_pieces
+
+    first = timbre_pieces(3)
+    assert [j.collection for j in first] == ["bach_chorales", "oneills", "bach_chorales"]  # in turn
+    corpus = tmp_path / "rendered" / "bach_chorales"
+    corpus.mkdir(parents=True)
+    (corpus / f"{first[0].name.replace('__v0', '__v1')}.json").write_text("{}")  # any variant of the piece
+    assert first[0] not in timbre_pieces(3, [tmp_path / "rendered", tmp_path / "absent"])
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="needs fluidsynth and fluid-soundfont-gm (install.sh)")
+def test_the_timbre_check_renders_five_families_and_tags_them_through_the_codec():
+    from audiogen.codec.base import load_codec
+    from audiogen.metrics.codec_benchmark import TIMBRE_ENSEMBLES, render_timbre_clips, timbre_pieces, timbre_roundtrip
+    from audiogen.metrics.tagger import load_tagger
+
+    codec = load_codec(REPO / "audiogen" / "default_model" / "codec")
+    clips = render_timbre_clips(timbre_pieces(1), SR, 6.0)
+    assert [f for f, _, _ in clips] == list(TIMBRE_ENSEMBLES) and all(len(w) == 6 * SR for _, _, w in clips)
+    assert all(np.abs(w).max() > 0.05 for _, _, w in clips)  # premise: something was rendered
+    res = timbre_roundtrip(codec, clips, SR, load_tagger("MTT"))
+    assert set(res) == {"input", "codec_1kbps", "codec_2kbps", "codec_3kbps", "codec_4kbps"}
+    assert all(r["clips"] == 5 and sum(map(len, r["per_family"].values())) == 5 for r in res.values())
+    # the tagger names most of the real renders' families: the check can tell a codec that keeps them
+    assert res["input"]["top1"] >= 3, res["input"]
