@@ -244,7 +244,11 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(trained, trained
 
     w1, w2 = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, trained_two_ranks))
     assert w1.keys() == w2.keys()
-    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+    # the two runs sum gradients in another order: on a fresh VM (2026-12-04) the first codebook's head, the
+    # largest weights (max 0.52), differed by 1.4e-5 after 8 AdamW steps and every other tensor by < 2e-6; a
+    # rank that did not sync would differ by about lr x steps (1e-3 and more)
+    worst = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    assert worst < 5e-5, worst
     # one checkpoint per step for the whole job: the model once, each rank its RNG state
     ckpt = trained_two_ranks / "checkpoints" / "step_0000008"
     assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "optimizer.bin", "random_states_0.pkl",
