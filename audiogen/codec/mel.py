@@ -506,14 +506,6 @@ def load_fit_config(path, overrides=()) -> MelVQFitConfig:
     return load_config(MelVQFitConfig, path, overrides)
 
 
-def _existing_dir(d: str, what: str) -> "Path":
-    from pathlib import Path
-
-    if not Path(d).is_dir():
-        raise AudiogenError(f"{what}: {d} is not a folder")
-    return Path(d)
-
-
 def _keep_codebooks(model: MelVQModel, codec_dir: str) -> None:
     """``codebooks_from``: copy the mean and codebooks of the mel codec in ``codec_dir`` into ``model``, whose
     config must be the codec's but for the post-filter (else the tokens it encodes would differ)."""
@@ -559,29 +551,27 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     started = time.time()
     train_files, held_out = split_tracks(files, cfg.holdout_tracks)
     codec_cfg = cfg.codec_config()
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache"
-    cache_of, skipped = decode_corpus(train_files, codec_cfg.sample_rate, cache_dir, progress)
+    # the post-filter's extra tracks are decoded with the training tracks, into the same cache
+    extra = [f for d in cfg.post_filter_data_dirs for f in find_audio_files(d)]
+    cache_of, skipped = decode_corpus(train_files + extra, codec_cfg.sample_rate,
+                                      Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache", progress)
     for f, why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
     train_files = [f for f in train_files if f in cache_of]
+    extra = [f for f in extra if f in cache_of]
     if not train_files:
         raise AudiogenError(f"none of the audio files under data_dir={data_dir} could be decoded (each is listed above)")
     make_dir(out)
     atomic_write_text(saved, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     split = {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out],
+             "post_filter_extra": [str(f) for f in extra],
              "skipped": [{"file": str(f), "reason": why} for f, why in skipped]}
     atomic_write_text(out / "split.json", json.dumps(split, indent=2))
 
     model = MelVQModel(codec_cfg)
     if cfg.codebooks_from:
         _keep_codebooks(model, cfg.codebooks_from)
-    feats = track_mels(model, [cache_of[f] for f in train_files], progress)
-    extra = [f for d in cfg.post_filter_data_dirs for f in find_audio_files(_existing_dir(d, "post_filter_data_dirs"))]
-    if extra:
-        extra_cache, extra_skipped = decode_corpus(extra, codec_cfg.sample_rate, Path(cache_dir), progress)
-        split["post_filter_extra"] = [str(f) for f in extra if f in extra_cache]
-        split["skipped"] += [{"file": str(f), "reason": why} for f, why in extra_skipped]
-        feats += track_mels(model, [extra_cache[f] for f in extra if f in extra_cache], progress)
+    feats = track_mels(model, [cache_of[f] for f in train_files + extra], progress)  # training tracks first
     runs = (sample_runs(feats, cfg.post_filter_run, cfg.post_filter_runs, torch.Generator().manual_seed(cfg.seed + 1))
             if codec_cfg.post_filter_frames else None)
     frames = 0

@@ -47,13 +47,15 @@ _FAMILY_OF = {m: fam for fam, members in INSTRUMENT_FAMILIES.items() for m in me
 def with_families(instruments: list[str]) -> list[str]:
     """``instruments`` with the family (:data:`INSTRUMENT_FAMILIES`) of each member added, families first (a
     model reads the first ``max_instruments``), then the rest in their order, each once: ``["viola", "violin"]``
-    -> ``["strings", "viola", "violin"]``, ``["bassoon", "flute"]`` -> ``["flute", "bassoon"]``. Names are matched in lower case with single spaces."""
+    -> ``["strings", "viola", "violin"]``, ``["bassoon", "flute"]`` -> ``["flute", "bassoon"]``. Names are matched
+    in lower case with single spaces."""
     names = [" ".join(str(x).split()) for x in instruments if str(x).strip()]
     fams = [_FAMILY_OF.get(n.lower(), n.lower()) for n in names
             if n.lower() in _FAMILY_OF or n.lower() in INSTRUMENT_FAMILIES]
-    out: list[str] = []
+    out, seen = [], set()
     for n in [*fams, *names]:
-        if n.lower() not in {o.lower() for o in out}:
+        if n.lower() not in seen:
+            seen.add(n.lower())
             out.append(n)
     return out
 
