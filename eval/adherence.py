@@ -15,7 +15,7 @@ import sys
 
 from audiogen.errors import AudiogenError
 from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
-from audiogen.metrics.adherence import DEFAULT_CLIPS, DEFAULT_SECONDS, adherence_report, summary_markdown
+from audiogen.metrics.adherence import ATTRIBUTES, DEFAULT_CLIPS, DEFAULT_SECONDS, adherence_report, summary_markdown
 
 
 def main() -> int:
@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
                     help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
                          "grid (0 = never; default: the model's recommendation)")
+    ap.add_argument("--attributes", nargs="+", default=None, choices=ATTRIBUTES, metavar="ATTR",
+                    help=f"measure only these ({', '.join(ATTRIBUTES)}; default: all of them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -44,7 +46,7 @@ def main() -> int:
         report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=a.cfg and tuple(a.cfg),
                                   clips=a.clips, seconds=a.seconds, seed=a.seed, progress=not a.quiet,
                                   device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
-                                  offbeat_below_bpm=a.offbeat_below)
+                                  offbeat_below_bpm=a.offbeat_below, attributes=a.attributes)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,9 @@
 # (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
 # change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
 # renders, Griffin-Lim decoding: minutes on a CPU) -> tokenize the corpus with its first 6
-# codebooks (3 kbps), with beat times and tagger labels -> train the LM with a beat grid
+# codebooks (3 kbps), with beat times and tagger labels, and the rendered scores (exact labels, instrument
+# families first) -> train the LM with a beat grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
+# samples from the recordings, the 2.5 h of scores and the guitar and flute tunes
 # (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
 # steps from those weights at lr 1.5e-3: LM_SETTINGS and LM_FINETUNE below) -> measure (codec
 # quality on the codec's held-out tracks, music-likeness of generated audio, LM loss vs a unigram
@@ -34,8 +36,12 @@ case "$CODEC_KIND" in
 esac
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
-# rendered public-domain scores: the mel codec's post-filter learns from them too (codec_melvq.yaml)
+# rendered public-domain scores: the mel codec's post-filter learns from them too (codec_melvq.yaml), and the
+# LM trains on them beside the recordings (the melvq build); folk tunes on guitar and flute make up for the
+# two instruments the 2.5 h lack (2 guitar segments of 800)
 python3 data_prep/render_music21.py --out .cache/music21-rendered --hours 2.5
+python3 data_prep/render_music21.py --collections ryans_mammoth oneills --ensembles guitar flute --hours 0.6 \
+    --out .cache/music21-extra
 
 # 1. the codec
 if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)
@@ -50,13 +56,22 @@ python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DI
 # with beat times (the LM's beat grid) and genre/mood/instrument labels from the packaged musicnn tagger
 python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth 3 \
     --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
+MIX=""
+if [ "$CODEC_KIND" = melvq ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
+  for pair in "music21-rendered data_rendered" "music21-extra data_extra"; do
+    set -- $pair
+    python3 -m audiogen prep ".cache/$1" --out ".cache/$2" --codec "$CODEC_DIR" --bandwidth 3 \
+        --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
+  done
+  MIX="extra_data_dirs=[.cache/data_rendered,.cache/data_extra] data_weights=[0.7,0.2,0.1]"
+fi
 
 # 3. the LM
 # (later key=value settings win: LM_STEPS over LM_SETTINGS over the config file)
-python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" \
+python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" $MIX \
     codec="$CODEC_DIR" $LM_SETTINGS ${LM_STEPS:+max_steps="$LM_STEPS"} out_dir="$LM_OUT"
 if [ -n "$LM_FINETUNE" ]; then  # a second cosine cycle from the first run's weights, at half the rate
-  python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" \
+  python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" $MIX \
       codec="$CODEC_DIR" $LM_FINETUNE init_from="$LM_OUT/model" out_dir="${LM_OUT}_ft"
   LM_OUT=${LM_OUT}_ft
 fi

@@ -96,7 +96,9 @@ def run_model(args: argparse.Namespace) -> int:
           f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s"
           + (f", beat guidance {sp['beat_guidance']:g}" if m["beat_grid"] else "")
           + (f" (against the grid half a beat late below {sp['offbeat_below_bpm']:g} bpm)"
-             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else ""))
+             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else "")
+          + (", not for requests naming only instruments without percussion"
+             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

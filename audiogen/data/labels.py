@@ -44,6 +44,20 @@ INSTRUMENT_FAMILIES = {
 _FAMILY_OF = {m: fam for fam, members in INSTRUMENT_FAMILIES.items() for m in members}
 
 
+#: words that name percussion, beside the drums family's members (matched within a name: "drum machine")
+PERCUSSION_WORDS = ("drum", "percussion", "timpani", "cymbal", "snare", "hi-hat", "hihat", "tabla", "conga",
+                    "bongo", "cajon", "kick", "beat")
+
+
+def tonal_only(instruments) -> bool:
+    """Whether ``instruments`` names at least one instrument and none of them percussion (the drums family of
+    :data:`INSTRUMENT_FAMILIES` or a name holding one of :data:`PERCUSSION_WORDS`): ``["piano"]`` yes,
+    ``["piano", "drum kit"]``, ``["percussion"]`` and ``[]`` no."""
+    names = [" ".join(str(x).lower().split()) for x in instruments or () if str(x).strip()]
+    return bool(names) and not any(n == "drums" or _FAMILY_OF.get(n) == "drums"
+                                   or any(w in n for w in PERCUSSION_WORDS) for n in names)
+
+
 def with_families(instruments: list[str]) -> list[str]:
     """``instruments`` with the family (:data:`INSTRUMENT_FAMILIES`) of each member added, families first (a
     model reads the first ``max_instruments``), then the rest in their order, each once: ``["viola", "violin"]``

@@ -48,6 +48,21 @@ class SamplingParams:
     #: the contrast stays no grid, which holds fast requests better (docs/generate.md, "Attributes").
     #: 0 = off
     offbeat_below_bpm: float = 0.0
+    #: whether beat guidance pushes a request that names instruments, none of them percussion
+    #: (:func:`audiogen.data.labels.tonal_only`: "piano", "strings and flute"). A small model's push is heard as
+    #: drum hits, which such a request did not ask for; False plays it on the grid without the push (the
+    #: default model: docs/generate.md, "Attributes")
+    beat_push_tonal: bool = True
+
+    def pushes(self, instruments) -> bool:
+        """Whether beat guidance pushes a request for ``instruments`` (a list of names, or None)."""
+        if self.beat_guidance == 1.0:
+            return False
+        if self.beat_push_tonal:
+            return True
+        from audiogen.data.labels import tonal_only
+
+        return not tonal_only(instruments)
 
     def offbeat(self, bpm: float | None) -> bool:
         """Whether beat guidance's contrast row reads the grid half a beat late at tempo ``bpm`` (a model with a
@@ -81,7 +96,10 @@ class SamplingParams:
     def for_model(cls, config: dict, **given) -> "SamplingParams":
         """The sampling a model folder recommends (its config's ``generation.sampling``, e.g. a small
         model whose guidance only amplifies noise asks for ``cfg_scale: 1``), then the ``given``
-        options that are not None; fields neither sets keep this class's defaults."""
+        options that are not None; fields neither sets keep this class's defaults. A ``beat_guidance`` given
+        pushes every request (``beat_push_tonal``), unless ``beat_push_tonal`` is given too."""
+        if given.get("beat_guidance") is not None and given.get("beat_push_tonal") is None:
+            given = {**given, "beat_push_tonal": True}
         recommended = (config.get("generation") or {}).get("sampling") or {}
         if not isinstance(recommended, dict):
             raise AudiogenError(f"model config: generation.sampling must be a mapping, got {recommended!r}")
@@ -481,11 +499,16 @@ def beat_steps(conds: list, extra_groups: int, frame_rate: float,
     rows that follow the request's (the request without the grid; the unconditional rows, which trained
     without one: the grid drops with the tempo). ``beat_guidance``: the sampling when the first extra group is
     beat guidance's contrast; its rows then read the grid half a beat late for a request slower than
-    ``offbeat_below_bpm`` (:meth:`SamplingParams.offbeat`)."""
+    ``offbeat_below_bpm`` (:meth:`SamplingParams.offbeat`), and the request's own grid for a request beat
+    guidance does not push (:meth:`SamplingParams.pushes`): guidance between two equal rows changes nothing."""
     none = (math.nan, 0.0)
     request = [(c.bpm / 60.0 / frame_rate, 0.0) if c.bpm else none for c in conds]
-    late = [beat_guidance is not None and beat_guidance.offbeat(c.bpm) for c in conds]
-    contrast = [(step, 0.5) if off else none for off, (step, _) in zip(late, request)]
+    contrast = []
+    for c, (step, _) in zip(conds, request):
+        if beat_guidance is not None and not beat_guidance.pushes(c.instruments):
+            contrast.append((step, 0.0))
+        else:
+            contrast.append((step, 0.5) if beat_guidance is not None and beat_guidance.offbeat(c.bpm) else none)
     extra = contrast + [none] * len(conds) * (int(extra_groups) - 1) if extra_groups else []
     return torch.tensor(request + extra, dtype=torch.float64).reshape(-1, 2)
 

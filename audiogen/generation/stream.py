@@ -405,7 +405,8 @@ class TokenStream:
         self.slides = 0
         # the beat grid (an LM with one): beats counted up to frame `produced`, and the phases each held
         # frame was decoded at (aligned with `frames`; the request's, and beat guidance's contrast row's:
-        # NaN, or half a beat late where SamplingParams.offbeat), which a slide's prefill reads again
+        # NaN, half a beat late where SamplingParams.offbeat, or the request's where it does not push), which a
+        # slide's prefill reads again
         self.beat_count = 0.0
         self.phases = torch.zeros(2, 0, dtype=torch.float32, device=device)
 
@@ -437,16 +438,19 @@ class TokenStream:
         return torch.cat([rows, torch.full_like(phase[:1], math.nan).expand(self.B2 - len(rows), -1)])
 
     @torch.inference_mode()
-    def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan, offbeat: bool = False) -> None:
+    def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan, offbeat: bool = False,
+             push: bool = True) -> None:
         """Decode one pattern position (codebook ``k`` writes frame ``produced - k``); ``beat_step``: the
         beat grid's beats per frame from this frame on (NaN: no grid); ``offbeat``: beat guidance's contrast
-        row reads the grid half a beat late (:meth:`SamplingParams.offbeat`), else no grid."""
+        row reads the grid half a beat late (:meth:`SamplingParams.offbeat`), else no grid; ``push`` False:
+        it reads the request's grid, so beat guidance does nothing (:meth:`SamplingParams.pushes`)."""
         if self.pos == self.positions:
             self._slide(cross_mask)
         pos = torch.tensor([self.pos], device=self.device)
         x = self.cur.expand(self.B2, -1, -1)
         p = self.beat_count % 1.0 if math.isfinite(beat_step) else math.nan
-        phase = torch.tensor([[p], [(p + 0.5) % 1.0 if offbeat else math.nan]], device=self.device)
+        contrast = p if not push else (p + 0.5) % 1.0 if offbeat else math.nan
+        phase = torch.tensor([[p], [contrast]], device=self.device)
         if math.isfinite(beat_step):
             self.beat_count += beat_step
         logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1, beat=self._beat(phase)).float()
@@ -918,7 +922,8 @@ class MusicStream:
             if 0 <= self.boost_until <= frame:
                 t.params, self.boost_until = self.settings.sampling, -1
             step = self.mix.beat_step(frame, self.fr)
-            t.step(self.mix.install(frame, t.cache), step, t.params.offbeat(step * 60.0 * self.fr))
+            t.step(self.mix.install(frame, t.cache), step, t.params.offbeat(step * 60.0 * self.fr),
+                   t.params.pushes(self.state.instruments))
         out = self.decoder.decode(t)
         t.forget_before(self.decoder.next - self.decoder.ctx)
         if self.level is not None:

@@ -214,6 +214,10 @@ def family_words(vocab: list[str]) -> dict[str, str | None]:
     return {fam: next((w for w in words if w in known), None) for fam, words in FAMILY_WORDS.items()}
 
 
+#: what the report can measure, in its order (``attributes`` of :func:`adherence_report`)
+ATTRIBUTES = ("tempo", "key", "instruments", "genre", "mood")
+
+
 def plan_requests(ccfg, clips: int, seed: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """The requests per attribute for a model's conditioner config ``ccfg``.
 
@@ -355,13 +359,15 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      out_dir: str | Path, cfg_scales=None, clips: int = DEFAULT_CLIPS,
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
                      top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
-                     beat_guidance: float | None = None, offbeat_below_bpm: float | None = None) -> dict:
+                     beat_guidance: float | None = None, offbeat_below_bpm: float | None = None,
+                     attributes=None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
     reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
     recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid): None
-    takes the model's recommendation (its config's ``generation.sampling``), as generate does. Returns the report."""
+    takes the model's recommendation (its config's ``generation.sampling``), as generate does. ``attributes``:
+    measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
     import json
     import time
 
@@ -373,6 +379,10 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         raise AudiogenError("give at least one guidance scale")
     if clips < 1 or seconds <= 0:
         raise AudiogenError("clips and seconds must be positive")
+    if attributes is not None:
+        unknown = sorted(set(attributes) - set(ATTRIBUTES))
+        if unknown or not attributes:
+            raise AudiogenError(f"attributes: {', '.join(unknown) or 'none given'}; choose from {', '.join(ATTRIBUTES)}")
     if (data_dir is None) != (audio_dir is None):
         raise AudiogenError("give both the dataset (--data) and the audio folder it was prepared from "
                             "(--audio-dir), or neither")
@@ -395,6 +405,9 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     if cfg_scales is None:
         cfg_scales = sorted({1.0, 3.0, float(sampling.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
+    for attr in set(ATTRIBUTES) - set(attributes or ATTRIBUTES):
+        plans.pop(attr, None)
+        skipped[attr] = "not asked (attributes)"
     if tagger is None and any(a in plans for a in ("instruments", "genre", "mood")):
         from audiogen.metrics.tagger import load_tagger
 

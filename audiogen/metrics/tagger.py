@@ -84,8 +84,8 @@ def log_mel(x: np.ndarray) -> np.ndarray:
 
     mel = librosa.feature.melspectrogram(y=np.asarray(x, dtype=np.float32), sr=SAMPLE_RATE, hop_length=HOP,
                                          n_fft=N_FFT, n_mels=N_MELS).T
-    rep = mel.astype(np.float16)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # the cast overflows too (to +inf), on the same bins
+        rep = mel.astype(np.float16)
         rep = np.log10(np.float16(10000) * rep + np.float16(1))
     rep[np.isinf(rep)] = np.log10(np.finfo(np.float16).max)
     return rep.astype(np.float32)

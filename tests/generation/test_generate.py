@@ -462,7 +462,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
     assert lines["sampling (the defaults of generate and stream)"].endswith(
         f"guidance {recommended.cfg_scale:g}, max silence {recommended.max_silence_s:g} s"
         + (f", beat guidance {recommended.beat_guidance:g}" if grid else "")
-        + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else ""))
+        + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
+        + (", not for requests naming only instruments without percussion"
+           if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else ""))
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):

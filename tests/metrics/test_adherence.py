@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from audiogen.errors import AudiogenError
 from audiogen.metrics import adherence as A
 from audiogen.models.conditioning import ConditionerConfig
 from audiogen.metrics.tagger import MTT_LABELS
@@ -219,6 +220,24 @@ def test_the_report_writes_clips_json_markdown_and_figures_and_names_what_is_not
     md = (out / "adherence.md").read_text()
     assert md == A.summary_markdown(r)
     assert "| CFG 1 | CFG 3 |" in md and "mood: not conditioned" in md and "n=2" in md
+
+
+def test_attributes_limits_the_report_to_those_asked(tiny_setup, tmp_path):
+    model, data, audio = tiny_setup
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path / "report"
+    try:
+        r = A.adherence_report(model, data, audio, out, cfg_scales=(2.0,), clips=2, seconds=1.0, progress=False,
+                               attributes=["instruments"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(r["results"]["2"]) == {"instruments"}
+    assert sorted(p.name for p in (out / "clips" / "cfg2").glob("*.wav")) == ["instruments_000.wav", "instruments_001.wav"]
+    assert r["passes"]["2"]["tempo"] == r["skipped"]["tempo"] == "not asked (attributes)"
+    assert r["passes"]["2"]["genre"] == "not asked (attributes)"
+    with pytest.raises(AudiogenError, match="choose from tempo, key, instruments, genre, mood"):
+        A.adherence_report(model, None, None, tmp_path / "o", attributes=["timbre"])
 
 
 def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):

@@ -222,7 +222,8 @@ def grid_model(tmp_path_factory, tiny_codec):
     from audiogen.models.lm import named_config
 
     torch.manual_seed(0)
-    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32,
+                             instruments=["piano", "drums"])
     lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
                          cond_dim=32, max_positions=512, beat_harmonics=3))
     d = tmp_path_factory.mktemp("model") / "grid"
@@ -269,6 +270,26 @@ def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance, offbeat
     assert s.mix.beat_step(start + 30, fr) == pytest.approx(150 / 60 / fr)
     assert t.beat_count == pytest.approx(expected)
     assert 40 * 90 / 60 / fr < t.beat_count - before < 40 * 150 / 60 / fr
+
+
+def test_a_stream_does_not_push_a_tonal_request_when_the_model_says_so(grid_model):
+    """A stream of a piano request with ``beat_push_tonal`` False decodes as with beat guidance off; the same
+    request with drums is pushed."""
+    from audiogen.generation.stream import MusicStream, StreamSettings
+
+    def frames(request, **sampling):
+        params = SamplingParams(temperature=0.0, cfg_scale=1.0, **sampling)
+        s = MusicStream(grid_model, request, StreamSettings(chunk_s=0.25, window_s=1.0, decode_context_s=0.2,
+                                                            level=False, sampling=params))
+        audio = np.concatenate([s.next_chunk() for _ in range(6)], axis=-1)
+        assert s.tokens.slides >= 1  # past a slide, whose prefill reads the held phases again
+        return torch.from_numpy(audio)
+
+    piano, band = {"instruments": ["piano"], "bpm": 90}, {"instruments": ["piano", "drums"], "bpm": 90}
+    off = frames(piano)
+    assert torch.equal(frames(piano, beat_guidance=3.0, beat_push_tonal=False), off)
+    assert not torch.equal(frames(piano, beat_guidance=3.0), off)  # pushed when the model does not say so
+    assert not torch.equal(frames(band, beat_guidance=3.0, beat_push_tonal=False), frames(band))
 
 
 def test_stream_slides_with_a_grid_and_without_a_tempo(grid_model):
@@ -353,6 +374,43 @@ def test_offbeat_beat_guidance_pushes_away_from_the_late_grid():
     grid, shifted = lm(inputs, cond, mask, phase), lm(inputs, cond, mask, late)
     predicted = (shifted + 3.0 * (grid - shifted)).argmax(-1)
     assert bool(((predicted == pattern) | (pattern == 16)).all())
+
+
+def test_a_tonal_request_is_not_pushed_when_the_model_says_so():
+    """``beat_push_tonal`` False: a request naming only non-percussion instruments decodes exactly as with beat
+    guidance off (its contrast rows read its own grid), while one with drums, or none named, is still pushed."""
+    lm, (cond, mask) = grid_lm(), conditions()
+    params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=3.0, offbeat_below_bpm=120.0,
+                            beat_push_tonal=False)
+    piano, band = Conditions(bpm=70.0, instruments=["piano"]), Conditions(bpm=70.0, instruments=["piano", "drums"])
+    step = beat_steps([piano, band], 1, 50.0, params)
+    assert step[2].tolist() == step[0].tolist()  # the piano's contrast row: its own grid, on the beat
+    assert step[3].tolist() == [pytest.approx(70 / 60 / 50), 0.5]  # the band's: half a beat late
+    both = torch.cat([cond, cond])
+    def decode(s, p):
+        return generate_window(lm, torch.cat([both, both]), torch.cat([mask, mask, mask, mask]), 40, p, None, beat_step=s)
+    pushed_all = decode(beat_steps([piano, band], 1, 50.0, SamplingParams(**{**params.__dict__, "beat_push_tonal": True})),
+                        SamplingParams(**{**params.__dict__, "beat_push_tonal": True}))
+    codes = decode(step, params)
+    unpushed = generate_window(lm, cond, mask, 40, GREEDY, None, beat_step=step[:1])
+    assert torch.equal(codes[0], unpushed[0])  # the piano: as if beat guidance were off
+    assert torch.equal(codes[1], pushed_all[1])  # the band: pushed as before
+    assert not torch.equal(pushed_all[0], unpushed[0])  # (the push does change a pushed piano)
+    assert params.pushes(None) and params.pushes(["drum kit"]) and not params.pushes(["strings", "flute"])
+    assert not SamplingParams(beat_guidance=1.0).pushes(None)
+    # a beat guidance the user gives pushes every request, unless told otherwise
+    config = {"generation": {"sampling": {"beat_guidance": 3.0, "beat_push_tonal": False}}}
+    assert not SamplingParams.for_model(config).beat_push_tonal
+    assert SamplingParams.for_model(config, beat_guidance=2.0).beat_push_tonal
+    assert not SamplingParams.for_model(config, beat_guidance=2.0, beat_push_tonal=False).beat_push_tonal
+
+
+def test_tonal_only_names_instruments_without_percussion():
+    from audiogen.data.labels import tonal_only
+
+    assert tonal_only(["piano"]) and tonal_only(["Nylon  Guitar", "flute"])
+    for names in ([], None, ["drums"], ["piano", "drum kit"], ["percussion"], ["Drum machine"], ["timpani", "strings"]):
+        assert not tonal_only(names), names
 
 
 def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():
