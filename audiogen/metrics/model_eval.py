@@ -203,7 +203,8 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     # ones loaded.
     from audiogen.audio.io import load_audio, write_audio
     from audiogen.errors import AudiogenError
-    from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT, harmonic_movement, music_likeness, pulse_strength
+    from audiogen.metrics.audio_checks import (HELD_CHORD_MOVEMENT, dropouts_per_minute, harmonic_movement,
+                                               music_likeness, pulse_strength)
     from audiogen.metrics.embedders import load_embedder
     from audiogen.metrics.fad import EmbeddingCache, fad, load_set
     from audiogen.models.checkpoint import load_model
@@ -218,12 +219,13 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     ref_dir, resyn_dir = work / "heldout", work / "heldout_codec"
     for d in (ref_dir, resyn_dir):
         d.mkdir(parents=True, exist_ok=True)
-    heldout_pulse, heldout_movement = [], []  # ``seconds`` from 30 s in, as the figure shows them
+    heldout_pulse, heldout_movement, heldout_dropouts = [], [], []  # ``seconds`` from 30 s in, as the figure shows
     for i, h in enumerate(held):
         wav, _ = load_audio(h["path"], codec.sample_rate, codec.channels)
         write_audio(ref_dir / f"ref_{i:03d}.wav", wav, codec.sample_rate)
         heldout_pulse.append(pulse_strength(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
         heldout_movement.append(harmonic_movement(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
+        heldout_dropouts.append(dropouts_per_minute(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
         with torch.inference_mode():
             y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0].float().cpu().numpy()
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
@@ -276,6 +278,9 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
             "harmonic_movement": [x["harmonic_movement"] for x in likeness],
             "heldout_harmonic_movement": heldout_movement,
             "clips_holding_one_chord": sum(1 for x in likeness if x["harmonic_movement"] < HELD_CHORD_MOVEMENT),
+            # ... and short holes in the sound
+            "dropouts_per_minute": [x["dropouts_per_minute"] for x in likeness],
+            "heldout_dropouts_per_minute": heldout_dropouts,
             "clips_failing": sum(1 for x in likeness if x["failures"]),
             "failures": [x["failures"] for x in likeness],
         },

@@ -223,3 +223,19 @@ def test_real_music_moves_harmonically(real_tracks):
     (47 corpus tracks: median 0.097, 2 of 47 below the held-chord line)."""
     moves = [C.harmonic_movement(_excerpt(track, 20.0), SR) for track in real_tracks[:3]]
     assert sum(m >= C.HELD_CHORD_MOVEMENT for m in moves) >= 2, moves
+
+
+def test_dropouts_count_short_holes_in_the_sound_not_rests_or_the_ends():
+    """``dropouts_per_minute``: five 100 ms holes in 10 s of a chord are 30 a minute; the same chord whole, or
+    with one 1 s rest, or fading in from and out to silence, has none."""
+    t = np.arange(10 * SR) / SR
+    tone = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.18, 329.63)) * 0.1
+    holes = tone.copy()
+    for start in (1.0, 3.0, 5.0, 7.0, 9.0):
+        holes[int(start * SR) : int((start + 0.1) * SR)] = 0.0
+    rest = tone.copy()
+    rest[4 * SR : 5 * SR] = 0.0
+    framed = np.concatenate([np.zeros(SR), tone, np.zeros(SR)])
+    assert C.dropouts_per_minute(holes, SR) == pytest.approx(30.0)
+    assert C.dropouts_per_minute(tone, SR) == C.dropouts_per_minute(rest, SR) == C.dropouts_per_minute(framed, SR) == 0
+    assert C.music_likeness(holes, SR, FRAME_RATE)["dropouts_per_minute"] == pytest.approx(30.0)
