@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longest silence the model may hold, in seconds: past it, codes that decode to silence "
                         "(quieter than -50 LUFS) are not sampled (default: the model's recommendation, else 1.0; "
                         "0 = no limit)")
+    s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False, default=None,
+                   help="never sample the codes that decode to silence: no pauses, and far fewer short holes in "
+                        "the sound (default: the model's recommendation, else silence allowed up to --max-silence)")
     s.add_argument("--continue", dest="continue_from", metavar="FILE",
                    help="audio to continue: the track starts with it (re-synthesised) and carries on")
     f = p.add_argument_group("finishing")
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
-                   max_silence_s=args.max_silence_s, beat_guidance=args.beat_guidance,
+                   max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
+                   beat_guidance=args.beat_guidance,
                    offbeat_below_bpm=args.offbeat_below_bpm,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
     job = GenerateJob.from_options(

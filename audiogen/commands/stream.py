@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
                    help="longest silence the model may hold, in seconds (default: the model's recommendation, "
                         "else 1.0; 0 = no limit)")
+    s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False, default=None,
+                   help="never sample the codes that decode to silence: no pauses, and far fewer short holes in "
+                        "the sound (default: the model's recommendation, else silence allowed up to --max-silence)")
     s.add_argument("--window", type=float, default=None, metavar="S",
                    help="LM window in seconds (default: the model's); the context slides within it")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model)
     config = read_config(model_dir)
     sampling = stream_sampling(config, temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg,
-                               max_silence_s=args.max_silence_s, beat_guidance=args.beat_guidance,
+                               max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
+                               beat_guidance=args.beat_guidance,
                                offbeat_below_bpm=args.offbeat_below_bpm)
     check_beat_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,

@@ -157,8 +157,9 @@ def pulse_of_mel(mel_db: np.ndarray, hop_s: float = HOP_S) -> float:
 
 def harmonic_movement(wav: np.ndarray, sr: int, window_s: float = HARMONY_WINDOW_S) -> float:
     """How far the pitch content moves from one second to the next: 1 - the cosine similarity of the
-    mean STFT chroma (librosa's, 12 pitch classes, frames weighed by energy) of consecutive ``window_s`` windows, the median over
-    the signal. Windows more than 60 dB below the loudest are left out (a pause is not a chord change).
+    mean STFT chroma (librosa's, 12 pitch classes, frames weighed by energy) of consecutive ``window_s``
+    windows, the median over the signal. Windows more than 60 dB below the loudest are left out (a pause
+    is not a chord change).
     One chord held under hits: 0.001-0.02 (the default model's README take until 2026-12-04, 0.0014, and
     five more takes of it); 30 s of each of the 47 corpus tracks of at least 50 s, from 20 s in:
     0.005-0.34, median 0.097, 2 below 0.017; 58 rendered scores: 0.028-0.63, median 0.17. NaN for

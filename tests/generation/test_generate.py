@@ -669,3 +669,28 @@ def test_generate_caps_silence_with_the_codecs_silent_codes(tiny_model_dir, tmp_
     capped, free = (_silent_runs(codes[0, 0], {7}) for codes in seen)
     limit = round(0.1 * load_model(tiny_model_dir).codec.frame_rate)
     assert max(capped) == limit and max(free) == seen[1].shape[-1]
+
+
+def test_no_silence_never_samples_a_silent_code():
+    """``allow_silence`` False (``--no-silence``): the guard starts at its limit, so codebook 0's silent codes
+    get no probability from the first frame; without it a silent code may start a pause."""
+    from audiogen.generation.sampling import SilenceGuard
+
+    class Codec:
+        frame_rate, device = 50.0, "cpu"
+
+        @staticmethod
+        def silent_codes():
+            return torch.tensor([True, False, False, True])
+
+    guard = SilenceGuard.for_codec(Codec, SamplingParams(allow_silence=False, max_silence_s=0.0))
+    logits = torch.zeros(1, 2, 4)
+    guard.block(logits, torch.zeros(1, dtype=torch.long))
+    assert torch.isinf(logits[0, 0, [0, 3]]).all() and torch.isfinite(logits[0, 0, [1, 2]]).all()
+    assert torch.isfinite(logits[0, 1]).all()  # only codebook 0's codes
+    allowed = torch.zeros(1, 2, 4)
+    SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=1.0)).block(allowed, torch.zeros(1, dtype=torch.long))
+    assert torch.isfinite(allowed).all()
+    assert SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=0.0)) is None  # 0 = no limit, as before
+    r = audiogen_cli("generate", "--help")
+    assert "--no-silence" in r.stdout

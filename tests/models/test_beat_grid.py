@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -386,11 +387,13 @@ def test_a_tonal_request_is_not_pushed_when_the_model_says_so():
     step = beat_steps([piano, band], 1, 50.0, params)
     assert step[2].tolist() == step[0].tolist()  # the piano's contrast row: its own grid, on the beat
     assert step[3].tolist() == [pytest.approx(70 / 60 / 50), 0.5]  # the band's: half a beat late
-    both = torch.cat([cond, cond])
+    both, masks = torch.cat([cond, cond]), torch.cat([mask, mask, mask, mask])
+
     def decode(s, p):
-        return generate_window(lm, torch.cat([both, both]), torch.cat([mask, mask, mask, mask]), 40, p, None, beat_step=s)
-    pushed_all = decode(beat_steps([piano, band], 1, 50.0, SamplingParams(**{**params.__dict__, "beat_push_tonal": True})),
-                        SamplingParams(**{**params.__dict__, "beat_push_tonal": True}))
+        return generate_window(lm, torch.cat([both, both]), masks, 40, p, None, beat_step=s)
+
+    pushing = replace(params, beat_push_tonal=True)
+    pushed_all = decode(beat_steps([piano, band], 1, 50.0, pushing), pushing)
     codes = decode(step, params)
     unpushed = generate_window(lm, cond, mask, 40, GREEDY, None, beat_step=step[:1])
     assert torch.equal(codes[0], unpushed[0])  # the piano: as if beat guidance were off
