@@ -54,8 +54,8 @@ def tonal_only(instruments) -> bool:
     :data:`INSTRUMENT_FAMILIES` or a name holding one of :data:`PERCUSSION_WORDS`): ``["piano"]`` yes,
     ``["piano", "drum kit"]``, ``["percussion"]`` and ``[]`` no."""
     names = [" ".join(str(x).lower().split()) for x in instruments or () if str(x).strip()]
-    return bool(names) and not any(n == "drums" or _FAMILY_OF.get(n) == "drums"
-                                   or any(w in n for w in PERCUSSION_WORDS) for n in names)
+    return bool(names) and not any(_FAMILY_OF.get(n, n) == "drums" or any(w in n for w in PERCUSSION_WORDS)
+                                   for n in names)
 
 
 def with_families(instruments: list[str]) -> list[str]:

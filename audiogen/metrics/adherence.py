@@ -405,7 +405,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     if cfg_scales is None:
         cfg_scales = sorted({1.0, 3.0, float(sampling.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
-    for attr in set(ATTRIBUTES) - set(attributes or ATTRIBUTES):
+    for attr in [a for a in ATTRIBUTES if a not in (attributes or ATTRIBUTES)]:  # in order: the report lists them
         plans.pop(attr, None)
         skipped[attr] = "not asked (attributes)"
     if tagger is None and any(a in plans for a in ("instruments", "genre", "mood")):

@@ -52,12 +52,12 @@ MAX_FRAME_JUMP_RATIO = 0.6
 PULSE_LAGS_S = (0.25, 2.0)
 #: :func:`harmonic_movement`: chroma at this rate, compared ``HARMONY_WINDOW_S`` apart; below
 #: ``HELD_CHORD_MOVEMENT`` a clip holds one chord (2 of 47 corpus tracks are below it)
-#: :func:`dropouts_per_minute`: a hole is at least this far under the median frame level, and at most this long
-DROPOUT_DB = 25.0
-DROPOUT_MAX_S = 0.2
 CHROMA_SR = 22050
 HARMONY_WINDOW_S = 1.0
 HELD_CHORD_MOVEMENT = 0.017
+#: :func:`dropouts_per_minute`: a hole is at least this far under the median frame level, and at most this long
+DROPOUT_DB = 25.0
+DROPOUT_MAX_S = 0.2
 #: thresholds of :func:`reconstruction_fidelity` (issue 16's acceptance figures)
 MIN_BAND_CORRELATION = 0.85
 MAX_MEL_ERROR_DB = 3.0
@@ -173,11 +173,12 @@ def harmonic_movement(wav: np.ndarray, sr: int, window_s: float = HARMONY_WINDOW
     y = _mono(wav)
     if sr != CHROMA_SR:
         y = resample(y[None], sr, CHROMA_SR)[0]
+    y = y.astype(np.float32, copy=False)
     hop = 512
     # unnormalised, so that a window's mean weighs frames by their energy (per-frame normalisation lifts a
     # fade's last quiet frames, or a resampler's ringing after a cut, to the level of the chord)
-    chroma = librosa.feature.chroma_stft(y=y.astype(np.float32), sr=CHROMA_SR, hop_length=hop, norm=None)  # [12, F]
-    rms = librosa.feature.rms(y=y.astype(np.float32), frame_length=2048, hop_length=hop)[0]
+    chroma = librosa.feature.chroma_stft(y=y, sr=CHROMA_SR, hop_length=hop, norm=None)  # [12, F]
+    rms = librosa.feature.rms(y=y, frame_length=2048, hop_length=hop)[0]
     n = max(1, int(round(window_s * CHROMA_SR / hop)))
     w = min(chroma.shape[1], len(rms)) // n
     if w < 2:

@@ -223,9 +223,10 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     for i, h in enumerate(held):
         wav, _ = load_audio(h["path"], codec.sample_rate, codec.channels)
         write_audio(ref_dir / f"ref_{i:03d}.wav", wav, codec.sample_rate)
-        heldout_pulse.append(pulse_strength(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
-        heldout_movement.append(harmonic_movement(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
-        heldout_dropouts.append(dropouts_per_minute(excerpt(wav, codec.sample_rate, seconds), codec.sample_rate))
+        part = excerpt(wav, codec.sample_rate, seconds)
+        heldout_pulse.append(pulse_strength(part, codec.sample_rate))
+        heldout_movement.append(harmonic_movement(part, codec.sample_rate))
+        heldout_dropouts.append(dropouts_per_minute(part, codec.sample_rate))
         with torch.inference_mode():
             y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0].float().cpu().numpy()
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
