@@ -109,4 +109,7 @@ def run_model(args: argparse.Namespace) -> int:
     if m["beat_grid"]:
         default = f"; without --bpm it plays at {m['default_bpm']:g} bpm" if m["default_bpm"] else ""
         print(f"beat grid: yes, at the requested tempo{default}")
+        for attr, table in m["default_bpm_by"].items():  # requested_tempo: a mood's, then a genre's own tempo
+            print(f"  without --bpm, a request naming a {attr} (--{attr}, or in the prompt) plays at its tempo: "
+                  + ", ".join(f"{label} {bpm:g}" for label, bpm in table.items()))
     return 0

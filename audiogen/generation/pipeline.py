@@ -148,18 +148,42 @@ _TEMPO_IN_TEXT = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*bpm\b", re.IGNORECASE)
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     """``conditions`` with the tempo the request means, for a model with a beat grid (``config``: its model
     folder's config): ``--bpm`` when given; else a tempo written in the prompt ("upbeat electronic, 120
-    bpm"); else its ``generation.default_bpm`` (the median tempo of its training data), so that it plays
-    on a beat unless told otherwise. A model without a grid gets the request as it is: its tempo
-    condition is ``--bpm`` alone (the default model's was measured so, and a tempo read from its
-    captions' text made its report clips worse: docs/generate.md)."""
+    bpm"); else the tempo typical of the mood, then the genre, the request names (:func:`label_tempo`); else
+    its ``generation.default_bpm`` (the median tempo of its training data), so that it plays on a beat
+    unless told otherwise. A model without a grid gets the request as it is: its tempo condition is
+    ``--bpm`` alone (the default model's was measured so, and a tempo read from its captions' text made its
+    report clips worse: docs/generate.md)."""
     grid = (config.get("lm") or {}).get("beat_harmonics")
     if conditions.bpm is not None or not grid or not (config.get("conditioner") or {}).get("bpm_buckets"):
         return conditions
     match = _TEMPO_IN_TEXT.search(conditions.text or "")
     if match and 20 <= float(match.group(1)) <= 400:
         return replace(conditions, bpm=float(match.group(1)))
-    default = (config.get("generation") or {}).get("default_bpm")
-    return replace(conditions, bpm=float(default)) if default else conditions
+    generation = config.get("generation") or {}
+    bpm = label_tempo(conditions, generation.get("default_bpm_by") or {}) or generation.get("default_bpm")
+    return replace(conditions, bpm=float(bpm)) if bpm else conditions
+
+
+def label_tempo(conditions: Conditions, by: dict) -> float | None:
+    """The tempo typical of the labels a request names, from a model's ``generation.default_bpm_by``
+    (``{"mood": {label: bpm}, "genre": {...}}``, the median tempo of its training rows with each label;
+    :func:`audiogen.train.lm.label_tempos`): its mood first, then its genre, each given as the attribute
+    (``--mood fast``) or else said in the prompt as a whole word ("a fast reel", the way the training
+    captions say it); the earliest in the prompt when it says several, the longest of those starting at one
+    place ("classical string quartet", not "classical"). None when it names none of them."""
+    from audiogen.models.conditioning import _norm
+
+    text = " ".join((conditions.text or "").lower().split())
+    for attr in ("mood", "genre"):
+        table = by.get(attr) or {}
+        value = getattr(conditions, attr)
+        if value and _norm(value) in table:
+            return float(table[_norm(value)])
+        found = [(m.start(), -len(label), label) for label in table  # the earliest, the longest at one place
+                 if (m := re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text))]
+        if found:
+            return float(table[min(found)[2]])
+    return None
 
 
 def resolve_model_dir(model_dir) -> Path:
@@ -242,6 +266,7 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         # a beat grid plays requests without a tempo at the default (requested_tempo)
         "beat_grid": lm_cfg.beat_harmonics,
         "default_bpm": requested_tempo(Conditions(), config).bpm,
+        "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {}) if lm_cfg.beat_harmonics else {},
     }
 
 

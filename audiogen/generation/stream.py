@@ -40,7 +40,9 @@ Four stages run per chunk, each carrying its state across chunk boundaries:
 
 A model with a beat grid (``LMConfig.beat_harmonics``) also reads each frame's beat phase: the
 grid counts beats frame by frame at the mixture's tempo (a tempo glide changes its rate, never
-its count), and a stream asked for no tempo starts at the model's ``generation.default_bpm``.
+its count), and a stream asked for no tempo starts at the tempo ``generate`` would play
+(:func:`audiogen.generation.pipeline.requested_tempo`: the one its prompt writes, else its mood's or genre's,
+else the model's ``generation.default_bpm``); a later change of mood or genre keeps the tempo.
 
 Reproducible: the sampling uniforms come from one ``torch.Generator`` seeded by the caller,
 drawn per step, so the same seed, settings and control messages at the same frames give
@@ -818,7 +820,8 @@ class MusicStream:
         if "bpm" not in self.fold and self.state.bpm is None:  # a beat-grid model's default tempo
             from audiogen.generation.pipeline import requested_tempo
 
-            self.state = replace(self.state, bpm=requested_tempo(Conditions(text=self.state.text), loaded.config).bpm)
+            start = Conditions(text=self.state.text, genre=self.state.genre, mood=self.state.mood)
+            self.state = replace(self.state, bpm=requested_tempo(start, loaded.config).bpm)
         self._check(self.state)
         params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)

@@ -417,3 +417,22 @@ def test_a_stream_keeps_the_plain_beat_contrast_unless_asked():
     assert SamplingParams.for_model(config).offbeat_below_bpm == 120.0
     assert stream_sampling(config) == SamplingParams(cfg_scale=2.0, beat_guidance=3.0)
     assert stream_sampling(config, offbeat_below_bpm=90.0, top_k=None).offbeat_below_bpm == 90.0
+
+
+def test_a_grid_model_stream_starts_at_the_tempo_its_mood_names():
+    """A stream asked for no tempo starts where ``generate`` would play (``requested_tempo``): the shipped
+    default model has a beat grid and mood tempos; an asked tempo wins, a request naming no mood or genre
+    plays at the model's default."""
+    from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import load_model
+
+    model = load_model(DEFAULT_MODEL_DIR)
+    gen = model.config["generation"]
+
+    def start(conditions):
+        return MusicStream(model, conditions, settings()).state.bpm
+
+    assert start({"mood": "fast"}) == gen["default_bpm_by"]["mood"]["fast"] != gen["default_bpm"]
+    assert start({"text": "a slow theme"}) == gen["default_bpm_by"]["mood"]["slow"]
+    assert start({"text": "calm orchestral theme"}) == gen["default_bpm"]
+    assert start({"mood": "fast", "bpm": 100}) == 100

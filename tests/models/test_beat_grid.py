@@ -138,35 +138,49 @@ def test_prep_stores_beats_relative_to_each_segment(clicks_data):
         assert max(np.abs(clicks - b).min() for b in inside) < 0.05, r["beats"]
 
 
-def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(clicks_data, tmp_path):
-    """Training with ``lm.beat_harmonics`` exports the grid and the data's median tempo as the default;
-    generate takes --bpm, else a tempo in the prompt, else that default."""
+def test_a_trained_grid_model_plays_at_the_tempo_asked_written_or_its_default(clicks_data, tmp_path, monkeypatch):
+    """Training with ``lm.beat_harmonics`` exports the grid and the data's median tempo as the default, and
+    each mood's and genre's median tempo (here one mood on every train row, kept from one row up);
+    generate takes --bpm, else a tempo in the prompt, else the mood's, else that default."""
     import datasets
     import yaml
 
+    import audiogen.train.lm as lm_train
     from audiogen.errors import AudiogenError
     from audiogen.generation.pipeline import GenerateJob, describe_model
     from audiogen.train.lm import TrainConfig, train
     from audiogen.train.loop import load_config
 
+    dd = datasets.load_from_disk(str(clicks_data))
+    labelled = tmp_path / "labelled"
+    dd["train"] = dd["train"].map(lambda r: {"mood": "Fast"})
+    dd.save_to_disk(str(labelled))
+    monkeypatch.setattr(lm_train, "LABEL_TEMPO_MIN_ROWS", 1)
     tiny = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "tiny.yaml"
     out = tmp_path / "run"
-    args = [f"data_dir={clicks_data}", f"out_dir={out}", "max_steps=4", "save_every=4", "eval_every=4",
+    args = [f"data_dir={labelled}", f"out_dir={out}", "max_steps=4", "save_every=4", "eval_every=4",
             "progress=false", "batch_size=2", "segment_s=2.0", "lm.beat_harmonics=2"]
     assert train(load_config(TrainConfig, tiny, args)) == 0
     model = out / "model"
     config = yaml.safe_load((model / "config.yaml").read_text())
     assert config["lm"]["beat_harmonics"] == 2
-    train_bpm = [b for b in datasets.load_from_disk(str(clicks_data))["train"]["bpm"] if b]
+    train_bpm = [b for b in dd["train"]["bpm"] if b]
     assert config["generation"]["default_bpm"] == pytest.approx(float(np.median(train_bpm)), abs=0.05)
+    assert config["generation"]["default_bpm_by"] == {"mood": {"fast": config["generation"]["default_bpm"]}}
     info = describe_model(model)
     assert info["beat_grid"] == 2 and info["default_bpm"] == config["generation"]["default_bpm"]
+    assert info["default_bpm_by"] == config["generation"]["default_bpm_by"]
 
     def job(prompt, **kw):
         return GenerateJob.from_options(prompt, 2.0, tmp_path / "x.wav", model_dir=model, **kw).conditions.bpm
 
     assert job("clicks", bpm=90.0) == 90.0
     assert job("upbeat clicks, 140 BPM") == 140.0
+    assert job("clicks") == config["generation"]["default_bpm"]
+    # the exported table is what generate reads: a copy of the model whose "fast" plays at 150
+    config["generation"]["default_bpm_by"]["mood"]["fast"] = 150.0
+    (model / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert job("fast clicks") == 150.0 and job("clicks", mood="fast") == 150.0
     assert job("clicks") == config["generation"]["default_bpm"]
     # a dataset without beat times (prepared before them) is one clear error for a grid model
     old = tmp_path / "old"
@@ -428,6 +442,48 @@ def test_a_tempo_is_read_from_the_prompt_or_defaulted_only_for_a_grid_model():
     assert requested_tempo(Conditions(text="a 999 bpm blur"), grid).bpm == 100.0  # out of range: not a tempo
     # a model without a grid: its requests are left as they are
     assert requested_tempo(Conditions(text="upbeat electronic, 120 bpm"), plain).bpm is None
+
+
+def test_a_request_naming_a_mood_or_genre_plays_at_its_tempo():
+    """``generation.default_bpm_by``: the mood's tempo first, then the genre's, each from the attribute or a
+    whole word of the prompt; a tempo asked or written wins; a label the table lacks falls back."""
+    from audiogen.generation.pipeline import requested_tempo
+
+    grid = {"conditioner": {"bpm_buckets": [60.0, 120.0]}, "lm": {"beat_harmonics": 3},
+            "generation": {"default_bpm": 94.0, "default_bpm_by": {
+                "mood": {"fast": 124.0, "slow": 92.0},
+                "genre": {"techno": 106.0, "classical": 100.0, "classical string quartet": 109.0}}}}
+
+    def bpm(**kw):
+        return requested_tempo(Conditions(**kw), grid).bpm
+
+    assert bpm(text="calm orchestral theme") == 94.0  # names none of them: the model's default
+    assert bpm(text="slow melancholic piano") == 92.0 and bpm(text="a FAST reel") == 124.0
+    assert bpm(text="music", mood="Fast") == 124.0 and bpm(text="music", genre="Techno") == 106.0
+    assert bpm(text="slow techno") == 92.0 and bpm(text="techno", mood="fast") == 124.0  # mood before genre
+    assert bpm(text="fast, then slow") == 124.0  # the earliest word
+    assert bpm(text="a classical string quartet") == 109.0 and bpm(text="classical guitar") == 100.0
+    assert bpm(text="slowly, fast-paced, technofunk") == 94.0  # whole words only
+    assert bpm(text="music", mood="angry") == 94.0 and bpm(text="music", genre="jazz") == 94.0
+    assert bpm(text="slow techno", bpm=70.0) == 70.0 and bpm(text="slow techno, 140 bpm") == 140.0
+    assert requested_tempo(Conditions(text="slow"), {**grid, "lm": {}}).bpm is None  # no grid: as asked
+
+
+def test_label_tempos_are_medians_of_the_rows_with_each_label():
+    import datasets
+
+    from audiogen.train.lm import label_tempos
+
+    ds = datasets.Dataset.from_dict({
+        "bpm": [100.0, 120.0, 140.0, 90.0, None, 80.0, 0.0],
+        "mood": ["fast", "Fast", "fast ", "slow", "slow", None, "slow"],
+        "genre": ["Romantic  Classical", "techno", None, "romantic classical", "techno", "romantic classical", None]})
+    # rows without a tempo (None, 0) count for nothing; labels as the vocabulary holds them
+    assert label_tempos(ds, min_rows=1) == {"mood": {"fast": 120.0, "slow": 90.0},
+                                            "genre": {"romantic classical": 90.0, "techno": 120.0}}
+    assert label_tempos(ds, min_rows=2) == {"mood": {"fast": 120.0}, "genre": {"romantic classical": 90.0}}
+    assert label_tempos(ds, min_rows=4) == {}
+    assert label_tempos(ds.remove_columns(["genre"]), min_rows=3) == {"mood": {"fast": 120.0}}
 
 
 @pytest.mark.parametrize("command", ["generate", "stream"])
