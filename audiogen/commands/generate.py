@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--bpm", type=float,
                    help="tempo in beats per minute (20-400), mapped to the nearest of the model's tempo buckets; "
                         "the range depends on the model: audiogen info --model [DIR]. Without it, a model with a "
-                        "beat grid takes a tempo written in the prompt (\"upbeat electronic, 120 bpm\"), else "
-                        "plays at its default tempo")
+                        "beat grid takes a tempo written in the prompt (\"upbeat electronic, 120 bpm\"), else the "
+                        "tempo typical of the mood or genre the request names (--mood fast, or \"fast\" in the "
+                        "prompt), else plays at its default tempo")
     g.add_argument("--key", help=f'e.g. "D minor"; {VALUES}')
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
     s = p.add_argument_group("sampling")

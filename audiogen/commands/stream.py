@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("starting conditions (all change later through stdin)")
     g.add_argument("--genre", help="genre the model knows (`audiogen info --model`); otherwise added to the text")
     g.add_argument("--mood", help="mood, e.g. tense; a model without mood conditioning gets it in the text")
-    g.add_argument("--bpm", type=float, help="tempo in beats per minute (default: the model's choice)")
+    g.add_argument("--bpm", type=float, help="tempo in beats per minute (default, on a model with a beat grid: "
+                                                 "a tempo written in the prompt, else the mood's or genre's, else "
+                                                 "the model's default; audiogen info --model lists them)")
     g.add_argument("--key", help='key and mode, e.g. "A minor"')
     g.add_argument("--instruments", help="comma-separated, e.g. piano,strings")
     g.add_argument("--intensity", type=float, metavar="0-1",
