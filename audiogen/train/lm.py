@@ -192,8 +192,10 @@ def median_tempo(ds) -> float | None:
     return round(statistics.median(bpm), 1) if bpm else None
 
 
-#: a label's own default tempo needs at least this many training rows with the label and a tempo
-LABEL_TEMPO_MIN_ROWS = 8
+#: a label's own default tempo needs at least this many training rows with the label and a tempo: a word as
+#: common in prompts as "game" (9 rows of the default model's data, median 85 bpm) should not set the tempo of
+#: "adventure game music" from a handful of tracks
+LABEL_TEMPO_MIN_ROWS = 32
 #: the labels whose rows' median tempo a request with the label but no tempo plays at, in the order they are
 #: consulted (:func:`audiogen.generation.pipeline.requested_tempo`)
 TEMPO_LABELS = ("mood", "genre")
