@@ -80,9 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
                    help="longest silence the model may hold, in seconds (default: the model's recommendation, "
                         "else 1.0; 0 = no limit)")
-    s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False, default=None,
-                   help="never sample the codes that decode to silence: no pauses, and far fewer short holes in "
-                        "the sound (default: the model's recommendation, else silence allowed up to --max-silence)")
+    s.add_argument("--allow-silence", dest="allow_silence", action="store_const", const=True, default=None,
+                   help="let the model sample the codes that decode to silence (pauses up to --max-silence). A stream "
+                        "leaves them out by default: the default model's short dark gaps pulled its 3 s loudness "
+                        "2-2.5 LU under the target (docs/stream.md)")
+    s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False,
+                   help="never sample the codes that decode to silence (a stream's default; kept for scripts)")
     s.add_argument("--window", type=float, default=None, metavar="S",
                    help="LM window in seconds (default: the model's); the context slides within it")
     s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

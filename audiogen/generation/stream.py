@@ -107,9 +107,16 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     that changes tempo across the threshold switches the contrast row's kind in the middle of its context:
     10 minutes alternating 80 and 140 bpm (benchmarks/stream.py, seed 0) heard the 140 bpm request at 140
     in 3 of 10 probes instead of 9, the tempo change no longer measurable (p 0.24 against 0.002), and left
-    the loudness band (2.75 LU; docs/stream.md)."""
+    the loudness band (2.75 LU; docs/stream.md).
+
+    And the codes that decode to silence are never sampled unless ``allow_silence`` is given True: background
+    music that never ends has no use for pauses, and the default model's short dark gaps (48-70 a minute in a
+    3-minute stream) pulled its 3 s loudness 2-2.5 LU under the target, which the level stage rightly does not
+    boost (it gates blocks under -50 LUFS); without them the stream stayed within 1.6 LU (docs/stream.md)."""
     if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
+    if given.get("allow_silence") is None:
+        given["allow_silence"] = False
     return SamplingParams.for_model(config, **given)
 
 

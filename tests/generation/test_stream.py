@@ -405,7 +405,7 @@ def test_serve_streams_with_the_sampling_the_model_recommends(tiny_model_dir, tm
     monkeypatch.setattr(stream_server, "serve", lambda loaded, settings, *rest: served.update(settings=settings))
     assert cli.main(["serve", "--model", str(model), "--port", "0"]) == 0
     # the late beat contrast is for clips at one tempo; a stream keeps the plain one (stream_sampling)
-    assert served["settings"].sampling == SamplingParams(cfg_scale=1.5, top_k=7)
+    assert served["settings"].sampling == SamplingParams(cfg_scale=1.5, top_k=7, allow_silence=False)
 
 
 def test_a_stream_keeps_the_plain_beat_contrast_unless_asked():
@@ -415,8 +415,33 @@ def test_a_stream_keeps_the_plain_beat_contrast_unless_asked():
 
     config = {"generation": {"sampling": {"cfg_scale": 2.0, "beat_guidance": 3.0, "offbeat_below_bpm": 120.0}}}
     assert SamplingParams.for_model(config).offbeat_below_bpm == 120.0
-    assert stream_sampling(config) == SamplingParams(cfg_scale=2.0, beat_guidance=3.0)
+    assert stream_sampling(config) == SamplingParams(cfg_scale=2.0, beat_guidance=3.0, allow_silence=False)
     assert stream_sampling(config, offbeat_below_bpm=90.0, top_k=None).offbeat_below_bpm == 90.0
+
+
+def test_a_stream_samples_no_silent_code_unless_asked(tiny_model_dir, monkeypatch):
+    """A stream leaves out the codes that decode to silence (its gaps pulled the 3 s loudness under the
+    target: docs/stream.md), even where the model allows them; ``allow_silence`` / ``--allow-silence`` opts
+    back in; ``--no-silence`` is still accepted."""
+    from audiogen import cli
+    from audiogen.generation import stream as stream_mod
+    from audiogen.generation.stream import stream_sampling
+
+    config = {"generation": {"sampling": {"allow_silence": True}}}
+    assert SamplingParams.for_model(config).allow_silence is True
+    assert stream_sampling(config).allow_silence is False
+    assert stream_sampling(config, allow_silence=True).allow_silence is True
+    seen = []
+
+    def spy(self, loaded, conditions, settings, *a, **kw):
+        seen.append(settings.sampling.allow_silence)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(stream_mod.MusicStream, "__init__", spy)
+    for flags, want in (([], False), (["--allow-silence"], True), (["--no-silence"], False)):
+        with pytest.raises(SystemExit):
+            cli.main(["stream", "ambient", "--model", str(tiny_model_dir), "--duration", "1", *flags])
+        assert seen[-1] is want, flags
 
 
 def test_a_grid_model_stream_starts_at_the_tempo_its_mood_names():
