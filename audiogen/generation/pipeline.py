@@ -171,14 +171,14 @@ def label_tempo(conditions: Conditions, by: dict) -> float | None:
     (``--mood fast``) or else said in the prompt as a whole word ("a fast reel", the way the training
     captions say it); the earliest in the prompt when it says several, the longest of those starting at one
     place ("classical string quartet", not "classical"). None when it names none of them."""
-    from audiogen.models.conditioning import _norm
+    from audiogen.models.conditioning import TEMPO_LABELS, _norm
 
     text = " ".join((conditions.text or "").lower().split())
-    for attr in ("mood", "genre"):
+    for attr in TEMPO_LABELS:
         table = by.get(attr) or {}
         value = getattr(conditions, attr)
-        if value and _norm(value) in table:
-            return float(table[_norm(value)])
+        if value and (label := _norm(value)) in table:
+            return float(table[label])
         found = [(m.start(), -len(label), label) for label in table  # the earliest, the longest at one place
                  if (m := re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text))]
         if found:
@@ -263,10 +263,11 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         "sampling": asdict(SamplingParams.for_model(config)),
         "vocab": c_cfg.vocab(),
         "bpm_buckets": [float(b) for b in c_cfg.bpm_buckets],
-        # a beat grid plays requests without a tempo at the default (requested_tempo)
+        # a beat grid plays requests without a tempo at the default, or at a mood's or genre's (requested_tempo)
         "beat_grid": lm_cfg.beat_harmonics,
         "default_bpm": requested_tempo(Conditions(), config).bpm,
-        "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {}) if lm_cfg.beat_harmonics else {},
+        "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {})
+        if lm_cfg.beat_harmonics else {},
     }
 
 

@@ -153,15 +153,25 @@ def _norm(s: str) -> str:
     return key.lower() if key else v
 
 
+def row_labels(value) -> list[str]:
+    """A dataset row's attribute value (one label, a list of them, or empty) as the vocabulary holds its labels."""
+    if not value:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [_norm(item) for item in items if item and str(item).strip()]
+
+
+#: the labels whose training rows' median tempo a request naming one but no tempo plays at, in the order they are
+#: consulted (``generation.default_bpm_by``: :func:`audiogen.train.lm.label_tempos`,
+#: :func:`audiogen.generation.pipeline.label_tempo`)
+TEMPO_LABELS = ("mood", "genre")
+
+
 def build_vocab(values, min_count: int = 1, max_size: int = 256) -> list[str]:
     """The attribute values seen at least ``min_count`` times (normalized, most frequent first)."""
     counts = Counter()
     for v in values:
-        if not v:
-            continue
-        for item in (v if isinstance(v, (list, tuple)) else [v]):
-            if item and str(item).strip():
-                counts[_norm(item)] += 1
+        counts.update(row_labels(v))
     kept = [v for v, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
     return kept[:max_size]
 

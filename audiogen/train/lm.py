@@ -196,9 +196,6 @@ def median_tempo(ds) -> float | None:
 #: common in prompts as "game" (9 rows of the default model's data, median 85 bpm) should not set the tempo of
 #: "adventure game music" from a handful of tracks
 LABEL_TEMPO_MIN_ROWS = 32
-#: the labels whose rows' median tempo a request with the label but no tempo plays at, in the order they are
-#: consulted (:func:`audiogen.generation.pipeline.requested_tempo`)
-TEMPO_LABELS = ("mood", "genre")
 
 
 def label_tempos(ds, min_rows: int = LABEL_TEMPO_MIN_ROWS) -> dict:
@@ -207,7 +204,7 @@ def label_tempos(ds, min_rows: int = LABEL_TEMPO_MIN_ROWS) -> dict:
     least ``min_rows`` such rows. A beat-grid model plays a request that names a mood or genre but no tempo
     at it (``generation.default_bpm_by``): in the default model's training data the "fast" rows have a median
     of 123.5 bpm and the "slow" ones 92.2, where all rows together have 94.1."""
-    from audiogen.models.conditioning import _norm
+    from audiogen.models.conditioning import TEMPO_LABELS, row_labels
 
     out = {}
     for attr in TEMPO_LABELS:
@@ -216,9 +213,9 @@ def label_tempos(ds, min_rows: int = LABEL_TEMPO_MIN_ROWS) -> dict:
         by = {}
         for value, b in zip(ds[attr], ds["bpm"]):
             t = _tempo(b)
-            if t is None or not value:
+            if t is None:
                 continue
-            for label in {_norm(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if str(v).strip()}:
+            for label in set(row_labels(value)):
                 by.setdefault(label, []).append(t)
         kept = {label: round(statistics.median(v), 1) for label, v in sorted(by.items()) if len(v) >= min_rows}
         if kept:
