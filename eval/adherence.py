@@ -33,6 +33,9 @@ def main() -> int:
     ap.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the model's recommendation)")
     ap.add_argument("--beat-guidance", type=float, default=None,
                     help="beat guidance for a model with a beat grid (default: the model's recommendation)")
+    ap.add_argument("--label-guidance", type=float, default=None,
+                    help="label guidance for a model with attribute slots: the labels pushed beyond what CFG gives "
+                         "them (1 = off; default: the model's recommendation)")
     ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
                     help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
                          "grid (0 = never; default: the model's recommendation)")
@@ -46,7 +49,8 @@ def main() -> int:
         report = adherence_report(a.model, a.data, a.audio_dir, a.out, cfg_scales=a.cfg and tuple(a.cfg),
                                   clips=a.clips, seconds=a.seconds, seed=a.seed, progress=not a.quiet,
                                   device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
-                                  offbeat_below_bpm=a.offbeat_below, attributes=a.attributes)
+                                  offbeat_below_bpm=a.offbeat_below, attributes=a.attributes,
+                                  label_guidance=a.label_guidance)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

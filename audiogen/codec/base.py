@@ -537,6 +537,8 @@ class MelVQCodec(EncodecCodec):
             desc["residual_tied"] = True
         if self.model.config.post_filter_frames:  # the same codes decode differently with it
             desc["post_filter_frames"] = self.model.config.post_filter_frames
+        if self.model.config.filterbank != "slaney":  # other bands: other features, other codes
+            desc["filterbank"] = self.model.config.filterbank
         return desc
 
     def silent_codes(self) -> torch.Tensor:

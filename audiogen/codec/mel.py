@@ -23,6 +23,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,6 +72,14 @@ class MelVQConfig:
     post_filter_frames: int = 0
     gl_iters: int = 32
     gl_momentum: float = 0.99
+    #: the bands: ``slaney``, ``n_mels`` Slaney mel bands from 0 Hz to Nyquist (the default model's codec);
+    #: ``pitch``, one band per FFT bin up to where a semitone grows wider than a bin, then one per semitone
+    #: up to ``pitch_split_hz``, then ``upper_per_octave`` per octave to Nyquist (``n_mels`` must be their
+    #: count, :func:`pitch_band_count`): 80 Slaney bands are 43 Hz apart below 1 kHz and blur a held note's
+    #: partials into bands, which loses the key (docs/codec_training.md, "Pitch: the mel bands")
+    filterbank: str = "slaney"
+    pitch_split_hz: float = 2000.0
+    upper_per_octave: int = 12
 
     @property
     def hop_length(self) -> int:
@@ -93,15 +102,68 @@ class MelVQConfig:
         if cfg.residual_tied and (not cfg.residual_change_penalty or cfg.changes_with_first):
             raise AudiogenError("mel codec: residual_tied waives residual_change_penalty where codebook 0 "
                                 "changes; set residual_change_penalty > 0 (and not changes_with_first)")
+        if cfg.filterbank not in FILTERBANKS:
+            raise AudiogenError(f"mel codec: filterbank must be one of {', '.join(FILTERBANKS)}, got {cfg.filterbank!r}")
+        if cfg.filterbank == "pitch":
+            if not (0 < cfg.pitch_split_hz < cfg.sample_rate / 2 and cfg.upper_per_octave >= 1):
+                raise AudiogenError("mel codec: the pitch filterbank needs 0 < pitch_split_hz < sample_rate / 2 "
+                                    "and upper_per_octave >= 1")
+            n = pitch_band_count(cfg)
+            if cfg.n_mels != n:
+                raise AudiogenError(f"mel codec: the pitch filterbank at sample_rate {cfg.sample_rate}, n_fft "
+                                    f"{cfg.n_fft}, pitch_split_hz {cfg.pitch_split_hz:g} and upper_per_octave "
+                                    f"{cfg.upper_per_octave} has {n} bands; set n_mels: {n}")
         return cfg
 
 
+#: the filterbanks :class:`MelVQConfig` offers
+FILTERBANKS = ("slaney", "pitch")
+
+
+def pitch_band_centres(cfg: MelVQConfig) -> np.ndarray:
+    """Centre frequencies (Hz) of the ``pitch`` filterbank's bands: every FFT bin from 0 Hz while a semitone
+    is narrower than a bin, then semitones up to ``pitch_split_hz``, then ``upper_per_octave`` per octave
+    below Nyquist."""
+    bin_hz = cfg.sample_rate / cfg.n_fft
+    semitone = 2 ** (1 / 12)
+    centres = list(np.arange(0.0, bin_hz / (semitone - 1), bin_hz))  # up to where a semitone equals a bin
+    f = centres[-1] * semitone
+    while f < cfg.pitch_split_hz:
+        centres.append(f)
+        f *= semitone
+    step = 2 ** (1 / cfg.upper_per_octave)
+    while f < cfg.sample_rate / 2:
+        centres.append(f)
+        f *= step
+    return np.array(centres)
+
+
+def pitch_band_count(cfg: MelVQConfig) -> int:
+    return len(pitch_band_centres(cfg))
+
+
 def mel_filterbank(cfg: MelVQConfig) -> torch.Tensor:
-    """``[n_fft // 2 + 1, n_mels]`` Slaney mel filterbank, 0 Hz to Nyquist."""
+    """``[n_fft // 2 + 1, n_mels]``: the Slaney mel filterbank from 0 Hz to Nyquist, or (``filterbank:
+    pitch``) triangles between neighbouring :func:`pitch_band_centres`, each scaled to unit area over its
+    width as Slaney's are."""
+    if cfg.filterbank == "pitch":
+        freqs = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+        c = pitch_band_centres(cfg)
+        edges = np.concatenate([[c[0] - (c[1] - c[0])], c, [cfg.sample_rate / 2 + (c[-1] - c[-2])]])
+        lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
+        rise = (freqs[:, None] - lo) / (mid - lo)
+        fall = (hi - freqs[:, None]) / (hi - mid)
+        return torch.tensor(np.clip(np.minimum(rise, fall), 0, None) * (2.0 / (hi - lo)), dtype=torch.float32)
     import torchaudio
 
     return torchaudio.functional.melscale_fbanks(cfg.n_fft // 2 + 1, 0.0, cfg.sample_rate / 2, cfg.n_mels,
                                                  cfg.sample_rate, norm="slaney", mel_scale="slaney")
+
+
+def band_centres(cfg: MelVQConfig) -> np.ndarray:
+    """Each band's peak frequency (Hz), whichever the filterbank."""
+    fb = mel_filterbank(cfg)
+    return fb.argmax(0).numpy() * cfg.sample_rate / cfg.n_fft
 
 
 def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
@@ -365,6 +427,12 @@ class MelVQFitConfig:
     #: a mel codec folder whose mean and codebooks are kept instead of fitted (its config must be this
     #: one's, but for the post-filter): adds a post-filter to a codec whose tokens an LM already uses
     codebooks_from: str = ""
+    #: a split quantizer: per codebook (``codec.n_q`` entries), the bands its k-means sees, ``full``, ``low``
+    #: (bands peaking under ``stage_split_hz``: the pitches) or ``high`` (the rest: the spectral envelope);
+    #: its codewords are zero elsewhere, so encoding and decoding are unchanged. Empty: all ``full`` (a plain
+    #: residual VQ). Keeps the low stages' bits on pitch (docs/codec_training.md, "Pitch: the mel bands")
+    stage_bands: list = dataclasses.field(default_factory=list)
+    stage_split_hz: float = 2000.0
     seed: int = 0
     out_dir: str = "runs/codec_melvq"
 
@@ -383,6 +451,26 @@ class MelVQFitConfig:
             raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
         if (self.post_filter_data_dirs or self.codebooks_from) and not self.codec_config().post_filter_frames:
             raise AudiogenError("mel codec fit: post_filter_data_dirs and codebooks_from need codec.post_filter_frames > 0")
+        if self.stage_bands:
+            n_q = self.codec_config().n_q
+            if len(self.stage_bands) != n_q or not set(self.stage_bands) <= set(STAGE_BANDS):
+                raise AudiogenError(f"mel codec fit: stage_bands needs one of {', '.join(STAGE_BANDS)} for each of "
+                                    f"the {n_q} codebooks, got {self.stage_bands}")
+            masks = self.stage_masks()
+            if not masks.any(1).all():
+                raise AudiogenError(f"mel codec fit: stage_split_hz {self.stage_split_hz:g} leaves a stage of "
+                                    f"stage_bands without any band")
+
+    def stage_masks(self) -> torch.Tensor | None:
+        """``bool[n_q, n_mels]``: the bands each codebook is fitted on (``stage_bands``), or None (all)."""
+        if not self.stage_bands:
+            return None
+        low = torch.from_numpy(band_centres(self.codec_config()) < self.stage_split_hz)
+        return torch.stack([{"full": torch.ones_like(low), "low": low, "high": ~low}[b] for b in self.stage_bands])
+
+
+#: what a stage of :attr:`MelVQFitConfig.stage_bands` may see
+STAGE_BANDS = ("full", "low", "high")
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 32_768) -> torch.Tensor:
@@ -448,10 +536,12 @@ def sample_runs(feats: list[torch.Tensor], run: int, max_runs: int, generator: t
 
 
 def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, state_file=None,
-                  progress: bool = True) -> None:
+                  progress: bool = True, masks: torch.Tensor | None = None) -> None:
     """Fit ``model``'s mean and residual codebooks on frames ``x`` stage by stage (k-means on each
-    stage's residual). With ``state_file``, every finished stage is saved there (atomically) and a
-    rerun continues after the last saved one."""
+    stage's residual). ``masks: bool[n_q, n_mels]`` (:meth:`MelVQFitConfig.stage_masks`): each stage's
+    k-means sees only its bands, and its codewords are zero on the others; the nearest codeword of such a
+    stage is then the nearest on its bands, so encoding needs nothing else. With ``state_file``, every
+    finished stage is saved there (atomically) and a rerun continues after the last saved one."""
     from pathlib import Path
 
     from audiogen.files import atomic_path
@@ -473,7 +563,12 @@ def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, sta
     for s in progress_bar(range(done, cfg.n_q), desc="k-means stages", disable=not progress, initial=done,
                           total=cfg.n_q):
         generator = torch.Generator().manual_seed(seed * 1000 + s)
-        centroids, a = kmeans(residual, cfg.bins, iters, generator)
+        if masks is None:
+            centroids, a = kmeans(residual, cfg.bins, iters, generator)
+        else:
+            keep = masks[s].to(residual.dtype)
+            centroids, a = kmeans(residual * keep, cfg.bins, iters, generator)
+            centroids = centroids * keep
         model.codebooks[s] = centroids
         residual -= centroids[a]
         if state_file is not None:
@@ -579,7 +674,7 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
         generator = torch.Generator().manual_seed(cfg.seed)
         x = sample_frames(feats[: len(train_files)], cfg.frame_stride, cfg.max_frames, generator)
         del feats
-        fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress)
+        fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress, cfg.stage_masks())
         frames = len(x)
     if runs is not None:
         fit_post_filter(model, runs, cfg.post_filter_ridge)

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
                    help="for a model with a beat grid: how strongly the music is pushed onto the beat of the "
                         "tempo (default: the model's recommendation, else 1 = off)")
+    s.add_argument("--label-guidance", type=float, metavar="G", dest="label_guidance",
+                   help="for a model with attribute slots: how strongly the music is pushed towards the requested "
+                        "labels (--genre, --mood, --key, --instruments) beyond what --cfg gives them; no effect on "
+                        "a request without labels (default: the model's recommendation, else 1 = off)")
     s.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
                    help="with beat guidance on: below this tempo it pushes hits onto the beat and off its half-beats "
                         "(which a slow request otherwise fills, so it is heard at double time), above it onto "
@@ -119,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
                    max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
-                   beat_guidance=args.beat_guidance,
+                   beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,
                    offbeat_below_bpm=args.offbeat_below_bpm,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
     job = GenerateJob.from_options(

@@ -98,7 +98,8 @@ def run_model(args: argparse.Namespace) -> int:
           + (f" (against the grid half a beat late below {sp['offbeat_below_bpm']:g} bpm)"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else "")
           + (", not for requests naming only instruments without percussion"
-             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else ""))
+             if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
+          + (f", label guidance {sp['label_guidance']:g}" if sp.get("label_guidance", 1) != 1 else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

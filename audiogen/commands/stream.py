@@ -67,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
                    help="for a model with a beat grid: how strongly the music is pushed onto the beat "
                         "(default: the model's recommendation, else 1 = off)")
+    s.add_argument("--label-guidance", type=float, metavar="G", dest="label_guidance",
+                   help="for a model with attribute slots: how strongly the music is pushed towards the labels "
+                        "(genre, mood, key, instruments) beyond what --cfg gives them, a third more LM work "
+                        "(default: the model's recommendation, else 1 = off; docs/generate.md)")
     s.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
                    help="with beat guidance on: below this tempo it pushes hits onto the beat and off its half-beats "
                         "(which a slow request otherwise fills, so it is heard at double time), above it onto "
@@ -141,16 +145,16 @@ def run(args: argparse.Namespace) -> int:
     start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
                                    instruments=args.instruments, intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
-    from audiogen.generation.pipeline import check_beat_guidance, resolve_model_dir
+    from audiogen.generation.pipeline import check_guidance, resolve_model_dir
     from audiogen.models.checkpoint import load_model, read_config
 
     model_dir = resolve_model_dir(args.model)
     config = read_config(model_dir)
     sampling = stream_sampling(config, temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg,
                                max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
-                               beat_guidance=args.beat_guidance,
+                               beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,
                                offbeat_below_bpm=args.offbeat_below_bpm)
-    check_beat_guidance(config, model_dir, sampling)
+    check_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost)

@@ -22,7 +22,7 @@ from audiogen.audio.io import audio_info, load_audio
 from audiogen.errors import AudiogenError
 from audiogen.files import sha256_file
 from audiogen.generation.sampling import SamplingParams
-from audiogen.models.conditioning import Conditions
+from audiogen.models.conditioning import Conditions, without_labels
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -208,16 +208,23 @@ def check_against_model(model_dir: Path, job: GenerateJob) -> None:
     except (KeyError, TypeError) as e:
         raise AudiogenError(f"{model_dir}: invalid model config (conditioner: {e})") from None
     conditioner.validate_conditions([job.conditions])
-    check_beat_guidance(config, model_dir, job.sampling)
+    check_guidance(config, model_dir, job.sampling)
 
 
-def check_beat_guidance(config: dict, model_dir: Path, sampling: SamplingParams) -> None:
-    """Beat guidance acts through a beat grid alone: asked of a model without one (``config``: its folder's
-    config), it is refused rather than run and recorded in the sidecar as if it had done something."""
+def check_guidance(config: dict, model_dir: Path, sampling: SamplingParams) -> None:
+    """Beat guidance acts through a beat grid alone, label guidance through attribute slots alone: asked of a
+    model without them (``config``: its folder's config), each is refused rather than run and recorded in the
+    sidecar as if it had done something."""
     if sampling.beat_guidance != 1.0 and not (config.get("lm") or {}).get("beat_harmonics"):
         raise AudiogenError(
             f"--beat-guidance {sampling.beat_guidance:g}: the model at {model_dir} has no beat grid, so beat "
             "guidance would do nothing; leave it out (`audiogen info --model DIR` shows a model's grid)"
+        )
+    if sampling.label_guidance != 1.0 and not (config.get("conditioner") or {}).get("attribute_slots", True):
+        raise AudiogenError(
+            f"--label-guidance {sampling.label_guidance:g}: the model at {model_dir} takes no labels (it reads "
+            "text alone), so label guidance would do nothing; leave it out (`audiogen info --model DIR` lists "
+            "what a model accepts)"
         )
 
 
@@ -273,34 +280,36 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
 
 @torch.inference_mode()
 def condition_batch(conditioner, conds: list, guided: bool, device,
-                    no_grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    no_grid: bool = False, no_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cond[B2, L, D], mask[B2, L])``: the conditional rows; with ``no_grid`` (beat guidance) the same
-    rows again, which decoding gives no beat grid; then (``guided``: CFG) the unconditional rows."""
-    cond, mask = conditioner(conds)
+    rows again, which decoding gives no beat grid; with ``no_labels`` (label guidance) the rows without their
+    label slots (:func:`~audiogen.models.conditioning.without_labels`); then (``guided``: CFG) the
+    unconditional rows."""
+    parts = [conditioner(conds)]
     if no_grid:
-        cond, mask = torch.cat([cond, cond]), torch.cat([mask, mask])
+        parts.append(parts[0])
+    if no_labels:
+        parts.append(conditioner(without_labels(conds)))
     if guided:
-        ucond, umask = conditioner.unconditional(len(conds))
-        L = max(cond.shape[1], ucond.shape[1])
-
-        def pad(x, m):
-            return (torch.nn.functional.pad(x, (0, 0, 0, L - x.shape[1])),
-                    torch.nn.functional.pad(m, (0, L - m.shape[1]), value=False))
-
-        (cond, mask), (ucond, umask) = pad(cond, mask), pad(ucond, umask)
-        cond, mask = torch.cat([cond, ucond]), torch.cat([mask, umask])
+        parts.append(conditioner.unconditional(len(conds)))
+    L = max(c.shape[1] for c, _ in parts)
+    pad = torch.nn.functional.pad
+    cond = torch.cat([pad(c, (0, 0, 0, L - c.shape[1])) for c, _ in parts])
+    mask = torch.cat([pad(m, (0, L - m.shape[1]), value=False) for _, m in parts])
     return cond.to(device), mask.to(device)
 
 
 def guided_batch(loaded, conds: list, params, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(cond, mask, beat_step)`` for decoding ``conds`` with ``params``' guidance on ``loaded``'s LM: the
     request's rows, the guidance groups it needs (:meth:`SamplingParams.guidance_rows`), and each row's
-    beat grid (:func:`~audiogen.generation.sampling.beat_steps`)."""
+    beat grid (:func:`~audiogen.generation.sampling.beat_steps`). ``params`` must be those the sampler gets
+    (:meth:`SamplingParams.for_conditions` of ``conds``)."""
     from audiogen.generation.sampling import beat_steps, has_grid
 
-    beat, cfg = params.guidance_rows(has_grid(loaded.lm))
-    cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat)
-    return cond, mask, beat_steps(conds, beat + cfg, loaded.codec.frame_rate, params if beat else None)
+    beat, labels, cfg = params.guidance_rows(has_grid(loaded.lm))
+    cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat, no_labels=labels)
+    return cond, mask, beat_steps(conds, beat + labels + cfg, loaded.codec.frame_rate, params if beat else None,
+                                  label_group=labels)
 
 
 def lm_max_frames(lm_cfg) -> int:
@@ -348,14 +357,15 @@ def run_job(job: GenerateJob) -> list[dict]:
     prompt = continuation_prompt(job, codec, total_frames)
     W = window_frames(loaded, fr, job.window_s)
     context = max(1, int(W * CONTEXT_FRACTION))  # frames of the previous window that prompt the next
-    cond, mask, beat_step = guided_batch(loaded, [job.conditions] * job.variations, job.sampling, job.device)
+    sampling = job.sampling.for_conditions([job.conditions])
+    cond, mask, beat_step = guided_batch(loaded, [job.conditions] * job.variations, sampling, job.device)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
     silence = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
 
     def sample(seed: int, on_frame=None) -> tuple[torch.Tensor, np.ndarray]:
         """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
         g = torch.Generator(device=job.device).manual_seed(seed)
-        c = generate_codes(lm, cond, mask, new_frames, job.sampling, g, W, context, prompt=prompt, engine=job.engine,
+        c = generate_codes(lm, cond, mask, new_frames, sampling, g, W, context, prompt=prompt, engine=job.engine,
                            on_frame=on_frame, guard=silence, beat_step=beat_step)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
         return c, codec.decode(c).float().cpu().numpy()

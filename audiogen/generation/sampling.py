@@ -20,7 +20,7 @@ pattern position per forward pass after a single prefill:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, partial
 
 import torch
@@ -56,6 +56,12 @@ class SamplingParams:
     #: drum hits, which such a request did not ask for; False plays it on the grid without the push (the
     #: default model: docs/generate.md, "Attributes")
     beat_push_tonal: bool = True
+    #: guidance towards the request's labels (genre, mood, key, instruments through a model's attribute
+    #: slots; 1 = off): the logits are pushed away from those of the same request without its label slots
+    #: (text and tempo kept), ``request + (label_guidance - 1) * (request - unlabelled)``, before
+    #: classifier-free guidance. Classifier-free guidance pushes the text, the tempo and the labels alike;
+    #: this pushes the labels alone (docs/generate.md, "Label guidance")
+    label_guidance: float = 1.0
 
     def pushes(self, instruments) -> bool:
         """Whether beat guidance pushes a request for ``instruments`` (a list of names, or None)."""
@@ -72,10 +78,19 @@ class SamplingParams:
         grid and beat guidance on; ``offbeat_below_bpm``) rather than no grid."""
         return self.beat_guidance != 1.0 and bool(bpm) and bpm < self.offbeat_below_bpm
 
-    def guidance_rows(self, grid: bool) -> tuple[bool, bool]:
-        """(beat guidance on, classifier-free guidance on) for a model with or without a beat grid: which
-        row groups follow the request's rows in a batch (:func:`guide`)."""
-        return grid and self.beat_guidance != 1.0, self.cfg_scale != 1.0
+    def guidance_rows(self, grid: bool) -> tuple[bool, bool, bool]:
+        """(beat guidance on, label guidance on, classifier-free guidance on) for a model with or without a
+        beat grid: which row groups follow the request's rows in a batch, in this order (:func:`guide`)."""
+        return grid and self.beat_guidance != 1.0, self.label_guidance != 1.0, self.cfg_scale != 1.0
+
+    def for_conditions(self, conds) -> "SamplingParams":
+        """These parameters for a batch of requests ``conds``: label guidance off when none of them names a
+        label (its contrast rows would equal the request's, a third more work for no change)."""
+        from audiogen.models.conditioning import LABELS
+
+        if self.label_guidance != 1.0 and not any(getattr(c, a.name) for c in conds for a in LABELS):
+            return replace(self, label_guidance=1.0)
+        return self
 
     def validate(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -88,6 +103,8 @@ class SamplingParams:
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
         if not (math.isfinite(self.beat_guidance) and self.beat_guidance >= 0):
             raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
+        if not (math.isfinite(self.label_guidance) and self.label_guidance >= 0):
+            raise AudiogenError(f"label guidance must be a finite number >= 0 (1 = off), got {self.label_guidance}")
         if not (math.isfinite(self.offbeat_below_bpm) and self.offbeat_below_bpm >= 0):
             raise AudiogenError(f"offbeat-below must be a finite tempo in bpm >= 0 (0 = off), "
                                 f"got {self.offbeat_below_bpm}")
@@ -115,14 +132,17 @@ def has_grid(lm) -> bool:
     return bool(getattr(lm.cfg, "beat_harmonics", 0))
 
 
-def guide(logits: torch.Tensor, params: SamplingParams, beat: bool, cfg: bool) -> torch.Tensor:
+def guide(logits: torch.Tensor, params: SamplingParams, beat: bool, labels: bool, cfg: bool) -> torch.Tensor:
     """``logits: [G * B, ...]`` of the row groups (the request; the request without the beat grid when
-    ``beat``; unconditional when ``cfg``) -> the guided ``[B, ...]``: first towards the grid, then
-    classifier-free guidance from the unconditional rows."""
-    groups = logits.chunk(1 + beat + cfg)
+    ``beat``; the request without its label slots when ``labels``; unconditional when ``cfg``) -> the guided
+    ``[B, ...]``: towards the grid, towards the labels, then classifier-free guidance from the unconditional
+    rows."""
+    groups = logits.chunk(1 + beat + labels + cfg)
     out = groups[0]
     if beat:
         out = groups[1] + params.beat_guidance * (out - groups[1])
+    if labels:
+        out = out + (params.label_guidance - 1.0) * (groups[0] - groups[1 + beat])
     if cfg:
         out = groups[-1] + params.cfg_scale * (out - groups[-1])
     return out
@@ -497,7 +517,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
 
 
 def beat_steps(conds: list, extra_groups: int, frame_rate: float,
-               beat_guidance: SamplingParams | None = None) -> torch.Tensor:
+               beat_guidance: SamplingParams | None = None, label_group: bool = False) -> torch.Tensor:
     """``DoubleTensor[G * B, 2]``: each row's beat grid in the rows of
     :func:`~audiogen.generation.pipeline.condition_batch`, as (beats per frame, ``bpm / 60 / frame_rate``; phase
     offset in beats). NaN (no grid) for a row without a tempo and for the ``extra_groups`` groups of guidance
@@ -505,16 +525,21 @@ def beat_steps(conds: list, extra_groups: int, frame_rate: float,
     without one: the grid drops with the tempo). ``beat_guidance``: the sampling when the first extra group is
     beat guidance's contrast; its rows then read the grid half a beat late for a request slower than
     ``offbeat_below_bpm`` (:meth:`SamplingParams.offbeat`), and the request's own grid for a request beat
-    guidance does not push (:meth:`SamplingParams.pushes`): guidance between two equal rows changes nothing."""
+    guidance does not push (:meth:`SamplingParams.pushes`): guidance between two equal rows changes nothing.
+    ``label_group``: the next extra group is label guidance's contrast (the request without its labels), which
+    reads the request's own grid."""
     none = (math.nan, 0.0)
     request = [(c.bpm / 60.0 / frame_rate, 0.0) if c.bpm else none for c in conds]
-    contrast = []
-    for c, (step, _) in zip(conds, request):
-        if beat_guidance is not None and not beat_guidance.pushes(c.instruments):
-            contrast.append((step, 0.0))
-        else:
-            contrast.append((step, 0.5) if beat_guidance is not None and beat_guidance.offbeat(c.bpm) else none)
-    extra = contrast + [none] * len(conds) * (int(extra_groups) - 1) if extra_groups else []
+    extra = []
+    if beat_guidance is not None:
+        for c, (step, _) in zip(conds, request):
+            if not beat_guidance.pushes(c.instruments):
+                extra.append((step, 0.0))
+            else:
+                extra.append((step, 0.5) if beat_guidance.offbeat(c.bpm) else none)
+    if label_group:
+        extra += request
+    extra += [none] * (len(conds) * int(extra_groups) - len(extra))
     return torch.tensor(request + extra, dtype=torch.float64).reshape(-1, 2)
 
 

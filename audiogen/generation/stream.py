@@ -302,8 +302,8 @@ class ConditionMix:
     and the mask with ``log(weight)`` added to each set's slots.
     """
 
-    def __init__(self, lm, conditioner, rows: tuple[bool, bool], device, dtype):
-        self.lm, self.conditioner, self.rows = lm, conditioner, rows  # (beat guidance, CFG) row groups
+    def __init__(self, lm, conditioner, rows: tuple[bool, bool, bool], device, dtype):
+        self.lm, self.conditioner, self.rows = lm, conditioner, rows  # (beat, label, CF) guidance row groups
         self.device, self.dtype = device, dtype
         self._encoded: dict[str, tuple[list, torch.Tensor]] = {}
         self._bpm: dict[str, float | None] = {}  # set key -> its tempo (the beat grid's)
@@ -318,8 +318,8 @@ class ConditionMix:
 
         key = repr(cond)
         if key not in self._encoded:
-            beat, cfg = self.rows
-            c, m = condition_batch(self.conditioner, [cond], cfg, self.device, no_grid=beat)
+            beat, labels, cfg = self.rows
+            c, m = condition_batch(self.conditioner, [cond], cfg, self.device, no_grid=beat, no_labels=labels)
             c = c.to(self.dtype)
             mem = self.lm.project_conditions(c, m)
             kv = [layer.cross_kv(mem) for layer in self.lm.layers]
@@ -398,7 +398,7 @@ class TokenStream:
             raise AudiogenError(f"a window of {window} frames needs {self.positions} positions; the model has "
                                 f"{lm.cfg.max_positions}")
         self.grid = has_grid(lm)
-        self.rows = params.guidance_rows(self.grid)  # (beat guidance, CFG): the row groups after the request's
+        self.rows = params.guidance_rows(self.grid)  # (beat, label, CF guidance): the row groups after the request's
         self.B2 = 1 + sum(self.rows)
         self.guided = self.B2 > 1
         self.cache = lm.init_cache(self.B2, self.positions, device, dtype)
@@ -440,10 +440,11 @@ class TokenStream:
 
     def _beat(self, phase: torch.Tensor) -> torch.Tensor | None:
         """``phase: FloatTensor[2, S]`` (the request's; beat guidance's contrast row's) -> the ``[B2, S]`` beat
-        input (the classifier-free guidance rows have no grid), or None."""
+        input (label guidance's row reads the request's grid, the classifier-free guidance rows have none), or
+        None."""
         if not self.grid:
             return None
-        rows = phase[: 1 + self.rows[0]]
+        rows = torch.cat([phase[: 1 + self.rows[0]], phase[:1].expand(int(self.rows[1]), -1)])
         return torch.cat([rows, torch.full_like(phase[:1], math.nan).expand(self.B2 - len(rows), -1)])
 
     @torch.inference_mode()

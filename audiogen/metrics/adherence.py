@@ -360,12 +360,13 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
                      top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
                      beat_guidance: float | None = None, offbeat_below_bpm: float | None = None,
-                     attributes=None) -> dict:
+                     attributes=None, label_guidance: float | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
     reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
-    recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid): None
+    recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid),
+    ``label_guidance`` (a model with attribute slots): None
     takes the model's recommendation (its config's ``generation.sampling``), as generate does. ``attributes``:
     measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
     import json
@@ -400,8 +401,11 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     from audiogen.generation.sampling import SamplingParams
 
     sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance,
-                                        offbeat_below_bpm=offbeat_below_bpm)
+                                        offbeat_below_bpm=offbeat_below_bpm, label_guidance=label_guidance)
     sampling.validate()
+    from audiogen.generation.pipeline import check_guidance
+
+    check_guidance(loaded.config, Path(str(model_dir)), sampling)
     if cfg_scales is None:
         cfg_scales = sorted({1.0, 3.0, float(sampling.cfg_scale)})
     plans, skipped = plan_requests(ccfg, clips, seed)
@@ -435,7 +439,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     report = {
         "model_dir": str(model_dir), "data_dir": None if data_dir is None else str(data_dir),
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
-        "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance,
+        "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance, "label_guidance": sampling.label_guidance,
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
@@ -596,6 +600,7 @@ def summary_markdown(report: dict) -> str:
              + (f", beat guidance {report['beat_guidance']:g}" if report.get("beat_guidance", 1.0) != 1.0 else "")
              + (f" (contrast half a beat late below {report['offbeat_below_bpm']:g} bpm)"
                 if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
+             + (f", label guidance {report['label_guidance']:g}" if report.get("label_guidance", 1.0) != 1.0 else "")
              + "; intervals are 95 %. Generated clips: `clips/`. "
              f"Generation {report['generation_seconds']:g} s of {report['total_seconds']:g} s in all.", ""]
 

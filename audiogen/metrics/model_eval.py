@@ -33,6 +33,7 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
 
     codec = loaded.codec
     device = next(loaded.lm.parameters()).device
+    params = params.for_conditions(conds)
     cond, mask, beat_step = guided_batch(loaded, conds, params, device)
     W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import os
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -366,6 +366,13 @@ class ConditionEncoder(nn.Module):
         """The CFG null condition: ``(zeros[n, 1, dim], all-False mask[n, 1])``."""
         device = next(self.parameters()).device
         return torch.zeros(n, 1, self.cfg.dim, device=device), torch.zeros(n, 1, dtype=torch.bool, device=device)
+
+
+def without_labels(conds: list[Conditions]) -> list[Conditions]:
+    """``conds`` without their labels (the :data:`LABELS` attributes: genre, mood, key, instruments); text and
+    tempo kept. Label guidance's contrast rows (:class:`~audiogen.generation.sampling.SamplingParams`), which
+    training's per-attribute dropout taught the model (:func:`drop_conditions`)."""
+    return [replace(c, **{a.name: None for a in LABELS}) for c in conds]
 
 
 def drop_conditions(conds: list[Conditions], cfg: ConditionerConfig, generator: torch.Generator) -> list[Conditions]:

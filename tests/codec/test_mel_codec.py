@@ -573,3 +573,67 @@ def test_code_loudness_is_what_each_codeword_decodes_to_and_the_quiet_ones_are_s
     assert silent.dtype == torch.bool and bool(silent[0]) and bool(silent[1])
     music = torch.tensor([v > codec.SILENT_LUFS + 5 for v in measured.values()])
     assert music.sum() >= 5 and not silent[1:10][music].any()
+
+
+def test_the_pitch_filterbank_gives_every_semitone_its_own_band_where_slaneys_does_not():
+    """From 200 Hz (where a semitone outgrows an FFT bin) to 2 kHz, consecutive semitones peak in consecutive
+    bands of the pitch filterbank; 80 Slaney bands put several semitones in one band there."""
+    from audiogen.codec.mel import mel_filterbank, pitch_band_count
+
+    pitch = MelVQConfig.from_dict({"n_mels": 88, "filterbank": "pitch"})
+    assert pitch_band_count(pitch) == 88 and mel_filterbank(pitch).shape == (1025, 88)
+    tones = 220.0 * 2 ** (np.arange(0, 36) / 12)  # A3 up three octaves, to 1.66 kHz
+    t = np.arange(12000) / 24000
+
+    def peak_bands(cfg):
+        model = MelVQModel(cfg)
+        x = torch.from_numpy(np.stack([np.sin(2 * np.pi * f * t) for f in tones]).astype(np.float32))[:, None]
+        return model.features(x)[:, 5].argmax(-1).tolist()  # a frame in the middle of each tone
+
+    bands = peak_bands(pitch)
+    assert all(b - a == 1 for a, b in zip(bands, bands[1:])), bands
+    slaney = peak_bands(MelVQConfig(n_mels=80))
+    assert len(set(slaney)) < len(tones) - 6, slaney
+    with pytest.raises(AudiogenError, match="has 88 bands; set n_mels: 88"):
+        MelVQConfig.from_dict({"n_mels": 80, "filterbank": "pitch"})
+    with pytest.raises(AudiogenError, match="filterbank must be one of slaney, pitch"):
+        MelVQConfig.from_dict({"filterbank": "bark"})
+
+
+def test_a_split_quantizer_fits_each_stage_on_its_bands_and_encodes_as_before(tmp_path):
+    """``stage_bands``: a ``low`` stage's codewords are zero above ``stage_split_hz``, a ``high`` one's below;
+    the codec then encodes and decodes like any other, and each stage brings the residual down on its bands."""
+    from audiogen.codec.mel import MelVQFitConfig, band_centres
+    from conftest import synth_music
+
+    fit = MelVQFitConfig(codec={**SMALL, "n_q": 4, "beam": 1}, stage_bands=["full", "low", "high", "low"],
+                         stage_split_hz=1500.0)  # greedy: each stage's choice is its own (a beam may revise stage 0)
+    fit.validate()
+    cfg = fit.codec_config()
+    masks = fit.stage_masks()
+    low = torch.from_numpy(band_centres(cfg) < 1500.0)
+    assert masks.shape == (4, cfg.n_mels) and 0 < int(low.sum()) < cfg.n_mels
+    assert torch.equal(masks[1], low) and torch.equal(masks[2], ~low) and bool(masks[0].all())
+    model = MelVQModel(cfg)
+    x = model.features(torch.from_numpy(synth_music(20.0, seed=1))[None])[0]
+    fit_codebooks(model, x, 6, 0, progress=False, masks=masks)
+    assert model.codebooks[1][:, ~low].abs().max() == 0 and model.codebooks[3][:, ~low].abs().max() == 0
+    assert model.codebooks[2][:, low].abs().max() == 0 and model.codebooks[1][:, low].abs().max() > 0
+    codec = C.MelVQCodec(model.eval(), cfg, "split")
+    wav = torch.from_numpy(synth_music(4.0, seed=5))[None]
+    feats = model.features(wav[..., : wav.shape[-1] // cfg.hop * cfg.hop])
+    errors = []
+    for k in (1, 2, 3):
+        codec.num_codebooks = k
+        decoded = model.dequantize(codec.encode(wav)[..., : feats.shape[1]])
+        errors.append(((decoded - feats) ** 2).mean(1)[0])  # per band
+    assert errors[1][low].mean() < errors[0][low].mean()  # the low stage improved the low bands
+    assert torch.allclose(errors[1][~low], errors[0][~low])  # and left the others exactly as they were
+    assert errors[2][~low].mean() < errors[1][~low].mean()
+    for bad, match in ((["full", "low"], "one of full, low, high for each of the 4"),
+                       (["full", "low", "mid", "low"], "one of full, low, high"),):
+        with pytest.raises(AudiogenError, match=match):
+            MelVQFitConfig(codec={**SMALL, "n_q": 4}, stage_bands=bad).validate()
+    with pytest.raises(AudiogenError, match="without any band"):
+        MelVQFitConfig(codec={**SMALL, "n_q": 4}, stage_bands=["full", "high", "low", "low"],
+                       stage_split_hz=1.0).validate()

@@ -249,16 +249,18 @@ def grid_model(tmp_path_factory, tiny_codec):
     return loaded
 
 
-@pytest.mark.parametrize("beat_guidance, offbeat_below", [(1.0, 0.0), (3.0, 0.0), (3.0, 120.0)])
-def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance, offbeat_below):
+@pytest.mark.parametrize("beat_guidance, offbeat_below, label_guidance",
+                         [(1.0, 0.0, 1.0), (3.0, 0.0, 1.0), (3.0, 120.0, 1.0), (3.0, 120.0, 2.5), (1.0, 0.0, 2.5)])
+def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance, offbeat_below, label_guidance):
     """Greedy streaming inside one window is generate_window's decode with the same grid (and the same
     beat guidance, whose contrast row reads no grid or, below ``offbeat_below_bpm``, the grid half a beat
-    late), and the grid's count follows a tempo glide frame by frame (a new tempo does not restart it)."""
+    late; and the same label guidance, whose contrast row reads the request's grid), and the grid's count
+    follows a tempo glide frame by frame (a new tempo does not restart it)."""
     from audiogen.generation.pipeline import guided_batch
     from audiogen.generation.stream import MusicStream, StreamSettings, state_from
 
     params = SamplingParams(temperature=0.0, cfg_scale=1.0, beat_guidance=beat_guidance,
-                            offbeat_below_bpm=offbeat_below)
+                            offbeat_below_bpm=offbeat_below, label_guidance=label_guidance)
     s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
         chunk_s=0.25, window_s=2.0, decode_context_s=0.2, level=False, sampling=params))
     t, fr = s.tokens, grid_model.codec.frame_rate
@@ -268,7 +270,7 @@ def test_stream_reads_the_grid_generate_reads(grid_model, beat_guidance, offbeat
     assert bool(torch.isnan(t.phases[1]).all()) != params.offbeat(90)
     cond = state_from({"genre": "ambient", "bpm": 90}).conditions()
     c, m, step = guided_batch(grid_model, [cond], params, "cpu")
-    assert c.shape[0] == (2 if beat_guidance != 1 else 1)
+    assert c.shape[0] == 1 + (beat_guidance != 1) + (label_guidance != 1)
     ref = generate_window(grid_model.lm, c, m, 60, params, None, engine="eager", beat_step=step)[0]
     n = 60 - t.K + 1
     assert torch.equal(t.frames_between(0, n), ref[:, :n])
@@ -334,10 +336,10 @@ def test_guide_pushes_from_the_gridless_rows_then_from_the_unconditional_rows():
 
     c, n, u = torch.tensor([[3.0]]), torch.tensor([[1.0]]), torch.tensor([[0.0]])
     p = SamplingParams(cfg_scale=2.0, beat_guidance=4.0)
-    assert guide(torch.cat([c, n, u]), p, True, True).item() == pytest.approx(2 * (1 + 4 * (3 - 1)))
-    assert guide(torch.cat([c, n]), p, True, False).item() == pytest.approx(1 + 4 * (3 - 1))
-    assert guide(torch.cat([c, u]), p, False, True).item() == pytest.approx(2 * 3)
-    assert p.guidance_rows(grid=False) == (False, True)  # no grid: nothing to guide towards
+    assert guide(torch.cat([c, n, u]), p, True, False, True).item() == pytest.approx(2 * (1 + 4 * (3 - 1)))
+    assert guide(torch.cat([c, n]), p, True, False, False).item() == pytest.approx(1 + 4 * (3 - 1))
+    assert guide(torch.cat([c, u]), p, False, False, True).item() == pytest.approx(2 * 3)
+    assert p.guidance_rows(grid=False) == (False, False, True)  # no grid: nothing to guide towards
     with pytest.raises(Exception, match="beat guidance"):
         SamplingParams(beat_guidance=-1.0).validate()
 

@@ -1,0 +1,113 @@
+"""Label guidance: the request's labels (genre, mood, key, instruments) pushed beyond what classifier-free
+guidance gives them, against the same request without its label slots (``SamplingParams.label_guidance``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from audiogen.errors import AudiogenError
+from audiogen.generation.pipeline import check_guidance, condition_batch, guided_batch
+from audiogen.generation.sampling import SamplingParams, beat_steps, generate_window, guide
+from audiogen.models.conditioning import Conditions, without_labels
+
+
+@pytest.fixture(scope="module")
+def labelled_model(tmp_path_factory, tiny_codec):
+    """A random tiny LM with attribute slots for every label and a beat grid, loaded from a model directory."""
+    from audiogen.models.checkpoint import load_model, save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
+
+    torch.manual_seed(0)
+    ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
+                             keys=["C major", "A minor"], instruments=["piano", "drums"],
+                             bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
+    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
+                         cond_dim=32, max_positions=512, beat_harmonics=3))
+    conditioner = ConditionEncoder(ccfg)
+    with torch.no_grad():  # labels a random model hears: its tables' embeddings are otherwise too small to matter
+        for table in conditioner.tables.values():
+            table.weight.mul_(50.0)
+    d = tmp_path_factory.mktemp("model") / "labelled"
+    save_model_dir(d, lm, conditioner, {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
+                                                   "describe": tiny_codec.describe()})
+    return load_model(d)
+
+
+REQUEST = Conditions(genre="rock", mood="dark", key="A minor", instruments=["piano"], bpm=90.0)
+
+
+def test_guide_adds_the_label_push_between_beat_guidance_and_cfg():
+    c, n, nolab, u = (torch.tensor([[v]]) for v in (3.0, 1.0, 2.0, 0.0))
+    p = SamplingParams(cfg_scale=2.0, beat_guidance=4.0, label_guidance=3.0)
+    beat = 1 + 4 * (3 - 1)  # 9: towards the grid
+    assert guide(torch.cat([c, n, nolab, u]), p, True, True, True).item() == pytest.approx(2 * (beat + 2 * (3 - 2)))
+    assert guide(torch.cat([c, nolab]), p, False, True, False).item() == pytest.approx(3 + 2 * (3 - 2))
+    assert guide(torch.cat([c, nolab, u]), p, False, True, True).item() == pytest.approx(2 * (3 + 2 * (3 - 2)))
+    assert p.guidance_rows(grid=True) == (True, True, True)
+    assert SamplingParams(label_guidance=1.0).guidance_rows(grid=False) == (False, False, True)
+    with pytest.raises(AudiogenError, match="label guidance"):
+        SamplingParams(label_guidance=float("nan")).validate()
+
+
+def test_the_contrast_rows_are_the_request_without_its_labels(labelled_model):
+    """Text and tempo kept, every label slot empty; the request's own rows unchanged by the extra group."""
+    assert without_labels([REQUEST]) == [Conditions(bpm=90.0)]
+    conditioner = labelled_model.conditioner
+    plain, plain_mask = condition_batch(conditioner, [REQUEST], True, "cpu")
+    cond, mask = condition_batch(conditioner, [REQUEST], True, "cpu", no_grid=True, no_labels=True)
+    assert cond.shape[0] == 4
+    assert torch.equal(cond[:1], plain[:1]) and torch.equal(cond[1:2], plain[:1])  # request, no-grid copy
+    assert torch.equal(cond[3:], plain[1:]) and torch.equal(mask[3:], plain_mask[1:])  # unconditional
+    only_tempo, only_tempo_mask = conditioner([Conditions(bpm=90.0)])
+    assert torch.equal(cond[2:3], only_tempo) and torch.equal(mask[2:3], only_tempo_mask)
+    assert int(mask[0].sum()) == 5 and int(mask[2].sum()) == 1  # genre, mood, key, piano, tempo -> tempo
+
+
+def test_the_contrast_rows_read_the_requests_grid():
+    conds = [Conditions(bpm=120.0, genre="rock"), Conditions(genre="rock")]
+    steps = beat_steps(conds, 3, 50.0, SamplingParams(beat_guidance=3.0), label_group=True)
+    request = steps[:2]
+    assert torch.isnan(steps[2:4, 0]).all()  # beat guidance's contrast: no grid
+    assert torch.equal(steps[4:6].nan_to_num(-1), request.nan_to_num(-1))  # label guidance's: the request's
+    assert torch.isnan(steps[6:, 0]).all()  # unconditional: no grid
+
+
+def test_label_guidance_is_cfg_against_the_unlabelled_rows(labelled_model):
+    """With CFG off, label guidance G decodes exactly as classifier-free guidance G whose "unconditional" rows
+    are the request without its labels: the sampler reads the contrast group where it should, and it changes
+    the music (the same seed samples other codes than with label guidance off)."""
+    lm = labelled_model.lm
+    params = SamplingParams(top_k=0, cfg_scale=1.0, label_guidance=3.0)
+
+    def gen():
+        return torch.Generator().manual_seed(0)
+
+    cond, mask, step = guided_batch(labelled_model, [REQUEST], params, "cpu")
+    assert cond.shape[0] == 2
+    ours = generate_window(lm, cond, mask, 40, params, gen(), engine="eager", beat_step=step)
+    as_cfg = replace(params, label_guidance=1.0, cfg_scale=3.0)
+    # CFG rows normally have no grid; give them the request's, as the label contrast has
+    ref_step = torch.cat([step[:1], step[:1]])
+    ref = generate_window(lm, cond, mask, 40, as_cfg, gen(), engine="eager", beat_step=ref_step)
+    assert torch.equal(ours, ref)
+    off = replace(params, label_guidance=1.0)
+    c1, m1, s1 = guided_batch(labelled_model, [REQUEST], off, "cpu")
+    assert not torch.equal(ours, generate_window(lm, c1, m1, 40, off, gen(), engine="eager", beat_step=s1))
+
+
+def test_a_request_without_labels_skips_the_contrast_rows():
+    params = SamplingParams(label_guidance=3.0)
+    assert params.for_conditions([Conditions(text="calm", bpm=90.0)]).label_guidance == 1.0
+    assert params.for_conditions([Conditions(text="calm"), Conditions(key="C major")]) is params
+
+
+def test_a_model_without_label_slots_refuses_label_guidance(tmp_path):
+    text_only = {"conditioner": {"attribute_slots": False}, "lm": {}}
+    with pytest.raises(AudiogenError, match="takes no labels"):
+        check_guidance(text_only, tmp_path, SamplingParams(label_guidance=2.0))
+    check_guidance(text_only, tmp_path, SamplingParams(label_guidance=1.0))
+    check_guidance({"conditioner": {}, "lm": {}}, tmp_path, SamplingParams(label_guidance=2.0))  # slots: default
