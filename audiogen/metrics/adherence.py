@@ -346,13 +346,17 @@ def _spread(rows: list[dict], rng: np.random.Generator) -> list[dict]:
 # ---------------------------------------------------------------------------------- runner
 
 
-def analyse_clip(wav: np.ndarray, sample_rate: int) -> dict:
+def analyse_clip(wav: np.ndarray, sample_rate: int, tempo: bool = True) -> dict:
     """prep's tempo and key estimates of one ``wav: [C, N]`` (the estimators docs/prep.md validated:
-    ``levels`` tempo, Temperley profiles on STFT chroma)."""
+    ``levels`` tempo, Temperley profiles on STFT chroma); ``tempo=False``: the key alone (the tempo estimate
+    is most of the work after the features)."""
     from audiogen.data.labels import _analysis_features, estimate_bpm, estimate_key
 
     env, chroma = _analysis_features(wav.mean(axis=0), sample_rate)
-    return {"bpm": estimate_bpm(env, chroma=chroma), "key": estimate_key(chroma.mean(axis=1))}
+    out = {"key": estimate_key(chroma.mean(axis=1))}
+    if tempo:
+        out["bpm"] = estimate_bpm(env, chroma=chroma)
+    return out
 
 
 def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_dir: str | Path | None,

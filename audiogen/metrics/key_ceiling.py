@@ -9,7 +9,8 @@ own limit)::
 
     report = key_ceiling(".cache/data_pf_deb", ".cache/debian-all", "audiogen/default_model/codec")
 
-Counted against the label and against the source's own estimate, with Wilson intervals. See
+Counted against the label and against the source's own estimate (rows whose source has one) with the
+adherence report's :func:`~audiogen.metrics.adherence.key_stats`, with Wilson intervals. See
 docs/adherence.md, "The same ceiling for the mode".
 """
 
@@ -26,12 +27,6 @@ MODES = ("major", "minor")
 
 def _mode(key: str | None) -> str | None:
     return key.split()[-1].lower() if key else None
-
-
-def _same_key(a: str | None, b: str | None) -> bool:
-    from audiogen.data.estimators import _parse_key
-
-    return a is not None and b is not None and _parse_key(a) == _parse_key(b)
 
 
 def pick_rows(data_dir: str | Path, per_mode: int, seed: int = 0, split: str = "valid") -> list[dict]:
@@ -59,7 +54,7 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
 
     from audiogen.audio.io import load_audio
     from audiogen.codec.base import load_codec
-    from audiogen.metrics.adherence import _proportion, analyse_clip
+    from audiogen.metrics.adherence import analyse_clip, key_stats
     from audiogen.progress import progress_bar
 
     if per_mode < 1 or seconds <= 0:
@@ -79,24 +74,24 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
         off = r["start_s"] + max(0.0, (r["duration_s"] - seconds) / 2)
         wav, _ = load_audio(path, sr, codec.channels, offset_s=off, duration_s=min(seconds, r["duration_s"]))
         x = torch.from_numpy(wav)[None]
-        est = {"label": r["key"], "source": analyse_clip(wav, sr)["key"]}
+        est = {"label": r["key"], "source": analyse_clip(wav, sr, tempo=False)["key"]}
         with torch.no_grad():
             est["codec"] = analyse_clip(codec.decode(codec.encode(x))[0].float().numpy()[..., : wav.shape[-1]],
-                                        sr)["key"]
+                                        sr, tempo=False)["key"]
             if mel is not None:
                 x = x[..., : x.shape[-1] // mel.config.hop * mel.config.hop]
                 feats = mel.features(x)
                 phase = torch.rand(1, mel.config.n_fft // 2 + 1, feats.shape[1], generator=gen) * 2 * np.pi
-                est["mel"] = analyse_clip(mel.synthesize(feats, phase)[0].numpy(), sr)["key"]
+                est["mel"] = analyse_clip(mel.synthesize(feats, phase)[0].numpy(), sr, tempo=False)["key"]
         out.append({"source_file": r["source"], "start_s": off, **est})
-    n = len(out)
     summary = {}
+    heard = [o for o in out if o["source"] is not None]  # the source's own estimate: what "kept" is against
     for v in [k for k in out[0] if k not in ("source_file", "start_s", "label")]:
-        summary[v] = {"mode_vs_label": _proportion(sum(_mode(o[v]) == _mode(o["label"]) for o in out), n),
-                      "key_vs_label": _proportion(sum(_same_key(o[v], o["label"]) for o in out), n)}
+        vs_label = key_stats([o["label"] for o in out], [o[v] for o in out])
+        summary[v] = {"mode_vs_label": vs_label["mode"], "key_vs_label": vs_label["key"]}
         if v != "source":
-            summary[v]["mode_vs_source"] = _proportion(sum(_mode(o[v]) == _mode(o["source"]) for o in out), n)
-            summary[v]["key_vs_source"] = _proportion(sum(_same_key(o[v], o["source"]) for o in out), n)
+            vs_source = key_stats([o["source"] for o in heard], [o[v] for o in heard])
+            summary[v]["mode_vs_source"], summary[v]["key_vs_source"] = vs_source["mode"], vs_source["key"]
     return {"data_dir": str(data_dir), "codec": codec.describe(), "num_codebooks": codec.num_codebooks,
             "seconds": seconds, "seed": seed,
             "rows_by_mode": {m: sum(_mode(o["label"]) == m for o in out) for m in MODES}, "summary": summary,
