@@ -2,7 +2,10 @@
 
 ``finish(wav, sr, spec)`` turns raw decoder output into a deliverable:
 
-1. DC and sub-audible rumble removed (``audio.shaping.remove_dc``);
+1. DC and sub-audible rumble removed (``audio.shaping.remove_dc``), and bursts (half a second
+   20-40 dB over the music around it, a decoder glitch) taken down to 12 dB over it
+   (``audio.shaping.BurstTamer``): a burst left in would set the track's loudness, and the music
+   around it would play far under the target;
 2. exact duration to the sample, or a seamless loop: the audio rendered past the end is
    crossfaded (equal power) into the head, so the last sample flows into the first;
 3. equal-power fade-in / fade-out (not in loop mode: a faded loop is not seamless);
@@ -28,7 +31,7 @@ import numpy as np
 
 from audiogen.audio.io import WRITE_FORMATS, write_audio
 from audiogen.audio.loudness import db_to_gain, integrated_loudness, measure_file, true_peak_envelope
-from audiogen.audio.shaping import apply_fades, equal_power_fade, remove_dc
+from audiogen.audio.shaping import BurstTamer, apply_fades, equal_power_fade, remove_dc
 from audiogen.errors import AudiogenError
 from audiogen.files import atomic_path, atomic_write_text
 
@@ -51,6 +54,7 @@ class FinishSpec:
     lufs: float = -16.0
     true_peak_db: float = -1.0
     remove_dc: bool = True
+    tame_bursts: bool = True
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -193,6 +197,8 @@ def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
         raise AudiogenError("the audio contains NaN or infinite samples (a model whose output diverged; with "
                             "--dtype float16 try bfloat16 or float32)")
     x = remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
+    if spec.tame_bursts:
+        x = BurstTamer(sample_rate, x.shape[0])(x)
     if spec.loop:
         x = make_loop(x, n, spec.crossfade_samples(sample_rate))
     else:

@@ -585,10 +585,12 @@ class LevelFollower:
 
     def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
         from audiogen.audio.loudness import KWeighting
+        from audiogen.audio.shaping import BurstTamer
 
         self.sr, self.channels, self.lufs = sample_rate, channels, lufs
         self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
         self.k_weighting = KWeighting(sample_rate, channels)
+        self.tamer = BurstTamer(sample_rate, channels)
         self.dc_b, self.dc_a = scipy.signal.butter(2, 10.0 / (sample_rate / 2), "highpass")
         self.dc_state = np.zeros((channels, 2))
         self.block = int(self.BLOCK_S * sample_rate)
@@ -752,7 +754,7 @@ class LevelFollower:
         from scipy.signal import lfilter
 
         x, self.dc_state = lfilter(self.dc_b, self.dc_a, x.astype(np.float64), axis=1, zi=self.dc_state)
-        x = x.astype(np.float32)
+        x = self.tamer(x.astype(np.float32))
         n = x.shape[1]
         ysq = (self.k_weighting(x) ** 2).sum(axis=0)
         played = self.e_in or self.partial[0]
