@@ -6,6 +6,10 @@
    20-40 dB over the music around it, a decoder glitch) taken down to 12 dB over it
    (``audio.shaping.BurstTamer``): a burst left in would set the track's loudness, and the music
    around it would play far under the target;
+   then the level evened (``audio.level.even_level``, unless ``even_level=False``): the stream's
+   level stage, a loudness follower holding the 3 s loudness near the target, so a take whose level
+   drifts (a quarter of the default model's 30 s takes rise 8-16 dB after 20 s) does not play its
+   first part far under the target;
 2. exact duration to the sample, or a seamless loop: the audio rendered past the end is
    crossfaded (equal power) into the head, so the last sample flows into the first;
 3. equal-power fade-in / fade-out (not in loop mode: a faded loop is not seamless);
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from audiogen.audio.io import WRITE_FORMATS, write_audio
+from audiogen.audio.level import even_level
 from audiogen.audio.loudness import db_to_gain, integrated_loudness, measure_file, true_peak_envelope
 from audiogen.audio.shaping import BurstTamer, apply_fades, equal_power_fade, remove_dc
 from audiogen.errors import AudiogenError
@@ -55,6 +60,7 @@ class FinishSpec:
     true_peak_db: float = -1.0
     remove_dc: bool = True
     tame_bursts: bool = True
+    even_level: bool = True
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -197,7 +203,9 @@ def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
         raise AudiogenError("the audio contains NaN or infinite samples (a model whose output diverged; with "
                             "--dtype float16 try bfloat16 or float32)")
     x = remove_dc(wav[..., :need], sample_rate) if spec.remove_dc else np.asarray(wav[..., :need], np.float32)
-    if spec.tame_bursts:
+    if spec.even_level:
+        x = even_level(x, sample_rate, spec.lufs, spec.true_peak_db, tame_bursts=spec.tame_bursts)
+    elif spec.tame_bursts:
         x = BurstTamer(sample_rate, x.shape[0])(x)
     if spec.loop:
         x = make_loop(x, n, spec.crossfade_samples(sample_rate))

@@ -91,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--preset", choices=["podcast", "streaming", "broadcast"], default=None,
                    help="loudness preset: podcast -16, streaming -14, broadcast -23 LUFS (default podcast)")
     f.add_argument("--true-peak", type=float, metavar="DBTP", help="true-peak ceiling (default -1)")
+    f.add_argument("--keep-dynamics", dest="even_level", action="store_const", const=False, default=None,
+                   help="keep the model's own level swings; by default a loudness follower (the stream's) holds "
+                        "the level of every 3 s near the target, as a broadcast bed is, so a take that gets "
+                        "louder halfway does not play its start far under the target")
     d = p.add_argument_group("speed")
     d.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                    max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
                    beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,
                    offbeat_below_bpm=args.offbeat_below_bpm,
-                   fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak)
+                   fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak,
+                   even_level=args.even_level)
     job = GenerateJob.from_options(
         args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,
         continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,

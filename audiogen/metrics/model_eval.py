@@ -27,8 +27,11 @@ from audiogen.generation.sampling import SamplingParams, SilenceGuard, frames_fo
 
 @torch.inference_mode()
 def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
-                     window_s: float = 10.0) -> np.ndarray:
-    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition."""
+                     window_s: float | None = None) -> np.ndarray:
+    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition, generated as ``audiogen generate``
+    generates: in the model's own window (``window_s`` overrides it), each later window prompted with the
+    end of the one before. (Until 2026-12-05 this used a 10 s window whatever the model: clips up to 10 s
+    came from one window, twice the 5 s the default model was trained on and generates in.)"""
     from audiogen.generation.pipeline import CONTEXT_FRACTION, guided_batch, window_frames
 
     codec = loaded.codec

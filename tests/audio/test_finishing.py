@@ -189,3 +189,22 @@ def test_dc_offset_is_removed(make_music):
     raw = make_music(5.0, SR, 1) + 0.2
     out = F.finish(raw, SR, F.FinishSpec(duration_s=4.0, lufs=-23))
     assert abs(out.mean()) < 0.01 * np.abs(out).max()
+
+
+def test_a_take_whose_level_drifts_is_evened_unless_the_dynamics_are_kept():
+    """A take 18 dB louder in its last 8 s (as a quarter of the default model's 30 s takes get): normalised as a
+    whole, its first 12 s play far under the target; evened (the default), every 3 s window is near it."""
+    n = 20 * SR
+    t = np.arange(n) / SR
+    x = (np.sin(2 * np.pi * 330 * t) * np.where(t < 12.0, 0.01, 0.08))[None].astype(np.float32)
+
+    def windows(y):
+        return np.array([integrated_loudness(y[:, e - 3 * SR : e], SR) for e in range(3 * SR, n + 1, SR // 2)])
+
+    kept = F.finish(x, SR, F.FinishSpec(duration_s=20.0, even_level=False))
+    evened = F.finish(x, SR, F.FinishSpec(duration_s=20.0))
+    assert integrated_loudness(kept, SR) == pytest.approx(-16.0, abs=0.5)
+    assert windows(kept).min() < -16.0 - 10  # the premise: the quiet part plays far under the target
+    assert integrated_loudness(evened, SR) == pytest.approx(-16.0, abs=0.5)
+    assert np.abs(windows(evened) + 16.0).max() <= 2.0
+    assert true_peak_dbtp(evened, SR) <= -1.0 + 1e-6
