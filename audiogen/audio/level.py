@@ -11,7 +11,8 @@ import scipy.signal
 
 
 class LevelFollower:
-    """Level control over whole chunks: DC blocker, loudness follower to ``lufs``, look-ahead true-peak limiter.
+    """Level control over whole chunks: DC blocker, burst tamer (:class:`~audiogen.audio.shaping.BurstTamer`),
+    loudness follower to ``lufs``, look-ahead true-peak limiter.
 
     Loudness is BS.1770's (K-weighted mean square) in 100 ms blocks, and what is held is the 3 s
     window (EBU R128's short-term loudness). A chunk is finished before any of it plays, so the
