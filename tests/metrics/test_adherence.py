@@ -276,3 +276,32 @@ def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
     assert [c.bpm for c in seen] == [97.0, 70.0]
     assert rows["key"][0]["played_bpm"] == 97.0 and rows["tempo"][0]["played_bpm"] == 70.0
     assert (tmp_path / "clips" / "cfg2" / "key_000.wav").is_file()
+
+
+def test_report_clips_are_generated_in_the_models_own_window(tiny_setup, monkeypatch):
+    """The clips every report judges are generated as ``audiogen generate`` generates: in the window the model's
+    config names, each later window prompted with the end of the one before (until 2026-12-05: one 10 s window
+    whatever the model, twice the default model's training length)."""
+    from audiogen.generation.pipeline import CONTEXT_FRACTION, window_frames
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.metrics import model_eval
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import Conditions
+
+    model, _, _ = tiny_setup
+    loaded = load_model(model)
+    loaded.config.setdefault("generation", {})["window_s"] = 0.5
+    seen = {}
+    real = model_eval.generate_codes
+
+    def spy(lm, cond, mask, num_frames, params, generator, window, context, **kw):
+        seen.update(frames=num_frames, window=window, context=context)
+        return real(lm, cond, mask, num_frames, params, generator, window, context, **kw)
+
+    monkeypatch.setattr(model_eval, "generate_codes", spy)
+    wav = model_eval.sample_waveforms(loaded, [Conditions(genre="rock")], 1.5, SamplingParams(top_k=5), seed=0)
+    fr = loaded.codec.frame_rate
+    assert seen["window"] == window_frames(loaded, fr) == int(0.5 * fr)  # the model's, not 10 s
+    assert seen["frames"] > seen["window"]  # the premise: more than one window
+    assert seen["context"] == max(1, int(seen["window"] * CONTEXT_FRACTION))
+    assert wav.shape[-1] >= int(1.5 * loaded.codec.sample_rate)
