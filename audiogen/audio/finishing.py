@@ -206,7 +206,7 @@ def finish(wav: np.ndarray, sample_rate: int, spec: FinishSpec) -> np.ndarray:
     if spec.even_level:
         x = even_level(x, sample_rate, spec.lufs, spec.true_peak_db, tame_bursts=spec.tame_bursts)
     elif spec.tame_bursts:
-        x = BurstTamer(sample_rate, x.shape[0])(x)
+        x = BurstTamer(sample_rate, x.shape[0]).run(x)
     if spec.loop:
         x = make_loop(x, n, spec.crossfade_samples(sample_rate))
     else:

@@ -150,6 +150,15 @@ class BurstTamer:
         g = self.g_to
         self.g_from, self.g_to = g, want if want > g else g + self.a_release * (want - g)
 
+    def run(self, x: np.ndarray, block_s: float = 10.0) -> np.ndarray:
+        """A whole track ``[C, N]`` in ``block_s`` blocks: the same samples as one call, in bounded memory (one call
+        holds a dozen float64 arrays of the length it is given)."""
+        out = np.empty(x.shape, dtype=np.float32)
+        step = max(1, int(block_s * self.sr))
+        for i in range(0, x.shape[-1], step):
+            out[:, i : i + step] = self(x[:, i : i + step])
+        return out
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[-1]
         squares = np.concatenate([self.carry, (self.k_weighting(x) ** 2).sum(axis=0)])

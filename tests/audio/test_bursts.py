@@ -81,6 +81,7 @@ def test_the_output_does_not_depend_on_the_chunking(channels):
     tamer = BurstTamer(SR, channels)
     chunked = np.concatenate([tamer(part) for part in np.split(x, cuts, axis=1)], axis=1)
     assert chunked.shape == x.shape and np.array_equal(chunked, whole)
+    assert np.array_equal(BurstTamer(SR, channels).run(x, block_s=0.37), whole)  # finishing's blocks
     assert not np.array_equal(whole, x)  # the premise: there was something to take down
 
 
