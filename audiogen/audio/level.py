@@ -34,7 +34,7 @@ class LevelFollower:
       dB), never exceeds ``MAX_GAIN_DB``, and holds while the music is below ``GATE_LUFS``
       (silence is not boosted).
 
-    Output lags input by ``delay`` samples (the limiter's look-ahead); ``process`` returns
+    ``tame_bursts=False`` leaves the burst tamer out. Output lags input by ``delay`` samples (the limiter's look-ahead); ``process`` returns
     exactly as many samples as it is given (the stream starts with ``delay`` samples of silence).
     """
 
@@ -49,14 +49,14 @@ class LevelFollower:
     MAX_GAIN_DB = 30.0
     LOOKAHEAD_S = 0.005
 
-    def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float):
+    def __init__(self, sample_rate: int, channels: int, lufs: float, true_peak_db: float, tame_bursts: bool = True):
         from audiogen.audio.loudness import KWeighting
         from audiogen.audio.shaping import BurstTamer
 
         self.sr, self.channels, self.lufs = sample_rate, channels, lufs
         self.ceiling = 10 ** ((true_peak_db - 0.1) / 20)  # just under: oversampling estimates differ slightly
         self.k_weighting = KWeighting(sample_rate, channels)
-        self.tamer = BurstTamer(sample_rate, channels)
+        self.tamer = BurstTamer(sample_rate, channels) if tame_bursts else None
         self.dc_b, self.dc_a = scipy.signal.butter(2, 10.0 / (sample_rate / 2), "highpass")
         self.dc_state = np.zeros((channels, 2))
         self.block = int(self.BLOCK_S * sample_rate)
@@ -220,7 +220,9 @@ class LevelFollower:
         from scipy.signal import lfilter
 
         x, self.dc_state = lfilter(self.dc_b, self.dc_a, x.astype(np.float64), axis=1, zi=self.dc_state)
-        x = self.tamer(x.astype(np.float32))
+        x = x.astype(np.float32)
+        if self.tamer is not None:
+            x = self.tamer(x)
         n = x.shape[1]
         ysq = (self.k_weighting(x) ** 2).sum(axis=0)
         played = self.e_in or self.partial[0]
@@ -257,9 +259,7 @@ def even_level(wav: np.ndarray, sample_rate: int, lufs: float, true_peak_db: flo
     [C, N]`` whose 3 s loudness stays near ``lufs`` wherever the music is audible. ``tame_bursts=False`` leaves the
     burst tamer out."""
     channels, n = wav.shape
-    stage = LevelFollower(sample_rate, channels, lufs, true_peak_db)
-    if not tame_bursts:
-        stage.tamer = lambda x: x
+    stage = LevelFollower(sample_rate, channels, lufs, true_peak_db, tame_bursts)
     step = max(1, int(round(chunk_s * sample_rate)))
     x = np.asarray(wav, dtype=np.float32)
     parts = [stage.process(x[:, i : i + step]) for i in range(0, n, step)]

@@ -112,9 +112,7 @@ def test_a_stream_holds_the_music_around_a_burst_at_the_target():
     x = with_burst(notes(20.0, seed=6), 10.2, 0.5, over_db=30.0)
 
     def run(tame: bool) -> tuple[float, float, float]:
-        lev = LevelFollower(SR, 1, -16.0, -1.0)
-        if not tame:
-            lev.tamer = lambda chunk: chunk
+        lev = LevelFollower(SR, 1, -16.0, -1.0, tame_bursts=tame)
         y = np.concatenate([lev.process(x[:, i : i + SR]) for i in range(0, x.shape[1], SR)], axis=1)
         b = blocks(y)
         worst = max(abs(integrated_loudness(y[:, e - 3 * SR : e], SR) + 16.0) for e in range(6 * SR, 20 * SR + 1, SR // 10))
