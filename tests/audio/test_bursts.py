@@ -82,6 +82,11 @@ def test_the_output_does_not_depend_on_the_chunking(channels):
     chunked = np.concatenate([tamer(part) for part in np.split(x, cuts, axis=1)], axis=1)
     assert chunked.shape == x.shape and np.array_equal(chunked, whole)
     assert np.array_equal(BurstTamer(SR, channels).run(x, block_s=0.37), whole)  # finishing's blocks
+    empty = [tamer(x[:, :0]), tamer(x[:, :0])]  # an empty chunk changes nothing, in the tamer or the level stage
+    assert all(e.shape == (channels, 0) for e in empty)
+    from audiogen.generation.stream import LevelFollower
+
+    assert LevelFollower(SR, channels, -16.0, -1.0).process(x[:, :0]).shape == (channels, 0)
     assert not np.array_equal(whole, x)  # the premise: there was something to take down
 
 
