@@ -68,6 +68,31 @@ def tiny_codec():
     return load_codec("tiny")
 
 
+def save_tiny_model(directory: Path, codec, ccfg=None, beat_harmonics: int = 0, lm_init=None, conditioner_init=None,
+                    seed: int = 0) -> Path:
+    """A random tiny LM (32-d conditions, 512 positions) with ``ConditionEncoder(ccfg)`` (default: no text encoder,
+    no labels) and ``codec``'s description, saved as a model directory. From ``torch.manual_seed(seed)``: the LM
+    is drawn, ``lm_init(lm)`` adjusts it, then the conditioner is drawn and ``conditioner_init(conditioner)``
+    adjusts it (the order fixes the random weights the tests were written against)."""
+    import torch
+
+    from audiogen.models.checkpoint import save_model_dir
+    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
+    from audiogen.models.lm import LM, named_config
+
+    torch.manual_seed(seed)
+    lm = LM(named_config("tiny", num_codebooks=codec.num_codebooks, cardinality=codec.cardinality, cond_dim=32,
+                         max_positions=512, beat_harmonics=beat_harmonics))
+    with torch.no_grad():
+        if lm_init is not None:
+            lm_init(lm)
+        conditioner = ConditionEncoder(ccfg or ConditionerConfig(text_encoder="none", dim=32))
+        if conditioner_init is not None:
+            conditioner_init(conditioner)
+    return save_model_dir(directory, lm, conditioner, {"spec": "tiny", "num_codebooks": codec.num_codebooks,
+                                                       "describe": codec.describe()})
+
+
 @pytest.fixture(scope="session")
 def tiny_lstm_codec():
     """The tiny codec's shape with a 2-layer LSTM between encoder and quantizer, as the 24 kHz EnCodec has."""

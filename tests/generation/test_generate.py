@@ -24,21 +24,13 @@ from audiogen.generation.sampling import SamplingParams, generate_codes, sample_
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tiny_codec):
     """A random tiny LM + the tiny codec, saved as a model directory."""
-    from audiogen.models.checkpoint import save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.models.lm import LM, named_config
+    from audiogen.models.conditioning import ConditionerConfig
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
                              keys=["C major", "A minor"], instruments=["piano", "strings"],
                              bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
-    cond = ConditionEncoder(ccfg)
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks,
-                         cardinality=tiny_codec.cardinality, cond_dim=32, max_positions=512))
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    save_model_dir(d, lm, cond, {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
-                                 "describe": tiny_codec.describe()})
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", tiny_codec, ccfg)
 
 
 def job(tiny_model_dir, out, **kw):

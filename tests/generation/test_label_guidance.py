@@ -17,24 +17,20 @@ from audiogen.models.conditioning import Conditions, without_labels
 @pytest.fixture(scope="module")
 def labelled_model(tmp_path_factory, tiny_codec):
     """A random tiny LM with attribute slots for every label and a beat grid, loaded from a model directory."""
-    from audiogen.models.checkpoint import load_model, save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.models.lm import LM, named_config
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import ConditionerConfig
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
                              keys=["C major", "A minor"], instruments=["piano", "drums"],
                              bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
-                         cond_dim=32, max_positions=512, beat_harmonics=3))
-    conditioner = ConditionEncoder(ccfg)
-    with torch.no_grad():  # labels a random model hears: its tables' embeddings are otherwise too small to matter
+
+    def louder_labels(conditioner):  # labels a random model hears: its tables' embeddings are otherwise too small
         for table in conditioner.tables.values():
             table.weight.mul_(50.0)
-    d = tmp_path_factory.mktemp("model") / "labelled"
-    save_model_dir(d, lm, conditioner, {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
-                                                   "describe": tiny_codec.describe()})
-    return load_model(d)
+
+    return load_model(save_tiny_model(tmp_path_factory.mktemp("model") / "labelled", tiny_codec, ccfg,
+                                      beat_harmonics=3, conditioner_init=louder_labels))
 
 
 REQUEST = Conditions(genre="rock", mood="dark", key="A minor", instruments=["piano"], bpm=90.0)

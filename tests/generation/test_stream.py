@@ -22,25 +22,21 @@ from audiogen.generation.stream import (LevelFollower, MusicStream, StreamSettin
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, tiny_codec):
     """A random tiny LM + the tiny codec (75 Hz frames), saved as a model directory."""
-    from audiogen.models.checkpoint import save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.models.lm import LM, named_config
+    from audiogen.models.conditioning import ConditionerConfig
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
                              keys=["C major", "A minor"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
-                         cond_dim=32, max_positions=512))
-    # token embeddings and heads redrawn at N(0, 0.02), without the unit-scale embeddings and copy
-    # prior a fresh LM starts with (audiogen/models/lm.py): with those, an untrained model mostly repeats
-    # its previous frame whatever the conditions, and these tests need a condition change to
-    # change what is sampled
-    for p in [*lm.embed_tokens.parameters(), *lm.lm_heads.parameters()]:
-        torch.nn.init.normal_(p, std=0.02)
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
-                                                   "describe": tiny_codec.describe()})
-    return d
+
+    def redraw(lm):
+        # token embeddings and heads redrawn at N(0, 0.02), without the unit-scale embeddings and copy
+        # prior a fresh LM starts with (audiogen/models/lm.py): with those, an untrained model mostly repeats
+        # its previous frame whatever the conditions, and these tests need a condition change to
+        # change what is sampled
+        for p in [*lm.embed_tokens.parameters(), *lm.lm_heads.parameters()]:
+            torch.nn.init.normal_(p, std=0.02)
+
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", tiny_codec, ccfg, lm_init=redraw)
 
 
 @pytest.fixture(scope="module")

@@ -158,20 +158,13 @@ def tiny_setup(tmp_path_factory, tiny_codec):
     import datasets
 
     from audiogen.audio.io import write_audio
-    from audiogen.models.checkpoint import save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder
-    from audiogen.models.lm import LM, named_config
     from audiogen.data.prep import dataset_features
-    from conftest import synth_music
+    from conftest import save_tiny_model, synth_music
 
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("adherence")
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=[], keys=["C major", "A minor"],
                              instruments=["piano", "strings"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
-                         cond_dim=32, max_positions=512))
-    model = save_model_dir(root / "model", lm, ConditionEncoder(ccfg),
-                           {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks, "describe": tiny_codec.describe()})
+    model = save_tiny_model(root / "model", tiny_codec, ccfg)
     audio = root / "audio"
     audio.mkdir()
     rows = []

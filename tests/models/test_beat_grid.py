@@ -232,20 +232,17 @@ def test_crops_carry_phases_and_drop_them_with_the_tempo():
 @pytest.fixture(scope="module")
 def grid_model(tmp_path_factory, tiny_codec):
     """A random tiny LM with a beat grid + the tiny codec, loaded from a saved model directory."""
-    from audiogen.models.checkpoint import load_model, save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.models.lm import named_config
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import ConditionerConfig
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient"], bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32,
                              instruments=["piano", "drums"])
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
-                         cond_dim=32, max_positions=512, beat_harmonics=3))
-    d = tmp_path_factory.mktemp("model") / "grid"
-    save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
-                                                   "describe": tiny_codec.describe()})
+    drawn = {}
+    d = save_tiny_model(tmp_path_factory.mktemp("model") / "grid", tiny_codec, ccfg, beat_harmonics=3,
+                        lm_init=lambda lm: drawn.update(beat=lm.beat_proj.weight.clone()))
     loaded = load_model(d)
-    assert loaded.lm.cfg.beat_harmonics == 3 and torch.equal(loaded.lm.beat_proj.weight, lm.beat_proj.weight)
+    assert loaded.lm.cfg.beat_harmonics == 3 and torch.equal(loaded.lm.beat_proj.weight, drawn["beat"])
     return loaded
 
 

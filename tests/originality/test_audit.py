@@ -359,20 +359,9 @@ def test_generate_originality_regenerates_a_copy_and_never_writes_it(tmp_path, t
 
 
 def _tiny_model(tmp_path, tiny_codec) -> Path:
-    import torch
+    from conftest import save_tiny_model
 
-    from audiogen.models.checkpoint import save_model_dir
-    from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
-    from audiogen.models.lm import LM, named_config
-
-    torch.manual_seed(0)
-    ccfg = ConditionerConfig(text_encoder="none", dim=32)
-    lm = LM(named_config("tiny", num_codebooks=tiny_codec.num_codebooks, cardinality=tiny_codec.cardinality,
-                         cond_dim=32, max_positions=512))
-    d = tmp_path / "model"
-    save_model_dir(d, lm, ConditionEncoder(ccfg), {"spec": "tiny", "num_codebooks": tiny_codec.num_codebooks,
-                                                   "describe": tiny_codec.describe()})
-    return d
+    return save_tiny_model(tmp_path / "model", tiny_codec)
 
 
 def test_generate_originality_is_checked_before_any_model_loads(tmp_path):
