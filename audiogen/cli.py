@@ -20,7 +20,8 @@ from audiogen.errors import AudiogenError
 def _command_modules():
     import audiogen.commands as pkg
 
-    mods = [importlib.import_module(f"audiogen.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    mods = [importlib.import_module(f"audiogen.commands.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)
+            if not m.name.startswith("_")]  # _name: a helper the commands share
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from audiogen.commands._sampling_options import add_sampling_options
 import sys
 
 ORDER = 10
@@ -50,32 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
     s.add_argument("--variations", type=int, default=1, metavar="N",
                    help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
-    s.add_argument("--temperature", type=float,
-                   help="lower = safer and more repetitive, higher = more varied (default: the model's recommendation "
-                        "(audiogen info --model), else 1.0; 0 = always the most likely token)")
-    s.add_argument("--top-k", type=int,
-                   help="sample among the K most likely tokens per codebook (default: the model's recommendation, "
-                        "else 250; 0 = off)")
+    add_sampling_options(s, offbeat_default="default: the model's recommendation, else 0 = never",
+                         label_guidance_note="no effect on a request without --genre, --mood, --key or --instruments")
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens whose probabilities add up to P (default 0 = off)")
-    s.add_argument("--cfg", type=float,
-                   help="classifier-free guidance: higher follows the prompt and attributes more closely "
-                        "(default: the model's recommendation, else 3; 1 = off)")
-    s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
-                   help="for a model with a beat grid: how strongly the music is pushed onto the beat of the "
-                        "tempo (default: the model's recommendation, else 1 = off)")
-    s.add_argument("--label-guidance", type=float, metavar="G", dest="label_guidance",
-                   help="for a model with attribute slots: how strongly the music is pushed towards the requested "
-                        "labels (--genre, --mood, --key, --instruments) beyond what --cfg gives them; no effect on "
-                        "a request without labels (default: the model's recommendation, else 1 = off)")
-    s.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
-                   help="with beat guidance on: below this tempo it pushes hits onto the beat and off its half-beats "
-                        "(which a slow request otherwise fills, so it is heard at double time), above it onto "
-                        "the beat and its divisions (default: the model's recommendation, else 0 = never)")
-    s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
-                   help="longest silence the model may hold, in seconds: past it, codes that decode to silence "
-                        "(quieter than -50 LUFS) are not sampled (default: the model's recommendation, else 1.0; "
-                        "0 = no limit)")
     s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False, default=None,
                    help="never sample the codes that decode to silence: no pauses, and far fewer short holes in "
                         "the sound (default: the model's recommendation, else silence allowed up to --max-silence)")

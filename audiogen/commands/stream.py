@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from audiogen.commands._sampling_options import add_sampling_options
+
 ORDER = 12
 
 EPILOG = """control lines (stdin, one JSON object per line, applied at the next frame):
@@ -58,32 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--true-peak", type=float, default=-1.0, metavar="DBTP", help="true-peak ceiling (default -1)")
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="same seed + same control lines at the same times = same audio")
-    s.add_argument("--temperature", type=float,
-                   help="sampling temperature (default: the model's recommendation, else 1.0)")
-    s.add_argument("--top-k", type=int,
-                   help="sample among the k likeliest tokens (default: the model's recommendation, else 250)")
-    s.add_argument("--cfg", type=float,
-                   help="classifier-free guidance scale, 1 = off (default: the model's recommendation, else 3)")
-    s.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
-                   help="for a model with a beat grid: how strongly the music is pushed onto the beat "
-                        "(default: the model's recommendation, else 1 = off)")
-    s.add_argument("--label-guidance", type=float, metavar="G", dest="label_guidance",
-                   help="for a model with attribute slots: how strongly the music is pushed towards the labels "
-                        "(genre, mood, key, instruments) beyond what --cfg gives them, a third more LM work "
-                        "(default: the model's recommendation, else 1 = off; docs/generate.md)")
-    s.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
-                   help="with beat guidance on: below this tempo it pushes hits onto the beat and off its half-beats "
-                        "(which a slow request otherwise fills, so it is heard at double time), above it onto "
-                        "the beat and its divisions (default 0 = never in a stream, whatever the model "
-                        "recommends for generate: a stream whose tempo crosses it lost its tempo changes; "
-                        "docs/stream.md)")
+    add_sampling_options(s, offbeat_default="default 0 = never in a stream, whatever the model recommends for "
+                                            "generate: a stream whose tempo crosses it lost its tempo changes; "
+                                            "docs/stream.md",
+                         label_guidance_note="no effect on a request without labels (docs/generate.md)")
     s.add_argument("--tempo-boost", type=float, default=1.0, metavar="B",
                    help="for a model with a beat grid and beat guidance on: beat guidance is raised by B from a "
                         "change of tempo until 4 s after its glide, so the music takes the new beat (default 1; "
                         "0 = off)")
-    s.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
-                   help="longest silence the model may hold, in seconds (default: the model's recommendation, "
-                        "else 1.0; 0 = no limit)")
     s.add_argument("--allow-silence", dest="allow_silence", action="store_const", const=True, default=None,
                    help="let the model sample the codes that decode to silence (pauses up to --max-silence). A stream "
                         "leaves them out by default: the default model's short dark gaps pulled its 3 s loudness "

@@ -1,0 +1,39 @@
+"""The sampling options ``audiogen generate`` and ``audiogen stream`` share: each defaults to the model's
+recommendation (``generation.sampling`` in its config; ``audiogen info --model`` shows it), else to
+:class:`audiogen.generation.sampling.SamplingParams`'s default, which the help states."""
+
+from __future__ import annotations
+
+import argparse
+
+RECOMMENDED = "the model's recommendation"
+
+
+def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, label_guidance_note: str) -> None:
+    """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below and --max-silence on
+    ``group``; ``offbeat_default`` ends --offbeat-below's help (what it defaults to in that command), and
+    ``label_guidance_note`` is --label-guidance's (which requests it changes there)."""
+    group.add_argument("--temperature", type=float,
+                       help=f"lower = safer and more repetitive, higher = more varied (default: {RECOMMENDED} "
+                            f"(audiogen info --model), else 1.0; 0 = always the most likely token)")
+    group.add_argument("--top-k", type=int,
+                       help=f"sample among the K most likely tokens per codebook (default: {RECOMMENDED}, "
+                            f"else 250; 0 = off)")
+    group.add_argument("--cfg", type=float,
+                       help=f"classifier-free guidance: higher follows the prompt and attributes more closely "
+                            f"(default: {RECOMMENDED}, else 3; 1 = off)")
+    group.add_argument("--beat-guidance", type=float, metavar="G", dest="beat_guidance",
+                       help=f"for a model with a beat grid: how strongly the music is pushed onto the beat of the "
+                            f"tempo (default: {RECOMMENDED}, else 1 = off)")
+    group.add_argument("--label-guidance", type=float, metavar="G", dest="label_guidance",
+                       help=f"for a model with attribute slots: how strongly the music is pushed towards the "
+                            f"requested labels (genre, mood, key, instruments) beyond what --cfg gives them, a third "
+                            f"more LM work; {label_guidance_note} (default: {RECOMMENDED}, else 1 = off)")
+    group.add_argument("--offbeat-below", type=float, metavar="BPM", dest="offbeat_below_bpm",
+                       help="with beat guidance on: below this tempo it pushes hits onto the beat and off its "
+                            "half-beats (which a slow request otherwise fills, so it is heard at double time), above "
+                            f"it onto the beat and its divisions ({offbeat_default})")
+    group.add_argument("--max-silence", type=float, metavar="S", dest="max_silence_s",
+                       help=f"longest silence the model may hold, in seconds: past it, codes that decode to silence "
+                            f"(quieter than -50 LUFS) are not sampled (default: {RECOMMENDED}, else 1.0; "
+                            f"0 = no limit)")
