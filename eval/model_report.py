@@ -8,7 +8,8 @@ generated clips, prompted with the held-out tracks' captions, against those held
 tracks, next to the codec's own resynthesis of them (the ceiling the LM cannot beat);
 the tempo response (requested vs estimated bpm); and, with the musicnn weights installed,
 the tag conditioning figures (KL between generated and reference tag distributions,
-per-prompt tag agreement). All logic is in
+per-prompt tag agreement); and how often each codebook of the generated codes repeats the
+frame before's code, beside the held-out tokens' rate (``code_hold_rates``). All logic is in
 ``audiogen/metrics/model_eval.py``.
 """
 

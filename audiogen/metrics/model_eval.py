@@ -12,6 +12,8 @@ Two measurements for a model directory, used for the default model's card
   KL divergence between the tag distributions of each generated clip and the held-out
   track whose caption prompted it, and how often the track's genre, mood and instrument
   words are among the generated clip's top tags (MusicGen's conditioning check).
+- ``sample_codes`` + ``heldout_hold_rates``: how often each codebook of the generated codes repeats the
+  frame before's code, beside the held-out tokens' rates (``audio_checks.hold_rates``).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from audiogen.generation.sampling import SamplingParams, SilenceGuard, frames_fo
 
 
 @torch.inference_mode()
-def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
-                     window_s: float | None = None) -> np.ndarray:
-    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition, generated as ``audiogen generate``
-    generates: in the model's own window (``window_s`` overrides it), each later window prompted with the
-    end of the one before. (Until 2026-12-05 this used a 10 s window whatever the model: clips up to 10 s
-    came from one window, twice the 5 s the default model was trained on and generates in.)"""
+def sample_codes(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
+                 window_s: float | None = None) -> torch.Tensor:
+    """``LongTensor[B, K, T]`` of codes, one row per condition, sampled as ``audiogen generate`` samples: in the
+    model's own window (``window_s`` overrides it), each later window prompted with the end of the one before.
+    (Until 2026-12-05 this used a 10 s window whatever the model: clips up to 10 s came from one window, twice
+    the 5 s the default model was trained on and generates in.)"""
     from audiogen.generation.pipeline import CONTEXT_FRACTION, guided_batch, window_frames
 
     codec = loaded.codec
@@ -40,10 +42,17 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
     cond, mask, beat_step = guided_batch(loaded, conds, params, device)
     W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)
-    codes = generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
-                           max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device),
-                           beat_step=beat_step)
-    return codec.decode(codes).float().cpu().numpy()
+    return generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
+                          max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device),
+                          beat_step=beat_step)
+
+
+@torch.inference_mode()
+def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
+                     window_s: float | None = None) -> np.ndarray:
+    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition: :func:`sample_codes`, decoded."""
+    codes = sample_codes(loaded, conds, seconds, params, seed, window_s)
+    return loaded.codec.decode(codes).float().cpu().numpy()
 
 
 def estimate_tempo(wav: np.ndarray, sample_rate: int) -> float | None:
@@ -83,9 +92,9 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
 
 
 def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: float = 10.0, seed: int = 0,
-                   params: SamplingParams | None = None, batch: int = 4) -> list[Path]:
+                   params: SamplingParams | None = None, batch: int = 4, codes_out: list | None = None) -> list[Path]:
     """Write one raw clip per prompt to ``out_dir`` (wav), conditioned as ``audiogen generate`` would
-    condition the prompt alone; returns the paths."""
+    condition the prompt alone; returns the paths. ``codes_out``, a list, gets each clip's codes ``[K, T]``."""
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
@@ -99,12 +108,34 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
         chunk = prompts[s : s + batch]
         # the tempo generate would play each prompt at (written in it, or the model's default)
         conds = [requested_tempo(Conditions(text=p), loaded.config) for p in chunk]
-        wavs = sample_waveforms(loaded, conds, seconds, params, seed + s)
+        codes = sample_codes(loaded, conds, seconds, params, seed + s)
+        if codes_out is not None:
+            codes_out.extend(c.cpu().numpy() for c in codes)
+        wavs = loaded.codec.decode(codes).float().cpu().numpy()
         for j, w in enumerate(wavs):
             peak = float(np.abs(w).max(initial=0.0))
             w = w / peak * 0.9 if peak > 0.9 else w  # raw model output; keep it from clipping the file
             paths.append(write_audio(out / f"gen_{s + j:04d}.wav", w, loaded.codec.sample_rate))
     return paths
+
+
+def heldout_hold_rates(data_dir: str | Path, num_codebooks: int, max_rows: int = 64) -> list[float]:
+    """:func:`audiogen.metrics.audio_checks.hold_rates` of the first ``num_codebooks`` codebooks over a dataset's
+    held-out (valid) rows, up to ``max_rows`` of them, spread over the split."""
+    from audiogen.data.loader import load_prepared
+    from audiogen.metrics.audio_checks import hold_rates
+
+    valid = load_prepared(data_dir)["valid"]
+    step = max(1, len(valid) // max_rows)
+    held = same = None
+    for row in valid.select(range(0, len(valid), step)[:max_rows]).select_columns(["codes"]).with_format("numpy"):
+        c = np.asarray(row["codes"])[:num_codebooks]
+        if c.shape[1] < 2:
+            continue
+        n = c.shape[1] - 1
+        rates = np.asarray(hold_rates(c)) * n
+        held, same = (rates, n) if held is None else (held + rates, same + n)
+    return [] if held is None else [float(x) for x in held / same]
 
 
 @torch.inference_mode()
@@ -208,7 +239,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     from audiogen.audio.io import load_audio, write_audio
     from audiogen.errors import AudiogenError
     from audiogen.metrics.audio_checks import (HELD_CHORD_MOVEMENT, dropouts_per_minute, harmonic_movement,
-                                               music_likeness, pulse_strength)
+                                               hold_rates, music_likeness, pulse_strength)
     from audiogen.metrics.embedders import load_embedder
     from audiogen.metrics.fad import EmbeddingCache, fad, load_set
     from audiogen.models.checkpoint import load_model
@@ -219,7 +250,8 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     held = heldout_tracks(data_dir, audio_dir)
     prompts = [held[i % len(held)]["caption"] for i in range(clips)]
     gen_dir = work / "generated"
-    generate_clips(loaded, gen_dir, prompts, seconds=seconds, seed=seed)
+    gen_codes: list = []
+    generate_clips(loaded, gen_dir, prompts, seconds=seconds, seed=seed, codes_out=gen_codes)
     ref_dir, resyn_dir = work / "heldout", work / "heldout_codec"
     for d in (ref_dir, resyn_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -272,6 +304,10 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "tempo": tempo_response(loaded, per_bpm=bpm_clips, seconds=seconds, seed=seed + 1000),
         "heldout_loss": heldout_loss_vs_unigram(loaded, data_dir),
         "tag_conditioning": tags,
+        # how often each codebook repeats the frame before's code, generated against the held-out tokens: a sampler
+        # that truncates the distribution (top-k) holds codes far more often than the music it learned from
+        "code_hold_rates": {"generated": hold_rates(np.stack(gen_codes)),
+                            "heldout": heldout_hold_rates(data_dir, codec.num_codebooks)},
         "generated_music_likeness": {
             "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],
             "frame_rate_harmonic_fraction": [x["frame_rate_harmonic_fraction"] for x in likeness],

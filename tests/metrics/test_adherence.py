@@ -298,3 +298,27 @@ def test_report_clips_are_generated_in_the_models_own_window(tiny_setup, monkeyp
     assert seen["frames"] > seen["window"]  # the premise: more than one window
     assert seen["context"] == max(1, int(seen["window"] * CONTEXT_FRACTION))
     assert wav.shape[-1] >= int(1.5 * loaded.codec.sample_rate)
+
+
+def test_generated_clips_hand_back_their_codes_and_the_held_out_rows_their_hold_rates(tiny_setup, tmp_path):
+    """The model report's code-hold figure: the codes of the clips it writes, and how often the held-out
+    tokens repeat the code before them (the fixture's rows hold one code throughout)."""
+    from audiogen.audio.io import load_audio
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.metrics import model_eval
+    from audiogen.models.checkpoint import load_model
+
+    model, data, _ = tiny_setup
+    loaded = load_model(model)
+    codes = []
+    paths = model_eval.generate_clips(loaded, tmp_path / "gen", ["calm", "loud", "soft"], seconds=1.0,
+                                      params=SamplingParams(top_k=5, cfg_scale=1.0), batch=2, codes_out=codes)
+    K = loaded.codec.num_codebooks
+    assert len(paths) == len(codes) == 3 and all(c.shape == (K, codes[0].shape[1]) for c in codes)
+    # the codes are those of the written audio
+    wav = loaded.codec.decode(torch.from_numpy(codes[2])[None]).float().numpy()[0]
+    written, _ = load_audio(paths[2], loaded.codec.sample_rate, loaded.codec.channels)
+    peak = float(np.abs(wav).max())
+    wav = wav / peak * 0.9 if peak > 0.9 else wav
+    assert np.abs(written - wav[:, : written.shape[1]]).max() < 1e-3
+    assert model_eval.heldout_hold_rates(data, K) == [1.0] * K

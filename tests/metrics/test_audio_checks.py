@@ -152,6 +152,18 @@ def test_codebook_stats_sees_a_collapsed_codebook():
         C.codebook_stats(codes[0], 1024)
 
 
+def test_hold_rates_count_frames_that_repeat_the_code_before_them():
+    held = np.repeat(np.arange(10), 10)          # a new code every 10 frames: 90 of 99 steps hold
+    rng = np.random.default_rng(0)
+    codes = np.stack([held, np.arange(100), rng.integers(0, 1024, 100)])
+    rates = C.hold_rates(codes)
+    assert rates[0] == pytest.approx(90 / 99) and rates[1] == 0.0 and rates[2] < 0.05
+    # a batch pools its rows
+    assert C.hold_rates(np.stack([codes, codes[[1, 0, 2]]]))[:2] == pytest.approx([45 / 99, 45 / 99])
+    with pytest.raises(AudiogenError, match="T >= 2"):
+        C.hold_rates(codes[:, :1])
+
+
 def test_log_mel_has_64_bands_at_20_ms_and_rejects_bad_audio():
     m = C.log_mel_db(np.zeros((2, SR)), SR)
     assert m.shape == (64, 51) and float(m.max()) == C.FLOOR_DB  # 1 s at a 20 ms hop, centred frames
