@@ -10,7 +10,8 @@ RECOMMENDED = "the model's recommendation"
 
 
 def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, label_guidance_note: str) -> None:
-    """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below and --max-silence on
+    """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below, --max-silence and
+    --min-sound on
     ``group``; ``offbeat_default`` ends --offbeat-below's help (what it defaults to in that command), and
     ``label_guidance_note`` is --label-guidance's (which requests it changes there)."""
     group.add_argument("--temperature", type=float,
@@ -37,3 +38,7 @@ def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, l
                        help=f"longest silence the model may hold, in seconds: past it, codes that decode to silence "
                             f"(quieter than -50 LUFS) are not sampled (default: {RECOMMENDED}, else 1.0; "
                             f"0 = no limit)")
+    group.add_argument("--min-sound", type=float, metavar="S", dest="min_sound_s",
+                       help=f"a silence (codes that decode to silence) may start only S seconds of sound after the "
+                            f"last one ended, so the model cannot cut short holes into held sound (default: "
+                            f"{RECOMMENDED}, else 0 = off; docs/generate.md)")

@@ -94,6 +94,7 @@ def run_model(args: argparse.Namespace) -> int:
     sp = m["sampling"]
     print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
           f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s"
+          + (f", min sound {sp['min_sound_s']:g} s" if sp.get("min_sound_s") else "")
           + (f", beat guidance {sp['beat_guidance']:g}" if m["beat_grid"] else "")
           + (f" (against the grid half a beat late below {sp['offbeat_below_bpm']:g} bpm)"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else "")

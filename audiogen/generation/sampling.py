@@ -41,6 +41,10 @@ class SamplingParams:
     #: False: codebook 0's silent codes are never sampled, so the track has no pause at all, and far fewer short
     #: holes (the default model's dropouts a minute: median 36 -> 10 over 8 clips; docs/generate.md)
     allow_silence: bool = True
+    #: how much sound a silence must follow, in seconds: a silent code may start a silence only this long after
+    #: the last silence ended (:class:`SilenceGuard`). The default model starts a silence 18-28 times a minute
+    #: where its training tokens start one 3-7 times: short holes in the sound (docs/generate.md). 0 = off
+    min_sound_s: float = 0.0
     #: guidance towards the beat grid (a model with one; 1 = off): the logits of the request are pushed
     #: away from those of the same request without the grid, ``nogrid + beat_guidance * (grid - nogrid)``,
     #: as classifier-free guidance pushes away from the unconditional logits (docs/generate.md)
@@ -108,6 +112,8 @@ class SamplingParams:
         if not (math.isfinite(self.offbeat_below_bpm) and self.offbeat_below_bpm >= 0):
             raise AudiogenError(f"offbeat-below must be a finite tempo in bpm >= 0 (0 = off), "
                                 f"got {self.offbeat_below_bpm}")
+        if not (math.isfinite(self.min_sound_s) and self.min_sound_s >= 0):
+            raise AudiogenError(f"min sound must be a finite number of seconds >= 0 (0 = off), got {self.min_sound_s}")
         if not (math.isfinite(self.max_silence_s) and self.max_silence_s >= 0):
             raise AudiogenError(f"max silence must be a finite number of seconds >= 0 (0 = no limit), "
                                 f"got {self.max_silence_s}")
@@ -174,7 +180,8 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
 
 @dataclass(frozen=True)
 class SilenceGuard:
-    """Keeps codebook 0 from holding silence for more than ``max_frames`` frames.
+    """Keeps codebook 0 from holding silence for more than ``max_frames`` frames, and, with ``min_sound_frames``,
+    from starting a silence sooner than that many sounding frames after the last one.
 
     A small LM trained on recordings that open and close with silence learns that silence follows
     silence: once it samples a silent code it can stay there (the default model opened a stream with
@@ -182,43 +189,69 @@ class SilenceGuard:
     frame and down one per sounding frame (not below 0); at ``max_frames`` the silent codes get no
     probability, so the next frame sounds. A pause of ``max_frames`` is allowed whenever the music
     before it has paid the count back, and a lone sounding frame between long silences (a click)
-    does not reset it. The state is one count per row (``LongTensor[B]``), updated with tensor ops
-    only, so a fixed-shape decode step (CUDA graph, ``torch.compile``) keeps it.
+    does not reset it.
+
+    The same LM also learned how often a frame is silent and not that silence comes in a few long runs: it
+    starts a short silence 18-28 times a minute where its training tokens start one 3-7 times (holes cut
+    into held sound). ``min_sound_frames`` counts the sounding frames since the last silent one; while
+    it is under that, a silence may go on but not start.
+
+    The state is ``LongTensor[B, 2]`` per row (:meth:`fresh`): the silence count and the sounding frames
+    since the last silent frame, updated with tensor ops only, so a fixed-shape decode step (CUDA graph,
+    ``torch.compile``) keeps it.
     """
 
     silent: torch.Tensor  #: BoolTensor[V]: codebook 0's silent codes
     max_frames: int
+    min_sound_frames: int = 0
 
     @classmethod
     def for_codec(cls, codec, params: SamplingParams, device=None) -> "SilenceGuard | None":
-        """The guard ``params.max_silence_s`` asks for (with ``allow_silence`` False: one that lets no silent code
-        through), or None (no limit, or a codec that cannot tell which codes are silent)."""
-        silent = codec.silent_codes() if params.max_silence_s > 0 or not params.allow_silence else None
+        """The guard ``params.max_silence_s`` and ``params.min_sound_s`` ask for (with ``allow_silence`` False: one
+        that lets no silent code through), or None (no limit, or a codec that cannot tell which codes are
+        silent)."""
+        wanted = params.max_silence_s > 0 or params.min_sound_s > 0 or not params.allow_silence
+        silent = codec.silent_codes() if wanted else None
         if silent is None or not bool(silent.any()):
             return None
+        silent = silent.to(device or codec.device)
         if not params.allow_silence:  # a count that starts at its limit: never a silent code
-            return cls(silent.to(device or codec.device), 0)
-        return cls(silent.to(device or codec.device), max(1, round(params.max_silence_s * codec.frame_rate)))
+            return cls(silent, 0)
+        longest = max(1, round(params.max_silence_s * codec.frame_rate)) if params.max_silence_s > 0 else 2**62
+        return cls(silent, longest, round(params.min_sound_s * codec.frame_rate))
 
-    def block(self, logits: torch.Tensor, run: torch.Tensor) -> None:
-        """In place on ``logits: FloatTensor[B, K, V]``: codebook 0's silent codes get no probability in
-        the rows whose silence (``run: LongTensor[B]``) has lasted ``max_frames``."""
-        logits[:, 0].masked_fill_((run >= self.max_frames)[:, None] & self.silent, float("-inf"))
+    def fresh(self, rows: int, device=None) -> torch.Tensor:
+        """The state of ``rows`` rows before any frame: no silence, and a silence free to start."""
+        state = torch.zeros(rows, 2, dtype=torch.long, device=device if device is not None else self.silent.device)
+        state[:, 1] = self.min_sound_frames
+        return state
 
-    def advance(self, run: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """In place: the count ``run`` after codebook 0 produced ``codes: LongTensor[B]`` (special tokens count
-        as sound; where the BoolTensor ``valid`` is False the count stays as it was)."""
+    def block(self, logits: torch.Tensor, state: torch.Tensor) -> None:
+        """In place on ``logits: FloatTensor[B, K, V]``: codebook 0's silent codes get no probability in the rows
+        whose silence has lasted ``max_frames``, or whose sound since the last silence (a row that sounds now)
+        is shorter than ``min_sound_frames``."""
+        run, sound = state[:, 0], state[:, 1]
+        stop = (run >= self.max_frames) | ((sound > 0) & (sound < self.min_sound_frames))
+        logits[:, 0].masked_fill_(stop[:, None] & self.silent, float("-inf"))
+
+    def advance(self, state: torch.Tensor, codes: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """In place: the state after codebook 0 produced ``codes: LongTensor[B]`` (special tokens count as sound;
+        where the BoolTensor ``valid`` is False the state stays as it was)."""
         V = self.silent.shape[0]
         silent = self.silent[codes.clamp(0, V - 1)] & (codes < V)
-        new = (run + silent * 2 - 1).clamp_min(0)
-        run.copy_(new if valid is None else torch.where(valid, new, run))
+        run = (state[:, 0] + silent * 2 - 1).clamp_min(0)
+        sound = torch.where(silent, 0, (state[:, 1] + 1).clamp_max(max(self.min_sound_frames, 1)))
+        new = torch.stack([run, sound], dim=1)
+        if valid is not None:  # one flag for the batch, or one per row
+            new = torch.where(valid if valid.dim() == 0 else valid[:, None], new, state)
+        state.copy_(new)
 
     def count(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes: LongTensor[B, T]`` of codebook 0 (a prompt) -> the count after them, ``LongTensor[B]``."""
-        run = torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+        """``codes: LongTensor[B, T]`` of codebook 0 (a prompt) -> the state after them, ``LongTensor[B, 2]``."""
+        state = self.fresh(codes.shape[0], codes.device)
         for t in range(codes.shape[1]):
-            self.advance(run, codes[:, t])
-        return run
+            self.advance(state, codes[:, t])
+        return state
 
 
 ENGINES = ("auto", "eager", "static", "graph", "compile")
@@ -303,7 +336,7 @@ class Decoder:
         self.pattern = torch.full((self.B, K, self.S_max), self.special, **long)
         self.known = torch.full((self.B, K, self.S_max), -1, **long)
         self.uniforms = torch.full((self.S_max, self.B, K), 0.5, dtype=torch.float32, device=device)
-        self.silent_run = torch.zeros(self.B, **long)  # the guard's count per row (SilenceGuard)
+        self.silent_run = torch.zeros(self.B, 2, **long)  # the guard's state per row (SilenceGuard.fresh)
         # the beat grid (an LM with one): each row's beats per frame (NaN: none) and phase offset in beats,
         # and the track frame at this window's pattern position 0; a position's phase is
         # frac((frame0 + pos) * step + offset)
@@ -428,7 +461,7 @@ class Decoder:
             if t0:
                 self.silent_run.copy_(self.guard.count(prompt[:, 0].to(self.silent_run.device)))
             else:
-                self.silent_run.zero_()
+                self.silent_run.copy_(self.guard.fresh(self.B, self.silent_run.device))
         if self.params.temperature > 0:
             self.uniforms[:S].uniform_(generator=self.generator)
         # the inputs of positions <= t0; those < t0 are prefilled at once

@@ -663,6 +663,73 @@ def test_generate_caps_silence_with_the_codecs_silent_codes(tiny_model_dir, tmp_
     assert max(capped) == limit and max(free) == seen[1].shape[-1]
 
 
+def _sound_between_silences(cb0: torch.Tensor, silent: set[int]) -> list[int]:
+    """Lengths of the runs of sounding codes in ``cb0`` that have silence on both sides."""
+    flags = [c in silent for c in cb0.tolist()]
+    runs, n, seen_silence = [], 0, False
+    for f in flags:
+        if f:
+            if seen_silence and n:
+                runs.append(n)
+            seen_silence, n = True, 0
+        else:
+            n += 1
+    return runs
+
+
+def test_min_sound_keeps_a_silence_from_starting_soon_after_the_last(tiny_model_dir, monkeypatch):
+    """``min_sound_s``: an LM that prefers silence, capped at 5 frames, starts the next silence one frame after
+    each cap without it; with ``min_sound_frames`` 10 every silence follows at least 10 sounding frames, a
+    silence still runs to its cap, the fixed-shape step keeps the state, and so does windowed continuation.
+    Off (0), the guard samples exactly what it sampled before the option existed."""
+    from audiogen.generation.sampling import SilenceGuard, generate_window
+    from audiogen.models.checkpoint import load_model
+
+    lm = load_model(tiny_model_dir).lm.eval()
+    V = lm.cfg.cardinality
+    decode_step = lm.decode_step
+
+    def prefers_silence(*args, **kwargs):
+        logits = decode_step(*args, **kwargs).clone()
+        logits[:, 0, 3:5] += 30.0
+        return logits
+
+    monkeypatch.setattr(lm, "decode_step", prefers_silence)
+    silent = torch.zeros(V, dtype=torch.bool)
+    silent[3:5] = True
+    B, L, N = 2, 4, 80
+    torch.manual_seed(0)
+    cond, mask = torch.randn(B, L, lm.cfg.cond_dim), torch.ones(B, L, dtype=torch.bool)
+    params = SamplingParams(temperature=1.0, top_k=50, cfg_scale=1.0)
+
+    def run(guard, engine="eager"):
+        return generate_window(lm, cond, mask, N, params, torch.Generator().manual_seed(1), engine=engine, guard=guard)
+
+    capped = run(SilenceGuard(silent, max_frames=5))
+    assert min(r for row in capped[:, 0] for r in _sound_between_silences(row, {3, 4})) == 1  # the premise
+    spaced_guard = SilenceGuard(silent, max_frames=5, min_sound_frames=10)
+    spaced = run(spaced_guard)
+    gaps = [r for row in spaced[:, 0] for r in _sound_between_silences(row, {3, 4})]
+    assert len(gaps) >= 2 * B and min(gaps) >= 10
+    assert max(r for row in spaced[:, 0] for r in _silent_runs(row, {3, 4})) == 5
+    assert torch.equal(spaced, run(spaced_guard, engine="static"))
+    long = generate_codes(lm, cond, mask, 160, params, torch.Generator().manual_seed(2), 30, 10, guard=spaced_guard)
+    assert min(r for row in long[:, 0] for r in _sound_between_silences(row, {3, 4})) >= 10
+    assert torch.equal(capped, run(SilenceGuard(silent, max_frames=5, min_sound_frames=0)))
+
+    class Codec:
+        frame_rate, device = 50.0, "cpu"
+
+        @staticmethod
+        def silent_codes():
+            return silent
+
+    g = SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=0.0, min_sound_s=0.5))  # no cap on length
+    assert g.min_sound_frames == 25 and g.max_frames > 10**9
+    with pytest.raises(AudiogenError, match="min sound"):
+        SamplingParams(min_sound_s=-1.0).validate()
+
+
 def test_no_silence_never_samples_a_silent_code():
     """``allow_silence`` False (``--no-silence``): the guard starts at its limit, so codebook 0's silent codes
     get no probability from the first frame; without it a silent code may start a pause."""
@@ -677,11 +744,12 @@ def test_no_silence_never_samples_a_silent_code():
 
     guard = SilenceGuard.for_codec(Codec, SamplingParams(allow_silence=False, max_silence_s=0.0))
     logits = torch.zeros(1, 2, 4)
-    guard.block(logits, torch.zeros(1, dtype=torch.long))
+    guard.block(logits, guard.fresh(1))
     assert torch.isinf(logits[0, 0, [0, 3]]).all() and torch.isfinite(logits[0, 0, [1, 2]]).all()
     assert torch.isfinite(logits[0, 1]).all()  # only codebook 0's codes
     allowed = torch.zeros(1, 2, 4)
-    SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=1.0)).block(allowed, torch.zeros(1, dtype=torch.long))
+    free = SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=1.0))
+    free.block(allowed, free.fresh(1))
     assert torch.isfinite(allowed).all()
     assert SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=0.0)) is None  # 0 = no limit, as before
     r = audiogen_cli("generate", "--help")
