@@ -390,8 +390,8 @@ class TokenStream:
     def __init__(self, lm, window: int, context: int, params: SamplingParams, generator: torch.Generator,
                  device, dtype, guard: SilenceGuard | None = None):
         self.lm, self.params, self.generator, self.guard = lm, params, generator, guard
-        # the guard's state (SilenceGuard.fresh)
-        self.silent_run = guard.fresh(1, device) if guard is not None else torch.zeros(1, 2, dtype=torch.long, device=device)
+        # the guard's state (SilenceGuard.fresh); unused without a guard
+        self.silent_run = guard.fresh(1, device) if guard is not None else None
         self.K, self.special = lm.cfg.num_codebooks, lm.cfg.cardinality
         self.delay = DelayPattern(self.K, self.special)
         self.window, self.context = window, context

@@ -386,17 +386,23 @@ def codebook_stats(codes: np.ndarray, cardinality: int) -> list[dict]:
     return out
 
 
-def hold_rates(codes: np.ndarray) -> list[float]:
-    """Per codebook of ``codes [K, T]`` or ``[B, K, T]``: the share of frames whose code is the frame before's.
-    The model report sets its samples' rates beside those of the held-out tokens: the default model sampled
-    with top-k 20 holds its residual codes in 34-53 % of the frames where its tokens hold them in 5-24 %, and
-    with top-k 250 it matches them, but the codes it then draws from the tail of the residual codebooks decode
-    to broadband noise (docs/training.md, "Top-k and held codes")."""
-    c = np.asarray(codes)
-    c = c[None] if c.ndim == 2 else c
-    if c.ndim != 3 or c.shape[2] < 2:
-        raise AudiogenError(f"expected codes shaped [K, T] or [B, K, T] with T >= 2, got {np.asarray(codes).shape}")
-    return [float(x) for x in (c[:, :, 1:] == c[:, :, :-1]).mean(axis=(0, 2))]
+def hold_rates(codes) -> list[float]:
+    """Per codebook of ``codes``, ``[K, T]``, ``[B, K, T]`` or a list of ``[K, T_i]`` (pooled over their frames): the
+    share of frames whose code is the frame before's. The model report sets its samples' rates beside those of the
+    held-out tokens: the default model sampled with top-k 20 holds its residual codes in 34-53 % of the frames
+    where its tokens hold them in 5-24 %, and with top-k 250 it matches them, but the codes it then draws from the
+    tail of the residual codebooks decode to broadband noise (docs/training.md, "Top-k and held codes")."""
+    parts = [np.asarray(c) for c in codes] if isinstance(codes, (list, tuple)) else [np.asarray(codes)]
+    held, steps = 0, 0
+    for c in parts:
+        c = c[None] if c.ndim == 2 else c
+        if c.ndim != 3 or c.shape[2] < 2:
+            raise AudiogenError(f"expected codes shaped [K, T] or [B, K, T] with T >= 2, got {c.shape}")
+        held = held + (c[:, :, 1:] == c[:, :, :-1]).sum(axis=(0, 2))
+        steps += c.shape[0] * (c.shape[2] - 1)
+    if not steps:
+        raise AudiogenError("no codes to count holds in")
+    return [float(x) for x in np.asarray(held) / steps]
 
 
 def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:

@@ -127,15 +127,9 @@ def heldout_hold_rates(data_dir: str | Path, num_codebooks: int, max_rows: int =
 
     valid = load_prepared(data_dir)["valid"]
     step = max(1, len(valid) // max_rows)
-    held = same = None
-    for row in valid.select(range(0, len(valid), step)[:max_rows]).select_columns(["codes"]).with_format("numpy"):
-        c = np.asarray(row["codes"])[:num_codebooks]
-        if c.shape[1] < 2:
-            continue
-        n = c.shape[1] - 1
-        rates = np.asarray(hold_rates(c)) * n
-        held, same = (rates, n) if held is None else (held + rates, same + n)
-    return [] if held is None else [float(x) for x in held / same]
+    rows = valid.select(range(0, len(valid), step)[:max_rows]).select_columns(["codes"]).with_format("numpy")
+    codes = [c for c in (np.asarray(r["codes"])[:num_codebooks] for r in rows) if c.shape[1] >= 2]
+    return hold_rates(codes) if codes else []
 
 
 @torch.inference_mode()
@@ -306,7 +300,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         "tag_conditioning": tags,
         # how often each codebook repeats the frame before's code, generated against the held-out tokens: a sampler
         # that truncates the distribution (top-k) holds codes far more often than the music it learned from
-        "code_hold_rates": {"generated": hold_rates(np.stack(gen_codes)),
+        "code_hold_rates": {"generated": hold_rates(gen_codes),
                             "heldout": heldout_hold_rates(data_dir, codec.num_codebooks)},
         "generated_music_likeness": {
             "temporal_variation_db": [x["temporal_variation_db"] for x in likeness],

@@ -160,6 +160,8 @@ def test_hold_rates_count_frames_that_repeat_the_code_before_them():
     assert rates[0] == pytest.approx(90 / 99) and rates[1] == 0.0 and rates[2] < 0.05
     # a batch pools its rows
     assert C.hold_rates(np.stack([codes, codes[[1, 0, 2]]]))[:2] == pytest.approx([45 / 99, 45 / 99])
+    # a list of clips of different lengths pools their frames: 9 + 90 holds of 10 + 99 steps
+    assert C.hold_rates([codes[:, :11], codes])[0] == pytest.approx(99 / 109)
     with pytest.raises(AudiogenError, match="T >= 2"):
         C.hold_rates(codes[:, :1])
 
