@@ -303,10 +303,20 @@ class Codec:
     #: the codec's raw output; the default model's training frames: median -26, 2 % below -50). The same level
     #: as the stream's loudness follower's gate: :meth:`silent_codes`, the sampler's silence guard
     SILENT_LUFS = -50.0
+    #: a codebook-0 code is "quiet" when the frame it decodes to, held, is quieter than this: some 20 dB under
+    #: the default model's median frame, where a frame of one in the middle of music is heard as a hole
+    #: (:func:`audiogen.metrics.audio_checks.dropouts_per_minute`). :meth:`quiet_codes`, the sampler's cap on
+    #: what guidance may add (``SamplingParams.cap_quiet``)
+    QUIET_LUFS = -40.0
 
     def silent_codes(self) -> torch.Tensor | None:
         """``BoolTensor[cardinality]``: the codebook-0 codes that decode to (near) silence whatever the other
         codebooks hold, or None when the codec cannot tell (then nothing guards against long silences)."""
+        return None
+
+    def quiet_codes(self) -> torch.Tensor | None:
+        """``BoolTensor[cardinality]``: the codebook-0 codes that decode to frames quieter than ``QUIET_LUFS``
+        (the silent ones among them), or None when the codec cannot tell."""
         return None
 
     def to(self, device) -> "Codec":
@@ -545,6 +555,10 @@ class MelVQCodec(EncodecCodec):
         """Codebook 0's codewords are whole log-mel frames (over the mean): silent where such a frame, held,
         is quieter than ``SILENT_LUFS`` (:meth:`MelVQModel.code_loudness`)."""
         return self.model.code_loudness() < self.SILENT_LUFS
+
+    def quiet_codes(self) -> torch.Tensor:
+        """As :meth:`silent_codes`, under ``QUIET_LUFS``."""
+        return self.model.code_loudness() < self.QUIET_LUFS
 
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.encode(wav, self.num_codebooks)

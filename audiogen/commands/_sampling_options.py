@@ -10,9 +10,9 @@ RECOMMENDED = "the model's recommendation"
 
 
 def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, label_guidance_note: str) -> None:
-    """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below, --max-silence and
-    --min-sound on
-    ``group``; ``offbeat_default`` ends --offbeat-below's help (what it defaults to in that command), and
+    """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below, --max-silence,
+    --min-sound and --cap-quiet on ``group``; ``offbeat_default`` ends --offbeat-below's help (what it
+    defaults to in that command), and
     ``label_guidance_note`` is --label-guidance's (which requests it changes there)."""
     group.add_argument("--temperature", type=float,
                        help=f"lower = safer and more repetitive, higher = more varied (default: {RECOMMENDED} "
@@ -42,3 +42,9 @@ def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, l
                        help=f"a silence (codes that decode to silence) may start only S seconds of sound after the "
                             f"last one ended, so the model cannot cut short holes into held sound (default: "
                             f"{RECOMMENDED}, else 0 = off; docs/generate.md)")
+    group.add_argument("--cap-quiet", metavar="MODE", dest="cap_quiet",
+                       help=f"off, on or untimed. on: guidance may not make quiet sound (codes that decode under "
+                            f"-40 LUFS) more likely than the model without it does, so --cfg and --beat-guidance shape the sound without "
+                            f"cutting short holes into it, at a cost to fast tempos; untimed: on when the request "
+                            f"names no tempo (no --bpm, no \"120 bpm\" in the prompt) (default: {RECOMMENDED}, "
+                            f"else off; docs/generate.md)")

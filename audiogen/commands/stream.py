@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     config = read_config(model_dir)
     sampling = stream_sampling(config, temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg,
                                max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
-                               min_sound_s=args.min_sound_s, beat_guidance=args.beat_guidance,
+                               min_sound_s=args.min_sound_s, cap_quiet=args.cap_quiet,
+                               beat_guidance=args.beat_guidance,
                                label_guidance=args.label_guidance, offbeat_below_bpm=args.offbeat_below_bpm)
     check_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,

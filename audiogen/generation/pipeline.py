@@ -69,9 +69,11 @@ class GenerateJob:
             config = read_config(resolve_model_dir(options.get("model_dir")))
         except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
             config = {}
-        return cls(conditions=requested_tempo(Conditions(text=prompt, **parts["conditions"]), config),
+        asked = Conditions(text=prompt, **parts["conditions"])
+        return cls(conditions=requested_tempo(asked, config),
                    finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
-                   sampling=SamplingParams.for_model(config, **parts["sampling"]), **options)
+                   sampling=SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked)),
+                   **options)
 
     @property
     def prompt(self) -> str | None:
@@ -145,6 +147,13 @@ class GenerateJob:
 _TEMPO_IN_TEXT = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*bpm\b", re.IGNORECASE)
 
 
+def names_tempo(conditions: Conditions) -> bool:
+    """Whether a request names its tempo: ``--bpm``, or a tempo written in the prompt ("120 bpm"), as
+    :func:`requested_tempo` reads them (not one it takes from a mood, a genre or the model's default)."""
+    match = _TEMPO_IN_TEXT.search(conditions.text or "")
+    return conditions.bpm is not None or bool(match and 20 <= float(match.group(1)) <= 400)
+
+
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     """``conditions`` with the tempo the request means, for a model with a beat grid (``config``: its model
     folder's config): ``--bpm`` when given; else a tempo written in the prompt ("upbeat electronic, 120
@@ -156,9 +165,8 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     grid = (config.get("lm") or {}).get("beat_harmonics")
     if conditions.bpm is not None or not grid or not (config.get("conditioner") or {}).get("bpm_buckets"):
         return conditions
-    match = _TEMPO_IN_TEXT.search(conditions.text or "")
-    if match and 20 <= float(match.group(1)) <= 400:
-        return replace(conditions, bpm=float(match.group(1)))
+    if names_tempo(conditions):  # written in the prompt
+        return replace(conditions, bpm=float(_TEMPO_IN_TEXT.search(conditions.text).group(1)))
     generation = config.get("generation") or {}
     bpm = label_tempo(conditions, generation.get("default_bpm_by") or {}) or generation.get("default_bpm")
     return replace(conditions, bpm=float(bpm)) if bpm else conditions

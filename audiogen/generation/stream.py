@@ -67,7 +67,7 @@ import torch
 
 from audiogen.audio.level import LevelFollower  # noqa: F401  (here since streams began; finishing shares it)
 from audiogen.errors import AudiogenError
-from audiogen.generation.sampling import SamplingParams, SilenceGuard, guide, has_grid, sample_tokens
+from audiogen.generation.sampling import SamplingParams, SilenceGuard, guide_capped, has_grid, sample_tokens
 from audiogen.models.conditioning import ATTRIBUTES, LABELS, Conditions
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
@@ -113,12 +113,14 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     And the codes that decode to silence are never sampled unless ``allow_silence`` is given True: background
     music that never ends has no use for pauses, and the default model's short dark gaps (48-70 a minute in a
     3-minute stream) pulled its 3 s loudness 2-2.5 LU under the target, which the level stage rightly does not
-    boost (it gates blocks under -50 LUFS); without them the stream stayed within 1.6 LU (docs/stream.md)."""
+    boost (it gates blocks under -50 LUFS); without them the stream stayed within 1.6 LU (docs/stream.md).
+    A stream always plays at a tempo (its state's, which it changes and must be heard changing), so
+    ``cap_quiet`` "untimed" is off in a stream."""
     if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
     if given.get("allow_silence") is None:
         given["allow_silence"] = False
-    return SamplingParams.for_model(config, **given)
+    return SamplingParams.for_model(config, **given).for_tempo(named=True)
 
 
 def calm_and_tense(cfg) -> list[dict]:
@@ -467,7 +469,7 @@ class TokenStream:
             self.beat_count += beat_step
         logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1, beat=self._beat(phase)).float()
         if self.guided:
-            logits = guide(logits, self.params, *self.rows)
+            logits = guide_capped(logits, self.params, self.rows, self.guard)
         if self.guard is not None:
             self.guard.block(logits, self.silent_run)
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)

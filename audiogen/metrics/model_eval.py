@@ -99,7 +99,7 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
-    from audiogen.generation.pipeline import requested_tempo
+    from audiogen.generation.pipeline import names_tempo, requested_tempo
 
     params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
@@ -107,8 +107,9 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
         # the tempo generate would play each prompt at (written in it, or the model's default)
-        conds = [requested_tempo(Conditions(text=p), loaded.config) for p in chunk]
-        codes = sample_codes(loaded, conds, seconds, params, seed + s)
+        asked = [Conditions(text=p) for p in chunk]
+        conds = [requested_tempo(c, loaded.config) for c in asked]
+        codes = sample_codes(loaded, conds, seconds, params.for_tempo(any(map(names_tempo, asked))), seed + s)
         if codes_out is not None:
             codes_out.extend(c.cpu().numpy() for c in codes)
         wavs = loaded.codec.decode(codes).float().cpu().numpy()

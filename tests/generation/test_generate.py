@@ -456,7 +456,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f", beat guidance {recommended.beat_guidance:g}" if grid else "")
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
-           if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else ""))
+           if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
+        + ("; guidance adds no quiet sound to requests that name no tempo (--cap-quiet untimed)"
+           if recommended.cap_quiet == "untimed" else ""))
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
@@ -529,7 +531,9 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     bpm = config["generation"].get("default_bpm") if config["lm"].get("beat_harmonics") else None
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
     assert job.conditions == Conditions(text="calm", genre="rock", bpm=bpm) and job.prompt == "calm"
-    assert job.sampling == replace(recommended, top_k=5) and job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
+    # "calm" names no tempo: a cap_quiet of "untimed" is resolved for it (SamplingParams.for_tempo)
+    assert job.sampling == replace(recommended.for_tempo(False), top_k=5)
+    assert job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
     assert job.seed == 3 and job.duration_s == 2.0
     jobs = []
     monkeypatch.setattr(P, "run_job", lambda j: jobs.append(j) or [])
@@ -537,8 +541,8 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
                  ["calm", "--duration", "2", "--out", "x.wav", "--top-k", "5", "--fade-in", "0.5", "--genre", "rock"]):
         args = build_parser().parse_args(["generate", *argv])
         args.func(args)
-    assert jobs[0].sampling == recommended and jobs[0].finish == FinishSpec(duration_s=2.0)
-    assert jobs[1].sampling == replace(recommended, top_k=5)
+    assert jobs[0].sampling == recommended.for_tempo(False) and jobs[0].finish == FinishSpec(duration_s=2.0)
+    assert jobs[1].sampling == replace(recommended.for_tempo(False), top_k=5)
     assert jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
     assert jobs[1].conditions == Conditions(text="calm", genre="rock", bpm=bpm)
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -728,6 +732,118 @@ def test_min_sound_keeps_a_silence_from_starting_soon_after_the_last(tiny_model_
     assert g.min_sound_frames == 25 and g.max_frames > 10**9
     with pytest.raises(AudiogenError, match="min sound"):
         SamplingParams(min_sound_s=-1.0).validate()
+
+
+def test_cap_keeps_guidance_from_raising_the_quiet_codes_mass():
+    """``SilenceGuard.cap``: after guidance, codebook 0's quiet codes together get the least probability any
+    guidance row gives them (not more), the odds among quiet codes and among the other codes stay guidance's,
+    a guided mass already under that stays, and the other codebooks are untouched."""
+    from audiogen.generation.sampling import SilenceGuard, guide
+
+    quiet = torch.tensor([True, True, False, False, False])
+    guard = SilenceGuard(quiet.clone(), max_frames=10, quiet=quiet)
+    request = torch.tensor([[2.0, 1.0, 0.5, 0.0, -0.5], [0.0, 1.0, 2.0, 3.0, 4.0]])
+    uncond = torch.tensor([[0.0, -1.0, 0.5, 0.0, -0.5], [4.0, 3.0, 2.0, 1.0, 0.0]])
+    logits = torch.stack([request, uncond])  # [G * B = 2, K = 2, V = 5]: the request's row, then unconditional
+    params = SamplingParams(cfg_scale=3.0)
+    guided = guide(logits, params, False, False, True)
+    mass = lambda x: x[0].softmax(-1)[quiet].sum()  # noqa: E731
+    assert mass(guided[0]) > mass(request) > mass(uncond)  # the premise: guidance raised it past both rows
+    capped = guided.clone()
+    guard.cap(capped, logits)
+    assert torch.allclose(mass(capped[0]), mass(uncond), atol=1e-5)
+    ratios = lambda x, m: (x[0][m] - x[0][m][0])  # noqa: E731 (log-odds within a set)
+    assert torch.allclose(ratios(capped[0], quiet), ratios(guided[0], quiet), atol=1e-5)
+    assert torch.allclose(ratios(capped[0], ~quiet), ratios(guided[0], ~quiet), atol=1e-5)
+    assert torch.equal(capped[0, 1], guided[0, 1])
+    lowered = guide(logits.flip(0), params, False, False, True)  # guidance away from quiet: left as it is
+    kept = lowered.clone()
+    guard.cap(kept, logits.flip(0))
+    assert torch.allclose(kept, lowered)
+    assert mass(kept[0]) < mass(uncond)
+
+
+def test_cap_quiet_in_the_decoder(tiny_model_dir, monkeypatch):
+    """``cap_quiet``: an LM whose request rows favour three quiet codes, and whose unconditional rows do not,
+    samples them in most frames under guidance 3; with the cap about as often as its unconditional rows
+    would. The fixed-shape step gives the same codes; without ``quiet`` the guard samples as before."""
+    from audiogen.generation.sampling import SilenceGuard, generate_window
+    from audiogen.models.checkpoint import load_model
+
+    lm = load_model(tiny_model_dir).lm.eval()
+    V = lm.cfg.cardinality
+    decode_step = lm.decode_step
+    B, L, N = 2, 4, 80
+
+    def request_favours_quiet(*args, **kwargs):
+        logits = decode_step(*args, **kwargs).clone()
+        logits[:B, 0, 3:6] += 2.0  # the request rows; the unconditional rows follow them
+        return logits
+
+    monkeypatch.setattr(lm, "decode_step", request_favours_quiet)
+    quiet = torch.zeros(V, dtype=torch.bool)
+    quiet[3:6] = True
+    torch.manual_seed(0)
+    cond = torch.cat([torch.randn(B, L, lm.cfg.cond_dim), torch.zeros(B, L, lm.cfg.cond_dim)])
+    mask = torch.cat([torch.ones(B, L, dtype=torch.bool), torch.zeros(B, L, dtype=torch.bool)])
+    params = SamplingParams(temperature=1.0, top_k=0, cfg_scale=3.0)
+
+    def run(guard, engine="eager"):
+        return generate_window(lm, cond, mask, N, params, torch.Generator().manual_seed(1), engine=engine, guard=guard)
+
+    def quiet_fraction(codes):
+        return float(quiet[codes[:, 0]].float().mean())
+
+    never_silent = torch.zeros(V, dtype=torch.bool)
+    free = run(SilenceGuard(never_silent, max_frames=10))
+    capped_guard = SilenceGuard(never_silent, max_frames=10, quiet=quiet)
+    capped = run(capped_guard)
+    assert quiet_fraction(free) > 0.5  # the premise: guidance makes the quiet codes most of codebook 0
+    assert quiet_fraction(capped) < 0.15  # 3 codes of 64 at about the unconditional rows' odds (0.06)
+    assert torch.equal(capped, run(capped_guard, engine="static"))
+    assert torch.equal(free, run(None))
+
+    class Codec:
+        frame_rate, device = 50.0, "cpu"
+
+        @staticmethod
+        def silent_codes():
+            return torch.tensor([True, False, False, False])
+
+        @staticmethod
+        def quiet_codes():
+            return torch.tensor([True, True, False, False])
+
+    g = SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=0.0, cap_quiet="on"))  # the cap alone
+    assert g.quiet.tolist() == [True, True, False, False] and g.max_frames > 10**9 and g.min_sound_frames == 0
+    for mode in ("off", "untimed"):  # "untimed" unresolved (SamplingParams.for_tempo) caps nothing
+        assert SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=1.0, cap_quiet=mode)).quiet is None
+
+
+def test_cap_quiet_untimed_caps_the_requests_that_name_no_tempo(tiny_model_dir, tmp_path):
+    """``--cap-quiet untimed`` resolves per request: on without a tempo, off with ``--bpm`` or "120 bpm" in the
+    prompt; the sidecar records what was used, and a value that is none of the three is one clear error."""
+    from audiogen.generation.pipeline import names_tempo
+    from audiogen.models.conditioning import Conditions
+
+    assert not names_tempo(Conditions(text="calm orchestral theme"))
+    assert names_tempo(Conditions(text="upbeat electronic, 120 bpm")) and names_tempo(Conditions(text="x", bpm=90.0))
+    assert not names_tempo(Conditions(text="take 5 bpm"))  # not a tempo
+    jobs = {name: GenerateJob.from_options(prompt, 1.0, tmp_path / f"{name}.wav", model_dir=tiny_model_dir,
+                                           cap_quiet="untimed", **extra)
+            for name, prompt, extra in (("plain", "calm", {}), ("text", "calm, 120 bpm", {}),
+                                        ("bpm", "calm", {"bpm": 100.0}))}
+    assert {k: j.sampling.cap_quiet for k, j in jobs.items()} == {"plain": "on", "text": "off", "bpm": "off"}
+    assert SamplingParams(cap_quiet="on").for_tempo(True).cap_quiet == "on"  # only "untimed" is resolved
+    r = audiogen_cli("generate", "calm", "--duration", "1", "--out", str(tmp_path / "a.wav"), "--model",
+                     str(tiny_model_dir), "--cap-quiet", "untimed", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(sidecar_path(tmp_path / "a.wav").read_text())["sampling"]["cap_quiet"] == "on"
+    r = audiogen_cli("generate", "calm", "--duration", "1", "--out", str(tmp_path / "b.wav"), "--model",
+                     str(tiny_model_dir), "--cap-quiet", "yes")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "cap-quiet must be one of off, on, untimed, got 'yes'" in r.stderr
+    assert not (tmp_path / "b.wav").exists()
 
 
 def test_no_silence_never_samples_a_silent_code():
