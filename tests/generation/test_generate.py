@@ -761,6 +761,11 @@ def test_cap_keeps_guidance_from_raising_the_quiet_codes_mass():
     guard.cap(kept, logits.flip(0))
     assert torch.allclose(kept, lowered)
     assert mass(kept[0]) < mass(uncond)
+    shut = guided.clone()
+    shut[0, 0, :2] = float("-inf")  # no quiet probability left at all: nothing to cap, and no NaN
+    before = shut.clone()
+    guard.cap(shut, logits)
+    assert torch.equal(shut, before)
 
 
 def test_cap_quiet_in_the_decoder(tiny_model_dir, monkeypatch):

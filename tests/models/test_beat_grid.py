@@ -525,9 +525,9 @@ def test_a_tempo_change_raises_beat_guidance_until_after_its_glide(grid_model, m
     from audiogen.generation.stream import MusicStream, StreamSettings
 
     used = []  # beat guidance of each step, in frame order (one guide call per step)
-    real_guide = stream_mod.guide
-    monkeypatch.setattr(stream_mod, "guide", lambda logits, params, *rows: (used.append(params.beat_guidance),
-                                                                           real_guide(logits, params, *rows))[1])
+    real_guide = stream_mod.guide_capped
+    monkeypatch.setattr(stream_mod, "guide_capped", lambda logits, params, *rest: (
+        used.append(params.beat_guidance), real_guide(logits, params, *rest))[1])
     params = SamplingParams(top_k=20, cfg_scale=2.0, beat_guidance=beat_guidance)
     s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
         chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False, sampling=params, tempo_boost=boost,
