@@ -44,7 +44,8 @@ def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, l
                             f"{RECOMMENDED}, else 0 = off; docs/generate.md)")
     group.add_argument("--cap-quiet", metavar="MODE", dest="cap_quiet",
                        help=f"off, on or untimed. on: guidance may not make quiet sound (codes that decode under "
-                            f"-40 LUFS) more likely than the model without it does, so --cfg and --beat-guidance shape the sound without "
-                            f"cutting short holes into it, at a cost to fast tempos; untimed: on when the request "
+                            f"-40 LUFS) more likely than the model without it does, so --cfg and --beat-guidance "
+                            f"shape the sound without cutting short holes into it, at a cost to fast tempos; "
+                            f"untimed: on when the request "
                             f"names no tempo (no --bpm, no \"120 bpm\" in the prompt) (default: {RECOMMENDED}, "
                             f"else off; docs/generate.md)")

@@ -14,6 +14,7 @@ ORDER = 90
 #: how ``audiogen info`` says where ``--cap-quiet`` applies
 CAP_QUIET_SCOPE = {"on": "", "untimed": " to requests that name no tempo"}
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
@@ -104,8 +105,8 @@ def run_model(args: argparse.Namespace) -> int:
           + (", not for requests naming only instruments without percussion"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
           + (f", label guidance {sp['label_guidance']:g}" if sp.get("label_guidance", 1) != 1 else "")
-          + (f"; guidance adds no quiet sound{CAP_QUIET_SCOPE.get(sp['cap_quiet'], '')} (--cap-quiet {sp['cap_quiet']})"
-             if sp.get("cap_quiet", "off") != "off" else ""))
+          + (f"; guidance adds no quiet sound{CAP_QUIET_SCOPE.get(sp['cap_quiet'], '')} "
+             f"(--cap-quiet {sp['cap_quiet']})" if sp.get("cap_quiet", "off") != "off" else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:
