@@ -46,6 +46,5 @@ def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, l
                        help=f"off, on or untimed. on: guidance may not make quiet sound (codes that decode under "
                             f"-40 LUFS) more likely than the model without it does, so --cfg and --beat-guidance "
                             f"shape the sound without cutting short holes into it, at a cost to fast tempos; "
-                            f"untimed: on when the request "
-                            f"names no tempo (no --bpm, no \"120 bpm\" in the prompt) (default: {RECOMMENDED}, "
-                            f"else off; docs/generate.md)")
+                            f"untimed: on when the request names no tempo (no --bpm, no \"120 bpm\" in the "
+                            f"prompt) (default: {RECOMMENDED}, else off; docs/generate.md)")

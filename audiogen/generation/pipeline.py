@@ -147,11 +147,16 @@ class GenerateJob:
 _TEMPO_IN_TEXT = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\s*bpm\b", re.IGNORECASE)
 
 
+def _tempo_in_text(text: str | None) -> float | None:
+    """The tempo a prompt writes ("upbeat electronic, 120 bpm"; 20-400 bpm), or None."""
+    match = _TEMPO_IN_TEXT.search(text or "")
+    return float(match.group(1)) if match and 20 <= float(match.group(1)) <= 400 else None
+
+
 def names_tempo(conditions: Conditions) -> bool:
     """Whether a request names its tempo: ``--bpm``, or a tempo written in the prompt ("120 bpm"), as
     :func:`requested_tempo` reads them (not one it takes from a mood, a genre or the model's default)."""
-    match = _TEMPO_IN_TEXT.search(conditions.text or "")
-    return conditions.bpm is not None or bool(match and 20 <= float(match.group(1)) <= 400)
+    return conditions.bpm is not None or _tempo_in_text(conditions.text) is not None
 
 
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
@@ -165,8 +170,9 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     grid = (config.get("lm") or {}).get("beat_harmonics")
     if conditions.bpm is not None or not grid or not (config.get("conditioner") or {}).get("bpm_buckets"):
         return conditions
-    if names_tempo(conditions):  # written in the prompt
-        return replace(conditions, bpm=float(_TEMPO_IN_TEXT.search(conditions.text).group(1)))
+    written = _tempo_in_text(conditions.text)
+    if written is not None:
+        return replace(conditions, bpm=written)
     generation = config.get("generation") or {}
     bpm = label_tempo(conditions, generation.get("default_bpm_by") or {}) or generation.get("default_bpm")
     return replace(conditions, bpm=float(bpm)) if bpm else conditions
