@@ -11,7 +11,7 @@ RECOMMENDED = "the model's recommendation"
 
 def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, label_guidance_note: str) -> None:
     """--temperature, --top-k, --cfg, --beat-guidance, --label-guidance, --offbeat-below, --max-silence,
-    --min-sound and --cap-quiet on ``group``; ``offbeat_default`` ends --offbeat-below's help (what it
+    --min-sound, --cap-quiet and --cap-below on ``group``; ``offbeat_default`` ends --offbeat-below's help (what it
     defaults to in that command), and
     ``label_guidance_note`` is --label-guidance's (which requests it changes there)."""
     group.add_argument("--temperature", type=float,
@@ -43,8 +43,12 @@ def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, l
                             f"last one ended, so the model cannot cut short holes into held sound (default: "
                             f"{RECOMMENDED}, else 0 = off; docs/generate.md)")
     group.add_argument("--cap-quiet", metavar="MODE", dest="cap_quiet",
-                       help=f"off, on or untimed. on: guidance may not make quiet sound (codes that decode under "
-                            f"-40 LUFS) more likely than the model without it does, so --cfg and --beat-guidance "
-                            f"shape the sound without cutting short holes into it, at a cost to fast tempos; "
-                            f"untimed: on when the request names no tempo (no --bpm, no \"120 bpm\" in the "
-                            f"prompt) (default: {RECOMMENDED}, else off; docs/generate.md)")
+                       help=f"off, on, untimed or slow. on: guidance may not make quiet sound (codes that decode "
+                            f"under -40 LUFS) more likely than the model without it does, so --cfg and "
+                            f"--beat-guidance shape the sound without cutting short holes into it, at a cost to fast "
+                            f"tempos; untimed: on when the request names no tempo (no --bpm, no \"120 bpm\" in the "
+                            f"prompt); slow: on when the music plays under --cap-below bpm (default: {RECOMMENDED}, "
+                            f"else off; docs/generate.md)")
+    group.add_argument("--cap-below", type=float, metavar="BPM", dest="cap_below_bpm",
+                       help=f"with --cap-quiet slow: the tempo from which the cap is off (default: {RECOMMENDED}, "
+                            f"else 120)")

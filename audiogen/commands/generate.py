@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
                    max_silence_s=args.max_silence_s, allow_silence=args.allow_silence, min_sound_s=args.min_sound_s,
-                   cap_quiet=args.cap_quiet,
+                   cap_quiet=args.cap_quiet, cap_below_bpm=args.cap_below_bpm,
                    beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,
                    offbeat_below_bpm=args.offbeat_below_bpm,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak,

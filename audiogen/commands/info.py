@@ -12,7 +12,7 @@ ORDER = 90
 
 
 #: how ``audiogen info`` says where ``--cap-quiet`` applies
-CAP_QUIET_SCOPE = {"on": "", "untimed": " to requests that name no tempo"}
+CAP_QUIET_SCOPE = {"on": "", "untimed": " to requests that name no tempo", "slow": " under {cap_below_bpm:g} bpm"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -96,6 +96,7 @@ def run_model(args: argparse.Namespace) -> int:
     lm_max = f" (the LM holds at most {m['max_window_s']:g} s)" if m["max_window_s"] else ""
     print(f"window: {m['window_s']:g} s at a time{lm_max}; longer tracks continue window by window")
     sp = m["sampling"]
+    cap_scope = CAP_QUIET_SCOPE.get(sp.get("cap_quiet", "off"), "").format(cap_below_bpm=sp.get("cap_below_bpm", 120))
     print(f"sampling (the defaults of generate and stream): temperature {sp['temperature']:g}, top-k {sp['top_k']}, "
           f"top-p {sp['top_p']:g}, guidance {sp['cfg_scale']:g}, max silence {sp['max_silence_s']:g} s"
           + (f", min sound {sp['min_sound_s']:g} s" if sp.get("min_sound_s") else "")
@@ -105,8 +106,8 @@ def run_model(args: argparse.Namespace) -> int:
           + (", not for requests naming only instruments without percussion"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
           + (f", label guidance {sp['label_guidance']:g}" if sp.get("label_guidance", 1) != 1 else "")
-          + (f"; guidance adds no quiet sound{CAP_QUIET_SCOPE.get(sp['cap_quiet'], '')} "
-             f"(--cap-quiet {sp['cap_quiet']})" if sp.get("cap_quiet", "off") != "off" else ""))
+          + (f"; guidance adds no quiet sound{cap_scope} (--cap-quiet {sp['cap_quiet']})"
+             if sp.get("cap_quiet", "off") != "off" else ""))
     from audiogen.models.conditioning import LABELS
 
     for a in LABELS:

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = stream_sampling(config, temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg,
                                max_silence_s=args.max_silence_s, allow_silence=args.allow_silence,
                                min_sound_s=args.min_sound_s, cap_quiet=args.cap_quiet,
+                               cap_below_bpm=args.cap_below_bpm,
                                beat_guidance=args.beat_guidance,
                                label_guidance=args.label_guidance, offbeat_below_bpm=args.offbeat_below_bpm)
     check_guidance(config, model_dir, sampling)

@@ -70,10 +70,10 @@ class GenerateJob:
         except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
             config = {}
         asked = Conditions(text=prompt, **parts["conditions"])
-        return cls(conditions=requested_tempo(asked, config),
-                   finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
-                   sampling=SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked)),
-                   **options)
+        played = requested_tempo(asked, config)
+        sampling = SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked), played.bpm)
+        return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
+                   sampling=sampling, **options)
 
     @property
     def prompt(self) -> str | None:

@@ -30,7 +30,7 @@ from audiogen.models.patterns import DelayPattern
 
 
 #: the values of ``SamplingParams.cap_quiet``
-CAP_QUIET = ("off", "on", "untimed")
+CAP_QUIET = ("off", "on", "untimed", "slow")
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,13 @@ class SamplingParams:
     #: them: it shapes what sounds, not whether (:meth:`SilenceGuard.cap`). Guidance pushes the small default
     #: model's half-beats into quiet codes, heard as short holes, and those holes carry its fast tempos: capped,
     #: 133-152 bpm requests were heard at half tempo. "untimed": on for requests that name no tempo, off for
-    #: those that do (:meth:`for_tempo` resolves it per request; unresolved it is off). "off": plain guidance
+    #: those that do. "slow": on for requests played under ``cap_below_bpm`` (the tempo they name, or the one
+    #: the model plays them at), off at and above it, where the holes carry the beat. (:meth:`capped` tells per
+    #: request, :meth:`for_tempo` resolves a job; unresolved, both are off.) "off": plain guidance
     #: (docs/generate.md, "--cap-quiet")
     cap_quiet: str = "off"
+    #: ``cap_quiet`` "slow": the tempo (bpm) from which the cap is off
+    cap_below_bpm: float = 120.0
     #: guidance towards the beat grid (a model with one; 1 = off): the logits of the request are pushed
     #: away from those of the same request without the grid, ``nogrid + beat_guidance * (grid - nogrid)``,
     #: as classifier-free guidance pushes away from the unconditional logits (docs/generate.md)
@@ -108,16 +112,27 @@ class SamplingParams:
             return replace(self, label_guidance=1.0)
         return self
 
-    def for_tempo(self, named: bool) -> "SamplingParams":
-        """These parameters for requests that name a tempo (``named``) or not: ``cap_quiet`` "untimed" becomes
-        "off" or "on" (:func:`audiogen.generation.pipeline.names_tempo` tells)."""
-        if self.cap_quiet != "untimed":
+    def capped(self, named: bool, bpm: float | None) -> bool:
+        """Whether ``cap_quiet`` caps a request that names a tempo (``named``:
+        :func:`audiogen.generation.pipeline.names_tempo`) or not, played at ``bpm`` (None: at no tempo)."""
+        if self.cap_quiet == "untimed":
+            return not named
+        if self.cap_quiet == "slow":
+            return bpm is None or bpm < self.cap_below_bpm
+        return self.cap_quiet == "on"
+
+    def for_tempo(self, named: bool, bpm: float | None = None) -> "SamplingParams":
+        """These parameters for requests that name a tempo (``named``) or not, played at ``bpm``: ``cap_quiet``
+        "untimed" or "slow" becomes "on" or "off" (:meth:`capped`)."""
+        if self.cap_quiet not in ("untimed", "slow"):  # an unknown value stays for validate() to refuse
             return self
-        return replace(self, cap_quiet="off" if named else "on")
+        return replace(self, cap_quiet="on" if self.capped(named, bpm) else "off")
 
     def validate(self) -> None:
         if self.cap_quiet not in CAP_QUIET:
             raise AudiogenError(f"cap-quiet must be one of {', '.join(CAP_QUIET)}, got {self.cap_quiet!r}")
+        if not (math.isfinite(self.cap_below_bpm) and self.cap_below_bpm > 0):
+            raise AudiogenError(f"cap-below must be a tempo in bpm > 0, got {self.cap_below_bpm}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise AudiogenError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
@@ -239,13 +254,18 @@ class SilenceGuard:
     min_sound_frames: int = 0
     #: BoolTensor[V]: codebook 0's quiet codes, whose probability guidance may not raise (:meth:`cap`); None: no cap
     quiet: torch.Tensor | None = None
+    #: BoolTensor[B]: the rows of a batch the cap applies to; None: all
+    capped_rows: torch.Tensor | None = None
 
     @classmethod
-    def for_codec(cls, codec, params: SamplingParams, device=None) -> "SilenceGuard | None":
+    def for_codec(cls, codec, params: SamplingParams, device=None,
+                  capped_rows: list[bool] | None = None) -> "SilenceGuard | None":
         """The guard ``params.max_silence_s``, ``params.min_sound_s`` and ``params.cap_quiet`` "on" ask for (with
         ``allow_silence`` False: one that lets no silent code through), or None (no limit, or a codec that cannot
-        tell which codes are silent)."""
-        capped = params.cap_quiet == "on"
+        tell which codes are silent). ``capped_rows`` (one flag per row of a batch, :meth:`SamplingParams.capped`)
+        caps those rows whatever ``cap_quiet`` says, for a batch whose requests differ."""
+        capped = params.cap_quiet == "on" if capped_rows is None else any(capped_rows)
+        rows = None if capped_rows is None or all(capped_rows) else torch.tensor(capped_rows, dtype=torch.bool)
         wanted = params.max_silence_s > 0 or params.min_sound_s > 0 or not params.allow_silence or capped
         silent = codec.silent_codes() if wanted else None
         if silent is None or not bool(silent.any()):
@@ -254,10 +274,11 @@ class SilenceGuard:
         silent = silent.to(device)
         quiet = codec.quiet_codes() if capped else None
         quiet = quiet.to(device) if quiet is not None and bool(quiet.any()) else None
+        rows = rows.to(device) if rows is not None and quiet is not None else None
         if not params.allow_silence:  # a count that starts at its limit: never a silent code
-            return cls(silent, 0, quiet=quiet)
+            return cls(silent, 0, quiet=quiet, capped_rows=rows)
         longest = max(1, round(params.max_silence_s * codec.frame_rate)) if params.max_silence_s > 0 else 2**62
-        return cls(silent, longest, round(params.min_sound_s * codec.frame_rate), quiet)
+        return cls(silent, longest, round(params.min_sound_s * codec.frame_rate), quiet, rows)
 
     def fresh(self, rows: int, device=None) -> torch.Tensor:
         """The state of ``rows`` rows before any frame: no silence, and a silence free to start."""
@@ -280,6 +301,8 @@ class SilenceGuard:
         least = quiet_mass(logits[:, 0]).view(-1, B).amin(0)
         now = quiet_mass(guided[:, 0])
         over = (now > least)[:, None]  # rows left as they are get no shift (not -inf - -inf)
+        if self.capped_rows is not None:
+            over = over & self.capped_rows[:, None]
         rest = lambda x: torch.log1p(-x.exp().clamp(max=1.0 - 1e-6))  # noqa: E731 (log of the other codes' mass)
         shift = torch.where(self.quiet, (least - now)[:, None], (rest(least) - rest(now))[:, None])
         guided[:, 0] += torch.where(over, shift, 0.0)

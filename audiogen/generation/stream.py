@@ -115,12 +115,13 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     3-minute stream) pulled its 3 s loudness 2-2.5 LU under the target, which the level stage rightly does not
     boost (it gates blocks under -50 LUFS); without them the stream stayed within 1.6 LU (docs/stream.md).
     A stream always plays at a tempo (its state's, which it changes and must be heard changing), so
-    ``cap_quiet`` "untimed" is off in a stream."""
+    ``cap_quiet`` "untimed" and "slow" are off in a stream."""
     if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
     if given.get("allow_silence") is None:
         given["allow_silence"] = False
-    return SamplingParams.for_model(config, **given).for_tempo(named=True)
+    params = SamplingParams.for_model(config, **given)
+    return replace(params, cap_quiet="off") if params.cap_quiet in ("untimed", "slow") else params
 
 
 def calm_and_tense(cfg) -> list[dict]:

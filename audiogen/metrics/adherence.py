@@ -468,8 +468,8 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import names_tempo, requested_tempo
-    from audiogen.metrics.model_eval import sample_waveforms
+    from audiogen.generation.pipeline import requested_tempo
+    from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
     clip_dir = make_dir(out / "clips" / f"cfg{params.cfg_scale:g}")
@@ -481,9 +481,8 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         # the seed follows the batch, not the scale: each scale gets the same noise for the same requests
         # the tempo a request plays at, as generate gives it (a grid model: the default tempo when none is asked)
         conds = [requested_tempo(p["conditions"], loaded.config) for _, _, p in chunk]
-        # cap_quiet "untimed": on for a batch whose requests name no tempo (the tempo batches name theirs)
-        timed = any(names_tempo(p["conditions"]) for _, _, p in chunk)
-        wavs = sample_waveforms(loaded, conds, seconds, params.for_tempo(timed), seed + b)
+        capped = capped_rows(params, [p["conditions"] for _, _, p in chunk], conds)  # cap_quiet, per request
+        wavs = sample_waveforms(loaded, conds, seconds, params, seed + b, capped_rows=capped)
         t_gen += time.monotonic() - t
         for (attr, i, p), c, w in zip(chunk, conds, wavs):
             path = clip_dir / f"{attr}_{i:03d}.wav"

@@ -29,9 +29,10 @@ from audiogen.generation.sampling import SamplingParams, SilenceGuard, frames_fo
 
 @torch.inference_mode()
 def sample_codes(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
-                 window_s: float | None = None) -> torch.Tensor:
+                 window_s: float | None = None, capped_rows: list[bool] | None = None) -> torch.Tensor:
     """``LongTensor[B, K, T]`` of codes, one row per condition, sampled as ``audiogen generate`` samples: in the
     model's own window (``window_s`` overrides it), each later window prompted with the end of the one before.
+    ``capped_rows``: which rows ``params.cap_quiet`` caps (:func:`capped_rows`); None: as ``cap_quiet`` says.
     (Until 2026-12-05 this used a 10 s window whatever the model: clips up to 10 s came from one window, twice
     the 5 s the default model was trained on and generates in.)"""
     from audiogen.generation.pipeline import CONTEXT_FRACTION, guided_batch, window_frames
@@ -42,17 +43,26 @@ def sample_codes(loaded, conds: list, seconds: float, params: SamplingParams, se
     cond, mask, beat_step = guided_batch(loaded, conds, params, device)
     W = window_frames(loaded, codec.frame_rate, window_s)
     gen = torch.Generator(device=device).manual_seed(seed)
+    guard = SilenceGuard.for_codec(codec, params, device, capped_rows)
     return generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
-                          max(1, int(W * CONTEXT_FRACTION)), guard=SilenceGuard.for_codec(codec, params, device),
-                          beat_step=beat_step)
+                          max(1, int(W * CONTEXT_FRACTION)), guard=guard, beat_step=beat_step)
 
 
 @torch.inference_mode()
 def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
-                     window_s: float | None = None) -> np.ndarray:
+                     window_s: float | None = None, capped_rows: list[bool] | None = None) -> np.ndarray:
     """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition: :func:`sample_codes`, decoded."""
-    codes = sample_codes(loaded, conds, seconds, params, seed, window_s)
+    codes = sample_codes(loaded, conds, seconds, params, seed, window_s, capped_rows)
     return loaded.codec.decode(codes).float().cpu().numpy()
+
+
+def capped_rows(params: SamplingParams, asked: list, played: list) -> list[bool]:
+    """Which requests ``params.cap_quiet`` caps, as ``audiogen generate`` would cap each alone: ``asked``, the
+    requests' Conditions as given, ``played`` the same with the tempo they play at
+    (:func:`audiogen.generation.pipeline.requested_tempo`)."""
+    from audiogen.generation.pipeline import names_tempo
+
+    return [params.capped(names_tempo(a), p.bpm) for a, p in zip(asked, played)]
 
 
 def estimate_tempo(wav: np.ndarray, sample_rate: int) -> float | None:
@@ -80,7 +90,7 @@ def tempo_response(loaded, bpms=(70.0, 100.0, 140.0), per_bpm: int = 4, seconds:
     rows, requested, estimated = [], [], []
     for i, bpm in enumerate(bpms):
         conds = [Conditions(text=text, bpm=float(bpm)) for _ in range(per_bpm)]
-        wavs = sample_waveforms(loaded, conds, seconds, params, seed + i)
+        wavs = sample_waveforms(loaded, conds, seconds, params, seed + i, capped_rows=capped_rows(params, conds, conds))
         ests = [estimate_tempo(w, loaded.codec.sample_rate) for w in wavs]
         ok = [e for e in ests if e is not None and math.isfinite(e)]
         rows.append({"requested_bpm": bpm, "estimated_bpm": ests,
@@ -99,7 +109,7 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
-    from audiogen.generation.pipeline import names_tempo, requested_tempo
+    from audiogen.generation.pipeline import requested_tempo
 
     params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
@@ -109,7 +119,7 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
         # the tempo generate would play each prompt at (written in it, or the model's default)
         asked = [Conditions(text=p) for p in chunk]
         conds = [requested_tempo(c, loaded.config) for c in asked]
-        codes = sample_codes(loaded, conds, seconds, params.for_tempo(any(map(names_tempo, asked))), seed + s)
+        codes = sample_codes(loaded, conds, seconds, params, seed + s, capped_rows=capped_rows(params, asked, conds))
         if codes_out is not None:
             codes_out.extend(c.cpu().numpy() for c in codes)
         wavs = loaded.codec.decode(codes).float().cpu().numpy()

@@ -117,6 +117,6 @@ def test_model_report_on_a_folder_that_is_not_a_dataset_is_one_clear_error(tmp_p
 def test_readme_main_command_has_no_more_holes_than_real_music(readme_track_figures):
     """The default model cut 38 short holes a minute into the README take (dropouts_per_minute: 20-200 ms at
     least 25 dB under the median frame), where 30 s of each of 47 corpus tracks have a median of 0 and at most
-    20: its guidance pushed the half-beats into quiet codes. Its recommended ``cap_quiet: untimed`` keeps
-    guidance from raising them for a request without a tempo, as the README's is (18 a minute)."""
+    20: its guidance pushed the half-beats into quiet codes. Its recommended ``cap_quiet: slow`` keeps
+    guidance from raising them for a request played under 120 bpm, as the README's is (18 a minute)."""
     assert readme_track_figures["dropouts_per_minute"] <= 20.0, readme_track_figures

@@ -457,8 +457,10 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
            if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
-        + ("; guidance adds no quiet sound to requests that name no tempo (--cap-quiet untimed)"
-           if recommended.cap_quiet == "untimed" else ""))
+        + {"off": "", "on": "; guidance adds no quiet sound (--cap-quiet on)",
+           "untimed": "; guidance adds no quiet sound to requests that name no tempo (--cap-quiet untimed)",
+           "slow": f"; guidance adds no quiet sound under {recommended.cap_below_bpm:g} bpm (--cap-quiet slow)"}[
+            recommended.cap_quiet])
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):
@@ -531,8 +533,8 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
     bpm = config["generation"].get("default_bpm") if config["lm"].get("beat_harmonics") else None
     job = GenerateJob.from_options("calm", 2.0, tmp_path / "x.wav", genre="rock", top_k=5, lufs=-20.0, seed=3)
     assert job.conditions == Conditions(text="calm", genre="rock", bpm=bpm) and job.prompt == "calm"
-    # "calm" names no tempo: a cap_quiet of "untimed" is resolved for it (SamplingParams.for_tempo)
-    assert job.sampling == replace(recommended.for_tempo(False), top_k=5)
+    # "calm" names no tempo and plays at bpm: a cap_quiet of "untimed" or "slow" is resolved for it
+    assert job.sampling == replace(recommended.for_tempo(False, bpm), top_k=5)
     assert job.finish == FinishSpec(duration_s=2.0, lufs=-20.0)
     assert job.seed == 3 and job.duration_s == 2.0
     jobs = []
@@ -541,8 +543,8 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
                  ["calm", "--duration", "2", "--out", "x.wav", "--top-k", "5", "--fade-in", "0.5", "--genre", "rock"]):
         args = build_parser().parse_args(["generate", *argv])
         args.func(args)
-    assert jobs[0].sampling == recommended.for_tempo(False) and jobs[0].finish == FinishSpec(duration_s=2.0)
-    assert jobs[1].sampling == replace(recommended.for_tempo(False), top_k=5)
+    assert jobs[0].sampling == recommended.for_tempo(False, bpm) and jobs[0].finish == FinishSpec(duration_s=2.0)
+    assert jobs[1].sampling == replace(recommended.for_tempo(False, bpm), top_k=5)
     assert jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
     assert jobs[1].conditions == Conditions(text="calm", genre="rock", bpm=bpm)
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -807,6 +809,10 @@ def test_cap_quiet_in_the_decoder(tiny_model_dir, monkeypatch):
     assert quiet_fraction(capped) < 0.15  # 3 codes of 64 at about the unconditional rows' odds (0.06)
     assert torch.equal(capped, run(capped_guard, engine="static"))
     assert torch.equal(free, run(None))
+    # a batch whose requests differ (cap_quiet "slow" at two tempos): the cap on the first row only, which then
+    # samples as the capped batch's first row, and the second as the free batch's
+    mixed = run(SilenceGuard(never_silent, max_frames=10, quiet=quiet, capped_rows=torch.tensor([True, False])))
+    assert torch.equal(mixed[0], capped[0]) and torch.equal(mixed[1], free[1])
 
     class Codec:
         frame_rate, device = 50.0, "cpu"
@@ -821,8 +827,14 @@ def test_cap_quiet_in_the_decoder(tiny_model_dir, monkeypatch):
 
     g = SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=0.0, cap_quiet="on"))  # the cap alone
     assert g.quiet.tolist() == [True, True, False, False] and g.max_frames > 10**9 and g.min_sound_frames == 0
-    for mode in ("off", "untimed"):  # "untimed" unresolved (SamplingParams.for_tempo) caps nothing
+    for mode in ("off", "untimed", "slow"):  # unresolved (SamplingParams.for_tempo), these cap nothing
         assert SilenceGuard.for_codec(Codec, SamplingParams(max_silence_s=1.0, cap_quiet=mode)).quiet is None
+    def per_row(rows):
+        return SilenceGuard.for_codec(Codec, SamplingParams(cap_quiet="slow"), capped_rows=rows)
+
+    assert per_row([False, False]).quiet is None
+    assert per_row([True, True]).quiet is not None and per_row([True, True]).capped_rows is None
+    assert per_row([False, True]).capped_rows.tolist() == [False, True]
 
 
 def test_cap_quiet_untimed_caps_the_requests_that_name_no_tempo(tiny_model_dir, tmp_path):
@@ -847,7 +859,35 @@ def test_cap_quiet_untimed_caps_the_requests_that_name_no_tempo(tiny_model_dir, 
     r = audiogen_cli("generate", "calm", "--duration", "1", "--out", str(tmp_path / "b.wav"), "--model",
                      str(tiny_model_dir), "--cap-quiet", "yes")
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "cap-quiet must be one of off, on, untimed, got 'yes'" in r.stderr
+    assert "cap-quiet must be one of off, on, untimed, slow, got 'yes'" in r.stderr
+
+
+def test_cap_quiet_slow_caps_the_requests_played_under_a_tempo(tiny_model_dir, tmp_path):
+    """``--cap-quiet slow`` resolves per request on the tempo it plays at: on under ``--cap-below`` (120 bpm
+    unless given), off at and above it, on for a request played at no tempo; the adherence and model reports
+    resolve each request of a batch so (``model_eval.capped_rows``), as generate resolves a job."""
+    from audiogen.metrics.model_eval import capped_rows
+    from audiogen.models.conditioning import Conditions
+
+    slow = SamplingParams(cap_quiet="slow")
+    assert [slow.capped(True, bpm) for bpm in (60.0, 119.9, 120.0, 150.0)] == [True, True, False, False]
+    assert slow.capped(False, None) and not SamplingParams(cap_quiet="slow", cap_below_bpm=100.0).capped(True, 110.0)
+    assert [SamplingParams(cap_quiet=m).capped(True, 60.0) for m in ("off", "on", "untimed")] == [False, True, False]
+    jobs = {bpm: GenerateJob.from_options("calm", 1.0, tmp_path / f"{bpm}.wav", model_dir=tiny_model_dir,
+                                          cap_quiet="slow", bpm=bpm) for bpm in (90.0, 140.0)}
+    assert {k: j.sampling.cap_quiet for k, j in jobs.items()} == {90.0: "on", 140.0: "off"}
+    asked = [Conditions(text="calm"), Conditions(text="calm", bpm=90.0), Conditions(text="fast, 140 bpm")]
+    played = [Conditions(text="calm", bpm=94.0), asked[1], Conditions(text="fast, 140 bpm", bpm=140.0)]
+    assert capped_rows(slow, asked, played) == [True, True, False]
+    assert capped_rows(SamplingParams(cap_quiet="untimed"), asked, played) == [True, False, False]
+    r = audiogen_cli("generate", "calm", "--duration", "1", "--out", str(tmp_path / "a.wav"), "--model",
+                     str(tiny_model_dir), "--cap-quiet", "slow", "--cap-below", "80", "--bpm", "90", "--quiet")
+    assert r.returncode == 0, r.stderr
+    sampling = json.loads(sidecar_path(tmp_path / "a.wav").read_text())["sampling"]
+    assert sampling["cap_quiet"] == "off" and sampling["cap_below_bpm"] == 80.0
+    r = audiogen_cli("generate", "calm", "--duration", "1", "--out", str(tmp_path / "b.wav"), "--model",
+                     str(tiny_model_dir), "--cap-quiet", "slow", "--cap-below", "0")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "cap-below must be a tempo" in r.stderr
     assert not (tmp_path / "b.wav").exists()
 
 

@@ -244,17 +244,19 @@ def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):
 
 def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
     """A grid model plays a request without a tempo (a key, an instrument, a genre) at its default tempo,
-    as ``generate`` does; before, the report sampled those clips with no grid at all."""
+    as ``generate`` does; before, the report sampled those clips with no grid at all. ``cap_quiet`` "slow" caps
+    each request as generate would cap it alone: under 120 bpm, not the 130 bpm one in the same batch."""
     from types import SimpleNamespace
 
     import audiogen.metrics.model_eval as model_eval
     from audiogen.generation.sampling import SamplingParams
     from audiogen.models.conditioning import Conditions
 
-    seen = []
+    seen, capped = [], []
 
-    def fake(loaded, conds, seconds, params, seed):
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None):
         seen.extend(conds)
+        capped.extend(capped_rows)
         return np.zeros((len(conds), 1, int(seconds * 8000)), dtype=np.float32)
 
     monkeypatch.setattr(model_eval, "sample_waveforms", fake)
@@ -262,11 +264,12 @@ def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
               "generation": {"default_bpm": 97.0}}
     loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
     plans = {"key": [{"request": "C major", "channel": "attribute", "conditions": Conditions(key="C major")}],
-             "tempo": [{"request": 70.0, "channel": "attribute", "conditions": Conditions(bpm=70.0)}]}
+             "tempo": [{"request": bpm, "channel": "attribute", "conditions": Conditions(bpm=bpm)}
+                       for bpm in (70.0, 130.0)]}
     todo = [(attr, i, p) for attr, ps in plans.items() for i, p in enumerate(ps)]
-    rows, _ = A._generate_scale(loaded, plans, todo, SamplingParams(cfg_scale=2.0), tmp_path, 1.0, 8, 0, None,
-                                SimpleNamespace(update=lambda n: None))
-    assert [c.bpm for c in seen] == [97.0, 70.0]
+    rows, _ = A._generate_scale(loaded, plans, todo, SamplingParams(cfg_scale=2.0, cap_quiet="slow"), tmp_path, 1.0,
+                                8, 0, None, SimpleNamespace(update=lambda n: None))
+    assert [c.bpm for c in seen] == [97.0, 70.0, 130.0] and capped == [True, True, False]
     assert rows["key"][0]["played_bpm"] == 97.0 and rows["tempo"][0]["played_bpm"] == 70.0
     assert (tmp_path / "clips" / "cfg2" / "key_000.wav").is_file()
 
