@@ -13,8 +13,8 @@
 # codebooks (3 kbps), with beat times and tagger labels, and the rendered scores (exact labels, instrument
 # families first) -> train the LM with a beat grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
 # samples from the recordings, the 2.5 h of scores and the guitar and flute tunes
-# (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more
-# steps from those weights at lr 1.5e-3: LM_SETTINGS and LM_FINETUNE below) -> measure (codec
+# (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more steps from those weights at lr 1.5e-3, then
+# 1500 more with residual dropout 0.1 at lr 1e-3: LM_SETTINGS, LM_FINETUNE and LM_DROPOUT below) -> measure (codec
 # quality on the codec's held-out tracks, music-likeness of generated audio, LM loss vs a unigram
 # baseline) -> copy the exported model into the package.
 #
@@ -29,9 +29,10 @@ CODEC_KIND=${CODEC:-melvq}
 CODEC_STEPS=${CODEC_STEPS:-2400}
 case "$CODEC_KIND" in
   stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default
-         LM_SETTINGS="max_steps=1200"; LM_FINETUNE="" ;;
+         LM_SETTINGS="max_steps=1200"; LM_FINETUNE=""; LM_DROPOUT="" ;;
   melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
-         LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000" ;;
+         LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
+         LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
   *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
@@ -74,6 +75,11 @@ if [ -n "$LM_FINETUNE" ]; then  # a second cosine cycle from the first run's wei
   python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" $MIX \
       codec="$CODEC_DIR" $LM_FINETUNE init_from="$LM_OUT/model" out_dir="${LM_OUT}_ft"
   LM_OUT=${LM_OUT}_ft
+fi
+if [ -n "$LM_DROPOUT" ]; then  # a third cycle with residual dropout (without it a third cycle overfits)
+  python3 recipes/train_lm.py --config recipes/configs/lm_default.yaml data_dir="$DATA" $MIX \
+      codec="$CODEC_DIR" $LM_DROPOUT init_from="$LM_OUT/model" out_dir="${LM_OUT}_do"
+  LM_OUT=${LM_OUT}_do
 fi
 
 # 4. figures for the model card
