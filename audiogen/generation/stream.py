@@ -115,13 +115,15 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     3-minute stream) pulled its 3 s loudness 2-2.5 LU under the target, which the level stage rightly does not
     boost (it gates blocks under -50 LUFS); without them the stream stayed within 1.6 LU (docs/stream.md).
     A stream always plays at a tempo (its state's, which it changes and must be heard changing), so
-    ``cap_quiet`` "untimed" and "slow" are off in a stream."""
+    ``cap_quiet`` "untimed" is off in a stream; "slow" caps each step by the tempo it plays at then (the grid's,
+    gliding with a change): the quiet cap on the calm stretches, off the fast ones, whose beat the holes carry
+    (docs/stream.md, "The dropout LM")."""
     if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
     if given.get("allow_silence") is None:
         given["allow_silence"] = False
     params = SamplingParams.for_model(config, **given)
-    return replace(params, cap_quiet="off") if params.cap_quiet in ("untimed", "slow") else params
+    return replace(params, cap_quiet="off") if params.cap_quiet == "untimed" else params
 
 
 def calm_and_tense(cfg) -> list[dict]:
@@ -454,11 +456,12 @@ class TokenStream:
 
     @torch.inference_mode()
     def step(self, cross_mask: torch.Tensor, beat_step: float = math.nan, offbeat: bool = False,
-             push: bool = True) -> None:
+             push: bool = True, capped: bool = True) -> None:
         """Decode one pattern position (codebook ``k`` writes frame ``produced - k``); ``beat_step``: the
         beat grid's beats per frame from this frame on (NaN: no grid); ``offbeat``: beat guidance's contrast
         row reads the grid half a beat late (:meth:`SamplingParams.offbeat`), else no grid; ``push`` False:
-        it reads the request's grid, so beat guidance does nothing (:meth:`SamplingParams.pushes`)."""
+        it reads the request's grid, so beat guidance does nothing (:meth:`SamplingParams.pushes`);
+        ``capped`` False: the guard's quiet cap (:meth:`SilenceGuard.cap`) skips this step."""
         if self.pos == self.positions:
             self._slide(cross_mask)
         pos = torch.tensor([self.pos], device=self.device)
@@ -470,7 +473,7 @@ class TokenStream:
             self.beat_count += beat_step
         logits = self.lm.decode_step(x, pos, self.cache, cross_mask, self.pos + 1, beat=self._beat(phase)).float()
         if self.guided:
-            logits = guide_capped(logits, self.params, self.rows, self.guard)
+            logits = guide_capped(logits, self.params, self.rows, self.guard if capped else None)
         if self.guard is not None:
             self.guard.block(logits, self.silent_run)
         uniforms = torch.rand((1, self.K), generator=self.generator, device=self.device)
@@ -599,8 +602,10 @@ class MusicStream:
         W = window_frames(loaded, self.fr, settings.window_s)
         context = max(1, min(W - 1, int(W * settings.context_fraction)))  # frames kept when the window slides
         self.generator = torch.Generator(device=settings.device).manual_seed(settings.seed)
+        # cap_quiet "slow": the guard holds the quiet codes, and each step caps them at the tempo it plays
+        slow = [True] if params.cap_quiet == "slow" else None
         self.tokens = TokenStream(self.lm, W, context, params, self.generator, settings.device, dtype,
-                                  SilenceGuard.for_codec(self.codec, params, settings.device))
+                                  SilenceGuard.for_codec(self.codec, params, settings.device, slow))
         self.boosted = replace(params, beat_guidance=params.beat_guidance + settings.tempo_boost)
         self.boost_until = -1  # frame at which a tempo change's raised beat guidance steps back
         self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.rows, settings.device, dtype)
@@ -697,8 +702,10 @@ class MusicStream:
             if 0 <= self.boost_until <= frame:
                 t.params, self.boost_until = self.settings.sampling, -1
             step = self.mix.beat_step(frame, self.fr)
-            t.step(self.mix.install(frame, t.cache), step, t.params.offbeat(step * 60.0 * self.fr),
-                   t.params.pushes(self.state.instruments))
+            bpm = step * 60.0 * self.fr if math.isfinite(step) else None
+            capped = t.params.cap_quiet != "slow" or t.params.capped(True, bpm)
+            t.step(self.mix.install(frame, t.cache), step, t.params.offbeat(bpm),
+                   t.params.pushes(self.state.instruments), capped)
         out = self.decoder.decode(t)
         t.forget_before(self.decoder.next - self.decoder.ctx)
         if self.level is not None:

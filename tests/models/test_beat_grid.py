@@ -515,6 +515,38 @@ def test_beat_guidance_asked_of_a_model_without_a_grid_is_refused_with_one_line(
     assert not out.exists() and not list(work.iterdir())
 
 
+@pytest.mark.parametrize("mode", ["slow", "on", "off"])
+def test_a_stream_with_cap_quiet_slow_caps_the_steps_played_under_its_tempo(grid_model, monkeypatch, mode):
+    """``cap_quiet`` "slow" in a stream: each step is capped while the grid plays under ``cap_below_bpm`` (90 bpm)
+    and not once a change has glided to 150; "on" and "off" leave every step to the guard (which caps all or
+    none)."""
+    from audiogen.generation import stream as stream_mod
+    from audiogen.generation.stream import MusicStream, StreamSettings
+
+    caps = []  # the capped flag of each step, in frame order
+    real_step = stream_mod.TokenStream.step
+
+    def spy(self, cross_mask, beat_step=math.nan, offbeat=False, push=True, capped=True):
+        caps.append(capped)
+        return real_step(self, cross_mask, beat_step, offbeat, push, capped)
+
+    monkeypatch.setattr(stream_mod.TokenStream, "step", spy)
+    params = SamplingParams(top_k=20, cfg_scale=2.0, beat_guidance=3.0, cap_quiet=mode)
+    s = MusicStream(grid_model, {"genre": "ambient", "bpm": 90}, StreamSettings(
+        chunk_s=0.25, window_s=1.0, decode_context_s=0.2, level=False, sampling=params))
+    s.next_chunk()
+    s.control({"bpm": 150, "glide_s": 0.2})
+    for _ in range(4):
+        s.next_chunk()
+    at = s.stats.changes[-1][1]
+    done = at + round(0.2 * grid_model.codec.frame_rate) + 1
+    assert len(caps) == s.tokens.produced > done + 10 and at > 0
+    if mode == "slow":
+        assert all(caps[:at]) and not any(caps[done:])
+    else:
+        assert all(caps)
+
+
 @pytest.mark.parametrize("beat_guidance, boost, boosted", [(3.0, 1.0, True), (3.0, 0.0, False), (1.0, 1.0, False)])
 def test_a_tempo_change_raises_beat_guidance_until_after_its_glide(grid_model, monkeypatch, beat_guidance, boost,
                                                                     boosted):
