@@ -160,7 +160,9 @@ def test_enumerating_sessions_recovers_origins_no_better_than_chance(full_and_su
     assert acc_linked == 1.0 and groups_linked <= 2
     acc, k, m = co_occurrence_attack(obs)
     assert m == len(obs)  # nothing linked: every trial is its own group
-    assert binomtest(k, m, 0.5).pvalue > 0.001 and acc < 0.7, (acc, k, m)
+    # Unlinked, each group is a fair coin, so the bounds are set where chance alone fails them about once in
+    # a million runs (p 1e-3 and 0.7 failed a clean CI run at 22 of 75); a leak that labels 80 % right fails.
+    assert binomtest(k, m, 0.5).pvalue > 1e-6 and acc < 0.8, (acc, k, m)
 
 
 def test_served_bytes_are_the_file_plus_inaudible_dither(full_and_subset):
