@@ -68,6 +68,27 @@ def tiny_codec():
     return load_codec("tiny")
 
 
+def save_rows_dataset(data_dir: Path, codec, rows: list[dict]) -> Path:
+    """A prepared dataset (train and valid splits) at ``data_dir`` of one row per ``rows`` item: each gives
+    ``source`` and ``split`` and any label (``genre``, ``key``, ...) or ``duration_s`` (4 s) it needs; the
+    rest (codes, license) is filled in. Returns ``data_dir``."""
+    import json
+
+    import datasets
+
+    from audiogen.data.prep import dataset_features
+
+    base = dict(start_s=0.0, duration_s=4.0, codec=json.dumps(codec.describe()), caption=None, genre=None,
+                mood=None, bpm=None, key=None, instruments=[], beats=[], license="CC0", title=None, artist=None,
+                attribution=None)
+    full = [{**base, "id": f"r{i}", "sha256": f"{i:064d}", "codes": [[1] * 8] * codec.num_codebooks, **r}
+            for i, r in enumerate(rows)]
+    f = dataset_features(codec.num_codebooks)
+    datasets.DatasetDict({s: datasets.Dataset.from_list([r for r in full if r["split"] == s], features=f)
+                          for s in ("train", "valid")}).save_to_disk(str(data_dir))
+    return data_dir
+
+
 def save_tiny_model(directory: Path, codec, ccfg=None, beat_harmonics: int = 0, lm_init=None, conditioner_init=None,
                     seed: int = 0) -> Path:
     """A random tiny LM (32-d conditions, 512 positions) with ``ConditionEncoder(ccfg)`` (default: no text encoder,

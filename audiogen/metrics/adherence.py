@@ -289,14 +289,11 @@ def plan_requests(ccfg, clips: int, seed: int) -> tuple[dict[str, list[dict]], d
 # ------------------------------------------------------------------------------ references
 
 
-def label_references(data_dir: str | Path, audio_dir: str | Path, attr: str, labels: list[str], seconds: float,
-                     sample_rate: int, channels: int, per_label: int = 8, min_heldout: int = 4,
-                     seed: int = 0) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
-    """Up to ``per_label`` reference excerpts (``seconds`` from each row's middle, ``[C, N]``) per label
-    of ``attr`` (``genre`` or ``mood``) from a prepared dataset: its held-out (valid) rows, topped up
-    from train rows when a label has fewer than ``min_heldout`` held-out rows. Rows are taken one per
-    source file first, in a seeded order. Returns the excerpts and, per label, where they came from."""
-    from audiogen.audio.io import load_audio
+def label_rows(data_dir: str | Path, attr: str, labels: list[str], per_label: int = 8, min_heldout: int = 4,
+               seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """The rows :func:`label_references` takes (``source``, ``start_s``, ``duration_s``, ``split``), per label, and
+    where they came from: up to ``per_label`` held-out (valid) rows, topped up from train rows when a label has
+    fewer than ``min_heldout`` held-out rows; one per source file first, in a seeded order."""
     from audiogen.models.conditioning import _norm
     from audiogen.data.loader import load_prepared
 
@@ -307,7 +304,7 @@ def label_references(data_dir: str | Path, audio_dir: str | Path, attr: str, lab
             continue
         for r in ds[split].select_columns(["source", "start_s", "duration_s", attr]):
             if r[attr] and _norm(r[attr]) in labels:
-                rows.setdefault(_norm(r[attr]), {}).setdefault(split, []).append(r)
+                rows.setdefault(_norm(r[attr]), {}).setdefault(split, []).append({**r, "split": split})
     rng = np.random.default_rng(seed)
     out, origin = {}, {}
     for lab in labels:
@@ -317,19 +314,36 @@ def label_references(data_dir: str | Path, audio_dir: str | Path, attr: str, lab
         if len(picked) < min_heldout and train:
             extra = _spread(train, rng)[: per_label - len(picked)]
             picked += extra
-            origin[lab] += f" + {len(extra)} train rows (under {min_heldout} held out)"
-        wavs = []
-        for r in picked:
-            p = Path(audio_dir) / r["source"]
-            if not p.is_file():
-                raise AudiogenError(f"reference track {p} not found (is --audio-dir the folder the dataset was "
-                                    "prepared from?)")
-            off = r["start_s"] + max(0.0, (r["duration_s"] - seconds) / 2)
-            wav, _ = load_audio(p, sample_rate, channels, offset_s=off, duration_s=min(seconds, r["duration_s"]))
-            wavs.append(wav)
-        if wavs:
-            out[lab] = wavs
+            if extra:
+                origin[lab] += f" + {len(extra)} train rows (under {min_heldout} held out)"
+        if picked:
+            out[lab] = picked
     return out, origin
+
+
+def excerpt(audio_dir: str | Path, row: dict, seconds: float, sample_rate: int, channels: int) -> np.ndarray:
+    """``seconds`` from the middle of a prepared row's segment of its source file, ``[C, N]``."""
+    from audiogen.audio.io import load_audio
+
+    p = Path(audio_dir) / row["source"]
+    if not p.is_file():
+        raise AudiogenError(f"{p} not found (is --audio-dir the folder the dataset was prepared from?)")
+    off = row["start_s"] + max(0.0, (row["duration_s"] - seconds) / 2)
+    wav, _ = load_audio(p, sample_rate, channels, offset_s=off, duration_s=min(seconds, row["duration_s"]))
+    return wav
+
+
+def label_references(data_dir: str | Path, audio_dir: str | Path, attr: str, labels: list[str], seconds: float,
+                     sample_rate: int, channels: int, per_label: int = 8, min_heldout: int = 4,
+                     seed: int = 0) -> tuple[dict[str, list[np.ndarray]], dict[str, str]]:
+    """Up to ``per_label`` reference excerpts (``seconds`` from each row's middle, ``[C, N]``) per label
+    of ``attr`` (``genre`` or ``mood``) from a prepared dataset: its held-out (valid) rows, topped up
+    from train rows when a label has fewer than ``min_heldout`` held-out rows. Rows are taken one per
+    source file first, in a seeded order (:func:`label_rows`). Returns the excerpts and, per label, where they
+    came from."""
+    rows, origin = label_rows(data_dir, attr, labels, per_label, min_heldout, seed)
+    wavs = {lab: [excerpt(audio_dir, r, seconds, sample_rate, channels) for r in rs] for lab, rs in rows.items()}
+    return wavs, origin
 
 
 def _spread(rows: list[dict], rng: np.random.Generator) -> list[dict]:

@@ -52,9 +52,8 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
     codebooks its LM uses; ``bandwidth`` (kbps): the codec's codebooks for it (:func:`load_codec`)."""
     import torch
 
-    from audiogen.audio.io import load_audio
     from audiogen.codec.base import load_codec
-    from audiogen.metrics.adherence import analyse_clip, key_stats
+    from audiogen.metrics.adherence import analyse_clip, excerpt, key_stats
     from audiogen.progress import progress_bar
 
     if per_mode < 1 or seconds <= 0:
@@ -68,11 +67,8 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
     gen = torch.Generator().manual_seed(seed)
     out = []
     for r in progress_bar(rows, desc="key ceiling", unit="row", disable=not progress):
-        path = Path(audio_dir) / r["source"]
-        if not path.is_file():
-            raise AudiogenError(f"{path} not found (is --audio-dir the folder the dataset was prepared from?)")
         off = r["start_s"] + max(0.0, (r["duration_s"] - seconds) / 2)
-        wav, _ = load_audio(path, sr, codec.channels, offset_s=off, duration_s=min(seconds, r["duration_s"]))
+        wav = excerpt(audio_dir, r, seconds, sr, codec.channels)
         x = torch.from_numpy(wav)[None]
         est = {"label": r["key"], "source": analyse_clip(wav, sr, tempo=False)["key"]}
         with torch.no_grad():

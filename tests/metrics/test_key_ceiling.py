@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from audiogen.audio.io import write_audio
+from conftest import save_rows_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 24000
@@ -30,10 +31,6 @@ def progression(minor: bool, seconds: float = 4.0) -> np.ndarray:
 def keyed(tmp_path_factory, tiny_codec):
     """Four held-out rows (two C major, two D minor progressions; one of the minor ones labelled A major) and a
     train row, with their audio."""
-    import datasets
-
-    from audiogen.data.prep import dataset_features
-
     root = tmp_path_factory.mktemp("keys")
     audio = root / "audio"
     audio.mkdir()
@@ -42,14 +39,8 @@ def keyed(tmp_path_factory, tiny_codec):
                                                (True, "D minor", "valid"), (True, "A major", "valid"),
                                                (True, "D minor", "train")]):
         write_audio(audio / f"t{i}.wav", progression(minor), SR)
-        rows.append(dict(id=f"r{i}", source=f"t{i}.wav", sha256=f"{i:064d}", start_s=0.0, duration_s=4.0,
-                         codec=json.dumps(tiny_codec.describe()), codes=[[1] * 8] * tiny_codec.num_codebooks,
-                         caption=None, genre=None, mood=None, bpm=None, key=label, instruments=[], beats=[],
-                         license="CC0", split=split, title=None, artist=None, attribution=None))
-    data = root / "data"
-    f = dataset_features(tiny_codec.num_codebooks)
-    datasets.DatasetDict({s: datasets.Dataset.from_list([r for r in rows if r["split"] == s], features=f)
-                          for s in ("train", "valid")}).save_to_disk(str(data))
+        rows.append(dict(source=f"t{i}.wav", key=label, split=split))
+    data = save_rows_dataset(root / "data", tiny_codec, rows)
     return data, audio
 
 
@@ -74,7 +65,7 @@ def test_the_source_estimates_count_against_the_labels_and_the_codec_against_bot
 def test_a_mel_codec_adds_its_unquantized_inversion_which_keeps_the_key_of_sine_chords(keyed, tmp_path):
     """The mel variant: features, no codebooks, inverted with Griffin-Lim. Sine chords keep their key through
     the shipped codec's 80 bands."""
-    from audiogen.codec.base import load_codec, save_codec
+    from audiogen.codec.base import load_codec
     from audiogen.metrics.key_ceiling import key_ceiling
 
     data, audio = keyed
