@@ -13,7 +13,11 @@ codec, and put through the same confusion against the same references the report
 Three confusions: the rows as they are against the references (the tagger's and the labels' own limit), through
 the codec against the references (what the report can count for a model that played its training rows), and
 through the codec against the references through the codec (the codec's timbre taken out of the comparison).
-See docs/adherence.md, "The ceiling for genre and mood".
+Instruments (:func:`instrument_ceiling`): held-out rows whose instruments list starts with one of the report's
+six families, tagged as they are and through the codec, each counted when its family ranks first among the
+six (the report's :func:`~audiogen.metrics.adherence.instrument_stats`).
+
+See docs/adherence.md, "The ceiling for genre and mood" and "Instruments".
 """
 
 from __future__ import annotations
@@ -58,8 +62,6 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
     (:func:`audiogen.metrics.adherence.label_rows`, same ``seed`` and ``per_label``); only labels with both
     references and stand-ins are compared. ``codec_spec`` None: the default model's codec with the codebooks
     its LM uses. ``tagger``: the musicnn MTT tagger unless given (anything with ``tag_probabilities(wav, sr)``)."""
-    import torch
-
     from audiogen.codec.base import load_codec
     from audiogen.data.loader import load_prepared
     from audiogen.metrics.adherence import excerpt, kl_confusion, label_rows
@@ -93,10 +95,8 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
         out: dict[str, list] = {"source": [], "codec": []}
         for r in rows:
             wav = excerpt(audio_dir, r, seconds, sr, ch)
-            with torch.no_grad():
-                coded = codec.decode(codec.encode(torch.from_numpy(wav)[None]))[0].float().numpy()[..., : wav.shape[-1]]
             out["source"].append(tagger.tag_probabilities(wav, sr))
-            out["codec"].append(tagger.tag_probabilities(coded, sr))
+            out["codec"].append(tagger.tag_probabilities(_through(codec, wav), sr))
             bar.update(1)
         return {k: np.stack(v) for k, v in out.items()}
 
@@ -118,7 +118,60 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
             "confusions": confusions}
 
 
+def _through(codec, wav: np.ndarray) -> np.ndarray:
+    """``wav: [C, N]`` encoded and decoded by ``codec``, cut to its length."""
+    import torch
+
+    with torch.no_grad():
+        return codec.decode(codec.encode(torch.from_numpy(wav)[None]))[0].float().numpy()[..., : wav.shape[-1]]
+
+
+def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | Path | None = None,
+                       bandwidth: float | None = None, per_family: int = 8, seconds: float = 8.0, seed: int = 0,
+                       split: str = "valid", tagger=None, progress: bool = False) -> dict:
+    """Up to ``per_family`` rows of ``split`` whose instruments list starts with each of the adherence report's
+    families (one per source file first, in a seeded order), ``seconds`` from each row's middle, tagged as they
+    are and through the codec: per variant the report's :func:`~audiogen.metrics.adherence.instrument_stats`
+    with the row's family as the request."""
+    from audiogen.codec.base import load_codec
+    from audiogen.data.loader import load_prepared
+    from audiogen.metrics.adherence import FAMILIES, _spread, excerpt, family_scores, instrument_stats
+    from audiogen.progress import progress_bar
+
+    if per_family < 1 or seconds <= 0:
+        raise AudiogenError("per-family and seconds must be positive")
+    ds = load_prepared(data_dir)
+    if split not in ds or "instruments" not in ds[split].column_names:
+        raise AudiogenError(f"{data_dir}: no {split} split with instrument labels")
+    by_family: dict[str, list[dict]] = {}
+    for r in ds[split].select_columns(["source", "start_s", "duration_s", "instruments"]):
+        first = " ".join(str(r["instruments"][0]).lower().split()) if r["instruments"] else None
+        if first in FAMILIES:
+            by_family.setdefault(first, []).append(r)
+    rng = np.random.default_rng(seed)
+    rows = [(fam, r) for fam in FAMILIES for r in _spread(by_family.get(fam, []), rng)[:per_family]]
+    if not rows:
+        raise AudiogenError(f"{data_dir}: no {split} row lists one of {', '.join(FAMILIES)} first")
+    codec = load_codec(codec_spec or "default", bandwidth)
+    if tagger is None:
+        from audiogen.metrics.tagger import load_tagger
+
+        tagger = load_tagger("MTT")
+    sr, tags = codec.sample_rate, {"source": [], "codec": []}
+    for _, r in progress_bar(rows, desc="instrument ceiling", unit="row", disable=not progress):
+        wav = excerpt(audio_dir, r, seconds, sr, codec.channels)
+        tags["source"].append(tagger.tag_probabilities(wav, sr))
+        tags["codec"].append(tagger.tag_probabilities(_through(codec, wav), sr))
+    fams = [fam for fam, _ in rows]
+    variants = {v: instrument_stats(fams, family_scores(np.stack(t), tagger.labels)) for v, t in tags.items()}
+    return {"data_dir": str(data_dir), "attr": "instruments", "split": split, "codec": codec.describe(),
+            "num_codebooks": codec.num_codebooks, "seconds": seconds, "seed": seed,
+            "rows": {fam: fams.count(fam) for fam in FAMILIES if fam in fams}, "variants": variants}
+
+
 def summary_markdown(report: dict) -> str:
+    if report["attr"] == "instruments":
+        return _instrument_markdown(report)
     attr, labs = report["attr"], report["labels"]
     codec = report["codec"].get("name", "the codec")
     lines = [f"# {attr.capitalize()} ceiling: `{report['data_dir']}` through `{codec}` "
@@ -135,4 +188,27 @@ def summary_markdown(report: dict) -> str:
     lines += [f"| {lab} | {report['references'][lab]} | {report['stand_ins'][lab]} train rows |" for lab in labs]
     if report["skipped"]:
         lines += ["", "Not compared: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()) + "."]
+    return "\n".join(lines)
+
+
+def _instrument_markdown(report: dict) -> str:
+    codec = report["codec"].get("name", "the codec")
+    lines = [f"# Instrument ceiling: `{report['data_dir']}` ({report['split']} rows) through `{codec}` "
+             f"({report['num_codebooks']} codebooks)", "",
+             f"Rows whose instruments list starts with a family, {report['seconds']:g} s each, seed {report['seed']}; "
+             "the family ranked first among the six by the tagger (the adherence report's measure).", "",
+             "| family | rows | as it is: ranked first | through the codec: ranked first | through the codec, heard "
+             "as |",
+             "|---|---|---|---|---|"]
+    src, cod = report["variants"]["source"], report["variants"]["codec"]
+    for fam, n in report["rows"].items():
+        heard = {}
+        for f in cod["top_family"][fam]:
+            heard[f] = heard.get(f, 0) + 1
+        k_src = sum(f == fam for f in src["top_family"][fam])
+        k_cod = heard.get(fam, 0)
+        lines.append(f"| {fam} | {n} | {k_src} of {n} | {k_cod} of {n} | "
+                     + ", ".join(f"{f} {c}" for f, c in sorted(heard.items(), key=lambda x: -x[1])) + " |")
+    n = src["clips"]
+    lines.append(f"| all | {n} | {src['top1']['k']} of {n} | {cod['top1']['k']} of {n} | |")
     return "\n".join(lines)

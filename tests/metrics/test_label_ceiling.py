@@ -86,15 +86,21 @@ class OneSoundCodec:
         return (0.05 * torch.sin(2 * np.pi * 75 * t)).expand_as(self.last).clone()
 
 
-@pytest.mark.parametrize("identity", [True, False])
-def test_a_codec_that_plays_one_buzz_leaves_no_label_and_one_that_plays_the_input_leaves_every_label(
-        labelled, monkeypatch, identity):
+@pytest.fixture(params=[True, False], ids=["identity", "buzz"])
+def identity(request, monkeypatch):
+    """Every codec the ceilings load is a :class:`OneSoundCodec`: the input back (True) or one buzz (False)."""
     import audiogen.codec.base as base
+
+    monkeypatch.setattr(base, "load_codec", lambda spec, bandwidth=None: OneSoundCodec(request.param))
+    return request.param
+
+
+def test_a_codec_that_plays_one_buzz_leaves_no_label_and_one_that_plays_the_input_leaves_every_label(
+        labelled, identity):
     from audiogen.metrics.adherence import label_rows
     from audiogen.metrics.label_ceiling import label_ceiling, summary_markdown
 
     data, audio = labelled
-    monkeypatch.setattr(base, "load_codec", lambda spec, bandwidth=None: OneSoundCodec(identity))
     tagger = LoudnessTagger()
     r = label_ceiling(data, audio, "genre", None, "any", per_label=2, seconds=SECONDS, tagger=tagger)
     # the premise: the report's references (same seed), stand-ins from other train rows, every clip tagged twice
@@ -130,3 +136,54 @@ def test_the_command_prints_the_tables_writes_the_json_and_reports_a_bad_folder_
                           capture_output=True, text=True)
     assert mood.returncode == 1 and "no train split with mood labels" not in mood.stderr
     assert "fewer than two mood labels" in mood.stderr
+    inst = subprocess.run([*cmd[:-5], "--attributes", "instruments", "--audio-dir", str(audio), "--quiet"],
+                          capture_output=True, text=True)  # no row of these lists an instrument
+    assert inst.returncode == 1 and "no valid row lists one of piano, strings" in inst.stderr
+
+
+class FamilyTagger(LoudnessTagger):
+    """Six tags, one a family: loud clips are 'drums', quiet ones 'piano'."""
+
+    labels = ("piano", "strings", "guitar", "flute", "choir", "drums")
+
+    def tag_probabilities(self, wav, sr):
+        self.clips.append(np.asarray(wav).copy())
+        loud = float(np.sqrt(np.mean(np.square(wav)))) > 0.03
+        return np.array([0.1, 0.02, 0.02, 0.02, 0.02, 0.8] if loud else [0.8, 0.02, 0.02, 0.02, 0.02, 0.1],
+                        dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def instrumented(tmp_path_factory, tiny_codec):
+    """Held-out rows: two drum tracks (noise hits), two piano ones (quiet chords), one `synth` (no family); a
+    train row of piano."""
+    root = tmp_path_factory.mktemp("instruments")
+    audio = root / "audio"
+    audio.mkdir()
+    plan = [(["drums"], "valid"), (["Drums", "synth"], "valid"), (["piano"], "valid"), (["piano", "drums"], "valid"),
+            (["synth"], "valid"), (["piano"], "train")]
+    for i, (inst, _) in enumerate(plan):
+        write_audio(audio / f"t{i}.wav", (_ambient if inst[0] == "piano" else _techno)(i), SR)
+    rows = [dict(source=f"t{i}.wav", instruments=inst, split=s, duration_s=SECONDS) for i, (inst, s) in enumerate(plan)]
+    return save_rows_dataset(root / "data", tiny_codec, rows), audio
+
+
+def test_instrument_ceiling_counts_held_out_rows_by_their_first_family_as_they_are_and_through_the_codec(
+        instrumented, identity):
+    from audiogen.metrics.label_ceiling import instrument_ceiling, summary_markdown
+
+    data, audio = instrumented
+    tagger = FamilyTagger()
+    r = instrument_ceiling(data, audio, "any", per_family=8, seconds=SECONDS, tagger=tagger)
+    assert r["rows"] == {"piano": 2, "drums": 2}  # held-out rows whose list starts with a family; synth has none
+    assert len(tagger.clips) == 2 * 4
+    src, cod = r["variants"]["source"], r["variants"]["codec"]
+    assert src["top1"]["k"] == 4  # as they are, every row is heard as its family
+    if identity:
+        assert cod["top1"]["k"] == 4
+    else:  # every row comes back as the one tone, loud enough to be 'drums'
+        assert cod["top1"]["k"] == 2 and cod["top_family"] == {"piano": ["drums"] * 2, "drums": ["drums"] * 2}
+    md = summary_markdown(r)
+    assert "| piano | 2 | 2 of 2 |" in md and ("| piano | 2 | 2 of 2 | 0 of 2 | drums 2 |" in md) != identity
+    assert instrument_ceiling(data, audio, "any", per_family=1, seconds=SECONDS, tagger=tagger)["rows"] == {
+        "piano": 1, "drums": 1}
