@@ -1,4 +1,4 @@
-"""How much genre and mood a codec lets through: the ceiling of the adherence report's genre and mood figures.
+"""How much genre, mood and instrument a codec lets through: the ceiling of the adherence report's figures.
 
 The adherence report asks a model for each genre (or mood) label and counts a label as followed when the
 tag distribution of its clips is closer (KL) to the references of that label than to those of any other
