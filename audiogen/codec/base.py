@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from audiogen.codec.seanet import run_chunked, run_layers, rvq_encode
@@ -234,6 +235,14 @@ def run_seanet(layers: list[torch.nn.Module], x: torch.Tensor, real: torch.Tenso
     row around the LSTM (:func:`rows_around_lstm`, ``real`` marking padding rows), elsewhere the whole batch
     at once (:func:`audiogen.codec.seanet.run_layers`)."""
     return rows_around_lstm(layers, x, real) if x.device.type == "cpu" else run_layers(layers, x)
+
+
+def roundtrip_array(codec, wav: np.ndarray) -> np.ndarray:
+    """``wav: float32 [C, N]`` (numpy) encoded and decoded by ``codec`` (on its device): ``float32 [C, N]`` on the
+    CPU, cut to the input's length (a codec pads to whole frames). What the metrics hear "through the codec"."""
+    with torch.inference_mode():
+        y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0]
+    return y.float().cpu().numpy()[..., : wav.shape[-1]]
 
 
 class Codec:

@@ -52,7 +52,7 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
     codebooks its LM uses; ``bandwidth`` (kbps): the codec's codebooks for it (:func:`load_codec`)."""
     import torch
 
-    from audiogen.codec.base import load_codec
+    from audiogen.codec.base import load_codec, roundtrip_array
     from audiogen.metrics.adherence import analyse_clip, excerpt, key_stats
     from audiogen.progress import progress_bar
 
@@ -72,8 +72,7 @@ def key_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | P
         x = torch.from_numpy(wav)[None]
         est = {"label": r["key"], "source": analyse_clip(wav, sr, tempo=False)["key"]}
         with torch.no_grad():
-            est["codec"] = analyse_clip(codec.decode(codec.encode(x))[0].float().numpy()[..., : wav.shape[-1]],
-                                        sr, tempo=False)["key"]
+            est["codec"] = analyse_clip(roundtrip_array(codec, wav), sr, tempo=False)["key"]
             if mel is not None:
                 x = x[..., : x.shape[-1] // mel.config.hop * mel.config.hop]
                 feats = mel.features(x)

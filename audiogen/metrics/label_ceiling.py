@@ -62,7 +62,7 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
     (:func:`audiogen.metrics.adherence.label_rows`, same ``seed`` and ``per_label``); only labels with both
     references and stand-ins are compared. ``codec_spec`` None: the default model's codec with the codebooks
     its LM uses. ``tagger``: the musicnn MTT tagger unless given (anything with ``tag_probabilities(wav, sr)``)."""
-    from audiogen.codec.base import load_codec
+    from audiogen.codec.base import load_codec, roundtrip_array
     from audiogen.data.loader import load_prepared
     from audiogen.metrics.adherence import excerpt, kl_confusion, label_rows
     from audiogen.models.conditioning import _norm
@@ -96,7 +96,7 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
         for r in rows:
             wav = excerpt(audio_dir, r, seconds, sr, ch)
             out["source"].append(tagger.tag_probabilities(wav, sr))
-            out["codec"].append(tagger.tag_probabilities(_through(codec, wav), sr))
+            out["codec"].append(tagger.tag_probabilities(roundtrip_array(codec, wav), sr))
             bar.update(1)
         return {k: np.stack(v) for k, v in out.items()}
 
@@ -118,14 +118,6 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
             "confusions": confusions}
 
 
-def _through(codec, wav: np.ndarray) -> np.ndarray:
-    """``wav: [C, N]`` encoded and decoded by ``codec``, cut to its length."""
-    import torch
-
-    with torch.no_grad():
-        return codec.decode(codec.encode(torch.from_numpy(wav)[None]))[0].float().numpy()[..., : wav.shape[-1]]
-
-
 def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: str | Path | None = None,
                        bandwidth: float | None = None, per_family: int = 8, seconds: float = 8.0, seed: int = 0,
                        split: str = "valid", tagger=None, progress: bool = False) -> dict:
@@ -133,7 +125,7 @@ def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: 
     families (one per source file first, in a seeded order), ``seconds`` from each row's middle, tagged as they
     are and through the codec: per variant the report's :func:`~audiogen.metrics.adherence.instrument_stats`
     with the row's family as the request."""
-    from audiogen.codec.base import load_codec
+    from audiogen.codec.base import load_codec, roundtrip_array
     from audiogen.data.loader import load_prepared
     from audiogen.metrics.adherence import FAMILIES, _spread, excerpt, family_scores, instrument_stats
     from audiogen.progress import progress_bar
@@ -161,7 +153,7 @@ def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: 
     for _, r in progress_bar(rows, desc="instrument ceiling", unit="row", disable=not progress):
         wav = excerpt(audio_dir, r, seconds, sr, codec.channels)
         tags["source"].append(tagger.tag_probabilities(wav, sr))
-        tags["codec"].append(tagger.tag_probabilities(_through(codec, wav), sr))
+        tags["codec"].append(tagger.tag_probabilities(roundtrip_array(codec, wav), sr))
     fams = [fam for fam, _ in rows]
     variants = {v: instrument_stats(fams, family_scores(np.stack(t), tagger.labels)) for v, t in tags.items()}
     return {"data_dir": str(data_dir), "attr": "instruments", "split": split, "codec": codec.describe(),

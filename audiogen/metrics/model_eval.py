@@ -242,6 +242,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     # Long on purpose: one report, a few lines per figure, each figure reusing what the previous
     # ones loaded.
     from audiogen.audio.io import load_audio, write_audio
+    from audiogen.codec.base import roundtrip_array
     from audiogen.errors import AudiogenError
     from audiogen.metrics.audio_checks import (HELD_CHORD_MOVEMENT, dropouts_per_minute, harmonic_movement,
                                                hold_rates, music_likeness, pulse_strength)
@@ -268,9 +269,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
         heldout_pulse.append(pulse_strength(part, codec.sample_rate))
         heldout_movement.append(harmonic_movement(part, codec.sample_rate))
         heldout_dropouts.append(dropouts_per_minute(part, codec.sample_rate))
-        with torch.inference_mode():
-            y = codec.decode(codec.encode(torch.from_numpy(wav)[None].to(codec.device)))[0].float().cpu().numpy()
-        write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(y[:, : wav.shape[1]], -1, 1), codec.sample_rate)
+        write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(roundtrip_array(codec, wav), -1, 1), codec.sample_rate)
     likeness = [music_likeness(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate, codec.frame_rate)
                 for p in sorted(gen_dir.glob("gen_*.wav"))]
     if figure is not None:

@@ -67,7 +67,7 @@ class LoudnessTagger:
 class OneSoundCodec:
     """A codec that decodes every input to the same tone (a buzz), or, ``identity``, to the input itself."""
 
-    sample_rate, channels, num_codebooks = SR, 1, 2
+    sample_rate, channels, num_codebooks, device = SR, 1, 2, "cpu"
 
     def __init__(self, identity: bool):
         self.identity = identity
