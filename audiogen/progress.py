@@ -10,10 +10,12 @@ do. Every command's bars (generate, prep, LM and codec training, FAD, codec) com
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -40,6 +42,22 @@ def _is_terminal(stream) -> bool:
 def stderr_is_terminal() -> bool:
     """Whether live (redrawn) bars suit stderr; other libraries' bars (datasets) are turned off when not."""
     return _is_terminal(sys.stderr)
+
+
+@contextlib.contextmanager
+def datasets_bars(progress: bool) -> Iterator[None]:
+    """The Hugging Face datasets library's own bars (``save_to_disk``, ``map``) off inside the block unless
+    ``progress`` and stderr is a terminal (their redraws would flood a log), then as they were."""
+    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
+    were_on = is_progress_bar_enabled()
+    if not progress or not stderr_is_terminal():
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            enable_progress_bars()
 
 
 class _Lines:

@@ -187,9 +187,8 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
               num_codebooks: int, seed: int, valid_fraction: float, progress: bool = True) -> dict[str, int]:
     """Build and save the DatasetDict from the shards of ``kept`` [(source, sha)], sorted."""
     from datasets import Dataset, DatasetDict
-    from datasets.utils import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
-    from audiogen.progress import stderr_is_terminal
+    from audiogen.progress import datasets_bars
 
     splits = assign_splits([sha for _, sha in kept], seed, valid_fraction)
     cols = {k: [] for k in dataset_features(num_codebooks)}
@@ -223,16 +222,10 @@ def _assemble(out: Path, work: Path, kept: list[tuple[str, str]], metas: dict[st
     tmp = out / ".work" / "dataset.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    bars_were_on = is_progress_bar_enabled()
-    if not progress or not stderr_is_terminal():  # datasets' own bars would redraw into a log
-        disable_progress_bars()
-    try:
+    with datasets_bars(progress):
         # shards of <= 500 MB; an empty split still gets one (datasets cannot load zero shards)
         shards = {name: max(1, math.ceil(ds.data.nbytes / 500e6)) for name, ds in dd.items()}
         dd.save_to_disk(str(tmp), num_shards=shards)
-    finally:
-        if bars_were_on:
-            enable_progress_bars()
     for name in ("dataset_dict.json", "train", "valid"):
         target = out / name
         if target.is_dir():
