@@ -71,7 +71,8 @@ class GenerateJob:
             config = {}
         asked = Conditions(text=prompt, **parts["conditions"])
         played = requested_tempo(asked, config)
-        sampling = SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked), played.bpm)
+        sampling = (SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked), played.bpm)
+                    .for_mood(names_tempo(asked), asked.mood))
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
                    sampling=sampling, **options)
 

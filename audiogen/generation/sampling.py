@@ -82,6 +82,35 @@ class SamplingParams:
     #: classifier-free guidance. Classifier-free guidance pushes the text, the tempo and the labels alike;
     #: this pushes the labels alone (docs/generate.md, "Label guidance")
     label_guidance: float = 1.0
+    #: moods played calm: a request with one of these moods (its ``--mood``) that names no tempo is played on its
+    #: grid without beat guidance's push and, where ``label_guidance`` is 1, with label guidance
+    #: ``calm_label_guidance`` (:meth:`for_mood`). The default model's push is heard as beat hits, which the
+    #: tagger hears as fast; without it and with the labels pushed its ``slow`` requests are heard as slow
+    #: (docs/generate.md, "Attributes"; docs/adherence.md). A tempo named keeps the push. () = off
+    calm_moods: tuple[str, ...] = ()
+    #: the label guidance of a request :meth:`for_mood` plays calm (1 = none)
+    calm_label_guidance: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.calm_moods, str) or not isinstance(self.calm_moods, tuple):  # a YAML list, or one mood
+            moods = [self.calm_moods] if isinstance(self.calm_moods, str) else list(self.calm_moods or ())
+            object.__setattr__(self, "calm_moods", tuple(moods))
+
+    def plays_calm(self, named: bool, mood: str | None) -> bool:
+        """Whether a request that names a tempo (``named``) or not, for ``mood`` (None: none), is played calm
+        (``calm_moods``)."""
+        from audiogen.models.conditioning import _norm
+
+        return not named and bool(mood) and _norm(mood) in {_norm(m) for m in self.calm_moods}
+
+    def for_mood(self, named: bool, mood: str | None) -> "SamplingParams":
+        """These parameters for one request (``named``, ``mood``: :meth:`plays_calm`): played calm, beat guidance
+        off (its contrast rows would only push towards the beat hits) and label guidance ``calm_label_guidance``
+        unless label guidance is already set; otherwise as they are."""
+        if not self.plays_calm(named, mood):
+            return self
+        labels = self.calm_label_guidance if self.label_guidance == 1.0 else self.label_guidance
+        return replace(self, beat_guidance=1.0, label_guidance=labels)
 
     def pushes(self, instruments) -> bool:
         """Whether beat guidance pushes a request for ``instruments`` (a list of names, or None)."""
@@ -145,6 +174,11 @@ class SamplingParams:
             raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
         if not (math.isfinite(self.label_guidance) and self.label_guidance >= 0):
             raise AudiogenError(f"label guidance must be a finite number >= 0 (1 = off), got {self.label_guidance}")
+        if not (math.isfinite(self.calm_label_guidance) and self.calm_label_guidance >= 0):
+            raise AudiogenError(f"calm label guidance must be a finite number >= 0 (1 = off), "
+                                f"got {self.calm_label_guidance}")
+        if not all(isinstance(m, str) and m.strip() for m in self.calm_moods):
+            raise AudiogenError(f"calm moods must be mood names, got {list(self.calm_moods)}")
         if not (math.isfinite(self.offbeat_below_bpm) and self.offbeat_below_bpm >= 0):
             raise AudiogenError(f"offbeat-below must be a finite tempo in bpm >= 0 (0 = off), "
                                 f"got {self.offbeat_below_bpm}")
@@ -159,9 +193,12 @@ class SamplingParams:
         """The sampling a model folder recommends (its config's ``generation.sampling``, e.g. a small
         model whose guidance only amplifies noise asks for ``cfg_scale: 1``), then the ``given``
         options that are not None; fields neither sets keep this class's defaults. A ``beat_guidance`` given
-        pushes every request (``beat_push_tonal``), unless ``beat_push_tonal`` is given too."""
-        if given.get("beat_guidance") is not None and given.get("beat_push_tonal") is None:
-            given = {**given, "beat_push_tonal": True}
+        pushes every request (``beat_push_tonal``) and every mood (no ``calm_moods``), and a ``label_guidance``
+        given is the calm requests' too (``calm_label_guidance``), unless those are given too."""
+        if given.get("beat_guidance") is not None:
+            given = {"beat_push_tonal": True, "calm_moods": (), **{k: v for k, v in given.items() if v is not None}}
+        if given.get("label_guidance") is not None and given.get("calm_label_guidance") is None:
+            given = {**given, "calm_label_guidance": given["label_guidance"]}
         recommended = (config.get("generation") or {}).get("sampling") or {}
         if not isinstance(recommended, dict):
             raise AudiogenError(f"model config: generation.sampling must be a mapping, got {recommended!r}")

@@ -458,7 +458,8 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "model_dir": str(model_dir), "data_dir": None if data_dir is None else str(data_dir),
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
         "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance, "label_guidance": sampling.label_guidance,
-        "offbeat_below_bpm": sampling.offbeat_below_bpm, "thresholds": THRESHOLDS, "skipped": skipped,
+        "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
+        "calm_label_guidance": sampling.calm_label_guidance, "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
         "estimators": {"tempo": "audiogen.data.estimators.tempo_levels on prep's onset envelope and chroma (prep's estimator)",
@@ -482,7 +483,7 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import requested_tempo
+    from audiogen.generation.pipeline import names_tempo, requested_tempo
     from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
@@ -494,9 +495,18 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         t = time.monotonic()
         # the seed follows the batch, not the scale: each scale gets the same noise for the same requests
         # the tempo a request plays at, as generate gives it (a grid model: the default tempo when none is asked)
-        conds = [requested_tempo(p["conditions"], loaded.config) for _, _, p in chunk]
-        capped = capped_rows(params, [p["conditions"] for _, _, p in chunk], conds)  # cap_quiet, per request
-        wavs = sample_waveforms(loaded, conds, seconds, params, seed + b, capped_rows=capped)
+        asked = [p["conditions"] for _, _, p in chunk]
+        conds = [requested_tempo(a, loaded.config) for a in asked]
+        capped = capped_rows(params, asked, conds)  # cap_quiet, per request
+        # requests played calm (SamplingParams.for_mood) sample apart from the rest, with their own guidance
+        per = [params.for_mood(names_tempo(a), a.mood) for a in asked]
+        wavs = [None] * len(chunk)
+        for p_ in dict.fromkeys(per):
+            idx = [j for j, q in enumerate(per) if q == p_]
+            got = sample_waveforms(loaded, [conds[j] for j in idx], seconds, p_, seed + b,
+                                   capped_rows=[capped[j] for j in idx])
+            for j, w in zip(idx, got):
+                wavs[j] = w
         t_gen += time.monotonic() - t
         for (attr, i, p), c, w in zip(chunk, conds, wavs):
             path = clip_dir / f"{attr}_{i:03d}.wav"
@@ -620,6 +630,8 @@ def summary_markdown(report: dict) -> str:
              + (f" (contrast half a beat late below {report['offbeat_below_bpm']:g} bpm)"
                 if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
              + (f", label guidance {report['label_guidance']:g}" if report.get("label_guidance", 1.0) != 1.0 else "")
+             + (f"; played calm (no beat push, label guidance {report.get('calm_label_guidance', 1.0):g}): mood "
+                + ", ".join(report["calm_moods"]) if report.get("calm_moods") else "")
              + "; intervals are 95 %. Generated clips: `clips/`. "
              f"Generation {report['generation_seconds']:g} s of {report['total_seconds']:g} s in all.", ""]
 

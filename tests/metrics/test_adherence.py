@@ -274,6 +274,39 @@ def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
     assert (tmp_path / "clips" / "cfg2" / "key_000.wav").is_file()
 
 
+def test_a_calm_mood_is_sampled_apart_with_the_guidance_generate_gives_it(monkeypatch, tmp_path):
+    """Mood requests the model plays calm (``SamplingParams.for_mood``: no beat push, labels pushed) are sampled
+    in their own batch with that guidance, as ``generate`` would sample each alone; the others in the same batch
+    keep the report's sampling, in their order."""
+    from types import SimpleNamespace
+
+    import audiogen.metrics.model_eval as model_eval
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    calls = []
+
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None):
+        calls.append(([c.mood for c in conds], params.beat_guidance, params.label_guidance, seed))
+        return np.full((len(conds), 1, int(seconds * 8000)), len(calls) / 10, dtype=np.float32)
+
+    monkeypatch.setattr(model_eval, "sample_waveforms", fake)
+    config = {"lm": {"beat_harmonics": 3}, "conditioner": {"bpm_buckets": [60.0, 120.0]},
+              "generation": {"default_bpm": 97.0, "default_bpm_by": {"mood": {"slow": 80.0}}}}
+    loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+    moods = ["fast", "slow", "fast", "slow"]
+    plans = {"mood": [{"request": m, "channel": "attribute", "conditions": Conditions(mood=m)} for m in moods]}
+    todo = [("mood", i, p) for i, p in enumerate(plans["mood"])]
+    tagger = SimpleNamespace(tag_probabilities=lambda w, sr: np.array([float(w.max())]))
+    params = SamplingParams(cfg_scale=2.0, beat_guidance=3.0, calm_moods=("slow",), calm_label_guidance=3.0)
+    rows, _ = A._generate_scale(loaded, plans, todo, params, tmp_path, 1.0, 8, 5, tagger,
+                                SimpleNamespace(update=lambda n: None))
+    assert calls == [(["fast", "fast"], 3.0, 1.0, 5), (["slow", "slow"], 1.0, 3.0, 5)]
+    # each clip is its own request's: the fast ones from the first call, the slow ones from the second
+    assert [r["tags"][0] for r in rows["mood"]] == pytest.approx([0.1, 0.2, 0.1, 0.2])
+    assert [r["played_bpm"] for r in rows["mood"]] == [97.0, 80.0, 97.0, 80.0]
+
+
 def test_report_clips_are_generated_in_the_models_own_window(tiny_setup, monkeypatch):
     """The clips every report judges are generated as ``audiogen generate`` generates: in the window the model's
     config names, each later window prompted with the end of the one before (until 2026-12-05: one 10 s window
