@@ -85,8 +85,9 @@ class SamplingParams:
     #: moods played calm: a request with one of these moods (its ``--mood``) that names no tempo is played on its
     #: grid without beat guidance's push and, where ``label_guidance`` is 1, with label guidance
     #: ``calm_label_guidance`` (:meth:`for_mood`). The default model's push is heard as beat hits, which the
-    #: tagger hears as fast; without it and with the labels pushed its ``slow`` requests are heard as slow
-    #: (docs/generate.md, "Attributes"; docs/adherence.md). A tempo named keeps the push. () = off
+    #: tagger hears as fast; without it and with the labels pushed (4) its ``slow`` clips are heard as slow, but
+    #: most of its 30 s takes hold one chord, so it does not set this (docs/generate.md, "A slow mood played
+    #: calm"). A tempo named keeps the push. () = off
     calm_moods: tuple[str, ...] = ()
     #: the label guidance of a request :meth:`for_mood` plays calm (1 = none)
     calm_label_guidance: float = 1.0
