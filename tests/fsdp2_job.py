@@ -88,9 +88,18 @@ def main(out: Path, max_steps: int = 6, save_every: int = 3, kill_at_step: int =
         codec = {"spec": "tiny", "num_codebooks": K, "describe": load_codec("tiny").describe()}
         export_model(model, weights, out / "model", codec, None, cfg, max_steps, T / 75.0)
     state.wait_for_everyone()
+    state.destroy_process_group()  # as the training loop ends (Accelerator.end_training)
     return 0
 
 
 if __name__ == "__main__":
     kw = dict(a.split("=", 1) for a in sys.argv[2:])
-    sys.exit(main(Path(sys.argv[1]), **{k: int(v) for k, v in kw.items()}))
+    code = main(Path(sys.argv[1]), **{k: int(v) for k, v in kw.items()})
+    # Leave without running the interpreter's and C++'s exit-time destructors: with PyTorch 2.11's FSDP2,
+    # distributed checkpoint and gloo on CPU, about 1 run in 30 under load had a rank abort there after its
+    # work was done and written ("terminate called without an active exception", no Python frame; with the
+    # process group destroyed too), and torchrun then fails the job (CI, 2026-12-05). The test judges the
+    # files the job wrote and its own exit code, not PyTorch's teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
