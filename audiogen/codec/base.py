@@ -719,6 +719,17 @@ def describe_diff(got: dict, want: dict, also: tuple[str, ...] = ()) -> list[str
     return [k for k in (*also, *TOKEN_KEYS) if got.get(k) != want.get(k)]
 
 
+def load_tokenizing_codec(spec: str | os.PathLike, desc: dict) -> "Codec":
+    """``spec`` loaded with the codebooks ``desc`` names (the ``describe()`` a prepared dataset's rows record,
+    :func:`audiogen.data.loader.dataset_codec`), checked to be the codec that made those tokens: an error naming
+    the keys that differ (:func:`describe_diff`, the weights' hash included) otherwise."""
+    codec = load_codec(spec, num_codebooks=desc.get("num_codebooks"))
+    diff = describe_diff(codec.describe(), desc, also=("weights_sha256",))
+    if diff:
+        raise AudiogenError(f"codec={spec} is not the codec the dataset was tokenized with ({', '.join(diff)} differ)")
+    return codec
+
+
 def load_codec(spec: str | os.PathLike = "tiny", bandwidth: float | None = None, weights: str | os.PathLike | None = None,
                num_codebooks: int | None = None, device: str | torch.device = "cpu", seed: int = 0) -> Codec:
     """Load a codec by name or path.

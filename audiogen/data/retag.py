@@ -50,7 +50,7 @@ def retag_instruments(data_dir: str | Path, out_dir: str | Path, codec_spec: str
     import datasets
     import torch
 
-    from audiogen.codec.base import describe_diff, load_codec
+    from audiogen.codec.base import load_tokenizing_codec
     from audiogen.data.loader import dataset_codec, load_prepared
     from audiogen.files import atomic_write_text
     from audiogen.metrics.tagger import LABEL_THRESHOLD, labels_from_tags, load_tagger
@@ -68,11 +68,7 @@ def retag_instruments(data_dir: str | Path, out_dir: str | Path, codec_spec: str
     desc = dataset_codec(dd["train"])
     if codec_spec is None:
         codec_spec = "default"
-    codec = load_codec(codec_spec, num_codebooks=desc.get("num_codebooks"))
-    diff = describe_diff(codec.describe(), desc, also=("weights_sha256",))
-    if diff:
-        raise AudiogenError(f"codec {codec_spec} is not the codec {data_dir} was tokenized with "
-                            f"({', '.join(diff)} differ); pass the codec it was prepared with")
+    codec = load_tokenizing_codec(codec_spec, desc)
     tagger = tagger or load_tagger("MTT")
 
     work = out_dir / ".work"

@@ -237,16 +237,11 @@ def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
     ``codec`` config key) is loaded, checked against the dataset's description, and copied
     into the model directory.
     """
-    from audiogen.codec.base import PRETRAINED_FILES, describe_diff, load_codec
+    from audiogen.codec.base import PRETRAINED_FILES, load_tokenizing_codec
 
     name = str(desc.get("name", ""))
     if codec_path:
-        codec = load_codec(codec_path, num_codebooks=desc.get("num_codebooks"))
-        diff = describe_diff(codec.describe(), desc, also=("weights_sha256",))
-        if diff:
-            raise AudiogenError(f"codec={codec_path} is not the codec the dataset was tokenized with "
-                                f"({', '.join(diff)} differ)")
-        return "codec", codec
+        return "codec", load_tokenizing_codec(codec_path, desc)
     if name in PRETRAINED_FILES:
         return name, None
     if name == "tiny-seed0" and desc.get("weights_sha256") is None:
