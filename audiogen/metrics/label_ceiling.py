@@ -62,9 +62,9 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
     (:func:`audiogen.metrics.adherence.label_rows`, same ``seed`` and ``per_label``); only labels with both
     references and stand-ins are compared. ``codec_spec`` None: the default model's codec with the codebooks
     its LM uses. ``tagger``: the musicnn MTT tagger unless given (anything with ``tag_probabilities(wav, sr)``)."""
-    from audiogen.codec.base import load_codec, roundtrip_array
+    from audiogen.codec.base import load_codec
     from audiogen.data.loader import load_prepared
-    from audiogen.metrics.adherence import excerpt, kl_confusion, label_rows
+    from audiogen.metrics.adherence import kl_confusion, label_rows
     from audiogen.models.conditioning import _norm
     from audiogen.progress import progress_bar
 
@@ -83,7 +83,6 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
         from audiogen.metrics.tagger import load_tagger
 
         tagger = load_tagger("MTT")
-    sr, ch = codec.sample_rate, codec.channels
     refs, origin = label_rows(data_dir, attr, labels, per_label, seed=seed)
     stand_ins = pick_stand_ins(data_dir, attr, labels, refs, per_label, seed + 1)
     both = [lab for lab in labels if lab in refs and lab in stand_ins]
@@ -91,19 +90,10 @@ def label_ceiling(data_dir: str | Path, audio_dir: str | Path, attr: str, labels
         raise AudiogenError(f"{data_dir}: fewer than two {attr} labels have both references and other train rows "
                             f"({', '.join(both) or 'none'}); a confusion needs two")
 
-    def tags(rows: list[dict], bar) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"source": [], "codec": []}
-        for r in rows:
-            wav = excerpt(audio_dir, r, seconds, sr, ch)
-            out["source"].append(tagger.tag_probabilities(wav, sr))
-            out["codec"].append(tagger.tag_probabilities(roundtrip_array(codec, wav), sr))
-            bar.update(1)
-        return {k: np.stack(v) for k, v in out.items()}
-
     total = sum(len(refs[lab]) + len(stand_ins[lab]) for lab in both)
     with progress_bar(total=total, desc=f"{attr} ceiling", unit="clip", disable=not progress) as bar:
-        ref_tags = {lab: tags(refs[lab], bar) for lab in both}
-        in_tags = {lab: tags(stand_ins[lab], bar) for lab in both}
+        ref_tags = {lab: _tag_rows(refs[lab], audio_dir, seconds, codec, tagger, bar) for lab in both}
+        in_tags = {lab: _tag_rows(stand_ins[lab], audio_dir, seconds, codec, tagger, bar) for lab in both}
     confusions = {}
     for name, v_in, v_ref in VARIANTS:
         k = kl_confusion({lab: in_tags[lab][v_in] for lab in both}, {lab: ref_tags[lab][v_ref] for lab in both},
@@ -125,9 +115,9 @@ def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: 
     families (one per source file first, in a seeded order), ``seconds`` from each row's middle, tagged as they
     are and through the codec: per variant the report's :func:`~audiogen.metrics.adherence.instrument_stats`
     with the row's family as the request."""
-    from audiogen.codec.base import load_codec, roundtrip_array
+    from audiogen.codec.base import load_codec
     from audiogen.data.loader import load_prepared
-    from audiogen.metrics.adherence import FAMILIES, _spread, excerpt, family_scores, instrument_stats
+    from audiogen.metrics.adherence import FAMILIES, _spread, family_scores, instrument_stats
     from audiogen.progress import progress_bar
 
     if per_family < 1 or seconds <= 0:
@@ -149,16 +139,28 @@ def instrument_ceiling(data_dir: str | Path, audio_dir: str | Path, codec_spec: 
         from audiogen.metrics.tagger import load_tagger
 
         tagger = load_tagger("MTT")
-    sr, tags = codec.sample_rate, {"source": [], "codec": []}
-    for _, r in progress_bar(rows, desc="instrument ceiling", unit="row", disable=not progress):
-        wav = excerpt(audio_dir, r, seconds, sr, codec.channels)
-        tags["source"].append(tagger.tag_probabilities(wav, sr))
-        tags["codec"].append(tagger.tag_probabilities(roundtrip_array(codec, wav), sr))
+    with progress_bar(total=len(rows), desc="instrument ceiling", unit="row", disable=not progress) as bar:
+        tags = _tag_rows([r for _, r in rows], audio_dir, seconds, codec, tagger, bar)
     fams = [fam for fam, _ in rows]
-    variants = {v: instrument_stats(fams, family_scores(np.stack(t), tagger.labels)) for v, t in tags.items()}
+    variants = {v: instrument_stats(fams, family_scores(t, tagger.labels)) for v, t in tags.items()}
     return {"data_dir": str(data_dir), "attr": "instruments", "split": split, "codec": codec.describe(),
             "num_codebooks": codec.num_codebooks, "seconds": seconds, "seed": seed,
             "rows": {fam: fams.count(fam) for fam in FAMILIES if fam in fams}, "variants": variants}
+
+
+def _tag_rows(rows: list[dict], audio_dir: str | Path, seconds: float, codec, tagger, bar) -> dict[str, np.ndarray]:
+    """The tag probabilities ``[len(rows), tags]`` of each row's excerpt (``seconds`` from its middle) as it is
+    (``source``) and through ``codec`` (``codec``), in the rows' order; ``bar`` counts the rows."""
+    from audiogen.codec.base import roundtrip_array
+    from audiogen.metrics.adherence import excerpt
+
+    sr, out = codec.sample_rate, {"source": [], "codec": []}
+    for r in rows:
+        wav = excerpt(audio_dir, r, seconds, sr, codec.channels)
+        out["source"].append(tagger.tag_probabilities(wav, sr))
+        out["codec"].append(tagger.tag_probabilities(roundtrip_array(codec, wav), sr))
+        bar.update(1)
+    return {k: np.stack(v) for k, v in out.items()}
 
 
 def summary_markdown(report: dict) -> str:
