@@ -10,8 +10,9 @@
 # (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
 # change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
 # renders, Griffin-Lim decoding: minutes on a CPU) -> tokenize the corpus with its first 6
-# codebooks (3 kbps), with beat times and tagger labels, and the rendered scores (exact labels, instrument
-# families first) -> train the LM with a beat grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
+# codebooks (3 kbps; codebooks 1.. searched tied to codebook 0's changes), with beat times and tagger
+# labels, and the rendered scores (exact labels, instrument families first) -> train the LM with a beat
+# grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
 # samples from the recordings, the 2.5 h of scores and the guitar and flute tunes
 # (lm_default.yaml at lr 3e-3 for 1000 steps, then 1000 more steps from those weights at lr 1.5e-3, then
 # 1500 more with residual dropout 0.1 at lr 1e-3: LM_SETTINGS, LM_FINETUNE and LM_DROPOUT below) -> measure (codec
@@ -52,6 +53,15 @@ else  # k-means residual VQ of 80-band log-mel frames, Griffin-Lim decoding (min
   python3 recipes/fit_mel_codec.py --config recipes/configs/codec_melvq.yaml data_dir="$MUSIC"
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
+if [ "$CODEC_KIND" = melvq ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
+  # (penalty 300, free where codebook 0 changes): the same decoding, and the LM learns chords that move from
+  # them (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
+  TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
+  python3 -c "import sys; from audiogen.codec.mel import with_search
+with_search(sys.argv[1], sys.argv[2], residual_change_penalty=300.0, residual_tied=True)" "$CODEC_DIR" "$TOKENS_CODEC"
+  python3 benchmarks/codec_quality.py --codec "$TOKENS_CODEC" > "$(dirname "$CODEC_DIR")/quality_tied.json"
+  CODEC_DIR=$TOKENS_CODEC
+fi
 
 # 2. tokenize the corpus with the first 6 codebooks (3 kbps); the held-out split is by source file
 # with beat times (the LM's beat grid) and genre/mood/instrument labels from the packaged musicnn tagger

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -574,6 +575,44 @@ def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, sta
         if state_file is not None:
             with atomic_path(state_file) as tmp:
                 torch.save({"mean": model.mean.clone(), "codebooks": model.codebooks[: s + 1].clone()}, tmp)
+
+
+#: the config fields that choose how codes are searched for a frame sequence; the codebooks, the mean and the
+#: post-filter (what decoding uses) do not depend on them
+SEARCH_FIELDS = ("beam", "change_penalty", "residual_change_penalty", "changes_with_first", "residual_tied")
+
+
+def with_search(codec_dir, out_dir, **search) -> Path:
+    """A copy of the mel codec in ``codec_dir`` at ``out_dir`` that encodes with another search (``search``: fields
+    of :data:`SEARCH_FIELDS`, e.g. ``residual_change_penalty=100, residual_tied=True``) and decodes exactly as it
+    does: its weights file is copied byte for byte, so codes decode to the same audio. The default model's LM
+    learns from tokens searched so (docs/codec_training.md, "Tied tokens for the LM")."""
+    import json
+    import shutil
+
+    from audiogen.codec.base import CODEC_CONFIG, CODEC_WEIGHTS
+    from audiogen.files import atomic_path, atomic_write_text, make_dir
+
+    src, out = Path(codec_dir), Path(out_dir)
+    if src.resolve() == out.resolve():
+        raise AudiogenError(f"with_search: out_dir={out} is the codec's own folder; choose another")
+    try:
+        meta = json.loads((src / CODEC_CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise AudiogenError(f"with_search: cannot read {src / CODEC_CONFIG}: {e}") from None
+    if meta.get("backend") != "melvq":
+        raise AudiogenError(f"with_search: {src} is not a mel codec (backend {meta.get('backend')!r})")
+    unknown = sorted(set(search) - set(SEARCH_FIELDS))
+    if unknown:
+        raise AudiogenError(f"with_search: {', '.join(unknown)} not search fields "
+                            f"(those are {', '.join(SEARCH_FIELDS)})")
+    config = {**meta["config"], **search}
+    MelVQConfig.from_dict(config)  # the same checks as loading it
+    make_dir(out)
+    with atomic_path(out / CODEC_WEIGHTS) as tmp:
+        shutil.copyfile(src / CODEC_WEIGHTS, tmp)
+    atomic_write_text(out / CODEC_CONFIG, json.dumps({**meta, "config": config}, indent=2))
+    return out
 
 
 def fit_post_filter(model: MelVQModel, runs: torch.Tensor, ridge: float = 100.0, chunk: int = 64) -> None:

@@ -495,7 +495,10 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
 
     shipped = C.load_codec(REPO / "audiogen" / "default_model" / "codec")
     unfiltered = {k: v for k, v in shipped.model.state_dict().items() if k != "post_filter"}
-    plain = MelVQModel(dataclasses.replace(shipped.model.config, post_filter_frames=0))  # the codebooks alone
+    # the codebooks alone, searched by the codec's own beam (the shipped copy searches as its LM's tokens are, tied;
+    # a filter fitted on tied codes mends less: docs/codec_training.md, "Tied tokens for the LM")
+    plain = MelVQModel(dataclasses.replace(shipped.model.config, post_filter_frames=0, residual_change_penalty=0.0,
+                                           residual_tied=False))
     plain.load_state_dict(unfiltered)
     model = MelVQModel(dataclasses.replace(plain.config, post_filter_frames=8))
     model.load_state_dict(unfiltered, strict=False)
@@ -520,8 +523,9 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
     loaded = C.load_codec(tmp_path / "c")
     assert loaded.num_codebooks == 6 and torch.equal(loaded.decode(codes[1]), codecs[1].decode(codes[1]))
     # the shipped codec carries its own post-filter (fitted on the 81 training recordings and the rendered
-    # scores, not on Aberrations): the same tokens, decoded nearer the input than by the codebooks alone
-    assert shipped.model.config.post_filter_frames == 8 and torch.equal(shipped.encode(x), codes[0])
+    # scores, not on Aberrations): the same tokens, decoded nearer the input than by the codebooks alone (it
+    # encodes tied, as its LM's tokens are; decoding does not depend on the search)
+    assert shipped.model.config.post_filter_frames == 8 and shipped.model.config.residual_tied
     own = reconstruction_fidelity(ref, align(ref, shipped.decode(codes[0])[0, 0].numpy(), 1200), 24000)
     assert own["mel_error_db"] < fid[0]["mel_error_db"] - 0.1 and own["band_correlation"] > fid[0]["band_correlation"]
 
@@ -637,3 +641,37 @@ def test_a_split_quantizer_fits_each_stage_on_its_bands_and_encodes_as_before(tm
     with pytest.raises(AudiogenError, match="without any band"):
         MelVQFitConfig(codec={**SMALL, "n_q": 4}, stage_bands=["full", "high", "low", "low"],
                        stage_split_hz=1.0).validate()
+
+
+def test_with_search_copies_the_codec_to_encode_with_another_search_and_decode_the_same(fitted, tmp_path):
+    """``with_search``: the copy's weights file is the source's byte for byte (so any codes decode to the same
+    audio), it encodes with the search asked for (tied residuals hold their codes more than the beam search),
+    and it refuses fields that are not a search, a codec that is not the mel codec, and its own folder."""
+    from conftest import synth_music
+
+    from audiogen.codec.mel import with_search
+
+    C.save_codec(fitted, tmp_path / "beam")
+    meta = json.loads((tmp_path / "beam" / "codec.json").read_text())
+    meta["config"]["change_penalty"] = 200.0  # a held codebook 0, as the default codec's
+    (tmp_path / "beam" / "codec.json").write_text(json.dumps(meta))
+    out = with_search(tmp_path / "beam", tmp_path / "tied", residual_change_penalty=100.0, residual_tied=True)
+    assert (out / "codec.safetensors").read_bytes() == (tmp_path / "beam" / "codec.safetensors").read_bytes()
+    beam, tied = C.load_codec(tmp_path / "beam"), C.load_codec(out)
+    assert tied.describe()["residual_tied"] and tied.describe()["residual_change_penalty"] == 100.0
+    assert tied.describe()["weights_sha256"] == beam.describe()["weights_sha256"]
+    x = torch.from_numpy(synth_music(8.0, seed=3))[None]
+    a, b = beam.encode(x)[0], tied.encode(x)[0]  # [K, T]
+    assert torch.equal(a[0], b[0])  # codebook 0's search is the same
+    held = [float((c[1:, 1:] == c[1:, :-1]).float().mean()) for c in (a, b)]
+    assert held[1] > held[0] + 0.1, held
+    assert torch.equal(beam.decode(b[None]), tied.decode(b[None]))  # the same decoder
+    with pytest.raises(AudiogenError, match="not search fields"):
+        with_search(tmp_path / "beam", tmp_path / "x", n_mels=64)
+    with pytest.raises(AudiogenError, match="residual_tied"):  # the loader's own checks
+        with_search(tmp_path / "beam", tmp_path / "x", residual_tied=True)
+    with pytest.raises(AudiogenError, match="own folder"):
+        with_search(tmp_path / "beam", tmp_path / "beam", beam=2)
+    C.save_codec(C.load_codec("tiny"), tmp_path / "enc")
+    with pytest.raises(AudiogenError, match="not a mel codec"):
+        with_search(tmp_path / "enc", tmp_path / "x", beam=2)
