@@ -577,8 +577,8 @@ def fit_codebooks(model: MelVQModel, x: torch.Tensor, iters: int, seed: int, sta
                 torch.save({"mean": model.mean.clone(), "codebooks": model.codebooks[: s + 1].clone()}, tmp)
 
 
-#: the config fields that choose how codes are searched for a frame sequence; the codebooks, the mean and the
-#: post-filter (what decoding uses) do not depend on them
+#: the config fields that choose how codes are searched for a frame sequence; decoding does not read them (the
+#: codebooks, mean and post-filter; the post-filter was fitted on codes of the search the codec was fitted with)
 SEARCH_FIELDS = ("beam", "change_penalty", "residual_change_penalty", "changes_with_first", "residual_tied")
 
 
