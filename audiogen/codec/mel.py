@@ -590,18 +590,15 @@ def with_search(codec_dir, out_dir, **search) -> Path:
     import json
     import shutil
 
-    from audiogen.codec.base import CODEC_CONFIG, CODEC_WEIGHTS
+    from audiogen.codec.base import CODEC_CONFIG, CODEC_WEIGHTS, MelVQCodec, load_codec
     from audiogen.files import atomic_path, atomic_write_text, make_dir
 
     src, out = Path(codec_dir), Path(out_dir)
     if src.resolve() == out.resolve():
         raise AudiogenError(f"with_search: out_dir={out} is the codec's own folder; choose another")
-    try:
-        meta = json.loads((src / CODEC_CONFIG).read_text())
-    except (OSError, ValueError) as e:
-        raise AudiogenError(f"with_search: cannot read {src / CODEC_CONFIG}: {e}") from None
-    if meta.get("backend") != "melvq":
-        raise AudiogenError(f"with_search: {src} is not a mel codec (backend {meta.get('backend')!r})")
+    if not isinstance(load_codec(src), MelVQCodec):  # the loader's checks of the folder, its files and config
+        raise AudiogenError(f"with_search: {src} is not a mel codec")
+    meta = json.loads((src / CODEC_CONFIG).read_text())
     unknown = sorted(set(search) - set(SEARCH_FIELDS))
     if unknown:
         raise AudiogenError(f"with_search: {', '.join(unknown)} not search fields "
