@@ -65,8 +65,10 @@ VARIATION_RATIO_RANGE = (0.7, 1.3)
 #: ... and of :func:`codebook_failures`
 MIN_FIRST_CODEBOOK_DISTINCT = 64
 CODEBOOK_WINDOW_S = 20.0
-#: :func:`align` compares amplitude envelopes: RMS over this many samples (2.7 ms at 24 kHz)
-ENVELOPE_SAMPLES = 64
+#: :func:`align` searches lags in steps of this many seconds (1 ms), on at most the first ``ALIGN_MAX_S``
+#: of both signals (a delay is the same throughout; the fine log-mel of 30 s takes about 250 MB)
+ALIGN_STEP_S = 0.001
+ALIGN_MAX_S = 30.0
 
 #: the band :func:`frame_rate_harmonic_fraction` looks at, and its tolerance around a harmonic
 HARMONIC_BAND_HZ = (20.0, 4000.0)
@@ -244,36 +246,50 @@ def variation_ratio(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
     return variation_of_mel(B) / max(variation_of_mel(A), 1e-9)
 
 
-def _envelope(x: np.ndarray, width: int = ENVELOPE_SAMPLES) -> np.ndarray:
-    """RMS over ``width`` samples at every sample, mean removed: the amplitude envelope, which does
-    not depend on the phase."""
-    power = np.convolve(np.asarray(x, dtype=np.float64) ** 2, np.ones(width) / width, mode="same")
-    env = np.sqrt(power)
-    return env - env.mean()
+def _fine_log_mel_db(x: np.ndarray, sr: int, hop: int) -> np.ndarray:
+    """:func:`log_mel_db` ``[64, T]`` with its window but a hop of ``hop`` samples."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=x.astype(np.float32), **{**mel_params(sr), "hop_length": hop})
+    return librosa.power_to_db(mel, ref=1.0, amin=10 ** (FLOOR_DB / 10), top_db=None)
 
 
-def align(ref: np.ndarray, est: np.ndarray, max_lag: int) -> np.ndarray:
-    """``est [N']`` shifted by the lag (|lag| <= ``max_lag`` samples) whose amplitude envelopes
-    correlate best with ``ref [N]``'s, zero-padded or cut to ``N``: a codec's or an MP3 encoder's
-    delay is then not counted as error. The envelopes, not the waveforms, are compared, so a codec
-    that rebuilds the phase (Griffin-Lim, phases from the codes) is aligned as well as one that
-    keeps it; waveform correlation of such an output peaks at a random lag and shifted its
-    log-mel by up to 2.5 frames."""
+def alignment_lag(ref: np.ndarray, est: np.ndarray, sr: int, max_lag: int) -> int:
+    """How many samples ``est`` (at ``sr``, as ``ref``) lags ``ref`` (negative: leads it): the lag
+    (|lag| <= ``max_lag``, in steps of :data:`ALIGN_STEP_S`) at which its log-mel (:func:`log_mel_db`'s
+    bands and window, hopped every step, floored as the figures are) correlates best with ``ref``'s, over
+    the first :data:`ALIGN_MAX_S` seconds.
+
+    Log-mel magnitudes, not waveforms, are compared, so a codec that rebuilds the phase (Griffin-Lim,
+    phases from the codes) is aligned as well as one that keeps it, and the lag is the one the figures
+    on that log-mel favour. Until 2026-12-06 the lag came from amplitude envelopes (RMS over 64
+    samples): sample-exact for a waveform codec (MP3's 1105 samples), but on Griffin-Lim output off
+    by up to 10 ms at random, from bass periods left in the envelope (docs/quality_checks.md)."""
+    hop = max(1, int(round(ALIGN_STEP_S * sr)))
+    n = int(ALIGN_MAX_S * sr)
+    a = _fine_log_mel_db(_mono(ref)[:n], sr, hop)
+    b = _fine_log_mel_db(_mono(est)[: n + max_lag], sr, hop)
+    top = float(a.max())  # both floored below the reference's loudest bin
+    a, b = _floored(a, top), _floored(b, top)
+    a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+    size = 1 << int(np.ceil(np.log2(2 * max(a.shape[1], b.shape[1]))))
+    # xc[k] = the sum over bands and frames of b[t + k] a[t]
+    xc = np.fft.irfft((np.fft.rfft(b, size, axis=1) * np.conj(np.fft.rfft(a, size, axis=1))).sum(axis=0), size)
+    steps = max_lag // hop
+    lags = np.concatenate([np.arange(0, steps + 1), np.arange(-steps, 0)])
+    return int(lags[np.argmax(xc[lags])]) * hop
+
+
+def align(ref: np.ndarray, est: np.ndarray, sr: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ref, est)`` cut to the span they share once ``est [N']`` is moved back by its
+    :func:`alignment_lag` behind ``ref [N]``: a codec's or an MP3 encoder's delay is then not
+    counted as error, and neither is the edge the shift uncovers (zeros padded there would add a
+    fade from silence to the variation)."""
     ref, est = np.asarray(ref), np.asarray(est)
-    n = len(ref)
-    size = 1 << int(np.ceil(np.log2(len(est) + n)))
-    e_ref, e_est = _envelope(ref), _envelope(est)
-    xc = np.fft.irfft(np.fft.rfft(e_est, size) * np.conj(np.fft.rfft(e_ref, size)), size)  # xc[lag] = sum est[i+lag] ref[i]
-    lags = np.concatenate([np.arange(0, max_lag + 1), np.arange(-max_lag, 0)])
-    lag = int(lags[np.argmax(xc[lags])])
-    out = np.zeros(n, dtype=est.dtype)
-    if lag >= 0:
-        part = est[lag : lag + n]
-        out[: len(part)] = part
-    else:
-        part = est[: n + lag]
-        out[-lag : -lag + len(part)] = part
-    return out
+    lag = alignment_lag(ref, est, sr, max_lag)
+    start_ref, start_est = max(0, -lag), max(0, lag)  # est[t + lag] is heard with ref[t]
+    m = min(ref.shape[-1] - start_ref, est.shape[-1] - start_est)
+    return ref[..., start_ref : start_ref + m], est[..., start_est : start_est + m]
 
 
 def power_spectrum(wav: np.ndarray, sr: int, segment_s: float = WELCH_SEGMENT_S) -> tuple[np.ndarray, np.ndarray]:

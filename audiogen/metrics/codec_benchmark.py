@@ -69,7 +69,7 @@ def mel_distance(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
 
 def score(ref: np.ndarray, est: np.ndarray, sr: int, frame_rate: float) -> dict:
     """Every figure of ``est [N']`` as a reconstruction of ``ref [N]`` (aligned first)."""
-    est = C.align(ref, np.asarray(est, dtype=np.float32), int(MAX_LAG_S * sr))
+    ref, est = C.align(ref, np.asarray(est, dtype=np.float32), sr, int(MAX_LAG_S * sr))
     fid = C.reconstruction_fidelity(ref, est, sr)
     return {"band_correlation": fid["band_correlation"], "mel_error_db": fid["mel_error_db"],
             "variation_ratio": fid["variation_ratio"], "variation_db": fid["est_variation_db"],

@@ -426,8 +426,9 @@ def test_bad_configs_are_one_clear_error(tmp_path):
         load_fit_config(CONFIG, ["codec.beam=0"])
     with pytest.raises(AudiogenError, match="mono"):
         load_fit_config(CONFIG, ["codec.channels=2"])
-    with pytest.raises(AudiogenError, match="change_penalty, residual_change_penalty and post_filter_frames >= 0"):
-        load_fit_config(CONFIG, ["codec.change_penalty=-1"])
+    for field in ("change_penalty", "inversion_iters"):
+        with pytest.raises(AudiogenError, match="residual_change_penalty, post_filter_frames and inversion_iters >= 0"):
+            load_fit_config(CONFIG, [f"codec.{field}=-1"])
     with pytest.raises(AudiogenError, match="post_filter_runs and post_filter_run must be >= 1"):
         load_fit_config(CONFIG, ["post_filter_runs=0"])
     with pytest.raises(AudiogenError, match="need codec.post_filter_frames > 0"):
@@ -474,7 +475,7 @@ def test_a_codec_fitted_on_real_music_follows_a_held_out_track(real_fitted, real
     ref = _aberrations(real_tracks)
     codes = real_fitted.encode(torch.from_numpy(ref)[None, None])
     out = real_fitted.decode(codes)[0, 0].numpy()
-    fid = reconstruction_fidelity(ref, align(ref, out, 1200), 24000)
+    fid = reconstruction_fidelity(*align(ref, out, 24000, 1200), 24000)
     assert fid["band_correlation"] >= BAND_CORRELATION_MIN and fid["mel_error_db"] <= MEL_ERROR_MAX_DB, fid
     assert 0.7 <= fid["variation_ratio"] <= 1.3, fid
     assert codebook_stats(codes[0].numpy(), real_fitted.cardinality)[0]["distinct"] >= 64
@@ -516,7 +517,8 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
     codecs = [C.MelVQCodec(m.eval(), m.config, name, num_codebooks=6) for m, name in ((plain, "plain"), (model, "filtered"))]
     codes = [c.encode(x) for c in codecs]
     assert codes[0].shape[1] == 6 and torch.equal(codes[0], codes[1])  # the filter changes the decoding only
-    fid = [reconstruction_fidelity(ref, align(ref, c.decode(k)[0, 0].numpy(), 1200), 24000) for c, k in zip(codecs, codes)]
+    fid = [reconstruction_fidelity(*align(ref, c.decode(k)[0, 0].numpy(), 24000, 1200), 24000)
+           for c, k in zip(codecs, codes)]
     assert fid[1]["mel_error_db"] < fid[0]["mel_error_db"] - 0.1, fid
     assert fid[1]["band_correlation"] > fid[0]["band_correlation"], fid
     C.save_codec(codecs[1], tmp_path / "c")
@@ -526,7 +528,7 @@ def test_a_post_filter_fitted_on_music_mends_a_held_out_track(real_tracks, tmp_p
     # scores, not on Aberrations): the same tokens, decoded nearer the input than by the codebooks alone (it
     # encodes tied, as its LM's tokens are; decoding does not depend on the search)
     assert shipped.model.config.post_filter_frames == 8 and shipped.model.config.residual_tied
-    own = reconstruction_fidelity(ref, align(ref, shipped.decode(codes[0])[0, 0].numpy(), 1200), 24000)
+    own = reconstruction_fidelity(*align(ref, shipped.decode(codes[0])[0, 0].numpy(), 24000, 1200), 24000)
     assert own["mel_error_db"] < fid[0]["mel_error_db"] - 0.1 and own["band_correlation"] > fid[0]["band_correlation"]
 
 
@@ -577,6 +579,27 @@ def test_code_loudness_is_what_each_codeword_decodes_to_and_the_quiet_ones_are_s
     assert silent.dtype == torch.bool and bool(silent[0]) and bool(silent[1])
     music = torch.tensor([v > codec.SILENT_LUFS + 5 for v in measured.values()])
     assert music.sum() >= 5 and not silent[1:10][music].any()
+
+
+def test_inversion_updates_give_a_magnitude_whose_mel_is_the_decoded_one(fitted):
+    """``inversion_iters``: the magnitude Griffin-Lim starts from reproduces the decoded mel (the clamped
+    pseudo-inverse misses it), stays non-negative and frame by frame (so windowed decoding is unchanged)."""
+    codes = torch.randint(0, fitted.model.config.bins, (1, 4, 120), generator=torch.Generator().manual_seed(3))
+    mel = fitted.model.dequantize(codes)  # [1, T, n_mels] dB
+
+    def miss(model) -> tuple[float, torch.Tensor]:
+        mag = model.magnitude(mel)
+        again = 20 * torch.log10((mag.transpose(1, 2) @ model.mel_fb).clamp_min(1e-5))
+        return float((again - mel).abs().mean()), mag
+
+    plain, _ = miss(encoded_with(fitted, inversion_iters=0))
+    refined_model = encoded_with(fitted, inversion_iters=10)
+    refined, mag = miss(refined_model)
+    assert plain > 0.05 and refined < plain / 4, (plain, refined)
+    assert bool((mag >= 0).all())
+    assert torch.allclose(refined_model.magnitude(mel[:, 40:70]), mag[..., 40:70], rtol=1e-5, atol=1e-9)
+    wav = refined_model.synthesize(mel, torch.zeros(1, mag.shape[1], mel.shape[1]))
+    assert wav.shape == (1, 1, 120 * fitted.model.config.hop) and bool(torch.isfinite(wav).all())
 
 
 def test_the_pitch_filterbank_gives_every_semitone_its_own_band_where_slaneys_does_not():
