@@ -332,7 +332,10 @@ def test_browser_page_plays_the_stream_and_a_slider_change_reaches_the_output(ti
             page.goto(f"http://127.0.0.1:{port}/")
             page.click("#play")
             page.wait_for_function("Number(document.body.dataset.played || 0) >= 0.5", timeout=240_000)
-            assert json.loads(page.evaluate("document.body.dataset.state"))["intensity"] == 0.5  # the page's start
+            # the page's start (intensity 0.5) reaches the stream: the first chunk may have been generated before
+            # the page's first control arrived (under a loaded suite it was), so wait for a chunk made after it
+            page.wait_for_function("JSON.parse(document.body.dataset.state || '{}').intensity === 0.5", timeout=60_000)
+            assert json.loads(page.evaluate("document.body.dataset.state"))["intensity"] == 0.5
             # the mood list offers the model's own moods (one with labels refuses any other word)
             from audiogen.models.checkpoint import read_config
 
