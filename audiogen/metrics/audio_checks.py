@@ -99,12 +99,19 @@ def mel_params(sr: int) -> dict:
     return dict(sr=sr, n_fft=n_fft, hop_length=hop, n_mels=N_MELS, fmin=0.0, fmax=sr / 2, power=2.0)
 
 
-def log_mel_db(wav: np.ndarray, sr: int) -> np.ndarray:
-    """``float32[64, T]``: mel power in dB (re full scale 1.0, floored at -100 dB), 20 ms frames."""
+def _mel_power_db(y: np.ndarray, sr: int, hop: int | None = None) -> np.ndarray:
+    """Mel power in dB of mono ``y [N]`` with :func:`mel_params` (``hop`` samples apart if given), in
+    ``y``'s float precision."""
     import librosa
 
-    mel = librosa.feature.melspectrogram(y=_mono(wav), **mel_params(sr))
-    return librosa.power_to_db(mel, ref=1.0, amin=10 ** (FLOOR_DB / 10), top_db=None).astype(np.float32)
+    params = mel_params(sr) if hop is None else {**mel_params(sr), "hop_length": hop}
+    return librosa.power_to_db(librosa.feature.melspectrogram(y=y, **params), ref=1.0, amin=10 ** (FLOOR_DB / 10),
+                               top_db=None)
+
+
+def log_mel_db(wav: np.ndarray, sr: int) -> np.ndarray:
+    """``float32[64, T]``: mel power in dB (re full scale 1.0, floored at -100 dB), 20 ms frames."""
+    return _mel_power_db(_mono(wav), sr).astype(np.float32)
 
 
 def _floored(mel_db: np.ndarray, top: float | None = None) -> np.ndarray:
@@ -246,14 +253,6 @@ def variation_ratio(ref: np.ndarray, est: np.ndarray, sr: int) -> float:
     return variation_of_mel(B) / max(variation_of_mel(A), 1e-9)
 
 
-def _fine_log_mel_db(x: np.ndarray, sr: int, hop: int) -> np.ndarray:
-    """:func:`log_mel_db` ``[64, T]`` with its window but a hop of ``hop`` samples."""
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=x.astype(np.float32), **{**mel_params(sr), "hop_length": hop})
-    return librosa.power_to_db(mel, ref=1.0, amin=10 ** (FLOOR_DB / 10), top_db=None)
-
-
 def alignment_lag(ref: np.ndarray, est: np.ndarray, sr: int, max_lag: int) -> int:
     """How many samples ``est`` (at ``sr``, as ``ref``) lags ``ref`` (negative: leads it): the lag
     (|lag| <= ``max_lag``, in steps of :data:`ALIGN_STEP_S`) at which its log-mel (:func:`log_mel_db`'s
@@ -267,8 +266,9 @@ def alignment_lag(ref: np.ndarray, est: np.ndarray, sr: int, max_lag: int) -> in
     by up to 10 ms at random, from bass periods left in the envelope (docs/quality_checks.md)."""
     hop = max(1, int(round(ALIGN_STEP_S * sr)))
     n = int(ALIGN_MAX_S * sr)
-    a = _fine_log_mel_db(_mono(ref)[:n], sr, hop)
-    b = _fine_log_mel_db(_mono(est)[: n + max_lag], sr, hop)
+    # float32: at a 1 ms hop the STFT of 30 s is 30 000 frames (about 250 MB in float32)
+    a = _mel_power_db(_mono(ref)[:n].astype(np.float32), sr, hop)
+    b = _mel_power_db(_mono(est)[: n + max_lag].astype(np.float32), sr, hop)
     top = float(a.max())  # both floored below the reference's loudest bin
     a, b = _floored(a, top), _floored(b, top)
     a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
