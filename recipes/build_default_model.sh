@@ -9,7 +9,8 @@
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
 # change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
-# renders, Griffin-Lim decoding: minutes on a CPU) -> tokenize the corpus with its first 6
+# renders, its per-band offsets then refined on the power the quality checks measure, Griffin-Lim
+# decoding: minutes on a CPU) -> tokenize the corpus with its first 6
 # codebooks (3 kbps; codebooks 1.. searched tied to codebook 0's changes), with beat times and tagger
 # labels, and the rendered scores (exact labels, instrument families first) -> train the LM with a beat
 # grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
