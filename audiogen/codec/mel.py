@@ -186,7 +186,9 @@ def measure_filterbank(cfg: MelVQConfig) -> torch.Tensor:
 def power_mel_db(mag: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
     """Magnitudes ``[B, F, T]`` -> ``[B, T, bands]``: the power in each band of ``fb: [F, bands]``
     (:func:`measure_filterbank`), in dB (floored at -100 dB, as the quality checks floor it)."""
-    return 10 * torch.log10(((mag.transpose(1, 2) ** 2) @ fb).clamp_min(1e-10))
+    from audiogen.metrics.audio_checks import FLOOR_DB
+
+    return 10 * torch.log10(((mag.transpose(1, 2) ** 2) @ fb).clamp_min(10 ** (FLOOR_DB / 10)))
 
 
 def band_centres(cfg: MelVQConfig) -> np.ndarray:
@@ -262,7 +264,11 @@ class MelVQModel(nn.Module):
     # -- analysis ---------------------------------------------------------------------
     def features(self, wav: torch.Tensor) -> torch.Tensor:
         """``wav: [B, 1, N]`` (N a multiple of hop) -> log-mel ``[B, N // hop, n_mels]`` in dB."""
-        mel = self.spectrum(wav).transpose(1, 2) @ self.mel_fb
+        return self.mel_db(self.spectrum(wav))
+
+    def mel_db(self, spec: torch.Tensor) -> torch.Tensor:
+        """STFT magnitudes ``[B, F, T]`` (:meth:`spectrum`) -> their log-mel ``[B, T, n_mels]`` in dB."""
+        mel = spec.transpose(1, 2) @ self.mel_fb
         return 20 * torch.log10(mel.clamp_min(10 ** (self.config.floor_db / 20)))
 
     def spectrum(self, wav: torch.Tensor) -> torch.Tensor:
@@ -569,9 +575,9 @@ def track_mels(model: MelVQModel, caches: list, progress: bool = True, power: bo
         wav = torch.from_numpy(np.load(cache, mmap_mode="r")[:].astype(np.float32) / 32768.0)
         n = wav.shape[-1] // hop * hop
         if n:
-            w = wav[None, None, :n]
-            f = model.features(w)[0]
-            feats.append(f if bank is None else torch.cat([f, power_mel_db(model.spectrum(w), bank)[0]], -1))
+            spec = model.spectrum(wav[None, None, :n])  # one STFT for both
+            f = model.mel_db(spec)[0]
+            feats.append(f if bank is None else torch.cat([f, power_mel_db(spec, bank)[0]], -1))
     return feats
 
 

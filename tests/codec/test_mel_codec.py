@@ -511,7 +511,8 @@ def post_filtered(real_tracks):
     for t in others:
         w = torch.from_numpy(_load(t, 0.0, 60.0)[None, None])
         w = w[..., : w.shape[-1] // 480 * 480]
-        f, p = model.features(w)[0], power_mel_db(model.spectrum(w), bank)[0]
+        spec = model.spectrum(w)
+        f, p = model.mel_db(spec)[0], power_mel_db(spec, bank)[0]
         runs.append(f[: len(f) // 100 * 100].reshape(-1, 100, f.shape[-1]))
         power.append(p[: len(p) // 100 * 100].reshape(-1, 100, p.shape[-1]))
     runs, power = torch.cat(runs), torch.cat(power)
@@ -571,9 +572,8 @@ def test_refining_the_post_filters_offset_on_the_checks_power_lowers_a_held_out_
     absolute dB error of the power in the quality checks' 64 bands, through the decoder's magnitude (smooth within a
     band, so it came back too quiet). Its training loss falls, only the offset row changes, and on the held-out
     ``Aberrations`` (two excerpts) the roundtrip's mel error drops, its loudness comes nearer the input's and its
-    correlation over time does not (the
-    full fit: 3.03 -> 2.75 dB on six held-out tracks, docs/codec_training.md, "The decoder's level"). The tokens
-    are the same."""
+    correlation over time does not (the full fit: 3.03 -> 2.75 dB on six held-out tracks, docs/codec_training.md,
+    "The decoder's level"). The tokens are the same."""
     import copy
 
     from audiogen.audio.loudness import integrated_loudness
