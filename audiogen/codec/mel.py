@@ -575,10 +575,17 @@ def track_mels(model: MelVQModel, caches: list, progress: bool = True, power: bo
         wav = torch.from_numpy(np.load(cache, mmap_mode="r")[:].astype(np.float32) / 32768.0)
         n = wav.shape[-1] // hop * hop
         if n:
-            spec = model.spectrum(wav[None, None, :n])  # one STFT for both
-            f = model.mel_db(spec)[0]
-            feats.append(f if bank is None else torch.cat([f, power_mel_db(spec, bank)[0]], -1))
+            feats.append(frame_features(model, wav[:n], bank))
     return feats
+
+
+def frame_features(model: MelVQModel, wav: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-mel frames ``[T, n_mels]`` of mono ``wav: [N]`` (N a multiple of hop); with ``bank``
+    (:func:`measure_filterbank`), each frame followed by its power in those bands (:func:`power_mel_db`):
+    ``[T, n_mels + bands]``, both from one STFT."""
+    spec = model.spectrum(wav[None, None])
+    mel = model.mel_db(spec)[0]
+    return mel if bank is None else torch.cat([mel, power_mel_db(spec, bank)[0]], -1)
 
 
 def sample_frames(feats: list[torch.Tensor], stride: int, max_frames: int, generator: torch.Generator) -> torch.Tensor:

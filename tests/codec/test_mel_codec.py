@@ -494,7 +494,7 @@ def post_filtered(real_tracks):
     tracks x 60 s, not ``Aberrations``), its runs' codes and their power in the checks' bands."""
     import dataclasses
 
-    from audiogen.codec.mel import encode_runs, fit_post_filter, measure_filterbank, power_mel_db
+    from audiogen.codec.mel import encode_runs, fit_post_filter, frame_features, measure_filterbank
 
     shipped = C.load_codec(REPO / "audiogen" / "default_model" / "codec")
     unfiltered = {k: v for k, v in shipped.model.state_dict().items() if k != "post_filter"}
@@ -508,13 +508,13 @@ def post_filtered(real_tracks):
     assert len(others) == 15
     bank = measure_filterbank(model.config)
     runs, power = [], []
+    n_mels = model.config.n_mels
     for t in others:
-        w = torch.from_numpy(_load(t, 0.0, 60.0)[None, None])
-        w = w[..., : w.shape[-1] // 480 * 480]
-        spec = model.spectrum(w)
-        f, p = model.mel_db(spec)[0], power_mel_db(spec, bank)[0]
-        runs.append(f[: len(f) // 100 * 100].reshape(-1, 100, f.shape[-1]))
-        power.append(p[: len(p) // 100 * 100].reshape(-1, 100, p.shape[-1]))
+        w = torch.from_numpy(_load(t, 0.0, 60.0))
+        fp = frame_features(model, w[: w.shape[-1] // 480 * 480], bank)
+        fp = fp[: len(fp) // 100 * 100].reshape(-1, 100, fp.shape[-1])
+        runs.append(fp[..., :n_mels])
+        power.append(fp[..., n_mels:])
     runs, power = torch.cat(runs), torch.cat(power)
     codes = encode_runs(model, runs)
     fit_post_filter(model, runs, codes=codes)
