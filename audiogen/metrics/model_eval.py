@@ -245,7 +245,7 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     from audiogen.codec.base import roundtrip_array
     from audiogen.errors import AudiogenError
     from audiogen.metrics.audio_checks import (HELD_CHORD_MOVEMENT, dropouts_per_minute, harmonic_movement,
-                                               hold_rates, music_likeness, pulse_strength)
+                                               hold_rates, music_likeness, pulse_strength, tonal_clarity)
     from audiogen.metrics.embedders import load_embedder
     from audiogen.metrics.fad import EmbeddingCache, fad, load_set
     from audiogen.models.checkpoint import load_model
@@ -261,13 +261,15 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
     ref_dir, resyn_dir = work / "heldout", work / "heldout_codec"
     for d in (ref_dir, resyn_dir):
         d.mkdir(parents=True, exist_ok=True)
-    heldout_pulse, heldout_movement, heldout_dropouts = [], [], []  # ``seconds`` from 30 s in, as the figure shows
+    # ``seconds`` from 30 s in, as the figure shows
+    heldout_pulse, heldout_movement, heldout_clarity, heldout_dropouts = [], [], [], []
     for i, h in enumerate(held):
         wav, _ = load_audio(h["path"], codec.sample_rate, codec.channels)
         write_audio(ref_dir / f"ref_{i:03d}.wav", wav, codec.sample_rate)
         part = excerpt(wav, codec.sample_rate, seconds)
         heldout_pulse.append(pulse_strength(part, codec.sample_rate))
         heldout_movement.append(harmonic_movement(part, codec.sample_rate))
+        heldout_clarity.append(tonal_clarity(part, codec.sample_rate))
         heldout_dropouts.append(dropouts_per_minute(part, codec.sample_rate))
         write_audio(resyn_dir / f"ref_{i:03d}.wav", np.clip(roundtrip_array(codec, wav), -1, 1), codec.sample_rate)
     likeness = [music_likeness(load_audio(p, codec.sample_rate, codec.channels)[0], codec.sample_rate, codec.frame_rate)
@@ -323,6 +325,9 @@ def model_report(model_dir: str | Path, data_dir: str | Path, audio_dir: str | P
             "harmonic_movement": [x["harmonic_movement"] for x in likeness],
             "heldout_harmonic_movement": heldout_movement,
             "clips_holding_one_chord": sum(1 for x in likeness if x["harmonic_movement"] < HELD_CHORD_MOVEMENT),
+            # ... and pitch classes held long enough to stand out (moving partials and hits spread the chroma)
+            "tonal_clarity": [x["tonal_clarity"] for x in likeness],
+            "heldout_tonal_clarity": heldout_clarity,
             # ... and short holes in the sound
             "dropouts_per_minute": [x["dropouts_per_minute"] for x in likeness],
             "heldout_dropouts_per_minute": heldout_dropouts,
