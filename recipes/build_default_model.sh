@@ -5,6 +5,7 @@
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
 #   CODEC=stft bash recipes/build_default_model.sh       # the previous codec, built into runs/ only
+#   CODEC=pitch bash recipes/build_default_model.sh      # the mel codec with semitone bands, built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
@@ -35,7 +36,10 @@ case "$CODEC_KIND" in
   melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  *) echo "CODEC must be stft or melvq, not $CODEC_KIND" >&2; exit 2 ;;
+  pitch) DATA=.cache/data_pitch;   CODEC_DIR=runs/codec_pitch/codec; LM_OUT=runs/lm_pitch
+         LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
+         LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
+  *) echo "CODEC must be stft, melvq or pitch, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
@@ -51,10 +55,10 @@ if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT deco
   python3 recipes/train_codec.py --config recipes/configs/codec_stft.yaml data_dir="$MUSIC" \
       max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
 else  # k-means residual VQ of 80-band log-mel frames, Griffin-Lim decoding (minutes, no gradient training)
-  python3 recipes/fit_mel_codec.py --config recipes/configs/codec_melvq.yaml data_dir="$MUSIC"
+  python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_KIND.yaml" data_dir="$MUSIC"
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
-if [ "$CODEC_KIND" = melvq ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
+if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
   # (penalty 300, free where codebook 0 changes): the same decoding, and the LM learns chords that move from
   # them (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
   TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
@@ -69,13 +73,15 @@ fi
 python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth 3 \
     --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]   # 3 = some files skipped (listed in prep_report.json)
 MIX=""
-if [ "$CODEC_KIND" = melvq ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
-  for pair in "music21-rendered data_rendered" "music21-extra data_extra"; do
+if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
+  REN=.cache/data_rendered; EXTRA=.cache/data_extra  # each codec's tokens in their own folders
+  [ "$CODEC_KIND" = melvq ] || { REN=${DATA}_ren; EXTRA=${DATA}_extra; }
+  for pair in "music21-rendered $REN" "music21-extra $EXTRA"; do
     set -- $pair
-    python3 -m audiogen prep ".cache/$1" --out ".cache/$2" --codec "$CODEC_DIR" --bandwidth 3 \
+    python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
         --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
   done
-  MIX="extra_data_dirs=[.cache/data_rendered,.cache/data_extra] data_weights=[0.7,0.2,0.1]"
+  MIX="extra_data_dirs=[$REN,$EXTRA] data_weights=[0.7,0.2,0.1]"
 fi
 
 # 3. the LM
