@@ -54,7 +54,7 @@ python3 data_prep/render_music21.py --collections ryans_mammoth oneills --ensemb
 if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)
   python3 recipes/train_codec.py --config recipes/configs/codec_stft.yaml data_dir="$MUSIC" \
       max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
-else  # k-means residual VQ of 80-band log-mel frames, Griffin-Lim decoding (minutes, no gradient training)
+else  # k-means residual VQ of log-mel frames (pitch: semitone bands), Griffin-Lim decoding (minutes, no gradients)
   python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_KIND.yaml" data_dir="$MUSIC"
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
