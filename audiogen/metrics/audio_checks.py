@@ -218,10 +218,9 @@ def tonal_clarity(wav: np.ndarray, sr: int, window_s: float = HARMONY_WINDOW_S) 
     the median over the sounding windows. 1 for a flat chroma (white noise: 1.1), 12 for one class alone.
     Notes held for a second or more stand out of the chroma; moving partials and broadband hits spread it.
     30 s of each corpus track of at least 50 s, from 20 s in: 77 tracks, 1.39-5.68, median 3.23 (18 under
-    2.5); 23 rendered scores: 2.84-5.19, median 3.77; the six held-out tracks,
-    30 s from 30 s in: 3.26-4.39; the default model's README take (six seeds, 2026-12-06): 1.53-2.08; the
-    old codec's 75 Hz buzz: 2.65. A figure, not a check (some music holds little pitch); NaN
-    without a sounding window."""
+    2.5); 23 rendered scores: 2.84-5.19, median 3.77; the six held-out tracks, 30 s from 30 s in: 3.26-4.39;
+    the default model's README take (six seeds, 2026-12-06): 1.53-2.08; the old codec's 75 Hz buzz: 2.65.
+    A figure, not a check (some music holds little pitch); NaN without a sounding window."""
     got = _window_chroma(wav, sr, window_s, 8192)
     if got is None or not got[1].any():
         return float("nan")
@@ -470,7 +469,7 @@ def music_likeness(wav: np.ndarray, sr: int, frame_rate: float) -> dict:
         "frame_jump_ratio": jump_ratio_of_mel(mel),
         "pulse": pulse_of_mel(mel),  # a figure, not a check: some real music (ambient) has little pulse
         "harmonic_movement": harmonic_movement(wav, sr),  # a figure too: some real music holds a chord
-        "tonal_clarity": tonal_clarity(wav, sr),  # and pitch held long enough to hear (drums have little)
+        "tonal_clarity": tonal_clarity(wav, sr),  # and pitch classes that stand out (some music holds few)
         "dropouts_per_minute": dropouts_per_minute(wav, sr),  # and holes in the sound (staccato music has some)
     }
     failures = []
