@@ -4,15 +4,17 @@
 #
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
-#   CODEC=stft bash recipes/build_default_model.sh       # the previous codec, built into runs/ only
-#   CODEC=pitch bash recipes/build_default_model.sh      # the mel codec with semitone bands, built into runs/ only
+#   CODEC=melvq bash recipes/build_default_model.sh      # the previous default (80 mel bands), built into runs/ only
+#   CODEC=stft bash recipes/build_default_model.sh       # the one before it, built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
-# (k-means residual VQ of the recordings' log-mel frames, codebook 0 held through small changes by
+# (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
+# split quantizer: recipes/configs/codec_pitch.yaml; codebook 0 held through small changes by
 # change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
 # renders, its per-band offsets then refined on the power the quality checks measure, Griffin-Lim
-# decoding: minutes on a CPU) -> tokenize the corpus with its first 6
-# codebooks (3 kbps; codebooks 1.. searched tied to codebook 0's changes), with beat times and tagger
+# decoding: minutes on a CPU) -> the same codebooks searched tied (codebooks 1.. held to codebook 0's changes)
+# with the post-filter refitted on tied codes -> tokenize the corpus with its first 6
+# codebooks (3 kbps), with beat times and tagger
 # labels, and the rendered scores (exact labels, instrument families first) -> train the LM with a beat
 # grid on the recordings and the renders, 0.7 : 0.2 : 0.1 of the
 # samples from the recordings, the 2.5 h of scores and the guitar and flute tunes
@@ -23,12 +25,14 @@
 #
 # The stft codec (a trained encoder/decoder, recipes/configs/codec_stft.yaml) was the default
 # until its LM's output was found to be a near-static texture (2.5 dB of temporal variation); the
-# mel codec reproduces held-out music far better (docs/codec_training.md). CODEC=stft still builds
-# that variant into runs/ without replacing audiogen/default_model.
+# mel codec reproduces held-out music far better (docs/codec_training.md). The 80-band mel codec
+# (codec_melvq.yaml) was the default until 2026-12-06, when the semitone bands replaced it: the key survives
+# them, and FAD prefers the LM on their tokens (docs/codec_training.md, "The pitch codec shipped").
+# CODEC=melvq and CODEC=stft still build those variants into runs/ without replacing audiogen/default_model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-all
-CODEC_KIND=${CODEC:-melvq}
+CODEC_KIND=${CODEC:-pitch}
 CODEC_STEPS=${CODEC_STEPS:-2400}
 case "$CODEC_KIND" in
   stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default
@@ -36,15 +40,15 @@ case "$CODEC_KIND" in
   melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  pitch) DATA=.cache/data_pitch;   CODEC_DIR=runs/codec_pitch/codec; LM_OUT=runs/lm_pitch
+  pitch) DATA=.cache/data_pitch_deb; CODEC_DIR=runs/codec_pitch/codec; LM_OUT=runs/lm_pitch
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
   *) echo "CODEC must be stft, melvq or pitch, not $CODEC_KIND" >&2; exit 2 ;;
 esac
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
-# rendered public-domain scores: the mel codec's post-filter learns from them too (codec_melvq.yaml), and the
-# LM trains on them beside the recordings (the melvq build); folk tunes on guitar and flute make up for the
+# rendered public-domain scores: the mel codec's post-filter learns from them too (codec_pitch.yaml), and the
+# LM trains on them beside the recordings (the mel builds); folk tunes on guitar and flute make up for the
 # two instruments the 2.5 h lack (2 guitar segments of 800)
 python3 data_prep/render_music21.py --out .cache/music21-rendered --hours 2.5
 python3 data_prep/render_music21.py --collections ryans_mammoth oneills --ensembles guitar flute --hours 0.6 \
@@ -54,16 +58,24 @@ python3 data_prep/render_music21.py --collections ryans_mammoth oneills --ensemb
 if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT decoder (reconstruction losses only on CPU)
   python3 recipes/train_codec.py --config recipes/configs/codec_stft.yaml data_dir="$MUSIC" \
       max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
-else  # k-means residual VQ of log-mel frames (pitch: semitone bands), Griffin-Lim decoding (minutes, no gradients)
+else  # k-means residual VQ of log-mel frames (pitch: semitone bands; melvq: 80 mel bands), Griffin-Lim decoding
+  # (minutes, no gradients)
   python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_KIND.yaml" data_dir="$MUSIC"
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
 if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
-  # (penalty 300, free where codebook 0 changes): the same decoding, and the LM learns chords that move from
-  # them (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
+  # (penalty 300, free where codebook 0 changes): the LM learns chords that move from them
+  # (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
   TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
-  python3 -c "import sys; from audiogen.codec.mel import with_search
+  if [ "$CODEC_KIND" = pitch ]; then  # the same codebooks, their post-filter refitted on tied codes (5 minutes)
+    python3 recipes/fit_mel_codec.py --config recipes/configs/codec_pitch.yaml data_dir="$MUSIC" \
+        codebooks_from="$CODEC_DIR" codec.residual_change_penalty=300 codec.residual_tied=true \
+        out_dir="$(dirname "$CODEC_DIR")_tied"
+    TOKENS_CODEC="$(dirname "$CODEC_DIR")_tied/codec"
+  else  # the same decoding, only the search changes
+    python3 -c "import sys; from audiogen.codec.mel import with_search
 with_search(sys.argv[1], sys.argv[2], residual_change_penalty=300.0, residual_tied=True)" "$CODEC_DIR" "$TOKENS_CODEC"
+  fi
   python3 benchmarks/codec_quality.py --codec "$TOKENS_CODEC" > "$(dirname "$CODEC_DIR")/quality_tied.json"
   CODEC_DIR=$TOKENS_CODEC
 fi
@@ -75,7 +87,7 @@ python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth
 MIX=""
 if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
   REN=.cache/data_rendered; EXTRA=.cache/data_extra  # each codec's tokens in their own folders
-  [ "$CODEC_KIND" = melvq ] || { REN=${DATA}_ren; EXTRA=${DATA}_extra; }
+  [ "$CODEC_KIND" = melvq ] || { REN=.cache/data_${CODEC_KIND}_ren; EXTRA=.cache/data_${CODEC_KIND}_extra; }
   for pair in "music21-rendered $REN" "music21-extra $EXTRA"; do
     set -- $pair
     python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
@@ -103,8 +115,8 @@ fi
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
     --work "$LM_OUT/report" --json "$LM_OUT/report/report.json" --figure "$LM_OUT/report/spectrograms.png"
 
-# 5. ship it (the melvq build only: see above)
-[ "$CODEC_KIND" = melvq ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
+# 5. ship it (the pitch build only: see above)
+[ "$CODEC_KIND" = pitch ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
 rm -rf audiogen/default_model.new && cp -r "$LM_OUT/model" audiogen/default_model.new
 cp audiogen/default_model/MODEL_CARD.md audiogen/default_model/ATTRIBUTION.md audiogen/default_model.new/ 2>/dev/null || true
 rm -rf audiogen/default_model && mv audiogen/default_model.new audiogen/default_model

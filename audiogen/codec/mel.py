@@ -82,11 +82,12 @@ class MelVQConfig:
     inversion_iters: int = 0
     gl_iters: int = 32
     gl_momentum: float = 0.99
-    #: the bands: ``slaney``, ``n_mels`` Slaney mel bands from 0 Hz to Nyquist (the default model's codec);
-    #: ``pitch``, one band per FFT bin up to where a semitone grows wider than a bin, then one per semitone
-    #: up to ``pitch_split_hz``, then ``upper_per_octave`` per octave to Nyquist (``n_mels`` must be their
-    #: count, :func:`pitch_band_count`): 80 Slaney bands are 43 Hz apart below 1 kHz and blur a held note's
-    #: partials into bands, which loses the key (docs/codec_training.md, "Pitch: the mel bands")
+    #: the bands: ``slaney``, ``n_mels`` Slaney mel bands from 0 Hz to Nyquist (80 in the default model's codec
+    #: until 2026-12-06); ``pitch`` (the default model's since), one band per FFT bin up to where a semitone grows
+    #: wider than a bin, then one per semitone up to ``pitch_split_hz``, then ``upper_per_octave`` per octave to
+    #: Nyquist (``n_mels`` must be their count, :func:`pitch_band_count`): 80 Slaney bands are 43 Hz apart below
+    #: 1 kHz and blur a held note's partials into bands, which loses the key (docs/codec_training.md, "Pitch: the
+    #: mel bands")
     filterbank: str = "slaney"
     pitch_split_hz: float = 2000.0
     upper_per_octave: int = 12

@@ -279,6 +279,7 @@ def test_tonal_clarity_tells_held_notes_from_moving_partials_and_noise():
     held, spread, flat = (C.tonal_clarity(x, SR) for x in (melody, moving, noise))
     assert held > 5.0 and spread < 2.0 and flat < 1.3, (held, spread, flat)
     assert C.harmonic_movement(moving, SR) > C.HELD_CHORD_MOVEMENT  # the figure above cannot see it
+    assert spread < C.SCATTERED_CHROMA_CLARITY < held  # the line the README take is held to
     assert C.music_likeness(melody, SR, FRAME_RATE)["tonal_clarity"] == pytest.approx(held)
     assert np.isnan(C.tonal_clarity(np.zeros(SR // 4), SR))  # shorter than one window
 
