@@ -105,7 +105,8 @@ def run_model(args: argparse.Namespace) -> int:
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else "")
           + (", not for requests naming only instruments without percussion"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
-          + (f", label guidance {sp['label_guidance']:g}" if sp.get("label_guidance", 1) != 1 else "")
+          + (f", label guidance {sp['label_guidance']:g} (generate, for requests naming a label)"
+             if sp.get("label_guidance", 1) != 1 else "")
           + (f"; generate plays --mood {'/'.join(sp['calm_moods'])} without a tempo calm: no beat push, label "
              f"guidance {sp.get('calm_label_guidance', 1):g}" if sp.get("calm_moods") else "")
           + (f"; guidance adds no quiet sound{cap_scope} (--cap-quiet {sp['cap_quiet']})"

@@ -117,9 +117,15 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
     A stream always plays at a tempo (its state's, which it changes and must be heard changing), so
     ``cap_quiet`` "untimed" is off in a stream; "slow" caps each step by the tempo it plays at then (the grid's,
     gliding with a change): the quiet cap on the calm stretches, off the fast ones, whose beat the holes carry
-    (docs/stream.md, "The dropout LM")."""
+    (docs/stream.md, "The dropout LM").
+
+    Label guidance stays off unless given: a model recommends it for clips whose key it was measured on (the
+    default model since 2026-12-06: docs/generate.md, "Label guidance"); a stream names a mood in every step,
+    so its contrast rows would run throughout (a third more LM work), unmeasured on streams."""
     if given.get("offbeat_below_bpm") is None:
         given["offbeat_below_bpm"] = 0.0
+    if given.get("label_guidance") is None:
+        given["label_guidance"] = 1.0
     if given.get("allow_silence") is None:
         given["allow_silence"] = False
     params = SamplingParams.for_model(config, **given)
