@@ -457,6 +457,8 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
            if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
+        + (f", label guidance {recommended.label_guidance:g} (generate, for requests naming a label)"
+           if recommended.label_guidance != 1 else "")
         + (f"; generate plays --mood {'/'.join(recommended.calm_moods)} without a tempo calm: no beat push, label "
            f"guidance {recommended.calm_label_guidance:g}" if recommended.calm_moods else "")
         + {"off": "", "on": "; guidance adds no quiet sound (--cap-quiet on)",
