@@ -66,13 +66,13 @@ python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DI
 if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
   # (penalty 300, free where codebook 0 changes): the LM learns chords that move from them
   # (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
-  TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
   if [ "$CODEC_KIND" = pitch ]; then  # the same codebooks, their post-filter refitted on tied codes (5 minutes)
+    TOKENS_CODEC="$(dirname "$CODEC_DIR")_tied/codec"
     python3 recipes/fit_mel_codec.py --config recipes/configs/codec_pitch.yaml data_dir="$MUSIC" \
         codebooks_from="$CODEC_DIR" codec.residual_change_penalty=300 codec.residual_tied=true \
-        out_dir="$(dirname "$CODEC_DIR")_tied"
-    TOKENS_CODEC="$(dirname "$CODEC_DIR")_tied/codec"
+        out_dir="$(dirname "$TOKENS_CODEC")"
   else  # the same decoding, only the search changes
+    TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
     python3 -c "import sys; from audiogen.codec.mel import with_search
 with_search(sys.argv[1], sys.argv[2], residual_change_penalty=300.0, residual_tied=True)" "$CODEC_DIR" "$TOKENS_CODEC"
   fi

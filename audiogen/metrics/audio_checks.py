@@ -11,7 +11,7 @@ here do not:
 - :func:`rms_dbfs`, :func:`silent_frame_fraction`: silence.
 - :func:`spectral_flatness`: white noise (flat spectrum in every frame).
 - :func:`pulse_strength`, :func:`harmonic_movement`, :func:`tonal_clarity`, :func:`dropouts_per_minute`
-  (figures, not checks): onsets on a beat, chords that change (one chord held under hits has a pulse but no
+  (figures, not checks; the README take's test holds the last three to lines): onsets on a beat, chords that change (one chord held under hits has a pulse but no
   movement), pitch classes held long enough to stand out, and short holes in the sound.
 - :func:`band_correlation`, :func:`mel_error_db`, :func:`variation_ratio`: a codec's output
   against its input (does the reconstruction follow the input over time?).
@@ -223,8 +223,9 @@ def tonal_clarity(wav: np.ndarray, sr: int, window_s: float = HARMONY_WINDOW_S) 
     Notes held for a second or more stand out of the chroma; moving partials and broadband hits spread it.
     30 s of each corpus track of at least 50 s, from 20 s in: 77 tracks, 1.39-5.68, median 3.23 (18 under
     2.5); 23 rendered scores: 2.84-5.19, median 3.77; the six held-out tracks, 30 s from 30 s in: 3.26-4.39;
-    the default model's README take (six seeds, 2026-12-06): 1.53-2.08; the old codec's 75 Hz buzz: 2.65.
-    A figure, not a check (some music holds little pitch); NaN for less than one window."""
+    the 80-band default model's README take (six seeds, 2026-12-06): 1.53-2.08; the old codec's 75 Hz buzz: 2.65.
+    A figure, not a check (some music holds little pitch), except on the README's take
+    (:data:`SCATTERED_CHROMA_CLARITY`); NaN for less than one window."""
     got = _window_chroma(wav, sr, window_s, 8192)
     if got is None:  # (the loudest window always sounds)
         return float("nan")
