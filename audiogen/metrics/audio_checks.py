@@ -11,8 +11,9 @@ here do not:
 - :func:`rms_dbfs`, :func:`silent_frame_fraction`: silence.
 - :func:`spectral_flatness`: white noise (flat spectrum in every frame).
 - :func:`pulse_strength`, :func:`harmonic_movement`, :func:`tonal_clarity`, :func:`dropouts_per_minute`
-  (figures, not checks; the README take's test holds the last three to lines): onsets on a beat, chords that change (one chord held under hits has a pulse but no
-  movement), pitch classes held long enough to stand out, and short holes in the sound.
+  (figures, not checks; the README take's test holds the last three to lines): onsets on a beat, chords
+  that change (one chord held under hits has a pulse but no movement), pitch classes held long enough to
+  stand out, and short holes in the sound.
 - :func:`band_correlation`, :func:`mel_error_db`, :func:`variation_ratio`: a codec's output
   against its input (does the reconstruction follow the input over time?).
 - :func:`codebook_stats`: per-codebook usage and entropy of a token sequence.
