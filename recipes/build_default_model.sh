@@ -6,6 +6,8 @@
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
 #   CODEC=melvq bash recipes/build_default_model.sh      # the previous default (80 mel bands), built into runs/ only
 #   CODEC=stft bash recipes/build_default_model.sh       # the one before it, built into runs/ only
+#   TRANSPOSE="-2 -1 1 2" CODEC=pitch bash recipes/build_default_model.sh  # LM on key-augmented rows (mel codecs;
+#       not the shipped model: docs/adherence.md, "Key augmentation"), built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
@@ -94,6 +96,15 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
         --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
   done
   MIX="extra_data_dirs=[$REN,$EXTRA] data_weights=[0.7,0.2,0.1]"
+  if [ -n "${TRANSPOSE:-}" ]; then  # key augmentation (not in the shipped model): every train row again at each of
+    # $TRANSPOSE semitones, e.g. TRANSPOSE="-2 -1 1 2" (minutes; docs/adherence.md, "Key augmentation"); valid as it was
+    for d in "$DATA" "$REN" "$EXTRA"; do
+      [ -d "${d}_tr" ] || python3 data_prep/transpose_keys.py "$d" --out "${d}_tr" --codec "$CODEC_DIR" \
+          --semitones $TRANSPOSE --no-progress
+    done
+    DATA=${DATA}_tr; MIX="extra_data_dirs=[${REN}_tr,${EXTRA}_tr] data_weights=[0.7,0.2,0.1]"
+    LM_OUT=${LM_OUT}_tr
+  fi
 fi
 
 # 3. the LM
@@ -115,8 +126,8 @@ fi
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
     --work "$LM_OUT/report" --json "$LM_OUT/report/report.json" --figure "$LM_OUT/report/spectrograms.png"
 
-# 5. ship it (the pitch build only: see above)
-[ "$CODEC_KIND" = pitch ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
+# 5. ship it (the pitch build without TRANSPOSE only: see above)
+[ "$CODEC_KIND" = pitch ] && [ -z "${TRANSPOSE:-}" ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
 rm -rf audiogen/default_model.new && cp -r "$LM_OUT/model" audiogen/default_model.new
 cp audiogen/default_model/MODEL_CARD.md audiogen/default_model/ATTRIBUTION.md audiogen/default_model.new/ 2>/dev/null || true
 rm -rf audiogen/default_model && mv audiogen/default_model.new audiogen/default_model
