@@ -131,6 +131,19 @@ def key_stats(requested: list[str], estimated: list[str | None]) -> dict:
             "key": _proportion(exact, n), "mirex_weighted": float(np.mean(scores)) if scores else float("nan")}
 
 
+def held_key_stats(movements: list[float | None], clarities: list[float | None]) -> dict:
+    """How the key clips play their key: the clips holding one chord throughout (harmonic movement under
+    :data:`audiogen.metrics.audio_checks.HELD_CHORD_MOVEMENT`, of the clips with a figure) and the median tonal
+    clarity. A model can hit the mode by droning on the tonic (docs/adherence.md, "Key augmentation"), and the
+    mode figure alone cannot tell that from music in a key."""
+    from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT
+
+    hm = [m for m in movements if m is not None and math.isfinite(m)]
+    cl = [c for c in clarities if c is not None and math.isfinite(c)]
+    return {"held_one_chord": _proportion(sum(m < HELD_CHORD_MOVEMENT for m in hm), len(hm)),
+            "tonal_clarity_median": float(np.median(cl)) if cl else float("nan")}
+
+
 def family_scores(probs: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
     """``probs: [N, tags]`` tagger outputs -> ``[N, 6]`` scores of :data:`FAMILIES` (each its best tag)."""
     col = {lab: i for i, lab in enumerate(labels)}
@@ -516,6 +529,11 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
                    "played_bpm": c.bpm, "file": str(path.relative_to(out))}
             if attr in ("tempo", "key"):
                 row.update(analyse_clip(w, sr))
+            if attr == "key":  # does it play the key, or hold its chord? (held_key_stats)
+                from audiogen.metrics.audio_checks import harmonic_movement, tonal_clarity
+
+                row["harmonic_movement"] = float(harmonic_movement(w.mean(axis=0), sr))
+                row["tonal_clarity"] = float(tonal_clarity(w.mean(axis=0), sr))
             if attr in ("instruments", "genre", "mood"):
                 row["tags"] = tagger.tag_probabilities(w, sr).astype(float).tolist()
             rows[attr][i] = row
@@ -556,7 +574,9 @@ def _figures(rows: dict[str, list[dict]], ref_tags: dict[str, dict[str, np.ndarr
         res["tempo"] = {**tempo_stats([x["request"] for x in r], [x["bpm"] for x in r], seed=seed), "per_clip": r}
     if "key" in rows:
         r = rows["key"]
-        res["key"] = {**key_stats([x["request"] for x in r], [x["key"] for x in r]), "per_clip": r}
+        res["key"] = {**key_stats([x["request"] for x in r], [x["key"] for x in r]),
+                      **held_key_stats([x.get("harmonic_movement") for x in r], [x.get("tonal_clarity") for x in r]),
+                      "per_clip": r}
     if "instruments" in rows:
         r = rows["instruments"]
         scores = family_scores(np.array([x["tags"] for x in r]), tagger.labels)
@@ -662,6 +682,9 @@ def summary_markdown(report: dict) -> str:
                   row("mode (major/minor) recognised", lambda r: _pct(r["mode"]), "key"),
                   row("exact key", lambda r: _pct(r["key"]), "key"),
                   row("MIREX weighted key score", lambda r: f"{r['mirex_weighted']:.2f}", "key"),
+                  row("clips holding one chord throughout", lambda r: _pct(r["held_one_chord"]), "key"),
+                  row("tonal clarity, median (real music here 3.3-4.4)",
+                      lambda r: f"{r['tonal_clarity_median']:.2f}", "key"),
                   verdicts("mode"), "", f"Done when the mode is recognised in >= {t['mode_accuracy']:.0%} of clips.", ""]
     if any("instruments" in res[g] for g in gs):
         lines += ["## Instruments (the requested family's rank among " + ", ".join(FAMILIES)

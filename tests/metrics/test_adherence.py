@@ -4,6 +4,7 @@ request plans, and one small run of the whole report on a tiny random model."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,27 @@ def test_key_stats_count_mode_and_exact_key_with_enharmonic_spellings():
     s = A.key_stats(["g# major", "A minor", "C major", "e minor"], ["Ab major", "C major", None, "E minor"])
     assert s["mode"]["k"] == 2 and s["key"]["k"] == 2 and s["estimated"] == 3
     assert s["mirex_weighted"] == pytest.approx((1 + 0.3 + 0 + 1) / 4)
+
+
+def test_held_key_stats_count_a_held_chord_and_not_a_progression():
+    """The mode figure cannot tell a drone on the tonic from music in a key; these figures can."""
+    sr = 22050
+    t = np.arange(sr) / sr
+
+    def chord(*hz):
+        return sum(np.sin(2 * np.pi * f * t) for f in hz)
+
+    c, f, g = chord(262, 330, 392), chord(349, 440, 523), chord(392, 494, 587)
+    held = np.tile(c, 8).astype(np.float32)  # C major for 8 s
+    moving = np.concatenate([c, f, g, c, f, g, c, f]).astype(np.float32)  # a chord a second
+    from audiogen.metrics.audio_checks import harmonic_movement, tonal_clarity
+
+    clips = [held, moving]
+    s = A.held_key_stats([harmonic_movement(x, sr) for x in clips] + [float("nan")],
+                         [tonal_clarity(x, sr) for x in clips] + [None])
+    assert s["held_one_chord"]["k"] == 1 and s["held_one_chord"]["n"] == 2  # the NaN clip is left out
+    assert math.isfinite(s["tonal_clarity_median"])
+    assert A.held_key_stats([], [])["held_one_chord"]["n"] == 0
 
 
 def test_family_scores_take_each_familys_best_tag():
@@ -198,6 +220,8 @@ def test_the_report_writes_clips_json_markdown_and_figures_and_names_what_is_not
         assert set(res) == {"tempo", "key", "instruments", "genre"}
         assert res["tempo"]["clips"] == 2 and {"rho", "low", "high"} <= set(res["tempo"]["spearman"])
         assert {"k", "n", "rate", "low", "high"} <= set(res["key"]["mode"])
+        assert res["key"]["held_one_chord"]["n"] <= 2 and "tonal_clarity_median" in res["key"]
+        assert all("harmonic_movement" in c and "tonal_clarity" in c for c in res["key"]["per_clip"])
         assert res["instruments"]["clips"] == 2 and {c["request"] for c in res["instruments"]["per_clip"]} == {"piano", "strings"}
         assert res["genre"]["labels"] == ["ambient", "rock"] and len(res["genre"]["matrix"]) == 2
         for attr in res:
@@ -213,6 +237,7 @@ def test_the_report_writes_clips_json_markdown_and_figures_and_names_what_is_not
     md = (out / "adherence.md").read_text()
     assert md == A.summary_markdown(r)
     assert "| CFG 1 | CFG 3 |" in md and "mood: not conditioned" in md and "n=2" in md
+    assert "clips holding one chord throughout" in md
 
 
 def test_attributes_limits_the_report_to_those_asked(tiny_setup, tmp_path):
