@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audiogen.data.estimators import NAMES, SHARP_NAMES, _PC
+from audiogen.data.estimators import NAMES, SHARP_NAMES, _parse_key, sharp_key
 from audiogen.errors import AudiogenError
 
 _KEY_IN_CAPTION = re.compile(r"\bin ([A-G](?:#|b)?) (major|minor)\b")
@@ -41,16 +41,13 @@ def transpose_key(key: str | None, semitones: int) -> str | None:
     """``"A minor"``, 2 -> ``"B minor"``; ``"Eb major"``, 1 -> ``"E major"``, 3 -> ``"Gb major"``... the tonic spelled
     sharp unless ``key``'s was flat (``"Eb"``, ``"Bb"``: then flat, as the renders' labels from key signatures
     are). None or a value that is not ``"<tonic> major|minor"`` comes back as it is."""
-    if not key:
+    sharp = sharp_key(key) if key else None  # the estimators' parser: None for what is not a key
+    if sharp is None:
         return key
-    parts = key.split()
-    if len(parts) != 2 or parts[1].lower() not in ("major", "minor"):
-        return key
-    pc = _PC.get(parts[0][0].upper() + parts[0][1:])
-    if pc is None:
-        return key
-    names = _FLAT_NAMES if len(parts[0]) > 1 and parts[0][1] == "b" else SHARP_NAMES
-    return f"{names[(pc + semitones) % 12]} {parts[1]}"
+    pc, _ = _parse_key(sharp)
+    tonic, mode = key.split()
+    names = _FLAT_NAMES if tonic[1:].lower() == "b" else SHARP_NAMES
+    return f"{names[(pc + semitones) % 12]} {mode}"
 
 
 _FLAT_NAMES = tuple(n.replace("C#", "Db").replace("F#", "Gb") for n in NAMES)  # C Db D Eb E F Gb G Ab A Bb B

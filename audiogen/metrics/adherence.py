@@ -532,8 +532,9 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
             if attr == "key":  # does it play the key, or hold its chord? (held_key_stats)
                 from audiogen.metrics.audio_checks import harmonic_movement, tonal_clarity
 
-                row["harmonic_movement"] = float(harmonic_movement(w.mean(axis=0), sr))
-                row["tonal_clarity"] = float(tonal_clarity(w.mean(axis=0), sr))
+                mono = w.mean(axis=0)
+                row["harmonic_movement"] = float(harmonic_movement(mono, sr))
+                row["tonal_clarity"] = float(tonal_clarity(mono, sr))
             if attr in ("instruments", "genre", "mood"):
                 row["tags"] = tagger.tag_probabilities(w, sr).astype(float).tolist()
             rows[attr][i] = row
