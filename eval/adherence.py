@@ -36,6 +36,12 @@ def main() -> int:
     ap.add_argument("--label-guidance", type=float, default=None,
                     help="label guidance for a model with attribute slots: the labels pushed beyond what CFG gives "
                          "them (1 = off; default: the model's recommendation)")
+    ap.add_argument("--label-guidance-hold", type=float, default=None, metavar="S",
+                    help="label guidance for the first S seconds of a clip, then fading (0 = throughout; default: "
+                         "the model's recommendation)")
+    ap.add_argument("--label-guidance-fade", type=float, default=None, metavar="S",
+                    help="seconds label guidance takes to fall to 1 after the hold (default: the model's "
+                         "recommendation)")
     ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
                     help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
                          "grid (0 = never; default: the model's recommendation)")
@@ -50,7 +56,8 @@ def main() -> int:
                                   clips=a.clips, seconds=a.seconds, seed=a.seed, progress=not a.quiet,
                                   device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
                                   offbeat_below_bpm=a.offbeat_below, attributes=a.attributes,
-                                  label_guidance=a.label_guidance)
+                                  label_guidance=a.label_guidance, label_guidance_hold_s=a.label_guidance_hold,
+                                  label_guidance_fade_s=a.label_guidance_fade)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

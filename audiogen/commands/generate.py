@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
     add_sampling_options(s, offbeat_default="default: the model's recommendation, else 0 = never",
                          label_guidance_note="no effect on a request without --genre, --mood, --key or --instruments")
+    s.add_argument("--label-guidance-hold", type=float, metavar="S", dest="label_guidance_hold_s",
+                   help="label guidance lasts the first S seconds of the take, then falls to off over "
+                        "--label-guidance-fade seconds and the rest continues what it began: a key set, not droned "
+                        "on (default: the model's recommendation, else 0 = throughout; docs/generate.md)")
+    s.add_argument("--label-guidance-fade", type=float, metavar="S", dest="label_guidance_fade_s",
+                   help="seconds label guidance takes to fall to off after --label-guidance-hold (default: the "
+                        "model's recommendation, else 0 = at once)")
     s.add_argument("--top-p", type=float, metavar="P",
                    help="sample among the most likely tokens whose probabilities add up to P (default 0 = off)")
     s.add_argument("--no-silence", dest="allow_silence", action="store_const", const=False, default=None,
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                    max_silence_s=args.max_silence_s, allow_silence=args.allow_silence, min_sound_s=args.min_sound_s,
                    cap_quiet=args.cap_quiet, cap_below_bpm=args.cap_below_bpm,
                    beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,
+                   label_guidance_hold_s=args.label_guidance_hold_s, label_guidance_fade_s=args.label_guidance_fade_s,
                    offbeat_below_bpm=args.offbeat_below_bpm,
                    fade_in_s=args.fade_in, fade_out_s=args.fade_out, true_peak_db=args.true_peak,
                    even_level=args.even_level)

@@ -105,7 +105,9 @@ def run_model(args: argparse.Namespace) -> int:
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("offbeat_below_bpm") else "")
           + (", not for requests naming only instruments without percussion"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
-          + (f", label guidance {sp['label_guidance']:g} (generate, for requests naming a label)"
+          + (f", label guidance {sp['label_guidance']:g} (generate, for requests naming a label"
+             + (f"; for the first {sp['label_guidance_hold_s']:g} s, then falling to off over "
+                f"{sp.get('label_guidance_fade_s', 0):g} s" if sp.get("label_guidance_hold_s") else "") + ")"
              if sp.get("label_guidance", 1) != 1 else "")
           + (f"; generate plays --mood {'/'.join(sp['calm_moods'])} without a tempo calm: no beat push, label "
              f"guidance {sp.get('calm_label_guidance', 1):g}" if sp.get("calm_moods") else "")

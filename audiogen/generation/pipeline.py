@@ -381,7 +381,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         """``(codes[B, K, T], wav: float32[B, channels, T * hop])`` of the request with ``seed``."""
         g = torch.Generator(device=job.device).manual_seed(seed)
         c = generate_codes(lm, cond, mask, new_frames, sampling, g, W, context, prompt=prompt, engine=job.engine,
-                           on_frame=on_frame, guard=silence, beat_step=beat_step)
+                           on_frame=on_frame, guard=silence, beat_step=beat_step, frame_rate=fr)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
         return c, codec.decode(c).float().cpu().numpy()
 

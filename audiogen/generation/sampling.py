@@ -82,6 +82,14 @@ class SamplingParams:
     #: classifier-free guidance. Classifier-free guidance pushes the text, the tempo and the labels alike;
     #: this pushes the labels alone (docs/generate.md, "Label guidance")
     label_guidance: float = 1.0
+    #: how long label guidance lasts, in seconds of generated audio: ``label_guidance`` for the first
+    #: ``label_guidance_hold_s``, then linearly down to 1 (off) over ``label_guidance_fade_s``, the rest of the
+    #: track continuing what it has begun (:meth:`label_guidance_at`). Held throughout, the default model's key
+    #: requests reached their key by droning on it (27 % of 8 s clips held one chord; 9 % faded after 2 s, the
+    #: mode as often right: docs/generate.md, "Label guidance"). 0 = held throughout
+    label_guidance_hold_s: float = 0.0
+    #: seconds label guidance takes to fall from ``label_guidance`` to 1 after ``label_guidance_hold_s``
+    label_guidance_fade_s: float = 0.0
     #: moods played calm: a request with one of these moods (its ``--mood``) that names no tempo is played on its
     #: grid without beat guidance's push and, where ``label_guidance`` is 1, with label guidance
     #: ``calm_label_guidance`` (:meth:`for_mood`). The default model's push is heard as beat hits, which the
@@ -96,6 +104,20 @@ class SamplingParams:
         if isinstance(self.calm_moods, str) or not isinstance(self.calm_moods, tuple):  # a YAML list, or one mood
             moods = [self.calm_moods] if isinstance(self.calm_moods, str) else list(self.calm_moods or ())
             object.__setattr__(self, "calm_moods", tuple(moods))
+
+    def fades_labels(self) -> bool:
+        """Whether label guidance changes over the track (:meth:`label_guidance_at`)."""
+        return self.label_guidance != 1.0 and self.label_guidance_hold_s > 0
+
+    def label_guidance_at(self, seconds: float) -> float:
+        """Label guidance ``seconds`` into the generated audio: ``label_guidance`` up to ``label_guidance_hold_s``
+        (throughout where that is 0), then linearly to 1 over ``label_guidance_fade_s`` (at once where it is 0)."""
+        hold, fade = self.label_guidance_hold_s, self.label_guidance_fade_s
+        if hold <= 0 or seconds < hold:
+            return self.label_guidance
+        if seconds >= hold + fade:
+            return 1.0
+        return self.label_guidance + (1.0 - self.label_guidance) * (seconds - hold) / fade
 
     def plays_calm(self, named: bool, mood: str | None) -> bool:
         """Whether a request that names a tempo (``named``) or not, for ``mood`` (None: none), is played calm
@@ -175,6 +197,10 @@ class SamplingParams:
             raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
         if not (math.isfinite(self.label_guidance) and self.label_guidance >= 0):
             raise AudiogenError(f"label guidance must be a finite number >= 0 (1 = off), got {self.label_guidance}")
+        for name in ("label_guidance_hold_s", "label_guidance_fade_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise AudiogenError(f"{name.replace('_', ' ')[:-2]} must be a finite number of seconds >= 0 "
+                                    f"(hold 0 = throughout), got {getattr(self, name)}")
         if not (math.isfinite(self.calm_label_guidance) and self.calm_label_guidance >= 0):
             raise AudiogenError(f"calm label guidance must be a finite number >= 0 (1 = off), "
                                 f"got {self.calm_label_guidance}")
@@ -212,27 +238,31 @@ def has_grid(lm) -> bool:
     return bool(getattr(lm.cfg, "beat_harmonics", 0))
 
 
-def guide(logits: torch.Tensor, params: SamplingParams, beat: bool, labels: bool, cfg: bool) -> torch.Tensor:
+def guide(logits: torch.Tensor, params: SamplingParams, beat: bool, labels: bool, cfg: bool,
+          label_guidance: torch.Tensor | None = None) -> torch.Tensor:
     """``logits: [G * B, ...]`` of the row groups (the request; the request without the beat grid when
     ``beat``; the request without its label slots when ``labels``; unconditional when ``cfg``) -> the guided
     ``[B, ...]``: towards the grid, towards the labels, then classifier-free guidance from the unconditional
-    rows."""
+    rows. ``label_guidance`` (a 0-d tensor, the step's :meth:`SamplingParams.label_guidance_at`) overrides
+    ``params.label_guidance``."""
     groups = logits.chunk(1 + beat + labels + cfg)
     out = groups[0]
     if beat:
         out = groups[1] + params.beat_guidance * (out - groups[1])
     if labels:
-        out = out + (params.label_guidance - 1.0) * (groups[0] - groups[1 + beat])
+        g = params.label_guidance if label_guidance is None else label_guidance
+        out = out + (g - 1.0) * (groups[0] - groups[1 + beat])
     if cfg:
         out = groups[-1] + params.cfg_scale * (out - groups[-1])
     return out
 
 
 def guide_capped(logits: torch.Tensor, params: SamplingParams, rows: tuple[bool, bool, bool],
-                 guard: "SilenceGuard | None") -> torch.Tensor:
-    """:func:`guide` with the ``rows`` :meth:`SamplingParams.guidance_rows` gives, then the guard's cap on
-    quiet codes (:meth:`SilenceGuard.cap`, when it has one)."""
-    out = guide(logits, params, *rows)
+                 guard: "SilenceGuard | None", label_guidance: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`guide` with the ``rows`` :meth:`SamplingParams.guidance_rows` gives (and the step's
+    ``label_guidance``, if any), then the guard's cap on quiet codes (:meth:`SilenceGuard.cap`, when it has
+    one)."""
+    out = guide(logits, params, *rows, label_guidance=label_guidance)
     if guard is not None:
         guard.cap(out, logits)
     return out
@@ -415,13 +445,22 @@ class Decoder:
     @torch.inference_mode()
     def __init__(self, lm, cond: torch.Tensor, cond_mask: torch.Tensor, max_frames: int, params: SamplingParams,
                  generator: torch.Generator | None, engine: str = "auto", guard: SilenceGuard | None = None,
-                 beat_step: torch.Tensor | None = None):
+                 beat_step: torch.Tensor | None = None, frame_rate: float | None = None, label_from: int = 0):
         self.lm, self.params, self.generator, self.guard = lm, params, generator, guard
         dtype = next(lm.parameters()).dtype
         self.cond, self.cond_mask = cond.to(dtype), cond_mask
         self.rows = params.guidance_rows(has_grid(lm))  # (beat guidance, classifier-free guidance)
         self.groups = 1 + sum(self.rows)
         self.guided = self.groups > 1
+        # label guidance that fades (SamplingParams.label_guidance_at): a 0-d tensor set before each step from the
+        # track frame (the frames before ``label_from``, a user prompt's, count as time 0), which a captured step
+        # reads; None: params.label_guidance throughout
+        self.label_g = None
+        if self.rows[1] and params.fades_labels():
+            if not frame_rate:
+                raise AudiogenError("label guidance that fades needs the codec's frame rate")
+            self.label_g = torch.full((), params.label_guidance, dtype=torch.float32, device=cond.device)
+        self.frame_rate, self.label_from = frame_rate, label_from
         B2 = cond.shape[0]
         if B2 % self.groups:
             raise AudiogenError(f"{B2} condition rows cannot hold {self.groups} guidance groups")
@@ -485,7 +524,7 @@ class Decoder:
                                          beat=beat)
         logits = logits.float()  # guidance and sampling in float32 whatever the LM's precision
         if self.guided:
-            logits = guide_capped(logits, self.params, self.rows, self.guard)
+            logits = guide_capped(logits, self.params, self.rows, self.guard, self.label_g)
         if self.guard is not None:
             self.guard.block(logits, self.silent_run)
         tokens = sample_tokens(logits, self.params, self.uniforms.index_select(0, pos)[0])
@@ -596,6 +635,9 @@ class Decoder:
         bucket = 0
         for p in range(t0, S):
             self._p = p
+            if self.label_g is not None:  # codebook 0 writes track frame first_frame + p
+                seconds = max(0, first_frame + p - self.label_from) / self.frame_rate
+                self.label_g.fill_(self.params.label_guidance_at(seconds))
             while self._bucket_sizes[bucket] <= p:
                 bucket += 1
             self._steps[bucket]()
@@ -617,7 +659,7 @@ def _compiled_body():
 def generate_window(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                     generator: torch.Generator | None, prompt: torch.Tensor | None = None, on_frame=None,
                     engine: str = "auto", guard: SilenceGuard | None = None,
-                    beat_step: torch.Tensor | None = None) -> torch.Tensor:
+                    beat_step: torch.Tensor | None = None, frame_rate: float | None = None) -> torch.Tensor:
     """Generate one window of codes with a fresh KV cache.
 
     ``cond: [B2, L, D]``, ``cond_mask: [B2, L]``: the request's ``B`` rows, then a group of ``B`` rows for
@@ -625,24 +667,28 @@ def generate_window(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames:
     ``params.cfg_scale != 1``, else ``B``. ``prompt:
     LongTensor[B, K, T0]`` (T0 < num_frames) is kept as the first T0 frames.
     Returns ``LongTensor[B, K, num_frames]``. ``guard``: see :class:`SilenceGuard`. ``beat_step``: see
-    :func:`beat_steps`.
+    :func:`beat_steps`. ``frame_rate``: the codec's, which label guidance that fades needs
+    (:meth:`SamplingParams.label_guidance_at`; its time counts from the prompt's end).
     """
     with torch.inference_mode():
+        label_from = 0 if prompt is None else prompt.shape[-1]
         return Decoder(lm, cond, cond_mask, num_frames, params, generator, engine,
-                       guard, beat_step).window(num_frames, prompt, on_frame)
+                       guard, beat_step, frame_rate, label_from).window(num_frames, prompt, on_frame)
 
 
 def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: int, params: SamplingParams,
                    generator: torch.Generator | None, window_frames: int, context_frames: int,
                    prompt: torch.Tensor | None = None, on_frame=None, engine: str = "auto",
-                   guard: SilenceGuard | None = None, beat_step: torch.Tensor | None = None) -> torch.Tensor:
+                   guard: SilenceGuard | None = None, beat_step: torch.Tensor | None = None,
+                   frame_rate: float | None = None) -> torch.Tensor:
     """Any number of frames by windowed continuation. Returns ``LongTensor[B, K, num_frames]``.
 
     The first window may carry a user ``prompt``; every later window is prompted with the
     last ``context_frames`` frames generated so far. One window's KV cache (and one
     captured graph) serves every window, so memory is bounded by the window. ``guard`` (see
     :class:`SilenceGuard`) counts silence on across windows, and the beat grid (``beat_step``, see
-    :func:`beat_steps`) runs on from the prompt's first frame.
+    :func:`beat_steps`) runs on from the prompt's first frame. ``frame_rate``: the codec's, which label guidance
+    that fades needs (:meth:`SamplingParams.label_guidance_at`; its time counts from the prompt's end).
     """
     if not 0 < context_frames < window_frames:
         raise AudiogenError(f"context ({context_frames}) must be between 0 and the window ({window_frames}) frames")
@@ -652,7 +698,7 @@ def generate_codes(lm, cond: torch.Tensor, cond_mask: torch.Tensor, num_frames: 
     first = min(window_frames, num_frames + t0)
     with torch.inference_mode():
         largest = first if first - t0 >= num_frames else window_frames
-        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine, guard, beat_step)
+        decoder = Decoder(lm, cond, cond_mask, largest, params, generator, engine, guard, beat_step, frame_rate, t0)
         codes = decoder.window(first, prompt, on_frame)[..., t0:]
         pieces = [codes]
         have = codes.shape[-1]

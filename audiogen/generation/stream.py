@@ -126,6 +126,8 @@ def stream_sampling(config: dict, **given) -> SamplingParams:
         given["offbeat_below_bpm"] = 0.0
     if given.get("label_guidance") is None:
         given["label_guidance"] = 1.0
+    if given.get("label_guidance_hold_s") is None:  # a stream has no start that sets its key: held when given
+        given["label_guidance_hold_s"] = 0.0
     if given.get("allow_silence") is None:
         given["allow_silence"] = False
     params = SamplingParams.for_model(config, **given)

@@ -391,13 +391,14 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      seconds: float = DEFAULT_SECONDS, seed: int = 0, progress: bool = True, device: str = "cpu",
                      top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
                      beat_guidance: float | None = None, offbeat_below_bpm: float | None = None,
-                     attributes=None, label_guidance: float | None = None) -> dict:
+                     attributes=None, label_guidance: float | None = None,
+                     label_guidance_hold_s: float | None = None, label_guidance_fade_s: float | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
     reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
     recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid),
-    ``label_guidance`` (a model with attribute slots): None
+    ``label_guidance``, ``label_guidance_hold_s`` and ``label_guidance_fade_s`` (a model with attribute slots): None
     takes the model's recommendation (its config's ``generation.sampling``), as generate does. ``attributes``:
     measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
     import json
@@ -432,7 +433,9 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     from audiogen.generation.sampling import SamplingParams
 
     sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance,
-                                        offbeat_below_bpm=offbeat_below_bpm, label_guidance=label_guidance)
+                                        offbeat_below_bpm=offbeat_below_bpm, label_guidance=label_guidance,
+                                        label_guidance_hold_s=label_guidance_hold_s,
+                                        label_guidance_fade_s=label_guidance_fade_s)
     sampling.validate()
     from audiogen.generation.pipeline import check_guidance
 
@@ -471,6 +474,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "model_dir": str(model_dir), "data_dir": None if data_dir is None else str(data_dir),
         "cfg_scales": [float(g) for g in cfg_scales], "clips_per_attribute": clips, "seconds": seconds, "seed": seed,
         "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance, "label_guidance": sampling.label_guidance,
+        "label_guidance_hold_s": sampling.label_guidance_hold_s, "label_guidance_fade_s": sampling.label_guidance_fade_s,
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
         "calm_label_guidance": sampling.calm_label_guidance, "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
@@ -651,6 +655,9 @@ def summary_markdown(report: dict) -> str:
              + (f" (contrast half a beat late below {report['offbeat_below_bpm']:g} bpm)"
                 if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
              + (f", label guidance {report['label_guidance']:g}" if report.get("label_guidance", 1.0) != 1.0 else "")
+             + (f" for {report['label_guidance_hold_s']:g} s, then falling to 1 over "
+                f"{report.get('label_guidance_fade_s', 0.0):g} s" if report.get("label_guidance", 1.0) != 1.0
+                and report.get("label_guidance_hold_s") else "")
              + (f"; played calm (no beat push, label guidance {report.get('calm_label_guidance', 1.0):g}): mood "
                 + ", ".join(report["calm_moods"]) if report.get("calm_moods") else "")
              + "; intervals are 95 %. Generated clips: `clips/`. "

@@ -45,7 +45,8 @@ def sample_codes(loaded, conds: list, seconds: float, params: SamplingParams, se
     gen = torch.Generator(device=device).manual_seed(seed)
     guard = SilenceGuard.for_codec(codec, params, device, capped_rows)
     return generate_codes(loaded.lm, cond, mask, frames_for(seconds, codec.frame_rate), params, gen, W,
-                          max(1, int(W * CONTEXT_FRACTION)), guard=guard, beat_step=beat_step)
+                          max(1, int(W * CONTEXT_FRACTION)), guard=guard, beat_step=beat_step,
+                          frame_rate=codec.frame_rate)
 
 
 @torch.inference_mode()

@@ -457,7 +457,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
            if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
-        + (f", label guidance {recommended.label_guidance:g} (generate, for requests naming a label)"
+        + (f", label guidance {recommended.label_guidance:g} (generate, for requests naming a label"
+           + (f"; for the first {recommended.label_guidance_hold_s:g} s, then falling to off over "
+              f"{recommended.label_guidance_fade_s:g} s" if recommended.label_guidance_hold_s else "") + ")"
            if recommended.label_guidance != 1 else "")
         + (f"; generate plays --mood {'/'.join(recommended.calm_moods)} without a tempo calm: no beat push, label "
            f"guidance {recommended.calm_label_guidance:g}" if recommended.calm_moods else "")

@@ -15,9 +15,8 @@ from audiogen.models.conditioning import Conditions, without_labels
 
 
 @pytest.fixture(scope="module")
-def labelled_model(tmp_path_factory, tiny_codec):
-    """A random tiny LM with attribute slots for every label and a beat grid, loaded from a model directory."""
-    from audiogen.models.checkpoint import load_model
+def labelled_dir(tmp_path_factory, tiny_codec):
+    """A random tiny LM with attribute slots for every label and a beat grid, in a model directory."""
     from audiogen.models.conditioning import ConditionerConfig
     from conftest import save_tiny_model
 
@@ -29,8 +28,15 @@ def labelled_model(tmp_path_factory, tiny_codec):
         for table in conditioner.tables.values():
             table.weight.mul_(50.0)
 
-    return load_model(save_tiny_model(tmp_path_factory.mktemp("model") / "labelled", tiny_codec, ccfg,
-                                      beat_harmonics=3, conditioner_init=louder_labels))
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "labelled", tiny_codec, ccfg, beat_harmonics=3,
+                           conditioner_init=louder_labels)
+
+
+@pytest.fixture(scope="module")
+def labelled_model(labelled_dir):
+    from audiogen.models.checkpoint import load_model
+
+    return load_model(labelled_dir)
 
 
 REQUEST = Conditions(genre="rock", mood="dark", key="A minor", instruments=["piano"], bpm=90.0)
@@ -107,3 +113,89 @@ def test_a_model_without_label_slots_refuses_label_guidance(tmp_path):
         check_guidance(text_only, tmp_path, SamplingParams(label_guidance=2.0))
     check_guidance(text_only, tmp_path, SamplingParams(label_guidance=1.0))
     check_guidance({"conditioner": {}, "lm": {}}, tmp_path, SamplingParams(label_guidance=2.0))  # slots: default
+
+
+def test_label_guidance_at_holds_then_falls_to_one():
+    p = SamplingParams(label_guidance=3.0, label_guidance_hold_s=2.0, label_guidance_fade_s=2.0)
+    assert [p.label_guidance_at(t) for t in (0.0, 1.99, 2.0, 3.0, 4.0, 30.0)] == pytest.approx([3, 3, 3, 2, 1, 1])
+    assert p.fades_labels()
+    throughout = replace(p, label_guidance_hold_s=0.0)
+    assert not throughout.fades_labels() and throughout.label_guidance_at(30.0) == 3.0
+    assert replace(p, label_guidance_fade_s=0.0).label_guidance_at(2.0) == 1.0  # no fade: off at once
+    assert not replace(p, label_guidance=1.0).fades_labels()
+    for bad in (dict(label_guidance_hold_s=-1.0), dict(label_guidance_fade_s=float("inf"))):
+        with pytest.raises(AudiogenError, match="label guidance (hold|fade)"):
+            replace(p, **bad).validate()
+
+
+def _guidance_seen(monkeypatch) -> list:
+    """The label guidance :func:`guide` applies at each step from now on (a spy around it)."""
+    import audiogen.generation.sampling as sampling
+
+    seen, real = [], sampling.guide
+
+    def spy(logits, params, beat, labels, cfg, label_guidance=None):
+        seen.append(params.label_guidance if label_guidance is None else float(label_guidance))
+        return real(logits, params, beat, labels, cfg, label_guidance)
+
+    monkeypatch.setattr(sampling, "guide", spy)
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["eager", "static"])
+def test_label_guidance_fades_after_the_hold(labelled_model, monkeypatch, engine):
+    """Held for 0.2 s of a 50 Hz track, then falling to 1 over 0.2 s: the sampler applies exactly that per step
+    (both the eager and the fixed-shape step read it), the frames before the fall are those of guidance held
+    throughout, and the take then differs from it."""
+    lm = labelled_model.lm
+    held = SamplingParams(top_k=0, cfg_scale=1.0, label_guidance=3.0)
+    fading = replace(held, label_guidance_hold_s=0.2, label_guidance_fade_s=0.2)
+    cond, mask, step = guided_batch(labelled_model, [REQUEST], held, "cpu")
+    seen = _guidance_seen(monkeypatch)
+    ours = generate_window(lm, cond, mask, 40, fading, torch.Generator().manual_seed(0), engine=engine,
+                           beat_step=step, frame_rate=50.0)
+    K = lm.cfg.num_codebooks
+    assert len(seen) == 40 + K - 1  # one per pattern position
+    expected = [3.0 if p < 10 else max(1.0, 3.0 - 2.0 * (p - 10) / 10) for p in range(40 + K - 1)]
+    assert seen == pytest.approx(expected)
+    ref = generate_window(lm, cond, mask, 40, held, torch.Generator().manual_seed(0), engine=engine, beat_step=step)
+    for k in range(K):  # codebook k writes frame p - k at position p: guided as held up to position 10
+        assert torch.equal(ours[:, k, : 11 - k], ref[:, k, : 11 - k])
+    assert not torch.equal(ours, ref)
+    with pytest.raises(AudiogenError, match="frame rate"):
+        generate_window(lm, cond, mask, 40, fading, None, engine=engine, beat_step=step)
+
+
+def test_label_guidance_fade_counts_from_the_prompts_end(labelled_model, monkeypatch):
+    lm = labelled_model.lm
+    fading = SamplingParams(top_k=0, cfg_scale=1.0, label_guidance=3.0, label_guidance_hold_s=0.2)
+    cond, mask, step = guided_batch(labelled_model, [REQUEST], fading, "cpu")
+    prompt = torch.randint(0, lm.cfg.cardinality, (1, lm.cfg.num_codebooks, 15))
+    seen = _guidance_seen(monkeypatch)
+    generate_window(lm, cond, mask, 40, fading, torch.Generator().manual_seed(0), prompt=prompt, engine="eager",
+                    beat_step=step, frame_rate=50.0)
+    assert seen[:10] == [3.0] * 10 and set(seen[10:]) == {1.0}  # positions 15..24 guided, then off
+
+
+def test_generate_fades_label_guidance_as_asked(labelled_dir, tmp_path):
+    """``audiogen generate --key ... --label-guidance 3 --label-guidance-hold S --label-guidance-fade F``: the job
+    samples with that schedule (recorded in the file's metadata), its take differs from guidance held throughout,
+    and a hold longer than the take is guidance held throughout, bit for bit."""
+    import soundfile as sf
+
+    from audiogen.generation.pipeline import GenerateJob, run_job
+
+    def take(name, **kw):
+        job = GenerateJob.from_options("a tune", 1.0, tmp_path / f"{name}.wav", model_dir=labelled_dir,
+                                       progress=False, seed=1, key="A minor", label_guidance=3.0, top_k=0, **kw)
+        (meta,) = run_job(job)
+        return job, meta, sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")[0].tobytes()
+
+    job, meta, fading = take("fading", label_guidance_hold_s=0.1, label_guidance_fade_s=0.1)
+    assert job.sampling.label_guidance_hold_s == 0.1 and job.sampling.label_guidance_fade_s == 0.1
+    assert meta["sampling"]["label_guidance_hold_s"] == 0.1
+    _, _, held = take("held")
+    _, _, long_hold = take("long", label_guidance_hold_s=5.0, label_guidance_fade_s=1.0)
+    assert fading != held and long_hold == held
+    with pytest.raises(AudiogenError, match="label guidance hold"):
+        take("bad", label_guidance_hold_s=-1.0)

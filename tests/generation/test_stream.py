@@ -417,10 +417,13 @@ def test_a_stream_keeps_the_plain_beat_contrast_unless_asked():
     assert stream_sampling(config) == SamplingParams(cfg_scale=2.0, beat_guidance=3.0, allow_silence=False)
     assert stream_sampling(config, offbeat_below_bpm=90.0, top_k=None).offbeat_below_bpm == 90.0
     # label guidance, which a model may recommend for clips, is off in a stream unless given
-    labelled = {"generation": {"sampling": {"label_guidance": 3.0}}}
+    # (and given, it holds throughout: a stream has no start that sets its key for what follows)
+    labelled = {"generation": {"sampling": {"label_guidance": 3.0, "label_guidance_hold_s": 2.0}}}
     assert SamplingParams.for_model(labelled).label_guidance == 3.0
+    assert SamplingParams.for_model(labelled).fades_labels()
     assert stream_sampling(labelled).label_guidance == 1.0
     assert stream_sampling(labelled, label_guidance=2.0).label_guidance == 2.0
+    assert not stream_sampling(labelled, label_guidance=2.0).fades_labels()
     # a stream always names its tempo, so "untimed" is off; "slow" stays, resolved step by step (MusicStream)
     for mode, used in (("untimed", "off"), ("slow", "slow"), ("on", "on"), ("off", "off")):
         assert stream_sampling({"generation": {"sampling": {"cap_quiet": mode}}}).cap_quiet == used
