@@ -35,6 +35,7 @@ from audiogen.data.estimators import NAMES, SHARP_NAMES, _parse_key, sharp_key
 from audiogen.errors import AudiogenError
 
 _KEY_IN_CAPTION = re.compile(r"\bin ([A-G](?:#|b)?) (major|minor)\b")
+_FLAT_NAMES = tuple(n.replace("C#", "Db").replace("F#", "Gb") for n in NAMES)  # C Db D Eb E F Gb G Ab A Bb B
 
 
 def transpose_key(key: str | None, semitones: int) -> str | None:
@@ -48,9 +49,6 @@ def transpose_key(key: str | None, semitones: int) -> str | None:
     tonic, mode = key.split()
     names = _FLAT_NAMES if tonic[1:].lower() == "b" else SHARP_NAMES
     return f"{names[(pc + semitones) % 12]} {mode}"
-
-
-_FLAT_NAMES = tuple(n.replace("C#", "Db").replace("F#", "Gb") for n in NAMES)  # C Db D Eb E F Gb G Ab A Bb B
 
 
 def transpose_caption(caption: str, key: str | None, semitones: int) -> str:
