@@ -42,6 +42,9 @@ def main() -> int:
     ap.add_argument("--label-guidance-fade", type=float, default=None, metavar="S",
                     help="seconds label guidance takes to fall to 1 after the hold (default: the model's "
                          "recommendation)")
+    ap.add_argument("--no-key-shift", dest="key_shift", action="store_false",
+                    help="play key requests as the model learned them, not shifted by its generation.key_shift and "
+                         "decoded back as generate plays them (default: as generate)")
     ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
                     help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
                          "grid (0 = never; default: the model's recommendation)")
@@ -57,7 +60,7 @@ def main() -> int:
                                   device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
                                   offbeat_below_bpm=a.offbeat_below, attributes=a.attributes,
                                   label_guidance=a.label_guidance, label_guidance_hold_s=a.label_guidance_hold,
-                                  label_guidance_fade_s=a.label_guidance_fade)
+                                  label_guidance_fade_s=a.label_guidance_fade, key_shift=a.key_shift)
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

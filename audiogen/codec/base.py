@@ -270,6 +270,9 @@ class Codec:
     #: a frame's codes (and its decoded audio) depend on no later audio (codes): windows then need context
     #: on the left only, since what follows a window cannot change it
     causal: bool = False
+    #: :meth:`decode` can transpose what the codes play (``semitones``): a codec whose decoder builds a magnitude
+    #: spectrum and its phase (the mel codec), so moving the partials costs nothing a waveform decoder would
+    transposes: bool = False
 
     @property
     def windows_per_call(self) -> int:
@@ -346,13 +349,15 @@ class Codec:
         return out
 
     def _run_windows(self, x: torch.Tensor, fn, in_scale: int, out_scale: int,
-                     real: torch.Tensor | None = None) -> torch.Tensor:
+                     **per_row: torch.Tensor | None) -> torch.Tensor:
         """Apply ``fn`` window by window along the last axis; windows of equal length are batched.
 
         ``in_scale``/``out_scale`` are samples per frame on the input/output side
-        (hop for audio, 1 for codes). ``real: BoolTensor[B]``, when given, is passed on as
-        ``fn(batch, real=...)`` (repeated for each window in the batch): False marks padding rows.
+        (hop for audio, 1 for codes). Each ``per_row`` tensor ``[B]`` that is not None is passed on as
+        ``fn(batch, name=...)``, repeated for each window in the batch: ``real`` (False marks padding rows),
+        ``semitones`` (a row's transposition).
         """
+        per_row = {k: v for k, v in per_row.items() if v is not None}
         total = x.shape[-1] // in_scale
         windows = self._windows(total)
         by_len: dict[int, list[int]] = {}
@@ -365,7 +370,7 @@ class Codec:
             for j in range(0, len(idxs), per_call):
                 group = idxs[j : j + per_call]
                 batch = torch.cat([x[..., windows[i][0] * in_scale : windows[i][3] * in_scale] for i in group])
-                y = fn(batch) if real is None else fn(batch, real=real.repeat(len(group)))
+                y = fn(batch, **{k: v.repeat(len(group)) for k, v in per_row.items()})
                 if out is None:
                     out = y.new_empty((B, *y.shape[1:-1], total * out_scale))
                 for n, i in enumerate(group):
@@ -399,11 +404,13 @@ class Codec:
                 raise AudiogenError(f"rows must lie in [1, {wav.shape[0]}], got {rows}")
             if rows < wav.shape[0]:
                 real = torch.arange(wav.shape[0]) < rows
-        return self._run_windows(wav, self._encode_window, hop, 1, real)
+        return self._run_windows(wav, self._encode_window, hop, 1, real=real)
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes: LongTensor[B, K, T]`` -> ``wav: FloatTensor[B, C, T * hop]``."""
+    def decode(self, codes: torch.Tensor, semitones=None) -> torch.Tensor:
+        """``codes: LongTensor[B, K, T]`` -> ``wav: FloatTensor[B, C, T * hop]``. ``semitones``: per row (``[B]``,
+        or one number for all), how far to transpose what the codes play, for a codec that can
+        (:attr:`transposes`); None or zeros: as coded."""
         if codes.dim() != 3 or codes.shape[1] != self.num_codebooks:
             raise AudiogenError(
                 f"codec expects codes shaped [batch, {self.num_codebooks}, frames], got {tuple(codes.shape)}"
@@ -412,7 +419,18 @@ class Codec:
             raise AudiogenError("cannot decode zero frames of codes")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cardinality):
             raise AudiogenError(f"codes must lie in [0, {self.cardinality}); got {int(codes.min())}..{int(codes.max())}")
-        return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length)
+        shift = None
+        if semitones is not None:
+            shift = torch.as_tensor(semitones, dtype=torch.float32).reshape(-1).expand(codes.shape[0]).clone()
+            if not bool(torch.isfinite(shift).all()):
+                raise AudiogenError(f"semitones must be finite numbers, got {semitones!r}")
+            if not bool((shift != 0).any()):
+                shift = None
+            elif not self.transposes:
+                raise AudiogenError(f"codec '{self.name}' cannot decode transposed (only a mel codec can; "
+                                    "generate --no-key-shift plays every key as the model learned it)")
+        return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length,
+                                 semitones=shift)
 
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """``real``: see :meth:`_run_windows`; a backend that cannot skip padding rows ignores it."""
@@ -534,6 +552,8 @@ class MelVQCodec(EncodecCodec):
     """An :class:`audiogen.codec.mel.MelVQModel` (residual VQ of log-mel frames, Griffin-Lim
     decoding) used at a fixed number of codebooks."""
 
+    #: its decoder transposes the magnitude Griffin-Lim starts from (:func:`audiogen.codec.mel.shift_spectrum`)
+    transposes = True
     #: Griffin-Lim makes each decoding window's phases its own; long windows put few joins in a file
     window_s = 30.0
     #: 1 s chunks of held-out music decoded with 0.2 s of context differ from the whole-file decode
@@ -572,8 +592,8 @@ class MelVQCodec(EncodecCodec):
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.encode(wav, self.num_codebooks)
 
-    def _decode_window(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(codes)
+    def _decode_window(self, codes: torch.Tensor, semitones: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.decode(codes, semitones)
 
 
 class HFEncodecCodec(Codec):

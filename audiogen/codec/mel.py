@@ -17,7 +17,8 @@ than the real band's partials).
 
 Shapes: ``encode(wav: FloatTensor[B, 1, N]) -> codes: LongTensor[B, K, N // hop]`` (N a multiple
 of hop; :class:`audiogen.codec.base.Codec` pads and windows) and ``decode(codes) -> FloatTensor[B, 1,
-T * hop]``. Frame ``t`` is centred on sample ``t * hop`` on both sides.
+T * hop]``. Frame ``t`` is centred on sample ``t * hop`` on both sides. ``decode(codes, semitones)`` plays each
+row transposed (:func:`shift_spectrum` on the magnitude Griffin-Lim starts from, which rebuilds the phase anyway).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class MelVQConfig:
     filterbank: str = "slaney"
     pitch_split_hz: float = 2000.0
     upper_per_octave: int = 12
+    #: > 0: the ``pitch`` filterbank's semitone bands are centred on the equal-tempered notes of this tuning (440:
+    #: A4 = 440 Hz), from the first note a semitone above the last bin band; 0: they start a semitone above that
+    #: band wherever it falls (the default model's codec: 23 cents sharp of A440, so quantized notes come back
+    #: detuned towards the band centres; docs/codec_training.md, "Notes between the bands")
+    pitch_tuning_hz: float = 0.0
 
     @property
     def hop_length(self) -> int:
@@ -116,9 +122,10 @@ class MelVQConfig:
         if cfg.filterbank not in FILTERBANKS:
             raise AudiogenError(f"mel codec: filterbank must be one of {', '.join(FILTERBANKS)}, got {cfg.filterbank!r}")
         if cfg.filterbank == "pitch":
-            if not (0 < cfg.pitch_split_hz < cfg.sample_rate / 2 and cfg.upper_per_octave >= 1):
-                raise AudiogenError("mel codec: the pitch filterbank needs 0 < pitch_split_hz < sample_rate / 2 "
-                                    "and upper_per_octave >= 1")
+            if not (0 < cfg.pitch_split_hz < cfg.sample_rate / 2 and cfg.upper_per_octave >= 1
+                    and 0 <= cfg.pitch_tuning_hz < cfg.sample_rate / 2):
+                raise AudiogenError("mel codec: the pitch filterbank needs 0 < pitch_split_hz < sample_rate / 2, "
+                                    "upper_per_octave >= 1 and 0 <= pitch_tuning_hz < sample_rate / 2")
             n = pitch_band_count(cfg)
             if cfg.n_mels != n:
                 raise AudiogenError(f"mel codec: the pitch filterbank at sample_rate {cfg.sample_rate}, n_fft "
@@ -139,6 +146,8 @@ def pitch_band_centres(cfg: MelVQConfig) -> np.ndarray:
     semitone = 2 ** (1 / 12)
     centres = list(np.arange(0.0, bin_hz / (semitone - 1), bin_hz))  # up to where a semitone equals a bin
     f = centres[-1] * semitone
+    if cfg.pitch_tuning_hz > 0:  # the first equal-tempered note at or above f
+        f = cfg.pitch_tuning_hz * semitone ** math.ceil(12 * math.log2(f / cfg.pitch_tuning_hz) - 1e-9)
     while f < cfg.pitch_split_hz:
         centres.append(f)
         f *= semitone
@@ -196,6 +205,24 @@ def band_centres(cfg: MelVQConfig) -> np.ndarray:
     """Each band's peak frequency (Hz), whichever the filterbank."""
     fb = mel_filterbank(cfg)
     return fb.argmax(0).numpy() * cfg.sample_rate / cfg.n_fft
+
+
+def shift_spectrum(mag: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+    """Linear magnitudes ``[B, F, T]`` (bins 0 .. Nyquist) with row ``b``'s frequency axis scaled by
+    ``2 ** (semitones[b] / 12)``: bin ``k`` takes the magnitude at ``k / ratio`` (linear between bins; 0 past
+    Nyquist), so a partial at f moves to f * ratio and keeps its amplitude. Time is untouched: the transposition
+    of a sound that Griffin-Lim gives its phase, with none of a phase vocoder's smearing. Rows at 0 come back as
+    they are."""
+    F = mag.shape[1]
+    ratio = torch.pow(2.0, semitones.to(mag.device, torch.float32) / 12)[:, None]  # [B, 1]
+    src = torch.arange(F, device=mag.device, dtype=torch.float32)[None, :] / ratio  # [B, F]
+    lo = src.floor().long().clamp(max=F - 1)
+    hi = (lo + 1).clamp(max=F - 1)
+    w = (src - lo).clamp(0, 1)[..., None]  # [B, F, 1]
+    take = lambda idx: mag.gather(1, idx[..., None].expand(-1, -1, mag.shape[2]))  # noqa: E731
+    out = take(lo) * (1 - w) + take(hi) * w
+    out = out.masked_fill((src > F - 1)[..., None], 0.0)
+    return torch.where((semitones == 0).to(mag.device)[:, None, None], mag, out)
 
 
 def _distances(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
@@ -391,12 +418,16 @@ class MelVQModel(nn.Module):
                 mag = mag * (fb @ (target / (fb.T @ mag).clamp_min(1e-12))) / weight
         return mag
 
-    def synthesize(self, mel_db: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    def synthesize(self, mel_db: torch.Tensor, phase: torch.Tensor,
+                   semitones: torch.Tensor | None = None) -> torch.Tensor:
         """Log-mel ``[B, T, n_mels]`` and initial phases ``[B, F, T]`` -> ``wav [B, 1, T * hop]`` by
-        fast Griffin-Lim (Perraudin et al., 2013) on :meth:`magnitude`."""
+        fast Griffin-Lim (Perraudin et al., 2013) on :meth:`magnitude`, transposed by ``semitones [B]``
+        (:func:`shift_spectrum`) when given."""
         cfg = self.config
         length = mel_db.shape[1] * cfg.hop
         mag = self.magnitude(mel_db)  # [B, F, T]
+        if semitones is not None and bool((semitones != 0).any()):
+            mag = shift_spectrum(mag, semitones)
         stft_kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.win, window=self.window, center=True)
         # frame t is centred on sample t * hop: T frames cover T * hop samples plus one frame's tail
         mag = torch.cat([mag, mag[..., -1:]], dim=-1)
@@ -449,10 +480,10 @@ class MelVQModel(nn.Module):
         return self.quantize(self.features(wav), n_q).transpose(1, 2)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """``codes: [B, K, T] -> wav [B, 1, T * hop]``."""
+    def decode(self, codes: torch.Tensor, semitones: torch.Tensor | None = None) -> torch.Tensor:
+        """``codes: [B, K, T] -> wav [B, 1, T * hop]``; ``semitones [B]``: each row transposed so far."""
         mel = self.post_filtered(self.dequantize(codes), codes.shape[1])
-        return self.synthesize(mel, codes_phase(codes, self.config.n_fft // 2 + 1))
+        return self.synthesize(mel, codes_phase(codes, self.config.n_fft // 2 + 1), semitones)
 
 
 # ------------------------------------------------------------------------------ fitting

@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "tempo typical of the mood or genre the request names (--mood fast, or \"fast\" in the "
                         "prompt), else plays at its default tempo")
     g.add_argument("--key", help=f'e.g. "D minor"; {VALUES}')
+    g.add_argument("--no-key-shift", dest="key_shift", action="store_false",
+                   help="play a --key as the model learned it; by default a key the model lists under key_shift "
+                        "('audiogen info') is played a few semitones away and decoded back to the key asked for "
+                        "(the default model: keys on black keys, a semitone down; docs/generate.md)")
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,
         continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,
         engine=args.engine, progress=not args.quiet, originality=args.originality,
-        originality_tries=args.originality_tries, **{k: v for k, v in options.items() if v is not None},
+        originality_tries=args.originality_tries, key_shift=args.key_shift,
+        **{k: v for k, v in options.items() if v is not None},
     )
     for meta in run_job(job):
         m = meta["measured"]

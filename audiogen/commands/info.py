@@ -118,6 +118,10 @@ def run_model(args: argparse.Namespace) -> int:
     for a in LABELS:
         values = m["vocab"][a.name]
         print(f"{a.vocab} (--{a.name}): {', '.join(values) if values else 'not conditioned'}")
+    if m["key_shift"]:  # played_key
+        moves = ", ".join(f"{t} {v:+d}" for t, v in m["key_shift"].items())
+        print(f"key shift: a --key on these tonics is played that many semitones away and decoded back to the key "
+              f"asked for: {moves} (--no-key-shift: as learned)")
     b = m["bpm_buckets"]
     print(f"bpm (--bpm): {f'{min(b):g}-{max(b):g} in {len(b)} buckets' if b else 'not conditioned'}")
     if m["beat_grid"]:

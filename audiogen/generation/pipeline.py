@@ -53,6 +53,9 @@ class GenerateJob:
     extra_tags: dict = field(default_factory=dict)
     originality: str | None = None  # a prepared dataset with an audit index: audit each take, regenerate copies
     originality_tries: int = 3
+    #: a --key whose tonic the model's generation.key_shift names is played that far away and decoded back
+    #: (:func:`played_key`); False plays every key as the model learned it
+    key_shift: bool = True
 
     @classmethod
     def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
@@ -179,6 +182,57 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     return replace(conditions, bpm=float(bpm)) if bpm else conditions
 
 
+def key_shifts(config: dict) -> dict[int, int]:
+    """A model folder's ``generation.key_shift`` as ``{requested tonic's pitch class: semitones}``: a request in
+    such a key is played by the LM that many semitones away and decoded back (:func:`played_key`). Bad entries
+    are an :class:`AudiogenError` naming the model config's field."""
+    from audiogen.data.estimators import _parse_key, sharp_key
+
+    table = (config.get("generation") or {}).get("key_shift") or {}
+    if not isinstance(table, dict):
+        raise AudiogenError(f"generation.key_shift must map tonics to semitones, e.g. {{'C#': -1}}; got {table!r}")
+    out = {}
+    for tonic, shift in table.items():
+        name = sharp_key(f"{tonic} major")
+        if name is None or isinstance(shift, bool) or not isinstance(shift, int) or not -6 <= shift <= 6:
+            raise AudiogenError(f"generation.key_shift: {tonic!r}: {shift!r} is not a tonic (C, C#, Db, ...) and a "
+                                "whole number of semitones in -6..6")
+        out[_parse_key(name)[0]] = shift
+    return out
+
+
+def played_key(conditions: Conditions, config: dict) -> tuple[Conditions, int]:
+    """``(conditions the LM plays, semitones the decoder transposes its codes by)``: a ``--key`` whose tonic the
+    model's ``generation.key_shift`` names is played that many semitones away (the key slot and any "in <key>"
+    the prompt writes move together, as key augmentation moves a training row's) and decoded back to the key
+    asked for, so the audio is in the requested key. The default model plays the keys on black keys a semitone
+    down: its key slot plays the natural keys (C minor, A major) and misses most black-key ones (A# minor heard as
+    its relative C# major; docs/generate.md, "Keys played a semitone away"). Other requests: ``(conditions, 0)``."""
+    from audiogen.data.augment import transpose_key
+    from audiogen.data.estimators import _parse_key, sharp_key
+
+    asked = sharp_key(conditions.key) if conditions.key else None
+    shift = key_shifts(config).get(_parse_key(asked)[0], 0) if asked else 0
+    if not shift:
+        return conditions, 0
+    played = transpose_key(conditions.key, shift)
+    from audiogen.models.conditioning import _norm
+
+    vocab = [_norm(k) for k in (config.get("conditioner") or {}).get("keys") or []]
+    if vocab and _norm(played) not in vocab:  # a key the slot does not know: play the one asked for
+        return conditions, 0
+
+    def move(m: re.Match) -> str:  # the asked key, however the prompt spells it; other words stay
+        said = sharp_key(m.group(2))
+        return m.group(1) + played if said == asked else m.group(0)
+
+    text = _KEY_IN_TEXT.sub(move, conditions.text) if conditions.text else conditions.text
+    return replace(conditions, key=played, text=text), -shift
+
+
+_KEY_IN_TEXT = re.compile(r"\b(in )([a-g](?:#|b)? (?:major|minor))\b", re.IGNORECASE)
+
+
 def label_tempo(conditions: Conditions, by: dict) -> float | None:
     """The tempo typical of the labels a request names, from a model's ``generation.default_bpm_by``
     (``{"mood": {label: bpm}, "genre": {...}}``, the median tempo of its training rows with each label;
@@ -290,6 +344,8 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         "default_bpm": requested_tempo(Conditions(), config).bpm,
         "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {})
         if lm_cfg.beat_harmonics else {},
+        # --key requests played away and decoded back (played_key): {tonic as the request may name it: semitones}
+        "key_shift": {str(k): int(v) for k, v in ((config.get("generation") or {}).get("key_shift") or {}).items()},
     }
 
 
@@ -372,8 +428,14 @@ def run_job(job: GenerateJob) -> list[dict]:
     prompt = continuation_prompt(job, codec, total_frames)
     W = window_frames(loaded, fr, job.window_s)
     context = max(1, int(W * CONTEXT_FRACTION))  # frames of the previous window that prompt the next
-    sampling = job.sampling.for_conditions([job.conditions])
-    cond, mask, beat_step = guided_batch(loaded, [job.conditions] * job.variations, sampling, job.device)
+    # a continuation keeps its prompt's key as coded: the LM plays on from it untransposed
+    played, semitones = (played_key(job.conditions, loaded.config) if job.key_shift and prompt is None
+                         else (job.conditions, 0))
+    if semitones and not codec.transposes:  # before minutes of sampling
+        raise AudiogenError(f"{model_dir}: generation.key_shift needs a codec that decodes transposed (a mel codec); "
+                            f"'{codec.name}' cannot. Leave out --key or pass --no-key-shift")
+    sampling = job.sampling.for_conditions([played])
+    cond, mask, beat_step = guided_batch(loaded, [played] * job.variations, sampling, job.device)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
     silence = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
 
@@ -383,7 +445,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         c = generate_codes(lm, cond, mask, new_frames, sampling, g, W, context, prompt=prompt, engine=job.engine,
                            on_frame=on_frame, guard=silence, beat_step=beat_step, frame_rate=fr)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
-        return c, codec.decode(c).float().cpu().numpy()
+        return c, codec.decode(c, semitones or None).float().cpu().numpy()
 
     with _progress(job, new_frames / fr, 1 / fr) as on_frame:
         codes, wav = sample(job.seed, on_frame)
@@ -398,6 +460,8 @@ def run_job(job: GenerateJob) -> list[dict]:
     results = []
     for i, path in enumerate(job.output_paths()):
         tags, sidecar = _tags(job, provenance, audits[i]), _sidecar(job, i, provenance, audits[i])
+        if semitones:
+            sidecar["key_played"] = {"key": played.key, "decoded_semitones": semitones}
         meta = write_finished(path, finish(wav[i], sr, job.finish), sr, job.finish, tags, sidecar)
         meta["path"] = str(path)
         results.append(meta)

@@ -392,14 +392,17 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      top_k: int | None = None, batch: int = 8, refs_per_label: int = 8, tagger=None,
                      beat_guidance: float | None = None, offbeat_below_bpm: float | None = None,
                      attributes=None, label_guidance: float | None = None,
-                     label_guidance_hold_s: float | None = None, label_guidance_fade_s: float | None = None) -> dict:
+                     label_guidance_hold_s: float | None = None, label_guidance_fade_s: float | None = None,
+                     key_shift: bool = True) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
     reported as not measured (they need reference clips). ``cfg_scales`` (None: 1, 3 and the model's
     recommended scale), ``top_k``, ``beat_guidance`` and ``offbeat_below_bpm`` (a model with a beat grid),
     ``label_guidance``, ``label_guidance_hold_s`` and ``label_guidance_fade_s`` (a model with attribute slots): None
-    takes the model's recommendation (its config's ``generation.sampling``), as generate does. ``attributes``:
+    takes the model's recommendation (its config's ``generation.sampling``), as generate does; ``key_shift``: key
+    requests played as generate plays them (the model's ``generation.key_shift``), False as the model learned them
+    (generate --no-key-shift). ``attributes``:
     measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
     import json
     import time
@@ -466,7 +469,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     t_gen = 0.0
     for g in cfg_scales:
         rows, seconds_generating = _generate_scale(loaded, plans, todo, replace(sampling, cfg_scale=float(g)), out,
-                                                   seconds, batch, seed, tagger, bar)
+                                                   seconds, batch, seed, tagger, bar, key_shift)
         t_gen += seconds_generating
         results[f"{g:g}"] = _figures(rows, ref_tags, tagger, seed)
     bar.close()
@@ -476,7 +479,9 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "top_k": sampling.top_k, "beat_guidance": sampling.beat_guidance, "label_guidance": sampling.label_guidance,
         "label_guidance_hold_s": sampling.label_guidance_hold_s, "label_guidance_fade_s": sampling.label_guidance_fade_s,
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
-        "calm_label_guidance": sampling.calm_label_guidance, "thresholds": THRESHOLDS, "skipped": skipped,
+        "calm_label_guidance": sampling.calm_label_guidance,
+        "key_shift": (config_key_shift(loaded.config) if key_shift else {}),
+        "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
         "estimators": {"tempo": "audiogen.data.estimators.tempo_levels on prep's onset envelope and chroma (prep's estimator)",
@@ -492,15 +497,21 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     return report
 
 
+def config_key_shift(config: dict) -> dict:
+    """A model config's ``generation.key_shift`` as the report records it (``{tonic: semitones}``)."""
+    return {str(k): int(v) for k, v in ((config.get("generation") or {}).get("key_shift") or {}).items()}
+
+
 def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds: float, batch: int,
-                    seed: int, tagger, bar) -> tuple[dict, float]:
+                    seed: int, tagger, bar, key_shift: bool = True) -> tuple[dict, float]:
     """Generate every planned clip with ``params`` (SamplingParams), write it and measure it:
-    ``({attr: [row]}, seconds)``; the clips go to ``out/clips/cfg<params.cfg_scale>``."""
+    ``({attr: [row]}, seconds)``; the clips go to ``out/clips/cfg<params.cfg_scale>``. ``key_shift``: key requests
+    played as generate plays them (:func:`audiogen.generation.pipeline.played_key`)."""
     import time
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import names_tempo, requested_tempo
+    from audiogen.generation.pipeline import names_tempo, played_key, requested_tempo
     from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
@@ -515,13 +526,15 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         asked = [p["conditions"] for _, _, p in chunk]
         conds = [requested_tempo(a, loaded.config) for a in asked]
         capped = capped_rows(params, asked, conds)  # cap_quiet, per request
+        played = [played_key(c, loaded.config) if key_shift else (c, 0) for c in conds]  # and the decoder's shift
+        conds, shifts = [c for c, _ in played], [s for _, s in played]
         # requests played calm (SamplingParams.for_mood) sample apart from the rest, with their own guidance
         per = [params.for_mood(names_tempo(a), a.mood) for a in asked]
         wavs = [None] * len(chunk)
         for p_ in dict.fromkeys(per):
             idx = [j for j, q in enumerate(per) if q == p_]
             got = sample_waveforms(loaded, [conds[j] for j in idx], seconds, p_, seed + b,
-                                   capped_rows=[capped[j] for j in idx])
+                                   capped_rows=[capped[j] for j in idx], semitones=[shifts[j] for j in idx])
             for j, w in zip(idx, got):
                 wavs[j] = w
         t_gen += time.monotonic() - t
@@ -531,6 +544,8 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
             write_audio(path, w / peak * 0.9 if peak > 0.9 else w, sr)  # raw output, kept from clipping the file
             row = {"request": p["request"], "channel": p["channel"], "text": p["conditions"].text,
                    "played_bpm": c.bpm, "file": str(path.relative_to(out))}
+            if attr == "key" and c.key != p["conditions"].key:  # played away, decoded back
+                row["played_key"] = c.key
             if attr in ("tempo", "key"):
                 row.update(analyse_clip(w, sr))
             if attr == "key":  # does it play the key, or hold its chord? (held_key_stats)
@@ -660,6 +675,8 @@ def summary_markdown(report: dict) -> str:
                 and report.get("label_guidance_hold_s") else "")
              + (f"; played calm (no beat push, label guidance {report.get('calm_label_guidance', 1.0):g}): mood "
                 + ", ".join(report["calm_moods"]) if report.get("calm_moods") else "")
+             + ("; keys on " + ", ".join(f"{k} played {v:+d} and decoded back" for k, v in report["key_shift"].items())
+                if report.get("key_shift") else "")
              + "; intervals are 95 %. Generated clips: `clips/`. "
              f"Generation {report['generation_seconds']:g} s of {report['total_seconds']:g} s in all.", ""]
 

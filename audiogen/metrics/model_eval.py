@@ -51,10 +51,12 @@ def sample_codes(loaded, conds: list, seconds: float, params: SamplingParams, se
 
 @torch.inference_mode()
 def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams, seed: int,
-                     window_s: float | None = None, capped_rows: list[bool] | None = None) -> np.ndarray:
-    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition: :func:`sample_codes`, decoded."""
+                     window_s: float | None = None, capped_rows: list[bool] | None = None,
+                     semitones: list[int] | None = None) -> np.ndarray:
+    """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition: :func:`sample_codes`, decoded
+    (each row transposed by its ``semitones``, when given: :func:`audiogen.generation.pipeline.played_key`)."""
     codes = sample_codes(loaded, conds, seconds, params, seed, window_s, capped_rows)
-    return loaded.codec.decode(codes).float().cpu().numpy()
+    return loaded.codec.decode(codes, semitones if semitones and any(semitones) else None).float().cpu().numpy()
 
 
 def capped_rows(params: SamplingParams, asked: list, played: list) -> list[bool]:

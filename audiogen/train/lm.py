@@ -89,6 +89,9 @@ class TrainConfig:
     #: the sampling the exported model recommends (SamplingParams fields; the model config's
     #: generation.sampling): what ``generate`` and ``stream`` use for options the user leaves out
     sampling: dict = field(default_factory=dict)
+    #: --key requests the exported model plays away and decodes back ({tonic: semitones}; the model config's
+    #: generation.key_shift, :func:`audiogen.generation.pipeline.played_key`): for keys its key slot misses
+    key_shift: dict = field(default_factory=dict)
     progress: bool = True
 
     #: keys that must not change when a run is resumed (they change what the steps compute)
@@ -118,6 +121,9 @@ class TrainConfig:
         from audiogen.generation.sampling import SamplingParams
 
         SamplingParams.for_model({"generation": {"sampling": self.sampling}}).validate()
+        from audiogen.generation.pipeline import key_shifts
+
+        key_shifts({"generation": {"key_shift": self.key_shift}})
         for section, cls in (("lm", LMConfig), ("conditioner", ConditionerConfig)):
             names = {f.name for f in dataclasses.fields(cls)}
             bad = set(getattr(self, section)) - names
@@ -565,6 +571,7 @@ def export_model(model: ConditionedLM, state: dict, path: Path, codec_info: dict
     return save_model_dir(path, lm, cond, codec_info, codec=codec_obj, dtype=None if dtype == torch.float32 else dtype,
                           generation={"window_s": round(window_s, 3),
                                       **({"sampling": dict(cfg.sampling)} if cfg.sampling else {}),
+                                      **({"key_shift": dict(cfg.key_shift)} if cfg.key_shift else {}),
                                       **({"default_bpm": default_bpm} if default_bpm else {}),
                                       **({"default_bpm_by": default_bpm_by} if default_bpm and default_bpm_by else {})},
                           extra={"training": {"name": cfg.name, "steps": step, "data_dir": str(cfg.data_dir),

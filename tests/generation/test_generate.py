@@ -467,6 +467,10 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
            "untimed": "; guidance adds no quiet sound to requests that name no tempo (--cap-quiet untimed)",
            "slow": f"; guidance adds no quiet sound under {recommended.cap_below_bpm:g} bpm (--cap-quiet slow)"}[
             recommended.cap_quiet])
+    shifts = (read_config(DEFAULT_MODEL_DIR).get("generation") or {}).get("key_shift") or {}
+    assert lines.get("key shift", "").endswith(
+        ", ".join(f"{t} {v:+d}" for t, v in shifts.items()) + " (--no-key-shift: as learned)") if shifts else \
+        "key shift" not in lines
 
 
 def test_info_model_json_holds_the_vocab_and_the_parameter_count_of_the_built_model(tiny_model_dir):

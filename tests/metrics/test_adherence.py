@@ -279,7 +279,7 @@ def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
 
     seen, capped = [], []
 
-    def fake(loaded, conds, seconds, params, seed, capped_rows=None):
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None, semitones=None):
         seen.extend(conds)
         capped.extend(capped_rows)
         return np.zeros((len(conds), 1, int(seconds * 8000)), dtype=np.float32)
@@ -299,6 +299,39 @@ def test_clips_play_at_the_tempo_generate_gives_them(monkeypatch, tmp_path):
     assert (tmp_path / "clips" / "cfg2" / "key_000.wav").is_file()
 
 
+def test_key_requests_are_played_as_generate_plays_them(monkeypatch, tmp_path):
+    """A key the model's ``generation.key_shift`` lists is sampled from its neighbour (slot and text) and decoded
+    back, per row, as ``generate`` does (``played_key``); the row records the key played. ``key_shift=False``
+    samples every key as asked."""
+    from types import SimpleNamespace
+
+    import audiogen.metrics.model_eval as model_eval
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    calls = []
+
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None, semitones=None):
+        calls.append(([(c.key, c.text) for c in conds], semitones))
+        return np.zeros((len(conds), 1, int(seconds * 8000)), dtype=np.float32)
+
+    monkeypatch.setattr(model_eval, "sample_waveforms", fake)
+    monkeypatch.setattr(A, "analyse_clip", lambda w, sr, tempo=True: {"key": "C major"})
+    config = {"generation": {"key_shift": {"A#": -1}}}
+    loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+    plans = {"key": [{"request": k, "channel": "attribute + text", "conditions": Conditions(key=k, text=f"in {k}")}
+                     for k in ("C major", "A# minor")]}
+    todo = [("key", i, p) for i, p in enumerate(plans["key"])]
+    bar = SimpleNamespace(update=lambda n: None)
+    rows, _ = A._generate_scale(loaded, plans, todo, SamplingParams(cfg_scale=2.0), tmp_path, 1.0, 8, 0, None, bar)
+    assert calls == [([("C major", "in C major"), ("A minor", "in A minor")], [0, 1])]
+    assert "played_key" not in rows["key"][0] and rows["key"][1]["played_key"] == "A minor"
+    assert rows["key"][1]["text"] == "in A# minor"  # the request as asked
+    calls.clear()
+    A._generate_scale(loaded, plans, todo, SamplingParams(cfg_scale=2.0), tmp_path, 1.0, 8, 0, None, bar, False)
+    assert calls == [([("C major", "in C major"), ("A# minor", "in A# minor")], [0, 0])]
+
+
 def test_a_calm_mood_is_sampled_apart_with_the_guidance_generate_gives_it(monkeypatch, tmp_path):
     """Mood requests the model plays calm (``SamplingParams.for_mood``: no beat push, labels pushed) are sampled
     in their own batch with that guidance, as ``generate`` would sample each alone; the others in the same batch
@@ -311,7 +344,7 @@ def test_a_calm_mood_is_sampled_apart_with_the_guidance_generate_gives_it(monkey
 
     calls = []
 
-    def fake(loaded, conds, seconds, params, seed, capped_rows=None):
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None, semitones=None):
         calls.append(([c.mood for c in conds], params.beat_guidance, params.label_guidance, seed))
         return np.full((len(conds), 1, int(seconds * 8000)), len(calls) / 10, dtype=np.float32)
 
