@@ -97,6 +97,13 @@ class MelVQConfig:
     #: band wherever it falls (the default model's codec: 23 cents sharp of A440, so quantized notes come back
     #: detuned towards the band centres; docs/codec_training.md, "Notes between the bands")
     pitch_tuning_hz: float = 0.0
+    #: > 0: every decode is transposed so that the semitone bands' centres fall on the equal-tempered notes of this
+    #: tuning (440: A4 = 440 Hz; :meth:`MelVQModel.retune_semitones`). Notes decoded from quantized bands land near
+    #: the band centres, so a grid off the notes plays everything that far sharp or flat: the default model's codec
+    #: (``pitch_tuning_hz`` 0) put held-out music 0.23 semitones sharp through its tokens; retuned, 0.01 flat, but its
+    #: LM's key requests were heard in their mode less often, so it does not set this (docs/codec_training.md, "Notes
+    #: between the bands"). The tokens do not change. 0 = off
+    retune_hz: float = 0.0
 
     @property
     def hop_length(self) -> int:
@@ -123,14 +130,17 @@ class MelVQConfig:
             raise AudiogenError(f"mel codec: filterbank must be one of {', '.join(FILTERBANKS)}, got {cfg.filterbank!r}")
         if cfg.filterbank == "pitch":
             if not (0 < cfg.pitch_split_hz < cfg.sample_rate / 2 and cfg.upper_per_octave >= 1
-                    and 0 <= cfg.pitch_tuning_hz < cfg.sample_rate / 2):
+                    and 0 <= cfg.pitch_tuning_hz < cfg.sample_rate / 2 and 0 <= cfg.retune_hz < cfg.sample_rate / 2):
                 raise AudiogenError("mel codec: the pitch filterbank needs 0 < pitch_split_hz < sample_rate / 2, "
-                                    "upper_per_octave >= 1 and 0 <= pitch_tuning_hz < sample_rate / 2")
+                                    "upper_per_octave >= 1 and 0 <= pitch_tuning_hz, retune_hz < sample_rate / 2")
             n = pitch_band_count(cfg)
             if cfg.n_mels != n:
                 raise AudiogenError(f"mel codec: the pitch filterbank at sample_rate {cfg.sample_rate}, n_fft "
                                     f"{cfg.n_fft}, pitch_split_hz {cfg.pitch_split_hz:g} and upper_per_octave "
                                     f"{cfg.upper_per_octave} has {n} bands; set n_mels: {n}")
+        if cfg.retune_hz and cfg.filterbank != "pitch":
+            raise AudiogenError("mel codec: retune_hz moves the pitch filterbank's semitone bands onto notes; "
+                                "it needs filterbank: pitch")
         return cfg
 
 
@@ -207,15 +217,18 @@ def band_centres(cfg: MelVQConfig) -> np.ndarray:
     return fb.argmax(0).numpy() * cfg.sample_rate / cfg.n_fft
 
 
-def shift_spectrum(mag: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
+def shift_spectrum(mag: torch.Tensor, semitones: torch.Tensor, from_bin: int = 0) -> torch.Tensor:
     """Linear magnitudes ``[B, F, T]`` (bins 0 .. Nyquist) with row ``b``'s frequency axis scaled by
     ``2 ** (semitones[b] / 12)``: bin ``k`` takes the magnitude at ``k / ratio`` (linear between bins; 0 past
     Nyquist), so a partial at f moves to f * ratio and keeps its amplitude. Time is untouched: the transposition
     of a sound that Griffin-Lim gives its phase, with none of a phase vocoder's smearing. Rows at 0 come back as
-    they are."""
+    they are. ``from_bin``: the bins below it are kept as they are (and read nothing from above)."""
     F = mag.shape[1]
     ratio = torch.pow(2.0, semitones.to(mag.device, torch.float32) / 12)[:, None]  # [B, 1]
     src = torch.arange(F, device=mag.device, dtype=torch.float32)[None, :] / ratio  # [B, F]
+    if from_bin:
+        k = torch.arange(F, device=mag.device)[None, :]
+        src = torch.where(k < from_bin, k.float(), src.clamp_min(from_bin))
     lo = src.floor().long().clamp(max=F - 1)
     hi = (lo + 1).clamp(max=F - 1)
     w = (src - lo).clamp(0, 1)[..., None]  # [B, F, 1]
@@ -402,6 +415,21 @@ class MelVQModel(nn.Module):
             return mel
         return mel + self.filter_context(mel) @ self.post_filter[counts.index(num_codebooks)]
 
+    def semitone_bin(self) -> int:
+        """The first FFT bin of the ``pitch`` filterbank's semitone region (where a semitone outgrows a bin)."""
+        return math.ceil(1 / (2 ** (1 / 12) - 1))  # bins: a semitone at bin k is k (2^(1/12) - 1) bins wide
+
+    def retune_semitones(self) -> float:
+        """How far :meth:`synthesize` transposes every decode (``config.retune_hz``): minus the semitone bands' offset
+        from the nearest equal-tempered note of that tuning, in (-0.5, 0.5] semitones; 0 without it."""
+        cfg = self.config
+        if not cfg.retune_hz:
+            return 0.0
+        c = pitch_band_centres(cfg)
+        first = c[c > cfg.sample_rate / cfg.n_fft / (2 ** (1 / 12) - 1)][0]  # the first semitone band
+        off = (12 * math.log2(first / cfg.retune_hz) + 0.5) % 1 - 0.5
+        return 0.0 if abs(off) < 1e-6 else -off
+
     # -- synthesis --------------------------------------------------------------------
     def magnitude(self, mel_db: torch.Tensor) -> torch.Tensor:
         """Log-mel ``[B, T, n_mels]`` (dB) -> a linear magnitude spectrum ``[B, F, T]`` whose mel is it:
@@ -426,6 +454,9 @@ class MelVQModel(nn.Module):
         cfg = self.config
         length = mel_db.shape[1] * cfg.hop
         mag = self.magnitude(mel_db)  # [B, F, T]
+        retune = self.retune_semitones()
+        if retune:  # the semitone bands' region only: the bin bands below put partials back where they were
+            mag = shift_spectrum(mag, torch.full((mag.shape[0],), retune), self.semitone_bin())
         if semitones is not None and bool((semitones != 0).any()):
             mag = shift_spectrum(mag, semitones)
         stft_kw = dict(n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.win, window=self.window, center=True)

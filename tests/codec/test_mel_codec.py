@@ -692,6 +692,74 @@ def test_the_pitch_filterbank_gives_every_semitone_its_own_band_where_slaneys_do
         MelVQConfig.from_dict({"filterbank": "bark"})
 
 
+def test_pitch_tuning_centres_the_semitone_bands_on_the_notes():
+    """``pitch_tuning_hz: 440``: every semitone band is centred on an equal-tempered note of A440 (the shipped grid,
+    0, sits 23 cents sharp of them), with the same count of bands; a tone on a note peaks at its band's centre."""
+    from audiogen.codec.mel import band_centres, pitch_band_centres
+
+    shipped = MelVQConfig.from_dict({"n_mels": 88, "filterbank": "pitch"})
+    tuned = MelVQConfig.from_dict({"n_mels": 88, "filterbank": "pitch", "pitch_tuning_hz": 440.0})
+
+    def cents_off_a440(cfg):
+        c = pitch_band_centres(cfg)
+        semis = c[(c > 190) & (c < cfg.pitch_split_hz)]
+        return 1200 * np.log2(semis / 440.0) % 100
+
+    assert np.allclose(cents_off_a440(shipped), 23.3, atol=0.1)
+    off = cents_off_a440(tuned)
+    assert np.all(np.minimum(off, 100 - off) < 1e-6)
+    assert {220.0, 440.0, 880.0} <= {round(float(f), 6) for f in pitch_band_centres(tuned)}
+    model = MelVQModel(tuned)
+    t = np.arange(12000) / 24000
+    x = torch.from_numpy(np.sin(2 * np.pi * 440.0 * t).astype(np.float32))[None, None]
+    assert abs(float(band_centres(tuned)[int(model.features(x)[0, 5].argmax())]) - 440.0) < 24000 / 2048
+    with pytest.raises(AudiogenError, match="pitch_tuning_hz"):
+        MelVQConfig.from_dict({"n_mels": 88, "filterbank": "pitch", "pitch_tuning_hz": -1.0})
+
+
+def test_retune_puts_real_music_through_the_tokens_back_in_tune(real_tracks):
+    """The shipped codec's quantized notes land near its band centres, 23 cents sharp of A440: held-out
+    ``Aberrations`` (in tune, librosa's estimate within 0.05 semitones of A440) comes back sharp through the tokens.
+    With ``retune_hz: 440`` every decode is moved down by the grid's offset, the tokens unchanged, and the roundtrip is
+    nearer A440 than without it. The bin bands under the semitone region (under 199 Hz) are not moved."""
+    import dataclasses
+
+    import librosa
+
+    from audiogen.audio.io import load_audio
+    from audiogen.codec.base import load_codec
+
+    codec = load_codec("default")
+    track = next(t for t in real_tracks if t.stem == "Aberrations")
+    wav, sr = load_audio(track, sample_rate=codec.sample_rate, channels=1, offset_s=30, duration_s=20)
+    codes = codec.encode(torch.from_numpy(wav)[None])
+    plain = codec.decode(codes)
+    model = codec.model
+    shift = dataclasses.replace(model.config, retune_hz=440.0)
+    assert MelVQModel(shift).retune_semitones() == pytest.approx(-0.2326, abs=1e-4)
+    assert MelVQModel(dataclasses.replace(shift, pitch_tuning_hz=440.0)).retune_semitones() == 0.0
+    model.config = shift
+    try:
+        retuned = codec.decode(codes)
+        assert torch.equal(codec.encode(torch.from_numpy(wav)[None]), codes)  # the tokens do not move
+    finally:
+        model.config = dataclasses.replace(shift, retune_hz=0.0)
+    from audiogen.codec.mel import shift_spectrum
+
+    mag = torch.rand(2, 1025, 3)
+    moved = shift_spectrum(mag, torch.tensor([-0.23, 1.0]), from_bin=17)
+    assert torch.equal(moved[:, :17], mag[:, :17]) and not torch.equal(moved[:, 17:], mag[:, 17:])
+
+    def tuning(w):
+        return float(librosa.estimate_tuning(y=np.asarray(w, dtype=np.float32).reshape(-1), sr=sr, n_fft=4096))
+
+    assert abs(tuning(wav)) < 0.05
+    assert tuning(plain) > 0.15  # sharp through the tokens
+    assert abs(tuning(retuned)) < tuning(plain) - 0.05
+    with pytest.raises(AudiogenError, match="retune_hz"):
+        MelVQConfig.from_dict({"n_mels": 80, "retune_hz": 440.0})
+
+
 def test_a_split_quantizer_fits_each_stage_on_its_bands_and_encodes_as_before(tmp_path):
     """``stage_bands``: a ``low`` stage's codewords are zero above ``stage_split_hz``, a ``high`` one's below;
     the codec then encodes and decodes like any other, and each stage brings the residual down on its bands."""
