@@ -22,7 +22,7 @@ from audiogen.audio.io import audio_info, load_audio
 from audiogen.errors import AudiogenError
 from audiogen.files import sha256_file
 from audiogen.generation.sampling import SamplingParams
-from audiogen.models.conditioning import Conditions, without_labels
+from audiogen.models.conditioning import Conditions, _norm, without_labels
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -182,6 +182,10 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     return replace(conditions, bpm=float(bpm)) if bpm else conditions
 
 
+#: "in <key>" as a prompt may write it (any case, sharp or flat), which :func:`played_key` moves with the key slot
+_KEY_IN_TEXT = re.compile(r"\b(in )([a-g](?:#|b)? (?:major|minor))\b", re.IGNORECASE)
+
+
 def key_shifts(config: dict) -> dict[int, int]:
     """A model folder's ``generation.key_shift`` as ``{requested tonic's pitch class: semitones}``: a request in
     such a key is played by the LM that many semitones away and decoded back (:func:`played_key`). Bad entries
@@ -216,8 +220,6 @@ def played_key(conditions: Conditions, config: dict) -> tuple[Conditions, int]:
     if not shift:
         return conditions, 0
     played = transpose_key(conditions.key, shift)
-    from audiogen.models.conditioning import _norm
-
     vocab = [_norm(k) for k in (config.get("conditioner") or {}).get("keys") or []]
     if vocab and _norm(played) not in vocab:  # a key the slot does not know: play the one asked for
         return conditions, 0
@@ -230,9 +232,6 @@ def played_key(conditions: Conditions, config: dict) -> tuple[Conditions, int]:
     return replace(conditions, key=played, text=text), -shift
 
 
-_KEY_IN_TEXT = re.compile(r"\b(in )([a-g](?:#|b)? (?:major|minor))\b", re.IGNORECASE)
-
-
 def label_tempo(conditions: Conditions, by: dict) -> float | None:
     """The tempo typical of the labels a request names, from a model's ``generation.default_bpm_by``
     (``{"mood": {label: bpm}, "genre": {...}}``, the median tempo of its training rows with each label;
@@ -240,7 +239,7 @@ def label_tempo(conditions: Conditions, by: dict) -> float | None:
     (``--mood fast``) or else said in the prompt as a whole word ("a fast reel", the way the training
     captions say it); the earliest in the prompt when it says several, the longest of those starting at one
     place ("classical string quartet", not "classical"). None when it names none of them."""
-    from audiogen.models.conditioning import TEMPO_LABELS, _norm
+    from audiogen.models.conditioning import TEMPO_LABELS
 
     text = " ".join((conditions.text or "").lower().split())
     for attr in TEMPO_LABELS:
@@ -445,7 +444,8 @@ def run_job(job: GenerateJob) -> list[dict]:
         c = generate_codes(lm, cond, mask, new_frames, sampling, g, W, context, prompt=prompt, engine=job.engine,
                            on_frame=on_frame, guard=silence, beat_step=beat_step, frame_rate=fr)
         c = c if prompt is None else torch.cat([prompt.to(c.device), c], dim=-1)
-        return c, codec.decode(c, semitones or None).float().cpu().numpy()
+        wav = codec.decode(c, semitones) if semitones else codec.decode(c)  # (a codec that cannot transpose: as ever)
+        return c, wav.float().cpu().numpy()
 
     with _progress(job, new_frames / fr, 1 / fr) as on_frame:
         codes, wav = sample(job.seed, on_frame)

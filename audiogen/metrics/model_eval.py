@@ -56,7 +56,8 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
     """``float32[B, C, N]`` of raw (unfinished) audio, one row per condition: :func:`sample_codes`, decoded
     (each row transposed by its ``semitones``, when given: :func:`audiogen.generation.pipeline.played_key`)."""
     codes = sample_codes(loaded, conds, seconds, params, seed, window_s, capped_rows)
-    return loaded.codec.decode(codes, semitones if semitones and any(semitones) else None).float().cpu().numpy()
+    wav = loaded.codec.decode(codes, semitones) if semitones and any(semitones) else loaded.codec.decode(codes)
+    return wav.float().cpu().numpy()
 
 
 def capped_rows(params: SamplingParams, asked: list, played: list) -> list[bool]:
