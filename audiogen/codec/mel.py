@@ -148,13 +148,19 @@ class MelVQConfig:
 FILTERBANKS = ("slaney", "pitch")
 
 
+def semitone_region_hz(cfg: MelVQConfig) -> float:
+    """Where the ``pitch`` filterbank's bin bands end and its semitone bands begin: the frequency at which a
+    semitone grows wider than an FFT bin."""
+    return cfg.sample_rate / cfg.n_fft / (2 ** (1 / 12) - 1)
+
+
 def pitch_band_centres(cfg: MelVQConfig) -> np.ndarray:
     """Centre frequencies (Hz) of the ``pitch`` filterbank's bands: every FFT bin from 0 Hz while a semitone
     is narrower than a bin, then semitones up to ``pitch_split_hz``, then ``upper_per_octave`` per octave
     below Nyquist."""
     bin_hz = cfg.sample_rate / cfg.n_fft
     semitone = 2 ** (1 / 12)
-    centres = list(np.arange(0.0, bin_hz / (semitone - 1), bin_hz))  # up to where a semitone equals a bin
+    centres = list(np.arange(0.0, semitone_region_hz(cfg), bin_hz))  # up to where a semitone equals a bin
     f = centres[-1] * semitone
     if cfg.pitch_tuning_hz > 0:  # the first equal-tempered note at or above f
         f = cfg.pitch_tuning_hz * semitone ** math.ceil(12 * math.log2(f / cfg.pitch_tuning_hz) - 1e-9)
@@ -416,8 +422,8 @@ class MelVQModel(nn.Module):
         return mel + self.filter_context(mel) @ self.post_filter[counts.index(num_codebooks)]
 
     def semitone_bin(self) -> int:
-        """The first FFT bin of the ``pitch`` filterbank's semitone region (where a semitone outgrows a bin)."""
-        return math.ceil(1 / (2 ** (1 / 12) - 1))  # bins: a semitone at bin k is k (2^(1/12) - 1) bins wide
+        """The first FFT bin of the ``pitch`` filterbank's semitone region (:func:`semitone_region_hz`)."""
+        return math.ceil(semitone_region_hz(self.config) * self.config.n_fft / self.config.sample_rate)
 
     def retune_semitones(self) -> float:
         """How far :meth:`synthesize` transposes every decode (``config.retune_hz``): minus the semitone bands' offset
@@ -426,7 +432,7 @@ class MelVQModel(nn.Module):
         if not cfg.retune_hz:
             return 0.0
         c = pitch_band_centres(cfg)
-        first = c[c > cfg.sample_rate / cfg.n_fft / (2 ** (1 / 12) - 1)][0]  # the first semitone band
+        first = c[c > semitone_region_hz(cfg)][0]  # the first semitone band
         off = (12 * math.log2(first / cfg.retune_hz) + 0.5) % 1 - 0.5
         return 0.0 if abs(off) < 1e-6 else -off
 

@@ -186,6 +186,12 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
 _KEY_IN_TEXT = re.compile(r"\b(in )([a-g](?:#|b)? (?:major|minor))\b", re.IGNORECASE)
 
 
+def key_shift_table(config: dict) -> dict[str, int]:
+    """A model folder's ``generation.key_shift`` as written (``{tonic: semitones}``), for ``audiogen info`` and the
+    adherence report; :func:`key_shifts` reads and checks it for :func:`played_key`."""
+    return {str(k): int(v) for k, v in ((config.get("generation") or {}).get("key_shift") or {}).items()}
+
+
 def key_shifts(config: dict) -> dict[int, int]:
     """A model folder's ``generation.key_shift`` as ``{requested tonic's pitch class: semitones}``: a request in
     such a key is played by the LM that many semitones away and decoded back (:func:`played_key`). Bad entries
@@ -343,8 +349,7 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         "default_bpm": requested_tempo(Conditions(), config).bpm,
         "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {})
         if lm_cfg.beat_harmonics else {},
-        # --key requests played away and decoded back (played_key): {tonic as the request may name it: semitones}
-        "key_shift": {str(k): int(v) for k, v in ((config.get("generation") or {}).get("key_shift") or {}).items()},
+        "key_shift": key_shift_table(config),
     }
 
 

@@ -440,7 +440,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                                         label_guidance_hold_s=label_guidance_hold_s,
                                         label_guidance_fade_s=label_guidance_fade_s)
     sampling.validate()
-    from audiogen.generation.pipeline import check_guidance
+    from audiogen.generation.pipeline import check_guidance, key_shift_table
 
     check_guidance(loaded.config, Path(str(model_dir)), sampling)
     if cfg_scales is None:
@@ -480,7 +480,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "label_guidance_hold_s": sampling.label_guidance_hold_s, "label_guidance_fade_s": sampling.label_guidance_fade_s,
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
         "calm_label_guidance": sampling.calm_label_guidance,
-        "key_shift": (config_key_shift(loaded.config) if key_shift else {}),
+        "key_shift": key_shift_table(loaded.config) if key_shift else {},
         "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
         "channels": {attr: ps[0]["channel"] for attr, ps in plans.items() if ps},
@@ -495,11 +495,6 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     atomic_write_text(out / "adherence.json", json.dumps(report, indent=2, default=float))
     atomic_write_text(out / "adherence.md", summary_markdown(report))
     return report
-
-
-def config_key_shift(config: dict) -> dict:
-    """A model config's ``generation.key_shift`` as the report records it (``{tonic: semitones}``)."""
-    return {str(k): int(v) for k, v in ((config.get("generation") or {}).get("key_shift") or {}).items()}
 
 
 def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds: float, batch: int,
