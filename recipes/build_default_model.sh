@@ -6,6 +6,8 @@
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
 #   CODEC=melvq bash recipes/build_default_model.sh      # the previous default (80 mel bands), built into runs/ only
 #   CODEC=stft bash recipes/build_default_model.sh       # the one before it, built into runs/ only
+#   CODEC=pitch440 bash recipes/build_default_model.sh   # the pitch codec's semitone bands on the A440 notes (in tune;
+#       not the shipped model: docs/codec_training.md, "The A440 grid under an LM"), built into runs/ only
 #   TRANSPOSE="-2 -1 1 2" CODEC=pitch bash recipes/build_default_model.sh  # LM on key-augmented rows (mel codecs;
 #       not the shipped model: docs/adherence.md, "Key augmentation"), built into runs/ only
 #
@@ -42,11 +44,13 @@ case "$CODEC_KIND" in
   melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  pitch) DATA=.cache/data_pitch_deb; CODEC_DIR=runs/codec_pitch/codec; LM_OUT=runs/lm_pitch
+  pitch|pitch440) DATA=.cache/data_${CODEC_KIND}_deb; CODEC_DIR=runs/codec_$CODEC_KIND/codec; LM_OUT=runs/lm_$CODEC_KIND
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  *) echo "CODEC must be stft, melvq or pitch, not $CODEC_KIND" >&2; exit 2 ;;
+  *) echo "CODEC must be stft, melvq, pitch or pitch440, not $CODEC_KIND" >&2; exit 2 ;;
 esac
+CODEC_CONFIG=${CODEC_KIND%440}  # pitch440: codec_pitch.yaml with its semitone bands on the A440 notes
+FIT_EXTRA=""; [ "$CODEC_KIND" = pitch440 ] && FIT_EXTRA="codec.pitch_tuning_hz=440"
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
 # rendered public-domain scores: the mel codec's post-filter learns from them too (codec_pitch.yaml), and the
@@ -62,15 +66,15 @@ if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT deco
       max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
 else  # k-means residual VQ of log-mel frames (pitch: semitone bands; melvq: 80 mel bands), Griffin-Lim decoding
   # (minutes, no gradients)
-  python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_KIND.yaml" data_dir="$MUSIC"
+  python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_CONFIG.yaml" data_dir="$MUSIC" $FIT_EXTRA
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
 if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
   # (penalty 300, free where codebook 0 changes): the LM learns chords that move from them
   # (docs/codec_training.md, "Tied tokens for the LM"); this copy is the one the model ships and encodes with
-  if [ "$CODEC_KIND" = pitch ]; then  # the same codebooks, their post-filter refitted on tied codes (5 minutes)
+  if [ "$CODEC_CONFIG" = pitch ]; then  # the same codebooks, their post-filter refitted on tied codes (5 minutes)
     TOKENS_CODEC="$(dirname "$CODEC_DIR")_tied/codec"
-    python3 recipes/fit_mel_codec.py --config recipes/configs/codec_pitch.yaml data_dir="$MUSIC" \
+    python3 recipes/fit_mel_codec.py --config recipes/configs/codec_pitch.yaml data_dir="$MUSIC" $FIT_EXTRA \
         codebooks_from="$CODEC_DIR" codec.residual_change_penalty=300 codec.residual_tied=true \
         out_dir="$(dirname "$TOKENS_CODEC")"
   else  # the same decoding, only the search changes
