@@ -432,6 +432,13 @@ class Codec:
         return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length,
                                  semitones=shift)
 
+    def retune(self, a4_hz: float) -> float:
+        """Decode from now on in tune with A4 = ``a4_hz``, for a codec whose bands sit on semitones (the mel codec
+        with the ``pitch`` filterbank); returns the semitones every decode is now moved by. Others: an
+        :class:`AudiogenError` (their decoders have no notes to move)."""
+        raise AudiogenError(f"codec '{self.name}' has no semitone bands to tune (only a mel codec with the pitch "
+                            "filterbank has); leave out --tuning")
+
     def _encode_window(self, wav: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """``real``: see :meth:`_run_windows`; a backend that cannot skip padding rows ignores it."""
         raise NotImplementedError
@@ -579,6 +586,16 @@ class MelVQCodec(EncodecCodec):
         if self.model.config.filterbank != "slaney":  # other bands: other features, other codes
             desc["filterbank"] = self.model.config.filterbank
         return desc
+
+    def retune(self, a4_hz: float) -> float:
+        """:meth:`Codec.retune` through the model's ``retune_hz``
+        (:meth:`~audiogen.codec.mel.MelVQModel.retune_semitones`): the semitone bands' region moved onto the notes of
+        that tuning at every decode; the codes do not change."""
+        cfg = self.model.config
+        if cfg.filterbank != "pitch":
+            return super().retune(a4_hz)
+        self.model.config = dataclasses.replace(cfg, retune_hz=float(a4_hz))
+        return self.model.retune_semitones()
 
     def silent_codes(self) -> torch.Tensor:
         """Codebook 0's codewords are whole log-mel frames (over the mean): silent where such a frame, held,

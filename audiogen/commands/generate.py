@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "('audiogen info') is played a few semitones away and decoded back to the key asked for "
                         "(the default model: keys on black keys, a semitone down; docs/generate.md)")
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
+    g.add_argument("--tuning", type=float, metavar="HZ",
+                   help="decode in tune with A4 = HZ (400-480, e.g. 440): the default model's notes sit about a "
+                        "quarter-semitone sharp of A440, since its codec's semitone bands do; this moves them onto "
+                        "the notes (mel codecs with semitone bands only; the tokens are the same). Off by default: "
+                        "docs/generate.md, \"In tune\"")
     s = p.add_argument_group("sampling")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same file (default 0)")
     s.add_argument("--variations", type=int, default=1, metavar="N",
@@ -128,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         args.prompt, args.duration, args.out, model_dir=args.model, seed=args.seed, variations=args.variations,
         continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,
         engine=args.engine, progress=not args.quiet, originality=args.originality,
-        originality_tries=args.originality_tries, key_shift=args.key_shift,
+        originality_tries=args.originality_tries, key_shift=args.key_shift, tuning_hz=args.tuning,
         **{k: v for k, v in options.items() if v is not None},
     )
     for meta in run_job(job):

@@ -26,6 +26,8 @@ from audiogen.models.conditioning import Conditions, _norm, without_labels
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
+#: the concert pitches ``--tuning`` accepts (A4, Hz): baroque 415 to the sharpest orchestras' 446, with room
+TUNING_RANGE_HZ = (400.0, 480.0)
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: share of each long-form window given to the previous window's tail as prompt
 CONTEXT_FRACTION = 0.4
@@ -56,6 +58,8 @@ class GenerateJob:
     #: a --key whose tonic the model's generation.key_shift names is played that far away and decoded back
     #: (:func:`played_key`); False plays every key as the model learned it
     key_shift: bool = True
+    #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retune`); None: as coded
+    tuning_hz: float | None = None
 
     @classmethod
     def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
@@ -75,7 +79,7 @@ class GenerateJob:
         asked = Conditions(text=prompt, **parts["conditions"])
         played = requested_tempo(asked, config)
         sampling = (SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked), played.bpm)
-                    .for_mood(names_tempo(asked), asked.mood))
+                    .for_mood(names_tempo(asked), asked.mood).for_default_tempo(plays_default_tempo(asked, config)))
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
                    sampling=sampling, **options)
 
@@ -104,6 +108,11 @@ class GenerateJob:
             raise AudiogenError(f"--duration {self.duration_s:g}s is longer than the {MAX_DURATION_S}s maximum")
         if not 1 <= self.variations <= 64:
             raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
+        tuning = self.tuning_hz
+        lo, hi = TUNING_RANGE_HZ
+        if tuning is not None and not (isinstance(tuning, (int, float)) and lo <= tuning <= hi):
+            raise AudiogenError(f"--tuning is the frequency of A4 in Hz, between {lo:g} and {hi:g} (e.g. 440, or 415 "
+                                f"for baroque pitch); got {tuning!r}")
         bpm = self.conditions.bpm
         if bpm is not None and not 20 <= bpm <= 400:
             raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
@@ -161,6 +170,13 @@ def names_tempo(conditions: Conditions) -> bool:
     """Whether a request names its tempo: ``--bpm``, or a tempo written in the prompt ("120 bpm"), as
     :func:`requested_tempo` reads them (not one it takes from a mood, a genre or the model's default)."""
     return conditions.bpm is not None or _tempo_in_text(conditions.text) is not None
+
+
+def plays_default_tempo(conditions: Conditions, config: dict) -> bool:
+    """Whether :func:`requested_tempo` plays a request at the model's ``generation.default_bpm``: it names no
+    tempo (:func:`names_tempo`) and no mood or genre with a typical tempo (:func:`label_tempo`)."""
+    by = (config.get("generation") or {}).get("default_bpm_by") or {}
+    return not names_tempo(conditions) and label_tempo(conditions, by) is None
 
 
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
@@ -427,6 +443,8 @@ def run_job(job: GenerateJob) -> list[dict]:
         from audiogen.originality.guard import open_auditor
 
         auditor = open_auditor(job.originality, codec)
+    # before sampling: a codec that cannot be tuned fails now
+    tuned = None if job.tuning_hz is None else codec.retune(job.tuning_hz)
     sr, fr = codec.sample_rate, codec.frame_rate
     total_frames = frames_for(job.finish.samples_needed(sr) / sr, fr)
     prompt = continuation_prompt(job, codec, total_frames)
@@ -467,6 +485,8 @@ def run_job(job: GenerateJob) -> list[dict]:
         tags, sidecar = _tags(job, provenance, audits[i]), _sidecar(job, i, provenance, audits[i])
         if semitones:
             sidecar["key_played"] = {"key": played.key, "decoded_semitones": semitones}
+        if tuned is not None:
+            sidecar["tuning"] = {"a4_hz": job.tuning_hz, "decoded_semitones": round(tuned, 4)}
         meta = write_finished(path, finish(wav[i], sr, job.finish), sr, job.finish, tags, sidecar)
         meta["path"] = str(path)
         results.append(meta)

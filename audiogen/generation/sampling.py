@@ -76,6 +76,13 @@ class SamplingParams:
     #: drum hits, which such a request did not ask for; False plays it on the grid without the push (the
     #: default model: docs/generate.md, "Attributes")
     beat_push_tonal: bool = True
+    #: whether beat guidance pushes a request played at the model's default tempo: one that names no tempo
+    #: (no ``--bpm``, no "120 bpm" in the prompt) and no mood or genre with a typical tempo
+    #: (``generation.default_bpm_by``). Nobody asked that request for a beat, and the push, heard as broadband
+    #: hits, scatters the default model's pitch; but without it that model holds one chord (docs/generate.md,
+    #: "A request that names no tempo"), so it does not set this. False plays such a request on its default
+    #: tempo's grid without the push (:meth:`for_default_tempo`)
+    beat_push_default_tempo: bool = True
     #: guidance towards the request's labels (genre, mood, key, instruments through a model's attribute
     #: slots; 1 = off): the logits are pushed away from those of the same request without its label slots
     #: (text and tempo kept), ``request + (label_guidance - 1) * (request - unlabelled)``, before
@@ -134,6 +141,14 @@ class SamplingParams:
             return self
         labels = self.calm_label_guidance if self.label_guidance == 1.0 else self.label_guidance
         return replace(self, beat_guidance=1.0, label_guidance=labels)
+
+    def for_default_tempo(self, defaulted: bool) -> "SamplingParams":
+        """These parameters for one request played at the model's default tempo (``defaulted``:
+        :func:`audiogen.generation.pipeline.plays_default_tempo`) or not: beat guidance off for the first
+        unless ``beat_push_default_tempo``; otherwise as they are."""
+        if not defaulted or self.beat_push_default_tempo or self.beat_guidance == 1.0:
+            return self
+        return replace(self, beat_guidance=1.0)
 
     def pushes(self, instruments) -> bool:
         """Whether beat guidance pushes a request for ``instruments`` (a list of names, or None)."""
@@ -220,10 +235,12 @@ class SamplingParams:
         """The sampling a model folder recommends (its config's ``generation.sampling``, e.g. a small
         model whose guidance only amplifies noise asks for ``cfg_scale: 1``), then the ``given``
         options that are not None; fields neither sets keep this class's defaults. A ``beat_guidance`` given
-        pushes every request (``beat_push_tonal``) and every mood (no ``calm_moods``), and a ``label_guidance``
-        given is the calm requests' too (``calm_label_guidance``), unless those are given too."""
+        pushes every request (``beat_push_tonal``, ``beat_push_default_tempo``) and every mood (no ``calm_moods``),
+        and a ``label_guidance`` given is the calm requests' too (``calm_label_guidance``), unless those are
+        given too."""
         if given.get("beat_guidance") is not None:
-            given = {"beat_push_tonal": True, "calm_moods": (), **{k: v for k, v in given.items() if v is not None}}
+            given = {"beat_push_tonal": True, "beat_push_default_tempo": True, "calm_moods": (),
+                     **{k: v for k, v in given.items() if v is not None}}
         if given.get("label_guidance") is not None and given.get("calm_label_guidance") is None:
             given = {**given, "calm_label_guidance": given["label_guidance"]}
         recommended = (config.get("generation") or {}).get("sampling") or {}

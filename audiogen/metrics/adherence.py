@@ -480,6 +480,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "label_guidance_hold_s": sampling.label_guidance_hold_s, "label_guidance_fade_s": sampling.label_guidance_fade_s,
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
         "calm_label_guidance": sampling.calm_label_guidance,
+        "beat_push_default_tempo": sampling.beat_push_default_tempo,
         "key_shift": key_shift_table(loaded.config) if key_shift else {},
         "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
@@ -506,7 +507,7 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import names_tempo, played_key, requested_tempo
+    from audiogen.generation.pipeline import names_tempo, played_key, plays_default_tempo, requested_tempo
     from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
@@ -523,8 +524,10 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         capped = capped_rows(params, asked, conds)  # cap_quiet, per request
         played = [played_key(c, loaded.config) if key_shift else (c, 0) for c in conds]  # and the decoder's shift
         conds, shifts = [c for c, _ in played], [s for _, s in played]
-        # requests played calm (SamplingParams.for_mood) sample apart from the rest, with their own guidance
-        per = [params.for_mood(names_tempo(a), a.mood) for a in asked]
+        # requests played calm (SamplingParams.for_mood) or at the default tempo without the push
+        # (SamplingParams.for_default_tempo) sample apart from the rest, with their own guidance
+        per = [params.for_mood(names_tempo(a), a.mood).for_default_tempo(plays_default_tempo(a, loaded.config))
+               for a in asked]
         wavs = [None] * len(chunk)
         for p_ in dict.fromkeys(per):
             idx = [j for j, q in enumerate(per) if q == p_]
@@ -664,6 +667,8 @@ def summary_markdown(report: dict) -> str:
              + (f", beat guidance {report['beat_guidance']:g}" if report.get("beat_guidance", 1.0) != 1.0 else "")
              + (f" (contrast half a beat late below {report['offbeat_below_bpm']:g} bpm)"
                 if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
+             + (", not for requests played at the model's default tempo" if report.get("beat_guidance", 1.0) != 1.0
+                and report.get("beat_push_default_tempo") is False else "")
              + (f", label guidance {report['label_guidance']:g}" if report.get("label_guidance", 1.0) != 1.0 else "")
              + (f" for {report['label_guidance_hold_s']:g} s, then falling to 1 over "
                 f"{report.get('label_guidance_fade_s', 0.0):g} s" if report.get("label_guidance", 1.0) != 1.0

@@ -351,6 +351,8 @@ def test_cuda_bfloat16_generation_meets_the_finishing_targets(tiny_model_dir, tm
     ({"out": "/nonexistent-dir/x.wav"}, "does not exist"), ({"out": "x.xyz"}, "unsupported output type"),
     ({"prompt": "  "}, "prompt is empty"), ({"genre": "polka-metal"}, "polka-metal"),
     ({"variations": 0}, "variations"), ({"model_dir": "/no/such/model"}, "/no/such/model"),
+    ({"tuning_hz": 300.0}, "--tuning is the frequency of A4"), ({"tuning_hz": float("nan")}, "--tuning"),
+    ({"tuning_hz": 440.0}, "no semitone bands to tune"),  # the tiny codec is not a mel codec
 ])
 def test_bad_requests_fail_with_one_clear_error(tiny_model_dir, tmp_path, kw, msg):
     kw.setdefault("out", tmp_path / "x.wav")

@@ -365,6 +365,41 @@ def test_a_calm_mood_is_sampled_apart_with_the_guidance_generate_gives_it(monkey
     assert [r["played_bpm"] for r in rows["mood"]] == [97.0, 80.0, 97.0, 80.0]
 
 
+def test_requests_at_the_default_tempo_are_sampled_without_the_push_where_the_model_says_so(monkeypatch, tmp_path):
+    """A model with ``beat_push_default_tempo: false``: the key requests (no tempo named, played at the default
+    tempo) are sampled apart with beat guidance off, as ``generate`` samples them; the tempo requests keep the
+    push. The report's header says so."""
+    from types import SimpleNamespace
+
+    import audiogen.metrics.model_eval as model_eval
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    calls = []
+
+    def fake(loaded, conds, seconds, params, seed, capped_rows=None, semitones=None):
+        calls.append(([c.key or c.bpm for c in conds], params.beat_guidance))
+        return np.zeros((len(conds), 1, int(seconds * 8000)), dtype=np.float32)
+
+    monkeypatch.setattr(model_eval, "sample_waveforms", fake)
+    monkeypatch.setattr(A, "analyse_clip", lambda w, sr, tempo=True: {"key": "C major", "bpm": 70.0})
+    config = {"lm": {"beat_harmonics": 3}, "conditioner": {"bpm_buckets": [60.0, 120.0]},
+              "generation": {"default_bpm": 97.0}}
+    loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+    plans = {"tempo": [{"request": 70.0, "channel": "attribute", "conditions": Conditions(bpm=70.0)}],
+             "key": [{"request": "C major", "channel": "attribute", "conditions": Conditions(key="C major")}]}
+    todo = [(attr, i, p) for attr, ps in plans.items() for i, p in enumerate(ps)]
+    params = SamplingParams(cfg_scale=2.0, beat_guidance=3.0, beat_push_default_tempo=False)
+    rows, _ = A._generate_scale(loaded, plans, todo, params, tmp_path, 1.0, 8, 0, None,
+                                SimpleNamespace(update=lambda n: None))
+    assert calls == [([70.0], 3.0), (["C major"], 1.0)]
+    assert rows["key"][0]["played_bpm"] == 97.0  # on the default tempo's grid all the same
+    header = A.summary_markdown({"model_dir": "m", "clips_per_attribute": 1, "seconds": 1.0, "seed": 0, "top_k": 0,
+                                "beat_guidance": 3.0, "beat_push_default_tempo": False, "thresholds": A.THRESHOLDS,
+                                "results": {}, "skipped": {}, "generation_seconds": 1, "total_seconds": 1})
+    assert "not for requests played at the model's default tempo" in header
+
+
 def test_report_clips_are_generated_in_the_models_own_window(tiny_setup, monkeypatch):
     """The clips every report judges are generated as ``audiogen generate`` generates: in the window the model's
     config names, each later window prompted with the end of the one before (until 2026-12-05: one 10 s window
