@@ -432,10 +432,11 @@ class Codec:
         return self._run_windows(codes.to(self.device, torch.long), self._decode_window, 1, self.hop_length,
                                  semitones=shift)
 
-    def retune(self, a4_hz: float) -> float:
-        """Decode from now on in tune with A4 = ``a4_hz``, for a codec whose bands sit on semitones (the mel codec
-        with the ``pitch`` filterbank); returns the semitones every decode is now moved by. Others: an
-        :class:`AudiogenError` (their decoders have no notes to move)."""
+    def retuned(self, a4_hz: float) -> tuple["Codec", float]:
+        """``(this codec decoding in tune with A4 = a4_hz, the semitones its every decode is moved by)``, for a codec
+        whose bands sit on semitones (the mel codec with the ``pitch`` filterbank): a copy sharing the weights, this
+        one unchanged (a server's streams share it). Others: an :class:`AudiogenError` (their decoders have no notes
+        to move)."""
         raise AudiogenError(f"codec '{self.name}' has no semitone bands to tune (only a mel codec with the pitch "
                             "filterbank has); leave out --tuning")
 
@@ -587,15 +588,20 @@ class MelVQCodec(EncodecCodec):
             desc["filterbank"] = self.model.config.filterbank
         return desc
 
-    def retune(self, a4_hz: float) -> float:
-        """:meth:`Codec.retune` through the model's ``retune_hz``
+    def retuned(self, a4_hz: float) -> tuple["Codec", float]:
+        """:meth:`Codec.retuned` through the model's ``retune_hz``
         (:meth:`~audiogen.codec.mel.MelVQModel.retune_semitones`): the semitone bands' region moved onto the notes of
         that tuning at every decode; the codes do not change."""
+        import copy
+
         cfg = self.model.config
         if cfg.filterbank != "pitch":
-            return super().retune(a4_hz)
-        self.model.config = dataclasses.replace(cfg, retune_hz=float(a4_hz))
-        return self.model.retune_semitones()
+            return super().retuned(a4_hz)
+        model = copy.copy(self.model)  # the same parameters and buffers, its own config
+        model.config = dataclasses.replace(cfg, retune_hz=float(a4_hz))
+        codec = copy.copy(self)
+        codec.model = model
+        return codec, model.retune_semitones()
 
     def silent_codes(self) -> torch.Tensor:
         """Codebook 0's codewords are whole log-mel frames (over the mean): silent where such a frame, held,

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--intensity", type=float, metavar="0-1",
                    help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")
     o = p.add_argument_group("output")
+    o.add_argument("--tuning", type=float, metavar="HZ",
+                   help="decode in tune with A4 = HZ (400-480, e.g. 440; mel codecs with semitone bands only), as "
+                        "generate --tuning does (docs/generate.md, \"In tune\")")
     o.add_argument("--out", metavar="FILE", help="write a WAV file (finalised on exit or Ctrl-C) instead of stdout")
     o.add_argument("--format", choices=["raw", "f32", "wav"], default="raw",
                    help="stdout format: raw = s16le PCM, f32 = float32le PCM, wav = 16-bit WAV with an open-ended "
@@ -143,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     check_guidance(config, model_dir, sampling)
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
-                              device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost)
+                              device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost,
+                              tuning_hz=args.tuning)
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     stream = MusicStream(loaded, state, settings)

@@ -58,7 +58,7 @@ class GenerateJob:
     #: a --key whose tonic the model's generation.key_shift names is played that far away and decoded back
     #: (:func:`played_key`); False plays every key as the model learned it
     key_shift: bool = True
-    #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retune`); None: as coded
+    #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retuned`); None: as coded
     tuning_hz: float | None = None
 
     @classmethod
@@ -108,11 +108,7 @@ class GenerateJob:
             raise AudiogenError(f"--duration {self.duration_s:g}s is longer than the {MAX_DURATION_S}s maximum")
         if not 1 <= self.variations <= 64:
             raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
-        tuning = self.tuning_hz
-        lo, hi = TUNING_RANGE_HZ
-        if tuning is not None and not (isinstance(tuning, (int, float)) and lo <= tuning <= hi):
-            raise AudiogenError(f"--tuning is the frequency of A4 in Hz, between {lo:g} and {hi:g} (e.g. 440, or 415 "
-                                f"for baroque pitch); got {tuning!r}")
+        check_tuning(self.tuning_hz)
         bpm = self.conditions.bpm
         if bpm is not None and not 20 <= bpm <= 400:
             raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
@@ -170,6 +166,14 @@ def names_tempo(conditions: Conditions) -> bool:
     """Whether a request names its tempo: ``--bpm``, or a tempo written in the prompt ("120 bpm"), as
     :func:`requested_tempo` reads them (not one it takes from a mood, a genre or the model's default)."""
     return conditions.bpm is not None or _tempo_in_text(conditions.text) is not None
+
+
+def check_tuning(a4_hz: float | None) -> None:
+    """``--tuning``'s value (None: off) or an :class:`AudiogenError` that says what it takes."""
+    lo, hi = TUNING_RANGE_HZ
+    if a4_hz is not None and not (isinstance(a4_hz, (int, float)) and lo <= a4_hz <= hi):
+        raise AudiogenError(f"--tuning is the frequency of A4 in Hz, between {lo:g} and {hi:g} (e.g. 440, or 415 for "
+                            f"baroque pitch); got {a4_hz!r}")
 
 
 def plays_default_tempo(conditions: Conditions, config: dict) -> bool:
@@ -443,8 +447,9 @@ def run_job(job: GenerateJob) -> list[dict]:
         from audiogen.originality.guard import open_auditor
 
         auditor = open_auditor(job.originality, codec)
-    # before sampling: a codec that cannot be tuned fails now
-    tuned = None if job.tuning_hz is None else codec.retune(job.tuning_hz)
+    tuned = None  # the semitones a --tuning moves every decode by; a codec that cannot be tuned fails before sampling
+    if job.tuning_hz is not None:
+        codec, tuned = codec.retuned(job.tuning_hz)
     sr, fr = codec.sample_rate, codec.frame_rate
     total_frames = frames_for(job.finish.samples_needed(sr) / sr, fr)
     prompt = continuation_prompt(job, codec, total_frames)

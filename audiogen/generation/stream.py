@@ -282,8 +282,13 @@ class StreamSettings:
     #: music takes the new beat against a context played at the old one (docs/stream.md). 0: no boost
     tempo_boost: float = 1.0
     tempo_boost_s: float = 4.0
+    #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retuned`); None: as coded
+    tuning_hz: float | None = None
 
     def validate(self) -> None:
+        from audiogen.generation.pipeline import check_tuning
+
+        check_tuning(self.tuning_hz)
         if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 10):
             raise AudiogenError(f"chunk length must be 0.05..10 s, got {self.chunk_s}")
         if not 0.1 <= self.context_fraction <= 0.9:
@@ -587,7 +592,8 @@ class MusicStream:
         from audiogen.generation.pipeline import DTYPES, window_frames
 
         self.loaded = loaded
-        self.codec = loaded.codec
+        # a copy decoding in tune for --tuning: the loaded codec (a server's streams share it) stays as it is
+        self.codec = loaded.codec if settings.tuning_hz is None else loaded.codec.retuned(settings.tuning_hz)[0]
         self.sr, self.channels, self.fr = self.codec.sample_rate, self.codec.channels, self.codec.frame_rate
         dtype = DTYPES.get(settings.dtype) or torch.float32
         self.lm = loaded.lm.eval().to(dtype)

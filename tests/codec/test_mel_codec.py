@@ -720,7 +720,7 @@ def test_pitch_tuning_centres_the_semitone_bands_on_the_notes():
 def test_retune_puts_real_music_through_the_tokens_back_in_tune(real_tracks):
     """The shipped codec's quantized notes land near its band centres, 23 cents sharp of A440: held-out
     ``Aberrations`` (in tune, librosa's estimate within 0.05 semitones of A440) comes back sharp through the tokens.
-    With ``retune_hz: 440`` (``Codec.retune(440)``, ``generate --tuning 440``) every decode is moved down by the grid's
+    With ``retune_hz: 440`` (``Codec.retuned(440)``, ``generate --tuning 440``) every decode is moved down by the grid's
     offset, the tokens unchanged, and the roundtrip is nearer A440 than without it. The bin bands under the semitone
     region (under 199 Hz) are not moved."""
     import dataclasses
@@ -739,13 +739,13 @@ def test_retune_puts_real_music_through_the_tokens_back_in_tune(real_tracks):
     shift = dataclasses.replace(model.config, retune_hz=440.0)
     assert MelVQModel(shift).retune_semitones() == pytest.approx(-0.2326, abs=1e-4)
     assert MelVQModel(dataclasses.replace(shift, pitch_tuning_hz=440.0)).retune_semitones() == 0.0
-    try:
-        assert codec.retune(440.0) == pytest.approx(-0.2326, abs=1e-4)  # what generate --tuning 440 does
-        assert model.config == shift
-        retuned = codec.decode(codes)
-        assert torch.equal(codec.encode(torch.from_numpy(wav)[None]), codes)  # the tokens do not move
-    finally:
-        model.config = dataclasses.replace(shift, retune_hz=0.0)
+    tuned, semitones = codec.retuned(440.0)  # what generate --tuning 440 decodes with
+    assert semitones == pytest.approx(-0.2326, abs=1e-4) and tuned.model.config == shift
+    assert model.config.retune_hz == 0.0 and codec.model is model  # the codec it came from is unchanged
+    assert tuned.model.mean is model.mean  # the same weights
+    retuned = tuned.decode(codes)
+    assert torch.equal(tuned.encode(torch.from_numpy(wav)[None]), codes)  # the tokens do not move
+    assert torch.equal(codec.decode(codes), plain)  # and the original still decodes as coded
     from audiogen.codec.mel import shift_spectrum
 
     mag = torch.rand(2, 1025, 3)

@@ -471,3 +471,30 @@ def test_a_grid_model_stream_starts_at_the_tempo_its_mood_names():
     assert start({"text": "a slow theme"}) == gen["default_bpm_by"]["mood"]["slow"]
     assert start({"text": "calm orchestral theme"}) == gen["default_bpm"]
     assert start({"mood": "fast", "bpm": 100}) == 100
+
+
+def test_a_tuned_stream_decodes_the_same_tokens_in_tune_and_leaves_the_shared_codec_alone(tiny_model_dir):
+    """``tuning_hz`` (``audiogen stream --tuning 440``): the default model's stream samples the same tokens and decodes
+    them moved onto the A440 notes, through a copy of the codec; the loaded model (which a server's streams share)
+    decodes as coded before and after. A codec without semitone bands refuses it in one error."""
+    from audiogen.generation.pipeline import DEFAULT_MODEL_DIR
+    from audiogen.models.checkpoint import load_model
+
+    model = load_model(DEFAULT_MODEL_DIR)
+
+    def run(**kw):
+        stream = MusicStream(model, {"text": "calm orchestral theme"}, settings(**kw))
+        audio = np.concatenate(take(stream, 4), axis=-1)
+        return stream, audio, stream.tokens.frames.clone()
+
+    plain, plain_audio, plain_codes = run()
+    tuned, tuned_audio, tuned_codes = run(tuning_hz=440.0)
+    again, again_audio, _ = run()
+    assert torch.equal(plain_codes, tuned_codes)  # the same tokens
+    assert not np.allclose(plain_audio, tuned_audio)  # decoded otherwise
+    assert tuned.codec.model.config.retune_hz == 440.0 and tuned.codec is not model.codec
+    assert model.codec.model.config.retune_hz == 0.0 and np.array_equal(plain_audio, again_audio)  # no leak
+    with pytest.raises(AudiogenError, match="--tuning is the frequency"):
+        MusicStream(model, None, settings(tuning_hz=1000.0))
+    with pytest.raises(AudiogenError, match="no semitone bands"):
+        MusicStream(load_model(tiny_model_dir), None, settings(tuning_hz=440.0))
