@@ -78,8 +78,8 @@ class GenerateJob:
             config = {}
         asked = Conditions(text=prompt, **parts["conditions"])
         played = requested_tempo(asked, config)
-        sampling = (SamplingParams.for_model(config, **parts["sampling"]).for_tempo(names_tempo(asked), played.bpm)
-                    .for_mood(names_tempo(asked), asked.mood).for_default_tempo(plays_default_tempo(asked, config)))
+        sampling = request_sampling(SamplingParams.for_model(config, **parts["sampling"])
+                                    .for_tempo(names_tempo(asked), played.bpm), asked, config)
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
                    sampling=sampling, **options)
 
@@ -181,6 +181,15 @@ def plays_default_tempo(conditions: Conditions, config: dict) -> bool:
     tempo (:func:`names_tempo`) and no mood or genre with a typical tempo (:func:`label_tempo`)."""
     by = (config.get("generation") or {}).get("default_bpm_by") or {}
     return not names_tempo(conditions) and label_tempo(conditions, by) is None
+
+
+def request_sampling(params: SamplingParams, asked: Conditions, config: dict) -> SamplingParams:
+    """``params`` for one request as asked (``asked``, before :func:`requested_tempo`), on a model with ``config``:
+    played calm (:meth:`SamplingParams.for_mood`) or at the default tempo without the push
+    (:meth:`SamplingParams.for_default_tempo`) where the model says so; else as they are. ``generate`` and the
+    adherence report both sample each request so."""
+    named = names_tempo(asked)
+    return params.for_mood(named, asked.mood).for_default_tempo(plays_default_tempo(asked, config))
 
 
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:

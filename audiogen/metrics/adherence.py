@@ -507,7 +507,7 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import names_tempo, played_key, plays_default_tempo, requested_tempo
+    from audiogen.generation.pipeline import played_key, request_sampling, requested_tempo
     from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
@@ -524,10 +524,9 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         capped = capped_rows(params, asked, conds)  # cap_quiet, per request
         played = [played_key(c, loaded.config) if key_shift else (c, 0) for c in conds]  # and the decoder's shift
         conds, shifts = [c for c, _ in played], [s for _, s in played]
-        # requests played calm (SamplingParams.for_mood) or at the default tempo without the push
-        # (SamplingParams.for_default_tempo) sample apart from the rest, with their own guidance
-        per = [params.for_mood(names_tempo(a), a.mood).for_default_tempo(plays_default_tempo(a, loaded.config))
-               for a in asked]
+        # requests played calm or at the default tempo without the push (request_sampling) sample apart from the
+        # rest, with their own guidance
+        per = [request_sampling(params, a, loaded.config) for a in asked]
         wavs = [None] * len(chunk)
         for p_ in dict.fromkeys(per):
             idx = [j for j, q in enumerate(per) if q == p_]
