@@ -3,7 +3,7 @@
 
     python data_prep/render_music21.py --out .cache/music21-rendered [--variants 2] [--limit N] [--hours H]
         [--collections bach_chorales ryans_mammoth ...] [--ensembles guitar flute ...] [--max-seconds 150]
-        [--plan-only]
+        [--skip-pieces-in .cache/music21-rendered ...] [--plan-only]
 
 Needs what install.sh installs: music21 and mido (pip), fluidsynth and fluid-soundfont-gm
 (apt). Every track gets TRACK.flac and a TRACK.json sidecar with exact labels (style,
@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 
-from audiogen.data.render import COLLECTIONS, ENSEMBLES, MAX_SECONDS, plan_corpus, render_corpus
+from audiogen.data.render import (COLLECTIONS, ENSEMBLES, MAX_SECONDS, pieces_in, plan_corpus, render_corpus,
+                                  without_pieces)
 from audiogen.errors import AudiogenError
 
 
@@ -36,10 +37,15 @@ def main(argv=None) -> int:
                    help="stop once OUT holds H hours of audio (collections taken in turn, so any stop is varied)")
     p.add_argument("--max-seconds", type=float, default=MAX_SECONDS,
                    help="cut longer renders at this many seconds (default: %(default)s)")
+    p.add_argument("--skip-pieces-in", nargs="+", default=[], metavar="DIR",
+                   help="leave out the pieces these rendered corpora hold (in any ensemble or variant), so this "
+                        "corpus adds other music")
     p.add_argument("--plan-only", action="store_true", help="print the number of planned tracks per collection and stop")
     args = p.parse_args(argv)
     try:
         jobs = plan_corpus(args.variants, args.seed, args.collections, args.ensembles)
+        if args.skip_pieces_in:
+            jobs = without_pieces(jobs, pieces_in(args.skip_pieces_in))
         if args.plan_only:
             counts = {}
             for j in jobs:

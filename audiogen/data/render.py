@@ -162,6 +162,35 @@ def plan_corpus(variants: int = 1, seed: int = 0, collections: list[str] | None 
     return jobs
 
 
+def piece_of(job: Job) -> str:
+    """The piece a job plays, as its track's sidecar records it (``source``): the score file, and for a
+    multi-tune ABC file the tune (``music21 corpus: bach/bwv1.6.mxl``, ``... oneills/0001-0050.abc X:3``). Every
+    ensemble, tempo, transposition and variant of a score shares it."""
+    return f"music21 corpus: {job.source}" + (f" X:{job.tune}" if job.tune else "")
+
+
+def pieces_in(corpus_dirs) -> set[str]:
+    """The pieces (:func:`piece_of`) that the rendered corpora ``corpus_dirs`` hold, from their ``tracks.jsonl``."""
+    pieces = set()
+    for d in corpus_dirs:
+        listing = Path(d) / "tracks.jsonl"
+        if not listing.is_file():
+            raise AudiogenError(f"{d}: no tracks.jsonl, so not a corpus data_prep/render_music21.py finished")
+        for n, line in enumerate(listing.read_text().splitlines(), 1):
+            try:
+                pieces.add(json.loads(line)["source"])
+            except (ValueError, KeyError, TypeError):
+                raise AudiogenError(f"{listing}:{n}: not a track record (a JSON object with a 'source')") from None
+    return pieces
+
+
+def without_pieces(jobs: list[Job], pieces: set[str]) -> list[Job]:
+    """``jobs`` less those playing one of ``pieces`` (any ensemble or variant), so that a corpus rendered beside
+    others adds compositions, not new renders of theirs (a score in two corpora would put the same music on both
+    sides of a split made per corpus)."""
+    return [j for j in jobs if piece_of(j) not in pieces]
+
+
 def _abc_tune_numbers(path: Path) -> list[int]:
     """The ``X:`` numbers of an ABC file (O'Neill's files hold many tunes each)."""
     nums = []
@@ -250,7 +279,7 @@ def _prepare(score, job: Job) -> tuple[object, dict]:
         "bpm": round(bpm, 3), "beat_bpm": job.beat_bpm, "beat_quarter_length": beat_ql,
         "key": transposed_key(key_name, job.transpose), "key_source": key_source, "notated_key": key_name,
         "transpose": job.transpose, "time_signature": ts[0].ratioString if ts else None,
-        "collection": job.collection, "source": f"music21 corpus: {job.source}" + (f" X:{job.tune}" if job.tune else ""),
+        "collection": job.collection, "source": piece_of(job),
         "license": coll.license,
         "attribution": f"{coll.composer}, from the music21 corpus ({job.source}), rendered with FluidSynth and "
                        "FluidR3_GM (MIT) by audiogen",

@@ -118,3 +118,30 @@ def test_ensembles_can_be_drawn_from_a_list_of_ones_own():
         R.plan_corpus(collections=["oneills"], ensembles=["banjo"])
     with pytest.raises(Exception, match="unknown ensemble"):
         R.plan_corpus(ensembles=[])
+
+
+def test_a_corpus_can_skip_the_pieces_others_hold(tmp_path, capsys):
+    # a second corpus rendered beside the first adds other scores, not the same scores in other ensembles (the
+    # same music on both sides of a per-corpus split); premise: the skipped piece is the one rendered, in any variant
+    import importlib.util
+
+    tune = R.plan_corpus(collections=["ryans_mammoth"])[0]
+    first = tmp_path / "first"
+    assert R.render_corpus(first, [tune], progress=False, max_seconds=4.0)["rendered_now"] == 1
+    assert R.pieces_in([first]) == {R.piece_of(tune)}
+    plan = R.plan_corpus(variants=2, seed=5, collections=["ryans_mammoth"])
+    same = [j for j in plan if j.source == tune.source and j.tune == tune.tune]
+    assert sorted(j.variant for j in same) == [0, 1]  # the same piece in this plan's own draws
+    kept = R.without_pieces(plan, R.pieces_in([first]))
+    assert len(kept) == len(plan) - 2 and not [j for j in kept if R.piece_of(j) == R.piece_of(tune)]
+
+    spec = importlib.util.spec_from_file_location("render_music21", Path(__file__).parents[2] / "data_prep" /
+                                                  "render_music21.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = ["--out", str(tmp_path / "second"), "--collections", "ryans_mammoth", "--variants", "2", "--plan-only"]
+    assert cli.main(args) == 0 and cli.main([*args, "--skip-pieces-in", str(first)]) == 0
+    counts = [json.loads(line)["tracks"] for line in capsys.readouterr().out.splitlines()]
+    assert counts == [len(plan), len(plan) - 2]
+    assert cli.main([*args, "--skip-pieces-in", str(tmp_path / "missing")]) == 1
+    assert "no tracks.jsonl" in capsys.readouterr().err
