@@ -176,7 +176,7 @@ def pieces_in(corpus_dirs) -> set[str]:
         listing = Path(d) / "tracks.jsonl"
         if not listing.is_file():
             raise AudiogenError(f"{d}: no tracks.jsonl, so not a corpus data_prep/render_music21.py finished")
-        for n, line in enumerate(listing.read_text().splitlines(), 1):
+        for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 pieces.add(json.loads(line)["source"])
             except (ValueError, KeyError, TypeError):
