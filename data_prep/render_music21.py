@@ -16,6 +16,7 @@ Logic: audiogen/data/render.py.
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from audiogen.data.render import (COLLECTIONS, ENSEMBLES, MAX_SECONDS, pieces_in, plan_corpus, render_corpus,
                                   without_pieces)
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     try:
         jobs = plan_corpus(args.variants, args.seed, args.collections, args.ensembles)
         if args.skip_pieces_in:
+            if any(Path(d).resolve() == Path(args.out).resolve() for d in args.skip_pieces_in):
+                # its own pieces would leave the plan, and the listing rewritten at the end would lose them
+                raise AudiogenError("--skip-pieces-in names the output folder; name the other corpora")
             jobs = without_pieces(jobs, pieces_in(args.skip_pieces_in))
         if args.plan_only:
             counts = {}

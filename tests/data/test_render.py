@@ -145,3 +145,7 @@ def test_a_corpus_can_skip_the_pieces_others_hold(tmp_path, capsys):
     assert counts == [len(plan), len(plan) - 2]
     assert cli.main([*args, "--skip-pieces-in", str(tmp_path / "missing")]) == 1
     assert "no tracks.jsonl" in capsys.readouterr().err
+    listing = (first / "tracks.jsonl").read_text()
+    assert cli.main(["--out", str(first), "--collections", "ryans_mammoth", "--skip-pieces-in", str(first)]) == 1
+    assert "names the output folder" in capsys.readouterr().err
+    assert (first / "tracks.jsonl").read_text() == listing  # nothing rendered, nothing dropped from the listing
