@@ -179,8 +179,7 @@ def check_tuning(a4_hz: float | None) -> None:
 def plays_default_tempo(conditions: Conditions, config: dict) -> bool:
     """Whether :func:`requested_tempo` plays a request at the model's ``generation.default_bpm``: it names no
     tempo (:func:`names_tempo`) and no mood or genre with a typical tempo (:func:`label_tempo`)."""
-    by = (config.get("generation") or {}).get("default_bpm_by") or {}
-    return not names_tempo(conditions) and label_tempo(conditions, by) is None
+    return not names_tempo(conditions) and label_tempo(conditions, default_bpm_by(config)) is None
 
 
 def request_sampling(params: SamplingParams, asked: Conditions, config: dict) -> SamplingParams:
@@ -206,8 +205,7 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
     written = _tempo_in_text(conditions.text)
     if written is not None:
         return replace(conditions, bpm=written)
-    generation = config.get("generation") or {}
-    bpm = label_tempo(conditions, generation.get("default_bpm_by") or {}) or generation.get("default_bpm")
+    bpm = label_tempo(conditions, default_bpm_by(config)) or (config.get("generation") or {}).get("default_bpm")
     return replace(conditions, bpm=float(bpm)) if bpm else conditions
 
 
@@ -265,6 +263,11 @@ def played_key(conditions: Conditions, config: dict) -> tuple[Conditions, int]:
 
     text = _KEY_IN_TEXT.sub(move, conditions.text) if conditions.text else conditions.text
     return replace(conditions, key=played, text=text), -shift
+
+
+def default_bpm_by(config: dict) -> dict:
+    """A model folder's ``generation.default_bpm_by`` (``{"mood"|"genre": {label: bpm}}``; empty when it has none)."""
+    return (config.get("generation") or {}).get("default_bpm_by") or {}
 
 
 def label_tempo(conditions: Conditions, by: dict) -> float | None:
@@ -376,8 +379,7 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
         # a beat grid plays requests without a tempo at the default, or at a mood's or genre's (requested_tempo)
         "beat_grid": lm_cfg.beat_harmonics,
         "default_bpm": requested_tempo(Conditions(), config).bpm,
-        "default_bpm_by": dict((config.get("generation") or {}).get("default_bpm_by") or {})
-        if lm_cfg.beat_harmonics else {},
+        "default_bpm_by": dict(default_bpm_by(config)) if lm_cfg.beat_harmonics else {},
         "key_shift": key_shift_table(config),
     }
 
