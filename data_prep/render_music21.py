@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         jobs = plan_corpus(args.variants, args.seed, args.collections, args.ensembles)
         if args.skip_pieces_in:
             if any(Path(d).resolve() == Path(args.out).resolve() for d in args.skip_pieces_in):
-                # its own pieces would leave the plan, and the listing rewritten at the end would lose them
+                # its own pieces would leave the plan: a rerun would render other pieces, not resume
                 raise AudiogenError("--skip-pieces-in names the output folder; name the other corpora")
             jobs = without_pieces(jobs, pieces_in(args.skip_pieces_in))
         if args.plan_only:

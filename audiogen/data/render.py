@@ -176,12 +176,50 @@ def pieces_in(corpus_dirs) -> set[str]:
         listing = Path(d) / "tracks.jsonl"
         if not listing.is_file():
             raise AudiogenError(f"{d}: no tracks.jsonl, so not a corpus data_prep/render_music21.py finished")
-        for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                pieces.add(json.loads(line)["source"])
-            except (ValueError, KeyError, TypeError):
-                raise AudiogenError(f"{listing}:{n}: not a track record (a JSON object with a 'source')") from None
+        for row in listed_tracks(listing):
+            if not isinstance(row.get("source"), str):
+                raise AudiogenError(f"{listing}: the track {row['path']} has no 'source' (not a rendered score)")
+            pieces.add(row["source"])
     return pieces
+
+
+def listed_tracks(listing: Path) -> list[dict]:
+    """The track records of a corpus's ``tracks.jsonl`` (each a JSON object with at least its ``path``); a line
+    that is not one is a clear error naming the file and line."""
+    rows = []
+    for n, line in enumerate(Path(listing).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+                raise ValueError
+        except ValueError:
+            raise AudiogenError(f"{listing}:{n}: not a track record (a JSON object with a 'path')") from None
+        rows.append(row)
+    return rows
+
+
+def _listed_elsewhere(out_dir: Path, planned: set[str]) -> list[dict]:
+    """Tracks the corpus in ``out_dir`` lists that the plan ``planned`` (their paths) does not hold (a run with
+    other collections, hours or ``--skip-pieces-in``), re-read from their sidecars, each one kept while its audio
+    and current-version sidecar are there: a later run's listing must not drop what an earlier one rendered."""
+    listing = out_dir / "tracks.jsonl"
+    if not listing.is_file():
+        return []
+    kept = []
+    for row in listed_tracks(listing):
+        audio = out_dir / row["path"]
+        side = audio.with_suffix(".json")
+        if row["path"] in planned or not (audio.is_file() and side.is_file()):
+            continue
+        try:
+            labels = json.loads(side.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if labels.get("render_version") == RENDER_VERSION:
+            kept.append({"path": row["path"], **labels})
+    return kept
 
 
 def without_pieces(jobs: list[Job], pieces: set[str]) -> list[Job]:
@@ -429,7 +467,8 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
     ``limit`` new tracks are rendered or ``hours`` of audio are done in ``out_dir`` (earlier runs
     included); a failing piece is listed, not fatal.
 
-    Writes ``out_dir/tracks.jsonl`` (every finished track's labels) at the end. Returns counts.
+    Writes ``out_dir/tracks.jsonl`` (every finished track's labels) at the end: the plan's, then those an earlier
+    run listed outside this plan whose files are still there. Returns counts.
     """
     from tqdm import tqdm
 
@@ -442,7 +481,10 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
     todo = [j for j, d in zip(jobs, done) if not d]
     if limit is not None:
         todo = todo[:limit]
-    seconds = sum(_done_seconds(j, out_dir) for j, d in zip(jobs, done) if d) if hours is not None else 0.0
+    planned = {output_paths(j, out_dir)[0].relative_to(out_dir).as_posix() for j in jobs}
+    elsewhere = _listed_elsewhere(out_dir, planned)
+    seconds = sum(_done_seconds(j, out_dir) for j, d in zip(jobs, done) if d) + sum(
+        float(r.get("duration_s", 0.0)) for r in elsewhere)
     failed, rendered = [], 0
     for job in tqdm(todo, desc="render", unit="track", disable=not progress):
         if hours is not None and seconds >= hours * 3600:
@@ -457,6 +499,7 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
         audio, side = output_paths(job, out_dir)
         if is_done(job, out_dir):
             rows.append({"path": audio.relative_to(out_dir).as_posix(), **json.loads(side.read_text())})
+    rows += elsewhere
     atomic_write_text(out_dir / "tracks.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if failed:
         atomic_write_text(out_dir / "render_failures.json", json.dumps(failed, indent=1))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audiogen.data.render import Job, plan_corpus
+from audiogen.data.render import Job, listed_tracks, plan_corpus
 
 #: rendered ensemble -> the MTT tags that name it
 ENSEMBLE_TAGS = {
@@ -153,7 +153,7 @@ def corpus_rows(folder: str | Path, limit: int | None = None, seed: int = 0) -> 
     index = Path(folder) / "tracks.jsonl"
     if not index.is_file():
         raise AudiogenError(f"{index} not found: --corpus takes a folder that data_prep/render_music21.py wrote")
-    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    rows = listed_tracks(index)
     if limit is not None and limit < len(rows):
         rows = random.Random(seed).sample(rows, limit)
     return rows

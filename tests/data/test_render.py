@@ -149,3 +149,29 @@ def test_a_corpus_can_skip_the_pieces_others_hold(tmp_path, capsys):
     assert cli.main(["--out", str(first), "--collections", "ryans_mammoth", "--skip-pieces-in", str(first)]) == 1
     assert "names the output folder" in capsys.readouterr().err
     assert (first / "tracks.jsonl").read_text() == listing  # nothing rendered, nothing dropped from the listing
+
+
+def test_a_later_run_with_another_plan_keeps_what_earlier_runs_listed(tmp_path):
+    # the listing is rewritten at the end of every run: a run with other collections (or other skipped pieces) into
+    # the same folder once listed only its own plan's tracks: the label validation (--corpus) and --skip-pieces-in,
+    # which read the listing, lost the earlier ones
+    a, b = R.plan_corpus(collections=["ryans_mammoth"])[:2]
+    assert R.render_corpus(tmp_path, [a], progress=False, max_seconds=3.0)["rendered_now"] == 1
+    second = R.render_corpus(tmp_path, [b], progress=False, max_seconds=3.0)
+    assert second["rendered_now"] == 1 and second["planned"] == 1 and second["done"] == 2
+    paths = [json.loads(x)["path"] for x in (tmp_path / "tracks.jsonl").read_text(encoding="utf-8").splitlines()]
+    path_a, path_b = (R.output_paths(j, tmp_path)[0].relative_to(tmp_path).as_posix() for j in (a, b))
+    assert paths == [path_b, path_a]  # this plan's, then the earlier run's
+    rows = R.listed_tracks(tmp_path / "tracks.jsonl")
+    assert rows[1] == {"path": path_a, **json.loads(R.output_paths(a, tmp_path)[1].read_text())}
+    # --hours counts the earlier run's audio as done in the folder: nothing more to render for one track's worth
+    hours = rows[0]["duration_s"] / 3600
+    c = R.plan_corpus(collections=["ryans_mammoth"])[2]
+    assert R.render_corpus(tmp_path, [c], progress=False, hours=hours)["rendered_now"] == 0
+    # a listed track whose files are gone leaves the listing
+    R.output_paths(a, tmp_path)[0].unlink()
+    assert R.render_corpus(tmp_path, [b], progress=False)["done"] == 1
+    assert [r["path"] for r in R.listed_tracks(tmp_path / "tracks.jsonl")] == [path_b]
+    (tmp_path / "tracks.jsonl").write_text('{"path": "x.flac", "source": "s"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(Exception, match=r"tracks.jsonl:2: not a track record"):
+        R.render_corpus(tmp_path, [b], progress=False)
