@@ -135,7 +135,29 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     for part in ("lm", "conditioner", "codec"):
         if not isinstance(config.get(part), dict):
             raise AudiogenError(f"{cfg_file}: the '{part}' section is missing")
+    check_generation_section(config, cfg_file)
     return config
+
+
+#: the settings a model config's ``generation`` section may hold (read by audiogen.generation)
+GENERATION_KEYS = ("window_s", "sampling", "key_shift", "default_bpm", "default_bpm_by")
+
+
+def check_generation_section(config: dict, where) -> None:
+    """A clear error for a ``generation`` section that is not a mapping, holds a key nothing reads, or for one of
+    its settings placed at the top level of the config: each would otherwise be ignored without a word (a
+    ``sampling:`` written beside ``generation:`` leaves the model sampling as before)."""
+    gen = config.get("generation")
+    if gen is not None and not isinstance(gen, dict):
+        raise AudiogenError(f"{where}: 'generation' must be a mapping, got {gen!r}")
+    misplaced = [k for k in GENERATION_KEYS if k in config]
+    if misplaced:
+        raise AudiogenError(f"{where}: {', '.join(misplaced)} belong{'s' if len(misplaced) == 1 else ''} under "
+                            f"'generation:', not at the top level (where nothing reads them)")
+    unknown = sorted(set(gen or {}) - set(GENERATION_KEYS))
+    if unknown:
+        raise AudiogenError(f"{where}: unknown generation setting{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(map(str, unknown))} (known: {', '.join(GENERATION_KEYS)})")
 
 
 def read_model_configs(model_dir: str | os.PathLike):

@@ -508,6 +508,34 @@ def test_info_model_errors_in_one_line_and_needs_files_or_a_model(tmp_path):
     assert neither.returncode == 2 and "usage:" in neither.stderr and "--model" in neither.stderr.splitlines()[-1]
 
 
+
+def test_a_generation_setting_out_of_place_or_unknown_is_one_clear_error(tiny_model_dir, tmp_path):
+    """``sampling:`` written beside ``generation:`` (a hand edit of config.yaml) was ignored without a word, and the
+    model sampled as before; so was a misspelt generation setting. Each is one line naming the file and the key."""
+    import shutil
+
+    import yaml
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    good = yaml.safe_load((model / "config.yaml").read_text())
+    assert audiogen_cli("info", "--model", str(model)).returncode == 0  # premise: the copy loads as it is
+    for edit, expected in (
+        ({"sampling": {"cfg_scale": 1.0}}, "sampling belongs under 'generation:', not at the top level"),
+        ({"key_shift": {"C#": -1}, "default_bpm": 90.0}, "key_shift, default_bpm belong under 'generation:'"),
+        ({"generation": {**good["generation"], "sampleing": {"top_k": 5}}},
+         "unknown generation setting sampleing (known: window_s, sampling, key_shift"),
+        ({"generation": "fast"}, "'generation' must be a mapping"),
+    ):
+        (model / "config.yaml").write_text(yaml.safe_dump({**good, **edit}))
+        for args in (("info", "--model", str(model)),
+                     ("generate", "calm", "--duration", "1", "--out", str(tmp_path / "x.wav"), "--model", str(model))):
+            r = audiogen_cli(*args)
+            assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+            (line,) = r.stderr.strip().splitlines()
+            assert str(model / "config.yaml") in line and expected in line
+        assert not (tmp_path / "x.wav").exists()
+
 def test_generate_help_explains_every_option_with_its_default():
     import argparse
 
