@@ -48,6 +48,10 @@ def main() -> int:
     ap.add_argument("--offbeat-below", type=float, default=None, metavar="BPM",
                     help="below this tempo beat guidance contrasts with the grid half a beat late, not with no "
                          "grid (0 = never; default: the model's recommendation)")
+    ap.add_argument("--default-tempo-push", choices=("on", "off"), default=None,
+                    help="whether requests that name no tempo (key, instruments: played at the model's default "
+                         "tempo) get the beat push (default: the model's recommendation, its generation.sampling "
+                         "beat_push_default_tempo; on where --beat-guidance is given)")
     ap.add_argument("--attributes", nargs="+", default=None, choices=ATTRIBUTES, metavar="ATTR",
                     help=f"measure only these ({', '.join(ATTRIBUTES)}; default: all of them)")
     ap.add_argument("--seed", type=int, default=0)
@@ -60,7 +64,9 @@ def main() -> int:
                                   device=a.device, beat_guidance=a.beat_guidance, top_k=a.top_k,
                                   offbeat_below_bpm=a.offbeat_below, attributes=a.attributes,
                                   label_guidance=a.label_guidance, label_guidance_hold_s=a.label_guidance_hold,
-                                  label_guidance_fade_s=a.label_guidance_fade, key_shift=a.key_shift)
+                                  label_guidance_fade_s=a.label_guidance_fade, key_shift=a.key_shift,
+                                  beat_push_default_tempo=None if a.default_tempo_push is None
+                                  else a.default_tempo_push == "on")
     except AudiogenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -393,7 +393,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
                      beat_guidance: float | None = None, offbeat_below_bpm: float | None = None,
                      attributes=None, label_guidance: float | None = None,
                      label_guidance_hold_s: float | None = None, label_guidance_fade_s: float | None = None,
-                     key_shift: bool = True) -> dict:
+                     key_shift: bool = True, beat_push_default_tempo: bool | None = None) -> dict:
     """Generate each attribute's plan (:func:`plan_requests`, ``clips`` per attribute) at each guidance
     scale, measure it, and write ``out_dir/clips/cfg<S>/<attr>_<i>.wav``, ``out_dir/adherence.json``,
     ``out_dir/adherence.md`` and (with matplotlib) figures. Without ``data_dir``, genre and mood are
@@ -402,8 +402,9 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     ``label_guidance``, ``label_guidance_hold_s`` and ``label_guidance_fade_s`` (a model with attribute slots): None
     takes the model's recommendation (its config's ``generation.sampling``), as generate does; ``key_shift``: key
     requests played as generate plays them (the model's ``generation.key_shift``), False as the model learned them
-    (generate --no-key-shift). ``attributes``:
-    measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
+    (generate --no-key-shift); ``beat_push_default_tempo``: whether requests that name no tempo (played at the
+    model's default tempo: key, instruments) get the beat push (None: the model's recommendation, or yes where
+    ``beat_guidance`` is given). ``attributes``: measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
     import json
     import time
 
@@ -438,7 +439,8 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     sampling = SamplingParams.for_model(loaded.config, top_k=top_k, beat_guidance=beat_guidance,
                                         offbeat_below_bpm=offbeat_below_bpm, label_guidance=label_guidance,
                                         label_guidance_hold_s=label_guidance_hold_s,
-                                        label_guidance_fade_s=label_guidance_fade_s)
+                                        label_guidance_fade_s=label_guidance_fade_s,
+                                        beat_push_default_tempo=beat_push_default_tempo)
     sampling.validate()
     from audiogen.generation.pipeline import check_guidance, key_shift_table
 

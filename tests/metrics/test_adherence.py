@@ -258,6 +258,40 @@ def test_attributes_limits_the_report_to_those_asked(tiny_setup, tmp_path):
         A.adherence_report(model, None, None, tmp_path / "o", attributes=["timbre"])
 
 
+
+def test_the_cli_turns_the_default_tempo_push_off_and_on_over_the_models_recommendation(tiny_setup, tmp_path,
+                                                                                       monkeypatch):
+    """``--default-tempo-push off`` measures a model as if its config said ``beat_push_default_tempo: false`` (no
+    edited copy of the model folder), ``on`` the reverse; the clips are sampled with it and the report says so."""
+    import importlib.util
+
+    model, _, _ = tiny_setup
+    spec = importlib.util.spec_from_file_location("adherence_cli", REPO / "eval" / "adherence.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    used = []
+    generate_scale = A._generate_scale
+
+    def spy(loaded, plans, todo, params, *args):
+        used.append(params.beat_push_default_tempo)
+        return generate_scale(loaded, plans, todo, params, *args)
+
+    monkeypatch.setattr(A, "_generate_scale", spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for flag, expected in (("off", False), ("on", True), (None, True)):  # the tiny model recommends nothing
+            out = tmp_path / f"r_{flag}"
+            args = ["--model", str(model), "--out", str(out), "--attributes", "instruments", "--clips", "1",
+                    "--seconds", "1", "--cfg", "2", "--quiet", *(["--default-tempo-push", flag] if flag else [])]
+            monkeypatch.setattr(sys, "argv", ["adherence.py", *args])
+            assert cli.main() == 0
+            assert used[-1] is expected
+            assert json.loads((out / "adherence.json").read_text())["beat_push_default_tempo"] is expected
+    finally:
+        torch.set_num_threads(threads)
+    assert len(used) == 3  # premise: each run sampled its clips through the spied path
+
 def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):
     model, _, audio = tiny_setup
     p = subprocess.run([sys.executable, str(REPO / "eval" / "adherence.py"), "--model", str(model), "--data",
