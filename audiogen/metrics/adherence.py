@@ -404,7 +404,8 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
     requests played as generate plays them (the model's ``generation.key_shift``), False as the model learned them
     (generate --no-key-shift); ``beat_push_default_tempo``: whether requests that name no tempo (played at the
     model's default tempo: key, instruments) get the beat push (None: the model's recommendation, or yes where
-    ``beat_guidance`` is given). ``attributes``: measure only these of :data:`ATTRIBUTES` (None: all), the others reported as not asked. Returns the report."""
+    ``beat_guidance`` is given). ``attributes``: measure only these of :data:`ATTRIBUTES` (None: all), the others
+    reported as not asked. Returns the report."""
     import json
     import time
 
