@@ -483,8 +483,10 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
         todo = todo[:limit]
     planned = {output_paths(j, out_dir)[0].relative_to(out_dir).as_posix() for j in jobs}
     elsewhere = _listed_elsewhere(out_dir, planned)
-    seconds = sum(_done_seconds(j, out_dir) for j, d in zip(jobs, done) if d) + sum(
-        float(r.get("duration_s", 0.0)) for r in elsewhere)
+    seconds = 0.0
+    if hours is not None:  # the audio done in out_dir: this plan's and what earlier runs listed outside it
+        seconds = sum(_done_seconds(j, out_dir) for j, d in zip(jobs, done) if d) + sum(
+            float(r.get("duration_s", 0.0)) for r in elsewhere)
     failed, rendered = [], 0
     for job in tqdm(todo, desc="render", unit="track", disable=not progress):
         if hours is not None and seconds >= hours * 3600:
