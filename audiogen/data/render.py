@@ -209,15 +209,8 @@ def _listed_elsewhere(out_dir: Path, planned: set[str]) -> list[dict]:
         return []
     kept = []
     for row in listed_tracks(listing):
-        audio = out_dir / row["path"]
-        side = audio.with_suffix(".json")
-        if row["path"] in planned or not (audio.is_file() and side.is_file()):
-            continue
-        try:
-            labels = json.loads(side.read_text(encoding="utf-8"))
-        except ValueError:
-            continue
-        if labels.get("render_version") == RENDER_VERSION:
+        labels = None if row["path"] in planned else _finished_labels(out_dir / row["path"])
+        if labels is not None:
             kept.append({"path": row["path"], **labels})
     return kept
 
@@ -401,14 +394,21 @@ def output_paths(job: Job, out_dir: Path) -> tuple[Path, Path]:
     return audio, audio.with_suffix(".json")
 
 
-def is_done(job: Job, out_dir: Path) -> bool:
-    audio, side = output_paths(job, out_dir)
+def _finished_labels(audio: Path) -> dict | None:
+    """The labels of the finished track ``audio`` (its ``.json`` sidecar, of this :data:`RENDER_VERSION`); None
+    while the audio or sidecar is missing, unreadable or of another version."""
+    side = audio.with_suffix(".json")
     if not (audio.is_file() and side.is_file()):
-        return False
+        return None
     try:
-        return json.loads(side.read_text()).get("render_version") == RENDER_VERSION
+        labels = json.loads(side.read_text(encoding="utf-8"))
     except ValueError:
-        return False
+        return None
+    return labels if isinstance(labels, dict) and labels.get("render_version") == RENDER_VERSION else None
+
+
+def is_done(job: Job, out_dir: Path) -> bool:
+    return _finished_labels(output_paths(job, out_dir)[0]) is not None
 
 
 def render_job(job: Job, out_dir: str | Path, max_seconds: float = MAX_SECONDS) -> dict:
@@ -498,9 +498,10 @@ def render_corpus(out_dir: str | Path, jobs: list[Job], limit: int | None = None
             failed.append({"source": job.source, "tune": job.tune, "error": f"{type(e).__name__}: {e}"[:300]})
     rows = []
     for job in jobs:
-        audio, side = output_paths(job, out_dir)
-        if is_done(job, out_dir):
-            rows.append({"path": audio.relative_to(out_dir).as_posix(), **json.loads(side.read_text())})
+        audio = output_paths(job, out_dir)[0]
+        labels = _finished_labels(audio)
+        if labels is not None:
+            rows.append({"path": audio.relative_to(out_dir).as_posix(), **labels})
     rows += elsewhere
     atomic_write_text(out_dir / "tracks.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if failed:

@@ -508,7 +508,6 @@ def test_info_model_errors_in_one_line_and_needs_files_or_a_model(tmp_path):
     assert neither.returncode == 2 and "usage:" in neither.stderr and "--model" in neither.stderr.splitlines()[-1]
 
 
-
 def test_a_generation_setting_out_of_place_or_unknown_is_one_clear_error(tiny_model_dir, tmp_path):
     """``sampling:`` written beside ``generation:`` (a hand edit of config.yaml) was ignored without a word, and the
     model sampled as before; so was a misspelt generation setting. Each is one line naming the file and the key."""
@@ -535,6 +534,7 @@ def test_a_generation_setting_out_of_place_or_unknown_is_one_clear_error(tiny_mo
             (line,) = r.stderr.strip().splitlines()
             assert str(model / "config.yaml") in line and expected in line
         assert not (tmp_path / "x.wav").exists()
+
 
 def test_generate_help_explains_every_option_with_its_default():
     import argparse

@@ -258,7 +258,6 @@ def test_attributes_limits_the_report_to_those_asked(tiny_setup, tmp_path):
         A.adherence_report(model, None, None, tmp_path / "o", attributes=["timbre"])
 
 
-
 def test_the_cli_turns_the_default_tempo_push_off_and_on_over_the_models_recommendation(tiny_setup, tmp_path,
                                                                                        monkeypatch):
     """``--default-tempo-push off`` measures a model as if its config said ``beat_push_default_tempo: false`` (no
@@ -291,6 +290,7 @@ def test_the_cli_turns_the_default_tempo_push_off_and_on_over_the_models_recomme
     finally:
         torch.set_num_threads(threads)
     assert len(used) == 3  # premise: each run sampled its clips through the spied path
+
 
 def test_the_cli_reports_a_bad_dataset_in_one_line(tiny_setup, tmp_path):
     model, _, audio = tiny_setup
