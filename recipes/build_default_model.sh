@@ -10,6 +10,8 @@
 #       not the shipped model: docs/codec_training.md, "The A440 grid under an LM"), built into runs/ only
 #   TRANSPOSE="-2 -1 1 2" CODEC=pitch bash recipes/build_default_model.sh  # LM on key-augmented rows (mel codecs;
 #       not the shipped model: docs/adherence.md, "Key augmentation"), built into runs/ only
+#   MORE_SCORES=1 DROP_HELD=1 bash recipes/build_default_model.sh  # 3.2 h more scores, the recordings' rows that hold
+#       one chord left out, two LM cycles (docs/training.md, "Rows that hold one chord"), built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
@@ -51,6 +53,10 @@ case "$CODEC_KIND" in
 esac
 CODEC_CONFIG=${CODEC_KIND%440}  # pitch440: codec_pitch.yaml with its semitone bands on the A440 notes
 FIT_EXTRA=""; [ "$CODEC_KIND" = pitch440 ] && FIT_EXTRA="codec.pitch_tuning_hz=440"
+if [ -n "${TRANSPOSE:-}" ] && [ -n "${MORE_SCORES:-}${DROP_HELD:-}" ]; then
+  echo "TRANSPOSE does not combine with MORE_SCORES or DROP_HELD (it transposes the recipe's three datasets only)" >&2
+  exit 2
+fi
 
 python3 -m audiogen.data.debian_music --packages singularity-music warzone2100-music wesnoth-1.16-music --out "$MUSIC"
 # rendered public-domain scores: the mel codec's post-filter learns from them too (codec_pitch.yaml), and the
@@ -100,6 +106,27 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
         --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
   done
   MIX="extra_data_dirs=[$REN,$EXTRA] data_weights=[0.7,0.2,0.1]"
+  if [ -n "${MORE_SCORES:-}" ]; then  # 3.2 h more scores, none of them in the two corpora above (not in the shipped
+    # model; docs/training.md, "More scores"): chorales, Palestrina, Monteverdi, quartets; then fiddle tunes. With them a
+    # third (dropout) cycle overfits, so the LM is the first two cycles
+    python3 data_prep/render_music21.py --out .cache/music21-more-a --hours 2 \
+        --collections bach_chorales palestrina monteverdi string_quartets joplin \
+        --skip-pieces-in .cache/music21-rendered .cache/music21-extra
+    python3 data_prep/render_music21.py --out .cache/music21-more-b --hours 1.2 --collections ryans_mammoth oneills \
+        --skip-pieces-in .cache/music21-rendered .cache/music21-extra
+    for pair in "music21-more-a ${REN}_more_a" "music21-more-b ${REN}_more_b"; do
+      set -- $pair
+      python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
+          --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
+    done
+    MIX="extra_data_dirs=[$REN,$EXTRA,${REN}_more_a,${REN}_more_b] data_weights=[0.65,0.1,0.07,0.1,0.08]"
+    LM_DROPOUT=""; LM_OUT=${LM_OUT}_more
+  fi
+  if [ -n "${DROP_HELD:-}" ]; then  # the recordings' train rows that hold one chord for their 10 s left out (a quarter
+    # of them; not in the shipped model; docs/training.md, "Rows that hold one chord"); valid as it was
+    [ -d "${DATA}_nd" ] || python3 data_prep/drop_held_rows.py "$DATA" --audio-dir "$MUSIC" --out "${DATA}_nd" --no-progress
+    DATA=${DATA}_nd; LM_OUT=${LM_OUT}_nd
+  fi
   if [ -n "${TRANSPOSE:-}" ]; then  # key augmentation (not in the shipped model): every train row again at each of
     # $TRANSPOSE semitones, e.g. TRANSPOSE="-2 -1 1 2" (minutes; docs/adherence.md, "Key augmentation"); valid as it was
     for d in "$DATA" "$REN" "$EXTRA"; do
@@ -130,8 +157,8 @@ fi
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
     --work "$LM_OUT/report" --json "$LM_OUT/report/report.json" --figure "$LM_OUT/report/spectrograms.png"
 
-# 5. ship it (the pitch build without TRANSPOSE only: see above)
-[ "$CODEC_KIND" = pitch ] && [ -z "${TRANSPOSE:-}" ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
+# 5. ship it (the pitch build without TRANSPOSE, MORE_SCORES or DROP_HELD only: see above)
+[ "$CODEC_KIND" = pitch ] && [ -z "${TRANSPOSE:-}${MORE_SCORES:-}${DROP_HELD:-}" ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
 rm -rf audiogen/default_model.new && cp -r "$LM_OUT/model" audiogen/default_model.new
 cp audiogen/default_model/MODEL_CARD.md audiogen/default_model/ATTRIBUTION.md audiogen/default_model.new/ 2>/dev/null || true
 rm -rf audiogen/default_model && mv audiogen/default_model.new audiogen/default_model

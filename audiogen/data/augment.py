@@ -22,10 +22,8 @@ copied as it is, so held-out figures stay comparable with the source's.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +143,8 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, sem
     from collections import Counter
 
     from audiogen.codec.base import load_tokenizing_codec
-    from audiogen.data.loader import dataset_codec, load_prepared
-    from audiogen.progress import datasets_bars, progress_bar
+    from audiogen.data.loader import dataset_codec, load_prepared, save_derived
+    from audiogen.progress import progress_bar
 
     src, out = Path(data_dir), Path(out_dir)
     shifts = sorted({int(s) for s in semitones} - {0})
@@ -169,14 +167,7 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, sem
                 rows_out.extend(moved)
             bar.update(len(chunk) * len(shifts))
     new_train = datasets.Dataset.from_list(rows_out, features=train.features)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with datasets_bars(progress):
-        datasets.DatasetDict({"train": new_train, "valid": dd["valid"]}).save_to_disk(str(partial))
-    config = json.loads((src / "prep_config.json").read_text()) if (src / "prep_config.json").is_file() else {}
-    config["augment"] = {"from": str(src), "transpose_semitones": shifts}
-    (partial / "prep_config.json").write_text(json.dumps(config, indent=2))
-    partial.rename(out)
+    save_derived(new_train, src, out, {"augment": {"from": str(src), "transpose_semitones": shifts}}, progress)
     return {"rows_in": len(train), "rows_out": len(new_train), "semitones": shifts,
             "keys_before": dict(Counter(train["key"]).most_common()),
             "keys_after": dict(Counter(new_train["key"]).most_common())}
