@@ -100,11 +100,12 @@ MIX=""
 if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
   REN=.cache/data_rendered; EXTRA=.cache/data_extra  # each codec's tokens in their own folders
   [ "$CODEC_KIND" = melvq ] || { REN=.cache/data_${CODEC_KIND}_ren; EXTRA=.cache/data_${CODEC_KIND}_extra; }
-  for pair in "music21-rendered $REN" "music21-extra $EXTRA"; do
-    set -- $pair
+  prep_renders() {  # a rendered corpus under .cache ($1) tokenized into $2 as the recordings are
     python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
         --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
-  done
+  }
+  prep_renders music21-rendered "$REN"
+  prep_renders music21-extra "$EXTRA"
   MIX="extra_data_dirs=[$REN,$EXTRA] data_weights=[0.7,0.2,0.1]"
   if [ -n "${MORE_SCORES:-}" ]; then  # 3.2 h more scores, none of them in the two corpora above (not in the shipped
     # model; docs/training.md, "More scores"): chorales, Palestrina, Monteverdi, quartets; then fiddle tunes. With them a
@@ -114,11 +115,8 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
         --skip-pieces-in .cache/music21-rendered .cache/music21-extra
     python3 data_prep/render_music21.py --out .cache/music21-more-b --hours 1.2 --collections ryans_mammoth oneills \
         --skip-pieces-in .cache/music21-rendered .cache/music21-extra
-    for pair in "music21-more-a ${REN}_more_a" "music21-more-b ${REN}_more_b"; do
-      set -- $pair
-      python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
-          --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]
-    done
+    prep_renders music21-more-a "${REN}_more_a"
+    prep_renders music21-more-b "${REN}_more_b"
     MIX="extra_data_dirs=[$REN,$EXTRA,${REN}_more_a,${REN}_more_b] data_weights=[0.65,0.1,0.07,0.1,0.08]"
     LM_DROPOUT=""; LM_OUT=${LM_OUT}_more
   fi

@@ -40,8 +40,9 @@ def save_derived(train, source_dir: str | os.PathLike, out_dir: str | os.PathLik
     """Write ``out_dir``: a dataset derived from the prepared ``source_dir`` (``train``, a ``datasets.Dataset``,
     and the source's valid split as it is), atomically (a ``.partial`` folder renamed at the end), with the
     source's ``prep_config.json`` plus ``record`` (what was done, e.g. ``{"augment": {...}}``)."""
-    import datasets
     import shutil
+
+    import datasets
 
     from audiogen.progress import datasets_bars
 
