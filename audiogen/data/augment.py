@@ -167,7 +167,8 @@ def augment_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, sem
                 rows_out.extend(moved)
             bar.update(len(chunk) * len(shifts))
     new_train = datasets.Dataset.from_list(rows_out, features=train.features)
-    save_derived(new_train, src, out, {"augment": {"from": str(src), "transpose_semitones": shifts}}, progress)
+    save_derived(new_train, dd["valid"], src, out, {"augment": {"from": str(src), "transpose_semitones": shifts}},
+                 progress)
     return {"rows_in": len(train), "rows_out": len(new_train), "semitones": shifts,
             "keys_before": dict(Counter(train["key"]).most_common()),
             "keys_after": dict(Counter(new_train["key"]).most_common())}

@@ -84,10 +84,13 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     moves = row_movements(src, audio_dir, "train", progress)
     held = {rid for rid, m in moves.items() if m < line}  # NaN compares False: unmeasured rows are kept
     train = dd["train"]
-    keep = [i for i, rid in enumerate(train["id"]) if rid not in held]
+    keep, dropped_by = [], Counter()
+    for i, row in enumerate(train.select_columns(["id", "source"])):
+        if row["id"] in held:
+            dropped_by[row["source"].split("/")[0]] += 1
+        else:
+            keep.append(i)
     measured = np.array([m for m in moves.values() if not math.isnan(m)])
-    sources = train.select_columns(["id", "source"])
-    dropped_by = Counter(r["source"].split("/")[0] for r in sources if r["id"] in held)
     summary = {"rows_in": len(train), "rows_out": len(keep), "left_out": len(held), "min_movement": line,
                "unmeasured_kept": int(len(moves) - len(measured)),
                "movement_quartiles": [round(float(q), 4) for q in np.percentile(measured, [25, 50, 75])]
@@ -97,6 +100,6 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         return summary
     if not keep:
         raise AudiogenError(f"every train row of {src} moves less than {line}: nothing would be left to train on")
-    save_derived(train.select(keep), src, out,
+    save_derived(train.select(keep), dd["valid"], src, out,
                  {"curate": {"from": str(src), "left_out_held_rows_under": line, "rows_left_out": len(held)}}, progress)
     return summary

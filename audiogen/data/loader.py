@@ -35,11 +35,11 @@ from audiogen.models.conditioning import ATTRIBUTES, Conditions, ConditionerConf
 CONDITION_COLUMNS = ("caption", *(a.name for a in ATTRIBUTES))
 
 
-def save_derived(train, source_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict,
+def save_derived(train, valid, source_dir: str | os.PathLike, out_dir: str | os.PathLike, record: dict,
                  progress: bool = True) -> None:
-    """Write ``out_dir``: a dataset derived from the prepared ``source_dir`` (``train``, a ``datasets.Dataset``,
-    and the source's valid split as it is), atomically (a ``.partial`` folder renamed at the end), with the
-    source's ``prep_config.json`` plus ``record`` (what was done, e.g. ``{"augment": {...}}``)."""
+    """Write ``out_dir``: a dataset derived from the prepared ``source_dir`` (its ``train`` and ``valid`` splits,
+    ``datasets.Dataset`` each), atomically (a ``.partial`` folder renamed at the end), with the source's
+    ``prep_config.json`` plus ``record`` (what was done, e.g. ``{"augment": {...}}``)."""
     import shutil
 
     import datasets
@@ -50,7 +50,7 @@ def save_derived(train, source_dir: str | os.PathLike, out_dir: str | os.PathLik
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     with datasets_bars(progress):
-        datasets.DatasetDict({"train": train, "valid": load_prepared(src)["valid"]}).save_to_disk(str(partial))
+        datasets.DatasetDict({"train": train, "valid": valid}).save_to_disk(str(partial))
     config = json.loads((src / "prep_config.json").read_text()) if (src / "prep_config.json").is_file() else {}
     config.update(record)
     (partial / "prep_config.json").write_text(json.dumps(config, indent=2))
