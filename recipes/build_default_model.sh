@@ -12,6 +12,8 @@
 #       not the shipped model: docs/adherence.md, "Key augmentation"), built into runs/ only
 #   MORE_SCORES=1 DROP_HELD=1 bash recipes/build_default_model.sh  # 3.2 h more scores, the recordings' rows that hold
 #       one chord left out, two LM cycles (docs/training.md, "Rows that hold one chord"), built into runs/ only
+#   MORE_SCORES=1 DROP_HELD=1 HELD_WEIGHT=0.4 bash recipes/build_default_model.sh  # the same with those rows sampled
+#       0.4 times as often as the others instead of never (docs/training.md, "Rows that hold one chord"), runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
@@ -53,6 +55,12 @@ case "$CODEC_KIND" in
 esac
 CODEC_CONFIG=${CODEC_KIND%440}  # pitch440: codec_pitch.yaml with its semitone bands on the A440 notes
 FIT_EXTRA=""; [ "$CODEC_KIND" = pitch440 ] && FIT_EXTRA="codec.pitch_tuning_hz=440"
+if [ -n "${HELD_WEIGHT:-}" ]; then  # measured with the more scores only; a weight of 0 is DROP_HELD, 1 neither
+  [ -n "${MORE_SCORES:-}" ] && [ -n "${DROP_HELD:-}" ] \
+      || { echo "HELD_WEIGHT needs MORE_SCORES=1 DROP_HELD=1" >&2; exit 2; }
+  python3 -c "import sys; w = float(sys.argv[1]); sys.exit(not 0 < w < 1)" "$HELD_WEIGHT" 2>/dev/null \
+      || { echo "HELD_WEIGHT=$HELD_WEIGHT: give a number between 0 and 1 (0.4 measured)" >&2; exit 2; }
+fi
 if [ -n "${TRANSPOSE:-}" ] && [ -n "${MORE_SCORES:-}${DROP_HELD:-}" ]; then
   echo "TRANSPOSE does not combine with MORE_SCORES or DROP_HELD (it transposes the recipe's three datasets only)" >&2
   exit 2
@@ -121,9 +129,20 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
     LM_DROPOUT=""; LM_OUT=${LM_OUT}_more
   fi
   if [ -n "${DROP_HELD:-}" ]; then  # the recordings' train rows that hold one chord for their 10 s left out (a quarter
-    # of them; not in the shipped model; docs/training.md, "Rows that hold one chord"); valid as it was
-    [ -d "${DATA}_nd" ] || python3 data_prep/drop_held_rows.py "$DATA" --audio-dir "$MUSIC" --out "${DATA}_nd" --no-progress
-    DATA=${DATA}_nd; LM_OUT=${LM_OUT}_nd
+    # of them; not in the shipped model; docs/training.md, "Rows that hold one chord"); valid as it was. With
+    # HELD_WEIGHT=w (0 < w < 1) they are mixed back as a dataset of their own, each sampled w times as often as a
+    # moving row (the recordings' share of the samples as it was)
+    [ -d "${DATA}_nd" ] || python3 data_prep/drop_held_rows.py "$DATA" --audio-dir "$MUSIC" --out "${DATA}_nd" \
+        --held-out "${DATA}_held" --no-progress
+    if [ -n "${HELD_WEIGHT:-}" ]; then
+      [ -d "${DATA}_held" ] || { echo "HELD_WEIGHT: ${DATA}_held is missing; remove ${DATA}_nd and rerun" >&2; exit 2; }
+      W=$(python3 -c "import sys; from audiogen.data.loader import load_prepared
+w, share, (a, b) = float(sys.argv[1]), float(sys.argv[2]), [len(load_prepared(d)['train']) for d in sys.argv[3:]]
+print('%.4f,%.4f' % (share * a / (a + w * b), share * w * b / (a + w * b)))" \
+          "$HELD_WEIGHT" 0.65 "${DATA}_nd" "${DATA}_held")
+      MIX="extra_data_dirs=[${DATA}_held,$REN,$EXTRA,${REN}_more_a,${REN}_more_b] data_weights=[$W,0.1,0.07,0.1,0.08]"
+    fi
+    DATA=${DATA}_nd; LM_OUT=${LM_OUT}_${HELD_WEIGHT:+hw}nd
   fi
   if [ -n "${TRANSPOSE:-}" ]; then  # key augmentation (not in the shipped model): every train row again at each of
     # $TRANSPOSE semitones, e.g. TRANSPOSE="-2 -1 1 2" (minutes; docs/adherence.md, "Key augmentation"); valid as it was

@@ -64,11 +64,14 @@ def row_movements(data_dir: str | os.PathLike, audio_dir: str | os.PathLike, spl
 
 
 def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None, audio_dir: str | os.PathLike,
-                   min_movement: float | None = None, progress: bool = True) -> dict:
+                   min_movement: float | None = None, progress: bool = True,
+                   held_dir: str | os.PathLike | None = None) -> dict:
     """Write ``out_dir``: ``data_dir``'s prepared dataset without the train rows whose harmonic movement is under
     ``min_movement`` (default: the held-chord line, 0.017), the valid split as it was, atomically (a ``.partial``
-    folder renamed at the end). ``out_dir`` None writes nothing (the summary alone). Returns a summary: rows in and
-    out, the movement's quartiles, and the rows left out per source folder (its first path part)."""
+    folder renamed at the end). ``held_dir``, if given, gets the rows left out the same way (train: those rows
+    alone; valid as it was), to mix back at a lower weight (``data_weights``). ``out_dir`` None writes nothing
+    (the summary alone). Returns a summary: rows in and out, the movement's quartiles, and the rows left out per
+    source folder (its first path part)."""
     from audiogen.data.loader import load_prepared, save_derived
     from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT
 
@@ -78,16 +81,23 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
                             f"{HELD_CHORD_MOVEMENT})")
     src = Path(data_dir)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists():
-        raise AudiogenError(f"{out} exists; remove it or choose another --out")
+    held_out = Path(held_dir) if held_dir is not None else None
+    if held_out is not None and out is None:
+        raise AudiogenError("--held-out needs --out: the held rows are written beside the dataset without them")
+    for folder, flag in ((out, "--out"), (held_out, "--held-out")):
+        if folder is not None and folder.exists():
+            raise AudiogenError(f"{folder} exists; remove it or choose another {flag}")
+    if out is not None and out == held_out:
+        raise AudiogenError(f"--out and --held-out are both {out}: give two folders")
     dd = load_prepared(src)
     moves = row_movements(src, audio_dir, "train", progress)
     held = {rid for rid, m in moves.items() if m < line}  # NaN compares False: unmeasured rows are kept
     train = dd["train"]
-    keep, dropped_by = [], Counter()
+    keep, left, dropped_by = [], [], Counter()
     for i, row in enumerate(train.select_columns(["id", "source"])):
         if row["id"] in held:
             dropped_by[row["source"].split("/")[0]] += 1
+            left.append(i)
         else:
             keep.append(i)
     measured = np.array([m for m in moves.values() if not math.isnan(m)])
@@ -100,6 +110,12 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         return summary
     if not keep:
         raise AudiogenError(f"every train row of {src} moves less than {line}: nothing would be left to train on")
+    if held_out is not None and not left:
+        raise AudiogenError(f"no train row of {src} moves less than {line}: --held-out would be empty")
+    record = {"from": str(src), "held_rows_under": line}
     save_derived(train.select(keep), dd["valid"], src, out,
-                 {"curate": {"from": str(src), "left_out_held_rows_under": line, "rows_left_out": len(held)}}, progress)
+                 {"curate": {**record, "train_rows": "moving", "rows_left_out": len(left)}}, progress)
+    if held_out is not None:
+        save_derived(train.select(left), dd["valid"], src, held_out,
+                     {"curate": {**record, "train_rows": "held", "rows_kept": len(left)}}, progress)
     return summary

@@ -79,10 +79,19 @@ def test_held_rows_are_left_out_and_the_rest_kept_as_it_was(corpus, tmp_path):
     assert config["segment_s"] == 10.0 and config["curate"]["rows_left_out"] == 2
     assert not (tmp_path / "curated.partial").exists()
 
+    # the held rows as a dataset of their own, beside the copy without them, to mix back at a lower weight
+    summary2 = drop_held_rows(data, tmp_path / "moving", audio, progress=False, held_dir=tmp_path / "held")
+    assert summary2 == summary
+    held = datasets.load_from_disk(str(tmp_path / "held"))
+    assert held["train"]["id"] == ["drone-a", "drone-b"] and held["valid"]["id"] == src["valid"]["id"]
+    assert held["train"][0]["codes"] == src["train"][0]["codes"] and held["train"][0]["genre"] == "ambient"
+    assert datasets.load_from_disk(str(tmp_path / "moving"))["train"]["id"] == got["train"]["id"]
+    assert json.loads((tmp_path / "held" / "prep_config.json").read_text())["curate"]["train_rows"] == "held"
+
     # a stricter line leaves out the moving row too; the report alone writes nothing
     report = drop_held_rows(data, None, audio, min_movement=0.99, progress=False)
     assert report["left_out"] == 3 and report["rows_out"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "curated", "data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "curated", "data", "held", "moving"]
 
 
 def test_bad_requests_are_one_clear_error_and_write_nothing(corpus, tmp_path, tiny_codec):
@@ -93,6 +102,12 @@ def test_bad_requests_are_one_clear_error_and_write_nothing(corpus, tmp_path, ti
         drop_held_rows(data, out, audio, progress=False)
     with pytest.raises(AudiogenError, match="between 0 and 1"):
         drop_held_rows(data, tmp_path / "o2", audio, min_movement=-1, progress=False)
+    with pytest.raises(AudiogenError, match="--held-out needs --out"):
+        drop_held_rows(data, None, audio, progress=False, held_dir=tmp_path / "o5")
+    with pytest.raises(AudiogenError, match="exists; remove it or choose another --held-out"):
+        drop_held_rows(data, tmp_path / "o6", audio, progress=False, held_dir=out)
+    with pytest.raises(AudiogenError, match="give two folders"):
+        drop_held_rows(data, tmp_path / "o7", audio, progress=False, held_dir=tmp_path / "o7")
     with pytest.raises(AudiogenError, match="drone.wav.*source is not there"):
         drop_held_rows(data, tmp_path / "o3", tmp_path, progress=False)  # not the folder prep read
     pads = save_rows_dataset(tmp_path / "pads", tiny_codec, [
@@ -100,7 +115,12 @@ def test_bad_requests_are_one_clear_error_and_write_nothing(corpus, tmp_path, ti
         for s, split in ((0.0, "train"), (10.0, "train"), (5.0, "valid"))])
     with pytest.raises(AudiogenError, match="nothing would be left"):
         drop_held_rows(pads, tmp_path / "o4", audio, progress=False)
-    assert not any((tmp_path / n).exists() for n in ("o2", "o3", "o4", "o4.partial"))
+    moving = save_rows_dataset(tmp_path / "moving", tiny_codec, [
+        dict(source="tunes/tune.wav", start_s=s, duration_s=10.0, split=split)
+        for s, split in ((0.0, "train"), (5.0, "valid"))])
+    with pytest.raises(AudiogenError, match="--held-out would be empty"):
+        drop_held_rows(moving, tmp_path / "o8", audio, progress=False, held_dir=tmp_path / "o9")
+    assert not any((tmp_path / n).exists() for n in ("o2", "o3", "o4", "o4.partial", "o5", "o6", "o7", "o8", "o9"))
 
 
 def test_the_cli_reports_and_refuses_in_one_line(corpus, tmp_path):
