@@ -10,8 +10,8 @@ the line the generated-audio checks use). Without --out it prints how many rows 
 stops; with --out it writes the dataset again without them (codes and labels as they were; the valid
 split copied as it is, so held-out figures stay comparable); --held-out writes the rows left out as a
 dataset of their own beside it, to mix back at a lower weight (extra_data_dirs, data_weights). Prints a
-JSON summary. Then train on OUT_DIR as on any prepared dataset. Logic: audiogen/data/curate.py; why: docs/training.md, "Rows that hold one
-chord".
+JSON summary. Then train on OUT_DIR as on any prepared dataset. Logic: audiogen/data/curate.py; why:
+docs/training.md, "Rows that hold one chord".
 """
 
 import argparse
