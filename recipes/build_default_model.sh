@@ -125,7 +125,8 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
         --skip-pieces-in .cache/music21-rendered .cache/music21-extra
     prep_renders music21-more-a "${REN}_more_a"
     prep_renders music21-more-b "${REN}_more_b"
-    MIX="extra_data_dirs=[$REN,$EXTRA,${REN}_more_a,${REN}_more_b] data_weights=[0.65,0.1,0.07,0.1,0.08]"
+    SCORES="$REN,$EXTRA,${REN}_more_a,${REN}_more_b"; SCORE_WEIGHTS="0.1,0.07,0.1,0.08"; REC_SHARE=0.65
+    MIX="extra_data_dirs=[$SCORES] data_weights=[$REC_SHARE,$SCORE_WEIGHTS]"
     LM_DROPOUT=""; LM_OUT=${LM_OUT}_more
   fi
   if [ -n "${DROP_HELD:-}" ]; then  # the recordings' train rows that hold one chord for their 10 s left out (a quarter
@@ -139,8 +140,8 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
       W=$(python3 -c "import sys; from audiogen.data.loader import load_prepared
 w, share, (a, b) = float(sys.argv[1]), float(sys.argv[2]), [len(load_prepared(d)['train']) for d in sys.argv[3:]]
 print('%.4f,%.4f' % (share * a / (a + w * b), share * w * b / (a + w * b)))" \
-          "$HELD_WEIGHT" 0.65 "${DATA}_nd" "${DATA}_held")
-      MIX="extra_data_dirs=[${DATA}_held,$REN,$EXTRA,${REN}_more_a,${REN}_more_b] data_weights=[$W,0.1,0.07,0.1,0.08]"
+          "$HELD_WEIGHT" "$REC_SHARE" "${DATA}_nd" "${DATA}_held")
+      MIX="extra_data_dirs=[${DATA}_held,$SCORES] data_weights=[$W,$SCORE_WEIGHTS]"  # the recordings' share in two
     fi
     DATA=${DATA}_nd; LM_OUT=${LM_OUT}_${HELD_WEIGHT:+hw}nd
   fi
