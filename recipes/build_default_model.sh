@@ -14,6 +14,8 @@
 #       one chord left out, two LM cycles (docs/training.md, "Rows that hold one chord"), built into runs/ only
 #   MORE_SCORES=1 DROP_HELD=1 HELD_WEIGHT=0.4 bash recipes/build_default_model.sh  # the same with those rows sampled
 #       0.4 times as often as the others instead of never (docs/training.md, "Rows that hold one chord"), runs/ only
+#   MORE_SCORES=1 HARMONY=1 bash recipes/build_default_model.sh  # every row kept and labelled held or moving, the LM
+#       conditioned on it (--harmony; docs/training.md, "Harmony as a condition"), built into runs/ only
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
@@ -60,6 +62,11 @@ if [ -n "${HELD_WEIGHT:-}" ]; then  # measured with the more scores only; a weig
       || { echo "HELD_WEIGHT needs MORE_SCORES=1 DROP_HELD=1" >&2; exit 2; }
   python3 -c "import sys; w = float(sys.argv[1]); sys.exit(not 0 < w < 1)" "$HELD_WEIGHT" 2>/dev/null \
       || { echo "HELD_WEIGHT=$HELD_WEIGHT: give a number between 0 and 1 (0.4 measured)" >&2; exit 2; }
+fi
+if [ -n "${HARMONY:-}" ]; then  # measured with the more scores only, and it keeps the held rows
+  [ -n "${MORE_SCORES:-}" ] && [ -z "${DROP_HELD:-}" ] \
+      || { echo "HARMONY needs MORE_SCORES=1 and does not combine with DROP_HELD (it labels the held rows)" >&2
+           exit 2; }
 fi
 if [ -n "${TRANSPOSE:-}" ] && [ -n "${MORE_SCORES:-}${DROP_HELD:-}" ]; then
   echo "TRANSPOSE does not combine with MORE_SCORES or DROP_HELD (it transposes the recipe's three datasets only)" >&2
@@ -129,6 +136,17 @@ if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (t
     MIX="extra_data_dirs=[$SCORES] data_weights=[$REC_SHARE,$SCORE_WEIGHTS]"
     LM_DROPOUT=""; LM_OUT=${LM_OUT}_more
   fi
+  if [ -n "${HARMONY:-}" ]; then  # every row of the five datasets labelled held or moving, the LM conditioned on it
+    # and played moving unless asked (not in the shipped model; docs/training.md, "Harmony as a condition")
+    label() {  # a dataset ($1) labelled into $1_hl from the audio it was prepared from ($2)
+      [ -d "$1_hl" ] || python3 data_prep/label_harmony.py "$1" --audio-dir "$2" --out "$1_hl" --no-progress
+    }
+    label "$DATA" "$MUSIC"; label "$REN" .cache/music21-rendered; label "$EXTRA" .cache/music21-extra
+    label "${REN}_more_a" .cache/music21-more-a; label "${REN}_more_b" .cache/music21-more-b
+    SCORES="${REN}_hl,${EXTRA}_hl,${REN}_more_a_hl,${REN}_more_b_hl"
+    MIX="extra_data_dirs=[$SCORES] data_weights=[$REC_SHARE,$SCORE_WEIGHTS]"
+    DATA=${DATA}_hl; LM_OUT=${LM_OUT}_hl
+  fi
   if [ -n "${DROP_HELD:-}" ]; then  # the recordings' train rows that hold one chord for their 10 s left out (a quarter
     # of them; not in the shipped model; docs/training.md, "Rows that hold one chord"); valid as it was. With
     # HELD_WEIGHT=w (0 < w < 1) they are mixed back as a dataset of their own, each sampled w times as often as a
@@ -175,8 +193,9 @@ fi
 python3 eval/model_report.py --model "$LM_OUT/model" --data "$DATA" --audio-dir "$MUSIC" \
     --work "$LM_OUT/report" --json "$LM_OUT/report/report.json" --figure "$LM_OUT/report/spectrograms.png"
 
-# 5. ship it (the pitch build without TRANSPOSE, MORE_SCORES or DROP_HELD only: see above)
-[ "$CODEC_KIND" = pitch ] && [ -z "${TRANSPOSE:-}${MORE_SCORES:-}${DROP_HELD:-}" ] || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
+# 5. ship it (the pitch build without TRANSPOSE, MORE_SCORES, DROP_HELD or HARMONY only: see above)
+[ "$CODEC_KIND" = pitch ] && [ -z "${TRANSPOSE:-}${MORE_SCORES:-}${DROP_HELD:-}${HARMONY:-}" ] \
+    || { echo "built $LM_OUT/model (not shipped)"; exit 0; }
 rm -rf audiogen/default_model.new && cp -r "$LM_OUT/model" audiogen/default_model.new
 cp audiogen/default_model/MODEL_CARD.md audiogen/default_model/ATTRIBUTION.md audiogen/default_model.new/ 2>/dev/null || true
 rm -rf audiogen/default_model && mv audiogen/default_model.new audiogen/default_model

@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "('audiogen info') is played a few semitones away and decoded back to the key asked for "
                         "(the default model: keys on black keys, a semitone down; docs/generate.md)")
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
+    g.add_argument("--harmony", choices=("moving", "held"),
+                   help="moving: chords that change; held: one chord held (a drone, a pad). Only a model trained "
+                        "with the harmony attribute takes it ('audiogen info'); such a model plays moving harmony "
+                        "unless told otherwise (docs/generate.md, \"Harmony\")")
     g.add_argument("--tuning", type=float, metavar="HZ",
                    help="decode in tune with A4 = HZ (400-480, e.g. 440): the default model's notes sit about a "
                         "quarter-semitone sharp of A440, since its codec's semitone bands do; this moves them onto "
@@ -62,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--variations", type=int, default=1, metavar="N",
                    help="N takes in one batch: FILE, FILE-v2, ... (default 1)")
     add_sampling_options(s, offbeat_default="default: the model's recommendation, else 0 = never",
-                         label_guidance_note="no effect on a request without --genre, --mood, --key or --instruments")
+                         label_guidance_note="no effect on a request without --genre, --mood, --key or --instruments "
+                                             "(a model with --harmony: on every request, played moving unless "
+                                             "asked otherwise)")
     s.add_argument("--label-guidance-hold", type=float, metavar="S", dest="label_guidance_hold_s",
                    help="label guidance lasts the first S seconds of the take, then falls to off over "
                         "--label-guidance-fade seconds and the rest continues what it began: a key set, not droned "
@@ -121,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     lufs = args.lufs if args.lufs is not None else PRESETS[args.preset or "podcast"]
     instruments = [i.strip() for i in args.instruments.split(",") if i.strip()] if args.instruments else None
     options = dict(genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key, instruments=instruments,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg,
+                   harmony=args.harmony, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   cfg_scale=args.cfg,
                    max_silence_s=args.max_silence_s, allow_silence=args.allow_silence, min_sound_s=args.min_sound_s,
                    cap_quiet=args.cap_quiet, cap_below_bpm=args.cap_below_bpm,
                    beat_guidance=args.beat_guidance, label_guidance=args.label_guidance,

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "the model's default; audiogen info --model lists them)")
     g.add_argument("--key", help='key and mode, e.g. "A minor"')
     g.add_argument("--instruments", help="comma-separated, e.g. piano,strings")
+    g.add_argument("--harmony", choices=("moving", "held"),
+                   help="a model trained with the harmony attribute only: moving (its default) or held (one chord)")
     g.add_argument("--intensity", type=float, metavar="0-1",
                    help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")
     o = p.add_argument_group("output")
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.lower().endswith(".wav"):
         raise AudiogenError(f"{args.out}: a stream is written as WAV; give a .wav file name")
     start = {k: v for k, v in dict(text=args.prompt, genre=args.genre, mood=args.mood, bpm=args.bpm, key=args.key,
-                                   instruments=args.instruments, intensity=args.intensity).items() if v is not None}
+                                   instruments=args.instruments, harmony=args.harmony,
+                                   intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
     from audiogen.generation.pipeline import check_guidance, resolve_model_dir
     from audiogen.models.checkpoint import load_model, read_config

@@ -6,7 +6,8 @@ measured on each row's own excerpt of the source audio: 631 of 2293, 544 of them
 against 2-3 % of the rendered scores' rows; every LM trained on them plays drones (docs/training.md,
 "Rows that hold one chord"). :func:`row_movements` measures each row; :func:`drop_held_rows` writes the
 dataset again with the train rows under a movement line left out and the valid split as it was, so
-held-out figures stay comparable with the source's.
+held-out figures stay comparable with the source's; :func:`label_harmony` keeps every row and labels each
+``held`` or ``moving`` (the conditioner's ``harmony`` attribute).
 
 The figure is computed on the source audio (mono, at the chroma rate), not on the codes: what the row
 *is*, whatever the codec makes of it. Rows too short or too quiet to measure (fewer than two sounding
@@ -63,6 +64,52 @@ def row_movements(data_dir: str | os.PathLike, audio_dir: str | os.PathLike, spl
     return out
 
 
+def label_harmony(data_dir: str | os.PathLike, out_dir: str | os.PathLike, audio_dir: str | os.PathLike,
+                  min_movement: float | None = None, progress: bool = True) -> dict:
+    """Write ``out_dir``: ``data_dir``'s prepared dataset, every row kept, with a ``harmony`` column: ``held`` for a
+    row whose harmonic movement is under ``min_movement`` (default: the held-chord line, 0.017), ``moving`` for the
+    others, empty where it cannot be measured; both splits, so held-out figures are taken with the condition the
+    rows would be generated with. An LM trained on it learns the two as a condition (the conditioner's ``harmony``
+    attribute) and plays ``moving`` unless asked for ``held``: the rows that hold one chord are trained on at full
+    weight and named instead of left out (docs/training.md, "Harmony as a condition"). Atomic, as
+    :func:`drop_held_rows`; returns the labelled rows per split and label."""
+    from audiogen.data.loader import load_prepared, save_derived
+
+    line = _movement_line(min_movement)
+    src, out = Path(data_dir), Path(out_dir)
+    if out.exists():
+        raise AudiogenError(f"{out} exists; remove it or choose another --out")
+    dd = load_prepared(src)
+    if "harmony" in dd["train"].column_names:
+        raise AudiogenError(f"{src} has a harmony column already")
+    splits, summary = {}, {"min_movement": line}
+    for split in ("train", "valid"):
+        moves = row_movements(src, audio_dir, split, progress)
+        labels = [_harmony(moves.get(rid, math.nan), line) for rid in dd[split]["id"]]
+        splits[split] = dd[split].add_column("harmony", labels)
+        summary[split] = dict(Counter(label or "unmeasured" for label in labels).most_common())
+    save_derived(splits["train"], splits["valid"], src, out, {"curate": {"from": str(src), "harmony_line": line}},
+                 progress)
+    return summary
+
+
+def _harmony(movement: float, line: float) -> str:
+    """A row's ``harmony`` label: ``held`` under the line, ``moving`` at or over it, empty (missing) if unmeasured."""
+    if math.isnan(movement):
+        return ""
+    return "held" if movement < line else "moving"
+
+
+def _movement_line(min_movement: float | None) -> float:
+    from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT
+
+    line = HELD_CHORD_MOVEMENT if min_movement is None else float(min_movement)
+    if not (math.isfinite(line) and 0 <= line <= 1):
+        raise AudiogenError(f"--min-movement {min_movement}: give a movement between 0 and 1 (held chord: "
+                            f"{HELD_CHORD_MOVEMENT})")
+    return line
+
+
 def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None, audio_dir: str | os.PathLike,
                    min_movement: float | None = None, progress: bool = True,
                    held_dir: str | os.PathLike | None = None) -> dict:
@@ -73,12 +120,8 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     (the summary alone). Returns a summary: rows in and out, the movement's quartiles, and the rows left out per
     source folder (its first path part)."""
     from audiogen.data.loader import load_prepared, save_derived
-    from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT
 
-    line = HELD_CHORD_MOVEMENT if min_movement is None else float(min_movement)
-    if not (math.isfinite(line) and 0 <= line <= 1):
-        raise AudiogenError(f"--min-movement {min_movement}: give a movement between 0 and 1 (held chord: "
-                            f"{HELD_CHORD_MOVEMENT})")
+    line = _movement_line(min_movement)
     src = Path(data_dir)
     out = Path(out_dir) if out_dir is not None else None
     held_out = Path(held_dir) if held_dir is not None else None

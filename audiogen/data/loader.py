@@ -98,7 +98,12 @@ def load_mix(data_dirs: list[str | os.PathLike]):
             raise AudiogenError(f"data_dir={d} was tokenized with another codec than data_dir={data_dirs[0]}; "
                                 f"prepare it again with the same codec")
     sizes = [len(dd["train"]) for dd in dds]
-    train = dds[0]["train"] if len(dds) == 1 else datasets.concatenate_datasets([dd["train"] for dd in dds])
+    trains = [dd["train"] for dd in dds]
+    # an optional attribute's column (harmony) some of the datasets have: empty (missing) in the others
+    for name in (a.name for a in ATTRIBUTES if a.optional):
+        if any(name in t.column_names for t in trains):
+            trains = [t if name in t.column_names else t.add_column(name, [""] * len(t)) for t in trains]
+    train = trains[0] if len(trains) == 1 else datasets.concatenate_datasets(trains)
     return train, dds[0]["valid"], sizes
 
 
@@ -164,7 +169,9 @@ class CropDataset(torch.utils.data.Dataset):
             raise AudiogenError("this dataset has no beat times (a 'beats' column), which an LM with a beat grid "
                                 "trains on; prepare it again with this version of 'audiogen prep'")
         self.frame_rate = frame_rate
-        columns = ["codes", *CONDITION_COLUMNS, *(["beats"] if frame_rate is not None else [])]
+        # an optional attribute's column (harmony) is in the datasets labelled with it only
+        columns = ["codes", *(c for c in CONDITION_COLUMNS if c in ds.column_names),
+                   *(["beats"] if frame_rate is not None else [])]
         self.ds = ds.select_columns(columns).with_format("numpy")
         self.n = len(ds)
         self.segment_frames = segment_frames
@@ -203,7 +210,7 @@ class CropDataset(torch.utils.data.Dataset):
         mask = torch.zeros((K, S), dtype=torch.bool)
         out[:, : piece.shape[1]] = piece
         mask[:, : piece.shape[1]] = True
-        cond = Conditions.from_row({k: _plain(row[k]) for k in CONDITION_COLUMNS})
+        cond = Conditions.from_row({k: _plain(row[k]) for k in CONDITION_COLUMNS if k in row})
         if self.drop is not None:
             g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, int(i), 2]).integers(2**62)))
             cond = drop_conditions([cond], self.drop, g)[0]

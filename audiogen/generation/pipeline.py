@@ -77,7 +77,7 @@ class GenerateJob:
         except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
             config = {}
         asked = Conditions(text=prompt, **parts["conditions"])
-        played = requested_tempo(asked, config)
+        played = requested_conditions(asked, config)
         sampling = request_sampling(SamplingParams.for_model(config, **parts["sampling"])
                                     .for_tempo(names_tempo(asked), played.bpm), asked, config)
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
@@ -207,6 +207,22 @@ def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
         return replace(conditions, bpm=written)
     bpm = label_tempo(conditions, default_bpm_by(config)) or (config.get("generation") or {}).get("default_bpm")
     return replace(conditions, bpm=float(bpm)) if bpm else conditions
+
+
+def requested_conditions(conditions: Conditions, config: dict) -> Conditions:
+    """The request as the model (``config``: its folder's config) plays it: at the tempo it means
+    (:func:`requested_tempo`) and with the harmony it means (:func:`requested_harmony`)."""
+    return requested_harmony(requested_tempo(conditions, config), config)
+
+
+def requested_harmony(conditions: Conditions, config: dict) -> Conditions:
+    """``conditions`` with ``harmony="moving"`` when the request names no harmony and the model (``config``: its
+    folder's config) was trained with the attribute: music whose chords change, not a drone, unless asked for one
+    (``--harmony held``). A model without it gets the request as it is."""
+    known = (config.get("conditioner") or {}).get("harmonies") or []
+    if conditions.harmony is None and "moving" in known:
+        return replace(conditions, harmony="moving")
+    return conditions
 
 
 #: "in <key>" as a prompt may write it (any case, sharp or flat), which :func:`played_key` moves with the key slot

@@ -159,6 +159,7 @@ class StreamState:
     bpm: float | None = None
     key: str | None = None
     instruments: tuple[str, ...] | None = None
+    harmony: str | None = None
     intensity: float | None = None
 
     def conditions(self, text_extra: str | None = None, bpm_factor: float = 1.0, fold: tuple[str, ...] = ()):
@@ -169,7 +170,7 @@ class StreamState:
             value = getattr(self, a.name)
             if a.name not in fold:
                 labels[a.name] = (list(value) if value else None) if a.many else value
-            elif value:
+            elif value and not a.optional:  # an optional attribute's value is no word a model would know
                 words.append(", ".join(value) if a.many else value)
         if text_extra:
             words.append(text_extra)
@@ -611,6 +612,10 @@ class MusicStream:
 
             start = Conditions(text=self.state.text, genre=self.state.genre, mood=self.state.mood)
             self.state = replace(self.state, bpm=requested_tempo(start, loaded.config).bpm)
+        if self.state.harmony is None:  # a model trained with the harmony attribute plays moving harmony
+            from audiogen.generation.pipeline import requested_harmony
+
+            self.state = replace(self.state, harmony=requested_harmony(Conditions(), loaded.config).harmony)
         self._check(self.state)
         params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)

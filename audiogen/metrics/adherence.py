@@ -510,7 +510,7 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
 
     from audiogen.audio.io import write_audio
     from audiogen.files import make_dir
-    from audiogen.generation.pipeline import played_key, request_sampling, requested_tempo
+    from audiogen.generation.pipeline import played_key, request_sampling, requested_conditions
     from audiogen.metrics.model_eval import capped_rows, sample_waveforms
 
     sr = loaded.codec.sample_rate
@@ -521,9 +521,10 @@ def _generate_scale(loaded, plans: dict, todo: list, params, out: Path, seconds:
         chunk = todo[b : b + batch]
         t = time.monotonic()
         # the seed follows the batch, not the scale: each scale gets the same noise for the same requests
-        # the tempo a request plays at, as generate gives it (a grid model: the default tempo when none is asked)
+        # the tempo (a grid model: the default tempo when none is asked) and harmony a request plays with, as
+        # generate gives them
         asked = [p["conditions"] for _, _, p in chunk]
-        conds = [requested_tempo(a, loaded.config) for a in asked]
+        conds = [requested_conditions(a, loaded.config) for a in asked]
         capped = capped_rows(params, asked, conds)  # cap_quiet, per request
         played = [played_key(c, loaded.config) if key_shift else (c, 0) for c in conds]  # and the decoder's shift
         conds, shifts = [c for c, _ in played], [s for _, s in played]

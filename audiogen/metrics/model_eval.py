@@ -63,7 +63,7 @@ def sample_waveforms(loaded, conds: list, seconds: float, params: SamplingParams
 def capped_rows(params: SamplingParams, asked: list, played: list) -> list[bool]:
     """Which requests ``params.cap_quiet`` caps, as ``audiogen generate`` would cap each alone: ``asked``, the
     requests' Conditions as given, ``played`` the same with the tempo they play at
-    (:func:`audiogen.generation.pipeline.requested_tempo`)."""
+    (:func:`audiogen.generation.pipeline.requested_conditions`)."""
     from audiogen.generation.pipeline import names_tempo
 
     return [params.capped(names_tempo(a), p.bpm) for a, p in zip(asked, played)]
@@ -113,16 +113,16 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
-    from audiogen.generation.pipeline import requested_tempo
+    from audiogen.generation.pipeline import requested_conditions
 
     params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
     paths = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
-        # the tempo generate would play each prompt at (written in it, or the model's default)
+        # the tempo generate would play each prompt at (written in it, or the model's default), and its harmony
         asked = [Conditions(text=p) for p in chunk]
-        conds = [requested_tempo(c, loaded.config) for c in asked]
+        conds = [requested_conditions(c, loaded.config) for c in asked]
         codes = sample_codes(loaded, conds, seconds, params, seed + s, capped_rows=capped_rows(params, asked, conds))
         if codes_out is not None:
             codes_out.extend(c.cpu().numpy() for c in codes)

@@ -1,14 +1,14 @@
 """What the LM is conditioned on: a frozen text encoder plus learned attribute embeddings.
 
-``Conditions`` is a plain dataclass (text, genre, mood, bpm, key, instruments); every
+``Conditions`` is a plain dataclass (text, genre, mood, bpm, key, instruments, harmony); every
 field may be missing. ``ConditionEncoder`` turns a batch of them into the sequence the
 LM cross-attends to::
 
     cond, mask = encoder(conds)      # cond: FloatTensor[B, L, dim], mask: BoolTensor[B, L]
 
 The sequence is the text encoder's token states (projected to ``dim``), then one slot
-each for genre, mood, tempo (bpm bucket) and key, then up to ``max_instruments``
-instrument slots. A missing field's slots are masked out; a row with every slot masked
+each for genre, mood, key and (in models trained with it) harmony, one for tempo (bpm bucket), then up to
+``max_instruments`` instrument slots. A missing field's slots are masked out; a row with every slot masked
 is the unconditional row of classifier-free guidance (the LM then gets exactly zero
 cross-attention). ``drop_conditions`` implements condition dropout for training: each
 attribute, the text, and everything at once, with their own probabilities.
@@ -50,6 +50,9 @@ class Attribute:
     #: which of a row's :data:`DROP_DRAWS` uniforms decides dropping it; a new attribute takes an unused
     #: index, so the draws of the others (and a resumed run) stay as they were
     draw: int = 0
+    #: a table and a slot only in models whose vocabulary has it: an attribute added after models were shipped,
+    #: so those models keep their weights and their condition sequences exactly
+    optional: bool = False
 
 
 #: every attribute, in the order of the ``Conditions`` fields (the encoder's sequence puts the
@@ -60,6 +63,8 @@ ATTRIBUTES = (
     Attribute("bpm", None, draw=4),
     Attribute("key", "keys", draw=5),
     Attribute("instruments", "instruments", many=True, draw=6),
+    # whether the row's harmony moves or holds one chord for its 10 s (``audiogen.data.curate.label_harmony``)
+    Attribute("harmony", "harmonies", draw=7, optional=True),
 )
 #: the attributes with a vocabulary (all but the tempo)
 LABELS = tuple(a for a in ATTRIBUTES if a.vocab)
@@ -75,6 +80,7 @@ class Conditions:
     bpm: float | None = None
     key: str | None = None
     instruments: list[str] | None = None
+    harmony: str | None = None
 
     @classmethod
     def from_row(cls, row: dict) -> "Conditions":
@@ -85,7 +91,7 @@ class Conditions:
             insts = [s for s in (p.strip() for p in insts.split(",")) if s]
         return cls(text=row.get("caption") or None, genre=row.get("genre") or None, mood=row.get("mood") or None,
                    bpm=float(bpm) if bpm and math.isfinite(float(bpm)) and float(bpm) > 0 else None,
-                   key=row.get("key") or None, instruments=insts or None)
+                   key=row.get("key") or None, instruments=insts or None, harmony=row.get("harmony") or None)
 
 
 @dataclass
@@ -96,6 +102,8 @@ class ConditionerConfig:
     moods: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     instruments: list[str] = field(default_factory=list)
+    #: ``held`` / ``moving`` (``audiogen.data.curate.label_harmony``); empty: no table, no slot (models before it)
+    harmonies: list[str] = field(default_factory=list)
     #: tempo bucket centres in bpm; a requested bpm maps to the nearest (in log-tempo)
     bpm_buckets: list[float] = field(default_factory=list)
     dim: int = 256
@@ -121,6 +129,10 @@ class ConditionerConfig:
     def vocab(self) -> dict[str, list[str]]:
         """The normalized attribute values the model was trained with, by attribute (those of :data:`LABELS`)."""
         return {a.name: [_norm(v) for v in getattr(self, a.vocab)] for a in LABELS}
+
+    def slotted(self) -> tuple[Attribute, ...]:
+        """The :data:`LABELS` with a table and slots in this model: all but an optional one it has no values for."""
+        return tuple(a for a in LABELS if not a.optional or getattr(self, a.vocab))
 
     def validate_conditions(self, conds: list["Conditions"]) -> None:
         """Unknown attribute values are errors, not silently ignored; needs only the config (no weights)."""
@@ -297,8 +309,9 @@ class ConditionEncoder(nn.Module):
         self.text_proj = nn.Linear(cfg.text_dim, cfg.dim) if text_encoder is not None else None
         self.vocab = cfg.vocab()
         self.index = {name: {v: i for i, v in enumerate(vals)} for name, vals in self.vocab.items()}
+        self.slotted = cfg.slotted()
         self.tables = nn.ModuleDict({
-            name: nn.Embedding(max(1, len(vals)), cfg.dim) for name, vals in self.vocab.items()
+            a.name: nn.Embedding(max(1, len(self.vocab[a.name])), cfg.dim) for a in self.slotted
         } if cfg.attribute_slots else {})
         if cfg.attribute_slots:
             self.tables["bpm"] = nn.Embedding(max(1, len(cfg.bpm_buckets)), cfg.dim)
@@ -323,10 +336,10 @@ class ConditionEncoder(nn.Module):
     def _slots(self, c: Conditions) -> list[tuple[str, int | None]]:
         """(table, index or None) for the attribute slots of one row; unknown values count as missing."""
         slots = [(a.name, self.index[a.name].get(_norm(getattr(c, a.name))) if getattr(c, a.name) else None)
-                 for a in LABELS if not a.many]
+                 for a in self.slotted if not a.many]
         bpm_ok = c.bpm is not None and self.cfg.bpm_buckets and math.isfinite(c.bpm) and c.bpm > 0
         slots.append(("bpm", self.bpm_bucket(c.bpm) if bpm_ok else None))
-        for a in LABELS:
+        for a in self.slotted:
             if a.many:
                 found = [self.index[a.name].get(_norm(v)) for v in (getattr(c, a.name) or [])]
                 found = [i for i in found if i is not None][: self.cfg.max_instruments]

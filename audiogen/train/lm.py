@@ -258,14 +258,14 @@ def codec_spec(desc: dict, codec_path: str = "") -> tuple[str, object | None]:
 
 def build_conditioner_config(cfg: TrainConfig, train_ds):
     """ConditionerConfig with vocabularies from the train split (values seen >= ``vocab_min_count`` times)."""
-    from audiogen.models.conditioning import ConditionerConfig, bpm_bucket_centres, build_vocab
+    from audiogen.models.conditioning import LABELS, ConditionerConfig, bpm_bucket_centres, build_vocab
 
     c = ConditionerConfig.from_dict(dict(cfg.conditioner))
-    cols = train_ds.select_columns(["genre", "mood", "key", "instruments"])
-    c.genres = build_vocab(cols["genre"], cfg.vocab_min_count)
-    c.moods = build_vocab(cols["mood"], cfg.vocab_min_count)
-    c.keys = build_vocab(cols["key"], cfg.vocab_min_count)
-    c.instruments = build_vocab(cols["instruments"], cfg.vocab_min_count)
+    for a in LABELS:  # an optional attribute's column (harmony) may be absent: no values, no table
+        if a.name in train_ds.column_names:
+            setattr(c, a.vocab, build_vocab(train_ds[a.name], cfg.vocab_min_count))
+        elif not a.optional:
+            raise AudiogenError(f"the dataset has no {a.name!r} column; prepare it again with 'audiogen prep'")
     c.bpm_buckets = bpm_bucket_centres(n=cfg.bpm_buckets) if cfg.bpm_buckets > 1 else []
     return c
 

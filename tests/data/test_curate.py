@@ -1,7 +1,8 @@
-"""Rows that hold one chord (audiogen/data/curate.py, data_prep/drop_held_rows.py).
+"""Rows that hold one chord (audiogen/data/curate.py, data_prep/drop_held_rows.py, data_prep/label_harmony.py).
 
 Each train row is measured on its own excerpt of the source audio; rows holding one chord are left out of
-the copy, everything else (codes, labels, the valid split) is kept as it was.
+the copy, everything else (codes, labels, the valid split) is kept as it was; or every row is kept and labelled
+held or moving, the conditioner's harmony attribute.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from audiogen.audio.io import write_audio
-from audiogen.data.curate import drop_held_rows, row_movements
+from audiogen.data.curate import drop_held_rows, label_harmony, row_movements
 from audiogen.errors import AudiogenError
 from audiogen.metrics.audio_checks import HELD_CHORD_MOVEMENT
 
@@ -135,3 +136,51 @@ def test_the_cli_reports_and_refuses_in_one_line(corpus, tmp_path):
                        timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "not a folder" in r.stderr
+
+    label = [sys.executable, str(REPO / "data_prep" / "label_harmony.py"), str(data), "--audio-dir", str(audio),
+             "--out", str(tmp_path / "labelled"), "--no-progress"]
+    r = subprocess.run(label, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["train"] == {"held": 2, "moving": 1, "unmeasured": 1}
+    r = subprocess.run(label, capture_output=True, text=True, timeout=300)  # the same --out again
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "exists; remove it or choose another --out" in r.stderr
+
+
+def test_rows_labelled_held_or_moving_train_a_harmony_condition(corpus, tmp_path, tiny_codec):
+    """label_harmony keeps every row (both splits) and adds the label; mixed with a dataset without the column,
+    its rows are unlabelled (missing), and the LM's vocabulary and each sample's conditions carry it."""
+    import datasets
+
+    from audiogen.data.loader import CropDataset, load_mix
+    from audiogen.train.lm import TrainConfig, build_conditioner_config
+
+    data, audio = corpus
+    out = tmp_path / "labelled"
+    summary = label_harmony(data, out, audio, progress=False)
+    assert summary["train"] == {"held": 2, "moving": 1, "unmeasured": 1}
+    assert summary["valid"] == {"held": 1, "moving": 1}
+    got, src = datasets.load_from_disk(str(out)), datasets.load_from_disk(str(data))
+    assert got["train"]["id"] == src["train"]["id"] and got["train"]["codes"] == src["train"]["codes"]
+    assert dict(zip(got["train"]["id"], got["train"]["harmony"])) == {
+        "drone-a": "held", "drone-b": "held", "tune-a": "moving", "tune-short": ""}
+    assert got["valid"]["harmony"] == ["held", "moving"]
+    assert json.loads((out / "prep_config.json").read_text())["curate"]["harmony_line"] == HELD_CHORD_MOVEMENT
+    with pytest.raises(AudiogenError, match="exists; remove it or choose another --out"):
+        label_harmony(data, out, audio, progress=False)
+    with pytest.raises(AudiogenError, match="has a harmony column already"):
+        label_harmony(out, tmp_path / "again", audio, progress=False)
+    assert not (tmp_path / "again").exists()
+
+    other = save_rows_dataset(tmp_path / "scores", tiny_codec, [
+        dict(source="s.wav", split="train", genre="folk"), dict(source="s.wav", split="valid")])
+    train, valid, sizes = load_mix([out, other])
+    assert sizes == [4, 1] and train["harmony"] == ["held", "held", "moving", "", ""]
+    cfg = build_conditioner_config(TrainConfig(data_dir=str(out), conditioner={"text_encoder": "none"},
+                                               vocab_min_count=1), train)
+    assert sorted(cfg.harmonies) == ["held", "moving"]
+    conds = [CropDataset(train, 8, 0, seed=0, random_crops=False)[i]["cond"] for i in range(5)]
+    assert [c.harmony for c in conds] == ["held", "held", "moving", None, None]
+    unlabelled = build_conditioner_config(TrainConfig(data_dir=str(other), conditioner={"text_encoder": "none"}),
+                                          load_mix([other])[0])
+    assert unlabelled.harmonies == []  # no column: no values, so no table and no slot

@@ -20,7 +20,8 @@ FULL = Conditions(text="a", genre="rock", mood="calm", bpm=100.0, key="C major",
 def test_every_attribute_is_a_conditions_field_and_every_label_has_a_vocabulary():
     fields = [f.name for f in dataclasses.fields(Conditions)]
     assert fields == ["text", *(a.name for a in ATTRIBUTES)]
-    assert CFG.vocab() == {"genre": ["rock"], "mood": ["calm"], "key": ["c major"], "instruments": ["piano", "strings"]}
+    assert CFG.vocab() == {"genre": ["rock"], "mood": ["calm"], "key": ["c major"], "instruments": ["piano", "strings"],
+                           "harmony": []}
     assert [a.name for a in LABELS] == list(CFG.vocab())
     draws = [a.draw for a in ATTRIBUTES]
     assert len(set(draws)) == len(draws) and all(2 <= d < DROP_DRAWS for d in draws)
@@ -66,6 +67,32 @@ def test_encoder_slots_follow_the_registry_and_unknown_values_are_refused():
         CFG.validate_conditions([Conditions(genre="polka")])
     with pytest.raises(AudiogenError, match="trained without mood conditioning; leave out --mood"):
         dataclasses.replace(CFG, moods=[]).validate_conditions([Conditions(mood="calm")])
+
+
+def test_an_optional_attribute_has_a_table_and_a_slot_only_in_a_model_with_its_values():
+    """harmony came after models were shipped: a model without its values keeps its weights (no table) and its
+    condition sequence (no slot), so it loads and plays as before; one with them has a slot before the tempo."""
+    torch.manual_seed(0)
+    old = ConditionEncoder(CFG)
+    assert "tables.harmony.weight" not in old.state_dict()
+    cond, _ = old([dataclasses.replace(FULL, harmony="moving")])
+    assert cond.shape == (1, 4 + CFG.max_instruments, 8)  # the harmony asked of it has nowhere to go
+    with pytest.raises(AudiogenError, match="trained without harmony conditioning; leave out --harmony"):
+        CFG.validate_conditions([Conditions(harmony="held")])
+
+    cfg = dataclasses.replace(CFG, harmonies=["moving", "held"])
+    enc = ConditionEncoder(cfg)
+    assert enc.tables["harmony"].weight.shape == (2, 8)
+    held, moving, none = enc([dataclasses.replace(FULL, harmony=h) for h in ("held", "moving", None)])[0]
+    assert held.shape == (4 + 1 + CFG.max_instruments, 8)
+    # genre, mood, key, harmony, then the tempo: only the harmony slot differs
+    table = enc.tables["harmony"].weight
+    assert torch.equal(held[3], table[1]) and torch.equal(moving[3], table[0])
+    assert torch.equal(held[[0, 1, 2, 4]], moving[[0, 1, 2, 4]]) and not none[3].any()
+    with pytest.raises(AudiogenError, match="unknown harmony 'wobbly'; this model knows: moving, held"):
+        cfg.validate_conditions([Conditions(harmony="wobbly")])
+    assert Conditions.from_row({"caption": "x", "harmony": "held"}).harmony == "held"
+    assert Conditions.from_row({"caption": "x", "harmony": ""}).harmony is None
 
 
 def test_the_stream_and_the_dataset_read_the_attributes_from_the_registry():
