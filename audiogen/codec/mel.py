@@ -456,7 +456,13 @@ class MelVQModel(nn.Module):
                    semitones: torch.Tensor | None = None) -> torch.Tensor:
         """Log-mel ``[B, T, n_mels]`` and initial phases ``[B, F, T]`` -> ``wav [B, 1, T * hop]`` by
         fast Griffin-Lim (Perraudin et al., 2013) on :meth:`magnitude`, transposed by ``semitones [B]``
-        (:func:`shift_spectrum`) when given."""
+        (:func:`shift_spectrum`) when given. Row by row: a batched inverse STFT may round the last bit otherwise
+        than one row's, and Griffin-Lim's momentum carries that to 1e-3 of the waveform, so a row would decode
+        otherwise beside other rows (a batch of takes, the windows of a long file) than alone."""
+        if mel_db.shape[0] > 1:
+            return torch.cat([self.synthesize(mel_db[i : i + 1], phase[i : i + 1],
+                                              None if semitones is None else semitones[i : i + 1])
+                              for i in range(mel_db.shape[0])])
         cfg = self.config
         length = mel_db.shape[1] * cfg.hop
         mag = self.magnitude(mel_db)  # [B, F, T]

@@ -168,9 +168,10 @@ class StreamState:
         labels = {}
         for a in LABELS:
             value = getattr(self, a.name)
-            if a.name not in fold:
+            # an optional attribute (harmony) is never said in words: a model without it refuses it (validation)
+            if a.name not in fold or a.optional:
                 labels[a.name] = (list(value) if value else None) if a.many else value
-            elif value and not a.optional:  # an optional attribute's value is no word a model would know
+            elif value:
                 words.append(", ".join(value) if a.many else value)
         if text_extra:
             words.append(text_extra)

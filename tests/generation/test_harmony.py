@@ -85,3 +85,21 @@ def test_a_stream_of_a_harmony_model_plays_moving_and_takes_the_control(harmony_
     with pytest.raises(AudiogenError, match="unknown harmony 'wobbly'"):
         s.control({"harmony": "wobbly"})
     assert s._latest_state().harmony == "held"  # a refused message changes nothing
+
+
+def test_a_stream_of_a_model_without_the_attribute_refuses_it(tmp_path, tiny_codec):
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.models.checkpoint import load_model
+    from audiogen.models.conditioning import ConditionerConfig
+    from conftest import save_tiny_model
+
+    model = load_model(save_tiny_model(tmp_path / "m", tiny_codec, ConditionerConfig(text_encoder="none", dim=32)))
+    settings = StreamSettings(sampling=SamplingParams(top_k=50), chunk_s=0.25, window_s=1.0, seed=3,
+                              decode_context_s=0.2)
+    with pytest.raises(AudiogenError, match="trained without harmony conditioning"):
+        MusicStream(model, {"harmony": "held"}, settings)
+    s = MusicStream(model, {"text": "a tune"}, settings)
+    assert s.state.harmony is None
+    with pytest.raises(AudiogenError, match="trained without harmony conditioning"):
+        s.control({"harmony": "moving"})
