@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 
 RECOMMENDED = "the model's recommendation"
+#: ``--harmony``'s values in both commands: ``audiogen.models.conditioning.HARMONIES``, restated so that building the
+#: CLI does not import torch (tests/generation/test_harmony.py holds them equal)
+HARMONY_CHOICES = ("moving", "held")
 
 
 def add_sampling_options(group: argparse._ArgumentGroup, offbeat_default: str, label_guidance_note: str) -> None:

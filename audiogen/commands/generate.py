@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from audiogen.commands._sampling_options import add_sampling_options
+from audiogen.commands._sampling_options import HARMONY_CHOICES, add_sampling_options
 import sys
 
 ORDER = 10
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "('audiogen info') is played a few semitones away and decoded back to the key asked for "
                         "(the default model: keys on black keys, a semitone down; docs/generate.md)")
     g.add_argument("--instruments", help=f'comma-separated, e.g. "piano,strings"; {VALUES}')
-    g.add_argument("--harmony", choices=("moving", "held"),
+    g.add_argument("--harmony", choices=HARMONY_CHOICES,
                    help="moving: chords that change; held: one chord held (a drone, a pad). Only a model trained "
                         "with the harmony attribute takes it ('audiogen info'); such a model plays moving harmony "
                         "unless told otherwise (docs/generate.md, \"Harmony\")")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from audiogen.commands._sampling_options import add_sampling_options
+from audiogen.commands._sampling_options import HARMONY_CHOICES, add_sampling_options
 
 ORDER = 12
 
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "the model's default; audiogen info --model lists them)")
     g.add_argument("--key", help='key and mode, e.g. "A minor"')
     g.add_argument("--instruments", help="comma-separated, e.g. piano,strings")
-    g.add_argument("--harmony", choices=("moving", "held"),
+    g.add_argument("--harmony", choices=HARMONY_CHOICES,
                    help="a model trained with the harmony attribute only: moving (its default) or held (one chord)")
     g.add_argument("--intensity", type=float, metavar="0-1",
                    help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")

@@ -95,9 +95,12 @@ def label_harmony(data_dir: str | os.PathLike, out_dir: str | os.PathLike, audio
 
 def _harmony(movement: float, line: float) -> str:
     """A row's ``harmony`` label: ``held`` under the line, ``moving`` at or over it, empty (missing) if unmeasured."""
+    from audiogen.models.conditioning import HARMONIES
+
     if math.isnan(movement):
         return ""
-    return "held" if movement < line else "moving"
+    moving, held = HARMONIES
+    return held if movement < line else moving
 
 
 def _movement_line(min_movement: float | None) -> float:
@@ -134,7 +137,7 @@ def drop_held_rows(data_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
         raise AudiogenError(f"--out and --held-out are both {out}: give two folders")
     dd = load_prepared(src)
     moves = row_movements(src, audio_dir, "train", progress)
-    held = {rid for rid, m in moves.items() if m < line}  # NaN compares False: unmeasured rows are kept
+    held = {rid for rid, m in moves.items() if _harmony(m, line) == "held"}  # unmeasured rows are kept
     train = dd["train"]
     keep, left, dropped_by = [], [], Counter()
     for i, row in enumerate(train.select_columns(["id", "source"])):

@@ -170,8 +170,8 @@ class CropDataset(torch.utils.data.Dataset):
                                 "trains on; prepare it again with this version of 'audiogen prep'")
         self.frame_rate = frame_rate
         # an optional attribute's column (harmony) is in the datasets labelled with it only
-        columns = ["codes", *(c for c in CONDITION_COLUMNS if c in ds.column_names),
-                   *(["beats"] if frame_rate is not None else [])]
+        self.condition_columns = [c for c in CONDITION_COLUMNS if c in ds.column_names]
+        columns = ["codes", *self.condition_columns, *(["beats"] if frame_rate is not None else [])]
         self.ds = ds.select_columns(columns).with_format("numpy")
         self.n = len(ds)
         self.segment_frames = segment_frames
@@ -210,7 +210,7 @@ class CropDataset(torch.utils.data.Dataset):
         mask = torch.zeros((K, S), dtype=torch.bool)
         out[:, : piece.shape[1]] = piece
         mask[:, : piece.shape[1]] = True
-        cond = Conditions.from_row({k: _plain(row[k]) for k in CONDITION_COLUMNS if k in row})
+        cond = Conditions.from_row({k: _plain(row[k]) for k in self.condition_columns})
         if self.drop is not None:
             g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, int(i), 2]).integers(2**62)))
             cond = drop_conditions([cond], self.drop, g)[0]

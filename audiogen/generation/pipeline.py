@@ -215,13 +215,20 @@ def requested_conditions(conditions: Conditions, config: dict) -> Conditions:
     return requested_harmony(requested_tempo(conditions, config), config)
 
 
-def requested_harmony(conditions: Conditions, config: dict) -> Conditions:
-    """``conditions`` with ``harmony="moving"`` when the request names no harmony and the model (``config``: its
-    folder's config) was trained with the attribute: music whose chords change, not a drone, unless asked for one
-    (``--harmony held``). A model without it gets the request as it is."""
+def default_harmony(config: dict) -> str | None:
+    """The harmony a model (``config``: its folder's config) plays when a request names none: ``moving`` (music whose
+    chords change, not a drone, unless asked for one: ``--harmony held``) for a model trained with the attribute,
+    None for one without it."""
+    from audiogen.models.conditioning import HARMONIES
+
     known = (config.get("conditioner") or {}).get("harmonies") or []
-    if conditions.harmony is None and "moving" in known:
-        return replace(conditions, harmony="moving")
+    return HARMONIES[0] if HARMONIES[0] in known else None
+
+
+def requested_harmony(conditions: Conditions, config: dict) -> Conditions:
+    """``conditions`` with the model's :func:`default_harmony` when the request names no harmony."""
+    if conditions.harmony is None:
+        return replace(conditions, harmony=default_harmony(config))
     return conditions
 
 

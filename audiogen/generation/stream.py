@@ -614,9 +614,9 @@ class MusicStream:
             start = Conditions(text=self.state.text, genre=self.state.genre, mood=self.state.mood)
             self.state = replace(self.state, bpm=requested_tempo(start, loaded.config).bpm)
         if self.state.harmony is None:  # a model trained with the harmony attribute plays moving harmony
-            from audiogen.generation.pipeline import requested_harmony
+            from audiogen.generation.pipeline import default_harmony
 
-            self.state = replace(self.state, harmony=requested_harmony(Conditions(), loaded.config).harmony)
+            self.state = replace(self.state, harmony=default_harmony(loaded.config))
         self._check(self.state)
         params = settings.sampling
         W = window_frames(loaded, self.fr, settings.window_s)

@@ -66,6 +66,9 @@ ATTRIBUTES = (
     # whether the row's harmony moves or holds one chord for its 10 s (``audiogen.data.curate.label_harmony``)
     Attribute("harmony", "harmonies", draw=7, optional=True),
 )
+#: the ``harmony`` attribute's values (``audiogen.data.curate.label_harmony``): the first is what a model trained
+#: with it plays when a request names none (``audiogen.generation.pipeline.default_harmony``)
+HARMONIES = ("moving", "held")
 #: the attributes with a vocabulary (all but the tempo)
 LABELS = tuple(a for a in ATTRIBUTES if a.vocab)
 #: uniforms each row draws in ``drop_conditions``: 0 everything, 1 the text, ``Attribute.draw`` the rest
@@ -102,7 +105,7 @@ class ConditionerConfig:
     moods: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     instruments: list[str] = field(default_factory=list)
-    #: ``held`` / ``moving`` (``audiogen.data.curate.label_harmony``); empty: no table, no slot (models before it)
+    #: :data:`HARMONIES` the model was trained with; empty: no table, no slot (models before the attribute)
     harmonies: list[str] = field(default_factory=list)
     #: tempo bucket centres in bpm; a requested bpm maps to the nearest (in log-tempo)
     bpm_buckets: list[float] = field(default_factory=list)

@@ -63,6 +63,13 @@ def test_a_model_without_the_attribute_gets_no_harmony_and_refuses_the_option(tm
     assert not (tmp_path / "t.wav").exists()
 
 
+def test_the_cli_offers_the_harmonies_the_conditioner_knows():
+    from audiogen.commands._sampling_options import HARMONY_CHOICES
+    from audiogen.models.conditioning import HARMONIES
+
+    assert HARMONY_CHOICES == HARMONIES
+
+
 def test_info_lists_the_harmonies_a_model_takes(harmony_dir):
     r = subprocess.run([sys.executable, "-m", "audiogen", "info", "--model", str(harmony_dir)], capture_output=True,
                        text=True, timeout=300)
