@@ -14,6 +14,7 @@ EPILOG = """examples:
   audiogen generate "slow melancholic piano" --duration 90 --out bed.mp3
   audiogen generate "upbeat electronic" --bpm 120 --duration 60 --loop --out loop.wav
   audiogen generate "calm strings" --duration 30 --variations 3 --seed 7 --preset broadcast --out take.flac
+  audiogen generate "calm orchestral theme" --negative "techno, with drums" --duration 30 --out calm.wav
   audiogen generate "same mood, longer" --continue intro.wav --duration 120 --out full.ogg
 
 Loudness presets: podcast -16 LUFS (default), streaming -14 LUFS, broadcast -23 LUFS (EBU R128).
@@ -56,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="moving: chords that change; held: one chord held (a drone, a pad). Only a model trained "
                         "with the harmony attribute takes it ('audiogen info'); such a model plays moving harmony "
                         "unless told otherwise (docs/generate.md, \"Harmony\")")
+    g.add_argument("--negative", metavar="TEXT",
+                   help='what the music should not be, e.g. "techno, with drums": classifier-free guidance pushes '
+                        "away from it instead of from no request at all; the labels the model knows that it names "
+                        "as words (genre, mood, instruments: audiogen info) go in their slots too (docs/generate.md, "
+                        "\"Negative prompt\")")
     g.add_argument("--tuning", type=float, metavar="HZ",
                    help="decode in tune with A4 = HZ (400-480, e.g. 440): the default model's notes sit about a "
                         "quarter-semitone sharp of A440, since its codec's semitone bands do; this moves them onto "
@@ -141,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,
         engine=args.engine, progress=not args.quiet, originality=args.originality,
         originality_tries=args.originality_tries, key_shift=args.key_shift, tuning_hz=args.tuning,
+        negative=args.negative,
         **{k: v for k, v in options.items() if v is not None},
     )
     for meta in run_job(job):

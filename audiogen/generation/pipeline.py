@@ -60,6 +60,9 @@ class GenerateJob:
     key_shift: bool = True
     #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retuned`); None: as coded
     tuning_hz: float | None = None
+    #: what the take should not be (``--negative``, :func:`negative_conditions`): classifier-free guidance pushes
+    #: away from it instead of from the unconditional; None: from the unconditional
+    negative: Conditions | None = None
 
     @classmethod
     def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
@@ -80,8 +83,11 @@ class GenerateJob:
         played = requested_conditions(asked, config)
         sampling = request_sampling(SamplingParams.for_model(config, **parts["sampling"])
                                     .for_tempo(names_tempo(asked), played.bpm), asked, config)
+        negative = options.pop("negative", None)
+        if isinstance(negative, str):
+            negative = negative_conditions(negative, config)
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
-                   sampling=sampling, **options)
+                   sampling=sampling, negative=negative, **options)
 
     @property
     def prompt(self) -> str | None:
@@ -109,6 +115,14 @@ class GenerateJob:
         if not 1 <= self.variations <= 64:
             raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
         check_tuning(self.tuning_hz)
+        if self.negative is not None:
+            text = (self.negative.text or "").strip()
+            if not text or len(text) > 2000:
+                raise AudiogenError("--negative must describe what the music should not be, in 1 to 2000 characters "
+                                    "(e.g. \"techno, with drums\")")
+            if self.sampling.cfg_scale == 1.0:
+                raise AudiogenError("--negative acts through classifier-free guidance, which --cfg 1 turns off; "
+                                    "give --cfg above 1 (the model's recommendation when left out)")
         bpm = self.conditions.bpm
         if bpm is not None and not 20 <= bpm <= 400:
             raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
@@ -302,17 +316,54 @@ def label_tempo(conditions: Conditions, by: dict) -> float | None:
     place ("classical string quartet", not "classical"). None when it names none of them."""
     from audiogen.models.conditioning import TEMPO_LABELS
 
-    text = " ".join((conditions.text or "").lower().split())
     for attr in TEMPO_LABELS:
         table = by.get(attr) or {}
         value = getattr(conditions, attr)
         if value and (label := _norm(value)) in table:
             return float(table[label])
-        found = [(m.start(), -len(label), label) for label in table  # the earliest, the longest at one place
-                 if (m := re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text))]
-        if found:
-            return float(table[min(found)[2]])
+        if named := labels_named(conditions.text, table):
+            return float(table[named[0]])
     return None
+
+
+def labels_named(text: str | None, labels) -> list[str]:
+    """The ``labels`` (normalized values, lower case) that ``text`` says as whole words, case and spacing folded,
+    earliest first; of those starting at one place the longest, and none within another's words ("nylon guitar",
+    not "guitar" as well)."""
+    text = " ".join((text or "").lower().split())
+    found = sorted((m.start(), -len(label), label) for label in labels
+                   if (m := re.search(rf"(?<![\w-]){re.escape(label)}(?![\w-])", text)))
+    named, end = [], 0
+    for start, minus_length, label in found:
+        if start >= end:
+            named.append(label)
+            end = start - minus_length
+    return named
+
+
+def negative_conditions(text: str, config: dict) -> Conditions:
+    """A ``--negative`` prompt as the conditions classifier-free guidance pushes away from (instead of the
+    unconditional): the text, and in each attribute slot the labels the model knows (``config``: its folder's
+    config) that the text names as whole words: the first of a single-valued attribute ("techno" as the genre),
+    up to ``max_instruments`` instruments ("with drums")."""
+    from audiogen.models.conditioning import LABELS, ConditionerConfig
+
+    try:
+        conditioner = ConditionerConfig.from_dict(config["conditioner"])
+    except (KeyError, TypeError, AudiogenError):  # no readable model: run_job reports it
+        return Conditions(text=text)
+    if not text.strip():  # GenerateJob.validate says what it should be
+        return Conditions(text=text)
+    vocab = conditioner.vocab()
+    slots = {}
+    for a in LABELS:
+        if named := labels_named(text, vocab[a.name]):
+            slots[a.name] = named[: conditioner.max_instruments] if a.many else named[0]
+    if not slots and conditioner.text_encoder == "none":
+        known = ", ".join(v for a in LABELS for v in vocab[a.name]) or "none"
+        raise AudiogenError(f"--negative {text!r}: this model reads no text and the prompt names none of its labels "
+                            f"({known}), so there is nothing to push away from")
+    return Conditions(text=text, **slots)
 
 
 def resolve_model_dir(model_dir) -> Path:
@@ -408,19 +459,21 @@ def describe_model(model_dir: str | os.PathLike | None = None) -> dict:
 
 
 @torch.inference_mode()
-def condition_batch(conditioner, conds: list, guided: bool, device,
-                    no_grid: bool = False, no_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def condition_batch(conditioner, conds: list, guided: bool, device, no_grid: bool = False, no_labels: bool = False,
+                    negative: Conditions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cond[B2, L, D], mask[B2, L])``: the conditional rows; with ``no_grid`` (beat guidance) the same
     rows again, which decoding gives no beat grid; with ``no_labels`` (label guidance) the rows without their
     label slots (:func:`~audiogen.models.conditioning.without_labels`); then (``guided``: CFG) the
-    unconditional rows."""
+    unconditional rows, or with a ``negative`` request (:func:`negative_conditions`) its rows: guidance then
+    pushes away from it."""
     parts = [conditioner(conds)]
     if no_grid:
         parts.append(parts[0])
     if no_labels:
         parts.append(conditioner(without_labels(conds)))
     if guided:
-        parts.append(conditioner.unconditional(len(conds)))
+        n = len(conds)
+        parts.append(conditioner.unconditional(n) if negative is None else conditioner([negative] * n))
     L = max(c.shape[1] for c, _ in parts)
     pad = torch.nn.functional.pad
     cond = torch.cat([pad(c, (0, 0, 0, L - c.shape[1])) for c, _ in parts])
@@ -428,15 +481,18 @@ def condition_batch(conditioner, conds: list, guided: bool, device,
     return cond.to(device), mask.to(device)
 
 
-def guided_batch(loaded, conds: list, params, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def guided_batch(loaded, conds: list, params, device,
+                 negative: Conditions | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(cond, mask, beat_step)`` for decoding ``conds`` with ``params``' guidance on ``loaded``'s LM: the
     request's rows, the guidance groups it needs (:meth:`SamplingParams.guidance_rows`), and each row's
     beat grid (:func:`~audiogen.generation.sampling.beat_steps`). ``params`` must be those the sampler gets
-    (:meth:`SamplingParams.for_conditions` of ``conds``)."""
+    (:meth:`SamplingParams.for_conditions` of ``conds``). ``negative``: classifier-free guidance's contrast
+    instead of the unconditional rows (:func:`condition_batch`); like them, its rows read no beat grid."""
     from audiogen.generation.sampling import beat_steps, has_grid
 
     beat, labels, cfg = params.guidance_rows(has_grid(loaded.lm))
-    cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat, no_labels=labels)
+    cond, mask = condition_batch(loaded.conditioner, conds, cfg, device, no_grid=beat, no_labels=labels,
+                                 negative=negative)
     return cond, mask, beat_steps(conds, beat + labels + cfg, loaded.codec.frame_rate, params if beat else None,
                                   label_group=labels)
 
@@ -496,7 +552,7 @@ def run_job(job: GenerateJob) -> list[dict]:
         raise AudiogenError(f"{model_dir}: generation.key_shift needs a codec that decodes transposed (a mel codec); "
                             f"'{codec.name}' cannot. Leave out --key or pass --no-key-shift")
     sampling = job.sampling.for_conditions([played])
-    cond, mask, beat_step = guided_batch(loaded, [played] * job.variations, sampling, job.device)
+    cond, mask, beat_step = guided_batch(loaded, [played] * job.variations, sampling, job.device, job.negative)
     new_frames = total_frames - (0 if prompt is None else prompt.shape[-1])
     silence = SilenceGuard.for_codec(codec, job.sampling, job.device)  # once: every retry below reuses it
 
@@ -583,6 +639,7 @@ def _sidecar(job: GenerateJob, index: int, model: dict, audit: dict | None) -> d
         "variation": index + 1,
         "sampling": {**asdict(job.sampling), "lm_dtype": model["lm_dtype"]},
         "continue_from": job.continue_from,
+        **({"negative": {k: v for k, v in asdict(job.negative).items() if v is not None}} if job.negative else {}),
         "model": {"dir": str(model["dir"]), "sha256": model["sha256"]},
         "codec": model["codec"],
         "requested_duration_s": job.duration_s,
