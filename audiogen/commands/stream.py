@@ -49,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--instruments", help="comma-separated, e.g. piano,strings")
     g.add_argument("--harmony", choices=HARMONY_CHOICES,
                    help="a model trained with the harmony attribute only: moving (its default) or held (one chord)")
+    g.add_argument("--negative", metavar="TEXT",
+                   help='what the stream should not be, e.g. "techno, with drums": guidance pushes every condition '
+                        "away from it instead of from no request at all; the labels the model knows that it names go "
+                        "in their slots too (fixed for the whole stream; docs/generate.md, \"Negative prompt\")")
     g.add_argument("--intensity", type=float, metavar="0-1",
                    help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")
     o = p.add_argument_group("output")
@@ -135,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                                    instruments=args.instruments, harmony=args.harmony,
                                    intensity=args.intensity).items() if v is not None}
     state = state_from(start)  # bad values fail before the model loads
-    from audiogen.generation.pipeline import check_guidance, resolve_model_dir
+    from audiogen.generation.pipeline import check_guidance, negative_conditions, resolve_model_dir
     from audiogen.models.checkpoint import load_model, read_config
 
     model_dir = resolve_model_dir(args.model)
@@ -150,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, sampling=sampling,
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost,
-                              tuning_hz=args.tuning)
+                              tuning_hz=args.tuning,
+                              negative=None if args.negative is None else negative_conditions(args.negative, config))
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     stream = MusicStream(loaded, state, settings)

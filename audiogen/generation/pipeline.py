@@ -115,14 +115,7 @@ class GenerateJob:
         if not 1 <= self.variations <= 64:
             raise AudiogenError(f"--variations must be between 1 and 64, got {self.variations}")
         check_tuning(self.tuning_hz)
-        if self.negative is not None:
-            text = (self.negative.text or "").strip()
-            if not text or len(text) > 2000:
-                raise AudiogenError("--negative must describe what the music should not be, in 1 to 2000 characters "
-                                    "(e.g. \"techno, with drums\")")
-            if self.sampling.cfg_scale == 1.0:
-                raise AudiogenError("--negative acts through classifier-free guidance, which --cfg 1 turns off; "
-                                    "give --cfg above 1 (the model's recommendation when left out)")
+        check_negative(self.negative, self.sampling)
         bpm = self.conditions.bpm
         if bpm is not None and not 20 <= bpm <= 400:
             raise AudiogenError(f"--bpm {bpm:g} is outside 20..400")
@@ -364,6 +357,20 @@ def negative_conditions(text: str, config: dict) -> Conditions:
         raise AudiogenError(f"--negative {text!r}: this model reads no text and the prompt names none of its labels "
                             f"({known}), so there is nothing to push away from")
     return Conditions(text=text, **slots)
+
+
+def check_negative(negative: Conditions | None, sampling: SamplingParams) -> None:
+    """A negative prompt (:func:`negative_conditions`; None: none) that can act with ``sampling``, else an
+    :class:`AudiogenError`: it needs a text and classifier-free guidance (its contrast row is CFG's)."""
+    if negative is None:
+        return
+    text = (negative.text or "").strip()
+    if not text or len(text) > 2000:
+        raise AudiogenError("--negative must describe what the music should not be, in 1 to 2000 characters "
+                            "(e.g. \"techno, with drums\")")
+    if sampling.cfg_scale == 1.0:
+        raise AudiogenError("--negative acts through classifier-free guidance, which --cfg 1 turns off; "
+                            "give --cfg above 1 (the model's recommendation when left out)")
 
 
 def resolve_model_dir(model_dir) -> Path:

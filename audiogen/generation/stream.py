@@ -286,11 +286,15 @@ class StreamSettings:
     tempo_boost_s: float = 4.0
     #: decode in tune with A4 = this many Hz (a codec with semitone bands: :meth:`Codec.retuned`); None: as coded
     tuning_hz: float | None = None
+    #: what the stream should not be (``--negative``, :func:`~audiogen.generation.pipeline.negative_conditions`):
+    #: classifier-free guidance pushes every condition set away from it instead of from the unconditional
+    negative: Conditions | None = None
 
     def validate(self) -> None:
-        from audiogen.generation.pipeline import check_tuning
+        from audiogen.generation.pipeline import check_negative, check_tuning
 
         check_tuning(self.tuning_hz)
+        check_negative(self.negative, self.sampling)
         if not (math.isfinite(self.chunk_s) and 0.05 <= self.chunk_s <= 10):
             raise AudiogenError(f"chunk length must be 0.05..10 s, got {self.chunk_s}")
         if not 0.1 <= self.context_fraction <= 0.9:
@@ -323,8 +327,9 @@ class ConditionMix:
     and the mask with ``log(weight)`` added to each set's slots.
     """
 
-    def __init__(self, lm, conditioner, rows: tuple[bool, bool, bool], device, dtype):
+    def __init__(self, lm, conditioner, rows: tuple[bool, bool, bool], device, dtype, negative=None):
         self.lm, self.conditioner, self.rows = lm, conditioner, rows  # (beat, label, CF) guidance row groups
+        self.negative = negative  # CF guidance's contrast instead of the unconditional (None: that)
         self.device, self.dtype = device, dtype
         self._encoded: dict[str, tuple[list, torch.Tensor]] = {}
         self._bpm: dict[str, float | None] = {}  # set key -> its tempo (the beat grid's)
@@ -340,7 +345,8 @@ class ConditionMix:
         key = repr(cond)
         if key not in self._encoded:
             beat, labels, cfg = self.rows
-            c, m = condition_batch(self.conditioner, [cond], cfg, self.device, no_grid=beat, no_labels=labels)
+            c, m = condition_batch(self.conditioner, [cond], cfg, self.device, no_grid=beat, no_labels=labels,
+                                   negative=self.negative)
             c = c.to(self.dtype)
             mem = self.lm.project_conditions(c, m)
             kv = [layer.cross_kv(mem) for layer in self.lm.layers]
@@ -628,7 +634,8 @@ class MusicStream:
                                   SilenceGuard.for_codec(self.codec, params, settings.device, slow))
         self.boosted = replace(params, beat_guidance=params.beat_guidance + settings.tempo_boost)
         self.boost_until = -1  # frame at which a tempo change's raised beat guidance steps back
-        self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.rows, settings.device, dtype)
+        self.mix = ConditionMix(self.lm, loaded.conditioner, self.tokens.rows, settings.device, dtype,
+                                settings.negative)
         self.mix.set_target(self._parts(self.state), 0, 0)
         self.chunk_frames = max(1, round(settings.chunk_s * self.fr))
         self.chunk_samples = self.chunk_frames * self.codec.hop_length

@@ -95,3 +95,26 @@ def test_a_negative_that_cannot_act_is_one_line_and_nothing_written(label_model,
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr
     assert not out.exists()
+
+
+def test_a_stream_pushed_away_from_a_negative_plays_otherwise(label_model):
+    import numpy as np
+
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.models.checkpoint import load_model
+
+    loaded = load_model(label_model)
+
+    def chunks(negative, cfg_scale=3.0):
+        settings = StreamSettings(sampling=SamplingParams(top_k=0, cfg_scale=cfg_scale), chunk_s=0.25, window_s=1.0,
+                                  seed=3, decode_context_s=0.2, negative=negative)
+        s = MusicStream(loaded, {"text": "a tune", "genre": "classical"}, settings)
+        return np.concatenate([s.next_chunk() for _ in range(3)])
+
+    neg = negative_conditions("techno, with drums", {"conditioner": CCFG.to_dict()})
+    plain, pushed = chunks(None), chunks(neg)
+    assert plain.shape == pushed.shape and not np.array_equal(plain, pushed)
+    assert np.array_equal(chunks(neg), pushed)  # deterministic
+    with pytest.raises(AudiogenError, match="--negative acts through classifier-free guidance"):
+        chunks(neg, cfg_scale=1.0)
