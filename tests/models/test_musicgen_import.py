@@ -162,6 +162,25 @@ def test_greedy_guided_generation_gives_transformers_tokens(hf, loaded):
     assert len(torch.unique(ref)) > 4  # not a degenerate constant sequence
 
 
+def test_a_negative_prompt_on_an_imported_model_is_its_text_encoded_in_place_of_the_null_row(hf, loaded):
+    """MusicGen reads text alone (no attribute slots): ``--negative`` is T5's encoding of its text as CFG's contrast."""
+    from audiogen.generation.pipeline import condition_batch, negative_conditions
+    from audiogen.generation.sampling import SamplingParams, generate_window
+    from audiogen.models.checkpoint import read_config
+    from audiogen.models.conditioning import Conditions
+
+    neg = negative_conditions("loud rock with drums and guitar", read_config(hf[3]))
+    assert neg == Conditions(text="loud rock with drums and guitar")
+    request = [Conditions(text="calm piano")]
+    cond, mask = condition_batch(loaded.conditioner, request, True, "cpu", negative=neg)
+    own, own_mask = loaded.conditioner([neg])
+    assert torch.equal(cond[1:, : own.shape[1]], own) and torch.equal(mask[1:, : own.shape[1]], own_mask)
+    plain = generate_window(loaded.lm, *condition_batch(loaded.conditioner, request, True, "cpu"), 8,
+                            SamplingParams(temperature=0.0, cfg_scale=3.0), None)
+    pushed = generate_window(loaded.lm, cond, mask, 8, SamplingParams(temperature=0.0, cfg_scale=3.0), None)
+    assert not torch.equal(plain, pushed)
+
+
 def test_encodec_32khz_decode_and_encode_match_transformers(hf, loaded):
     model = hf[0]
     g = torch.Generator().manual_seed(2)
