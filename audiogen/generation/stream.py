@@ -321,7 +321,7 @@ class StreamSettings:
 class ConditionMix:
     """The active conditioning as a weighted mixture of condition sets, moving frame by frame.
 
-    Each set (one ``Conditions`` plus the CFG null row) is encoded once into per-layer
+    Each set (one ``Conditions`` plus the CFG null row, or the negative request's) is encoded once into per-layer
     cross-attention keys/values ``[B2, H, L_i, d]`` and an additive mask ``[B2, 1, 1, L_i]``.
     :meth:`at` gives, for a frame, the concatenated keys/values of the sets with weight > 0
     and the mask with ``log(weight)`` added to each set's slots.
