@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--negative", metavar="TEXT",
                    help='what the music should not be, e.g. "techno, with drums": classifier-free guidance pushes '
                         "away from it instead of from no request at all; the labels the model knows that it names "
-                        "as words (genre, mood, instruments: audiogen info) go in their slots too (docs/generate.md, "
-                        "\"Negative prompt\")")
+                        "as words (genre, mood, key, instruments: audiogen info) go in their slots too "
+                        "(docs/generate.md, \"Negative prompt\")")
     g.add_argument("--tuning", type=float, metavar="HZ",
                    help="decode in tune with A4 = HZ (400-480, e.g. 440): the default model's notes sit about a "
                         "quarter-semitone sharp of A440, since its codec's semitone bands do; this moves them onto "
