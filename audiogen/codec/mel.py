@@ -558,6 +558,9 @@ class MelVQFitConfig:
     #: more audio folders whose tracks join the training tracks in the post-filter's sample only (the
     #: codebooks are fitted on ``data_dir``'s): the default model's takes the rendered scores too
     post_filter_data_dirs: list = dataclasses.field(default_factory=list)
+    #: more audio folders whose tracks join the training tracks in the codebooks' k-means sample (and the
+    #: post-filter's): codewords for tones the recordings hold few of, e.g. the rendered scores' piano and guitar
+    codebook_data_dirs: list = dataclasses.field(default_factory=list)
     #: a mel codec folder whose mean and codebooks are kept instead of fitted (its config must be this
     #: one's, but for the post-filter): adds a post-filter to a codec whose tokens an LM already uses
     codebooks_from: str = ""
@@ -584,6 +587,9 @@ class MelVQFitConfig:
         if self.post_filter_steps < 0 or self.post_filter_lr <= 0 or self.post_filter_batch < 1:
             raise AudiogenError("mel codec fit: post_filter_steps must be >= 0, post_filter_lr > 0 and "
                                 "post_filter_batch >= 1")
+        if self.codebook_data_dirs and self.codebooks_from:
+            raise AudiogenError("mel codec fit: codebook_data_dirs fits codebooks, codebooks_from keeps them: "
+                                "give one of the two")
         if self.max_frames < 4 * self.codec_config().bins:
             raise AudiogenError(f"mel codec fit: max_frames ({self.max_frames}) must be at least 4 x bins")
         needs_filter = self.post_filter_data_dirs or self.codebooks_from or self.post_filter_steps
@@ -862,6 +868,19 @@ def _keep_codebooks(model: MelVQModel, codec_dir: str) -> None:
     model.codebooks.copy_(source.model.codebooks.float())
 
 
+def _new_files(dirs: list, known: list) -> list:
+    """The audio files under ``dirs`` in their order, each once, less those in ``known``."""
+    from audiogen.audio.io import find_audio_files
+
+    seen = set(known)
+    out = []
+    for f in (f for d in dirs for f in find_audio_files(d)):
+        if f not in seen:
+            seen.add(f)
+            out.append(f)
+    return out
+
+
 def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     """The whole fit (``recipes/fit_mel_codec.py``): decode the corpus to the cache, split tracks,
     fit the codebooks stage by stage (resumable), export ``OUT_DIR/codec`` with ``training.json``."""
@@ -885,25 +904,29 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
     if not files:
         raise AudiogenError(f"no audio files under data_dir={data_dir}")
     saved = out / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != dataclasses.asdict(cfg):
+    # a field added since that fit was saved has its default there (each new field defaults to the old behaviour)
+    if saved.is_file() and {**dataclasses.asdict(MelVQFitConfig()), **yaml.safe_load(saved.read_text())} != \
+            dataclasses.asdict(cfg):
         raise AudiogenError(f"{out} holds a fit with another config ({saved}); choose another out_dir or delete it")
     started = time.time()
     train_files, held_out = split_tracks(files, cfg.holdout_tracks)
     codec_cfg = cfg.codec_config()
-    # the post-filter's extra tracks are decoded with the training tracks, into the same cache
-    extra = [f for d in cfg.post_filter_data_dirs for f in find_audio_files(d)]
-    cache_of, skipped = decode_corpus(train_files + extra, codec_cfg.sample_rate,
+    # the codebooks' and the post-filter's extra tracks are decoded with the training tracks, into the same cache
+    books_extra = _new_files(cfg.codebook_data_dirs, files)
+    extra = _new_files(cfg.post_filter_data_dirs, files + books_extra)
+    cache_of, skipped = decode_corpus(train_files + books_extra + extra, codec_cfg.sample_rate,
                                       Path(cfg.cache_dir) if cfg.cache_dir else out / "audio_cache", progress)
     for f, why in skipped:
         print(f"skipped: {why}", file=sys.stderr)
     train_files = [f for f in train_files if f in cache_of]
+    books_extra = [f for f in books_extra if f in cache_of]
     extra = [f for f in extra if f in cache_of]
     if not train_files:
         raise AudiogenError(f"none of the audio files under data_dir={data_dir} could be decoded (each is listed above)")
     make_dir(out)
     atomic_write_text(saved, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     split = {"train": [str(f) for f in train_files], "held_out": [str(f) for f in held_out],
-             "post_filter_extra": [str(f) for f in extra],
+             "codebook_extra": [str(f) for f in books_extra], "post_filter_extra": [str(f) for f in extra],
              "skipped": [{"file": str(f), "reason": why} for f, why in skipped]}
     atomic_write_text(out / "split.json", json.dumps(split, indent=2))
 
@@ -912,13 +935,14 @@ def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:
         _keep_codebooks(model, cfg.codebooks_from)
     refine = bool(cfg.post_filter_steps)
     # training tracks first; with the refinement, each frame carries its power in the checks' bands after its mel
-    feats = track_mels(model, [cache_of[f] for f in train_files + extra], progress, power=refine)
+    fitted_on = train_files + books_extra  # the codebooks' tracks; every track goes into the post-filter's sample
+    feats = track_mels(model, [cache_of[f] for f in fitted_on + extra], progress, power=refine)
     runs = (sample_runs(feats, cfg.post_filter_run, cfg.post_filter_runs, torch.Generator().manual_seed(cfg.seed + 1))
             if codec_cfg.post_filter_frames else None)
     frames = 0
     if not cfg.codebooks_from:
         generator = torch.Generator().manual_seed(cfg.seed)
-        x = sample_frames([f[:, : codec_cfg.n_mels] for f in feats[: len(train_files)]], cfg.frame_stride,
+        x = sample_frames([f[:, : codec_cfg.n_mels] for f in feats[: len(fitted_on)]], cfg.frame_stride,
                           cfg.max_frames, generator)
         del feats
         fit_codebooks(model, x, cfg.kmeans_iters, cfg.seed, out / "fit_state.pt", progress, cfg.stage_masks())

@@ -422,6 +422,52 @@ def test_recipe_fits_a_folder_and_exports_a_codec(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_codebooks_fitted_on_another_folder_too_learn_its_frames(tmp_path):
+    """``codebook_data_dirs``: another folder's tracks join the k-means sample (the default model's renders give the
+    codebooks piano and guitar frames the recordings lack); the held-out split is still data_dir's alone."""
+    from conftest import synth_music
+
+    music, more = tmp_path / "music", tmp_path / "more"
+    music.mkdir()
+    more.mkdir()
+    for i in range(3):
+        write_audio(music / f"t{i}.wav", synth_music(6.0, sr=24000, channels=1, seed=i), 24000)
+    # the other folder's tones sit far from the recordings' (a low sine), so codewords fitted with them differ
+    t = np.arange(6 * 24000) / 24000
+    write_audio(more / "m.wav", (0.3 * np.sin(2 * np.pi * 110 * t)).astype(np.float32), 24000)
+    base = [sys.executable, str(RECIPE), "--config", str(CONFIG), f"data_dir={music}", "holdout_tracks=1",
+            "max_frames=4096", "kmeans_iters=3", "codec.n_q=2", "codec.bins=32", "codec.target_bandwidths=[0.5]",
+            "codec.post_filter_frames=0", "post_filter_data_dirs=[]", "post_filter_steps=0"]
+    fits = {}
+    for name, extra in (("plain", []), ("more", [f"codebook_data_dirs=[{more}]"])):
+        r = subprocess.run(base + extra + [f"out_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        fits[name] = (C.load_codec(tmp_path / name / "codec"), json.loads((tmp_path / name / "split.json").read_text()))
+    (plain, plain_split), (fitted, split) = fits["plain"], fits["more"]
+    assert split["codebook_extra"] == [str(more / "m.wav")] and plain_split["codebook_extra"] == []
+    assert split["held_out"] == plain_split["held_out"] and split["train"] == plain_split["train"]
+    assert not torch.equal(fitted.model.mean, plain.model.mean)  # its frames are in the sample
+    # the sine comes back closer through codebooks that saw it
+    sine = torch.from_numpy((0.3 * np.sin(2 * np.pi * 110 * t[: 3 * 24000])).astype(np.float32))[None, None]
+    err = {n: float((c.model.dequantize(c.model.encode(sine, 2)) - c.model.features(sine)).abs().mean())
+           for n, (c, _) in fits.items()}
+    assert err["more"] < 0.5 * err["plain"], err
+    # a fit saved before the field existed (its config.yaml without it) reruns as the same fit, not another
+    import yaml
+
+    saved = tmp_path / "plain" / "config.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["codebook_data_dirs"]
+    saved.write_text(yaml.safe_dump(old))
+    r = subprocess.run(base + [f"out_dir={tmp_path / 'plain'}"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(base + [f"out_dir={tmp_path / 'plain'}", f"codebook_data_dirs=[{more}]"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 1 and "holds a fit with another config" in r.stderr
+    with pytest.raises(AudiogenError, match="codebook_data_dirs fits codebooks, codebooks_from keeps them"):
+        load_fit_config(CONFIG, [f"codebook_data_dirs=[{more}]", "codebooks_from=x"])
+
+
 def test_bad_configs_are_one_clear_error(tmp_path):
     with pytest.raises(AudiogenError, match="unknown config keys: bogus"):
         load_fit_config(CONFIG, ["bogus=1"])
