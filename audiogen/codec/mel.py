@@ -872,13 +872,8 @@ def _new_files(dirs: list, known: list) -> list:
     """The audio files under ``dirs`` in their order, each once, less those in ``known``."""
     from audiogen.audio.io import find_audio_files
 
-    seen = set(known)
-    out = []
-    for f in (f for d in dirs for f in find_audio_files(d)):
-        if f not in seen:
-            seen.add(f)
-            out.append(f)
-    return out
+    known = set(known)
+    return [f for f in dict.fromkeys(f for d in dirs for f in find_audio_files(d)) if f not in known]
 
 
 def fit_mel_codec(cfg: MelVQFitConfig, progress: bool = True) -> int:

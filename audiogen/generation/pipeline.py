@@ -22,7 +22,7 @@ from audiogen.audio.io import audio_info, load_audio
 from audiogen.errors import AudiogenError
 from audiogen.files import sha256_file
 from audiogen.generation.sampling import SamplingParams
-from audiogen.models.conditioning import Conditions, _norm, without_labels
+from audiogen.models.conditioning import MAX_TEXT_CHARS, Conditions, _norm, without_labels
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -106,8 +106,8 @@ class GenerateJob:
     def validate(self) -> None:
         if not self.prompt or not self.prompt.strip():
             raise AudiogenError("the prompt is empty: describe the music, e.g. \"slow melancholic piano\"")
-        if len(self.prompt) > 2000:
-            raise AudiogenError(f"the prompt is {len(self.prompt)} characters long; keep it under 2000")
+        if len(self.prompt) > MAX_TEXT_CHARS:
+            raise AudiogenError(f"the prompt is {len(self.prompt)} characters long; keep it under {MAX_TEXT_CHARS}")
         if not (isinstance(self.duration_s, (int, float)) and math.isfinite(self.duration_s)) or self.duration_s <= 0:
             raise AudiogenError(f"--duration must be a positive number of seconds, got {self.duration_s}")
         if self.duration_s > MAX_DURATION_S:
@@ -365,9 +365,9 @@ def check_negative(negative: Conditions | None, sampling: SamplingParams) -> Non
     if negative is None:
         return
     text = (negative.text or "").strip()
-    if not text or len(text) > 2000:
-        raise AudiogenError("--negative must describe what the music should not be, in 1 to 2000 characters "
-                            "(e.g. \"techno, with drums\")")
+    if not text or len(text) > MAX_TEXT_CHARS:
+        raise AudiogenError(f"--negative must describe what the music should not be, in 1 to {MAX_TEXT_CHARS} "
+                            "characters (e.g. \"techno, with drums\")")
     if sampling.cfg_scale == 1.0:
         raise AudiogenError("--negative acts through classifier-free guidance, which --cfg 1 turns off; "
                             "give --cfg above 1 (the model's recommendation when left out)")

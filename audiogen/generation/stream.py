@@ -68,7 +68,7 @@ import torch
 from audiogen.audio.level import LevelFollower  # noqa: F401  (here since streams began; finishing shares it)
 from audiogen.errors import AudiogenError
 from audiogen.generation.sampling import SamplingParams, SilenceGuard, guide_capped, has_grid, sample_tokens
-from audiogen.models.conditioning import ATTRIBUTES, LABELS, Conditions
+from audiogen.models.conditioning import ATTRIBUTES, LABELS, MAX_TEXT_CHARS, Conditions
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
 
@@ -220,8 +220,8 @@ def parse_message(msg: dict, state: StreamState) -> tuple[StreamState, float, bo
         v = changes.get(name)
         if v is not None and not isinstance(v, str):
             raise AudiogenError(f"{name} must be a string or null, got {v!r}")
-        if isinstance(v, str) and len(v) > 2000:
-            raise AudiogenError(f"{name} is {len(v)} characters long; keep it under 2000")
+        if isinstance(v, str) and len(v) > MAX_TEXT_CHARS:
+            raise AudiogenError(f"{name} is {len(v)} characters long; keep it under {MAX_TEXT_CHARS}")
     if changes.get("bpm") is not None:
         bpm = changes["bpm"]
         if isinstance(bpm, bool) or not isinstance(bpm, (int, float)) or not math.isfinite(bpm) or not 20 <= bpm <= 400:

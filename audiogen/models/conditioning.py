@@ -71,6 +71,8 @@ ATTRIBUTES = (
 HARMONIES = ("moving", "held")
 #: the attributes with a vocabulary (all but the tempo)
 LABELS = tuple(a for a in ATTRIBUTES if a.vocab)
+#: the most characters a request's text may have (the prompt, a negative prompt, a stream's text or label)
+MAX_TEXT_CHARS = 2000
 #: uniforms each row draws in ``drop_conditions``: 0 everything, 1 the text, ``Attribute.draw`` the rest
 DROP_DRAWS = 16
 
