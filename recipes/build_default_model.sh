@@ -4,8 +4,10 @@
 #
 #   bash recipes/build_default_model.sh            # CPU, as the shipped model was built
 #   LM_STEPS=20000 bash recipes/build_default_model.sh   # a longer LM run
-#   CODEC=melvq bash recipes/build_default_model.sh      # the previous default (80 mel bands), built into runs/ only
-#   CODEC=stft bash recipes/build_default_model.sh       # the one before it, built into runs/ only
+#   CODEC=pitchrec bash recipes/build_default_model.sh   # the previous default (the pitch codec's codebooks fitted on
+#       the recordings alone), built into runs/ only
+#   CODEC=melvq bash recipes/build_default_model.sh      # the one before it (80 mel bands), built into runs/ only
+#   CODEC=stft bash recipes/build_default_model.sh       # the one before that, built into runs/ only
 #   CODEC=pitch440 bash recipes/build_default_model.sh   # the pitch codec's semitone bands on the A440 notes (in tune;
 #       not the shipped model: docs/codec_training.md, "The A440 grid under an LM"), built into runs/ only
 #   TRANSPOSE="-2 -1 1 2" CODEC=pitch bash recipes/build_default_model.sh  # LM on key-augmented rows (mel codecs;
@@ -19,7 +21,8 @@
 #
 # Steps: fetch the corpus (all three packages) and render music21's scores (2.5 h) -> fit the mel codec
 # (k-means residual VQ of the recordings' log-mel frames in 88 bands, semitones from 200 Hz to 2 kHz, with a
-# split quantizer: recipes/configs/codec_pitch.yaml; codebook 0 held through small changes by
+# split quantizer, its codebooks fitted on the recordings' and the rendered scores' frames:
+# recipes/configs/codec_pitch.yaml; codebook 0 held through small changes by
 # change_penalty 300, a linear post-filter on the decoded log-mel fitted on the recordings and the
 # renders, its per-band offsets then refined on the power the quality checks measure, Griffin-Lim
 # decoding: minutes on a CPU) -> the same codebooks searched tied (codebooks 1.. held to codebook 0's changes)
@@ -38,7 +41,10 @@
 # mel codec reproduces held-out music far better (docs/codec_training.md). The 80-band mel codec
 # (codec_melvq.yaml) was the default until 2026-12-06, when the semitone bands replaced it: the key survives
 # them, and FAD prefers the LM on their tokens (docs/codec_training.md, "The pitch codec shipped").
-# CODEC=melvq and CODEC=stft still build those variants into runs/ without replacing audiogen/default_model.
+# The pitch codec's codebooks were the recordings' alone until 2026-12-07; fitted with the renders' frames too they
+# keep more timbre (docs/codec_training.md, "Where the timbre goes"), and the LM on their tokens hears more key
+# requests in their key (the model card). CODEC=pitchrec, melvq and stft still build those variants into runs/
+# without replacing audiogen/default_model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-all
@@ -50,13 +56,20 @@ case "$CODEC_KIND" in
   melvq) DATA=.cache/data_beats;   CODEC_DIR=runs/codec_melvq/codec; LM_OUT=runs/lm_melvq
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  pitch|pitch440) DATA=.cache/data_${CODEC_KIND}_deb; CODEC_DIR=runs/codec_$CODEC_KIND/codec; LM_OUT=runs/lm_$CODEC_KIND
+  pitch|pitchrec|pitch440)  # each build's codec, tokens and LM in folders of their own (TAG)
+         TAG=$CODEC_KIND; [ "$CODEC_KIND" = pitch ] && TAG=pr; [ "$CODEC_KIND" = pitchrec ] && TAG=pitch
+         DATA=.cache/data_${TAG}_deb; CODEC_DIR=runs/codec_$TAG/codec; LM_OUT=runs/lm_$TAG
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
-  *) echo "CODEC must be stft, melvq, pitch or pitch440, not $CODEC_KIND" >&2; exit 2 ;;
+  *) echo "CODEC must be stft, melvq, pitch, pitchrec or pitch440, not $CODEC_KIND" >&2; exit 2 ;;
 esac
-CODEC_CONFIG=${CODEC_KIND%440}  # pitch440: codec_pitch.yaml with its semitone bands on the A440 notes
-FIT_EXTRA=""; [ "$CODEC_KIND" = pitch440 ] && FIT_EXTRA="codec.pitch_tuning_hz=440"
+CODEC_CONFIG=$CODEC_KIND; TAG=${TAG:-$CODEC_KIND}
+FIT_EXTRA=""; CODEBOOKS=""
+case "$CODEC_KIND" in
+  pitch440) CODEC_CONFIG=pitch; FIT_EXTRA="codec.pitch_tuning_hz=440"  # its semitone bands on the A440 notes
+            CODEBOOKS="codebook_data_dirs=[]" ;;  # the recordings' codebooks, as it was built and measured
+  pitchrec) CODEC_CONFIG=pitch; CODEBOOKS="codebook_data_dirs=[]" ;;  # the codebooks the recordings' alone
+esac
 if [ -n "${HELD_WEIGHT:-}" ]; then  # measured with the more scores only; a weight of 0 is DROP_HELD, 1 neither
   [ -n "${MORE_SCORES:-}" ] && [ -n "${DROP_HELD:-}" ] \
       || { echo "HELD_WEIGHT needs MORE_SCORES=1 DROP_HELD=1" >&2; exit 2; }
@@ -87,7 +100,8 @@ if [ "$CODEC_KIND" = stft ]; then  # log-mel encoder, factorized RVQ, iSTFT deco
       max_steps="$CODEC_STEPS" cache_dir=.cache/codec_audio_24k
 else  # k-means residual VQ of log-mel frames (pitch: semitone bands; melvq: 80 mel bands), Griffin-Lim decoding
   # (minutes, no gradients)
-  python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_CONFIG.yaml" data_dir="$MUSIC" $FIT_EXTRA
+  python3 recipes/fit_mel_codec.py --config "recipes/configs/codec_$CODEC_CONFIG.yaml" data_dir="$MUSIC" $FIT_EXTRA \
+      $CODEBOOKS out_dir="$(dirname "$CODEC_DIR")"
 fi
 python3 benchmarks/codec_quality.py --codec "$CODEC_DIR" > "$(dirname "$CODEC_DIR")/quality.json"
 if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codebooks 1.. held as codebook 0 is
@@ -96,8 +110,8 @@ if [ "$CODEC_KIND" != stft ]; then  # the LM's tokens: the same codec, its codeb
   if [ "$CODEC_CONFIG" = pitch ]; then  # the same codebooks, their post-filter refitted on tied codes (5 minutes)
     TOKENS_CODEC="$(dirname "$CODEC_DIR")_tied/codec"
     python3 recipes/fit_mel_codec.py --config recipes/configs/codec_pitch.yaml data_dir="$MUSIC" $FIT_EXTRA \
-        codebooks_from="$CODEC_DIR" codec.residual_change_penalty=300 codec.residual_tied=true \
-        out_dir="$(dirname "$TOKENS_CODEC")"
+        codebooks_from="$CODEC_DIR" codebook_data_dirs=[] codec.residual_change_penalty=300 \
+        codec.residual_tied=true out_dir="$(dirname "$TOKENS_CODEC")"
   else  # the same decoding, only the search changes
     TOKENS_CODEC="$(dirname "$CODEC_DIR")/codec_tied"
     python3 -c "import sys; from audiogen.codec.mel import with_search
@@ -114,7 +128,7 @@ python3 -m audiogen prep "$MUSIC" --out "$DATA" --codec "$CODEC_DIR" --bandwidth
 MIX=""
 if [ "$CODEC_KIND" != stft ]; then  # the renders, labelled from their scores (the tagger fills in only what they lack)
   REN=.cache/data_rendered; EXTRA=.cache/data_extra  # each codec's tokens in their own folders
-  [ "$CODEC_KIND" = melvq ] || { REN=.cache/data_${CODEC_KIND}_ren; EXTRA=.cache/data_${CODEC_KIND}_extra; }
+  [ "$CODEC_KIND" = melvq ] || { REN=.cache/data_${TAG}_ren; EXTRA=.cache/data_${TAG}_extra; }
   prep_renders() {  # a rendered corpus under .cache ($1) tokenized into $2 as the recordings are
     python3 -m audiogen prep ".cache/$1" --out "$2" --codec "$CODEC_DIR" --bandwidth 3 \
         --segment 10 --workers 1 --tag-labels || [ $? -eq 3 ]

@@ -83,6 +83,13 @@ class SamplingParams:
     #: "A request that names no tempo"), so it does not set this. False plays such a request on its default
     #: tempo's grid without the push (:meth:`for_default_tempo`)
     beat_push_default_tempo: bool = True
+    #: the beat guidance of a plain request, where ``beat_push_default_tempo`` pushes it: one played at the
+    #: model's default tempo that names no label either (no genre, mood, key or instruments; the README's "calm
+    #: orchestral theme"). None: ``beat_guidance``, as any other request. A request naming its tempo needs the full
+    #: push to be heard at it, and one naming a label drones under a smaller one; a plain request only needs
+    #: to be kept off one held chord, and the full push scatters its pitch (docs/generate.md, "A request that
+    #: names no tempo")
+    beat_guidance_plain: float | None = None
     #: guidance towards the request's labels (genre, mood, key, instruments through a model's attribute
     #: slots; 1 = off): the logits are pushed away from those of the same request without its label slots
     #: (text and tempo kept), ``request + (label_guidance - 1) * (request - unlabelled)``, before
@@ -142,13 +149,18 @@ class SamplingParams:
         labels = self.calm_label_guidance if self.label_guidance == 1.0 else self.label_guidance
         return replace(self, beat_guidance=1.0, label_guidance=labels)
 
-    def for_default_tempo(self, defaulted: bool) -> "SamplingParams":
+    def for_default_tempo(self, defaulted: bool, labelled: bool = False) -> "SamplingParams":
         """These parameters for one request played at the model's default tempo (``defaulted``:
-        :func:`audiogen.generation.pipeline.plays_default_tempo`) or not: beat guidance off for the first
-        unless ``beat_push_default_tempo``; otherwise as they are."""
-        if not defaulted or self.beat_push_default_tempo or self.beat_guidance == 1.0:
+        :func:`audiogen.generation.pipeline.plays_default_tempo`) or not, naming a label (``labelled``) or not:
+        for the first, beat guidance off unless ``beat_push_default_tempo``, else ``beat_guidance_plain`` where
+        that is set and the request names no label; otherwise as they are. Beat guidance off stays off."""
+        if not defaulted or self.beat_guidance == 1.0:
             return self
-        return replace(self, beat_guidance=1.0)
+        if not self.beat_push_default_tempo:
+            return replace(self, beat_guidance=1.0)
+        if self.beat_guidance_plain is None or labelled:
+            return self
+        return replace(self, beat_guidance=self.beat_guidance_plain)
 
     def pushes(self, instruments) -> bool:
         """Whether beat guidance pushes a request for ``instruments`` (a list of names, or None)."""
@@ -210,6 +222,10 @@ class SamplingParams:
             raise AudiogenError(f"guidance scale must be a finite number >= 0, got {self.cfg_scale}")
         if not (math.isfinite(self.beat_guidance) and self.beat_guidance >= 0):
             raise AudiogenError(f"beat guidance must be a finite number >= 0 (1 = off), got {self.beat_guidance}")
+        plain = self.beat_guidance_plain
+        if plain is not None and not (isinstance(plain, (int, float)) and math.isfinite(plain) and plain >= 0):
+            raise AudiogenError(f"beat guidance of a plain request must be a finite number >= 0 (1 = off) or "
+                                f"unset, got {plain!r}")
         if not (math.isfinite(self.label_guidance) and self.label_guidance >= 0):
             raise AudiogenError(f"label guidance must be a finite number >= 0 (1 = off), got {self.label_guidance}")
         for name in ("label_guidance_hold_s", "label_guidance_fade_s"):
@@ -235,7 +251,8 @@ class SamplingParams:
         """The sampling a model folder recommends (its config's ``generation.sampling``, e.g. a small
         model whose guidance only amplifies noise asks for ``cfg_scale: 1``), then the ``given``
         options that are not None; fields neither sets keep this class's defaults. A ``beat_guidance`` given
-        pushes every request (``beat_push_tonal``, ``beat_push_default_tempo``) and every mood (no ``calm_moods``),
+        pushes every request at that scale (``beat_push_tonal``, ``beat_push_default_tempo``, no
+        ``beat_guidance_plain``) and every mood (no ``calm_moods``),
         and a ``label_guidance`` given is the calm requests' too (``calm_label_guidance``), unless those are
         given too."""
         if given.get("beat_guidance") is not None:
@@ -247,7 +264,10 @@ class SamplingParams:
         if not isinstance(recommended, dict):
             raise AudiogenError(f"model config: generation.sampling must be a mapping, got {recommended!r}")
         base = dataclass_from_dict(cls, recommended, "model config generation.sampling keys")
-        return cls(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
+        params = cls(**{**base.__dict__, **{k: v for k, v in given.items() if v is not None}})
+        if given.get("beat_guidance") is not None and given.get("beat_guidance_plain") is None:
+            params = replace(params, beat_guidance_plain=None)
+        return params
 
 
 def has_grid(lm) -> bool:

@@ -484,6 +484,7 @@ def adherence_report(model_dir: str | Path, data_dir: str | Path | None, audio_d
         "offbeat_below_bpm": sampling.offbeat_below_bpm, "calm_moods": list(sampling.calm_moods),
         "calm_label_guidance": sampling.calm_label_guidance,
         "beat_push_default_tempo": sampling.beat_push_default_tempo,
+        "beat_guidance_plain": sampling.beat_guidance_plain,
         "key_shift": key_shift_table(loaded.config) if key_shift else {},
         "thresholds": THRESHOLDS, "skipped": skipped,
         "references": ref_origin,
@@ -672,6 +673,9 @@ def summary_markdown(report: dict) -> str:
                 if report.get("beat_guidance", 1.0) != 1.0 and report.get("offbeat_below_bpm") else "")
              + (", not for requests played at the model's default tempo" if report.get("beat_guidance", 1.0) != 1.0
                 and report.get("beat_push_default_tempo") is False else "")
+             + (f", {report['beat_guidance_plain']:g} for plain requests (the default tempo, no label)"
+                if report.get("beat_guidance", 1.0) != 1.0 and report.get("beat_push_default_tempo") is not False
+                and report.get("beat_guidance_plain") is not None else "")
              + (f", label guidance {report['label_guidance']:g}" if report.get("label_guidance", 1.0) != 1.0 else "")
              + (f" for {report['label_guidance_hold_s']:g} s, then falling to 1 over "
                 f"{report.get('label_guidance_fade_s', 0.0):g} s" if report.get("label_guidance", 1.0) != 1.0

@@ -49,20 +49,25 @@ def test_readme_main_command_writes_a_finished_track_with_the_default_model(tmp_
 def test_tuning_decodes_the_default_models_take_in_tune(tmp_path):
     """``--tuning 440``: the same take (same seed, same tokens) decoded a quarter-semitone lower, onto the A440 notes
     (the default model's semitone bands sit 23 cents sharp of them); the sidecar says so. Measured by librosa's
-    tuning estimate on the audio, not on the tokens."""
+    tuning estimate on the audio, not on the tokens, averaged over two 12 s takes: one 6 s take's estimate moves
+    0.08-0.25 semitones with the seed (12 s: 0.19-0.26)."""
     import librosa
 
-    takes = {}
-    for name, extra in (("plain", []), ("tuned", ["--tuning", "440"])):
-        out = tmp_path / f"{name}.wav"
-        r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration", "6",
-                            "--out", str(out), "--quiet", *extra], capture_output=True, text=True, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
-        wav, sr = load_audio(out, channels=1)
-        takes[name] = float(librosa.estimate_tuning(y=wav.reshape(-1), sr=sr, n_fft=4096))
-        side = json.loads(sidecar_path(out).read_text())
-    assert side["tuning"] == {"a4_hz": 440.0, "decoded_semitones": pytest.approx(-0.2326, abs=1e-4)}
-    assert takes["plain"] - takes["tuned"] == pytest.approx(0.23, abs=0.08), takes
+    shifts = []
+    for seed in (0, 1):
+        takes = {}
+        for name, extra in (("plain", []), ("tuned", ["--tuning", "440"])):
+            out = tmp_path / f"{name}{seed}.wav"
+            r = subprocess.run([sys.executable, "-m", "audiogen", "generate", "calm orchestral theme", "--duration",
+                                "12", "--seed", str(seed), "--out", str(out), "--quiet", *extra],
+                               capture_output=True, text=True, cwd=tmp_path)
+            assert r.returncode == 0, r.stderr[-2000:]
+            wav, sr = load_audio(out, channels=1)
+            takes[name] = float(librosa.estimate_tuning(y=wav.reshape(-1), sr=sr, n_fft=4096))
+            side = json.loads(sidecar_path(out).read_text())
+        assert side["tuning"] == {"a4_hz": 440.0, "decoded_semitones": pytest.approx(-0.2326, abs=1e-4)}
+        shifts.append(takes["plain"] - takes["tuned"])
+    assert sum(shifts) / len(shifts) == pytest.approx(0.23, abs=0.08), shifts
 
 
 @pytest.fixture(scope="module")

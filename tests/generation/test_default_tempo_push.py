@@ -4,12 +4,13 @@ guidance's push (``SamplingParams.for_default_tempo``, ``pipeline.plays_default_
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import pytest
 import yaml
 
-from audiogen.generation.pipeline import GenerateJob, plays_default_tempo
+from audiogen.generation.pipeline import GenerateJob, plays_default_tempo, request_sampling
 from audiogen.generation.sampling import SamplingParams
 from audiogen.models.conditioning import Conditions
 
@@ -88,6 +89,68 @@ def test_generate_plays_the_default_tempo_without_the_push(unpushed_model, tmp_p
     assert timed.sampling == recommended
     (meta,), (timed_meta,), _ = run_job(plain), run_job(timed), run_job(by_hand)
     assert meta["sampling"]["beat_guidance"] == 1.0 and timed_meta["sampling"]["beat_guidance"] == 3.0
+    take = {name: sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")[0] for name in ("plain", "hand", "timed")}
+    assert take["plain"].tobytes() == take["hand"].tobytes()
+    assert take["plain"].tobytes() != take["timed"].tobytes()
+
+
+def test_a_plain_request_can_have_a_push_of_its_own():
+    """``beat_guidance_plain``: the scale of the push for a request played at the default tempo that names no
+    label; other requests keep ``beat_guidance``; ``beat_push_default_tempo: false`` still turns it off; a
+    ``--beat-guidance`` given is every request's scale."""
+    own = SamplingParams(cfg_scale=2.0, beat_guidance=3.0, beat_guidance_plain=2.0)
+    assert own.for_default_tempo(True).beat_guidance == 2.0
+    assert own.for_default_tempo(False) is own
+    assert own.for_default_tempo(True, labelled=True) is own  # a key or instrument request keeps the full push
+    config = {**CONFIG, "generation": {**CONFIG["generation"], "sampling": {"beat_guidance": 3.0,
+                                                                            "beat_guidance_plain": 2.0}}}
+    params = SamplingParams.for_model(config)
+    for asked, push in [(Conditions(text="calm orchestral theme"), 2.0), (Conditions(text="calm", bpm=70.0), 3.0),
+                        (Conditions(text="theme", key="C major"), 3.0), (Conditions(instruments=["drums"]), 3.0),
+                        (Conditions(mood="slow"), 3.0), (Conditions(text="upbeat electronic, 120 bpm"), 3.0)]:
+        assert request_sampling(params, asked, config).beat_guidance == push, asked
+    assert replace(own, beat_push_default_tempo=False).for_default_tempo(True).beat_guidance == 1.0
+    off = replace(own, beat_guidance=1.0)
+    assert off.for_default_tempo(True) is off  # beat guidance off stays off
+    config = {"generation": {"sampling": {"beat_guidance": 3.0, "beat_guidance_plain": 2.0}}}
+    assert SamplingParams.for_model(config).for_default_tempo(True).beat_guidance == 2.0
+    assert SamplingParams.for_model(config, beat_guidance=4.0).for_default_tempo(True).beat_guidance == 4.0
+    kept = SamplingParams.for_model(config, beat_guidance=4.0, beat_guidance_plain=1.5)
+    assert kept.for_default_tempo(True).beat_guidance == 1.5 and kept.for_default_tempo(False).beat_guidance == 4.0
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf"), "two"])
+def test_a_bad_default_tempo_push_is_refused(scale):
+    from audiogen.errors import AudiogenError
+
+    with pytest.raises(AudiogenError, match="beat guidance of a plain request must be a finite number >= 0"):
+        SamplingParams(beat_guidance=3.0, beat_guidance_plain=scale).validate()
+
+
+def test_generate_plays_the_default_tempo_at_its_own_push(unpushed_model, tmp_path):
+    """A model recommending a push of 3, and 2 at its default tempo: the README-style request's take is the one
+    ``--beat-guidance 2`` gives and differs from the recommended push at that tempo asked for (``--bpm 100``);
+    the sidecar says 2."""
+    import soundfile as sf
+
+    from audiogen.generation.pipeline import run_job
+
+    model, _ = unpushed_model
+    own = tmp_path / "own"
+    shutil.copytree(model, own)
+    config = yaml.safe_load((own / "config.yaml").read_text())
+    config["generation"]["sampling"].update(beat_push_default_tempo=True, beat_guidance_plain=2.0)
+    (own / "config.yaml").write_text(yaml.safe_dump(config))
+
+    def job(name, **kw):
+        return GenerateJob.from_options("quiet bed", 1.0, tmp_path / f"{name}.wav", model_dir=own, progress=False,
+                                        seed=3, **kw)
+
+    plain, timed, by_hand = job("plain"), job("timed", bpm=100.0), job("hand", beat_guidance=2.0)
+    assert plain.sampling.beat_guidance == 2.0 and timed.sampling.beat_guidance == 3.0
+    assert plain.conditions.bpm == timed.conditions.bpm == 100.0
+    (meta,), _, _ = run_job(plain), run_job(timed), run_job(by_hand)
+    assert meta["sampling"]["beat_guidance"] == 2.0
     take = {name: sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")[0] for name in ("plain", "hand", "timed")}
     assert take["plain"].tobytes() == take["hand"].tobytes()
     assert take["plain"].tobytes() != take["timed"].tobytes()

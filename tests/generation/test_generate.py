@@ -459,6 +459,9 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
            if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
+        + (f", {recommended.beat_guidance_plain:g} for requests that name no tempo and no label"
+           if grid and recommended.beat_guidance != 1 and recommended.beat_push_default_tempo
+           and recommended.beat_guidance_plain is not None else "")
         + (f", label guidance {recommended.label_guidance:g} (generate, for requests naming a label"
            + (f"; for the first {recommended.label_guidance_hold_s:g} s, then falling to off over "
               f"{recommended.label_guidance_fade_s:g} s" if recommended.label_guidance_hold_s else "") + ")"
@@ -583,7 +586,10 @@ def test_a_job_is_composed_of_its_parts_and_the_cli_leaves_their_defaults_to_the
                  ["calm", "--duration", "2", "--out", "x.wav", "--top-k", "5", "--fade-in", "0.5", "--genre", "rock"]):
         args = build_parser().parse_args(["generate", *argv])
         args.func(args)
-    assert jobs[0].sampling == recommended.for_tempo(False, bpm) and jobs[0].finish == FinishSpec(duration_s=2.0)
+    plain = recommended.for_tempo(False, bpm)  # "calm" names no tempo and no label: the model's plain push, if any
+    if bpm is not None and recommended.beat_guidance != 1 and recommended.beat_guidance_plain is not None:
+        plain = replace(plain, beat_guidance=recommended.beat_guidance_plain)
+    assert jobs[0].sampling == plain and jobs[0].finish == FinishSpec(duration_s=2.0)
     assert jobs[1].sampling == replace(recommended.for_tempo(False, bpm), top_k=5)
     assert jobs[1].finish == FinishSpec(duration_s=2.0, fade_in_s=0.5)
     assert jobs[1].conditions == Conditions(text="calm", genre="rock", bpm=bpm)

@@ -399,15 +399,12 @@ def test_a_calm_mood_is_sampled_apart_with_the_guidance_generate_gives_it(monkey
     assert [r["played_bpm"] for r in rows["mood"]] == [97.0, 80.0, 97.0, 80.0]
 
 
-def test_requests_at_the_default_tempo_are_sampled_without_the_push_where_the_model_says_so(monkeypatch, tmp_path):
-    """A model with ``beat_push_default_tempo: false``: the key requests (no tempo named, played at the default
-    tempo) are sampled apart with beat guidance off, as ``generate`` samples them; the tempo requests keep the
-    push. The report's header says so."""
+def _beat_push_recorder(monkeypatch):
+    """The report's sampler replaced by one that records each call's requests (key or tempo) and beat guidance, and
+    a loaded model stub with a beat grid and a default tempo of 97 bpm: (calls, loaded)."""
     from types import SimpleNamespace
 
     import audiogen.metrics.model_eval as model_eval
-    from audiogen.generation.sampling import SamplingParams
-    from audiogen.models.conditioning import Conditions
 
     calls = []
 
@@ -419,7 +416,19 @@ def test_requests_at_the_default_tempo_are_sampled_without_the_push_where_the_mo
     monkeypatch.setattr(A, "analyse_clip", lambda w, sr, tempo=True: {"key": "C major", "bpm": 70.0})
     config = {"lm": {"beat_harmonics": 3}, "conditioner": {"bpm_buckets": [60.0, 120.0]},
               "generation": {"default_bpm": 97.0}}
-    loaded = SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+    return calls, SimpleNamespace(codec=SimpleNamespace(sample_rate=8000), config=config)
+
+
+def test_requests_at_the_default_tempo_are_sampled_without_the_push_where_the_model_says_so(monkeypatch, tmp_path):
+    """A model with ``beat_push_default_tempo: false``: the key requests (no tempo named, played at the default
+    tempo) are sampled apart with beat guidance off, as ``generate`` samples them; the tempo requests keep the
+    push. The report's header says so."""
+    from types import SimpleNamespace
+
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    calls, loaded = _beat_push_recorder(monkeypatch)
     plans = {"tempo": [{"request": 70.0, "channel": "attribute", "conditions": Conditions(bpm=70.0)}],
              "key": [{"request": "C major", "channel": "attribute", "conditions": Conditions(key="C major")}]}
     todo = [(attr, i, p) for attr, ps in plans.items() for i, p in enumerate(ps)]
@@ -485,3 +494,26 @@ def test_generated_clips_hand_back_their_codes_and_the_held_out_rows_their_hold_
     wav = wav / peak * 0.9 if peak > 0.9 else wav
     assert np.abs(written - wav[:, : written.shape[1]]).max() < 1e-3
     assert model_eval.heldout_hold_rates(data, K) == [1.0] * K
+
+
+def test_plain_requests_are_sampled_at_their_own_push_where_the_model_says_so(monkeypatch, tmp_path):
+    """A model with ``beat_guidance_plain: 2``: a request at the default tempo that names no label is sampled at 2,
+    a key request (a label) and a tempo request at the model's 3, each apart, as ``generate`` samples them. The
+    report's header says so."""
+    from types import SimpleNamespace
+
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.models.conditioning import Conditions
+
+    calls, loaded = _beat_push_recorder(monkeypatch)
+    plans = {"tempo": [{"request": 70.0, "channel": "attribute", "conditions": Conditions(bpm=70.0)}],
+             "key": [{"request": "C major", "channel": "attribute", "conditions": Conditions(key="C major")},
+                     {"request": None, "channel": "text", "conditions": Conditions(text="a theme")}]}
+    todo = [(attr, i, p) for attr, ps in plans.items() for i, p in enumerate(ps)]
+    params = SamplingParams(cfg_scale=2.0, beat_guidance=3.0, beat_guidance_plain=2.0)
+    A._generate_scale(loaded, plans, todo, params, tmp_path, 1.0, 8, 0, None, SimpleNamespace(update=lambda n: None))
+    assert sorted(calls, key=str) == sorted([([70.0, "C major"], 3.0), ([97.0], 2.0)], key=str), calls
+    header = A.summary_markdown({"model_dir": "m", "clips_per_attribute": 1, "seconds": 1.0, "seed": 0, "top_k": 0,
+                                "beat_guidance": 3.0, "beat_guidance_plain": 2.0, "thresholds": A.THRESHOLDS,
+                                "results": {}, "skipped": {}, "generation_seconds": 1, "total_seconds": 1})
+    assert "beat guidance 3" in header and "2 for plain requests (the default tempo, no label)" in header
