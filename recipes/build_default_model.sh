@@ -50,6 +50,7 @@ cd "$(dirname "$0")/.."
 MUSIC=.cache/debian-all
 CODEC_KIND=${CODEC:-pitch}
 CODEC_STEPS=${CODEC_STEPS:-2400}
+TAG=$CODEC_KIND  # the folders' suffix: .cache/data_$TAG_*, runs/codec_$TAG, runs/lm_$TAG (the pitch builds)
 case "$CODEC_KIND" in
   stft)  DATA=.cache/data_default; CODEC_DIR=runs/codec_stft/codec; LM_OUT=runs/lm_default
          LM_SETTINGS="max_steps=1200"; LM_FINETUNE=""; LM_DROPOUT="" ;;
@@ -57,18 +58,18 @@ case "$CODEC_KIND" in
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
   pitch|pitchrec|pitch440)  # each build's codec, tokens and LM in folders of their own (TAG)
-         TAG=$CODEC_KIND; [ "$CODEC_KIND" = pitch ] && TAG=pr; [ "$CODEC_KIND" = pitchrec ] && TAG=pitch
+         [ "$CODEC_KIND" = pitch ] && TAG=pr; [ "$CODEC_KIND" = pitchrec ] && TAG=pitch
          DATA=.cache/data_${TAG}_deb; CODEC_DIR=runs/codec_$TAG/codec; LM_OUT=runs/lm_$TAG
          LM_SETTINGS="lr=3e-3 max_steps=1000"; LM_FINETUNE="lr=1.5e-3 max_steps=1000"
          LM_DROPOUT="lm.dropout=0.1 lr=1e-3 max_steps=1500" ;;
   *) echo "CODEC must be stft, melvq, pitch, pitchrec or pitch440, not $CODEC_KIND" >&2; exit 2 ;;
 esac
-CODEC_CONFIG=$CODEC_KIND; TAG=${TAG:-$CODEC_KIND}
+CODEC_CONFIG=$CODEC_KIND
 FIT_EXTRA=""; CODEBOOKS=""
 case "$CODEC_KIND" in
   pitch440) CODEC_CONFIG=pitch; FIT_EXTRA="codec.pitch_tuning_hz=440"  # its semitone bands on the A440 notes
             CODEBOOKS="codebook_data_dirs=[]" ;;  # the recordings' codebooks, as it was built and measured
-  pitchrec) CODEC_CONFIG=pitch; CODEBOOKS="codebook_data_dirs=[]" ;;  # the codebooks the recordings' alone
+  pitchrec) CODEC_CONFIG=pitch; CODEBOOKS="codebook_data_dirs=[]" ;;  # codebooks of the recordings alone
 esac
 if [ -n "${HELD_WEIGHT:-}" ]; then  # measured with the more scores only; a weight of 0 is DROP_HELD, 1 neither
   [ -n "${MORE_SCORES:-}" ] && [ -n "${DROP_HELD:-}" ] \
