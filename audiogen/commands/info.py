@@ -107,7 +107,7 @@ def run_model(args: argparse.Namespace) -> int:
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_tonal") is False else "")
           + (", not for requests that name no tempo, mood or genre (played at the default tempo)"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_default_tempo") is False else "")
-          + (f", {sp['beat_guidance_plain']:g} for requests that name no tempo and no label"
+          + (f", {sp['beat_guidance_plain']:g} for generate's requests that name no tempo and no label"
              if m["beat_grid"] and sp["beat_guidance"] != 1 and sp.get("beat_push_default_tempo") is not False
              and sp.get("beat_guidance_plain") is not None else "")
           + (f", label guidance {sp['label_guidance']:g} (generate, for requests naming a label"

@@ -459,7 +459,7 @@ def test_info_model_on_the_embedded_model_lists_its_keys_and_genres():
         + (f" (against the grid half a beat late below {recommended.offbeat_below_bpm:g} bpm)" if late else "")
         + (", not for requests naming only instruments without percussion"
            if grid and recommended.beat_guidance != 1 and not recommended.beat_push_tonal else "")
-        + (f", {recommended.beat_guidance_plain:g} for requests that name no tempo and no label"
+        + (f", {recommended.beat_guidance_plain:g} for generate's requests that name no tempo and no label"
            if grid and recommended.beat_guidance != 1 and recommended.beat_push_default_tempo
            and recommended.beat_guidance_plain is not None else "")
         + (f", label guidance {recommended.label_guidance:g} (generate, for requests naming a label"
