@@ -22,7 +22,7 @@ from audiogen.audio.io import audio_info, load_audio
 from audiogen.errors import AudiogenError
 from audiogen.files import sha256_file
 from audiogen.generation.sampling import SamplingParams
-from audiogen.models.conditioning import LABELS, MAX_TEXT_CHARS, Conditions, _norm, without_labels
+from audiogen.models.conditioning import MAX_TEXT_CHARS, Conditions, _norm, names_label, without_labels
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 MAX_DURATION_S = 3 * 3600
@@ -194,9 +194,8 @@ def request_sampling(params: SamplingParams, asked: Conditions, config: dict) ->
     played calm (:meth:`SamplingParams.for_mood`), or at the default tempo without the push or, naming no label,
     with a push of its own (:meth:`SamplingParams.for_default_tempo`) where the model says so; else as they are.
     ``generate`` and the adherence report both sample each request so."""
-    named, labelled = names_tempo(asked), any(getattr(asked, a.name) for a in LABELS)
     defaulted = plays_default_tempo(asked, config)
-    return params.for_mood(named, asked.mood).for_default_tempo(defaulted, labelled)
+    return params.for_mood(names_tempo(asked), asked.mood).for_default_tempo(defaulted, names_label(asked))
 
 
 def requested_tempo(conditions: Conditions, config: dict) -> Conditions:
@@ -340,7 +339,7 @@ def negative_conditions(text: str, config: dict) -> Conditions:
     unconditional): the text, and in each attribute slot the labels the model knows (``config``: its folder's
     config) that the text names as whole words: the first of a single-valued attribute ("techno" as the genre),
     up to ``max_instruments`` instruments ("with drums")."""
-    from audiogen.models.conditioning import ConditionerConfig
+    from audiogen.models.conditioning import LABELS, ConditionerConfig
 
     try:
         conditioner = ConditionerConfig.from_dict(config["conditioner"])

@@ -185,9 +185,9 @@ class SamplingParams:
     def for_conditions(self, conds) -> "SamplingParams":
         """These parameters for a batch of requests ``conds``: label guidance off when none of them names a
         label (its contrast rows would equal the request's, a third more work for no change)."""
-        from audiogen.models.conditioning import LABELS
+        from audiogen.models.conditioning import names_label
 
-        if self.label_guidance != 1.0 and not any(getattr(c, a.name) for c in conds for a in LABELS):
+        if self.label_guidance != 1.0 and not any(names_label(c) for c in conds):
             return replace(self, label_guidance=1.0)
         return self
 

@@ -386,6 +386,11 @@ class ConditionEncoder(nn.Module):
         return torch.zeros(n, 1, self.cfg.dim, device=device), torch.zeros(n, 1, dtype=torch.bool, device=device)
 
 
+def names_label(c: Conditions) -> bool:
+    """Whether ``c`` names a label (one of the :data:`LABELS` attributes: genre, mood, key, instruments)."""
+    return any(getattr(c, a.name) for a in LABELS)
+
+
 def without_labels(conds: list[Conditions]) -> list[Conditions]:
     """``conds`` without their labels (the :data:`LABELS` attributes: genre, mood, key, instruments); text and
     tempo kept. Label guidance's contrast rows (:class:`~audiogen.generation.sampling.SamplingParams`), which

@@ -73,25 +73,35 @@ def test_generate_plays_the_default_tempo_without_the_push(unpushed_model, tmp_p
     """The README-style request (no tempo named) is sampled with beat guidance off, on the default tempo's grid:
     its take is the one ``--beat-guidance 1`` gives, and differs from the same tempo asked for by ``--bpm 100``,
     which keeps the push (the premise: the push changes this model's take). The sidecar says what was played."""
+    model, recommended = unpushed_model
+    (plain, timed, _), (meta, timed_meta, _), take = _three_takes(model, tmp_path, hand_push=1.0)
+    assert plain.sampling == replace(recommended, beat_guidance=1.0)
+    assert plain.conditions.bpm == timed.conditions.bpm == 100.0  # the same grid, with and without the push
+    assert timed.sampling == recommended
+    assert meta["sampling"]["beat_guidance"] == 1.0 and timed_meta["sampling"]["beat_guidance"] == 3.0
+    assert take["plain"].tobytes() == take["hand"].tobytes()
+    assert take["plain"].tobytes() != take["timed"].tobytes()
+
+
+def _three_takes(model, tmp_path, hand_push: float):
+    """One second of "quiet bed" (seed 3) on ``model`` three ways: as asked (no tempo named), at its default tempo
+    asked by ``--bpm 100``, and with ``--beat-guidance hand_push``: (the jobs, their sidecars, the takes' samples
+    by name "plain", "timed", "hand")."""
     import soundfile as sf
 
     from audiogen.generation.pipeline import run_job
-
-    model, recommended = unpushed_model
 
     def job(name, **kw):
         return GenerateJob.from_options("quiet bed", 1.0, tmp_path / f"{name}.wav", model_dir=model, progress=False,
                                         seed=3, **kw)
 
-    plain, timed, by_hand = job("plain"), job("timed", bpm=100.0), job("hand", beat_guidance=1.0)
-    assert plain.sampling == replace(recommended, beat_guidance=1.0)
-    assert plain.conditions.bpm == timed.conditions.bpm == 100.0  # the same grid, with and without the push
-    assert timed.sampling == recommended
-    (meta,), (timed_meta,), _ = run_job(plain), run_job(timed), run_job(by_hand)
-    assert meta["sampling"]["beat_guidance"] == 1.0 and timed_meta["sampling"]["beat_guidance"] == 3.0
+    jobs = job("plain"), job("timed", bpm=100.0), job("hand", beat_guidance=hand_push)
+    metas = []
+    for j in jobs:
+        (meta,) = run_job(j)  # one take, one sidecar
+        metas.append(meta)
     take = {name: sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")[0] for name in ("plain", "hand", "timed")}
-    assert take["plain"].tobytes() == take["hand"].tobytes()
-    assert take["plain"].tobytes() != take["timed"].tobytes()
+    return jobs, metas, take
 
 
 def test_a_plain_request_can_have_a_push_of_its_own():
@@ -131,26 +141,15 @@ def test_generate_plays_the_default_tempo_at_its_own_push(unpushed_model, tmp_pa
     """A model recommending a push of 3, and 2 at its default tempo: the README-style request's take is the one
     ``--beat-guidance 2`` gives and differs from the recommended push at that tempo asked for (``--bpm 100``);
     the sidecar says 2."""
-    import soundfile as sf
-
-    from audiogen.generation.pipeline import run_job
-
     model, _ = unpushed_model
     own = tmp_path / "own"
     shutil.copytree(model, own)
     config = yaml.safe_load((own / "config.yaml").read_text())
     config["generation"]["sampling"].update(beat_push_default_tempo=True, beat_guidance_plain=2.0)
     (own / "config.yaml").write_text(yaml.safe_dump(config))
-
-    def job(name, **kw):
-        return GenerateJob.from_options("quiet bed", 1.0, tmp_path / f"{name}.wav", model_dir=own, progress=False,
-                                        seed=3, **kw)
-
-    plain, timed, by_hand = job("plain"), job("timed", bpm=100.0), job("hand", beat_guidance=2.0)
+    (plain, timed, _), (meta, _, _), take = _three_takes(own, tmp_path, hand_push=2.0)
     assert plain.sampling.beat_guidance == 2.0 and timed.sampling.beat_guidance == 3.0
     assert plain.conditions.bpm == timed.conditions.bpm == 100.0
-    (meta,), _, _ = run_job(plain), run_job(timed), run_job(by_hand)
     assert meta["sampling"]["beat_guidance"] == 2.0
-    take = {name: sf.read(str(tmp_path / f"{name}.wav"), dtype="float32")[0] for name in ("plain", "hand", "timed")}
     assert take["plain"].tobytes() == take["hand"].tobytes()
     assert take["plain"].tobytes() != take["timed"].tobytes()
