@@ -89,6 +89,13 @@ def save_rows_dataset(data_dir: Path, codec, rows: list[dict]) -> Path:
     return data_dir
 
 
+def louder_labels(conditioner) -> None:
+    """``conditioner_init`` for :func:`save_tiny_model`: a random model hears its labels only when their embeddings
+    are large (its tables' are otherwise too small to move a random LM)."""
+    for table in conditioner.tables.values():
+        table.weight.mul_(50.0)
+
+
 def save_tiny_model(directory: Path, codec, ccfg=None, beat_harmonics: int = 0, lm_init=None, conditioner_init=None,
                     seed: int = 0) -> Path:
     """A random tiny LM (32-d conditions, 512 positions) with ``ConditionEncoder(ccfg)`` (default: no text encoder,

@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="moving: chords that change; held: one chord held (a drone, a pad). Only a model trained "
                         "with the harmony attribute takes it ('audiogen info'); such a model plays moving harmony "
                         "unless told otherwise (docs/generate.md, \"Harmony\")")
+    g.add_argument("--no-prompt-labels", dest="prompt_labels", action="store_false",
+                   help="read the prompt as text only. By default the labels the model knows that the prompt names "
+                        "as words fill the slots not given as options: \"slow melancholic piano\" plays as --mood "
+                        "slow --instruments piano (keys only after 'in': \"... in D minor\"); the line 'read from "
+                        "the prompt' and the sidecar's labels_from_prompt say what was read (docs/generate.md, "
+                        "\"Labels in the prompt\")")
     g.add_argument("--negative", metavar="TEXT",
                    help='what the music should not be, e.g. "techno, with drums": classifier-free guidance pushes '
                         "away from it instead of from no request at all; the labels the model knows that it names "
@@ -123,6 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _quoted(value: str) -> str:
+    return f'"{value}"' if any(c in value for c in " #,") else value
+
+
 def run(args: argparse.Namespace) -> int:
     from audiogen.audio.finishing import PRESETS
     from audiogen.errors import AudiogenError
@@ -147,9 +157,13 @@ def run(args: argparse.Namespace) -> int:
         continue_from=args.continue_from, loop=args.loop, lufs=lufs, device=args.device, dtype=args.dtype,
         engine=args.engine, progress=not args.quiet, originality=args.originality,
         originality_tries=args.originality_tries, key_shift=args.key_shift, tuning_hz=args.tuning,
-        negative=args.negative,
+        negative=args.negative, prompt_labels=args.prompt_labels,
         **{k: v for k, v in options.items() if v is not None},
     )
+    if job.labels_from_prompt and not args.quiet:
+        said = " ".join(f"--{k} {_quoted(','.join(v) if isinstance(v, list) else v)}"
+                        for k, v in job.labels_from_prompt.items())
+        print(f"read from the prompt: {said} (--no-prompt-labels reads it as text only)", file=sys.stderr)
     for meta in run_job(job):
         m = meta["measured"]
         print(f"{meta['path']}: {meta['duration_s']:.2f}s, {m['integrated_lufs']:.1f} LUFS, "

@@ -63,12 +63,16 @@ class GenerateJob:
     #: what the take should not be (``--negative``, :func:`negative_conditions`): classifier-free guidance pushes
     #: away from it instead of from the unconditional; None: from the unconditional
     negative: Conditions | None = None
+    #: the labels read from the prompt into empty slots (:func:`prompt_labels`; ``{}``: none named); None: not read
+    #: (``--no-prompt-labels``)
+    labels_from_prompt: dict | None = None
 
     @classmethod
     def from_options(cls, prompt: str, duration_s: float, out, **options) -> "GenerateJob":
         """A job from flat options, each given to the part with a field of its name (``genre`` to the
         conditions, ``top_k`` to the sampling, ``lufs`` to the finishing, ``seed`` to the job). Sampling
-        options not given are the model's recommendation (:meth:`SamplingParams.for_model`)."""
+        options not given are the model's recommendation (:meth:`SamplingParams.for_model`). The labels the prompt
+        names fill the slots left empty (:func:`prompt_labels`) unless ``prompt_labels=False``."""
         from audiogen.models.checkpoint import read_config
 
         parts = {}
@@ -80,6 +84,9 @@ class GenerateJob:
         except AudiogenError:  # the job cannot run; run_job reports the model's error, after validate()'s checks
             config = {}
         asked = Conditions(text=prompt, **parts["conditions"])
+        read = None
+        if options.pop("prompt_labels", True):
+            asked, read = prompt_labels(asked, config)
         played = requested_conditions(asked, config)
         sampling = request_sampling(SamplingParams.for_model(config, **parts["sampling"])
                                     .for_tempo(names_tempo(asked), played.bpm), asked, config)
@@ -87,7 +94,7 @@ class GenerateJob:
         if isinstance(negative, str):
             negative = negative_conditions(negative, config)
         return cls(conditions=played, finish=FinishSpec(duration_s=duration_s, **parts["finish"]), out=Path(out),
-                   sampling=sampling, negative=negative, **options)
+                   sampling=sampling, negative=negative, labels_from_prompt=read, **options)
 
     @property
     def prompt(self) -> str | None:
@@ -334,24 +341,68 @@ def labels_named(text: str | None, labels) -> list[str]:
     return named
 
 
+def _conditioner(config: dict):
+    """A model folder's ``ConditionerConfig``, or None where its config has none readable (run_job reports it)."""
+    from audiogen.models.conditioning import ConditionerConfig
+
+    try:
+        return ConditionerConfig.from_dict(config["conditioner"])
+    except (KeyError, TypeError, AudiogenError):
+        return None
+
+
+def labels_in_text(text: str | None, conditioner, keys_after_in: bool = False,
+                   skip: tuple[str, ...] = ()) -> dict:
+    """``{attribute: label(s)}``: the labels of ``conditioner``'s vocabulary that ``text`` names as whole words
+    (:func:`labels_named`), for each :data:`~audiogen.models.conditioning.LABELS` attribute but ``skip``: the first
+    of a single-valued attribute ("techno" as the genre), up to ``max_instruments`` instruments ("with drums").
+    ``keys_after_in``: a key only as the training captions write it, after "in" ("in D minor", "in Eb major", any
+    case, sharp or flat), so that "a major film theme" names no key."""
+    from audiogen.data.estimators import sharp_key
+    from audiogen.models.conditioning import LABELS
+
+    vocab = conditioner.vocab()
+    slots: dict = {}
+    for a in LABELS:
+        if a.name in skip or not vocab[a.name]:
+            continue
+        if a.name == "key" and keys_after_in:
+            said = [sharp_key(m.group(2)) for m in _KEY_IN_TEXT.finditer(text or "")]
+            known = [k for k in said if k and _norm(k) in vocab["key"]]
+            if known:
+                slots["key"] = known[0]
+            continue
+        if named := labels_named(text, vocab[a.name]):
+            slots[a.name] = named[: conditioner.max_instruments] if a.many else named[0]
+    return slots
+
+
+def prompt_labels(conditions: Conditions, config: dict) -> tuple[Conditions, dict]:
+    """``(conditions, read)``: the request with the labels its prompt names put in the attribute slots it leaves
+    empty, and what was read (``{attribute: label(s)}``, empty when nothing). The prompt "slow melancholic piano"
+    on the default model is mood ``slow`` and instruments ``[piano]``, as if given ``--mood slow --instruments
+    piano``: the model learned its labels from captions that say them so, with the same labels in the slots
+    (:func:`labels_in_text`, keys only after "in"). A slot given (``--genre``, ...) is kept as it is, and the
+    harmony slot is never read (its labels, moving and held, are words a prompt uses for other things)."""
+    conditioner = _conditioner(config)
+    if conditioner is None or not conditioner.attribute_slots or not (conditions.text or "").strip():
+        return conditions, {}
+    skip = tuple(a for a in ("genre", "mood", "key", "instruments") if getattr(conditions, a)) + ("harmony",)
+    read = labels_in_text(conditions.text, conditioner, keys_after_in=True, skip=skip)
+    return (replace(conditions, **read) if read else conditions), read
+
+
 def negative_conditions(text: str, config: dict) -> Conditions:
     """A ``--negative`` prompt as the conditions classifier-free guidance pushes away from (instead of the
     unconditional): the text, and in each attribute slot the labels the model knows (``config``: its folder's
-    config) that the text names as whole words: the first of a single-valued attribute ("techno" as the genre),
-    up to ``max_instruments`` instruments ("with drums")."""
-    from audiogen.models.conditioning import LABELS, ConditionerConfig
+    config) that the text names as whole words (:func:`labels_in_text`; keys also without "in")."""
+    from audiogen.models.conditioning import LABELS
 
-    try:
-        conditioner = ConditionerConfig.from_dict(config["conditioner"])
-    except (KeyError, TypeError, AudiogenError):  # no readable model: run_job reports it
-        return Conditions(text=text)
-    if not text.strip():  # GenerateJob.validate says what it should be
+    conditioner = _conditioner(config)
+    if conditioner is None or not text.strip():  # GenerateJob.validate says what the text should be
         return Conditions(text=text)
     vocab = conditioner.vocab()
-    slots = {}
-    for a in LABELS:
-        if named := labels_named(text, vocab[a.name]):
-            slots[a.name] = named[: conditioner.max_instruments] if a.many else named[0]
+    slots = labels_in_text(text, conditioner)
     if not slots and conditioner.text_encoder == "none":
         known = ", ".join(v for a in LABELS for v in vocab[a.name]) or "none"
         raise AudiogenError(f"--negative {text!r}: this model reads no text and the prompt names none of its labels "
@@ -642,6 +693,7 @@ def _sidecar(job: GenerateJob, index: int, model: dict, audit: dict | None) -> d
     return {
         "prompt": job.prompt,
         "conditions": {k: v for k, v in asdict(job.conditions).items() if k != "text"},
+        "labels_from_prompt": job.labels_from_prompt,
         "seed": job.seed,
         "variation": index + 1,
         "sampling": {**asdict(job.sampling), "lm_dtype": model["lm_dtype"]},

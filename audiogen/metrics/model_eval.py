@@ -113,15 +113,16 @@ def generate_clips(loaded, out_dir: str | Path, prompts: list[str], seconds: flo
     from audiogen.files import make_dir
     from audiogen.models.conditioning import Conditions
 
-    from audiogen.generation.pipeline import requested_conditions
+    from audiogen.generation.pipeline import prompt_labels, requested_conditions
 
     params = params or SamplingParams.for_model(loaded.config)  # what generate uses
     out = make_dir(out_dir)
     paths = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
-        # the tempo generate would play each prompt at (written in it, or the model's default), and its harmony
-        asked = [Conditions(text=p) for p in chunk]
+        # the labels the prompt names in their slots, the tempo generate would play it at (written in it, or the
+        # model's default) and its harmony
+        asked = [prompt_labels(Conditions(text=p), loaded.config)[0] for p in chunk]
         conds = [requested_conditions(c, loaded.config) for c in asked]
         codes = sample_codes(loaded, conds, seconds, params, seed + s, capped_rows=capped_rows(params, asked, conds))
         if codes_out is not None:

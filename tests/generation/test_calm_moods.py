@@ -44,14 +44,10 @@ def calm_model(tmp_path_factory, tiny_codec):
     """A random tiny LM with a beat grid and mood slots (``slow``, ``fast``) whose recommended sampling pushes the
     beat (3) and lists ``slow`` as calm (label guidance 3)."""
     from audiogen.models.conditioning import ConditionerConfig
-    from conftest import save_tiny_model
+    from conftest import louder_labels, save_tiny_model
 
     ccfg = ConditionerConfig(text_encoder="none", moods=["slow", "fast"], bpm_buckets=[60.0, 90.0, 120.0, 150.0],
                              dim=32)
-
-    def louder_labels(conditioner):  # labels a random model hears
-        for table in conditioner.tables.values():
-            table.weight.mul_(50.0)
 
     model = save_tiny_model(tmp_path_factory.mktemp("model") / "calm", tiny_codec, ccfg, beat_harmonics=3,
                             conditioner_init=louder_labels)

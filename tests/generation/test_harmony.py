@@ -18,13 +18,9 @@ from audiogen.models.conditioning import Conditions
 @pytest.fixture(scope="module")
 def harmony_dir(tmp_path_factory, tiny_codec):
     from audiogen.models.conditioning import ConditionerConfig
-    from conftest import save_tiny_model
+    from conftest import louder_labels, save_tiny_model
 
     ccfg = ConditionerConfig(text_encoder="none", keys=["C major"], harmonies=["moving", "held"], dim=32)
-
-    def louder_labels(conditioner):  # a random model hears its labels only when their embeddings are large
-        for table in conditioner.tables.values():
-            table.weight.mul_(50.0)
 
     return save_tiny_model(tmp_path_factory.mktemp("model") / "harmony", tiny_codec, ccfg,
                            conditioner_init=louder_labels)

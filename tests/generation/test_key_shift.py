@@ -156,14 +156,14 @@ def mel_model_dir(tmp_path_factory, mel_codec):
     from audiogen.models.checkpoint import save_model_dir
     from audiogen.models.conditioning import ConditionEncoder, ConditionerConfig
     from audiogen.models.lm import LM, named_config
+    from conftest import louder_labels
 
     torch.manual_seed(0)
     lm = LM(named_config("tiny", num_codebooks=mel_codec.num_codebooks, cardinality=mel_codec.cardinality,
                          cond_dim=32, max_positions=512))
     cond = ConditionEncoder(ConditionerConfig(text_encoder="none", keys=["C major", "C# major", "A minor"], dim=32))
     with torch.no_grad():
-        for table in cond.tables.values():  # labels a random model hears
-            table.weight.mul_(50.0)
+        louder_labels(cond)
     out = save_model_dir(tmp_path_factory.mktemp("model") / "mel", lm, cond,
                          {"spec": "default", "num_codebooks": mel_codec.num_codebooks,
                           "describe": mel_codec.describe()})

@@ -18,15 +18,11 @@ from audiogen.models.conditioning import Conditions, without_labels
 def labelled_dir(tmp_path_factory, tiny_codec):
     """A random tiny LM with attribute slots for every label and a beat grid, in a model directory."""
     from audiogen.models.conditioning import ConditionerConfig
-    from conftest import save_tiny_model
+    from conftest import louder_labels, save_tiny_model
 
     ccfg = ConditionerConfig(text_encoder="none", genres=["ambient", "rock"], moods=["calm", "dark"],
                              keys=["C major", "A minor"], instruments=["piano", "drums"],
                              bpm_buckets=[60.0, 90.0, 120.0, 150.0], dim=32)
-
-    def louder_labels(conditioner):  # labels a random model hears: its tables' embeddings are otherwise too small
-        for table in conditioner.tables.values():
-            table.weight.mul_(50.0)
 
     return save_tiny_model(tmp_path_factory.mktemp("model") / "labelled", tiny_codec, ccfg, beat_harmonics=3,
                            conditioner_init=louder_labels)

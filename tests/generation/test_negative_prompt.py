@@ -22,11 +22,7 @@ CCFG = ConditionerConfig(text_encoder="none", genres=["techno", "classical", "cl
 
 @pytest.fixture(scope="module")
 def label_model(tmp_path_factory, tiny_codec):
-    from conftest import save_tiny_model
-
-    def louder_labels(conditioner):  # a random model hears its labels only when their embeddings are large
-        for table in conditioner.tables.values():
-            table.weight.mul_(50.0)
+    from conftest import louder_labels, save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("model") / "labels", tiny_codec, CCFG,
                            conditioner_init=louder_labels)
