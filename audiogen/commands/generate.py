@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         negative=args.negative, prompt_labels=args.prompt_labels,
         **{k: v for k, v in options.items() if v is not None},
     )
+    job.validate()  # a job that cannot run says so before anything else is printed
     if job.labels_from_prompt and not args.quiet:
         said = " ".join(f"--{k} {_quoted(','.join(v) if isinstance(v, list) else v)}"
                         for k, v in job.labels_from_prompt.items())

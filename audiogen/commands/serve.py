@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=float, default=None, metavar="S", help="LM window (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the stream (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--no-prompt-labels", dest="prompt_labels", action="store_false",
+                   help="read the page's prompts as text only; by default the labels the model knows that a prompt "
+                        "names fill the slots the page leaves empty, as generate reads a prompt")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="the web server's log level (default warning)")
     p.set_defaults(func=run)
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.model)
     # the sampling the model recommends for a stream (its config's generation.sampling), as `audiogen stream` uses
     settings = StreamSettings(chunk_s=args.chunk, seed=args.seed, window_s=args.window, device=args.device,
-                              sampling=stream_sampling(read_config(model_dir)))
+                              sampling=stream_sampling(read_config(model_dir)), prompt_labels=args.prompt_labels)
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     from audiogen.generation.stream_server import serve

@@ -53,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='what the stream should not be, e.g. "techno, with drums": guidance pushes every condition '
                         "away from it instead of from no request at all; the labels the model knows that it names go "
                         "in their slots too (fixed for the whole stream; docs/generate.md, \"Negative prompt\")")
+    g.add_argument("--no-prompt-labels", dest="prompt_labels", action="store_false",
+                   help="read the prompt (and every prompt sent later) as text only; by default the labels the model "
+                        "knows that it names fill the slots not given, as generate reads a prompt (docs/generate.md, "
+                        "\"Labels in the prompt\")")
     g.add_argument("--intensity", type=float, metavar="0-1",
                    help="0 calm .. 1 energetic: mixes a calm and an energetic version of the request (default: off)")
     o = p.add_argument_group("output")
@@ -155,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
                               window_s=args.window, lufs=args.lufs, true_peak_db=args.true_peak,
                               device=args.device, dtype=args.dtype, tempo_boost=args.tempo_boost,
                               tuning_hz=args.tuning,
-                              negative=None if args.negative is None else negative_conditions(args.negative, config))
+                              negative=None if args.negative is None else negative_conditions(args.negative, config),
+                              prompt_labels=args.prompt_labels)
     settings.validate()
     loaded = load_model(model_dir, device=args.device)
     stream = MusicStream(loaded, state, settings)
@@ -168,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         fmt = "WAV file" if args.out else {"raw": "s16le", "f32": "float32le", "wav": "16-bit WAV"}[args.format]
         report(f"{sr} Hz, {ch} channel(s), {fmt}; reading JSON control lines on stdin")
+        if read := stream.prompt_read(stream.state):
+            said = " ".join(f"--{k} {','.join(v) if isinstance(v, list) else v}" for k, v in read.items())
+            report(f"read from the prompt: {said} (--no-prompt-labels reads it as text only)")
     threading.Thread(target=_read_controls, args=(stream, sys.stdin, report), daemon=True).start()
 
     if args.out is None:

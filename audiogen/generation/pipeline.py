@@ -387,7 +387,9 @@ def prompt_labels(conditions: Conditions, config: dict) -> tuple[Conditions, dic
     conditioner = _conditioner(config)
     if conditioner is None or not conditioner.attribute_slots or not (conditions.text or "").strip():
         return conditions, {}
-    skip = tuple(a for a in ("genre", "mood", "key", "instruments") if getattr(conditions, a)) + ("harmony",)
+    from audiogen.models.conditioning import LABELS
+
+    skip = tuple(a.name for a in LABELS if getattr(conditions, a.name)) + ("harmony",)
     read = labels_in_text(conditions.text, conditioner, keys_after_in=True, skip=skip)
     return (replace(conditions, **read) if read else conditions), read
 

@@ -289,6 +289,9 @@ class StreamSettings:
     #: what the stream should not be (``--negative``, :func:`~audiogen.generation.pipeline.negative_conditions`):
     #: classifier-free guidance pushes every condition set away from it instead of from the unconditional
     negative: Conditions | None = None
+    #: the labels the model knows that the prompt names fill the slots the state leaves empty, as ``generate``
+    #: reads a prompt (:func:`~audiogen.generation.pipeline.prompt_labels`; ``--no-prompt-labels``: text only)
+    prompt_labels: bool = True
 
     def validate(self) -> None:
         from audiogen.generation.pipeline import check_negative, check_tuning
@@ -613,6 +616,7 @@ class MusicStream:
         self.intensity_moods = intensity_moods(self.moods)  # intensity's ends as mood labels, if the model has them
         self.fold += () if cfg.attribute_slots and cfg.bpm_buckets else ("bpm",)
         self._validate_conditions = cfg.validate_conditions
+        self._conditioner_cfg = cfg
         self.state = state_from(conditions)
         if "bpm" not in self.fold and self.state.bpm is None:  # a beat-grid model's default tempo
             from audiogen.generation.pipeline import requested_tempo
@@ -656,7 +660,24 @@ class MusicStream:
             self._validate_conditions([cond])
 
     def _parts(self, state: StreamState) -> list[tuple[float, object]]:
-        return state.parts(self.fold, self.intensity_moods)
+        return self.read_prompt(state).parts(self.fold, self.intensity_moods)
+
+    def prompt_read(self, state: StreamState) -> dict:
+        """The labels ``state``'s text names that fill its empty slots (``{attribute: label(s)}``; {} with
+        ``settings.prompt_labels`` off): :func:`~audiogen.generation.pipeline.labels_in_text`, keys only after
+        "in", the harmony slot never, as ``generate`` reads a prompt."""
+        if not self.settings.prompt_labels or not self._conditioner_cfg.attribute_slots or not state.text:
+            return {}
+        from audiogen.generation.pipeline import labels_in_text
+
+        skip = tuple(a.name for a in LABELS if getattr(state, a.name)) + ("harmony",) + self.fold
+        return labels_in_text(state.text, self._conditioner_cfg, keys_after_in=True, skip=skip)
+
+    def read_prompt(self, state: StreamState) -> StreamState:
+        """``state`` with :meth:`prompt_read`'s labels in its slots (each time it is played: a new prompt is read
+        again, and a label cleared by a message comes back while the prompt still names it)."""
+        read = self.prompt_read(state)
+        return replace(state, **{k: tuple(v) if isinstance(v, list) else v for k, v in read.items()}) if read else state
 
     # -- control (any thread)
     def control(self, message: dict) -> None:

@@ -132,3 +132,33 @@ def test_the_default_model_plays_the_instrument_a_prompt_names(tmp_path):
     print(f"choir probability: read {[round(float(p[choir]), 2) for p in read]}, "
           f"text only {[round(float(p[choir]), 2) for p in text]}")
     assert gain > 0.2
+
+
+def test_a_stream_reads_its_prompts_labels_as_generate_does(label_model):
+    import numpy as np
+
+    from audiogen.generation.sampling import SamplingParams
+    from audiogen.generation.stream import MusicStream, StreamSettings
+    from audiogen.models.checkpoint import load_model
+
+    loaded = load_model(label_model)
+
+    def stream(start, read=True, message=None):
+        settings = StreamSettings(sampling=SamplingParams(top_k=0, cfg_scale=3.0), chunk_s=0.25, window_s=1.0, seed=3,
+                                  decode_context_s=0.2, prompt_labels=read)
+        s = MusicStream(loaded, start, settings)
+        if message is not None:
+            s.control(message)
+        return s, np.concatenate([s.next_chunk() for _ in range(3)])
+
+    s, read = stream({"text": "classical, slow, with piano"})
+    assert s.prompt_read(s.state) == {"genre": "classical", "mood": "slow", "instruments": ["piano"]}
+    _, flags = stream({"text": "classical, slow, with piano", "genre": "classical", "mood": "slow",
+                       "instruments": "piano"}, read=False)
+    assert np.array_equal(read, flags)  # the same request, sample for sample
+    s, text = stream({"text": "classical, slow, with piano"}, read=False)
+    assert s.prompt_read(s.state) == {} and not np.array_equal(text, read)
+    # a prompt sent later is read too; a label given keeps its value
+    s, _ = stream({"text": "a tune", "mood": "fast"}, message={"prompt": "techno, slow, with drums"})
+    s.next_chunk()
+    assert s.prompt_read(s.state) == {"genre": "techno", "instruments": ["drums"]} and s.state.mood == "fast"
