@@ -129,14 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _quoted(value: str) -> str:
-    return f'"{value}"' if any(c in value for c in " #,") else value
-
-
 def run(args: argparse.Namespace) -> int:
     from audiogen.audio.finishing import PRESETS
     from audiogen.errors import AudiogenError
-    from audiogen.generation.pipeline import GenerateJob, run_job
+    from audiogen.generation.pipeline import GenerateJob, as_options, run_job
 
     if args.lufs is not None and args.preset is not None:
         raise AudiogenError("give either --lufs or --preset, not both")
@@ -162,9 +158,8 @@ def run(args: argparse.Namespace) -> int:
     )
     job.validate()  # a job that cannot run says so before anything else is printed
     if job.labels_from_prompt and not args.quiet:
-        said = " ".join(f"--{k} {_quoted(','.join(v) if isinstance(v, list) else v)}"
-                        for k, v in job.labels_from_prompt.items())
-        print(f"read from the prompt: {said} (--no-prompt-labels reads it as text only)", file=sys.stderr)
+        print(f"read from the prompt: {as_options(job.labels_from_prompt)} (--no-prompt-labels reads it as text only)",
+              file=sys.stderr)
     for meta in run_job(job):
         m = meta["measured"]
         print(f"{meta['path']}: {meta['duration_s']:.2f}s, {m['integrated_lufs']:.1f} LUFS, "

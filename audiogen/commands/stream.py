@@ -174,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
         fmt = "WAV file" if args.out else {"raw": "s16le", "f32": "float32le", "wav": "16-bit WAV"}[args.format]
         report(f"{sr} Hz, {ch} channel(s), {fmt}; reading JSON control lines on stdin")
         if read := stream.prompt_read(stream.state):
-            said = " ".join(f"--{k} {','.join(v) if isinstance(v, list) else v}" for k, v in read.items())
-            report(f"read from the prompt: {said} (--no-prompt-labels reads it as text only)")
+            from audiogen.generation.pipeline import as_options
+
+            report(f"read from the prompt: {as_options(read)} (--no-prompt-labels reads it as text only)")
     threading.Thread(target=_read_controls, args=(stream, sys.stdin, report), daemon=True).start()
 
     if args.out is None:

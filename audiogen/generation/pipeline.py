@@ -377,20 +377,34 @@ def labels_in_text(text: str | None, conditioner, keys_after_in: bool = False,
     return slots
 
 
+def prompt_slots(text: str | None, conditioner, given=()) -> dict:
+    """What a prompt says for the slots not in ``given`` (``{attribute: label(s)}``; {} for a model without attribute
+    slots or no text): :func:`labels_in_text` with keys only after "in", and never the harmony slot (its labels,
+    moving and held, are words a prompt uses for other things). ``generate`` (:func:`prompt_labels`) and ``stream``
+    read prompts so."""
+    if conditioner is None or not conditioner.attribute_slots or not (text or "").strip():
+        return {}
+    return labels_in_text(text, conditioner, keys_after_in=True, skip=(*given, "harmony"))
+
+
+def as_options(read: dict) -> str:
+    """Labels read from a prompt as the options that would give them: ``--mood slow --instruments piano``."""
+    def value(v) -> str:
+        v = ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+        return f'"{v}"' if any(c in v for c in " #,") else v
+
+    return " ".join(f"--{k} {value(v)}" for k, v in read.items())
+
+
 def prompt_labels(conditions: Conditions, config: dict) -> tuple[Conditions, dict]:
     """``(conditions, read)``: the request with the labels its prompt names put in the attribute slots it leaves
     empty, and what was read (``{attribute: label(s)}``, empty when nothing). The prompt "slow melancholic piano"
     on the default model is mood ``slow`` and instruments ``[piano]``, as if given ``--mood slow --instruments
     piano``: the model learned its labels from captions that say them so, with the same labels in the slots
-    (:func:`labels_in_text`, keys only after "in"). A slot given (``--genre``, ...) is kept as it is, and the
-    harmony slot is never read (its labels, moving and held, are words a prompt uses for other things)."""
-    conditioner = _conditioner(config)
-    if conditioner is None or not conditioner.attribute_slots or not (conditions.text or "").strip():
-        return conditions, {}
+    (:func:`prompt_slots`). A slot given (``--genre``, ...) is kept as it is."""
     from audiogen.models.conditioning import LABELS
 
-    skip = tuple(a.name for a in LABELS if getattr(conditions, a.name)) + ("harmony",)
-    read = labels_in_text(conditions.text, conditioner, keys_after_in=True, skip=skip)
+    read = prompt_slots(conditions.text, _conditioner(config), [a.name for a in LABELS if getattr(conditions, a.name)])
     return (replace(conditions, **read) if read else conditions), read
 
 

@@ -664,14 +664,14 @@ class MusicStream:
 
     def prompt_read(self, state: StreamState) -> dict:
         """The labels ``state``'s text names that fill its empty slots (``{attribute: label(s)}``; {} with
-        ``settings.prompt_labels`` off): :func:`~audiogen.generation.pipeline.labels_in_text`, keys only after
-        "in", the harmony slot never, as ``generate`` reads a prompt."""
-        if not self.settings.prompt_labels or not self._conditioner_cfg.attribute_slots or not state.text:
+        ``settings.prompt_labels`` off), as ``generate`` reads a prompt
+        (:func:`~audiogen.generation.pipeline.prompt_slots`)."""
+        if not self.settings.prompt_labels:
             return {}
-        from audiogen.generation.pipeline import labels_in_text
+        from audiogen.generation.pipeline import prompt_slots
 
-        skip = tuple(a.name for a in LABELS if getattr(state, a.name)) + ("harmony",) + self.fold
-        return labels_in_text(state.text, self._conditioner_cfg, keys_after_in=True, skip=skip)
+        given = [a.name for a in LABELS if getattr(state, a.name)] + list(self.fold)
+        return prompt_slots(state.text, self._conditioner_cfg, given)
 
     def read_prompt(self, state: StreamState) -> StreamState:
         """``state`` with :meth:`prompt_read`'s labels in its slots (each time it is played: a new prompt is read
