@@ -5,7 +5,8 @@
 
 FAD (built-in offline embedder; not comparable with published VGGish figures) of
 generated clips, prompted with the held-out tracks' captions (their labels read into the
-slots as `audiogen generate` reads a prompt's), against those held-out tracks, next to the codec's own resynthesis of them (the ceiling the LM cannot beat);
+slots as `audiogen generate` reads a prompt's), against those held-out tracks, next to
+the codec's own resynthesis of them (the ceiling the LM cannot beat);
 the tempo response (requested vs estimated bpm); and, with the musicnn weights installed,
 the tag conditioning figures (KL between generated and reference tag distributions,
 per-prompt tag agreement); and how often each codebook of the generated codes repeats the

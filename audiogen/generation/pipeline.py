@@ -402,9 +402,9 @@ def prompt_labels(conditions: Conditions, config: dict) -> tuple[Conditions, dic
     on the default model is mood ``slow`` and instruments ``[piano]``, as if given ``--mood slow --instruments
     piano``: the model learned its labels from captions that say them so, with the same labels in the slots
     (:func:`prompt_slots`). A slot given (``--genre``, ...) is kept as it is."""
-    from audiogen.models.conditioning import LABELS
+    from audiogen.models.conditioning import labels_given
 
-    read = prompt_slots(conditions.text, _conditioner(config), [a.name for a in LABELS if getattr(conditions, a.name)])
+    read = prompt_slots(conditions.text, _conditioner(config), labels_given(conditions))
     return (replace(conditions, **read) if read else conditions), read
 
 

@@ -68,7 +68,7 @@ import torch
 from audiogen.audio.level import LevelFollower  # noqa: F401  (here since streams began; finishing shares it)
 from audiogen.errors import AudiogenError
 from audiogen.generation.sampling import SamplingParams, SilenceGuard, guide_capped, has_grid, sample_tokens
-from audiogen.models.conditioning import ATTRIBUTES, LABELS, MAX_TEXT_CHARS, Conditions
+from audiogen.models.conditioning import ATTRIBUTES, LABELS, MAX_TEXT_CHARS, Conditions, labels_given
 from audiogen.models.lm import KVCache
 from audiogen.models.patterns import DelayPattern
 
@@ -670,8 +670,7 @@ class MusicStream:
             return {}
         from audiogen.generation.pipeline import prompt_slots
 
-        given = [a.name for a in LABELS if getattr(state, a.name)] + list(self.fold)
-        return prompt_slots(state.text, self._conditioner_cfg, given)
+        return prompt_slots(state.text, self._conditioner_cfg, labels_given(state) + list(self.fold))
 
     def read_prompt(self, state: StreamState) -> StreamState:
         """``state`` with :meth:`prompt_read`'s labels in its slots (each time it is played: a new prompt is read

@@ -386,9 +386,15 @@ class ConditionEncoder(nn.Module):
         return torch.zeros(n, 1, self.cfg.dim, device=device), torch.zeros(n, 1, dtype=torch.bool, device=device)
 
 
+def labels_given(c) -> list[str]:
+    """The :data:`LABELS` attributes (genre, mood, key, instruments) that ``c`` (a ``Conditions``, or anything with
+    those fields: a stream's state) gives a value."""
+    return [a.name for a in LABELS if getattr(c, a.name)]
+
+
 def names_label(c: Conditions) -> bool:
     """Whether ``c`` names a label (one of the :data:`LABELS` attributes: genre, mood, key, instruments)."""
-    return any(getattr(c, a.name) for a in LABELS)
+    return bool(labels_given(c))
 
 
 def without_labels(conds: list[Conditions]) -> list[Conditions]:
